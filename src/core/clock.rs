@@ -1,0 +1,133 @@
+//! Time for the engine: a [`Clock`] trait returning Unix-epoch nanoseconds,
+//! the real [`SystemClock`] and a [`ManualClock`] for tests.
+//!
+//! This is the only module allowed to read the machine's clocks (see
+//! `.clippy.toml`): everything else receives time through a `Clock`, so the
+//! algorithms are tested by moving a manual clock, never by sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Nanoseconds. Absolute times are nanoseconds since the Unix epoch (UTC);
+/// durations are plain nanosecond counts.
+pub type Nanos = u64;
+
+/// Nanoseconds in one second.
+pub const NANOS_PER_SEC: Nanos = 1_000_000_000;
+
+/// A source of time for the limiter.
+///
+/// `now` must never go backwards: token buckets compare against earlier
+/// readings. It is Unix-epoch based (not merely monotonic) because quotas use
+/// calendar windows in UTC.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time in nanoseconds since the Unix epoch.
+    fn now(&self) -> Nanos;
+}
+
+/// The real clock: the wall time read once at start-up, advanced by the
+/// monotonic clock. A wall-clock step (NTP, operator) therefore cannot make
+/// buckets jump; the cost is that a long-running process may drift from the
+/// wall clock by whatever NTP corrects, which only shifts calendar-window
+/// boundaries by that drift.
+#[derive(Debug)]
+pub struct SystemClock {
+    base_unix: Nanos,
+    #[allow(clippy::disallowed_types)]
+    start: std::time::Instant,
+}
+
+impl SystemClock {
+    /// Reads the wall clock and the monotonic clock once.
+    #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+    pub fn new() -> Self {
+        let base_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self {
+            base_unix,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> Nanos {
+        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.base_unix.saturating_add(elapsed)
+    }
+}
+
+/// A clock that only moves when told to. For tests and benches.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock standing at `now` (Unix-epoch nanoseconds).
+    pub fn new(now: Nanos) -> Self {
+        Self {
+            now: AtomicU64::new(now),
+        }
+    }
+
+    /// Moves the clock forward by `by` nanoseconds.
+    pub fn advance(&self, by: Nanos) {
+        self.now.fetch_add(by, Ordering::SeqCst);
+    }
+
+    /// Sets the clock. Going backwards is the caller's responsibility: the
+    /// engine tolerates it (it never underflows) but answers as if no time
+    /// had passed.
+    pub fn set(&self, now: Nanos) {
+        self.now.store(now, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    #[inline]
+    fn now(&self) -> Nanos {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for std::sync::Arc<C> {
+    #[inline]
+    fn now(&self) -> Nanos {
+        (**self).now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(5);
+        assert_eq!(c.now(), 5);
+        c.advance(10);
+        assert_eq!(c.now(), 15);
+        c.set(100);
+        assert_eq!(c.now(), 100);
+    }
+
+    #[test]
+    fn system_clock_is_unix_based_and_monotonic() {
+        let c = SystemClock::new();
+        let a = c.now();
+        let b = c.now();
+        assert!(b >= a);
+        // After 2020-01-01 and before 2200-01-01.
+        assert!(a > 1_577_836_800 * NANOS_PER_SEC);
+        assert!(a < 7_258_118_400 * NANOS_PER_SEC);
+    }
+}

@@ -1,0 +1,63 @@
+//! The transport-neutral request and decision every front door maps to and
+//! from.
+
+use super::clock::Nanos;
+use crate::limits::LimitRef;
+
+/// "May `key` spend `cost` units now?"
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The API key (any caller identity). Only its keyed hash is kept.
+    pub key: &'a str,
+    /// Units to spend. 0 reports the state without spending (front doors
+    /// that define "0 means 1" map it before calling).
+    pub cost: u64,
+}
+
+/// Why a check was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Not denied.
+    None,
+    /// Not enough tokens or quota now; `retry_after` says when.
+    Limited,
+    /// The cost exceeds the limit's capacity and can never pass.
+    CostExceedsCapacity,
+}
+
+/// The answer to a [`Request`]. Being limited is a normal value, not an
+/// error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the caller may proceed. When false, nothing was consumed
+    /// from any limit.
+    pub allowed: bool,
+    /// Capacity of the deciding limit (burst or quota); 0 when unlimited.
+    pub limit: u64,
+    /// Units left in the deciding limit after this check.
+    pub remaining: u64,
+    /// Time until the deciding limit is back to full capacity.
+    pub reset_after: Nanos,
+    /// Time until `cost` would fit: `Some(0)` when allowed, `None` when it
+    /// never can.
+    pub retry_after: Option<Nanos>,
+    /// Why it was denied.
+    pub reason: DenyReason,
+    /// The deciding limit: when allowed, the one closest to exhaustion;
+    /// when denied, the one with the longest wait. `None` for a plan
+    /// without limits.
+    pub policy: Option<LimitRef>,
+}
+
+impl Decision {
+    /// The answer for a plan with no limits.
+    pub const UNLIMITED: Decision = Decision {
+        allowed: true,
+        limit: 0,
+        remaining: 0,
+        reset_after: 0,
+        retry_after: Some(0),
+        reason: DenyReason::None,
+        policy: None,
+    };
+}

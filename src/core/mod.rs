@@ -1,0 +1,16 @@
+//! The decision engine: the transport-neutral [`Request`] and [`Decision`],
+//! [`Limiter::check`], the algorithms (GCRA token bucket, calendar-window
+//! quota) and the injected [`Clock`].
+
+pub mod clock;
+pub mod decision;
+pub mod gcra;
+pub mod hash;
+pub mod limiter;
+pub mod quota;
+pub mod window;
+
+pub use clock::{Clock, ManualClock, Nanos, SystemClock};
+pub use decision::{Decision, DenyReason, Request};
+pub use hash::KeyHasher;
+pub use limiter::{Limiter, Snapshot};

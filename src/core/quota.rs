@@ -1,0 +1,144 @@
+//! Fixed calendar-window quotas: a counter per (limit, key, window) that
+//! starts at zero when the window starts and admits while
+//! `used + cost ≤ quota`.
+
+use std::sync::atomic::Ordering;
+
+use super::clock::Nanos;
+use super::gcra::Verdict;
+use super::window::Span;
+use crate::limits::Quota;
+use crate::store::QuotaCell;
+
+/// Decides a check of `cost` units against a window that has `used` units
+/// spent. Returns the verdict and, when units are taken, the new count.
+#[inline]
+pub fn decide(quota: &Quota, used: u64, span: Span, now: Nanos, cost: u64) -> (Verdict, Option<u64>) {
+    let q = quota.quota.get();
+    let reset_after = span.end.saturating_sub(now);
+    let left = q.saturating_sub(used);
+    let denied = |retry_after| Verdict {
+        allowed: false,
+        remaining: left,
+        reset_after,
+        retry_after,
+    };
+    if cost > q {
+        return (denied(None), None);
+    }
+    if cost > left {
+        return (denied(Some(reset_after)), None);
+    }
+    let verdict = Verdict {
+        allowed: true,
+        remaining: left - cost,
+        reset_after,
+        retry_after: Some(0),
+    };
+    (verdict, (cost > 0).then_some(used + cost))
+}
+
+/// Applies [`decide`] to a shared counter; `commit == false` only evaluates.
+#[inline]
+pub fn check(quota: &Quota, cell: &QuotaCell, span: Span, now: Nanos, cost: u64, commit: bool) -> Verdict {
+    let mut used = cell.used.load(Ordering::Acquire);
+    loop {
+        let (verdict, next) = decide(quota, used, span, now, cost);
+        let Some(next) = next.filter(|_| commit) else {
+            return verdict;
+        };
+        match cell
+            .used
+            .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return verdict,
+            Err(actual) => used = actual,
+        }
+    }
+}
+
+/// Gives back `cost` units taken by an earlier [`check`].
+#[inline]
+pub fn refund(cell: &QuotaCell, cost: u64) {
+    let _ = cell
+        .used
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(cost)));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::core::clock::NANOS_PER_SEC;
+    use crate::core::window::Window;
+
+    fn q(n: u64, w: Window) -> Quota {
+        Quota {
+            quota: NonZeroU64::new(n).unwrap(),
+            window: w,
+        }
+    }
+
+    fn cell(end: Nanos) -> QuotaCell {
+        QuotaCell {
+            used: AtomicU64::new(0),
+            window_end: end,
+        }
+    }
+
+    #[test]
+    fn counts_up_to_the_quota_then_denies_until_window_end() {
+        let quota = q(3, Window::Day);
+        let now = 1_764_201_600 * NANOS_PER_SEC + 3_600 * NANOS_PER_SEC; // 01:00 UTC
+        let span = Window::Day.span(now);
+        let c = cell(span.end);
+        for left in (0..3).rev() {
+            let v = check(&quota, &c, span, now, 1, true);
+            assert!(v.allowed);
+            assert_eq!(v.remaining, left);
+        }
+        let v = check(&quota, &c, span, now, 1, true);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, Some(23 * 3_600 * NANOS_PER_SEC));
+        assert_eq!(v.reset_after, 23 * 3_600 * NANOS_PER_SEC);
+        assert_eq!(c.used.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn cost_above_quota_never_fits_and_takes_nothing() {
+        let quota = q(10, Window::Hour);
+        let span = Window::Hour.span(0);
+        let c = cell(span.end);
+        let v = check(&quota, &c, span, 0, 11, true);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, None);
+        assert_eq!(v.remaining, 10);
+        assert_eq!(c.used.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn partial_cost_is_all_or_nothing_and_refund_restores() {
+        let quota = q(10, Window::Minute);
+        let span = Window::Minute.span(0);
+        let c = cell(span.end);
+        assert!(check(&quota, &c, span, 0, 7, true).allowed);
+        assert!(!check(&quota, &c, span, 0, 4, true).allowed);
+        assert_eq!(c.used.load(Ordering::SeqCst), 7);
+        refund(&c, 7);
+        assert_eq!(check(&quota, &c, span, 0, 0, true).remaining, 10);
+    }
+
+    #[test]
+    fn u64_extremes() {
+        let quota = q(u64::MAX, Window::Month);
+        let span = Window::Month.span(u64::MAX / 2);
+        let (v, next) = decide(&quota, u64::MAX - 1, span, u64::MAX / 2, 1);
+        assert!(v.allowed);
+        assert_eq!(next, Some(u64::MAX));
+        let (v, _) = decide(&quota, u64::MAX, span, u64::MAX / 2, u64::MAX);
+        assert!(!v.allowed);
+        assert_eq!(v.remaining, 0);
+    }
+}

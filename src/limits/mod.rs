@@ -1,0 +1,380 @@
+//! Plans, limits and key assignments: the validated, immutable [`Table`]
+//! the engine reads on every check.
+//!
+//! A table is built once from a config file ([`file`]) and then only read;
+//! a reload builds a new table and swaps it in atomically (the
+//! [`crate::core::Limiter`] holds it in an `ArcSwap`). The types here cannot
+//! hold a bad limit: rates and bursts are non-zero and their nanosecond
+//! arithmetic is known to fit in 64 bits.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+
+use nohash_hasher::BuildNoHashHasher;
+
+use crate::core::clock::{NANOS_PER_SEC, Nanos};
+use crate::core::hash::{KeyHasher, name_id};
+use crate::core::window::Window;
+
+/// Index of a plan in its [`Table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlanId(pub u32);
+
+/// A token-bucket limit: `rate` tokens per `period`, holding at most `burst`.
+///
+/// Stored GCRA-style: each token "costs" `period / rate` nanoseconds of
+/// theoretical arrival time and the bucket tolerates `burst` tokens' worth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rate {
+    rate: NonZeroU64,
+    period: Nanos,
+    burst: NonZeroU64,
+    /// `emission(burst)`: how far ahead of now the theoretical arrival time
+    /// may run. Cached because every check compares against it.
+    tau: Nanos,
+}
+
+/// Why a rate could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    /// More than one token per nanosecond cannot be represented.
+    #[error("rate {rate} per {period_ns} ns exceeds one token per nanosecond")]
+    TooFast {
+        /// tokens
+        rate: u64,
+        /// period in nanoseconds
+        period_ns: u64,
+    },
+    /// burst × period / rate does not fit in 64-bit nanoseconds (~584 years).
+    #[error("burst {burst} at rate {rate} spans more than 500 years")]
+    TooLong {
+        /// tokens
+        rate: u64,
+        /// tokens
+        burst: u64,
+    },
+}
+
+/// Largest span a bucket may cover: 500 years, well inside u64 nanoseconds
+/// even when added to today's Unix time.
+const MAX_SPAN: Nanos = 500 * 365 * 86_400 * NANOS_PER_SEC;
+
+impl Rate {
+    /// `rate` tokens per `period_ns` nanoseconds, bursting to `burst`.
+    pub fn new(rate: NonZeroU64, period_ns: Nanos, burst: NonZeroU64) -> Result<Self, RateError> {
+        if period_ns == 0 || rate.get() > period_ns {
+            return Err(RateError::TooFast {
+                rate: rate.get(),
+                period_ns,
+            });
+        }
+        let tau = u128::from(burst.get()) * u128::from(period_ns) / u128::from(rate.get());
+        if tau > u128::from(MAX_SPAN) {
+            return Err(RateError::TooLong {
+                rate: rate.get(),
+                burst: burst.get(),
+            });
+        }
+        Ok(Self {
+            rate,
+            period: period_ns,
+            burst,
+            tau: tau as Nanos,
+        })
+    }
+
+    /// Tokens added per period.
+    pub fn rate(&self) -> u64 {
+        self.rate.get()
+    }
+    /// The refill period in nanoseconds.
+    pub fn period(&self) -> Nanos {
+        self.period
+    }
+    /// Bucket capacity in tokens.
+    pub fn burst(&self) -> u64 {
+        self.burst.get()
+    }
+    /// Theoretical-arrival-time tolerance: `emission(burst)`.
+    pub fn tau(&self) -> Nanos {
+        self.tau
+    }
+
+    /// Nanoseconds of arrival time that `cost` tokens take:
+    /// `⌊cost · period / rate⌋`, saturating. Rounding down at most 1 ns per
+    /// check keeps `burst` single-token checks always within `tau`.
+    #[inline]
+    pub fn emission(&self, cost: u64) -> Nanos {
+        let e = u128::from(cost) * u128::from(self.period) / u128::from(self.rate.get());
+        u64::try_from(e).unwrap_or(u64::MAX)
+    }
+
+    /// How many tokens fit in `slack` nanoseconds: the largest `c` with
+    /// `emission(c) <= slack`, capped at `burst`.
+    #[inline]
+    pub fn tokens_in(&self, slack: Nanos) -> u64 {
+        // emission(c) <= slack  <=>  c·period < (slack+1)·rate
+        let n = (u128::from(slack) + 1) * u128::from(self.rate.get()) - 1;
+        let c = n / u128::from(self.period);
+        u64::try_from(c).unwrap_or(u64::MAX).min(self.burst.get())
+    }
+}
+
+/// A fixed-window quota: at most `quota` units per calendar `window` (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// Units allowed per window.
+    pub quota: NonZeroU64,
+    /// The calendar window.
+    pub window: Window,
+}
+
+/// What a limit counts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKind {
+    /// A smooth token bucket.
+    Rate(Rate),
+    /// A calendar-window counter.
+    Quota(Quota),
+}
+
+/// One named limit of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// The limit's own name, unique within its plan (`per-second`).
+    pub name: String,
+    /// `plan/limit`, what responses report as the deciding policy.
+    pub policy: String,
+    /// Stable id of `plan/limit`; part of every bucket's cell id, so buckets
+    /// survive reloads that keep the names.
+    pub uid: u64,
+    /// How it counts.
+    pub kind: LimitKind,
+}
+
+impl Limit {
+    /// Builds a limit of plan `plan`.
+    pub fn new(plan: &str, name: &str, kind: LimitKind) -> Self {
+        Self {
+            name: name.to_owned(),
+            policy: format!("{plan}/{name}"),
+            uid: name_id(&[plan, name]),
+            kind,
+        }
+    }
+
+    /// Capacity: the burst of a bucket, the quota of a window.
+    pub fn capacity(&self) -> u64 {
+        match &self.kind {
+            LimitKind::Rate(r) => r.burst(),
+            LimitKind::Quota(q) => q.quota.get(),
+        }
+    }
+
+    /// The period over which the capacity refills (bucket) or resets
+    /// (window), in whole seconds (a month counts as 30 days).
+    pub fn window_seconds(&self) -> u64 {
+        match &self.kind {
+            LimitKind::Rate(r) => {
+                // Time to refill the whole burst, rounded up to a second.
+                r.tau().div_ceil(NANOS_PER_SEC).max(1)
+            }
+            LimitKind::Quota(q) => q.window.nominal_seconds(),
+        }
+    }
+}
+
+/// A named set of limits; a check passes only if every limit passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The plan's name (`free`, `gold`).
+    pub name: String,
+    /// Its limits, in config order. Empty means unlimited.
+    pub limits: Vec<Limit>,
+}
+
+/// Where a decision's limit lives in its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRef {
+    /// The plan.
+    pub plan: PlanId,
+    /// Index into the plan's limits.
+    pub limit: u32,
+}
+
+/// The validated limits configuration: plans, the default plan and static
+/// key assignments. Immutable once built.
+#[derive(Debug, Clone)]
+pub struct Table {
+    plans: Vec<Plan>,
+    default_plan: PlanId,
+    /// Static key → plan assignments, keyed by the keyed hash of the API key
+    /// so the table never holds raw keys.
+    keys: HashMap<u64, PlanId, BuildNoHashHasher<u64>>,
+    /// Number of static keys as written in the file (for summaries).
+    static_keys: usize,
+}
+
+/// Why a table could not be built from already-typed parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// The default plan is not among the plans.
+    #[error("default plan '{0}' is not defined")]
+    UnknownDefaultPlan(String),
+    /// A static key names a plan that does not exist.
+    #[error("key assigned to unknown plan '{0}'")]
+    UnknownPlan(String),
+    /// Two plans with the same name.
+    #[error("plan '{0}' is defined twice")]
+    DuplicatePlan(String),
+    /// Too many plans to index.
+    #[error("too many plans")]
+    TooManyPlans,
+}
+
+impl Table {
+    /// Builds a table. `keys` are (raw API key, plan name) pairs; the raw
+    /// keys are hashed with `hasher` and dropped.
+    pub fn new<'a>(
+        plans: Vec<Plan>,
+        default_plan: &str,
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+        hasher: &KeyHasher,
+    ) -> Result<Self, TableError> {
+        if u32::try_from(plans.len()).is_err() {
+            return Err(TableError::TooManyPlans);
+        }
+        let mut by_name: HashMap<&str, PlanId> = HashMap::new();
+        for (i, p) in plans.iter().enumerate() {
+            if by_name.insert(&p.name, PlanId(i as u32)).is_some() {
+                return Err(TableError::DuplicatePlan(p.name.clone()));
+            }
+        }
+        let default = *by_name
+            .get(default_plan)
+            .ok_or_else(|| TableError::UnknownDefaultPlan(default_plan.to_owned()))?;
+        let mut map = HashMap::with_hasher(BuildNoHashHasher::default());
+        let mut static_keys = 0;
+        for (key, plan) in keys {
+            let id = *by_name
+                .get(plan)
+                .ok_or_else(|| TableError::UnknownPlan(plan.to_owned()))?;
+            map.insert(hasher.key_hash(key.as_bytes()), id);
+            static_keys += 1;
+        }
+        Ok(Self {
+            plans,
+            default_plan: default,
+            keys: map,
+            static_keys,
+        })
+    }
+
+    /// The plan for a key, given its keyed hash.
+    #[inline]
+    pub fn plan_for(&self, key_hash: u64) -> PlanId {
+        self.keys.get(&key_hash).copied().unwrap_or(self.default_plan)
+    }
+
+    /// A plan by id. Ids come from this table, so this cannot miss; an id
+    /// from another table falls back to the default plan.
+    #[inline]
+    pub fn plan(&self, id: PlanId) -> &Plan {
+        self.plans
+            .get(id.0 as usize)
+            .unwrap_or(&self.plans[self.default_plan.0 as usize])
+    }
+
+    /// The limit a decision refers to.
+    pub fn limit(&self, r: LimitRef) -> Option<&Limit> {
+        self.plans
+            .get(r.plan.0 as usize)?
+            .limits
+            .get(r.limit as usize)
+    }
+
+    /// All plans, in config order.
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    /// The default plan.
+    pub fn default_plan(&self) -> &Plan {
+        self.plan(self.default_plan)
+    }
+
+    /// A plan id by name.
+    pub fn plan_id(&self, name: &str) -> Option<PlanId> {
+        self.plans
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| PlanId(i as u32))
+    }
+
+    /// How many static key assignments the table has.
+    pub fn static_keys(&self) -> usize {
+        self.static_keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(v: u64) -> NonZeroU64 {
+        NonZeroU64::new(v).unwrap()
+    }
+
+    #[test]
+    fn rate_rejects_more_than_one_token_per_ns() {
+        assert!(Rate::new(nz(2_000_000_000), NANOS_PER_SEC, nz(1)).is_err());
+        assert!(Rate::new(nz(1_000_000_000), NANOS_PER_SEC, nz(1)).is_ok());
+    }
+
+    #[test]
+    fn rate_rejects_spans_beyond_500_years() {
+        assert!(Rate::new(nz(1), 86_400 * NANOS_PER_SEC, nz(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn tokens_in_inverts_emission() {
+        let r = Rate::new(nz(3), NANOS_PER_SEC, nz(10)).unwrap();
+        for slack in [0, 1, 333_333_332, 333_333_333, 333_333_334, 999_999_999, 1_000_000_000] {
+            let c = r.tokens_in(slack);
+            assert!(r.emission(c) <= slack || c == 0, "slack {slack}");
+            if c < r.burst() {
+                assert!(r.emission(c + 1) > slack, "slack {slack}");
+            }
+        }
+        assert_eq!(r.tokens_in(r.tau()), 10);
+    }
+
+    #[test]
+    fn table_resolves_static_keys_by_hash() {
+        let h = KeyHasher::with_secret([3; 16]);
+        let plans = vec![
+            Plan { name: "free".into(), limits: vec![] },
+            Plan { name: "gold".into(), limits: vec![] },
+        ];
+        let t = Table::new(plans, "free", [("k1", "gold")], &h).unwrap();
+        assert_eq!(t.plan(t.plan_for(h.key_hash(b"k1"))).name, "gold");
+        assert_eq!(t.plan(t.plan_for(h.key_hash(b"other"))).name, "free");
+        assert_eq!(t.static_keys(), 1);
+    }
+
+    #[test]
+    fn table_rejects_unknown_plans() {
+        let h = KeyHasher::with_secret([3; 16]);
+        let plans = vec![Plan { name: "free".into(), limits: vec![] }];
+        assert_eq!(
+            Table::new(plans.clone(), "gold", [], &h).unwrap_err(),
+            TableError::UnknownDefaultPlan("gold".into())
+        );
+        assert_eq!(
+            Table::new(plans, "free", [("k", "gold")], &h).unwrap_err(),
+            TableError::UnknownPlan("gold".into())
+        );
+    }
+}
