@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prost_config = tonic_prost_build::Config::new();
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        .codec_path("crate::api::codec::Codec")
         .file_descriptor_set_path(out_dir.join("quotad_descriptor.bin"))
         .compile_with_config(
             prost_config,

@@ -1,9 +1,57 @@
-//! quotad: a distributed rate-limiting and quota daemon.
+//! quotad: a rate-limiting and quota daemon.
 //!
-//! (The full layout map is written once the modules settle.)
+//! Gateways ask, over gRPC, "may key K spend N units now?"; quotad answers
+//! from token buckets and quota counters held in memory, with the limit,
+//! what remains, when it resets and when to retry.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, the [`Clock`](core::Clock), keyed hashing |
+//! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
+//! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) and its YAML form |
+//! | [`config`] | the whole config file: listeners, caps on requests, store, Envoy mapping, limits |
+//! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation |
+//! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
+//! | [`telemetry`] | readiness latch, `/livez` and `/readyz` |
+//! | [`shutdown`] | the shutdown signal every task waits on |
+//!
+//! # Request flow
+//!
+//! A front door validates the caller's message (empty or oversized keys,
+//! costs above the cap, too many items → `INVALID_ARGUMENT`), maps it to a
+//! [`core::Request`], and calls [`core::Snapshot::check`] synchronously:
+//! hash the key (SipHash keyed with a secret), look up its plan in the
+//! table snapshot, and for each of the plan's limits find the key's cell in
+//! the store and update it with one compare-and-swap. If a limit denies,
+//! the limits already charged are refunded, so a denied check consumes
+//! nothing. Nothing on this path awaits, locks across I/O, or allocates
+//! beyond the response.
+//!
+//! # Accuracy guarantees
+//!
+//! - Token bucket (rate `r` per period `p`, burst `b`): over any interval
+//!   of length `t`, a key is admitted at most `b + r·(t + n·1ns)/p` units,
+//!   `n` being the number of admitted checks (rounding of each check to
+//!   whole nanoseconds); a full bucket admits exactly `b`.
+//! - `retry_after` is exact: the same check one nanosecond earlier is
+//!   denied, at `retry_after` it passes (absent other traffic).
+//! - Quotas count exactly within their UTC calendar window.
+//! - A check passes only if all limits of its plan pass; then all are
+//!   charged, else none.
+//! - Memory: at most `store.max_tracked_keys` cells (plus one overflow cell
+//!   per limit); keys beyond the cap share the overflow bucket.
+//!
+//! This version runs on one node; limits are per process.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod app;
+pub mod config;
 pub mod core;
 pub mod limits;
+pub mod shutdown;
 pub mod store;
+pub mod telemetry;

@@ -125,7 +125,12 @@ mod tests {
     const T0: Nanos = 1_700_000_000 * NANOS_PER_SEC;
 
     fn rate(r: u64, per: Nanos, b: u64) -> Rate {
-        Rate::new(NonZeroU64::new(r).unwrap(), per, NonZeroU64::new(b).unwrap()).unwrap()
+        Rate::new(
+            NonZeroU64::new(r).unwrap(),
+            per,
+            NonZeroU64::new(b).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]

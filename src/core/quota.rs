@@ -13,7 +13,13 @@ use crate::store::QuotaCell;
 /// Decides a check of `cost` units against a window that has `used` units
 /// spent. Returns the verdict and, when units are taken, the new count.
 #[inline]
-pub fn decide(quota: &Quota, used: u64, span: Span, now: Nanos, cost: u64) -> (Verdict, Option<u64>) {
+pub fn decide(
+    quota: &Quota,
+    used: u64,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+) -> (Verdict, Option<u64>) {
     let q = quota.quota.get();
     let reset_after = span.end.saturating_sub(now);
     let left = q.saturating_sub(used);
@@ -40,7 +46,14 @@ pub fn decide(quota: &Quota, used: u64, span: Span, now: Nanos, cost: u64) -> (V
 
 /// Applies [`decide`] to a shared counter; `commit == false` only evaluates.
 #[inline]
-pub fn check(quota: &Quota, cell: &QuotaCell, span: Span, now: Nanos, cost: u64, commit: bool) -> Verdict {
+pub fn check(
+    quota: &Quota,
+    cell: &QuotaCell,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+    commit: bool,
+) -> Verdict {
     let mut used = cell.used.load(Ordering::Acquire);
     loop {
         let (verdict, next) = decide(quota, used, span, now, cost);
@@ -62,7 +75,9 @@ pub fn check(quota: &Quota, cell: &QuotaCell, span: Span, now: Nanos, cost: u64,
 pub fn refund(cell: &QuotaCell, cost: u64) {
     let _ = cell
         .used
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(cost)));
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+            Some(u.saturating_sub(cost))
+        });
 }
 
 #[cfg(test)]

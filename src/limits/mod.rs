@@ -275,7 +275,10 @@ impl Table {
     /// The plan for a key, given its keyed hash.
     #[inline]
     pub fn plan_for(&self, key_hash: u64) -> PlanId {
-        self.keys.get(&key_hash).copied().unwrap_or(self.default_plan)
+        self.keys
+            .get(&key_hash)
+            .copied()
+            .unwrap_or(self.default_plan)
     }
 
     /// A plan by id. Ids come from this table, so this cannot miss; an id
@@ -341,7 +344,15 @@ mod tests {
     #[test]
     fn tokens_in_inverts_emission() {
         let r = Rate::new(nz(3), NANOS_PER_SEC, nz(10)).unwrap();
-        for slack in [0, 1, 333_333_332, 333_333_333, 333_333_334, 999_999_999, 1_000_000_000] {
+        for slack in [
+            0,
+            1,
+            333_333_332,
+            333_333_333,
+            333_333_334,
+            999_999_999,
+            1_000_000_000,
+        ] {
             let c = r.tokens_in(slack);
             assert!(r.emission(c) <= slack || c == 0, "slack {slack}");
             if c < r.burst() {
@@ -355,8 +366,14 @@ mod tests {
     fn table_resolves_static_keys_by_hash() {
         let h = KeyHasher::with_secret([3; 16]);
         let plans = vec![
-            Plan { name: "free".into(), limits: vec![] },
-            Plan { name: "gold".into(), limits: vec![] },
+            Plan {
+                name: "free".into(),
+                limits: vec![],
+            },
+            Plan {
+                name: "gold".into(),
+                limits: vec![],
+            },
         ];
         let t = Table::new(plans, "free", [("k1", "gold")], &h).unwrap();
         assert_eq!(t.plan(t.plan_for(h.key_hash(b"k1"))).name, "gold");
@@ -367,7 +384,10 @@ mod tests {
     #[test]
     fn table_rejects_unknown_plans() {
         let h = KeyHasher::with_secret([3; 16]);
-        let plans = vec![Plan { name: "free".into(), limits: vec![] }];
+        let plans = vec![Plan {
+            name: "free".into(),
+            limits: vec![],
+        }];
         assert_eq!(
             Table::new(plans.clone(), "gold", [], &h).unwrap_err(),
             TableError::UnknownDefaultPlan("gold".into())

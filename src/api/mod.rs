@@ -1,0 +1,50 @@
+//! The front doors: each turns its wire message into a core
+//! [`Request`](crate::core::Request), calls the limiter synchronously, and
+//! turns the [`Decision`](crate::core::Decision) back into its wire message.
+//!
+//! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream);
+//! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`;
+//! - `validate` and `error`: caller input checks and the one mapping from
+//!   request errors to `INVALID_ARGUMENT`; `codec` maps undecodable
+//!   messages to `INVALID_ARGUMENT` too.
+
+pub mod codec;
+pub mod envoy_rls;
+pub mod error;
+pub mod native;
+pub mod validate;
+
+use crate::core::Nanos;
+use crate::core::clock::NANOS_PER_SEC;
+
+/// Code generated from `proto/quotad/v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("quotad.v1");
+
+    /// Encoded descriptor set of `quotad.v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quotad_descriptor");
+}
+
+/// A nanosecond count as a protobuf `Duration`.
+pub(crate) fn duration(ns: Nanos) -> prost_types::Duration {
+    prost_types::Duration {
+        // u64::MAX / 1e9 ≈ 1.8e10 fits in i64; nanos < 1e9 fits in i32.
+        seconds: (ns / NANOS_PER_SEC) as i64,
+        nanos: (ns % NANOS_PER_SEC) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_convert_without_overflow() {
+        let d = duration(1_500_000_000);
+        assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
+        let d = duration(u64::MAX);
+        assert_eq!(d.seconds, 18_446_744_073);
+        assert_eq!(d.nanos, 709_551_615);
+    }
+}

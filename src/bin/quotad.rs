@@ -1,0 +1,157 @@
+//! The `quotad` daemon: `quotad serve` and `quotad check-config FILE`.
+//!
+//! Start-up order: parse arguments, load and validate the config (exit 64,
+//! EX_USAGE, on any error, before anything binds), start logging, bind,
+//! serve until SIGTERM/SIGINT, drain, exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quotad::app::App;
+use quotad::config::Config;
+
+/// EX_USAGE from sysexits.h: the command or its config was wrong.
+const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quotad",
+    version,
+    about = "Distributed rate-limiting and quota daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it serves the embedded demo config
+    /// (in memory, plans `free` and `gold`).
+    Serve(ServeArgs),
+    /// Validate a config file and print a summary; exit 64 if invalid.
+    CheckConfig {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// YAML config file (plans, limits, keys, listeners, caps).
+    #[arg(long, env = "QUOTAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address; overrides server.grpc_addr.
+    #[arg(long, env = "QUOTAD_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP (health) listen address; overrides server.http_addr.
+    #[arg(long, env = "QUOTAD_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `quotad=debug`.
+    #[arg(long, env = "QUOTAD_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                println!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::Serve(args) => {
+            let config = match load(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            init_logging(&args.log);
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    if let Some(addr) = args.grpc_addr {
+        config.server.grpc_addr = addr;
+    }
+    if let Some(addr) = args.http_addr {
+        config.server.http_addr = addr;
+    }
+    tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("--log: invalid filter '{}'", args.log))?;
+    Ok(config)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match &config.source {
+            Some(p) => tracing::info!(config = %p.display(), "config loaded"),
+            None => tracing::info!("no --config: serving the embedded demo config (in memory)"),
+        }
+        let app = App::bind(config).await?;
+        app.run(signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

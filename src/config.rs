@@ -1,0 +1,1502 @@
+//! The daemon's config file: one YAML document holding the limits
+//! (`default_plan`, `plans`, `keys`, see [`crate::limits::file`]) and the
+//! `server`, `requests`, `store` and `envoy` sections, all optional.
+//!
+//! This module owns reading the file, the section settings and their
+//! defaults, the embedded demo config ([`EMBEDDED_DEFAULT`]) and the error
+//! messages. Every message is one line naming the file, the line and column,
+//! the field path and the reason:
+//!
+//! ```text
+//! quotad.yaml:7:20: plans.free.limits[1].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)
+//! ```
+//!
+//! Values are checked where they are read, so the parser knows their
+//! position; checks that relate several values report a field path, and the
+//! document is then read a second time into a tree of positions to find
+//! that path's line. Static API keys never appear in messages or `Debug`
+//! output; their path segment prints as `<key>`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Location, MessageFormatter, Spanned};
+
+use crate::core::clock::NANOS_PER_SEC;
+use crate::core::window::Window;
+use crate::limits::file::{self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, quoted};
+use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
+
+/// The config `quotad serve` uses without `--config`: a documented demo with
+/// plans `free` and `gold`.
+pub const EMBEDDED_DEFAULT: &str = r#"# quotad configuration (the embedded demo; `quotad serve` uses it when no
+# --config is given). Every section is optional; check a file with
+# `quotad check-config FILE`.
+
+# Plans are named sets of limits. A request passes only if every limit of
+# its key's plan passes. A plan with an empty (or no) `limits` list is
+# unlimited. Plan and limit names use letters, digits, '_', '.' and '-'.
+plans:
+  free:
+    limits:
+      # A rate limit is a token bucket: `rate` tokens per `per` (second,
+      # minute, hour or day), holding at most `burst` tokens (default: rate).
+      - { name: per-second, rate: 10, per: second, burst: 20 }
+      # A quota allows `quota` units per calendar window in UTC (second,
+      # minute, hour, day, week from Monday, or month) and resets when the
+      # window ends. Quotas take no burst.
+      - { name: daily, quota: 10000, per: day }
+  gold:
+    limits:
+      - { name: per-second, rate: 1000, per: second, burst: 2000 }
+      - { name: monthly, quota: 10000000, per: month }
+
+# The plan of every API key that has no static assignment below.
+default_plan: free
+
+# Static assignments of API keys to plans. Keys are hashed on load and
+# never logged.
+keys:
+  "demo-gold-key": { plan: gold }
+
+server:
+  grpc_addr: 127.0.0.1:8081    # gRPC: the native check API and Envoy RLS v3
+  http_addr: 127.0.0.1:9090    # HTTP: health and readiness
+  shutdown_grace: 10s          # how long in-flight calls may finish on shutdown (ms, s, m or h)
+
+requests:                      # caps on what a caller may send
+  max_key_bytes: 256           # longest API key
+  max_cost: 1000000000         # largest cost (units) in one check
+  max_batch: 1000              # checks in one CheckBatch
+  max_descriptors: 64          # descriptors in one Envoy RLS request
+  max_entries: 32              # entries in one RLS descriptor
+
+store:
+  max_tracked_keys: 1000000    # hard cap on tracked buckets
+  sweep_interval: 10s          # how often idle buckets are dropped
+  # hash_secret: "00112233445566778899aabbccddeeff"
+  #   128-bit secret (32 hex digits) for keyed hashing of API keys; nodes
+  #   that should agree on key hashes share it. Random per process when absent.
+
+envoy:
+  domains: [quotad]            # RLS domains this config answers; other domains get OK
+  key_entry: api_key           # the descriptor entry whose value is the API key
+"#;
+
+/// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+/// Largest `requests.max_key_bytes`.
+const MAX_KEY_BYTES_CAP: u64 = 65_536;
+
+/// The whole validated config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from; `None` for [`EMBEDDED_DEFAULT`] or text given
+    /// to [`Config::from_yaml`].
+    pub source: Option<PathBuf>,
+    /// Listeners and shutdown.
+    pub server: ServerSettings,
+    /// Caps on requests.
+    pub requests: RequestCaps,
+    /// The in-memory bucket store.
+    pub store: StoreSettings,
+    /// Envoy RLS front door.
+    pub envoy: EnvoySettings,
+    /// Plans, limits, default plan and static keys.
+    pub limits: LimitsSpec,
+}
+
+/// The `server` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// gRPC listen address (native API and Envoy RLS).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (health).
+    pub http_addr: SocketAddr,
+    /// How long in-flight calls may run after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8081)),
+            http_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090)),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `requests` section: caps on what a caller may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCaps {
+    /// Longest API key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest cost (units) in one check.
+    pub max_cost: u64,
+    /// Checks in one `CheckBatch`.
+    pub max_batch: usize,
+    /// Descriptors in one Envoy RLS request.
+    pub max_descriptors: usize,
+    /// Entries in one RLS descriptor.
+    pub max_entries: usize,
+}
+
+impl Default for RequestCaps {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 256,
+            max_cost: 1_000_000_000,
+            max_batch: 1000,
+            max_descriptors: 64,
+            max_entries: 32,
+        }
+    }
+}
+
+/// The `store` section.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Hard cap on tracked buckets (cells).
+    pub max_tracked_keys: usize,
+    /// How often idle buckets are dropped.
+    pub sweep_interval: Duration,
+    /// Secret for keyed hashing of API keys; random per process when `None`.
+    /// `Debug` prints `<redacted>`.
+    pub hash_secret: Option<[u8; 16]>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            max_tracked_keys: 1_000_000,
+            sweep_interval: Duration::from_secs(10),
+            hash_secret: None,
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("max_tracked_keys", &self.max_tracked_keys)
+            .field("sweep_interval", &self.sweep_interval)
+            .field(
+                "hash_secret",
+                &format_args!(
+                    "{}",
+                    if self.hash_secret.is_some() {
+                        "<redacted>"
+                    } else {
+                        "None"
+                    }
+                ),
+            )
+            .finish()
+    }
+}
+
+/// The `envoy` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoySettings {
+    /// RLS domains this config answers; requests for other domains get OK.
+    pub domains: Vec<String>,
+    /// The descriptor entry whose value is the API key.
+    pub key_entry: String,
+}
+
+impl Default for EnvoySettings {
+    fn default() -> Self {
+        Self {
+            domains: vec!["quotad".to_owned()],
+            key_entry: "api_key".to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// Why a config could not be loaded. `Display` is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The text is not well-formed YAML.
+    #[error("{0}")]
+    Syntax(Box<Diagnostic>),
+    /// Well-formed YAML that is not a valid config.
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+}
+
+impl ConfigError {
+    /// Where and why, for syntax and validation errors.
+    pub fn diagnostic(&self) -> Option<&Diagnostic> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax(d) | ConfigError::Invalid(d) => Some(d),
+        }
+    }
+}
+
+/// A located config error: `origin:line:column: path: reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// 1-based column, when known.
+    pub column: Option<u64>,
+    /// Field path such as `plans.free.limits[1].per`; empty for the whole
+    /// document or a syntax error.
+    pub path: String,
+    /// Lowercase, single-line reason.
+    pub reason: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads and validates the config file at `path`; messages name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: origin.clone(),
+            error,
+        })?;
+        let mut config = Self::from_yaml(&text, &origin)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names it in messages.
+    /// The result's `source` is `None`.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: ConfigRaw = parse(text, origin)?;
+        raw.build().map_err(|issue| locate(text, origin, issue))
+    }
+
+    /// The embedded demo config ([`EMBEDDED_DEFAULT`]).
+    pub fn embedded_default() -> Config {
+        Self::from_yaml(EMBEDDED_DEFAULT, "<embedded default>").unwrap_or_else(|_| demo_config())
+    }
+
+    /// A multi-line summary for `quotad check-config`: source, plans and
+    /// their limits, default plan, number of static keys (never the keys),
+    /// and the section settings.
+    pub fn summary(&self) -> String {
+        let mut lines = Vec::new();
+        lines.push(match &self.source {
+            Some(p) => format!("source: {}", p.display()),
+            None => "source: embedded default".to_owned(),
+        });
+        let l = &self.limits;
+        lines.push(format!(
+            "plans: {} (default: {})",
+            l.plans.len(),
+            l.default_plan
+        ));
+        for plan in &l.plans {
+            let limits = if plan.limits.is_empty() {
+                "unlimited".to_owned()
+            } else {
+                plan.limits
+                    .iter()
+                    .map(file::describe_limit)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            lines.push(format!("  {}: {limits}", plan.name));
+        }
+        lines.push(format!("static keys: {}", l.keys.len()));
+        let s = &self.server;
+        lines.push(format!(
+            "server: grpc {}, http {}, shutdown grace {}",
+            s.grpc_addr,
+            s.http_addr,
+            format_duration(s.shutdown_grace)
+        ));
+        let r = &self.requests;
+        lines.push(format!(
+            "requests: max key {} bytes, max cost {}, max batch {}, max descriptors {}, max entries {}",
+            r.max_key_bytes,
+            r.max_cost,
+            r.max_batch,
+            r.max_descriptors,
+            r.max_entries
+        ));
+        let st = &self.store;
+        lines.push(format!(
+            "store: max tracked keys {}, sweep every {}, hash secret {}",
+            st.max_tracked_keys,
+            format_duration(st.sweep_interval),
+            if st.hash_secret.is_some() {
+                "from config"
+            } else {
+                "random per process"
+            }
+        ));
+        lines.push(format!(
+            "envoy: domains {}, key entry {}",
+            self.envoy.domains.join(", "),
+            self.envoy.key_entry
+        ));
+        lines.join("\n")
+    }
+}
+
+/// Hand-built equivalent of [`EMBEDDED_DEFAULT`], used only if that text
+/// somehow fails to parse (a test keeps the two equal).
+fn demo_config() -> Config {
+    fn rate(plan: &str, name: &str, rate: u64, burst: u64) -> Option<Limit> {
+        let r = Rate::new(
+            NonZeroU64::new(rate)?,
+            NANOS_PER_SEC,
+            NonZeroU64::new(burst)?,
+        )
+        .ok()?;
+        Some(Limit::new(plan, name, LimitKind::Rate(r)))
+    }
+    fn quota(plan: &str, name: &str, quota: u64, window: Window) -> Option<Limit> {
+        let quota = NonZeroU64::new(quota)?;
+        Some(Limit::new(
+            plan,
+            name,
+            LimitKind::Quota(Quota { quota, window }),
+        ))
+    }
+    let plans = vec![
+        Plan {
+            name: "free".to_owned(),
+            limits: [
+                rate("free", "per-second", 10, 20),
+                quota("free", "daily", 10_000, Window::Day),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+        Plan {
+            name: "gold".to_owned(),
+            limits: [
+                rate("gold", "per-second", 1000, 2000),
+                quota("gold", "monthly", 10_000_000, Window::Month),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
+    ];
+    Config {
+        source: None,
+        server: ServerSettings::default(),
+        requests: RequestCaps::default(),
+        store: StoreSettings::default(),
+        envoy: EnvoySettings::default(),
+        limits: LimitsSpec {
+            default_plan: "free".to_owned(),
+            plans,
+            keys: vec![("demo-gold-key".to_owned(), "gold".to_owned())],
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw (as written) structure.
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a config file (a mapping of sections)"
+)]
+struct ConfigRaw {
+    default_plan: Option<String>,
+    plans: Option<PlansRaw>,
+    keys: Option<KeysRaw>,
+    server: Option<ServerRaw>,
+    requests: Option<RequestsRaw>,
+    store: Option<StoreRaw>,
+    envoy: Option<EnvoyRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the server section (a mapping)")]
+struct ServerRaw {
+    grpc_addr: Option<Addr>,
+    http_addr: Option<Addr>,
+    shutdown_grace: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the requests section (a mapping)")]
+struct RequestsRaw {
+    max_key_bytes: Option<Positive>,
+    max_cost: Option<Positive>,
+    max_batch: Option<Positive>,
+    max_descriptors: Option<Positive>,
+    max_entries: Option<Positive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the store section (a mapping)")]
+struct StoreRaw {
+    max_tracked_keys: Option<Positive>,
+    sweep_interval: Option<Dur>,
+    hash_secret: Option<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the envoy section (a mapping)")]
+struct EnvoyRaw {
+    domains: Option<Domains>,
+    key_entry: Option<NonEmpty>,
+}
+
+impl ConfigRaw {
+    fn build(self) -> Result<Config, Issue> {
+        let limits = file::build(self.default_plan, self.plans, self.keys)?;
+
+        let mut server = ServerSettings::default();
+        if let Some(s) = self.server {
+            if let Some(a) = s.grpc_addr {
+                server.grpc_addr = a.0;
+            }
+            if let Some(a) = s.http_addr {
+                server.http_addr = a.0;
+            }
+            if let Some(d) = s.shutdown_grace {
+                server.shutdown_grace = d.0;
+            }
+        }
+
+        let mut requests = RequestCaps::default();
+        if let Some(r) = self.requests {
+            let size = |v: Option<Positive>, field: &str, default: usize| -> Result<usize, Issue> {
+                v.map_or(Ok(default), |p| {
+                    usize::try_from(p.0.get()).map_err(|_| {
+                        Issue::new(
+                            vec![Seg::key("requests"), Seg::key(field)],
+                            format!("{} is too large for this platform", p.0),
+                        )
+                    })
+                })
+            };
+            if let Some(k) = r.max_key_bytes
+                && k.0.get() > MAX_KEY_BYTES_CAP
+            {
+                return Err(Issue::new(
+                    vec![Seg::key("requests"), Seg::key("max_key_bytes")],
+                    format!("must be at most {MAX_KEY_BYTES_CAP} (got {})", k.0),
+                ));
+            }
+            requests = RequestCaps {
+                max_key_bytes: size(r.max_key_bytes, "max_key_bytes", requests.max_key_bytes)?,
+                max_cost: r.max_cost.map_or(requests.max_cost, |p| p.0.get()),
+                max_batch: size(r.max_batch, "max_batch", requests.max_batch)?,
+                max_descriptors: size(
+                    r.max_descriptors,
+                    "max_descriptors",
+                    requests.max_descriptors,
+                )?,
+                max_entries: size(r.max_entries, "max_entries", requests.max_entries)?,
+            };
+        }
+
+        let mut store = StoreSettings::default();
+        if let Some(s) = self.store {
+            if let Some(p) = s.max_tracked_keys {
+                store.max_tracked_keys = usize::try_from(p.0.get()).map_err(|_| {
+                    Issue::new(
+                        vec![Seg::key("store"), Seg::key("max_tracked_keys")],
+                        format!("{} is too large for this platform", p.0),
+                    )
+                })?;
+            }
+            if let Some(d) = s.sweep_interval {
+                store.sweep_interval = d.0;
+            }
+            store.hash_secret = s.hash_secret.map(|s| s.0);
+        }
+
+        let mut envoy = EnvoySettings::default();
+        if let Some(e) = self.envoy {
+            if let Some(d) = e.domains {
+                envoy.domains = d.0;
+            }
+            if let Some(k) = e.key_entry {
+                envoy.key_entry = k.0;
+            }
+        }
+
+        // A static key longer than callers may send could never match.
+        if let Some((key, _)) = limits
+            .keys
+            .iter()
+            .find(|(k, _)| k.len() > requests.max_key_bytes)
+        {
+            let mut issue = Issue::new(
+                vec![Seg::key("keys"), Seg::key(key.clone())],
+                format!(
+                    "key is {} bytes long, more than requests.max_key_bytes ({}), so no request could use it",
+                    key.len(),
+                    requests.max_key_bytes
+                ),
+            );
+            issue.at_key = true;
+            return Err(issue);
+        }
+
+        Ok(Config {
+            source: None,
+            server,
+            requests,
+            store,
+            envoy,
+            limits,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Leaf values.
+
+/// A `host:port` socket address (an IP, not a host name).
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim().parse().map(Addr).map_err(|_| {
+            de::Error::custom(format!(
+                "invalid address {} (expected ip:port such as 127.0.0.1:8081)",
+                quoted(&s)
+            ))
+        })
+    }
+}
+
+/// A duration written as an integer and a unit: `500ms`, `10s`, `2m`, `1h`;
+/// more than zero and at most a day.
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurVisitor)
+    }
+}
+
+struct DurVisitor;
+
+impl DurVisitor {
+    fn bare_number<E: de::Error>(v: impl fmt::Display) -> E {
+        E::custom(format!(
+            "duration {v} has no unit (write for example {v}s; units: ms, s, m, h)"
+        ))
+    }
+}
+
+impl<'de> Visitor<'de> for DurVisitor {
+    type Value = Dur;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as 500ms, 10s or 2m")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+        let d = parse_duration(v).map_err(E::custom)?;
+        if d.is_zero() {
+            return Err(E::custom("duration must be more than 0"));
+        }
+        if d > MAX_DURATION {
+            return Err(E::custom(format!(
+                "duration must be at most 24h (got {})",
+                v.trim()
+            )));
+        }
+        Ok(Dur(d))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
+        Err(Self::bare_number(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+        Err(Self::bare_number(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+        Err(Self::bare_number(v))
+    }
+}
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (space allowed
+/// between). The caller checks the range.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration {} (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",
+            quoted(text)
+        )
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let millis_per_unit: u64 = match unit.trim_start() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => {
+            return Err(format!(
+                "duration {digits} has no unit (write for example {digits}s; units: ms, s, m, h)"
+            ));
+        }
+        _ => return Err(invalid()),
+    };
+    let too_long = || format!("duration must be at most 24h (got {t})");
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
+    let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// `10s`, `2m`, `500ms`: the largest unit that divides the duration.
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        format!("{}ns", d.as_nanos())
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `hash_secret`: exactly 32 hex digits. Messages never echo the value.
+struct Secret([u8; 16]);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = s.trim();
+        let n = s.chars().count();
+        if n != 32 {
+            return Err(de::Error::custom(format!(
+                "expected 32 hex digits (a 128-bit secret), got {n} characters"
+            )));
+        }
+        let not_hex =
+            || de::Error::custom("expected 32 hex digits (0-9, a-f), found another character");
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_hex());
+        }
+        let mut out = [0u8; 16];
+        for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| not_hex())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| not_hex())?;
+        }
+        Ok(Secret(out))
+    }
+}
+
+/// A string that is not empty or blank.
+struct NonEmpty(String);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("must not be empty"));
+        }
+        Ok(NonEmpty(s))
+    }
+}
+
+/// `envoy.domains`: a non-empty list of non-empty strings.
+struct Domains(Vec<String>);
+
+impl<'de> Deserialize<'de> for Domains {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<NonEmpty>::deserialize(d)?;
+        if list.is_empty() {
+            return Err(de::Error::custom("at least one domain is required"));
+        }
+        Ok(Domains(list.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing and error reporting.
+
+fn options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    // Messages are rendered here, one line each; no source snippets.
+    o.with_snippet = false;
+    // Repeated keys reach the visitors, which report them with both lines
+    // (`plans`, `keys`) or as a duplicate field (everything else).
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    o
+}
+
+/// Deserializes `text`, tracking the field path of any error.
+fn parse<T: for<'de> Deserialize<'de>>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let mut path = None;
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().clone());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| saphyr_error(&e, path.as_ref(), text, origin))
+}
+
+/// Turns a serde-saphyr error into a one-line [`ConfigError`].
+fn saphyr_error(
+    err: &serde_saphyr::Error,
+    path: Option<&serde_path_to_error::Path>,
+    text: &str,
+    origin: &str,
+) -> ConfigError {
+    use serde_saphyr::Error as E;
+
+    let mut location = err.location();
+    let mut inner = err.without_snippet();
+    if let E::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    let mut segs: Vec<Seg> = path.map(segments).unwrap_or_default();
+    let mut syntax = false;
+    let reason = match inner {
+        E::ExternalMessage { msg, .. } => {
+            syntax = true;
+            format!("invalid yaml: {}", clean(msg))
+        }
+        E::Eof { .. } => {
+            syntax = true;
+            "invalid yaml: unexpected end of file".to_owned()
+        }
+        E::MultipleDocuments { .. } => {
+            syntax = true;
+            "the file must hold a single yaml document".to_owned()
+        }
+        E::Message { msg, .. } => clean(msg),
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            if matches!(segs.last(), Some(Seg::Key { name, .. }) if name == field) {
+                segs.pop();
+            }
+            unknown_field(field, expected)
+        }
+        E::SerdeMissingField { field, .. } => {
+            // The parser points at the last key it read; the mapping that
+            // lacks the field is a better place.
+            if let Some(l) = position_tree(text).and_then(|t| find(&t, &segs, false)) {
+                location = Some(l);
+            }
+            format!("missing field '{field}'")
+        }
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        }
+        | E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {} (got {})", clean(expected), clean(unexpected)),
+        E::Unexpected { expected, .. } => match *expected {
+            "mapping start" => "expected a mapping".to_owned(),
+            "sequence start" => "expected a list".to_owned(),
+            "string scalar" => "expected a string".to_owned(),
+            other => format!("expected {}", clean(other)),
+        },
+        E::DuplicateMappingKey { key, .. } => match key {
+            Some(k) => format!("duplicate key {}", quoted(k)),
+            None => "duplicate key".to_owned(),
+        },
+        other => clean(&serde_saphyr::DefaultMessageFormatter.format_message(other)),
+    };
+    let diagnostic = Box::new(Diagnostic {
+        origin: origin.to_owned(),
+        line: location.map(|l| l.line()).filter(|&l| l > 0),
+        column: location.map(|l| l.column()).filter(|&c| c > 0),
+        path: if syntax {
+            String::new()
+        } else {
+            render_path(&segs)
+        },
+        reason,
+    });
+    if syntax {
+        ConfigError::Syntax(diagnostic)
+    } else {
+        ConfigError::Invalid(diagnostic)
+    }
+}
+
+/// One line, quotes instead of backticks.
+fn clean(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    let near = expected
+        .iter()
+        .map(|e| (edit_distance(field, e), *e))
+        .filter(|(d, e)| *d <= 2 && *d < e.len())
+        .min_by_key(|(d, _)| *d);
+    match near {
+        Some((_, e)) => format!("unknown field {} (did you mean '{e}'?)", quoted(field)),
+        None if expected.is_empty() => format!("unknown field {}", quoted(field)),
+        None => format!(
+            "unknown field {} (expected one of: {})",
+            quoted(field),
+            expected.join(", ")
+        ),
+    }
+}
+
+/// Optimal-string-alignment distance: edits, counting a swap of two
+/// neighbours as one (`brust` → `burst` is 1).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    path.iter()
+        .filter_map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Seg::key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Seg::key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// `plans.free.limits[1].per`; the key under top-level `keys` prints as
+/// `<key>` so API keys never reach messages.
+fn render_path(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    let under_keys = matches!(segs.first(), Some(Seg::Key { name, .. }) if name == "keys");
+    for (i, seg) in segs.iter().enumerate() {
+        match seg {
+            Seg::Key { name, .. } => {
+                if i > 0 {
+                    out.push('.');
+                }
+                if i == 1 && under_keys {
+                    out.push_str("<key>");
+                } else {
+                    out.push_str(&clean(name));
+                }
+            }
+            Seg::Index(n) => {
+                out.push('[');
+                out.push_str(&n.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+/// Locates a validation [`Issue`] in `text` and renders it.
+fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
+    let tree = position_tree(text);
+    let find = |path: &[Seg], at_key: bool| tree.as_ref().and_then(|t| find(t, path, at_key));
+    let location = find(&issue.path, issue.at_key);
+    let mut reason = issue.reason;
+    if let Some(first) = issue.first.as_deref().and_then(|p| find(p, issue.at_key)) {
+        reason.push_str(&format!(" (first defined at line {})", first.line()));
+    }
+    ConfigError::Invalid(Box::new(Diagnostic {
+        origin: origin.to_owned(),
+        line: location.map(|l| l.line()),
+        column: location.map(|l| l.column()),
+        path: render_path(&issue.path),
+        reason,
+    }))
+}
+
+/// Reads `text` again as a tree of positions; `None` if it does not parse.
+fn position_tree(text: &str) -> Option<Spanned<Node>> {
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        Spanned::<Node>::deserialize(de)
+    })
+    .ok()
+}
+
+/// The document's shape with the position of every key and value, read
+/// only to locate validation issues.
+enum Node {
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Scalar,
+}
+
+/// The position of `path`: of its value, or of its last key when
+/// `at_key`. A path that leaves the document stops at the deepest node
+/// it reached (a missing field points at its parent).
+fn find(root: &Spanned<Node>, path: &[Seg], at_key: bool) -> Option<Location> {
+    let mut node = root;
+    let mut loc = root.referenced;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let next = match (seg, &node.value) {
+            (Seg::Key { name, nth }, Node::Map(entries)) => entries
+                .iter()
+                .filter(|(k, _)| k.value == *name)
+                .nth(*nth)
+                .map(|(k, v)| {
+                    (
+                        if at_key && last {
+                            k.referenced
+                        } else {
+                            v.referenced
+                        },
+                        v,
+                    )
+                }),
+            (Seg::Index(n), Node::Seq(items)) => items.get(*n).map(|v| (v.referenced, v)),
+            _ => None,
+        };
+        match next {
+            Some((l, v)) => {
+                loc = l;
+                node = v;
+            }
+            None => break,
+        }
+    }
+    (loc != Location::UNKNOWN && loc.line() > 0).then_some(loc)
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any yaml node")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = map.next_key()? {
+                    entries.push((k, map.next_value()?));
+                }
+                Ok(Node::Map(entries))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Node::Seq(items))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+        }
+
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(yaml: &str) -> String {
+        match Config::from_yaml(yaml, "t.yaml") {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn parse_ok(yaml: &str) -> Config {
+        match Config::from_yaml(yaml, "t.yaml") {
+            Ok(c) => c,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    const FULL: &str = r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - { name: per-second, rate: 10, per: second, burst: 20 }
+keys:
+  "sk-live-abcdef": { plan: free }
+server:
+  grpc_addr: 0.0.0.0:50051
+  http_addr: "[::1]:8080"
+  shutdown_grace: 500ms
+requests:
+  max_key_bytes: 128
+  max_cost: 5000
+  max_batch: 10
+  max_descriptors: 8
+  max_entries: 4
+store:
+  max_tracked_keys: 42
+  sweep_interval: 2m
+  hash_secret: "000102030405060708090A0B0C0D0E0F"
+envoy:
+  domains: [edge, internal]
+  key_entry: x-api-key
+"#;
+
+    #[test]
+    fn full_file_parses_every_section() {
+        let c = parse_ok(FULL);
+        assert_eq!(c.source, None);
+        assert_eq!(c.server.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.server.http_addr.to_string(), "[::1]:8080");
+        assert_eq!(c.server.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(
+            c.requests,
+            RequestCaps {
+                max_key_bytes: 128,
+                max_cost: 5000,
+                max_batch: 10,
+                max_descriptors: 8,
+                max_entries: 4,
+            }
+        );
+        assert_eq!(c.store.max_tracked_keys, 42);
+        assert_eq!(c.store.sweep_interval, Duration::from_secs(120));
+        let want: Vec<u8> = (0..16).collect();
+        assert_eq!(c.store.hash_secret.map(|s| s.to_vec()), Some(want));
+        assert_eq!(c.envoy.domains, ["edge", "internal"]);
+        assert_eq!(c.envoy.key_entry, "x-api-key");
+    }
+
+    #[test]
+    fn absent_sections_take_defaults() {
+        let c = parse_ok("default_plan: p\nplans:\n  p: {}\nserver:\nrequests: {}\n");
+        assert_eq!(c.server, ServerSettings::default());
+        assert_eq!(c.requests, RequestCaps::default());
+        assert_eq!(c.store, StoreSettings::default());
+        assert_eq!(c.envoy, EnvoySettings::default());
+        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9090");
+        // An empty file is a valid, unlimited config.
+        let empty = parse_ok("# nothing here\n");
+        assert_eq!(empty.limits.default_plan, file::UNLIMITED_PLAN);
+    }
+
+    #[test]
+    fn embedded_default_parses_and_matches_the_fallback() {
+        let parsed = match Config::from_yaml(EMBEDDED_DEFAULT, "embedded") {
+            Ok(c) => c,
+            Err(e) => panic!("embedded default is invalid: {e}"),
+        };
+        assert_eq!(parsed, demo_config());
+        assert_eq!(Config::embedded_default(), parsed);
+        let gold = parsed.limits.plan("gold");
+        assert_eq!(gold.map(|p| p.limits.len()), Some(2));
+    }
+
+    #[test]
+    fn summary_lists_plans_but_not_keys() {
+        let s = Config::embedded_default().summary();
+        let want = "\
+source: embedded default
+plans: 2 (default: free)
+  free: per-second 10/second burst 20; daily 10000/day
+  gold: per-second 1000/second burst 2000; monthly 10000000/month
+static keys: 1
+server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s
+requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32
+store: max tracked keys 1000000, sweep every 10s, hash secret random per process
+envoy: domains quotad, key entry api_key";
+        assert_eq!(s, want);
+        assert!(!s.contains("demo-gold-key"));
+    }
+
+    #[test]
+    fn debug_hides_static_keys_and_the_hash_secret() {
+        let c = parse_ok(FULL);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-live-abcdef"), "{dbg}");
+        assert!(dbg.contains("<redacted>"), "{dbg}");
+        // The secret's bytes, in any rendering, are absent.
+        assert!(!dbg.contains("[0, 1, 2, 3"), "{dbg}");
+        assert!(!dbg.to_lowercase().contains("0a0b0c"), "{dbg}");
+        let summary = c.summary();
+        assert!(!summary.contains("sk-live-abcdef"), "{summary}");
+        assert!(!summary.to_lowercase().contains("0a0b0c"), "{summary}");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("24h", 86_400_000),
+            (" 3 s ", 3_000),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "s",
+            "1.5s",
+            "10 parsecs",
+            "-1s",
+            "10sec",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn invalid_sections_name_line_path_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "server:\n  grpc_addr: localhost:8081\n",
+                "t.yaml:2:14: server.grpc_addr: invalid address 'localhost:8081' (expected ip:port such as 127.0.0.1:8081)",
+            ),
+            (
+                "server:\n  shutdown_grace: 10 parsecs\n",
+                "t.yaml:2:19: server.shutdown_grace: invalid duration '10 parsecs' (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",
+            ),
+            (
+                "server:\n  shutdown_grace: 10\n",
+                "t.yaml:2:19: server.shutdown_grace: duration 10 has no unit (write for example 10s; units: ms, s, m, h)",
+            ),
+            (
+                "server:\n  shutdown_grace: 0s\n",
+                "t.yaml:2:19: server.shutdown_grace: duration must be more than 0",
+            ),
+            (
+                "store:\n  sweep_interval: 25h\n",
+                "t.yaml:2:19: store.sweep_interval: duration must be at most 24h (got 25h)",
+            ),
+            (
+                "store:\n  hash_secret: abc123\n",
+                "t.yaml:2:16: store.hash_secret: expected 32 hex digits (a 128-bit secret), got 6 characters",
+            ),
+            (
+                "store:\n  hash_secret: 000102030405060708090a0b0c0d0e0g\n",
+                "t.yaml:2:16: store.hash_secret: expected 32 hex digits (0-9, a-f), found another character",
+            ),
+            (
+                "requests:\n  max_key_bytes: 65537\n",
+                "t.yaml:2:18: requests.max_key_bytes: must be at most 65536 (got 65537)",
+            ),
+            (
+                "requests:\n  max_batch: 0\n",
+                "t.yaml:2:14: requests.max_batch: must be at least 1 (got 0)",
+            ),
+            (
+                "envoy:\n  domains: []\n",
+                "t.yaml:2:12: envoy.domains: at least one domain is required",
+            ),
+            (
+                "envoy:\n  domains: [a, '']\n",
+                "t.yaml:2:16: envoy.domains[1]: must not be empty",
+            ),
+            (
+                "envoy:\n  key_entry: ''\n",
+                "t.yaml:2:14: envoy.key_entry: must not be empty",
+            ),
+            ("server: 5\n", "t.yaml:1:9: server: expected a mapping"),
+            (
+                "envoy:\n  domains: quotad\n",
+                "t.yaml:2:12: envoy.domains: expected a list",
+            ),
+            (
+                "limits:\n  free: {}\n",
+                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, envoy)",
+            ),
+            (
+                "servers:\n  grpc_addr: 127.0.0.1:1\n",
+                "t.yaml:1:1: unknown field 'servers' (did you mean 'server'?)",
+            ),
+            (
+                "metrics:\n  port: 1\n",
+                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, envoy)",
+            ),
+            (
+                "server:\n  grpc_addr: 127.0.0.1:1\n  grpc_addr: 127.0.0.1:2\n",
+                "t.yaml:2:3: server: duplicate field 'grpc_addr'",
+            ),
+            ("- a\n- b\n", "t.yaml:1:1: expected a mapping"),
+            (
+                "default_plan: free\nplans:\n  free:\n    limits: [\n",
+                "t.yaml:4:13: invalid yaml: unclosed bracket '['",
+            ),
+            (
+                "server:\n  grpc_addr: 127.0.0.1:1\n---\nserver: {}\n",
+                "t.yaml:4:1: the file must hold a single yaml document",
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\nrequests:\n  max_key_bytes: 4\nkeys:\n  longer-than-four: { plan: free }\n",
+                "t.yaml:7:3: keys.<key>: key is 16 bytes long, more than requests.max_key_bytes (4), so no request could use it",
+            ),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(yaml, want)| {
+                let got = error(yaml);
+                (got != *want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn syntax_errors_are_their_own_variant() {
+        let e = Config::from_yaml("plans:\n  free: {limits: [\n", "t.yaml");
+        assert!(matches!(e, Err(ConfigError::Syntax(_))), "{e:?}");
+        let e = Config::from_yaml("server: 5\n", "t.yaml");
+        match e {
+            Err(ConfigError::Invalid(d)) => {
+                assert_eq!((d.line, d.column), (Some(1), Some(9)));
+                assert_eq!(d.path, "server");
+                assert_eq!(d.reason, "expected a mapping");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hash_secret_is_never_echoed() {
+        let secret = "00112233445566778899aabbccddeeffXX";
+        let e = error(&format!("store:\n  hash_secret: \"{secret}\"\n"));
+        assert!(!e.contains("00112233"), "{e}");
+    }
+
+    fn check_one_line(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Err(e) = Config::from_yaml(text, "f.yaml") {
+            let msg = e.to_string();
+            proptest::prop_assert!(!msg.contains('\n'), "{msg}");
+            proptest::prop_assert!(msg.starts_with("f.yaml"), "{msg}");
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Small edits of a valid file: a config or a one-line error,
+        /// never a panic.
+        #[test]
+        fn edits_of_the_default_never_panic(
+            pos in 0usize..EMBEDDED_DEFAULT.len(),
+            cut in 0usize..12,
+            insert in "[ -~\n]{0,8}",
+        ) {
+            let end = (pos + cut).min(EMBEDDED_DEFAULT.len());
+            let mut text = EMBEDDED_DEFAULT.to_owned();
+            text.replace_range(pos..end, &insert);
+            check_one_line(&text)?;
+        }
+
+        /// Arbitrary text, including control characters and non-ASCII.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,120}|[\\x00-\\x7f]{0,120}") {
+            check_one_line(&text)?;
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // Pass one stops at the missing field; locating it reads the whole
+        // document again, hits the parser's depth budget, and falls back to
+        // the parser's own position (the last key read).
+        let deep = format!(
+            "plans:\n  free:\n    limits:\n      - {{ rate: 1, per: second }}\nx: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(
+            error(&deep),
+            "t.yaml:4:20: plans.free.limits[0]: missing field 'name'"
+        );
+        assert!(error(&format!("x: {}", "[".repeat(100_000))).starts_with("t.yaml:1:"));
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config")
+            .join(name)
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let cases = [
+            (
+                "bad-unit.yaml",
+                "7:43: plans.free.limits[1].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)",
+            ),
+            (
+                "misspelled-burst.yaml",
+                "6:52: plans.free.limits[0]: unknown field 'brust' (did you mean 'burst'?)",
+            ),
+            (
+                "burst-on-quota.yaml",
+                "12:16: plans.gold.limits[1].burst: burst applies only to rate limits",
+            ),
+            (
+                "unknown-plan-key.yaml",
+                "13:11: keys.<key>.plan: unknown plan 'platinum' (defined plans: free, gold)",
+            ),
+            ("syntax.yaml", "5:13: invalid yaml: unclosed bracket '['"),
+        ];
+        let mut failures = Vec::new();
+        for (name, tail) in cases {
+            let path = fixture(name);
+            let err = match Config::load(&path) {
+                Ok(c) => panic!("{name}: expected an error, got {c:?}"),
+                Err(e) => e.to_string(),
+            };
+            let want = format!("{}:{tail}", path.display());
+            if err != want {
+                failures.push(format!("{name}\n  got:  {err}\n  want: {want}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn load_valid_fixture_sets_source() {
+        let path = fixture("valid.yaml");
+        let c = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.source.as_deref(), Some(path.as_path()));
+        assert_eq!(c.limits.plans.len(), 2);
+        assert!(
+            c.summary()
+                .starts_with(&format!("source: {}", path.display()))
+        );
+    }
+
+    #[test]
+    fn load_missing_file() {
+        let path = fixture("does-not-exist.yaml");
+        let err = match Config::load(&path) {
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, ConfigError::Read { .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot read: ", path.display())),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
+}

@@ -1,0 +1,1000 @@
+//! The limits part of the config file — `default_plan`, `plans` and `keys` —
+//! as written (the serde-facing raw types) and as validated ([`LimitsSpec`]).
+//!
+//! Checks that concern a single value (a name's characters, a positive
+//! number, a unit) run while deserializing, so the YAML parser knows where
+//! the value is. Checks that relate several values (rate *or* quota,
+//! duplicate names, references to plans) run in `build` and come back as
+//! an `Issue`: a reason plus the field path it concerns, which
+//! [`crate::config`] turns into a line and column of the file.
+//!
+//! ```yaml
+//! default_plan: free
+//! plans:
+//!   free:
+//!     limits:
+//!       - { name: per-second, rate: 10, per: second, burst: 20 }
+//!       - { name: daily, quota: 10000, per: day }
+//! keys:
+//!   "demo-gold-key": { plan: gold }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU64;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use super::{Limit, LimitKind, Plan, Quota, Rate, RateError, Table, TableError};
+use crate::core::clock::NANOS_PER_SEC;
+use crate::core::hash::KeyHasher;
+use crate::core::window::Window;
+
+/// Longest plan or limit name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest static API key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Most limits one plan may have.
+pub const MAX_LIMITS_PER_PLAN: usize = 64;
+/// The plan a file without plans gets: no limits, everybody on it.
+pub const UNLIMITED_PLAN: &str = "unlimited";
+
+/// The validated limits of a config file: plans in file order, the default
+/// plan and the static key assignments.
+///
+/// `Debug` prints how many static keys there are, never the keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LimitsSpec {
+    /// Name of the plan for keys without a static assignment.
+    pub default_plan: String,
+    /// The plans, in the order the file lists them.
+    pub plans: Vec<Plan>,
+    /// Static assignments: (raw API key, plan name), in file order.
+    pub keys: Vec<(String, String)>,
+}
+
+impl fmt::Debug for LimitsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimitsSpec")
+            .field("default_plan", &self.default_plan)
+            .field("plans", &self.plans)
+            .field("keys", &format_args!("<{} static keys>", self.keys.len()))
+            .finish()
+    }
+}
+
+impl LimitsSpec {
+    /// Builds the engine's [`Table`], hashing the static keys with `hasher`.
+    ///
+    /// A validated spec always builds; the `Result` only passes on
+    /// [`Table::new`]'s own checks.
+    pub fn table(&self, hasher: &KeyHasher) -> Result<Table, TableError> {
+        Table::new(
+            self.plans.clone(),
+            &self.default_plan,
+            self.keys.iter().map(|(k, p)| (k.as_str(), p.as_str())),
+            hasher,
+        )
+    }
+
+    /// A plan by name.
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+}
+
+/// A one-line description of a limit for summaries:
+/// `per-second 10/second burst 20`, `daily 10000/day`.
+pub fn describe_limit(limit: &Limit) -> String {
+    match &limit.kind {
+        LimitKind::Rate(r) => format!(
+            "{} {}/{} burst {}",
+            limit.name,
+            r.rate(),
+            period_name(r.period()),
+            r.burst()
+        ),
+        LimitKind::Quota(q) => format!("{} {}/{}", limit.name, q.quota, q.window.as_str()),
+    }
+}
+
+/// The config-file unit of a rate's period (`second` ... `day`), or the
+/// period in nanoseconds when it is not one of them.
+fn period_name(period_ns: u64) -> String {
+    [Window::Second, Window::Minute, Window::Hour, Window::Day]
+        .into_iter()
+        .find(|w| w.nominal_seconds() * NANOS_PER_SEC == period_ns)
+        .map_or_else(|| format!("{period_ns}ns"), |w| w.as_str().to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Issues: validation failures that name a field path.
+
+/// One step of a field path in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seg {
+    /// The `nth` (from 0) occurrence of a mapping key; `nth > 0` only for
+    /// duplicated keys.
+    Key {
+        /// The key as written.
+        name: String,
+        /// Which occurrence.
+        nth: usize,
+    },
+    /// A list element.
+    Index(usize),
+}
+
+impl Seg {
+    /// The first occurrence of mapping key `name`.
+    pub(crate) fn key(name: impl Into<String>) -> Self {
+        Seg::Key {
+            name: name.into(),
+            nth: 0,
+        }
+    }
+}
+
+/// A validation failure found after deserializing: what is wrong and at
+/// which field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Issue {
+    /// The field the failure concerns.
+    pub path: Vec<Seg>,
+    /// Lowercase, single-line reason.
+    pub reason: String,
+    /// Point at the mapping key itself rather than its value (duplicates).
+    pub at_key: bool,
+    /// Where the other half of a duplicate is, for "first defined at line N".
+    pub first: Option<Vec<Seg>>,
+}
+
+impl Issue {
+    pub(crate) fn new(path: Vec<Seg>, reason: impl Into<String>) -> Self {
+        Self {
+            path,
+            reason: reason.into(),
+            at_key: false,
+            first: None,
+        }
+    }
+
+    fn duplicate(path: Vec<Seg>, first: Vec<Seg>, reason: impl Into<String>) -> Self {
+        Self {
+            path,
+            reason: reason.into(),
+            at_key: true,
+            first: Some(first),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Leaf values, validated while deserializing.
+
+/// Quotes user text for a message, shortened and with control characters
+/// escaped so the message stays on one line.
+pub(crate) fn quoted(s: &str) -> String {
+    const MAX: usize = 40;
+    let mut out = String::from("'");
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A positive integer (`rate`, `quota`, `burst`, caps): rejects zero,
+/// negatives, fractions, strings and booleans with a message saying which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Positive(pub NonZeroU64);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PositiveVisitor)
+    }
+}
+
+struct PositiveVisitor;
+
+impl PositiveVisitor {
+    fn from_u64<E: de::Error>(v: u64) -> Result<Positive, E> {
+        NonZeroU64::new(v)
+            .map(Positive)
+            .ok_or_else(|| E::custom("must be at least 1 (got 0)"))
+    }
+}
+
+impl<'de> Visitor<'de> for PositiveVisitor {
+    type Value = Positive;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a positive integer")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Positive, E> {
+        Self::from_u64(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Positive, E> {
+        match u64::try_from(v) {
+            Ok(v) => Self::from_u64(v),
+            Err(_) => Err(E::custom(format!("must be at least 1 (got {v})"))),
+        }
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Positive, E> {
+        match u64::try_from(v) {
+            Ok(v) => Self::from_u64(v),
+            Err(_) => Err(E::custom(format!(
+                "{v} is too large (at most {})",
+                u64::MAX
+            ))),
+        }
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Positive, E> {
+        match u64::try_from(v) {
+            Ok(v) => Self::from_u64(v),
+            Err(_) if v < 0 => Err(E::custom(format!("must be at least 1 (got {v})"))),
+            Err(_) => Err(E::custom(format!(
+                "{v} is too large (at most {})",
+                u64::MAX
+            ))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Positive, E> {
+        // YAML has no integer bigger than u64 here: huge literals and
+        // exponents arrive as floats.
+        if !v.is_finite() || v.fract() != 0.0 {
+            Err(E::custom(format!("expected a whole number (got {v})")))
+        } else if v >= 18_446_744_073_709_551_616.0 {
+            Err(E::custom(format!(
+                "number is too large (at most {})",
+                u64::MAX
+            )))
+        } else if v < 1.0 {
+            Err(E::custom(format!("must be at least 1 (got {v})")))
+        } else {
+            Err(E::custom(format!(
+                "expected a plain integer such as 10 (got the float {v})"
+            )))
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Positive, E> {
+        Err(E::custom(format!("expected a positive integer (got {v})")))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Positive, E> {
+        if v.trim().parse::<u64>().is_ok() {
+            Err(E::custom(format!(
+                "expected a number, not the string {} (remove the quotes)",
+                quoted(v)
+            )))
+        } else {
+            Err(E::custom(format!(
+                "expected a positive integer (got {})",
+                quoted(v)
+            )))
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Positive, E> {
+        Err(E::custom("expected a positive integer (got nothing)"))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Positive, E> {
+        self.visit_unit()
+    }
+}
+
+/// Checks a plan or limit name: non-empty, at most 64 bytes, only
+/// `[A-Za-z0-9_.-]`.
+pub(crate) fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if s.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "name {} is {} bytes long (at most {MAX_NAME_BYTES})",
+            quoted(s),
+            s.len()
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        let c = if c.is_control() || c == ' ' {
+            c.escape_default().to_string()
+        } else {
+            c.to_string()
+        };
+        return Err(format!(
+            "invalid character '{c}' in name {} (use letters, digits, '_', '.' and '-')",
+            quoted(s)
+        ));
+    }
+    Ok(())
+}
+
+/// A plan or limit name that passed [`check_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Name(pub String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_name(&s).map_err(de::Error::custom)?;
+        Ok(Name(s))
+    }
+}
+
+/// A static API key: non-empty, at most 256 bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ApiKey(pub String);
+
+impl<'de> Deserialize<'de> for ApiKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(de::Error::custom("key must not be empty"));
+        }
+        if s.len() > MAX_KEY_BYTES {
+            // Never echo the key: error messages end up in logs.
+            return Err(de::Error::custom(format!(
+                "key is {} bytes long (at most {MAX_KEY_BYTES})",
+                s.len()
+            )));
+        }
+        Ok(ApiKey(s))
+    }
+}
+
+/// The `per` of a limit: any calendar unit; rates accept only second to day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Per(pub Window);
+
+impl<'de> Deserialize<'de> for Per {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let w = match s.to_ascii_lowercase().as_str() {
+            "second" => Window::Second,
+            "minute" => Window::Minute,
+            "hour" => Window::Hour,
+            "day" => Window::Day,
+            "week" => Window::Week,
+            "month" => Window::Month,
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "unknown unit {} (expected second, minute, hour, day, week or month)",
+                    quoted(&s)
+                )));
+            }
+        };
+        Ok(Per(w))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw (as written) structure.
+
+/// A mapping read into a `Vec` in file order. Duplicate keys are kept (the
+/// parser passes them through) so validation can report them with a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entries<K, V>(pub Vec<(K, V)>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Entries<K, V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<K, V>(std::marker::PhantomData<(K, V)>);
+
+        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<K, V> {
+            type Value = Entries<K, V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key()? {
+                    out.push((k, map.next_value()?));
+                }
+                Ok(Entries(out))
+            }
+
+            // `plans:` with nothing after it.
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Entries(Vec::new()))
+            }
+        }
+
+        d.deserialize_map(EntriesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// `plans:` as written.
+pub(crate) type PlansRaw = Entries<Name, PlanRaw>;
+/// `keys:` as written.
+pub(crate) type KeysRaw = Entries<ApiKey, KeyRaw>;
+
+/// One plan as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a plan (a mapping with a 'limits' list)"
+)]
+pub(crate) struct PlanRaw {
+    #[serde(default)]
+    limits: Vec<LimitRaw>,
+}
+
+/// One limit as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a limit (a mapping with name, rate or quota, per)"
+)]
+pub(crate) struct LimitRaw {
+    name: Name,
+    rate: Option<Positive>,
+    quota: Option<Positive>,
+    per: Per,
+    burst: Option<Positive>,
+}
+
+/// One static key assignment as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a key assignment (a mapping with 'plan')"
+)]
+pub(crate) struct KeyRaw {
+    plan: String,
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+/// Validates the three limits keys of a config file into a [`LimitsSpec`].
+///
+/// A file with no plans gets one unlimited plan, [`UNLIMITED_PLAN`], as the
+/// default; it may then have neither `default_plan` nor `keys`.
+pub(crate) fn build(
+    default_plan: Option<String>,
+    plans: Option<PlansRaw>,
+    keys: Option<KeysRaw>,
+) -> Result<LimitsSpec, Issue> {
+    let plans_raw = plans.map(|p| p.0).unwrap_or_default();
+    let keys_raw = keys.map(|k| k.0).unwrap_or_default();
+
+    let mut plans = Vec::with_capacity(plans_raw.len());
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (name, raw) in &plans_raw {
+        let nth = seen.entry(name.0.as_str()).or_insert(0);
+        if *nth > 0 {
+            return Err(Issue::duplicate(
+                vec![
+                    Seg::key("plans"),
+                    Seg::Key {
+                        name: name.0.clone(),
+                        nth: *nth,
+                    },
+                ],
+                vec![Seg::key("plans"), Seg::key(name.0.clone())],
+                format!("plan {} is defined twice", quoted(&name.0)),
+            ));
+        }
+        *nth += 1;
+        plans.push(build_plan(&name.0, raw)?);
+    }
+
+    let default_plan = match (default_plan, plans.is_empty()) {
+        (None, true) => {
+            plans.push(Plan {
+                name: UNLIMITED_PLAN.to_owned(),
+                limits: Vec::new(),
+            });
+            UNLIMITED_PLAN.to_owned()
+        }
+        (None, false) => {
+            return Err(Issue::new(
+                vec![Seg::key("default_plan")],
+                "missing field 'default_plan' (required when plans are defined)",
+            ));
+        }
+        (Some(name), true) => {
+            return Err(Issue::new(
+                vec![Seg::key("default_plan")],
+                format!("unknown plan {} (the file defines no plans)", quoted(&name)),
+            ));
+        }
+        (Some(name), false) => {
+            if !plans.iter().any(|p| p.name == name) {
+                return Err(Issue::new(
+                    vec![Seg::key("default_plan")],
+                    unknown_plan(&name, &plans),
+                ));
+            }
+            name
+        }
+    };
+
+    let mut keys = Vec::with_capacity(keys_raw.len());
+    let mut seen_keys: HashMap<&str, ()> = HashMap::new();
+    for (key, raw) in &keys_raw {
+        let entry = vec![Seg::key("keys"), Seg::key(key.0.clone())];
+        if seen_keys.insert(key.0.as_str(), ()).is_some() {
+            let mut second = entry.clone();
+            second[1] = Seg::Key {
+                name: key.0.clone(),
+                nth: 1,
+            };
+            return Err(Issue::duplicate(second, entry, "key is assigned twice"));
+        }
+        // A file without plans only has the implicit unlimited plan, which
+        // keys cannot name.
+        if plans_raw.is_empty() || !plans.iter().any(|p| p.name == raw.plan) {
+            let mut path = entry;
+            path.push(Seg::key("plan"));
+            let reason = if plans_raw.is_empty() {
+                format!(
+                    "unknown plan {} (the file defines no plans)",
+                    quoted(&raw.plan)
+                )
+            } else {
+                unknown_plan(&raw.plan, &plans)
+            };
+            return Err(Issue::new(path, reason));
+        }
+        keys.push((key.0.clone(), raw.plan.clone()));
+    }
+
+    Ok(LimitsSpec {
+        default_plan,
+        plans,
+        keys,
+    })
+}
+
+fn unknown_plan(name: &str, plans: &[Plan]) -> String {
+    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    format!(
+        "unknown plan {} (defined plans: {})",
+        quoted(name),
+        names.join(", ")
+    )
+}
+
+fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
+    let base = vec![Seg::key("plans"), Seg::key(plan), Seg::key("limits")];
+    if raw.limits.len() > MAX_LIMITS_PER_PLAN {
+        return Err(Issue::new(
+            base,
+            format!(
+                "too many limits: {} (at most {MAX_LIMITS_PER_PLAN} per plan)",
+                raw.limits.len()
+            ),
+        ));
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    for (i, l) in raw.limits.iter().enumerate() {
+        let at = |field: Option<&str>| {
+            let mut p = base.clone();
+            p.push(Seg::Index(i));
+            if let Some(f) = field {
+                p.push(Seg::key(f));
+            }
+            p
+        };
+        if let Some(j) = limits.iter().position(|x| x.name == l.name.0) {
+            let mut first = base.clone();
+            first.extend([Seg::Index(j), Seg::key("name")]);
+            return Err(Issue {
+                path: at(Some("name")),
+                reason: format!("limit {} is defined twice in this plan", quoted(&l.name.0)),
+                at_key: false,
+                first: Some(first),
+            });
+        }
+        let kind = match (l.rate, l.quota) {
+            (Some(_), Some(_)) => {
+                return Err(Issue::new(
+                    at(Some("quota")),
+                    "a limit has either rate or quota, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Issue::new(
+                    at(None),
+                    "a limit needs either rate (a token bucket) or quota (a calendar window)",
+                ));
+            }
+            (Some(rate), None) => LimitKind::Rate(build_rate(rate.0, l, &at)?),
+            (None, Some(quota)) => {
+                if l.burst.is_some() {
+                    return Err(Issue::new(
+                        at(Some("burst")),
+                        "burst applies only to rate limits",
+                    ));
+                }
+                LimitKind::Quota(Quota {
+                    quota: quota.0,
+                    window: l.per.0,
+                })
+            }
+        };
+        limits.push(Limit::new(plan, &l.name.0, kind));
+    }
+    Ok(Plan {
+        name: plan.to_owned(),
+        limits,
+    })
+}
+
+fn build_rate(
+    rate: NonZeroU64,
+    l: &LimitRaw,
+    at: &dyn Fn(Option<&str>) -> Vec<Seg>,
+) -> Result<Rate, Issue> {
+    let unit = l.per.0;
+    if matches!(unit, Window::Week | Window::Month) {
+        return Err(Issue::new(
+            at(Some("per")),
+            format!(
+                "a rate cannot be per {} (use second, minute, hour or day, or a quota for weeks and months)",
+                unit.as_str()
+            ),
+        ));
+    }
+    let period = unit.nominal_seconds() * NANOS_PER_SEC;
+    let burst = l.burst.map_or(rate, |b| b.0);
+    Rate::new(rate, period, burst).map_err(|e| match e {
+        RateError::TooFast { rate, .. } => Issue::new(
+            at(Some("rate")),
+            format!(
+                "rate {rate} per {} is faster than one token per nanosecond",
+                unit.as_str()
+            ),
+        ),
+        RateError::TooLong { rate, burst } => Issue::new(
+            at(Some(if l.burst.is_some() { "burst" } else { "rate" })),
+            format!(
+                "burst {burst} at {rate} per {} takes more than 500 years to refill",
+                unit.as_str()
+            ),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Parsing and error tests go through [`crate::config::Config::from_yaml`],
+    //! which owns the YAML reader and error formatting.
+
+    use super::*;
+    use crate::config::Config;
+
+    const EXAMPLE: &str = r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - { name: per-second, rate: 10, per: second, burst: 20 }
+      - { name: daily, quota: 10000, per: day }
+  gold:
+    limits:
+      - { name: per-second, rate: 1000, per: second, burst: 2000 }
+      - name: per-minute
+        rate: 30000
+        per: Minute
+  open: {}
+keys:                      # static assignments of API keys to plans
+  "demo-gold-key": { plan: gold }
+"#;
+
+    fn limits(yaml: &str) -> LimitsSpec {
+        match Config::from_yaml(yaml, "t.yaml") {
+            Ok(c) => c.limits,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    fn error(yaml: &str) -> String {
+        match Config::from_yaml(yaml, "t.yaml") {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn rate(l: &Limit) -> &Rate {
+        match &l.kind {
+            LimitKind::Rate(r) => r,
+            LimitKind::Quota(q) => panic!("expected a rate, got {q:?}"),
+        }
+    }
+
+    #[test]
+    fn example_parses_in_file_order() {
+        let spec = limits(EXAMPLE);
+        assert_eq!(spec.default_plan, "free");
+        let names: Vec<&str> = spec.plans.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["free", "gold", "open"]);
+        assert_eq!(spec.keys, [("demo-gold-key".to_owned(), "gold".to_owned())]);
+
+        let free = &spec.plans[0];
+        assert_eq!(free.limits.len(), 2);
+        let r = rate(&free.limits[0]);
+        assert_eq!((r.rate(), r.period(), r.burst()), (10, NANOS_PER_SEC, 20));
+        assert_eq!(free.limits[0].policy, "free/per-second");
+        match &free.limits[1].kind {
+            LimitKind::Quota(q) => {
+                assert_eq!(q.quota.get(), 10_000);
+                assert_eq!(q.window, Window::Day);
+            }
+            LimitKind::Rate(r) => panic!("expected a quota, got {r:?}"),
+        }
+
+        let gold = &spec.plans[1];
+        let r = rate(&gold.limits[1]);
+        // burst defaults to rate; units are case-insensitive
+        assert_eq!(
+            (r.rate(), r.period(), r.burst()),
+            (30_000, 60 * NANOS_PER_SEC, 30_000)
+        );
+        assert!(spec.plans[2].limits.is_empty());
+        assert_eq!(
+            describe_limit(&free.limits[0]),
+            "per-second 10/second burst 20"
+        );
+        assert_eq!(describe_limit(&free.limits[1]), "daily 10000/day");
+    }
+
+    #[test]
+    fn table_builds_and_resolves_static_keys() {
+        let spec = limits(EXAMPLE);
+        let h = KeyHasher::with_secret([9; 16]);
+        let t = match spec.table(&h) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(t.plans().len(), 3);
+        assert_eq!(t.default_plan().name, "free");
+        assert_eq!(
+            t.plan(t.plan_for(h.key_hash(b"demo-gold-key"))).name,
+            "gold"
+        );
+        assert_eq!(t.static_keys(), 1);
+    }
+
+    #[test]
+    fn debug_does_not_print_keys() {
+        let spec = limits(EXAMPLE);
+        let dbg = format!("{spec:?}");
+        assert!(!dbg.contains("demo-gold-key"), "{dbg}");
+        assert!(dbg.contains("<1 static keys>"), "{dbg}");
+    }
+
+    #[test]
+    fn no_plans_means_one_unlimited_default_plan() {
+        let spec = limits("server: {}\n");
+        assert_eq!(spec.default_plan, UNLIMITED_PLAN);
+        assert_eq!(spec.plans.len(), 1);
+        assert!(spec.plans[0].limits.is_empty());
+        assert!(spec.keys.is_empty());
+    }
+
+    #[test]
+    fn quotas_accept_weeks_and_months() {
+        let spec = limits(
+            "default_plan: p\nplans:\n  p:\n    limits:\n      - { name: w, quota: 5, per: week }\n      - { name: m, quota: 6, per: MONTH }\n",
+        );
+        let windows: Vec<Window> = spec.plans[0]
+            .limits
+            .iter()
+            .map(|l| match &l.kind {
+                LimitKind::Quota(q) => q.window,
+                LimitKind::Rate(_) => Window::Second,
+            })
+            .collect();
+        assert_eq!(windows, [Window::Week, Window::Month]);
+    }
+
+    /// Wraps a list of limit lines into a one-plan file; the first limit
+    /// line is line 5.
+    fn plan_file(limit_lines: &str) -> String {
+        format!("default_plan: free\nplans:\n  free:\n    limits:\n{limit_lines}")
+    }
+
+    #[test]
+    fn invalid_limits_name_line_path_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "      - { name: a, rate: 10, per: second }\n      - { name: b, quota: 5, per: fortnight }\n",
+                "t.yaml:6:35: plans.free.limits[1].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)",
+            ),
+            (
+                "      - { name: a, rate: 10, per: second, brust: 20 }\n",
+                "t.yaml:5:43: plans.free.limits[0]: unknown field 'brust' (did you mean 'burst'?)",
+            ),
+            (
+                "      - { name: a, rate: 0, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: must be at least 1 (got 0)",
+            ),
+            (
+                "      - { name: a, rate: -5, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: must be at least 1 (got -5)",
+            ),
+            (
+                "      - { name: a, rate: ten, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: expected a positive integer (got 'ten')",
+            ),
+            (
+                "      - { name: a, rate: \"10\", per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: expected a number, not the string '10' (remove the quotes)",
+            ),
+            (
+                "      - { name: a, rate: 1.5, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: expected a whole number (got 1.5)",
+            ),
+            (
+                "      - { name: a, quota: 99999999999999999999999, per: day }\n",
+                "t.yaml:5:27: plans.free.limits[0].quota: number is too large (at most 18446744073709551615)",
+            ),
+            (
+                "      - { name: a, rate: true, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: expected a positive integer (got true)",
+            ),
+            (
+                "      - { name: a, rate: [1], per: second }\n",
+                "t.yaml:5:20: plans.free.limits[0].rate: expected a positive integer (got sequence)",
+            ),
+            (
+                "      - { name: a, rate: 10, quota: 5, per: second }\n",
+                "t.yaml:5:37: plans.free.limits[0].quota: a limit has either rate or quota, not both",
+            ),
+            (
+                "      - { name: a, per: second }\n",
+                "t.yaml:5:9: plans.free.limits[0]: a limit needs either rate (a token bucket) or quota (a calendar window)",
+            ),
+            (
+                "      - { name: a, quota: 5, per: day, burst: 10 }\n",
+                "t.yaml:5:47: plans.free.limits[0].burst: burst applies only to rate limits",
+            ),
+            (
+                "      - { name: a, rate: 1, per: second }\n      - { name: a, quota: 5, per: day }\n",
+                "t.yaml:6:17: plans.free.limits[1].name: limit 'a' is defined twice in this plan (first defined at line 5)",
+            ),
+            (
+                "      - { name: a, rate: 2000000000, per: second }\n",
+                "t.yaml:5:26: plans.free.limits[0].rate: rate 2000000000 per second is faster than one token per nanosecond",
+            ),
+            (
+                "      - { name: a, rate: 1, per: day, burst: 1000000 }\n",
+                "t.yaml:5:46: plans.free.limits[0].burst: burst 1000000 at 1 per day takes more than 500 years to refill",
+            ),
+            (
+                "      - { name: a, rate: 1, per: week }\n",
+                "t.yaml:5:34: plans.free.limits[0].per: a rate cannot be per week (use second, minute, hour or day, or a quota for weeks and months)",
+            ),
+            (
+                "      - { name: 'a b', rate: 1, per: second }\n",
+                "t.yaml:5:17: plans.free.limits[0].name: invalid character ' ' in name 'a b' (use letters, digits, '_', '.' and '-')",
+            ),
+            (
+                "      - { name: '', rate: 1, per: second }\n",
+                "t.yaml:5:17: plans.free.limits[0].name: name must not be empty",
+            ),
+            (
+                "      - { rate: 1, per: second }\n",
+                "t.yaml:5:9: plans.free.limits[0]: missing field 'name'",
+            ),
+            (
+                "      - { name: a, rate: 1 }\n",
+                "t.yaml:5:9: plans.free.limits[0]: missing field 'per'",
+            ),
+            (
+                "      - 5\n",
+                "t.yaml:5:9: plans.free.limits[0]: expected a mapping",
+            ),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(lines, want)| {
+                let got = error(&plan_file(lines));
+                (got != *want).then(|| format!("for {lines:?}\n  got:  {got}\n  want: {want}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn too_many_limits() {
+        let lines: String = (0..65)
+            .map(|i| format!("      - {{ name: l{i}, rate: 1, per: second }}\n"))
+            .collect();
+        assert_eq!(
+            error(&plan_file(&lines)),
+            "t.yaml:5:7: plans.free.limits: too many limits: 65 (at most 64 per plan)"
+        );
+    }
+
+    #[test]
+    fn invalid_plans_and_keys_name_line_path_and_reason() {
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        let long_name = "n".repeat(MAX_NAME_BYTES + 1);
+        let cases: Vec<(String, String)> = vec![
+            (
+                "default_plan: free\nplans:\n  free: {}\n  gold: {}\n  free: {}\n".into(),
+                "t.yaml:5:3: plans.free: plan 'free' is defined twice (first defined at line 3)".into(),
+            ),
+            (
+                "default_plan: silver\nplans:\n  free: {}\n  gold: {}\n".into(),
+                "t.yaml:1:15: default_plan: unknown plan 'silver' (defined plans: free, gold)".into(),
+            ),
+            (
+                "plans:\n  free: {}\n".into(),
+                "t.yaml:1:1: default_plan: missing field 'default_plan' (required when plans are defined)".into(),
+            ),
+            (
+                "default_plan: free\n".into(),
+                "t.yaml:1:15: default_plan: unknown plan 'free' (the file defines no plans)".into(),
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\nkeys:\n  k1: { plan: gold }\n".into(),
+                "t.yaml:5:15: keys.<key>.plan: unknown plan 'gold' (defined plans: free)".into(),
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\nkeys:\n  \"\": { plan: free }\n".into(),
+                "t.yaml:5:3: keys.<key>: key must not be empty".into(),
+            ),
+            (
+                format!("default_plan: free\nplans:\n  free: {{}}\nkeys:\n  {long_key}: {{ plan: free }}\n"),
+                "t.yaml:5:3: keys.<key>: key is 257 bytes long (at most 256)".into(),
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\nkeys:\n  k1: { plan: free }\n  k1: { plan: free }\n".into(),
+                "t.yaml:6:3: keys.<key>: key is assigned twice (first defined at line 5)".into(),
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\nkeys:\n  k1: { plan: free, tier: 2 }\n".into(),
+                "t.yaml:5:21: keys.<key>: unknown field 'tier' (expected one of: plan)".into(),
+            ),
+            (
+                format!("default_plan: free\nplans:\n  {long_name}: {{}}\n"),
+                format!("t.yaml:3:3: plans.{long_name}: name '{}...' is 65 bytes long (at most 64)", "n".repeat(40)),
+            ),
+            (
+                "default_plan: free\nplans:\n  free:\n    limit: []\n".into(),
+                "t.yaml:4:5: plans.free: unknown field 'limit' (did you mean 'limits'?)".into(),
+            ),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(yaml, want)| {
+                let got = error(yaml);
+                (got != *want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn key_errors_never_echo_the_key() {
+        let err = error(
+            "default_plan: free\nplans:\n  free: {}\nkeys:\n  sk-secret-123: { plan: gold }\n",
+        );
+        assert!(!err.contains("sk-secret-123"), "{err}");
+    }
+}

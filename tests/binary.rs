@@ -1,0 +1,167 @@
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use quotad::api::pb::CheckRequest;
+use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quotad");
+
+fn fixture(name: &str, body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, body).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_prints_a_summary() {
+    let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("free"), "{stdout}");
+    assert!(stdout.contains("gold"), "{stdout}");
+    assert!(
+        !stdout.contains("gold-key"),
+        "summary must not print keys: {stdout}"
+    );
+}
+
+#[test]
+fn check_config_rejects_a_bad_unit_with_exit_64_naming_file_line_and_field() {
+    let body = "default_plan: free\nplans:\n  free:\n    limits:\n      - { name: per-second, rate: 10, per: second }\n      - { name: daily, quota: 10, per: fortnight }\n";
+    let (_dir, path) = fixture("bad.yaml", body);
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains(":6:"), "line number missing: {stderr}");
+    assert!(stderr.contains("plans.free.limits[1].per"), "{stderr}");
+    assert!(stderr.contains("fortnight"), "{stderr}");
+}
+
+#[test]
+fn serve_with_a_bad_config_exits_64_before_binding() {
+    let (_dir, path) = fixture("bad.yaml", "plans: [not, a, map]\n");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listener bound"), "{stdout}");
+    let missing = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/quotad.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/quotad.yaml"));
+}
+
+/// A `quotad serve` child on free ports; killed on drop.
+struct Daemon {
+    child: tokio::process::Child,
+    grpc: String,
+}
+
+async fn spawn_serve(extra: &[&str]) -> Daemon {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("QUOTAD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut grpc = None;
+    // Read log lines until the daemon reports ready: it logs the bound
+    // addresses, then "quotad ready".
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("gRPC listener bound") {
+                grpc = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("grpc_addr="))
+                    .map(str::to_owned);
+            }
+            if line.contains("quotad ready") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("daemon started");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Daemon {
+        child,
+        grpc: grpc.expect("daemon logged its gRPC address"),
+    }
+}
+
+#[tokio::test]
+async fn serve_runs_the_embedded_default_and_exits_0_on_sigterm() {
+    let mut d = spawn_serve(&[]).await;
+    let mut c = RateLimiterClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    let r = c
+        .check(CheckRequest {
+            key: "demo-gold-key".into(),
+            cost: 1,
+            id: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed);
+    assert!(r.policy.starts_with("gold/"), "{r:?}");
+    let r = c
+        .check(CheckRequest {
+            key: "someone".into(),
+            cost: 1,
+            id: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.policy.starts_with("free/"), "{r:?}");
+
+    let pid = d.child.id().expect("running").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), d.child.wait())
+        .await
+        .expect("daemon exited within its grace period after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

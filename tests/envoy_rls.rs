@@ -1,0 +1,190 @@
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic::transport::Channel;
+
+use crate::support::TestDaemon;
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>, hits: u32) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: hits,
+    }
+}
+
+async fn ask(c: &mut RateLimitServiceClient<Channel>, r: RateLimitRequest) -> RateLimitResponse {
+    c.should_rate_limit(r).await.expect("rls ok").into_inner()
+}
+
+fn reset_secs(s: &DescriptorStatus) -> (i64, i32) {
+    let d = s.duration_until_reset.expect("duration_until_reset");
+    (d.seconds, d.nanos)
+}
+
+#[tokio::test]
+async fn ok_until_the_configured_limit_then_over_limit() {
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    // tiny: 2 per minute, burst 2.
+    for remaining in [1u32, 0] {
+        let r = ask(
+            &mut c,
+            request("edge", vec![descriptor(&[("api_key", "tiny-key")])], 0),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.limit_remaining, remaining);
+        let limit = s.current_limit.as_ref().expect("current_limit");
+        assert_eq!(limit.requests_per_unit, 2);
+        assert_eq!(limit.unit, Unit::Minute as i32);
+        assert_eq!(limit.name, "tiny/per-minute");
+    }
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("api_key", "tiny-key")])], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    // Two tokens spent at 30 s each: full again in 60 s.
+    assert_eq!(reset_secs(&r.statuses[0]), (60, 0));
+    // 30 s later one token is back.
+    d.advance_ms(30_000);
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("api_key", "tiny-key")])], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn hits_addend_is_the_cost_and_descriptor_level_overrides() {
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("api_key", "alice")])], 15),
+    )
+    .await;
+    assert_eq!(r.statuses[0].limit_remaining, 5);
+    // Descriptor-level hits_addend wins over the request's.
+    let mut desc = descriptor(&[("api_key", "alice")]);
+    desc.hits_addend = Some(UInt64Value { value: 5 });
+    let r = ask(&mut c, request("edge", vec![desc.clone()], 15)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    // hits_addend 0 on the descriptor checks without consuming.
+    desc.hits_addend = Some(UInt64Value { value: 0 });
+    let r = ask(&mut c, request("edge", vec![desc.clone()], 0)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    // is_negative_hits gives units back.
+    desc.hits_addend = Some(UInt64Value { value: 3 });
+    desc.is_negative_hits = true;
+    let r = ask(&mut c, request("edge", vec![desc], 0)).await;
+    assert_eq!(r.statuses[0].limit_remaining, 3);
+}
+
+#[tokio::test]
+async fn overall_code_is_over_limit_if_any_descriptor_is() {
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("api_key", "tiny-key")])], 2),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let r = ask(
+        &mut c,
+        request(
+            "edge",
+            vec![
+                descriptor(&[("api_key", "gold-key")]),
+                descriptor(&[("api_key", "tiny-key")]),
+                descriptor(&[("path", "/no/key/here")]),
+            ],
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let codes: Vec<i32> = r.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(
+        codes,
+        vec![Code::Ok as i32, Code::OverLimit as i32, Code::Ok as i32]
+    );
+    assert_eq!(r.statuses[0].limit_remaining, 1999);
+    // A descriptor without the key entry has no limit.
+    assert!(r.statuses[2].current_limit.is_none());
+}
+
+#[tokio::test]
+async fn unknown_domain_is_ok() {
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    for _ in 0..5 {
+        let r = ask(
+            &mut c,
+            request("other", vec![descriptor(&[("api_key", "tiny-key")])], 1),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 1);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    }
+}
+
+#[tokio::test]
+async fn native_and_rls_share_one_bucket_per_key() {
+    use quotad::api::pb::CheckRequest;
+    use quotad::api::pb::rate_limiter_client::RateLimiterClient as Native;
+    let d = TestDaemon::start().await;
+    let mut rls = RateLimitServiceClient::new(d.channel().await);
+    let mut native = Native::new(d.channel().await);
+    let r = ask(
+        &mut rls,
+        request("edge", vec![descriptor(&[("api_key", "shared")])], 10),
+    )
+    .await;
+    assert_eq!(r.statuses[0].limit_remaining, 10);
+    let n = native
+        .check(CheckRequest {
+            key: "shared".into(),
+            cost: 10,
+            id: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(n.allowed);
+    assert_eq!(n.remaining, 0);
+    let r = ask(
+        &mut rls,
+        request("edge", vec![descriptor(&[("api_key", "shared")])], 1),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+}

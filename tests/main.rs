@@ -1,0 +1,17 @@
+//! quotad's integration tests: one binary, each module one capability,
+//! every test against a real daemon over real gRPC on loopback.
+
+mod support;
+
+/// Caller mistakes get INVALID_ARGUMENT naming the field.
+mod bad_input;
+/// The `quotad` binary: check-config, exit code 64, SIGTERM.
+mod binary;
+/// Envoy RLS v3 through Envoy's own generated client.
+mod envoy_rls;
+/// gRPC health, server reflection (v1 and v1alpha), /livez and /readyz.
+mod health;
+/// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
+mod native;
+/// Graceful shutdown with calls and streams in flight.
+mod shutdown;

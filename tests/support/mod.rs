@@ -1,0 +1,167 @@
+//! Shared fixtures: a real quotad daemon on 127.0.0.1:0 driven by a manual
+//! clock, and gRPC clients for it. No sleeps, no fixed ports; the daemon is
+//! shut down and joined by `stop`, or torn down on drop.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quotad::app::{App, AppError};
+use quotad::config::Config;
+use quotad::core::{Limiter, ManualClock};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+/// 2026-11-27T12:00:00Z: a fixed start so calendar windows are predictable.
+pub const T0: u64 = 1_795_780_800 * 1_000_000_000;
+
+/// A config with small, easy-to-count limits.
+pub const CONFIG: &str = r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - { name: per-second, rate: 10, per: second, burst: 20 }
+      - { name: daily, quota: 100, per: day }
+  gold:
+    limits:
+      - { name: per-second, rate: 1000, per: second, burst: 2000 }
+  tiny:
+    limits:
+      - { name: per-minute, rate: 2, per: minute, burst: 2 }
+  open:
+    limits: []
+keys:
+  "gold-key": { plan: gold }
+  "tiny-key": { plan: tiny }
+  "open-key": { plan: open }
+envoy:
+  domains: [edge]
+  key_entry: api_key
+requests:
+  max_key_bytes: 64
+  max_cost: 1000
+  max_batch: 10
+  max_descriptors: 4
+  max_entries: 4
+server:
+  shutdown_grace: 5s
+"#;
+
+/// A running daemon.
+pub struct TestDaemon {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub limiter: Arc<Limiter>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with [`CONFIG`].
+    pub async fn start() -> Self {
+        Self::with_config(CONFIG).await
+    }
+
+    /// Starts a daemon with the given YAML config, on free loopback ports.
+    pub async fn with_config(yaml: &str) -> Self {
+        let mut config = Config::from_yaml(yaml, "test.yaml").expect("test config is valid");
+        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let app = App::bind_with_clock(config, clock.clone())
+            .await
+            .expect("daemon binds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let limiter = app.limiter();
+        let handle = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let d = Self {
+            grpc_addr,
+            http_addr,
+            clock,
+            limiter,
+            stop: Some(stop),
+            handle: Some(handle),
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    /// Polls `/readyz` until the daemon says ready (bounded, no sleeps).
+    async fn wait_ready(&self) {
+        let poll = async {
+            while self.http_get("/readyz").await.0 != 200 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+            .await
+            .expect("daemon became ready");
+    }
+
+    /// A connected gRPC channel.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to daemon")
+    }
+
+    /// Moves the daemon's clock forward.
+    pub fn advance_ms(&self, ms: u64) {
+        self.clock.advance(ms * 1_000_000);
+    }
+
+    /// Signals shutdown and waits for the daemon to finish draining.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let handle = self.handle.take().expect("not yet stopped");
+        handle.await.expect("daemon task did not panic")
+    }
+
+    /// GET on the HTTP listener; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_addr, path).await
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (the health endpoints are
+/// plain text; no client crate needed).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
