@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::native::NativeService;
 use crate::api::pb;
@@ -135,14 +136,8 @@ impl App {
         let (trigger, shutdown) = shutdown::channel();
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let native = NativeService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
@@ -206,6 +201,14 @@ impl App {
     }
 }
 
+/// Server reflection over our API, gRPC health and Envoy's RLS v3.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(envoy_descriptors::file_descriptor_set())
+}
+
 /// Ends the process's serving in order and returns the first error seen.
 async fn drain(
     trigger: &Trigger,
@@ -222,6 +225,12 @@ async fn drain(
     ready.set(false);
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<RateLimiterServer<NativeService>>()
+        .await;
+    health
+        .set_not_serving::<RateLimitServiceServer<EnvoyRlsService>>()
         .await;
     trigger.fire();
     let mut result = first_error.unwrap_or(Ok(()));

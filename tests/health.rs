@@ -147,3 +147,148 @@ async fn reflection_serves_the_native_file_descriptor() {
     let methods: Vec<&str> = ours.service[0].method.iter().map(|m| m.name()).collect();
     assert_eq!(methods, vec!["Check", "CheckBatch", "CheckStream"]);
 }
+
+/// Fetches, through reflection v1alpha (what grpcurl and many Python
+/// clients ask), the file defining `symbol` and every file it imports.
+async fn reflected_pool(d: &TestDaemon, symbol: &str) -> prost_reflect::DescriptorPool {
+    use prost::Message;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut c = ServerReflectionClient::new(d.channel().await);
+    let mut files: Vec<prost_types::FileDescriptorProto> = Vec::new();
+    let mut asks = vec![MessageRequest::FileContainingSymbol(symbol.into())];
+    while let Some(ask) = asks.pop() {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(ask),
+        };
+        let mut out = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = out.next().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(f)) = resp.message_response else {
+            panic!("no file descriptor for {symbol}: {resp:?}");
+        };
+        for raw in f.file_descriptor_proto {
+            let fd = prost_types::FileDescriptorProto::decode(raw.as_slice()).unwrap();
+            if files.iter().any(|have| have.name == fd.name) {
+                continue;
+            }
+            for dep in &fd.dependency {
+                if !files.iter().any(|have| have.name() == dep) {
+                    asks.push(MessageRequest::FileByFilename(dep.clone()));
+                }
+            }
+            files.push(fd);
+        }
+    }
+    let mut pool = prost_reflect::DescriptorPool::new();
+    // Dependencies first: add until every file is in.
+    while !files.is_empty() {
+        let before = files.len();
+        files.retain(|f| pool.add_file_descriptor_proto(f.clone()).is_err());
+        assert!(files.len() < before, "unresolvable descriptors: {files:?}");
+    }
+    pool
+}
+
+#[tokio::test]
+async fn reflection_describes_envoy_rls_so_a_dynamic_client_can_call_it() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, Value};
+
+    let d = TestDaemon::start().await;
+    let services = list_services_v1(&d).await;
+    assert!(
+        services
+            .iter()
+            .any(|s| s == "envoy.service.ratelimit.v3.RateLimitService"),
+        "{services:?}"
+    );
+    let pool = reflected_pool(&d, "envoy.service.ratelimit.v3.RateLimitService").await;
+    let service = pool
+        .get_service_by_name("envoy.service.ratelimit.v3.RateLimitService")
+        .expect("service described");
+    let method = service.methods().next().expect("one method");
+    assert_eq!(method.name(), "ShouldRateLimit");
+
+    // A request built only from the reflected descriptors...
+    let msg = |name: &str| {
+        DynamicMessage::new(
+            pool.get_message_by_name(name)
+                .unwrap_or_else(|| panic!("{name} described")),
+        )
+    };
+    let mut entry = msg("envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry");
+    entry.set_field_by_name("key", Value::String("api_key".into()));
+    entry.set_field_by_name("value", Value::String("tiny-key".into()));
+    let mut descriptor = msg("envoy.extensions.common.ratelimit.v3.RateLimitDescriptor");
+    descriptor.set_field_by_name("entries", Value::List(vec![Value::Message(entry)]));
+    let mut dynamic = DynamicMessage::new(method.input());
+    dynamic.set_field_by_name("domain", Value::String("edge".into()));
+    dynamic.set_field_by_name("descriptors", Value::List(vec![Value::Message(descriptor)]));
+    dynamic.set_field_by_name("hits_addend", Value::U32(2));
+    // ... is exactly Envoy's request on the wire.
+    let decoded = RateLimitRequest::decode(dynamic.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(
+        decoded,
+        RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "api_key".into(),
+                    value: "tiny-key".into()
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 2,
+        }
+    );
+
+    // And the daemon's answer reads back through the reflected descriptors.
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let answer = c.should_rate_limit(decoded).await.unwrap().into_inner();
+    let read = DynamicMessage::decode(method.output(), answer.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(
+        read.get_field_by_name("overall_code")
+            .unwrap()
+            .as_enum_number(),
+        Some(1)
+    );
+    let statuses = read.get_field_by_name("statuses").unwrap();
+    let Value::List(statuses) = statuses.as_ref() else {
+        panic!("statuses is a list");
+    };
+    let status = statuses[0].as_message().unwrap();
+    assert_eq!(
+        status
+            .get_field_by_name("limit_remaining")
+            .unwrap()
+            .as_u32(),
+        Some(0)
+    );
+    let limit = status.get_field_by_name("current_limit").unwrap();
+    let limit = limit.as_message().unwrap();
+    assert_eq!(
+        limit.get_field_by_name("name").unwrap().as_str(),
+        Some("tiny/per-minute")
+    );
+    assert_eq!(
+        limit.get_field_by_name("unit").unwrap().as_enum_number(),
+        Some(2)
+    );
+    let reset = status.get_field_by_name("duration_until_reset").unwrap();
+    let reset = reset.as_message().unwrap();
+    assert_eq!(
+        reset.get_field_by_name("seconds").unwrap().as_i64(),
+        Some(60)
+    );
+}
