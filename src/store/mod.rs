@@ -25,6 +25,16 @@ use crate::core::clock::Nanos;
 
 type Cells<V> = DashMap<u64, V, BuildNoHashHasher<u64>>;
 
+/// Shards per map. More shards than DashMap's default (4 × cores) keeps
+/// each shard small, so the sweep, which write-locks one shard at a time,
+/// holds any lock for microseconds even with millions of cells, and
+/// concurrent inserts rarely contend.
+const SHARDS: usize = 256;
+
+fn cells<V>() -> Cells<V> {
+    Cells::with_hasher_and_shard_amount(BuildNoHashHasher::default(), SHARDS)
+}
+
 /// A quota counter for one window.
 #[derive(Debug)]
 pub struct QuotaCell {
@@ -73,8 +83,8 @@ impl LocalStore {
     /// An empty store.
     pub fn new(limits: StoreLimits) -> Self {
         Self {
-            buckets: Cells::with_hasher(BuildNoHashHasher::default()),
-            quotas: Cells::with_hasher(BuildNoHashHasher::default()),
+            buckets: cells(),
+            quotas: cells(),
             cells: AtomicUsize::new(0),
             limits,
             overflowed: AtomicU64::new(0),
