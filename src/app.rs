@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
@@ -156,7 +156,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(RateLimiterServer::new(native))
             .add_service(RateLimitServiceServer::new(rls))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(shutdown.clone()));
+            .serve_with_incoming_shutdown(incoming(grpc), wait(shutdown.clone()));
         tasks.spawn(async move {
             grpc_server.await.map_err(|e| AppError::Serve {
                 what: "gRPC",
@@ -291,6 +291,14 @@ async fn sweeper(
             }
         }
     }
+}
+
+/// Accepted gRPC connections, with Nagle off (answers are small and
+/// latency-critical) and TCP keepalive so dead peers are noticed.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {

@@ -1,5 +1,4 @@
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -9,6 +8,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::support::TestDaemon;
+use crate::support::rls::{descriptor, request};
 
 fn req(key: &str, cost: u64) -> CheckRequest {
     CheckRequest {
@@ -110,24 +110,7 @@ async fn stream_ends_with_invalid_argument_naming_the_request_id() {
 }
 
 fn rls(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
-    }
-}
-
-fn desc(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        ..Default::default()
-    }
+    request(domain, descriptors, 0)
 }
 
 #[tokio::test]
@@ -135,7 +118,7 @@ async fn rls_refuses_malformed_requests() {
     let d = TestDaemon::start().await;
     let mut c = RateLimitServiceClient::new(d.channel().await);
     assert_invalid(
-        c.should_rate_limit(rls("", vec![desc(&[("api_key", "k")])]))
+        c.should_rate_limit(rls("", vec![descriptor(&[("api_key", "k")])]))
             .await,
         "domain: must not be empty",
     );
@@ -143,12 +126,12 @@ async fn rls_refuses_malformed_requests() {
         c.should_rate_limit(rls("edge", vec![])).await,
         "descriptors: must not be empty",
     );
-    let many = (0..5).map(|_| desc(&[("api_key", "k")])).collect();
+    let many = (0..5).map(|_| descriptor(&[("api_key", "k")])).collect();
     assert_invalid(
         c.should_rate_limit(rls("edge", many)).await,
         "descriptors: 5 items exceed the maximum of 4",
     );
-    let wide = desc(&[
+    let wide = descriptor(&[
         ("a", "1"),
         ("b", "2"),
         ("c", "3"),
@@ -156,37 +139,41 @@ async fn rls_refuses_malformed_requests() {
         ("api_key", "k"),
     ]);
     assert_invalid(
-        c.should_rate_limit(rls("edge", vec![desc(&[("api_key", "k")]), wide]))
+        c.should_rate_limit(rls("edge", vec![descriptor(&[("api_key", "k")]), wide]))
             .await,
         "descriptors[1].entries: 5 items exceed the maximum of 4",
     );
     assert_invalid(
-        c.should_rate_limit(rls("edge", vec![desc(&[])])).await,
+        c.should_rate_limit(rls("edge", vec![descriptor(&[])]))
+            .await,
         "descriptors[0].entries: must not be empty",
     );
     assert_invalid(
-        c.should_rate_limit(rls("edge", vec![desc(&[("", "v")])]))
+        c.should_rate_limit(rls("edge", vec![descriptor(&[("", "v")])]))
             .await,
         "descriptors[0].entries[0].key: must not be empty",
     );
     assert_invalid(
-        c.should_rate_limit(rls("edge", vec![desc(&[("path", "/"), ("api_key", "")])]))
-            .await,
+        c.should_rate_limit(rls(
+            "edge",
+            vec![descriptor(&[("path", "/"), ("api_key", "")])],
+        ))
+        .await,
         "descriptors[0].entries[1].value: must not be empty",
     );
     let long = "k".repeat(100);
     assert_invalid(
-        c.should_rate_limit(rls("edge", vec![desc(&[("api_key", &long)])]))
+        c.should_rate_limit(rls("edge", vec![descriptor(&[("api_key", &long)])]))
             .await,
         "descriptors[0].entries[0].value: 100 bytes exceeds the maximum of 64 bytes",
     );
-    let mut costly = desc(&[("api_key", "k")]);
+    let mut costly = descriptor(&[("api_key", "k")]);
     costly.hits_addend = Some(UInt64Value { value: u64::MAX });
     assert_invalid(
         c.should_rate_limit(rls("edge", vec![costly])).await,
         "descriptors[0].hits_addend: 18446744073709551615 exceeds the maximum cost of 1000",
     );
-    let mut r = rls("edge", vec![desc(&[("api_key", "k")])]);
+    let mut r = rls("edge", vec![descriptor(&[("api_key", "k")])]);
     r.hits_addend = 5000;
     assert_invalid(
         c.should_rate_limit(r).await,

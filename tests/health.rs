@@ -50,59 +50,49 @@ async fn livez_and_readyz_answer_over_http() {
     assert_eq!(d.http_get("/nope").await.0, 404);
 }
 
-async fn list_services_v1(d: &TestDaemon) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut c = ServerReflectionClient::new(d.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut out = c
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = out.next().await.unwrap().unwrap();
-    match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// Lists services through reflection; v1 and v1alpha have the same shape
+/// but distinct generated types.
+macro_rules! list_services {
+    ($version:ident, $d:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut c = ServerReflectionClient::new($d.channel().await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut out = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = out.next().await.unwrap().unwrap();
+        match resp.message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    }};
 }
 
-async fn list_services_v1alpha(d: &TestDaemon) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut c = ServerReflectionClient::new(d.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut out = c
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = out.next().await.unwrap().unwrap();
-    match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+async fn list_services_v1(d: &TestDaemon) -> Vec<String> {
+    list_services!(v1, d)
 }
 
 #[tokio::test]
 async fn reflection_lists_our_services_in_v1_and_v1alpha() {
     let d = TestDaemon::start().await;
-    for services in [list_services_v1(&d).await, list_services_v1alpha(&d).await] {
-        for want in ["quotad.v1.RateLimiter", "grpc.health.v1.Health"] {
+    for services in [list_services_v1(&d).await, list_services!(v1alpha, d)] {
+        for want in [
+            "quotad.v1.RateLimiter",
+            "grpc.health.v1.Health",
+            "envoy.service.ratelimit.v3.RateLimitService",
+        ] {
             assert!(
                 services.iter().any(|s| s == want),
                 "{want} missing from {services:?}"

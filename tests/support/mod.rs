@@ -165,3 +165,37 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }
+
+/// Envoy RLS request builders shared by the RLS tests.
+pub mod rls {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
+    /// A descriptor with the given (key, value) entries.
+    pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A request for `domain` with a request-level `hits_addend`.
+    pub fn request(
+        domain: &str,
+        descriptors: Vec<RateLimitDescriptor>,
+        hits: u32,
+    ) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: domain.into(),
+            descriptors,
+            hits_addend: hits,
+        }
+    }
+}
