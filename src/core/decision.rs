@@ -12,6 +12,22 @@ pub struct Request<'a> {
     /// Units to spend. 0 reports the state without spending (front doors
     /// that define "0 means 1" map it before calling).
     pub cost: u64,
+    /// Further identity within the key: 0 for the key itself; otherwise a
+    /// hash that files this check's cells apart from the key's own (an
+    /// Envoy descriptor with more entries than the API key). The plan is
+    /// still the key's.
+    pub scope: u64,
+}
+
+impl<'a> Request<'a> {
+    /// A check of `cost` units against `key` itself.
+    pub fn new(key: &'a str, cost: u64) -> Self {
+        Self {
+            key,
+            cost,
+            scope: 0,
+        }
+    }
 }
 
 /// Why a check was denied.

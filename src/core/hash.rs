@@ -53,6 +53,23 @@ impl KeyHasher {
         h.finish()
     }
 
+    /// The keyed hash of a sequence of (key, value) pairs, in order; 0 for
+    /// an empty sequence, never 0 otherwise. Streams into the hasher, so it
+    /// allocates nothing.
+    pub fn entries_hash<'a>(&self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        let mut any = false;
+        for (k, v) in entries {
+            any = true;
+            // Length prefixes keep ("ab","c") apart from ("a","bc").
+            h.write_usize(k.len());
+            h.write(k.as_bytes());
+            h.write_usize(v.len());
+            h.write(v.as_bytes());
+        }
+        if any { h.finish().max(1) } else { 0 }
+    }
+
     /// A short printable form of a key's hash, for logs: 16 hex digits.
     pub fn display(&self, key: &[u8]) -> String {
         format!("{:016x}", self.key_hash(key))
@@ -93,6 +110,17 @@ mod tests {
         assert_eq!(a.key_hash(b"k"), b.key_hash(b"k"));
         assert_ne!(a.key_hash(b"k"), c.key_hash(b"k"));
         assert_ne!(a.key_hash(b"k"), a.key_hash(b"k2"));
+    }
+
+    #[test]
+    fn entries_hash_is_ordered_and_separated() {
+        let h = KeyHasher::with_secret([5; 16]);
+        assert_eq!(h.entries_hash([]), 0);
+        let ab = h.entries_hash([("a", "1"), ("b", "2")]);
+        assert_ne!(ab, 0);
+        assert_ne!(ab, h.entries_hash([("b", "2"), ("a", "1")]));
+        assert_ne!(h.entries_hash([("ab", "c")]), h.entries_hash([("a", "bc")]));
+        assert_eq!(ab, h.entries_hash([("a", "1"), ("b", "2")]));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use super::gcra::{self, Verdict};
 use super::hash::{KeyHasher, mix};
 use super::quota;
 use crate::limits::{Limit, LimitKind, LimitRef, PlanId, Table};
-use crate::store::{LocalStore, StoreLimits, SweepReport};
+use std::sync::atomic::AtomicU64;
+
+use crate::store::{LocalStore, Map, QuotaCell, StoreLimits, SweepReport};
 
 /// Stands in for the key hash of the shared overflow cells.
 const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
@@ -115,77 +117,91 @@ impl Snapshot<'_> {
 
     /// Decides one request. Synchronous and lock-light: a hash, one shard
     /// lookup and one compare-and-swap per limit of the plan.
+    ///
+    /// A plan with several limits is decided in two passes: a dry run of
+    /// every limit (a denial returns here, having charged and created
+    /// nothing), then the charge. Should a concurrent check take the room
+    /// between the passes, what this check already took is refunded and it
+    /// is denied, so a denied check never keeps anything.
     pub fn check(&self, req: &Request<'_>) -> Decision {
+        let (plan, cell_key, now) = self.resolve(req);
+        let limits = &self.table.plan(plan).limits;
         let lim = self.limiter;
-        let now = lim.clock.now();
-        let key_hash = lim.hasher.key_hash(req.key.as_bytes());
-        let plan_id = self.table.plan_for(key_hash);
-        let limits = &self.table.plan(plan_id).limits;
+        let commit = req.cost > 0;
+        if let [only] = limits.as_slice() {
+            return decision(
+                plan,
+                0,
+                limits,
+                lim.apply(only, cell_key, now, req.cost, commit),
+            );
+        }
         let mut closest: Option<(usize, Verdict)> = None;
+        let mut worst: Option<(usize, Verdict)> = None;
         for (i, limit) in limits.iter().enumerate() {
-            let v = lim.apply(limit, key_hash, now, req.cost, true);
-            if !v.allowed {
-                for earlier in &limits[..i] {
-                    lim.refund(earlier, key_hash, now, req.cost);
+            let v = lim.apply(limit, cell_key, now, req.cost, false);
+            if v.allowed {
+                if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
+                    closest = Some((i, v));
                 }
-                return self.denied(plan_id, limits, i, v, key_hash, now, req.cost);
+            } else if worst.is_none_or(|(_, w)| waits_longer(v.retry_after, w.retry_after)) {
+                worst = Some((i, v));
             }
-            if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
-                closest = Some((i, v));
+        }
+        if let Some((i, v)) = worst {
+            return decision(plan, i, limits, v);
+        }
+        if commit {
+            closest = None;
+            for (i, limit) in limits.iter().enumerate() {
+                let v = lim.apply(limit, cell_key, now, req.cost, true);
+                if !v.allowed {
+                    for earlier in &limits[..i] {
+                        lim.refund(earlier, cell_key, now, req.cost);
+                    }
+                    return decision(plan, i, limits, v);
+                }
+                if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
+                    closest = Some((i, v));
+                }
             }
         }
         match closest {
-            Some((i, v)) => decision(plan_id, i, limits, v, DenyReason::None),
+            Some((i, v)) => decision(plan, i, limits, v),
             None => Decision::UNLIMITED,
         }
     }
 
     /// Gives `req.cost` units back to every limit of the key's plan (a
     /// caller returning what it did not use), then reports the state.
+    /// Creates no cells: a key with nothing charged has nothing to return.
     pub fn refund(&self, req: &Request<'_>) -> Decision {
-        let lim = self.limiter;
-        let now = lim.clock.now();
-        let key_hash = lim.hasher.key_hash(req.key.as_bytes());
-        let plan_id = self.table.plan_for(key_hash);
-        for limit in &self.table.plan(plan_id).limits {
-            lim.refund(limit, key_hash, now, req.cost);
+        let (plan, cell_key, now) = self.resolve(req);
+        for limit in &self.table.plan(plan).limits {
+            self.limiter.refund(limit, cell_key, now, req.cost);
         }
-        self.check(&Request {
-            key: req.key,
-            cost: 0,
-        })
+        self.check(&Request { cost: 0, ..*req })
     }
 
-    /// Builds the answer for a check that limit `first` denied: looks at
-    /// the remaining limits (without consuming) and reports the longest wait.
-    #[allow(clippy::too_many_arguments)]
-    fn denied(
-        &self,
-        plan: PlanId,
-        limits: &[Limit],
-        first: usize,
-        v: Verdict,
-        key_hash: u64,
-        now: Nanos,
-        cost: u64,
-    ) -> Decision {
-        let mut worst = (first, v);
-        for (j, limit) in limits.iter().enumerate().skip(first + 1) {
-            let w = self.limiter.apply(limit, key_hash, now, cost, false);
-            if !w.allowed && waits_longer(w.retry_after, worst.1.retry_after) {
-                worst = (j, w);
-            }
-        }
-        let reason = if worst.1.retry_after.is_none() {
-            DenyReason::CostExceedsCapacity
-        } else {
-            DenyReason::Limited
+    /// The key's plan, the key its cells are filed under, and the time.
+    #[inline]
+    fn resolve(&self, req: &Request<'_>) -> (PlanId, u64, Nanos) {
+        let lim = self.limiter;
+        let key_hash = lim.hasher.key_hash(req.key.as_bytes());
+        let cell_key = match req.scope {
+            0 => key_hash,
+            scope => mix(key_hash, scope),
         };
-        decision(plan, worst.0, limits, worst.1, reason)
+        (self.table.plan_for(key_hash), cell_key, lim.clock.now())
     }
 }
 
-fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict, reason: DenyReason) -> Decision {
+fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict) -> Decision {
+    let reason = match (v.allowed, v.retry_after) {
+        (true, _) => DenyReason::None,
+        (false, None) => DenyReason::CostExceedsCapacity,
+        (false, Some(_)) => DenyReason::Limited,
+    };
     Decision {
         allowed: v.allowed,
         limit: limits.get(i).map_or(0, Limit::capacity),
@@ -249,35 +265,75 @@ impl<'l> Cell<'l> {
 impl Limiter {
     /// Checks one limit for one key; `commit == false` is a dry run.
     #[inline]
-    fn apply(&self, limit: &Limit, key_hash: u64, now: Nanos, cost: u64, commit: bool) -> Verdict {
-        match Cell::of(limit, key_hash, now) {
-            Cell::Bucket { rate, id, overflow } => self
-                .store
-                .with_bucket(id, overflow, |c| gcra::check(rate, c, now, cost, commit)),
+    fn apply(&self, limit: &Limit, key: u64, now: Nanos, cost: u64, commit: bool) -> Verdict {
+        match Cell::of(limit, key, now) {
+            Cell::Bucket { rate, id, overflow } => charge(
+                self.store.buckets(),
+                id,
+                overflow,
+                || AtomicU64::new(0),
+                |c, commit| gcra::check(rate, c, now, cost, commit),
+                commit,
+            ),
             Cell::Quota {
                 quota: q,
                 span,
                 id,
                 overflow,
-            } => self.store.with_quota(id, overflow, span.end, |c| {
-                quota::check(q, c, span, now, cost, commit)
-            }),
+            } => charge(
+                self.store.quotas(),
+                id,
+                overflow,
+                || QuotaCell {
+                    used: AtomicU64::new(0),
+                    window_end: span.end,
+                },
+                |c, commit| quota::check(q, c, span, now, cost, commit),
+                commit,
+            ),
         }
     }
 
-    /// Gives back what [`Self::apply`] took.
-    fn refund(&self, limit: &Limit, key_hash: u64, now: Nanos, cost: u64) {
-        match Cell::of(limit, key_hash, now) {
-            Cell::Bucket { rate, id, overflow } => self
-                .store
-                .with_bucket(id, overflow, |c| gcra::refund(rate, c, cost)),
-            Cell::Quota {
-                span, id, overflow, ..
-            } => self
-                .store
-                .with_quota(id, overflow, span.end, |c| quota::refund(c, cost)),
+    /// Gives back what [`Self::apply`] took: to the key's own cell, or to
+    /// the overflow cell if that is where the charge went. Creates nothing.
+    fn refund(&self, limit: &Limit, key: u64, now: Nanos, cost: u64) {
+        match Cell::of(limit, key, now) {
+            Cell::Bucket { rate, id, overflow } => {
+                let map = self.store.buckets();
+                let give = |c: &AtomicU64| gcra::refund(rate, c, cost);
+                map.get(id, give).or_else(|| map.get(overflow, give));
+            }
+            Cell::Quota { id, overflow, .. } => {
+                let map = self.store.quotas();
+                let give = |c: &QuotaCell| quota::refund(c, cost);
+                map.get(id, give).or_else(|| map.get(overflow, give));
+            }
         }
     }
+}
+
+/// The one evaluate-then-charge path of both cell kinds: a tracked cell is
+/// updated in place; an untracked key is first evaluated against what a
+/// charge would use, and a cell is created only when the check is a commit
+/// and would pass.
+#[inline]
+fn charge<V>(
+    map: Map<'_, V>,
+    id: u64,
+    overflow: u64,
+    make: impl FnOnce() -> V,
+    eval: impl Fn(&V, bool) -> Verdict,
+    commit: bool,
+) -> Verdict {
+    if let Some(v) = map.get(id, |c| eval(c, commit)) {
+        return v;
+    }
+    let fresh = make();
+    let v = map.untracked(overflow, &fresh, |c| eval(c, false));
+    if !commit || !v.allowed {
+        return v;
+    }
+    map.upsert(id, overflow, || fresh, |c| eval(c, true))
 }
 
 #[cfg(test)]
@@ -330,7 +386,7 @@ mod tests {
     }
 
     fn req(key: &str, cost: u64) -> Request<'_> {
-        Request { key, cost }
+        Request::new(key, cost)
     }
 
     #[test]
@@ -405,7 +461,9 @@ mod tests {
             assert!(l.check(&req(k, 1)).allowed, "{k}");
         }
         assert!(!l.check(&req("f", 1)).allowed);
-        assert_eq!(l.store().overflowed(), 4);
+        // Three charges went to the overflow bucket; the denial charged
+        // nothing.
+        assert_eq!(l.store().overflowed(), 3);
         // Existing keys keep their own buckets.
         assert!(l.check(&req("a", 1)).allowed);
         assert!(l.check(&req("b", 2)).allowed);
@@ -461,5 +519,116 @@ mod tests {
         }];
         l.swap_table(Table::new(plans, "p", [], &hasher).unwrap());
         assert!(l.check(&req("k", 1)).allowed);
+    }
+
+    #[test]
+    fn denials_peeks_and_refunds_create_no_cells() {
+        let (l, _) = limiter(
+            vec![rate("p", "rate", 1, 2), quota("p", "q", 5, Window::Month)],
+            100,
+        );
+        for i in 0..50 {
+            let key = format!("k{i}");
+            // Cost above the burst: denied without a cell.
+            assert!(!l.check(&req(&key, 3)).allowed);
+            // A peek and a refund of an unknown key.
+            assert!(l.check(&req(&key, 0)).allowed);
+            l.snapshot().refund(&req(&key, 1));
+        }
+        assert_eq!(l.store().tracked(), 0);
+        assert_eq!(l.store().cells_in_maps(), 0);
+        // A quota denial on a two-limit plan creates nothing either.
+        assert!(l.check(&req("a", 2)).allowed);
+        assert_eq!(l.store().tracked(), 2);
+        assert!(!l.check(&req("a", 1)).allowed);
+        assert_eq!(l.store().tracked(), 2);
+    }
+
+    #[test]
+    fn concurrent_checks_on_one_key_admit_exactly_the_burst() {
+        let (l, _) = limiter(
+            vec![
+                rate("p", "rate", 1, 1_000),
+                quota("p", "q", 100_000, Window::Day),
+            ],
+            100,
+        );
+        let l = Arc::new(l);
+        let admitted: u64 = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let l = Arc::clone(&l);
+                    s.spawn(move || {
+                        (0..1_000)
+                            .filter(|_| l.check(&req("hot", 1)).allowed)
+                            .count() as u64
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        // The clock does not move: exactly the burst passes, and the quota
+        // counted exactly what passed (refunds of raced charges included).
+        assert_eq!(admitted, 1_000);
+        let snap = l.snapshot();
+        let q = &snap.table().plan(PlanId(0)).limits[1];
+        let v = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
+        assert_eq!(v.remaining, 100_000 - 1_000);
+    }
+
+    #[test]
+    fn sweeping_during_checks_keeps_the_cell_count_exact() {
+        let (l, clock) = limiter(vec![rate("p", "rate", 1_000, 1)], 1_000_000);
+        let l = Arc::new(l);
+        std::thread::scope(|s| {
+            let checker = {
+                let l = Arc::clone(&l);
+                let clock = Arc::clone(&clock);
+                s.spawn(move || {
+                    for i in 0..20_000u64 {
+                        l.check(&req(&format!("k{}", i % 5_000), 1));
+                        if i % 100 == 0 {
+                            clock.advance(1_000_000);
+                        }
+                    }
+                })
+            };
+            let sweeper = {
+                let l = Arc::clone(&l);
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        l.sweep();
+                    }
+                })
+            };
+            checker.join().unwrap();
+            sweeper.join().unwrap();
+        });
+        assert_eq!(l.store().tracked(), l.store().cells_in_maps());
+        clock.advance(NANOS_PER_SEC);
+        l.sweep();
+        assert_eq!(l.store().tracked(), 0);
+        assert_eq!(l.store().cells_in_maps(), 0);
+    }
+
+    #[test]
+    fn scopes_file_cells_apart_under_the_same_plan() {
+        let (l, _) = limiter(vec![rate("p", "rate", 1, 1)], 100);
+        assert!(l.check(&req("k", 1)).allowed);
+        assert!(!l.check(&req("k", 1)).allowed);
+        let scoped = Request {
+            scope: 42,
+            ..req("k", 1)
+        };
+        assert!(l.check(&scoped).allowed);
+        assert!(!l.check(&scoped).allowed);
+        // The plan is the key's: "vip" is unlimited whatever the scope.
+        assert!(
+            l.check(&Request {
+                scope: 42,
+                ..req("vip", 9)
+            })
+            .allowed
+        );
     }
 }

@@ -91,75 +91,32 @@ impl LocalStore {
         }
     }
 
-    /// Runs `f` on the bucket `id`, creating it (arrival time 0 = a full
-    /// bucket) if needed. When the store is full and `id` is new, runs `f`
-    /// on the shared bucket `overflow_id` instead.
+    /// The token buckets: one arrival time per (limit, key).
     #[inline]
-    pub fn with_bucket<R>(&self, id: u64, overflow_id: u64, f: impl FnOnce(&AtomicU64) -> R) -> R {
-        self.with_cell(&self.buckets, id, overflow_id, || AtomicU64::new(0), f)
-    }
-
-    /// Runs `f` on the quota counter `id` for a window ending at
-    /// `window_end`, with the same overflow rule as [`Self::with_bucket`].
-    #[inline]
-    pub fn with_quota<R>(
-        &self,
-        id: u64,
-        overflow_id: u64,
-        window_end: Nanos,
-        f: impl FnOnce(&QuotaCell) -> R,
-    ) -> R {
-        let make = || QuotaCell {
-            used: AtomicU64::new(0),
-            window_end,
-        };
-        self.with_cell(&self.quotas, id, overflow_id, make, f)
-    }
-
-    /// The one lookup-or-insert path of both maps. `f` runs while the
-    /// cell's shard is locked, so it must only touch the cell's atomics.
-    #[inline]
-    fn with_cell<V, R>(
-        &self,
-        map: &Cells<V>,
-        id: u64,
-        overflow_id: u64,
-        make: impl FnOnce() -> V,
-        f: impl FnOnce(&V) -> R,
-    ) -> R {
-        if let Some(cell) = map.get(&id) {
-            return f(&cell);
-        }
-        let reserved = self.reserve();
-        let id = if reserved {
-            id
-        } else {
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
-            overflow_id
-        };
-        match map.entry(id) {
-            Entry::Occupied(o) => {
-                // Another check created it first (or it is the overflow
-                // cell): give back the slot we took.
-                if reserved {
-                    self.release();
-                }
-                f(o.get())
-            }
-            Entry::Vacant(v) => {
-                if !reserved {
-                    // The overflow cell itself is counted, past the cap: there
-                    // is one per limit, and counting it keeps sweeps exact.
-                    self.cells.fetch_add(1, Ordering::AcqRel);
-                }
-                let cell = v.insert(make());
-                f(cell.value())
-            }
+    pub fn buckets(&self) -> Map<'_, AtomicU64> {
+        Map {
+            store: self,
+            cells: &self.buckets,
         }
     }
 
-    /// Drops full buckets (arrival time ≤ `now`) and finished windows
-    /// (end ≤ `now`). Runs shard by shard, so checks on other shards go on.
+    /// The quota counters: one count per (limit, key, window).
+    #[inline]
+    pub fn quotas(&self) -> Map<'_, QuotaCell> {
+        Map {
+            store: self,
+            cells: &self.quotas,
+        }
+    }
+
+    /// Whether the cap is reached (new keys go to overflow cells).
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.cells.load(Ordering::Acquire) >= self.limits.max_cells
+    }
+
+    /// Drops full buckets (arrival time ≤ `now`), finished windows
+    /// (end ≤ `now`) and empty counters. Runs shard by shard, so checks on other shards go on.
     pub fn sweep(&self, now: Nanos) -> SweepReport {
         let mut report = SweepReport::default();
         self.buckets.retain(|_, tat| {
@@ -170,7 +127,8 @@ impl LocalStore {
             keep
         });
         self.quotas.retain(|_, q| {
-            let keep = q.window_end > now;
+            // A counter back at zero (everything refunded) holds nothing.
+            let keep = q.window_end > now && q.used.load(Ordering::Acquire) > 0;
             if !keep {
                 report.quotas += 1;
             }
@@ -178,6 +136,11 @@ impl LocalStore {
         });
         self.cells
             .fetch_sub(report.buckets + report.quotas, Ordering::AcqRel);
+        // Tables do not shrink by themselves: give memory back once they
+        // are mostly empty, so memory follows the active keys, not the
+        // peak. (Each shard is rehashed under its own lock, briefly.)
+        shrink_if_sparse(&self.buckets);
+        shrink_if_sparse(&self.quotas);
         report
     }
 
@@ -187,7 +150,8 @@ impl LocalStore {
         self.cells.load(Ordering::Relaxed)
     }
 
-    /// How many checks were judged by an overflow cell since start.
+    /// How many charges went to an overflow cell since start (checks of
+    /// keys that arrived while the store was full).
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }
@@ -210,5 +174,99 @@ impl LocalStore {
     #[inline]
     fn release(&self) {
         self.cells.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn shrink_if_sparse<V>(cells: &Cells<V>) {
+    let capacity = cells.capacity();
+    if capacity > 4 * 1024 && cells.len() < capacity / 4 {
+        cells.shrink_to_fit();
+    }
+}
+
+/// One of the store's two maps. Cells are created only by [`Map::upsert`],
+/// which the engine calls only to charge an allowed check, so dry runs,
+/// peeks, refunds and denials never grow memory.
+#[derive(Clone, Copy)]
+pub struct Map<'a, V> {
+    store: &'a LocalStore,
+    cells: &'a Cells<V>,
+}
+
+impl<V> Map<'_, V> {
+    /// Runs `f` on cell `id` if it is tracked. `f` runs while the cell's
+    /// shard is read-locked, so it must only touch the cell's atomics.
+    #[inline]
+    pub fn get<R>(&self, id: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.cells.get(&id).map(|c| f(&c))
+    }
+
+    /// For a key that is not tracked: runs `f` on what a charge would use,
+    /// without creating anything. That is the overflow cell when the store
+    /// is full and the overflow cell exists, else `fresh` (a new cell's
+    /// state).
+    #[inline]
+    pub fn untracked<R>(&self, overflow_id: u64, fresh: &V, f: impl FnOnce(&V) -> R) -> R {
+        if self.store.is_full()
+            && let Some(c) = self.cells.get(&overflow_id)
+        {
+            return f(&c);
+        }
+        f(fresh)
+    }
+
+    /// Runs `f` on cell `id`, creating it with `make` if needed. When the
+    /// store is full and `id` is new, runs `f` on the shared overflow cell
+    /// instead (created past the cap: there is one per limit) and counts
+    /// that in [`LocalStore::overflowed`].
+    #[inline]
+    pub fn upsert<R>(
+        &self,
+        id: u64,
+        overflow_id: u64,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        if let Some(cell) = self.cells.get(&id) {
+            return f(&cell);
+        }
+        let store = self.store;
+        let reserved = store.reserve();
+        let id = if reserved {
+            id
+        } else {
+            store.overflowed.fetch_add(1, Ordering::Relaxed);
+            // The overflow cell is hot during a flood: read-lock it when
+            // it exists rather than write-locking its shard.
+            if let Some(cell) = self.cells.get(&overflow_id) {
+                return f(&cell);
+            }
+            overflow_id
+        };
+        match self.cells.entry(id) {
+            Entry::Occupied(o) => {
+                // Another check created it first: give back our slot.
+                if reserved {
+                    store.release();
+                }
+                f(o.get())
+            }
+            Entry::Vacant(v) => {
+                if !reserved {
+                    // Count the overflow cell too, so sweeps stay exact.
+                    store.cells.fetch_add(1, Ordering::AcqRel);
+                }
+                let cell = v.insert(make());
+                f(cell.value())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl LocalStore {
+    /// Cells actually in the maps (locks every shard; tests only).
+    pub(crate) fn cells_in_maps(&self) -> usize {
+        self.buckets.len() + self.quotas.len()
     }
 }
