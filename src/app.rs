@@ -3,9 +3,14 @@
 //!
 //! Start-up: build the table and limiter (config already validated), bind
 //! every listener (so a taken port fails before anything serves), log each
-//! bound address, then mark ready. Shutdown: mark not ready (health turns
-//! NOT_SERVING), stop accepting, end open `CheckStream`s cleanly, let
-//! in-flight calls finish, and give up after `shutdown_grace`.
+//! bound address, then mark ready.
+//!
+//! Shutdown, in order: mark not ready (`/readyz` 503, gRPC health
+//! NOT_SERVING, pushed to `Watch` streams); keep serving for
+//! `server.drain_delay` so balancers move away; stop accepting gRPC
+//! connections, end open `CheckStream`s with UNAVAILABLE and health
+//! watches cleanly; let in-flight calls finish, giving up after
+//! `server.shutdown_grace`; then stop the HTTP listener and the sweeper.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,10 +29,11 @@ use crate::api::pb;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
 use crate::config::Config;
 use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
-use crate::shutdown::{self, Shutdown, Trigger};
+use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
-use crate::telemetry::{self, Readiness};
+use crate::telemetry::{self, HealthService, Readiness};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tonic_health::pb::health_server::HealthServer;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +125,7 @@ impl App {
         Arc::clone(&self.limiter)
     }
 
-    /// Serves until `signal` resolves, then drains within the grace period.
+    /// Serves until `signal` resolves, then drains: see the module docs.
     pub async fn run(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -132,60 +138,53 @@ impl App {
             ready,
             ..
         } = self;
-        let grace = config.server.shutdown_grace;
-        let (trigger, shutdown) = shutdown::channel();
+        // Two stages: the gRPC side (listener, CheckStreams, health
+        // watches) stops first; HTTP health and the sweeper last.
+        let (grpc_trigger, grpc_stop) = shutdown::channel();
+        let (rest_trigger, rest_stop) = shutdown::channel();
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let native = NativeService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
-            shutdown.clone(),
+            grpc_stop.clone(),
         );
         let rls = EnvoyRlsService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
             config.envoy.clone(),
         );
-
-        let mut tasks = JoinSet::new();
         let grpc_server = Server::builder()
-            .add_service(health_service)
+            .add_service(HealthServer::new(health))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(RateLimiterServer::new(native))
             .add_service(RateLimitServiceServer::new(rls))
-            .serve_with_incoming_shutdown(incoming(grpc), wait(shutdown.clone()));
-        tasks.spawn(async move {
+            .serve_with_incoming_shutdown(incoming(grpc), wait(grpc_stop));
+        let mut grpc_task = tokio::spawn(async move {
             grpc_server.await.map_err(|e| AppError::Serve {
                 what: "gRPC",
                 source: Box::new(e),
             })
         });
+
+        let mut rest = JoinSet::new();
         let http_server = axum::serve(http, telemetry::router(ready.clone()))
-            .with_graceful_shutdown(wait(shutdown.clone()));
-        tasks.spawn(async move {
+            .with_graceful_shutdown(wait(rest_stop.clone()));
+        rest.spawn(async move {
             http_server.await.map_err(|e| AppError::Serve {
                 what: "HTTP",
                 source: Box::new(e),
             })
         });
-        tasks.spawn(sweeper(
+        rest.spawn(sweeper(
             Arc::clone(&limiter),
             config.store.sweep_interval,
-            shutdown.clone(),
+            rest_stop,
         ));
 
-        health
-            .set_serving::<RateLimiterServer<NativeService>>()
-            .await;
-        health
-            .set_serving::<RateLimitServiceServer<EnvoyRlsService>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
         ready.set(true);
         tracing::info!(
             plans = limiter.snapshot().table().plans().len(),
@@ -193,11 +192,69 @@ impl App {
         );
 
         // Run until the signal, or until a server fails on its own.
-        let first_error = tokio::select! {
+        let mut result = Ok(());
+        let grpc_done = tokio::select! {
             _ = signal => None,
-            Some(done) = tasks.join_next() => Some(flatten(done)),
+            done = &mut grpc_task => Some(done),
+            Some(done) = rest.join_next() => {
+                result = flatten(done);
+                None
+            }
         };
-        drain(&trigger, &ready, &health, tasks, grace, first_error).await
+        let grpc_running = grpc_done.is_none();
+        if let Some(done) = grpc_done {
+            result = flatten(done);
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "a server stopped unexpectedly; shutting down");
+        }
+
+        let server = &config.server;
+        tracing::info!(
+            drain_delay_ms = server.drain_delay.as_millis() as u64,
+            grace_ms = server.shutdown_grace.as_millis() as u64,
+            "shutting down: not ready from now on"
+        );
+        ready.set(false);
+        if !server.drain_delay.is_zero() {
+            tokio::time::sleep(server.drain_delay).await;
+        }
+        grpc_trigger.fire();
+        if grpc_running {
+            match tokio::time::timeout(server.shutdown_grace, &mut grpc_task).await {
+                Ok(done) => {
+                    keep_first(&mut result, flatten(done));
+                    tracing::info!("drained: every in-flight call answered");
+                }
+                Err(_) => {
+                    grpc_task.abort();
+                    tracing::warn!(
+                        grace_ms = server.shutdown_grace.as_millis() as u64,
+                        "grace period expired with calls still in flight; exiting anyway"
+                    );
+                }
+            }
+        }
+        rest_trigger.fire();
+        while let Some(done) = rest.join_next().await {
+            keep_first(&mut result, flatten(done));
+        }
+        result
+    }
+}
+
+/// The services gRPC health reports on (besides the server as a whole).
+const SERVICES: &[&str] = &[
+    "quotad.v1.RateLimiter",
+    "envoy.service.ratelimit.v3.RateLimitService",
+];
+
+fn keep_first(result: &mut Result<(), AppError>, next: Result<(), AppError>) {
+    if let Err(e) = next {
+        tracing::error!(error = %e, "server failed while draining");
+        if result.is_ok() {
+            *result = Err(e);
+        }
     }
 }
 
@@ -207,52 +264,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_file_descriptor_set(envoy_descriptors::file_descriptor_set())
-}
-
-/// Ends the process's serving in order and returns the first error seen.
-async fn drain(
-    trigger: &Trigger,
-    ready: &Readiness,
-    health: &tonic_health::server::HealthReporter,
-    mut tasks: JoinSet<Result<(), AppError>>,
-    grace: Duration,
-    first_error: Option<Result<(), AppError>>,
-) -> Result<(), AppError> {
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining in-flight calls"
-    );
-    ready.set(false);
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<RateLimiterServer<NativeService>>()
-        .await;
-    health
-        .set_not_serving::<RateLimitServiceServer<EnvoyRlsService>>()
-        .await;
-    trigger.fire();
-    let mut result = first_error.unwrap_or(Ok(()));
-    let all_done = async {
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = flatten(done) {
-                tracing::error!(error = %e, "server failed while draining");
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-    };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "grace period expired with calls still in flight; exiting anyway"
-        );
-    } else {
-        tracing::info!("drained");
-    }
-    result
 }
 
 fn flatten(done: Result<Result<(), AppError>, tokio::task::JoinError>) -> Result<(), AppError> {
@@ -277,16 +288,33 @@ async fn sweeper(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut overflowed = limiter.store().overflowed();
     loop {
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             _ = tick.tick() => {
-                let limiter = Arc::clone(&limiter);
+                let l = Arc::clone(&limiter);
                 // Sweeping a million cells takes milliseconds: keep it off
                 // the request threads' executor slots.
-                let report = tokio::task::spawn_blocking(move || limiter.sweep()).await;
-                if let Ok(r) = report {
-                    tracing::debug!(buckets = r.buckets, quotas = r.quotas, "swept idle cells");
+                match tokio::task::spawn_blocking(move || l.sweep()).await {
+                    Ok(r) => tracing::debug!(
+                        buckets = r.buckets,
+                        quotas = r.quotas,
+                        tracked = limiter.store().tracked(),
+                        "swept idle cells"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "sweep failed"),
+                }
+                let now = limiter.store().overflowed();
+                if now > overflowed {
+                    let store = limiter.store();
+                    tracing::warn!(
+                        new_keys_judged_by_overflow = now - overflowed,
+                        tracked = store.tracked(),
+                        max_tracked_keys = store.limits().max_cells,
+                        "store full: keys not yet tracked share one overflow bucket per limit"
+                    );
+                    overflowed = now;
                 }
             }
         }

@@ -68,6 +68,7 @@ server:
   grpc_addr: 127.0.0.1:8081    # gRPC: the native check API and Envoy RLS v3
   http_addr: 127.0.0.1:9090    # HTTP: health and readiness
   shutdown_grace: 10s          # how long in-flight calls may finish on shutdown (ms, s, m or h)
+  # drain_delay: 5s            # on shutdown, report not-ready this long before refusing connections
 
 requests:                      # caps on what a caller may send
   max_key_bytes: 256           # longest API key
@@ -120,6 +121,10 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// How long in-flight calls may run after shutdown starts.
     pub shutdown_grace: Duration,
+    /// How long, on shutdown, to keep serving while reporting not ready, so
+    /// load balancers and health-checking clients move away before
+    /// connections are refused. 0 (the default) stops accepting at once.
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerSettings {
@@ -128,6 +133,7 @@ impl Default for ServerSettings {
             grpc_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8081)),
             http_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090)),
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -288,6 +294,19 @@ impl fmt::Display for Diagnostic {
 // Loading.
 
 impl Config {
+    /// Checks what flags may have changed after loading: the two listeners
+    /// must differ (port 0, "any free port", may repeat).
+    pub fn check_listeners(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.grpc_addr == s.http_addr && s.grpc_addr.port() != 0 {
+            return Err(format!(
+                "server.grpc_addr and server.http_addr are both {}",
+                s.grpc_addr
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads and validates the config file at `path`; messages name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
@@ -342,10 +361,11 @@ impl Config {
         lines.push(format!("static keys: {}", l.keys.len()));
         let s = &self.server;
         lines.push(format!(
-            "server: grpc {}, http {}, shutdown grace {}",
+            "server: grpc {}, http {}, shutdown grace {}, drain delay {}",
             s.grpc_addr,
             s.http_addr,
-            format_duration(s.shutdown_grace)
+            format_duration(s.shutdown_grace),
+            format_duration(s.drain_delay)
         ));
         let r = &self.requests;
         lines.push(format!(
@@ -456,6 +476,7 @@ struct ServerRaw {
     grpc_addr: Option<Addr>,
     http_addr: Option<Addr>,
     shutdown_grace: Option<Dur>,
+    drain_delay: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -497,6 +518,9 @@ impl ConfigRaw {
             }
             if let Some(d) = s.shutdown_grace {
                 server.shutdown_grace = d.0;
+            }
+            if let Some(d) = s.drain_delay {
+                server.drain_delay = d.0;
             }
         }
 
@@ -696,7 +720,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `10s`, `2m`, `500ms`: the largest unit that divides the duration.
 fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms == 0 {
+    if d.is_zero() {
+        "none".to_owned()
+    } else if ms == 0 {
         format!("{}ns", d.as_nanos())
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
@@ -1207,7 +1233,7 @@ plans: 2 (default: free)
   free: per-second 10/second burst 20; daily 10000/day
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
-server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s
+server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
 envoy: domains quotad, key entry api_key";

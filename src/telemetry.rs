@@ -1,23 +1,38 @@
-//! Health of the process as seen from outside: the readiness latch and the
-//! HTTP listener's `/livez` and `/readyz` endpoints.
+//! Health of the process as seen from outside: the readiness latch, the
+//! HTTP listener's `/livez` and `/readyz`, and gRPC health checking
+//! (`grpc.health.v1.Health`), all reading the same latch.
 //!
-//! `/livez` answers 200 while the process serves HTTP at all. `/readyz`
-//! answers 200 only once the limits are loaded and the gRPC listener is up,
-//! and 503 again once shutdown starts, so load balancers stop sending
-//! before we stop answering. gRPC health (`grpc.health.v1`) follows the
-//! same latch (wired in [`crate::app`]).
+//! `/livez` answers 200 while the process serves HTTP at all. `/readyz` and
+//! gRPC health say ready (200 / SERVING) once the limits are loaded and
+//! the gRPC listener is up, and not ready (503 / NOT_SERVING) from the
+//! moment shutdown starts; with `server.drain_delay` the daemon keeps
+//! serving for that long while saying so. gRPC `Watch` streams receive the
+//! change, then end when the server stops, so they never hold up shutdown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use futures_util::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-/// A ready/not-ready flag shared by the app and the health endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+use crate::shutdown::Shutdown;
+
+/// A ready/not-ready latch shared by the app and the health endpoints.
+#[derive(Debug, Clone)]
+pub struct Readiness(watch::Sender<bool>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(watch::Sender::new(false))
+    }
+}
 
 impl Readiness {
     /// Not ready yet.
@@ -26,11 +41,11 @@ impl Readiness {
     }
     /// Marks the process ready (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.0.send_replace(ready);
     }
     /// Whether the process is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        *self.0.borrow()
     }
 }
 
@@ -47,5 +62,100 @@ async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// `grpc.health.v1.Health` over the readiness latch. Knows the server as a
+/// whole (`""`) and the listed services.
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    ready: Readiness,
+    services: &'static [&'static str],
+    shutdown: Shutdown,
+}
+
+impl HealthService {
+    /// Health for `services` (fully qualified names), following `ready`;
+    /// `Watch` streams end when `shutdown` fires.
+    pub fn new(ready: Readiness, services: &'static [&'static str], shutdown: Shutdown) -> Self {
+        Self {
+            ready,
+            services,
+            shutdown,
+        }
+    }
+
+    fn known(&self, service: &str) -> bool {
+        service.is_empty() || self.services.contains(&service)
+    }
+}
+
+fn status_of(ready: bool) -> ServingStatus {
+    if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+fn answer(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+type WatchOut = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        if !self.known(&service) {
+            return Err(Status::not_found(format!("unknown service '{service}'")));
+        }
+        Ok(Response::new(answer(status_of(self.ready.is_ready()))))
+    }
+
+    type WatchStream = WatchOut;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        if !self.known(&service) {
+            // The health protocol's answer for an unknown service in Watch.
+            let once = futures_util::stream::iter([Ok(answer(ServingStatus::ServiceUnknown))]);
+            return Ok(Response::new(Box::pin(once)));
+        }
+        let mut changes = self.ready.0.subscribe();
+        // Send the current status, then every change, until shutdown.
+        let first = status_of(*changes.borrow_and_update());
+        let state = (Some(first), changes, self.shutdown.clone());
+        let out = futures_util::stream::unfold(
+            state,
+            |(pending, mut changes, mut shutdown)| async move {
+                if let Some(status) = pending {
+                    return Some((Ok(answer(status)), (None, changes, shutdown)));
+                }
+                // Changes first: the NOT_SERVING that starts a shutdown is
+                // delivered before the stream ends.
+                tokio::select! {
+                    biased;
+                    changed = changes.changed() => match changed {
+                        Ok(()) => {
+                            let status = status_of(*changes.borrow_and_update());
+                            Some((Ok(answer(status)), (None, changes, shutdown)))
+                        }
+                        Err(_) => None,
+                    },
+                    _ = shutdown.wait() => None,
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(out)))
     }
 }

@@ -1,3 +1,5 @@
+//! Caller mistakes: INVALID_ARGUMENT naming the field, nothing charged, the server keeps serving.
+
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -72,7 +74,8 @@ async fn batch_refuses_oversize_and_bad_items_without_charging_any() {
 }
 
 #[tokio::test]
-async fn stream_ends_with_invalid_argument_naming_the_request_id() {
+async fn stream_answers_an_invalid_check_with_an_error_and_goes_on() {
+    use quotad::api::pb::DenyReason;
     let d = TestDaemon::start().await;
     let mut c = RateLimiterClient::new(d.channel().await);
     let reqs = vec![
@@ -88,25 +91,47 @@ async fn stream_ends_with_invalid_argument_naming_the_request_id() {
         },
         CheckRequest {
             key: "k".into(),
-            cost: 1,
+            cost: 5000,
             id: 3,
         },
+        CheckRequest {
+            key: "k".into(),
+            cost: 1,
+            id: 4,
+        },
     ];
-    let mut out = c
+    let out: Vec<_> = c
         .check_stream(tokio_stream::iter(reqs))
         .await
         .unwrap()
-        .into_inner();
-    let first = out.next().await.expect("first answer").expect("first ok");
-    assert_eq!(first.id, 1);
-    let err = out
-        .next()
-        .await
-        .expect("an error item")
-        .expect_err("second refused");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(err.message(), "id 2: key: must not be empty");
-    assert!(out.next().await.is_none(), "stream ends after the error");
+        .into_inner()
+        .collect()
+        .await;
+    let out: Vec<_> = out
+        .into_iter()
+        .map(|r| r.expect("no stream error"))
+        .collect();
+    let summary: Vec<(u64, bool, i32, &str)> = out
+        .iter()
+        .map(|r| (r.id, r.allowed, r.reason, r.error.as_str()))
+        .collect();
+    let invalid = DenyReason::InvalidRequest as i32;
+    assert_eq!(
+        summary,
+        vec![
+            (1, true, 0, ""),
+            (2, false, invalid, "key: must not be empty"),
+            (
+                3,
+                false,
+                invalid,
+                "cost: 5000 exceeds the maximum cost of 1000"
+            ),
+            (4, true, 0, ""),
+        ]
+    );
+    // The refused checks charged nothing: 2 of the burst of 20 are gone.
+    assert_eq!(out[3].remaining, 18);
 }
 
 fn rls(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {

@@ -1,3 +1,5 @@
+//! The quotad binary itself: check-config, exit code 64, the embedded default, SIGTERM.
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -73,6 +75,33 @@ fn serve_with_a_bad_config_exits_64_before_binding() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/quotad.yaml"));
+}
+
+#[test]
+fn bad_flags_and_clashing_listeners_exit_64() {
+    let out = Command::new(BIN)
+        .args(["serve", "--grpc-addr", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grpc-addr"));
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:9999",
+            "--http-addr",
+            "127.0.0.1:9999",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("both 127.0.0.1:9999"),
+        "{out:?}"
+    );
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
 }
 
 /// A `quotad serve` child on free ports; killed on drop.

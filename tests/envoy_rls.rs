@@ -1,3 +1,5 @@
+//! Envoy RLS v3 through Envoy's own generated client (envoy-types).
+
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -165,4 +167,38 @@ async fn native_and_rls_share_one_bucket_per_key() {
     )
     .await;
     assert_eq!(r.overall_code, Code::OverLimit as i32);
+}
+
+#[tokio::test]
+async fn descriptors_with_more_entries_get_their_own_buckets_under_the_key_plan() {
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    // tiny: 2 per minute. The key alone, and the key on two paths: three
+    // separate buckets, each with tiny's limit.
+    let key_only = || descriptor(&[("api_key", "tiny-key")]);
+    let on_a = || descriptor(&[("api_key", "tiny-key"), ("path", "/a")]);
+    let on_b = || descriptor(&[("path", "/b"), ("api_key", "tiny-key")]);
+    let r = ask(&mut c, request("edge", vec![key_only(), on_a(), on_b()], 2)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    for s in &r.statuses {
+        assert_eq!(s.limit_remaining, 0);
+        assert_eq!(s.current_limit.as_ref().unwrap().name, "tiny/per-minute");
+    }
+    // Each is now empty on its own...
+    for desc in [key_only(), on_a(), on_b()] {
+        let r = ask(&mut c, request("edge", vec![desc], 1)).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+    }
+    // ... while a new path starts full.
+    let r = ask(
+        &mut c,
+        request(
+            "edge",
+            vec![descriptor(&[("api_key", "tiny-key"), ("path", "/c")])],
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 1);
 }

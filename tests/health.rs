@@ -1,3 +1,5 @@
+//! gRPC health (Check and Watch), /livez and /readyz, server reflection v1 and v1alpha.
+
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -38,6 +40,16 @@ async fn grpc_health_reports_serving_for_the_server_and_both_apis() {
         .await
         .expect_err("unknown service");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // Watch answers SERVICE_UNKNOWN for it, per the health protocol.
+    let mut w = c
+        .watch(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = w.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
 }
 
 #[tokio::test]

@@ -1,3 +1,5 @@
+//! Native API over real gRPC: Check, CheckBatch, CheckStream; exact remaining, reset and retry_after.
+
 use std::time::Duration;
 
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;

@@ -3,8 +3,12 @@
 //!
 //! Mapping (this version): each request descriptor is one check. The API
 //! key is the value of the descriptor entry named by `envoy.key_entry`
-//! (default `api_key`), and that key's plan decides, exactly as on the
-//! native API. A descriptor without that entry has no limit and is OK.
+//! (default `api_key`), and that key's plan decides. A descriptor whose
+//! only entry is the API key shares its buckets with the native API's
+//! checks of that key; a descriptor with more entries (say `api_key` and
+//! `path`) gets its own buckets under the same plan, one set per distinct
+//! combination, as each descriptor is its own counter in Envoy's model.
+//! A descriptor without the key entry has no limit and is OK.
 //! Requests for a domain not listed in `envoy.domains` are answered OK
 //! (Envoy's convention for unknown domains).
 //!
@@ -28,11 +32,11 @@ use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
 use super::error::RequestError;
-use super::validate;
+use super::{duration_parts, validate};
 use crate::config::{EnvoySettings, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
-use crate::core::{self, Decision, Limiter, Nanos, Snapshot};
+use crate::core::{self, Decision, KeyHasher, Limiter, Nanos, Snapshot};
 use crate::limits::{Limit, LimitKind};
 
 /// The Envoy RLS v3 service.
@@ -58,6 +62,9 @@ impl EnvoyRlsService {
 /// the units are given back.
 struct Check<'a> {
     key: Option<&'a str>,
+    /// Hash of the descriptor's other entries (0 when the API key is the
+    /// only entry): files the descriptor's cells apart from the key's own.
+    scope: u64,
     cost: u64,
     refund: bool,
 }
@@ -66,6 +73,7 @@ fn parse<'a>(
     req: &'a RateLimitRequest,
     caps: &RequestCaps,
     key_entry: &str,
+    hasher: &KeyHasher,
 ) -> Result<Vec<Check<'a>>, RequestError> {
     if req.domain.is_empty() {
         return Err(RequestError::Empty {
@@ -86,7 +94,7 @@ fn parse<'a>(
     req.descriptors
         .iter()
         .enumerate()
-        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry))
+        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry, hasher))
         .collect()
 }
 
@@ -96,6 +104,7 @@ fn descriptor<'a>(
     request_cost: u64,
     caps: &RequestCaps,
     key_entry: &str,
+    hasher: &KeyHasher,
 ) -> Result<Check<'a>, RequestError> {
     validate::count(
         || format!("descriptors[{i}].entries"),
@@ -125,18 +134,26 @@ fn descriptor<'a>(
     }
     let cost = d.hits_addend.as_ref().map_or(request_cost, |h| h.value);
     validate::cost(|| format!("descriptors[{i}].hits_addend"), cost, caps)?;
+    let scope = match key {
+        Some(_) => hasher.entries_hash(
+            d.entries
+                .iter()
+                .filter(|e| e.key != key_entry)
+                .map(|e| (e.key.as_str(), e.value.as_str())),
+        ),
+        None => 0,
+    };
     Ok(Check {
         key,
+        scope,
         cost,
         refund: d.is_negative_hits,
     })
 }
 
 fn envoy_duration(ns: Nanos) -> Duration {
-    Duration {
-        seconds: (ns / NANOS_PER_SEC) as i64,
-        nanos: (ns % NANOS_PER_SEC) as i32,
-    }
+    let (seconds, nanos) = duration_parts(ns);
+    Duration { seconds, nanos }
 }
 
 /// The limit as Envoy's `RateLimit`: requests per unit.
@@ -197,7 +214,12 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
-        let checks = parse(&req, &self.caps, &self.envoy.key_entry)?;
+        let checks = parse(
+            &req,
+            &self.caps,
+            &self.envoy.key_entry,
+            self.limiter.hasher(),
+        )?;
         let mut overall = Code::Ok;
         let statuses = if self.envoy.domains.contains(&req.domain) {
             let snap = self.limiter.snapshot();
@@ -207,7 +229,11 @@ impl RateLimitService for EnvoyRlsService {
                     let Some(key) = c.key else {
                         return ok_status();
                     };
-                    let r = core::Request { key, cost: c.cost };
+                    let r = core::Request {
+                        key,
+                        cost: c.cost,
+                        scope: c.scope,
+                    };
                     let d = if c.refund {
                         snap.refund(&r)
                     } else {

@@ -27,13 +27,17 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quotad_descriptor");
 }
 
+/// A nanosecond count as protobuf `Duration` parts (seconds, nanos).
+/// Both our `prost_types::Duration` and envoy-types' own are built from it.
+pub(crate) fn duration_parts(ns: Nanos) -> (i64, i32) {
+    // u64::MAX / 1e9 ≈ 1.8e10 fits in i64; nanos < 1e9 fits in i32.
+    ((ns / NANOS_PER_SEC) as i64, (ns % NANOS_PER_SEC) as i32)
+}
+
 /// A nanosecond count as a protobuf `Duration`.
 pub(crate) fn duration(ns: Nanos) -> prost_types::Duration {
-    prost_types::Duration {
-        // u64::MAX / 1e9 ≈ 1.8e10 fits in i64; nanos < 1e9 fits in i32.
-        seconds: (ns / NANOS_PER_SEC) as i64,
-        nanos: (ns % NANOS_PER_SEC) as i32,
-    }
+    let (seconds, nanos) = duration_parts(ns);
+    prost_types::Duration { seconds, nanos }
 }
 
 #[cfg(test)]

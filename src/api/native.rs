@@ -5,9 +5,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::error::RequestError;
 use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason};
 use super::{duration, validate};
@@ -35,21 +36,32 @@ impl NativeService {
     }
 }
 
-/// Validates one check; `at` prefixes field paths (`checks[3].`).
-fn validate_check(req: &CheckRequest, at: &str, caps: &RequestCaps) -> Result<(), Status> {
-    validate::key(|| format!("{at}key"), &req.key, caps)?;
-    validate::cost(|| format!("{at}cost"), req.cost, caps)?;
+/// Validates one check; `at` names where it sits (`checks[3].`), built
+/// only when there is an error to report.
+fn validate_check(
+    req: &CheckRequest,
+    at: impl Fn() -> String,
+    caps: &RequestCaps,
+) -> Result<(), RequestError> {
+    validate::key(|| format!("{}key", at()), &req.key, caps)?;
+    validate::cost(|| format!("{}cost", at()), req.cost, caps)?;
     Ok(())
 }
 
 /// Decides one already validated check.
 fn decide(snap: &Snapshot<'_>, req: &CheckRequest) -> CheckResponse {
-    let cost = req.cost.max(1);
-    let d = snap.check(&core::Request {
-        key: &req.key,
-        cost,
-    });
+    let d = snap.check(&core::Request::new(&req.key, req.cost.max(1)));
     response(snap, &d, req.id)
+}
+
+/// The answer to an invalid check inside a stream: the stream goes on.
+fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
+    CheckResponse {
+        id: req.id,
+        reason: DenyReason::InvalidRequest as i32,
+        error: e.to_string(),
+        ..Default::default()
+    }
 }
 
 /// A decision as the wire response.
@@ -63,6 +75,7 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64) -> CheckResponse {
         retry_after: d.retry_after.map(duration),
         policy: limit.map(|l| l.policy.clone()).unwrap_or_default(),
         id,
+        error: String::new(),
         reason: match d.reason {
             core::DenyReason::None => DenyReason::Unspecified,
             core::DenyReason::Limited => DenyReason::Limited,
@@ -70,6 +83,15 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64) -> CheckResponse {
         } as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
     }
+}
+
+/// What a `CheckStream` answer stream carries between polls.
+struct StreamState {
+    inbound: Streaming<CheckRequest>,
+    limiter: Arc<Limiter>,
+    caps: RequestCaps,
+    shutdown: Shutdown,
+    done: bool,
 }
 
 type CheckStreamOut = Pin<Box<dyn Stream<Item = Result<CheckResponse, Status>> + Send>>;
@@ -81,7 +103,7 @@ impl RateLimiter for NativeService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
-        validate_check(&req, "", &self.caps)?;
+        validate_check(&req, String::new, &self.caps)?;
         Ok(Response::new(decide(&self.limiter.snapshot(), &req)))
     }
 
@@ -94,7 +116,7 @@ impl RateLimiter for NativeService {
         // Validate everything first: a bad check fails the whole batch
         // before any of it is charged.
         for (i, c) in batch.checks.iter().enumerate() {
-            validate_check(c, &format!("checks[{i}]."), &self.caps)?;
+            validate_check(c, || format!("checks[{i}]."), &self.caps)?;
         }
         let snap = self.limiter.snapshot();
         let results = batch.checks.iter().map(|c| decide(&snap, c)).collect();
@@ -110,16 +132,43 @@ impl RateLimiter for NativeService {
         // Responses are computed as tonic pulls them, straight from the
         // inbound stream: no task and no queue. A caller that stops reading
         // responses stops us reading its requests, and HTTP/2 flow control
-        // pushes back on it. Shutdown ends the stream cleanly (status OK).
-        let inbound = request.into_inner();
-        let limiter = Arc::clone(&self.limiter);
-        let caps = self.caps.clone();
-        let mut shutdown = self.shutdown.clone();
-        let stop = Box::pin(async move { shutdown.wait().await });
-        let out = inbound.take_until(stop).map(move |item| {
-            let req = item?;
-            validate_check(&req, &format!("id {}: ", req.id), &caps)?;
-            Ok(decide(&limiter.snapshot(), &req))
+        // pushes back on it. An invalid check gets an answer with `error`
+        // set and the stream goes on. Shutdown ends the stream with
+        // UNAVAILABLE, so the caller knows to resend what was not answered.
+        let state = StreamState {
+            inbound: request.into_inner(),
+            limiter: Arc::clone(&self.limiter),
+            caps: self.caps.clone(),
+            shutdown: self.shutdown.clone(),
+            done: false,
+        };
+        let out = futures_util::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            let next = tokio::select! {
+                biased;
+                _ = st.shutdown.wait() => {
+                    st.done = true;
+                    let status = Status::unavailable(
+                        "quotad is shutting down: resend unanswered checks to another instance",
+                    );
+                    return Some((Err(status), st));
+                }
+                next = st.inbound.message() => next,
+            };
+            let answer = match next {
+                Ok(Some(req)) => match validate_check(&req, String::new, &st.caps) {
+                    Ok(()) => decide(&st.limiter.snapshot(), &req),
+                    Err(e) => refused(&req, &e),
+                },
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::debug!(%status, "check stream ended by the caller");
+                    return None;
+                }
+            };
+            Some((Ok(answer), st))
         });
         Ok(Response::new(Box::pin(out) as Self::CheckStreamStream))
     }

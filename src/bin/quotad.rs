@@ -56,7 +56,19 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; a bad flag is a usage
+            // error like a bad config file.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
@@ -101,6 +113,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
     }
+    config.check_listeners().map_err(anyhow::Error::msg)?;
     tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("--log: invalid filter '{}'", args.log))?;
     Ok(config)
@@ -124,40 +137,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Listen for signals before binding, so a SIGTERM during start-up
+        // is a clean stop rather than the default kill.
+        let stop = signals()?;
         match &config.source {
             Some(p) => tracing::info!(config = %p.display(), "config loaded"),
             None => tracing::info!("no --config: serving the embedded demo config (in memory)"),
         }
         let app = App::bind(config).await?;
-        app.run(signal()).await?;
+        app.run(stop).await?;
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Registers SIGTERM and SIGINT handlers now; the future resolves on the
+/// first of them.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }
