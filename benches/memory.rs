@@ -1,0 +1,278 @@
+//! Memory per tracked key. Not a criterion bench: a plain `main` that
+//! inserts keys and reports, two ways, what the store costs per tracked
+//! cell:
+//!
+//! 1. a counting global allocator (live heap bytes after − before);
+//! 2. the resident set size from `/proc/self/status` (`VmRSS`).
+//!
+//! It then sweeps (all buckets full again) and reports what is left, and
+//! runs once more with a cap of a tenth of the keys to show the overflow
+//! cells at work. Target: ≤ 64 bytes per tracked key at 1M keys.
+//!
+//! `cargo bench --bench memory` uses 1 000 000 keys; without `--bench`
+//! (`cargo test --benches`, `cargo test --all-targets`) it uses 10 000 keys
+//! and only asserts sanity. See `BENCHMARKS.md`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use quotad::core::clock::NANOS_PER_SEC;
+use quotad::core::{Clock, KeyHasher, Limiter, ManualClock, Request};
+use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
+use quotad::store::StoreLimits;
+
+/// Live heap bytes and their high-water mark.
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// `System`, counting the bytes it hands out.
+struct Counting;
+
+fn grew(n: usize) {
+    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+fn shrank(n: usize) {
+    CURRENT.fetch_sub(n, Ordering::Relaxed);
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, so `System`'s guarantees are ours; the counting only touches
+// atomics and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as `GlobalAlloc::alloc`, passed through.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as `GlobalAlloc::alloc_zeroed`, passed through.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by this allocator (so by `System`)
+        // with `layout`, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) };
+        shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as `GlobalAlloc::realloc`, passed through.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            shrank(layout.size());
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// 2023-11-14T22:13:20Z, in Unix nanoseconds.
+const T0: u64 = 1_700_000_000 * NANOS_PER_SEC;
+/// Target from the issue: bytes per tracked key at 1M keys.
+const TARGET_BYTES_PER_KEY: f64 = 64.0;
+
+fn bench_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    has("--bench") && !has("--test")
+}
+
+/// Live heap bytes right now.
+fn heap() -> usize {
+    CURRENT.load(Ordering::Relaxed)
+}
+
+/// Resident set size in bytes, from `/proc/self/status` (Linux only).
+fn rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// One bucket, 1000/s with a burst of 1000: a single check leaves it 1 ms
+/// from full.
+fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Limiter {
+    let rate = Rate::new(
+        NonZeroU64::new(1_000).expect("non-zero"),
+        NANOS_PER_SEC,
+        NonZeroU64::new(1_000).expect("non-zero"),
+    )
+    .expect("valid rate");
+    let plan = Plan {
+        name: "bench".into(),
+        limits: vec![Limit::new("bench", "per-second", LimitKind::Rate(rate))],
+    };
+    let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
+    let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
+    let clock: Arc<dyn Clock> = clock.clone();
+    Limiter::new(table, hasher, StoreLimits { max_cells }, clock)
+}
+
+/// One check of cost 1 for each of the keys `key-00000000` … `key-{n-1}`.
+/// The key is formatted into one reused buffer, so the keys themselves add
+/// nothing to the heap.
+fn insert_keys(limiter: &Limiter, n: usize) {
+    let mut key = String::with_capacity(32);
+    for i in 0..n {
+        key.clear();
+        write!(key, "key-{i:08}").expect("writing to a String");
+        limiter.check(&Request::new(&key, 1));
+    }
+}
+
+fn per_key(bytes: isize, cells: usize) -> f64 {
+    if cells == 0 {
+        0.0
+    } else {
+        bytes as f64 / cells as f64
+    }
+}
+
+fn fmt_rss(before: Option<usize>, after: Option<usize>, cells: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let d = a as isize - b as isize;
+            format!(
+                "{:.1} B/key ({:+.1} MiB)",
+                per_key(d, cells),
+                d as f64 / (1024.0 * 1024.0)
+            )
+        }
+        _ => "n/a (no /proc/self/status)".into(),
+    }
+}
+
+fn main() {
+    let bench = bench_mode();
+    let n: usize = if bench { 1_000_000 } else { 10_000 };
+    println!(
+        "memory bench: {n} keys ({} mode), one 1000/s bucket per key",
+        if bench { "bench" } else { "test" },
+    );
+
+    // 1. Memory per tracked key.
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_base = heap();
+    let limiter = new_limiter(2_000_000, &clock);
+    let heap_before = heap();
+    let rss_before = rss();
+    PEAK.store(heap_before, Ordering::Relaxed);
+    insert_keys(&limiter, n);
+    let heap_after = heap();
+    let rss_after = rss();
+    let peak = PEAK.load(Ordering::Relaxed);
+    let tracked = limiter.store().tracked();
+    let heap_delta = heap_after as isize - heap_before as isize;
+    let by_alloc = per_key(heap_delta, tracked);
+
+    println!();
+    println!("== insert ==");
+    println!("keys checked:            {n}");
+    println!("tracked cells:           {tracked}");
+    println!(
+        "empty limiter:           {} B heap",
+        heap_before - heap_base
+    );
+    println!(
+        "heap after − before:     {:.1} MiB  → {by_alloc:.1} B/key (allocator)",
+        mib(heap_delta.max(0) as usize)
+    );
+    println!(
+        "heap peak during insert: {:.1} MiB  → {:.1} B/key (transient, table resizes)",
+        mib(peak - heap_before),
+        per_key((peak - heap_before) as isize, tracked)
+    );
+    println!(
+        "RSS after − before:      {}",
+        fmt_rss(rss_before, rss_after, tracked)
+    );
+    println!(
+        "target ≤ {TARGET_BYTES_PER_KEY} B/key (allocator): {}",
+        if by_alloc <= TARGET_BYTES_PER_KEY {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
+
+    assert!(tracked >= n, "every key tracked: {tracked} < {n}");
+    assert_eq!(limiter.store().overflowed(), 0);
+    assert!(by_alloc > 0.0, "the store must cost something per key");
+
+    // 2. After a sweep: every bucket is full again 1 ms later; a minute on,
+    // the sweep drops them all.
+    clock.set(T0 + 60 * NANOS_PER_SEC);
+    let report = limiter.sweep();
+    let heap_swept = heap();
+    let rss_swept = rss();
+    println!();
+    println!("== after sweep (clock +60 s) ==");
+    println!("buckets dropped:         {}", report.buckets);
+    println!("tracked cells:           {}", limiter.store().tracked());
+    let kept = heap_swept as isize - heap_before as isize;
+    println!(
+        "heap vs before insert:   {:+.1} MiB ({})",
+        kept as f64 / (1024.0 * 1024.0),
+        if kept * 2 > heap_delta {
+            "most capacity kept: retain drops entries, not table capacity"
+        } else {
+            "capacity released"
+        }
+    );
+    match (rss_before, rss_swept) {
+        (Some(b), Some(a)) => println!(
+            "RSS vs before insert:    {:+.1} MiB (freed memory may stay with the process)",
+            (a as isize - b as isize) as f64 / (1024.0 * 1024.0)
+        ),
+        _ => println!("RSS vs before insert:    n/a"),
+    }
+    assert_eq!(report.buckets, n);
+    assert_eq!(limiter.store().tracked(), 0);
+    drop(limiter);
+    println!(
+        "heap after drop vs base: {:+} B",
+        heap() as isize - heap_base as isize
+    );
+
+    // 3. With a cap of n/10 cells: the first n/10 keys get cells, the rest
+    // share the overflow cell.
+    let cap = n / 10;
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_before = heap();
+    let limiter = new_limiter(cap, &clock);
+    insert_keys(&limiter, n);
+    let tracked = limiter.store().tracked();
+    let overflowed = limiter.store().overflowed();
+    println!();
+    println!("== capped: max_cells = {cap}, {n} distinct keys ==");
+    println!("tracked cells:           {tracked} (cap + 1 shared overflow cell)");
+    println!("overflowed checks:       {overflowed}");
+    println!(
+        "heap:                    {:.1} MiB",
+        mib(heap() - heap_before)
+    );
+    assert!(tracked <= cap + 1, "cap respected: {tracked} > {cap} + 1");
+    assert_eq!(overflowed, (n - cap) as u64);
+}
