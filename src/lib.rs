@@ -24,10 +24,11 @@
 //! [`core::Request`], and calls [`core::Snapshot::check`] synchronously:
 //! hash the key (SipHash keyed with a secret), look up its plan in the
 //! table snapshot, and for each of the plan's limits find the key's cell in
-//! the store and update it with one compare-and-swap. If a limit denies,
-//! the limits already charged are refunded, so a denied check consumes
-//! nothing. Nothing on this path awaits, locks across I/O, or allocates
-//! beyond the response.
+//! the store and update it with one compare-and-swap. A plan with several
+//! limits is first dry-run against every limit, so a denial charges
+//! nothing; a lost race between the dry run and the charge is refunded.
+//! Only an allowed charge creates a cell. Nothing on this path awaits or
+//! holds a lock across anything slow (a shard's read lock for one CAS).
 //!
 //! # Accuracy guarantees
 //!
@@ -41,7 +42,8 @@
 //! - A check passes only if all limits of its plan pass; then all are
 //!   charged, else none.
 //! - Memory: at most `store.max_tracked_keys` cells (plus one overflow cell
-//!   per limit); keys beyond the cap share the overflow bucket.
+//!   per limit); keys beyond the cap share the overflow bucket. Refused
+//!   checks create no cells; idle ones are swept.
 //!
 //! This version runs on one node; limits are per process.
 #![forbid(unsafe_code)]

@@ -1,7 +1,7 @@
 //! Plans, limits and key assignments: the validated, immutable [`Table`]
 //! the engine reads on every check.
 //!
-//! A table is built once from a config file ([`file`]) and then only read;
+//! A table is built once from a config file ([`mod@file`]) and then only read;
 //! a reload builds a new table and swaps it in atomically (the
 //! [`crate::core::Limiter`] holds it in an `ArcSwap`). The types here cannot
 //! hold a bad limit: rates and bursts are non-zero and their nanosecond
