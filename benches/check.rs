@@ -10,7 +10,8 @@
 //! quota) run `check` at each key count on 1 and 2 threads, keys read from a
 //! pre-generated buffer; at the large key count they also run
 //! `check-fmt-key`, the same with the key formatted in registers instead
-//! (no harness cache miss). `denied` is one hot key on a tight bucket,
+//! (no harness cache miss), and `check-zipf`, keys drawn from a Zipf
+//! distribution (s = 1) like real traffic. `denied` is one hot key on a tight bucket,
 //! `insert` checks keys never seen, `components` times pieces of the path.
 //!
 //! Every case times its own loop (`iter_custom`) and reports wall time divided
@@ -205,6 +206,33 @@ enum KeySource {
     Buffer,
     /// Formatted from the index each time ([`format_key`]): no extra miss.
     Formatted,
+    /// Formatted, with the index drawn from a Zipf distribution (s = 1)
+    /// instead of uniformly: a few keys are hot, as in real API traffic.
+    Zipf,
+}
+
+/// Pre-drawn Zipf(s = 1) indices over `0..big_keys()`, cycled by the timed
+/// loop (drawing takes a binary search, too slow to do while timing).
+fn zipf_indices() -> &'static [u32] {
+    static DRAWN: OnceLock<Vec<u32>> = OnceLock::new();
+    DRAWN.get_or_init(|| {
+        let n = big_keys();
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0f64;
+        for k in 1..=n {
+            total += 1.0 / k as f64;
+            cdf.push(total);
+        }
+        let mut rng = seed(99);
+        (0..1 << 20)
+            .map(|_| {
+                // A uniform draw in [0, total), then the first rank whose
+                // cumulative weight exceeds it.
+                let u = next_index(&mut rng, 1 << 30) as f64 / (1u64 << 30) as f64 * total;
+                cdf.partition_point(|&c| c <= u).min(n - 1) as u32
+            })
+            .collect()
+    })
 }
 
 impl KeySource {
@@ -212,6 +240,7 @@ impl KeySource {
         match self {
             KeySource::Buffer => "check",
             KeySource::Formatted => "check-fmt-key",
+            KeySource::Zipf => "check-zipf",
         }
     }
 }
@@ -221,14 +250,22 @@ impl KeySource {
 #[inline]
 fn checks(limiter: &Limiter, n: usize, iters: u64, seed: u64, source: KeySource) -> u64 {
     let keys = Keys::get();
+    let zipf = if source == KeySource::Zipf { zipf_indices() } else { &[] };
     let mut rng = seed;
     let mut allowed = 0;
     let mut buf = [0u8; KEY_WIDTH];
+    // Zipf draws are read in order (prefetched, no harness miss), each
+    // thread from its own offset.
+    let mut z = seed as usize;
     for _ in 0..iters {
         let i = next_index(&mut rng, n);
         let key = match source {
             KeySource::Buffer => keys.key(i),
             KeySource::Formatted => format_key(&mut buf, i),
+            KeySource::Zipf => {
+                z = z.wrapping_add(1);
+                format_key(&mut buf, zipf[z % zipf.len()] as usize)
+            }
         };
         let d = limiter.check(&Request::new(key, 1));
         allowed += u64::from(d.allowed);
@@ -326,8 +363,10 @@ fn check_group(c: &mut Criterion, group: &str, plan: fn() -> Plan) {
             bench_checks(&mut g, KeySource::Buffer, &limiter, n, threads);
         }
         if n == big_keys() {
-            for threads in [1, 2] {
-                bench_checks(&mut g, KeySource::Formatted, &limiter, n, threads);
+            for source in [KeySource::Formatted, KeySource::Zipf] {
+                for threads in [1, 2] {
+                    bench_checks(&mut g, source, &limiter, n, threads);
+                }
             }
         }
     }
