@@ -16,7 +16,8 @@ use super::quota;
 use crate::limits::{Limit, LimitKind, LimitRef, PlanId, Table};
 use std::sync::atomic::AtomicU64;
 
-use crate::store::{LocalStore, Map, QuotaCell, StoreLimits, SweepReport};
+use crate::limits::file::MAX_LIMITS_PER_PLAN;
+use crate::store::{Landed, LocalStore, Map, QuotaCell, StoreLimits, SweepReport};
 
 /// Stands in for the key hash of the shared overflow cells.
 const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
@@ -115,31 +116,28 @@ impl Snapshot<'_> {
         self.table.limit(d.policy?)
     }
 
-    /// Decides one request. Synchronous and lock-light: a hash, one shard
-    /// lookup and one compare-and-swap per limit of the plan.
+    /// Decides one request. Synchronous and lock-light: a hash, then per
+    /// limit a shard lookup and a compare-and-swap.
     ///
-    /// A plan with several limits is decided in two passes: a dry run of
-    /// every limit (a denial returns here, having charged and created
-    /// nothing), then the charge. Should a concurrent check take the room
-    /// between the passes, what this check already took is refunded and it
-    /// is denied, so a denied check never keeps anything.
+    /// A plan with several limits is decided in two passes (two lookups per
+    /// limit): a dry run of every limit (a denial returns here, having
+    /// charged and created nothing), then the charge. Should a concurrent
+    /// check take the room between the passes, what this check already
+    /// took is refunded to exactly the cells it went to and the check is
+    /// denied; a cell it created stays, empty, until the next sweep.
     pub fn check(&self, req: &Request<'_>) -> Decision {
         let (plan, cell_key, now) = self.resolve(req);
         let limits = &self.table.plan(plan).limits;
         let lim = self.limiter;
         let commit = req.cost > 0;
         if let [only] = limits.as_slice() {
-            return decision(
-                plan,
-                0,
-                limits,
-                lim.apply(only, cell_key, now, req.cost, commit),
-            );
+            let (v, _) = lim.apply(only, cell_key, now, req.cost, commit);
+            return decision(plan, 0, limits, v);
         }
         let mut closest: Option<(usize, Verdict)> = None;
         let mut worst: Option<(usize, Verdict)> = None;
         for (i, limit) in limits.iter().enumerate() {
-            let v = lim.apply(limit, cell_key, now, req.cost, false);
+            let (v, _) = lim.apply(limit, cell_key, now, req.cost, false);
             if v.allowed {
                 if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
                     closest = Some((i, v));
@@ -153,13 +151,19 @@ impl Snapshot<'_> {
         }
         if commit {
             closest = None;
+            // Where each limit's charge went, for an exact refund. Plans
+            // have at most 64 limits (checked at load).
+            let mut landed = [Landed::Nowhere; MAX_LIMITS_PER_PLAN];
             for (i, limit) in limits.iter().enumerate() {
-                let v = lim.apply(limit, cell_key, now, req.cost, true);
+                let (v, at) = lim.apply(limit, cell_key, now, req.cost, true);
                 if !v.allowed {
-                    for earlier in &limits[..i] {
-                        lim.refund(earlier, cell_key, now, req.cost);
+                    for (earlier, at) in limits[..i].iter().zip(landed) {
+                        lim.refund(earlier, cell_key, now, req.cost, at);
                     }
                     return decision(plan, i, limits, v);
+                }
+                if let Some(slot) = landed.get_mut(i) {
+                    *slot = at;
                 }
                 if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
                     closest = Some((i, v));
@@ -174,11 +178,15 @@ impl Snapshot<'_> {
 
     /// Gives `req.cost` units back to every limit of the key's plan (a
     /// caller returning what it did not use), then reports the state.
-    /// Creates no cells: a key with nothing charged has nothing to return.
+    /// Touches only the key's own cells and creates none: a key with
+    /// nothing charged has nothing to return.
     pub fn refund(&self, req: &Request<'_>) -> Decision {
         let (plan, cell_key, now) = self.resolve(req);
+        // Only the key's own cells: a caller must not refill the shared
+        // overflow bucket that holds a key flood back.
         for limit in &self.table.plan(plan).limits {
-            self.limiter.refund(limit, cell_key, now, req.cost);
+            self.limiter
+                .refund(limit, cell_key, now, req.cost, Landed::Own);
         }
         self.check(&Request { cost: 0, ..*req })
     }
@@ -263,10 +271,18 @@ impl<'l> Cell<'l> {
 }
 
 impl Limiter {
-    /// Checks one limit for one key; `commit == false` is a dry run.
+    /// Checks one limit for one key; `commit == false` is a dry run. Says
+    /// where the units were charged, if anywhere.
     #[inline]
-    fn apply(&self, limit: &Limit, key: u64, now: Nanos, cost: u64, commit: bool) -> Verdict {
-        match Cell::of(limit, key, now) {
+    fn apply(
+        &self,
+        limit: &Limit,
+        key: u64,
+        now: Nanos,
+        cost: u64,
+        commit: bool,
+    ) -> (Verdict, Landed) {
+        let (v, landed) = match Cell::of(limit, key, now) {
             Cell::Bucket { rate, id, overflow } => charge(
                 self.store.buckets(),
                 id,
@@ -291,22 +307,34 @@ impl Limiter {
                 |c, commit| quota::check(q, c, span, now, cost, commit),
                 commit,
             ),
+        };
+        if landed == Landed::Overflow {
+            self.store.note_overflow();
         }
+        (v, landed)
     }
 
-    /// Gives back what [`Self::apply`] took: to the key's own cell, or to
-    /// the overflow cell if that is where the charge went. Creates nothing.
-    fn refund(&self, limit: &Limit, key: u64, now: Nanos, cost: u64) {
+    /// Gives back `cost` units to the cell `at` names (the key's own, or
+    /// the overflow cell a charge went to). Creates nothing; a cell swept
+    /// meanwhile was full, so has nothing to give back.
+    fn refund(&self, limit: &Limit, key: u64, now: Nanos, cost: u64, at: Landed) {
+        let pick = |id: u64, overflow: u64| match at {
+            Landed::Own => Some(id),
+            Landed::Overflow => Some(overflow),
+            Landed::Nowhere => None,
+        };
         match Cell::of(limit, key, now) {
             Cell::Bucket { rate, id, overflow } => {
-                let map = self.store.buckets();
-                let give = |c: &AtomicU64| gcra::refund(rate, c, cost);
-                map.get(id, give).or_else(|| map.get(overflow, give));
+                if let Some(id) = pick(id, overflow) {
+                    self.store
+                        .buckets()
+                        .get(id, |c| gcra::refund(rate, c, cost));
+                }
             }
             Cell::Quota { id, overflow, .. } => {
-                let map = self.store.quotas();
-                let give = |c: &QuotaCell| quota::refund(c, cost);
-                map.get(id, give).or_else(|| map.get(overflow, give));
+                if let Some(id) = pick(id, overflow) {
+                    self.store.quotas().get(id, |c| quota::refund(c, cost));
+                }
             }
         }
     }
@@ -324,16 +352,24 @@ fn charge<V>(
     make: impl FnOnce() -> V,
     eval: impl Fn(&V, bool) -> Verdict,
     commit: bool,
-) -> Verdict {
+) -> (Verdict, Landed) {
+    let landed = |v: &Verdict, at: Landed| {
+        if commit && v.allowed {
+            at
+        } else {
+            Landed::Nowhere
+        }
+    };
     if let Some(v) = map.get(id, |c| eval(c, commit)) {
-        return v;
+        return (v, landed(&v, Landed::Own));
     }
     let fresh = make();
     let v = map.untracked(overflow, &fresh, |c| eval(c, false));
     if !commit || !v.allowed {
-        return v;
+        return (v, Landed::Nowhere);
     }
-    map.upsert(id, overflow, || fresh, |c| eval(c, true))
+    let (v, at) = map.upsert(id, overflow, || fresh, |c| eval(c, true));
+    (v, landed(&v, at))
 }
 
 #[cfg(test)]
@@ -408,7 +444,7 @@ mod tests {
         assert_eq!(d.remaining, 0, "closest limit is the quota");
         let snap = l.snapshot();
         let bucket = &snap.table().plan(PlanId(0)).limits[0];
-        let v = l.apply(bucket, l.hasher.key_hash(b"k"), l.now(), 0, false);
+        let (v, _) = l.apply(bucket, l.hasher.key_hash(b"k"), l.now(), 0, false);
         assert_eq!(v.remaining, 8);
     }
 
@@ -572,8 +608,53 @@ mod tests {
         assert_eq!(admitted, 1_000);
         let snap = l.snapshot();
         let q = &snap.table().plan(PlanId(0)).limits[1];
-        let v = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
+        let (v, _) = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
         assert_eq!(v.remaining, 100_000 - 1_000);
+    }
+
+    /// The quota comes first, so when threads race for the bucket's last
+    /// tokens the loser's quota charge must be refunded: whatever the
+    /// interleaving, the quota counts exactly what was admitted.
+    #[test]
+    fn lost_races_refund_the_earlier_limits_exactly() {
+        let (l, _) = limiter(
+            vec![
+                quota("p", "q", 100_000, Window::Day),
+                rate("p", "rate", 1, 1_000),
+            ],
+            100,
+        );
+        let l = Arc::new(l);
+        let admitted: u64 = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let l = Arc::clone(&l);
+                    s.spawn(move || {
+                        (0..2_000)
+                            .filter(|_| l.check(&req("hot", 1)).allowed)
+                            .count() as u64
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 1_000);
+        let snap = l.snapshot();
+        let q = &snap.table().plan(PlanId(0)).limits[0];
+        let (v, _) = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
+        assert_eq!(v.remaining, 100_000 - admitted);
+    }
+
+    #[test]
+    fn refunds_never_refill_the_overflow_bucket() {
+        let (l, _) = limiter(vec![rate("p", "rate", 1, 2)], 1);
+        assert!(l.check(&req("a", 1)).allowed);
+        // Store full: "b" and "c" share the overflow bucket (burst 2).
+        assert!(l.check(&req("b", 2)).allowed);
+        assert!(!l.check(&req("c", 1)).allowed);
+        // "c" returning units it never spent must not refill it.
+        l.snapshot().refund(&req("c", 2));
+        assert!(!l.check(&req("c", 1)).allowed);
     }
 
     #[test]

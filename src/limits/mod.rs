@@ -232,6 +232,9 @@ pub enum TableError {
     /// Too many plans to index.
     #[error("too many plans")]
     TooManyPlans,
+    /// A plan with more limits than a check can track.
+    #[error("plan '{0}' has more than {max} limits", max = file::MAX_LIMITS_PER_PLAN)]
+    TooManyLimits(String),
 }
 
 impl Table {
@@ -248,6 +251,9 @@ impl Table {
         }
         let mut by_name: HashMap<&str, PlanId> = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
+            if p.limits.len() > file::MAX_LIMITS_PER_PLAN {
+                return Err(TableError::TooManyLimits(p.name.clone()));
+            }
             if by_name.insert(&p.name, PlanId(i as u32)).is_some() {
                 return Err(TableError::DuplicatePlan(p.name.clone()));
             }

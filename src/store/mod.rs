@@ -156,6 +156,11 @@ impl LocalStore {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Records one charge to an overflow cell.
+    pub fn note_overflow(&self) {
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The configured bounds.
     pub fn limits(&self) -> StoreLimits {
         self.limits
@@ -217,8 +222,8 @@ impl<V> Map<'_, V> {
 
     /// Runs `f` on cell `id`, creating it with `make` if needed. When the
     /// store is full and `id` is new, runs `f` on the shared overflow cell
-    /// instead (created past the cap: there is one per limit) and counts
-    /// that in [`LocalStore::overflowed`].
+    /// instead (created past the cap: there is one per limit). Says which
+    /// cell it used, so a charge can be refunded exactly where it went.
     #[inline]
     pub fn upsert<R>(
         &self,
@@ -226,24 +231,23 @@ impl<V> Map<'_, V> {
         overflow_id: u64,
         make: impl FnOnce() -> V,
         f: impl FnOnce(&V) -> R,
-    ) -> R {
+    ) -> (R, Landed) {
         if let Some(cell) = self.cells.get(&id) {
-            return f(&cell);
+            return (f(&cell), Landed::Own);
         }
         let store = self.store;
         let reserved = store.reserve();
-        let id = if reserved {
-            id
+        let (id, landed) = if reserved {
+            (id, Landed::Own)
         } else {
-            store.overflowed.fetch_add(1, Ordering::Relaxed);
             // The overflow cell is hot during a flood: read-lock it when
             // it exists rather than write-locking its shard.
             if let Some(cell) = self.cells.get(&overflow_id) {
-                return f(&cell);
+                return (f(&cell), Landed::Overflow);
             }
-            overflow_id
+            (overflow_id, Landed::Overflow)
         };
-        match self.cells.entry(id) {
+        let r = match self.cells.entry(id) {
             Entry::Occupied(o) => {
                 // Another check created it first: give back our slot.
                 if reserved {
@@ -259,8 +263,20 @@ impl<V> Map<'_, V> {
                 let cell = v.insert(make());
                 f(cell.value())
             }
-        }
+        };
+        (r, landed)
     }
+}
+
+/// Which cell a charge went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landed {
+    /// Nothing was charged.
+    Nowhere,
+    /// The key's own cell.
+    Own,
+    /// The limit's shared overflow cell (the store was full).
+    Overflow,
 }
 
 #[cfg(test)]
