@@ -192,18 +192,20 @@ impl App {
         );
 
         // Run until the signal, or until a server fails on its own.
+        // A server that returns before the signal, even without an error,
+        // has stopped serving: that is a failure.
         let mut result = Ok(());
         let grpc_done = tokio::select! {
             _ = signal => None,
             done = &mut grpc_task => Some(done),
             Some(done) = rest.join_next() => {
-                result = flatten(done);
+                result = flatten(done).and(Err(stopped("HTTP or sweeper")));
                 None
             }
         };
         let grpc_running = grpc_done.is_none();
         if let Some(done) = grpc_done {
-            result = flatten(done);
+            result = flatten(done).and(Err(stopped("gRPC")));
         }
         if let Err(e) = &result {
             tracing::error!(error = %e, "a server stopped unexpectedly; shutting down");
@@ -216,7 +218,7 @@ impl App {
             "shutting down: not ready from now on"
         );
         ready.set(false);
-        if !server.drain_delay.is_zero() {
+        if grpc_running && !server.drain_delay.is_zero() {
             tokio::time::sleep(server.drain_delay).await;
         }
         grpc_trigger.fire();
@@ -236,10 +238,27 @@ impl App {
             }
         }
         rest_trigger.fire();
-        while let Some(done) = rest.join_next().await {
-            keep_first(&mut result, flatten(done));
+        // HTTP health requests are tiny; a client that stalls one must not
+        // keep the process alive.
+        let rest_done = async {
+            while let Some(done) = rest.join_next().await {
+                keep_first(&mut result, flatten(done));
+            }
+        };
+        if tokio::time::timeout(REST_GRACE, rest_done).await.is_err() {
+            tracing::warn!("HTTP listener did not close in time; exiting anyway");
         }
         result
+    }
+}
+
+/// How long the HTTP listener and the sweeper get to stop, after gRPC.
+const REST_GRACE: Duration = Duration::from_secs(2);
+
+fn stopped(what: &'static str) -> AppError {
+    AppError::Serve {
+        what,
+        source: "stopped serving before shutdown was asked for".into(),
     }
 }
 

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -126,12 +126,17 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
-        if !self.known(&service) {
-            // The health protocol's answer for an unknown service in Watch.
-            let once = futures_util::stream::iter([Ok(answer(ServingStatus::ServiceUnknown))]);
-            return Ok(Response::new(Box::pin(once)));
-        }
         let mut changes = self.ready.0.subscribe();
+        if !self.known(&service) {
+            // The health protocol's answer for an unknown service: say so
+            // once and keep the call open (a closed call makes clients
+            // re-watch in a loop) until shutdown.
+            let mut shutdown = self.shutdown.clone();
+            let once = futures_util::stream::iter([Ok(answer(ServingStatus::ServiceUnknown))]);
+            let park = futures_util::stream::once(async move { shutdown.wait().await })
+                .filter_map(|()| async { None });
+            return Ok(Response::new(Box::pin(once.chain(park))));
+        }
         // Send the current status, then every change, until shutdown.
         let first = status_of(*changes.borrow_and_update());
         let state = (Some(first), changes, self.shutdown.clone());

@@ -139,6 +139,22 @@ fn rls(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest 
 }
 
 #[tokio::test]
+async fn requests_for_other_domains_are_ok_whatever_their_entries() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+    let d = TestDaemon::start().await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    // Our caps are not theirs: a long key for another domain is not ours
+    // to refuse.
+    let long = "k".repeat(100);
+    let r = c
+        .should_rate_limit(rls("someone-else", vec![descriptor(&[("api_key", &long)])]))
+        .await
+        .expect("OK for a domain we do not own")
+        .into_inner();
+    assert_eq!(r.overall_code, RlsCode::Ok as i32);
+}
+
+#[tokio::test]
 async fn rls_refuses_malformed_requests() {
     let d = TestDaemon::start().await;
     let mut c = RateLimitServiceClient::new(d.channel().await);
@@ -198,6 +214,14 @@ async fn rls_refuses_malformed_requests() {
         c.should_rate_limit(rls("edge", vec![costly])).await,
         "descriptors[0].hits_addend: 18446744073709551615 exceeds the maximum cost of 1000",
     );
+    assert_invalid(
+        c.should_rate_limit(rls(
+            "edge",
+            vec![descriptor(&[("api_key", "a"), ("api_key", "b")])],
+        ))
+        .await,
+        "descriptors[0].entries[1].key: the API key entry appears more than once",
+    );
     let mut r = rls("edge", vec![descriptor(&[("api_key", "k")])]);
     r.hits_addend = 5000;
     assert_invalid(
@@ -233,6 +257,39 @@ async fn send_raw<M: prost::Message + Send + Sync + 'static>(
     grpc.unary(tonic::Request::new(m), path, codec)
         .await
         .expect_err("malformed message refused")
+}
+
+#[tokio::test]
+async fn a_malformed_message_on_a_stream_ends_it_with_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let d = TestDaemon::start().await;
+    let mut grpc = tonic::client::Grpc::new(d.channel().await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<NotUtf8, quotad::api::pb::CheckResponse>::default();
+    let path = PathAndQuery::from_static("/quotad.v1.RateLimiter/CheckStream");
+    let bad = NotUtf8 {
+        key: vec![0xff, 0xfe],
+    };
+    let mut out = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(vec![bad])),
+            path,
+            codec,
+        )
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let status = out
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("an error status");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("malformed request: "),
+        "{status:?}"
+    );
+    assert!(out.next().await.is_none());
 }
 
 #[tokio::test]

@@ -107,7 +107,36 @@ fn bad_flags_and_clashing_listeners_exit_64() {
 /// A `quotad serve` child on free ports; killed on drop.
 struct Daemon {
     child: tokio::process::Child,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
     grpc: String,
+}
+
+impl Daemon {
+    /// Waits (bounded) for a log line containing `text`.
+    async fn wait_log(&mut self, text: &str) {
+        let find = async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(text) {
+                    return;
+                }
+            }
+            panic!("daemon exited before logging {text:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(10), find)
+            .await
+            .unwrap_or_else(|_| panic!("no log line {text:?}"));
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(
+            Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
 }
 
 async fn spawn_serve(extra: &[&str]) -> Daemon {
@@ -123,6 +152,9 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
         .args(extra)
         .env("NO_COLOR", "1")
         .env("QUOTAD_LOG", "info")
+        .env_remove("QUOTAD_CONFIG")
+        .env_remove("QUOTAD_GRPC_ADDR")
+        .env_remove("QUOTAD_HTTP_ADDR")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -149,10 +181,17 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
     tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .expect("daemon started");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining stdout (so the child never blocks on a full pipe) into
+    // a channel tests can wait on.
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
     Daemon {
         child,
+        log,
         grpc: grpc.expect("daemon logged its gRPC address"),
     }
 }
@@ -193,4 +232,20 @@ async fn serve_runs_the_embedded_default_and_exits_0_on_sigterm() {
         .expect("idle daemon exits promptly after SIGTERM, well within its 10 s grace")
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_a_long_drain_at_once() {
+    let body = "default_plan: free\nplans:\n  free:\n    limits:\n      - { name: per-second, rate: 10, per: second }\nserver:\n  drain_delay: 60s\n";
+    let (_dir, path) = fixture("drain.yaml", body);
+    let path = path.display().to_string();
+    let mut d = spawn_serve(&["--config", &path]).await;
+    d.signal("-TERM");
+    d.wait_log("SIGTERM received").await;
+    d.signal("-INT");
+    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
+        .await
+        .expect("the second signal ends the 60 s drain")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
 }

@@ -135,6 +135,13 @@ async fn unknown_domain_is_ok() {
         assert_eq!(r.statuses.len(), 1);
         assert_eq!(r.statuses[0].code, Code::Ok as i32);
     }
+    // Nothing was charged: tiny-key still has its whole burst on "edge".
+    let r = ask(
+        &mut c,
+        request("edge", vec![descriptor(&[("api_key", "tiny-key")])], 1),
+    )
+    .await;
+    assert_eq!(r.statuses[0].limit_remaining, 1);
 }
 
 #[tokio::test]

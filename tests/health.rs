@@ -50,6 +50,9 @@ async fn grpc_health_reports_serving_for_the_server_and_both_apis() {
         .into_inner();
     let first = w.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    // ... and keeps the call open, so clients do not re-watch in a loop.
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), w.next()).await;
+    assert!(more.is_err(), "watch of an unknown service ended: {more:?}");
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@
 //! combination, as each descriptor is its own counter in Envoy's model.
 //! A descriptor without the key entry has no limit and is OK.
 //! Requests for a domain not listed in `envoy.domains` are answered OK
-//! (Envoy's convention for unknown domains).
+//! (Envoy's convention for unknown domains) without validating their
+//! descriptors: our caps are not another service's.
 //!
 //! The cost is the descriptor's own `hits_addend` when set (0 checks
 //! without consuming), else the request's `hits_addend` (0 means 1).
@@ -74,7 +75,8 @@ fn parse<'a>(
     caps: &RequestCaps,
     key_entry: &str,
     hasher: &KeyHasher,
-) -> Result<Vec<Check<'a>>, RequestError> {
+    domains: &[String],
+) -> Result<Option<Vec<Check<'a>>>, RequestError> {
     if req.domain.is_empty() {
         return Err(RequestError::Empty {
             field: "domain".into(),
@@ -90,12 +92,18 @@ fn parse<'a>(
         req.descriptors.len(),
         caps.max_descriptors,
     )?;
+    if !domains.contains(&req.domain) {
+        // Not ours: answered OK without looking further, so another
+        // service's traffic is never refused by our caps.
+        return Ok(None);
+    }
     let request_cost = u64::from(req.hits_addend.max(1));
     req.descriptors
         .iter()
         .enumerate()
         .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry, hasher))
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn descriptor<'a>(
@@ -124,6 +132,12 @@ fn descriptor<'a>(
             });
         }
         if e.key == key_entry {
+            if key.is_some() {
+                return Err(RequestError::Unsupported {
+                    field: format!("descriptors[{i}].entries[{j}].key"),
+                    why: "the API key entry appears more than once",
+                });
+            }
             validate::key(
                 || format!("descriptors[{i}].entries[{j}].value"),
                 &e.value,
@@ -214,40 +228,44 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
-        let checks = parse(
+        let parsed = parse(
             &req,
             &self.caps,
             &self.envoy.key_entry,
             self.limiter.hasher(),
+            &self.envoy.domains,
         )?;
-        let mut overall = Code::Ok;
-        let statuses = if self.envoy.domains.contains(&req.domain) {
-            let snap = self.limiter.snapshot();
-            checks
-                .iter()
-                .map(|c| {
-                    let Some(key) = c.key else {
-                        return ok_status();
-                    };
-                    let r = core::Request {
-                        key,
-                        cost: c.cost,
-                        scope: c.scope,
-                    };
-                    let d = if c.refund {
-                        snap.refund(&r)
-                    } else {
-                        snap.check(&r)
-                    };
-                    if !d.allowed {
-                        overall = Code::OverLimit;
-                    }
-                    status(&snap, &d)
-                })
-                .collect()
-        } else {
-            checks.iter().map(|_| ok_status()).collect()
+        let Some(checks) = parsed else {
+            return Ok(Response::new(RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
+                ..Default::default()
+            }));
         };
+        let mut overall = Code::Ok;
+        let snap = self.limiter.snapshot();
+        let statuses = checks
+            .iter()
+            .map(|c| {
+                let Some(key) = c.key else {
+                    return ok_status();
+                };
+                let r = core::Request {
+                    key,
+                    cost: c.cost,
+                    scope: c.scope,
+                };
+                let d = if c.refund {
+                    snap.refund(&r)
+                } else {
+                    snap.check(&r)
+                };
+                if !d.allowed {
+                    overall = Code::OverLimit;
+                }
+                status(&snap, &d)
+            })
+            .collect();
         Ok(Response::new(RateLimitResponse {
             overall_code: overall as i32,
             statuses,

@@ -164,8 +164,11 @@ impl RateLimiter for NativeService {
                 },
                 Ok(None) => return None,
                 Err(status) => {
-                    tracing::debug!(%status, "check stream ended by the caller");
-                    return None;
+                    // A message we could not decode (or a broken stream):
+                    // end with the reason rather than a silent OK.
+                    tracing::debug!(%status, "check stream ended with an inbound error");
+                    st.done = true;
+                    return Some((Err(status), st));
                 }
             };
             Some((Ok(answer), st))

@@ -138,28 +138,54 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         // Listen for signals before binding, so a SIGTERM during start-up
-        // is a clean stop rather than the default kill.
-        let stop = signals()?;
+        // is a clean stop rather than the default kill. Two independent
+        // listeners: the first signal starts the drain; the other listener
+        // sees that one too, and a second signal ends the wait.
+        let mut first = Signals::new()?;
+        let mut again = Signals::new()?;
         match &config.source {
             Some(p) => tracing::info!(config = %p.display(), "config loaded"),
             None => tracing::info!("no --config: serving the embedded demo config (in memory)"),
         }
         let app = App::bind(config).await?;
-        app.run(stop).await?;
+        let stop = async move {
+            let name = first.recv().await;
+            tracing::info!("{name} received; a second signal exits without waiting");
+        };
+        tokio::select! {
+            done = app.run(stop) => done?,
+            name = async {
+                again.recv().await;
+                again.recv().await
+            } => {
+                tracing::warn!("second signal ({name}): exiting before the drain finished");
+                anyhow::bail!("stopped by a second {name} before in-flight calls finished");
+            }
+        }
         Ok(())
     })
 }
 
-/// Registers SIGTERM and SIGINT handlers now; the future resolves on the
-/// first of them.
-fn signals() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
+/// SIGTERM and SIGINT listeners, registered when created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT; returns its name.
+    async fn recv(&mut self) -> &'static str {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    })
+    }
 }
