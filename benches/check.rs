@@ -250,7 +250,11 @@ impl KeySource {
 #[inline]
 fn checks(limiter: &Limiter, n: usize, iters: u64, seed: u64, source: KeySource) -> u64 {
     let keys = Keys::get();
-    let zipf = if source == KeySource::Zipf { zipf_indices() } else { &[] };
+    let zipf = if source == KeySource::Zipf {
+        zipf_indices()
+    } else {
+        &[]
+    };
     let mut rng = seed;
     let mut allowed = 0;
     let mut buf = [0u8; KEY_WIDTH];
