@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of quotad on a fresh Debian machine with Rust.
 #
-# Installs what the tests need when it is missing (nothing beyond cargo is
-# needed yet: protoc is vendored by the build; later capabilities add
-# redis-server here), then runs unit, integration, bench-smoke and doc tests.
+# Installs what the tests need when it is missing (nothing beyond cargo and
+# a C linker yet: protoc is vendored by the build; later capabilities add
+# redis-server here), then runs doc, unit, integration and bench-smoke
+# tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,11 +23,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 }
 
-# A C compiler links the test binaries (ring-free build, but cc is still
-# the linker driver).
+# The linker driver for test binaries.
 apt_install cc:gcc
 
-# Unit tests, the integration binary, and each bench once in test mode.
-cargo test --all-targets
-# Examples in doc comments.
-cargo test --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Examples in doc comments, then unit tests, the integration binary, and
+# each bench once in test mode (criterion's --test run).
+cargo test --doc 2>&1 | tee -a "$log"
+cargo test --all-targets 2>&1 | tee -a "$log"
+
+# One closing line over every cargo test binary above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -24,6 +24,31 @@ const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
 
 /// The decision engine: the limits table, this node's store, the clock
 /// and the key hasher.
+///
+/// ```
+/// use std::num::NonZeroU64;
+/// use std::sync::Arc;
+/// use quotad::core::{KeyHasher, Limiter, ManualClock, Request};
+/// use quotad::core::clock::NANOS_PER_SEC;
+/// use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
+/// use quotad::store::StoreLimits;
+///
+/// // 10 per second, bursting to 20.
+/// let rate = Rate::new(NonZeroU64::new(10).unwrap(), NANOS_PER_SEC, NonZeroU64::new(20).unwrap()).unwrap();
+/// let plan = Plan { name: "free".into(), limits: vec![Limit::new("free", "per-second", LimitKind::Rate(rate))] };
+/// let hasher = KeyHasher::random();
+/// let table = Table::new(vec![plan], "free", [], &hasher).unwrap();
+/// let clock = Arc::new(ManualClock::new(1_700_000_000 * NANOS_PER_SEC));
+/// let limiter = Limiter::new(table, hasher, StoreLimits::default(), clock.clone());
+///
+/// let d = limiter.check(&Request::new("alice", 20));
+/// assert!(d.allowed && d.remaining == 0);
+/// let d = limiter.check(&Request::new("alice", 1));
+/// assert!(!d.allowed);
+/// assert_eq!(d.retry_after, Some(100_000_000)); // one token every 100 ms
+/// clock.advance(100_000_000);
+/// assert!(limiter.check(&Request::new("alice", 1)).allowed);
+/// ```
 pub struct Limiter {
     table: ArcSwap<Table>,
     store: LocalStore,
