@@ -1129,14 +1129,29 @@ impl<'de> Deserialize<'de> for Node {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn error(yaml: &str) -> String {
+    /// The error message `yaml` (as `t.yaml`) fails with.
+    pub(crate) fn error(yaml: &str) -> String {
         match Config::from_yaml(yaml, "t.yaml") {
             Ok(c) => panic!("expected an error, got {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Checks a table of (yaml, exact message) cases, reporting every
+    /// mismatch at once.
+    pub(crate) fn assert_errors<Y: AsRef<str>, W: AsRef<str>>(cases: &[(Y, W)]) {
+        let failures: Vec<String> = cases
+            .iter()
+            .filter_map(|(yaml, want)| {
+                let (yaml, want) = (yaml.as_ref(), want.as_ref());
+                let got = error(yaml);
+                (got != want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
+            })
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     fn parse_ok(yaml: &str) -> Config {
@@ -1373,14 +1388,7 @@ envoy: domains quotad, key entry api_key";
                 "t.yaml:7:3: keys.<key>: key is 16 bytes long, more than requests.max_key_bytes (4), so no request could use it",
             ),
         ];
-        let failures: Vec<String> = cases
-            .iter()
-            .filter_map(|(yaml, want)| {
-                let got = error(yaml);
-                (got != *want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
-            })
-            .collect();
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_errors(cases);
     }
 
     #[test]

@@ -450,6 +450,19 @@ mod tests {
         Request::new(key, cost)
     }
 
+    /// `threads` threads each make `each` cost-1 checks of `key` at once;
+    /// returns how many were admitted.
+    fn hammer(l: &Limiter, threads: usize, each: usize, key: &str) -> u64 {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| (0..each).filter(|_| l.check(&req(key, 1)).allowed).count() as u64)
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        })
+    }
+
     #[test]
     fn a_denial_by_a_later_limit_refunds_the_earlier_ones() {
         let (l, _) = limiter(
@@ -614,20 +627,7 @@ mod tests {
             ],
             100,
         );
-        let l = Arc::new(l);
-        let admitted: u64 = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..4)
-                .map(|_| {
-                    let l = Arc::clone(&l);
-                    s.spawn(move || {
-                        (0..1_000)
-                            .filter(|_| l.check(&req("hot", 1)).allowed)
-                            .count() as u64
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).sum()
-        });
+        let admitted = hammer(&l, 4, 1_000, "hot");
         // The clock does not move: exactly the burst passes, and the quota
         // counted exactly what passed (refunds of raced charges included).
         assert_eq!(admitted, 1_000);
@@ -649,20 +649,7 @@ mod tests {
             ],
             100,
         );
-        let l = Arc::new(l);
-        let admitted: u64 = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..4)
-                .map(|_| {
-                    let l = Arc::clone(&l);
-                    s.spawn(move || {
-                        (0..2_000)
-                            .filter(|_| l.check(&req("hot", 1)).allowed)
-                            .count() as u64
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).sum()
-        });
+        let admitted = hammer(&l, 4, 2_000, "hot");
         assert_eq!(admitted, 1_000);
         let snap = l.snapshot();
         let q = &snap.table().plan(PlanId(0)).limits[0];

@@ -711,12 +711,7 @@ keys:                      # static assignments of API keys to plans
         }
     }
 
-    fn error(yaml: &str) -> String {
-        match Config::from_yaml(yaml, "t.yaml") {
-            Ok(c) => panic!("expected an error, got {c:?}"),
-            Err(e) => e.to_string(),
-        }
-    }
+    use crate::config::tests::{assert_errors, error};
 
     fn rate(l: &Limit) -> &Rate {
         match &l.kind {
@@ -909,14 +904,11 @@ keys:                      # static assignments of API keys to plans
                 "t.yaml:5:9: plans.free.limits[0]: expected a mapping",
             ),
         ];
-        let failures: Vec<String> = cases
+        let files: Vec<(String, &str)> = cases
             .iter()
-            .filter_map(|(lines, want)| {
-                let got = error(&plan_file(lines));
-                (got != *want).then(|| format!("for {lines:?}\n  got:  {got}\n  want: {want}"))
-            })
+            .map(|(lines, want)| (plan_file(lines), *want))
             .collect();
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_errors(&files);
     }
 
     #[test]
@@ -980,14 +972,7 @@ keys:                      # static assignments of API keys to plans
                 "t.yaml:4:5: plans.free: unknown field 'limit' (did you mean 'limits'?)".into(),
             ),
         ];
-        let failures: Vec<String> = cases
-            .iter()
-            .filter_map(|(yaml, want)| {
-                let got = error(yaml);
-                (got != *want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
-            })
-            .collect();
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_errors(&cases);
     }
 
     #[test]
