@@ -724,4 +724,103 @@ mod tests {
             .allowed
         );
     }
+
+    /// A sequential model of a plan: each limit's state per key, decided
+    /// with the same pure `decide` functions, orchestrated the obvious way.
+    struct Model {
+        limits: Vec<Limit>,
+        /// (key, limit) → bucket arrival time.
+        tat: std::collections::HashMap<(u8, usize), Nanos>,
+        /// (key, limit, window) → units used.
+        used: std::collections::HashMap<(u8, usize, u64), u64>,
+    }
+
+    impl Model {
+        fn check(&mut self, key: u8, cost: u64, now: Nanos) -> (bool, u64, Option<Nanos>, usize) {
+            let verdicts: Vec<Verdict> = self
+                .limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match &l.kind {
+                    LimitKind::Rate(r) => {
+                        let tat = self.tat.get(&(key, i)).copied().unwrap_or(0);
+                        gcra::decide(r, tat, now, cost).0
+                    }
+                    LimitKind::Quota(q) => {
+                        let span = q.window.span(now);
+                        let used = self.used.get(&(key, i, span.index)).copied().unwrap_or(0);
+                        quota::decide(q, used, span, now, cost).0
+                    }
+                })
+                .collect();
+            let denied: Vec<usize> = (0..verdicts.len())
+                .filter(|&i| !verdicts[i].allowed)
+                .collect();
+            if let Some(&first) = denied.first() {
+                let mut worst = first;
+                for &i in &denied[1..] {
+                    if waits_longer(verdicts[i].retry_after, verdicts[worst].retry_after) {
+                        worst = i;
+                    }
+                }
+                let v = verdicts[worst];
+                return (false, v.remaining, v.retry_after, worst);
+            }
+            for (i, l) in self.limits.iter().enumerate() {
+                match &l.kind {
+                    LimitKind::Rate(r) => {
+                        let tat = self.tat.get(&(key, i)).copied().unwrap_or(0);
+                        if let (_, Some(next)) = gcra::decide(r, tat, now, cost) {
+                            self.tat.insert((key, i), next);
+                        }
+                    }
+                    LimitKind::Quota(q) => {
+                        let span = q.window.span(now);
+                        let e = self.used.entry((key, i, span.index)).or_insert(0);
+                        *e += cost;
+                    }
+                }
+            }
+            let mut closest = 0;
+            for i in 1..verdicts.len() {
+                if verdicts[i].remaining < verdicts[closest].remaining {
+                    closest = i;
+                }
+            }
+            let v = verdicts[closest];
+            (true, v.remaining, v.retry_after, closest)
+        }
+    }
+
+    proptest::proptest! {
+        /// The limiter decides exactly like the sequential model over any
+        /// schedule of checks, peeks, clock moves and sweeps: rollback,
+        /// cell creation and sweeping never change an answer.
+        #[test]
+        fn limiter_matches_a_sequential_model(
+            ops in proptest::collection::vec((0u8..4, 0u64..6, 0u64..3_000, proptest::bool::ANY), 1..200),
+        ) {
+            let limits = vec![
+                rate("p", "fast", 5, 3),
+                quota("p", "minute", 12, Window::Minute),
+                rate("p", "slow", 1, 6),
+            ];
+            let (l, clock) = limiter(limits.clone(), 1_000);
+            let mut model = Model { limits, tat: Default::default(), used: Default::default() };
+            for (key, cost, dt_ms, sweep) in ops {
+                clock.advance(dt_ms * 1_000_000);
+                if sweep {
+                    l.sweep();
+                }
+                let name = format!("key{key}");
+                let d = l.check(&req(&name, cost));
+                let (allowed, remaining, retry, policy) = model.check(key, cost, l.now());
+                proptest::prop_assert_eq!(d.allowed, allowed);
+                proptest::prop_assert_eq!(d.remaining, remaining);
+                proptest::prop_assert_eq!(d.retry_after, retry);
+                proptest::prop_assert_eq!(d.policy.map(|p| p.limit as usize), Some(policy));
+            }
+            proptest::prop_assert_eq!(l.store().tracked(), l.store().cells_in_maps());
+        }
+    }
 }
