@@ -202,31 +202,21 @@ async fn serve_runs_the_embedded_default_and_exits_0_on_sigterm() {
     let mut c = RateLimiterClient::connect(format!("http://{}", d.grpc))
         .await
         .unwrap();
-    let r = c
-        .check(CheckRequest {
-            key: "demo-gold-key".into(),
-            cost: 1,
-            id: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.allowed);
-    assert!(r.policy.starts_with("gold/"), "{r:?}");
-    let r = c
-        .check(CheckRequest {
-            key: "someone".into(),
-            cost: 1,
-            id: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.policy.starts_with("free/"), "{r:?}");
+    for (key, plan) in [("demo-gold-key", "gold/"), ("someone", "free/")] {
+        let r = c
+            .check(CheckRequest {
+                key: key.into(),
+                cost: 1,
+                id: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed);
+        assert!(r.policy.starts_with(plan), "{key}: {r:?}");
+    }
 
-    let pid = d.child.id().expect("running").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
+    d.signal("-TERM");
     let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
         .await
         .expect("idle daemon exits promptly after SIGTERM, well within its 10 s grace")
