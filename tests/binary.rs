@@ -156,7 +156,7 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
         .env_remove("QUOTAD_GRPC_ADDR")
         .env_remove("QUOTAD_HTTP_ADDR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
