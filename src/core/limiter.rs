@@ -144,12 +144,13 @@ impl Snapshot<'_> {
     /// Decides one request. Synchronous and lock-light: a hash, then per
     /// limit a shard lookup and a compare-and-swap.
     ///
-    /// A plan with several limits is decided in two passes (two lookups per
-    /// limit): a dry run of every limit (a denial returns here, having
-    /// charged and created nothing), then the charge. Should a concurrent
-    /// check take the room between the passes, what this check already
-    /// took is refunded to exactly the cells it went to and the check is
-    /// denied; a cell it created stays, empty, until the next sweep.
+    /// A plan with several limits is decided in two passes: a dry run of
+    /// every limit but the first (a denial returns here, having charged and
+    /// created nothing), then the charge, in order, the first limit's
+    /// charge deciding for it. Should a concurrent check take the room
+    /// between the passes, what this check already took is refunded to
+    /// exactly the cells it went to and the check is denied; a cell it
+    /// created stays, empty, until the next sweep.
     pub fn check(&self, req: &Request<'_>) -> Decision {
         let (plan, cell_key, now) = self.resolve(req);
         let limits = &self.table.plan(plan).limits;
@@ -159,40 +160,41 @@ impl Snapshot<'_> {
             let (v, _) = lim.apply(only, cell_key, now, req.cost, commit);
             return decision(plan, 0, limits, v);
         }
-        let mut closest: Option<(usize, Verdict)> = None;
-        let mut worst: Option<(usize, Verdict)> = None;
-        for (i, limit) in limits.iter().enumerate() {
-            let (v, _) = lim.apply(limit, cell_key, now, req.cost, false);
-            if v.allowed {
-                if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
-                    closest = Some((i, v));
-                }
-            } else if worst.is_none_or(|(_, w)| waits_longer(v.retry_after, w.retry_after)) {
-                worst = Some((i, v));
+        // Pass 1: dry-run every limit but the first (the first's charge in
+        // pass 2 decides for it, before anything else is charged).
+        let dry = |limit: &Limit| lim.apply(limit, cell_key, now, req.cost, false).0;
+        let mut seen = Seen::default();
+        for (i, limit) in limits.iter().enumerate().skip(1) {
+            seen.note(i, dry(limit));
+        }
+        if seen.worst.is_some() || !commit {
+            // Denied (or a peek): the first limit's verdict is needed too,
+            // to report the longest wait (or the closest limit).
+            if let Some(first) = limits.first() {
+                seen.note(0, dry(first));
             }
+            return match (seen.worst, seen.closest) {
+                (Some((i, v)), _) | (None, Some((i, v))) => decision(plan, i, limits, v),
+                (None, None) => Decision::UNLIMITED,
+            };
         }
-        if let Some((i, v)) = worst {
-            return decision(plan, i, limits, v);
-        }
-        if commit {
-            closest = None;
-            // Where each limit's charge went, for an exact refund. Plans
-            // have at most 64 limits (checked at load).
-            let mut landed = [Landed::Nowhere; MAX_LIMITS_PER_PLAN];
-            for (i, limit) in limits.iter().enumerate() {
-                let (v, at) = lim.apply(limit, cell_key, now, req.cost, true);
-                if !v.allowed {
-                    for (earlier, at) in limits[..i].iter().zip(landed) {
-                        lim.refund(earlier, cell_key, now, req.cost, at);
-                    }
-                    return decision(plan, i, limits, v);
+        // Pass 2: charge in order. Should a concurrent check take the room
+        // since pass 1, refund what this check took, exactly where it went.
+        let mut closest: Option<(usize, Verdict)> = None;
+        let mut landed = [Landed::Nowhere; MAX_LIMITS_PER_PLAN];
+        for (i, limit) in limits.iter().enumerate() {
+            let (v, at) = lim.apply(limit, cell_key, now, req.cost, true);
+            if !v.allowed {
+                for (earlier, at) in limits[..i].iter().zip(landed) {
+                    lim.refund(earlier, cell_key, now, req.cost, at);
                 }
-                if let Some(slot) = landed.get_mut(i) {
-                    *slot = at;
-                }
-                if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
-                    closest = Some((i, v));
-                }
+                return decision(plan, i, limits, v);
+            }
+            if let Some(slot) = landed.get_mut(i) {
+                *slot = at;
+            }
+            if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
+                closest = Some((i, v));
             }
         }
         match closest {
@@ -246,6 +248,36 @@ fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict) -> Decision {
             plan,
             limit: i as u32,
         }),
+    }
+}
+
+/// The verdicts of a dry run, reduced to what the answer needs: the
+/// allowed limit closest to exhaustion and the denying limit with the
+/// longest wait (the first of equals, in plan order).
+#[derive(Default)]
+struct Seen {
+    closest: Option<(usize, Verdict)>,
+    worst: Option<(usize, Verdict)>,
+}
+
+impl Seen {
+    fn note(&mut self, i: usize, v: Verdict) {
+        if v.allowed {
+            let closer = |(j, c): (usize, Verdict)| {
+                v.remaining < c.remaining || (v.remaining == c.remaining && i < j)
+            };
+            if self.closest.is_none_or(closer) {
+                self.closest = Some((i, v));
+            }
+        } else {
+            let longer = |(j, w): (usize, Verdict)| {
+                waits_longer(v.retry_after, w.retry_after)
+                    || (v.retry_after == w.retry_after && i < j)
+            };
+            if self.worst.is_none_or(longer) {
+                self.worst = Some((i, v));
+            }
+        }
     }
 }
 
