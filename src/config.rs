@@ -506,8 +506,6 @@ struct EnvoyRaw {
 
 impl ConfigRaw {
     fn build(self) -> Result<Config, Issue> {
-        let limits = file::build(self.default_plan, self.plans, self.keys)?;
-
         let mut server = ServerSettings::default();
         if let Some(s) = self.server {
             if let Some(a) = s.grpc_addr {
@@ -582,6 +580,10 @@ impl ConfigRaw {
                 envoy.key_entry = k.0;
             }
         }
+
+        // Limits last: a section's own mistake is reported before a missing
+        // plan, so each error points at what the author was editing.
+        let limits = file::build(self.default_plan, self.plans, self.keys)?;
 
         // A static key longer than callers may send could never match.
         if let Some((key, _)) = limits
@@ -1222,9 +1224,8 @@ envoy:
         assert_eq!(c.envoy, EnvoySettings::default());
         assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:8081");
         assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9090");
-        // An empty file is a valid, unlimited config.
-        let empty = parse_ok("# nothing here\n");
-        assert_eq!(empty.limits.default_plan, file::UNLIMITED_PLAN);
+        // An empty file is an error: a rate limiter must not fail open.
+        assert!(error("# nothing here\n").contains("no plans defined"));
     }
 
     #[test]

@@ -37,8 +37,6 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_KEY_BYTES: usize = 256;
 /// Most limits one plan may have.
 pub const MAX_LIMITS_PER_PLAN: usize = 64;
-/// The plan a file without plans gets: no limits, everybody on it.
-pub const UNLIMITED_PLAN: &str = "unlimited";
 
 /// The validated limits of a config file: plans in file order, the default
 /// plan and the static key assignments.
@@ -469,8 +467,7 @@ pub(crate) struct KeyRaw {
 
 /// Validates the three limits keys of a config file into a [`LimitsSpec`].
 ///
-/// A file with no plans gets one unlimited plan, [`UNLIMITED_PLAN`], as the
-/// default; it may then have neither `default_plan` nor `keys`.
+/// A file must define at least one plan and name the default one.
 pub(crate) fn build(
     default_plan: Option<String>,
     plans: Option<PlansRaw>,
@@ -502,11 +499,13 @@ pub(crate) fn build(
 
     let default_plan = match (default_plan, plans.is_empty()) {
         (None, true) => {
-            plans.push(Plan {
-                name: UNLIMITED_PLAN.to_owned(),
-                limits: Vec::new(),
-            });
-            UNLIMITED_PLAN.to_owned()
+            // An empty or plan-less file is a mistake far more often than a
+            // wish to allow everything; a rate limiter must not fail open
+            // silently. Allowing everything is one explicit line away.
+            return Err(Issue::new(
+                vec![Seg::key("plans")],
+                "no plans defined: a config needs at least one plan (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)",
+            ));
         }
         (None, false) => {
             return Err(Issue::new(
@@ -782,12 +781,11 @@ keys:                      # static assignments of API keys to plans
     }
 
     #[test]
-    fn no_plans_means_one_unlimited_default_plan() {
-        let spec = limits("server: {}\n");
-        assert_eq!(spec.default_plan, UNLIMITED_PLAN);
-        assert_eq!(spec.plans.len(), 1);
-        assert!(spec.plans[0].limits.is_empty());
-        assert!(spec.keys.is_empty());
+    fn a_file_without_plans_is_an_error_not_an_open_door() {
+        assert_eq!(
+            error("server: {}\n"),
+            "t.yaml:1:1: plans: no plans defined: a config needs at least one plan (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)"
+        );
     }
 
     #[test]
