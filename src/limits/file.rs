@@ -542,20 +542,11 @@ pub(crate) fn build(
             };
             return Err(Issue::duplicate(second, entry, "key is assigned twice"));
         }
-        // A file without plans only has the implicit unlimited plan, which
-        // keys cannot name.
-        if plans_raw.is_empty() || !plans.iter().any(|p| p.name == raw.plan) {
+        // (A file without plans was refused above, with its default plan.)
+        if !plans.iter().any(|p| p.name == raw.plan) {
             let mut path = entry;
             path.push(Seg::key("plan"));
-            let reason = if plans_raw.is_empty() {
-                format!(
-                    "unknown plan {} (the file defines no plans)",
-                    quoted(&raw.plan)
-                )
-            } else {
-                unknown_plan(&raw.plan, &plans)
-            };
-            return Err(Issue::new(path, reason));
+            return Err(Issue::new(path, unknown_plan(&raw.plan, &plans)));
         }
         keys.push((key.0.clone(), raw.plan.clone()));
     }
