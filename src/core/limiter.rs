@@ -173,14 +173,11 @@ impl Snapshot<'_> {
             if let Some(first) = limits.first() {
                 seen.note(0, dry(first));
             }
-            return match (seen.worst, seen.closest) {
-                (Some((i, v)), _) | (None, Some((i, v))) => decision(plan, i, limits, v),
-                (None, None) => Decision::UNLIMITED,
-            };
+            return seen.answer(plan, limits);
         }
         // Pass 2: charge in order. Should a concurrent check take the room
         // since pass 1, refund what this check took, exactly where it went.
-        let mut closest: Option<(usize, Verdict)> = None;
+        let mut charged = Seen::default();
         let mut landed = [Landed::Nowhere; MAX_LIMITS_PER_PLAN];
         for (i, limit) in limits.iter().enumerate() {
             let (v, at) = lim.apply(limit, cell_key, now, req.cost, true);
@@ -193,14 +190,9 @@ impl Snapshot<'_> {
             if let Some(slot) = landed.get_mut(i) {
                 *slot = at;
             }
-            if closest.is_none_or(|(_, c)| v.remaining < c.remaining) {
-                closest = Some((i, v));
-            }
+            charged.note(i, v);
         }
-        match closest {
-            Some((i, v)) => decision(plan, i, limits, v),
-            None => Decision::UNLIMITED,
-        }
+        charged.answer(plan, limits)
     }
 
     /// Gives `req.cost` units back to every limit of the key's plan (a
@@ -277,6 +269,15 @@ impl Seen {
             if self.worst.is_none_or(longer) {
                 self.worst = Some((i, v));
             }
+        }
+    }
+
+    /// The answer: the longest wait if any limit denied, else the limit
+    /// closest to exhaustion, else (no limits) unlimited.
+    fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
+        match self.worst.or(self.closest) {
+            Some((i, v)) => decision(plan, i, limits, v),
+            None => Decision::UNLIMITED,
         }
     }
 }
