@@ -57,3 +57,4 @@ pub mod limits;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+mod yaml;

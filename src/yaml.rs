@@ -1,0 +1,354 @@
+//! Reading YAML with one-line, located error messages: the shared parser
+//! options, the mapping of serde-saphyr errors to [`ConfigError`]s, and the
+//! second pass that finds the line of a validation [`Issue`] by its field
+//! path. Both file formats (the daemon config and envoyproxy/ratelimit
+//! limits files) read through here.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Location, MessageFormatter, Spanned};
+
+use crate::config::{ConfigError, Diagnostic};
+use crate::limits::file::{Issue, Seg, quoted};
+
+fn options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    // Messages are rendered here, one line each; no source snippets.
+    o.with_snippet = false;
+    // Repeated keys reach the visitors, which report them with both lines
+    // (`plans`, `keys`) or as a duplicate field (everything else).
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    o
+}
+
+/// Deserializes `text`, tracking the field path of any error.
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    let mut path = None;
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().clone());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| saphyr_error(&e, path.as_ref(), text, origin))
+}
+
+/// Turns a serde-saphyr error into a one-line [`ConfigError`].
+fn saphyr_error(
+    err: &serde_saphyr::Error,
+    path: Option<&serde_path_to_error::Path>,
+    text: &str,
+    origin: &str,
+) -> ConfigError {
+    use serde_saphyr::Error as E;
+
+    let mut location = err.location();
+    let mut inner = err.without_snippet();
+    if let E::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    let mut segs: Vec<Seg> = path.map(segments).unwrap_or_default();
+    let mut syntax = false;
+    let reason = match inner {
+        E::ExternalMessage { msg, .. } => {
+            syntax = true;
+            format!("invalid yaml: {}", clean(msg))
+        }
+        E::Eof { .. } => {
+            syntax = true;
+            "invalid yaml: unexpected end of file".to_owned()
+        }
+        E::MultipleDocuments { .. } => {
+            syntax = true;
+            "the file must hold a single yaml document".to_owned()
+        }
+        E::Message { msg, .. } => clean(msg),
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            if matches!(segs.last(), Some(Seg::Key { name, .. }) if name == field) {
+                segs.pop();
+            }
+            unknown_field(field, expected)
+        }
+        E::SerdeMissingField { field, .. } => {
+            // The parser points at the last key it read; the mapping that
+            // lacks the field is a better place.
+            if let Some(l) = position_tree(text).and_then(|t| find(&t, &segs, false)) {
+                location = Some(l);
+            }
+            format!("missing field '{field}'")
+        }
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        }
+        | E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {} (got {})", clean(expected), clean(unexpected)),
+        E::Unexpected { expected, .. } => match *expected {
+            "mapping start" => "expected a mapping".to_owned(),
+            "sequence start" => "expected a list".to_owned(),
+            "string scalar" => "expected a string".to_owned(),
+            other => format!("expected {}", clean(other)),
+        },
+        E::DuplicateMappingKey { key, .. } => match key {
+            Some(k) => format!("duplicate key {}", quoted(k)),
+            None => "duplicate key".to_owned(),
+        },
+        other => clean(&serde_saphyr::DefaultMessageFormatter.format_message(other)),
+    };
+    let diagnostic = Box::new(Diagnostic {
+        origin: origin.to_owned(),
+        line: location.map(|l| l.line()).filter(|&l| l > 0),
+        column: location.map(|l| l.column()).filter(|&c| c > 0),
+        path: if syntax {
+            String::new()
+        } else {
+            render_path(&segs)
+        },
+        reason,
+    });
+    if syntax {
+        ConfigError::Syntax(diagnostic)
+    } else {
+        ConfigError::Invalid(diagnostic)
+    }
+}
+
+/// One line, quotes instead of backticks.
+fn clean(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn unknown_field(field: &str, expected: &[&str]) -> String {
+    let near = expected
+        .iter()
+        .map(|e| (edit_distance(field, e), *e))
+        .filter(|(d, e)| *d <= 2 && *d < e.len())
+        .min_by_key(|(d, _)| *d);
+    match near {
+        Some((_, e)) => format!("unknown field {} (did you mean '{e}'?)", quoted(field)),
+        None if expected.is_empty() => format!("unknown field {}", quoted(field)),
+        None => format!(
+            "unknown field {} (expected one of: {})",
+            quoted(field),
+            expected.join(", ")
+        ),
+    }
+}
+
+/// Optimal-string-alignment distance: edits, counting a swap of two
+/// neighbours as one (`brust` → `burst` is 1).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    path.iter()
+        .filter_map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Seg::key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Seg::key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// `plans.free.limits[1].per`; the key under top-level `keys` prints as
+/// `<key>` so API keys never reach messages.
+fn render_path(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    let under_keys = matches!(segs.first(), Some(Seg::Key { name, .. }) if name == "keys");
+    for (i, seg) in segs.iter().enumerate() {
+        match seg {
+            Seg::Key { name, .. } => {
+                if i > 0 {
+                    out.push('.');
+                }
+                if i == 1 && under_keys {
+                    out.push_str("<key>");
+                } else {
+                    out.push_str(&clean(name));
+                }
+            }
+            Seg::Index(n) => {
+                out.push('[');
+                out.push_str(&n.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+/// Locates a validation [`Issue`] in `text` and renders it.
+pub(crate) fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
+    let tree = position_tree(text);
+    let find = |path: &[Seg], at_key: bool| tree.as_ref().and_then(|t| find(t, path, at_key));
+    let location = find(&issue.path, issue.at_key);
+    let mut reason = issue.reason;
+    if let Some(first) = issue.first.as_deref().and_then(|p| find(p, issue.at_key)) {
+        reason.push_str(&format!(" (first defined at line {})", first.line()));
+    }
+    ConfigError::Invalid(Box::new(Diagnostic {
+        origin: origin.to_owned(),
+        line: location.map(|l| l.line()),
+        column: location.map(|l| l.column()),
+        path: render_path(&issue.path),
+        reason,
+    }))
+}
+
+/// Reads `text` again as a tree of positions; `None` if it does not parse.
+fn position_tree(text: &str) -> Option<Spanned<Node>> {
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        Spanned::<Node>::deserialize(de)
+    })
+    .ok()
+}
+
+/// The document's shape with the position of every key and value, read
+/// only to locate validation issues.
+enum Node {
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Scalar,
+}
+
+/// The position of `path`: of its value, or of its last key when
+/// `at_key`. A path that leaves the document stops at the deepest node
+/// it reached (a missing field points at its parent).
+fn find(root: &Spanned<Node>, path: &[Seg], at_key: bool) -> Option<Location> {
+    let mut node = root;
+    let mut loc = root.referenced;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let next = match (seg, &node.value) {
+            (Seg::Key { name, nth }, Node::Map(entries)) => entries
+                .iter()
+                .filter(|(k, _)| k.value == *name)
+                .nth(*nth)
+                .map(|(k, v)| {
+                    (
+                        if at_key && last {
+                            k.referenced
+                        } else {
+                            v.referenced
+                        },
+                        v,
+                    )
+                }),
+            (Seg::Index(n), Node::Seq(items)) => items.get(*n).map(|v| (v.referenced, v)),
+            _ => None,
+        };
+        match next {
+            Some((l, v)) => {
+                loc = l;
+                node = v;
+            }
+            None => break,
+        }
+    }
+    (loc != Location::UNKNOWN && loc.line() > 0).then_some(loc)
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any yaml node")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = map.next_key()? {
+                    entries.push((k, map.next_value()?));
+                }
+                Ok(Node::Map(entries))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Node::Seq(items))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+        }
+
+        d.deserialize_any(NodeVisitor)
+    }
+}
