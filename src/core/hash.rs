@@ -70,6 +70,18 @@ impl KeyHasher {
         if any { h.finish().max(1) } else { 0 }
     }
 
+    /// The keyed hash of an Envoy RLS descriptor in `domain`: its entries,
+    /// in order, after the domain (as an entry with an empty key, which no
+    /// request entry can have). What a descriptor's counters are filed
+    /// under, as envoyproxy/ratelimit's cache key is built.
+    pub fn descriptor_hash<'a>(
+        &self,
+        domain: &'a str,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> u64 {
+        self.entries_hash(std::iter::once(("", domain)).chain(entries))
+    }
+
     /// A short printable form of a key's hash, for logs: 16 hex digits.
     pub fn display(&self, key: &[u8]) -> String {
         format!("{:016x}", self.key_hash(key))

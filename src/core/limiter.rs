@@ -12,7 +12,7 @@ use super::clock::{Clock, Nanos};
 use super::decision::{Decision, DenyReason, Request};
 use super::gcra::{self, Verdict};
 use super::hash::{KeyHasher, mix};
-use super::quota;
+use super::{counter, quota};
 use crate::limits::{Limit, LimitKind, LimitRef, PlanId, Table};
 use std::sync::atomic::AtomicU64;
 
@@ -121,6 +121,24 @@ impl Limiter {
     /// The current time according to the limiter's clock.
     pub fn now(&self) -> Nanos {
         self.clock.now()
+    }
+
+    /// Decides `cost` units against one limit for the cells filed under
+    /// `key` (a keyed hash, such as an Envoy descriptor's), outside any
+    /// plan: how Envoy RLS descriptor limits are applied. A cost of 0 only
+    /// reports the state.
+    #[inline]
+    pub fn check_limit(&self, limit: &Limit, key: u64, cost: u64) -> Verdict {
+        self.apply(limit, key, self.clock.now(), cost, cost > 0).0
+    }
+
+    /// Gives `cost` units back to one limit's cell for `key` (creating
+    /// nothing), then reports its state, as [`Limiter::check_limit`] with
+    /// cost 0 would.
+    pub fn refund_limit(&self, limit: &Limit, key: u64, cost: u64) -> Verdict {
+        let now = self.clock.now();
+        self.refund(limit, key, now, cost, Landed::Own);
+        self.apply(limit, key, now, 0, false).0
     }
 }
 
@@ -304,6 +322,12 @@ enum Cell<'l> {
         id: u64,
         overflow: u64,
     },
+    Counter {
+        window: &'l crate::limits::FixedWindow,
+        span: super::window::Span,
+        id: u64,
+        overflow: u64,
+    },
 }
 
 impl<'l> Cell<'l> {
@@ -319,6 +343,15 @@ impl<'l> Cell<'l> {
                 let span = quota.window.span(now);
                 Cell::Quota {
                     quota,
+                    span,
+                    id: mix(mix(key_hash, limit.uid), span.index),
+                    overflow: mix(mix(OVERFLOW_KEY, limit.uid), span.index),
+                }
+            }
+            LimitKind::Window(window) => {
+                let span = super::window::epoch_span(now, window.period);
+                Cell::Counter {
+                    window,
                     span,
                     id: mix(mix(key_hash, limit.uid), span.index),
                     overflow: mix(mix(OVERFLOW_KEY, limit.uid), span.index),
@@ -348,6 +381,7 @@ impl Limiter {
                 || AtomicU64::new(0),
                 |c, commit| gcra::check(rate, c, now, cost, commit),
                 commit,
+                false,
             ),
             Cell::Quota {
                 quota: q,
@@ -364,6 +398,28 @@ impl Limiter {
                 },
                 |c, commit| quota::check(q, c, span, now, cost, commit),
                 commit,
+                false,
+            ),
+            // Limit 0 is always over: nothing to count, no cell to create.
+            Cell::Counter {
+                window: w, span, ..
+            } if w.limit == 0 => (counter::decide(w, 0, span, now, cost).0, Landed::Nowhere),
+            Cell::Counter {
+                window: w,
+                span,
+                id,
+                overflow,
+            } => charge(
+                self.store.quotas(),
+                id,
+                overflow,
+                || QuotaCell {
+                    used: AtomicU64::new(0),
+                    window_end: span.end,
+                },
+                |c, commit| counter::check(w, c, span, now, cost, commit),
+                commit,
+                true,
             ),
         };
         if landed == Landed::Overflow {
@@ -389,7 +445,7 @@ impl Limiter {
                         .get(id, |c| gcra::refund(rate, c, cost));
                 }
             }
-            Cell::Quota { id, overflow, .. } => {
+            Cell::Quota { id, overflow, .. } | Cell::Counter { id, overflow, .. } => {
                 if let Some(id) = pick(id, overflow) {
                     self.store.quotas().get(id, |c| quota::refund(c, cost));
                 }
@@ -398,10 +454,11 @@ impl Limiter {
     }
 }
 
-/// The one evaluate-then-charge path of both cell kinds: a tracked cell is
+/// The one evaluate-then-charge path of every cell kind: a tracked cell is
 /// updated in place; an untracked key is first evaluated against what a
 /// charge would use, and a cell is created only when the check is a commit
-/// and would pass.
+/// and would pass, or, for kinds that count denied hits too
+/// (`counts_denied`), when it is a commit at all.
 #[inline]
 fn charge<V>(
     map: Map<'_, V>,
@@ -410,6 +467,7 @@ fn charge<V>(
     make: impl FnOnce() -> V,
     eval: impl Fn(&V, bool) -> Verdict,
     commit: bool,
+    counts_denied: bool,
 ) -> (Verdict, Landed) {
     let landed = |v: &Verdict, at: Landed| {
         if commit && v.allowed {
@@ -423,7 +481,7 @@ fn charge<V>(
     }
     let fresh = make();
     let v = map.untracked(overflow, &fresh, |c| eval(c, false));
-    if !commit || !v.allowed {
+    if !commit || !(v.allowed || counts_denied) {
         return (v, Landed::Nowhere);
     }
     let (v, at) = map.upsert(id, overflow, || fresh, |c| eval(c, true));
@@ -784,6 +842,7 @@ mod tests {
                         let used = self.used.get(&(key, i, span.index)).copied().unwrap_or(0);
                         quota::decide(q, used, span, now, cost).0
                     }
+                    LimitKind::Window(_) => unreachable!("plans hold no fixed windows"),
                 })
                 .collect();
             let denied: Vec<usize> = (0..verdicts.len())
@@ -812,6 +871,7 @@ mod tests {
                         let e = self.used.entry((key, i, span.index)).or_insert(0);
                         *e += cost;
                     }
+                    LimitKind::Window(_) => unreachable!("plans hold no fixed windows"),
                 }
             }
             let mut closest = 0;

@@ -1,8 +1,9 @@
 //! The decision engine: the transport-neutral [`Request`] and [`Decision`],
 //! [`Limiter::check`], the algorithms (GCRA token bucket, calendar-window
-//! quota) and the injected [`Clock`].
+//! quota, envoyproxy/ratelimit's fixed-window counter) and the injected [`Clock`].
 
 pub mod clock;
+pub mod counter;
 pub mod decision;
 pub mod gcra;
 pub mod hash;
@@ -12,5 +13,6 @@ pub mod window;
 
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, DenyReason, Request};
+pub use gcra::Verdict;
 pub use hash::KeyHasher;
 pub use limiter::{Limiter, Snapshot};

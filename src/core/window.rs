@@ -81,6 +81,12 @@ impl Window {
     }
 }
 
+/// The window of length `len` (non-zero) containing `now`, windows being
+/// aligned to the Unix epoch: envoyproxy/ratelimit's "divider" windows.
+pub fn epoch_span(now: Nanos, len: Nanos) -> Span {
+    fixed(now, len.max(1), 0)
+}
+
 fn fixed(now: Nanos, len: Nanos, shift: Nanos) -> Span {
     let shifted = now.saturating_add(shift);
     let index = shifted / len;

@@ -94,6 +94,12 @@ pub fn describe_limit(limit: &Limit) -> String {
             r.burst()
         ),
         LimitKind::Quota(q) => format!("{} {}/{}", limit.name, q.quota, q.window.as_str()),
+        LimitKind::Window(w) => format!(
+            "{} {}/{} fixed window",
+            limit.name,
+            w.limit,
+            period_name(w.period)
+        ),
     }
 }
 
@@ -706,7 +712,7 @@ keys:                      # static assignments of API keys to plans
     fn rate(l: &Limit) -> &Rate {
         match &l.kind {
             LimitKind::Rate(r) => r,
-            LimitKind::Quota(q) => panic!("expected a rate, got {q:?}"),
+            other => panic!("expected a rate, got {other:?}"),
         }
     }
 
@@ -728,7 +734,7 @@ keys:                      # static assignments of API keys to plans
                 assert_eq!(q.quota.get(), 10_000);
                 assert_eq!(q.window, Window::Day);
             }
-            LimitKind::Rate(r) => panic!("expected a quota, got {r:?}"),
+            other => panic!("expected a quota, got {other:?}"),
         }
 
         let gold = &spec.plans[1];
@@ -789,7 +795,7 @@ keys:                      # static assignments of API keys to plans
             .iter()
             .map(|l| match &l.kind {
                 LimitKind::Quota(q) => q.window,
-                LimitKind::Rate(_) => Window::Second,
+                _ => Window::Second,
             })
             .collect();
         assert_eq!(windows, [Window::Week, Window::Month]);

@@ -8,6 +8,8 @@
 //! arithmetic is known to fit in 64 bits.
 
 pub mod file;
+pub mod rls;
+pub mod rls_file;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -131,6 +133,17 @@ pub struct Quota {
     pub window: Window,
 }
 
+/// envoyproxy/ratelimit's counter: at most `limit` hits per window of
+/// `period` aligned to the Unix epoch, every hit counted (see
+/// [`crate::core::counter`]). `limit` 0 is always over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedWindow {
+    /// Hits allowed per window.
+    pub limit: u64,
+    /// The window length in nanoseconds (non-zero).
+    pub period: Nanos,
+}
+
 /// What a limit counts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKind {
@@ -138,6 +151,8 @@ pub enum LimitKind {
     Rate(Rate),
     /// A calendar-window counter.
     Quota(Quota),
+    /// An epoch-aligned fixed-window counter (envoyproxy/ratelimit's).
+    Window(FixedWindow),
 }
 
 /// One named limit of a plan.
@@ -170,6 +185,7 @@ impl Limit {
         match &self.kind {
             LimitKind::Rate(r) => r.burst(),
             LimitKind::Quota(q) => q.quota.get(),
+            LimitKind::Window(w) => w.limit,
         }
     }
 
@@ -182,6 +198,7 @@ impl Limit {
                 r.tau().div_ceil(NANOS_PER_SEC).max(1)
             }
             LimitKind::Quota(q) => q.window.nominal_seconds(),
+            LimitKind::Window(w) => w.period.div_ceil(NANOS_PER_SEC).max(1),
         }
     }
 }
@@ -215,6 +232,8 @@ pub struct Table {
     keys: HashMap<u64, PlanId, BuildNoHashHasher<u64>>,
     /// Number of static keys as written in the file (for summaries).
     static_keys: usize,
+    /// Envoy RLS domains read from envoyproxy/ratelimit files.
+    rls: rls::RlsDomains,
 }
 
 /// Why a table could not be built from already-typed parts.
@@ -275,6 +294,7 @@ impl Table {
             default_plan: default,
             keys: map,
             static_keys,
+            rls: rls::RlsDomains::default(),
         })
     }
 
@@ -320,6 +340,18 @@ impl Table {
             .iter()
             .position(|p| p.name == name)
             .map(|i| PlanId(i as u32))
+    }
+
+    /// The table with these Envoy RLS domains.
+    pub fn with_rls(mut self, rls: rls::RlsDomains) -> Self {
+        self.rls = rls;
+        self
+    }
+
+    /// The Envoy RLS domains read from envoyproxy/ratelimit files.
+    #[inline]
+    pub fn rls(&self) -> &rls::RlsDomains {
+        &self.rls
     }
 
     /// How many static key assignments the table has.

@@ -1,0 +1,145 @@
+//! envoyproxy/ratelimit's fixed-window counter: at most `limit` hits per
+//! window of `period` aligned to the Unix epoch (the window of `now` starts
+//! at `⌊now / period⌋ · period`).
+//!
+//! Unlike a [`super::quota`], every hit is counted, over the limit or not,
+//! as envoyproxy/ratelimit's `INCRBY` does: once a window is over its limit
+//! it stays over until the window ends, and `remaining` reports 0. Limit 0
+//! is "always over" and needs no counter at all.
+
+use std::sync::atomic::Ordering;
+
+use super::clock::Nanos;
+use super::gcra::Verdict;
+use super::window::Span;
+use crate::limits::FixedWindow;
+use crate::store::QuotaCell;
+
+/// Decides `cost` hits against a window that has counted `used`. Returns
+/// the verdict and the new count (`None` when `cost` is 0: nothing to add).
+#[inline]
+pub fn decide(
+    window: &FixedWindow,
+    used: u64,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+) -> (Verdict, Option<u64>) {
+    let after = used.saturating_add(cost);
+    let reset_after = span.end.saturating_sub(now);
+    let next = (cost > 0).then_some(after);
+    if after > window.limit {
+        let retry_after = (cost <= window.limit).then_some(reset_after);
+        let verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_after,
+            retry_after,
+        };
+        return (verdict, next);
+    }
+    let verdict = Verdict {
+        allowed: true,
+        remaining: window.limit - after,
+        reset_after,
+        retry_after: Some(0),
+    };
+    (verdict, next)
+}
+
+/// Applies [`decide`] to a shared counter; `commit == false` only
+/// evaluates. A committed check adds its hits whether or not it is over.
+#[inline]
+pub fn check(
+    window: &FixedWindow,
+    cell: &QuotaCell,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+    commit: bool,
+) -> Verdict {
+    let mut used = cell.used.load(Ordering::Acquire);
+    loop {
+        let (verdict, next) = decide(window, used, span, now, cost);
+        let Some(next) = next.filter(|_| commit) else {
+            return verdict;
+        };
+        match cell
+            .used
+            .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return verdict,
+            Err(actual) => used = actual,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::core::clock::NANOS_PER_SEC;
+    use crate::core::window::epoch_span;
+
+    const MINUTE: Nanos = 60 * NANOS_PER_SEC;
+
+    fn setup(limit: u64, now: Nanos) -> (FixedWindow, Span, QuotaCell) {
+        let w = FixedWindow {
+            limit,
+            period: MINUTE,
+        };
+        let span = epoch_span(now, MINUTE);
+        let cell = QuotaCell {
+            used: AtomicU64::new(0),
+            window_end: span.end,
+        };
+        (w, span, cell)
+    }
+
+    #[test]
+    fn counts_every_hit_like_incrby() {
+        let now = 1_795_780_810 * NANOS_PER_SEC; // 10 s into a minute
+        let (w, span, c) = setup(10, now);
+        let v = check(&w, &c, span, now, 6, true);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 4);
+        // 12 > 10: over, and counted, so a later single hit is over too.
+        let v = check(&w, &c, span, now, 6, true);
+        assert!(!v.allowed);
+        assert_eq!(v.remaining, 0);
+        assert_eq!(v.retry_after, Some(50 * NANOS_PER_SEC));
+        assert!(!check(&w, &c, span, now, 1, true).allowed);
+        assert_eq!(c.used.load(Ordering::SeqCst), 13);
+        // A peek (0 hits) reports without counting.
+        let v = check(&w, &c, span, now, 0, true);
+        assert!(!v.allowed);
+        assert_eq!(c.used.load(Ordering::SeqCst), 13);
+    }
+
+    #[test]
+    fn the_last_unit_is_allowed_and_a_peek_at_the_limit_is_ok() {
+        let (w, span, c) = setup(2, 0);
+        assert_eq!(check(&w, &c, span, 0, 2, true).remaining, 0);
+        assert!(check(&w, &c, span, 0, 0, true).allowed);
+        assert!(!check(&w, &c, span, 0, 1, true).allowed);
+    }
+
+    #[test]
+    fn zero_limit_is_always_over_and_never_retryable() {
+        let (w, span, c) = setup(0, 0);
+        let v = check(&w, &c, span, 0, 1, true);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, None);
+        // Nothing counted yet: a peek is within 0.
+        assert!(decide(&w, 0, span, 0, 0).0.allowed);
+    }
+
+    #[test]
+    fn saturates_at_u64_max() {
+        let (w, span, _) = setup(u64::MAX, 0);
+        let (v, next) = decide(&w, u64::MAX, span, 0, u64::MAX);
+        assert!(v.allowed);
+        assert_eq!(next, Some(u64::MAX));
+    }
+}
