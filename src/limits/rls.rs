@@ -1,0 +1,511 @@
+//! envoyproxy/ratelimit's limits: per domain, a tree of descriptors, each
+//! level matched against one entry of a request descriptor, and the rule a
+//! request descriptor resolves to.
+//!
+//! Matching follows envoyproxy/ratelimit: at each level the entry's exact
+//! `key`/`value` is tried first, then the level's wildcard values (a
+//! trailing `*` matches any value with that prefix, first in file order),
+//! then the bare `key` (any value). A rule applies only when the request
+//! descriptor has exactly as many entries as the rule is deep. Keys and
+//! values compare case-sensitively. Unlike envoyproxy/ratelimit, which
+//! joins key and value with `_` before comparing, keys and values are
+//! compared separately, so `a_b`/`c` and `a`/`b_c` never match each other.
+//!
+//! The files themselves are read by [`super::rls_file`].
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+
+use crate::core::clock::{NANOS_PER_SEC, Nanos};
+use crate::core::hash::name_id;
+use crate::limits::{FixedWindow, Limit, LimitKind, Rate, RateError};
+
+/// A time unit of envoyproxy/ratelimit. The discriminants are the numbers
+/// of Envoy's `RateLimitResponse.RateLimit.Unit` (and `RateLimitUnit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// 1 second.
+    Second = 1,
+    /// 60 seconds.
+    Minute = 2,
+    /// 3600 seconds.
+    Hour = 3,
+    /// 86400 seconds.
+    Day = 4,
+    /// 30 days (envoyproxy/ratelimit's month, not a calendar month).
+    Month = 5,
+    /// 365 days.
+    Year = 6,
+    /// 7 days, windows starting Thursday 00:00 UTC (the Unix epoch's
+    /// weekday), as in envoyproxy/ratelimit.
+    Week = 7,
+}
+
+impl Unit {
+    /// Every unit, in the order messages list them.
+    pub const ALL: [Unit; 7] = [
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+        Unit::Month,
+        Unit::Year,
+    ];
+
+    /// The unit's length in seconds: envoyproxy/ratelimit's "divider".
+    pub fn seconds(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3_600,
+            Unit::Day => 86_400,
+            Unit::Week => 7 * 86_400,
+            Unit::Month => 30 * 86_400,
+            Unit::Year => 365 * 86_400,
+        }
+    }
+
+    /// The unit's length in nanoseconds.
+    pub fn nanos(self) -> Nanos {
+        self.seconds() * NANOS_PER_SEC
+    }
+
+    /// The lowercase name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    /// A unit by name, case-insensitively (`second`, `MINUTE`).
+    pub fn parse(name: &str) -> Option<Unit> {
+        Unit::ALL
+            .into_iter()
+            .find(|u| u.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// A unit by its Envoy enum number; `None` for `UNKNOWN` (0) and
+    /// anything else out of range.
+    pub fn from_number(n: i32) -> Option<Unit> {
+        Unit::ALL.into_iter().find(|u| *u as i32 == n)
+    }
+}
+
+/// How an envoyproxy/ratelimit limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// envoyproxy/ratelimit's own: a counter per window aligned to the
+    /// unit, every hit counted. The default, so answers match.
+    #[default]
+    FixedWindow,
+    /// A smooth token bucket refilling `requests_per_unit` per unit and
+    /// holding `burst` (default `requests_per_unit`).
+    TokenBucket,
+}
+
+impl Algorithm {
+    /// The name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+
+    /// An algorithm by name.
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        [Algorithm::FixedWindow, Algorithm::TokenBucket]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+}
+
+/// What a matched descriptor is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `unlimited: true`: always OK, nothing counted.
+    Unlimited,
+    /// A counted limit.
+    Limit(RlsLimit),
+}
+
+/// A limit as envoyproxy/ratelimit states it, with the engine limit that
+/// enforces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlsLimit {
+    /// `requests_per_unit`; 0 is always over limit.
+    pub requests_per_unit: u32,
+    /// The unit.
+    pub unit: Unit,
+    /// What counts: a fixed-window counter or a token bucket. Its `name`
+    /// is the label headers use; its `uid` depends only on the algorithm
+    /// and unit, so a descriptor's counter is the same whichever rule (or
+    /// request override) applies to it, as in envoyproxy/ratelimit.
+    pub limit: Limit,
+}
+
+impl RlsLimit {
+    /// Builds the limit, with `label` as the engine limit's name (shown in
+    /// headers). `burst` applies to token buckets only (default
+    /// `requests_per_unit`).
+    pub fn new(
+        requests_per_unit: u32,
+        unit: Unit,
+        algorithm: Algorithm,
+        burst: Option<NonZeroU64>,
+        label: String,
+    ) -> Result<Self, RateError> {
+        let uid = name_id(&["envoy-rls", algorithm.as_str(), unit.as_str()]);
+        let window = || {
+            LimitKind::Window(FixedWindow {
+                limit: u64::from(requests_per_unit),
+                period: unit.nanos(),
+            })
+        };
+        let kind = match (algorithm, NonZeroU64::new(u64::from(requests_per_unit))) {
+            // Limit 0 is always over; a counter of 0 needs no state.
+            (Algorithm::FixedWindow, _) | (Algorithm::TokenBucket, None) => window(),
+            (Algorithm::TokenBucket, Some(rate)) => {
+                LimitKind::Rate(Rate::new(rate, unit.nanos(), burst.unwrap_or(rate))?)
+            }
+        };
+        Ok(Self {
+            requests_per_unit,
+            unit,
+            limit: Limit {
+                name: label,
+                policy: String::new(),
+                uid,
+                kind,
+            },
+        })
+    }
+}
+
+/// The rule on a descriptor node (its `rate_limit` and flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `rate_limit.name`, empty when not given: echoed in
+    /// `current_limit.name` and what `replaces` refers to.
+    pub name: String,
+    /// Names of the limits this one replaces when both match.
+    pub replaces: Vec<String>,
+    /// `shadow_mode`: counted and reported, but answered OK.
+    pub shadow: bool,
+    /// `detailed_metric`: per-value metrics (used by the metrics issue).
+    pub detailed_metric: bool,
+    /// Unlimited or a limit.
+    pub action: Action,
+}
+
+/// One level of a descriptor tree: the nodes below a node (or a domain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Level {
+    by_key: HashMap<String, KeyNodes>,
+    wildcards: Vec<Wildcard>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KeyNodes {
+    values: HashMap<String, Node>,
+    any: Option<Box<Node>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wildcard {
+    key: String,
+    prefix: String,
+    node: Node,
+}
+
+/// A descriptor in the tree: its rule, if any, and its children.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    /// The rule, when the descriptor has a `rate_limit`.
+    pub rule: Option<Rule>,
+    /// Nested descriptors.
+    pub children: Level,
+}
+
+/// How a node is matched at its level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// `key` and exactly `value`.
+    Exact(String, String),
+    /// `key` and a value starting with the prefix (`value: prefix*`).
+    Prefix(String, String),
+    /// `key` with any value (no `value` given).
+    Any(String),
+}
+
+impl Matcher {
+    /// The matcher for a descriptor's `key` and optional `value`, as
+    /// envoyproxy/ratelimit reads them: an empty value means any value and
+    /// a value ending in `*` is a prefix.
+    pub fn new(key: &str, value: Option<&str>) -> Matcher {
+        match value.filter(|v| !v.is_empty()) {
+            None => Matcher::Any(key.to_owned()),
+            Some(v) => match v.strip_suffix('*') {
+                Some(prefix) => Matcher::Prefix(key.to_owned(), prefix.to_owned()),
+                None => Matcher::Exact(key.to_owned(), v.to_owned()),
+            },
+        }
+    }
+}
+
+impl Level {
+    /// Whether the level has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty() && self.wildcards.is_empty()
+    }
+
+    /// The node `m` selects, if the level has it.
+    pub fn get_mut(&mut self, m: &Matcher) -> Option<&mut Node> {
+        match m {
+            Matcher::Exact(k, v) => self.by_key.get_mut(k)?.values.get_mut(v),
+            Matcher::Any(k) => self.by_key.get_mut(k)?.any.as_deref_mut(),
+            Matcher::Prefix(k, p) => self
+                .wildcards
+                .iter_mut()
+                .find(|w| w.key == *k && w.prefix == *p)
+                .map(|w| &mut w.node),
+        }
+    }
+
+    /// Adds `node` under `m`; false (and nothing added) if the level
+    /// already has a node for `m`.
+    #[must_use]
+    pub fn insert(&mut self, m: Matcher, node: Node) -> bool {
+        if self.get_mut(&m).is_some() {
+            return false;
+        }
+        match m {
+            Matcher::Exact(k, v) => {
+                self.by_key.entry(k).or_default().values.insert(v, node);
+            }
+            Matcher::Any(k) => self.by_key.entry(k).or_default().any = Some(Box::new(node)),
+            Matcher::Prefix(key, prefix) => self.wildcards.push(Wildcard { key, prefix, node }),
+        }
+        true
+    }
+
+    /// The node one request entry selects here: exact value, then the
+    /// first matching wildcard, then the bare key.
+    #[inline]
+    fn step(&self, key: &str, value: &str) -> Option<&Node> {
+        let nodes = self.by_key.get(key);
+        if let Some(n) = nodes.and_then(|n| n.values.get(value)) {
+            return Some(n);
+        }
+        if let Some(w) = self
+            .wildcards
+            .iter()
+            .find(|w| w.key == key && value.starts_with(w.prefix.as_str()))
+        {
+            return Some(&w.node);
+        }
+        nodes.and_then(|n| n.any.as_deref())
+    }
+
+    /// The rule a request descriptor with these entries resolves to: the
+    /// node reached by matching every entry in turn, if it is as deep as
+    /// the descriptor and has a rule.
+    pub fn lookup<'a, 'e>(
+        &'a self,
+        entries: impl IntoIterator<Item = (&'e str, &'e str)>,
+    ) -> Option<&'a Rule> {
+        let mut level = self;
+        let mut entries = entries.into_iter().peekable();
+        while let Some((key, value)) = entries.next() {
+            let node = level.step(key, value)?;
+            if entries.peek().is_none() {
+                return node.rule.as_ref();
+            }
+            if node.children.is_empty() {
+                return None;
+            }
+            level = &node.children;
+        }
+        None
+    }
+
+    /// Rules in the tree (for summaries).
+    pub fn rules(&self) -> usize {
+        self.nodes()
+            .map(|n| usize::from(n.rule.is_some()) + n.children.rules())
+            .sum()
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.by_key
+            .values()
+            .flat_map(|k| k.values.values().chain(k.any.as_deref()))
+            .chain(self.wildcards.iter().map(|w| &w.node))
+    }
+}
+
+/// One RLS domain: its descriptor tree and how its limits count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// The domain name requests carry.
+    pub name: String,
+    /// The top-level descriptors.
+    pub root: Level,
+    /// How its limits (and request overrides) count.
+    pub algorithm: Algorithm,
+    /// The files it was read from, for summaries and messages.
+    pub files: Vec<String>,
+}
+
+/// Every domain read from envoyproxy/ratelimit files, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RlsDomains {
+    domains: HashMap<String, Domain>,
+}
+
+impl RlsDomains {
+    /// A domain by name.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    /// A domain by name, to add to.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Domain> {
+        self.domains.get_mut(name)
+    }
+
+    /// Adds a domain (replacing one of the same name).
+    pub fn insert(&mut self, domain: Domain) {
+        self.domains.insert(domain.name.clone(), domain);
+    }
+
+    /// Whether there are no domains.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// The domains, sorted by name.
+    pub fn sorted(&self) -> Vec<&Domain> {
+        let mut v: Vec<&Domain> = self.domains.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limited(rpu: u32, name: &str) -> Node {
+        let limit = RlsLimit::new(rpu, Unit::Second, Algorithm::FixedWindow, None, name.into());
+        Node {
+            rule: Some(Rule {
+                name: name.to_owned(),
+                replaces: vec![],
+                shadow: false,
+                detailed_metric: false,
+                action: Action::Limit(limit.unwrap()),
+            }),
+            children: Level::default(),
+        }
+    }
+
+    fn name_of(rule: Option<&Rule>) -> Option<&str> {
+        rule.map(|r| r.name.as_str())
+    }
+
+    /// A level built from (key, value, node) in order; every insert must
+    /// succeed.
+    fn level(nodes: Vec<(&str, Option<&str>, Node)>) -> Level {
+        let mut l = Level::default();
+        for (k, v, n) in nodes {
+            assert!(l.insert(Matcher::new(k, v), n), "{k}/{v:?} inserted twice");
+        }
+        l
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_key_only() {
+        let l = level(vec![
+            ("path", None, limited(1, "any")),
+            ("path", Some("/api/*"), limited(2, "api")),
+            ("path", Some("/api/x"), limited(3, "x")),
+            ("path", Some("*"), limited(4, "star")),
+        ]);
+        assert_eq!(name_of(l.lookup([("path", "/api/x")])), Some("x"));
+        assert_eq!(name_of(l.lookup([("path", "/api/y")])), Some("api"));
+        // `*` (prefix "") comes before the key-only node, in file order.
+        assert_eq!(name_of(l.lookup([("path", "/other")])), Some("star"));
+        assert_eq!(name_of(l.lookup([("Path", "/api/x")])), None);
+    }
+
+    #[test]
+    fn depth_must_match() {
+        let child = level(vec![("user", None, limited(5, "user"))]);
+        let parent = Node {
+            rule: None,
+            children: child,
+        };
+        let l = level(vec![
+            ("svc", Some("a"), parent),
+            ("ip", None, limited(1, "ip")),
+        ]);
+        let user = l.lookup([("svc", "a"), ("user", "u1")]);
+        assert_eq!(name_of(user), Some("user"));
+        assert_eq!(name_of(l.lookup([("svc", "a")])), None);
+        assert_eq!(name_of(l.lookup([("ip", "1"), ("user", "u")])), None);
+        let deeper = l.lookup([("svc", "a"), ("user", "u"), ("x", "y")]);
+        assert_eq!(name_of(deeper), None);
+        assert_eq!(name_of(l.lookup([])), None);
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut l = level(vec![
+            ("k", Some("v"), limited(1, "")),
+            ("k", Some(""), limited(1, "")),
+            ("k", Some("v*"), limited(1, "")),
+        ]);
+        assert!(!l.insert(Matcher::new("k", Some("v")), limited(1, "")));
+        assert!(!l.insert(Matcher::new("k", None), limited(1, "")));
+        assert!(!l.insert(Matcher::new("k", Some("v*")), limited(1, "")));
+    }
+
+    #[test]
+    fn units_parse_case_insensitively_and_by_number() {
+        assert_eq!(Unit::parse("MINUTE"), Some(Unit::Minute));
+        assert_eq!(Unit::parse("Year"), Some(Unit::Year));
+        assert_eq!(Unit::parse("unknown"), None);
+        assert_eq!(Unit::from_number(7), Some(Unit::Week));
+        assert_eq!(Unit::from_number(0), None);
+        assert_eq!(Unit::Month.seconds(), 2_592_000);
+    }
+
+    #[test]
+    fn token_bucket_of_zero_is_a_zero_counter() {
+        let tb = |rpu| RlsLimit::new(rpu, Unit::Minute, Algorithm::TokenBucket, None, "t".into());
+        let zero = tb(0).unwrap();
+        let zero_window = FixedWindow {
+            limit: 0,
+            period: Unit::Minute.nanos(),
+        };
+        assert_eq!(zero.limit.kind, LimitKind::Window(zero_window));
+        assert_eq!(tb(5).unwrap().limit.capacity(), 5);
+        let too_fast = RlsLimit::new(
+            u32::MAX,
+            Unit::Second,
+            Algorithm::TokenBucket,
+            None,
+            "f".into(),
+        );
+        assert!(too_fast.is_err());
+    }
+}

@@ -1,0 +1,503 @@
+//! Reading envoyproxy/ratelimit YAML files (`domain` and `descriptors`,
+//! one domain per file) into [`RlsDomains`], unchanged files accepted.
+//!
+//! Two keys are ours: a file-level `algorithm` (`fixed_window`, the
+//! default, or `token_bucket`) and, for token buckets, `burst` in a
+//! `rate_limit`. Everything else is envoyproxy/ratelimit's format, checked
+//! more strictly: unknown keys are errors at every level (envoyproxy
+//! accepts a known key at the wrong level), and every error names the
+//! file, the line, the field path and the reason:
+//!
+//! ```text
+//! limits/mongo.yaml:9:13: descriptors[1].rate_limit.unit: invalid unit 'fortnight' (expected second, minute, hour, day, week, month or year)
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::file::{Issue, Positive, Seg, quoted};
+use super::rls::{
+    Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit,
+};
+use crate::config::{ConfigError, Diagnostic};
+use crate::yaml::{locate, parse};
+
+/// Options that apply to every file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RlsOptions {
+    /// How limits count unless a file says otherwise.
+    pub algorithm: Algorithm,
+    /// Whether several files may define one domain (their descriptors are
+    /// merged; a descriptor defined twice is still an error). Off, as in
+    /// envoyproxy/ratelimit without `MERGE_DOMAIN_CONFIG`.
+    pub merge_domains: bool,
+}
+
+/// Reads every file in `paths` (a directory stands for its `*.yaml` and
+/// `*.yml` files, in name order, dotfiles skipped) into one set of domains.
+/// `taken` are domains answered otherwise (by plans), which no file may
+/// define.
+pub fn load(
+    paths: &[PathBuf],
+    opts: RlsOptions,
+    taken: &[String],
+) -> Result<RlsDomains, ConfigError> {
+    let mut domains = RlsDomains::default();
+    for file in expand(paths)? {
+        let origin = file.display().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|error| ConfigError::Read {
+            path: origin.clone(),
+            error,
+        })?;
+        add(&mut domains, &text, &origin, opts, taken)?;
+    }
+    Ok(domains)
+}
+
+/// The files `paths` stand for.
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let read_err = |error| ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        };
+        if !std::fs::metadata(path).map_err(read_err)?.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(read_err)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| is_limits_file(p))
+            .collect();
+        if found.is_empty() {
+            return Err(ConfigError::Invalid(Box::new(Diagnostic {
+                origin: path.display().to_string(),
+                line: None,
+                column: None,
+                path: String::new(),
+                reason: "directory has no .yaml or .yml files".to_owned(),
+            })));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+fn is_limits_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+    !name.starts_with('.') && (ext == "yaml" || ext == "yml") && p.is_file()
+}
+
+/// Reads one file's text (`origin` names it in messages) into `domains`.
+pub fn add(
+    domains: &mut RlsDomains,
+    text: &str,
+    origin: &str,
+    opts: RlsOptions,
+    taken: &[String],
+) -> Result<(), ConfigError> {
+    let raw: FileRaw = parse(text, origin)?;
+    add_raw(domains, raw, origin, opts, taken).map_err(|issue| locate(text, origin, issue))
+}
+
+fn add_raw(
+    domains: &mut RlsDomains,
+    raw: FileRaw,
+    origin: &str,
+    opts: RlsOptions,
+    taken: &[String],
+) -> Result<(), Issue> {
+    let at_domain = || vec![Seg::key("domain")];
+    let name = match raw.domain {
+        Some(d) if !d.0.is_empty() => d.0,
+        Some(_) => return Err(Issue::new(at_domain(), "must not be empty")),
+        None => return Err(Issue::new(vec![], "missing field 'domain'")),
+    };
+    if taken.contains(&name) {
+        return Err(Issue::new(
+            at_domain(),
+            format!(
+                "domain {} is answered by the plans (envoy.domains); remove it there to use this file",
+                quoted(&name)
+            ),
+        ));
+    }
+    let algorithm = raw.algorithm.map_or(opts.algorithm, |a| a.0);
+    let descriptors = raw.descriptors.unwrap_or_default();
+    match domains.get_mut(&name) {
+        Some(existing) if !opts.merge_domains => Err(Issue::new(
+            at_domain(),
+            format!(
+                "domain {} is already defined in {} (set envoy.merge_domains: true to merge files of one domain)",
+                quoted(&name),
+                existing.files.join(", ")
+            ),
+        )),
+        Some(existing) => {
+            if existing.algorithm != algorithm {
+                return Err(Issue::new(
+                    vec![Seg::key("algorithm")],
+                    format!(
+                        "domain {} is {} in {}; files of one domain must agree",
+                        quoted(&name),
+                        existing.algorithm.as_str(),
+                        existing.files.join(", ")
+                    ),
+                ));
+            }
+            let earlier = existing.files.join(", ");
+            let mut b = Builder {
+                algorithm,
+                earlier: Some(&earlier),
+            };
+            b.level(&mut existing.root, &descriptors, &mut Vec::new(), &[])?;
+            existing.files.push(origin.to_owned());
+            Ok(())
+        }
+        None => {
+            let mut b = Builder {
+                algorithm,
+                earlier: None,
+            };
+            let mut root = Level::default();
+            b.level(&mut root, &descriptors, &mut Vec::new(), &[])?;
+            domains.insert(Domain {
+                name,
+                root,
+                algorithm,
+                files: vec![origin.to_owned()],
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Builds descriptor levels, knowing where it is for messages.
+struct Builder<'a> {
+    algorithm: Algorithm,
+    /// Files already merged into this domain, when merging.
+    earlier: Option<&'a str>,
+}
+
+impl Builder<'_> {
+    /// Adds `raws` (at field path `path`) to `level`. `labels` are the
+    /// matchers above, for the default label of a limit.
+    fn level(
+        &mut self,
+        level: &mut Level,
+        raws: &[DescriptorRaw],
+        path: &mut Vec<Seg>,
+        labels: &[String],
+    ) -> Result<(), Issue> {
+        path.push(Seg::key("descriptors"));
+        for (i, raw) in raws.iter().enumerate() {
+            path.push(Seg::Index(i));
+            let key = match &raw.key {
+                Some(k) if !k.0.is_empty() => k.0.as_str(),
+                Some(_) => return Err(Issue::new(with(path, "key"), "must not be empty")),
+                None => return Err(Issue::new(path.clone(), "missing field 'key'")),
+            };
+            let value = raw.value.as_ref().map(|v| v.0.as_str());
+            let matcher = Matcher::new(key, value);
+            let mut labels = labels.to_vec();
+            labels.push(match &matcher {
+                Matcher::Exact(k, v) => format!("{k}={v}"),
+                Matcher::Prefix(k, p) => format!("{k}={p}*"),
+                Matcher::Any(k) => k.clone(),
+            });
+            let rule = raw
+                .rate_limit
+                .as_ref()
+                .map(|r| self.rule(r, raw, path, &labels))
+                .transpose()?;
+            let mut node = Node {
+                rule,
+                children: Level::default(),
+            };
+            if let Some(children) = &raw.descriptors {
+                self.level(&mut node.children, children, path, &labels)?;
+            }
+            if !level.insert(matcher.clone(), node) {
+                return Err(self.duplicate(raws, i, &matcher, path));
+            }
+            path.pop();
+        }
+        path.pop();
+        Ok(())
+    }
+
+    fn duplicate(
+        &self,
+        raws: &[DescriptorRaw],
+        i: usize,
+        matcher: &Matcher,
+        path: &[Seg],
+    ) -> Issue {
+        let what = match matcher {
+            Matcher::Exact(k, _) | Matcher::Prefix(k, _) => {
+                format!("key {} with this value", quoted(k))
+            }
+            Matcher::Any(k) => format!("key {} without a value", quoted(k)),
+        };
+        let first = raws[..i].iter().position(|r| {
+            r.key.as_ref().is_some_and(|k| {
+                Matcher::new(&k.0, r.value.as_ref().map(|v| v.0.as_str())) == *matcher
+            })
+        });
+        let reason = format!("duplicate descriptor: {what} is already defined at this level");
+        match (first, self.earlier) {
+            (Some(j), _) => {
+                let mut first = path.to_vec();
+                if let Some(last) = first.last_mut() {
+                    *last = Seg::Index(j);
+                }
+                let mut issue = Issue::new(with(path, "key"), reason);
+                issue.first = Some(with(&first, "key"));
+                issue
+            }
+            (None, Some(files)) => Issue::new(with(path, "key"), format!("{reason} (in {files})")),
+            (None, None) => Issue::new(with(path, "key"), reason),
+        }
+    }
+
+    fn rule(
+        &mut self,
+        r: &RateLimitRaw,
+        raw: &DescriptorRaw,
+        path: &[Seg],
+        labels: &[String],
+    ) -> Result<Rule, Issue> {
+        let at = |field: &str| {
+            let mut p = with(path, "rate_limit");
+            p.push(Seg::key(field));
+            p
+        };
+        let name = r.name.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+        let mut replaces = Vec::new();
+        for (j, rep) in r.replaces.iter().flatten().enumerate() {
+            let mut p = at("replaces");
+            p.push(Seg::Index(j));
+            p.push(Seg::key("name"));
+            match rep.name.as_ref().map(|n| n.0.as_str()) {
+                None | Some("") => return Err(Issue::new(p, "must not be empty")),
+                Some(n) if n == name => {
+                    return Err(Issue::new(
+                        p,
+                        format!("a limit cannot replace itself ({})", quoted(n)),
+                    ));
+                }
+                Some(n) => replaces.push(n.to_owned()),
+            }
+        }
+        // An empty unit is no unit, as in envoyproxy/ratelimit.
+        let unit = r
+            .unit
+            .as_ref()
+            .map(|u| u.0.as_str())
+            .filter(|u| !u.is_empty());
+        let action = if r.unlimited.unwrap_or(false) {
+            if unit.is_some() {
+                return Err(Issue::new(
+                    at("unit"),
+                    "must not be set when unlimited is true",
+                ));
+            }
+            if r.burst.is_some() {
+                return Err(Issue::new(
+                    at("burst"),
+                    "must not be set when unlimited is true",
+                ));
+            }
+            Action::Unlimited
+        } else {
+            let unit = match unit {
+                Some(u) => Unit::parse(u).ok_or_else(|| {
+                    Issue::new(
+                        at("unit"),
+                        format!(
+                            "invalid unit {} (expected second, minute, hour, day, week, month or year)",
+                            quoted(u)
+                        ),
+                    )
+                })?,
+                None => {
+                    return Err(Issue::new(
+                        with(path, "rate_limit"),
+                        "missing field 'unit' (or set unlimited: true)",
+                    ));
+                }
+            };
+            let burst = match (r.burst, self.algorithm) {
+                (Some(_), Algorithm::FixedWindow) => {
+                    return Err(Issue::new(
+                        at("burst"),
+                        "applies only with algorithm: token_bucket (fixed windows have no burst)",
+                    ));
+                }
+                (b, _) => b.map(|b| b.0),
+            };
+            let rpu = r.requests_per_unit.map_or(0, |n| n.0);
+            let label = if name.is_empty() {
+                labels.join("/")
+            } else {
+                name.clone()
+            };
+            let limit = RlsLimit::new(rpu, unit, self.algorithm, burst, label)
+                .map_err(|e| Issue::new(at("requests_per_unit"), e.to_string()))?;
+            Action::Limit(limit)
+        };
+        Ok(Rule {
+            name,
+            replaces,
+            shadow: raw.shadow_mode.unwrap_or(false),
+            detailed_metric: raw.detailed_metric.unwrap_or(false),
+            action,
+        })
+    }
+}
+
+fn with(path: &[Seg], field: &str) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::key(field));
+    p
+}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an envoyproxy/ratelimit limits file (a mapping with domain and descriptors)"
+)]
+struct FileRaw {
+    domain: Option<Text>,
+    descriptors: Option<Vec<DescriptorRaw>>,
+    algorithm: Option<AlgorithmRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a descriptor (a mapping with key)")]
+struct DescriptorRaw {
+    key: Option<Text>,
+    value: Option<Text>,
+    rate_limit: Option<RateLimitRaw>,
+    descriptors: Option<Vec<DescriptorRaw>>,
+    shadow_mode: Option<bool>,
+    detailed_metric: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a rate_limit (a mapping)")]
+struct RateLimitRaw {
+    unit: Option<Text>,
+    requests_per_unit: Option<RequestsPerUnit>,
+    unlimited: Option<bool>,
+    name: Option<Text>,
+    replaces: Option<Vec<ReplacesRaw>>,
+    burst: Option<Positive>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a replaces entry (a mapping with name)"
+)]
+struct ReplacesRaw {
+    name: Option<Text>,
+}
+
+/// A scalar read as text, as envoyproxy/ratelimit's YAML library does for
+/// string fields: `value: 8080` is the string `8080`.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text, E> {
+                Ok(Text(String::new()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `requests_per_unit`: a whole number from 0 to 4294967295.
+#[derive(Clone, Copy)]
+struct RequestsPerUnit(u32);
+
+impl<'de> Deserialize<'de> for RequestsPerUnit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "expected a whole number from 0 to 4294967295";
+        impl Visitor<'_> for V {
+            type Value = RequestsPerUnit;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number from 0 to 4294967295")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RequestsPerUnit, E> {
+                u32::try_from(v)
+                    .map(RequestsPerUnit)
+                    .map_err(|_| E::custom(format!("{EXPECTED} (got {v})")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RequestsPerUnit, E> {
+                u32::try_from(v)
+                    .map(RequestsPerUnit)
+                    .map_err(|_| E::custom(format!("{EXPECTED} (got {v})")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RequestsPerUnit, E> {
+                Err(E::custom(format!("{EXPECTED} (got {v})")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RequestsPerUnit, E> {
+                Err(E::custom(format!("{EXPECTED} (got {})", quoted(v))))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RequestsPerUnit, E> {
+                Err(E::custom(format!("{EXPECTED} (got {v})")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The file-level `algorithm`.
+struct AlgorithmRaw(Algorithm);
+
+impl<'de> Deserialize<'de> for AlgorithmRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Algorithm::parse(s.trim()).map(AlgorithmRaw).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown algorithm {} (expected fixed_window or token_bucket)",
+                quoted(&s)
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
