@@ -88,7 +88,7 @@ impl App {
             Some(secret) => KeyHasher::with_secret(secret),
             None => KeyHasher::random(),
         };
-        let table = config.limits.table(&hasher)?;
+        let table = config.limits.table(&hasher)?.with_rls(config.rls.clone());
         let limits = StoreLimits {
             max_cells: config.store.max_tracked_keys,
         };
@@ -149,12 +149,14 @@ impl App {
         let native = NativeService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
+            config.response_headers,
             grpc_stop.clone(),
         );
         let rls = EnvoyRlsService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
             config.envoy.clone(),
+            config.response_headers,
         );
         let grpc_server = Server::builder()
             .add_service(HealthServer::new(health))

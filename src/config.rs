@@ -1,6 +1,8 @@
 //! The daemon's config file: one YAML document holding the limits
 //! (`default_plan`, `plans`, `keys`, see [`crate::limits::file`]) and the
-//! `server`, `requests`, `store` and `envoy` sections, all optional.
+//! `server`, `requests`, `store` and `envoy` sections, `rls_files` (the
+//! envoyproxy/ratelimit limits files, read by [`crate::limits::rls_file`])
+//! and `response_headers`, all optional.
 //!
 //! This module owns reading the file, the section settings and their
 //! defaults, the embedded demo config ([`EMBEDDED_DEFAULT`]) and the error
@@ -26,9 +28,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::api::headers::HeaderStyle;
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::limits::file::{self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, quoted};
+use crate::limits::rls::{Algorithm, RlsDomains};
+use crate::limits::rls_file::{self, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
 
@@ -76,6 +81,7 @@ requests:                      # caps on what a caller may send
   max_batch: 1000              # checks in one CheckBatch
   max_descriptors: 64          # descriptors in one Envoy RLS request
   max_entries: 32              # entries in one RLS descriptor
+  max_entry_bytes: 4096        # longest RLS descriptor entry key or value
 
 store:
   max_tracked_keys: 1000000    # hard cap on tracked buckets
@@ -85,8 +91,20 @@ store:
   #   that should agree on key hashes share it. Random per process when absent.
 
 envoy:
-  domains: [quotad]            # RLS domains this config answers; other domains get OK
-  key_entry: api_key           # the descriptor entry whose value is the API key
+  domains: [quotad]            # RLS domains answered by the plans above; other domains get OK
+  key_entry: api_key           # in those domains, the descriptor entry whose value is the API key
+  # algorithm: fixed_window    # how rls_files limits count: fixed_window (as envoyproxy/ratelimit) or token_bucket
+  # merge_domains: false       # let several rls_files define one domain
+  # shadow: false              # global shadow mode: count and report, but always answer OK
+
+# envoyproxy/ratelimit limits files (one domain each) or directories of
+# them, relative to this file; `quotad serve --limits FILE` adds more.
+# rls_files: [limits/]
+
+# Rate-limit headers in every answer: off, draft03 (RateLimit-Limit,
+# -Remaining, -Reset), draft11 (RateLimit-Policy, RateLimit) or both;
+# Retry-After is added to over-limit answers unless off.
+response_headers: both
 "#;
 
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
@@ -110,6 +128,12 @@ pub struct Config {
     pub envoy: EnvoySettings,
     /// Plans, limits, default plan and static keys.
     pub limits: LimitsSpec,
+    /// envoyproxy/ratelimit files and directories, as resolved paths.
+    pub rls_files: Vec<PathBuf>,
+    /// The domains read from `rls_files`.
+    pub rls: RlsDomains,
+    /// Which rate-limit headers answers carry.
+    pub response_headers: HeaderStyle,
 }
 
 /// The `server` section.
@@ -151,6 +175,9 @@ pub struct RequestCaps {
     pub max_descriptors: usize,
     /// Entries in one RLS descriptor.
     pub max_entries: usize,
+    /// Longest RLS descriptor entry key or value, in bytes (the API key
+    /// entry is held to `max_key_bytes`).
+    pub max_entry_bytes: usize,
 }
 
 impl Default for RequestCaps {
@@ -161,6 +188,7 @@ impl Default for RequestCaps {
             max_batch: 1000,
             max_descriptors: 64,
             max_entries: 32,
+            max_entry_bytes: 4096,
         }
     }
 }
@@ -214,6 +242,13 @@ pub struct EnvoySettings {
     pub domains: Vec<String>,
     /// The descriptor entry whose value is the API key.
     pub key_entry: String,
+    /// How limits from `rls_files` count unless a file says otherwise.
+    pub algorithm: Algorithm,
+    /// Whether several `rls_files` may define one domain.
+    pub merge_domains: bool,
+    /// Global shadow mode: every RLS answer is OK; descriptors still
+    /// report OVER_LIMIT.
+    pub shadow: bool,
 }
 
 impl Default for EnvoySettings {
@@ -221,6 +256,9 @@ impl Default for EnvoySettings {
         Self {
             domains: vec!["quotad".to_owned()],
             key_entry: "api_key".to_owned(),
+            algorithm: Algorithm::FixedWindow,
+            merge_domains: false,
+            shadow: false,
         }
     }
 }
@@ -307,23 +345,52 @@ impl Config {
         Ok(())
     }
 
-    /// Reads and validates the config file at `path`; messages name the file.
+    /// Reads and validates the config file at `path` and the `rls_files`
+    /// it names (relative to its directory); messages name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
-        let mut config = Self::from_yaml(&text, &origin)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut config = Self::from_text(&text, &origin, base)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
     /// Parses and validates config text; `origin` names it in messages.
-    /// The result's `source` is `None`.
+    /// `rls_files` are read relative to the working directory. The
+    /// result's `source` is `None`.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_text(text, origin, Path::new(""))
+    }
+
+    fn from_text(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: ConfigRaw = parse(text, origin)?;
-        raw.build().map_err(|issue| locate(text, origin, issue))
+        let mut config = raw
+            .build(base)
+            .map_err(|issue| locate(text, origin, issue))?;
+        config.load_rls()?;
+        Ok(config)
+    }
+
+    /// Adds envoyproxy/ratelimit files (`quotad serve --limits`) and reads
+    /// every `rls_files` entry again.
+    pub fn add_rls_files(&mut self, paths: &[PathBuf]) -> Result<(), ConfigError> {
+        self.rls_files.extend_from_slice(paths);
+        self.load_rls()
+    }
+
+    /// Reads `rls_files` into `rls`. A domain the plans already answer
+    /// (`envoy.domains`) cannot also come from a file.
+    fn load_rls(&mut self) -> Result<(), ConfigError> {
+        let opts = RlsOptions {
+            algorithm: self.envoy.algorithm,
+            merge_domains: self.envoy.merge_domains,
+        };
+        self.rls = rls_file::load(&self.rls_files, opts, &self.envoy.domains)?;
+        Ok(())
     }
 
     /// The embedded demo config ([`EMBEDDED_DEFAULT`]).
@@ -369,12 +436,13 @@ impl Config {
         ));
         let r = &self.requests;
         lines.push(format!(
-            "requests: max key {} bytes, max cost {}, max batch {}, max descriptors {}, max entries {}",
+            "requests: max key {} bytes, max cost {}, max batch {}, max descriptors {}, max entries {}, max entry {} bytes",
             r.max_key_bytes,
             r.max_cost,
             r.max_batch,
             r.max_descriptors,
-            r.max_entries
+            r.max_entries,
+            r.max_entry_bytes
         ));
         let st = &self.store;
         lines.push(format!(
@@ -387,10 +455,27 @@ impl Config {
                 "random per process"
             }
         ));
+        let e = &self.envoy;
         lines.push(format!(
-            "envoy: domains {}, key entry {}",
-            self.envoy.domains.join(", "),
-            self.envoy.key_entry
+            "envoy: plan domains {}, key entry {}, algorithm {}, merge domains {}, shadow {}",
+            e.domains.join(", "),
+            e.key_entry,
+            e.algorithm.as_str(),
+            if e.merge_domains { "on" } else { "off" },
+            if e.shadow { "on" } else { "off" },
+        ));
+        for d in self.rls.sorted() {
+            lines.push(format!(
+                "  rls domain {}: {} rules, {}, from {}",
+                d.name,
+                d.root.rules(),
+                d.algorithm.as_str(),
+                d.files.join(", ")
+            ));
+        }
+        lines.push(format!(
+            "response headers: {}",
+            self.response_headers.as_str()
         ));
         lines.join("\n")
     }
@@ -444,6 +529,9 @@ fn demo_config() -> Config {
         requests: RequestCaps::default(),
         store: StoreSettings::default(),
         envoy: EnvoySettings::default(),
+        rls_files: Vec::new(),
+        rls: RlsDomains::default(),
+        response_headers: HeaderStyle::Both,
         limits: LimitsSpec {
             default_plan: "free".to_owned(),
             plans,
@@ -468,6 +556,8 @@ struct ConfigRaw {
     requests: Option<RequestsRaw>,
     store: Option<StoreRaw>,
     envoy: Option<EnvoyRaw>,
+    rls_files: Option<Vec<NonEmpty>>,
+    response_headers: Option<StyleRaw>,
 }
 
 #[derive(Deserialize)]
@@ -487,6 +577,7 @@ struct RequestsRaw {
     max_batch: Option<Positive>,
     max_descriptors: Option<Positive>,
     max_entries: Option<Positive>,
+    max_entry_bytes: Option<Positive>,
 }
 
 #[derive(Deserialize)]
@@ -502,10 +593,13 @@ struct StoreRaw {
 struct EnvoyRaw {
     domains: Option<Domains>,
     key_entry: Option<NonEmpty>,
+    algorithm: Option<AlgorithmRaw>,
+    merge_domains: Option<bool>,
+    shadow: Option<bool>,
 }
 
 impl ConfigRaw {
-    fn build(self) -> Result<Config, Issue> {
+    fn build(self, base: &Path) -> Result<Config, Issue> {
         let mut server = ServerSettings::default();
         if let Some(s) = self.server {
             if let Some(a) = s.grpc_addr {
@@ -552,6 +646,11 @@ impl ConfigRaw {
                     requests.max_descriptors,
                 )?,
                 max_entries: size(r.max_entries, "max_entries", requests.max_entries)?,
+                max_entry_bytes: size(
+                    r.max_entry_bytes,
+                    "max_entry_bytes",
+                    requests.max_entry_bytes,
+                )?,
             };
         }
 
@@ -579,7 +678,21 @@ impl ConfigRaw {
             if let Some(k) = e.key_entry {
                 envoy.key_entry = k.0;
             }
+            if let Some(a) = e.algorithm {
+                envoy.algorithm = a.0;
+            }
+            envoy.merge_domains = e.merge_domains.unwrap_or(false);
+            envoy.shadow = e.shadow.unwrap_or(false);
         }
+        let rls_files = self
+            .rls_files
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| base.join(p.0))
+            .collect();
+        let response_headers = self
+            .response_headers
+            .map_or(HeaderStyle::default(), |s| s.0);
 
         // Limits last: a section's own mistake is reported before a missing
         // plan, so each error points at what the author was editing.
@@ -610,6 +723,9 @@ impl ConfigRaw {
             store,
             envoy,
             limits,
+            rls_files,
+            rls: RlsDomains::default(),
+            response_headers,
         })
     }
 }
@@ -777,6 +893,55 @@ impl<'de> Deserialize<'de> for NonEmpty {
     }
 }
 
+/// `envoy.algorithm`.
+struct AlgorithmRaw(Algorithm);
+
+impl<'de> Deserialize<'de> for AlgorithmRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Algorithm::parse(s.trim()).map(AlgorithmRaw).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown algorithm {} (expected fixed_window or token_bucket)",
+                quoted(&s)
+            ))
+        })
+    }
+}
+
+/// `response_headers`: off, draft03, draft11 or both.
+struct StyleRaw(HeaderStyle);
+
+impl<'de> Deserialize<'de> for StyleRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StyleRaw;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("off, draft03, draft11 or both")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StyleRaw, E> {
+                HeaderStyle::parse(v.trim()).map(StyleRaw).ok_or_else(|| {
+                    E::custom(format!(
+                        "unknown header style {} (expected off, draft03, draft11 or both)",
+                        quoted(v)
+                    ))
+                })
+            }
+            // YAML 1.1 reads a bare `off` as false.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<StyleRaw, E> {
+                if v {
+                    Err(E::custom(
+                        "expected off, draft03, draft11 or both (got true)",
+                    ))
+                } else {
+                    Ok(StyleRaw(HeaderStyle::Off))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `envoy.domains`: a non-empty list of non-empty strings.
 struct Domains(Vec<String>);
 
@@ -865,6 +1030,7 @@ envoy:
                 max_batch: 10,
                 max_descriptors: 8,
                 max_entries: 4,
+                max_entry_bytes: 4096,
             }
         );
         assert_eq!(c.store.max_tracked_keys, 42);
@@ -910,9 +1076,10 @@ plans: 2 (default: free)
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
 server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none
-requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32
+requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
-envoy: domains quotad, key entry api_key";
+envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off
+response headers: both";
         assert_eq!(s, want);
         assert!(!s.contains("demo-gold-key"));
     }
@@ -1021,7 +1188,7 @@ envoy: domains quotad, key entry api_key";
             ),
             (
                 "limits:\n  free: {}\n",
-                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, envoy)",
+                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, envoy, rls_files, response_headers)",
             ),
             (
                 "servers:\n  grpc_addr: 127.0.0.1:1\n",
@@ -1029,7 +1196,7 @@ envoy: domains quotad, key entry api_key";
             ),
             (
                 "metrics:\n  port: 1\n",
-                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, envoy)",
+                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, envoy, rls_files, response_headers)",
             ),
             (
                 "server:\n  grpc_addr: 127.0.0.1:1\n  grpc_addr: 127.0.0.1:2\n",

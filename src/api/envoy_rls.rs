@@ -1,29 +1,47 @@
 //! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: Envoy's
 //! Rate Limit Service API in front of the same engine.
 //!
-//! Mapping (this version): each request descriptor is one check. The API
-//! key is the value of the descriptor entry named by `envoy.key_entry`
-//! (default `api_key`), and that key's plan decides. A descriptor whose
-//! only entry is the API key shares its buckets with the native API's
-//! checks of that key; a descriptor with more entries (say `api_key` and
-//! `path`) gets its own buckets under the same plan, one set per distinct
-//! combination, as each descriptor is its own counter in Envoy's model.
-//! A descriptor without the key entry has no limit and is OK.
-//! Requests for a domain not listed in `envoy.domains` are answered OK
-//! (Envoy's convention for unknown domains) without validating their
-//! descriptors: our caps are not another service's.
+//! A request's domain decides how its descriptors are limited:
+//!
+//! - **Domains from envoyproxy/ratelimit files** (`rls_files`, `--limits`)
+//!   behave as envoyproxy/ratelimit does: each descriptor is matched
+//!   against the domain's descriptor tree ([`crate::limits::rls`]); the
+//!   matched rule's limit counts per distinct descriptor (domain and every
+//!   entry, as envoyproxy's cache key), in fixed windows by default.
+//!   `unlimited` rules answer OK with `limit_remaining` 4294967295; a
+//!   matched rule named in another matched rule's `replaces` is dropped
+//!   and its counter untouched; `shadow_mode` rules count and report but
+//!   answer OK.
+//! - **Plan domains** (`envoy.domains`): the value of the entry named by
+//!   `envoy.key_entry` (default `api_key`) is an API key and its plan
+//!   decides. A descriptor whose only entry is the key shares its buckets
+//!   with the native API's checks of that key; one with more entries gets
+//!   its own buckets under the same plan. A descriptor without the key
+//!   entry has no limit.
+//! - **Other domains** are answered OK without validating their
+//!   descriptors (Envoy's convention; our caps are not another service's).
+//!
+//! In both kinds of domain, a descriptor's `limit` override
+//! (`RateLimitOverride`) replaces whatever the config says for it, as a
+//! limit on the descriptor's own counter, never in shadow mode.
 //!
 //! The cost is the descriptor's own `hits_addend` when set (0 checks
 //! without consuming), else the request's `hits_addend` (0 means 1).
 //! `is_negative_hits` gives the units back instead of spending them.
-//! `overall_code` is OVER_LIMIT if any descriptor is. Descriptors are
-//! independent, as in envoyproxy/ratelimit: an allowed descriptor is
-//! charged even when another one in the same request is over limit.
+//! Descriptors are independent, as in envoyproxy/ratelimit: an allowed
+//! descriptor is charged even when another one is over limit.
+//! `overall_code` is OVER_LIMIT if any descriptor is, unless global shadow
+//! mode (`envoy.shadow`, `--shadow`) turns it to OK; descriptor statuses
+//! still say OVER_LIMIT then. `response_headers_to_add` carries the
+//! configured RateLimit headers ([`super::headers`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as PbUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
@@ -33,11 +51,13 @@ use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
 use super::error::RequestError;
+use super::headers::{self, HeaderStyle, Standing};
 use super::{duration_parts, validate};
 use crate::config::{EnvoySettings, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
-use crate::core::{self, Decision, KeyHasher, Limiter, Nanos, Snapshot};
+use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Verdict};
+use crate::limits::rls::{Action, Algorithm, Domain, RlsLimit, Rule, Unit};
 use crate::limits::{Limit, LimitKind};
 
 /// The Envoy RLS v3 service.
@@ -46,64 +66,66 @@ pub struct EnvoyRlsService {
     limiter: Arc<Limiter>,
     caps: RequestCaps,
     envoy: Arc<EnvoySettings>,
+    headers: HeaderStyle,
 }
 
 impl EnvoyRlsService {
-    /// A service deciding with `limiter` under the given settings.
-    pub fn new(limiter: Arc<Limiter>, caps: RequestCaps, envoy: EnvoySettings) -> Self {
+    /// A service deciding with `limiter` under the given settings,
+    /// answering with `headers`.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        caps: RequestCaps,
+        envoy: EnvoySettings,
+        headers: HeaderStyle,
+    ) -> Self {
         Self {
             limiter,
             caps,
             envoy: Arc::new(envoy),
+            headers,
         }
     }
 }
 
-/// One descriptor, validated: the API key (if any), the cost, and whether
-/// the units are given back.
-struct Check<'a> {
-    key: Option<&'a str>,
-    /// Hash of the descriptor's other entries (0 when the API key is the
-    /// only entry): files the descriptor's cells apart from the key's own.
-    scope: u64,
+/// One request descriptor, validated.
+struct Desc<'a> {
+    entries: &'a [Entry],
     cost: u64,
     refund: bool,
+    /// The request's `limit` override.
+    limit: Option<(u32, Unit)>,
+    /// In a plan domain, the API key entry's value.
+    api_key: Option<&'a str>,
 }
 
-fn parse<'a>(
+impl Desc<'_> {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+    }
+}
+
+/// How the request's domain is limited.
+enum Mode<'t> {
+    /// A domain from envoyproxy/ratelimit files.
+    Rules(&'t Domain),
+    /// A plan domain (`envoy.domains`).
+    Plans,
+}
+
+/// Checks the request's shape; `None` when its domain is not ours.
+fn validate_request<'a>(
     req: &'a RateLimitRequest,
     caps: &RequestCaps,
-    key_entry: &str,
-    hasher: &KeyHasher,
-    domains: &[String],
-) -> Result<Option<Vec<Check<'a>>>, RequestError> {
-    if req.domain.is_empty() {
-        return Err(RequestError::Empty {
-            field: "domain".into(),
-        });
-    }
-    if req.descriptors.is_empty() {
-        return Err(RequestError::Empty {
-            field: "descriptors".into(),
-        });
-    }
-    validate::count(
-        || "descriptors".into(),
-        req.descriptors.len(),
-        caps.max_descriptors,
-    )?;
-    if !domains.contains(&req.domain) {
-        // Not ours: answered OK without looking further, so another
-        // service's traffic is never refused by our caps.
-        return Ok(None);
-    }
+    key_entry: Option<&str>,
+) -> Result<Vec<Desc<'a>>, RequestError> {
     let request_cost = u64::from(req.hits_addend.max(1));
     req.descriptors
         .iter()
         .enumerate()
-        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry, hasher))
-        .collect::<Result<_, _>>()
-        .map(Some)
+        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry))
+        .collect()
 }
 
 fn descriptor<'a>(
@@ -111,9 +133,8 @@ fn descriptor<'a>(
     d: &'a RateLimitDescriptor,
     request_cost: u64,
     caps: &RequestCaps,
-    key_entry: &str,
-    hasher: &KeyHasher,
-) -> Result<Check<'a>, RequestError> {
+    key_entry: Option<&str>,
+) -> Result<Desc<'a>, RequestError> {
     validate::count(
         || format!("descriptors[{i}].entries"),
         d.entries.len(),
@@ -124,45 +145,149 @@ fn descriptor<'a>(
             field: format!("descriptors[{i}].entries"),
         });
     }
-    let mut key = None;
+    let mut api_key = None;
     for (j, e) in d.entries.iter().enumerate() {
+        let at = |f: &str| format!("descriptors[{i}].entries[{j}].{f}");
         if e.key.is_empty() {
-            return Err(RequestError::Empty {
-                field: format!("descriptors[{i}].entries[{j}].key"),
-            });
+            return Err(RequestError::Empty { field: at("key") });
         }
-        if e.key == key_entry {
-            if key.is_some() {
+        if Some(e.key.as_str()) == key_entry {
+            if api_key.is_some() {
                 return Err(RequestError::Unsupported {
-                    field: format!("descriptors[{i}].entries[{j}].key"),
+                    field: at("key"),
                     why: "the API key entry appears more than once",
                 });
             }
-            validate::key(
-                || format!("descriptors[{i}].entries[{j}].value"),
-                &e.value,
-                caps,
-            )?;
-            key = Some(e.value.as_str());
+            validate::key(|| at("value"), &e.value, caps)?;
+            api_key = Some(e.value.as_str());
+            continue;
+        }
+        for (f, v) in [("key", &e.key), ("value", &e.value)] {
+            if v.len() > caps.max_entry_bytes {
+                return Err(RequestError::TooLong {
+                    field: at(f),
+                    len: v.len(),
+                    max: caps.max_entry_bytes,
+                });
+            }
         }
     }
     let cost = d.hits_addend.as_ref().map_or(request_cost, |h| h.value);
     validate::cost(|| format!("descriptors[{i}].hits_addend"), cost, caps)?;
-    let scope = match key {
-        Some(_) => hasher.entries_hash(
-            d.entries
-                .iter()
-                .filter(|e| e.key != key_entry)
-                .map(|e| (e.key.as_str(), e.value.as_str())),
-        ),
-        None => 0,
-    };
-    Ok(Check {
-        key,
-        scope,
+    let limit = d
+        .limit
+        .map(|o| {
+            let unit = Unit::from_number(o.unit).ok_or_else(|| RequestError::Invalid {
+                field: format!("descriptors[{i}].limit.unit"),
+                why: format!(
+                    "unknown unit {} (expected SECOND, MINUTE, HOUR, DAY, MONTH, YEAR or WEEK)",
+                    o.unit
+                ),
+            })?;
+            Ok((o.requests_per_unit, unit))
+        })
+        .transpose()?;
+    Ok(Desc {
+        entries: &d.entries,
         cost,
         refund: d.is_negative_hits,
+        limit,
+        api_key,
     })
+}
+
+/// What a descriptor resolved to before anything is counted.
+enum Resolved<'t> {
+    /// No limit applies (no match, or replaced): OK.
+    Nothing,
+    /// An `unlimited` rule.
+    Unlimited(&'t Rule),
+    /// A counted limit: from a rule, or a request override (no rule).
+    Limit(Cow<'t, RlsLimit>, Option<&'t Rule>),
+    /// A plan domain's API key: its plan decides.
+    Plan(&'t str),
+}
+
+impl<'t> Resolved<'t> {
+    fn rule(&self) -> Option<&'t Rule> {
+        match self {
+            Resolved::Unlimited(r) => Some(r),
+            Resolved::Limit(_, r) => *r,
+            _ => None,
+        }
+    }
+}
+
+/// The limit a request's `limit` override asks for, counting as the
+/// domain's limits do.
+fn override_limit(
+    i: usize,
+    (rpu, unit): (u32, Unit),
+    algorithm: Algorithm,
+) -> Result<RlsLimit, RequestError> {
+    RlsLimit::new(rpu, unit, algorithm, None, "override".to_owned()).map_err(|e| {
+        RequestError::Invalid {
+            field: format!("descriptors[{i}].limit.requests_per_unit"),
+            why: e.to_string(),
+        }
+    })
+}
+
+/// Resolves every descriptor, then drops the limits other matched rules
+/// replace.
+fn resolve<'t>(
+    mode: &Mode<'t>,
+    descs: &[Desc<'t>],
+    algorithm: Algorithm,
+) -> Result<Vec<Resolved<'t>>, RequestError> {
+    let mut out = descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if let Some(o) = d.limit {
+                let algorithm = match mode {
+                    Mode::Rules(domain) => domain.algorithm,
+                    Mode::Plans => algorithm,
+                };
+                return Ok(Resolved::Limit(
+                    Cow::Owned(override_limit(i, o, algorithm)?),
+                    None,
+                ));
+            }
+            Ok(match mode {
+                Mode::Plans => d.api_key.map_or(Resolved::Nothing, Resolved::Plan),
+                Mode::Rules(domain) => match domain.root.lookup(d.pairs()) {
+                    None => Resolved::Nothing,
+                    Some(rule) => match &rule.action {
+                        Action::Unlimited => Resolved::Unlimited(rule),
+                        Action::Limit(l) => Resolved::Limit(Cow::Borrowed(l), Some(rule)),
+                    },
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, RequestError>>()?;
+    let replaced: Vec<&str> = out
+        .iter()
+        .filter_map(Resolved::rule)
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect();
+    if !replaced.is_empty() {
+        for r in &mut out {
+            if let Resolved::Limit(_, Some(rule)) = r
+                && !rule.name.is_empty()
+                && replaced.contains(&rule.name.as_str())
+            {
+                *r = Resolved::Nothing;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One descriptor's answer and where it leaves the caller.
+struct Outcome<'a> {
+    status: DescriptorStatus,
+    standing: Option<Standing<'a>>,
 }
 
 fn envoy_duration(ns: Nanos) -> Duration {
@@ -170,54 +295,171 @@ fn envoy_duration(ns: Nanos) -> Duration {
     Duration { seconds, nanos }
 }
 
-/// The limit as Envoy's `RateLimit`: requests per unit.
+/// Whole seconds, rounded up: what envoyproxy/ratelimit reports for a
+/// fixed window (`divider − now % divider`).
+fn whole_seconds(ns: Nanos) -> Duration {
+    Duration {
+        seconds: i64::try_from(ns.div_ceil(NANOS_PER_SEC)).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// The answer for a counted descriptor limit.
+fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outcome<'a> {
+    let reset = match rl.limit.kind {
+        LimitKind::Window(_) => whole_seconds(v.reset_after),
+        _ => envoy_duration(v.reset_after),
+    };
+    Outcome {
+        status: DescriptorStatus {
+            code: if v.allowed || shadow {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            } as i32,
+            current_limit: Some(RateLimit {
+                name: name.to_owned(),
+                requests_per_unit: rl.requests_per_unit,
+                unit: rl.unit as i32,
+            }),
+            limit_remaining: clamp_u32(v.remaining),
+            duration_until_reset: Some(reset),
+            quota: None,
+        },
+        standing: Some(Standing {
+            name: &rl.limit.name,
+            limit: rl.limit.capacity(),
+            remaining: v.remaining,
+            reset: v.reset_after,
+            window: rl.limit.window_seconds(),
+            over: !v.allowed && !shadow,
+            retry_after: v.retry_after,
+        }),
+    }
+}
+
+/// The answer for a plan's decision.
+fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
+    let limit = snap.limit(d);
+    Outcome {
+        status: DescriptorStatus {
+            code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
+            current_limit: limit.map(current_limit),
+            limit_remaining: clamp_u32(d.remaining),
+            duration_until_reset: limit.map(|_| envoy_duration(d.reset_after)),
+            quota: None,
+        },
+        standing: limit.map(|l| Standing {
+            name: &l.policy,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset: d.reset_after,
+            window: l.window_seconds(),
+            over: !d.allowed,
+            retry_after: d.retry_after,
+        }),
+    }
+}
+
+/// A plan limit as Envoy's `RateLimit`: requests per unit.
 fn current_limit(limit: &Limit) -> RateLimit {
     let (per_unit, unit) = match &limit.kind {
         LimitKind::Rate(r) => (r.rate(), unit_of(r.period())),
+        LimitKind::Window(w) => (w.limit, unit_of(w.period)),
         LimitKind::Quota(q) => (
             q.quota.get(),
             match q.window {
-                Window::Second => Unit::Second,
-                Window::Minute => Unit::Minute,
-                Window::Hour => Unit::Hour,
-                Window::Day => Unit::Day,
-                Window::Week => Unit::Week,
-                Window::Month => Unit::Month,
+                Window::Second => PbUnit::Second,
+                Window::Minute => PbUnit::Minute,
+                Window::Hour => PbUnit::Hour,
+                Window::Day => PbUnit::Day,
+                Window::Week => PbUnit::Week,
+                Window::Month => PbUnit::Month,
             },
         ),
     };
     RateLimit {
         name: limit.policy.clone(),
-        requests_per_unit: u32::try_from(per_unit).unwrap_or(u32::MAX),
+        requests_per_unit: clamp_u32(per_unit),
         unit: unit as i32,
     }
 }
 
-fn unit_of(period: Nanos) -> Unit {
-    match period / NANOS_PER_SEC {
-        1 => Unit::Second,
-        60 => Unit::Minute,
-        3_600 => Unit::Hour,
-        86_400 => Unit::Day,
-        _ => Unit::Unknown,
-    }
-}
-
-fn status(snap: &Snapshot<'_>, d: &Decision) -> DescriptorStatus {
-    let limit = snap.limit(d);
-    DescriptorStatus {
-        code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
-        current_limit: limit.map(current_limit),
-        limit_remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
-        duration_until_reset: limit.map(|_| envoy_duration(d.reset_after)),
-        quota: None,
-    }
+fn unit_of(period: Nanos) -> PbUnit {
+    Unit::ALL
+        .into_iter()
+        .find(|u| u.nanos() == period)
+        .and_then(|u| PbUnit::try_from(u as i32).ok())
+        .unwrap_or(PbUnit::Unknown)
 }
 
 fn ok_status() -> DescriptorStatus {
     DescriptorStatus {
         code: Code::Ok as i32,
         ..Default::default()
+    }
+}
+
+fn unlimited_status() -> DescriptorStatus {
+    DescriptorStatus {
+        code: Code::Ok as i32,
+        limit_remaining: u32::MAX,
+        ..Default::default()
+    }
+}
+
+impl EnvoyRlsService {
+    /// Counts one resolved descriptor.
+    fn apply<'a>(
+        &self,
+        snap: &'a Snapshot<'_>,
+        domain: &str,
+        d: &Desc<'_>,
+        r: &'a Resolved<'_>,
+    ) -> Outcome<'a> {
+        match r {
+            Resolved::Nothing => Outcome {
+                status: ok_status(),
+                standing: None,
+            },
+            Resolved::Unlimited(_) => Outcome {
+                status: unlimited_status(),
+                standing: None,
+            },
+            Resolved::Limit(rl, rule) => {
+                let hasher = self.limiter.hasher();
+                let key = hasher.descriptor_hash(domain, d.pairs());
+                let v = if d.refund {
+                    self.limiter.refund_limit(&rl.limit, key, d.cost)
+                } else {
+                    self.limiter.check_limit(&rl.limit, key, d.cost)
+                };
+                let name = rule.map_or("", |r| r.name.as_str());
+                limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
+            }
+            Resolved::Plan(api_key) => {
+                let key_entry = self.envoy.key_entry.as_str();
+                let scope = self
+                    .limiter
+                    .hasher()
+                    .entries_hash(d.pairs().filter(|(k, _)| *k != key_entry));
+                let req = core::Request {
+                    key: api_key,
+                    cost: d.cost,
+                    scope,
+                };
+                let decision = if d.refund {
+                    snap.refund(&req)
+                } else {
+                    snap.check(&req)
+                };
+                planned(snap, &decision)
+            }
+        }
     }
 }
 
@@ -228,47 +470,67 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
-        let parsed = parse(
-            &req,
-            &self.caps,
-            &self.envoy.key_entry,
-            self.limiter.hasher(),
-            &self.envoy.domains,
+        if req.domain.is_empty() {
+            return Err(RequestError::Empty {
+                field: "domain".into(),
+            }
+            .into());
+        }
+        if req.descriptors.is_empty() {
+            return Err(RequestError::Empty {
+                field: "descriptors".into(),
+            }
+            .into());
+        }
+        validate::count(
+            || "descriptors".into(),
+            req.descriptors.len(),
+            self.caps.max_descriptors,
         )?;
-        let Some(checks) = parsed else {
+        let snap = self.limiter.snapshot();
+        let (mode, key_entry) = if self.envoy.domains.contains(&req.domain) {
+            (Mode::Plans, Some(self.envoy.key_entry.as_str()))
+        } else if let Some(domain) = snap.table().rls().get(&req.domain) {
+            (Mode::Rules(domain), None)
+        } else {
+            // Not ours: OK without looking further, so another service's
+            // traffic is never refused by our caps.
             return Ok(Response::new(RateLimitResponse {
                 overall_code: Code::Ok as i32,
                 statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
                 ..Default::default()
             }));
         };
-        let mut overall = Code::Ok;
-        let snap = self.limiter.snapshot();
-        let statuses = checks
+        let descs = validate_request(&req, &self.caps, key_entry)?;
+        let resolved = resolve(&mode, &descs, self.envoy.algorithm)?;
+        let outcomes: Vec<Outcome<'_>> = descs
             .iter()
-            .map(|c| {
-                let Some(key) = c.key else {
-                    return ok_status();
-                };
-                let r = core::Request {
-                    key,
-                    cost: c.cost,
-                    scope: c.scope,
-                };
-                let d = if c.refund {
-                    snap.refund(&r)
-                } else {
-                    snap.check(&r)
-                };
-                if !d.allowed {
-                    overall = Code::OverLimit;
-                }
-                status(&snap, &d)
-            })
+            .zip(&resolved)
+            .map(|(d, r)| self.apply(&snap, &req.domain, d, r))
             .collect();
+        let over = outcomes
+            .iter()
+            .any(|o| o.status.code == Code::OverLimit as i32);
+        let standings: Vec<Standing<'_>> = outcomes.iter().filter_map(|o| o.standing).collect();
+        // Global shadow mode answers OK, so there is nothing to wait for.
+        let overall = if over && !self.envoy.shadow {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        let response_headers_to_add =
+            headers::render(self.headers, &standings, overall == Code::OverLimit)
+                .into_iter()
+                .map(|h| HeaderValue {
+                    key: h.name.to_owned(),
+                    value: h.value,
+                    ..Default::default()
+                })
+                .collect();
         Ok(Response::new(RateLimitResponse {
             overall_code: overall as i32,
-            statuses,
+            statuses: outcomes.into_iter().map(|o| o.status).collect(),
+            response_headers_to_add,
             ..Default::default()
         }))
     }

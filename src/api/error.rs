@@ -51,6 +51,14 @@ pub enum RequestError {
         /// Why.
         why: &'static str,
     },
+    /// A value out of its range, with the reason.
+    #[error("{field}: {why}")]
+    Invalid {
+        /// The field path.
+        field: String,
+        /// Why.
+        why: String,
+    },
 }
 
 impl From<RequestError> for Status {

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod envoy_descriptors;
 pub mod envoy_rls;
 pub mod error;
+pub mod headers;
 pub mod native;
 pub mod validate;
 

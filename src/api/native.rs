@@ -9,8 +9,11 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::RequestError;
+use super::headers::{self, HeaderStyle, Standing};
 use super::pb::rate_limiter_server::RateLimiter;
-use super::pb::{CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason};
+use super::pb::{
+    CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason, Header,
+};
 use super::{duration, validate};
 use crate::config::RequestCaps;
 use crate::core::{self, Decision, Limiter, Snapshot};
@@ -21,16 +24,24 @@ use crate::shutdown::Shutdown;
 pub struct NativeService {
     limiter: Arc<Limiter>,
     caps: RequestCaps,
+    headers: HeaderStyle,
     shutdown: Shutdown,
 }
 
 impl NativeService {
-    /// A service deciding with `limiter`, refusing requests beyond `caps`.
-    /// Open streams end cleanly when `shutdown` fires.
-    pub fn new(limiter: Arc<Limiter>, caps: RequestCaps, shutdown: Shutdown) -> Self {
+    /// A service deciding with `limiter`, refusing requests beyond `caps`
+    /// and answering with `headers`. Open streams end cleanly when
+    /// `shutdown` fires.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        caps: RequestCaps,
+        headers: HeaderStyle,
+        shutdown: Shutdown,
+    ) -> Self {
         Self {
             limiter,
             caps,
+            headers,
             shutdown,
         }
     }
@@ -49,9 +60,9 @@ fn validate_check(
 }
 
 /// Decides one already validated check.
-fn decide(snap: &Snapshot<'_>, req: &CheckRequest) -> CheckResponse {
+fn decide(snap: &Snapshot<'_>, req: &CheckRequest, style: HeaderStyle) -> CheckResponse {
     let d = snap.check(&core::Request::new(&req.key, req.cost.max(1)));
-    response(snap, &d, req.id)
+    response(snap, &d, req.id, style)
 }
 
 /// The answer to an invalid check inside a stream: the stream goes on.
@@ -65,8 +76,24 @@ fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
 }
 
 /// A decision as the wire response.
-pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64) -> CheckResponse {
+pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) -> CheckResponse {
     let limit = snap.limit(d);
+    let standing = limit.map(|l| Standing {
+        name: &l.policy,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset: d.reset_after,
+        window: l.window_seconds(),
+        over: !d.allowed,
+        retry_after: d.retry_after,
+    });
+    let headers = headers::render(style, standing.as_slice(), !d.allowed)
+        .into_iter()
+        .map(|h| Header {
+            name: h.name.to_owned(),
+            value: h.value,
+        })
+        .collect();
     CheckResponse {
         allowed: d.allowed,
         limit: d.limit,
@@ -82,6 +109,7 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64) -> CheckResponse {
             core::DenyReason::CostExceedsCapacity => DenyReason::CostExceedsCapacity,
         } as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
+        headers,
     }
 }
 
@@ -90,6 +118,7 @@ struct StreamState {
     inbound: Streaming<CheckRequest>,
     limiter: Arc<Limiter>,
     caps: RequestCaps,
+    headers: HeaderStyle,
     shutdown: Shutdown,
     done: bool,
 }
@@ -104,7 +133,11 @@ impl RateLimiter for NativeService {
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         validate_check(&req, String::new, &self.caps)?;
-        Ok(Response::new(decide(&self.limiter.snapshot(), &req)))
+        Ok(Response::new(decide(
+            &self.limiter.snapshot(),
+            &req,
+            self.headers,
+        )))
     }
 
     async fn check_batch(
@@ -119,7 +152,11 @@ impl RateLimiter for NativeService {
             validate_check(c, || format!("checks[{i}]."), &self.caps)?;
         }
         let snap = self.limiter.snapshot();
-        let results = batch.checks.iter().map(|c| decide(&snap, c)).collect();
+        let results = batch
+            .checks
+            .iter()
+            .map(|c| decide(&snap, c, self.headers))
+            .collect();
         Ok(Response::new(CheckBatchResponse { results }))
     }
 
@@ -139,6 +176,7 @@ impl RateLimiter for NativeService {
             inbound: request.into_inner(),
             limiter: Arc::clone(&self.limiter),
             caps: self.caps.clone(),
+            headers: self.headers,
             shutdown: self.shutdown.clone(),
             done: false,
         };
@@ -159,7 +197,7 @@ impl RateLimiter for NativeService {
             };
             let answer = match next {
                 Ok(Some(req)) => match validate_check(&req, String::new, &st.caps) {
-                    Ok(()) => decide(&st.limiter.snapshot(), &req),
+                    Ok(()) => decide(&st.limiter.snapshot(), &req, st.headers),
                     Err(e) => refused(&req, &e),
                 },
                 Ok(None) => return None,

@@ -32,10 +32,14 @@ enum Command {
     /// Run the daemon. Without --config it serves the embedded demo config
     /// (in memory, plans `free` and `gold`).
     Serve(ServeArgs),
-    /// Validate a config file and print a summary; exit 64 if invalid.
+    /// Validate a config file (and envoyproxy/ratelimit limits files) and
+    /// print a summary; exit 64 if invalid.
     CheckConfig {
         /// The YAML config file.
         file: PathBuf,
+        /// An envoyproxy/ratelimit limits file or directory; repeatable.
+        #[arg(long = "limits", value_name = "FILE")]
+        limits: Vec<PathBuf>,
     },
 }
 
@@ -50,6 +54,14 @@ struct ServeArgs {
     /// HTTP (health) listen address; overrides server.http_addr.
     #[arg(long, env = "QUOTAD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// An envoyproxy/ratelimit limits file (one domain) or a directory of
+    /// them; repeatable; added to the config's rls_files.
+    #[arg(long = "limits", value_name = "FILE")]
+    limits: Vec<PathBuf>,
+    /// Global shadow mode: count and report every limit, but answer every
+    /// Envoy RLS request OK (sets envoy.shadow).
+    #[arg(long, env = "QUOTAD_SHADOW")]
+    shadow: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `quotad=debug`.
     #[arg(long, env = "QUOTAD_LOG", default_value = "info")]
     log: String,
@@ -70,7 +82,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file, limits } => match Config::load(&file).and_then(|mut c| {
+            if !limits.is_empty() {
+                c.add_rls_files(&limits)?;
+            }
+            Ok(c)
+        }) {
             Ok(config) => {
                 println!("{}: ok", file.display());
                 println!("{}", config.summary());
@@ -112,6 +129,12 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
+    }
+    if args.shadow {
+        config.envoy.shadow = true;
+    }
+    if !args.limits.is_empty() {
+        config.add_rls_files(&args.limits)?;
     }
     config.check_listeners().map_err(anyhow::Error::msg)?;
     tracing_subscriber::EnvFilter::try_new(&args.log)

@@ -1,0 +1,341 @@
+//! The response headers that tell an API's callers where they stand,
+//! computed once for both front doors (Envoy copies RLS
+//! `response_headers_to_add` onto the response; the native API returns
+//! the same list for other gateways to copy):
+//!
+//! - draft-03 of the IETF RateLimit fields, as envoyproxy/ratelimit sends
+//!   them: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`
+//!   (seconds), for one limit: the last one over its limit, else the one
+//!   with the fewest units left (the first of equals);
+//! - draft-11's structured fields, for every limit that applied:
+//!   `RateLimit-Policy: "name";q=100;w=60` and
+//!   `RateLimit: "name";r=42;t=17`;
+//! - `Retry-After` (seconds) when the answer is over limit and waiting can
+//!   help: the longest wait of the limits that are over.
+//!
+//! Seconds are rounded up, so a caller that waits as told is never early.
+
+use crate::core::Nanos;
+use crate::core::clock::NANOS_PER_SEC;
+
+/// Which headers to send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// None at all (envoyproxy/ratelimit's default).
+    Off,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` and `Retry-After`.
+    Draft03,
+    /// `RateLimit-Policy`, `RateLimit` and `Retry-After`.
+    Draft11,
+    /// Both sets (one `Retry-After`).
+    #[default]
+    Both,
+}
+
+impl HeaderStyle {
+    /// Every style, in the order messages list them.
+    pub const ALL: [HeaderStyle; 4] = [
+        HeaderStyle::Off,
+        HeaderStyle::Draft03,
+        HeaderStyle::Draft11,
+        HeaderStyle::Both,
+    ];
+
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Off => "off",
+            HeaderStyle::Draft03 => "draft03",
+            HeaderStyle::Draft11 => "draft11",
+            HeaderStyle::Both => "both",
+        }
+    }
+
+    /// A style by name.
+    pub fn parse(name: &str) -> Option<HeaderStyle> {
+        HeaderStyle::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    fn draft03(self) -> bool {
+        matches!(self, HeaderStyle::Draft03 | HeaderStyle::Both)
+    }
+
+    fn draft11(self) -> bool {
+        matches!(self, HeaderStyle::Draft11 | HeaderStyle::Both)
+    }
+}
+
+/// Where a caller stands against one limit that applied to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing<'a> {
+    /// The policy's name (draft-11 item name).
+    pub name: &'a str,
+    /// Its capacity (requests per unit, burst or quota).
+    pub limit: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// Time until it is back to full capacity.
+    pub reset: Nanos,
+    /// Its window in seconds (draft-11 `w`).
+    pub window: u64,
+    /// Whether this limit refused the request (shadow-mode refusals are
+    /// not: the request passes).
+    pub over: bool,
+    /// For a limit that is over: when the request would fit; `None` if
+    /// never.
+    pub retry_after: Option<Nanos>,
+}
+
+/// One header to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Field name.
+    pub name: &'static str,
+    /// Field value.
+    pub value: String,
+}
+
+/// The headers `style` asks for, given every limit that applied and
+/// whether the answer is over limit. Nothing when no limit applied.
+pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) -> Vec<Header> {
+    let mut out = Vec::new();
+    if style == HeaderStyle::Off || standings.is_empty() {
+        return out;
+    }
+    if style.draft03()
+        && let Some(s) = closest(standings)
+    {
+        out.push(header("RateLimit-Limit", s.limit.to_string()));
+        out.push(header("RateLimit-Remaining", s.remaining.to_string()));
+        out.push(header("RateLimit-Reset", seconds(s.reset).to_string()));
+    }
+    if style.draft11() {
+        let items = draft11_items(standings);
+        let policy = items
+            .iter()
+            .map(|s| format!("{};q={};w={}", sf_string(s.name), s.limit, s.window))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = items
+            .iter()
+            .map(|s| {
+                format!(
+                    "{};r={};t={}",
+                    sf_string(s.name),
+                    s.remaining,
+                    seconds(s.reset)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(header("RateLimit-Policy", policy));
+        out.push(header("RateLimit", state));
+    }
+    if over_limit && let Some(wait) = retry_after(standings) {
+        out.push(header("Retry-After", seconds(wait).max(1).to_string()));
+    }
+    out
+}
+
+fn header(name: &'static str, value: String) -> Header {
+    Header { name, value }
+}
+
+/// envoyproxy/ratelimit's pick for the draft-03 fields: the last limit
+/// that is over, else the first with the fewest units left.
+fn closest<'s, 'a>(standings: &'s [Standing<'a>]) -> Option<&'s Standing<'a>> {
+    let mut pick: Option<&Standing<'_>> = None;
+    for s in standings {
+        let better = match pick {
+            None => true,
+            Some(p) => s.over || (!p.over && s.remaining < p.remaining),
+        };
+        if better {
+            pick = Some(s);
+        }
+    }
+    pick
+}
+
+/// One item per policy name (the fewest units left wins a tie of names),
+/// in the order the limits applied.
+fn draft11_items<'s, 'a>(standings: &'s [Standing<'a>]) -> Vec<&'s Standing<'a>> {
+    let mut items: Vec<&Standing<'_>> = Vec::with_capacity(standings.len());
+    for s in standings {
+        match items.iter_mut().find(|i| i.name == s.name) {
+            Some(i) if s.remaining < i.remaining => *i = s,
+            Some(_) => {}
+            None => items.push(s),
+        }
+    }
+    items
+}
+
+/// The longest wait among the limits that are over; `None` if one of them
+/// can never pass (waiting does not help) or none is over.
+fn retry_after(standings: &[Standing<'_>]) -> Option<Nanos> {
+    let mut longest = None;
+    for s in standings.iter().filter(|s| s.over) {
+        let wait = s.retry_after?;
+        longest = Some(longest.map_or(wait, |l: Nanos| l.max(wait)));
+    }
+    longest
+}
+
+/// Whole seconds, rounded up.
+fn seconds(ns: Nanos) -> u64 {
+    ns.div_ceil(NANOS_PER_SEC)
+}
+
+/// An RFC 8941 sf-string: printable ASCII, `"` and `\` escaped; anything
+/// else becomes `?` so a name can never break the field.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Nanos = NANOS_PER_SEC;
+
+    fn st(name: &str, limit: u64, remaining: u64, reset: Nanos, over: bool) -> Standing<'_> {
+        Standing {
+            name,
+            limit,
+            remaining,
+            reset,
+            window: 60,
+            over,
+            retry_after: over.then_some(reset),
+        }
+    }
+
+    fn get(h: &[Header], name: &str) -> Option<String> {
+        h.iter().find(|x| x.name == name).map(|x| x.value.clone())
+    }
+
+    #[test]
+    fn draft03_picks_the_closest_limit() {
+        let s = [
+            st("a", 100, 40, 30 * S, false),
+            st("b", 10, 3, 1_500_000_000, false),
+            st("c", 10, 3, 5 * S, false),
+        ];
+        let h = render(HeaderStyle::Draft03, &s, false);
+        assert_eq!(
+            h,
+            vec![
+                header("RateLimit-Limit", "10".into()),
+                header("RateLimit-Remaining", "3".into()),
+                header("RateLimit-Reset", "2".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn draft03_prefers_the_last_over_limit_and_adds_retry_after() {
+        let s = [
+            st("a", 5, 0, 7 * S, true),
+            st("b", 10, 0, 20 * S, false),
+            st("c", 8, 0, 3 * S, true),
+        ];
+        let h = render(HeaderStyle::Draft03, &s, true);
+        assert_eq!(get(&h, "RateLimit-Limit").as_deref(), Some("8"));
+        assert_eq!(get(&h, "RateLimit-Reset").as_deref(), Some("3"));
+        // The longest wait of the limits that are over.
+        assert_eq!(get(&h, "Retry-After").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn draft11_lists_every_policy() {
+        let s = [
+            st("per-minute", 100, 42, 17 * S, false),
+            st("say \"hi\"\n", 5, 0, 1, false),
+        ];
+        let h = render(HeaderStyle::Draft11, &s, false);
+        assert_eq!(
+            h,
+            vec![
+                header(
+                    "RateLimit-Policy",
+                    r#""per-minute";q=100;w=60, "say \"hi\"?";q=5;w=60"#.into()
+                ),
+                header(
+                    "RateLimit",
+                    r#""per-minute";r=42;t=17, "say \"hi\"?";r=0;t=1"#.into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn draft11_merges_repeated_names_keeping_the_tightest() {
+        let s = [st("ip", 10, 7, S, false), st("ip", 10, 2, S, false)];
+        let h = render(HeaderStyle::Draft11, &s, false);
+        assert_eq!(get(&h, "RateLimit").as_deref(), Some(r#""ip";r=2;t=1"#));
+    }
+
+    #[test]
+    fn no_retry_after_when_waiting_cannot_help_or_not_over() {
+        let mut never = st("block", 0, 0, 60 * S, true);
+        never.retry_after = None;
+        let s = [st("a", 5, 0, 7 * S, true), never];
+        assert_eq!(
+            get(&render(HeaderStyle::Both, &s, true), "Retry-After"),
+            None
+        );
+        let s = [st("a", 5, 0, 7 * S, true)];
+        assert_eq!(
+            get(&render(HeaderStyle::Both, &s, false), "Retry-After"),
+            None
+        );
+        // A sub-second wait is still at least one second.
+        let mut soon = st("a", 5, 0, 7 * S, true);
+        soon.retry_after = Some(1);
+        assert_eq!(
+            get(&render(HeaderStyle::Both, &[soon], true), "Retry-After").as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn off_and_empty_send_nothing() {
+        assert!(render(HeaderStyle::Off, &[st("a", 1, 1, 1, false)], false).is_empty());
+        assert!(render(HeaderStyle::Both, &[], true).is_empty());
+        let both = render(HeaderStyle::Both, &[st("a", 1, 0, S, true)], true);
+        let names: Vec<_> = both.iter().map(|h| h.name).collect();
+        assert_eq!(
+            names,
+            [
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "RateLimit-Policy",
+                "RateLimit",
+                "Retry-After"
+            ]
+        );
+    }
+
+    #[test]
+    fn styles_round_trip_their_names() {
+        for s in HeaderStyle::ALL {
+            assert_eq!(HeaderStyle::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(HeaderStyle::parse("draft-03"), None);
+    }
+}
