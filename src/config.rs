@@ -1361,4 +1361,82 @@ response headers: both";
         );
         assert!(!msg.contains('\n'));
     }
+
+    #[test]
+    fn the_envoy_example_loads_its_limits_relative_to_itself() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy");
+        let c = match Config::load(&root.join("quotad.yaml")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let edge = c.rls.get("edge").expect("domain edge from limits/");
+        assert_eq!(
+            edge.files,
+            [root.join("limits/edge.yaml").display().to_string()]
+        );
+        assert_eq!(c.response_headers, HeaderStyle::Both);
+        assert!(
+            c.summary()
+                .contains("rls domain edge: 7 rules, fixed_window, from ")
+        );
+        // The Envoy bootstrap next to it asks for that domain at that port.
+        let envoy = std::fs::read_to_string(root.join("envoy.yaml")).unwrap();
+        assert!(envoy.contains("domain: edge"));
+        let port = format!("port_value: {}", c.server.grpc_addr.port());
+        assert!(envoy.contains(&port), "envoy.yaml should point at {port}");
+    }
+
+    #[test]
+    fn the_commented_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quotad.yaml");
+        if let Err(e) = Config::load(&path) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn rls_settings_parse_and_name_their_errors() {
+        let c = parse_ok(
+            "plans: { p: {} }\ndefault_plan: p\nresponse_headers: off\nenvoy: { algorithm: token_bucket, merge_domains: true, shadow: true }\n",
+        );
+        assert_eq!(c.response_headers, HeaderStyle::Off);
+        assert_eq!(c.envoy.algorithm, Algorithm::TokenBucket);
+        assert!(c.envoy.merge_domains && c.envoy.shadow);
+        for (style, want) in [
+            ("draft03", HeaderStyle::Draft03),
+            ("draft11", HeaderStyle::Draft11),
+        ] {
+            let c = parse_ok(&format!(
+                "plans: {{ p: {{}} }}\ndefault_plan: p\nresponse_headers: {style}\n"
+            ));
+            assert_eq!(c.response_headers, want);
+        }
+        assert_errors(&[
+            (
+                "plans: { p: {} }\ndefault_plan: p\nresponse_headers: draft-11\n",
+                "t.yaml:3:19: response_headers: unknown header style 'draft-11' (expected off, draft03, draft11 or both)",
+            ),
+            (
+                "plans: { p: {} }\ndefault_plan: p\nenvoy: { algorithm: leaky }\n",
+                "t.yaml:3:21: envoy.algorithm: unknown algorithm 'leaky' (expected fixed_window or token_bucket)",
+            ),
+        ]);
+        let err =
+            error("plans: { p: {} }\ndefault_plan: p\nrls_files: [/nonexistent/limits.yaml]\n");
+        assert!(
+            err.starts_with("/nonexistent/limits.yaml: cannot read: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_files_can_be_added_after_loading() {
+        let mut c = parse_ok("plans: { p: {} }\ndefault_plan: p\n");
+        assert!(c.rls.is_empty());
+        let ex1 = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/rls/valid/ex1_key_value.yaml");
+        c.add_rls_files(std::slice::from_ref(&ex1)).unwrap();
+        assert!(c.rls.get("mongo_cps").is_some());
+        assert_eq!(c.rls_files, [ex1]);
+    }
 }

@@ -8,11 +8,11 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, the [`Clock`](core::Clock), keyed hashing |
+//! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
 //! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
-//! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) and its YAML form |
-//! | [`config`] | the whole config file: listeners, caps on requests, store, Envoy mapping, limits |
-//! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation |
+//! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
+//! | [`config`] | the whole config file: listeners, caps on requests, store, Envoy mapping, limits, `rls_files`, response headers |
+//! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`telemetry`] | readiness latch, `/livez` and `/readyz` |
 //! | [`shutdown`] | the shutdown signal every task waits on |
@@ -30,6 +30,13 @@
 //! Only an allowed charge creates a cell. Nothing on this path awaits or
 //! holds a lock across anything slow (a shard's read lock for one CAS).
 //!
+//! An Envoy RLS request for a domain read from envoyproxy/ratelimit files
+//! takes a second route to the same store: each descriptor is matched in
+//! the domain's descriptor tree ([`limits::rls`]), `replaces` drops
+//! limits, and the matched limit is applied with
+//! [`core::Limiter::check_limit`] to the descriptor's own cell (a keyed
+//! hash of the domain and every entry).
+//!
 //! # Accuracy guarantees
 //!
 //! - Token bucket (rate `r` per period `p`, burst `b`): over any interval
@@ -39,6 +46,9 @@
 //! - `retry_after` is exact: the same check one nanosecond earlier is
 //!   denied, at `retry_after` it passes (absent other traffic).
 //! - Quotas count exactly within their UTC calendar window.
+//! - envoyproxy/ratelimit fixed windows count every hit within a window
+//!   aligned to the unit, as envoyproxy/ratelimit does, so answers match
+//!   it hit for hit.
 //! - A check passes only if all limits of its plan pass; then all are
 //!   charged, else none.
 //! - Memory: at most `store.max_tracked_keys` cells (plus one overflow cell
