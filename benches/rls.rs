@@ -1,0 +1,235 @@
+//! Benchmarks of the Envoy RLS handler, `ShouldRateLimit`, called in
+//! process (no network): validation, descriptor-tree matching, `replaces`,
+//! the descriptor's keyed hash, the counter update, the response and its
+//! headers. Results: `BENCHMARKS.md`.
+//!
+//! Run with `cargo bench --bench rls -- --noplot`; under `cargo test
+//! --benches` every case runs once.
+//!
+//! The limits are `examples/envoy/limits/edge.yaml` (domain `edge`) read
+//! as envoyproxy/ratelimit files, plus a plan domain `plans` for
+//! comparison. Each iteration clones a prepared request (as decoding would
+//! allocate one); `components/clone-request` times that clone alone.
+//!
+//! Cases: `one-descriptor` (`remote_address`, fixed window) over 1 and
+//! 100 000 distinct IPs, with headers off and both; `three-descriptors`
+//! (IP, API key, method+key) as Envoy sends for a POST; `token-bucket`
+//! (the same file read with `algorithm: token_bucket`); `plans` (a plan
+//! domain, one API key); `components` (the tree lookup, the descriptor
+//! hash and header rendering alone).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use futures_util::FutureExt;
+use quotad::api::envoy_rls::EnvoyRlsService;
+use quotad::api::headers::{self, HeaderStyle, Standing};
+use quotad::config::{Config, EnvoySettings, RequestCaps};
+use quotad::core::{KeyHasher, Limiter, SystemClock};
+use quotad::limits::rls::Algorithm;
+use quotad::store::StoreLimits;
+
+/// Distinct client IPs in the many-keys case.
+const MANY: usize = 100_000;
+
+fn config(algorithm: Algorithm) -> Config {
+    let limits = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/limits/edge.yaml");
+    let yaml = format!(
+        "plans: {{ p: {{ limits: [ {{ name: per-second, rate: 1000000, per: second, burst: 1000000 }} ] }} }}\n\
+         default_plan: p\nenvoy: {{ domains: [plans], algorithm: {} }}\nrls_files: [{}]\n",
+        algorithm.as_str(),
+        limits.display()
+    );
+    Config::from_yaml(&yaml, "bench.yaml").expect("bench config is valid")
+}
+
+fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
+    let config = config(algorithm);
+    let hasher = KeyHasher::random();
+    let table = config
+        .limits
+        .table(&hasher)
+        .expect("table")
+        .with_rls(config.rls.clone());
+    let limiter = Arc::new(Limiter::new(
+        table,
+        hasher,
+        StoreLimits {
+            max_cells: 4 * MANY,
+        },
+        Arc::new(SystemClock::new()),
+    ));
+    let envoy = EnvoySettings {
+        domains: vec!["plans".into()],
+        ..config.envoy.clone()
+    };
+    EnvoyRlsService::new(limiter, RequestCaps::default(), envoy, style)
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 1,
+    }
+}
+
+/// One call; the handler never awaits, so it completes on first poll.
+fn call(svc: &EnvoyRlsService, req: &RateLimitRequest) -> usize {
+    let fut = svc.should_rate_limit(tonic::Request::new(req.clone()));
+    match fut.now_or_never() {
+        Some(Ok(r)) => r.into_inner().statuses.len(),
+        _ => panic!("the handler answered with an error or did not complete"),
+    }
+}
+
+fn criterion() -> Criterion {
+    Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+fn one_descriptor(c: &mut Criterion) {
+    let mut g = c.benchmark_group("one-descriptor");
+    g.throughput(Throughput::Elements(1));
+    for style in [HeaderStyle::Off, HeaderStyle::Both] {
+        // Every limit is generous enough that the answers stay OK-ish;
+        // over-limit answers cost the same work.
+        let svc = service(Algorithm::FixedWindow, style);
+        for n in [1, MANY] {
+            let reqs: Vec<RateLimitRequest> = (0..n)
+                .map(|i| {
+                    let ip = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
+                    request("edge", vec![descriptor(&[("remote_address", &ip)])])
+                })
+                .collect();
+            let id = BenchmarkId::new(format!("headers-{}", style.as_str()), n);
+            g.bench_function(id, |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % reqs.len();
+                    black_box(call(&svc, &reqs[i]))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn three_descriptors(c: &mut Criterion) {
+    let mut g = c.benchmark_group("three-descriptors");
+    g.throughput(Throughput::Elements(1));
+    let req = request(
+        "edge",
+        vec![
+            descriptor(&[("remote_address", "10.0.0.1")]),
+            descriptor(&[("api_key", "partner-key-123")]),
+            descriptor(&[("method", "POST"), ("api_key", "partner-key-123")]),
+        ],
+    );
+    for style in [HeaderStyle::Off, HeaderStyle::Both] {
+        let svc = service(Algorithm::FixedWindow, style);
+        g.bench_function(format!("headers-{}", style.as_str()), |b| {
+            b.iter(|| black_box(call(&svc, &req)))
+        });
+    }
+    g.finish();
+}
+
+fn token_bucket_and_plans(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compare");
+    g.throughput(Throughput::Elements(1));
+    let ip = request("edge", vec![descriptor(&[("remote_address", "10.0.0.1")])]);
+    let svc = service(Algorithm::TokenBucket, HeaderStyle::Off);
+    g.bench_function("token-bucket", |b| b.iter(|| black_box(call(&svc, &ip))));
+    let svc = service(Algorithm::FixedWindow, HeaderStyle::Off);
+    g.bench_function("fixed-window", |b| b.iter(|| black_box(call(&svc, &ip))));
+    let key = request("plans", vec![descriptor(&[("api_key", "alice")])]);
+    g.bench_function("plans", |b| b.iter(|| black_box(call(&svc, &key))));
+    g.finish();
+}
+
+fn components(c: &mut Criterion) {
+    let mut g = c.benchmark_group("components");
+    let config = config(Algorithm::FixedWindow);
+    let edge = config.rls.get("edge").expect("edge domain");
+    let req = request(
+        "edge",
+        vec![descriptor(&[("method", "POST"), ("api_key", "k-1")])],
+    );
+    g.bench_function("clone-request", |b| b.iter(|| black_box(req.clone())));
+    g.bench_function("tree-lookup-2-levels", |b| {
+        b.iter(|| {
+            let found = edge
+                .root
+                .lookup([("method", "POST"), (black_box("api_key"), "k-1")]);
+            black_box(found.is_some())
+        })
+    });
+    let hasher = KeyHasher::random();
+    g.bench_function("descriptor-hash-2-entries", |b| {
+        b.iter(|| {
+            black_box(
+                hasher.descriptor_hash("edge", [("method", "POST"), (black_box("api_key"), "k-1")]),
+            )
+        })
+    });
+    let standings = [
+        Standing {
+            name: "remote_address",
+            limit: 10,
+            remaining: 7,
+            reset: 400_000_000,
+            window: 1,
+            over: false,
+            retry_after: Some(0),
+        },
+        Standing {
+            name: "per-key-hourly",
+            limit: 1000,
+            remaining: 0,
+            reset: 1_800_000_000_000,
+            window: 3600,
+            over: true,
+            retry_after: Some(1_800_000_000_000),
+        },
+    ];
+    for style in [
+        HeaderStyle::Draft03,
+        HeaderStyle::Draft11,
+        HeaderStyle::Both,
+    ] {
+        g.bench_function(format!("headers-{}-2-limits", style.as_str()), |b| {
+            b.iter(|| black_box(headers::render(style, black_box(&standings), true)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion();
+    targets = one_descriptor, three_descriptors, token_bucket_and_plans, components
+}
+criterion_main!(benches);
