@@ -239,3 +239,63 @@ async fn a_second_signal_ends_a_long_drain_at_once() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+fn manifest(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_config_reads_envoy_limits_files_and_names_bad_ones() {
+    let out = Command::new(BIN)
+        .args(["check-config", &manifest("examples/envoy/quotad.yaml")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("rls domain edge: 7 rules"), "{stdout}");
+
+    let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
+    let bad = manifest("tests/fixtures/rls/invalid/bad_unit.yaml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .args(["--limits", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{bad}:5:13: descriptors[0].rate_limit.unit: invalid unit 'fortnight'"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_limits_and_shadow_flags_answer_envoy_from_the_file() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    use crate::support::rls::{descriptor, request};
+
+    let ex3 = manifest("tests/fixtures/rls/valid/ex3_blocklist.yaml");
+    let d = spawn_serve(&["--limits", &ex3, "--shadow"]).await;
+    let mut c = RateLimitServiceClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    let blocked = request(
+        "edge_proxy_per_ip",
+        vec![descriptor(&[("remote_address", "50.0.0.5")])],
+        1,
+    );
+    let r = c.should_rate_limit(blocked).await.unwrap().into_inner();
+    // The blocklisted IP is over its limit of 0, but global shadow mode
+    // (--shadow) answers OK overall.
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32, "{r:?}");
+    assert_eq!(
+        r.statuses[0].current_limit.as_ref().map(|l| l.requests_per_unit),
+        Some(0)
+    );
+    assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+}
