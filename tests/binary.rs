@@ -294,7 +294,10 @@ async fn serve_limits_and_shadow_flags_answer_envoy_from_the_file() {
     // (--shadow) answers OK overall.
     assert_eq!(r.statuses[0].code, Code::OverLimit as i32, "{r:?}");
     assert_eq!(
-        r.statuses[0].current_limit.as_ref().map(|l| l.requests_per_unit),
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit),
         Some(0)
     );
     assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");

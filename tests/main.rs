@@ -7,6 +7,8 @@ mod support;
 mod bad_input;
 /// The `quotad` binary: check-config, exit code 64, SIGTERM.
 mod binary;
+/// envoyproxy/ratelimit drop-in: its config files, answers and headers.
+mod envoy_compat;
 /// Envoy RLS v3 through Envoy's own generated client.
 mod envoy_rls;
 /// gRPC health, server reflection (v1 and v1alpha), /livez and /readyz.
