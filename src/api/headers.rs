@@ -15,6 +15,8 @@
 //!
 //! Seconds are rounded up, so a caller that waits as told is never early.
 
+use std::fmt::Write as _;
+
 use crate::core::Nanos;
 use crate::core::clock::NANOS_PER_SEC;
 
@@ -111,23 +113,20 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
     }
     if style.draft11() {
         let items = draft11_items(standings);
-        let policy = items
-            .iter()
-            .map(|s| format!("{};q={};w={}", sf_string(s.name), s.limit, s.window))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let state = items
-            .iter()
-            .map(|s| {
-                format!(
-                    "{};r={};t={}",
-                    sf_string(s.name),
-                    s.remaining,
-                    seconds(s.reset)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        // One buffer per field, written in place: this runs on every answer.
+        let mut policy = String::with_capacity(items.len() * 40);
+        let mut state = String::with_capacity(items.len() * 40);
+        for (i, s) in items.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            push_sf_string(&mut policy, s.name);
+            // Writing to a String cannot fail.
+            let _ = write!(policy, ";q={};w={}", s.limit, s.window);
+            push_sf_string(&mut state, s.name);
+            let _ = write!(state, ";r={};t={}", s.remaining, seconds(s.reset));
+        }
         out.push(header("RateLimit-Policy", policy));
         out.push(header("RateLimit", state));
     }
@@ -161,6 +160,10 @@ fn closest<'s, 'a>(standings: &'s [Standing<'a>]) -> Option<&'s Standing<'a>> {
 /// in the order the limits applied.
 fn draft11_items<'s, 'a>(standings: &'s [Standing<'a>]) -> Vec<&'s Standing<'a>> {
     let mut items: Vec<&Standing<'_>> = Vec::with_capacity(standings.len());
+    if let [only] = standings {
+        items.push(only);
+        return items;
+    }
     for s in standings {
         match items.iter_mut().find(|i| i.name == s.name) {
             Some(i) if s.remaining < i.remaining => *i = s,
@@ -187,10 +190,10 @@ fn seconds(ns: Nanos) -> u64 {
     ns.div_ceil(NANOS_PER_SEC)
 }
 
-/// An RFC 8941 sf-string: printable ASCII, `"` and `\` escaped; anything
+/// Appends `s` as an RFC 8941 sf-string: printable ASCII, `"` and `\` escaped; anything
 /// else becomes `?` so a name can never break the field.
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+fn push_sf_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {
@@ -203,7 +206,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
