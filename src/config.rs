@@ -33,7 +33,7 @@ use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::limits::file::{self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, quoted};
 use crate::limits::rls::{Algorithm, RlsDomains};
-use crate::limits::rls_file::{self, RlsOptions};
+use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
 
@@ -890,21 +890,6 @@ impl<'de> Deserialize<'de> for NonEmpty {
             return Err(de::Error::custom("must not be empty"));
         }
         Ok(NonEmpty(s))
-    }
-}
-
-/// `envoy.algorithm`.
-struct AlgorithmRaw(Algorithm);
-
-impl<'de> Deserialize<'de> for AlgorithmRaw {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Algorithm::parse(s.trim()).map(AlgorithmRaw).ok_or_else(|| {
-            de::Error::custom(format!(
-                "unknown algorithm {} (expected fixed_window or token_bucket)",
-                quoted(&s)
-            ))
-        })
     }
 }
 

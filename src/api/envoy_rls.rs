@@ -353,15 +353,7 @@ fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
             duration_until_reset: limit.map(|_| envoy_duration(d.reset_after)),
             quota: None,
         },
-        standing: limit.map(|l| Standing {
-            name: &l.policy,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset: d.reset_after,
-            window: l.window_seconds(),
-            over: !d.allowed,
-            retry_after: d.retry_after,
-        }),
+        standing: limit.map(|l| Standing::of(d, l)),
     }
 }
 

@@ -17,8 +17,9 @@
 
 use std::fmt::Write as _;
 
-use crate::core::Nanos;
 use crate::core::clock::NANOS_PER_SEC;
+use crate::core::{Decision, Nanos};
+use crate::limits::Limit;
 
 /// Which headers to send.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +87,22 @@ pub struct Standing<'a> {
     /// For a limit that is over: when the request would fit; `None` if
     /// never.
     pub retry_after: Option<Nanos>,
+}
+
+impl<'a> Standing<'a> {
+    /// Where a plan's decision leaves the caller against its deciding
+    /// limit `limit`.
+    pub fn of(d: &Decision, limit: &'a Limit) -> Self {
+        Standing {
+            name: &limit.policy,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset: d.reset_after,
+            window: limit.window_seconds(),
+            over: !d.allowed,
+            retry_after: d.retry_after,
+        }
+    }
 }
 
 /// One header to add.

@@ -78,15 +78,7 @@ fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
 /// A decision as the wire response.
 pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) -> CheckResponse {
     let limit = snap.limit(d);
-    let standing = limit.map(|l| Standing {
-        name: &l.policy,
-        limit: d.limit,
-        remaining: d.remaining,
-        reset: d.reset_after,
-        window: l.window_seconds(),
-        over: !d.allowed,
-        retry_after: d.retry_after,
-    });
+    let standing = limit.map(|l| Standing::of(d, l));
     let headers = headers::render(style, standing.as_slice(), !d.allowed)
         .into_iter()
         .map(|h| Header {

@@ -7,10 +7,9 @@
 //! it stays over until the window ends, and `remaining` reports 0. Limit 0
 //! is "always over" and needs no counter at all.
 
-use std::sync::atomic::Ordering;
-
 use super::clock::Nanos;
 use super::gcra::Verdict;
+use super::quota;
 use super::window::Span;
 use crate::limits::FixedWindow;
 use crate::store::QuotaCell;
@@ -58,25 +57,12 @@ pub fn check(
     cost: u64,
     commit: bool,
 ) -> Verdict {
-    let mut used = cell.used.load(Ordering::Acquire);
-    loop {
-        let (verdict, next) = decide(window, used, span, now, cost);
-        let Some(next) = next.filter(|_| commit) else {
-            return verdict;
-        };
-        match cell
-            .used
-            .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return verdict,
-            Err(actual) => used = actual,
-        }
-    }
+    quota::update(cell, commit, |used| decide(window, used, span, now, cost))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::core::clock::NANOS_PER_SEC;
@@ -90,10 +76,7 @@ mod tests {
             period: MINUTE,
         };
         let span = epoch_span(now, MINUTE);
-        let cell = QuotaCell {
-            used: AtomicU64::new(0),
-            window_end: span.end,
-        };
+        let cell = QuotaCell::new(span.end);
         (w, span, cell)
     }
 

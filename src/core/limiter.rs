@@ -392,10 +392,7 @@ impl Limiter {
                 self.store.quotas(),
                 id,
                 overflow,
-                || QuotaCell {
-                    used: AtomicU64::new(0),
-                    window_end: span.end,
-                },
+                || QuotaCell::new(span.end),
                 |c, commit| quota::check(q, c, span, now, cost, commit),
                 commit,
                 false,
@@ -413,10 +410,7 @@ impl Limiter {
                 self.store.quotas(),
                 id,
                 overflow,
-                || QuotaCell {
-                    used: AtomicU64::new(0),
-                    window_end: span.end,
-                },
+                || QuotaCell::new(span.end),
                 |c, commit| counter::check(w, c, span, now, cost, commit),
                 commit,
                 true,

@@ -54,9 +54,21 @@ pub fn check(
     cost: u64,
     commit: bool,
 ) -> Verdict {
+    update(cell, commit, |used| decide(quota, used, span, now, cost))
+}
+
+/// The compare-and-swap loop of every counter kind: `decide` maps the
+/// count to a verdict and, when units are taken, the new count, which is
+/// stored if `commit`. Retries with the fresh count if another check won.
+#[inline]
+pub(crate) fn update(
+    cell: &QuotaCell,
+    commit: bool,
+    decide: impl Fn(u64) -> (Verdict, Option<u64>),
+) -> Verdict {
     let mut used = cell.used.load(Ordering::Acquire);
     loop {
-        let (verdict, next) = decide(quota, used, span, now, cost);
+        let (verdict, next) = decide(used);
         let Some(next) = next.filter(|_| commit) else {
             return verdict;
         };
@@ -83,7 +95,6 @@ pub fn refund(cell: &QuotaCell, cost: u64) {
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU64;
-    use std::sync::atomic::AtomicU64;
 
     use super::*;
     use crate::core::clock::NANOS_PER_SEC;
@@ -97,10 +108,7 @@ mod tests {
     }
 
     fn cell(end: Nanos) -> QuotaCell {
-        QuotaCell {
-            used: AtomicU64::new(0),
-            window_end: end,
-        }
+        QuotaCell::new(end)
     }
 
     #[test]

@@ -484,8 +484,8 @@ impl<'de> Deserialize<'de> for RequestsPerUnit {
     }
 }
 
-/// The file-level `algorithm`.
-struct AlgorithmRaw(Algorithm);
+/// An `algorithm` value (a file's, or `envoy.algorithm` in the config).
+pub(crate) struct AlgorithmRaw(pub Algorithm);
 
 impl<'de> Deserialize<'de> for AlgorithmRaw {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

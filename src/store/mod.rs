@@ -44,6 +44,16 @@ pub struct QuotaCell {
     pub window_end: Nanos,
 }
 
+impl QuotaCell {
+    /// An empty counter for a window ending at `window_end`.
+    pub fn new(window_end: Nanos) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            window_end,
+        }
+    }
+}
+
 /// Memory bounds of a store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
