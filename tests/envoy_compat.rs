@@ -86,6 +86,27 @@ async fn one(
     ask(c, request(domain, vec![descriptor(entries)], hits)).await
 }
 
+/// Sends one descriptor `entries` to `domain` `n` times, each OK with `n - 1`
+/// down to 0 left of `limit` and `reset` seconds to go, then once more:
+/// OVER_LIMIT with 0 left.
+async fn drain(
+    c: &mut Client,
+    domain: &str,
+    entries: &[(&str, &str)],
+    limit: &RateLimit,
+    n: u32,
+    reset: i64,
+) {
+    for remaining in (0..n).rev() {
+        let r = one(c, domain, entries, 1).await;
+        assert!(ok(&r));
+        assert_eq!(r.statuses, vec![st(Code::Ok, limit, remaining, reset)]);
+    }
+    let r = one(c, domain, entries, 1).await;
+    assert!(over(&r));
+    assert_eq!(r.statuses, vec![st(Code::OverLimit, limit, 0, reset)]);
+}
+
 /// `entries` with a descriptor-level `hits_addend`.
 fn with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
     let mut d = descriptor(entries);
@@ -299,14 +320,7 @@ async fn example3_blocklisted_ip_is_always_over_and_others_get_10_per_second() {
             headers(&r)
         );
     }
-    for remaining in (0..10).rev() {
-        let r = one(&mut c, "edge_proxy_per_ip", &ip("10.0.0.1"), 1).await;
-        assert!(ok(&r));
-        assert_eq!(r.statuses, vec![st(Code::Ok, &per_ip, remaining, 1)]);
-    }
-    let r = one(&mut c, "edge_proxy_per_ip", &ip("10.0.0.1"), 1).await;
-    assert!(over(&r));
-    assert_eq!(r.statuses, vec![st(Code::OverLimit, &per_ip, 0, 1)]);
+    drain(&mut c, "edge_proxy_per_ip", &ip("10.0.0.1"), &per_ip, 10, 1).await;
     // Each address counts on its own.
     let r = one(&mut c, "edge_proxy_per_ip", &ip("10.0.0.2"), 1).await;
     assert_eq!(r.statuses, vec![st(Code::Ok, &per_ip, 9, 1)]);
@@ -412,14 +426,7 @@ async fn example6_shadow_mode_counts_and_reports_but_answers_ok() {
         assert_eq!(r.statuses, vec![st(Code::Ok, &a_limit, 0, 1)]);
         assert!(!headers(&r).iter().any(|(k, _)| k == "Retry-After"));
     }
-    for remaining in (0..20).rev() {
-        let r = one(&mut c, "example6", &b, 1).await;
-        assert!(ok(&r));
-        assert_eq!(r.statuses, vec![st(Code::Ok, &b_limit, remaining, 1)]);
-    }
-    let r = one(&mut c, "example6", &b, 1).await;
-    assert!(over(&r));
-    assert_eq!(r.statuses, vec![st(Code::OverLimit, &b_limit, 0, 1)]);
+    drain(&mut c, "example6", &b, &b_limit, 20, 1).await;
 }
 
 #[tokio::test]
@@ -445,14 +452,7 @@ async fn example7_a_replaced_limit_is_dropped_and_its_counter_untouched() {
         vec![no_limit(), st(Code::OverLimit, &general, 0, 1)]
     );
     // The replaced limit counted none of the 11: alone it still has all 5.
-    for remaining in (0..5).rev() {
-        let r = one(&mut c, "example7", &d1, 1).await;
-        assert!(ok(&r));
-        assert_eq!(r.statuses, vec![st(Code::Ok, &specific, remaining, 1)]);
-    }
-    let r = one(&mut c, "example7", &d1, 1).await;
-    assert!(over(&r));
-    assert_eq!(r.statuses, vec![st(Code::OverLimit, &specific, 0, 1)]);
+    drain(&mut c, "example7", &d1, &specific, 5, 1).await;
 }
 
 #[tokio::test]
