@@ -28,7 +28,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::api::headers::HeaderStyle;
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::limits::file::{self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, quoted};
@@ -263,70 +262,60 @@ impl Default for EnvoySettings {
     }
 }
 
+/// Which rate-limit headers answers carry (`response_headers`); rendered
+/// by [`crate::api::headers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// None at all (envoyproxy/ratelimit's default).
+    Off,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset` and `Retry-After`.
+    Draft03,
+    /// `RateLimit-Policy`, `RateLimit` and `Retry-After`.
+    Draft11,
+    /// Both sets (one `Retry-After`).
+    #[default]
+    Both,
+}
+
+impl HeaderStyle {
+    /// Every style, in the order messages list them.
+    pub const ALL: [HeaderStyle; 4] = [
+        HeaderStyle::Off,
+        HeaderStyle::Draft03,
+        HeaderStyle::Draft11,
+        HeaderStyle::Both,
+    ];
+
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::Off => "off",
+            HeaderStyle::Draft03 => "draft03",
+            HeaderStyle::Draft11 => "draft11",
+            HeaderStyle::Both => "both",
+        }
+    }
+
+    /// A style by name.
+    pub fn parse(name: &str) -> Option<HeaderStyle> {
+        HeaderStyle::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether the draft-03 fields are sent.
+    pub fn draft03(self) -> bool {
+        matches!(self, HeaderStyle::Draft03 | HeaderStyle::Both)
+    }
+
+    /// Whether the draft-11 fields are sent.
+    pub fn draft11(self) -> bool {
+        matches!(self, HeaderStyle::Draft11 | HeaderStyle::Both)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Errors.
 
-/// Why a config could not be loaded. `Display` is one line.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {error}")]
-    Read {
-        /// The path as given.
-        path: String,
-        /// The I/O error.
-        error: std::io::Error,
-    },
-    /// The text is not well-formed YAML.
-    #[error("{0}")]
-    Syntax(Box<Diagnostic>),
-    /// Well-formed YAML that is not a valid config.
-    #[error("{0}")]
-    Invalid(Box<Diagnostic>),
-}
-
-impl ConfigError {
-    /// Where and why, for syntax and validation errors.
-    pub fn diagnostic(&self) -> Option<&Diagnostic> {
-        match self {
-            ConfigError::Read { .. } => None,
-            ConfigError::Syntax(d) | ConfigError::Invalid(d) => Some(d),
-        }
-    }
-}
-
-/// A located config error: `origin:line:column: path: reason`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The file (or other origin) the text came from.
-    pub origin: String,
-    /// 1-based line, when known.
-    pub line: Option<u64>,
-    /// 1-based column, when known.
-    pub column: Option<u64>,
-    /// Field path such as `plans.free.limits[1].per`; empty for the whole
-    /// document or a syntax error.
-    pub path: String,
-    /// Lowercase, single-line reason.
-    pub reason: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.origin)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        f.write_str(": ")?;
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        f.write_str(&self.reason)
-    }
-}
+pub use crate::yaml::{ConfigError, Diagnostic};
 
 // ---------------------------------------------------------------------------
 // Loading.

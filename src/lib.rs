@@ -27,7 +27,9 @@
 //! the store and update it with one compare-and-swap. A plan with several
 //! limits is first dry-run against every limit, so a denial charges
 //! nothing; a lost race between the dry run and the charge is refunded.
-//! Only an allowed charge creates a cell. Nothing on this path awaits or
+//! Only an allowed charge creates a cell (and, for envoyproxy/ratelimit's
+//! fixed windows, which count refused hits too, any counted hit while the
+//! store has room). Nothing on this path awaits or
 //! holds a lock across anything slow (a shard's read lock for one CAS).
 //!
 //! An Envoy RLS request for a domain read from envoyproxy/ratelimit files

@@ -1,8 +1,9 @@
 //! Reading YAML with one-line, located error messages: the shared parser
 //! options, the mapping of serde-saphyr errors to [`ConfigError`]s, and the
 //! second pass that finds the line of a validation [`Issue`] by its field
-//! path. Both file formats (the daemon config and envoyproxy/ratelimit
-//! limits files) read through here.
+//! path, and the error types ([`ConfigError`], [`Diagnostic`]). Both file
+//! formats (the daemon config and envoyproxy/ratelimit limits files) read
+//! through here.
 
 use std::fmt;
 
@@ -10,8 +11,69 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
-use crate::config::{ConfigError, Diagnostic};
 use crate::limits::file::{Issue, Seg, quoted};
+
+/// Why a config could not be loaded. `Display` is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The text is not well-formed YAML.
+    #[error("{0}")]
+    Syntax(Box<Diagnostic>),
+    /// Well-formed YAML that is not a valid config.
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+}
+
+impl ConfigError {
+    /// Where and why, for syntax and validation errors.
+    pub fn diagnostic(&self) -> Option<&Diagnostic> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax(d) | ConfigError::Invalid(d) => Some(d),
+        }
+    }
+}
+
+/// A located config error: `origin:line:column: path: reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// 1-based column, when known.
+    pub column: Option<u64>,
+    /// Field path such as `plans.free.limits[1].per`; empty for the whole
+    /// document or a syntax error.
+    pub path: String,
+    /// Lowercase, single-line reason.
+    pub reason: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.reason)
+    }
+}
 
 fn options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();

@@ -485,8 +485,8 @@ impl RateLimitService for EnvoyRlsService {
         } else if let Some(domain) = snap.table().rls().get(&req.domain) {
             (Mode::Rules(domain), None)
         } else {
-            // Not ours: OK without looking further, so another service's
-            // traffic is never refused by our caps.
+            // Not ours: OK without validating its descriptors (beyond
+            // their count, checked above to bound the answer's size).
             return Ok(Response::new(RateLimitResponse {
                 overall_code: Code::Ok as i32,
                 statuses: req.descriptors.iter().map(|_| ok_status()).collect(),

@@ -17,56 +17,11 @@
 
 use std::fmt::Write as _;
 
+pub use crate::config::HeaderStyle;
+
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::{Decision, Nanos};
 use crate::limits::Limit;
-
-/// Which headers to send.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HeaderStyle {
-    /// None at all (envoyproxy/ratelimit's default).
-    Off,
-    /// `RateLimit-Limit`, `-Remaining`, `-Reset` and `Retry-After`.
-    Draft03,
-    /// `RateLimit-Policy`, `RateLimit` and `Retry-After`.
-    Draft11,
-    /// Both sets (one `Retry-After`).
-    #[default]
-    Both,
-}
-
-impl HeaderStyle {
-    /// Every style, in the order messages list them.
-    pub const ALL: [HeaderStyle; 4] = [
-        HeaderStyle::Off,
-        HeaderStyle::Draft03,
-        HeaderStyle::Draft11,
-        HeaderStyle::Both,
-    ];
-
-    /// The name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HeaderStyle::Off => "off",
-            HeaderStyle::Draft03 => "draft03",
-            HeaderStyle::Draft11 => "draft11",
-            HeaderStyle::Both => "both",
-        }
-    }
-
-    /// A style by name.
-    pub fn parse(name: &str) -> Option<HeaderStyle> {
-        HeaderStyle::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    fn draft03(self) -> bool {
-        matches!(self, HeaderStyle::Draft03 | HeaderStyle::Both)
-    }
-
-    fn draft11(self) -> bool {
-        matches!(self, HeaderStyle::Draft11 | HeaderStyle::Both)
-    }
-}
 
 /// Where a caller stands against one limit that applied to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

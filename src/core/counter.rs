@@ -27,8 +27,10 @@ pub fn decide(
     let after = used.saturating_add(cost);
     let reset_after = span.end.saturating_sub(now);
     let next = (cost > 0).then_some(after);
-    if after > window.limit {
-        let retry_after = (cost <= window.limit).then_some(reset_after);
+    // Limit 0 is over even for a peek.
+    if after > window.limit || window.limit == 0 {
+        // Waiting helps only if the hits fit in an empty window.
+        let retry_after = (cost <= window.limit && window.limit > 0).then_some(reset_after);
         let verdict = Verdict {
             allowed: false,
             remaining: 0,
@@ -114,15 +116,15 @@ mod tests {
         let v = check(&w, &c, span, 0, 1, true);
         assert!(!v.allowed);
         assert_eq!(v.retry_after, None);
-        // Nothing counted yet: a peek is within 0.
-        assert!(decide(&w, 0, span, 0, 0).0.allowed);
+        // A peek is over too: nothing is ever within 0.
+        assert!(!decide(&w, 0, span, 0, 0).0.allowed);
     }
 
     #[test]
     fn saturates_at_u64_max() {
-        let (w, span, _) = setup(u64::MAX, 0);
-        let (v, next) = decide(&w, u64::MAX, span, 0, u64::MAX);
-        assert!(v.allowed);
+        let (w, span, _) = setup(u64::MAX - 1, 0);
+        let (v, next) = decide(&w, u64::MAX - 1, span, 0, 5);
+        assert!(!v.allowed);
         assert_eq!(next, Some(u64::MAX));
     }
 }

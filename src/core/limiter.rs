@@ -350,11 +350,15 @@ impl<'l> Cell<'l> {
             }
             LimitKind::Window(window) => {
                 let span = super::window::epoch_span(now, window.period);
+                // Counters of one unit share `uid` (a descriptor's counter
+                // is the same whichever rule applies), so the overflow
+                // counter also keys on the limit: one per (unit, limit).
+                let shape = mix(limit.uid, window.limit);
                 Cell::Counter {
                     window,
                     span,
                     id: mix(mix(key_hash, limit.uid), span.index),
-                    overflow: mix(mix(OVERFLOW_KEY, limit.uid), span.index),
+                    overflow: mix(mix(OVERFLOW_KEY, shape), span.index),
                 }
             }
         }
@@ -475,7 +479,10 @@ fn charge<V>(
     }
     let fresh = make();
     let v = map.untracked(overflow, &fresh, |c| eval(c, false));
-    if !commit || !(v.allowed || counts_denied) {
+    // A denied hit that is still counted needs a cell of its own: when the
+    // store is full it is not added to the shared overflow cell, where it
+    // would hold every other new key over the limit.
+    if !commit || !(v.allowed || (counts_denied && !map.is_full())) {
         return (v, Landed::Nowhere);
     }
     let (v, at) = map.upsert(id, overflow, || fresh, |c| eval(c, true));

@@ -258,7 +258,9 @@ pub enum TableError {
 
 impl Table {
     /// Builds a table. `keys` are (raw API key, plan name) pairs; the raw
-    /// keys are hashed with `hasher` and dropped.
+    /// keys are hashed with `hasher` and dropped. The table has no Envoy
+    /// RLS domains until [`Table::with_rls`] adds them: a reload must add
+    /// them again before swapping the table in.
     pub fn new<'a>(
         plans: Vec<Plan>,
         default_plan: &str,

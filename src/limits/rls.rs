@@ -145,9 +145,10 @@ pub struct RlsLimit {
     /// The unit.
     pub unit: Unit,
     /// What counts: a fixed-window counter or a token bucket. Its `name`
-    /// is the label headers use; its `uid` depends only on the algorithm
-    /// and unit, so a descriptor's counter is the same whichever rule (or
-    /// request override) applies to it, as in envoyproxy/ratelimit.
+    /// is the label headers use. A fixed window's `uid` depends only on the
+    /// unit, so a descriptor's counter is the same whichever rule (or
+    /// request override) applies to it, as in envoyproxy/ratelimit; a
+    /// bucket's also on its rate and burst.
     pub limit: Limit,
 }
 
@@ -162,7 +163,23 @@ impl RlsLimit {
         burst: Option<NonZeroU64>,
         label: String,
     ) -> Result<Self, RateError> {
-        let uid = name_id(&["envoy-rls", algorithm.as_str(), unit.as_str()]);
+        // A fixed-window counter is shared by every rule (and override)
+        // of its unit on a descriptor, as envoyproxy/ratelimit's cache key
+        // is; a bucket's state only makes sense for one rate and burst.
+        let uid = match algorithm {
+            Algorithm::FixedWindow => name_id(&["envoy-rls", algorithm.as_str(), unit.as_str()]),
+            Algorithm::TokenBucket => {
+                let rate = requests_per_unit.to_string();
+                let burst = burst.map_or_else(|| rate.clone(), |b| b.to_string());
+                name_id(&[
+                    "envoy-rls",
+                    algorithm.as_str(),
+                    unit.as_str(),
+                    &rate,
+                    &burst,
+                ])
+            }
+        };
         let window = || {
             LimitKind::Window(FixedWindow {
                 limit: u64::from(requests_per_unit),

@@ -22,8 +22,7 @@ use super::file::{Issue, Positive, Seg, quoted};
 use super::rls::{
     Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit,
 };
-use crate::config::{ConfigError, Diagnostic};
-use crate::yaml::{locate, parse};
+use crate::yaml::{ConfigError, Diagnostic, locate, parse};
 
 /// Options that apply to every file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -207,12 +206,10 @@ impl Builder<'_> {
             };
             let value = raw.value.as_ref().map(|v| v.0.as_str());
             let matcher = Matcher::new(key, value);
+            // Labels name keys only: values in a file can be API keys or
+            // addresses, and labels reach callers in RateLimit headers.
             let mut labels = labels.to_vec();
-            labels.push(match &matcher {
-                Matcher::Exact(k, v) => format!("{k}={v}"),
-                Matcher::Prefix(k, p) => format!("{k}={p}*"),
-                Matcher::Any(k) => k.clone(),
-            });
+            labels.push(key.to_owned());
             let rule = raw
                 .rate_limit
                 .as_ref()

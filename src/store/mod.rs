@@ -209,6 +209,12 @@ pub struct Map<'a, V> {
 }
 
 impl<V> Map<'_, V> {
+    /// Whether the store's cap is reached.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.store.is_full()
+    }
+
     /// Runs `f` on cell `id` if it is tracked. `f` runs while the cell's
     /// shard is read-locked, so it must only touch the cell's atomics.
     #[inline]

@@ -153,7 +153,7 @@ fn the_valid_directory_loads_every_file_in_name_order() {
         panic!("expected a limit")
     };
     assert_eq!((l.requests_per_unit, l.unit), (5, Unit::Day));
-    assert_eq!(l.limit.name, "message_type=marketing/to_number");
+    assert_eq!(l.limit.name, "message_type/to_number");
     // Units in any case, numbers as text.
     let units = d.get("units").unwrap();
     let unit_of = |v: &str| match &units.root.lookup([("u", v)]).unwrap().action {
