@@ -25,7 +25,7 @@ use crate::support::rls::{descriptor, request};
 type Client = RateLimitServiceClient<Channel>;
 
 /// The fixture files these tests load, one domain each.
-const FIXTURES: [&str; 9] = [
+const FIXTURES: [&str; 10] = [
     "ex1_key_value.yaml",
     "ex2_nested.yaml",
     "ex3_blocklist.yaml",
@@ -35,6 +35,7 @@ const FIXTURES: [&str; 9] = [
     "ex7_replaces.yaml",
     "ex9_wildcard.yaml",
     "token_bucket.yaml",
+    "replaces_more.yaml",
 ];
 
 /// 12 h: from T0 (noon UTC) to the end of the day window.
@@ -1150,4 +1151,82 @@ async fn unknown_domain_is_ok_for_every_descriptor() {
         r.statuses,
         vec![st(Code::Ok, &rl("", 500, Unit::Second), 499, 1)]
     );
+}
+
+#[tokio::test]
+async fn unlimited_and_shadow_rules_replace_too() {
+    let (_d, mut c) = daemon("off", false).await;
+    let base = rl("base", 1, Unit::Second);
+    let shadowed = rl("shadowed", 1, Unit::Second);
+    let (a, b, cc) = (
+        descriptor(&[("a", "1")]),
+        descriptor(&[("b", "1")]),
+        descriptor(&[("c", "1")]),
+    );
+    // The unlimited rule's `replaces` drop `base`, which counts nothing.
+    for _ in 0..3 {
+        let r = ask(
+            &mut c,
+            request("replaces_more", vec![a.clone(), b.clone()], 1),
+        )
+        .await;
+        assert!(ok(&r));
+        assert_eq!(r.statuses, vec![no_limit(), unlimited()]);
+    }
+    // So does the shadow rule's; the shadow rule itself counts, answering OK.
+    for _ in 0..2 {
+        let r = ask(
+            &mut c,
+            request("replaces_more", vec![a.clone(), cc.clone()], 1),
+        )
+        .await;
+        assert!(ok(&r));
+        assert_eq!(r.statuses, vec![no_limit(), st(Code::Ok, &shadowed, 0, 1)]);
+    }
+    // `base` alone still has its whole limit of 1.
+    drain(&mut c, "replaces_more", &[("a", "1")], &base, 1, 1).await;
+}
+
+#[tokio::test]
+async fn week_month_and_year_windows_align_as_envoyproxy_does() {
+    // T0 is Friday 2026-11-27 12:00 UTC. envoyproxy/ratelimit's windows
+    // are multiples of the unit from the Unix epoch: weeks start on
+    // Thursdays (1970-01-01 was one), months are 30 days, years 365.
+    let (_d, mut c) = daemon("off", false).await;
+    let users = [("database", "users")];
+    for (unit, number, reset) in [
+        ("week", 7, 475_200),   // Thursday 00:00 + 7 d − Friday 12:00 = 5.5 d
+        ("month", 5, 475_200),  // day 20 760 + 30 − day 20 784.5 = 5.5 d
+        ("year", 6, 1_771_200), // day 20 440 + 365 − day 20 784.5 = 20.5 d
+    ] {
+        let r = ask(
+            &mut c,
+            request("mongo_cps", vec![with_limit(&users, 9, number)], 1),
+        )
+        .await;
+        let status = &r.statuses[0];
+        let got = status.duration_until_reset.map(|d| d.seconds);
+        assert_eq!(got, Some(reset), "{unit}");
+        assert_eq!(
+            status.current_limit.as_ref().map(|l| l.unit),
+            Some(number),
+            "{unit}"
+        );
+        assert_eq!(
+            status.limit_remaining, 8,
+            "{unit}: its own window's counter"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_blocklisted_descriptor_refuses_peeks_too() {
+    let (_d, mut c) = daemon("both", false).await;
+    let blocked = rl("", 0, Unit::Second);
+    let peek = with_hits(&[("remote_address", "50.0.0.5")], 0);
+    let r = ask(&mut c, request("edge_proxy_per_ip", vec![peek], 1)).await;
+    assert!(over(&r));
+    assert_eq!(r.statuses, vec![st(Code::OverLimit, &blocked, 0, 1)]);
+    // Waiting cannot help, so no Retry-After.
+    assert!(!headers(&r).iter().any(|(k, _)| k == "Retry-After"));
 }

@@ -637,6 +637,51 @@ mod tests {
         assert_eq!(l.store().tracked(), 3);
     }
 
+    fn window(limit: u64) -> Limit {
+        let period = 60 * NANOS_PER_SEC;
+        let kind = LimitKind::Window(crate::limits::FixedWindow { limit, period });
+        Limit::new("rls", "w", kind)
+    }
+
+    #[test]
+    fn fixed_windows_count_refused_hits_in_their_own_cell() {
+        let (l, _) = limiter(vec![], 10);
+        let w = window(3);
+        // A first hit larger than the limit is refused, and counted.
+        assert!(!l.check_limit(&w, 7, 5).allowed);
+        assert_eq!(l.store().tracked(), 1);
+        assert!(!l.check_limit(&w, 7, 1).allowed);
+        // A peek counts nothing and creates nothing.
+        assert!(l.check_limit(&w, 8, 0).allowed);
+        assert_eq!(l.store().tracked(), 1);
+        // A refund gives back to the own cell only.
+        let v = l.refund_limit(&w, 7, 6);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 3);
+        // Limit 0 keeps no cell at all.
+        assert!(!l.check_limit(&window(0), 9, 1).allowed);
+        assert_eq!(l.store().tracked(), 1);
+    }
+
+    #[test]
+    fn refused_fixed_window_hits_never_fill_the_shared_overflow_counter() {
+        let (l, _) = limiter(vec![], 1);
+        let w = window(2);
+        assert!(l.check_limit(&w, 1, 1).allowed);
+        assert!(l.store().is_full());
+        // New descriptors share one overflow counter of limit 2; refused
+        // hits (too big for the limit) are not added to it.
+        for key in 100..110 {
+            assert!(!l.check_limit(&w, key, 3).allowed, "{key}");
+        }
+        assert!(l.check_limit(&w, 200, 1).allowed);
+        assert!(l.check_limit(&w, 201, 1).allowed);
+        assert!(!l.check_limit(&w, 202, 1).allowed);
+        // Another limit of the same unit has its own overflow counter.
+        assert!(l.check_limit(&window(5), 203, 1).allowed);
+        assert_eq!(l.store().overflowed(), 3);
+    }
+
     #[test]
     fn sweep_drops_idle_cells_and_frees_the_cap() {
         let (l, clock) = limiter(

@@ -138,6 +138,7 @@ fn the_valid_directory_loads_every_file_in_name_order() {
             "internal",
             "messaging",
             "mongo_cps",
+            "replaces_more",
             "smooth",
             "units"
         ]
