@@ -226,20 +226,16 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Level {
     by_key: HashMap<String, KeyNodes>,
-    wildcards: Vec<Wildcard>,
 }
 
+/// The nodes of one key at a level. Wildcards are kept per key, in file
+/// order: only a wildcard of the entry's own key can match it, so this is
+/// envoyproxy's order without scanning other keys' wildcards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KeyNodes {
     values: HashMap<String, Node>,
+    prefixes: Vec<(String, Node)>,
     any: Option<Box<Node>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Wildcard {
-    key: String,
-    prefix: String,
-    node: Node,
 }
 
 /// A descriptor in the tree: its rule, if any, and its children.
@@ -280,7 +276,7 @@ impl Matcher {
 impl Level {
     /// Whether the level has no nodes.
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty() && self.wildcards.is_empty()
+        self.by_key.is_empty()
     }
 
     /// The node `m` selects, if the level has it.
@@ -289,10 +285,12 @@ impl Level {
             Matcher::Exact(k, v) => self.by_key.get_mut(k)?.values.get_mut(v),
             Matcher::Any(k) => self.by_key.get_mut(k)?.any.as_deref_mut(),
             Matcher::Prefix(k, p) => self
-                .wildcards
+                .by_key
+                .get_mut(k)?
+                .prefixes
                 .iter_mut()
-                .find(|w| w.key == *k && w.prefix == *p)
-                .map(|w| &mut w.node),
+                .find(|(prefix, _)| prefix == p)
+                .map(|(_, n)| n),
         }
     }
 
@@ -308,7 +306,7 @@ impl Level {
                 self.by_key.entry(k).or_default().values.insert(v, node);
             }
             Matcher::Any(k) => self.by_key.entry(k).or_default().any = Some(Box::new(node)),
-            Matcher::Prefix(key, prefix) => self.wildcards.push(Wildcard { key, prefix, node }),
+            Matcher::Prefix(k, p) => self.by_key.entry(k).or_default().prefixes.push((p, node)),
         }
         true
     }
@@ -317,18 +315,18 @@ impl Level {
     /// first matching wildcard, then the bare key.
     #[inline]
     fn step(&self, key: &str, value: &str) -> Option<&Node> {
-        let nodes = self.by_key.get(key);
-        if let Some(n) = nodes.and_then(|n| n.values.get(value)) {
+        let nodes = self.by_key.get(key)?;
+        if let Some(n) = nodes.values.get(value) {
             return Some(n);
         }
-        if let Some(w) = self
-            .wildcards
+        if let Some((_, n)) = nodes
+            .prefixes
             .iter()
-            .find(|w| w.key == key && value.starts_with(w.prefix.as_str()))
+            .find(|(prefix, _)| value.starts_with(prefix.as_str()))
         {
-            return Some(&w.node);
+            return Some(n);
         }
-        nodes.and_then(|n| n.any.as_deref())
+        nodes.any.as_deref()
     }
 
     /// The rule a request descriptor with these entries resolves to: the
@@ -361,10 +359,12 @@ impl Level {
     }
 
     fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.by_key
-            .values()
-            .flat_map(|k| k.values.values().chain(k.any.as_deref()))
-            .chain(self.wildcards.iter().map(|w| &w.node))
+        self.by_key.values().flat_map(|k| {
+            k.values
+                .values()
+                .chain(k.prefixes.iter().map(|(_, n)| n))
+                .chain(k.any.as_deref())
+        })
     }
 }
 
