@@ -187,8 +187,18 @@ fn the_valid_directory_loads_every_file_in_name_order() {
             .shadow
     );
     let ex8 = d.get("example8").unwrap();
-    assert!(ex8.root.lookup([("key1", "other")]).unwrap().detailed_metric);
-    assert!(!ex8.root.lookup([("key1", "value1")]).unwrap().detailed_metric);
+    assert!(
+        ex8.root
+            .lookup([("key1", "other")])
+            .unwrap()
+            .detailed_metric
+    );
+    assert!(
+        !ex8.root
+            .lookup([("key1", "value1")])
+            .unwrap()
+            .detailed_metric
+    );
     let internal = d.get("internal").unwrap();
     assert_eq!(
         internal.root.lookup([("ldap", "x")]).unwrap().action,
