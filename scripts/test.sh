@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of quotad on a fresh Debian machine with Rust.
 #
-# Installs what the tests need when it is missing (nothing beyond cargo and
-# a C linker yet: protoc is vendored by the build; later capabilities add
-# redis-server here), then runs doc, unit, integration and bench-smoke
-# tests, and ends with one summary line.
+# Installs what the tests need when it is missing (a C linker, and
+# redis-server for the Redis sync tests, which start their own on free
+# loopback ports; protoc is vendored by the build), then runs doc, unit,
+# integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +23,8 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 }
 
-# The linker driver for test binaries.
-apt_install cc:gcc
+# The linker driver for test binaries; a real Redis for the sync tests.
+apt_install cc:gcc redis-server:redis-server
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

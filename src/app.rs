@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
 use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
+use crate::sync::{RedisSync, SyncHandle};
 use crate::telemetry::{self, HealthService, Readiness};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tonic_health::pb::health_server::HealthServer;
@@ -54,6 +55,9 @@ pub enum AppError {
     /// Server reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The Redis sync task could not be set up.
+    #[error("{0}")]
+    Sync(#[from] crate::sync::SyncError),
     /// A server stopped with an error.
     #[error("{what} server: {source}")]
     Serve {
@@ -74,6 +78,7 @@ pub struct App {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     ready: Readiness,
+    sync: Option<(RedisSync, SyncHandle)>,
 }
 
 impl App {
@@ -92,7 +97,15 @@ impl App {
         let limits = StoreLimits {
             max_cells: config.store.max_tracked_keys,
         };
-        let limiter = Arc::new(Limiter::new(table, hasher, limits, clock));
+        let mut limiter = Limiter::new(table, hasher, limits, clock);
+        if config.redis.is_some() {
+            limiter.enable_sync();
+        }
+        let limiter = Arc::new(limiter);
+        let sync = match &config.redis {
+            Some(settings) => Some(RedisSync::new(Arc::clone(&limiter), settings.clone())?),
+            None => None,
+        };
         let grpc = bind("grpc", config.server.grpc_addr).await?;
         let http = bind("http", config.server.http_addr).await?;
         let grpc_addr = local_addr("grpc", &grpc, config.server.grpc_addr)?;
@@ -107,7 +120,13 @@ impl App {
             grpc_addr,
             http_addr,
             ready: Readiness::new(),
+            sync,
         })
+    }
+
+    /// The Redis sync task's state, when Redis is configured.
+    pub fn sync(&self) -> Option<SyncHandle> {
+        self.sync.as_ref().map(|(_, h)| h.clone())
     }
 
     /// The bound gRPC address (the real port when 0 was asked for).
@@ -136,6 +155,7 @@ impl App {
             grpc,
             http,
             ready,
+            sync,
             ..
         } = self;
         // Two stages: the gRPC side (listener, CheckStreams, health
@@ -181,6 +201,15 @@ impl App {
                 source: Box::new(e),
             })
         });
+        if let Some((sync, _)) = sync {
+            // Stops with the rest, after gRPC has answered its last call,
+            // so the final flush carries every charge.
+            let stop = rest_stop.clone();
+            rest.spawn(async move {
+                sync.run(stop).await;
+                Ok(())
+            });
+        }
         rest.spawn(sweeper(
             Arc::clone(&limiter),
             config.store.sweep_interval,

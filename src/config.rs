@@ -133,6 +133,8 @@ pub struct Config {
     pub rls: RlsDomains,
     /// Which rate-limit headers answers carry.
     pub response_headers: HeaderStyle,
+    /// Redis sync; `None` runs this node alone, in memory.
+    pub redis: Option<RedisSettings>,
 }
 
 /// The `server` section.
@@ -188,6 +190,92 @@ impl Default for RequestCaps {
             max_descriptors: 64,
             max_entries: 32,
             max_entry_bytes: 4096,
+        }
+    }
+}
+
+/// The `redis` section: keep this node in sync with others through Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `unix:///path/to.sock`.
+    /// `Debug` hides any password in it.
+    pub url: String,
+    /// A password read from `password_file` (trailing newline removed);
+    /// overrides one in the URL. `Debug` prints `<redacted>`.
+    pub password: Option<String>,
+    /// Prefix of every Redis key quotad writes.
+    pub key_prefix: String,
+    /// How often pending deltas are flushed.
+    pub sync_interval: Duration,
+}
+
+impl RedisSettings {
+    /// The URL with any password replaced by `<redacted>`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.redacted_url())
+            .field(
+                "password",
+                &format_args!(
+                    "{}",
+                    if self.password.is_some() {
+                        "<redacted>"
+                    } else {
+                        "None"
+                    }
+                ),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .field("sync_interval", &self.sync_interval)
+            .finish()
+    }
+}
+
+impl RedisSettings {
+    /// Settings for `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            password: None,
+            key_prefix: "quotad:".to_owned(),
+            sync_interval: Duration::from_millis(50),
+        }
+    }
+
+    /// Checks the URL's scheme; the connection itself is the sync task's.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("redis" | "unix" | "redis+unix") => Ok(()),
+            Some("rediss") => Err(
+                "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// on a trusted network or a unix socket"
+                    .to_owned(),
+            ),
+            _ => Err(format!(
+                "invalid Redis URL {} (expected redis://host:port[/db] or unix:///path)",
+                quoted(&redact_url(url))
+            )),
         }
     }
 }
@@ -466,6 +554,15 @@ impl Config {
             "response headers: {}",
             self.response_headers.as_str()
         ));
+        lines.push(match &self.redis {
+            None => "redis: off (this node alone, in memory)".to_owned(),
+            Some(r) => format!(
+                "redis: {}, key prefix {:?}, sync every {}",
+                r.redacted_url(),
+                r.key_prefix,
+                format_duration(r.sync_interval)
+            ),
+        });
         lines.join("\n")
     }
 }
@@ -521,6 +618,7 @@ fn demo_config() -> Config {
         rls_files: Vec::new(),
         rls: RlsDomains::default(),
         response_headers: HeaderStyle::Both,
+        redis: None,
         limits: LimitsSpec {
             default_plan: "free".to_owned(),
             plans,
@@ -544,6 +642,7 @@ struct ConfigRaw {
     server: Option<ServerRaw>,
     requests: Option<RequestsRaw>,
     store: Option<StoreRaw>,
+    redis: Option<RedisRaw>,
     envoy: Option<EnvoyRaw>,
     rls_files: Option<Vec<NonEmpty>>,
     response_headers: Option<StyleRaw>,
@@ -567,6 +666,15 @@ struct RequestsRaw {
     max_descriptors: Option<Positive>,
     max_entries: Option<Positive>,
     max_entry_bytes: Option<Positive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the redis section (a mapping)")]
+struct RedisRaw {
+    url: Option<NonEmpty>,
+    password_file: Option<NonEmpty>,
+    key_prefix: Option<String>,
+    sync_interval: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -659,6 +767,11 @@ impl ConfigRaw {
             store.hash_secret = s.hash_secret.map(|s| s.0);
         }
 
+        let redis = match self.redis {
+            None => None,
+            Some(r) => Some(build_redis(r, base, store.hash_secret.is_some())?),
+        };
+
         let mut envoy = EnvoySettings::default();
         if let Some(e) = self.envoy {
             if let Some(d) = e.domains {
@@ -715,8 +828,48 @@ impl ConfigRaw {
             rls_files,
             rls: RlsDomains::default(),
             response_headers,
+            redis,
         })
     }
+}
+
+fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSettings, Issue> {
+    let at = |field: &str| vec![Seg::key("redis"), Seg::key(field)];
+    let Some(url) = r.url else {
+        return Err(Issue::new(vec![Seg::key("redis")], "missing field 'url'"));
+    };
+    RedisSettings::check_url(&url.0).map_err(|why| Issue::new(at("url"), why))?;
+    if !have_secret {
+        return Err(Issue::new(
+            at("url"),
+            "Redis sync needs store.hash_secret: every node must name a key's Redis entries alike",
+        ));
+    }
+    let mut settings = RedisSettings::new(url.0);
+    if let Some(p) = r.password_file {
+        let path = base.join(&p.0);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Issue::new(
+                at("password_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let password = text.trim_end_matches(['\r', '\n']).to_owned();
+        if password.is_empty() {
+            return Err(Issue::new(
+                at("password_file"),
+                format!("{} is empty", path.display()),
+            ));
+        }
+        settings.password = Some(password);
+    }
+    if let Some(prefix) = r.key_prefix {
+        settings.key_prefix = prefix;
+    }
+    if let Some(d) = r.sync_interval {
+        settings.sync_interval = d.0;
+    }
+    Ok(settings)
 }
 
 // ---------------------------------------------------------------------------
@@ -1053,7 +1206,8 @@ server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain dela
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
 envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off
-response headers: both";
+response headers: both
+redis: off (this node alone, in memory)";
         assert_eq!(s, want);
         assert!(!s.contains("demo-gold-key"));
     }
@@ -1162,7 +1316,7 @@ response headers: both";
             ),
             (
                 "limits:\n  free: {}\n",
-                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, envoy, rls_files, response_headers)",
+                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers)",
             ),
             (
                 "servers:\n  grpc_addr: 127.0.0.1:1\n",
@@ -1170,7 +1324,7 @@ response headers: both";
             ),
             (
                 "metrics:\n  port: 1\n",
-                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, envoy, rls_files, response_headers)",
+                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers)",
             ),
             (
                 "server:\n  grpc_addr: 127.0.0.1:1\n  grpc_addr: 127.0.0.1:2\n",

@@ -68,5 +68,6 @@ pub mod core;
 pub mod limits;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 mod yaml;

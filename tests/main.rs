@@ -15,5 +15,7 @@ mod envoy_rls;
 mod health;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
 mod native;
+/// Redis sync mode against a real redis-server.
+mod redis_sync;
 /// Graceful shutdown with calls and streams in flight.
 mod shutdown;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quotad::app::App;
-use quotad::config::Config;
+use quotad::config::{Config, RedisSettings};
 
 /// EX_USAGE from sysexits.h: the command or its config was wrong.
 const EX_USAGE: u8 = 64;
@@ -58,6 +58,10 @@ struct ServeArgs {
     /// them; repeatable; added to the config's rls_files.
     #[arg(long = "limits", value_name = "FILE")]
     limits: Vec<PathBuf>,
+    /// Redis URL (redis://host:port[/db] or unix:///path): keep limits in
+    /// sync with other nodes; sets redis.url (needs store.hash_secret).
+    #[arg(long, env = "QUOTAD_REDIS", value_name = "URL")]
+    redis: Option<String>,
     /// Global shadow mode: count and report every limit, but answer every
     /// Envoy RLS request OK (sets envoy.shadow).
     #[arg(long, env = "QUOTAD_SHADOW")]
@@ -132,6 +136,19 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.shadow {
         config.envoy.shadow = true;
+    }
+    if let Some(url) = &args.redis {
+        RedisSettings::check_url(url).map_err(|why| anyhow::anyhow!("--redis: {why}"))?;
+        anyhow::ensure!(
+            config.store.hash_secret.is_some(),
+            "--redis: Redis sync needs store.hash_secret in the config: every node must name a key's Redis entries alike"
+        );
+        let mut settings = config
+            .redis
+            .take()
+            .unwrap_or_else(|| RedisSettings::new(url.as_str()));
+        settings.url = url.clone();
+        config.redis = Some(settings);
     }
     if !args.limits.is_empty() {
         config.add_rls_files(&args.limits)?;

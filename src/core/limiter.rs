@@ -17,6 +17,7 @@ use crate::limits::{Limit, LimitKind, LimitRef, PlanId, Table};
 use std::sync::atomic::AtomicU64;
 
 use crate::limits::file::MAX_LIMITS_PER_PLAN;
+use crate::store::journal::CellKind;
 use crate::store::{Landed, LocalStore, Map, QuotaCell, StoreLimits, SweepReport};
 
 /// Stands in for the key hash of the shared overflow cells.
@@ -80,6 +81,12 @@ impl Limiter {
             clock,
             hasher,
         }
+    }
+
+    /// Journals every charge for a Redis sync task (see
+    /// [`crate::sync`]). Call before sharing the limiter.
+    pub fn enable_sync(&mut self) {
+        self.store.enable_journal();
     }
 
     /// Decides one request against the current table.
@@ -310,6 +317,7 @@ fn waits_longer(a: Option<Nanos>, b: Option<Nanos>) -> bool {
 }
 
 /// Where one limit keeps one key's state right now.
+#[derive(Clone, Copy)]
 enum Cell<'l> {
     Bucket {
         rate: &'l crate::limits::Rate,
@@ -365,6 +373,28 @@ impl<'l> Cell<'l> {
     }
 }
 
+impl Cell<'_> {
+    /// What a charge (or, negated, a refund) of `cost` to the key's own
+    /// cell adds to the sync journal: the cell, its kind, the delta.
+    fn journal_entry(&self, cost: u64) -> (u64, CellKind, i64) {
+        let units = i64::try_from(cost).unwrap_or(i64::MAX);
+        match *self {
+            Cell::Bucket { rate, id, .. } => (
+                id,
+                CellKind::Bucket,
+                i64::try_from(rate.emission(cost)).unwrap_or(i64::MAX),
+            ),
+            Cell::Quota { span, id, .. } | Cell::Counter { span, id, .. } => (
+                id,
+                CellKind::Counter {
+                    window_end: span.end,
+                },
+                units,
+            ),
+        }
+    }
+}
+
 impl Limiter {
     /// Checks one limit for one key; `commit == false` is a dry run. Says
     /// where the units were charged, if anywhere.
@@ -377,7 +407,8 @@ impl Limiter {
         cost: u64,
         commit: bool,
     ) -> (Verdict, Landed) {
-        let (v, landed) = match Cell::of(limit, key, now) {
+        let cell = Cell::of(limit, key, now);
+        let (v, landed) = match cell {
             Cell::Bucket { rate, id, overflow } => charge(
                 self.store.buckets(),
                 id,
@@ -420,8 +451,17 @@ impl Limiter {
                 true,
             ),
         };
-        if landed == Landed::Overflow {
-            self.store.note_overflow();
+        match landed {
+            Landed::Overflow => self.store.note_overflow(),
+            // Only a key's own cells are synced: overflow cells are this
+            // node's flood guard.
+            Landed::Own => {
+                if let Some(j) = self.store.journal() {
+                    let (id, kind, delta) = cell.journal_entry(cost);
+                    j.add(id, kind, delta);
+                }
+            }
+            Landed::Nowhere => {}
         }
         (v, landed)
     }
@@ -435,19 +475,24 @@ impl Limiter {
             Landed::Overflow => Some(overflow),
             Landed::Nowhere => None,
         };
-        match Cell::of(limit, key, now) {
-            Cell::Bucket { rate, id, overflow } => {
-                if let Some(id) = pick(id, overflow) {
-                    self.store
-                        .buckets()
-                        .get(id, |c| gcra::refund(rate, c, cost));
-                }
-            }
+        let cell = Cell::of(limit, key, now);
+        let refunded = match cell {
+            Cell::Bucket { rate, id, overflow } => pick(id, overflow).and_then(|id| {
+                self.store
+                    .buckets()
+                    .get(id, |c| gcra::refund(rate, c, cost))
+            }),
             Cell::Quota { id, overflow, .. } | Cell::Counter { id, overflow, .. } => {
-                if let Some(id) = pick(id, overflow) {
-                    self.store.quotas().get(id, |c| quota::refund(c, cost));
-                }
+                pick(id, overflow)
+                    .and_then(|id| self.store.quotas().get(id, |c| quota::refund(c, cost)))
             }
+        };
+        if at == Landed::Own
+            && refunded.is_some()
+            && let Some(j) = self.store.journal()
+        {
+            let (id, kind, delta) = cell.journal_entry(cost);
+            j.add(id, kind, -delta);
         }
     }
 }
@@ -468,7 +513,7 @@ fn charge<V>(
     counts_denied: bool,
 ) -> (Verdict, Landed) {
     let landed = |v: &Verdict, at: Landed| {
-        if commit && v.allowed {
+        if commit && (v.allowed || counts_denied) {
             at
         } else {
             Landed::Nowhere

@@ -15,6 +15,8 @@
 //! itself. Idle cells (a full bucket, a finished window) are dropped by
 //! [`LocalStore::sweep`], so memory follows the active keys.
 
+pub mod journal;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
@@ -22,6 +24,7 @@ use dashmap::mapref::entry::Entry;
 use nohash_hasher::BuildNoHashHasher;
 
 use crate::core::clock::Nanos;
+use journal::Journal;
 
 type Cells<V> = DashMap<u64, V, BuildNoHashHasher<u64>>;
 
@@ -87,6 +90,8 @@ pub struct LocalStore {
     cells: AtomicUsize,
     limits: StoreLimits,
     overflowed: AtomicU64,
+    /// Pending deltas for Redis sync; `None` on a node without Redis.
+    journal: Option<Journal>,
 }
 
 impl LocalStore {
@@ -98,6 +103,39 @@ impl LocalStore {
             cells: AtomicUsize::new(0),
             limits,
             overflowed: AtomicU64::new(0),
+            journal: None,
+        }
+    }
+
+    /// Starts journaling charges for a sync task (see [`journal`]).
+    pub fn enable_journal(&mut self) {
+        self.journal = Some(Journal::new());
+    }
+
+    /// The sync journal, when enabled.
+    #[inline]
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Raises bucket `id`'s arrival time to the global one Redis returned
+    /// plus what this node charged since (still in the journal). A bucket
+    /// swept meanwhile is left alone: the next check starts it fresh and
+    /// its next flush brings it up to date.
+    pub fn adopt_bucket(&self, id: u64, global_tat: Nanos) {
+        let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
+        if let Some(tat) = self.buckets.get(&id) {
+            tat.fetch_max(global_tat.saturating_add_signed(pending), Ordering::AcqRel);
+        }
+    }
+
+    /// Raises counter `id` to the global count Redis returned plus what
+    /// this node counted since.
+    pub fn adopt_counter(&self, id: u64, global_used: u64) {
+        let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
+        if let Some(c) = self.quotas.get(&id) {
+            c.used
+                .fetch_max(global_used.saturating_add_signed(pending), Ordering::AcqRel);
         }
     }
 

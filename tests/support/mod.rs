@@ -10,6 +10,7 @@ use std::sync::Arc;
 use quotad::app::{App, AppError};
 use quotad::config::Config;
 use quotad::core::{Limiter, ManualClock};
+use quotad::sync::SyncHandle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
@@ -56,6 +57,8 @@ pub struct TestDaemon {
     pub http_addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub limiter: Arc<Limiter>,
+    /// The Redis sync task's state, when the config has `redis`.
+    pub sync: Option<SyncHandle>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
 }
@@ -68,10 +71,15 @@ impl TestDaemon {
 
     /// Starts a daemon with the given YAML config, on free loopback ports.
     pub async fn with_config(yaml: &str) -> Self {
+        Self::with_clock(yaml, Arc::new(ManualClock::new(T0))).await
+    }
+
+    /// [`TestDaemon::with_config`] on a given clock (nodes of one cluster
+    /// share theirs).
+    pub async fn with_clock(yaml: &str, clock: Arc<ManualClock>) -> Self {
         let mut config = Config::from_yaml(yaml, "test.yaml").expect("test config is valid");
         config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.server.http_addr = "127.0.0.1:0".parse().unwrap();
-        let clock = Arc::new(ManualClock::new(T0));
         let app = App::bind_with_clock(config, clock.clone())
             .await
             .expect("daemon binds");
@@ -79,6 +87,7 @@ impl TestDaemon {
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
         let limiter = app.limiter();
+        let sync = app.sync();
         let handle = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
@@ -87,6 +96,7 @@ impl TestDaemon {
             http_addr,
             clock,
             limiter,
+            sync,
             stop: Some(stop),
             handle: Some(handle),
         };
@@ -113,6 +123,25 @@ impl TestDaemon {
             .connect()
             .await
             .expect("connect to daemon")
+    }
+
+    /// Waits (bounded) until every charge so far has been flushed to Redis
+    /// and the answers adopted.
+    pub async fn wait_synced(&self) {
+        let journal = self.limiter.store().journal().expect("redis configured");
+        let mut sync = self.sync.clone().expect("redis configured");
+        let poll = async {
+            while !journal.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            // The round that drained the journal may still be sending:
+            // one more completed round covers it.
+            let next = sync.rounds() + 1;
+            sync.wait_rounds(next).await;
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+            .await
+            .expect("pending deltas flushed to redis");
     }
 
     /// Moves the daemon's clock forward.
@@ -197,5 +226,93 @@ pub mod rls {
             descriptors,
             hits_addend: hits,
         }
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence,
+/// killed on drop. `scripts/test.sh` installs redis-server when missing.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits (bounded) until it answers PING.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut s = Self { port, child: None };
+        s.spawn().await;
+        s
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let poll = async {
+            while self.ping().await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+            .await
+            .expect("redis-server answers PING");
+    }
+
+    /// Sends one inline command and returns the first reply line.
+    pub async fn command(&self, cmd: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        s.write_all(format!("{cmd}\r\n").as_bytes()).await?;
+        let mut r = tokio::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await?;
+        if line.starts_with('$') && !line.starts_with("$-1") {
+            line.clear();
+            r.read_line(&mut line).await?;
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    async fn ping(&self) -> std::io::Result<()> {
+        let reply = self.command("PING").await?;
+        if reply == "+PONG" {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(reply))
+        }
+    }
+
+    /// Kills the server (SIGKILL): an outage, data gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,0 +1,132 @@
+//! The dirty-cell journal for Redis sync: per cell, what this node charged
+//! (or gave back) since the last flush.
+//!
+//! The engine adds to it on the request path (one shard-locked map update,
+//! no allocation once the entry exists); the sync task drains it every
+//! `sync_interval`, sends one delta per dirty cell, and puts back what it
+//! could not send. It holds one entry per dirty cell, so it is bounded by
+//! the store's own cap.
+
+use dashmap::DashMap;
+use nohash_hasher::BuildNoHashHasher;
+
+use crate::core::clock::Nanos;
+
+/// What kind of cell a delta is for, and what its Redis key needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    /// A token bucket: deltas are nanoseconds of arrival time.
+    Bucket,
+    /// A window counter (quota or fixed window) ending at the given time:
+    /// deltas are units.
+    Counter {
+        /// End of the window (Unix ns), for the Redis key's expiry.
+        window_end: Nanos,
+    },
+}
+
+/// One dirty cell's pending change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The cell's kind.
+    pub kind: CellKind,
+    /// Net change since the last flush.
+    pub delta: i64,
+}
+
+/// Pending deltas by cell id.
+#[derive(Debug, Default)]
+pub struct Journal {
+    cells: DashMap<u64, Pending, BuildNoHashHasher<u64>>,
+}
+
+impl Journal {
+    /// An empty journal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `delta` to cell `id`'s pending change.
+    #[inline]
+    pub fn add(&self, id: u64, kind: CellKind, delta: i64) {
+        self.cells
+            .entry(id)
+            .and_modify(|p| p.delta = p.delta.saturating_add(delta))
+            .or_insert(Pending { kind, delta });
+    }
+
+    /// The pending change of cell `id` (0 when clean).
+    #[inline]
+    pub fn pending(&self, id: u64) -> i64 {
+        self.cells.get(&id).map_or(0, |p| p.delta)
+    }
+
+    /// Takes up to `max` dirty cells out of the journal, leaving them clean.
+    pub fn drain(&self, max: usize) -> Vec<(u64, Pending)> {
+        let mut out = Vec::new();
+        self.cells.retain(|id, p| {
+            if out.len() >= max {
+                return true;
+            }
+            if p.delta != 0 {
+                out.push((*id, *p));
+            }
+            false
+        });
+        out
+    }
+
+    /// Puts back deltas that could not be sent, merging with what was
+    /// charged meanwhile.
+    pub fn restore(&self, items: &[(u64, Pending)]) {
+        for (id, p) in items {
+            self.add(*id, p.kind, p.delta);
+        }
+    }
+
+    /// Dirty cells (locks every shard; not for the request path).
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_drains_and_restores() {
+        let j = Journal::new();
+        j.add(1, CellKind::Bucket, 5);
+        j.add(1, CellKind::Bucket, 7);
+        j.add(2, CellKind::Counter { window_end: 9 }, 1);
+        j.add(3, CellKind::Bucket, 4);
+        j.add(3, CellKind::Bucket, -4);
+        assert_eq!(j.pending(1), 12);
+        let mut taken = j.drain(usize::MAX);
+        taken.sort_by_key(|(id, _)| *id);
+        // A cell whose charges cancelled out has nothing to send.
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].1.delta, 12);
+        assert!(j.is_empty());
+        j.add(1, CellKind::Bucket, 1);
+        j.restore(&taken);
+        assert_eq!(j.pending(1), 13);
+        assert_eq!(j.pending(2), 1);
+    }
+
+    #[test]
+    fn drain_takes_at_most_max() {
+        let j = Journal::new();
+        for id in 0..10 {
+            j.add(id, CellKind::Bucket, 1);
+        }
+        assert_eq!(j.drain(4).len(), 4);
+        assert_eq!(j.len(), 6);
+    }
+}

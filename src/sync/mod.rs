@@ -1,0 +1,342 @@
+//! Redis sync (`sync` mode): the only module that talks to Redis.
+//!
+//! Decisions stay local and synchronous: the engine records what each
+//! check charged in the store's journal ([`crate::store::journal`]), and
+//! this task, every `sync_interval`, drains the dirty cells and sends one
+//! delta per cell in one pipelined round trip through one Lua script
+//! (`sync.lua`) that applies the delta to the cell's global state in
+//! Redis atomically and returns it; the node then adopts the global state
+//! plus whatever it charged meanwhile. No Redis call and no `.await` is on
+//! the request path.
+//!
+//! - Token buckets are kept in Redis as their theoretical arrival time in
+//!   microseconds (Lua numbers are doubles: exact to 2⁵³), expiring when
+//!   the bucket is full again.
+//! - Window counters (quotas and envoyproxy/ratelimit fixed windows) are
+//!   counts expiring a minute after their window ends: quotas survive
+//!   restarts of every node.
+//! - Key names are `{prefix}b:{cell}` and `{prefix}c:{cell}`, the cell
+//!   being the keyed hash the engine files it under: never a raw API key.
+//!   Nodes must share `store.hash_secret` to name cells alike.
+//!
+//! **Accuracy.** A limit of `r` per second with burst `b` on `n` nodes
+//! admits at most about `b + r·(t + n·sync_interval)` over any window `t`
+//! long enough to repay the bursts the nodes took before they first heard
+//! of each other: each node decides on the global state as of its last
+//! flush, so for at most one interval each node can spend what the others
+//! already spent. A node that has never touched a key starts it fresh and
+//! learns its global state on its first flush.
+//!
+//! **Outages** (`local` behaviour, the only one in this version): when a
+//! flush fails, its deltas go back to the journal (merged with new ones,
+//! one entry per cell, so bounded by the store's cap), nodes keep deciding
+//! locally, and the task retries with exponential backoff (to 5 s), then
+//! sends everything pending once Redis answers again. State changes are
+//! logged and visible through [`SyncHandle::state`]. On shutdown the task
+//! makes a last flush, bounded by [`FINAL_FLUSH`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
+use tokio::sync::watch;
+
+use crate::config::RedisSettings;
+use crate::core::Limiter;
+use crate::shutdown::Shutdown;
+use crate::store::journal::{CellKind, Pending};
+
+/// The Lua script every flush runs, one call per dirty cell.
+const SCRIPT: &str = include_str!("sync.lua");
+
+/// Dirty cells sent in one pipelined round trip.
+const BATCH: usize = 1_000;
+
+/// How long the last flush at shutdown may take.
+pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
+
+/// Longest wait between attempts while Redis is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Counters' keys outlive their window by this much (clock skew between
+/// nodes and Redis).
+const COUNTER_SLACK_MS: u64 = 60_000;
+
+/// Why the sync task could not start or flush.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The URL could not be turned into connection settings.
+    #[error("redis.url {url}: {source}")]
+    Url {
+        /// The URL, password redacted.
+        url: String,
+        /// What redis-rs said.
+        source: RedisError,
+    },
+    /// A Redis command failed.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// Whether the last flush reached Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Not tried yet.
+    Starting,
+    /// The last flush went through.
+    Synced,
+    /// Redis is unreachable or failing; deciding locally.
+    Degraded,
+}
+
+/// A view of a running sync task.
+#[derive(Debug, Clone)]
+pub struct SyncHandle {
+    state: watch::Receiver<SyncState>,
+    rounds: watch::Receiver<u64>,
+}
+
+impl SyncHandle {
+    /// The current state.
+    pub fn state(&self) -> SyncState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the state is `want` (for tests and readiness).
+    pub async fn wait_for(&mut self, want: SyncState) {
+        let _ = self.state.wait_for(|s| *s == want).await;
+    }
+
+    /// Flush rounds completed so far (each sends everything pending).
+    pub fn rounds(&self) -> u64 {
+        *self.rounds.borrow()
+    }
+
+    /// Waits until at least `n` flush rounds have completed.
+    pub async fn wait_rounds(&mut self, n: u64) {
+        let _ = self.rounds.wait_for(|r| *r >= n).await;
+    }
+}
+
+/// The sync task: the limiter's journal on one side, Redis on the other.
+pub struct RedisSync {
+    limiter: Arc<Limiter>,
+    settings: RedisSettings,
+    conn: ConnectionManager,
+    sha: String,
+    state: watch::Sender<SyncState>,
+    rounds: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for RedisSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSync")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSync {
+    /// Prepares the task; connects lazily, so a Redis that is down at start
+    /// does not stop the node from serving.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        settings: RedisSettings,
+    ) -> Result<(Self, SyncHandle), SyncError> {
+        let url_err = |source| SyncError::Url {
+            url: settings.redacted_url(),
+            source,
+        };
+        let mut info = settings
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(url_err)?;
+        if let Some(pw) = &settings.password {
+            let redis = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(url_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(url_err)?;
+        let (state, rx) = watch::channel(SyncState::Starting);
+        let (rounds, rounds_rx) = watch::channel(0);
+        let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
+        let sync = Self {
+            limiter,
+            settings,
+            conn,
+            sha,
+            state,
+            rounds,
+        };
+        let handle = SyncHandle {
+            state: rx,
+            rounds: rounds_rx,
+        };
+        Ok((sync, handle))
+    }
+
+    /// Flushes every `sync_interval` until `stop` fires, then makes a last
+    /// flush. Never fails: Redis trouble is logged and retried.
+    pub async fn run(mut self, mut stop: Shutdown) {
+        tracing::info!(
+            url = %self.settings.redacted_url(),
+            interval_ms = self.settings.sync_interval.as_millis() as u64,
+            "redis sync started"
+        );
+        let mut backoff = self.settings.sync_interval;
+        loop {
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = match self.flush_all().await {
+                Ok(_) => self.settings.sync_interval,
+                Err(_) => (backoff * 2).clamp(self.settings.sync_interval, MAX_BACKOFF),
+            };
+        }
+        match tokio::time::timeout(FINAL_FLUSH, self.flush_all()).await {
+            Ok(Ok(sent)) => tracing::info!(cells = sent, "redis sync: final flush done"),
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "redis sync: final flush failed; pending deltas are lost"
+            ),
+            Err(_) => tracing::warn!("redis sync: final flush timed out; pending deltas are lost"),
+        }
+    }
+
+    /// Sends everything pending, in batches; records the state change.
+    pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
+        let mut sent = 0;
+        let result = loop {
+            match self.flush_batch().await {
+                Ok(0) => break Ok(sent),
+                Ok(n) => sent += n,
+                Err(e) => break Err(e),
+            }
+        };
+        let next = if result.is_ok() {
+            SyncState::Synced
+        } else {
+            SyncState::Degraded
+        };
+        let before = *self.state.borrow();
+        if before != next {
+            match (&result, before) {
+                (Err(e), _) => tracing::warn!(
+                    error = %e,
+                    "redis sync: cannot reach Redis; deciding locally and keeping deltas"
+                ),
+                (Ok(_), SyncState::Degraded) => {
+                    tracing::info!(
+                        cells = sent,
+                        "redis sync: Redis is back; pending deltas sent"
+                    )
+                }
+                (Ok(_), _) => tracing::info!("redis sync: connected"),
+            }
+            self.state.send_replace(next);
+        }
+        self.rounds.send_modify(|r| *r += 1);
+        result
+    }
+
+    /// Sends up to [`BATCH`] dirty cells in one round trip and adopts the
+    /// answers. Returns how many were sent (0: nothing was pending).
+    async fn flush_batch(&mut self) -> Result<usize, SyncError> {
+        let limiter = Arc::clone(&self.limiter);
+        let Some(journal) = limiter.store().journal() else {
+            return Ok(0);
+        };
+        let items = journal.drain(BATCH);
+        if items.is_empty() {
+            return Ok(0);
+        }
+        match self.send(&items).await {
+            Ok(retry) if retry.is_empty() => Ok(items.len()),
+            Ok(retry) => {
+                // The script was not loaded (a new or restarted Redis):
+                // load it and send those again.
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SCRIPT)
+                    .query_async(&mut self.conn)
+                    .await
+                    .inspect_err(|_| journal.restore(&retry))?;
+                match self.send(&retry).await {
+                    Ok(again) if again.is_empty() => Ok(items.len()),
+                    Ok(again) => {
+                        journal.restore(&again);
+                        Err(SyncError::Redis(RedisError::from((
+                            ErrorKind::Server(ServerErrorKind::NoScript),
+                            "script still missing after SCRIPT LOAD",
+                        ))))
+                    }
+                    Err(e) => {
+                        journal.restore(&retry);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                journal.restore(&items);
+                Err(e)
+            }
+        }
+    }
+
+    /// One pipelined round trip. Adopts every answer; returns the items
+    /// to resend because the script was missing. A transport error fails
+    /// the whole batch (the caller puts it back).
+    async fn send(&mut self, items: &[(u64, Pending)]) -> Result<Vec<(u64, Pending)>, SyncError> {
+        let now_us = self.limiter.now() / 1_000;
+        let prefix = &self.settings.key_prefix;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (id, p) in items {
+            let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(1);
+            match p.kind {
+                CellKind::Bucket => cmd
+                    .arg(format!("{prefix}b:{id:016x}"))
+                    .arg("b")
+                    .arg(now_us)
+                    .arg(p.delta / 1_000),
+                CellKind::Counter { window_end } => cmd
+                    .arg(format!("{prefix}c:{id:016x}"))
+                    .arg("c")
+                    .arg(window_end / 1_000_000 + COUNTER_SLACK_MS)
+                    .arg(p.delta),
+            };
+        }
+        let answers: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut self.conn).await?;
+        let store = self.limiter.store();
+        let mut retry = Vec::new();
+        for ((id, p), answer) in items.iter().zip(answers) {
+            match answer {
+                Ok(v) => {
+                    let v = u64::try_from(v).unwrap_or(0);
+                    match p.kind {
+                        CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
+                        CellKind::Counter { .. } => store.adopt_counter(*id, v),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    retry.push((*id, *p));
+                }
+                Err(e) => {
+                    // A key Redis cannot apply the script to (say, someone
+                    // wrote another type under our prefix): resending would
+                    // fail forever, so the delta is dropped, loudly.
+                    tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
+                }
+            }
+        }
+        Ok(retry)
+    }
+}

@@ -1,0 +1,29 @@
+-- quotad's sync script: applies one node's pending delta to one cell's
+-- global state and returns that state, atomically.
+--   KEYS[1]  the cell's key
+--   ARGV[1]  'b' (token bucket) or 'c' (window counter)
+-- bucket:  ARGV[2] now (microseconds), ARGV[3] delta (microseconds of
+--          arrival time; negative gives back). The value is the bucket's
+--          theoretical arrival time in microseconds; the key expires when
+--          the bucket is full again. Returns the arrival time.
+-- counter: ARGV[2] expiry (Unix milliseconds), ARGV[3] delta (units).
+--          Returns the count.
+if ARGV[1] == 'b' then
+  local now = tonumber(ARGV[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tat < now then tat = now end
+  tat = tat + tonumber(ARGV[3])
+  if tat <= now then
+    redis.call('DEL', KEYS[1])
+    return now
+  end
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+  return tat
+end
+local used = redis.call('INCRBY', KEYS[1], ARGV[3])
+if used <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return used

@@ -1,0 +1,197 @@
+//! Redis `sync` mode against a real redis-server on a free port: several
+//! daemons enforce one limit, quotas survive restarts, an outage changes
+//! nothing for callers and loses nothing, shutdown flushes.
+//!
+//! Daemons run on a shared manual clock: the test moves time and waits for
+//! every node to have flushed (`wait_synced`), so the numbers are exact
+//! and no assertion depends on how fast the machine is.
+
+use std::sync::Arc;
+
+use quotad::api::pb::CheckRequest;
+use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+use quotad::core::ManualClock;
+use quotad::sync::SyncState;
+use tonic::transport::Channel;
+
+use crate::support::{RedisServer, T0, TestDaemon};
+
+/// `free`: 100 per second, burst 10. Key `q-key`: 100 per day.
+fn config(redis: &str, interval: &str) -> String {
+    format!(
+        r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - {{ name: per-second, rate: 100, per: second, burst: 10 }}
+  quota:
+    limits:
+      - {{ name: daily, quota: 100, per: day }}
+keys:
+  "q-key": {{ plan: quota }}
+store:
+  hash_secret: "000102030405060708090a0b0c0d0e0f"
+redis:
+  url: {redis}
+  sync_interval: {interval}
+server:
+  shutdown_grace: 5s
+"#
+    )
+}
+
+type Client = RateLimiterClient<Channel>;
+
+async fn client(d: &TestDaemon) -> Client {
+    RateLimiterClient::new(d.channel().await)
+}
+
+/// (allowed, remaining) of one check.
+async fn check(c: &mut Client, key: &str, cost: u64) -> (bool, u64) {
+    let r = c
+        .check(CheckRequest {
+            key: key.into(),
+            cost,
+            id: 0,
+        })
+        .await
+        .expect("check answered")
+        .into_inner();
+    (r.allowed, r.remaining)
+}
+
+#[tokio::test]
+async fn three_nodes_enforce_one_limit_within_the_stated_bound() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let yaml = config(&redis.url(), "5ms");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let d = TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await;
+        let c = client(&d).await;
+        nodes.push((d, c));
+    }
+    // 2 s of traffic in 20 ms steps, offered at 5× the limit and split
+    // unevenly (6:3:1) across the nodes; after each step every node has
+    // flushed, as it would every sync_interval (here 20 ms of clock).
+    const STEPS: u64 = 100;
+    const STEP_MS: u64 = 20;
+    let split = [6, 3, 1];
+    let mut admitted = 0u64;
+    for _ in 0..STEPS {
+        for ((_, c), n) in nodes.iter_mut().zip(split) {
+            for _ in 0..n {
+                admitted += u64::from(check(c, "shared", 1).await.0);
+            }
+        }
+        for (d, _) in &nodes {
+            d.wait_synced().await;
+        }
+        clock.advance(STEP_MS * 1_000_000);
+    }
+    eprintln!("three nodes admitted {admitted}");
+    // One node alone would admit burst + rate·t = 10 + 100 × 2 = 210.
+    // The stated bound, b + r·(t + n·interval) = 10 + 100 × (2 + 3 × 0.02)
+    // = 216, is within the 5 % the issue allows (220.5).
+    let single_node = 10 + 100 * STEPS * STEP_MS / 1_000;
+    let bound = 10 + 100 * (STEPS * STEP_MS + 3 * STEP_MS) / 1_000;
+    assert!(
+        admitted <= bound,
+        "admitted {admitted}, bound {bound} (one node alone: {single_node})"
+    );
+    assert!(
+        admitted * 100 <= single_node * 105,
+        "admitted {admitted} is more than 5 % over {single_node}"
+    );
+    // And the limit is not enforced by refusing everything.
+    assert!(admitted >= single_node * 9 / 10, "admitted only {admitted}");
+}
+
+#[tokio::test]
+async fn quotas_survive_a_restart_of_every_node() {
+    let redis = RedisServer::start().await;
+    let yaml = config(&redis.url(), "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    assert_eq!(check(&mut ca, "q-key", 60).await, (true, 40));
+    a.wait_synced().await;
+    a.stop().await.expect("clean stop");
+
+    // A new node (a restart) on the same Redis: its first check decides
+    // on a fresh local counter, its flush brings the global count.
+    let b = TestDaemon::with_config(&yaml).await;
+    let mut cb = client(&b).await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 38));
+    // 38 left: 39 is refused, 38 fits.
+    assert!(!check(&mut cb, "q-key", 39).await.0);
+    assert_eq!(check(&mut cb, "q-key", 38).await, (true, 0));
+}
+
+#[tokio::test]
+async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
+    let mut redis = RedisServer::start().await;
+    let yaml = config(&redis.url(), "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    assert_eq!(check(&mut ca, "q-key", 10).await, (true, 90));
+    a.wait_synced().await;
+    sync.wait_for(SyncState::Synced).await;
+
+    redis.kill();
+    // Callers see no difference: local decisions, exact as before.
+    for left in [85, 80, 75, 70] {
+        assert_eq!(check(&mut ca, "q-key", 5).await, (true, left));
+    }
+    sync.wait_for(SyncState::Degraded).await;
+    assert!(!a.limiter.store().journal().expect("journal").is_empty());
+
+    // Redis comes back empty (no persistence): the 20 units counted during
+    // the outage are sent; the 10 before it were lost with Redis's data.
+    redis.restart().await;
+    sync.wait_for(SyncState::Synced).await;
+    a.wait_synced().await;
+    let b = TestDaemon::with_config(&yaml).await;
+    let mut cb = client(&b).await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    // 20 from the outage + 1 + 1 = 22 used.
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 78));
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_pending() {
+    let redis = RedisServer::start().await;
+    // An interval far longer than the test: only the final flush can
+    // carry the charge to Redis.
+    let yaml = config(&redis.url(), "1h");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    assert_eq!(check(&mut ca, "q-key", 25).await, (true, 75));
+    a.stop().await.expect("clean stop");
+
+    let fast = config(&redis.url(), "5ms");
+    let b = TestDaemon::with_config(&fast).await;
+    let mut cb = client(&b).await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 73));
+}
+
+#[tokio::test]
+async fn redis_keys_never_contain_the_api_key() {
+    let redis = RedisServer::start().await;
+    let a = TestDaemon::with_config(&config(&redis.url(), "5ms")).await;
+    let mut ca = client(&a).await;
+    let _ = check(&mut ca, "secret-key-123", 1).await;
+    let _ = check(&mut ca, "q-key", 1).await;
+    a.wait_synced().await;
+    let keys = redis.command("KEYS *").await.expect("KEYS");
+    // `*2` (two keys) then the names; a bulk reply is read line by line.
+    assert!(keys.starts_with("*2"), "{keys}");
+    let dump = redis.command("KEYS *secret*").await.expect("KEYS");
+    assert_eq!(dump, "*0", "no key name holds the API key");
+}
