@@ -16,6 +16,7 @@
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`telemetry`] | readiness latch, `/livez` and `/readyz` |
 //! | [`shutdown`] | the shutdown signal every task waits on |
+//! | [`sync`] | Redis sync: the only module that talks to Redis; flushes the store's journal of deltas and adopts the global state |
 //!
 //! # Request flow
 //!
@@ -57,7 +58,11 @@
 //!   per limit); keys beyond the cap share the overflow bucket. Refused
 //!   checks create no cells; idle ones are swept.
 //!
-//! This version runs on one node; limits are per process.
+//! - Several nodes on one Redis ([`sync`]): a limit of rate `r`, burst `b`
+//!   on `n` nodes flushing every `i` admits at most about
+//!   `b + r·(t + n·i)` over a window `t` long enough to repay the bursts
+//!   nodes took before first hearing of each other; quota counters are
+//!   kept in Redis, so they survive restarts.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
