@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::native::NativeService;
@@ -166,18 +167,43 @@ impl App {
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let native = NativeService::new(
+        let mut native = NativeService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
             config.response_headers,
             grpc_stop.clone(),
         );
-        let rls = EnvoyRlsService::new(
+        let mut rls = EnvoyRlsService::new(
             Arc::clone(&limiter),
             config.requests.clone(),
             config.envoy.clone(),
             config.response_headers,
         );
+        let mut rest = JoinSet::new();
+        // Strict mode only when a plan asks for it: its client shares the
+        // sync task's Redis connection.
+        let any_strict = config
+            .limits
+            .plans
+            .iter()
+            .any(|p| p.limits.iter().any(|l| l.strict));
+        if let (Some((sync, _)), Some(settings), true) = (&sync, &config.redis, any_strict) {
+            let (client, task) = sync.strict();
+            let strict = Strict {
+                client,
+                on_error: settings.on_redis_error,
+            };
+            native = native.with_strict(strict.clone());
+            rls = rls.with_strict(strict);
+            let mut stop = rest_stop.clone();
+            rest.spawn(async move {
+                tokio::select! {
+                    _ = task => {}
+                    _ = stop.wait() => {}
+                }
+                Ok(())
+            });
+        }
         let grpc_server = Server::builder()
             .add_service(HealthServer::new(health))
             .add_service(reflection_v1)
@@ -192,7 +218,6 @@ impl App {
             })
         });
 
-        let mut rest = JoinSet::new();
         let http_server = axum::serve(http, telemetry::router(ready.clone()))
             .with_graceful_shutdown(wait(rest_stop.clone()));
         rest.spawn(async move {

@@ -207,6 +207,35 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How often pending deltas are flushed.
     pub sync_interval: Duration,
+    /// What a strict check does when Redis does not answer in time.
+    pub on_redis_error: OnRedisError,
+    /// How long a strict check waits for Redis.
+    pub strict_deadline: Duration,
+}
+
+/// `redis.on_redis_error`: what a strict-mode check answers when Redis
+/// fails or misses `strict_deadline`. (`sync` mode always decides
+/// locally.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Decide on this node's view (the default).
+    #[default]
+    Local,
+    /// Allow (fail open).
+    Allow,
+    /// Deny (fail closed).
+    Deny,
+}
+
+impl OnRedisError {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRedisError::Local => "local",
+            OnRedisError::Allow => "allow",
+            OnRedisError::Deny => "deny",
+        }
+    }
 }
 
 impl RedisSettings {
@@ -248,6 +277,8 @@ impl fmt::Debug for RedisSettings {
             )
             .field("key_prefix", &self.key_prefix)
             .field("sync_interval", &self.sync_interval)
+            .field("on_redis_error", &self.on_redis_error)
+            .field("strict_deadline", &self.strict_deadline)
             .finish()
     }
 }
@@ -260,6 +291,8 @@ impl RedisSettings {
             password: None,
             key_prefix: "quotad:".to_owned(),
             sync_interval: Duration::from_millis(50),
+            on_redis_error: OnRedisError::Local,
+            strict_deadline: Duration::from_millis(20),
         }
     }
 
@@ -557,10 +590,12 @@ impl Config {
         lines.push(match &self.redis {
             None => "redis: off (this node alone, in memory)".to_owned(),
             Some(r) => format!(
-                "redis: {}, key prefix {:?}, sync every {}",
+                "redis: {}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
                 r.redacted_url(),
                 r.key_prefix,
-                format_duration(r.sync_interval)
+                format_duration(r.sync_interval),
+                format_duration(r.strict_deadline),
+                r.on_redis_error.as_str()
             ),
         });
         lines.join("\n")
@@ -675,6 +710,26 @@ struct RedisRaw {
     password_file: Option<NonEmpty>,
     key_prefix: Option<String>,
     sync_interval: Option<Dur>,
+    on_redis_error: Option<OnRedisErrorRaw>,
+    strict_deadline: Option<Dur>,
+}
+
+struct OnRedisErrorRaw(OnRedisError);
+
+impl<'de> Deserialize<'de> for OnRedisErrorRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        [OnRedisError::Local, OnRedisError::Allow, OnRedisError::Deny]
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .map(OnRedisErrorRaw)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "unknown value {} (expected local, allow or deny)",
+                    quoted(&s)
+                ))
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -800,6 +855,24 @@ impl ConfigRaw {
         // plan, so each error points at what the author was editing.
         let limits = file::build(self.default_plan, self.plans, self.keys)?;
 
+        // A strict limit is decided in Redis: without Redis it could not be.
+        if redis.is_none() {
+            for plan in &limits.plans {
+                if let Some(i) = plan.limits.iter().position(|l| l.strict) {
+                    return Err(Issue::new(
+                        vec![
+                            Seg::key("plans"),
+                            Seg::key(plan.name.clone()),
+                            Seg::key("limits"),
+                            Seg::Index(i),
+                            Seg::key("mode"),
+                        ],
+                        "strict limits are decided in Redis: add a redis section (or use mode: sync)",
+                    ));
+                }
+            }
+        }
+
         // A static key longer than callers may send could never match.
         if let Some((key, _)) = limits
             .keys
@@ -868,6 +941,12 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
     }
     if let Some(d) = r.sync_interval {
         settings.sync_interval = d.0;
+    }
+    if let Some(m) = r.on_redis_error {
+        settings.on_redis_error = m.0;
+    }
+    if let Some(d) = r.strict_deadline {
+        settings.strict_deadline = d.0;
     }
     Ok(settings)
 }

@@ -195,3 +195,164 @@ async fn redis_keys_never_contain_the_api_key() {
     let dump = redis.command("KEYS *secret*").await.expect("KEYS");
     assert_eq!(dump, "*0", "no key name holds the API key");
 }
+
+/// Key `paid-key`: plan `paid`, a local per-second rate and a strict
+/// monthly quota of 50 (so the whole plan is decided in Redis).
+fn strict_config(redis: &str, on_error: &str) -> String {
+    format!(
+        r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - {{ name: per-second, rate: 100, per: second, burst: 10 }}
+  paid:
+    limits:
+      - {{ name: per-second, rate: 1000, per: second, burst: 1000 }}
+      - {{ name: monthly, quota: 50, per: month, mode: strict }}
+keys:
+  "paid-key": {{ plan: paid }}
+store:
+  hash_secret: "000102030405060708090a0b0c0d0e0f"
+redis:
+  url: {redis}
+  sync_interval: 5ms
+  strict_deadline: 20ms
+  on_redis_error: {on_error}
+envoy:
+  domains: [edge]
+server:
+  shutdown_grace: 5s
+"#
+    )
+}
+
+#[tokio::test]
+async fn strict_limits_are_exact_across_nodes_under_concurrency() {
+    let redis = RedisServer::start().await;
+    let yaml = strict_config(&redis.url(), "deny");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestDaemon::with_config(&yaml).await);
+    }
+    // 3 nodes × 4 concurrent callers × 10 checks = 120 attempts at a
+    // quota of 50: exactly 50 pass, whatever the interleaving.
+    let mut tasks = Vec::new();
+    for d in &nodes {
+        for _ in 0..4 {
+            let mut c = client(d).await;
+            tasks.push(tokio::spawn(async move {
+                let mut passed = 0u64;
+                for _ in 0..10 {
+                    passed += u64::from(check(&mut c, "paid-key", 1).await.0);
+                }
+                passed
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.expect("caller task");
+    }
+    assert_eq!(admitted, 50);
+    // Every node now says so, at once: the quota is Redis's.
+    for d in &nodes {
+        let mut c = client(d).await;
+        let r = c
+            .check(CheckRequest {
+                key: "paid-key".into(),
+                cost: 1,
+                id: 0,
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert!(!r.allowed);
+        assert_eq!(r.policy, "paid/monthly");
+        assert_eq!(r.remaining, 0);
+    }
+}
+
+#[tokio::test]
+async fn strict_checks_answer_within_the_deadline_with_the_fail_mode() {
+    let redis = RedisServer::start().await;
+    let mut daemons = Vec::new();
+    for mode in ["deny", "allow", "local"] {
+        daemons.push((
+            mode,
+            TestDaemon::with_config(&strict_config(&redis.url(), mode)).await,
+        ));
+    }
+    // Before the pause: all through Redis, 3 units of the shared 50.
+    for (_, d) in &daemons {
+        let mut c = client(d).await;
+        assert!(check(&mut c, "paid-key", 1).await.0);
+    }
+    // A Redis that stops answering for 5 s: every strict check gets its
+    // fail mode after the 20 ms deadline, long before Redis is back.
+    redis.command("CLIENT PAUSE 5000 ALL").await.expect("pause");
+    // Bounded by 3 s: the answers come from the fail mode, not from Redis
+    // after its pause.
+    let answers = async {
+        for (mode, d) in &daemons {
+            let mut c = client(d).await;
+            let r = c
+                .check(CheckRequest {
+                    key: "paid-key".into(),
+                    cost: 1,
+                    id: 0,
+                })
+                .await
+                .expect("answered")
+                .into_inner();
+            match *mode {
+                "deny" => {
+                    assert!(!r.allowed, "{mode}: {r:?}");
+                    assert_eq!(r.reason, quotad::api::pb::DenyReason::Unavailable as i32);
+                }
+                "allow" => assert!(r.allowed, "{mode}: {r:?}"),
+                // This node's mirror of the quota: 50 − its view of 3 used
+                // (it saw the state after its own check, taking the first
+                // two), minus this one.
+                _ => {
+                    assert!(r.allowed, "{mode}: {r:?}");
+                    assert_eq!(r.policy, "paid/monthly");
+                    assert_eq!(r.remaining, 50 - 3 - 1);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), answers)
+        .await
+        .expect("strict checks answered by the fail mode within the pause");
+}
+
+#[tokio::test]
+async fn strict_plans_apply_to_envoy_plan_domains_too() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    use crate::support::rls::{descriptor, request};
+
+    let redis = RedisServer::start().await;
+    let yaml = strict_config(&redis.url(), "deny");
+    let a = TestDaemon::with_config(&yaml).await;
+    let b = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    assert_eq!(check(&mut ca, "paid-key", 48).await, (true, 2));
+    let mut rls = RateLimitServiceClient::new(b.channel().await);
+    let ask = || request("edge", vec![descriptor(&[("api_key", "paid-key")])], 2);
+    let r = rls
+        .should_rate_limit(ask())
+        .await
+        .expect("rls")
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let r = rls
+        .should_rate_limit(ask())
+        .await
+        .expect("rls")
+        .into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
+}

@@ -50,6 +50,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
+use super::decide::{self, Strict};
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::{duration_parts, validate};
@@ -67,6 +68,7 @@ pub struct EnvoyRlsService {
     caps: RequestCaps,
     envoy: Arc<EnvoySettings>,
     headers: HeaderStyle,
+    strict: Option<Strict>,
 }
 
 impl EnvoyRlsService {
@@ -83,7 +85,14 @@ impl EnvoyRlsService {
             caps,
             envoy: Arc::new(envoy),
             headers,
+            strict: None,
         }
+    }
+
+    /// The service deciding plans with strict limits in Redis.
+    pub fn with_strict(mut self, strict: Strict) -> Self {
+        self.strict = Some(strict);
+        self
     }
 }
 
@@ -412,6 +421,7 @@ impl EnvoyRlsService {
         domain: &str,
         d: &Desc<'_>,
         r: &'a Resolved<'_>,
+        decided: Option<Decision>,
     ) -> Outcome<'a> {
         match r {
             Resolved::Nothing => Outcome {
@@ -434,24 +444,54 @@ impl EnvoyRlsService {
                 limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
             }
             Resolved::Plan(api_key) => {
-                let key_entry = self.envoy.key_entry.as_str();
-                let scope = self
-                    .limiter
-                    .hasher()
-                    .entries_hash(d.pairs().filter(|(k, _)| *k != key_entry));
-                let req = core::Request {
-                    key: api_key,
-                    cost: d.cost,
-                    scope,
-                };
-                let decision = if d.refund {
-                    snap.refund(&req)
-                } else {
-                    snap.check(&req)
-                };
+                let decision = decided.unwrap_or_else(|| {
+                    let req = self.plan_request(api_key, d);
+                    if d.refund {
+                        snap.refund(&req)
+                    } else {
+                        snap.check(&req)
+                    }
+                });
                 planned(snap, &decision)
             }
         }
+    }
+
+    /// The engine request for a plan domain's descriptor.
+    fn plan_request<'k>(&self, api_key: &'k str, d: &Desc<'_>) -> core::Request<'k> {
+        let key_entry = self.envoy.key_entry.as_str();
+        let scope = self
+            .limiter
+            .hasher()
+            .entries_hash(d.pairs().filter(|(k, _)| *k != key_entry));
+        core::Request {
+            key: api_key,
+            cost: d.cost,
+            scope,
+        }
+    }
+
+    /// Decisions for a plan domain's descriptors whose plans may be
+    /// strict (API key, no override, not a refund), all sent together.
+    async fn decide_strict(&self, strict: &Strict, descs: &[Desc<'_>]) -> Vec<Option<Decision>> {
+        let jobs = descs.iter().map(|d| async move {
+            match d.api_key {
+                Some(key) if d.limit.is_none() && !d.refund => {
+                    let req = self.plan_request(key, d);
+                    Some(decide::decide(&self.limiter, Some(strict), &req).await)
+                }
+                _ => None,
+            }
+        });
+        futures_util::future::join_all(jobs).await
+    }
+}
+
+fn unknown_domain(req: &RateLimitRequest) -> RateLimitResponse {
+    RateLimitResponse {
+        overall_code: Code::Ok as i32,
+        statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
+        ..Default::default()
     }
 }
 
@@ -479,26 +519,45 @@ impl RateLimitService for EnvoyRlsService {
             req.descriptors.len(),
             self.caps.max_descriptors,
         )?;
-        let snap = self.limiter.snapshot();
-        let (mode, key_entry) = if self.envoy.domains.contains(&req.domain) {
-            (Mode::Plans, Some(self.envoy.key_entry.as_str()))
-        } else if let Some(domain) = snap.table().rls().get(&req.domain) {
-            (Mode::Rules(domain), None)
-        } else {
+        let plans = self.envoy.domains.contains(&req.domain);
+        let key_entry = plans.then_some(self.envoy.key_entry.as_str());
+        if !plans
+            && self
+                .limiter
+                .snapshot()
+                .table()
+                .rls()
+                .get(&req.domain)
+                .is_none()
+        {
             // Not ours: OK without validating its descriptors (beyond
             // their count, checked above to bound the answer's size).
-            return Ok(Response::new(RateLimitResponse {
-                overall_code: Code::Ok as i32,
-                statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
-                ..Default::default()
-            }));
-        };
+            return Ok(Response::new(unknown_domain(&req)));
+        }
         let descs = validate_request(&req, &self.caps, key_entry)?;
+        // Plans with strict limits are decided in Redis, before the
+        // snapshot below is taken (it is not held across a wait).
+        let strict = match (&self.strict, plans) {
+            (Some(strict), true) => self.decide_strict(strict, &descs).await,
+            _ => Vec::new(),
+        };
+        let snap = self.limiter.snapshot();
+        let mode = if plans {
+            Mode::Plans
+        } else if let Some(domain) = snap.table().rls().get(&req.domain) {
+            Mode::Rules(domain)
+        } else {
+            return Ok(Response::new(unknown_domain(&req)));
+        };
         let resolved = resolve(&mode, &descs, self.envoy.algorithm)?;
         let outcomes: Vec<Outcome<'_>> = descs
             .iter()
             .zip(&resolved)
-            .map(|(d, r)| self.apply(&snap, &req.domain, d, r))
+            .enumerate()
+            .map(|(i, (d, r))| {
+                let decided = strict.get(i).copied().flatten();
+                self.apply(&snap, &req.domain, d, r, decided)
+            })
             .collect();
         let over = outcomes
             .iter()

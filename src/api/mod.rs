@@ -9,6 +9,7 @@
 //!   messages to `INVALID_ARGUMENT` too.
 
 pub mod codec;
+pub mod decide;
 pub mod envoy_descriptors;
 pub mod envoy_rls;
 pub mod error;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::decide::{self, Strict};
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::pb::rate_limiter_server::RateLimiter;
@@ -25,6 +26,7 @@ pub struct NativeService {
     limiter: Arc<Limiter>,
     caps: RequestCaps,
     headers: HeaderStyle,
+    strict: Option<Strict>,
     shutdown: Shutdown,
 }
 
@@ -42,8 +44,15 @@ impl NativeService {
             limiter,
             caps,
             headers,
+            strict: None,
             shutdown,
         }
+    }
+
+    /// The service deciding plans with strict limits in Redis.
+    pub fn with_strict(mut self, strict: Strict) -> Self {
+        self.strict = Some(strict);
+        self
     }
 }
 
@@ -60,9 +69,15 @@ fn validate_check(
 }
 
 /// Decides one already validated check.
-fn decide(snap: &Snapshot<'_>, req: &CheckRequest, style: HeaderStyle) -> CheckResponse {
-    let d = snap.check(&core::Request::new(&req.key, req.cost.max(1)));
-    response(snap, &d, req.id, style)
+async fn decide(
+    limiter: &Limiter,
+    strict: Option<&Strict>,
+    req: &CheckRequest,
+    style: HeaderStyle,
+) -> CheckResponse {
+    let request = core::Request::new(&req.key, req.cost.max(1));
+    let d = decide::decide(limiter, strict, &request).await;
+    response(&limiter.snapshot(), &d, req.id, style)
 }
 
 /// The answer to an invalid check inside a stream: the stream goes on.
@@ -99,6 +114,7 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) 
             core::DenyReason::None => DenyReason::Unspecified,
             core::DenyReason::Limited => DenyReason::Limited,
             core::DenyReason::CostExceedsCapacity => DenyReason::CostExceedsCapacity,
+            core::DenyReason::Unavailable => DenyReason::Unavailable,
         } as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
         headers,
@@ -111,6 +127,7 @@ struct StreamState {
     limiter: Arc<Limiter>,
     caps: RequestCaps,
     headers: HeaderStyle,
+    strict: Option<Strict>,
     shutdown: Shutdown,
     done: bool,
 }
@@ -125,11 +142,9 @@ impl RateLimiter for NativeService {
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         validate_check(&req, String::new, &self.caps)?;
-        Ok(Response::new(decide(
-            &self.limiter.snapshot(),
-            &req,
-            self.headers,
-        )))
+        Ok(Response::new(
+            decide(&self.limiter, self.strict.as_ref(), &req, self.headers).await,
+        ))
     }
 
     async fn check_batch(
@@ -143,12 +158,15 @@ impl RateLimiter for NativeService {
         for (i, c) in batch.checks.iter().enumerate() {
             validate_check(c, || format!("checks[{i}]."), &self.caps)?;
         }
-        let snap = self.limiter.snapshot();
-        let results = batch
-            .checks
-            .iter()
-            .map(|c| decide(&snap, c, self.headers))
-            .collect();
+        // Strict checks wait for Redis together (one pipelined round trip);
+        // the others are ready at once.
+        let results = futures_util::future::join_all(
+            batch
+                .checks
+                .iter()
+                .map(|c| decide(&self.limiter, self.strict.as_ref(), c, self.headers)),
+        )
+        .await;
         Ok(Response::new(CheckBatchResponse { results }))
     }
 
@@ -169,6 +187,7 @@ impl RateLimiter for NativeService {
             limiter: Arc::clone(&self.limiter),
             caps: self.caps.clone(),
             headers: self.headers,
+            strict: self.strict.clone(),
             shutdown: self.shutdown.clone(),
             done: false,
         };
@@ -189,7 +208,7 @@ impl RateLimiter for NativeService {
             };
             let answer = match next {
                 Ok(Some(req)) => match validate_check(&req, String::new, &st.caps) {
-                    Ok(()) => decide(&st.limiter.snapshot(), &req, st.headers),
+                    Ok(()) => decide(&st.limiter, st.strict.as_ref(), &req, st.headers).await,
                     Err(e) => refused(&req, &e),
                 },
                 Ok(None) => return None,

@@ -39,6 +39,9 @@ pub enum DenyReason {
     Limited,
     /// The cost exceeds the limit's capacity and can never pass.
     CostExceedsCapacity,
+    /// A strict limit could not be checked in Redis in time and the
+    /// configured fail mode is deny.
+    Unavailable,
 }
 
 /// The answer to a [`Request`]. Being limited is a normal value, not an

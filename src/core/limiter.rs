@@ -235,9 +235,19 @@ impl Snapshot<'_> {
         self.check(&Request { cost: 0, ..*req })
     }
 
+    /// The store the snapshot's limiter decides on.
+    pub(crate) fn store(&self) -> &LocalStore {
+        &self.limiter.store
+    }
+
+    /// The id of `limit`'s own cell for `cell_key` at `now`.
+    pub(crate) fn cell_id(&self, limit: &Limit, cell_key: u64, now: Nanos) -> u64 {
+        Cell::of(limit, cell_key, now).id()
+    }
+
     /// The key's plan, the key its cells are filed under, and the time.
     #[inline]
-    fn resolve(&self, req: &Request<'_>) -> (PlanId, u64, Nanos) {
+    pub(crate) fn resolve(&self, req: &Request<'_>) -> (PlanId, u64, Nanos) {
         let lim = self.limiter;
         let key_hash = lim.hasher.key_hash(req.key.as_bytes());
         let cell_key = match req.scope {
@@ -272,13 +282,18 @@ fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict) -> Decision {
 /// allowed limit closest to exhaustion and the denying limit with the
 /// longest wait (the first of equals, in plan order).
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     closest: Option<(usize, Verdict)>,
     worst: Option<(usize, Verdict)>,
 }
 
+/// The answer a reduced set of verdicts gives (see [`Seen`]).
+pub(crate) fn answer_for(seen: &Seen, plan: PlanId, limits: &[Limit]) -> Decision {
+    seen.answer(plan, limits)
+}
+
 impl Seen {
-    fn note(&mut self, i: usize, v: Verdict) {
+    pub(crate) fn note(&mut self, i: usize, v: Verdict) {
         if v.allowed {
             let closer = |(j, c): (usize, Verdict)| {
                 v.remaining < c.remaining || (v.remaining == c.remaining && i < j)
@@ -374,6 +389,13 @@ impl<'l> Cell<'l> {
 }
 
 impl Cell<'_> {
+    /// The key's own cell id.
+    fn id(&self) -> u64 {
+        match *self {
+            Cell::Bucket { id, .. } | Cell::Quota { id, .. } | Cell::Counter { id, .. } => id,
+        }
+    }
+
     /// What a charge (or, negated, a refund) of `cost` to the key's own
     /// cell adds to the sync journal: the cell, its kind, the delta.
     fn journal_entry(&self, cost: u64) -> (u64, CellKind, i64) {

@@ -9,6 +9,7 @@ pub mod gcra;
 pub mod hash;
 pub mod limiter;
 pub mod quota;
+pub mod strict;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};

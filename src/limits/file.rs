@@ -85,6 +85,15 @@ impl LimitsSpec {
 /// A one-line description of a limit for summaries:
 /// `per-second 10/second burst 20`, `daily 10000/day`.
 pub fn describe_limit(limit: &Limit) -> String {
+    let text = describe_kind(limit);
+    if limit.strict {
+        format!("{text} (strict)")
+    } else {
+        text
+    }
+}
+
+fn describe_kind(limit: &Limit) -> String {
     match &limit.kind {
         LimitKind::Rate(r) => format!(
             "{} {}/{} burst {}",
@@ -456,6 +465,26 @@ pub(crate) struct LimitRaw {
     quota: Option<Positive>,
     per: Per,
     burst: Option<Positive>,
+    mode: Option<ModeRaw>,
+}
+
+/// A limit's `mode`: `sync` (decided locally; the default) or `strict`
+/// (decided in Redis on every check).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ModeRaw(bool);
+
+impl<'de> Deserialize<'de> for ModeRaw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim() {
+            "sync" => Ok(ModeRaw(false)),
+            "strict" => Ok(ModeRaw(true)),
+            other => Err(de::Error::custom(format!(
+                "unknown mode {} (expected sync or strict)",
+                quoted(other)
+            ))),
+        }
+    }
 }
 
 /// One static key assignment as written.
@@ -631,7 +660,9 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
                 })
             }
         };
-        limits.push(Limit::new(plan, &l.name.0, kind));
+        let mut limit = Limit::new(plan, &l.name.0, kind);
+        limit.strict = l.mode.is_some_and(|m| m.0);
+        limits.push(limit);
     }
     Ok(Plan {
         name: plan.to_owned(),

@@ -167,6 +167,10 @@ pub struct Limit {
     pub uid: u64,
     /// How it counts.
     pub kind: LimitKind,
+    /// `mode: strict`: decided in Redis on every check (see
+    /// [`crate::sync::strict`]); a plan with a strict limit is decided
+    /// there as a whole.
+    pub strict: bool,
 }
 
 impl Limit {
@@ -177,6 +181,7 @@ impl Limit {
             policy: format!("{plan}/{name}"),
             uid: name_id(&[plan, name]),
             kind,
+            strict: false,
         }
     }
 

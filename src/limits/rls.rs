@@ -201,6 +201,7 @@ impl RlsLimit {
                 policy: String::new(),
                 uid,
                 kind,
+                strict: false,
             },
         })
     }

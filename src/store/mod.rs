@@ -129,6 +129,44 @@ impl LocalStore {
         }
     }
 
+    /// Sets bucket `id` to at least `tat` (a strict answer), creating it
+    /// when there is room. Not journaled: the state is already Redis's.
+    pub fn mirror_bucket(&self, id: u64, tat: Nanos) {
+        if let Some(c) = self.buckets.get(&id) {
+            c.fetch_max(tat, Ordering::AcqRel);
+        } else if self.reserve() {
+            match self.buckets.entry(id) {
+                Entry::Occupied(o) => {
+                    self.release();
+                    o.get().fetch_max(tat, Ordering::AcqRel);
+                }
+                Entry::Vacant(v) => {
+                    v.insert(AtomicU64::new(tat));
+                }
+            }
+        }
+    }
+
+    /// Sets counter `id` (a window ending at `window_end`) to at least
+    /// `used`, creating it when there is room. Not journaled.
+    pub fn mirror_counter(&self, id: u64, window_end: Nanos, used: u64) {
+        if let Some(c) = self.quotas.get(&id) {
+            c.used.fetch_max(used, Ordering::AcqRel);
+        } else if used > 0 && self.reserve() {
+            match self.quotas.entry(id) {
+                Entry::Occupied(o) => {
+                    self.release();
+                    o.get().used.fetch_max(used, Ordering::AcqRel);
+                }
+                Entry::Vacant(v) => {
+                    let cell = QuotaCell::new(window_end);
+                    cell.used.store(used, Ordering::Release);
+                    v.insert(cell);
+                }
+            }
+        }
+    }
+
     /// Raises counter `id` to the global count Redis returned plus what
     /// this node counted since.
     pub fn adopt_counter(&self, id: u64, global_used: u64) {

@@ -47,6 +47,8 @@ use crate::core::Limiter;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 
+pub mod strict;
+
 /// The Lua script every flush runs, one call per dirty cell.
 const SCRIPT: &str = include_str!("sync.lua");
 
@@ -180,6 +182,21 @@ impl RedisSync {
             rounds: rounds_rx,
         };
         Ok((sync, handle))
+    }
+
+    /// A strict-mode client on this task's connection, and the task that
+    /// serves it (run it until shutdown).
+    pub fn strict(
+        &self,
+    ) -> (
+        strict::StrictClient,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        strict::StrictClient::new(
+            self.conn.clone(),
+            self.settings.key_prefix.clone(),
+            self.settings.strict_deadline,
+        )
     }
 
     /// Flushes every `sync_interval` until `stop` fires, then makes a last

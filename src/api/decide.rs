@@ -1,0 +1,53 @@
+//! Deciding one check when strict mode may be involved: a plan with a
+//! strict limit goes to Redis (see [`crate::sync::strict`]); on no answer
+//! in time, `redis.on_redis_error` decides: `local` (this node's view),
+//! `allow` or `deny`. Every other check is the engine's synchronous
+//! [`Limiter::check`].
+
+use crate::config::OnRedisError;
+use crate::core::{self, Decision, DenyReason, Limiter};
+use crate::sync::strict::StrictClient;
+
+/// Strict mode as the front doors use it.
+#[derive(Debug, Clone)]
+pub struct Strict {
+    /// The batching Redis client.
+    pub client: StrictClient,
+    /// What to answer without Redis.
+    pub on_error: OnRedisError,
+}
+
+/// Decides `req`.
+pub async fn decide(
+    limiter: &Limiter,
+    strict: Option<&Strict>,
+    req: &core::Request<'_>,
+) -> Decision {
+    let Some(strict) = strict else {
+        return limiter.check(req);
+    };
+    // The snapshot is not held across the wait: a job carries what it
+    // needs, and the answer is read against the table of its time.
+    let Some(job) = limiter.snapshot().strict_job(req) else {
+        return limiter.check(req);
+    };
+    match strict.client.check(job.clone()).await {
+        Ok((ok, before)) => limiter
+            .snapshot()
+            .strict_decision(&job, ok, &before)
+            .unwrap_or_else(|| limiter.check(req)),
+        Err(e) => {
+            tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
+            match strict.on_error {
+                OnRedisError::Local => limiter.check(req),
+                OnRedisError::Allow => Decision::UNLIMITED,
+                OnRedisError::Deny => Decision {
+                    allowed: false,
+                    reason: DenyReason::Unavailable,
+                    retry_after: Some(1_000_000_000),
+                    ..Decision::UNLIMITED
+                },
+            }
+        }
+    }
+}

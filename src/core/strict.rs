@@ -1,0 +1,178 @@
+//! The engine's side of strict mode: what a check of a plan with a strict
+//! limit asks Redis ([`StrictJob`]), and how Redis's answer becomes a
+//! [`Decision`] and refreshes this node's cells. The Redis side is
+//! [`crate::sync::strict`].
+//!
+//! A plan with a strict limit is decided in Redis as a whole, by one
+//! atomic script over every limit of the plan (all charged or none), so
+//! it is exact across nodes. Redis holds buckets as arrival times in
+//! microseconds: emission is rounded up and the tolerance down to whole
+//! microseconds, so Redis is never more generous than the engine. The
+//! node's own cells mirror the last answer, so the `local` fail mode
+//! decides on the freshest state it knows.
+
+use super::clock::{NANOS_PER_SEC, Nanos};
+use super::decision::{Decision, DenyReason, Request};
+use super::gcra::{self, Verdict};
+use super::limiter::{Seen, Snapshot, answer_for};
+use super::quota;
+use crate::limits::{LimitKind, PlanId};
+
+/// Extra life of a strict counter's Redis key after its window ends.
+const COUNTER_SLACK_MS: u64 = 60_000;
+
+/// One limit of a strict check, as the Redis script needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrictCell {
+    /// The key's cell id (the Redis key is named after it).
+    pub id: u64,
+    /// What to check.
+    pub kind: StrictKind,
+}
+
+/// How one strict cell is checked in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictKind {
+    /// A token bucket: the cost's emission and the tolerance, in µs.
+    Bucket {
+        /// `emission(cost)`, rounded up to µs.
+        emission_us: u64,
+        /// `tau`, rounded down to µs.
+        tau_us: u64,
+    },
+    /// A window counter.
+    Counter {
+        /// Units allowed in the window.
+        quota: u64,
+        /// When the Redis key may go (Unix ms).
+        expire_ms: u64,
+    },
+}
+
+/// A strict check to send to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrictJob {
+    /// The key's plan in the table the job was built from.
+    pub plan: PlanId,
+    /// The plan's limits, in order.
+    pub cells: Vec<StrictCell>,
+    /// Units asked for (0: report only).
+    pub cost: u64,
+    /// The time of the check.
+    pub now: Nanos,
+}
+
+impl StrictJob {
+    /// The time of the check in µs, as Redis keeps arrival times.
+    pub fn now_us(&self) -> u64 {
+        self.now / 1_000
+    }
+}
+
+impl Snapshot<'_> {
+    /// The strict job for `req`, when its key's plan has a strict limit.
+    pub fn strict_job(&self, req: &Request<'_>) -> Option<StrictJob> {
+        let (plan, cell_key, now) = self.resolve(req);
+        let limits = &self.table().plan(plan).limits;
+        if !limits.iter().any(|l| l.strict) {
+            return None;
+        }
+        let cells = limits
+            .iter()
+            .map(|l| {
+                let id = self.cell_id(l, cell_key, now);
+                let kind = match &l.kind {
+                    LimitKind::Rate(r) => StrictKind::Bucket {
+                        emission_us: r.emission(req.cost).div_ceil(1_000),
+                        tau_us: r.tau() / 1_000,
+                    },
+                    LimitKind::Quota(q) => StrictKind::Counter {
+                        quota: q.quota.get(),
+                        expire_ms: q.window.span(now).end / 1_000_000 + COUNTER_SLACK_MS,
+                    },
+                    LimitKind::Window(w) => StrictKind::Counter {
+                        quota: w.limit,
+                        expire_ms: super::window::epoch_span(now, w.period).end / 1_000_000
+                            + COUNTER_SLACK_MS,
+                    },
+                };
+                StrictCell { id, kind }
+            })
+            .collect();
+        Some(StrictJob {
+            plan,
+            cells,
+            cost: req.cost,
+            now,
+        })
+    }
+
+    /// The decision for a job Redis answered: `ok` is whether it charged,
+    /// `before` each cell's state before the check (arrival time in µs, or
+    /// count). Mirrors the state after the check into this node's cells.
+    /// `None` if the table changed under the job (the caller decides
+    /// again).
+    pub fn strict_decision(&self, job: &StrictJob, ok: bool, before: &[u64]) -> Option<Decision> {
+        let limits = &self.table().plan(job.plan).limits;
+        if limits.len() != job.cells.len() || before.len() != job.cells.len() {
+            return None;
+        }
+        let store = self.store();
+        let charge = ok && job.cost > 0;
+        let mut seen = Seen::default();
+        for (i, ((limit, cell), state)) in limits.iter().zip(&job.cells).zip(before).enumerate() {
+            let v = match &limit.kind {
+                LimitKind::Rate(r) => {
+                    let tat = state.saturating_mul(1_000);
+                    let (v, next) = gcra::decide(r, tat, job.now, job.cost);
+                    let after = if charge { next.unwrap_or(tat) } else { tat };
+                    store.mirror_bucket(cell.id, after);
+                    v
+                }
+                LimitKind::Quota(q) => {
+                    let span = q.window.span(job.now);
+                    let (v, _) = quota::decide(q, *state, span, job.now, job.cost);
+                    let after = if charge {
+                        state.saturating_add(job.cost)
+                    } else {
+                        *state
+                    };
+                    store.mirror_counter(cell.id, span.end, after);
+                    v
+                }
+                LimitKind::Window(w) => {
+                    let span = super::window::epoch_span(job.now, w.period);
+                    let (v, _) = super::counter::decide(w, *state, span, job.now, job.cost);
+                    store.mirror_counter(cell.id, span.end, state.saturating_add(job.cost));
+                    v
+                }
+            };
+            // Redis decided; the engine's arithmetic (in ns, where Redis
+            // rounds to µs) only fills in the numbers.
+            let v = match (ok, v.allowed) {
+                (true, false) => Verdict {
+                    allowed: true,
+                    remaining: 0,
+                    retry_after: Some(0),
+                    ..v
+                },
+                (false, true) if v.remaining < job.cost.max(1) => Verdict {
+                    allowed: false,
+                    retry_after: Some(NANOS_PER_SEC / 1_000),
+                    ..v
+                },
+                _ => v,
+            };
+            seen.note(i, v);
+        }
+        let mut d = answer_for(&seen, job.plan, limits);
+        if !ok && d.allowed {
+            // Redis refused, yet by the engine's rounding every limit had
+            // room: refuse, with a short wait.
+            d.allowed = false;
+            d.reason = DenyReason::Limited;
+            d.retry_after = Some(NANOS_PER_SEC / 1_000);
+        }
+        Some(d)
+    }
+}
