@@ -7,6 +7,8 @@
 //! could not send. It holds one entry per dirty cell, so it is bounded by
 //! the store's own cap.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use dashmap::DashMap;
 use nohash_hasher::BuildNoHashHasher;
 
@@ -34,42 +36,79 @@ pub struct Pending {
     pub delta: i64,
 }
 
+/// A dirty cell's entry: its kind and an atomic running delta, so
+/// charges to a cell that is already dirty take only a shard read lock.
+#[derive(Debug)]
+struct Entry {
+    kind: CellKind,
+    delta: AtomicI64,
+}
+
+/// Shards of the journal: as many as the store's maps, so concurrent
+/// checks rarely meet on one.
+const SHARDS: usize = 256;
+
 /// Pending deltas by cell id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Journal {
-    cells: DashMap<u64, Pending, BuildNoHashHasher<u64>>,
+    cells: DashMap<u64, Entry, BuildNoHashHasher<u64>>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Journal {
     /// An empty journal.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            cells: DashMap::with_hasher_and_shard_amount(BuildNoHashHasher::default(), SHARDS),
+        }
     }
 
     /// Adds `delta` to cell `id`'s pending change.
     #[inline]
     pub fn add(&self, id: u64, kind: CellKind, delta: i64) {
+        if let Some(e) = self.cells.get(&id) {
+            e.delta.fetch_add(delta, Ordering::Relaxed);
+            return;
+        }
         self.cells
             .entry(id)
-            .and_modify(|p| p.delta = p.delta.saturating_add(delta))
-            .or_insert(Pending { kind, delta });
+            .or_insert_with(|| Entry {
+                kind,
+                delta: AtomicI64::new(0),
+            })
+            .delta
+            .fetch_add(delta, Ordering::Relaxed);
     }
 
     /// The pending change of cell `id` (0 when clean).
     #[inline]
     pub fn pending(&self, id: u64) -> i64 {
-        self.cells.get(&id).map_or(0, |p| p.delta)
+        self.cells
+            .get(&id)
+            .map_or(0, |e| e.delta.load(Ordering::Relaxed))
     }
 
     /// Takes up to `max` dirty cells out of the journal, leaving them clean.
     pub fn drain(&self, max: usize) -> Vec<(u64, Pending)> {
         let mut out = Vec::new();
-        self.cells.retain(|id, p| {
+        self.cells.retain(|id, e| {
             if out.len() >= max {
                 return true;
             }
-            if p.delta != 0 {
-                out.push((*id, *p));
+            let delta = e.delta.load(Ordering::Relaxed);
+            if delta != 0 {
+                out.push((
+                    *id,
+                    Pending {
+                        kind: e.kind,
+                        delta,
+                    },
+                ));
             }
             false
         });

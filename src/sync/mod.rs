@@ -228,10 +228,16 @@ impl RedisSync {
         }
     }
 
-    /// Sends everything pending, in batches; records the state change.
+    /// Sends what was pending when it started, in batches (cells charged
+    /// meanwhile wait for the next round, so a busy node still completes
+    /// rounds); records the state change.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
+        let budget = self.limiter.store().journal().map_or(0, |j| j.len());
         let mut sent = 0;
         let result = loop {
+            if sent >= budget {
+                break Ok(sent);
+            }
             match self.flush_batch().await {
                 Ok(0) => break Ok(sent),
                 Ok(n) => sent += n,

@@ -1,0 +1,225 @@
+//! Redis `sync` mode against pure in-memory: decisions per second with the
+//! same load, and what the sync task costs Redis. Not a criterion bench: a
+//! plain `main` (results in `BENCHMARKS.md`).
+//!
+//! For each key count it runs 2 threads of `Limiter::check` for a fixed
+//! time on (1) an in-memory limiter, (2) one that journals its charges
+//! with nobody draining them (the request path's own cost), and (3) one
+//! whose charges are journaled and flushed every 50 ms to a real `redis-server` (started on
+//! a free loopback port) by the real sync task, then reports the ratio,
+//! the flush rounds, the dirty cells per round and the Redis commands per
+//! second from `INFO commandstats`. Target: sync ≥ 90 % of in-memory.
+//!
+//! `cargo bench --bench sync` runs 3 s per case over 1 000 and 100 000
+//! keys; without `--bench` (test mode) it runs 0.2 s over 1 000 keys. It
+//! skips with a message when `redis-server` is not installed
+//! (`scripts/test.sh` installs it).
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quotad::config::RedisSettings;
+use quotad::core::clock::NANOS_PER_SEC;
+use quotad::core::{KeyHasher, Limiter, Request, SystemClock};
+use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
+use quotad::shutdown;
+use quotad::store::StoreLimits;
+use quotad::sync::RedisSync;
+
+const THREADS: usize = 2;
+
+fn bench_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    has("--bench") && !has("--test") && !has("--list")
+}
+
+fn limiter(sync: bool) -> Arc<Limiter> {
+    let rate = Rate::new(
+        NonZeroU64::new(1_000_000).unwrap_or(NonZeroU64::MIN),
+        NANOS_PER_SEC,
+        NonZeroU64::new(1_000_000).unwrap_or(NonZeroU64::MIN),
+    )
+    .expect("valid rate");
+    let plan = Plan {
+        name: "p".into(),
+        limits: vec![Limit::new("p", "per-second", LimitKind::Rate(rate))],
+    };
+    let hasher = KeyHasher::with_secret([7; 16]);
+    let table = Table::new(vec![plan], "p", [], &hasher).expect("table");
+    let mut l = Limiter::new(
+        table,
+        hasher,
+        StoreLimits {
+            max_cells: 1_000_000,
+        },
+        Arc::new(SystemClock::new()),
+    );
+    if sync {
+        l.enable_sync();
+    }
+    Arc::new(l)
+}
+
+/// Checks per second over `keys` keys for `run`, on [`THREADS`] threads.
+fn throughput(l: &Limiter, keys: usize, run: Duration) -> f64 {
+    let names: Vec<String> = (0..keys).map(|i| format!("key-{i:08}")).collect();
+    let stop = AtomicBool::new(false);
+    let total: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (names, stop) = (&names, &stop);
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    let mut i = t * 7919;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..256 {
+                            i = (i + 104_729) % names.len();
+                            black_box(l.check(&Request::new(&names[i], 1)));
+                        }
+                        n += 256;
+                    }
+                    n
+                })
+            })
+            .collect();
+        std::thread::sleep(run);
+        stop.store(true, Ordering::Relaxed);
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    total as f64 / run.as_secs_f64()
+}
+
+/// A throwaway redis-server; killed on drop.
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let r = Redis { port, child };
+        for _ in 0..500 {
+            if r.command("PING").is_some_and(|l| l.contains("PONG")) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Every line of the reply to an inline command.
+    fn command(&self, cmd: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        let mut r = BufReader::new(s);
+        let mut first = String::new();
+        r.read_line(&mut first).ok()?;
+        let Some(len) = first.strip_prefix('$') else {
+            return Some(first);
+        };
+        let len: usize = len.trim().parse().ok()?;
+        let mut body = vec![0u8; len + 2];
+        std::io::Read::read_exact(&mut r, &mut body).ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `calls` of one command in `INFO commandstats`.
+    fn calls(&self, command: &str) -> u64 {
+        let info = self.command("INFO commandstats").unwrap_or_default();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let bench = bench_mode();
+    let run = Duration::from_millis(if bench { 3_000 } else { 200 });
+    let key_counts: &[usize] = if bench { &[1_000, 100_000] } else { &[1_000] };
+    let Some(redis) = Redis::start() else {
+        println!("sync bench: skipped (redis-server not installed; scripts/test.sh installs it)");
+        return;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("sync bench: skipped (no tokio runtime: {e})");
+            return;
+        }
+    };
+    println!(
+        "sync bench: {THREADS} threads, {} ms per case, sync_interval 50 ms",
+        run.as_millis()
+    );
+    println!(
+        "| keys | in-memory checks/s | journal only | sync checks/s | sync / in-memory | flush rounds | cells/round | EVALSHA/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &keys in key_counts {
+        let local = throughput(&limiter(false), keys, run);
+        // The request path's own cost: journaling, with no task draining.
+        let journal_only = throughput(&limiter(true), keys, run);
+
+        let l = limiter(true);
+        let mut settings = RedisSettings::new(format!("redis://127.0.0.1:{}", redis.port));
+        settings.sync_interval = Duration::from_millis(50);
+        // The connection manager needs the runtime's reactor.
+        let entered = rt.enter();
+        let created = RedisSync::new(Arc::clone(&l), settings);
+        drop(entered);
+        let (sync, handle) = match created {
+            Ok(s) => s,
+            Err(e) => {
+                println!("sync bench: skipped ({e})");
+                return;
+            }
+        };
+        let (trigger, stop) = shutdown::channel();
+        let task = rt.spawn(sync.run(stop));
+        let calls_before = redis.calls("evalsha");
+        let rounds_before = handle.rounds();
+        let synced = throughput(&l, keys, run);
+        let rounds = handle.rounds() - rounds_before;
+        trigger.fire();
+        let _ = rt.block_on(task);
+        let calls = redis.calls("evalsha") - calls_before;
+        println!(
+            "| {keys} | {local:.0} | {journal_only:.0} ({:.2}) | {synced:.0} | {:.2} | {rounds} | {:.0} | {:.0} |",
+            journal_only / local,
+            synced / local,
+            calls as f64 / rounds.max(1) as f64,
+            calls as f64 / run.as_secs_f64()
+        );
+        assert!(calls > 0, "the sync task sent nothing to Redis");
+    }
+}
