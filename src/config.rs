@@ -205,6 +205,8 @@ pub struct RedisSettings {
     pub password: Option<String>,
     /// Prefix of every Redis key quotad writes.
     pub key_prefix: String,
+    /// `url` is a seed node of a Redis Cluster.
+    pub cluster: bool,
     /// How often pending deltas are flushed.
     pub sync_interval: Duration,
     /// What a strict check does when Redis does not answer in time.
@@ -276,6 +278,7 @@ impl fmt::Debug for RedisSettings {
                 ),
             )
             .field("key_prefix", &self.key_prefix)
+            .field("cluster", &self.cluster)
             .field("sync_interval", &self.sync_interval)
             .field("on_redis_error", &self.on_redis_error)
             .field("strict_deadline", &self.strict_deadline)
@@ -290,6 +293,7 @@ impl RedisSettings {
             url: url.into(),
             password: None,
             key_prefix: "quotad:".to_owned(),
+            cluster: false,
             sync_interval: Duration::from_millis(50),
             on_redis_error: OnRedisError::Local,
             strict_deadline: Duration::from_millis(20),
@@ -590,8 +594,9 @@ impl Config {
         lines.push(match &self.redis {
             None => "redis: off (this node alone, in memory)".to_owned(),
             Some(r) => format!(
-                "redis: {}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
+                "redis: {}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
                 r.redacted_url(),
+                if r.cluster { " (cluster seed)" } else { "" },
                 r.key_prefix,
                 format_duration(r.sync_interval),
                 format_duration(r.strict_deadline),
@@ -709,6 +714,7 @@ struct RedisRaw {
     url: Option<NonEmpty>,
     password_file: Option<NonEmpty>,
     key_prefix: Option<String>,
+    cluster: Option<bool>,
     sync_interval: Option<Dur>,
     on_redis_error: Option<OnRedisErrorRaw>,
     strict_deadline: Option<Dur>,
@@ -937,8 +943,16 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
         settings.password = Some(password);
     }
     if let Some(prefix) = r.key_prefix {
+        // Braces would change which part of a key Redis Cluster hashes.
+        if prefix.contains(['{', '}']) {
+            return Err(Issue::new(
+                at("key_prefix"),
+                "must not contain '{' or '}' (Redis Cluster hash tags are quotad's own)",
+            ));
+        }
         settings.key_prefix = prefix;
     }
+    settings.cluster = r.cluster.unwrap_or(false);
     if let Some(d) = r.sync_interval {
         settings.sync_interval = d.0;
     }

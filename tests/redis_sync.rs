@@ -356,3 +356,37 @@ async fn strict_plans_apply_to_envoy_plan_domains_too() {
         .into_inner();
     assert_eq!(r.overall_code, Code::OverLimit as i32, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_redis_cluster_syncs_quotas_and_decides_strict_plans() {
+    let cluster = crate::support::RedisCluster::start().await;
+    let seed = format!("{}\n  cluster: true", cluster.url());
+    // Sync mode: a quota spent on one node is seen by the other.
+    let yaml = config(&seed, "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let b = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    let mut cb = client(&b).await;
+    assert_eq!(check(&mut ca, "q-key", 30).await, (true, 70));
+    a.wait_synced().await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 68));
+    // Many keys land on every master.
+    for i in 0..50 {
+        assert!(check(&mut ca, &format!("k{i}"), 1).await.0);
+    }
+    a.wait_synced().await;
+
+    // Strict mode: exact across both nodes.
+    let strict = strict_config(&seed, "deny");
+    let s1 = TestDaemon::with_config(&strict).await;
+    let s2 = TestDaemon::with_config(&strict).await;
+    let (mut c1, mut c2) = (client(&s1).await, client(&s2).await);
+    let mut admitted = 0;
+    for _ in 0..40 {
+        admitted += u64::from(check(&mut c1, "paid-key", 1).await.0);
+        admitted += u64::from(check(&mut c2, "paid-key", 1).await.0);
+    }
+    assert_eq!(admitted, 50);
+}

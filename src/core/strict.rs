@@ -21,6 +21,12 @@ use crate::limits::{LimitKind, PlanId};
 /// Extra life of a strict counter's Redis key after its window ends.
 const COUNTER_SLACK_MS: u64 = 60_000;
 
+/// A window counter's time to live in Redis: the rest of its window plus
+/// slack for clock skew.
+fn ttl_ms(window_end: Nanos, now: Nanos) -> u64 {
+    window_end.saturating_sub(now) / 1_000_000 + COUNTER_SLACK_MS
+}
+
 /// One limit of a strict check, as the Redis script needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StrictCell {
@@ -44,8 +50,9 @@ pub enum StrictKind {
     Counter {
         /// Units allowed in the window.
         quota: u64,
-        /// When the Redis key may go (Unix ms).
-        expire_ms: u64,
+        /// How long the Redis key must live: the rest of the window plus
+        /// slack (a duration, so clock offsets cannot cut it short).
+        ttl_ms: u64,
     },
 }
 
@@ -54,6 +61,8 @@ pub enum StrictKind {
 pub struct StrictJob {
     /// The key's plan in the table the job was built from.
     pub plan: PlanId,
+    /// The key its cells are filed under (the Redis Cluster hash tag).
+    pub tag: u64,
     /// The plan's limits, in order.
     pub cells: Vec<StrictCell>,
     /// Units asked for (0: report only).
@@ -88,12 +97,11 @@ impl Snapshot<'_> {
                     },
                     LimitKind::Quota(q) => StrictKind::Counter {
                         quota: q.quota.get(),
-                        expire_ms: q.window.span(now).end / 1_000_000 + COUNTER_SLACK_MS,
+                        ttl_ms: ttl_ms(q.window.span(now).end, now),
                     },
                     LimitKind::Window(w) => StrictKind::Counter {
                         quota: w.limit,
-                        expire_ms: super::window::epoch_span(now, w.period).end / 1_000_000
-                            + COUNTER_SLACK_MS,
+                        ttl_ms: ttl_ms(super::window::epoch_span(now, w.period).end, now),
                     },
                 };
                 StrictCell { id, kind }
@@ -101,6 +109,7 @@ impl Snapshot<'_> {
             .collect();
         Some(StrictJob {
             plan,
+            tag: cell_key,
             cells,
             cost: req.cost,
             now,

@@ -30,6 +30,9 @@ pub enum CellKind {
 /// One dirty cell's pending change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
+    /// The key the cell is filed under (all cells of one key share it):
+    /// the Redis Cluster hash tag, so one key's cells share a slot.
+    pub tag: u64,
     /// The cell's kind.
     pub kind: CellKind,
     /// Net change since the last flush.
@@ -40,6 +43,7 @@ pub struct Pending {
 /// charges to a cell that is already dirty take only a shard read lock.
 #[derive(Debug)]
 struct Entry {
+    tag: u64,
     kind: CellKind,
     delta: AtomicI64,
 }
@@ -70,7 +74,7 @@ impl Journal {
 
     /// Adds `delta` to cell `id`'s pending change.
     #[inline]
-    pub fn add(&self, id: u64, kind: CellKind, delta: i64) {
+    pub fn add(&self, id: u64, tag: u64, kind: CellKind, delta: i64) {
         if let Some(e) = self.cells.get(&id) {
             e.delta.fetch_add(delta, Ordering::Relaxed);
             return;
@@ -78,6 +82,7 @@ impl Journal {
         self.cells
             .entry(id)
             .or_insert_with(|| Entry {
+                tag,
                 kind,
                 delta: AtomicI64::new(0),
             })
@@ -105,6 +110,7 @@ impl Journal {
                 out.push((
                     *id,
                     Pending {
+                        tag: e.tag,
                         kind: e.kind,
                         delta,
                     },
@@ -119,7 +125,7 @@ impl Journal {
     /// charged meanwhile.
     pub fn restore(&self, items: &[(u64, Pending)]) {
         for (id, p) in items {
-            self.add(*id, p.kind, p.delta);
+            self.add(*id, p.tag, p.kind, p.delta);
         }
     }
 
@@ -141,11 +147,11 @@ mod tests {
     #[test]
     fn adds_drains_and_restores() {
         let j = Journal::new();
-        j.add(1, CellKind::Bucket, 5);
-        j.add(1, CellKind::Bucket, 7);
-        j.add(2, CellKind::Counter { window_end: 9 }, 1);
-        j.add(3, CellKind::Bucket, 4);
-        j.add(3, CellKind::Bucket, -4);
+        j.add(1, 0, CellKind::Bucket, 5);
+        j.add(1, 0, CellKind::Bucket, 7);
+        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(3, 0, CellKind::Bucket, 4);
+        j.add(3, 0, CellKind::Bucket, -4);
         assert_eq!(j.pending(1), 12);
         let mut taken = j.drain(usize::MAX);
         taken.sort_by_key(|(id, _)| *id);
@@ -153,7 +159,7 @@ mod tests {
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].1.delta, 12);
         assert!(j.is_empty());
-        j.add(1, CellKind::Bucket, 1);
+        j.add(1, 0, CellKind::Bucket, 1);
         j.restore(&taken);
         assert_eq!(j.pending(1), 13);
         assert_eq!(j.pending(2), 1);
@@ -163,7 +169,7 @@ mod tests {
     fn drain_takes_at_most_max() {
         let j = Journal::new();
         for id in 0..10 {
-            j.add(id, CellKind::Bucket, 1);
+            j.add(id, 0, CellKind::Bucket, 1);
         }
         assert_eq!(j.drain(4).len(), 4);
         assert_eq!(j.len(), 6);

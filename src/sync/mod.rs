@@ -38,7 +38,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
 use tokio::sync::watch;
 
@@ -46,7 +45,9 @@ use crate::config::RedisSettings;
 use crate::core::Limiter;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
+use conn::{Conn, key};
 
+mod conn;
 pub mod strict;
 
 /// The Lua script every flush runs, one call per dirty cell.
@@ -125,7 +126,7 @@ impl SyncHandle {
 pub struct RedisSync {
     limiter: Arc<Limiter>,
     settings: RedisSettings,
-    conn: ConnectionManager,
+    conn: Conn,
     sha: String,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
@@ -159,13 +160,7 @@ impl RedisSync {
             let redis = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(url_err)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(url_err)?;
+        let conn = Conn::new(info, settings.cluster).map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
         let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
@@ -281,65 +276,68 @@ impl RedisSync {
         if items.is_empty() {
             return Ok(0);
         }
-        match self.send(&items).await {
+        match self.send(&items, false).await {
             Ok(retry) if retry.is_empty() => Ok(items.len()),
-            Ok(retry) => {
-                // The script was not loaded (a new or restarted Redis):
-                // load it and send those again.
-                let _: String = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(SCRIPT)
-                    .query_async(&mut self.conn)
-                    .await
-                    .inspect_err(|_| journal.restore(&retry))?;
-                match self.send(&retry).await {
-                    Ok(again) if again.is_empty() => Ok(items.len()),
-                    Ok(again) => {
-                        journal.restore(&again);
-                        Err(SyncError::Redis(RedisError::from((
-                            ErrorKind::Server(ServerErrorKind::NoScript),
-                            "script still missing after SCRIPT LOAD",
-                        ))))
-                    }
-                    Err(e) => {
-                        journal.restore(&retry);
-                        Err(e)
-                    }
+            // The script was not cached (a new or restarted Redis, or a
+            // Cluster node that never ran it): send those with its text,
+            // which caches it there.
+            Ok(retry) => match self.send(&retry, true).await {
+                Ok(again) if again.is_empty() => Ok(items.len()),
+                Ok(again) => {
+                    journal.restore(&again);
+                    Err(SyncError::Redis(RedisError::from((
+                        ErrorKind::Server(ServerErrorKind::NoScript),
+                        "script missing even when sent in full",
+                    ))))
                 }
-            }
-            Err(e) => {
-                journal.restore(&items);
-                Err(e)
-            }
+                // `send` kept what it could not deliver.
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
         }
     }
 
-    /// One pipelined round trip. Adopts every answer; returns the items
-    /// to resend because the script was missing. A transport error fails
-    /// the whole batch (the caller puts it back).
-    async fn send(&mut self, items: &[(u64, Pending)]) -> Result<Vec<(u64, Pending)>, SyncError> {
+    /// One round trip (one per slot on a Cluster). Adopts every answer;
+    /// returns the items to resend because the script was not cached
+    /// (`full` sends the script's text instead of its hash). A transport
+    /// error fails the items it carried; the caller puts them back.
+    async fn send(
+        &mut self,
+        items: &[(u64, Pending)],
+        full: bool,
+    ) -> Result<Vec<(u64, Pending)>, SyncError> {
         let now_us = self.limiter.now() / 1_000;
-        let prefix = &self.settings.key_prefix;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (id, p) in items {
-            let cmd = pipe.cmd("EVALSHA").arg(&self.sha).arg(1);
+        let prefix = self.settings.key_prefix.clone();
+        let sha = self.sha.clone();
+        let name = |i: usize| {
+            let (id, p) = &items[i];
+            key(&prefix, p.tag, p.kind == CellKind::Bucket, *id)
+        };
+        let build = |pipe: &mut redis::Pipeline, i: usize| {
+            let (_, p) = &items[i];
+            let cmd = if full {
+                pipe.cmd("EVAL").arg(SCRIPT)
+            } else {
+                pipe.cmd("EVALSHA").arg(&sha)
+            };
+            cmd.arg(1).arg(name(i));
             match p.kind {
-                CellKind::Bucket => cmd
-                    .arg(format!("{prefix}b:{id:016x}"))
-                    .arg("b")
-                    .arg(now_us)
-                    .arg(p.delta / 1_000),
+                CellKind::Bucket => cmd.arg("b").arg(now_us).arg(p.delta / 1_000),
+                // A time to live, not an instant: only the node's clock
+                // is involved, so an offset between it and Redis's
+                // cannot expire a window early.
                 CellKind::Counter { window_end } => cmd
-                    .arg(format!("{prefix}c:{id:016x}"))
                     .arg("c")
-                    .arg(window_end / 1_000_000 + COUNTER_SLACK_MS)
+                    .arg(window_end.saturating_sub(now_us * 1_000) / 1_000_000 + COUNTER_SLACK_MS)
                     .arg(p.delta),
             };
-        }
-        let answers: Vec<redis::RedisResult<i64>> = pipe.query_async(&mut self.conn).await?;
+        };
+        let answers: Vec<redis::RedisResult<i64>> =
+            self.conn.pipelines(items.len(), name, build).await;
         let store = self.limiter.store();
         let mut retry = Vec::new();
+        let mut unsent = Vec::new();
+        let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
             match answer {
                 Ok(v) => {
@@ -352,14 +350,28 @@ impl RedisSync {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     retry.push((*id, *p));
                 }
-                Err(e) => {
+                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
                     // A key Redis cannot apply the script to (say, someone
                     // wrote another type under our prefix): resending would
                     // fail forever, so the delta is dropped, loudly.
                     tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
                 }
+                Err(e) => {
+                    // Not delivered: kept for the next round.
+                    unsent.push((*id, *p));
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(retry)
+        match first_error {
+            None => Ok(retry),
+            Some(e) => {
+                if let Some(j) = store.journal() {
+                    j.restore(&unsent);
+                    j.restore(&retry);
+                }
+                Err(SyncError::Redis(e))
+            }
+        }
     }
 }

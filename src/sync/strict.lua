@@ -3,7 +3,7 @@
 --   KEYS[i]  the cell of limit i (same names and formats as sync.lua)
 --   ARGV[1]  now (µs)        ARGV[2]  cost (units; 0 only reports)
 --   then per limit, 3 values: 'b', emission (µs), tau (µs)  -- token bucket
---                          or 'c', quota, expiry (Unix ms) -- window counter
+--                          or 'c', quota, time to live (ms) -- window counter
 -- Returns {ok, state_1, ..., state_n}: ok is 1 when charged (or when a
 -- report found room), each state the cell's value before this check
 -- (a bucket's arrival time in µs, a counter's count).
@@ -36,7 +36,7 @@ if ok and cost > 0 then
       redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
     else
       redis.call('INCRBY', KEYS[i], cost)
-      redis.call('PEXPIREAT', KEYS[i], ARGV[base + 2])
+      redis.call('PEXPIRE', KEYS[i], ARGV[base + 2])
     end
   end
 end

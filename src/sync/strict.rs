@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::conn::{Conn, key};
 use crate::core::strict::{StrictJob, StrictKind};
 
 /// The strict-mode script.
@@ -59,7 +59,7 @@ pub struct StrictClient {
 impl StrictClient {
     /// A client and the task that serves it (run it until shutdown).
     pub(crate) fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         key_prefix: String,
         deadline: Duration,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
@@ -82,7 +82,7 @@ impl StrictClient {
     }
 }
 
-async fn serve(mut conn: ConnectionManager, prefix: String, mut rx: mpsc::Receiver<Ask>) {
+async fn serve(mut conn: Conn, prefix: String, mut rx: mpsc::Receiver<Ask>) {
     let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -90,54 +90,83 @@ async fn serve(mut conn: ConnectionManager, prefix: String, mut rx: mpsc::Receiv
         if batch.is_empty() {
             continue;
         }
-        let mut result = send(&mut conn, &sha, &prefix, &batch).await;
-        if matches!(&result, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
-            let loaded: redis::RedisResult<String> = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(SCRIPT)
-                .query_async(&mut conn)
-                .await;
-            result = match loaded {
-                Ok(_) => send(&mut conn, &sha, &prefix, &batch).await,
-                Err(e) => Err(e),
-            };
+        let mut answers = send(&mut conn, &sha, &prefix, &batch, false).await;
+        // Jobs that met a Redis without the cached script go again with
+        // its text, which caches it there.
+        let missing: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            let again: Vec<&Ask> = missing.iter().map(|&i| &batch[i]).collect();
+            let resent = send_refs(&mut conn, &sha, &prefix, &again, true).await;
+            for (&i, answer) in missing.iter().zip(resent) {
+                answers[i] = answer;
+            }
         }
-        match result {
-            Ok(answers) => {
-                for (ask, answer) in batch.drain(..).zip(answers) {
-                    let _ = ask.reply.send(answer);
+        for (ask, answer) in batch.drain(..).zip(answers) {
+            let reply = match answer {
+                Ok(values) => {
+                    let ok = values.first().is_some_and(|v| *v == 1);
+                    let states = values
+                        .iter()
+                        .skip(1)
+                        .map(|v| u64::try_from(*v).unwrap_or(0))
+                        .collect();
+                    Ok((ok, states))
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, checks = batch.len(), "strict check failed in Redis");
-                for ask in batch.drain(..) {
-                    let _ = ask.reply.send(Err(StrictFailure::Unavailable));
+                Err(e) => {
+                    tracing::warn!(error = %e, "strict check failed in Redis");
+                    Err(StrictFailure::Unavailable)
                 }
-            }
+            };
+            let _ = ask.reply.send(reply);
         }
     }
 }
 
-/// One pipelined round trip for every job of the batch. A missing script
-/// fails the whole batch (the caller loads it and sends again).
 async fn send(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     sha: &str,
     prefix: &str,
     batch: &[Ask],
-) -> redis::RedisResult<Vec<Result<StrictAnswer, StrictFailure>>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for ask in batch {
-        let job = &ask.job;
-        let cmd = pipe.cmd("EVALSHA").arg(sha).arg(job.cells.len());
-        for c in &job.cells {
-            let kind = if matches!(c.kind, StrictKind::Bucket { .. }) {
-                'b'
-            } else {
-                'c'
-            };
-            cmd.arg(format!("{prefix}{kind}:{:016x}", c.id));
+    full: bool,
+) -> Vec<redis::RedisResult<Vec<i64>>> {
+    let refs: Vec<&Ask> = batch.iter().collect();
+    send_refs(conn, sha, prefix, &refs, full).await
+}
+
+/// One round trip (one per slot on a Cluster) for the jobs; each job's
+/// cells share its key's hash tag, so one slot.
+async fn send_refs(
+    conn: &mut Conn,
+    sha: &str,
+    prefix: &str,
+    jobs: &[&Ask],
+    full: bool,
+) -> Vec<redis::RedisResult<Vec<i64>>> {
+    let name = |i: usize, c: usize| {
+        let job = &jobs[i].job;
+        let cell = &job.cells[c];
+        key(
+            prefix,
+            job.tag,
+            matches!(cell.kind, StrictKind::Bucket { .. }),
+            cell.id,
+        )
+    };
+    let build = |pipe: &mut redis::Pipeline, i: usize| {
+        let job = &jobs[i].job;
+        let cmd = if full {
+            pipe.cmd("EVAL").arg(SCRIPT)
+        } else {
+            pipe.cmd("EVALSHA").arg(sha)
+        };
+        cmd.arg(job.cells.len());
+        for c in 0..job.cells.len() {
+            cmd.arg(name(i, c));
         }
         cmd.arg(job.now_us()).arg(job.cost);
         for c in &job.cells {
@@ -146,29 +175,9 @@ async fn send(
                     emission_us,
                     tau_us,
                 } => cmd.arg("b").arg(emission_us).arg(tau_us),
-                StrictKind::Counter { quota, expire_ms } => cmd.arg("c").arg(quota).arg(expire_ms),
+                StrictKind::Counter { quota, ttl_ms } => cmd.arg("c").arg(quota).arg(ttl_ms),
             };
         }
-    }
-    let replies: Vec<redis::RedisResult<Vec<i64>>> = pipe.query_async(conn).await?;
-    let mut out = Vec::with_capacity(replies.len());
-    for reply in replies {
-        match reply {
-            Ok(values) => {
-                let ok = values.first().is_some_and(|v| *v == 1);
-                let states = values
-                    .iter()
-                    .skip(1)
-                    .map(|v| u64::try_from(*v).unwrap_or(0))
-                    .collect();
-                out.push(Ok((ok, states)));
-            }
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "strict check refused by Redis");
-                out.push(Err(StrictFailure::Unavailable));
-            }
-        }
-    }
-    Ok(out)
+    };
+    conn.pipelines(jobs.len(), |i| name(i, 0), build).await
 }

@@ -6,7 +6,8 @@
 --          arrival time; negative gives back). The value is the bucket's
 --          theoretical arrival time in microseconds; the key expires when
 --          the bucket is full again. Returns the arrival time.
--- counter: ARGV[2] expiry (Unix milliseconds), ARGV[3] delta (units).
+-- counter: ARGV[2] time to live (ms: the window's rest, plus slack),
+--          ARGV[3] delta (units).
 --          Returns the count.
 if ARGV[1] == 'b' then
   local now = tonumber(ARGV[2])
@@ -25,5 +26,5 @@ if used <= 0 then
   redis.call('DEL', KEYS[1])
   return 0
 end
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return used

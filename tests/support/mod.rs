@@ -316,3 +316,115 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A real 3-master Redis Cluster on free loopback ports (each node's
+/// cluster bus at port + 10000), made with `redis-cli --cluster create`;
+/// killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts 3 nodes and waits (bounded) until the cluster is ok.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let bus_free =
+                port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if bus_free && !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let mut children = Vec::new();
+        for port in &ports {
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(&conf)
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            children.push(child);
+        }
+        let cluster = Self {
+            ports,
+            children,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            let node = RedisServer {
+                port: *port,
+                child: None,
+            };
+            let poll = async {
+                while node.ping().await.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+                .await
+                .expect("cluster node answers PING");
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli runs (it comes with redis-server)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for port in &cluster.ports {
+            let node = RedisServer {
+                port: *port,
+                child: None,
+            };
+            let poll = async {
+                loop {
+                    let info = node.command("CLUSTER INFO").await.unwrap_or_default();
+                    if info.contains("cluster_state:ok") {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), poll)
+                .await
+                .expect("cluster state ok");
+        }
+        cluster
+    }
+
+    /// A seed node's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! One Redis connection for the sync and strict tasks, standalone or
+//! Cluster, and the names of quotad's keys.
+//!
+//! Keys are `{prefix}{<key>}b:<cell>` (a bucket) and `{prefix}{<key>}c:<cell>`
+//! (a window counter): `<cell>` is the cell's keyed hash and `<key>` the
+//! keyed hash the engine files the API key's cells under, in braces, so a
+//! Redis Cluster puts every cell of one API key in one slot (a strict
+//! check's script touches them together). Neither is the API key.
+//!
+//! On a Cluster a pipeline may only hold one slot's commands, so
+//! [`Conn::pipelines`] sends one pipeline per slot, all at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{ConnectionInfo, FromRedisValue, Pipeline, RedisResult};
+
+/// A bucket's or a counter's key.
+pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
+    let kind = if bucket { 'b' } else { 'c' };
+    format!("{prefix}{{{tag:016x}}}{kind}:{cell:016x}")
+}
+
+/// A connection to a standalone Redis (reconnecting by itself) or to a
+/// Cluster (connected on first use, again after a failure).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<ClusterConn>),
+}
+
+/// A Cluster client and its connection, once made.
+#[derive(Clone)]
+pub(crate) struct ClusterConn {
+    client: ClusterClient,
+    conn: Option<ClusterConnection>,
+}
+
+impl Conn {
+    /// A lazy connection to `info`; `cluster` treats it as a seed node.
+    pub(crate) fn new(info: ConnectionInfo, cluster: bool) -> RedisResult<Conn> {
+        if cluster {
+            let client = ClusterClient::builder(vec![info])
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(1))
+                .build()?;
+            return Ok(Conn::Cluster(Box::new(ClusterConn { client, conn: None })));
+        }
+        let client = redis::Client::open(info)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+
+    /// Sends `items` as pipelines (`build` adds item `i`'s command), one
+    /// per slot on a Cluster, and returns each item's reply in order. A
+    /// failed round trip fails every item it carried.
+    pub(crate) async fn pipelines<T, F>(
+        &mut self,
+        count: usize,
+        slot_key: impl Fn(usize) -> String,
+        build: F,
+    ) -> Vec<RedisResult<T>>
+    where
+        T: FromRedisValue + Send,
+        F: Fn(&mut Pipeline, usize),
+    {
+        let groups: Vec<Vec<usize>> = match self {
+            Conn::Single(_) => vec![(0..count).collect()],
+            Conn::Cluster(_) => {
+                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+                for i in 0..count {
+                    by_slot
+                        .entry(Slot::for_key(slot_key(i)))
+                        .or_default()
+                        .push(i);
+                }
+                by_slot.into_values().collect()
+            }
+        };
+        let conn = match self.connected().await {
+            Ok(c) => c,
+            Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+        };
+        let sends = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in group {
+                build(&mut pipe, i);
+            }
+            let mut c = conn.clone();
+            async move {
+                let r: RedisResult<Vec<RedisResult<T>>> = match &mut c {
+                    Connected::Single(m) => pipe.query_async(m).await,
+                    Connected::Cluster(k) => pipe.query_async(k).await,
+                };
+                r
+            }
+        });
+        let answers = join_all(sends).await;
+        let mut out: Vec<Option<RedisResult<T>>> = (0..count).map(|_| None).collect();
+        let mut failed = false;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(replies) => {
+                    for (&i, reply) in group.iter().zip(replies) {
+                        out[i] = Some(reply);
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    for &i in group {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if failed {
+            self.reset();
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(missing_reply())))
+            .collect()
+    }
+
+    /// The live connection, connecting a Cluster first if needed.
+    async fn connected(&mut self) -> RedisResult<Connected> {
+        match self {
+            Conn::Single(m) => Ok(Connected::Single(m.clone())),
+            Conn::Cluster(c) => {
+                if c.conn.is_none() {
+                    c.conn = Some(c.client.get_async_connection().await?);
+                }
+                c.conn
+                    .clone()
+                    .map(Connected::Cluster)
+                    .ok_or_else(missing_reply)
+            }
+        }
+    }
+
+    /// Forgets a Cluster connection after a failure, so the next use
+    /// connects again (a standalone manager reconnects by itself).
+    fn reset(&mut self) {
+        if let Conn::Cluster(c) = self {
+            c.conn = None;
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Connected {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+fn missing_reply() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "no reply for this command"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_tag_the_api_keys_hash_so_its_cells_share_a_slot() {
+        let a = key("quotad:", 0xabc, true, 1);
+        let b = key("quotad:", 0xabc, false, 2);
+        assert_eq!(a, "quotad:{0000000000000abc}b:0000000000000001");
+        assert_eq!(b, "quotad:{0000000000000abc}c:0000000000000002");
+        assert_eq!(Slot::for_key(&a), Slot::for_key(&b));
+    }
+}
