@@ -15,9 +15,10 @@
 //! - Window counters (quotas and envoyproxy/ratelimit fixed windows) are
 //!   counts expiring a minute after their window ends: quotas survive
 //!   restarts of every node.
-//! - Key names are `{prefix}b:{cell}` and `{prefix}c:{cell}`, the cell
-//!   being the keyed hash the engine files it under: never a raw API key.
-//!   Nodes must share `store.hash_secret` to name cells alike.
+//! - Key names ([`conn`]) hold only keyed hashes, never a raw API key;
+//!   nodes must share `store.hash_secret` to name cells alike.
+//! - Plans with a `mode: strict` limit skip all this: [`strict`] decides
+//!   them in Redis on every check.
 //!
 //! **Accuracy.** A limit of `r` per second with burst `b` on `n` nodes
 //! admits at most about `b + r·(t + n·sync_interval)` over any window `t`
@@ -27,7 +28,7 @@
 //! already spent. A node that has never touched a key starts it fresh and
 //! learns its global state on its first flush.
 //!
-//! **Outages** (`local` behaviour, the only one in this version): when a
+//! **Outages**: in `sync` mode a node always decides locally: when a
 //! flush fails, its deltas go back to the journal (merged with new ones,
 //! one entry per cell, so bounded by the store's cap), nodes keep deciding
 //! locally, and the task retries with exponential backoff (to 5 s), then
