@@ -15,7 +15,7 @@
 //! - Window counters (quotas and envoyproxy/ratelimit fixed windows) are
 //!   counts expiring a minute after their window ends: quotas survive
 //!   restarts of every node.
-//! - Key names ([`conn`]) hold only keyed hashes, never a raw API key;
+//! - Key names (see `conn.rs`) hold only keyed hashes, never a raw API key;
 //!   nodes must share `store.hash_secret` to name cells alike.
 //! - Plans with a `mode: strict` limit skip all this: [`strict`] decides
 //!   them in Redis on every check.

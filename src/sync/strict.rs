@@ -3,7 +3,7 @@
 //!
 //! Callers hand a [`StrictJob`] to [`StrictClient::check`], which waits at
 //! most `redis.strict_deadline` (default 20 ms). One task takes every job
-//! waiting at that moment (up to [`BATCH`]) and sends them in one pipelined
+//! waiting at that moment (up to 256) and sends them in one pipelined
 //! round trip through `strict.lua`, so throughput grows with concurrency
 //! instead of paying one round trip per check. A job whose caller has
 //! already given up is not sent, so a late Redis never charges a check
