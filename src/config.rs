@@ -207,6 +207,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// `url` is a seed node of a Redis Cluster.
     pub cluster: bool,
+    /// For `rediss://`: the CA certificate(s) (PEM) to trust instead of
+    /// the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
     /// How often pending deltas are flushed.
     pub sync_interval: Duration,
     /// What a strict check does when Redis does not answer in time.
@@ -279,6 +282,7 @@ impl fmt::Debug for RedisSettings {
             )
             .field("key_prefix", &self.key_prefix)
             .field("cluster", &self.cluster)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<pem>"))
             .field("sync_interval", &self.sync_interval)
             .field("on_redis_error", &self.on_redis_error)
             .field("strict_deadline", &self.strict_deadline)
@@ -294,6 +298,7 @@ impl RedisSettings {
             password: None,
             key_prefix: "quotad:".to_owned(),
             cluster: false,
+            tls_ca: None,
             sync_interval: Duration::from_millis(50),
             on_redis_error: OnRedisError::Local,
             strict_deadline: Duration::from_millis(20),
@@ -304,13 +309,9 @@ impl RedisSettings {
     pub fn check_url(url: &str) -> Result<(), String> {
         let scheme = url.split_once("://").map(|(s, _)| s);
         match scheme {
-            Some("redis" | "unix" | "redis+unix") => Ok(()),
-            Some("rediss") => Err(
-                "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// on a trusted network or a unix socket"
-                    .to_owned(),
-            ),
+            Some("redis" | "rediss" | "unix" | "redis+unix") => Ok(()),
             _ => Err(format!(
-                "invalid Redis URL {} (expected redis://host:port[/db] or unix:///path)",
+                "invalid Redis URL {} (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)",
                 quoted(&redact_url(url))
             )),
         }
@@ -713,6 +714,7 @@ struct RequestsRaw {
 struct RedisRaw {
     url: Option<NonEmpty>,
     password_file: Option<NonEmpty>,
+    tls_ca_file: Option<NonEmpty>,
     key_prefix: Option<String>,
     cluster: Option<bool>,
     sync_interval: Option<Dur>,
@@ -941,6 +943,28 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
             ));
         }
         settings.password = Some(password);
+    }
+    if let Some(p) = r.tls_ca_file {
+        if !settings.url.starts_with("rediss://") {
+            return Err(Issue::new(
+                at("tls_ca_file"),
+                "applies only to rediss:// URLs (TLS)",
+            ));
+        }
+        let path = base.join(&p.0);
+        let pem = std::fs::read(&path).map_err(|e| {
+            Issue::new(
+                at("tls_ca_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(Issue::new(
+                at("tls_ca_file"),
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        settings.tls_ca = Some(pem);
     }
     if let Some(prefix) = r.key_prefix {
         // Braces would change which part of a key Redis Cluster hashes.
@@ -1684,12 +1708,8 @@ redis: off (this node alone, in memory)";
                 "t.yaml:4:8: redis: missing field 'url'".to_owned(),
             ),
             (
-                format!("{base}{secret}redis: {{ url: \"rediss://h:1\" }}\n"),
-                "t.yaml:4:15: redis.url: rediss:// (TLS to Redis) is not supported by this build yet; use redis:// on a trusted network or a unix socket".to_owned(),
-            ),
-            (
                 format!("{base}{secret}redis: {{ url: \"http://h\" }}\n"),
-                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://host:port[/db] or unix:///path)".to_owned(),
+                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)".to_owned(),
             ),
             (
                 format!("{base}redis: {{ url: \"redis://h:1\" }}\n"),

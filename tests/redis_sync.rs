@@ -390,3 +390,35 @@ async fn a_redis_cluster_syncs_quotas_and_decides_strict_plans() {
     }
     assert_eq!(admitted, 50);
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
+    let redis = crate::support::RedisTls::start().await;
+    let url = format!(
+        "rediss://localhost:{}\n  tls_ca_file: {}",
+        redis.port,
+        redis.ca_file.display()
+    );
+    let a = TestDaemon::with_config(&config(&url, "5ms")).await;
+    let b = TestDaemon::with_config(&config(&url, "5ms")).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    assert_eq!(check(&mut ca, "q-key", 40).await, (true, 60));
+    a.wait_synced().await;
+    sync.wait_for(SyncState::Synced).await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 58));
+
+    // Without the CA, the server's certificate is not trusted: the node
+    // keeps deciding locally and reports Redis unreachable.
+    let untrusted = TestDaemon::with_config(&config(
+        &format!("rediss://localhost:{}", redis.port),
+        "5ms",
+    ))
+    .await;
+    let mut cu = client(&untrusted).await;
+    assert!(check(&mut cu, "q-key", 1).await.0);
+    let mut state = untrusted.sync.clone().expect("sync task");
+    state.wait_for(SyncState::Degraded).await;
+}

@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{ConnectionInfo, FromRedisValue, Pipeline, RedisResult};
+use redis::{ConnectionInfo, FromRedisValue, Pipeline, RedisResult, TlsCertificates};
 
 /// A bucket's or a counter's key.
 pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
@@ -43,15 +43,33 @@ pub(crate) struct ClusterConn {
 
 impl Conn {
     /// A lazy connection to `info`; `cluster` treats it as a seed node.
-    pub(crate) fn new(info: ConnectionInfo, cluster: bool) -> RedisResult<Conn> {
+    /// `tls_ca` (PEM) replaces the system's roots for `rediss://`.
+    pub(crate) fn new(
+        info: ConnectionInfo,
+        cluster: bool,
+        tls_ca: Option<&[u8]>,
+    ) -> RedisResult<Conn> {
+        // rustls needs a crypto provider; ring is this build's. Installing
+        // it twice is harmless (the first one stays).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: tls_ca.map(<[u8]>::to_vec),
+        };
         if cluster {
-            let client = ClusterClient::builder(vec![info])
+            let mut builder = ClusterClient::builder(vec![info])
                 .connection_timeout(Duration::from_secs(1))
-                .response_timeout(Duration::from_secs(1))
-                .build()?;
+                .response_timeout(Duration::from_secs(1));
+            if tls_ca.is_some() {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build()?;
             return Ok(Conn::Cluster(Box::new(ClusterConn { client, conn: None })));
         }
-        let client = redis::Client::open(info)?;
+        let client = match tls_ca {
+            Some(_) => redis::Client::build_with_tls(info, certs())?,
+            None => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))

@@ -428,3 +428,109 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A real `redis-server` speaking only TLS on a free port, with a fresh
+/// CA and a server certificate for `localhost` made by rcgen; killed on
+/// drop.
+pub struct RedisTls {
+    pub port: u16,
+    /// The CA certificate file clients must trust.
+    pub ca_file: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisTls {
+    /// Starts one and waits (bounded) until `redis-cli --tls` gets PONG.
+    pub async fn start() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a certificate whose issuer name equals its
+        // subject name reads as self-signed to OpenSSL.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "quotad test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write certificate");
+            path
+        };
+        let ca_file = write("ca.pem", ca_cert.pem());
+        let cert_file = write("server.pem", cert.pem());
+        let key_file = write("server.key", key.serialize_pem());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert_file)
+            .arg("--tls-key-file")
+            .arg(&key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_file)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test.sh installs it)");
+        let ping = || {
+            std::process::Command::new("redis-cli")
+                .args(["--tls", "-h", "localhost", "-p", &port.to_string()])
+                .arg("--cacert")
+                .arg(&ca_file)
+                .arg("PING")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .unwrap_or(false)
+        };
+        let poll = async {
+            while !ping() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+            .await
+            .expect("TLS redis-server answers PING");
+        Self {
+            port,
+            ca_file,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
