@@ -218,7 +218,8 @@ impl App {
             })
         });
 
-        let http_server = axum::serve(http, telemetry::router(ready.clone()))
+        let redis_state = sync.as_ref().map(|(_, h)| h.clone());
+        let http_server = axum::serve(http, telemetry::router(ready.clone(), redis_state))
             .with_graceful_shutdown(wait(rest_stop.clone()));
         rest.spawn(async move {
             http_server.await.map_err(|e| AppError::Serve {

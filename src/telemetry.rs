@@ -8,6 +8,11 @@
 //! moment shutdown starts; with `server.drain_delay` the daemon keeps
 //! serving for that long while saying so. gRPC `Watch` streams receive the
 //! change, then end when the server stops, so they never hold up shutdown.
+//!
+//! With Redis, `/readyz` adds a line `redis: synced`, `redis: degraded` or
+//! `redis: starting`. Redis trouble does not make the node unready: it
+//! keeps deciding (locally in `sync` mode, by `on_redis_error` in strict
+//! mode), and taking every replica out of service would stop the API.
 
 use std::pin::Pin;
 
@@ -23,6 +28,7 @@ use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::shutdown::Shutdown;
+use crate::sync::{SyncHandle, SyncState};
 
 /// A ready/not-ready latch shared by the app and the health endpoints.
 #[derive(Debug, Clone)]
@@ -49,20 +55,31 @@ impl Readiness {
     }
 }
 
-/// The HTTP routes: `/livez` and `/readyz`.
-pub fn router(ready: Readiness) -> Router {
+/// The HTTP routes: `/livez` and `/readyz` (with the Redis sync state,
+/// when there is one).
+pub fn router(ready: Readiness, redis: Option<SyncHandle>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(ready)
+        .with_state((ready, redis))
 }
 
-async fn readyz(State(ready): State<Readiness>) -> (StatusCode, &'static str) {
-    if ready.is_ready() {
-        (StatusCode::OK, "ready\n")
+async fn readyz(
+    State((ready, redis)): State<(Readiness, Option<SyncHandle>)>,
+) -> (StatusCode, String) {
+    let (status, mut body) = if ready.is_ready() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+    };
+    if let Some(h) = redis {
+        body.push_str(match h.state() {
+            SyncState::Starting => "redis: starting\n",
+            SyncState::Synced => "redis: synced\n",
+            SyncState::Degraded => "redis: degraded (deciding locally)\n",
+        });
     }
+    (status, body)
 }
 
 /// `grpc.health.v1.Health` over the readiness latch. Knows the server as a
