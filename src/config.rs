@@ -207,6 +207,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// `url` is a seed node of a Redis Cluster.
     pub cluster: bool,
+    /// `url` is a Redis Sentinel; this is the master's name to ask it for.
+    pub sentinel_master: Option<String>,
     /// For `rediss://`: the CA certificate(s) (PEM) to trust instead of
     /// the system's roots.
     pub tls_ca: Option<Vec<u8>>,
@@ -282,6 +284,7 @@ impl fmt::Debug for RedisSettings {
             )
             .field("key_prefix", &self.key_prefix)
             .field("cluster", &self.cluster)
+            .field("sentinel_master", &self.sentinel_master)
             .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<pem>"))
             .field("sync_interval", &self.sync_interval)
             .field("on_redis_error", &self.on_redis_error)
@@ -298,6 +301,7 @@ impl RedisSettings {
             password: None,
             key_prefix: "quotad:".to_owned(),
             cluster: false,
+            sentinel_master: None,
             tls_ca: None,
             sync_interval: Duration::from_millis(50),
             on_redis_error: OnRedisError::Local,
@@ -597,7 +601,11 @@ impl Config {
             Some(r) => format!(
                 "redis: {}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
                 r.redacted_url(),
-                if r.cluster { " (cluster seed)" } else { "" },
+                match (&r.sentinel_master, r.cluster) {
+                    (Some(m), _) => format!(" (sentinel for {m})"),
+                    (None, true) => " (cluster seed)".to_owned(),
+                    (None, false) => String::new(),
+                },
                 r.key_prefix,
                 format_duration(r.sync_interval),
                 format_duration(r.strict_deadline),
@@ -717,6 +725,7 @@ struct RedisRaw {
     tls_ca_file: Option<NonEmpty>,
     key_prefix: Option<String>,
     cluster: Option<bool>,
+    sentinel_master: Option<NonEmpty>,
     sync_interval: Option<Dur>,
     on_redis_error: Option<OnRedisErrorRaw>,
     strict_deadline: Option<Dur>,
@@ -977,6 +986,13 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
         settings.key_prefix = prefix;
     }
     settings.cluster = r.cluster.unwrap_or(false);
+    settings.sentinel_master = r.sentinel_master.map(|m| m.0);
+    if settings.cluster && settings.sentinel_master.is_some() {
+        return Err(Issue::new(
+            at("sentinel_master"),
+            "a Redis is either a Cluster or watched by Sentinel: set cluster or sentinel_master, not both",
+        ));
+    }
     if let Some(d) = r.sync_interval {
         settings.sync_interval = d.0;
     }
@@ -1710,6 +1726,14 @@ redis: off (this node alone, in memory)";
             (
                 format!("{base}{secret}redis: {{ url: \"http://h\" }}\n"),
                 "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)".to_owned(),
+            ),
+            (
+                format!("{base}{secret}redis: {{ url: \"redis://h:1\", cluster: true, sentinel_master: m }}\n"),
+                "t.yaml:4:62: redis.sentinel_master: a Redis is either a Cluster or watched by Sentinel: set cluster or sentinel_master, not both".to_owned(),
+            ),
+            (
+                format!("{base}{secret}redis: {{ url: \"redis://h:1\", key_prefix: \"a{{b}}\" }}\n"),
+                "t.yaml:4:42: redis.key_prefix: must not contain '{' or '}' (Redis Cluster hash tags are quotad's own)".to_owned(),
             ),
             (
                 format!("{base}redis: {{ url: \"redis://h:1\" }}\n"),

@@ -429,3 +429,23 @@ async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
     let mut state = untrusted.sync.clone().expect("sync task");
     state.wait_for(SyncState::Degraded).await;
 }
+
+#[tokio::test]
+async fn a_sentinel_leads_the_nodes_to_the_master() {
+    let sentinel = crate::support::RedisSentinel::start().await;
+    let url = format!(
+        "redis://127.0.0.1:{}\n  sentinel_master: mymaster",
+        sentinel.port
+    );
+    let a = TestDaemon::with_config(&config(&url, "5ms")).await;
+    let b = TestDaemon::with_config(&config(&url, "5ms")).await;
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    assert_eq!(check(&mut ca, "q-key", 45).await, (true, 55));
+    a.wait_synced().await;
+    let _ = check(&mut cb, "q-key", 1).await;
+    b.wait_synced().await;
+    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 53));
+    // The counters are on the master the Sentinel named.
+    let keys = sentinel.master.command("DBSIZE").await.expect("DBSIZE");
+    assert_eq!(keys, ":1");
+}

@@ -14,10 +14,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{ConnectionInfo, FromRedisValue, Pipeline, RedisResult, TlsCertificates};
 
 /// A bucket's or a counter's key.
@@ -32,6 +36,15 @@ pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(Box<ClusterConn>),
+    Sentinel(Box<SentinelConn>),
+}
+
+/// Sentinels to ask for the master, and the connection to it once made
+/// (asked again after a failure, so a failover is followed).
+#[derive(Clone)]
+pub(crate) struct SentinelConn {
+    client: Arc<tokio::sync::Mutex<SentinelClient>>,
+    conn: Option<MultiplexedConnection>,
 }
 
 /// A Cluster client and its connection, once made.
@@ -42,11 +55,14 @@ pub(crate) struct ClusterConn {
 }
 
 impl Conn {
-    /// A lazy connection to `info`; `cluster` treats it as a seed node.
-    /// `tls_ca` (PEM) replaces the system's roots for `rediss://`.
+    /// A lazy connection to `info`; `cluster` treats it as a seed node,
+    /// `sentinel_master` as a Sentinel to ask for that master (which gets
+    /// `info`'s credentials). `tls_ca` (PEM) replaces the system's roots
+    /// for `rediss://`.
     pub(crate) fn new(
         info: ConnectionInfo,
         cluster: bool,
+        sentinel_master: Option<&str>,
         tls_ca: Option<&[u8]>,
     ) -> RedisResult<Conn> {
         // rustls needs a crypto provider; ring is this build's. Installing
@@ -56,6 +72,16 @@ impl Conn {
             client_tls: None,
             root_cert: tls_ca.map(<[u8]>::to_vec),
         };
+        if let Some(master) = sentinel_master {
+            let node = SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(info.redis_settings().clone());
+            let client =
+                SentinelClient::build(vec![info], master, Some(node), SentinelServerType::Master)?;
+            return Ok(Conn::Sentinel(Box::new(SentinelConn {
+                client: Arc::new(tokio::sync::Mutex::new(client)),
+                conn: None,
+            })));
+        }
         if cluster {
             let mut builder = ClusterClient::builder(vec![info])
                 .connection_timeout(Duration::from_secs(1))
@@ -95,6 +121,7 @@ impl Conn {
     {
         let groups: Vec<Vec<usize>> = match self {
             Conn::Single(_) => vec![(0..count).collect()],
+            Conn::Sentinel(_) => vec![(0..count).collect()],
             Conn::Cluster(_) => {
                 let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
                 for i in 0..count {
@@ -121,6 +148,7 @@ impl Conn {
                 let r: RedisResult<Vec<RedisResult<T>>> = match &mut c {
                     Connected::Single(m) => pipe.query_async(m).await,
                     Connected::Cluster(k) => pipe.query_async(k).await,
+                    Connected::Multiplexed(m) => pipe.query_async(m).await,
                 };
                 r
             }
@@ -164,14 +192,29 @@ impl Conn {
                     .map(Connected::Cluster)
                     .ok_or_else(missing_reply)
             }
+            Conn::Sentinel(s) => {
+                if s.conn.is_none() {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(1)))
+                        .set_response_timeout(Some(Duration::from_secs(1)));
+                    let mut client = s.client.lock().await;
+                    s.conn = Some(client.get_async_connection_with_config(&config).await?);
+                }
+                s.conn
+                    .clone()
+                    .map(Connected::Multiplexed)
+                    .ok_or_else(missing_reply)
+            }
         }
     }
 
     /// Forgets a Cluster connection after a failure, so the next use
     /// connects again (a standalone manager reconnects by itself).
     fn reset(&mut self) {
-        if let Conn::Cluster(c) = self {
-            c.conn = None;
+        match self {
+            Conn::Cluster(c) => c.conn = None,
+            Conn::Sentinel(s) => s.conn = None,
+            Conn::Single(_) => {}
         }
     }
 }
@@ -180,6 +223,7 @@ impl Conn {
 enum Connected {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Multiplexed(MultiplexedConnection),
 }
 
 fn missing_reply() -> redis::RedisError {

@@ -161,8 +161,13 @@ impl RedisSync {
             let redis = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(redis);
         }
-        let conn =
-            Conn::new(info, settings.cluster, settings.tls_ca.as_deref()).map_err(url_err)?;
+        let conn = Conn::new(
+            info,
+            settings.cluster,
+            settings.sentinel_master.as_deref(),
+            settings.tls_ca.as_deref(),
+        )
+        .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
         let sha = redis::Script::new(SCRIPT).get_hash().to_owned();

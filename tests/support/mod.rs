@@ -534,3 +534,70 @@ impl Drop for RedisTls {
         let _ = self.child.wait();
     }
 }
+
+/// A Redis master with one Sentinel watching it as `mymaster`, on free
+/// loopback ports; killed on drop.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts both and waits (bounded) until the Sentinel knows the master.
+    pub async fn start() -> Self {
+        let master = RedisServer::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // Sentinel rewrites its config file, so it lives in the temp dir.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
+                master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        let sentinel = RedisServer { port, child: None };
+        let poll = async {
+            loop {
+                let reply = sentinel
+                    .command("SENTINEL get-master-addr-by-name mymaster")
+                    .await
+                    .unwrap_or_default();
+                if reply == "*2" {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+            .await
+            .expect("sentinel knows the master");
+        Self {
+            master,
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
