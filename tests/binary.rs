@@ -302,3 +302,38 @@ async fn serve_limits_and_shadow_flags_answer_envoy_from_the_file() {
     );
     assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
 }
+
+#[test]
+fn redis_flag_needs_a_known_scheme_and_the_hash_secret() {
+    let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
+    let serve = |url: &str| {
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&path)
+            .args(["--redis", url])
+            .env_remove("QUOTAD_REDIS")
+            .output()
+            .unwrap()
+    };
+    let out = serve("redis://127.0.0.1:6379");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--redis: Redis sync needs store.hash_secret"),
+        "{out:?}"
+    );
+    let out = serve("http://127.0.0.1:6379");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--redis: invalid Redis URL 'http://127.0.0.1:6379'"),
+        "{out:?}"
+    );
+}
