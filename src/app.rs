@@ -188,7 +188,7 @@ impl App {
             .iter()
             .any(|p| p.limits.iter().any(|l| l.strict));
         if let (Some((sync, _)), Some(settings), true) = (&sync, &config.redis, any_strict) {
-            let (client, task) = sync.strict();
+            let (client, task) = sync.strict()?;
             let strict = Strict {
                 client,
                 on_error: settings.on_redis_error,
@@ -309,8 +309,10 @@ impl App {
     }
 }
 
-/// How long the HTTP listener and the sweeper get to stop, after gRPC.
-const REST_GRACE: Duration = Duration::from_secs(2);
+/// How long the HTTP listener, the sweeper and the Redis sync task (its
+/// round in progress, then its final flush, bounded by
+/// [`crate::sync::FINAL_FLUSH`]) get to stop, after gRPC.
+const REST_GRACE: Duration = Duration::from_secs(4);
 
 fn stopped(what: &'static str) -> AppError {
     AppError::Serve {

@@ -252,8 +252,28 @@ impl RedisSettings {
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`.
+/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, and a
+/// `pass=` query value (unix sockets) → `pass=<redacted>`.
 fn redact_url(url: &str) -> String {
+    let url = redact_userinfo(url);
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("pass" | "password", _)) => {
+                        format!("{}=<redacted>", kv.split('=').next().unwrap_or("pass"))
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -1712,6 +1732,11 @@ redis: off (this node alone, in memory)";
         assert_eq!(r.key_prefix, "rl:");
         assert_eq!(r.sync_interval, Duration::from_millis(20));
         assert_eq!(r.redacted_url(), "redis://u:<redacted>@10.0.0.1:6379/2");
+        let unix = RedisSettings::new("unix:///run/redis.sock?db=1&pass=hunter2");
+        assert_eq!(
+            unix.redacted_url(),
+            "unix:///run/redis.sock?db=1&pass=<redacted>"
+        );
         let shown = format!("{c:?} {}", c.summary());
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(

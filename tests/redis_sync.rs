@@ -147,7 +147,6 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
         assert_eq!(check(&mut ca, "q-key", 5).await, (true, left));
     }
     sync.wait_for(SyncState::Degraded).await;
-    assert!(!a.limiter.store().journal().expect("journal").is_empty());
     // Still ready (callers are served), and saying why it is degraded.
     let (status, body) = a.http_get("/readyz").await;
     assert_eq!(
@@ -448,4 +447,32 @@ async fn a_sentinel_leads_the_nodes_to_the_master() {
     // The counters are on the master the Sentinel named.
     let keys = sentinel.master.command("DBSIZE").await.expect("DBSIZE");
     assert_eq!(keys, ":1");
+}
+
+#[tokio::test]
+async fn a_long_outage_does_not_hold_a_rate_limit_after_recovery() {
+    let mut redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis.url(), "5ms"), Arc::clone(&clock)).await;
+    let mut ca = client(&a).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    assert!(check(&mut ca, "busy", 1).await.0);
+    a.wait_synced().await;
+    redis.kill();
+    // A minute at the limit (100/s) while Redis is away: a minute of
+    // arrival time pending for this key.
+    for _ in 0..60 {
+        clock.advance(1_000_000_000);
+        for _ in 0..100 {
+            let _ = check(&mut ca, "busy", 1).await;
+        }
+    }
+    sync.wait_for(SyncState::Degraded).await;
+    redis.restart().await;
+    sync.wait_for(SyncState::Synced).await;
+    a.wait_synced().await;
+    // Redis holds at most a full bucket's worth ahead (burst 10 at 100/s:
+    // 100 ms), not the minute: 100 ms later the key passes again.
+    clock.advance(100_000_000);
+    assert!(check(&mut ca, "busy", 1).await.0);
 }

@@ -32,10 +32,21 @@ pub async fn decide(
         return limiter.check(req);
     };
     match strict.client.check(job.clone()).await {
+        // The table changed while Redis answered: Redis's verdict stands
+        // (it charged, or not), without the numbers of the old table.
         Ok((ok, before)) => limiter
             .snapshot()
             .strict_decision(&job, ok, &before)
-            .unwrap_or_else(|| limiter.check(req)),
+            .unwrap_or(Decision {
+                allowed: ok,
+                reason: if ok {
+                    DenyReason::None
+                } else {
+                    DenyReason::Limited
+                },
+                retry_after: Some(if ok { 0 } else { 1_000_000 }),
+                ..Decision::UNLIMITED
+            }),
         Err(e) => {
             tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
             match strict.on_error {

@@ -536,9 +536,14 @@ impl RateLimitService for EnvoyRlsService {
         }
         let descs = validate_request(&req, &self.caps, key_entry)?;
         // Plans with strict limits are decided in Redis, before the
-        // snapshot below is taken (it is not held across a wait).
+        // snapshot below is taken (it is not held across a wait), and
+        // only once every descriptor is known to be valid (overrides
+        // included), so a refused request charges nothing.
         let strict = match (&self.strict, plans) {
-            (Some(strict), true) => self.decide_strict(strict, &descs).await,
+            (Some(strict), true) => {
+                resolve(&Mode::Plans, &descs, self.envoy.algorithm)?;
+                self.decide_strict(strict, &descs).await
+            }
             _ => Vec::new(),
         };
         let snap = self.limiter.snapshot();

@@ -32,6 +32,8 @@ fn ttl_ms(window_end: Nanos, now: Nanos) -> u64 {
 pub struct StrictCell {
     /// The key's cell id (the Redis key is named after it).
     pub id: u64,
+    /// The limit's uid, to tell whether the table changed under the job.
+    pub uid: u64,
     /// What to check.
     pub kind: StrictKind,
 }
@@ -50,6 +52,8 @@ pub enum StrictKind {
     Counter {
         /// Units allowed in the window.
         quota: u64,
+        /// End of the window (Unix ns).
+        window_end: Nanos,
         /// How long the Redis key must live: the rest of the window plus
         /// slack (a duration, so clock offsets cannot cut it short).
         ttl_ms: u64,
@@ -95,16 +99,28 @@ impl Snapshot<'_> {
                         emission_us: r.emission(req.cost).div_ceil(1_000),
                         tau_us: r.tau() / 1_000,
                     },
-                    LimitKind::Quota(q) => StrictKind::Counter {
-                        quota: q.quota.get(),
-                        ttl_ms: ttl_ms(q.window.span(now).end, now),
-                    },
-                    LimitKind::Window(w) => StrictKind::Counter {
-                        quota: w.limit,
-                        ttl_ms: ttl_ms(super::window::epoch_span(now, w.period).end, now),
-                    },
+                    LimitKind::Quota(q) => {
+                        let end = q.window.span(now).end;
+                        StrictKind::Counter {
+                            quota: q.quota.get(),
+                            window_end: end,
+                            ttl_ms: ttl_ms(end, now),
+                        }
+                    }
+                    LimitKind::Window(w) => {
+                        let end = super::window::epoch_span(now, w.period).end;
+                        StrictKind::Counter {
+                            quota: w.limit,
+                            window_end: end,
+                            ttl_ms: ttl_ms(end, now),
+                        }
+                    }
                 };
-                StrictCell { id, kind }
+                StrictCell {
+                    id,
+                    uid: l.uid,
+                    kind,
+                }
             })
             .collect();
         Some(StrictJob {
@@ -123,7 +139,10 @@ impl Snapshot<'_> {
     /// again).
     pub fn strict_decision(&self, job: &StrictJob, ok: bool, before: &[u64]) -> Option<Decision> {
         let limits = &self.table().plan(job.plan).limits;
-        if limits.len() != job.cells.len() || before.len() != job.cells.len() {
+        let same = limits.len() == job.cells.len()
+            && before.len() == job.cells.len()
+            && limits.iter().zip(&job.cells).all(|(l, c)| l.uid == c.uid);
+        if !same {
             return None;
         }
         let store = self.store();
@@ -152,7 +171,12 @@ impl Snapshot<'_> {
                 LimitKind::Window(w) => {
                     let span = super::window::epoch_span(job.now, w.period);
                     let (v, _) = super::counter::decide(w, *state, span, job.now, job.cost);
-                    store.mirror_counter(cell.id, span.end, state.saturating_add(job.cost));
+                    let after = if charge {
+                        state.saturating_add(job.cost)
+                    } else {
+                        *state
+                    };
+                    store.mirror_counter(cell.id, span.end, after);
                     v
                 }
             };

@@ -4,10 +4,12 @@
 //! The engine adds to it on the request path (one shard-locked map update,
 //! no allocation once the entry exists); the sync task drains it every
 //! `sync_interval`, sends one delta per dirty cell, and puts back what it
-//! could not send. It holds one entry per dirty cell, so it is bounded by
-//! the store's own cap.
+//! could not send. It holds one entry per dirty cell, at most `cap` of
+//! them (the store's cap); a delta for a new cell beyond that, during a
+//! long outage, is dropped and counted ([`Journal::dropped`]), as are
+//! deltas Redis refused for good and those of windows long over.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use nohash_hasher::BuildNoHashHasher;
@@ -56,20 +58,38 @@ const SHARDS: usize = 256;
 #[derive(Debug)]
 pub struct Journal {
     cells: DashMap<u64, Entry, BuildNoHashHasher<u64>>,
+    /// Entries held (kept by hand: `DashMap::len` locks every shard).
+    entries: AtomicUsize,
+    cap: usize,
+    dropped: AtomicU64,
 }
 
 impl Default for Journal {
     fn default() -> Self {
-        Self::new()
+        Self::new(usize::MAX)
     }
 }
 
 impl Journal {
-    /// An empty journal.
-    pub fn new() -> Self {
+    /// An empty journal holding at most `cap` dirty cells.
+    pub fn new(cap: usize) -> Self {
         Self {
             cells: DashMap::with_hasher_and_shard_amount(BuildNoHashHasher::default(), SHARDS),
+            entries: AtomicUsize::new(0),
+            cap,
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Deltas dropped since start: beyond the cap, refused by Redis for
+    /// good, or for windows long over.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` dropped deltas.
+    pub fn note_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds `delta` to cell `id`'s pending change.
@@ -79,12 +99,19 @@ impl Journal {
             e.delta.fetch_add(delta, Ordering::Relaxed);
             return;
         }
+        if self.entries.load(Ordering::Relaxed) >= self.cap {
+            self.note_dropped(1);
+            return;
+        }
         self.cells
             .entry(id)
-            .or_insert_with(|| Entry {
-                tag,
-                kind,
-                delta: AtomicI64::new(0),
+            .or_insert_with(|| {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                Entry {
+                    tag,
+                    kind,
+                    delta: AtomicI64::new(0),
+                }
             })
             .delta
             .fetch_add(delta, Ordering::Relaxed);
@@ -101,10 +128,12 @@ impl Journal {
     /// Takes up to `max` dirty cells out of the journal, leaving them clean.
     pub fn drain(&self, max: usize) -> Vec<(u64, Pending)> {
         let mut out = Vec::new();
+        let mut removed = 0;
         self.cells.retain(|id, e| {
             if out.len() >= max {
                 return true;
             }
+            removed += 1;
             let delta = e.delta.load(Ordering::Relaxed);
             if delta != 0 {
                 out.push((
@@ -118,6 +147,7 @@ impl Journal {
             }
             false
         });
+        self.entries.fetch_sub(removed, Ordering::Relaxed);
         out
     }
 
@@ -146,7 +176,7 @@ mod tests {
 
     #[test]
     fn adds_drains_and_restores() {
-        let j = Journal::new();
+        let j = Journal::new(usize::MAX);
         j.add(1, 0, CellKind::Bucket, 5);
         j.add(1, 0, CellKind::Bucket, 7);
         j.add(2, 0, CellKind::Counter { window_end: 9 }, 1);
@@ -166,8 +196,22 @@ mod tests {
     }
 
     #[test]
+    fn beyond_the_cap_new_cells_are_dropped_and_counted() {
+        let j = Journal::new(2);
+        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1);
+        // An entry already held still takes deltas.
+        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1);
+        assert_eq!((j.pending(1), j.pending(3), j.dropped()), (2, 0, 1));
+        assert_eq!(j.drain(usize::MAX).len(), 2);
+        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1);
+        assert_eq!(j.pending(3), 1);
+    }
+
+    #[test]
     fn drain_takes_at_most_max() {
-        let j = Journal::new();
+        let j = Journal::new(usize::MAX);
         for id in 0..10 {
             j.add(id, 0, CellKind::Bucket, 1);
         }

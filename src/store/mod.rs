@@ -109,7 +109,7 @@ impl LocalStore {
 
     /// Starts journaling charges for a sync task (see [`journal`]).
     pub fn enable_journal(&mut self) {
-        self.journal = Some(Journal::new());
+        self.journal = Some(Journal::new(self.limits.max_cells));
     }
 
     /// The sync journal, when enabled.

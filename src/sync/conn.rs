@@ -208,9 +208,31 @@ impl Conn {
         }
     }
 
-    /// Forgets a Cluster connection after a failure, so the next use
-    /// connects again (a standalone manager reconnects by itself).
-    fn reset(&mut self) {
+    /// Checks that Redis answers.
+    pub(crate) async fn ping(&mut self) -> RedisResult<()> {
+        let replies: Vec<RedisResult<String>> = self
+            .pipelines(
+                1,
+                |_| String::new(),
+                |pipe, _| {
+                    pipe.cmd("PING");
+                },
+            )
+            .await;
+        match replies.into_iter().next() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                self.reset();
+                Err(e)
+            }
+            None => Err(missing_reply()),
+        }
+    }
+
+    /// Forgets a Cluster or Sentinel connection after a failure, so the
+    /// next use connects again (and asks the Sentinel again; a standalone
+    /// manager reconnects by itself).
+    pub(crate) fn reset(&mut self) {
         match self {
             Conn::Cluster(c) => c.conn = None,
             Conn::Sentinel(s) => s.conn = None,

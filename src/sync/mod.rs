@@ -127,7 +127,13 @@ impl SyncHandle {
 pub struct RedisSync {
     limiter: Arc<Limiter>,
     settings: RedisSettings,
+    /// Where Redis is (with credentials), for the strict client's own
+    /// connection.
+    info: redis::ConnectionInfo,
     conn: Conn,
+    /// When this node's last successful round started: what it sends was
+    /// spent after it.
+    last_round: crate::core::Nanos,
     sha: String,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
@@ -162,7 +168,7 @@ impl RedisSync {
             info = info.set_redis_settings(redis);
         }
         let conn = Conn::new(
-            info,
+            info.clone(),
             settings.cluster,
             settings.sentinel_master.as_deref(),
             settings.tls_ca.as_deref(),
@@ -170,11 +176,14 @@ impl RedisSync {
         .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
+        let start = limiter.now();
         let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
         let sync = Self {
             limiter,
             settings,
+            info,
             conn,
+            last_round: start,
             sha,
             state,
             rounds,
@@ -186,19 +195,35 @@ impl RedisSync {
         Ok((sync, handle))
     }
 
-    /// A strict-mode client on this task's connection, and the task that
-    /// serves it (run it until shutdown).
+    /// A strict-mode client, and the task that serves it (run it until
+    /// shutdown). It has its own connection, so strict checks never queue
+    /// behind a flush's pipelines.
     pub fn strict(
         &self,
-    ) -> (
-        strict::StrictClient,
-        impl Future<Output = ()> + Send + 'static,
-    ) {
-        strict::StrictClient::new(
-            self.conn.clone(),
-            self.settings.key_prefix.clone(),
-            self.settings.strict_deadline,
+    ) -> Result<
+        (
+            strict::StrictClient,
+            impl Future<Output = ()> + Send + 'static,
+        ),
+        SyncError,
+    > {
+        let s = &self.settings;
+        let conn = Conn::new(
+            self.info.clone(),
+            s.cluster,
+            s.sentinel_master.as_deref(),
+            s.tls_ca.as_deref(),
         )
+        .map_err(|source| SyncError::Url {
+            url: s.redacted_url(),
+            source,
+        })?;
+        Ok(strict::StrictClient::new(
+            conn,
+            Arc::clone(&self.limiter),
+            s.key_prefix.clone(),
+            s.strict_deadline,
+        ))
     }
 
     /// Flushes every `sync_interval` until `stop` fires, then makes a last
@@ -230,21 +255,56 @@ impl RedisSync {
         }
     }
 
-    /// Sends what was pending when it started, in batches (cells charged
-    /// meanwhile wait for the next round, so a busy node still completes
-    /// rounds); records the state change.
+    /// One round: takes every cell dirty now (each once; cells charged
+    /// meanwhile wait for the next round) and sends them in chunks of
+    /// [`BATCH`], one round trip each; records the state change. A round
+    /// with nothing to send checks that Redis answers unless it already
+    /// did, so an idle node reports a Redis that is down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
-        let budget = self.limiter.store().journal().map_or(0, |j| j.len());
-        let mut sent = 0;
-        let result = loop {
-            if sent >= budget {
-                break Ok(sent);
+        let limiter = Arc::clone(&self.limiter);
+        let Some(journal) = limiter.store().journal() else {
+            return Ok(0);
+        };
+        let now = limiter.now();
+        let mut items = journal.drain(usize::MAX);
+        items.retain_mut(|(id, p)| match p.kind {
+            // A window long over: nobody will read its count again.
+            CellKind::Counter { window_end }
+                if window_end.saturating_add(COUNTER_SLACK_MS * 1_000_000) < now =>
+            {
+                journal.note_dropped(1);
+                false
             }
-            match self.flush_batch().await {
-                Ok(0) => break Ok(sent),
-                Ok(n) => sent += n,
-                Err(e) => break Err(e),
+            // Redis keeps whole microseconds; the rest waits for the next
+            // round instead of being lost.
+            CellKind::Bucket => {
+                let rest = p.delta % 1_000;
+                if rest != 0 {
+                    journal.add(*id, p.tag, p.kind, rest);
+                    p.delta -= rest;
+                }
+                p.delta != 0
             }
+            CellKind::Counter { .. } => true,
+        });
+        let result = if items.is_empty() {
+            if *self.state.borrow() == SyncState::Synced {
+                Ok(0)
+            } else {
+                self.conn.ping().await.map(|()| 0).map_err(SyncError::Redis)
+            }
+        } else {
+            let mut result = Ok(items.len());
+            for (k, chunk) in items.chunks(BATCH).enumerate() {
+                if let Err(e) = self.send_chunk(chunk).await {
+                    for rest in items.chunks(BATCH).skip(k + 1) {
+                        journal.restore(rest);
+                    }
+                    result = Err(e);
+                    break;
+                }
+            }
+            result
         };
         let next = if result.is_ok() {
             SyncState::Synced
@@ -258,7 +318,7 @@ impl RedisSync {
                     error = %e,
                     "redis sync: cannot reach Redis; deciding locally and keeping deltas"
                 ),
-                (Ok(_), SyncState::Degraded) => {
+                (Ok(sent), SyncState::Degraded) => {
                     tracing::info!(
                         cells = sent,
                         "redis sync: Redis is back; pending deltas sent"
@@ -268,57 +328,52 @@ impl RedisSync {
             }
             self.state.send_replace(next);
         }
-        self.rounds.send_modify(|r| *r += 1);
+        if result.is_ok() {
+            self.last_round = now;
+            self.rounds.send_modify(|r| *r += 1);
+        }
         result
     }
 
-    /// Sends up to [`BATCH`] dirty cells in one round trip and adopts the
-    /// answers. Returns how many were sent (0: nothing was pending).
-    async fn flush_batch(&mut self) -> Result<usize, SyncError> {
-        let limiter = Arc::clone(&self.limiter);
-        let Some(journal) = limiter.store().journal() else {
-            return Ok(0);
-        };
-        let items = journal.drain(BATCH);
-        if items.is_empty() {
-            return Ok(0);
+    /// Sends one chunk: by script hash, then, for a Redis that had not
+    /// cached the script, with its text (which caches it there). Adopts
+    /// every answer. What was not delivered goes back to the journal.
+    async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> Result<(), SyncError> {
+        let missing = self.send(items, false).await?;
+        if missing.is_empty() {
+            return Ok(());
         }
-        match self.send(&items, false).await {
-            Ok(retry) if retry.is_empty() => Ok(items.len()),
-            // The script was not cached (a new or restarted Redis, or a
-            // Cluster node that never ran it): send those with its text,
-            // which caches it there.
-            Ok(retry) => match self.send(&retry, true).await {
-                Ok(again) if again.is_empty() => Ok(items.len()),
-                Ok(again) => {
-                    journal.restore(&again);
-                    Err(SyncError::Redis(RedisError::from((
-                        ErrorKind::Server(ServerErrorKind::NoScript),
-                        "script missing even when sent in full",
-                    ))))
-                }
-                // `send` kept what it could not deliver.
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        let still = self.send(&missing, true).await?;
+        if still.is_empty() {
+            return Ok(());
         }
+        if let Some(j) = self.limiter.store().journal() {
+            j.restore(&still);
+        }
+        Err(SyncError::Redis(RedisError::from((
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            "script missing even when sent in full",
+        ))))
     }
 
-    /// One round trip (one per slot on a Cluster). Adopts every answer;
-    /// returns the items to resend because the script was not cached
-    /// (`full` sends the script's text instead of its hash). A transport
-    /// error fails the items it carried; the caller puts them back.
+    /// One round trip (one per slot on a Cluster). Adopts every answer
+    /// and returns the items Redis had no cached script for (`full` sends
+    /// the script's text instead of its hash). Anything else that failed
+    /// goes back to the journal and fails the round, except an error
+    /// resending cannot fix (a key of another type under our prefix, a
+    /// script error), which is dropped and counted.
     async fn send(
         &mut self,
         items: &[(u64, Pending)],
         full: bool,
     ) -> Result<Vec<(u64, Pending)>, SyncError> {
         let now_us = self.limiter.now() / 1_000;
+        let since_us = self.last_round / 1_000;
         let prefix = self.settings.key_prefix.clone();
         let sha = self.sha.clone();
         let name = |i: usize| {
             let (id, p) = &items[i];
-            key(&prefix, p.tag, p.kind == CellKind::Bucket, *id)
+            key(&prefix, p.tag, matches!(p.kind, CellKind::Bucket), *id)
         };
         let build = |pipe: &mut redis::Pipeline, i: usize| {
             let (_, p) = &items[i];
@@ -329,7 +384,7 @@ impl RedisSync {
             };
             cmd.arg(1).arg(name(i));
             match p.kind {
-                CellKind::Bucket => cmd.arg("b").arg(now_us).arg(p.delta / 1_000),
+                CellKind::Bucket => cmd.arg("b").arg(now_us).arg(p.delta / 1_000).arg(since_us),
                 // A time to live, not an instant: only the node's clock
                 // is involved, so an offset between it and Redis's
                 // cannot expire a window early.
@@ -342,7 +397,7 @@ impl RedisSync {
         let answers: Vec<redis::RedisResult<i64>> =
             self.conn.pipelines(items.len(), name, build).await;
         let store = self.limiter.store();
-        let mut retry = Vec::new();
+        let mut missing = Vec::new();
         let mut unsent = Vec::new();
         let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
@@ -355,27 +410,30 @@ impl RedisSync {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    retry.push((*id, *p));
+                    missing.push((*id, *p));
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
-                    // A key Redis cannot apply the script to (say, someone
-                    // wrote another type under our prefix): resending would
-                    // fail forever, so the delta is dropped, loudly.
+                Err(e) if matches!(e.code(), Some("WRONGTYPE" | "ERR")) => {
                     tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
+                    if let Some(j) = store.journal() {
+                        j.note_dropped(1);
+                    }
                 }
                 Err(e) => {
-                    // Not delivered: kept for the next round.
+                    // Not applied (transport trouble, or a Redis that is
+                    // read-only, loading, failing over): kept for the
+                    // next round, on a fresh connection.
                     unsent.push((*id, *p));
                     first_error.get_or_insert(e);
                 }
             }
         }
         match first_error {
-            None => Ok(retry),
+            None => Ok(missing),
             Some(e) => {
+                self.conn.reset();
                 if let Some(j) = store.journal() {
                     j.restore(&unsent);
-                    j.restore(&retry);
+                    j.restore(&missing);
                 }
                 Err(SyncError::Redis(e))
             }

@@ -6,18 +6,22 @@
 //! waiting at that moment (up to 256) and sends them in one pipelined
 //! round trip through `strict.lua`, so throughput grows with concurrency
 //! instead of paying one round trip per check. A job whose caller has
-//! already given up is not sent, so a late Redis never charges a check
-//! the fail mode already answered (one sent just before its caller gave
-//! up may still be charged: the fail mode's answer and Redis's can differ
-//! for it).
+//! already given up is not sent; one whose caller gave up while it was in
+//! flight, and that Redis charged, is given back through the sync journal
+//! (the fail mode has answered it: `local` counted it on this node), so a
+//! slow Redis never counts a check twice.
 
 use std::time::Duration;
 
 use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use super::conn::{Conn, key};
+use crate::core::Limiter;
 use crate::core::strict::{StrictJob, StrictKind};
+use crate::store::journal::CellKind;
 
 /// The strict-mode script.
 const SCRIPT: &str = include_str!("strict.lua");
@@ -60,11 +64,12 @@ impl StrictClient {
     /// A client and the task that serves it (run it until shutdown).
     pub(crate) fn new(
         conn: Conn,
+        limiter: Arc<Limiter>,
         key_prefix: String,
         deadline: Duration,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = serve(conn, key_prefix, rx);
+        let task = serve(conn, limiter, key_prefix, rx);
         (Self { tx, deadline }, task)
     }
 
@@ -82,7 +87,7 @@ impl StrictClient {
     }
 }
 
-async fn serve(mut conn: Conn, prefix: String, mut rx: mpsc::Receiver<Ask>) {
+async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mpsc::Receiver<Ask>) {
     let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -122,7 +127,10 @@ async fn serve(mut conn: Conn, prefix: String, mut rx: mpsc::Receiver<Ask>) {
                     Err(StrictFailure::Unavailable)
                 }
             };
-            let _ = ask.reply.send(reply);
+            if let Err(Ok((true, _))) = ask.reply.send(reply) {
+                // Charged in Redis after the caller gave up: give it back.
+                undo(&limiter, &ask.job);
+            }
         }
     }
 }
@@ -175,9 +183,34 @@ async fn send_refs(
                     emission_us,
                     tau_us,
                 } => cmd.arg("b").arg(emission_us).arg(tau_us),
-                StrictKind::Counter { quota, ttl_ms } => cmd.arg("c").arg(quota).arg(ttl_ms),
+                StrictKind::Counter { quota, ttl_ms, .. } => cmd.arg("c").arg(quota).arg(ttl_ms),
             };
         }
     };
     conn.pipelines(jobs.len(), |i| name(i, 0), build).await
+}
+
+/// Gives back a job's charge through the sync journal (the next flush
+/// applies it to the same Redis keys).
+fn undo(limiter: &Limiter, job: &StrictJob) {
+    let Some(journal) = limiter.store().journal() else {
+        return;
+    };
+    if job.cost == 0 {
+        return;
+    }
+    let cost = i64::try_from(job.cost).unwrap_or(i64::MAX);
+    for c in &job.cells {
+        match c.kind {
+            StrictKind::Bucket { emission_us, .. } => journal.add(
+                c.id,
+                job.tag,
+                CellKind::Bucket,
+                -i64::try_from(emission_us.saturating_mul(1_000)).unwrap_or(i64::MAX),
+            ),
+            StrictKind::Counter { window_end, .. } => {
+                journal.add(c.id, job.tag, CellKind::Counter { window_end }, -cost)
+            }
+        }
+    }
 }

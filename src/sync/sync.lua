@@ -3,16 +3,22 @@
 --   KEYS[1]  the cell's key
 --   ARGV[1]  'b' (token bucket) or 'c' (window counter)
 -- bucket:  ARGV[2] now (microseconds), ARGV[3] delta (microseconds of
---          arrival time; negative gives back). The value is the bucket's
---          theoretical arrival time in microseconds; the key expires when
---          the bucket is full again. Returns the arrival time.
+--          arrival time; negative gives back), ARGV[4] since (microseconds:
+--          when the node last flushed, so the delta was spent after it).
+--          The value is the bucket's theoretical arrival time in
+--          microseconds. The delta is applied from `since` on, as if spent
+--          over that span, so a backlog sent after an outage counts as the
+--          traffic it was, not as a burst now; the key expires when the
+--          bucket is full again. Returns the arrival time.
 -- counter: ARGV[2] time to live (ms: the window's rest, plus slack),
 --          ARGV[3] delta (units).
 --          Returns the count.
 if ARGV[1] == 'b' then
   local now = tonumber(ARGV[2])
+  local since = tonumber(ARGV[4])
+  if since > now then since = now end
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-  if tat < now then tat = now end
+  if tat < since then tat = since end
   tat = tat + tonumber(ARGV[3])
   if tat <= now then
     redis.call('DEL', KEYS[1])
