@@ -30,9 +30,12 @@
 //!
 //! **Outages**: in `sync` mode a node always decides locally: when a
 //! flush fails, its deltas go back to the journal (merged with new ones,
-//! one entry per cell, so bounded by the store's cap), nodes keep deciding
-//! locally, and the task retries with exponential backoff (to 5 s), then
-//! sends everything pending once Redis answers again. State changes are
+//! one entry per cell, capped at the store's cap: beyond it deltas are
+//! dropped and counted), nodes keep deciding locally, and the task retries
+//! with exponential backoff (to 5 s) on a fresh connection, then sends
+//! everything pending once Redis answers again. Bucket deltas are applied
+//! from the node's last successful round on, so a backlog counts as the
+//! traffic it was rather than as a burst now. Delivery is at least once. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
 //! makes a last flush, bounded by [`FINAL_FLUSH`].
 
