@@ -61,6 +61,16 @@ async fn check(c: &mut Client, key: &str, cost: u64) -> (bool, u64) {
     (r.allowed, r.remaining)
 }
 
+/// What a node that has not seen `key` yet reports once it has: its
+/// first check decides on a fresh local counter, its flush adopts the
+/// global count, and its second check (returned) shows it.
+async fn after_first_flush(d: &TestDaemon, key: &str) -> (bool, u64) {
+    let mut c = client(d).await;
+    let _ = check(&mut c, key, 1).await;
+    d.wait_synced().await;
+    check(&mut c, key, 1).await
+}
+
 #[tokio::test]
 async fn three_nodes_enforce_one_limit_within_the_stated_bound() {
     let redis = RedisServer::start().await;
@@ -121,11 +131,9 @@ async fn quotas_survive_a_restart_of_every_node() {
     // A new node (a restart) on the same Redis: its first check decides
     // on a fresh local counter, its flush brings the global count.
     let b = TestDaemon::with_config(&yaml).await;
-    let mut cb = client(&b).await;
-    let _ = check(&mut cb, "q-key", 1).await;
-    b.wait_synced().await;
-    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 38));
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 38));
     // 38 left: 39 is refused, 38 fits.
+    let mut cb = client(&b).await;
     assert!(!check(&mut cb, "q-key", 39).await.0);
     assert_eq!(check(&mut cb, "q-key", 38).await, (true, 0));
 }
@@ -161,11 +169,8 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     assert_eq!(a.http_get("/readyz").await.1, "ready\nredis: synced\n");
     a.wait_synced().await;
     let b = TestDaemon::with_config(&yaml).await;
-    let mut cb = client(&b).await;
-    let _ = check(&mut cb, "q-key", 1).await;
-    b.wait_synced().await;
     // 20 from the outage + 1 + 1 = 22 used.
-    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 78));
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 78));
 }
 
 #[tokio::test]
@@ -181,10 +186,7 @@ async fn shutdown_flushes_what_is_pending() {
 
     let fast = config(&redis.url(), "5ms");
     let b = TestDaemon::with_config(&fast).await;
-    let mut cb = client(&b).await;
-    let _ = check(&mut cb, "q-key", 1).await;
-    b.wait_synced().await;
-    assert_eq!(check(&mut cb, "q-key", 1).await, (true, 73));
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 73));
 }
 
 #[tokio::test]
