@@ -480,7 +480,7 @@ impl Limiter {
             Landed::Own => {
                 if let Some(j) = self.store.journal() {
                     let (id, kind, delta) = cell.journal_entry(cost);
-                    j.add(id, key, kind, delta);
+                    j.add(id, key, kind, delta, now);
                 }
             }
             Landed::Nowhere => {}
@@ -514,7 +514,7 @@ impl Limiter {
             && let Some(j) = self.store.journal()
         {
             let (id, kind, delta) = cell.journal_entry(cost);
-            j.add(id, key, kind, -delta);
+            j.add(id, key, kind, -delta, now);
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Pending {
     pub tag: u64,
     /// The cell's kind.
     pub kind: CellKind,
+    /// When the oldest delta in it was charged: Redis applies a bucket's
+    /// delta as spent from then on.
+    pub since: Nanos,
     /// Net change since the last flush.
     pub delta: i64,
 }
@@ -47,6 +50,7 @@ pub struct Pending {
 struct Entry {
     tag: u64,
     kind: CellKind,
+    since: AtomicU64,
     delta: AtomicI64,
 }
 
@@ -94,9 +98,10 @@ impl Journal {
 
     /// Adds `delta` to cell `id`'s pending change.
     #[inline]
-    pub fn add(&self, id: u64, tag: u64, kind: CellKind, delta: i64) {
+    pub fn add(&self, id: u64, tag: u64, kind: CellKind, delta: i64, since: Nanos) {
         if let Some(e) = self.cells.get(&id) {
             e.delta.fetch_add(delta, Ordering::Relaxed);
+            e.since.fetch_min(since, Ordering::Relaxed);
             return;
         }
         if self.entries.load(Ordering::Relaxed) >= self.cap {
@@ -110,6 +115,7 @@ impl Journal {
                 Entry {
                     tag,
                     kind,
+                    since: AtomicU64::new(since),
                     delta: AtomicI64::new(0),
                 }
             })
@@ -128,12 +134,13 @@ impl Journal {
     /// Takes up to `max` dirty cells out of the journal, leaving them clean.
     pub fn drain(&self, max: usize) -> Vec<(u64, Pending)> {
         let mut out = Vec::new();
-        let mut removed = 0;
         self.cells.retain(|id, e| {
             if out.len() >= max {
                 return true;
             }
-            removed += 1;
+            // Counted down here, shard by shard, so cells charged during
+            // a long drain are not refused for a cap already freed.
+            self.entries.fetch_sub(1, Ordering::Relaxed);
             let delta = e.delta.load(Ordering::Relaxed);
             if delta != 0 {
                 out.push((
@@ -141,13 +148,13 @@ impl Journal {
                     Pending {
                         tag: e.tag,
                         kind: e.kind,
+                        since: e.since.load(Ordering::Relaxed),
                         delta,
                     },
                 ));
             }
             false
         });
-        self.entries.fetch_sub(removed, Ordering::Relaxed);
         out
     }
 
@@ -155,7 +162,7 @@ impl Journal {
     /// charged meanwhile.
     pub fn restore(&self, items: &[(u64, Pending)]) {
         for (id, p) in items {
-            self.add(*id, p.tag, p.kind, p.delta);
+            self.add(*id, p.tag, p.kind, p.delta, p.since);
         }
     }
 
@@ -177,11 +184,11 @@ mod tests {
     #[test]
     fn adds_drains_and_restores() {
         let j = Journal::new(usize::MAX);
-        j.add(1, 0, CellKind::Bucket, 5);
-        j.add(1, 0, CellKind::Bucket, 7);
-        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1);
-        j.add(3, 0, CellKind::Bucket, 4);
-        j.add(3, 0, CellKind::Bucket, -4);
+        j.add(1, 0, CellKind::Bucket, 5, 0);
+        j.add(1, 0, CellKind::Bucket, 7, 0);
+        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(3, 0, CellKind::Bucket, 4, 0);
+        j.add(3, 0, CellKind::Bucket, -4, 0);
         assert_eq!(j.pending(1), 12);
         let mut taken = j.drain(usize::MAX);
         taken.sort_by_key(|(id, _)| *id);
@@ -189,7 +196,7 @@ mod tests {
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].1.delta, 12);
         assert!(j.is_empty());
-        j.add(1, 0, CellKind::Bucket, 1);
+        j.add(1, 0, CellKind::Bucket, 1, 0);
         j.restore(&taken);
         assert_eq!(j.pending(1), 13);
         assert_eq!(j.pending(2), 1);
@@ -198,14 +205,14 @@ mod tests {
     #[test]
     fn beyond_the_cap_new_cells_are_dropped_and_counted() {
         let j = Journal::new(2);
-        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1);
-        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1);
-        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1, 0);
         // An entry already held still takes deltas.
-        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1, 0);
         assert_eq!((j.pending(1), j.pending(3), j.dropped()), (2, 0, 1));
         assert_eq!(j.drain(usize::MAX).len(), 2);
-        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1);
+        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1, 0);
         assert_eq!(j.pending(3), 1);
     }
 
@@ -213,7 +220,7 @@ mod tests {
     fn drain_takes_at_most_max() {
         let j = Journal::new(usize::MAX);
         for id in 0..10 {
-            j.add(id, 0, CellKind::Bucket, 1);
+            j.add(id, 0, CellKind::Bucket, 1, 0);
         }
         assert_eq!(j.drain(4).len(), 4);
         assert_eq!(j.len(), 6);

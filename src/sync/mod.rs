@@ -33,9 +33,9 @@
 //! one entry per cell, capped at the store's cap: beyond it deltas are
 //! dropped and counted), nodes keep deciding locally, and the task retries
 //! with exponential backoff (to 5 s) on a fresh connection, then sends
-//! everything pending once Redis answers again. Bucket deltas are applied
-//! from the node's last successful round on, so a backlog counts as the
-//! traffic it was rather than as a burst now. Delivery is at least once. State changes are
+//! everything pending once Redis answers again. A bucket delta is applied
+//! as spent from its oldest charge on, so a backlog counts as the traffic
+//! it was rather than as a burst now. Delivery is at least once. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
 //! makes a last flush, bounded by [`FINAL_FLUSH`].
 
@@ -134,9 +134,6 @@ pub struct RedisSync {
     /// connection.
     info: redis::ConnectionInfo,
     conn: Conn,
-    /// When this node's last successful round started: what it sends was
-    /// spent after it.
-    last_round: crate::core::Nanos,
     sha: String,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
@@ -179,14 +176,12 @@ impl RedisSync {
         .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
-        let start = limiter.now();
         let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
         let sync = Self {
             limiter,
             settings,
             info,
             conn,
-            last_round: start,
             sha,
             state,
             rounds,
@@ -238,6 +233,7 @@ impl RedisSync {
             "redis sync started"
         );
         let mut backoff = self.settings.sync_interval;
+        let mut dropped = 0;
         loop {
             tokio::select! {
                 _ = stop.wait() => break,
@@ -247,6 +243,15 @@ impl RedisSync {
                 Ok(_) => self.settings.sync_interval,
                 Err(_) => (backoff * 2).clamp(self.settings.sync_interval, MAX_BACKOFF),
             };
+            let now_dropped = self.limiter.store().journal().map_or(0, |j| j.dropped());
+            if now_dropped > dropped {
+                tracing::warn!(
+                    dropped = now_dropped - dropped,
+                    total = now_dropped,
+                    "redis sync: deltas dropped (journal full, refused by Redis, or windows long over)"
+                );
+                dropped = now_dropped;
+            }
         }
         match tokio::time::timeout(FINAL_FLUSH, self.flush_all()).await {
             Ok(Ok(sent)) => tracing::info!(cells = sent, "redis sync: final flush done"),
@@ -270,7 +275,7 @@ impl RedisSync {
         };
         let now = limiter.now();
         let mut items = journal.drain(usize::MAX);
-        items.retain_mut(|(id, p)| match p.kind {
+        items.retain_mut(|(_, p)| match p.kind {
             // A window long over: nobody will read its count again.
             CellKind::Counter { window_end }
                 if window_end.saturating_add(COUNTER_SLACK_MS * 1_000_000) < now =>
@@ -278,14 +283,10 @@ impl RedisSync {
                 journal.note_dropped(1);
                 false
             }
-            // Redis keeps whole microseconds; the rest waits for the next
-            // round instead of being lost.
+            // Redis keeps whole microseconds: round to the nearest (at
+            // most half a microsecond per cell and round, either way).
             CellKind::Bucket => {
-                let rest = p.delta % 1_000;
-                if rest != 0 {
-                    journal.add(*id, p.tag, p.kind, rest);
-                    p.delta -= rest;
-                }
+                p.delta = (p.delta + p.delta.signum() * 500) / 1_000 * 1_000;
                 p.delta != 0
             }
             CellKind::Counter { .. } => true,
@@ -332,7 +333,6 @@ impl RedisSync {
             self.state.send_replace(next);
         }
         if result.is_ok() {
-            self.last_round = now;
             self.rounds.send_modify(|r| *r += 1);
         }
         result
@@ -371,7 +371,6 @@ impl RedisSync {
         full: bool,
     ) -> Result<Vec<(u64, Pending)>, SyncError> {
         let now_us = self.limiter.now() / 1_000;
-        let since_us = self.last_round / 1_000;
         let prefix = self.settings.key_prefix.clone();
         let sha = self.sha.clone();
         let name = |i: usize| {
@@ -387,7 +386,12 @@ impl RedisSync {
             };
             cmd.arg(1).arg(name(i));
             match p.kind {
-                CellKind::Bucket => cmd.arg("b").arg(now_us).arg(p.delta / 1_000).arg(since_us),
+                // Applied as spent since the entry's oldest charge.
+                CellKind::Bucket => cmd
+                    .arg("b")
+                    .arg(now_us)
+                    .arg(p.delta / 1_000)
+                    .arg(p.since / 1_000),
                 // A time to live, not an instant: only the node's clock
                 // is involved, so an offset between it and Redis's
                 // cannot expire a window early.
@@ -415,7 +419,14 @@ impl RedisSync {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     missing.push((*id, *p));
                 }
-                Err(e) if matches!(e.code(), Some("WRONGTYPE" | "ERR")) => {
+                // Errors resending cannot fix: a key of another type under
+                // our prefix, or the script failing on it. Anything else
+                // (including a pipeline-wide error copied to each item)
+                // is kept and retried.
+                Err(e)
+                    if e.code() == Some("WRONGTYPE")
+                        || (e.code() == Some("ERR") && e.to_string().contains("script")) =>
+                {
                     tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
                     if let Some(j) = store.journal() {
                         j.note_dropped(1);

@@ -79,10 +79,17 @@ impl StrictClient {
         self.tx
             .try_send(Ask { job, reply })
             .map_err(|_| StrictFailure::Unavailable)?;
-        match tokio::time::timeout(self.deadline, answer).await {
+        let mut answer = answer;
+        match tokio::time::timeout(self.deadline, &mut answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StrictFailure::Unavailable),
-            Err(_) => Err(StrictFailure::Timeout),
+            Err(_) => {
+                // Closing first settles a race with a reply arriving now:
+                // either it is here (and used), or the task's send fails
+                // and it gives the charge back.
+                answer.close();
+                answer.try_recv().unwrap_or(Err(StrictFailure::Timeout))
+            }
         }
     }
 }
@@ -124,6 +131,9 @@ async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mp
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "strict check failed in Redis");
+                    // A fresh connection next time (a Cluster or Sentinel
+                    // is asked again after a failover).
+                    conn.reset();
                     Err(StrictFailure::Unavailable)
                 }
             };
@@ -207,10 +217,15 @@ fn undo(limiter: &Limiter, job: &StrictJob) {
                 job.tag,
                 CellKind::Bucket,
                 -i64::try_from(emission_us.saturating_mul(1_000)).unwrap_or(i64::MAX),
+                job.now,
             ),
-            StrictKind::Counter { window_end, .. } => {
-                journal.add(c.id, job.tag, CellKind::Counter { window_end }, -cost)
-            }
+            StrictKind::Counter { window_end, .. } => journal.add(
+                c.id,
+                job.tag,
+                CellKind::Counter { window_end },
+                -cost,
+                job.now,
+            ),
         }
     }
 }

@@ -4,7 +4,7 @@
 --   ARGV[1]  'b' (token bucket) or 'c' (window counter)
 -- bucket:  ARGV[2] now (microseconds), ARGV[3] delta (microseconds of
 --          arrival time; negative gives back), ARGV[4] since (microseconds:
---          when the node last flushed, so the delta was spent after it).
+--          when the oldest charge in the delta was made).
 --          The value is the bucket's theoretical arrival time in
 --          microseconds. The delta is applied from `since` on, as if spent
 --          over that span, so a backlog sent after an outage counts as the
