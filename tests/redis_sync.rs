@@ -478,3 +478,36 @@ async fn a_long_outage_does_not_hold_a_rate_limit_after_recovery() {
     clock.advance(100_000_000);
     assert!(check(&mut ca, "busy", 1).await.0);
 }
+
+#[tokio::test]
+async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
+    let redis = RedisServer::start().await;
+    let other = RedisServer::start().await;
+    let yaml = config(&redis.url(), "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    assert!(check(&mut ca, "q-key", 1).await.0);
+    a.wait_synced().await;
+    // Demoted (as in a failover): a read-only replica answers READONLY.
+    let reply = redis
+        .command(&format!("REPLICAOF 127.0.0.1 {}", other.port))
+        .await
+        .expect("REPLICAOF");
+    assert_eq!(reply, "+OK");
+    assert_eq!(check(&mut ca, "q-key", 5).await, (true, 94));
+    sync.wait_for(SyncState::Degraded).await;
+    // Promoted again: the 5 units were kept, not dropped, and arrive.
+    assert_eq!(
+        redis.command("REPLICAOF NO ONE").await.expect("REPLICAOF"),
+        "+OK"
+    );
+    sync.wait_for(SyncState::Synced).await;
+    a.wait_synced().await;
+    let b = TestDaemon::with_config(&yaml).await;
+    // 5 + 1 + 1 used since the demotion, plus the first unit unless the
+    // replica's resync from the empty master had already wiped it.
+    let (allowed, left) = after_first_flush(&b, "q-key").await;
+    assert!(allowed && (left == 93 || left == 92), "{left} left");
+    assert_eq!(a.limiter.store().journal().map(|j| j.dropped()), Some(0));
+}

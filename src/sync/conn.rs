@@ -34,9 +34,27 @@ pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
 /// Cluster (connected on first use, again after a failure).
 #[derive(Clone)]
 pub(crate) enum Conn {
-    Single(ConnectionManager),
+    Single(Box<SingleConn>),
     Cluster(Box<ClusterConn>),
     Sentinel(Box<SentinelConn>),
+}
+
+/// A standalone Redis: the client (to build a fresh manager after a
+/// failure, so a DNS name that now points at a promoted replica is looked
+/// up again) and the current manager.
+#[derive(Clone)]
+pub(crate) struct SingleConn {
+    client: redis::Client,
+    manager: ConnectionManager,
+}
+
+fn manager(client: &redis::Client) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// Sentinels to ask for the master, and the connection to it once made
@@ -96,14 +114,8 @@ impl Conn {
             Some(_) => redis::Client::build_with_tls(info, certs())?,
             None => redis::Client::open(info)?,
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?))
+        let manager = manager(&client)?;
+        Ok(Conn::Single(Box::new(SingleConn { client, manager })))
     }
 
     /// Sends `items` as pipelines (`build` adds item `i`'s command), one
@@ -182,7 +194,7 @@ impl Conn {
     /// The live connection, connecting a Cluster first if needed.
     async fn connected(&mut self) -> RedisResult<Connected> {
         match self {
-            Conn::Single(m) => Ok(Connected::Single(m.clone())),
+            Conn::Single(s) => Ok(Connected::Single(s.manager.clone())),
             Conn::Cluster(c) => {
                 if c.conn.is_none() {
                     c.conn = Some(c.client.get_async_connection().await?);
@@ -229,14 +241,18 @@ impl Conn {
         }
     }
 
-    /// Forgets a Cluster or Sentinel connection after a failure, so the
-    /// next use connects again (and asks the Sentinel again; a standalone
-    /// manager reconnects by itself).
+    /// Forgets the connection after a failure, so the next use connects
+    /// again (asking the Sentinel again, or resolving the host again: a
+    /// READONLY replica behind a failed-over DNS name is left behind).
     pub(crate) fn reset(&mut self) {
         match self {
             Conn::Cluster(c) => c.conn = None,
             Conn::Sentinel(s) => s.conn = None,
-            Conn::Single(_) => {}
+            Conn::Single(s) => {
+                if let Ok(m) = manager(&s.client) {
+                    s.manager = m;
+                }
+            }
         }
     }
 }
