@@ -22,7 +22,25 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{ConnectionInfo, FromRedisValue, Pipeline, RedisResult, TlsCertificates};
+use redis::{
+    ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisResult, ServerErrorKind,
+    TlsCertificates,
+};
+
+/// A Lua script: its text and the hash Redis caches it under.
+pub(crate) struct Lua {
+    text: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    pub(crate) fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            sha: redis::Script::new(text).get_hash().to_owned(),
+        }
+    }
+}
 
 /// A bucket's or a counter's key.
 pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
@@ -116,6 +134,45 @@ impl Conn {
         };
         let manager = manager(&client)?;
         Ok(Conn::Single(Box::new(SingleConn { client, manager })))
+    }
+
+    /// Runs `script` once per item (`args` appends item `i`'s keys count,
+    /// keys and arguments to the pipeline's last command), by its hash; items that met a Redis without
+    /// the script cached (a new or restarted one, a Cluster node that
+    /// never ran it) go again with its text, which caches it there.
+    /// Returns each item's reply in order.
+    pub(crate) async fn eval_all<T, A>(
+        &mut self,
+        script: &Lua,
+        count: usize,
+        slot_key: impl Fn(usize) -> String,
+        args: A,
+    ) -> Vec<RedisResult<T>>
+    where
+        T: FromRedisValue + Send,
+        A: Fn(&mut Pipeline, usize),
+    {
+        let mut replies = self
+            .pipelines(count, &slot_key, |pipe, i| {
+                args(pipe.cmd("EVALSHA").arg(&script.sha), i)
+            })
+            .await;
+        let missing: Vec<usize> = (0..count)
+            .filter(|&i| matches!(&replies[i], Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
+            .collect();
+        if !missing.is_empty() {
+            let resent = self
+                .pipelines(
+                    missing.len(),
+                    |j| slot_key(missing[j]),
+                    |pipe, j| args(pipe.cmd("EVAL").arg(script.text), missing[j]),
+                )
+                .await;
+            for (&i, reply) in missing.iter().zip(resent) {
+                replies[i] = reply;
+            }
+        }
+        replies
     }
 
     /// Sends `items` as pipelines (`build` adds item `i`'s command), one

@@ -42,14 +42,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
+use redis::{IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
 use crate::config::RedisSettings;
 use crate::core::Limiter;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
-use conn::{Conn, key};
+use conn::{Conn, Lua, key};
 
 mod conn;
 pub mod strict;
@@ -134,7 +134,7 @@ pub struct RedisSync {
     /// connection.
     info: redis::ConnectionInfo,
     conn: Conn,
-    sha: String,
+    script: Lua,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
 }
@@ -176,13 +176,12 @@ impl RedisSync {
         .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
-        let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
         let sync = Self {
             limiter,
             settings,
             info,
             conn,
-            sha,
+            script: Lua::new(SCRIPT),
             state,
             rounds,
         };
@@ -338,56 +337,24 @@ impl RedisSync {
         result
     }
 
-    /// Sends one chunk: by script hash, then, for a Redis that had not
-    /// cached the script, with its text (which caches it there). Adopts
-    /// every answer. What was not delivered goes back to the journal.
+    /// One round trip (one per slot on a Cluster, plus one for cells
+    /// that met a Redis without the script cached). Adopts every answer.
+    /// What failed goes back to the journal and fails the round, except
+    /// an error resending cannot fix (a key of another type under our
+    /// prefix, a script error), which is dropped and counted.
     async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> Result<(), SyncError> {
-        let missing = self.send(items, false).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let still = self.send(&missing, true).await?;
-        if still.is_empty() {
-            return Ok(());
-        }
-        if let Some(j) = self.limiter.store().journal() {
-            j.restore(&still);
-        }
-        Err(SyncError::Redis(RedisError::from((
-            ErrorKind::Server(ServerErrorKind::NoScript),
-            "script missing even when sent in full",
-        ))))
-    }
-
-    /// One round trip (one per slot on a Cluster). Adopts every answer
-    /// and returns the items Redis had no cached script for (`full` sends
-    /// the script's text instead of its hash). Anything else that failed
-    /// goes back to the journal and fails the round, except an error
-    /// resending cannot fix (a key of another type under our prefix, a
-    /// script error), which is dropped and counted.
-    async fn send(
-        &mut self,
-        items: &[(u64, Pending)],
-        full: bool,
-    ) -> Result<Vec<(u64, Pending)>, SyncError> {
         let now_us = self.limiter.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
-        let sha = self.sha.clone();
         let name = |i: usize| {
             let (id, p) = &items[i];
             key(&prefix, p.tag, matches!(p.kind, CellKind::Bucket), *id)
         };
-        let build = |pipe: &mut redis::Pipeline, i: usize| {
+        let args = |pipe: &mut redis::Pipeline, i: usize| {
             let (_, p) = &items[i];
-            let cmd = if full {
-                pipe.cmd("EVAL").arg(SCRIPT)
-            } else {
-                pipe.cmd("EVALSHA").arg(&sha)
-            };
-            cmd.arg(1).arg(name(i));
+            pipe.arg(1).arg(name(i));
             match p.kind {
                 // Applied as spent since the entry's oldest charge.
-                CellKind::Bucket => cmd
+                CellKind::Bucket => pipe
                     .arg("b")
                     .arg(now_us)
                     .arg(p.delta / 1_000)
@@ -395,16 +362,17 @@ impl RedisSync {
                 // A time to live, not an instant: only the node's clock
                 // is involved, so an offset between it and Redis's
                 // cannot expire a window early.
-                CellKind::Counter { window_end } => cmd
+                CellKind::Counter { window_end } => pipe
                     .arg("c")
                     .arg(window_end.saturating_sub(now_us * 1_000) / 1_000_000 + COUNTER_SLACK_MS)
                     .arg(p.delta),
             };
         };
-        let answers: Vec<redis::RedisResult<i64>> =
-            self.conn.pipelines(items.len(), name, build).await;
+        let answers: Vec<redis::RedisResult<i64>> = self
+            .conn
+            .eval_all(&self.script, items.len(), name, args)
+            .await;
         let store = self.limiter.store();
-        let mut missing = Vec::new();
         let mut unsent = Vec::new();
         let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
@@ -415,9 +383,6 @@ impl RedisSync {
                         CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
                         CellKind::Counter { .. } => store.adopt_counter(*id, v),
                     }
-                }
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    missing.push((*id, *p));
                 }
                 // Errors resending cannot fix: a key of another type under
                 // our prefix, or the script failing on it. Anything else
@@ -442,12 +407,11 @@ impl RedisSync {
             }
         }
         match first_error {
-            None => Ok(missing),
+            None => Ok(()),
             Some(e) => {
                 self.conn.reset();
                 if let Some(j) = store.journal() {
                     j.restore(&unsent);
-                    j.restore(&missing);
                 }
                 Err(SyncError::Redis(e))
             }

@@ -13,12 +13,11 @@
 
 use std::time::Duration;
 
-use redis::{ErrorKind, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
-use super::conn::{Conn, key};
+use super::conn::{Conn, Lua, key};
 use crate::core::Limiter;
 use crate::core::strict::{StrictJob, StrictKind};
 use crate::store::journal::CellKind;
@@ -95,29 +94,14 @@ impl StrictClient {
 }
 
 async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mpsc::Receiver<Ask>) {
-    let sha = redis::Script::new(SCRIPT).get_hash().to_owned();
+    let script = Lua::new(SCRIPT);
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         batch.retain(|a: &Ask| !a.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let mut answers = send(&mut conn, &sha, &prefix, &batch, false).await;
-        // Jobs that met a Redis without the cached script go again with
-        // its text, which caches it there.
-        let missing: Vec<usize> = answers
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| matches!(a, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
-            .map(|(i, _)| i)
-            .collect();
-        if !missing.is_empty() {
-            let again: Vec<&Ask> = missing.iter().map(|&i| &batch[i]).collect();
-            let resent = send_refs(&mut conn, &sha, &prefix, &again, true).await;
-            for (&i, answer) in missing.iter().zip(resent) {
-                answers[i] = answer;
-            }
-        }
+        let answers = send(&mut conn, &script, &prefix, &batch).await;
         for (ask, answer) in batch.drain(..).zip(answers) {
             let reply = match answer {
                 Ok(values) => {
@@ -145,25 +129,13 @@ async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mp
     }
 }
 
-async fn send(
-    conn: &mut Conn,
-    sha: &str,
-    prefix: &str,
-    batch: &[Ask],
-    full: bool,
-) -> Vec<redis::RedisResult<Vec<i64>>> {
-    let refs: Vec<&Ask> = batch.iter().collect();
-    send_refs(conn, sha, prefix, &refs, full).await
-}
-
 /// One round trip (one per slot on a Cluster) for the jobs; each job's
 /// cells share its key's hash tag, so one slot.
-async fn send_refs(
+async fn send(
     conn: &mut Conn,
-    sha: &str,
+    script: &Lua,
     prefix: &str,
-    jobs: &[&Ask],
-    full: bool,
+    jobs: &[Ask],
 ) -> Vec<redis::RedisResult<Vec<i64>>> {
     let name = |i: usize, c: usize| {
         let job = &jobs[i].job;
@@ -175,29 +147,25 @@ async fn send_refs(
             cell.id,
         )
     };
-    let build = |pipe: &mut redis::Pipeline, i: usize| {
+    let args = |pipe: &mut redis::Pipeline, i: usize| {
         let job = &jobs[i].job;
-        let cmd = if full {
-            pipe.cmd("EVAL").arg(SCRIPT)
-        } else {
-            pipe.cmd("EVALSHA").arg(sha)
-        };
-        cmd.arg(job.cells.len());
+        pipe.arg(job.cells.len());
         for c in 0..job.cells.len() {
-            cmd.arg(name(i, c));
+            pipe.arg(name(i, c));
         }
-        cmd.arg(job.now_us()).arg(job.cost);
+        pipe.arg(job.now_us()).arg(job.cost);
         for c in &job.cells {
             match c.kind {
                 StrictKind::Bucket {
                     emission_us,
                     tau_us,
-                } => cmd.arg("b").arg(emission_us).arg(tau_us),
-                StrictKind::Counter { quota, ttl_ms, .. } => cmd.arg("c").arg(quota).arg(ttl_ms),
+                } => pipe.arg("b").arg(emission_us).arg(tau_us),
+                StrictKind::Counter { quota, ttl_ms, .. } => pipe.arg("c").arg(quota).arg(ttl_ms),
             };
         }
     };
-    conn.pipelines(jobs.len(), |i| name(i, 0), build).await
+    conn.eval_all(script, jobs.len(), |i| name(i, 0), args)
+        .await
 }
 
 /// Gives back a job's charge through the sync journal (the next flush
