@@ -510,7 +510,32 @@ impl Config {
         let mut config = raw
             .build(base)
             .map_err(|issue| locate(text, origin, issue))?;
-        config.load_rls()?;
+        // A listed file or directory that cannot be read is this file's
+        // mistake: say so at the entry that names it. (Errors inside a
+        // limits file name that file, its line and path.)
+        config.load_rls().map_err(|e| {
+            let (path, reason) = match &e {
+                ConfigError::Read { path, error } => {
+                    (path.clone(), format!("cannot read {path}: {error}"))
+                }
+                ConfigError::Invalid(d) if d.line.is_none() => {
+                    (d.origin.clone(), format!("{}: {}", d.origin, d.reason))
+                }
+                _ => return e,
+            };
+            match config
+                .rls_files
+                .iter()
+                .position(|f| f.display().to_string() == path)
+            {
+                Some(i) => locate(
+                    text,
+                    origin,
+                    Issue::new(vec![Seg::key("rls_files"), Seg::Index(i)], reason),
+                ),
+                None => e,
+            }
+        })?;
         Ok(config)
     }
 
@@ -1704,9 +1729,9 @@ redis: off (this node alone, in memory)";
         ]);
         let err =
             error("plans: { p: {} }\ndefault_plan: p\nrls_files: [/nonexistent/limits.yaml]\n");
-        assert!(
-            err.starts_with("/nonexistent/limits.yaml: cannot read: "),
-            "{err}"
+        assert_eq!(
+            err,
+            "t.yaml:3:13: rls_files[0]: cannot read /nonexistent/limits.yaml: No such file or directory (os error 2)"
         );
     }
 
