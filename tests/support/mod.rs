@@ -229,6 +229,15 @@ pub mod rls {
     }
 }
 
+/// A loopback port free right now (the OS picks it; the listener is
+/// closed again for the server to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A real `redis-server` on a free loopback port, without persistence,
 /// killed on drop. `scripts/test.sh` installs redis-server when missing.
 pub struct RedisServer {
@@ -239,10 +248,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits (bounded) until it answers PING.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let mut s = Self { port, child: None };
         s.spawn().await;
         s
@@ -332,10 +338,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = Vec::new();
         while ports.len() < 3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = free_port();
             let bus_free =
                 port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
             if bus_free && !ports.contains(&port) {
@@ -470,10 +473,7 @@ impl RedisTls {
         let ca_file = write("ca.pem", ca_cert.pem());
         let cert_file = write("server.pem", cert.pem());
         let key_file = write("server.key", key.serialize_pem());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -549,10 +549,7 @@ impl RedisSentinel {
     pub async fn start() -> Self {
         let master = RedisServer::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         // Sentinel rewrites its config file, so it lives in the temp dir.
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
