@@ -30,7 +30,9 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
-use crate::limits::file::{self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, quoted};
+use crate::limits::file::{
+    self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, one_of, quoted,
+};
 use crate::limits::rls::{Algorithm, RlsDomains};
 use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
@@ -446,11 +448,6 @@ impl HeaderStyle {
         }
     }
 
-    /// A style by name.
-    pub fn parse(name: &str) -> Option<HeaderStyle> {
-        HeaderStyle::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
     /// Whether the draft-03 fields are sent.
     pub fn draft03(self) -> bool {
         matches!(self, HeaderStyle::Draft03 | HeaderStyle::Both)
@@ -781,16 +778,10 @@ struct OnRedisErrorRaw(OnRedisError);
 impl<'de> Deserialize<'de> for OnRedisErrorRaw {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        [OnRedisError::Local, OnRedisError::Allow, OnRedisError::Deny]
-            .into_iter()
-            .find(|m| m.as_str() == s.trim())
+        let all = [OnRedisError::Local, OnRedisError::Allow, OnRedisError::Deny];
+        one_of("value", &s, all, OnRedisError::as_str)
             .map(OnRedisErrorRaw)
-            .ok_or_else(|| {
-                de::Error::custom(format!(
-                    "unknown value {} (expected local, allow or deny)",
-                    quoted(&s)
-                ))
-            })
+            .map_err(de::Error::custom)
     }
 }
 
@@ -1225,12 +1216,9 @@ impl<'de> Deserialize<'de> for StyleRaw {
                 f.write_str("off, draft03, draft11 or both")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StyleRaw, E> {
-                HeaderStyle::parse(v.trim()).map(StyleRaw).ok_or_else(|| {
-                    E::custom(format!(
-                        "unknown header style {} (expected off, draft03, draft11 or both)",
-                        quoted(v)
-                    ))
-                })
+                one_of("header style", v, HeaderStyle::ALL, HeaderStyle::as_str)
+                    .map(StyleRaw)
+                    .map_err(E::custom)
             }
             // YAML 1.1 reads a bare `off` as false.
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<StyleRaw, E> {

@@ -476,15 +476,34 @@ pub(crate) struct ModeRaw(bool);
 impl<'de> Deserialize<'de> for ModeRaw {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match s.trim() {
-            "sync" => Ok(ModeRaw(false)),
-            "strict" => Ok(ModeRaw(true)),
-            other => Err(de::Error::custom(format!(
-                "unknown mode {} (expected sync or strict)",
-                quoted(other)
-            ))),
-        }
+        let name = |strict| if strict { "strict" } else { "sync" };
+        one_of("mode", &s, [false, true], name)
+            .map(ModeRaw)
+            .map_err(de::Error::custom)
     }
+}
+
+/// `text` (trimmed) as the one of `values` that `name` calls so, else
+/// `unknown {what} 'text' (expected a, b or c)`.
+pub(crate) fn one_of<T: Copy>(
+    what: &str,
+    text: &str,
+    values: impl IntoIterator<Item = T> + Clone,
+    name: impl Fn(T) -> &'static str,
+) -> Result<T, String> {
+    if let Some(v) = values.clone().into_iter().find(|v| name(*v) == text.trim()) {
+        return Ok(v);
+    }
+    let names: Vec<&str> = values.into_iter().map(name).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!(
+        "unknown {what} {} (expected {expected})",
+        quoted(text)
+    ))
 }
 
 /// One static key assignment as written.

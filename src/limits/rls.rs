@@ -111,19 +111,15 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm.
+    pub const ALL: [Algorithm; 2] = [Algorithm::FixedWindow, Algorithm::TokenBucket];
+
     /// The name used in files.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::TokenBucket => "token_bucket",
         }
-    }
-
-    /// An algorithm by name.
-    pub fn parse(name: &str) -> Option<Algorithm> {
-        [Algorithm::FixedWindow, Algorithm::TokenBucket]
-            .into_iter()
-            .find(|a| a.as_str() == name)
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::file::{Issue, Positive, Seg, quoted};
+use super::file::{Issue, Positive, Seg, one_of, quoted};
 use super::rls::{
     Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit,
 };
@@ -487,12 +487,9 @@ pub(crate) struct AlgorithmRaw(pub Algorithm);
 impl<'de> Deserialize<'de> for AlgorithmRaw {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Algorithm::parse(s.trim()).map(AlgorithmRaw).ok_or_else(|| {
-            de::Error::custom(format!(
-                "unknown algorithm {} (expected fixed_window or token_bucket)",
-                quoted(&s)
-            ))
-        })
+        one_of("algorithm", &s, Algorithm::ALL, Algorithm::as_str)
+            .map(AlgorithmRaw)
+            .map_err(de::Error::custom)
     }
 }
 
