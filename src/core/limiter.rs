@@ -287,11 +287,6 @@ pub(crate) struct Seen {
     worst: Option<(usize, Verdict)>,
 }
 
-/// The answer a reduced set of verdicts gives (see [`Seen`]).
-pub(crate) fn answer_for(seen: &Seen, plan: PlanId, limits: &[Limit]) -> Decision {
-    seen.answer(plan, limits)
-}
-
 impl Seen {
     pub(crate) fn note(&mut self, i: usize, v: Verdict) {
         if v.allowed {
@@ -314,7 +309,7 @@ impl Seen {
 
     /// The answer: the longest wait if any limit denied, else the limit
     /// closest to exhaustion, else (no limits) unlimited.
-    fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
+    pub(crate) fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
         match self.worst.or(self.closest) {
             Some((i, v)) => decision(plan, i, limits, v),
             None => Decision::UNLIMITED,

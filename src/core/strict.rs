@@ -14,7 +14,7 @@
 use super::clock::{NANOS_PER_SEC, Nanos};
 use super::decision::{Decision, DenyReason, Request};
 use super::gcra::{self, Verdict};
-use super::limiter::{Seen, Snapshot, answer_for};
+use super::limiter::{Seen, Snapshot};
 use super::quota;
 use crate::limits::{LimitKind, PlanId};
 
@@ -198,7 +198,7 @@ impl Snapshot<'_> {
             };
             seen.note(i, v);
         }
-        let mut d = answer_for(&seen, job.plan, limits);
+        let mut d = seen.answer(job.plan, limits);
         if !ok && d.allowed {
             // Redis refused, yet by the engine's rounding every limit had
             // room: refuse, with a short wait.
