@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("quotad_descriptor.bin"))
         .compile_with_config(
             prost_config,
-            &["proto/quotad/v1/ratelimit.proto"],
+            &[
+                "proto/quotad/v1/ratelimit.proto",
+                "proto/quotad/v1/admin.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

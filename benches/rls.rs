@@ -66,11 +66,16 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
         },
         Arc::new(SystemClock::new()),
     ));
-    let envoy = EnvoySettings {
-        domains: vec!["plans".into()],
-        ..config.envoy.clone()
+    let config = Config {
+        envoy: EnvoySettings {
+            domains: vec!["plans".into()],
+            ..config.envoy.clone()
+        },
+        requests: RequestCaps::default(),
+        response_headers: style,
+        ..config
     };
-    EnvoyRlsService::new(limiter, RequestCaps::default(), envoy, style)
+    EnvoyRlsService::new(limiter, Arc::new(arc_swap::ArcSwap::from_pointee(config)))
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {

@@ -14,26 +14,34 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 
+use crate::admin::AdminService;
+use crate::admin::audit::Audit;
 use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::native::NativeService;
 use crate::api::pb;
+use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
+use crate::control::Control;
+use crate::control::reload::{Cause, Loader, Reloader, fingerprint};
 use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
 use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
 use crate::sync::{RedisSync, SyncHandle};
 use crate::telemetry::{self, HealthService, Readiness};
+use crate::tls::{Acceptor, TlsError};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tonic_health::pb::health_server::HealthServer;
 
@@ -59,6 +67,22 @@ pub enum AppError {
     /// The Redis sync task could not be set up.
     #[error("{0}")]
     Sync(#[from] crate::sync::SyncError),
+    /// A listener's TLS files could not be used.
+    #[error("{what} TLS: {source}")]
+    Tls {
+        /// Which listener.
+        what: &'static str,
+        /// What is wrong.
+        source: TlsError,
+    },
+    /// The audit file could not be opened.
+    #[error("admin.audit_file {}: {source}", path.display())]
+    Audit {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A server stopped with an error.
     #[error("{what} server: {source}")]
     Serve {
@@ -70,17 +94,76 @@ pub enum AppError {
 }
 
 /// A daemon with its listeners bound, ready to [`App::run`].
-#[derive(Debug)]
 pub struct App {
-    config: Config,
+    control: Arc<Control>,
     limiter: Arc<Limiter>,
-    grpc: TcpListener,
+    grpc: Listener,
     http: TcpListener,
-    grpc_addr: SocketAddr,
+    admin: Option<Listener>,
     http_addr: SocketAddr,
     ready: Readiness,
     sync: Option<(RedisSync, SyncHandle)>,
+    loader: Option<Loader>,
+    hangups: Option<Hangups>,
+    audit: Arc<Audit>,
 }
+
+/// A stream of reload requests (SIGHUP).
+type Hangups = Pin<Box<dyn Stream<Item = ()> + Send>>;
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("grpc", &self.grpc.addr)
+            .field("http", &self.http_addr)
+            .field("admin", &self.admin.as_ref().map(|a| a.addr))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound gRPC listener and, with TLS, its acceptor.
+struct Listener {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    tls: Option<Arc<Acceptor>>,
+}
+
+impl Listener {
+    async fn bind(
+        what: &'static str,
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Listener, AppError> {
+        let tls = tls
+            .map(|t| Acceptor::new(&t.pem).map(Arc::new))
+            .transpose()
+            .map_err(|source| AppError::Tls { what, source })?;
+        let tcp = bind(what, addr).await?;
+        let addr = local_addr(what, &tcp, addr)?;
+        Ok(Listener { tcp, addr, tls })
+    }
+
+    /// `plain text` or `TLS` or `mTLS`, for the log.
+    fn security(&self, files: Option<&TlsFiles>) -> &'static str {
+        match files {
+            Some(f) if f.client_ca_file.is_some() => "mTLS",
+            Some(_) => "TLS",
+            None => "plain text",
+        }
+    }
+
+    /// Serves `router` on this listener until `stop` fires.
+    fn serve(self, router: Router, what: &'static str, stop: Shutdown) -> BoxedServe {
+        match self.tls {
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming(self.tcp), wait(stop))),
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(tls.incoming(self.tcp, what), wait(stop)),
+            ),
+        }
+    }
+}
+
+type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 impl App {
     /// Builds the limiter and binds the listeners, using the real clock.
@@ -107,22 +190,66 @@ impl App {
             Some(settings) => Some(RedisSync::new(Arc::clone(&limiter), settings.clone())?),
             None => None,
         };
-        let grpc = bind("grpc", config.server.grpc_addr).await?;
+        let audit_file = config.admin.as_ref().and_then(|a| a.audit_file.clone());
+        let audit = Audit::open(audit_file.as_deref()).map_err(|source| AppError::Audit {
+            path: audit_file.clone().unwrap_or_default(),
+            source,
+        })?;
+        let grpc =
+            Listener::bind("grpc", config.server.grpc_addr, config.server.tls.as_ref()).await?;
         let http = bind("http", config.server.http_addr).await?;
-        let grpc_addr = local_addr("grpc", &grpc, config.server.grpc_addr)?;
         let http_addr = local_addr("http", &http, config.server.http_addr)?;
-        tracing::info!(%grpc_addr, "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, health, reflection)");
+        let admin = match &config.admin {
+            Some(a) => Some(Listener::bind("admin", a.addr, a.tls.as_ref()).await?),
+            None => None,
+        };
+        tracing::info!(
+            grpc_addr = %grpc.addr,
+            security = grpc.security(config.server.tls.as_ref()),
+            "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, health, reflection)"
+        );
         tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz)");
+        match (&admin, &config.admin) {
+            (Some(l), Some(a)) => tracing::info!(
+                admin_addr = %l.addr,
+                security = l.security(a.tls.as_ref()),
+                tokens = a.tokens.len(),
+                "admin listener bound (quotad.v1.QuotaAdmin)"
+            ),
+            _ => tracing::info!("admin API off (no admin section in the config)"),
+        }
+        let files = config.watched_files();
+        let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
+            .await
+            .unwrap_or_default();
+        let control = Control::new(Arc::clone(&limiter), config, digest);
         Ok(App {
-            config,
+            control,
             limiter,
             grpc,
             http,
-            grpc_addr,
+            admin,
             http_addr,
             ready: Readiness::new(),
             sync,
+            loader: None,
+            hangups: None,
+            audit: Arc::new(audit),
         })
+    }
+
+    /// Reloads read the config with `loader` (the binary's replays its
+    /// flags). Without one, a config from a file is read from that file
+    /// again, and the embedded default stays as it is.
+    pub fn with_loader(mut self, loader: Loader) -> Self {
+        self.loader = Some(loader);
+        self
+    }
+
+    /// Reloads the config whenever `hangups` yields (SIGHUP).
+    pub fn reload_on(mut self, hangups: impl Stream<Item = ()> + Send + 'static) -> Self {
+        self.hangups = Some(Box::pin(hangups));
+        self
     }
 
     /// The Redis sync task's state, when Redis is configured.
@@ -132,7 +259,7 @@ impl App {
 
     /// The bound gRPC address (the real port when 0 was asked for).
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.grpc.addr
     }
 
     /// The bound HTTP address.
@@ -140,9 +267,19 @@ impl App {
         self.http_addr
     }
 
+    /// The bound admin address, when the admin API is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// The engine, for embedding and tests.
     pub fn limiter(&self) -> Arc<Limiter> {
         Arc::clone(&self.limiter)
+    }
+
+    /// The control plane: config in effect, overrides, reloads.
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
     }
 
     /// Serves until `signal` resolves, then drains: see the module docs.
@@ -151,43 +288,34 @@ impl App {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let App {
-            config,
+            control,
             limiter,
             grpc,
             http,
+            admin,
             ready,
             sync,
+            loader,
+            hangups,
+            audit,
             ..
         } = self;
-        // Two stages: the gRPC side (listener, CheckStreams, health
-        // watches) stops first; HTTP health and the sweeper last.
+        let config = control.config();
+        // Two stages: the gRPC side (listeners, CheckStreams, health
+        // watches) stops first; HTTP health and the background tasks last.
         let (grpc_trigger, grpc_stop) = shutdown::channel();
         let (rest_trigger, rest_stop) = shutdown::channel();
+        let mut rest = JoinSet::new();
+
+        let reloader = Arc::new(reloader(&control, loader, &grpc, admin.as_ref()));
 
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        let mut native = NativeService::new(
-            Arc::clone(&limiter),
-            config.requests.clone(),
-            config.response_headers,
-            grpc_stop.clone(),
-        );
-        let mut rls = EnvoyRlsService::new(
-            Arc::clone(&limiter),
-            config.requests.clone(),
-            config.envoy.clone(),
-            config.response_headers,
-        );
-        let mut rest = JoinSet::new();
-        // Strict mode only when a plan asks for it: its client shares the
-        // sync task's Redis connection.
-        let any_strict = config
-            .limits
-            .plans
-            .iter()
-            .any(|p| p.limits.iter().any(|l| l.strict));
-        if let (Some((sync, _)), Some(settings), true) = (&sync, &config.redis, any_strict) {
+        let mut native =
+            NativeService::new(Arc::clone(&limiter), control.live(), grpc_stop.clone());
+        let mut rls = EnvoyRlsService::new(Arc::clone(&limiter), control.live());
+        // Strict mode whenever Redis is configured: a plan, a reload or an
+        // override may ask for it. Its connection is made on first use.
+        if let (Some((sync, _)), Some(settings)) = (&sync, &config.redis) {
             let (client, task) = sync.strict()?;
             let strict = Strict {
                 client,
@@ -204,23 +332,75 @@ impl App {
                 Ok(())
             });
         }
-        let grpc_server = Server::builder()
-            .add_service(HealthServer::new(health))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(RateLimiterServer::new(native))
-            .add_service(RateLimitServiceServer::new(rls))
-            .serve_with_incoming_shutdown(incoming(grpc), wait(grpc_stop));
+        // Overrides through Redis: read before ready (bounded), then
+        // followed until shutdown.
+        let redis_overrides = match &sync {
+            Some((sync, _)) => {
+                let (writer, mut follower) = sync.overrides(Arc::clone(&control))?;
+                match tokio::time::timeout(INITIAL_OVERRIDES, follower.resync()).await {
+                    Ok(Ok(n)) => tracing::info!(overrides = n, "overrides read from Redis"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "overrides not read from Redis yet; serving without them and retrying")
+                    }
+                    Err(_) => tracing::warn!(
+                        "overrides not read from Redis in time; serving without them and retrying"
+                    ),
+                }
+                let stop = rest_stop.clone();
+                rest.spawn(async move {
+                    follower.run(stop).await;
+                    Ok(())
+                });
+                Some(Arc::new(writer))
+            }
+            None => None,
+        };
+
+        let grpc_server = grpc.serve(
+            Server::builder()
+                .add_service(HealthServer::new(health))
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?)
+                .add_service(RateLimiterServer::new(native))
+                .add_service(RateLimitServiceServer::new(rls)),
+            "grpc",
+            grpc_stop.clone(),
+        );
         let mut grpc_task = tokio::spawn(async move {
             grpc_server.await.map_err(|e| AppError::Serve {
                 what: "gRPC",
                 source: Box::new(e),
             })
         });
+        if let Some(admin) = admin {
+            let service = AdminService::new(
+                Arc::clone(&control),
+                Arc::clone(&reloader),
+                audit,
+                redis_overrides,
+            );
+            let admin_server = admin.serve(
+                Server::builder()
+                    .add_service(QuotaAdminServer::new(service))
+                    .add_service(reflection().build_v1()?)
+                    .add_service(reflection().build_v1alpha()?),
+                "admin",
+                grpc_stop.clone(),
+            );
+            rest.spawn(async move {
+                admin_server.await.map_err(|e| AppError::Serve {
+                    what: "admin",
+                    source: Box::new(e),
+                })
+            });
+        }
 
         let redis_state = sync.as_ref().map(|(_, h)| h.clone());
-        let http_server = axum::serve(http, telemetry::router(ready.clone(), redis_state))
-            .with_graceful_shutdown(wait(rest_stop.clone()));
+        let http_server = axum::serve(
+            http,
+            telemetry::router(ready.clone(), redis_state, details(&control)),
+        )
+        .with_graceful_shutdown(wait(rest_stop.clone()));
         rest.spawn(async move {
             http_server.await.map_err(|e| AppError::Serve {
                 what: "HTTP",
@@ -237,10 +417,34 @@ impl App {
             });
         }
         rest.spawn(sweeper(
-            Arc::clone(&limiter),
+            Arc::clone(&control),
             config.store.sweep_interval,
-            rest_stop,
+            rest_stop.clone(),
         ));
+        let watcher = Arc::clone(&reloader);
+        let stop = rest_stop.clone();
+        rest.spawn(async move {
+            watcher.watch(stop).await;
+            Ok(())
+        });
+        if let Some(mut hangups) = hangups {
+            let reloader = Arc::clone(&reloader);
+            let mut stop = rest_stop;
+            rest.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => return Ok(()),
+                        next = hangups.next() => match next {
+                            Some(()) => {
+                                // Logged (and counted) by the reloader.
+                                let _ = reloader.reload(Cause::Signal).await;
+                            }
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            });
+        }
 
         ready.set(true);
         tracing::info!(
@@ -256,7 +460,7 @@ impl App {
             _ = signal => None,
             done = &mut grpc_task => Some(done),
             Some(done) = rest.join_next() => {
-                result = flatten(done).and(Err(stopped("HTTP or sweeper")));
+                result = flatten(done).and(Err(stopped("admin, HTTP or a background task")));
                 None
             }
         };
@@ -268,6 +472,8 @@ impl App {
             tracing::error!(error = %e, "a server stopped unexpectedly; shutting down");
         }
 
+        // The settings in effect now: a reload may have changed them.
+        let config = control.config();
         let server = &config.server;
         tracing::info!(
             drain_delay_ms = server.drain_delay.as_millis() as u64,
@@ -307,6 +513,81 @@ impl App {
         }
         result
     }
+}
+
+/// How long start-up waits to read the overrides from Redis before it
+/// serves without them (and keeps trying).
+const INITIAL_OVERRIDES: Duration = Duration::from_secs(2);
+
+/// The reloader: through `loader`, or the config's own file; reloads
+/// hand the listeners' acceptors their new certificates.
+fn reloader(
+    control: &Arc<Control>,
+    loader: Option<Loader>,
+    grpc: &Listener,
+    admin: Option<&Listener>,
+) -> Reloader {
+    let config = control.config();
+    let loader = loader.unwrap_or_else(|| match config.source.clone() {
+        Some(path) => Arc::new(move || Config::load(&path).map_err(|e| e.to_string())),
+        None => {
+            let fixed = Config::clone(&config);
+            Arc::new(move || Ok(fixed.clone()))
+        }
+    });
+    let mut reloader = Reloader::new(Arc::clone(control), loader);
+    if let Some(tls) = &grpc.tls {
+        let tls = Arc::clone(tls);
+        reloader.on_reload(Box::new(move |c: &Config| {
+            if let Some(files) = &c.server.tls {
+                renew(&tls, files, "server.tls");
+            }
+        }));
+    }
+    if let Some(tls) = admin.and_then(|a| a.tls.clone()) {
+        reloader.on_reload(Box::new(move |c: &Config| {
+            if let Some(files) = c.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+                renew(&tls, files, "admin.tls");
+            }
+        }));
+    }
+    reloader
+}
+
+/// Gives `tls` the certificate in `files` (already checked by the config).
+fn renew(tls: &Acceptor, files: &TlsFiles, what: &str) {
+    match tls.replace(&files.pem) {
+        Ok(()) => tracing::info!(
+            section = what,
+            cert = %files.cert_file.display(),
+            "TLS certificate in use for new connections"
+        ),
+        Err(e) => {
+            tracing::error!(section = what, error = %e, "TLS certificate refused; the old one stays")
+        }
+    }
+}
+
+/// `/readyz`'s lines about the config and overrides.
+fn details(control: &Arc<Control>) -> telemetry::Details {
+    let control = Arc::clone(control);
+    Arc::new(move || {
+        let v = control.version();
+        let stats = control.stats();
+        let mut out = format!(
+            "config: version {} (digest {}), reloads {} ok, {} failed\n",
+            v.number,
+            v.short_digest(),
+            stats.ok,
+            stats.failed
+        );
+        if let Some(e) = &stats.last_error {
+            out.push_str(&format!("config: last reload refused: {e}\n"));
+        }
+        let overrides = control.limiter().snapshot().table().overrides();
+        out.push_str(&format!("overrides: {overrides} in force\n"));
+        out
+    })
 }
 
 /// How long the HTTP listener, the sweeper and the Redis sync task (its
@@ -357,12 +638,13 @@ async fn wait(mut shutdown: Shutdown) {
     shutdown.wait().await;
 }
 
-/// Drops idle buckets every `every` until shutdown.
+/// Drops idle buckets and ended overrides every `every` until shutdown.
 async fn sweeper(
-    limiter: Arc<Limiter>,
+    control: Arc<Control>,
     every: Duration,
     mut shutdown: Shutdown,
 ) -> Result<(), AppError> {
+    let limiter = Arc::clone(control.limiter());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -371,6 +653,10 @@ async fn sweeper(
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             _ = tick.tick() => {
+                let ended = control.expire(limiter.now());
+                if ended > 0 {
+                    tracing::info!(overrides = ended, "overrides ended");
+                }
                 let l = Arc::clone(&limiter);
                 // Sweeping a million cells takes milliseconds: keep it off
                 // the request threads' executor slots.

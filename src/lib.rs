@@ -66,13 +66,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod limits;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 mod yaml;

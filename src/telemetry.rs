@@ -9,12 +9,15 @@
 //! serving for that long while saying so. gRPC `Watch` streams receive the
 //! change, then end when the server stops, so they never hold up shutdown.
 //!
-//! With Redis, `/readyz` adds a line `redis: synced`, `redis: degraded` or
-//! `redis: starting`. Redis trouble does not make the node unready: it
+//! `/readyz` also says which config is in effect (`config: version 3
+//! (digest 1a2b3c4d5e6f), reloads 2 ok, 1 failed`) and how many overrides
+//! are in force. With Redis, it adds a line `redis: synced`, `redis:
+//! degraded` or `redis: starting`. Redis trouble does not make the node unready: it
 //! keeps deciding (locally in `sync` mode, by `on_redis_error` in strict
 //! mode), and taking every replica out of service would stop the API.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -55,17 +58,21 @@ impl Readiness {
     }
 }
 
+/// More lines for `/readyz`'s body (the config version and reloads,
+/// overrides in force), computed per request.
+pub type Details = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The HTTP routes: `/livez` and `/readyz` (with the Redis sync state,
-/// when there is one).
-pub fn router(ready: Readiness, redis: Option<SyncHandle>) -> Router {
+/// when there is one, and `details`).
+pub fn router(ready: Readiness, redis: Option<SyncHandle>, details: Details) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state((ready, redis))
+        .with_state((ready, redis, details))
 }
 
 async fn readyz(
-    State((ready, redis)): State<(Readiness, Option<SyncHandle>)>,
+    State((ready, redis, details)): State<(Readiness, Option<SyncHandle>, Details)>,
 ) -> (StatusCode, String) {
     let (status, mut body) = if ready.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
@@ -79,6 +86,7 @@ async fn readyz(
             SyncState::Degraded => "redis: degraded (deciding locally)\n",
         });
     }
+    body.push_str(&details());
     (status, body)
 }
 

@@ -256,7 +256,7 @@ fn segments(path: &serde_path_to_error::Path) -> Vec<Seg> {
 
 /// `plans.free.limits[1].per`; the key under top-level `keys` prints as
 /// `<key>` so API keys never reach messages.
-fn render_path(segs: &[Seg]) -> String {
+pub(crate) fn render_path(segs: &[Seg]) -> String {
     let mut out = String::new();
     let under_keys = matches!(segs.first(), Some(Seg::Key { name, .. }) if name == "keys");
     for (i, seg) in segs.iter().enumerate() {

@@ -157,16 +157,18 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     sync.wait_for(SyncState::Degraded).await;
     // Still ready (callers are served), and saying why it is degraded.
     let (status, body) = a.http_get("/readyz").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (200, "ready\nredis: degraded (deciding locally)\n")
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ready\nredis: degraded (deciding locally)\n"),
+        "{body}"
     );
 
     // Redis comes back empty (no persistence): the 20 units counted during
     // the outage are sent; the 10 before it were lost with Redis's data.
     redis.restart().await;
     sync.wait_for(SyncState::Synced).await;
-    assert_eq!(a.http_get("/readyz").await.1, "ready\nredis: synced\n");
+    let body = a.http_get("/readyz").await.1;
+    assert!(body.starts_with("ready\nredis: synced\n"), "{body}");
     a.wait_synced().await;
     let b = TestDaemon::with_config(&yaml).await;
     // 20 from the outage + 1 + 1 = 22 used.

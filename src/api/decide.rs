@@ -23,7 +23,7 @@ pub async fn decide(
     strict: Option<&Strict>,
     req: &core::Request<'_>,
 ) -> Decision {
-    let Some(strict) = strict else {
+    let Some(strict) = strict.filter(|_| limiter.snapshot().table().has_strict()) else {
         return limiter.check(req);
     };
     // The snapshot is not held across the wait: a job carries what it

@@ -52,9 +52,10 @@ use tonic::{Request, Response, Status};
 
 use super::decide::{self, Strict};
 use super::error::RequestError;
-use super::headers::{self, HeaderStyle, Standing};
+use super::headers::{self, Standing};
 use super::{duration_parts, validate};
-use crate::config::{EnvoySettings, RequestCaps};
+use crate::config::RequestCaps;
+use crate::control::LiveConfig;
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Verdict};
@@ -65,26 +66,18 @@ use crate::limits::{Limit, LimitKind};
 #[derive(Debug, Clone)]
 pub struct EnvoyRlsService {
     limiter: Arc<Limiter>,
-    caps: RequestCaps,
-    envoy: Arc<EnvoySettings>,
-    headers: HeaderStyle,
+    config: LiveConfig,
     strict: Option<Strict>,
 }
 
 impl EnvoyRlsService {
-    /// A service deciding with `limiter` under the given settings,
-    /// answering with `headers`.
-    pub fn new(
-        limiter: Arc<Limiter>,
-        caps: RequestCaps,
-        envoy: EnvoySettings,
-        headers: HeaderStyle,
-    ) -> Self {
+    /// A service deciding with `limiter` under the settings of the config
+    /// in effect (`requests`, `envoy`, `response_headers`), read per
+    /// request so a reload applies at once.
+    pub fn new(limiter: Arc<Limiter>, config: LiveConfig) -> Self {
         Self {
             limiter,
-            caps,
-            envoy: Arc::new(envoy),
-            headers,
+            config,
             strict: None,
         }
     }
@@ -297,6 +290,9 @@ fn resolve<'t>(
 struct Outcome<'a> {
     status: DescriptorStatus,
     standing: Option<Standing<'a>>,
+    /// For a blocked key: how long the block lasts (`Some(None)`: until
+    /// lifted).
+    blocked: Option<Option<Nanos>>,
 }
 
 fn envoy_duration(ns: Nanos) -> Duration {
@@ -324,6 +320,7 @@ fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outco
         _ => envoy_duration(v.reset_after),
     };
     Outcome {
+        blocked: None,
         status: DescriptorStatus {
             code: if v.allowed || shadow {
                 Code::Ok
@@ -354,7 +351,9 @@ fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outco
 /// The answer for a plan's decision.
 fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
     let limit = snap.limit(d);
+    let blocked = (d.reason == core::DenyReason::Blocked).then_some(d.retry_after);
     Outcome {
+        blocked,
         status: DescriptorStatus {
             code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
             current_limit: limit.map(current_limit),
@@ -418,6 +417,7 @@ impl EnvoyRlsService {
     fn apply<'a>(
         &self,
         snap: &'a Snapshot<'_>,
+        key_entry: &str,
         domain: &str,
         d: &Desc<'_>,
         r: &'a Resolved<'_>,
@@ -427,10 +427,12 @@ impl EnvoyRlsService {
             Resolved::Nothing => Outcome {
                 status: ok_status(),
                 standing: None,
+                blocked: None,
             },
             Resolved::Unlimited(_) => Outcome {
                 status: unlimited_status(),
                 standing: None,
+                blocked: None,
             },
             Resolved::Limit(rl, rule) => {
                 let hasher = self.limiter.hasher();
@@ -445,7 +447,7 @@ impl EnvoyRlsService {
             }
             Resolved::Plan(api_key) => {
                 let decision = decided.unwrap_or_else(|| {
-                    let req = self.plan_request(api_key, d);
+                    let req = self.plan_request(key_entry, api_key, d);
                     if d.refund {
                         snap.refund(&req)
                     } else {
@@ -458,8 +460,12 @@ impl EnvoyRlsService {
     }
 
     /// The engine request for a plan domain's descriptor.
-    fn plan_request<'k>(&self, api_key: &'k str, d: &Desc<'_>) -> core::Request<'k> {
-        let key_entry = self.envoy.key_entry.as_str();
+    fn plan_request<'k>(
+        &self,
+        key_entry: &str,
+        api_key: &'k str,
+        d: &Desc<'_>,
+    ) -> core::Request<'k> {
         let scope = self
             .limiter
             .hasher()
@@ -473,11 +479,16 @@ impl EnvoyRlsService {
 
     /// Decisions for a plan domain's descriptors whose plans may be
     /// strict (API key, no override, not a refund), all sent together.
-    async fn decide_strict(&self, strict: &Strict, descs: &[Desc<'_>]) -> Vec<Option<Decision>> {
+    async fn decide_strict(
+        &self,
+        strict: &Strict,
+        key_entry: &str,
+        descs: &[Desc<'_>],
+    ) -> Vec<Option<Decision>> {
         let jobs = descs.iter().map(|d| async move {
             match d.api_key {
                 Some(key) if d.limit.is_none() && !d.refund => {
-                    let req = self.plan_request(key, d);
+                    let req = self.plan_request(key_entry, key, d);
                     Some(decide::decide(&self.limiter, Some(strict), &req).await)
                 }
                 _ => None,
@@ -502,6 +513,8 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
+        let config = self.config.load_full();
+        let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
         if req.domain.is_empty() {
             return Err(RequestError::Empty {
                 field: "domain".into(),
@@ -517,10 +530,10 @@ impl RateLimitService for EnvoyRlsService {
         validate::count(
             || "descriptors".into(),
             req.descriptors.len(),
-            self.caps.max_descriptors,
+            caps.max_descriptors,
         )?;
-        let plans = self.envoy.domains.contains(&req.domain);
-        let key_entry = plans.then_some(self.envoy.key_entry.as_str());
+        let plans = envoy.domains.contains(&req.domain);
+        let key_entry = plans.then_some(envoy.key_entry.as_str());
         if !plans
             && self
                 .limiter
@@ -534,15 +547,15 @@ impl RateLimitService for EnvoyRlsService {
             // their count, checked above to bound the answer's size).
             return Ok(Response::new(unknown_domain(&req)));
         }
-        let descs = validate_request(&req, &self.caps, key_entry)?;
+        let descs = validate_request(&req, caps, key_entry)?;
         // Plans with strict limits are decided in Redis, before the
         // snapshot below is taken (it is not held across a wait), and
         // only once every descriptor is known to be valid (overrides
         // included), so a refused request charges nothing.
         let strict = match (&self.strict, plans) {
             (Some(strict), true) => {
-                resolve(&Mode::Plans, &descs, self.envoy.algorithm)?;
-                self.decide_strict(strict, &descs).await
+                resolve(&Mode::Plans, &descs, envoy.algorithm)?;
+                self.decide_strict(strict, &envoy.key_entry, &descs).await
             }
             _ => Vec::new(),
         };
@@ -554,14 +567,14 @@ impl RateLimitService for EnvoyRlsService {
         } else {
             return Ok(Response::new(unknown_domain(&req)));
         };
-        let resolved = resolve(&mode, &descs, self.envoy.algorithm)?;
+        let resolved = resolve(&mode, &descs, envoy.algorithm)?;
         let outcomes: Vec<Outcome<'_>> = descs
             .iter()
             .zip(&resolved)
             .enumerate()
             .map(|(i, (d, r))| {
                 let decided = strict.get(i).copied().flatten();
-                self.apply(&snap, &req.domain, d, r, decided)
+                self.apply(&snap, &envoy.key_entry, &req.domain, d, r, decided)
             })
             .collect();
         let over = outcomes
@@ -569,20 +582,28 @@ impl RateLimitService for EnvoyRlsService {
             .any(|o| o.status.code == Code::OverLimit as i32);
         let standings: Vec<Standing<'_>> = outcomes.iter().filter_map(|o| o.standing).collect();
         // Global shadow mode answers OK, so there is nothing to wait for.
-        let overall = if over && !self.envoy.shadow {
+        let overall = if over && !envoy.shadow {
             Code::OverLimit
         } else {
             Code::Ok
         };
-        let response_headers_to_add =
-            headers::render(self.headers, &standings, overall == Code::OverLimit)
-                .into_iter()
-                .map(|h| HeaderValue {
-                    key: h.name.to_owned(),
-                    value: h.value,
-                    ..Default::default()
-                })
-                .collect();
+        let mut headers = headers::render(style, &standings, overall == Code::OverLimit);
+        // A blocked key's wait is the block's: the longest of them, or
+        // none at all if one lasts until lifted.
+        let blocks = outcomes.iter().filter_map(|o| o.blocked);
+        if overall == Code::OverLimit
+            && let Some(wait) = blocks.reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+        {
+            headers::add_block(style, &mut headers, wait);
+        }
+        let response_headers_to_add = headers
+            .into_iter()
+            .map(|h| HeaderValue {
+                key: h.name.to_owned(),
+                value: h.value,
+                ..Default::default()
+            })
+            .collect();
         Ok(Response::new(RateLimitResponse {
             overall_code: overall as i32,
             statuses: outcomes.into_iter().map(|o| o.status).collect(),

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 pub use crate::config::HeaderStyle;
 
 use crate::core::clock::NANOS_PER_SEC;
-use crate::core::{Decision, Nanos};
+use crate::core::{Decision, DenyReason, Nanos};
 use crate::limits::Limit;
 
 /// Where a caller stands against one limit that applied to the request.
@@ -106,6 +106,39 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
         out.push(header("Retry-After", seconds(wait).max(1).to_string()));
     }
     out
+}
+
+/// The headers for one plan decision: [`render`]'s, or for a blocked key
+/// only `Retry-After`, when the block ends (see [`add_block`]).
+pub fn for_decision(style: HeaderStyle, standings: &[Standing<'_>], d: &Decision) -> Vec<Header> {
+    if d.reason == DenyReason::Blocked {
+        let mut out = Vec::new();
+        add_block(style, &mut out, d.retry_after);
+        return out;
+    }
+    render(style, standings, !d.allowed)
+}
+
+/// Adds `Retry-After` for a block ending in `wait`, unless `out` already
+/// has a longer one. A block without end takes any `Retry-After` away:
+/// waiting cannot help.
+pub fn add_block(style: HeaderStyle, out: &mut Vec<Header>, wait: Option<Nanos>) {
+    let Some(wait) = wait else {
+        out.retain(|h| h.name != "Retry-After");
+        return;
+    };
+    if style == HeaderStyle::Off {
+        return;
+    }
+    let secs = seconds(wait).max(1);
+    match out.iter_mut().find(|h| h.name == "Retry-After") {
+        Some(h) => {
+            if h.value.parse::<u64>().is_ok_and(|v| v < secs) {
+                h.value = secs.to_string();
+            }
+        }
+        None => out.push(header("Retry-After", secs.to_string())),
+    }
 }
 
 fn header(name: &'static str, value: String) -> Header {

@@ -17,6 +17,7 @@ use super::pb::{
 };
 use super::{duration, validate};
 use crate::config::RequestCaps;
+use crate::control::LiveConfig;
 use crate::core::{self, Decision, Limiter, Snapshot};
 use crate::shutdown::Shutdown;
 
@@ -24,29 +25,28 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, Clone)]
 pub struct NativeService {
     limiter: Arc<Limiter>,
-    caps: RequestCaps,
-    headers: HeaderStyle,
+    config: LiveConfig,
     strict: Option<Strict>,
     shutdown: Shutdown,
 }
 
 impl NativeService {
-    /// A service deciding with `limiter`, refusing requests beyond `caps`
-    /// and answering with `headers`. Open streams end cleanly when
-    /// `shutdown` fires.
-    pub fn new(
-        limiter: Arc<Limiter>,
-        caps: RequestCaps,
-        headers: HeaderStyle,
-        shutdown: Shutdown,
-    ) -> Self {
+    /// A service deciding with `limiter`, refusing requests beyond the
+    /// caps of the config in effect (`requests`) and answering with its
+    /// `response_headers`, both read per check so a reload applies at
+    /// once. Open streams end cleanly when `shutdown` fires.
+    pub fn new(limiter: Arc<Limiter>, config: LiveConfig, shutdown: Shutdown) -> Self {
         Self {
             limiter,
-            caps,
-            headers,
+            config,
             strict: None,
             shutdown,
         }
+    }
+
+    /// The caps and header style in effect now.
+    fn settings(&self) -> (RequestCaps, HeaderStyle) {
+        settings(&self.config)
     }
 
     /// The service deciding plans with strict limits in Redis.
@@ -54,6 +54,11 @@ impl NativeService {
         self.strict = Some(strict);
         self
     }
+}
+
+fn settings(config: &LiveConfig) -> (RequestCaps, HeaderStyle) {
+    let c = config.load();
+    (c.requests.clone(), c.response_headers)
 }
 
 /// Validates one check; `at` names where it sits (`checks[3].`), built
@@ -94,7 +99,7 @@ fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
 pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) -> CheckResponse {
     let limit = snap.limit(d);
     let standing = limit.map(|l| Standing::of(d, l));
-    let headers = headers::render(style, standing.as_slice(), !d.allowed)
+    let headers = headers::for_decision(style, standing.as_slice(), d)
         .into_iter()
         .map(|h| Header {
             name: h.name.to_owned(),
@@ -115,6 +120,7 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) 
             core::DenyReason::Limited => DenyReason::Limited,
             core::DenyReason::CostExceedsCapacity => DenyReason::CostExceedsCapacity,
             core::DenyReason::Unavailable => DenyReason::Unavailable,
+            core::DenyReason::Blocked => DenyReason::Blocked,
         } as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
         headers,
@@ -125,8 +131,7 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) 
 struct StreamState {
     inbound: Streaming<CheckRequest>,
     limiter: Arc<Limiter>,
-    caps: RequestCaps,
-    headers: HeaderStyle,
+    config: LiveConfig,
     strict: Option<Strict>,
     shutdown: Shutdown,
     done: bool,
@@ -141,9 +146,10 @@ impl RateLimiter for NativeService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
-        validate_check(&req, String::new, &self.caps)?;
+        let (caps, style) = self.settings();
+        validate_check(&req, String::new, &caps)?;
         Ok(Response::new(
-            decide(&self.limiter, self.strict.as_ref(), &req, self.headers).await,
+            decide(&self.limiter, self.strict.as_ref(), &req, style).await,
         ))
     }
 
@@ -152,11 +158,12 @@ impl RateLimiter for NativeService {
         request: Request<CheckBatchRequest>,
     ) -> Result<Response<CheckBatchResponse>, Status> {
         let batch = request.into_inner();
-        validate::count(|| "checks".into(), batch.checks.len(), self.caps.max_batch)?;
+        let (caps, style) = self.settings();
+        validate::count(|| "checks".into(), batch.checks.len(), caps.max_batch)?;
         // Validate everything first: a bad check fails the whole batch
         // before any of it is charged.
         for (i, c) in batch.checks.iter().enumerate() {
-            validate_check(c, || format!("checks[{i}]."), &self.caps)?;
+            validate_check(c, || format!("checks[{i}]."), &caps)?;
         }
         // Strict checks wait for Redis together (one pipelined round trip);
         // the others are ready at once.
@@ -164,7 +171,7 @@ impl RateLimiter for NativeService {
             batch
                 .checks
                 .iter()
-                .map(|c| decide(&self.limiter, self.strict.as_ref(), c, self.headers)),
+                .map(|c| decide(&self.limiter, self.strict.as_ref(), c, style)),
         )
         .await;
         Ok(Response::new(CheckBatchResponse { results }))
@@ -185,8 +192,7 @@ impl RateLimiter for NativeService {
         let state = StreamState {
             inbound: request.into_inner(),
             limiter: Arc::clone(&self.limiter),
-            caps: self.caps.clone(),
-            headers: self.headers,
+            config: Arc::clone(&self.config),
             strict: self.strict.clone(),
             shutdown: self.shutdown.clone(),
             done: false,
@@ -207,10 +213,13 @@ impl RateLimiter for NativeService {
                 next = st.inbound.message() => next,
             };
             let answer = match next {
-                Ok(Some(req)) => match validate_check(&req, String::new, &st.caps) {
-                    Ok(()) => decide(&st.limiter, st.strict.as_ref(), &req, st.headers).await,
-                    Err(e) => refused(&req, &e),
-                },
+                Ok(Some(req)) => {
+                    let (caps, style) = settings(&st.config);
+                    match validate_check(&req, String::new, &caps) {
+                        Ok(()) => decide(&st.limiter, st.strict.as_ref(), &req, style).await,
+                        Err(e) => refused(&req, &e),
+                    }
+                }
                 Ok(None) => return None,
                 Err(status) => {
                     // A message we could not decode (or a broken stream):

@@ -2,11 +2,13 @@
 //!
 //! Start-up order: parse arguments, load and validate the config (exit 64,
 //! EX_USAGE, on any error, before anything binds), start logging, bind,
-//! serve until SIGTERM/SIGINT, drain, exit 0.
+//! serve until SIGTERM/SIGINT, drain, exit 0. SIGHUP reloads the config
+//! (the file, then the flags over it, as at start).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,7 +45,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
     /// YAML config file (plans, limits, keys, listeners, caps).
     #[arg(long, env = "QUOTAD_CONFIG")]
@@ -54,6 +56,10 @@ struct ServeArgs {
     /// HTTP (health) listen address; overrides server.http_addr.
     #[arg(long, env = "QUOTAD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Admin API listen address; overrides admin.addr (the config needs
+    /// an admin section with tokens: the admin API is off without one).
+    #[arg(long, env = "QUOTAD_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
     /// An envoyproxy/ratelimit limits file (one domain) or a directory of
     /// them; repeatable; added to the config's rls_files.
     #[arg(long = "limits", value_name = "FILE")]
@@ -111,7 +117,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&args.log);
-            match serve(config) {
+            match serve(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -133,6 +139,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.http_addr {
         config.server.http_addr = addr;
+    }
+    if let Some(addr) = args.admin_addr {
+        let admin = config.admin.as_mut().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--admin-addr: the admin API needs an admin section with tokens in the config (see `quotactl token new`)"
+            )
+        })?;
+        admin.addr = addr;
     }
     if args.shadow {
         config.envoy.shadow = true;
@@ -171,7 +185,7 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,11 +197,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // sees that one too, and a second signal ends the wait.
         let mut first = Signals::new()?;
         let mut again = Signals::new()?;
+        let hangups = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+            futures_util::stream::unfold(hup, |mut hup| async move {
+                hup.recv().await.map(|()| ((), hup))
+            })
+        };
         match &config.source {
             Some(p) => tracing::info!(config = %p.display(), "config loaded"),
             None => tracing::info!("no --config: serving the embedded demo config (in memory)"),
         }
-        let app = App::bind(config).await?;
+        // A reload reads the files again and replays the flags over them,
+        // as at start.
+        let loader = Arc::new(move || load(&args).map_err(|e| format!("{e:#}")));
+        let app = App::bind(config)
+            .await?
+            .with_loader(loader)
+            .reload_on(hangups);
         let stop = async move {
             let name = first.recv().await;
             tracing::info!("{name} received; a second signal exits without waiting");

@@ -106,9 +106,38 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
+/// `t` (Unix ns) as an RFC 3339 UTC time to the second, as
+/// `2026-12-31T00:00:00Z`: how audit lines and listings show times.
+#[allow(clippy::disallowed_types)]
+pub fn rfc3339(t: Nanos) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Parses an RFC 3339 UTC time (`2026-12-31T00:00:00Z`, fractions of a
+/// second allowed) into Unix ns.
+#[allow(clippy::disallowed_types)]
+pub fn parse_rfc3339(text: &str) -> Result<Nanos, String> {
+    let at = humantime::parse_rfc3339_weak(text.trim()).map_err(|e| {
+        format!("invalid time '{text}' ({e}; expected RFC 3339 UTC such as 2026-12-31T00:00:00Z)")
+    })?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .map_err(|_| format!("invalid time '{text}' (before 1970)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_to_the_second() {
+        let t = 1_798_761_600 * NANOS_PER_SEC; // 2027-01-01T00:00:00Z
+        assert_eq!(rfc3339(t), "2027-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339("2027-01-01T00:00:00Z"), Ok(t));
+        assert_eq!(parse_rfc3339("2027-01-01T00:00:00.5Z"), Ok(t + 500_000_000));
+        assert!(parse_rfc3339("tomorrow").is_err());
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

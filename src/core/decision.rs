@@ -42,6 +42,9 @@ pub enum DenyReason {
     /// A strict limit could not be checked in Redis in time and the
     /// configured fail mode is deny.
     Unavailable,
+    /// An operator blocked the key; `retry_after` is when the block ends
+    /// (absent: until it is lifted).
+    Blocked,
 }
 
 /// The answer to a [`Request`]. Being limited is a normal value, not an

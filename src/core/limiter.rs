@@ -13,7 +13,7 @@ use super::decision::{Decision, DenyReason, Request};
 use super::gcra::{self, Verdict};
 use super::hash::{KeyHasher, mix};
 use super::{counter, quota};
-use crate::limits::{Limit, LimitKind, LimitRef, PlanId, Table};
+use crate::limits::{Assigned, Limit, LimitKind, LimitRef, Plan, PlanId, Source, Table};
 use std::sync::atomic::AtomicU64;
 
 use crate::limits::file::MAX_LIMITS_PER_PLAN;
@@ -139,6 +139,47 @@ impl Limiter {
         self.apply(limit, key, self.clock.now(), cost, cost > 0).0
     }
 
+    /// Forgets what the key with keyed hash `key_hash` has spent against
+    /// every limit of its current plan on this node: its own cells go, as
+    /// do their pending Redis deltas, so its next check starts full.
+    /// Cells of Envoy descriptors with more entries than the key, and
+    /// charges that went to the shared overflow cell, stay. Returns how
+    /// many cells were dropped.
+    pub fn reset(&self, key_hash: u64) -> usize {
+        let mut dropped = 0;
+        for (id, kind) in self.cells_of(key_hash) {
+            let gone = match kind {
+                CellKind::Bucket => self.store.remove_bucket(id),
+                CellKind::Counter { .. } => self.store.remove_quota(id),
+            };
+            if let Some(j) = self.store.journal() {
+                j.forget(id);
+            }
+            dropped += usize::from(gone);
+        }
+        dropped
+    }
+
+    /// The ids and kinds of the cells the key with keyed hash `key_hash`
+    /// has now, one per limit of its current plan (its cells are filed
+    /// under `key_hash` itself): what [`Limiter::reset`] drops, and what
+    /// Redis names them by.
+    pub fn cells_of(&self, key_hash: u64) -> Vec<(u64, CellKind)> {
+        let snap = self.snapshot();
+        let now = self.clock.now();
+        let plan = match snap.table.assign(key_hash, now).0 {
+            Assigned::Plan(id) => snap.table.plan(id),
+            Assigned::Blocked { .. } => return Vec::new(),
+        };
+        plan.limits
+            .iter()
+            .map(|limit| {
+                let (id, kind, _) = Cell::of(limit, key_hash, now).journal_entry(0);
+                (id, kind)
+            })
+            .collect()
+    }
+
     /// Gives `cost` units back to one limit's cell for `key` (creating
     /// nothing), then reports its state, as [`Limiter::check_limit`] with
     /// cost 0 would.
@@ -177,7 +218,11 @@ impl Snapshot<'_> {
     /// exactly the cells it went to and the check is denied; a cell it
     /// created stays, empty, until the next sweep.
     pub fn check(&self, req: &Request<'_>) -> Decision {
-        let (plan, cell_key, now) = self.resolve(req);
+        let (assigned, cell_key, now) = self.resolve(req);
+        let plan = match assigned {
+            Assigned::Plan(plan) => plan,
+            Assigned::Blocked { until } => return blocked(until, now),
+        };
         let limits = &self.table.plan(plan).limits;
         let lim = self.limiter;
         let commit = req.cost > 0;
@@ -225,7 +270,11 @@ impl Snapshot<'_> {
     /// Touches only the key's own cells and creates none: a key with
     /// nothing charged has nothing to return.
     pub fn refund(&self, req: &Request<'_>) -> Decision {
-        let (plan, cell_key, now) = self.resolve(req);
+        let (assigned, cell_key, now) = self.resolve(req);
+        let plan = match assigned {
+            Assigned::Plan(plan) => plan,
+            Assigned::Blocked { until } => return blocked(until, now),
+        };
         // Only the key's own cells: a caller must not refill the shared
         // overflow bucket that holds a key flood back.
         for limit in &self.table.plan(plan).limits {
@@ -247,14 +296,66 @@ impl Snapshot<'_> {
 
     /// The key's plan, the key its cells are filed under, and the time.
     #[inline]
-    pub(crate) fn resolve(&self, req: &Request<'_>) -> (PlanId, u64, Nanos) {
+    pub(crate) fn resolve(&self, req: &Request<'_>) -> (Assigned, u64, Nanos) {
         let lim = self.limiter;
         let key_hash = lim.hasher.key_hash(req.key.as_bytes());
         let cell_key = match req.scope {
             0 => key_hash,
             scope => mix(key_hash, scope),
         };
-        (self.table.plan_for(key_hash), cell_key, lim.clock.now())
+        let now = lim.clock.now();
+        (self.table.assign(key_hash, now).0, cell_key, now)
+    }
+
+    /// Where the key with keyed hash `key_hash` stands now against every
+    /// limit of its plan, as this node sees it, without spending anything
+    /// (for operators; see [`Usage`]).
+    pub fn usage(&self, key_hash: u64) -> Usage<'_> {
+        let now = self.limiter.clock.now();
+        let (assigned, source) = self.table.assign(key_hash, now);
+        let plan = match assigned {
+            Assigned::Plan(id) => Some(self.table.plan(id)),
+            Assigned::Blocked { .. } => None,
+        };
+        let limits = plan.map_or(&[][..], |p| &p.limits[..]);
+        let standings = limits
+            .iter()
+            .map(|l| (l, self.limiter.apply(l, key_hash, now, 0, false).0))
+            .collect();
+        Usage {
+            assigned,
+            source,
+            plan,
+            limits: standings,
+        }
+    }
+}
+
+/// A key's standing against its plan, for operators.
+#[derive(Debug)]
+pub struct Usage<'t> {
+    /// Where the key goes now.
+    pub assigned: Assigned,
+    /// Where that comes from.
+    pub source: Source,
+    /// Its plan; `None` while it is blocked.
+    pub plan: Option<&'t Plan>,
+    /// Each limit of the plan and the key's state in it (a peek: cost 0).
+    pub limits: Vec<(&'t Limit, Verdict)>,
+}
+
+/// The answer to any check of a blocked key: denied, until the block ends
+/// (`retry_after` then) or for good (`retry_after` absent).
+fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
+    let wait = until.map(|t| t.saturating_sub(now));
+    Decision {
+        allowed: false,
+        limit: 0,
+        remaining: 0,
+        reset_after: wait.unwrap_or(0),
+        retry_after: wait,
+        reason: DenyReason::Blocked,
+        policy: None,
     }
 }
 

@@ -16,4 +16,4 @@ pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, DenyReason, Request};
 pub use gcra::Verdict;
 pub use hash::KeyHasher;
-pub use limiter::{Limiter, Snapshot};
+pub use limiter::{Limiter, Snapshot, Usage};

@@ -16,7 +16,7 @@ use super::decision::{Decision, DenyReason, Request};
 use super::gcra::{self, Verdict};
 use super::limiter::{Seen, Snapshot};
 use super::quota;
-use crate::limits::{LimitKind, PlanId};
+use crate::limits::{Assigned, LimitKind, PlanId};
 
 /// Extra life of a strict counter's Redis key after its window ends.
 const COUNTER_SLACK_MS: u64 = 60_000;
@@ -85,7 +85,10 @@ impl StrictJob {
 impl Snapshot<'_> {
     /// The strict job for `req`, when its key's plan has a strict limit.
     pub fn strict_job(&self, req: &Request<'_>) -> Option<StrictJob> {
-        let (plan, cell_key, now) = self.resolve(req);
+        let (assigned, cell_key, now) = self.resolve(req);
+        let Assigned::Plan(plan) = assigned else {
+            return None;
+        };
         let limits = &self.table().plan(plan).limits;
         if !limits.iter().any(|l| l.strict) {
             return None;

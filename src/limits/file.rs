@@ -379,9 +379,9 @@ impl<'de> Deserialize<'de> for ApiKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Per(pub Window);
 
-impl<'de> Deserialize<'de> for Per {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl Per {
+    /// A unit name, any case: second, minute, hour, day, week or month.
+    pub(crate) fn parse(s: &str) -> Result<Per, String> {
         let w = match s.to_ascii_lowercase().as_str() {
             "second" => Window::Second,
             "minute" => Window::Minute,
@@ -390,13 +390,20 @@ impl<'de> Deserialize<'de> for Per {
             "week" => Window::Week,
             "month" => Window::Month,
             _ => {
-                return Err(de::Error::custom(format!(
+                return Err(format!(
                     "unknown unit {} (expected second, minute, hour, day, week or month)",
-                    quoted(&s)
-                )));
+                    quoted(s)
+                ));
             }
         };
         Ok(Per(w))
+    }
+}
+
+impl<'de> Deserialize<'de> for Per {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Per::parse(&s).map_err(de::Error::custom)
     }
 }
 
@@ -466,6 +473,46 @@ pub(crate) struct LimitRaw {
     per: Per,
     burst: Option<Positive>,
     mode: Option<ModeRaw>,
+}
+
+impl LimitRaw {
+    /// A limit given field by field (an operator's override, not a file),
+    /// with each value checked as the file reader checks it; an error
+    /// names the field (`name`, `rate`, `quota`, `per`, `burst`).
+    pub(crate) fn from_parts(
+        name: &str,
+        rate: Option<u64>,
+        quota: Option<u64>,
+        per: &str,
+        burst: Option<u64>,
+        strict: bool,
+    ) -> Result<LimitRaw, (&'static str, String)> {
+        let positive = |field: &'static str, v: Option<u64>| match v {
+            None => Ok(None),
+            Some(v) => NonZeroU64::new(v)
+                .map(|n| Some(Positive(n)))
+                .ok_or((field, "must be at least 1 (got 0)".to_owned())),
+        };
+        check_name(name).map_err(|e| ("name", e))?;
+        Ok(LimitRaw {
+            name: Name(name.to_owned()),
+            rate: positive("rate", rate)?,
+            quota: positive("quota", quota)?,
+            per: Per::parse(per).map_err(|e| ("per", e))?,
+            burst: positive("burst", burst)?,
+            mode: Some(ModeRaw(strict)),
+        })
+    }
+}
+
+/// Validates limits given as [`LimitRaw`]s into plan `plan`, as a plan
+/// of a file would be; an error's path starts at `limits`.
+pub(crate) fn plan_of(plan: &str, limits: Vec<LimitRaw>) -> Result<Plan, Issue> {
+    build_plan(plan, &PlanRaw { limits }).map_err(|mut issue| {
+        // `plans.<plan>.limits[i]...` → `limits[i]...`
+        issue.path.drain(..2.min(issue.path.len()));
+        issue
+    })
 }
 
 /// A limit's `mode`: `sync` (decided locally; the default) or `strict`
@@ -813,7 +860,10 @@ keys:                      # static assignments of API keys to plans
         assert_eq!(t.plans().len(), 3);
         assert_eq!(t.default_plan().name, "free");
         assert_eq!(
-            t.plan(t.plan_for(h.key_hash(b"demo-gold-key"))).name,
+            match t.assign(h.key_hash(b"demo-gold-key"), 0).0 {
+                crate::limits::Assigned::Plan(id) => t.plan(id).name.as_str(),
+                other => panic!("{other:?}"),
+            },
             "gold"
         );
         assert_eq!(t.static_keys(), 1);

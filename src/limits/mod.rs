@@ -8,17 +8,21 @@
 //! arithmetic is known to fit in 64 bits.
 
 pub mod file;
+pub mod overrides;
 pub mod rls;
 pub mod rls_file;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
 use nohash_hasher::BuildNoHashHasher;
 
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::{KeyHasher, name_id};
 use crate::core::window::Window;
+use overrides::Routes;
+pub use overrides::{Assigned, Override, Target};
 
 /// Index of a plan in its [`Table`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -226,10 +230,19 @@ pub struct LimitRef {
     pub limit: u32,
 }
 
-/// The validated limits configuration: plans, the default plan and static
-/// key assignments. Immutable once built.
+/// The validated limits configuration: plans, the default plan, static
+/// key assignments, Envoy RLS domains, and operators' overrides.
+/// Immutable once built; cheap to clone (two `Arc`s), so a change of the
+/// overrides builds a new table around the same config part.
 #[derive(Debug, Clone)]
 pub struct Table {
+    base: Arc<Base>,
+    overrides: Arc<Routes>,
+}
+
+/// The part of a table that comes from the config file.
+#[derive(Debug, Clone)]
+struct Base {
     plans: Vec<Plan>,
     default_plan: PlanId,
     /// Static key → plan assignments, keyed by the keyed hash of the API key
@@ -239,6 +252,19 @@ pub struct Table {
     static_keys: usize,
     /// Envoy RLS domains read from envoyproxy/ratelimit files.
     rls: rls::RlsDomains,
+    /// Whether a plan has a strict limit.
+    strict: bool,
+}
+
+/// Where a key's plan comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An operator's override.
+    Override,
+    /// The config's `keys`.
+    Static,
+    /// `default_plan`.
+    Default,
 }
 
 /// Why a table could not be built from already-typed parts.
@@ -264,8 +290,8 @@ pub enum TableError {
 impl Table {
     /// Builds a table. `keys` are (raw API key, plan name) pairs; the raw
     /// keys are hashed with `hasher` and dropped. The table has no Envoy
-    /// RLS domains until [`Table::with_rls`] adds them: a reload must add
-    /// them again before swapping the table in.
+    /// RLS domains until [`Table::with_rls`] adds them, and no overrides
+    /// until [`Table::with_overrides`] adds them.
     pub fn new<'a>(
         plans: Vec<Plan>,
         default_plan: &str,
@@ -296,54 +322,82 @@ impl Table {
             map.insert(hasher.key_hash(key.as_bytes()), id);
             static_keys += 1;
         }
+        let strict = plans.iter().any(|p| p.limits.iter().any(|l| l.strict));
         Ok(Self {
-            plans,
-            default_plan: default,
-            keys: map,
-            static_keys,
-            rls: rls::RlsDomains::default(),
+            base: Arc::new(Base {
+                strict,
+                plans,
+                default_plan: default,
+                keys: map,
+                static_keys,
+                rls: rls::RlsDomains::default(),
+            }),
+            overrides: Arc::new(Routes::default()),
         })
     }
 
-    /// The plan for a key, given its keyed hash.
+    /// The plan a key is on at `now`, given its keyed hash, and where
+    /// that comes from: an override in force, else its static
+    /// assignment, else the default plan.
     #[inline]
-    pub fn plan_for(&self, key_hash: u64) -> PlanId {
-        self.keys
-            .get(&key_hash)
-            .copied()
-            .unwrap_or(self.default_plan)
+    pub fn assign(&self, key_hash: u64, now: Nanos) -> (Assigned, Source) {
+        let routes = &self.overrides.by_key;
+        if !routes.is_empty()
+            && let Some(r) = routes.get(&key_hash)
+            && now < r.until
+        {
+            return (r.to, Source::Override);
+        }
+        self.configured(key_hash)
     }
 
-    /// A plan by id. Ids come from this table, so this cannot miss; an id
-    /// from another table falls back to the default plan.
+    /// The plan the config gives a key (its static assignment, else the
+    /// default plan), ignoring overrides.
+    #[inline]
+    pub fn configured(&self, key_hash: u64) -> (Assigned, Source) {
+        match self.base.keys.get(&key_hash) {
+            Some(&id) => (Assigned::Plan(id), Source::Static),
+            None => (Assigned::Plan(self.base.default_plan), Source::Default),
+        }
+    }
+
+    /// A plan by id: the config's plans first, then those of overrides
+    /// with limits of their own. Ids come from this table, so this cannot
+    /// miss; an id from another table falls back to the default plan.
     #[inline]
     pub fn plan(&self, id: PlanId) -> &Plan {
-        self.plans
-            .get(id.0 as usize)
-            .unwrap_or(&self.plans[self.default_plan.0 as usize])
+        self.get_plan(id)
+            .unwrap_or(&self.base.plans[self.base.default_plan.0 as usize])
+    }
+
+    fn get_plan(&self, id: PlanId) -> Option<&Plan> {
+        let i = id.0 as usize;
+        let base = &self.base.plans;
+        match base.get(i) {
+            Some(p) => Some(p),
+            None => self.overrides.plans.get(i - base.len()),
+        }
     }
 
     /// The limit a decision refers to.
     pub fn limit(&self, r: LimitRef) -> Option<&Limit> {
-        self.plans
-            .get(r.plan.0 as usize)?
-            .limits
-            .get(r.limit as usize)
+        self.get_plan(r.plan)?.limits.get(r.limit as usize)
     }
 
-    /// All plans, in config order.
+    /// The config's plans, in config order (not those of overrides).
     pub fn plans(&self) -> &[Plan] {
-        &self.plans
+        &self.base.plans
     }
 
     /// The default plan.
     pub fn default_plan(&self) -> &Plan {
-        self.plan(self.default_plan)
+        self.plan(self.base.default_plan)
     }
 
-    /// A plan id by name.
+    /// A config plan's id by name.
     pub fn plan_id(&self, name: &str) -> Option<PlanId> {
-        self.plans
+        self.base
+            .plans
             .iter()
             .position(|p| p.name == name)
             .map(|i| PlanId(i as u32))
@@ -351,19 +405,48 @@ impl Table {
 
     /// The table with these Envoy RLS domains.
     pub fn with_rls(mut self, rls: rls::RlsDomains) -> Self {
-        self.rls = rls;
+        Arc::make_mut(&mut self.base).rls = rls;
         self
     }
 
     /// The Envoy RLS domains read from envoyproxy/ratelimit files.
     #[inline]
     pub fn rls(&self) -> &rls::RlsDomains {
-        &self.rls
+        &self.base.rls
     }
 
     /// How many static key assignments the table has.
     pub fn static_keys(&self) -> usize {
-        self.static_keys
+        self.base.static_keys
+    }
+
+    /// This table's config part with `records` as its overrides (those in
+    /// force at `now`), and the records naming a plan this config lacks
+    /// (their keys stay on their usual plans).
+    pub fn with_overrides<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Override>,
+        now: Nanos,
+    ) -> (Table, Vec<&'a Override>) {
+        let (routes, unresolved) =
+            Routes::build(records, self.base.plans.len(), |n| self.plan_id(n), now);
+        let table = Table {
+            base: Arc::clone(&self.base),
+            overrides: Arc::new(routes),
+        };
+        (table, unresolved)
+    }
+
+    /// How many overrides are in force in this table.
+    pub fn overrides(&self) -> usize {
+        self.overrides.by_key.len()
+    }
+
+    /// Whether any plan (of the config or of an override) has a strict
+    /// limit: if not, no check needs Redis.
+    #[inline]
+    pub fn has_strict(&self) -> bool {
+        self.base.strict || self.overrides.strict
     }
 }
 
@@ -421,8 +504,12 @@ mod tests {
             },
         ];
         let t = Table::new(plans, "free", [("k1", "gold")], &h).unwrap();
-        assert_eq!(t.plan(t.plan_for(h.key_hash(b"k1"))).name, "gold");
-        assert_eq!(t.plan(t.plan_for(h.key_hash(b"other"))).name, "free");
+        let plan = |key: &[u8]| match t.assign(h.key_hash(key), 0) {
+            (Assigned::Plan(id), source) => (t.plan(id).name.as_str(), source),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(plan(b"k1"), ("gold", Source::Static));
+        assert_eq!(plan(b"other"), ("free", Source::Default));
         assert_eq!(t.static_keys(), 1);
     }
 

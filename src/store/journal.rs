@@ -166,6 +166,14 @@ impl Journal {
         }
     }
 
+    /// Drops cell `id`'s pending change (its state was reset): it is not
+    /// sent. A flush already under way may still send it.
+    pub fn forget(&self, id: u64) {
+        if self.cells.remove(&id).is_some() {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Dirty cells (locks every shard; not for the request path).
     pub fn len(&self) -> usize {
         self.cells.len()

@@ -177,6 +177,24 @@ impl LocalStore {
         }
     }
 
+    /// Drops bucket `id` (back to full); whether it was tracked.
+    pub fn remove_bucket(&self, id: u64) -> bool {
+        let gone = self.buckets.remove(&id).is_some();
+        if gone {
+            self.release();
+        }
+        gone
+    }
+
+    /// Drops counter `id` (back to zero); whether it was tracked.
+    pub fn remove_quota(&self, id: u64) -> bool {
+        let gone = self.quotas.remove(&id).is_some();
+        if gone {
+            self.release();
+        }
+        gone
+    }
+
     /// The token buckets: one arrival time per (limit, key).
     #[inline]
     pub fn buckets(&self) -> Map<'_, AtomicU64> {

@@ -88,6 +88,9 @@ pub(crate) struct SentinelConn {
 pub(crate) struct ClusterConn {
     client: ClusterClient,
     conn: Option<ClusterConnection>,
+    /// The seed node alone, for subscriptions (a Cluster delivers every
+    /// PUBLISH to subscribers on any node).
+    seed: redis::Client,
 }
 
 impl Conn {
@@ -119,6 +122,10 @@ impl Conn {
             })));
         }
         if cluster {
+            let seed = match tls_ca {
+                Some(_) => redis::Client::build_with_tls(info.clone(), certs())?,
+                None => redis::Client::open(info.clone())?,
+            };
             let mut builder = ClusterClient::builder(vec![info])
                 .connection_timeout(Duration::from_secs(1))
                 .response_timeout(Duration::from_secs(1));
@@ -126,7 +133,11 @@ impl Conn {
                 builder = builder.certs(certs());
             }
             let client = builder.build()?;
-            return Ok(Conn::Cluster(Box::new(ClusterConn { client, conn: None })));
+            return Ok(Conn::Cluster(Box::new(ClusterConn {
+                client,
+                conn: None,
+                seed,
+            })));
         }
         let client = match tls_ca {
             Some(_) => redis::Client::build_with_tls(info, certs())?,
@@ -275,6 +286,33 @@ impl Conn {
                     .ok_or_else(missing_reply)
             }
         }
+    }
+
+    /// A connection subscribed to `channel` (on the master a Sentinel
+    /// names, or a Cluster's seed node), made within `timeout`.
+    pub(crate) async fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+    ) -> RedisResult<redis::aio::PubSubStream> {
+        let connect = async {
+            let client = match self {
+                Conn::Single(s) => s.client.clone(),
+                Conn::Cluster(c) => c.seed.clone(),
+                Conn::Sentinel(s) => s.client.lock().await.async_get_client().await?,
+            };
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok(pubsub.into_on_message())
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    ErrorKind::Io,
+                    "timed out subscribing",
+                )))
+            })
     }
 
     /// Checks that Redis answers.

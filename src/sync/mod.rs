@@ -46,12 +46,14 @@ use redis::{IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
 use crate::config::RedisSettings;
+use crate::control::Control;
 use crate::core::Limiter;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 use conn::{Conn, Lua, key};
 
 mod conn;
+pub mod overrides;
 pub mod strict;
 
 /// The Lua script every flush runs, one call per dirty cell.
@@ -205,7 +207,32 @@ impl RedisSync {
         SyncError,
     > {
         let s = &self.settings;
-        let conn = Conn::new(
+        Ok(strict::StrictClient::new(
+            self.connection()?,
+            Arc::clone(&self.limiter),
+            s.key_prefix.clone(),
+            s.strict_deadline,
+        ))
+    }
+
+    /// Operators' changes through Redis: the admin API's writer, and the
+    /// task that keeps `control`'s overrides equal to Redis's (each on a
+    /// connection of its own).
+    pub fn overrides(
+        &self,
+        control: Arc<Control>,
+    ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
+        let prefix = &self.settings.key_prefix;
+        Ok((
+            overrides::RedisOverrides::new(self.connection()?, prefix),
+            overrides::OverrideSync::new(self.connection()?, prefix, control),
+        ))
+    }
+
+    /// A new lazy connection to the same Redis.
+    fn connection(&self) -> Result<Conn, SyncError> {
+        let s = &self.settings;
+        Conn::new(
             self.info.clone(),
             s.cluster,
             s.sentinel_master.as_deref(),
@@ -214,13 +241,7 @@ impl RedisSync {
         .map_err(|source| SyncError::Url {
             url: s.redacted_url(),
             source,
-        })?;
-        Ok(strict::StrictClient::new(
-            conn,
-            Arc::clone(&self.limiter),
-            s.key_prefix.clone(),
-            s.strict_deadline,
-        ))
+        })
     }
 
     /// Flushes every `sync_interval` until `stop` fires, then makes a last

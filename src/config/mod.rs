@@ -19,6 +19,8 @@
 //! that path's line. Static API keys never appear in messages or `Debug`
 //! output; their path segment prints as `<key>`.
 
+pub mod admin;
+
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU64;
@@ -37,6 +39,8 @@ use crate::limits::rls::{Algorithm, RlsDomains};
 use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
+use admin::{AdminRaw, ReloadRaw, TlsRaw};
+pub use admin::{AdminSettings, AdminToken, ReloadSettings, Scope, TlsFiles};
 
 /// The config `quotad serve` uses without `--config`: a documented demo with
 /// plans `free` and `gold`.
@@ -137,6 +141,10 @@ pub struct Config {
     pub response_headers: HeaderStyle,
     /// Redis sync; `None` runs this node alone, in memory.
     pub redis: Option<RedisSettings>,
+    /// The admin API; `None` (no `admin` section) runs without it.
+    pub admin: Option<AdminSettings>,
+    /// Watching the files for changes.
+    pub reload: ReloadSettings,
 }
 
 /// The `server` section.
@@ -152,6 +160,8 @@ pub struct ServerSettings {
     /// load balancers and health-checking clients move away before
     /// connections are refused. 0 (the default) stops accepting at once.
     pub drain_delay: Duration,
+    /// TLS for the gRPC (check) listener; plain text when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerSettings {
@@ -161,6 +171,7 @@ impl Default for ServerSettings {
             http_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090)),
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -468,17 +479,47 @@ pub use crate::yaml::{ConfigError, Diagnostic};
 // Loading.
 
 impl Config {
-    /// Checks what flags may have changed after loading: the two listeners
-    /// must differ (port 0, "any free port", may repeat).
+    /// Checks what flags may have changed after loading: the listeners
+    /// must differ (port 0, "any free port", may repeat), and the admin
+    /// listener may not serve bearer tokens in clear beyond loopback.
     pub fn check_listeners(&self) -> Result<(), String> {
         let s = &self.server;
-        if s.grpc_addr == s.http_addr && s.grpc_addr.port() != 0 {
-            return Err(format!(
-                "server.grpc_addr and server.http_addr are both {}",
-                s.grpc_addr
-            ));
+        let mut listeners = vec![
+            ("server.grpc_addr", s.grpc_addr),
+            ("server.http_addr", s.http_addr),
+        ];
+        if let Some(a) = &self.admin {
+            listeners.push(("admin.addr", a.addr));
+            if let Some(why) = a.plaintext_problem() {
+                return Err(format!("admin.addr: {why}"));
+            }
+        }
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i]
+                .iter()
+                .find(|(_, a)| a == addr && addr.port() != 0)
+            {
+                return Err(format!("{other} and {name} are both {addr}"));
+            }
         }
         Ok(())
+    }
+
+    /// Every file the config in effect was read from (the config file,
+    /// the limits files and directories, TLS certificates and keys): what
+    /// a reload watches.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.source.iter().cloned().collect();
+        out.extend(self.rls_files.iter().cloned());
+        let tls = self
+            .server
+            .tls
+            .iter()
+            .chain(self.admin.iter().flat_map(|a| a.tls.iter()));
+        for t in tls {
+            out.extend(t.paths().into_iter().map(Path::to_path_buf));
+        }
+        out
     }
 
     /// Reads and validates the config file at `path` and the `rls_files`
@@ -589,11 +630,12 @@ impl Config {
         lines.push(format!("static keys: {}", l.keys.len()));
         let s = &self.server;
         lines.push(format!(
-            "server: grpc {}, http {}, shutdown grace {}, drain delay {}",
+            "server: grpc {}, http {}, shutdown grace {}, drain delay {}, tls {}",
             s.grpc_addr,
             s.http_addr,
             format_duration(s.shutdown_grace),
-            format_duration(s.drain_delay)
+            format_duration(s.drain_delay),
+            describe_tls(s.tls.as_ref())
         ));
         let r = &self.requests;
         lines.push(format!(
@@ -654,7 +696,53 @@ impl Config {
                 r.on_redis_error.as_str()
             ),
         });
+        lines.push(match &self.admin {
+            None => "admin: off (no admin section)".to_owned(),
+            Some(a) => {
+                let tokens: Vec<String> = a
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                        format!("{} ({})", t.id, scopes.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
+                    a.addr,
+                    tokens.join("; "),
+                    describe_tls(a.tls.as_ref()),
+                    a.audit_file
+                        .as_ref()
+                        .map_or("none".to_owned(), |f| f.display().to_string()),
+                    a.max_overrides
+                )
+            }
+        });
+        let r = &self.reload;
+        lines.push(if r.watch {
+            format!(
+                "reload: on SIGHUP, admin Reload, and file changes (polled every {}, debounce {})",
+                format_duration(r.poll_interval),
+                format_duration(r.debounce)
+            )
+        } else {
+            "reload: on SIGHUP and admin Reload".to_owned()
+        });
         lines.join("\n")
+    }
+}
+
+fn describe_tls(tls: Option<&TlsFiles>) -> String {
+    match tls {
+        None => "off".to_owned(),
+        Some(t) if t.client_ca_file.is_some() => {
+            format!(
+                "on, client certificates required (mTLS), cert {}",
+                t.cert_file.display()
+            )
+        }
+        Some(t) => format!("on, cert {}", t.cert_file.display()),
     }
 }
 
@@ -710,6 +798,8 @@ fn demo_config() -> Config {
         rls: RlsDomains::default(),
         response_headers: HeaderStyle::Both,
         redis: None,
+        admin: None,
+        reload: ReloadSettings::default(),
         limits: LimitsSpec {
             default_plan: "free".to_owned(),
             plans,
@@ -737,6 +827,8 @@ struct ConfigRaw {
     envoy: Option<EnvoyRaw>,
     rls_files: Option<Vec<NonEmpty>>,
     response_headers: Option<StyleRaw>,
+    admin: Option<AdminRaw>,
+    reload: Option<ReloadRaw>,
 }
 
 #[derive(Deserialize)]
@@ -746,6 +838,7 @@ struct ServerRaw {
     http_addr: Option<Addr>,
     shutdown_grace: Option<Dur>,
     drain_delay: Option<Dur>,
+    tls: Option<TlsRaw>,
 }
 
 #[derive(Deserialize)]
@@ -819,6 +912,10 @@ impl ConfigRaw {
             if let Some(d) = s.drain_delay {
                 server.drain_delay = d.0;
             }
+            server.tls = s
+                .tls
+                .map(|t| t.build(base, &["server", "tls"]))
+                .transpose()?;
         }
 
         let mut requests = RequestCaps::default();
@@ -903,6 +1000,8 @@ impl ConfigRaw {
         let response_headers = self
             .response_headers
             .map_or(HeaderStyle::default(), |s| s.0);
+        let admin = self.admin.map(|a| a.build(base)).transpose()?;
+        let reload = self.reload.map(ReloadRaw::build).unwrap_or_default();
 
         // Limits last: a section's own mistake is reported before a missing
         // plan, so each error points at what the author was editing.
@@ -955,6 +1054,8 @@ impl ConfigRaw {
             rls: RlsDomains::default(),
             response_headers,
             redis,
+            admin,
+            reload,
         })
     }
 }
@@ -1368,12 +1469,14 @@ plans: 2 (default: free)
   free: per-second 10/second burst 20; daily 10000/day
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
-server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none
+server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none, tls off
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
 envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off
 response headers: both
-redis: off (this node alone, in memory)";
+redis: off (this node alone, in memory)
+admin: off (no admin section)
+reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250ms)";
         assert_eq!(s, want);
         assert!(!s.contains("demo-gold-key"));
     }
@@ -1482,7 +1585,7 @@ redis: off (this node alone, in memory)";
             ),
             (
                 "limits:\n  free: {}\n",
-                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers)",
+                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload)",
             ),
             (
                 "servers:\n  grpc_addr: 127.0.0.1:1\n",
@@ -1490,7 +1593,7 @@ redis: off (this node alone, in memory)";
             ),
             (
                 "metrics:\n  port: 1\n",
-                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers)",
+                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload)",
             ),
             (
                 "server:\n  grpc_addr: 127.0.0.1:1\n  grpc_addr: 127.0.0.1:2\n",

@@ -1,0 +1,359 @@
+//! `quotad.v1.QuotaAdmin`: the operators' API, on its own listener.
+//!
+//! Every call is authorized first ([`auth`]: bearer token, scope), every
+//! change is written to the audit trail ([`audit`]) with the state before
+//! and after, and every refusal names the field ([`convert`]). Changes go
+//! through [`Control`], which swaps a new table into the limiter: the
+//! next check of the key sees them. With Redis, overrides and resets are
+//! first stored in Redis ([`crate::sync::overrides`]), so every node
+//! applies them within a second and a restarted node finds them; if Redis
+//! does not take a change, the call fails with `UNAVAILABLE` and nothing
+//! changes anywhere. Without Redis they live in this node only, and are
+//! lost when it restarts.
+
+pub mod audit;
+pub mod auth;
+pub mod convert;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::api::pb;
+use crate::api::pb::quota_admin_server::QuotaAdmin;
+use crate::config::Scope;
+use crate::control::reload::{Cause, Reloader};
+use crate::control::{Control, ControlError, Filter};
+use crate::limits::Override;
+use crate::sync::overrides::{RedisOverrides, WriteError};
+use audit::{Audit, Record};
+use auth::Caller;
+use convert::{hex, override_message};
+
+/// The admin service.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    control: Arc<Control>,
+    reloader: Arc<Reloader>,
+    audit: Arc<Audit>,
+    redis: Option<Arc<RedisOverrides>>,
+}
+
+impl AdminService {
+    /// The service over `control`, reloading through `reloader`, writing
+    /// to `audit`, and storing overrides in Redis when `redis` is given.
+    pub fn new(
+        control: Arc<Control>,
+        reloader: Arc<Reloader>,
+        audit: Arc<Audit>,
+        redis: Option<Arc<RedisOverrides>>,
+    ) -> Self {
+        Self {
+            control,
+            reloader,
+            audit,
+            redis,
+        }
+    }
+
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+        call: &str,
+    ) -> Result<Caller, Status> {
+        let config = self.control.config();
+        let tokens = config.admin.as_ref().map_or(&[][..], |a| &a.tokens[..]);
+        auth::authorize(tokens, request, scope, call)
+    }
+
+    /// The key hash a `KeyRef`-like request names.
+    fn key(&self, key: &str, hash: &str) -> Result<u64, Status> {
+        let config = self.control.config();
+        convert::key_hash(key, hash, &config.requests, self.control.limiter().hasher())
+    }
+
+    fn override_message(&self, o: &Override) -> pb::Override {
+        override_message(o, self.control.resolved(o))
+    }
+
+    fn version(&self) -> pb::ConfigVersion {
+        convert::version_message(&self.control.version(), &self.control.stats())
+    }
+
+    fn usage(&self, key_hash: u64) -> pb::GetUsageResponse {
+        let limiter = self.control.limiter();
+        let snap = limiter.snapshot();
+        let usage = snap.usage(key_hash);
+        let over = self
+            .control
+            .get(key_hash)
+            .map(|o| self.override_message(&o));
+        convert::usage_message(key_hash, &usage, over, self.version())
+    }
+
+    fn now(&self) -> crate::core::Nanos {
+        self.control.limiter().now()
+    }
+}
+
+fn control_status(e: ControlError) -> Status {
+    match e {
+        ControlError::UnknownPlan { .. } | ControlError::StrictWithoutRedis => {
+            Status::invalid_argument(e.to_string())
+        }
+        ControlError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+        ControlError::OrphanedOverrides { .. } | ControlError::Table(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+    }
+}
+
+fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::Full(_) => Status::resource_exhausted(e.to_string()),
+        WriteError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn described(o: Option<&Override>) -> String {
+    o.map_or_else(|| "none".to_owned(), Override::describe)
+}
+
+#[tonic::async_trait]
+impl QuotaAdmin for AdminService {
+    async fn set_override(
+        &self,
+        request: Request<pb::SetOverrideRequest>,
+    ) -> Result<Response<pb::SetOverrideResponse>, Status> {
+        let caller = self.authorize(&request, Scope::Write, "SetOverride")?;
+        let req = request.into_inner();
+        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let target = convert::target(req.target)?;
+        let now = self.now();
+        let expires_at = convert::expiry(req.expires_at, req.ttl, now)?;
+        convert::reason(&req.reason)?;
+        self.control.check_target(&target).map_err(control_status)?;
+        self.control.check_room(key_hash).map_err(control_status)?;
+        let record = Override {
+            key_hash,
+            target,
+            expires_at,
+            reason: req.reason,
+            author: caller.who(),
+            updated_at: now,
+        };
+        let previous = match &self.redis {
+            Some(redis) => {
+                let max = self
+                    .control
+                    .config()
+                    .admin
+                    .as_ref()
+                    .map_or(0, |a| a.max_overrides);
+                let previous = redis.set(&record, max).await.map_err(write_status)?;
+                self.control.apply(record.clone());
+                previous
+            }
+            None => self.control.set(record.clone()).map_err(control_status)?,
+        };
+        self.audit.write(
+            &Record::new(&caller, "override.set", now)
+                .key(key_hash)
+                .change(described(previous.as_ref()), record.describe())
+                .reason(&record.reason),
+        );
+        Ok(Response::new(pb::SetOverrideResponse {
+            r#override: Some(self.override_message(&record)),
+            previous: previous.as_ref().map(|o| self.override_message(o)),
+        }))
+    }
+
+    async fn get_override(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::Override>, Status> {
+        self.authorize(&request, Scope::Read, "GetOverride")?;
+        let req = request.into_inner();
+        let key_hash = self.key(&req.key, &req.key_hash)?;
+        match self.control.get(key_hash) {
+            Some(o) => Ok(Response::new(self.override_message(&o))),
+            None => Err(Status::not_found(format!(
+                "key {} has no override",
+                hex(key_hash)
+            ))),
+        }
+    }
+
+    async fn delete_override(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::DeleteOverrideResponse>, Status> {
+        let caller = self.authorize(&request, Scope::Write, "DeleteOverride")?;
+        let req = request.into_inner();
+        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let previous = match &self.redis {
+            Some(redis) => {
+                let previous = redis.delete(key_hash).await.map_err(write_status)?;
+                self.control.remove(key_hash);
+                previous
+            }
+            None => self.control.remove(key_hash),
+        };
+        let now = self.now();
+        let Some(previous) = previous.filter(|o| o.active(now)) else {
+            return Err(Status::not_found(format!(
+                "key {} has no override",
+                hex(key_hash)
+            )));
+        };
+        self.audit.write(
+            &Record::new(&caller, "override.delete", now)
+                .key(key_hash)
+                .change(previous.describe(), "none"),
+        );
+        Ok(Response::new(pb::DeleteOverrideResponse {
+            previous: Some(self.override_message(&previous)),
+        }))
+    }
+
+    async fn list_overrides(
+        &self,
+        request: Request<pb::ListOverridesRequest>,
+    ) -> Result<Response<pb::ListOverridesResponse>, Status> {
+        self.authorize(&request, Scope::Read, "ListOverrides")?;
+        let req = request.into_inner();
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(convert::parse_hash(t).ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token: not a token from a previous page (16 hex digits)",
+                )
+            })?),
+        };
+        let size = match req.page_size {
+            0 => convert::DEFAULT_PAGE,
+            n => (n as usize).min(convert::MAX_PAGE),
+        };
+        let filter = Filter {
+            plan: Some(req.plan).filter(|p| !p.is_empty()),
+            blocked: req.blocked,
+        };
+        let page = self.control.list(&filter, after, size);
+        Ok(Response::new(pb::ListOverridesResponse {
+            overrides: page
+                .overrides
+                .iter()
+                .map(|o| self.override_message(o))
+                .collect(),
+            next_page_token: page.next.map(hex).unwrap_or_default(),
+            total: page.total as u64,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        self.authorize(&request, Scope::Read, "GetUsage")?;
+        let req = request.into_inner();
+        let key_hash = self.key(&req.key, &req.key_hash)?;
+        Ok(Response::new(self.usage(key_hash)))
+    }
+
+    async fn reset_usage(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::ResetUsageResponse>, Status> {
+        let caller = self.authorize(&request, Scope::Write, "ResetUsage")?;
+        let req = request.into_inner();
+        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let now = self.now();
+        let before = {
+            let limiter = self.control.limiter();
+            let snap = limiter.snapshot();
+            convert::usage_summary(&snap.usage(key_hash))
+        };
+        if let Some(redis) = &self.redis {
+            let cells = self.control.limiter().cells_of(key_hash);
+            redis
+                .reset(key_hash, &cells, now)
+                .await
+                .map_err(write_status)?;
+        }
+        let cells = self.control.reset(key_hash);
+        self.audit.write(
+            &Record::new(&caller, "usage.reset", now)
+                .key(key_hash)
+                .change(before, "reset"),
+        );
+        Ok(Response::new(pb::ResetUsageResponse {
+            key_hash: hex(key_hash),
+            cells: cells as u64,
+            usage: Some(self.usage(key_hash)),
+        }))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        self.authorize(&request, Scope::Read, "ListPlans")?;
+        let config = self.control.config();
+        let by_plan = self.control.overrides_by_plan();
+        let plans = config
+            .limits
+            .plans
+            .iter()
+            .map(|p| pb::Plan {
+                name: p.name.clone(),
+                limits: p.limits.iter().map(convert::plan_limit).collect(),
+                is_default: p.name == config.limits.default_plan,
+                static_keys: config
+                    .limits
+                    .keys
+                    .iter()
+                    .filter(|(_, k)| *k == p.name)
+                    .count() as u64,
+                overrides: by_plan.get(&p.name).copied().unwrap_or(0) as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPlansResponse {
+            plans,
+            config: Some(self.version()),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let caller = self.authorize(&request, Scope::Write, "Reload")?;
+        let before = self.control.version();
+        let reloaded = self
+            .reloader
+            .reload(Cause::Admin)
+            .await
+            .map_err(Status::failed_precondition)?;
+        if reloaded.changed {
+            self.audit
+                .write(&Record::new(&caller, "config.reload", self.now()).change(
+                    format!("version {} ({})", before.number, before.short_digest()),
+                    format!(
+                        "version {} ({})",
+                        reloaded.version.number,
+                        reloaded.version.short_digest()
+                    ),
+                ));
+        }
+        Ok(Response::new(pb::ReloadResponse {
+            config: Some(self.version()),
+            changed: reloaded.changed,
+            restart_needed: reloaded
+                .restart_needed
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }))
+    }
+}

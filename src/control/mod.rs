@@ -1,0 +1,518 @@
+//! The node's control plane: what operators change while it serves, and
+//! the one place that changes it.
+//!
+//! [`Control`] holds the config in effect (swapped by a reload, read by
+//! the front doors and the admin API through [`Control::live`]) and the
+//! operators' overrides, and builds a new limits [`Table`] whenever either
+//! changes, which it swaps into the [`Limiter`]: checks in flight finish
+//! on the old table, the next ones use the new one, and none waits. A
+//! change of the overrides rebuilds only their part of the table (one map
+//! of at most `admin.max_overrides` entries); the config's part is shared.
+//!
+//! A reload is validated before anything changes: a config that does not
+//! load, or that drops a plan overrides still give, leaves everything as
+//! it was and is counted as a failure ([`Control::stats`]). Settings only
+//! a restart can apply (listeners, store, Redis) are reported, and the
+//! rest applies.
+//!
+//! Without Redis, overrides live only in this node's memory (lost on
+//! restart); with Redis, [`crate::sync::overrides`] keeps every node's
+//! copy equal to Redis's and calls [`Control::apply`] and friends.
+//! [`reload`] watches the files and runs reloads.
+
+pub mod reload;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::core::{Limiter, Nanos};
+use crate::limits::overrides::OVERRIDE_PLAN;
+use crate::limits::{Override, Table, TableError, Target};
+
+/// The config in effect, shared by everyone who reads settings per
+/// request; a reload stores a new one.
+pub type LiveConfig = Arc<ArcSwap<Config>>;
+
+/// Which config is in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigVersion {
+    /// 1 at start, one more on each reload that changed something.
+    pub number: u64,
+    /// SHA-256 (hex) of the files in effect ([`reload::fingerprint`]).
+    pub digest: String,
+    /// When it was loaded (Unix ns).
+    pub loaded_at: Nanos,
+}
+
+impl ConfigVersion {
+    /// The first 12 hex digits of the digest: enough to tell versions
+    /// apart in logs and listings.
+    pub fn short_digest(&self) -> &str {
+        self.digest.get(..12).unwrap_or(&self.digest)
+    }
+}
+
+/// Reloads so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    /// Reloads that took effect (or found nothing changed).
+    pub ok: u64,
+    /// Reloads refused (the running config stayed).
+    pub failed: u64,
+    /// Why the last refused reload was refused.
+    pub last_error: Option<String>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The version in effect now.
+    pub version: ConfigVersion,
+    /// Whether the files differed from the config in effect.
+    pub changed: bool,
+    /// Changed settings that take effect only on restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Why a change was refused. Messages are one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// An override names a plan the config does not have.
+    #[error("plan: unknown plan '{plan}' (defined plans: {known})")]
+    UnknownPlan {
+        /// The name given.
+        plan: String,
+        /// The config's plans, comma-separated.
+        known: String,
+    },
+    /// `admin.max_overrides` overrides are in force already.
+    #[error("too many overrides: {max} are in force (admin.max_overrides); delete some first")]
+    TooMany {
+        /// The cap.
+        max: usize,
+    },
+    /// Strict limits need Redis.
+    #[error("limits: strict limits are decided in Redis, and this node has no redis section")]
+    StrictWithoutRedis,
+    /// A reload would leave overrides without their plan.
+    #[error(
+        "plan '{plan}' is gone from the new config but {count} override(s) still give it: delete or change them first (quotactl override ls --plan {plan})"
+    )]
+    OrphanedOverrides {
+        /// The plan.
+        plan: String,
+        /// Overrides giving it.
+        count: usize,
+    },
+    /// The new config's table could not be built.
+    #[error("{0}")]
+    Table(#[from] TableError),
+}
+
+/// Which overrides a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only those giving this plan (`override` for own limits).
+    pub plan: Option<String>,
+    /// Only blocks.
+    pub blocked: bool,
+}
+
+impl Filter {
+    fn matches(&self, o: &Override) -> bool {
+        if self.blocked && o.target != Target::Block {
+            return false;
+        }
+        match &self.plan {
+            Some(p) => o.plan_name() == Some(p.as_str()),
+            None => true,
+        }
+    }
+}
+
+/// One page of overrides.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The overrides, by key hash.
+    pub overrides: Vec<Override>,
+    /// The last key hash of this page when there are more.
+    pub next: Option<u64>,
+    /// Overrides in force in all (matching or not).
+    pub total: usize,
+}
+
+/// See the module docs.
+pub struct Control {
+    limiter: Arc<Limiter>,
+    config: LiveConfig,
+    state: Mutex<State>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+/// What a table is rebuilt from.
+struct State {
+    /// The config's table, without overrides.
+    base: Table,
+    /// Every override, by key hash (ordered, for paging).
+    records: BTreeMap<u64, Override>,
+    version: ConfigVersion,
+}
+
+impl Control {
+    /// Control over `limiter`, whose table was built from `config` (whose
+    /// files had fingerprint `digest`).
+    pub fn new(limiter: Arc<Limiter>, config: Config, digest: String) -> Arc<Control> {
+        let base = limiter.snapshot().table().clone();
+        let version = ConfigVersion {
+            number: 1,
+            digest,
+            loaded_at: limiter.now(),
+        };
+        Arc::new(Control {
+            limiter,
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            state: Mutex::new(State {
+                base,
+                records: BTreeMap::new(),
+                version,
+            }),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The config in effect, as a handle that follows reloads.
+    pub fn live(&self) -> LiveConfig {
+        Arc::clone(&self.config)
+    }
+
+    /// The config in effect now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The engine.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Which config is in effect.
+    pub fn version(&self) -> ConfigVersion {
+        self.lock().version.clone()
+    }
+
+    /// Reloads so far.
+    pub fn stats(&self) -> ReloadStats {
+        ReloadStats {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Counts a refused reload and remembers why.
+    pub fn note_failure(&self, why: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it cannot leave the state half-changed:
+        // every change is built aside and assigned at the end.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks that the config in effect can give `target`.
+    pub fn check_target(&self, target: &Target) -> Result<(), ControlError> {
+        let config = self.config.load();
+        match target {
+            Target::Plan(name) => {
+                if config.limits.plan(name).is_none() {
+                    let known: Vec<&str> = config
+                        .limits
+                        .plans
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
+                    return Err(ControlError::UnknownPlan {
+                        plan: name.clone(),
+                        known: known.join(", "),
+                    });
+                }
+            }
+            Target::Limits(l) => {
+                if config.redis.is_none() && l.plan().limits.iter().any(|l| l.strict) {
+                    return Err(ControlError::StrictWithoutRedis);
+                }
+            }
+            Target::Block => {}
+        }
+        Ok(())
+    }
+
+    /// Checks that one more override for `key_hash` fits under
+    /// `admin.max_overrides` (replacing one always fits).
+    pub fn check_room(&self, key_hash: u64) -> Result<(), ControlError> {
+        let max = self.max_overrides();
+        let st = self.lock();
+        if !st.records.contains_key(&key_hash) && st.records.len() >= max {
+            return Err(ControlError::TooMany { max });
+        }
+        Ok(())
+    }
+
+    fn max_overrides(&self) -> usize {
+        self.config
+            .load()
+            .admin
+            .as_ref()
+            .map_or(crate::config::admin::DEFAULT_MAX_OVERRIDES, |a| {
+                a.max_overrides
+            })
+    }
+
+    /// An operator's override: checked against the config in effect and
+    /// the cap, then in force on this node at once. Returns the one it
+    /// replaced.
+    pub fn set(&self, record: Override) -> Result<Option<Override>, ControlError> {
+        self.check_target(&record.target)?;
+        self.check_room(record.key_hash)?;
+        Ok(self.apply(record))
+    }
+
+    /// An override as another node set it (through Redis): in force here
+    /// at once, unchecked (a plan this node lacks leaves the key on its
+    /// usual plan, and is reported). Returns the one it replaced.
+    pub fn apply(&self, record: Override) -> Option<Override> {
+        let mut st = self.lock();
+        let old = st.records.insert(record.key_hash, record);
+        self.install(&st);
+        old
+    }
+
+    /// Removes `key_hash`'s override; returns it.
+    pub fn remove(&self, key_hash: u64) -> Option<Override> {
+        let mut st = self.lock();
+        let old = st.records.remove(&key_hash);
+        if old.is_some() {
+            self.install(&st);
+        }
+        old
+    }
+
+    /// Replaces every override (a node catching up with Redis).
+    pub fn replace_all(&self, records: impl IntoIterator<Item = Override>) {
+        let mut st = self.lock();
+        st.records = records.into_iter().map(|o| (o.key_hash, o)).collect();
+        self.install(&st);
+    }
+
+    /// Drops overrides that ended by `now` (they already stopped
+    /// applying when they ended); returns how many.
+    pub fn expire(&self, now: Nanos) -> usize {
+        let mut st = self.lock();
+        let before = st.records.len();
+        st.records.retain(|_, o| o.active(now));
+        let gone = before - st.records.len();
+        if gone > 0 {
+            self.install(&st);
+        }
+        gone
+    }
+
+    /// `key_hash`'s override, if one is in force.
+    pub fn get(&self, key_hash: u64) -> Option<Override> {
+        let now = self.limiter.now();
+        self.lock()
+            .records
+            .get(&key_hash)
+            .filter(|o| o.active(now))
+            .cloned()
+    }
+
+    /// Whether this node's config has the plan `o` gives.
+    pub fn resolved(&self, o: &Override) -> bool {
+        match &o.target {
+            Target::Plan(p) => self.config.load().limits.plan(p).is_some(),
+            Target::Limits(_) | Target::Block => true,
+        }
+    }
+
+    /// Up to `limit` overrides in force matching `filter`, with key hashes
+    /// after `after`, in key hash order.
+    pub fn list(&self, filter: &Filter, after: Option<u64>, limit: usize) -> Page {
+        let now = self.limiter.now();
+        let st = self.lock();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = st
+            .records
+            .range((from, Bound::Unbounded))
+            .map(|(_, o)| o)
+            .filter(|o| o.active(now) && filter.matches(o));
+        let overrides: Vec<Override> = matching.by_ref().take(limit).cloned().collect();
+        let next = match matching.next() {
+            Some(_) => overrides.last().map(|o| o.key_hash),
+            None => None,
+        };
+        let total = st.records.values().filter(|o| o.active(now)).count();
+        Page {
+            overrides,
+            next,
+            total,
+        }
+    }
+
+    /// How many overrides in force give each plan (by plan name;
+    /// `override` for own limits; blocks are not counted).
+    pub fn overrides_by_plan(&self) -> BTreeMap<String, usize> {
+        let now = self.limiter.now();
+        let mut out = BTreeMap::new();
+        for o in self.lock().records.values().filter(|o| o.active(now)) {
+            if let Some(p) = o.plan_name() {
+                *out.entry(p.to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Forgets what `key_hash` spent against its plan on this node;
+    /// returns the cells dropped.
+    pub fn reset(&self, key_hash: u64) -> usize {
+        self.limiter.reset(key_hash)
+    }
+
+    /// Puts `config` (loaded from files with fingerprint `digest`) in
+    /// effect, after checking it keeps every plan an override gives. On
+    /// error nothing changes. A config with the same fingerprint as the
+    /// one in effect changes nothing.
+    pub fn reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
+        let result = self.try_reload(config, digest);
+        match &result {
+            Ok(_) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.note_failure(&e.to_string()),
+        }
+        result
+    }
+
+    fn try_reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
+        let base = config
+            .limits
+            .table(self.limiter.hasher())?
+            .with_rls(config.rls.clone());
+        let now = self.limiter.now();
+        let mut st = self.lock();
+        let mut orphans: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in st.records.values().filter(|o| o.active(now)) {
+            if let Target::Plan(p) = &o.target
+                && base.plan_id(p).is_none()
+            {
+                *orphans.entry(p.as_str()).or_default() += 1;
+            }
+        }
+        if let Some((plan, count)) = orphans.into_iter().next() {
+            return Err(ControlError::OrphanedOverrides {
+                plan: plan.to_owned(),
+                count,
+            });
+        }
+        let old = self.config.load_full();
+        let restart_needed = restart_only_changes(&old, &config);
+        if *old == config {
+            // The same settings (a comment changed, or nothing): only the
+            // files' fingerprint is new.
+            st.version.digest = digest;
+            return Ok(Reloaded {
+                version: st.version.clone(),
+                changed: false,
+                restart_needed,
+            });
+        }
+        self.config.store(Arc::new(config));
+        st.base = base;
+        st.version = ConfigVersion {
+            number: st.version.number + 1,
+            digest,
+            loaded_at: now,
+        };
+        self.install(&st);
+        Ok(Reloaded {
+            version: st.version.clone(),
+            changed: true,
+            restart_needed,
+        })
+    }
+
+    /// Builds the table from `st` and swaps it in.
+    fn install(&self, st: &State) {
+        let now = self.limiter.now();
+        let (table, unresolved) = st.base.with_overrides(st.records.values(), now);
+        if let Some(first) = unresolved.first() {
+            tracing::warn!(
+                overrides = unresolved.len(),
+                first_key = format_args!("{:016x}", first.key_hash),
+                plan = first.plan_name().unwrap_or(OVERRIDE_PLAN),
+                "overrides name a plan this node's config lacks; their keys stay on their usual plans here"
+            );
+        }
+        self.limiter.swap_table(table);
+    }
+}
+
+/// The settings that differ between `old` and `new` and that only a
+/// restart applies: the listeners (and whether they use TLS), the store,
+/// Redis, the admin API's listener and audit file.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.server, &new.server);
+    if o.grpc_addr != n.grpc_addr {
+        out.push("server.grpc_addr");
+    }
+    if o.http_addr != n.http_addr {
+        out.push("server.http_addr");
+    }
+    if o.tls.is_some() != n.tls.is_some() {
+        out.push("server.tls");
+    }
+    if old.store != new.store {
+        out.push("store");
+    }
+    if old.redis != new.redis {
+        out.push("redis");
+    }
+    match (&old.admin, &new.admin) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            if a.addr != b.addr {
+                out.push("admin.addr");
+            }
+            if a.tls.is_some() != b.tls.is_some() {
+                out.push("admin.tls");
+            }
+            if a.audit_file != b.audit_file {
+                out.push("admin.audit_file");
+            }
+        }
+        _ => out.push("admin"),
+    }
+    out
+}

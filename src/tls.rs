@@ -1,0 +1,259 @@
+//! TLS for quotad's gRPC listeners (rustls with ring): a server config
+//! built from PEM files, with optional client-certificate verification
+//! (mTLS); an [`Acceptor`] whose config is swapped on reload, so a renewed
+//! certificate serves new connections while open ones go on; the accept
+//! loop that hands finished handshakes to tonic; and the subject of a
+//! peer's certificate, for the audit log.
+//!
+//! Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`], at
+//! most [`MAX_HANDSHAKES`] at once (beyond, new connections are closed),
+//! so slow or silent clients cannot pile up; a failed handshake (a client
+//! without a certificate under mTLS, an untrusted one, plain text on a
+//! TLS port) closes that connection and is logged at debug level.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, per listener.
+pub const MAX_HANDSHAKES: usize = 1_024;
+
+/// A listener's certificate, key and optional client CA, as PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The certificate chain, leaf first.
+    pub cert: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1). `Debug` hides it.
+    pub key: Vec<u8>,
+    /// CA certificates clients must present a certificate from (mTLS);
+    /// `None` asks clients for none.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("cert", &format_args!("<{} bytes>", self.cert.len()))
+            .field("key", &format_args!("<redacted>"))
+            .field("client_ca", &self.client_ca.as_ref().map(|c| c.len()))
+            .finish()
+    }
+}
+
+/// Why TLS material could not be used. Each names the part at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate chain.
+    #[error("{0}")]
+    Cert(String),
+    /// The private key, or its match with the certificate.
+    #[error("{0}")]
+    Key(String),
+    /// The client CA.
+    #[error("{0}")]
+    ClientCa(String),
+}
+
+/// Builds a server config for HTTP/2 (gRPC) from `pem`.
+pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert(format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert("holds no PEM certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&pem.key)
+        .map_err(|e| TlsError::Key(format!("not a PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Cert(e.to_string()))?;
+    let builder = match &pem.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let mut any = false;
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert =
+                    cert.map_err(|e| TlsError::ClientCa(format!("not a PEM certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::ClientCa(format!("not a usable CA certificate: {e}")))?;
+                any = true;
+            }
+            if !any {
+                return Err(TlsError::ClientCa("holds no PEM certificate".into()));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            TlsError::Key("does not match the certificate (cert_file)".into())
+        }
+        other => TlsError::Key(other.to_string()),
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A listener's TLS config, replaceable while it serves.
+#[derive(Debug)]
+pub struct Acceptor {
+    current: ArcSwap<ServerConfig>,
+}
+
+impl Acceptor {
+    /// An acceptor for `pem`.
+    pub fn new(pem: &TlsPem) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: ArcSwap::new(server_config(pem)?),
+        })
+    }
+
+    /// Serves new connections with `pem` from now on; open ones keep the
+    /// config they were made with. On error the old config stays.
+    pub fn replace(&self, pem: &TlsPem) -> Result<(), TlsError> {
+        self.current.store(server_config(pem)?);
+        Ok(())
+    }
+
+    /// Accepts connections on `listener` and yields those whose handshake
+    /// succeeded, until the stream is dropped (the server stopped
+    /// accepting). Runs as a task of its own.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+        what: &'static str,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            loop {
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a
+                        // little rather than spin.
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::debug!(listener = what, %peer, "too many TLS handshakes in progress; connection closed");
+                    continue;
+                };
+                tune(&tcp);
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.current.load_full());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = what, %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = what, %peer, "TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Nagle off (answers are small and latency-critical) and TCP keepalive
+/// so dead peers are noticed, as for plain connections.
+pub fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// The subject of a peer's leaf certificate, as `CN=alice, O=ops`.
+pub fn peer_subject(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let subject = cert.subject().to_string();
+    // One line, whatever the certificate says.
+    Some(subject.chars().filter(|c| !c.is_control()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn self_signed(name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn builds_from_matching_pem_and_names_what_is_wrong() {
+        let (cert, key) = self_signed("localhost");
+        let (other_cert, other_key) = self_signed("other");
+        let pem = |cert: &str, key: &str, ca: Option<&str>| TlsPem {
+            cert: cert.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec(),
+            client_ca: ca.map(|c| c.as_bytes().to_vec()),
+        };
+        let ok = server_config(&pem(&cert, &key, None)).unwrap();
+        assert_eq!(ok.alpn_protocols, [b"h2".to_vec()]);
+        assert!(server_config(&pem(&cert, &key, Some(&other_cert))).is_ok());
+        assert_eq!(
+            server_config(&pem(&cert, &other_key, None)).unwrap_err(),
+            TlsError::Key("does not match the certificate (cert_file)".into())
+        );
+        assert_eq!(
+            server_config(&pem("nothing here", &key, None)).unwrap_err(),
+            TlsError::Cert("holds no PEM certificate".into())
+        );
+        assert!(matches!(
+            server_config(&pem(&cert, "garbage", None)),
+            Err(TlsError::Key(_))
+        ));
+        assert_eq!(
+            server_config(&pem(&cert, &key, Some("none"))).unwrap_err(),
+            TlsError::ClientCa("holds no PEM certificate".into())
+        );
+        let debug = format!("{:?}", pem(&cert, &key, None));
+        assert!(!debug.contains("PRIVATE"), "{debug}");
+    }
+
+    #[test]
+    fn peer_subject_reads_the_leaf_certificate() {
+        let (cert, _) = self_signed("alice");
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(peer_subject(&[der]).as_deref(), Some("CN=alice"));
+        assert_eq!(peer_subject(&[]), None);
+    }
+}
