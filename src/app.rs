@@ -536,34 +536,35 @@ fn reloader(
         }
     });
     let mut reloader = Reloader::new(Arc::clone(control), loader);
-    if let Some(tls) = &grpc.tls {
-        let tls = Arc::clone(tls);
-        reloader.on_reload(Box::new(move |c: &Config| {
-            if let Some(files) = &c.server.tls {
-                renew(&tls, files, "server.tls");
-            }
-        }));
-    }
-    if let Some(tls) = admin.and_then(|a| a.tls.clone()) {
-        reloader.on_reload(Box::new(move |c: &Config| {
-            if let Some(files) = c.admin.as_ref().and_then(|a| a.tls.as_ref()) {
-                renew(&tls, files, "admin.tls");
-            }
-        }));
+    let server_tls: fn(&Config) -> Option<&TlsFiles> = |c| c.server.tls.as_ref();
+    let admin_tls: fn(&Config) -> Option<&TlsFiles> =
+        |c| c.admin.as_ref().and_then(|a| a.tls.as_ref());
+    let listeners = [
+        (Some(grpc), "server.tls", server_tls),
+        (admin, "admin.tls", admin_tls),
+    ];
+    for (listener, section, files_of) in listeners {
+        if let Some(tls) = listener.and_then(|l| l.tls.clone()) {
+            reloader.on_reload(Box::new(move |c: &Config| {
+                if let Some(files) = files_of(c) {
+                    renew(&tls, files, section);
+                }
+            }));
+        }
     }
     reloader
 }
 
 /// Gives `tls` the certificate in `files` (already checked by the config).
-fn renew(tls: &Acceptor, files: &TlsFiles, what: &str) {
+fn renew(tls: &Acceptor, files: &TlsFiles, section: &str) {
     match tls.replace(&files.pem) {
         Ok(()) => tracing::info!(
-            section = what,
+            section,
             cert = %files.cert_file.display(),
             "TLS certificate in use for new connections"
         ),
         Err(e) => {
-            tracing::error!(section = what, error = %e, "TLS certificate refused; the old one stays")
+            tracing::error!(section, error = %e, "TLS certificate refused; the old one stays")
         }
     }
 }
@@ -581,9 +582,6 @@ fn details(control: &Arc<Control>) -> telemetry::Details {
             stats.ok,
             stats.failed
         );
-        if let Some(e) = &stats.last_error {
-            out.push_str(&format!("config: last reload refused: {e}\n"));
-        }
         let overrides = control.limiter().snapshot().table().overrides();
         out.push_str(&format!("overrides: {overrides} in force\n"));
         out

@@ -198,8 +198,8 @@ pub fn peer_subject(certs: &[CertificateDer<'_>]) -> Option<String> {
     let leaf = certs.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let subject = cert.subject().to_string();
-    // One line, whatever the certificate says.
-    Some(subject.chars().filter(|c| !c.is_control()).collect())
+    // Plain text on one line, whatever the certificate says.
+    Some(crate::limits::overrides::printable(&subject))
 }
 
 #[cfg(test)]

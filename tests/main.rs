@@ -3,6 +3,8 @@
 
 mod support;
 
+/// The admin API: tokens and scopes, overrides, usage, reset, audit.
+mod admin;
 /// Caller mistakes get INVALID_ARGUMENT naming the field.
 mod bad_input;
 /// The `quotad` binary: check-config, exit code 64, SIGTERM.

@@ -44,6 +44,9 @@ pub struct Record {
     /// The operator's reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `done`, or why it may not have been (Redis did not confirm it: it
+    /// may or may not have happened).
+    pub outcome: String,
 }
 
 impl Record {
@@ -58,12 +61,19 @@ impl Record {
             old: None,
             new: None,
             reason: None,
+            outcome: "done".to_owned(),
         }
+    }
+
+    /// Not confirmed: `why`.
+    pub fn unconfirmed(mut self, why: &str) -> Self {
+        self.outcome = format!("unconfirmed: {why}");
+        self
     }
 
     /// About the key with hash `key_hash`.
     pub fn key(mut self, key_hash: u64) -> Self {
-        self.key_hash = Some(format!("{key_hash:016x}"));
+        self.key_hash = Some(crate::core::hash::hex16(key_hash));
         self
     }
 
@@ -116,6 +126,7 @@ impl Audit {
             old = record.old.as_deref().unwrap_or("-"),
             new = record.new.as_deref().unwrap_or("-"),
             reason = record.reason.as_deref().unwrap_or("-"),
+            outcome = %record.outcome,
             "admin change"
         );
         let Some(file) = &self.file else { return };
@@ -163,6 +174,7 @@ mod tests {
         assert_eq!(lines[0]["old"], "none");
         assert_eq!(lines[0]["new"], "plan gold");
         assert_eq!(lines[0]["reason"], "ticket 7");
+        assert_eq!(lines[0]["outcome"], "done");
         assert_eq!(lines[1]["action"], "config.reload");
         assert!(lines[1].get("key_hash").is_none());
     }

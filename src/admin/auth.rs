@@ -28,12 +28,24 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// How the audit log names it: `ops-alice`, or `ops-alice (CN=alice)`.
+    /// How the audit log and overrides name it: `ops-alice`, or
+    /// `ops-alice (CN=alice, O=ops)`, cut to fit
+    /// [`MAX_AUTHOR_BYTES`](crate::limits::overrides::MAX_AUTHOR_BYTES).
     pub fn who(&self) -> String {
-        match &self.cert_subject {
+        let mut who = match &self.cert_subject {
             Some(s) => format!("{} ({s})", self.token),
             None => self.token.clone(),
+        };
+        let max = crate::limits::overrides::MAX_AUTHOR_BYTES;
+        if who.len() > max {
+            let mut cut = max - 3;
+            while !who.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            who.truncate(cut);
+            who.push_str("...");
         }
+        who
     }
 }
 
@@ -100,10 +112,7 @@ fn matching<'t>(tokens: &'t [AdminToken], token: &str) -> Option<&'t AdminToken>
 
 /// The hex SHA-256 of `token`: what `admin.tokens[].sha256` holds.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::core::hash::hex(&Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

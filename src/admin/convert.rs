@@ -60,7 +60,7 @@ pub fn parse_hash(hex: &str) -> Option<u64> {
 
 /// The hex form of a key hash.
 pub fn hex(key_hash: u64) -> String {
-    format!("{key_hash:016x}")
+    crate::core::hash::hex16(key_hash)
 }
 
 /// What a `SetOverrideRequest` asks for.

@@ -4,12 +4,17 @@
 //! change is written to the audit trail ([`audit`]) with the state before
 //! and after, and every refusal names the field ([`convert`]). Changes go
 //! through [`Control`], which swaps a new table into the limiter: the
-//! next check of the key sees them. With Redis, overrides and resets are
-//! first stored in Redis ([`crate::sync::overrides`]), so every node
-//! applies them within a second and a restarted node finds them; if Redis
-//! does not take a change, the call fails with `UNAVAILABLE` and nothing
-//! changes anywhere. Without Redis they live in this node only, and are
-//! lost when it restarts.
+//! next check of the key sees them.
+//!
+//! With Redis, overrides and resets are stored in Redis
+//! ([`crate::sync::overrides`]) and applied by every node, this one
+//! included, in Redis's order, within a second; a restarted node finds
+//! them. The call returns once this node has applied the change. If Redis
+//! refuses it, the call fails and nothing changed; if Redis's answer is
+//! lost, the call fails with `UNAVAILABLE`, the change may have been made
+//! (read it back), and the audit record says it was not confirmed.
+//! Without Redis, overrides live in this node only, and are lost when it
+//! restarts.
 
 pub mod audit;
 pub mod auth;
@@ -109,15 +114,25 @@ fn control_status(e: ControlError) -> Status {
     }
 }
 
-fn write_status(e: WriteError) -> Status {
-    match e {
-        WriteError::Full(_) => Status::resource_exhausted(e.to_string()),
-        WriteError::Unavailable(_) => Status::unavailable(e.to_string()),
+impl AdminService {
+    /// The status for a change Redis did not take: refused (nothing
+    /// changed), or not confirmed, which the audit trail records since
+    /// the change may have been made.
+    fn unconfirmed(&self, record: Record, e: WriteError) -> Status {
+        match e {
+            WriteError::Full(_) => Status::resource_exhausted(e.to_string()),
+            WriteError::Unavailable(_) => {
+                self.audit.write(&record.unconfirmed(&e.to_string()));
+                Status::unavailable(e.to_string())
+            }
+        }
     }
 }
 
-fn described(o: Option<&Override>) -> String {
-    o.map_or_else(|| "none".to_owned(), Override::describe)
+/// An override as the audit log shows it (one that had ended is `none`).
+fn described(o: Option<&Override>, now: crate::core::Nanos) -> String {
+    o.filter(|o| o.active(now))
+        .map_or_else(|| "none".to_owned(), Override::describe)
 }
 
 #[tonic::async_trait]
@@ -133,8 +148,6 @@ impl QuotaAdmin for AdminService {
         let now = self.now();
         let expires_at = convert::expiry(req.expires_at, req.ttl, now)?;
         convert::reason(&req.reason)?;
-        self.control.check_target(&target).map_err(control_status)?;
-        self.control.check_room(key_hash).map_err(control_status)?;
         let record = Override {
             key_hash,
             target,
@@ -143,26 +156,37 @@ impl QuotaAdmin for AdminService {
             author: caller.who(),
             updated_at: now,
         };
+        // What every node will read back, checked as they will check it.
+        Override::from_json(key_hash, &record.to_json())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let audit = |previous: Option<&Override>| {
+            Record::new(&caller, "override.set", now)
+                .key(key_hash)
+                .change(described(previous, now), record.describe())
+                .reason(&record.reason)
+        };
         let previous = match &self.redis {
             Some(redis) => {
+                // Checked here first for a clear answer; Redis enforces
+                // the cap for every node together.
+                self.control
+                    .check_target(&record.target)
+                    .map_err(control_status)?;
+                self.control.check_room(key_hash).map_err(control_status)?;
                 let max = self
                     .control
                     .config()
                     .admin
                     .as_ref()
                     .map_or(0, |a| a.max_overrides);
-                let previous = redis.set(&record, max).await.map_err(write_status)?;
-                self.control.apply(record.clone());
-                previous
+                match redis.set(&record, max).await {
+                    Ok(previous) => previous,
+                    Err(e) => return Err(self.unconfirmed(audit(None), e)),
+                }
             }
             None => self.control.set(record.clone()).map_err(control_status)?,
         };
-        self.audit.write(
-            &Record::new(&caller, "override.set", now)
-                .key(key_hash)
-                .change(described(previous.as_ref()), record.describe())
-                .reason(&record.reason),
-        );
+        self.audit.write(&audit(previous.as_ref()));
         Ok(Response::new(pb::SetOverrideResponse {
             r#override: Some(self.override_message(&record)),
             previous: previous.as_ref().map(|o| self.override_message(o)),
@@ -192,15 +216,18 @@ impl QuotaAdmin for AdminService {
         let caller = self.authorize(&request, Scope::Write, "DeleteOverride")?;
         let req = request.into_inner();
         let key_hash = self.key(&req.key, &req.key_hash)?;
+        let now = self.now();
         let previous = match &self.redis {
-            Some(redis) => {
-                let previous = redis.delete(key_hash).await.map_err(write_status)?;
-                self.control.remove(key_hash);
-                previous
-            }
+            Some(redis) => match redis.delete(key_hash).await {
+                Ok(previous) => previous,
+                Err(e) => {
+                    let record = Record::new(&caller, "override.delete", now).key(key_hash);
+                    return Err(self.unconfirmed(record, e));
+                }
+            },
             None => self.control.remove(key_hash),
         };
-        let now = self.now();
+        // An override that had ended was gone already.
         let Some(previous) = previous.filter(|o| o.active(now)) else {
             return Err(Status::not_found(format!(
                 "key {} has no override",
@@ -210,7 +237,7 @@ impl QuotaAdmin for AdminService {
         self.audit.write(
             &Record::new(&caller, "override.delete", now)
                 .key(key_hash)
-                .change(previous.describe(), "none"),
+                .change(described(Some(&previous), now), "none"),
         );
         Ok(Response::new(pb::DeleteOverrideResponse {
             previous: Some(self.override_message(&previous)),
@@ -274,19 +301,23 @@ impl QuotaAdmin for AdminService {
             let snap = limiter.snapshot();
             convert::usage_summary(&snap.usage(key_hash))
         };
-        if let Some(redis) = &self.redis {
-            let cells = self.control.limiter().cells_of(key_hash);
-            redis
-                .reset(key_hash, &cells, now)
-                .await
-                .map_err(write_status)?;
-        }
-        let cells = self.control.reset(key_hash);
-        self.audit.write(
-            &Record::new(&caller, "usage.reset", now)
-                .key(key_hash)
-                .change(before, "reset"),
-        );
+        let record = Record::new(&caller, "usage.reset", now)
+            .key(key_hash)
+            .change(before, "reset");
+        let limiter = self.control.limiter();
+        let cells = match &self.redis {
+            Some(redis) => {
+                // Every node resets when Redis announces it, this one too.
+                let tracked = limiter.tracked_cells(key_hash);
+                let cells = limiter.cells_of(key_hash);
+                if let Err(e) = redis.reset(key_hash, &cells, now).await {
+                    return Err(self.unconfirmed(record, e));
+                }
+                tracked
+            }
+            None => self.control.reset(key_hash),
+        };
+        self.audit.write(&record);
         Ok(Response::new(pb::ResetUsageResponse {
             key_hash: hex(key_hash),
             cells: cells as u64,

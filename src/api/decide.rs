@@ -5,7 +5,7 @@
 //! [`Limiter::check`].
 
 use crate::config::OnRedisError;
-use crate::core::{self, Decision, DenyReason, Limiter};
+use crate::core::{self, Decision, DenyReason, Limiter, Snapshot};
 use crate::sync::strict::StrictClient;
 
 /// Strict mode as the front doors use it.
@@ -17,40 +17,45 @@ pub struct Strict {
     pub on_error: OnRedisError,
 }
 
-/// Decides `req`.
-pub async fn decide(
-    limiter: &Limiter,
+/// Decides `req`; returns the decision and the snapshot of the table it
+/// was made against, which the answer must be rendered with (its policy
+/// names a plan of that table).
+pub async fn decide<'l>(
+    limiter: &'l Limiter,
     strict: Option<&Strict>,
     req: &core::Request<'_>,
-) -> Decision {
-    let Some(strict) = strict.filter(|_| limiter.snapshot().table().has_strict()) else {
-        return limiter.check(req);
+) -> (Decision, Snapshot<'l>) {
+    let snap = limiter.snapshot();
+    let job = match strict {
+        Some(strict) if snap.table().has_strict() => snap.strict_job(req).map(|j| (strict, j)),
+        _ => None,
+    };
+    let Some((strict, job)) = job else {
+        let d = snap.check(req);
+        return (d, snap);
     };
     // The snapshot is not held across the wait: a job carries what it
     // needs, and the answer is read against the table of its time.
-    let Some(job) = limiter.snapshot().strict_job(req) else {
-        return limiter.check(req);
-    };
-    match strict.client.check(job.clone()).await {
+    drop(snap);
+    let answer = strict.client.check(job.clone()).await;
+    let snap = limiter.snapshot();
+    let d = match answer {
         // The table changed while Redis answered: Redis's verdict stands
         // (it charged, or not), without the numbers of the old table.
-        Ok((ok, before)) => limiter
-            .snapshot()
-            .strict_decision(&job, ok, &before)
-            .unwrap_or(Decision {
-                allowed: ok,
-                reason: if ok {
-                    DenyReason::None
-                } else {
-                    DenyReason::Limited
-                },
-                retry_after: Some(if ok { 0 } else { 1_000_000 }),
-                ..Decision::UNLIMITED
-            }),
+        Ok((ok, before)) => snap.strict_decision(&job, ok, &before).unwrap_or(Decision {
+            allowed: ok,
+            reason: if ok {
+                DenyReason::None
+            } else {
+                DenyReason::Limited
+            },
+            retry_after: Some(if ok { 0 } else { 1_000_000 }),
+            ..Decision::UNLIMITED
+        }),
         Err(e) => {
             tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
             match strict.on_error {
-                OnRedisError::Local => limiter.check(req),
+                OnRedisError::Local => snap.check(req),
                 OnRedisError::Allow => Decision::UNLIMITED,
                 OnRedisError::Deny => Decision {
                     allowed: false,
@@ -60,5 +65,6 @@ pub async fn decide(
                 },
             }
         }
-    }
+    };
+    (d, snap)
 }

@@ -414,6 +414,8 @@ fn unlimited_status() -> DescriptorStatus {
 
 impl EnvoyRlsService {
     /// Counts one resolved descriptor.
+    /// `decided` is a plan's strict decision, made (and rendered) with
+    /// its own snapshot.
     fn apply<'a>(
         &self,
         snap: &'a Snapshot<'_>,
@@ -421,7 +423,7 @@ impl EnvoyRlsService {
         domain: &str,
         d: &Desc<'_>,
         r: &'a Resolved<'_>,
-        decided: Option<Decision>,
+        decided: Option<&'a (Decision, Snapshot<'_>)>,
     ) -> Outcome<'a> {
         match r {
             Resolved::Nothing => Outcome {
@@ -445,17 +447,18 @@ impl EnvoyRlsService {
                 let name = rule.map_or("", |r| r.name.as_str());
                 limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
             }
-            Resolved::Plan(api_key) => {
-                let decision = decided.unwrap_or_else(|| {
+            Resolved::Plan(api_key) => match decided {
+                Some((decision, made_with)) => planned(made_with, decision),
+                None => {
                     let req = self.plan_request(key_entry, api_key, d);
-                    if d.refund {
+                    let decision = if d.refund {
                         snap.refund(&req)
                     } else {
                         snap.check(&req)
-                    }
-                });
-                planned(snap, &decision)
-            }
+                    };
+                    planned(snap, &decision)
+                }
+            },
         }
     }
 
@@ -484,7 +487,7 @@ impl EnvoyRlsService {
         strict: &Strict,
         key_entry: &str,
         descs: &[Desc<'_>],
-    ) -> Vec<Option<Decision>> {
+    ) -> Vec<Option<(Decision, Snapshot<'_>)>> {
         let jobs = descs.iter().map(|d| async move {
             match d.api_key {
                 Some(key) if d.limit.is_none() && !d.refund => {
@@ -513,7 +516,7 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let req = request.into_inner();
-        let config = self.config.load_full();
+        let config = self.config.load();
         let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
         if req.domain.is_empty() {
             return Err(RequestError::Empty {
@@ -573,7 +576,7 @@ impl RateLimitService for EnvoyRlsService {
             .zip(&resolved)
             .enumerate()
             .map(|(i, (d, r))| {
-                let decided = strict.get(i).copied().flatten();
+                let decided = strict.get(i).and_then(Option::as_ref);
                 self.apply(&snap, &envoy.key_entry, &req.domain, d, r, decided)
             })
             .collect();

@@ -81,8 +81,8 @@ async fn decide(
     style: HeaderStyle,
 ) -> CheckResponse {
     let request = core::Request::new(&req.key, req.cost.max(1));
-    let d = decide::decide(limiter, strict, &request).await;
-    response(&limiter.snapshot(), &d, req.id, style)
+    let (d, snap) = decide::decide(limiter, strict, &request).await;
+    response(&snap, &d, req.id, style)
 }
 
 /// The answer to an invalid check inside a stream: the stream goes on.

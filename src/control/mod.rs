@@ -114,6 +114,17 @@ pub enum ControlError {
     Table(#[from] TableError),
 }
 
+/// One change of operators' state, as Redis announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An override set (or replaced).
+    Set(Override),
+    /// A key's override removed.
+    Remove(u64),
+    /// A key's usage reset.
+    Reset(u64),
+}
+
 /// Which overrides a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -242,7 +253,10 @@ impl Control {
 
     /// Checks that the config in effect can give `target`.
     pub fn check_target(&self, target: &Target) -> Result<(), ControlError> {
-        let config = self.config.load();
+        Self::can_give(&self.config.load(), target)
+    }
+
+    fn can_give(config: &Config, target: &Target) -> Result<(), ControlError> {
         match target {
             Target::Plan(name) => {
                 if config.limits.plan(name).is_none() {
@@ -271,41 +285,65 @@ impl Control {
     /// Checks that one more override for `key_hash` fits under
     /// `admin.max_overrides` (replacing one always fits).
     pub fn check_room(&self, key_hash: u64) -> Result<(), ControlError> {
-        let max = self.max_overrides();
         let st = self.lock();
+        Self::has_room(&st, &self.config.load(), key_hash)
+    }
+
+    fn has_room(st: &State, config: &Config, key_hash: u64) -> Result<(), ControlError> {
+        let max = config
+            .admin
+            .as_ref()
+            .map_or(crate::config::admin::DEFAULT_MAX_OVERRIDES, |a| {
+                a.max_overrides
+            });
         if !st.records.contains_key(&key_hash) && st.records.len() >= max {
             return Err(ControlError::TooMany { max });
         }
         Ok(())
     }
 
-    fn max_overrides(&self) -> usize {
-        self.config
-            .load()
-            .admin
-            .as_ref()
-            .map_or(crate::config::admin::DEFAULT_MAX_OVERRIDES, |a| {
-                a.max_overrides
-            })
-    }
-
-    /// An operator's override: checked against the config in effect and
-    /// the cap, then in force on this node at once. Returns the one it
+    /// An operator's override on a node without Redis: checked against
+    /// the config in effect and the cap, and put in force, under one lock
+    /// (a reload cannot drop its plan in between). Returns the one it
     /// replaced.
     pub fn set(&self, record: Override) -> Result<Option<Override>, ControlError> {
-        self.check_target(&record.target)?;
-        self.check_room(record.key_hash)?;
-        Ok(self.apply(record))
-    }
-
-    /// An override as another node set it (through Redis): in force here
-    /// at once, unchecked (a plan this node lacks leaves the key on its
-    /// usual plan, and is reported). Returns the one it replaced.
-    pub fn apply(&self, record: Override) -> Option<Override> {
         let mut st = self.lock();
+        // A reload stores the config while holding the state lock, so this
+        // is the config the override goes into.
+        let config = self.config.load();
+        Self::can_give(&config, &record.target)?;
+        Self::has_room(&st, &config, record.key_hash)?;
         let old = st.records.insert(record.key_hash, record);
         self.install(&st);
-        old
+        Ok(old)
+    }
+
+    /// Changes as Redis announced them, in order, unchecked (a plan this
+    /// node lacks leaves the key on its usual plan, and is reported): one
+    /// table rebuild for the lot, then the resets.
+    pub fn apply(&self, changes: &[Change]) {
+        let mut rebuild = false;
+        {
+            let mut st = self.lock();
+            for c in changes {
+                match c {
+                    Change::Set(o) => {
+                        st.records.insert(o.key_hash, o.clone());
+                        rebuild = true;
+                    }
+                    Change::Remove(h) => rebuild |= st.records.remove(h).is_some(),
+                    Change::Reset(_) => {}
+                }
+            }
+            if rebuild {
+                self.install(&st);
+            }
+        }
+        for c in changes {
+            if let Change::Reset(h) = c {
+                self.limiter.reset(*h);
+            }
+        }
     }
 
     /// Removes `key_hash`'s override; returns it.
@@ -469,7 +507,7 @@ impl Control {
         if let Some(first) = unresolved.first() {
             tracing::warn!(
                 overrides = unresolved.len(),
-                first_key = format_args!("{:016x}", first.key_hash),
+                first_key = %crate::core::hash::hex16(first.key_hash),
                 plan = first.plan_name().unwrap_or(OVERRIDE_PLAN),
                 "overrides name a plan this node's config lacks; their keys stay on their usual plans here"
             );

@@ -162,7 +162,6 @@ impl Reloader {
     /// change (see the module docs). Does nothing while `reload.watch`
     /// is off.
     pub async fn watch(self: Arc<Self>, mut stop: Shutdown) {
-        let mut seen = self.control.version().digest;
         let mut refused: Option<String> = None;
         loop {
             let settings = self.control.config().reload.clone();
@@ -173,8 +172,10 @@ impl Reloader {
             if !settings.watch {
                 continue;
             }
+            // Compared with the files in effect now: a reload by SIGHUP or
+            // the admin API counts too.
             let mut now = self.current_fingerprint().await;
-            if now == seen || refused.as_ref() == Some(&now) {
+            if now == self.control.version().digest || refused.as_ref() == Some(&now) {
                 continue;
             }
             // Wait until the files stay put for a debounce period.
@@ -189,13 +190,9 @@ impl Reloader {
                 }
                 now = again;
             }
-            match self.reload(Cause::FileChange).await {
-                Ok(_) => {
-                    seen = self.control.version().digest;
-                    refused = None;
-                }
-                Err(_) => refused = Some(now),
-            }
+            // Refused files are not tried again until they change (or a
+            // SIGHUP or `quotactl reload` asks, once the cause is fixed).
+            refused = self.reload(Cause::FileChange).await.err().map(|_| now);
         }
     }
 
@@ -226,8 +223,7 @@ pub fn fingerprint(files: &[PathBuf]) -> String {
             hash_file(&mut h, f);
         }
     }
-    let digest = h.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::core::hash::hex(&h.finalize())
 }
 
 fn hash_file(h: &mut Sha256, f: &Path) {

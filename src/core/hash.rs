@@ -84,8 +84,25 @@ impl KeyHasher {
 
     /// A short printable form of a key's hash, for logs: 16 hex digits.
     pub fn display(&self, key: &[u8]) -> String {
-        format!("{:016x}", self.key_hash(key))
+        hex16(self.key_hash(key))
     }
+}
+
+/// A key hash (or cell id) as logs, listings and Redis names show it: 16
+/// hex digits.
+pub fn hex16(h: u64) -> String {
+    format!("{h:016x}")
+}
+
+/// Bytes (a digest) as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Combines two 64-bit values into a well-mixed cell id (the splitmix64

@@ -140,8 +140,9 @@ impl Limiter {
     }
 
     /// Forgets what the key with keyed hash `key_hash` has spent against
-    /// every limit of its current plan on this node: its own cells go, as
-    /// do their pending Redis deltas, so its next check starts full.
+    /// every limit of its plan on this node (see [`Limiter::cells_of`]):
+    /// its own cells go, as do their pending Redis deltas, so its next
+    /// check starts full.
     /// Cells of Envoy descriptors with more entries than the key, and
     /// charges that went to the shared overflow cell, stay. Returns how
     /// many cells were dropped.
@@ -160,16 +161,28 @@ impl Limiter {
         dropped
     }
 
+    /// How many of [`Limiter::cells_of`]'s cells this node tracks.
+    pub fn tracked_cells(&self, key_hash: u64) -> usize {
+        self.cells_of(key_hash)
+            .into_iter()
+            .filter(|(id, kind)| self.store.tracks(*id, *kind == CellKind::Bucket))
+            .count()
+    }
+
     /// The ids and kinds of the cells the key with keyed hash `key_hash`
     /// has now, one per limit of its current plan (its cells are filed
-    /// under `key_hash` itself): what [`Limiter::reset`] drops, and what
-    /// Redis names them by.
+    /// under `key_hash` itself; a blocked key's are those of the plan the
+    /// config gives it, which it is back on when the block ends): what
+    /// [`Limiter::reset`] drops, and what Redis names them by.
     pub fn cells_of(&self, key_hash: u64) -> Vec<(u64, CellKind)> {
         let snap = self.snapshot();
         let now = self.clock.now();
         let plan = match snap.table.assign(key_hash, now).0 {
             Assigned::Plan(id) => snap.table.plan(id),
-            Assigned::Blocked { .. } => return Vec::new(),
+            Assigned::Blocked { .. } => match snap.table.configured(key_hash).0 {
+                Assigned::Plan(id) => snap.table.plan(id),
+                Assigned::Blocked { .. } => return Vec::new(),
+            },
         };
         plan.limits
             .iter()

@@ -595,6 +595,15 @@ pub(crate) fn build(
             ));
         }
         *nth += 1;
+        if name.0 == super::overrides::OVERRIDE_PLAN {
+            return Err(Issue::new(
+                vec![Seg::key("plans"), Seg::key(name.0.clone())],
+                format!(
+                    "the plan name '{}' is reserved for operators' overrides with limits of their own",
+                    name.0
+                ),
+            ));
+        }
         plans.push(build_plan(&name.0, raw)?);
     }
 
@@ -1065,6 +1074,10 @@ keys:                      # static assignments of API keys to plans
             (
                 "default_plan: free\nplans:\n  free:\n    limit: []\n".into(),
                 "t.yaml:4:5: plans.free: unknown field 'limit' (did you mean 'limits'?)".into(),
+            ),
+            (
+                "default_plan: free\nplans:\n  free: {}\n  override: {}\n".into(),
+                "t.yaml:4:13: plans.override: the plan name 'override' is reserved for operators' overrides with limits of their own".into(),
             ),
         ];
         assert_errors(&cases);

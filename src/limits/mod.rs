@@ -362,8 +362,10 @@ impl Table {
     }
 
     /// A plan by id: the config's plans first, then those of overrides
-    /// with limits of their own. Ids come from this table, so this cannot
-    /// miss; an id from another table falls back to the default plan.
+    /// with limits of their own. Ids are this table's: those of overrides
+    /// change whenever the overrides do, so a decision is rendered with the
+    /// table it was made with; an id beyond this table falls back to the
+    /// default plan.
     #[inline]
     pub fn plan(&self, id: PlanId) -> &Plan {
         self.get_plan(id)

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::file::{self, LimitRaw};
 use super::{Plan, PlanId};
 use crate::core::clock::Nanos;
+use crate::core::hash::mix;
 
 /// The plan name of an override with limits of its own; its limits report
 /// as `override/<limit>`.
@@ -136,9 +137,28 @@ pub enum OverrideError {
     },
 }
 
+/// Whether `c` could make a log line lie: control characters, line and
+/// paragraph separators, and the bidirectional overrides that reorder
+/// what a terminal shows.
+fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// `text` without the characters [`check_text`] refuses.
+pub fn printable(text: &str) -> String {
+    text.chars().filter(|c| !deceptive(*c)).collect()
+}
+
 /// Checks free text an operator gives (a reason, an author): at most
-/// `max` bytes, one line without control characters (it goes into log
-/// lines, which it must not be able to forge).
+/// `max` bytes, one line without control characters, line separators or
+/// bidirectional overrides (it goes into log lines, which it must not be
+/// able to forge).
 pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), OverrideError> {
     let invalid = |why: String| OverrideError::Invalid {
         field: field.to_owned(),
@@ -150,7 +170,7 @@ pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), OverrideErr
             text.len()
         )));
     }
-    if text.chars().any(char::is_control) {
+    if text.chars().any(deceptive) {
         return Err(invalid(
             "must not contain control characters (line breaks, tabs, escapes)".to_owned(),
         ));
@@ -327,8 +347,16 @@ impl Routes {
                 },
                 Target::Limits(l) => {
                     let id = PlanId((base_plans + routes.plans.len()) as u32);
-                    routes.strict |= l.plan.limits.iter().any(|l| l.strict);
-                    routes.plans.push(l.plan.clone());
+                    // Each key's own limits are a plan of their own: their
+                    // uids carry the key, so a plan id that moved (another
+                    // key's override came or went) cannot pass for
+                    // another key's plan (a strict answer checks them).
+                    let mut plan = l.plan.clone();
+                    for limit in &mut plan.limits {
+                        limit.uid = mix(limit.uid, o.key_hash);
+                    }
+                    routes.strict |= plan.limits.iter().any(|l| l.strict);
+                    routes.plans.push(plan);
                     Assigned::Plan(id)
                 }
                 Target::Block => Assigned::Blocked {
@@ -464,6 +492,10 @@ mod tests {
             check_text("reason", "abcdef", 3).unwrap_err().to_string(),
             "reason: 6 bytes exceeds the maximum of 3 bytes"
         );
+        for sneaky in ["a\u{2028}b", "a\u{202e}b", "a\u{2067}b"] {
+            assert!(check_text("reason", sneaky, 10).is_err(), "{sneaky:?}");
+        }
+        assert_eq!(printable("CN=a\u{202e}b\nc"), "CN=abc");
     }
 
     #[test]

@@ -177,6 +177,15 @@ impl LocalStore {
         }
     }
 
+    /// Whether cell `id` (a bucket, else a counter) is tracked.
+    pub fn tracks(&self, id: u64, bucket: bool) -> bool {
+        if bucket {
+            self.buckets.contains_key(&id)
+        } else {
+            self.quotas.contains_key(&id)
+        }
+    }
+
     /// Drops bucket `id` (back to full); whether it was tracked.
     pub fn remove_bucket(&self, id: u64) -> bool {
         let gone = self.buckets.remove(&id).is_some();

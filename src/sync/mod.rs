@@ -222,10 +222,11 @@ impl RedisSync {
         &self,
         control: Arc<Control>,
     ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
-        let prefix = &self.settings.key_prefix;
-        Ok((
-            overrides::RedisOverrides::new(self.connection()?, prefix),
-            overrides::OverrideSync::new(self.connection()?, prefix, control),
+        Ok(overrides::pair(
+            self.connection()?,
+            self.connection()?,
+            &self.settings.key_prefix,
+            control,
         ))
     }
 

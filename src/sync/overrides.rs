@@ -8,37 +8,48 @@
 //!   ([`Override::to_json`]; the key itself is never stored);
 //! - `{prefix}{overrides}:resets`, recent resets: field `r:<key hash>`,
 //!   value `<version>|<time>` (pruned after [`RESET_LIFE`]);
-//! - `{prefix}{overrides}:version`, a counter bumped by every change;
+//! - `{prefix}{overrides}:version`, a counter bumped by every change, and
+//!   `{prefix}{overrides}:digest`, a SHA-1 chained over every change, so
+//!   a history that reached the same version by other changes (a
+//!   failover to a replica that lagged, a Redis that lost its data and
+//!   was written again) is told apart;
 //! - the channel `{prefix}{overrides}:changes`, where each change is
-//!   announced as `<version>|<field>|<value>` (an empty value deletes).
+//!   announced as `<version>|<digest>|<field>|<value>` (an empty value
+//!   deletes).
 //!
-//! A change is one script (`overrides_write.lua`): record, version and
-//! announcement together. The admin API writes through
-//! [`RedisOverrides`], then applies the change to its own node at once;
-//! every node's [`OverrideSync`] task applies announcements in version
-//! order, and when one is missed (a gap in versions, a dropped
-//! subscription) or every [`POLL`] finds Redis's version different from
-//! its own, reads everything again (`overrides_read.lua`, atomic). So a
-//! change reaches every node within milliseconds, and a node that missed
-//! it heals within [`POLL`] plus a read. At start a node reads everything
-//! before it reports ready (bounded; it retries in the background when
-//! Redis is down).
+//! A change is one script (`overrides_write.lua`): record, version,
+//! digest and announcement together. Every node's [`OverrideSync`] task
+//! applies announcements in version order (those already waiting in one
+//! table rebuild) and reads everything again (`overrides_read.lua`,
+//! atomic) when one is missed: a gap in versions, a lost subscription, or
+//! a poll every [`POLL`] finding Redis's version and digest different
+//! from its own (twice running when Redis is ahead, so an announcement on
+//! its way is not mistaken for a lost one). So a change reaches every
+//! node within milliseconds, and a node that missed it heals within a
+//! second. At start a node reads everything before it reports ready
+//! (bounded; it keeps trying when Redis is down).
+//!
+//! The admin API writes through [`RedisOverrides`], then waits (bounded)
+//! until its own node's task has applied that version: so a change is
+//! applied on every node, the writer's too, in one order, and a reader of
+//! the writer's node sees it once the call returns.
 //!
 //! Overrides that ended are ignored by every node on its own clock, and
-//! pruned from Redis by any node that sees them (compare-and-delete, so a
+//! pruned from Redis by the nodes that see them (compare-and-delete, so a
 //! newer record under the same key is left alone).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::RedisError;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::SyncError;
 use super::conn::{Conn, Lua, key};
-use crate::control::Control;
+use crate::control::{Change, Control};
 use crate::core::Nanos;
+use crate::core::hash::hex16;
 use crate::limits::Override;
 use crate::shutdown::Shutdown;
 use crate::store::journal::CellKind;
@@ -48,14 +59,18 @@ const READ: &str = include_str!("overrides_read.lua");
 const PRUNE: &str = include_str!("overrides_prune.lua");
 
 /// How often a node compares its version with Redis's.
-pub const POLL: Duration = Duration::from_millis(500);
+pub const POLL: Duration = Duration::from_millis(250);
 /// How long a reset is kept in Redis for nodes that missed its
 /// announcement (ns).
 pub const RESET_LIFE: Nanos = 10 * 60 * 1_000_000_000;
 /// How often ended overrides and old resets are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// How long subscribing may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a writer waits for its own node to apply its change.
+const APPLIED_WAIT: Duration = Duration::from_secs(2);
+/// Announcements applied in one table rebuild, at most.
+const BATCH: usize = 1_000;
 
 /// The Redis names of operators' state.
 #[derive(Debug, Clone)]
@@ -63,6 +78,7 @@ struct Keys {
     overrides: String,
     resets: String,
     version: String,
+    digest: String,
     channel: String,
     prefix: String,
 }
@@ -74,6 +90,7 @@ impl Keys {
             overrides: format!("{tag}:data"),
             resets: format!("{tag}:resets"),
             version: format!("{tag}:version"),
+            digest: format!("{tag}:digest"),
             channel: format!("{tag}:changes"),
             prefix: prefix.to_owned(),
         }
@@ -81,7 +98,7 @@ impl Keys {
 }
 
 fn field(kind: char, key_hash: u64) -> String {
-    format!("{kind}:{key_hash:016x}")
+    format!("{kind}:{}", hex16(key_hash))
 }
 
 /// `o:<16 hex>` or `r:<16 hex>` → (kind, key hash).
@@ -104,14 +121,23 @@ fn split_version(stored: &str) -> Option<(u64, &str)> {
     Some((v.parse().ok()?, rest))
 }
 
+/// The one reply of a one-command round trip.
+fn only<T>(replies: Vec<redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    replies
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Io, "no reply"))))
+}
+
 /// Why a change could not be stored in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// `admin.max_overrides` overrides are stored already.
     #[error("{0}")]
     Full(String),
-    /// Redis did not take it.
-    #[error("redis did not store the change ({0}); nothing changed, retry")]
+    /// Redis did not take it, or its answer was lost (then the change may
+    /// have been made: read it back).
+    #[error("redis did not confirm the change ({0}); check with a read and retry")]
     Unavailable(String),
 }
 
@@ -130,6 +156,8 @@ pub struct RedisOverrides {
     conn: Mutex<Conn>,
     keys: Keys,
     write: Lua,
+    /// The version this node's [`OverrideSync`] has applied.
+    applied: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for RedisOverrides {
@@ -139,57 +167,60 @@ impl std::fmt::Debug for RedisOverrides {
 }
 
 impl RedisOverrides {
-    pub(super) fn new(conn: Conn, prefix: &str) -> Self {
-        Self {
-            conn: Mutex::new(conn),
-            keys: Keys::new(prefix),
-            write: Lua::new(WRITE),
-        }
-    }
-
-    /// Runs the write script on `hash`; returns (version, old value).
+    /// Runs the write script on `hash`, then waits until this node has
+    /// applied the change; returns the old value.
     async fn versioned(
         &self,
         hash: &str,
         field: &str,
         value: &str,
         max: usize,
-    ) -> Result<(u64, Option<String>), WriteError> {
+    ) -> Result<Option<String>, WriteError> {
         let keys = &self.keys;
-        let mut conn = self.conn.lock().await;
-        let replies: Vec<redis::RedisResult<(u64, Option<String>)>> = conn
-            .eval_all(
-                &self.write,
-                1,
-                |_| hash.to_owned(),
-                |pipe, _| {
-                    pipe.arg(2)
-                        .arg(hash)
-                        .arg(&keys.version)
-                        .arg(field)
-                        .arg(value)
-                        .arg(&keys.channel)
-                        .arg(max);
-                },
-            )
-            .await;
-        let reply = replies
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Io, "no reply"))));
-        if let Err(e) = &reply
-            && e.code() != Some("QUOTAD_FULL")
-        {
-            conn.reset();
+        let reply = {
+            let mut conn = self.conn.lock().await;
+            let reply: redis::RedisResult<(u64, String, Option<String>)> = only(
+                conn.eval_all(
+                    &self.write,
+                    1,
+                    |_| hash.to_owned(),
+                    |pipe, _| {
+                        pipe.arg(3)
+                            .arg(hash)
+                            .arg(&keys.version)
+                            .arg(&keys.digest)
+                            .arg(field)
+                            .arg(value)
+                            .arg(&keys.channel)
+                            .arg(max);
+                    },
+                )
+                .await,
+            );
+            if matches!(&reply, Err(e) if e.code() != Some("QUOTAD_FULL")) {
+                conn.reset();
+            }
+            reply?
+        };
+        let (version, _, old) = reply;
+        if version > 0 {
+            let mut applied = self.applied.clone();
+            let wait = applied.wait_for(|v| *v >= version);
+            if tokio::time::timeout(APPLIED_WAIT, wait).await.is_err() {
+                tracing::warn!(
+                    version,
+                    "overrides: this node has not applied its own change yet; it will on its next read"
+                );
+            }
         }
-        Ok(reply?)
+        Ok(old)
     }
 
     /// Stores `o` (at most `max` overrides in all); returns the one it
     /// replaced.
     pub async fn set(&self, o: &Override, max: usize) -> Result<Option<Override>, WriteError> {
         let f = field('o', o.key_hash);
-        let (_, old) = self
+        let old = self
             .versioned(&self.keys.overrides, &f, &o.to_json(), max)
             .await?;
         Ok(old.and_then(|v| decode(o.key_hash, &v)))
@@ -198,13 +229,15 @@ impl RedisOverrides {
     /// Deletes `key_hash`'s override; returns it (`None`: there was none).
     pub async fn delete(&self, key_hash: u64) -> Result<Option<Override>, WriteError> {
         let f = field('o', key_hash);
-        let (_, old) = self.versioned(&self.keys.overrides, &f, "", 0).await?;
+        let old = self.versioned(&self.keys.overrides, &f, "", 0).await?;
         Ok(old.and_then(|v| decode(key_hash, &v)))
     }
 
     /// Deletes the Redis state of `cells` (the key's cells, from
-    /// [`crate::core::Limiter::cells_of`]) and announces the reset, so
-    /// every node drops its own copy.
+    /// [`crate::core::Limiter::cells_of`]), then announces the reset, so
+    /// every node, this one included, drops its own copy. Should the
+    /// announcement fail after the cells went, nodes keep (and enforce)
+    /// what they counted until a retry announces it.
     pub async fn reset(
         &self,
         key_hash: u64,
@@ -245,10 +278,18 @@ fn decode(key_hash: u64, stored: &str) -> Option<Override> {
     match Override::from_json(key_hash, json) {
         Ok(o) => Some(o),
         Err(e) => {
-            tracing::warn!(key = format_args!("{key_hash:016x}"), error = %e, "invalid override in Redis; ignored");
+            tracing::warn!(key = %hex16(key_hash), error = %e, "invalid override in Redis; ignored");
             None
         }
     }
+}
+
+/// Everything Redis holds for operators, as read at once.
+struct Snapshot {
+    version: u64,
+    digest: String,
+    overrides: Vec<String>,
+    resets: Vec<String>,
 }
 
 /// Every node's task: applies announced changes, heals missed ones.
@@ -258,8 +299,12 @@ pub struct OverrideSync {
     read: Lua,
     prune: Lua,
     control: Arc<Control>,
-    /// The version of Redis's state this node has applied.
+    /// The version and digest of Redis's history this node has applied.
     version: u64,
+    digest: String,
+    applied: watch::Sender<u64>,
+    /// Redis's version at the last poll, when it was ahead of this node's.
+    ahead: Option<u64>,
     /// Whether the last read or poll reached Redis (for logging changes).
     reachable: Option<bool>,
 }
@@ -272,57 +317,81 @@ impl std::fmt::Debug for OverrideSync {
     }
 }
 
-impl OverrideSync {
-    pub(super) fn new(conn: Conn, prefix: &str, control: Arc<Control>) -> Self {
-        Self {
-            conn,
-            keys: Keys::new(prefix),
+/// The writer and the follower of one node, sharing the version the
+/// follower has applied.
+pub(super) fn pair(
+    writer: Conn,
+    follower: Conn,
+    prefix: &str,
+    control: Arc<Control>,
+) -> (RedisOverrides, OverrideSync) {
+    let (applied, applied_rx) = watch::channel(0);
+    let keys = Keys::new(prefix);
+    (
+        RedisOverrides {
+            conn: Mutex::new(writer),
+            keys: keys.clone(),
+            write: Lua::new(WRITE),
+            applied: applied_rx,
+        },
+        OverrideSync {
+            conn: follower,
+            keys,
             read: Lua::new(READ),
             prune: Lua::new(PRUNE),
             control,
             version: 0,
+            digest: String::new(),
+            applied,
+            ahead: None,
             reachable: None,
-        }
-    }
+        },
+    )
+}
 
-    /// The version of Redis's state this node has applied.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Reads every override and recent reset from Redis and puts them in
-    /// effect; resets newer than this node's version are applied.
-    /// Returns how many overrides there are.
-    pub async fn resync(&mut self) -> Result<usize, SyncError> {
+impl OverrideSync {
+    /// Reads the overrides hash, the resets hash, the version and the
+    /// digest at once.
+    async fn read_all(&mut self) -> Result<Snapshot, RedisError> {
         let keys = &self.keys;
-        type Snapshot = (u64, Vec<String>, Vec<String>);
-        let replies: Vec<redis::RedisResult<Snapshot>> = self
-            .conn
-            .eval_all(
-                &self.read,
-                1,
-                |_| keys.overrides.clone(),
-                |pipe, _| {
-                    pipe.arg(3)
-                        .arg(&keys.overrides)
-                        .arg(&keys.resets)
-                        .arg(&keys.version);
-                },
-            )
-            .await;
-        let reply = replies
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Io, "no reply"))));
-        let (version, data, resets) = match reply {
-            Ok(r) => r,
+        let reply: redis::RedisResult<(u64, String, Vec<String>, Vec<String>)> = only(
+            self.conn
+                .eval_all(
+                    &self.read,
+                    1,
+                    |_| keys.overrides.clone(),
+                    |pipe, _| {
+                        pipe.arg(4)
+                            .arg(&keys.overrides)
+                            .arg(&keys.resets)
+                            .arg(&keys.version)
+                            .arg(&keys.digest);
+                    },
+                )
+                .await,
+        );
+        match reply {
+            Ok((version, digest, overrides, resets)) => Ok(Snapshot {
+                version,
+                digest,
+                overrides,
+                resets,
+            }),
             Err(e) => {
                 self.conn.reset();
                 self.note_reachable(Err(&e));
-                return Err(e.into());
+                Err(e)
             }
-        };
-        let records: Vec<Override> = pairs(&data)
+        }
+    }
+
+    /// Reads every override and recent reset from Redis and puts them in
+    /// effect; resets newer than this node's version are applied (a node
+    /// that starts has nothing to reset). Returns how many overrides
+    /// there are.
+    pub async fn resync(&mut self) -> Result<usize, SyncError> {
+        let snap = self.read_all().await?;
+        let records: Vec<Override> = pairs(&snap.overrides)
             .filter_map(|(f, v)| match parse_field(f) {
                 Some(('o', h)) => decode(h, v),
                 _ => None,
@@ -330,83 +399,111 @@ impl OverrideSync {
             .collect();
         let count = records.len();
         self.control.replace_all(records);
-        for (f, v) in pairs(&resets) {
-            if let (Some(('r', h)), Some((written, _))) = (parse_field(f), split_version(v))
-                && written > self.version
-                && self.version > 0
-            {
-                self.control.reset(h);
-            }
+        if self.version > 0 {
+            let resets: Vec<Change> = pairs(&snap.resets)
+                .filter_map(|(f, v)| match (parse_field(f), split_version(v)) {
+                    (Some(('r', h)), Some((written, _))) if written > self.version => {
+                        Some(Change::Reset(h))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.control.apply(&resets);
         }
-        if version != self.version {
+        if (snap.version, &snap.digest) != (self.version, &self.digest) {
             tracing::info!(
                 overrides = count,
-                version,
+                version = snap.version,
                 "overrides: read every override from Redis"
             );
         }
-        self.version = version;
+        self.version = snap.version;
+        self.digest = snap.digest;
+        self.ahead = None;
+        self.applied.send_replace(self.version);
         self.note_reachable(Ok(()));
         Ok(count)
     }
 
-    /// Applies one announcement; a gap in versions reads everything.
-    async fn announced(&mut self, payload: &str) {
-        let mut parts = payload.splitn(3, '|');
-        let (Some(v), Some(f), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
-            tracing::warn!("overrides: malformed announcement ignored");
-            return;
-        };
-        let Ok(v) = v.parse::<u64>() else { return };
-        if v <= self.version {
-            return;
+    /// Applies announcements in order, in one rebuild; a gap in versions
+    /// (or a history this node does not know) reads everything.
+    async fn announced(&mut self, payloads: &[String]) {
+        let mut changes = Vec::new();
+        let mut gap = false;
+        for payload in payloads {
+            let mut parts = payload.splitn(4, '|');
+            let (Some(v), Some(digest), Some(f), Some(value)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                tracing::warn!("overrides: malformed announcement ignored");
+                continue;
+            };
+            let Ok(v) = v.parse::<u64>() else { continue };
+            if v <= self.version {
+                continue;
+            }
+            if v != self.version + 1 {
+                gap = true;
+                break;
+            }
+            match parse_field(f) {
+                Some(('o', h)) if value.is_empty() => changes.push(Change::Remove(h)),
+                Some(('o', h)) => {
+                    if let Some(o) = decode(h, value) {
+                        changes.push(Change::Set(o));
+                    }
+                }
+                Some((_, h)) => changes.push(Change::Reset(h)),
+                None => tracing::warn!(field = f, "overrides: unknown field announced; ignored"),
+            }
+            self.version = v;
+            digest.clone_into(&mut self.digest);
         }
-        if v != self.version + 1 {
+        self.control.apply(&changes);
+        self.applied.send_replace(self.version);
+        if gap {
             // Missed one (or Redis started over): read everything.
             let _ = self.resync().await;
-            return;
         }
-        match parse_field(f) {
-            Some(('o', h)) if value.is_empty() => {
-                self.control.remove(h);
-            }
-            Some(('o', h)) => {
-                if let Some(o) = decode(h, value) {
-                    self.control.apply(o);
-                }
-            }
-            Some((_, h)) => {
-                self.control.reset(h);
-            }
-            None => tracing::warn!(field = f, "overrides: unknown field announced; ignored"),
-        }
-        self.version = v;
     }
 
-    /// Compares this node's version with Redis's; reads everything when
-    /// they differ.
+    /// Compares this node's version and digest with Redis's; reads
+    /// everything when they differ (when Redis is merely ahead, only if
+    /// it still is at the next poll: the announcement may be on its way).
     async fn poll(&mut self) {
         let keys = &self.keys;
-        let replies: Vec<redis::RedisResult<Option<u64>>> = self
-            .conn
-            .pipelines(
-                1,
-                |_| keys.version.clone(),
-                |pipe, _| {
-                    pipe.cmd("GET").arg(&keys.version);
-                },
-            )
-            .await;
-        match replies.into_iter().next() {
-            Some(Ok(v)) if v.unwrap_or(0) == self.version => self.note_reachable(Ok(())),
-            Some(Ok(_)) => {
+        let reply: redis::RedisResult<(Option<u64>, Option<String>)> = only(
+            self.conn
+                .pipelines(
+                    1,
+                    |_| keys.version.clone(),
+                    |pipe, _| {
+                        pipe.cmd("MGET").arg(&keys.version).arg(&keys.digest);
+                    },
+                )
+                .await,
+        );
+        match reply {
+            Ok((version, digest)) => {
+                self.note_reachable(Ok(()));
+                let (version, digest) = (version.unwrap_or(0), digest.unwrap_or_default());
+                if (version, &digest) == (self.version, &self.digest) {
+                    self.ahead = None;
+                    return;
+                }
+                // Redis ahead: fine if this node caught up with what Redis
+                // had at the last poll (announcements are flowing). Behind,
+                // or the same version with another digest: another history.
+                if version > self.version && self.ahead.is_none_or(|seen| self.version >= seen) {
+                    self.ahead = Some(version);
+                    return;
+                }
                 let _ = self.resync().await;
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 self.conn.reset();
                 self.note_reachable(Err(&e));
             }
-            None => {}
         }
     }
 
@@ -415,59 +512,42 @@ impl OverrideSync {
     async fn prune(&mut self) {
         let now = self.control.limiter().now();
         self.control.expire(now);
-        let keys = self.keys.clone();
-        type Snapshot = (u64, Vec<String>, Vec<String>);
-        let replies: Vec<redis::RedisResult<Snapshot>> = self
-            .conn
-            .eval_all(
-                &self.read,
-                1,
-                |_| keys.overrides.clone(),
-                |pipe, _| {
-                    pipe.arg(3)
-                        .arg(&keys.overrides)
-                        .arg(&keys.resets)
-                        .arg(&keys.version);
-                },
-            )
-            .await;
-        let Some(Ok((_, data, resets))) = replies.into_iter().next() else {
+        let Ok(snap) = self.read_all().await else {
             return;
         };
-        let ended: Vec<(&str, &str)> = pairs(&data)
+        let ended: Vec<(&str, &str)> = pairs(&snap.overrides)
             .filter(|(f, v)| match parse_field(f) {
                 Some((_, h)) => decode(h, v).is_some_and(|o| !o.active(now)),
                 None => false,
             })
             .collect();
-        let old: Vec<(&str, &str)> = pairs(&resets)
+        let old: Vec<(&str, &str)> = pairs(&snap.resets)
             .filter(|(_, v)| {
                 split_version(v)
                     .and_then(|(_, at)| at.parse::<Nanos>().ok())
                     .is_some_and(|at| at.saturating_add(RESET_LIFE) < now)
             })
             .collect();
-        for (hash, doomed) in [(&keys.overrides, ended), (&keys.resets, old)] {
+        for (hash, doomed) in [(&self.keys.overrides, ended), (&self.keys.resets, old)] {
             if doomed.is_empty() {
                 continue;
             }
-            let replies: Vec<redis::RedisResult<i64>> = self
-                .conn
-                .eval_all(
-                    &self.prune,
-                    1,
-                    |_| hash.clone(),
-                    |pipe, _| {
-                        pipe.arg(1).arg(hash);
-                        for (f, v) in &doomed {
-                            pipe.arg(*f).arg(*v);
-                        }
-                    },
-                )
-                .await;
-            if let Some(Ok(n)) = replies.into_iter().next()
-                && n > 0
-            {
+            let deleted: redis::RedisResult<i64> = only(
+                self.conn
+                    .eval_all(
+                        &self.prune,
+                        1,
+                        |_| hash.clone(),
+                        |pipe, _| {
+                            pipe.arg(1).arg(hash);
+                            for (f, v) in &doomed {
+                                pipe.arg(*f).arg(*v);
+                            }
+                        },
+                    )
+                    .await,
+            );
+            if let Ok(n @ 1..) = deleted {
                 tracing::debug!(records = n, hash = %hash, "overrides: pruned ended records from Redis");
             }
         }
@@ -489,7 +569,7 @@ impl OverrideSync {
 
     /// Follows Redis until `stop` fires: subscribes (again after a lost
     /// subscription, reading everything then), applies announcements,
-    /// polls the version every [`POLL`], prunes every minute.
+    /// polls the version every [`POLL`], prunes every few minutes.
     pub async fn run(mut self, mut stop: Shutdown) {
         let mut changes: Option<redis::aio::PubSubStream> = None;
         let mut poll = tokio::time::interval(POLL);
@@ -515,10 +595,26 @@ impl OverrideSync {
             tokio::select! {
                 _ = stop.wait() => return,
                 msg = next(&mut changes) => match msg {
-                    Some(msg) => match msg.get_payload::<String>() {
-                        Ok(payload) => self.announced(&payload).await,
-                        Err(e) => tracing::warn!(error = %e, "overrides: unreadable announcement"),
-                    },
+                    Some(first) => {
+                        // Take every announcement already here: one rebuild
+                        // for all of them.
+                        let mut payloads = vec![first];
+                        while payloads.len() < BATCH {
+                            match changes.as_mut().and_then(|s| s.next().now_or_never()) {
+                                Some(Some(m)) => payloads.push(m),
+                                Some(None) => {
+                                    changes = None;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let payloads: Vec<String> = payloads
+                            .iter()
+                            .filter_map(|m| m.get_payload::<String>().ok())
+                            .collect();
+                        self.announced(&payloads).await;
+                    }
                     None => {
                         tracing::debug!("overrides: subscription ended; subscribing again");
                         changes = None;
@@ -553,7 +649,7 @@ mod tests {
         let k = Keys::new("quotad:");
         assert_eq!(k.overrides, "quotad:{overrides}:data");
         assert_eq!(k.channel, "quotad:{overrides}:changes");
-        for name in [&k.resets, &k.version] {
+        for name in [&k.resets, &k.version, &k.digest] {
             assert_eq!(
                 redis::cluster_routing::Slot::for_key(name),
                 redis::cluster_routing::Slot::for_key(&k.overrides)

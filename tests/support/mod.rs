@@ -7,12 +7,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use quotad::api::pb::quota_admin_client::QuotaAdminClient;
 use quotad::app::{App, AppError};
 use quotad::config::Config;
+use quotad::control::Control;
 use quotad::core::{Limiter, ManualClock};
 use quotad::sync::SyncHandle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// 2026-11-27T12:00:00Z: a fixed start so calendar windows are predictable.
@@ -51,12 +55,49 @@ server:
   shutdown_grace: 5s
 "#;
 
+/// The admin token with both scopes in [`admin_section`].
+pub const OPS_TOKEN: &str = "qd_test-ops-0123456789abcdef0123456789abcdef";
+/// The admin token with the read scope only.
+pub const VIEWER_TOKEN: &str = "qd_test-viewer-0123456789abcdef0123456789ab";
+
+/// An `admin` section admitting [`OPS_TOKEN`] (id `ops`, read and write)
+/// and [`VIEWER_TOKEN`] (id `viewer`, read), plus `extra` lines (indented
+/// under `admin:`).
+pub fn admin_section(extra: &str) -> String {
+    use quotad::admin::auth::token_hash;
+    format!(
+        "admin:\n  addr: 127.0.0.1:0\n  tokens:\n    - {{ id: ops, sha256: \"{}\", scopes: [read, write] }}\n    - {{ id: viewer, sha256: \"{}\", scopes: [read] }}\n{extra}",
+        token_hash(OPS_TOKEN),
+        token_hash(VIEWER_TOKEN)
+    )
+}
+
+/// Sends `authorization: Bearer <token>` with every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
+/// An admin API client.
+pub type AdminClient = QuotaAdminClient<InterceptedService<Channel, Bearer>>;
+
 /// A running daemon.
 pub struct TestDaemon {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin listener, when the config has an admin section.
+    pub admin_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub limiter: Arc<Limiter>,
+    pub control: Arc<Control>,
     /// The Redis sync task's state, when the config has `redis`.
     pub sync: Option<SyncHandle>,
     stop: Option<oneshot::Sender<()>>,
@@ -77,16 +118,50 @@ impl TestDaemon {
     /// [`TestDaemon::with_config`] on a given clock (nodes of one cluster
     /// share theirs).
     pub async fn with_clock(yaml: &str, clock: Arc<ManualClock>) -> Self {
-        let mut config = Config::from_yaml(yaml, "test.yaml").expect("test config is valid");
+        let config = Config::from_yaml(yaml, "test.yaml").expect("test config is valid");
+        Self::with(config, clock).await
+    }
+
+    /// Starts a daemon with the config file at `path` (so reloads read it
+    /// again), on free loopback ports.
+    pub async fn from_file(path: &std::path::Path) -> Self {
+        let config = Config::load(path).expect("test config file is valid");
+        Self::with(config, Arc::new(ManualClock::new(T0))).await
+    }
+
+    /// Starts a daemon with `config`, its listeners moved to free ports.
+    pub async fn with(mut config: Config, clock: Arc<ManualClock>) -> Self {
         config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.server.http_addr = "127.0.0.1:0".parse().unwrap();
-        let app = App::bind_with_clock(config, clock.clone())
+        if let Some(a) = &mut config.admin {
+            a.addr = "127.0.0.1:0".parse().unwrap();
+        }
+        // Reloads read the file again with the same free ports (a port
+        // change would only be reported as needing a restart).
+        let loader: Option<quotad::control::reload::Loader> = config.source.clone().map(|path| {
+            let loader: quotad::control::reload::Loader = Arc::new(move || {
+                let mut c = Config::load(&path).map_err(|e| e.to_string())?;
+                c.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+                c.server.http_addr = "127.0.0.1:0".parse().unwrap();
+                if let Some(a) = &mut c.admin {
+                    a.addr = "127.0.0.1:0".parse().unwrap();
+                }
+                Ok(c)
+            });
+            loader
+        });
+        let mut app = App::bind_with_clock(config, clock.clone())
             .await
             .expect("daemon binds");
+        if let Some(loader) = loader {
+            app = app.with_loader(loader);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
+        let admin_addr = app.admin_addr();
         let limiter = app.limiter();
+        let control = app.control();
         let sync = app.sync();
         let handle = tokio::spawn(app.run(async move {
             let _ = stopped.await;
@@ -94,8 +169,10 @@ impl TestDaemon {
         let d = Self {
             grpc_addr,
             http_addr,
+            admin_addr,
             clock,
             limiter,
+            control,
             sync,
             stop: Some(stop),
             handle: Some(handle),
@@ -123,6 +200,22 @@ impl TestDaemon {
             .connect()
             .await
             .expect("connect to daemon")
+    }
+
+    /// An admin client presenting `token` (`None`: no token at all).
+    pub async fn admin(&self, token: Option<&str>) -> AdminClient {
+        let addr = self.admin_addr.expect("the config has an admin section");
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the admin listener");
+        QuotaAdminClient::with_interceptor(channel, Bearer(token.map(str::to_owned)))
+    }
+
+    /// An admin client with [`OPS_TOKEN`].
+    pub async fn ops(&self) -> AdminClient {
+        self.admin(Some(OPS_TOKEN)).await
     }
 
     /// Waits (bounded) until every charge so far has been flushed to Redis
@@ -432,6 +525,56 @@ impl Drop for RedisCluster {
     }
 }
 
+/// A throwaway certificate authority (rcgen), for TLS tests.
+pub struct TestCa {
+    /// The CA certificate, PEM: what clients (or servers, for mTLS) trust.
+    pub cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a certificate whose issuer name equals its
+        // subject name reads as self-signed to OpenSSL.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate with common name `cn` for the DNS names `dns`,
+    /// signed by this CA: (certificate PEM, key PEM).
+    pub fn leaf(&self, cn: &str, dns: &[&str]) -> (String, String) {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = dns.iter().map(|d| (*d).to_owned()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
 /// A real `redis-server` speaking only TLS on a free port, with a fresh
 /// CA and a server certificate for `localhost` made by rcgen; killed on
 /// drop.
@@ -446,33 +589,12 @@ pub struct RedisTls {
 impl RedisTls {
     /// Starts one and waits (bounded) until `redis-cli --tls` gets PONG.
     pub async fn start() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Distinct names: a certificate whose issuer name equals its
-        // subject name reads as self-signed to OpenSSL.
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "quotad test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &issuer).expect("server certificate");
-        let write = |name: &str, text: String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).expect("write certificate");
-            path
-        };
-        let ca_file = write("ca.pem", ca_cert.pem());
-        let cert_file = write("server.pem", cert.pem());
-        let key_file = write("server.key", key.serialize_pem());
+        let ca = TestCa::new("quotad test CA");
+        let (cert, key) = ca.leaf("localhost", &["localhost"]);
+        let ca_file = write_file(dir.path(), "ca.pem", &ca.cert_pem);
+        let cert_file = write_file(dir.path(), "server.pem", &cert);
+        let key_file = write_file(dir.path(), "server.key", &key);
         let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args([

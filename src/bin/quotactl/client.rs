@@ -1,0 +1,221 @@
+//! The connection to a quotad admin listener: address, TLS (a CA to
+//! trust, a client certificate for mTLS), the bearer token (from
+//! `QUOTACTL_TOKEN` or `--token-file`, never a command-line argument),
+//! and the mapping of every failure to an exit code a script can trust.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quotad::api::pb::quota_admin_client::QuotaAdminClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Exit codes (sysexits.h where one fits).
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// The key has no override (get, rm).
+    pub const NOT_FOUND: u8 = 1;
+    /// A wrong command line: a flag, a missing token, a malformed value.
+    pub const USAGE: u8 = 64;
+    /// Refused input: the server's INVALID_ARGUMENT, FAILED_PRECONDITION
+    /// (a reload of invalid files), RESOURCE_EXHAUSTED; an invalid file
+    /// for check-config.
+    pub const DATA: u8 = 65;
+    /// A file named on the command line cannot be read.
+    pub const NO_INPUT: u8 = 66;
+    /// The server cannot be reached, or is unavailable (Redis down for a
+    /// change, shutting down), or did not answer in time.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Any other server error.
+    pub const SOFTWARE: u8 = 70;
+    /// The token is missing, wrong, or lacks the scope.
+    pub const NO_PERMISSION: u8 = 77;
+}
+
+/// A failure: a message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(exit::USAGE, message)
+    }
+
+    /// A server's refusal, by its gRPC code.
+    pub fn status(s: &tonic::Status, server: &str) -> Self {
+        use tonic::Code;
+        let message = s.message();
+        match s.code() {
+            Code::NotFound => Self::new(exit::NOT_FOUND, message),
+            Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted => {
+                Self::new(exit::DATA, message)
+            }
+            Code::Unauthenticated => Self::new(
+                exit::NO_PERMISSION,
+                format!(
+                    "not authenticated by {server}: {message} (check QUOTACTL_TOKEN or --token-file)"
+                ),
+            ),
+            Code::PermissionDenied => {
+                Self::new(exit::NO_PERMISSION, format!("permission denied: {message}"))
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::new(
+                exit::UNAVAILABLE,
+                format!("{server} is unavailable: {}", describe_unavailable(s)),
+            ),
+            Code::Unimplemented => Self::new(
+                exit::SOFTWARE,
+                format!(
+                    "{server} does not serve the admin API here (is this the admin address?): {message}"
+                ),
+            ),
+            other => Self::new(exit::SOFTWARE, format!("{server}: {other:?}: {message}")),
+        }
+    }
+}
+
+fn describe_unavailable(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut text = s.message().to_owned();
+    let mut source = s.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`.
+    pub server: String,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Client = QuotaAdminClient<InterceptedService<Channel, Bearer>>;
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| {
+        Failure::new(
+            exit::NO_INPUT,
+            format!("{what} {}: cannot read: {e}", path.display()),
+        )
+    })
+}
+
+/// The token: `--token-file`'s first line, else `QUOTACTL_TOKEN`.
+fn token(target: &Target) -> Result<String, Failure> {
+    let token = match &target.token_file {
+        Some(path) => {
+            let text = read("--token-file", path)?;
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        }
+        None => std::env::var("QUOTACTL_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    if token.is_empty() {
+        return Err(Failure::usage(match &target.token_file {
+            Some(p) => format!("--token-file {}: the file is empty", p.display()),
+            None => "no admin token: set QUOTACTL_TOKEN or pass --token-file FILE (tokens are never taken as arguments)".to_owned(),
+        }));
+    }
+    Ok(token)
+}
+
+/// Connects to the admin listener (bounded by the timeout).
+pub async fn connect(target: &Target) -> Result<Client, Failure> {
+    let token = token(target)?;
+    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| Failure::usage("the admin token must be printable ASCII"))?;
+    let server = &target.server;
+    let mut endpoint = Endpoint::from_shared(server.clone())
+        .map_err(|e| Failure::usage(format!("--server {server}: not a URL: {e}")))?
+        .connect_timeout(target.timeout)
+        .timeout(target.timeout);
+    let tls_files = target.ca_file.is_some() || target.cert_file.is_some();
+    if server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        match &target.ca_file {
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-file", ca)?)),
+            None => tls = tls.with_native_roots(),
+        }
+        match (&target.cert_file, &target.key_file) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--cert-file", c)?,
+                    read("--key-file", k)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Failure::usage(
+                    "--cert-file and --key-file go together (a client certificate for mTLS)",
+                ));
+            }
+        }
+        if let Some(name) = &target.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::usage(format!("TLS settings: {e}")))?;
+    } else if !server.starts_with("http://") {
+        return Err(Failure::usage(format!(
+            "--server {server}: expected http://host:port or https://host:port"
+        )));
+    } else if tls_files {
+        return Err(Failure::usage(format!(
+            "--ca-file/--cert-file need an https:// server (got {server})"
+        )));
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        use std::error::Error;
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        Failure::new(exit::UNAVAILABLE, format!("cannot reach {server}: {text}"))
+    })?;
+    Ok(QuotaAdminClient::with_interceptor(channel, Bearer(bearer)))
+}
