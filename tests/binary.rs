@@ -337,3 +337,92 @@ fn redis_flag_needs_a_known_scheme_and_the_hash_secret() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_a_broken_file_keeps_serving() {
+    let config = |burst: u64| {
+        crate::support::CONFIG.replace(
+            "{ name: per-second, rate: 10, per: second, burst: 20 }",
+            &format!("{{ name: per-second, rate: 10, per: second, burst: {burst} }}"),
+        ) + "reload: { watch: false }\n"
+    };
+    let (_dir, path) = fixture("quotad.yaml", &config(20));
+    let mut d = spawn_serve(&["--config", &path.display().to_string()]).await;
+    let mut c = RateLimiterClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    let mut limit = async || {
+        c.check(CheckRequest {
+            key: "alice".into(),
+            cost: 1,
+            id: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .limit
+    };
+    assert_eq!(limit().await, 20);
+    std::fs::write(&path, config(35)).unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reloaded").await;
+    assert_eq!(limit().await, 35);
+    std::fs::write(&path, "plans: 5\n").unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reload refused; the running config stays in effect")
+        .await;
+    assert_eq!(limit().await, 35);
+    d.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn admin_addr_flag_needs_an_admin_section_and_binds_with_one() {
+    let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
+    let out = Command::new(BIN)
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env_remove("QUOTAD_ADMIN_ADDR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--admin-addr: the admin API needs an admin section with tokens"),
+        "{out:?}"
+    );
+    // Plain text beyond loopback is refused for the flag too.
+    let with_admin = format!(
+        "{}{}",
+        crate::support::CONFIG,
+        crate::support::admin_section("")
+    );
+    let (_dir2, path2) = fixture("admin.yaml", &with_admin);
+    let out = Command::new(BIN)
+        .args(["serve", "--admin-addr", "0.0.0.0:0", "--config"])
+        .arg(&path2)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a loopback address"),
+        "{out:?}"
+    );
+    let mut d = spawn_serve(&[
+        "--config",
+        &path2.display().to_string(),
+        "--admin-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    d.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

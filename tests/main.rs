@@ -17,7 +17,13 @@ mod envoy_rls;
 mod health;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
 mod native;
+/// Operators' overrides and resets across nodes through a real Redis.
+mod redis_overrides;
 /// Redis sync mode against a real redis-server.
 mod redis_sync;
+/// Hot reload of the config and limits files.
+mod reload;
 /// Graceful shutdown with calls and streams in flight.
 mod shutdown;
+/// TLS and mTLS on the check and admin listeners.
+mod tls;

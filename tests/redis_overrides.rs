@@ -1,0 +1,357 @@
+//! Operators' changes through a real Redis: an override set on one node
+//! is enforced by another within a second (and a missed announcement
+//! heals by the version poll), a new node starts with them, resets reach
+//! every node, a Redis that is down refuses changes, and nothing in
+//! Redis holds a raw API key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+use quotad::api::pb::set_override_request::Target;
+use quotad::api::pb::{CheckRequest, KeyRef, SetOverrideRequest};
+use quotad::core::ManualClock;
+
+use crate::support::{CONFIG, RedisServer, T0, TestDaemon, admin_section};
+
+fn config(redis: &RedisServer) -> String {
+    format!(
+        "{CONFIG}store:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {}\n  sync_interval: 10ms\n{}",
+        redis.url(),
+        admin_section("")
+    )
+}
+
+fn key(k: &str) -> KeyRef {
+    KeyRef {
+        key: k.into(),
+        key_hash: String::new(),
+    }
+}
+
+fn set(k: &str, target: Target) -> SetOverrideRequest {
+    SetOverrideRequest {
+        key: k.into(),
+        target: Some(target),
+        reason: "test".into(),
+        ..Default::default()
+    }
+}
+
+async fn policy(d: &TestDaemon, k: &str) -> String {
+    let mut c = RateLimiterClient::new(d.channel().await);
+    let r = c
+        .check(CheckRequest {
+            key: k.into(),
+            cost: 1,
+            id: 0,
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    if r.allowed {
+        r.policy
+    } else {
+        format!("denied:{}", r.reason)
+    }
+}
+
+/// How long (real time) until `d`'s check of `k` answers `want`; fails
+/// after 1 s, the issue's bound.
+async fn within_a_second(d: &TestDaemon, k: &str, want: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if policy(d, k).await == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{k} did not become {want} within a second (still {})",
+            policy(d, k).await
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_override_set_on_one_node_is_enforced_by_the_other_within_a_second() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let b = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    assert_eq!(policy(&b, "alice").await, "free/per-second");
+
+    a.ops()
+        .await
+        .set_override(set("alice", Target::Plan("gold".into())))
+        .await
+        .unwrap();
+    // The writer sees its own change at once.
+    assert_eq!(policy(&a, "alice").await, "gold/per-second");
+    let took = within_a_second(&b, "alice", "gold/per-second").await;
+    eprintln!("override reached the other node in {took:?}");
+    let got = b
+        .ops()
+        .await
+        .get_override(key("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.plan.as_str(), got.created_by.as_str()),
+        ("gold", "ops")
+    );
+
+    // A block set on B holds on A.
+    b.ops()
+        .await
+        .set_override(set("mallory", Target::Block(true)))
+        .await
+        .unwrap();
+    within_a_second(&a, "mallory", "denied:5").await;
+
+    // Deleted on A: back to free on B.
+    a.ops().await.delete_override(key("alice")).await.unwrap();
+    within_a_second(&b, "alice", "free/per-second").await;
+    assert_eq!(
+        b.ops()
+            .await
+            .get_override(key("alice"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_missed_announcement_heals_by_the_version_poll() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    // Write an override the way the daemon does, but announce it on a
+    // channel nobody listens to: every subscriber misses it.
+    let hash = a.limiter.hasher().display(b"carol");
+    let record = r#"{"plan":"tiny","reason":"missed","author":"script","updated_at_ns":1}"#;
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sync/overrides_write.lua"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "EVAL", &script, "3"])
+        .args([
+            "quotad:{overrides}:data",
+            "quotad:{overrides}:version",
+            "quotad:{overrides}:digest",
+            &format!("o:{hash}"),
+            record,
+            "nobody-listens",
+            "0",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "{out:?}");
+    let took = within_a_second(&a, "carol", "tiny/per-minute").await;
+    eprintln!("missed announcement healed in {took:?}");
+}
+
+#[tokio::test]
+async fn a_node_that_starts_later_enforces_the_overrides_at_once() {
+    let redis = RedisServer::start().await;
+    let a = TestDaemon::with_config(&config(&redis)).await;
+    let mut ops = a.ops().await;
+    ops.set_override(set("dave", Target::Plan("tiny".into())))
+        .await
+        .unwrap();
+    ops.set_override(set("eve", Target::Block(true)))
+        .await
+        .unwrap();
+    drop(a);
+    // Read before ready: the first check already knows.
+    let c = TestDaemon::with_config(&config(&redis)).await;
+    assert_eq!(policy(&c, "dave").await, "tiny/per-minute");
+    assert_eq!(policy(&c, "eve").await, "denied:5");
+    let listed = c
+        .ops()
+        .await
+        .list_overrides(quotad::api::pb::ListOverridesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 2);
+}
+
+#[tokio::test]
+async fn a_reset_reaches_every_node_and_redis() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let b = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    for d in [&a, &b] {
+        let mut c = RateLimiterClient::new(d.channel().await);
+        let r = c
+            .check(CheckRequest {
+                key: "frank".into(),
+                cost: 15,
+                id: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed);
+        d.wait_synced().await;
+    }
+    let used = |u: &quotad::api::pb::GetUsageResponse| {
+        u.limits
+            .iter()
+            .find(|l| l.name == "daily")
+            .map(|l| l.used)
+            .unwrap()
+    };
+    // After a's flush and b's, b has adopted a's count too.
+    b.wait_synced().await;
+    let u = b
+        .ops()
+        .await
+        .get_usage(key("frank"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(used(&u), 30);
+
+    let r = a
+        .ops()
+        .await
+        .reset_usage(key("frank"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(used(&r.usage.unwrap()), 0);
+    let start = Instant::now();
+    loop {
+        let u = b
+            .ops()
+            .await
+            .get_usage(key("frank"))
+            .await
+            .unwrap()
+            .into_inner();
+        if used(&u) == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "b still counts {}",
+            used(&u)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Redis forgot the cells: a third node starts from nothing.
+    let c = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let mut cc = RateLimiterClient::new(c.channel().await);
+    let _ = cc
+        .check(CheckRequest {
+            key: "frank".into(),
+            cost: 1,
+            id: 0,
+        })
+        .await
+        .unwrap();
+    c.wait_synced().await;
+    let u = c
+        .ops()
+        .await
+        .get_usage(key("frank"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(used(&u), 1);
+}
+
+#[tokio::test]
+async fn overrides_expire_on_every_node_and_redis_holds_no_raw_key() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let b = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    a.ops()
+        .await
+        .set_override(SetOverrideRequest {
+            ttl: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..set("grace-secret-key", Target::Plan("gold".into()))
+        })
+        .await
+        .unwrap();
+    within_a_second(&b, "grace-secret-key", "gold/per-second").await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = format!(
+        "{}{}",
+        cli(&["--scan"]),
+        cli(&["HGETALL", "quotad:{overrides}:data"])
+    );
+    assert!(
+        all.contains(&a.limiter.hasher().display(b"grace-secret-key")),
+        "{all}"
+    );
+    assert!(!all.contains("grace-secret-key"), "{all}");
+
+    clock.advance(30_000_000_000);
+    for d in [&a, &b] {
+        assert_eq!(policy(d, "grace-secret-key").await, "free/per-second");
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_changes_are_refused_and_nothing_changes() {
+    let mut redis = RedisServer::start().await;
+    let a = TestDaemon::with_config(&config(&redis)).await;
+    redis.kill();
+    let mut ops = a.ops().await;
+    let e = ops
+        .set_override(set("henry", Target::Plan("gold".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(
+        e.message().starts_with("redis did not confirm the change"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(policy(&a, "henry").await, "free/per-second");
+    assert_eq!(
+        ops.get_override(key("henry")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    // Checks go on regardless.
+    assert_eq!(policy(&a, "henry").await, "free/per-second");
+    // Back: the change goes through.
+    redis.restart().await;
+    let start = Instant::now();
+    loop {
+        match ops
+            .set_override(set("henry", Target::Plan("gold".into())))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable);
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "redis never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(policy(&a, "henry").await, "gold/per-second");
+}
