@@ -5,7 +5,9 @@
 //! Redis holds a raw API key.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::set_override_request::Target;
