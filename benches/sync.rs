@@ -16,7 +16,6 @@
 //! (`scripts/test.sh` installs it).
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,13 +29,11 @@ use quotad::shutdown;
 use quotad::store::StoreLimits;
 use quotad::sync::RedisSync;
 
-const THREADS: usize = 2;
+mod common;
 
-fn bench_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |f: &str| args.iter().any(|a| a == f);
-    has("--bench") && !has("--test") && !has("--list")
-}
+use common::{Redis, bench_mode};
+
+const THREADS: usize = 2;
 
 fn limiter(sync: bool) -> Arc<Limiter> {
     let rate = Rate::new(
@@ -92,70 +89,6 @@ fn throughput(l: &Limiter, keys: usize, run: Duration) -> f64 {
         workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
     });
     total as f64 / run.as_secs_f64()
-}
-
-/// A throwaway redis-server; killed on drop.
-struct Redis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let r = Redis { port, child };
-        for _ in 0..500 {
-            if r.command("PING").is_some_and(|l| l.contains("PONG")) {
-                return Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-
-    /// Every line of the reply to an inline command.
-    fn command(&self, cmd: &str) -> Option<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-        let mut r = BufReader::new(s);
-        let mut first = String::new();
-        r.read_line(&mut first).ok()?;
-        let Some(len) = first.strip_prefix('$') else {
-            return Some(first);
-        };
-        let len: usize = len.trim().parse().ok()?;
-        let mut body = vec![0u8; len + 2];
-        std::io::Read::read_exact(&mut r, &mut body).ok()?;
-        Some(String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// `calls` of one command in `INFO commandstats`.
-    fn calls(&self, command: &str) -> u64 {
-        let info = self.command("INFO commandstats").unwrap_or_default();
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn main() {

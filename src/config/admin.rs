@@ -39,7 +39,7 @@ pub const DEFAULT_ADMIN_ADDR: SocketAddr =
 /// Default `admin.max_overrides`.
 pub const DEFAULT_MAX_OVERRIDES: usize = 10_000;
 /// Largest `admin.max_overrides`.
-const MAX_OVERRIDES_CAP: u64 = 1_000_000;
+const MAX_OVERRIDES_CAP: u64 = 100_000;
 
 /// The `admin` section. The admin API runs only when the config has one
 /// (with at least one token).
