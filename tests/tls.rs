@@ -94,6 +94,32 @@ async fn the_check_listener_serves_tls_and_refuses_plain_text() {
     assert!(untrusted.is_err());
 }
 
+#[tokio::test]
+async fn the_check_listener_can_require_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("check CA");
+    let gateways = TestCa::new("gateways");
+    let (cert, key) = server_files(&ca, dir.path(), "server");
+    let client_ca = write_file(dir.path(), "gateways.pem", &gateways.cert_pem);
+    let yaml = format!(
+        "{CONFIG}  tls: {{ cert_file: {}, key_file: {}, client_ca_file: {} }}\n",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    let served = match tls_channel(d.grpc_addr, &ca.cert_pem, None).await {
+        Err(_) => false,
+        Ok(channel) => checks_pass(channel).await.is_ok(),
+    };
+    assert!(!served, "a gateway without a certificate was served");
+    let (cert, key) = gateways.leaf("envoy-1", &[]);
+    let channel = tls_channel(d.grpc_addr, &ca.cert_pem, Some((&cert, &key)))
+        .await
+        .expect("mTLS connects");
+    assert!(checks_pass(channel).await.expect("served"));
+}
+
 /// A daemon whose admin listener needs TLS with client certificates from
 /// `clients`, and writes its audit to `dir/audit.jsonl`.
 async fn mtls_admin(dir: &Path, server_ca: &TestCa, clients: &TestCa) -> TestDaemon {

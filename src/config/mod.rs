@@ -110,6 +110,14 @@ envoy:
 # -Remaining, -Reset), draft11 (RateLimit-Policy, RateLimit) or both;
 # Retry-After is added to over-limit answers unless off.
 response_headers: both
+
+# The admin API (quotactl: overrides, usage, reset, reload) runs only with
+# an admin section holding at least one token; make one with
+# `quotactl token new` and paste the line it prints under tokens.
+# admin:
+#   addr: 127.0.0.1:8082
+#   tokens:
+#     - { id: ops, sha256: "<64 hex digits>", scopes: [read, write] }
 "#;
 
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
