@@ -17,6 +17,9 @@ mod envoy_rls;
 mod health;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
 mod native;
+/// quotactl end to end: every command against a real daemon, exit codes,
+/// output (table and JSON), tokens and keys never shown.
+mod quotactl;
 /// Operators' overrides and resets across nodes through a real Redis.
 mod redis_overrides;
 /// Redis sync mode against a real redis-server.

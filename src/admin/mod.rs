@@ -186,6 +186,8 @@ impl QuotaAdmin for AdminService {
             }
             None => self.control.set(record.clone()).map_err(control_status)?,
         };
+        // An override that had ended was gone already: it replaced none.
+        let previous = previous.filter(|o| o.active(now));
         self.audit.write(&audit(previous.as_ref()));
         Ok(Response::new(pb::SetOverrideResponse {
             r#override: Some(self.override_message(&record)),

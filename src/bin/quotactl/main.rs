@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use quotad::api::pb;
-use quotad::config::Config;
+use quotad::config::{Config, ConfigError};
 use serde_json::json;
 
 use client::{Client, Failure, Target, exit};
@@ -553,6 +553,8 @@ fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Resul
         } else {
             format!("{}: ok\n{}\n", file.display(), c.summary())
         }),
+        // A file named here that cannot be read is not an invalid one.
+        Err(e @ ConfigError::Read { .. }) => Err(Failure::new(exit::NO_INPUT, e.to_string())),
         Err(e) => Err(Failure::new(exit::DATA, e.to_string())),
     }
 }
