@@ -644,6 +644,7 @@ async fn every_change_is_audited_with_who_what_when_and_before_after() {
         .iter()
         .map(|l| {
             assert_eq!(l["who"], "ops");
+            assert_eq!(l["outcome"], "done");
             assert_eq!(l["key_hash"], hash.as_str());
             assert_eq!(l["at"], "2026-11-27T12:00:00Z");
             assert!(l["peer"].as_str().unwrap().starts_with("127.0.0.1:"));

@@ -109,6 +109,8 @@ struct Daemon {
     child: tokio::process::Child,
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
     grpc: String,
+    /// The admin listener, when it logged one.
+    admin: Option<String>,
 }
 
 impl Daemon {
@@ -163,15 +165,21 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut grpc = None;
+    let mut admin = None;
     // Read log lines until the daemon reports ready: it logs the bound
     // addresses, then "quotad ready".
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
             if line.contains("gRPC listener bound") {
-                grpc = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("grpc_addr="))
-                    .map(str::to_owned);
+                grpc = field("grpc_addr=");
+            }
+            if line.contains("admin listener bound") {
+                admin = field("admin_addr=");
             }
             if line.contains("quotad ready") {
                 break;
@@ -193,6 +201,7 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
         child,
         log,
         grpc: grpc.expect("daemon logged its gRPC address"),
+        admin,
     }
 }
 
@@ -419,6 +428,22 @@ async fn admin_addr_flag_needs_an_admin_section_and_binds_with_one() {
         "127.0.0.1:0",
     ])
     .await;
+    // The flag's listener serves the admin API.
+    let admin = d.admin.clone().expect("the admin listener was logged");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("admin listener answers");
+    let plans = quotad::api::pb::quota_admin_client::QuotaAdminClient::with_interceptor(
+        channel,
+        crate::support::Bearer(Some(crate::support::OPS_TOKEN.into())),
+    )
+    .list_plans(quotad::api::pb::ListPlansRequest {})
+    .await
+    .expect("admin API answers")
+    .into_inner();
+    assert_eq!(plans.plans.len(), 4);
     d.signal("-TERM");
     let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
         .await

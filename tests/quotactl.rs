@@ -816,7 +816,7 @@ async fn plans_and_reload_describe_the_config_in_effect() {
         .map(|p| {
             (
                 p["name"].as_str().unwrap(),
-                p["default"].as_bool().unwrap(),
+                p["is_default"].as_bool().unwrap(),
                 p["static_keys"].as_u64().unwrap(),
                 p["overrides"].as_u64().unwrap(),
             )
@@ -1411,4 +1411,101 @@ async fn token_new_prints_a_token_that_its_config_line_admits() {
         .run(&["plans"])
         .await
         .fails_with(77, &["invalid token"]);
+}
+
+#[tokio::test]
+async fn over_https_with_a_private_ca_and_a_client_certificate() {
+    use crate::support::TestCa;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("admin CA");
+    let ops_ca = TestCa::new("ops CA");
+    let (cert, key) = server_ca.leaf("localhost", &["localhost", "127.0.0.1"]);
+    let cert_file = write_file(dir.path(), "admin.pem", &cert);
+    let key_file = write_file(dir.path(), "admin.key", &key);
+    let ops_ca_file = write_file(dir.path(), "ops-ca.pem", &ops_ca.cert_pem);
+    let ca_file = write_file(dir.path(), "ca.pem", &server_ca.cert_pem);
+    let (client_cert, client_key) = ops_ca.leaf("alice", &[]);
+    let client_cert_file = write_file(dir.path(), "alice.pem", &client_cert);
+    let client_key_file = write_file(dir.path(), "alice.key", &client_key);
+    let d = TestDaemon::with_config(&format!(
+        "{CONFIG}{}",
+        admin_section(&format!(
+            "  tls: {{ cert_file: {}, key_file: {}, client_ca_file: {} }}\n",
+            cert_file.display(),
+            key_file.display(),
+            ops_ca_file.display()
+        ))
+    ))
+    .await;
+    let url = format!("https://{}", d.admin_addr.unwrap());
+    let ctl = Ctl::bare().server(&url).token(OPS_TOKEN);
+    let ca = ca_file.display().to_string();
+    let (cert, key) = (
+        client_cert_file.display().to_string(),
+        client_key_file.display().to_string(),
+    );
+    // The private CA, the client certificate, the name on the server's
+    // certificate: served.
+    let out = ctl
+        .run(&[
+            "plans",
+            "--ca-file",
+            &ca,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+        ])
+        .await
+        .ok();
+    assert!(out.stdout.starts_with("PLAN"), "{out:#?}");
+    let out = ctl
+        .run(&[
+            "override",
+            "set",
+            "k",
+            "--block",
+            "--reason",
+            "over mTLS",
+            "--ca-file",
+            &ca,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "-o",
+            "json",
+        ])
+        .await
+        .ok();
+    assert_eq!(out.json()["override"]["created_by"], "ops (CN=alice)");
+    // Without the client certificate the server closes the connection:
+    // unavailable, with a hint.
+    ctl.run(&["plans", "--ca-file", &ca]).await.fails_with(
+        69,
+        &[
+            &format!("{url} is unavailable"),
+            "give --cert-file and --key-file",
+        ],
+    );
+    // Without the private CA the server is not trusted.
+    ctl.run(&["plans", "--cert-file", &cert, "--key-file", &key])
+        .await
+        .fails_with(69, &["cannot reach"]);
+    // Half a client identity, or TLS flags on a plain URL: usage errors.
+    ctl.run(&["plans", "--ca-file", &ca, "--cert-file", &cert])
+        .await
+        .fails(
+            64,
+            "--cert-file and --key-file go together (a client certificate for mTLS)",
+        );
+    Ctl::bare()
+        .server("http://127.0.0.1:1")
+        .token(OPS_TOKEN)
+        .run(&["plans", "--tls-server-name", "localhost"])
+        .await
+        .fails(
+            64,
+            "--ca-file, --cert-file, --key-file and --tls-server-name need an https:// server (got http://127.0.0.1:1)",
+        );
 }

@@ -17,11 +17,51 @@ use quotad::core::ManualClock;
 use crate::support::{CONFIG, RedisServer, T0, TestDaemon, admin_section};
 
 fn config(redis: &RedisServer) -> String {
+    config_with(redis, "")
+}
+
+/// [`config`] with `extra` lines in the admin section.
+fn config_with(redis: &RedisServer, extra: &str) -> String {
     format!(
         "{CONFIG}store:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {}\n  sync_interval: 10ms\n{}",
         redis.url(),
-        admin_section("")
+        admin_section(extra)
     )
+}
+
+/// `redis-cli -p PORT ARGS...`'s stdout.
+fn cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the daemon's own write script on Redis, announcing on `channel`.
+fn write_record(redis: &RedisServer, key_hash: &str, record: &str, channel: &str) {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sync/overrides_write.lua"),
+    )
+    .unwrap();
+    cli(
+        redis,
+        &[
+            "EVAL",
+            &script,
+            "3",
+            "quotad:{overrides}:data",
+            "quotad:{overrides}:version",
+            "quotad:{overrides}:digest",
+            &format!("o:{key_hash}"),
+            record,
+            channel,
+            "0",
+            "0",
+        ],
+    );
 }
 
 fn key(k: &str) -> KeyRef {
@@ -135,24 +175,7 @@ async fn a_missed_announcement_heals_by_the_version_poll() {
     // channel nobody listens to: every subscriber misses it.
     let hash = a.limiter.hasher().display(b"carol");
     let record = r#"{"plan":"tiny","reason":"missed","author":"script","updated_at_ns":1}"#;
-    let script = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sync/overrides_write.lua"),
-    )
-    .unwrap();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "EVAL", &script, "3"])
-        .args([
-            "quotad:{overrides}:data",
-            "quotad:{overrides}:version",
-            "quotad:{overrides}:digest",
-            &format!("o:{hash}"),
-            record,
-            "nobody-listens",
-            "0",
-        ])
-        .output()
-        .expect("redis-cli runs");
-    assert!(out.status.success(), "{out:?}");
+    write_record(&redis, &hash, record, "nobody-listens");
     let took = within_a_second(&a, "carol", "tiny/per-minute").await;
     eprintln!("missed announcement healed in {took:?}");
 }
@@ -288,18 +311,10 @@ async fn overrides_expire_on_every_node_and_redis_holds_no_raw_key() {
         .await
         .unwrap();
     within_a_second(&b, "grace-secret-key", "gold/per-second").await;
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let all = format!(
         "{}{}",
-        cli(&["--scan"]),
-        cli(&["HGETALL", "quotad:{overrides}:data"])
+        cli(&redis, &["--scan"]),
+        cli(&redis, &["HGETALL", "quotad:{overrides}:data"])
     );
     assert!(
         all.contains(&a.limiter.hasher().display(b"grace-secret-key")),
@@ -314,9 +329,102 @@ async fn overrides_expire_on_every_node_and_redis_holds_no_raw_key() {
 }
 
 #[tokio::test]
+async fn a_node_on_another_history_at_the_same_version_reads_everything_again() {
+    let redis = RedisServer::start().await;
+    let a = TestDaemon::with_config(&config(&redis)).await;
+    a.ops()
+        .await
+        .set_override(set("alice", Target::Plan("gold".into())))
+        .await
+        .unwrap();
+    assert_eq!(policy(&a, "alice").await, "gold/per-second");
+    // Redis goes back to an older state (a failover to a replica that
+    // lagged): no overrides, version 0. Then someone writes another
+    // change, which is version 1 again, announced as usual.
+    cli(
+        &redis,
+        &[
+            "DEL",
+            "quotad:{overrides}:data",
+            "quotad:{overrides}:version",
+            "quotad:{overrides}:digest",
+        ],
+    );
+    let bob = a.limiter.hasher().display(b"bob");
+    let record = r#"{"plan":"tiny","reason":"other history","author":"script","updated_at_ns":1}"#;
+    write_record(&redis, &bob, record, "quotad:{overrides}:changes");
+    // Same version number, another digest: a reads Redis's state.
+    within_a_second(&a, "bob", "tiny/per-minute").await;
+    within_a_second(&a, "alice", "free/per-second").await;
+}
+
+#[tokio::test]
+async fn the_cap_holds_for_every_node_and_ended_overrides_do_not_count() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let yaml = config_with(&redis, "  max_overrides: 2\n");
+    let a = TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await;
+    let b = TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await;
+    a.ops()
+        .await
+        .set_override(SetOverrideRequest {
+            ttl: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..set("k1", Target::Block(true))
+        })
+        .await
+        .unwrap();
+    b.ops()
+        .await
+        .set_override(set("k2", Target::Block(true)))
+        .await
+        .unwrap();
+    let e = a
+        .ops()
+        .await
+        .set_override(set("k3", Target::Block(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        e.message(),
+        "too many overrides: 2 are in force (admin.max_overrides); delete some first"
+    );
+    // Replacing one fits.
+    b.ops()
+        .await
+        .set_override(set("k2", Target::Plan("gold".into())))
+        .await
+        .unwrap();
+    // k1 ends: room for k3, on either node.
+    clock.advance(5_000_000_000);
+    b.ops()
+        .await
+        .set_override(set("k3", Target::Block(true)))
+        .await
+        .unwrap();
+    let listed = a
+        .ops()
+        .await
+        .list_overrides(quotad::api::pb::ListOverridesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 2);
+}
+
+#[tokio::test]
 async fn with_redis_down_changes_are_refused_and_nothing_changes() {
     let mut redis = RedisServer::start().await;
-    let a = TestDaemon::with_config(&config(&redis)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let a = TestDaemon::with_config(&config_with(
+        &redis,
+        &format!("  audit_file: {}\n", audit.display()),
+    ))
+    .await;
     redis.kill();
     let mut ops = a.ops().await;
     let e = ops
@@ -336,6 +444,18 @@ async fn with_redis_down_changes_are_refused_and_nothing_changes() {
     );
     // Checks go on regardless.
     assert_eq!(policy(&a, "henry").await, "free/per-second");
+    // The trail says the change was asked for and not confirmed.
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    let line: serde_json::Value = serde_json::from_str(trail.lines().next().unwrap()).unwrap();
+    assert_eq!(line["action"], "override.set");
+    assert_eq!(line["old"], "none");
+    assert!(
+        line["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("unconfirmed: redis did not confirm"),
+        "{line}"
+    );
     // Back: the change goes through.
     redis.restart().await;
     let start = Instant::now();

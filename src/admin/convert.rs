@@ -108,6 +108,7 @@ pub fn expiry(
     ttl: Option<prost_types::Duration>,
     now: Nanos,
 ) -> Result<Option<Nanos>, Status> {
+    let field = if ttl.is_some() { "ttl" } else { "expires_at" };
     let at = match (expires_at, ttl) {
         (Some(_), Some(_)) => return Err(invalid("ttl", "give expires_at or ttl, not both")),
         (None, None) => return Ok(None),
@@ -141,7 +142,7 @@ pub fn expiry(
         }
     };
     if at.saturating_sub(now) > MAX_TTL {
-        return Err(invalid("expires_at", "must be within ten years"));
+        return Err(invalid(field, "must be within ten years"));
     }
     Ok(Some(at))
 }
@@ -368,7 +369,7 @@ mod tests {
         assert!(msg(expiry(ts(now_s - 1), None, NOW)).contains("is not in the future"));
         assert_eq!(
             msg(expiry(None, d(20 * 366 * 86_400), NOW)),
-            "expires_at: must be within ten years"
+            "ttl: must be within ten years"
         );
     }
 

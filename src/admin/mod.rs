@@ -121,7 +121,7 @@ impl AdminService {
     fn unconfirmed(&self, record: Record, e: WriteError) -> Status {
         match e {
             WriteError::Full(_) => Status::resource_exhausted(e.to_string()),
-            WriteError::Unavailable(_) => {
+            WriteError::Unavailable(_) | WriteError::NotApplied => {
                 self.audit.write(&record.unconfirmed(&e.to_string()));
                 Status::unavailable(e.to_string())
             }
@@ -173,15 +173,13 @@ impl QuotaAdmin for AdminService {
                     .check_target(&record.target)
                     .map_err(control_status)?;
                 self.control.check_room(key_hash).map_err(control_status)?;
-                let max = self
-                    .control
-                    .config()
-                    .admin
-                    .as_ref()
-                    .map_or(0, |a| a.max_overrides);
-                match redis.set(&record, max).await {
+                let max = self.control.config().max_overrides();
+                match redis.set(&record, max, now).await {
                     Ok(previous) => previous,
-                    Err(e) => return Err(self.unconfirmed(audit(None), e)),
+                    Err(e) => {
+                        let before = self.control.get(key_hash);
+                        return Err(self.unconfirmed(audit(before.as_ref()), e));
+                    }
                 }
             }
             None => self.control.set(record.clone()).map_err(control_status)?,
@@ -219,28 +217,38 @@ impl QuotaAdmin for AdminService {
         let req = request.into_inner();
         let key_hash = self.key(&req.key, &req.key_hash)?;
         let now = self.now();
+        let record = |old: String| {
+            Record::new(&caller, "override.delete", now)
+                .key(key_hash)
+                .change(old, "none")
+        };
         let previous = match &self.redis {
-            Some(redis) => match redis.delete(key_hash).await {
+            Some(redis) => match redis.delete(key_hash, now).await {
                 Ok(previous) => previous,
                 Err(e) => {
-                    let record = Record::new(&caller, "override.delete", now).key(key_hash);
-                    return Err(self.unconfirmed(record, e));
+                    let before = described(self.control.get(key_hash).as_ref(), now);
+                    return Err(self.unconfirmed(record(before), e));
                 }
             },
             None => self.control.remove(key_hash),
         };
-        // An override that had ended was gone already.
-        let Some(previous) = previous.filter(|o| o.active(now)) else {
+        let Some(previous) = previous else {
             return Err(Status::not_found(format!(
                 "key {} has no override",
                 hex(key_hash)
             )));
         };
-        self.audit.write(
-            &Record::new(&caller, "override.delete", now)
-                .key(key_hash)
-                .change(described(Some(&previous), now), "none"),
-        );
+        if !previous.active(now) {
+            // It had ended, so the key had none; its record is gone now
+            // (from Redis, announced to every node): say so in the trail.
+            self.audit
+                .write(&record(format!("{} (had ended)", previous.describe())));
+            return Err(Status::not_found(format!(
+                "key {} has no override",
+                hex(key_hash)
+            )));
+        }
+        self.audit.write(&record(previous.describe()));
         Ok(Response::new(pb::DeleteOverrideResponse {
             previous: Some(self.override_message(&previous)),
         }))

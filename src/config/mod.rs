@@ -513,6 +513,13 @@ impl Config {
         Ok(())
     }
 
+    /// `admin.max_overrides`, or its default without an admin section.
+    pub fn max_overrides(&self) -> usize {
+        self.admin
+            .as_ref()
+            .map_or(admin::DEFAULT_MAX_OVERRIDES, |a| a.max_overrides)
+    }
+
     /// Every file the config in effect was read from (the config file,
     /// the limits files and directories, TLS certificates and keys): what
     /// a reload watches.
@@ -1010,6 +1017,28 @@ impl ConfigRaw {
             .map_or(HeaderStyle::default(), |s| s.0);
         let admin = self.admin.map(|a| a.build(base)).transpose()?;
         let reload = self.reload.map(ReloadRaw::build).unwrap_or_default();
+        // Two listeners on one address could never both bind.
+        let mut listeners = vec![
+            (["server", "grpc_addr"], server.grpc_addr),
+            (["server", "http_addr"], server.http_addr),
+        ];
+        if let Some(a) = &admin {
+            listeners.push((["admin", "addr"], a.addr));
+        }
+        for (i, (path, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i]
+                .iter()
+                .find(|(_, a)| a == addr && addr.port() != 0)
+            {
+                return Err(Issue::new(
+                    path.iter().map(|p| Seg::key(*p)).collect(),
+                    format!(
+                        "{addr} is also {}: each listener needs its own address",
+                        other.join(".")
+                    ),
+                ));
+            }
+        }
 
         // Limits last: a section's own mistake is reported before a missing
         // plan, so each error points at what the author was editing.
@@ -1549,6 +1578,10 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             (
                 "server:\n  shutdown_grace: 10\n",
                 "t.yaml:2:19: server.shutdown_grace: duration 10 has no unit (write for example 10s; units: ms, s, m, h)",
+            ),
+            (
+                "server:\n  grpc_addr: 127.0.0.1:7000\n  http_addr: 127.0.0.1:7000\n",
+                "t.yaml:3:14: server.http_addr: 127.0.0.1:7000 is also server.grpc_addr: each listener needs its own address",
             ),
             (
                 "server:\n  shutdown_grace: 0s\n",

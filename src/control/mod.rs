@@ -286,17 +286,22 @@ impl Control {
     /// `admin.max_overrides` (replacing one always fits).
     pub fn check_room(&self, key_hash: u64) -> Result<(), ControlError> {
         let st = self.lock();
-        Self::has_room(&st, &self.config.load(), key_hash)
+        Self::has_room(&st, &self.config.load(), key_hash, self.limiter.now())
     }
 
-    fn has_room(st: &State, config: &Config, key_hash: u64) -> Result<(), ControlError> {
-        let max = config
-            .admin
-            .as_ref()
-            .map_or(crate::config::admin::DEFAULT_MAX_OVERRIDES, |a| {
-                a.max_overrides
-            });
-        if !st.records.contains_key(&key_hash) && st.records.len() >= max {
+    /// Overrides that ended do not count (they go at the next sweep).
+    fn has_room(
+        st: &State,
+        config: &Config,
+        key_hash: u64,
+        now: Nanos,
+    ) -> Result<(), ControlError> {
+        let max = config.max_overrides();
+        if st.records.contains_key(&key_hash) || st.records.len() < max {
+            return Ok(());
+        }
+        let in_force = st.records.values().filter(|o| o.active(now)).count();
+        if in_force >= max {
             return Err(ControlError::TooMany { max });
         }
         Ok(())
@@ -312,7 +317,10 @@ impl Control {
         // is the config the override goes into.
         let config = self.config.load();
         Self::can_give(&config, &record.target)?;
-        Self::has_room(&st, &config, record.key_hash)?;
+        let now = self.limiter.now();
+        Self::has_room(&st, &config, record.key_hash, now)?;
+        // Ended ones make room (they stopped applying when they ended).
+        st.records.retain(|_, o| o.active(now));
         let old = st.records.insert(record.key_hash, record);
         self.install(&st);
         Ok(old)
@@ -475,6 +483,10 @@ impl Control {
         }
         let old = self.config.load_full();
         let restart_needed = restart_only_changes(&old, &config);
+        // What only a restart applies stays as it runs, so nothing is
+        // validated or read against settings not in effect (a `redis`
+        // section added by a reload decides nothing until a restart).
+        let config = keep_restart_only(&old, config);
         if *old == config {
             // The same settings (a comment changed, or nothing): only the
             // files' fingerprint is new.
@@ -514,6 +526,35 @@ impl Control {
         }
         self.limiter.swap_table(table);
     }
+}
+
+/// `new` with the settings only a restart applies taken from `old`, the
+/// config running. An admin section removed by a reload lets nobody in
+/// any more (its listener stays until the restart).
+fn keep_restart_only(old: &Config, mut new: Config) -> Config {
+    new.server.grpc_addr = old.server.grpc_addr;
+    new.server.http_addr = old.server.http_addr;
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        new.server.tls.clone_from(&old.server.tls);
+    }
+    new.store = old.store.clone();
+    new.redis.clone_from(&old.redis);
+    new.admin = match (&old.admin, new.admin.take()) {
+        (None, _) => None,
+        (Some(a), None) => Some(crate::config::AdminSettings {
+            tokens: Vec::new(),
+            ..a.clone()
+        }),
+        (Some(a), Some(mut b)) => {
+            b.addr = a.addr;
+            if a.tls.is_some() != b.tls.is_some() {
+                b.tls.clone_from(&a.tls);
+            }
+            b.audit_file.clone_from(&a.audit_file);
+            Some(b)
+        }
+    };
+    new
 }
 
 /// The settings that differ between `old` and `new` and that only a

@@ -314,7 +314,7 @@ impl<'de> Visitor<'de> for PositiveVisitor {
 
 /// Checks a plan or limit name: non-empty, at most 64 bytes, only
 /// `[A-Za-z0-9_.-]`.
-pub(crate) fn check_name(s: &str) -> Result<(), String> {
+pub fn check_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("name must not be empty".into());
     }

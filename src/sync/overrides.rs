@@ -14,25 +14,29 @@
 //!   failover to a replica that lagged, a Redis that lost its data and
 //!   was written again) is told apart;
 //! - the channel `{prefix}{overrides}:changes`, where each change is
-//!   announced as `<version>|<digest>|<field>|<value>` (an empty value
-//!   deletes).
+//!   announced as `<version>|<previous digest>|<digest>|<field>|<value>`
+//!   (an empty value deletes).
 //!
 //! A change is one script (`overrides_write.lua`): record, version,
 //! digest and announcement together. Every node's [`OverrideSync`] task
-//! applies announcements in version order (those already waiting in one
-//! table rebuild) and reads everything again (`overrides_read.lua`,
-//! atomic) when one is missed: a gap in versions, a lost subscription, or
-//! a poll every [`POLL`] finding Redis's version and digest different
-//! from its own (twice running when Redis is ahead, so an announcement on
-//! its way is not mistaken for a lost one). So a change reaches every
-//! node within milliseconds, and a node that missed it heals within a
-//! second. At start a node reads everything before it reports ready
-//! (bounded; it keeps trying when Redis is down).
+//! applies an announcement when it follows on from the history the node
+//! has (the next version, and the digest it has as the previous one),
+//! those already waiting in one table rebuild, and reads everything again
+//! (`overrides_read.lua`, atomic) when one is missed or does not follow:
+//! a gap, another history, a lost subscription, or a poll every [`POLL`]
+//! finding Redis's version and digest different from its own (twice
+//! running when Redis is ahead, so an announcement on its way is not
+//! mistaken for a lost one). So a change reaches every node within
+//! milliseconds, and a node that missed it heals within a second.
+//! Subscribing runs beside the polls, so a Redis that is away delays
+//! nothing else. At start a node waits (at most two seconds) to read
+//! everything before it reports ready, and keeps trying after.
 //!
 //! The admin API writes through [`RedisOverrides`], then waits (bounded)
-//! until its own node's task has applied that version: so a change is
+//! until its own node's task has applied that change: so a change is
 //! applied on every node, the writer's too, in one order, and a reader of
-//! the writer's node sees it once the call returns.
+//! the writer's node sees it once the call returns; if the node has not
+//! applied it within [`APPLIED_WAIT`], the call says so.
 //!
 //! Overrides that ended are ignored by every node on its own clock, and
 //! pruned from Redis by the nodes that see them (compare-and-delete, so a
@@ -68,7 +72,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// How long subscribing may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a writer waits for its own node to apply its change.
-const APPLIED_WAIT: Duration = Duration::from_secs(2);
+pub const APPLIED_WAIT: Duration = Duration::from_secs(2);
+/// How long after a failed subscription the next try waits.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// Announcements applied in one table rebuild, at most.
 const BATCH: usize = 1_000;
 
@@ -139,6 +145,12 @@ pub enum WriteError {
     /// have been made: read it back).
     #[error("redis did not confirm the change ({0}); check with a read and retry")]
     Unavailable(String),
+    /// Redis stored it, every node will apply it, but this node had not
+    /// within [`APPLIED_WAIT`] (its link to Redis is behind).
+    #[error(
+        "the change is stored in Redis but this node has not applied it yet (its Redis subscription is behind); other nodes apply it, this one will once it catches up"
+    )]
+    NotApplied,
 }
 
 impl From<RedisError> for WriteError {
@@ -156,8 +168,17 @@ pub struct RedisOverrides {
     conn: Mutex<Conn>,
     keys: Keys,
     write: Lua,
-    /// The version this node's [`OverrideSync`] has applied.
-    applied: watch::Receiver<u64>,
+    /// What this node's [`OverrideSync`] has applied.
+    applied: watch::Receiver<Applied>,
+}
+
+/// Where a node's follower stands: the history it has applied, and how
+/// many times it applied something.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Applied {
+    version: u64,
+    digest: String,
+    seq: u64,
 }
 
 impl std::fmt::Debug for RedisOverrides {
@@ -175,8 +196,10 @@ impl RedisOverrides {
         field: &str,
         value: &str,
         max: usize,
+        now: Nanos,
     ) -> Result<Option<String>, WriteError> {
         let keys = &self.keys;
+        let before = self.applied.borrow().seq;
         let reply = {
             let mut conn = self.conn.lock().await;
             let reply: redis::RedisResult<(u64, String, Option<String>)> = only(
@@ -192,7 +215,8 @@ impl RedisOverrides {
                             .arg(field)
                             .arg(value)
                             .arg(&keys.channel)
-                            .arg(max);
+                            .arg(max)
+                            .arg(now.to_string());
                     },
                 )
                 .await,
@@ -202,34 +226,46 @@ impl RedisOverrides {
             }
             reply?
         };
-        let (version, _, old) = reply;
+        let (version, digest, old) = reply;
         if version > 0 {
+            // Applied: this very state, or a later one reached since the
+            // write (a follower on a stale history is beyond `version`
+            // before it, and must first catch up).
             let mut applied = self.applied.clone();
-            let wait = applied.wait_for(|v| *v >= version);
+            let wait = applied.wait_for(|a| {
+                (a.version == version && a.digest == digest)
+                    || (a.version > version && a.seq > before)
+            });
             if tokio::time::timeout(APPLIED_WAIT, wait).await.is_err() {
                 tracing::warn!(
                     version,
-                    "overrides: this node has not applied its own change yet; it will on its next read"
+                    "overrides: this node has not applied its own change yet; it will once it catches up"
                 );
+                return Err(WriteError::NotApplied);
             }
         }
         Ok(old)
     }
 
-    /// Stores `o` (at most `max` overrides in all); returns the one it
-    /// replaced.
-    pub async fn set(&self, o: &Override, max: usize) -> Result<Option<Override>, WriteError> {
+    /// Stores `o` (at most `max` overrides in all, not counting those
+    /// ended at `now`); returns the one it replaced.
+    pub async fn set(
+        &self,
+        o: &Override,
+        max: usize,
+        now: Nanos,
+    ) -> Result<Option<Override>, WriteError> {
         let f = field('o', o.key_hash);
         let old = self
-            .versioned(&self.keys.overrides, &f, &o.to_json(), max)
+            .versioned(&self.keys.overrides, &f, &o.to_json(), max, now)
             .await?;
         Ok(old.and_then(|v| decode(o.key_hash, &v)))
     }
 
     /// Deletes `key_hash`'s override; returns it (`None`: there was none).
-    pub async fn delete(&self, key_hash: u64) -> Result<Option<Override>, WriteError> {
+    pub async fn delete(&self, key_hash: u64, now: Nanos) -> Result<Option<Override>, WriteError> {
         let f = field('o', key_hash);
-        let old = self.versioned(&self.keys.overrides, &f, "", 0).await?;
+        let old = self.versioned(&self.keys.overrides, &f, "", 0, now).await?;
         Ok(old.and_then(|v| decode(key_hash, &v)))
     }
 
@@ -265,7 +301,7 @@ impl RedisOverrides {
             }
         }
         let f = field('r', key_hash);
-        self.versioned(&self.keys.resets, &f, &now.to_string(), 0)
+        self.versioned(&self.keys.resets, &f, &now.to_string(), 0, now)
             .await?;
         Ok(())
     }
@@ -302,7 +338,7 @@ pub struct OverrideSync {
     /// The version and digest of Redis's history this node has applied.
     version: u64,
     digest: String,
-    applied: watch::Sender<u64>,
+    applied: watch::Sender<Applied>,
     /// Redis's version at the last poll, when it was ahead of this node's.
     ahead: Option<u64>,
     /// Whether the last read or poll reached Redis (for logging changes).
@@ -325,7 +361,7 @@ pub(super) fn pair(
     prefix: &str,
     control: Arc<Control>,
 ) -> (RedisOverrides, OverrideSync) {
-    let (applied, applied_rx) = watch::channel(0);
+    let (applied, applied_rx) = watch::channel(Applied::default());
     let keys = Keys::new(prefix);
     (
         RedisOverrides {
@@ -420,38 +456,55 @@ impl OverrideSync {
         self.version = snap.version;
         self.digest = snap.digest;
         self.ahead = None;
-        self.applied.send_replace(self.version);
+        self.publish_applied();
         self.note_reachable(Ok(()));
         Ok(count)
     }
 
-    /// Applies announcements in order, in one rebuild; a gap in versions
-    /// (or a history this node does not know) reads everything.
+    fn publish_applied(&self) {
+        self.applied.send_modify(|a| {
+            a.version = self.version;
+            a.digest.clone_from(&self.digest);
+            a.seq += 1;
+        });
+    }
+
+    /// Applies announcements that follow on from this node's history, in
+    /// order, in one rebuild; one that does not (a gap, another history)
+    /// reads everything.
     async fn announced(&mut self, payloads: &[String]) {
         let mut changes = Vec::new();
-        let mut gap = false;
+        let mut lost = false;
         for payload in payloads {
-            let mut parts = payload.splitn(4, '|');
-            let (Some(v), Some(digest), Some(f), Some(value)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let mut parts = payload.splitn(5, '|');
+            let (Some(v), Some(previous), Some(digest), Some(f), Some(value)) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
                 tracing::warn!("overrides: malformed announcement ignored");
                 continue;
             };
             let Ok(v) = v.parse::<u64>() else { continue };
-            if v <= self.version {
+            if v != self.version + 1 || previous != self.digest {
+                // Old news, unless it is the version this node has with
+                // another digest; anything else is a gap or another
+                // history.
+                let old = v < self.version || (v == self.version && digest == self.digest);
+                if !old {
+                    lost = true;
+                    break;
+                }
                 continue;
-            }
-            if v != self.version + 1 {
-                gap = true;
-                break;
             }
             match parse_field(f) {
                 Some(('o', h)) if value.is_empty() => changes.push(Change::Remove(h)),
+                // A record this node cannot read counts as none, as a
+                // full read counts it.
                 Some(('o', h)) => {
-                    if let Some(o) = decode(h, value) {
-                        changes.push(Change::Set(o));
-                    }
+                    changes.push(decode(h, value).map_or(Change::Remove(h), Change::Set))
                 }
                 Some((_, h)) => changes.push(Change::Reset(h)),
                 None => tracing::warn!(field = f, "overrides: unknown field announced; ignored"),
@@ -460,9 +513,8 @@ impl OverrideSync {
             digest.clone_into(&mut self.digest);
         }
         self.control.apply(&changes);
-        self.applied.send_replace(self.version);
-        if gap {
-            // Missed one (or Redis started over): read everything.
+        self.publish_applied();
+        if lost {
             let _ = self.resync().await;
         }
     }
@@ -571,29 +623,47 @@ impl OverrideSync {
     /// subscription, reading everything then), applies announcements,
     /// polls the version every [`POLL`], prunes every few minutes.
     pub async fn run(mut self, mut stop: Shutdown) {
+        type Subscribing = std::pin::Pin<
+            Box<dyn Future<Output = redis::RedisResult<redis::aio::PubSubStream>> + Send>,
+        >;
         let mut changes: Option<redis::aio::PubSubStream> = None;
+        let mut subscribing: Option<Subscribing> = None;
+        let mut retry = Box::pin(tokio::time::sleep(Duration::ZERO));
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if changes.is_none() {
-                match self
-                    .conn
-                    .subscribe(&self.keys.channel, SUBSCRIBE_TIMEOUT)
-                    .await
-                {
-                    Ok(s) => {
-                        changes = Some(s);
-                        // Announcements made while unsubscribed are lost:
-                        // catch up by reading everything.
-                        let _ = self.resync().await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "overrides: cannot subscribe yet"),
-                }
-            }
+            let idle = changes.is_none() && subscribing.is_none();
             tokio::select! {
                 _ = stop.wait() => return,
+                _ = &mut retry, if idle => {
+                    let conn = self.conn.clone();
+                    let channel = self.keys.channel.clone();
+                    subscribing = Some(Box::pin(async move {
+                        conn.subscribe(&channel, SUBSCRIBE_TIMEOUT).await
+                    }));
+                }
+                subscribed = async {
+                    match subscribing.as_mut() {
+                        Some(s) => s.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    subscribing = None;
+                    match subscribed {
+                        Ok(s) => {
+                            changes = Some(s);
+                            // Announcements made while unsubscribed are
+                            // lost: catch up by reading everything.
+                            let _ = self.resync().await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "overrides: cannot subscribe yet");
+                            retry = Box::pin(tokio::time::sleep(RESUBSCRIBE));
+                        }
+                    }
+                }
                 msg = next(&mut changes) => match msg {
                     Some(first) => {
                         // Take every announcement already here: one rebuild
@@ -618,6 +688,7 @@ impl OverrideSync {
                     None => {
                         tracing::debug!("overrides: subscription ended; subscribing again");
                         changes = None;
+                        retry = Box::pin(tokio::time::sleep(Duration::ZERO));
                     }
                 },
                 _ = poll.tick() => self.poll().await,

@@ -9,12 +9,14 @@
 -- ARGV[2]: its new value ("" deletes it)
 -- ARGV[3]: the channel to announce it on
 -- ARGV[4]: most records KEYS[1] may hold (0: no cap)
+-- ARGV[5]: now (Unix ns, as a decimal string), to tell ended overrides
 --
 -- Stores "<version>|<value>" and publishes
--- "<version>|<digest>|<field>|<value>". The digest chains every change
--- (SHA-1 of the previous digest and this change), so two histories that
--- reached the same version by different changes (a failover to a replica
--- that lagged, a Redis that started over) are told apart.
+-- "<version>|<previous digest>|<digest>|<field>|<value>". The digest
+-- chains every change (SHA-1 of the previous digest and this change), so
+-- two histories that reached the same version by different changes (a
+-- failover to a replica that lagged, a Redis that started over) are told
+-- apart, and a node applies an announcement only on the history it has.
 -- Returns { version, digest, old stored value or false }; { 0, '', false }
 -- when deleting a record that does not exist (nothing changes, nothing is
 -- announced).
@@ -27,15 +29,31 @@ if ARGV[2] == '' then
 else
   local max = tonumber(ARGV[4])
   if not old and max > 0 and redis.call('HLEN', KEYS[1]) >= max then
-    return redis.error_reply('QUOTAD_FULL ' .. max .. ' overrides are in force (admin.max_overrides)')
+    -- At the cap: overrides that ended no longer count. Every node
+    -- ignores them already, so they go without an announcement.
+    -- (Lua numbers are doubles: exact to a quarter of a microsecond here.)
+    local now = tonumber(ARGV[5])
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      local bar = string.find(all[i + 1], '|', 1, true)
+      local ok, record = pcall(cjson.decode, string.sub(all[i + 1], (bar or 0) + 1))
+      local ends = ok and type(record) == 'table' and record['expires_at_ns']
+      if type(ends) == 'number' and ends <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+      end
+    end
+    if redis.call('HLEN', KEYS[1]) >= max then
+      return redis.error_reply('QUOTAD_FULL ' .. max .. ' are in force (admin.max_overrides)')
+    end
   end
 end
 local version = redis.call('INCR', KEYS[2])
 local change = version .. '|' .. ARGV[1] .. '|' .. ARGV[2]
-local digest = redis.sha1hex((redis.call('GET', KEYS[3]) or '') .. '|' .. change)
+local previous = redis.call('GET', KEYS[3]) or ''
+local digest = redis.sha1hex(previous .. '|' .. change)
 redis.call('SET', KEYS[3], digest)
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], ARGV[1], version .. '|' .. ARGV[2])
 end
-redis.call('PUBLISH', ARGV[3], version .. '|' .. digest .. '|' .. ARGV[1] .. '|' .. ARGV[2])
+redis.call('PUBLISH', ARGV[3], version .. '|' .. previous .. '|' .. digest .. '|' .. ARGV[1] .. '|' .. ARGV[2])
 return { version, digest, old }

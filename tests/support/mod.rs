@@ -339,12 +339,43 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one and waits (bounded) until it answers PING.
+    /// Starts one and waits (bounded) until it answers PING. Should
+    /// another process take the free port first (tests run in parallel),
+    /// tries another.
     pub async fn start() -> Self {
-        let port = free_port();
-        let mut s = Self { port, child: None };
-        s.spawn().await;
-        s
+        for _ in 0..5 {
+            let mut s = Self {
+                port: free_port(),
+                child: None,
+            };
+            s.spawn().await;
+            if s.is_ours() {
+                return s;
+            }
+            s.kill();
+        }
+        panic!("no free port for redis-server after 5 tries");
+    }
+
+    /// Whether the server answering on the port is the child started
+    /// here (its process id, from `INFO server`).
+    fn is_ours(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let pid = child.id().to_string();
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", "server"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
+            })
+            .unwrap_or(false)
     }
 
     /// `redis://127.0.0.1:PORT`.

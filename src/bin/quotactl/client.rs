@@ -54,8 +54,9 @@ impl Failure {
         Self::new(exit::USAGE, message)
     }
 
-    /// A server's refusal, by its gRPC code.
-    pub fn status(s: &tonic::Status, server: &str) -> Self {
+    /// A server's refusal, by its gRPC code; `hint` goes after an
+    /// unavailable server's reason.
+    pub fn status(s: &tonic::Status, server: &str, hint: &str) -> Self {
         use tonic::Code;
         let message = s.message();
         match s.code() {
@@ -74,7 +75,7 @@ impl Failure {
             }
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::new(
                 exit::UNAVAILABLE,
-                format!("{server} is unavailable: {}", describe_unavailable(s)),
+                format!("{server} is unavailable: {}{hint}", describe_unavailable(s)),
             ),
             Code::Unimplemented => Self::new(
                 exit::SOFTWARE,
@@ -88,9 +89,11 @@ impl Failure {
 }
 
 fn describe_unavailable(s: &tonic::Status) -> String {
-    use std::error::Error;
-    let mut text = s.message().to_owned();
-    let mut source = s.source();
+    chain(s.message().to_owned(), std::error::Error::source(s))
+}
+
+/// `text` and every cause after it, `: `-separated.
+fn chain(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(e) = source {
         text.push_str(": ");
         text.push_str(&e.to_string());
@@ -110,6 +113,18 @@ pub struct Target {
     pub key_file: Option<PathBuf>,
     pub tls_server_name: Option<String>,
     pub timeout: Duration,
+}
+
+impl Target {
+    /// What to say after an unavailable server's reason: over TLS without
+    /// a client certificate, that the server may want one.
+    pub fn hint(&self) -> &'static str {
+        if self.server.starts_with("https://") && self.cert_file.is_none() {
+            " (a server that requires client certificates closes the connection: give --cert-file and --key-file)"
+        } else {
+            ""
+        }
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -170,7 +185,10 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
         .map_err(|e| Failure::usage(format!("--server {server}: not a URL: {e}")))?
         .connect_timeout(target.timeout)
         .timeout(target.timeout);
-    let tls_files = target.ca_file.is_some() || target.cert_file.is_some();
+    let tls_flags = target.ca_file.is_some()
+        || target.cert_file.is_some()
+        || target.key_file.is_some()
+        || target.tls_server_name.is_some();
     if server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         match &target.ca_file {
@@ -201,20 +219,13 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
         return Err(Failure::usage(format!(
             "--server {server}: expected http://host:port or https://host:port"
         )));
-    } else if tls_files {
+    } else if tls_flags {
         return Err(Failure::usage(format!(
-            "--ca-file/--cert-file need an https:// server (got {server})"
+            "--ca-file, --cert-file, --key-file and --tls-server-name need an https:// server (got {server})"
         )));
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        use std::error::Error;
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
+        let text = chain(e.to_string(), std::error::Error::source(&e));
         Failure::new(exit::UNAVAILABLE, format!("cannot reach {server}: {text}"))
     })?;
     Ok(QuotaAdminClient::with_interceptor(channel, Bearer(bearer)))

@@ -217,8 +217,21 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                // The reader went away (`quotactl override ls | head`):
+                // what it wanted it got.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the output: {e}");
+                    ExitCode::from(exit::SOFTWARE)
+                }
+            }
         }
         Err(f) => {
             eprintln!("error: {}", f.message);
@@ -240,7 +253,8 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     };
     let json = cli.output == Format::Json;
     let server = cli.server.as_str();
-    let call = |s: tonic::Status| Failure::status(&s, server);
+    let hint = target.hint();
+    let call = |s: tonic::Status| Failure::status(&s, server, hint);
     match cli.command {
         Command::CheckConfig { file, limits } => check_config(&file, &limits, json),
         Command::Token(TokenCmd::New { id, scopes }) => new_token(&id, &scopes, json),
@@ -282,7 +296,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .into_inner();
             let o = r.previous.unwrap_or_default();
             Ok(if json {
-                doc(json!({ "deleted": output::override_json(&o) }))
+                doc(json!({ "previous": output::override_json(&o) }))
             } else {
                 format!(
                     "override of key {} deleted (was: {})\n",
@@ -293,7 +307,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         }
         Command::Override(OverrideCmd::Ls(args)) => {
             let mut client = client::connect(&target).await?;
-            list(&mut client, args, json, server).await
+            list(&mut client, args, json, server, hint).await
         }
         Command::Usage(key) => {
             let key = key_ref(key)?;
@@ -501,6 +515,7 @@ async fn list(
     args: LsArgs,
     json: bool,
     server: &str,
+    hint: &str,
 ) -> Result<String, Failure> {
     let mut all = Vec::new();
     let mut token = args.page_token.unwrap_or_default();
@@ -513,7 +528,7 @@ async fn list(
                 page_token: token.clone(),
             })
             .await
-            .map_err(|s| Failure::status(&s, server))?
+            .map_err(|s| Failure::status(&s, server, hint))?
             .into_inner();
         all.extend(page.overrides);
         if !args.all || page.next_page_token.is_empty() {
@@ -560,6 +575,7 @@ fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Resul
 }
 
 fn new_token(id: &str, scopes: &str, json: bool) -> Result<String, Failure> {
+    quotad::limits::file::check_name(id).map_err(|e| Failure::usage(format!("--id: {e}")))?;
     let scopes: Vec<&str> = scopes
         .split(',')
         .map(str::trim)

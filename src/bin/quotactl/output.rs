@@ -28,7 +28,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         for (i, cell) in cells.into_iter().enumerate() {
             out.push_str(cell);
             if i < last {
-                let pad = widths[i] - cell.chars().count() + 2;
+                let width = widths.get(i).copied().unwrap_or(0);
+                let pad = width.saturating_sub(cell.chars().count()) + 2;
                 out.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -286,7 +287,7 @@ pub fn plans_json(p: &pb::ListPlansResponse) -> Value {
     json!({
         "plans": p.plans.iter().map(|plan| json!({
             "name": plan.name,
-            "default": plan.is_default,
+            "is_default": plan.is_default,
             "static_keys": plan.static_keys,
             "overrides": plan.overrides,
             "limits": plan.limits.iter().map(|l| json!({
