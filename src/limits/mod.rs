@@ -21,8 +21,8 @@ use nohash_hasher::BuildNoHashHasher;
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::{KeyHasher, name_id};
 use crate::core::window::Window;
-use overrides::Routes;
 pub use overrides::{Assigned, Override, Target};
+use overrides::{Route, Routes};
 
 /// Index of a plan in its [`Table`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -232,28 +232,35 @@ pub struct LimitRef {
 
 /// The validated limits configuration: plans, the default plan, static
 /// key assignments, Envoy RLS domains, and operators' overrides.
-/// Immutable once built; cheap to clone (two `Arc`s), so a change of the
-/// overrides builds a new table around the same config part.
+/// Immutable once built. A change of the overrides builds a new table
+/// around a copy of the config's plans (a few), sharing its static keys
+/// (any number) and the rest.
 #[derive(Debug, Clone)]
 pub struct Table {
-    base: Arc<Base>,
-    overrides: Arc<Routes>,
-}
-
-/// The part of a table that comes from the config file.
-#[derive(Debug, Clone)]
-struct Base {
+    /// The config's plans, then those of overrides with limits of their
+    /// own (plan ids index this).
     plans: Vec<Plan>,
+    /// How many of `plans` are the config's.
+    config_plans: usize,
     default_plan: PlanId,
     /// Static key → plan assignments, keyed by the keyed hash of the API key
     /// so the table never holds raw keys.
-    keys: HashMap<u64, PlanId, BuildNoHashHasher<u64>>,
+    keys: Arc<HashMap<u64, PlanId, BuildNoHashHasher<u64>>>,
+    /// Overrides in force, by key hash.
+    routes: HashMap<u64, Route, BuildNoHashHasher<u64>>,
+    /// Whether a plan has a strict limit.
+    strict: bool,
+    /// What checks of plans do not read.
+    cold: Arc<Cold>,
+}
+
+/// The part of a table only some calls read.
+#[derive(Debug, Clone, Default)]
+struct Cold {
     /// Number of static keys as written in the file (for summaries).
     static_keys: usize,
     /// Envoy RLS domains read from envoyproxy/ratelimit files.
     rls: rls::RlsDomains,
-    /// Whether a plan has a strict limit.
-    strict: bool,
 }
 
 /// Where a key's plan comes from.
@@ -324,15 +331,16 @@ impl Table {
         }
         let strict = plans.iter().any(|p| p.limits.iter().any(|l| l.strict));
         Ok(Self {
-            base: Arc::new(Base {
-                strict,
-                plans,
-                default_plan: default,
-                keys: map,
+            config_plans: plans.len(),
+            plans,
+            default_plan: default,
+            keys: Arc::new(map),
+            routes: HashMap::with_hasher(BuildNoHashHasher::default()),
+            strict,
+            cold: Arc::new(Cold {
                 static_keys,
                 rls: rls::RlsDomains::default(),
             }),
-            overrides: Arc::new(Routes::default()),
         })
     }
 
@@ -341,9 +349,8 @@ impl Table {
     /// assignment, else the default plan.
     #[inline]
     pub fn assign(&self, key_hash: u64, now: Nanos) -> (Assigned, Source) {
-        let routes = &self.overrides.by_key;
-        if !routes.is_empty()
-            && let Some(r) = routes.get(&key_hash)
+        if !self.routes.is_empty()
+            && let Some(r) = self.routes.get(&key_hash)
             && now < r.until
         {
             return (r.to, Source::Override);
@@ -355,9 +362,9 @@ impl Table {
     /// default plan), ignoring overrides.
     #[inline]
     pub fn configured(&self, key_hash: u64) -> (Assigned, Source) {
-        match self.base.keys.get(&key_hash) {
+        match self.keys.get(&key_hash) {
             Some(&id) => (Assigned::Plan(id), Source::Static),
-            None => (Assigned::Plan(self.base.default_plan), Source::Default),
+            None => (Assigned::Plan(self.default_plan), Source::Default),
         }
     }
 
@@ -368,38 +375,32 @@ impl Table {
     /// default plan.
     #[inline]
     pub fn plan(&self, id: PlanId) -> &Plan {
-        self.get_plan(id)
-            .unwrap_or(&self.base.plans[self.base.default_plan.0 as usize])
-    }
-
-    fn get_plan(&self, id: PlanId) -> Option<&Plan> {
-        let i = id.0 as usize;
-        let base = &self.base.plans;
-        match base.get(i) {
-            Some(p) => Some(p),
-            None => self.overrides.plans.get(i - base.len()),
-        }
+        self.plans
+            .get(id.0 as usize)
+            .unwrap_or(&self.plans[self.default_plan.0 as usize])
     }
 
     /// The limit a decision refers to.
     pub fn limit(&self, r: LimitRef) -> Option<&Limit> {
-        self.get_plan(r.plan)?.limits.get(r.limit as usize)
+        self.plans
+            .get(r.plan.0 as usize)?
+            .limits
+            .get(r.limit as usize)
     }
 
     /// The config's plans, in config order (not those of overrides).
     pub fn plans(&self) -> &[Plan] {
-        &self.base.plans
+        &self.plans[..self.config_plans]
     }
 
     /// The default plan.
     pub fn default_plan(&self) -> &Plan {
-        self.plan(self.base.default_plan)
+        self.plan(self.default_plan)
     }
 
     /// A config plan's id by name.
     pub fn plan_id(&self, name: &str) -> Option<PlanId> {
-        self.base
-            .plans
+        self.plans()
             .iter()
             .position(|p| p.name == name)
             .map(|i| PlanId(i as u32))
@@ -407,48 +408,61 @@ impl Table {
 
     /// The table with these Envoy RLS domains.
     pub fn with_rls(mut self, rls: rls::RlsDomains) -> Self {
-        Arc::make_mut(&mut self.base).rls = rls;
+        Arc::make_mut(&mut self.cold).rls = rls;
         self
     }
 
     /// The Envoy RLS domains read from envoyproxy/ratelimit files.
     #[inline]
     pub fn rls(&self) -> &rls::RlsDomains {
-        &self.base.rls
+        &self.cold.rls
     }
 
     /// How many static key assignments the table has.
     pub fn static_keys(&self) -> usize {
-        self.base.static_keys
+        self.cold.static_keys
     }
 
     /// This table's config part with `records` as its overrides (those in
-    /// force at `now`), and the records naming a plan this config lacks
-    /// (their keys stay on their usual plans).
+    /// force at `now`) instead of its own, and the records naming a plan
+    /// this config lacks (their keys stay on their usual plans).
     pub fn with_overrides<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Override>,
         now: Nanos,
     ) -> (Table, Vec<&'a Override>) {
         let (routes, unresolved) =
-            Routes::build(records, self.base.plans.len(), |n| self.plan_id(n), now);
+            Routes::build(records, self.config_plans, |n| self.plan_id(n), now);
+        let mut plans = Vec::with_capacity(self.config_plans + routes.plans.len());
+        plans.extend_from_slice(self.plans());
+        plans.extend(routes.plans);
         let table = Table {
-            base: Arc::clone(&self.base),
-            overrides: Arc::new(routes),
+            plans,
+            config_plans: self.config_plans,
+            default_plan: self.default_plan,
+            keys: Arc::clone(&self.keys),
+            routes: routes.by_key,
+            strict: self
+                .plans()
+                .iter()
+                .any(|p| p.limits.iter().any(|l| l.strict))
+                || routes.strict,
+            cold: Arc::clone(&self.cold),
         };
         (table, unresolved)
     }
 
     /// How many overrides are in force in this table.
+    #[inline]
     pub fn overrides(&self) -> usize {
-        self.overrides.by_key.len()
+        self.routes.len()
     }
 
     /// Whether any plan (of the config or of an override) has a strict
     /// limit: if not, no check needs Redis.
     #[inline]
     pub fn has_strict(&self) -> bool {
-        self.base.strict || self.overrides.strict
+        self.strict
     }
 }
 
