@@ -4,10 +4,9 @@
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::set_override_request::Target;
 use quotad::api::pb::{
-    CheckRequest, CheckResponse, DenyReason, KeyRef, LimitList, LimitSpec, ListOverridesRequest,
+    CheckResponse, DenyReason, KeyRef, LimitList, LimitSpec, ListOverridesRequest,
     ListPlansRequest, ReloadRequest, SetOverrideRequest,
 };
 use tonic::Code as Status;
@@ -19,21 +18,7 @@ async fn daemon(extra_admin: &str) -> TestDaemon {
     TestDaemon::with_config(&format!("{CONFIG}{}", admin_section(extra_admin))).await
 }
 
-fn key(k: &str) -> KeyRef {
-    KeyRef {
-        key: k.into(),
-        key_hash: String::new(),
-    }
-}
-
-fn set(k: &str, target: Target) -> SetOverrideRequest {
-    SetOverrideRequest {
-        key: k.into(),
-        target: Some(target),
-        reason: "test".into(),
-        ..Default::default()
-    }
-}
+use crate::support::{key_ref as key, override_of as set};
 
 fn ttl(secs: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration {
@@ -43,29 +28,11 @@ fn ttl(secs: i64) -> Option<prost_types::Duration> {
 }
 
 async fn check(d: &TestDaemon, k: &str) -> CheckResponse {
-    let mut c = RateLimiterClient::new(d.channel().await);
-    c.check(CheckRequest {
-        key: k.into(),
-        cost: 1,
-        id: 0,
-    })
-    .await
-    .expect("check")
-    .into_inner()
+    d.check(k, 1).await
 }
 
 async fn spend(d: &TestDaemon, k: &str, n: u64) {
-    let mut c = RateLimiterClient::new(d.channel().await);
-    let r = c
-        .check(CheckRequest {
-            key: k.into(),
-            cost: n,
-            id: 0,
-        })
-        .await
-        .expect("check")
-        .into_inner();
-    assert!(r.allowed, "spending {n} for {k}");
+    assert!(d.check(k, n).await.allowed, "spending {n} for {k}");
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Status, String) {

@@ -129,6 +129,15 @@ impl Daemon {
             .unwrap_or_else(|_| panic!("no log line {text:?}"));
     }
 
+    /// Waits (bounded, 5 s) for the daemon to exit; its exit code.
+    async fn exit_code(&mut self, why: &str) -> Option<i32> {
+        tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{why}"))
+            .expect("wait for the daemon")
+            .code()
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
         assert!(
@@ -226,11 +235,11 @@ async fn serve_runs_the_embedded_default_and_exits_0_on_sigterm() {
     }
 
     d.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
-        .await
-        .expect("idle daemon exits promptly after SIGTERM, well within its 10 s grace")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        d.exit_code("idle daemon exits promptly after SIGTERM, well within its 10 s grace")
+            .await,
+        Some(0)
+    );
 }
 
 #[tokio::test]
@@ -242,11 +251,10 @@ async fn a_second_signal_ends_a_long_drain_at_once() {
     d.signal("-TERM");
     d.wait_log("SIGTERM received").await;
     d.signal("-INT");
-    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
-        .await
-        .expect("the second signal ends the 60 s drain")
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        d.exit_code("the second signal ends the 60 s drain").await,
+        Some(1)
+    );
 }
 
 fn manifest(path: &str) -> String {
@@ -382,11 +390,7 @@ async fn sighup_reloads_the_config_and_a_broken_file_keeps_serving() {
         .await;
     assert_eq!(limit().await, 35);
     d.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
 }
 
 #[tokio::test]
@@ -445,9 +449,5 @@ async fn admin_addr_flag_needs_an_admin_section_and_binds_with_one() {
     .into_inner();
     assert_eq!(plans.plans.len(), 4);
     d.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), d.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
 }

@@ -7,8 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use quotad::api::pb::rate_limiter_client::RateLimiterClient;
-use quotad::api::pb::{CheckRequest, CheckResponse, DenyReason};
+use quotad::api::pb::{CheckResponse, DenyReason};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -207,15 +206,7 @@ fn hash(d: &TestDaemon, key: &str) -> String {
 }
 
 async fn check(d: &TestDaemon, key: &str) -> CheckResponse {
-    RateLimiterClient::new(d.channel().await)
-        .check(CheckRequest {
-            key: key.into(),
-            cost: 1,
-            id: 0,
-        })
-        .await
-        .expect("check")
-        .into_inner()
+    d.check(key, 1).await
 }
 
 /// A table line's cells (columns are padded with two or more spaces;

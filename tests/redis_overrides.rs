@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+use quotad::api::pb::SetOverrideRequest;
 use quotad::api::pb::set_override_request::Target;
-use quotad::api::pb::{CheckRequest, KeyRef, SetOverrideRequest};
 use quotad::core::ManualClock;
 
 use crate::support::{CONFIG, RedisServer, T0, TestDaemon, admin_section};
@@ -64,33 +63,10 @@ fn write_record(redis: &RedisServer, key_hash: &str, record: &str, channel: &str
     );
 }
 
-fn key(k: &str) -> KeyRef {
-    KeyRef {
-        key: k.into(),
-        key_hash: String::new(),
-    }
-}
-
-fn set(k: &str, target: Target) -> SetOverrideRequest {
-    SetOverrideRequest {
-        key: k.into(),
-        target: Some(target),
-        reason: "test".into(),
-        ..Default::default()
-    }
-}
+use crate::support::{key_ref as key, override_of as set};
 
 async fn policy(d: &TestDaemon, k: &str) -> String {
-    let mut c = RateLimiterClient::new(d.channel().await);
-    let r = c
-        .check(CheckRequest {
-            key: k.into(),
-            cost: 1,
-            id: 0,
-        })
-        .await
-        .expect("check")
-        .into_inner();
+    let r = d.check(k, 1).await;
     if r.allowed {
         r.policy
     } else {
@@ -213,17 +189,7 @@ async fn a_reset_reaches_every_node_and_redis() {
     let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
     let b = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
     for d in [&a, &b] {
-        let mut c = RateLimiterClient::new(d.channel().await);
-        let r = c
-            .check(CheckRequest {
-                key: "frank".into(),
-                cost: 15,
-                id: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(r.allowed);
+        assert!(d.check("frank", 15).await.allowed);
         d.wait_synced().await;
     }
     let used = |u: &quotad::api::pb::GetUsageResponse| {
@@ -273,15 +239,7 @@ async fn a_reset_reaches_every_node_and_redis() {
     }
     // Redis forgot the cells: a third node starts from nothing.
     let c = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
-    let mut cc = RateLimiterClient::new(c.channel().await);
-    let _ = cc
-        .check(CheckRequest {
-            key: "frank".into(),
-            cost: 1,
-            id: 0,
-        })
-        .await
-        .unwrap();
+    c.check("frank", 1).await;
     c.wait_synced().await;
     let u = c
         .ops()

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::set_override_request::Target;
-use quotad::api::pb::{CheckRequest, CheckResponse, KeyRef, ReloadRequest, SetOverrideRequest};
+use quotad::api::pb::{CheckResponse, ReloadRequest};
 
 use crate::support::rls::{descriptor, request};
-use crate::support::{CONFIG, TestDaemon, admin_section, write_file};
+use crate::support::{CONFIG, TestDaemon, admin_section, key_ref, override_of, write_file};
 
 /// A config file in a fresh directory: [`CONFIG`] with the free plan's
 /// burst set to `burst`, the admin section, and `extra` YAML.
@@ -31,14 +30,7 @@ fn config_text(burst: u64, extra: &str) -> String {
 const NO_WATCH: &str = "reload: { watch: false }\n";
 
 async fn check(d: &TestDaemon, key: &str, cost: u64) -> Result<CheckResponse, tonic::Status> {
-    let mut c = RateLimiterClient::new(d.channel().await);
-    c.check(CheckRequest {
-        key: key.into(),
-        cost,
-        id: 0,
-    })
-    .await
-    .map(tonic::Response::into_inner)
+    d.try_check(key, cost).await
 }
 
 async fn limit_of(d: &TestDaemon, key: &str) -> u64 {
@@ -163,14 +155,7 @@ async fn a_broken_file_keeps_the_running_config_and_is_counted() {
         let stats = d.control.stats();
         assert_eq!((stats.ok, stats.failed), (0, n as u64 + 1));
     }
-    let usage = ops
-        .get_usage(KeyRef {
-            key: "alice".into(),
-            key_hash: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let usage = ops.get_usage(key_ref("alice")).await.unwrap().into_inner();
     let v = usage.config.unwrap();
     assert_eq!((v.number, v.reloads_failed), (1, 3));
     assert_eq!(v.last_error, broken[2].1);
@@ -225,14 +210,9 @@ async fn a_reload_cannot_drop_a_plan_that_overrides_give() {
     let f = files(&config_text(20, NO_WATCH));
     let d = TestDaemon::from_file(&f.config).await;
     let mut ops = d.ops().await;
-    ops.set_override(SetOverrideRequest {
-        key: "alice".into(),
-        target: Some(Target::Plan("tiny".into())),
-        reason: "test".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ops.set_override(override_of("alice", Target::Plan("tiny".into())))
+        .await
+        .unwrap();
     let without_tiny = config_text(20, NO_WATCH)
         .replace(
             "  tiny:\n    limits:\n      - { name: per-minute, rate: 2, per: minute, burst: 2 }\n",
@@ -251,12 +231,7 @@ async fn a_reload_cannot_drop_a_plan_that_overrides_give() {
         check(&d, "alice", 1).await.unwrap().policy,
         "tiny/per-minute"
     );
-    ops.delete_override(KeyRef {
-        key: "alice".into(),
-        key_hash: String::new(),
-    })
-    .await
-    .unwrap();
+    ops.delete_override(key_ref("alice")).await.unwrap();
     ops.reload(ReloadRequest {}).await.unwrap();
     assert_eq!(
         check(&d, "alice", 1).await.unwrap().policy,

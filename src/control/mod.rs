@@ -482,11 +482,10 @@ impl Control {
             });
         }
         let old = self.config.load_full();
-        let restart_needed = restart_only_changes(&old, &config);
         // What only a restart applies stays as it runs, so nothing is
         // validated or read against settings not in effect (a `redis`
         // section added by a reload decides nothing until a restart).
-        let config = keep_restart_only(&old, config);
+        let (config, restart_needed) = keep_restart_only(&old, config);
         if *old == config {
             // The same settings (a comment changed, or nothing): only the
             // files' fingerprint is new.
@@ -529,69 +528,110 @@ impl Control {
 }
 
 /// `new` with the settings only a restart applies taken from `old`, the
-/// config running. An admin section removed by a reload lets nobody in
+/// config running, and the names of those that differed: the listeners
+/// (and whether they use TLS), the store, Redis, the admin API's listener
+/// and audit file. An admin section removed by a reload lets nobody in
 /// any more (its listener stays until the restart).
-fn keep_restart_only(old: &Config, mut new: Config) -> Config {
-    new.server.grpc_addr = old.server.grpc_addr;
-    new.server.http_addr = old.server.http_addr;
-    if old.server.tls.is_some() != new.server.tls.is_some() {
-        new.server.tls.clone_from(&old.server.tls);
+pub fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    let mut changed = Vec::new();
+    /// Puts `old` back into `new` when they differ, noting `name`.
+    fn keep<T: PartialEq + Clone>(
+        changed: &mut Vec<&'static str>,
+        name: &'static str,
+        old: &T,
+        new: &mut T,
+    ) {
+        if old != new {
+            changed.push(name);
+            new.clone_from(old);
+        }
     }
-    new.store = old.store.clone();
-    new.redis.clone_from(&old.redis);
+    let (o, n) = (&old.server, &mut new.server);
+    keep(
+        &mut changed,
+        "server.grpc_addr",
+        &o.grpc_addr,
+        &mut n.grpc_addr,
+    );
+    keep(
+        &mut changed,
+        "server.http_addr",
+        &o.http_addr,
+        &mut n.http_addr,
+    );
+    if o.tls.is_some() != n.tls.is_some() {
+        changed.push("server.tls");
+        n.tls.clone_from(&o.tls);
+    }
+    keep(&mut changed, "store", &old.store, &mut new.store);
+    keep(&mut changed, "redis", &old.redis, &mut new.redis);
     new.admin = match (&old.admin, new.admin.take()) {
-        (None, _) => None,
-        (Some(a), None) => Some(crate::config::AdminSettings {
-            tokens: Vec::new(),
-            ..a.clone()
-        }),
+        (None, None) => None,
+        (None, Some(_)) => {
+            changed.push("admin");
+            None
+        }
+        (Some(a), None) => {
+            changed.push("admin");
+            Some(crate::config::AdminSettings {
+                tokens: Vec::new(),
+                ..a.clone()
+            })
+        }
         (Some(a), Some(mut b)) => {
-            b.addr = a.addr;
+            keep(&mut changed, "admin.addr", &a.addr, &mut b.addr);
             if a.tls.is_some() != b.tls.is_some() {
+                changed.push("admin.tls");
                 b.tls.clone_from(&a.tls);
             }
-            b.audit_file.clone_from(&a.audit_file);
+            keep(
+                &mut changed,
+                "admin.audit_file",
+                &a.audit_file,
+                &mut b.audit_file,
+            );
             Some(b)
         }
     };
-    new
+    (new, changed)
 }
 
-/// The settings that differ between `old` and `new` and that only a
-/// restart applies: the listeners (and whether they use TLS), the store,
-/// Redis, the admin API's listener and audit file.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let (o, n) = (&old.server, &new.server);
-    if o.grpc_addr != n.grpc_addr {
-        out.push("server.grpc_addr");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!("default_plan: p\nplans: {{ p: {{}} }}\n{extra}");
+        Config::from_yaml(&yaml, "t.yaml").expect("valid")
     }
-    if o.http_addr != n.http_addr {
-        out.push("server.http_addr");
+
+    const SECRET: &str = "store: { hash_secret: \"000102030405060708090a0b0c0d0e0f\" }\n";
+    const ADMIN: &str = "admin:\n  tokens:\n    - { id: ops, sha256: \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\", scopes: [read] }\n";
+
+    #[test]
+    fn a_reload_keeps_what_only_a_restart_applies_and_names_it() {
+        // Redis added by a reload: not in effect until a restart.
+        let old = config(SECRET);
+        let new = config(&format!(
+            "{SECRET}redis: {{ url: \"redis://127.0.0.1:1\" }}\n"
+        ));
+        let (kept, changed) = keep_restart_only(&old, new);
+        assert_eq!(changed, ["redis"]);
+        assert!(kept.redis.is_none());
+        // The admin section removed: nobody gets in any more.
+        let old = config(ADMIN);
+        let (kept, changed) = keep_restart_only(&old, config(""));
+        assert_eq!(changed, ["admin"]);
+        let admin = kept.admin.expect("the listener stays until a restart");
+        assert!(admin.tokens.is_empty());
+        // Added: not served until a restart.
+        let (kept, changed) = keep_restart_only(&config(""), config(ADMIN));
+        assert_eq!((kept.admin.is_none(), changed), (true, vec!["admin"]));
+        // Settings that apply at once pass through.
+        let new = config("requests: { max_cost: 7 }\nserver: { http_addr: 127.0.0.1:9999 }\n");
+        let (kept, changed) = keep_restart_only(&config(""), new);
+        assert_eq!(changed, ["server.http_addr"]);
+        assert_eq!(kept.requests.max_cost, 7);
+        assert_eq!(kept.server.http_addr, config("").server.http_addr);
     }
-    if o.tls.is_some() != n.tls.is_some() {
-        out.push("server.tls");
-    }
-    if old.store != new.store {
-        out.push("store");
-    }
-    if old.redis != new.redis {
-        out.push("redis");
-    }
-    match (&old.admin, &new.admin) {
-        (None, None) => {}
-        (Some(a), Some(b)) => {
-            if a.addr != b.addr {
-                out.push("admin.addr");
-            }
-            if a.tls.is_some() != b.tls.is_some() {
-                out.push("admin.tls");
-            }
-            if a.audit_file != b.audit_file {
-                out.push("admin.audit_file");
-            }
-        }
-        _ => out.push("admin"),
-    }
-    out
 }

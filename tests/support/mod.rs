@@ -89,6 +89,27 @@ impl Interceptor for Bearer {
 /// An admin API client.
 pub type AdminClient = QuotaAdminClient<InterceptedService<Channel, Bearer>>;
 
+/// Names a key by the key itself, for the admin API.
+pub fn key_ref(key: &str) -> quotad::api::pb::KeyRef {
+    quotad::api::pb::KeyRef {
+        key: key.into(),
+        key_hash: String::new(),
+    }
+}
+
+/// An override of `key` with `target`, reason `test`, no end.
+pub fn override_of(
+    key: &str,
+    target: quotad::api::pb::set_override_request::Target,
+) -> quotad::api::pb::SetOverrideRequest {
+    quotad::api::pb::SetOverrideRequest {
+        key: key.into(),
+        target: Some(target),
+        reason: "test".into(),
+        ..Default::default()
+    }
+}
+
 /// A running daemon.
 pub struct TestDaemon {
     pub grpc_addr: SocketAddr,
@@ -216,6 +237,27 @@ impl TestDaemon {
     /// An admin client with [`OPS_TOKEN`].
     pub async fn ops(&self) -> AdminClient {
         self.admin(Some(OPS_TOKEN)).await
+    }
+
+    /// One native check of `cost` units for `key`, on a new connection.
+    pub async fn try_check(
+        &self,
+        key: &str,
+        cost: u64,
+    ) -> Result<quotad::api::pb::CheckResponse, tonic::Status> {
+        quotad::api::pb::rate_limiter_client::RateLimiterClient::new(self.channel().await)
+            .check(quotad::api::pb::CheckRequest {
+                key: key.into(),
+                cost,
+                id: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// [`TestDaemon::try_check`] that must be answered.
+    pub async fn check(&self, key: &str, cost: u64) -> quotad::api::pb::CheckResponse {
+        self.try_check(key, cost).await.expect("check answered")
     }
 
     /// Waits (bounded) until every charge so far has been flushed to Redis
