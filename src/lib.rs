@@ -10,22 +10,28 @@
 //! | --- | --- |
 //! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
 //! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
-//! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
-//! | [`config`] | the whole config file: listeners, caps on requests, store, Envoy mapping, limits, `rls_files`, response headers |
+//! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
+//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload |
 //! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
+//! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, the audit trail, overrides, usage, reset, plans, reload |
+//! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
+//! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
 //! | [`telemetry`] | readiness latch, `/livez` and `/readyz` |
 //! | [`shutdown`] | the shutdown signal every task waits on |
-//! | [`sync`] | Redis sync: the only module that talks to Redis; flushes the store's journal of deltas and adopts the global state |
+//! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes |
 //!
 //! # Request flow
 //!
 //! A front door validates the caller's message (empty or oversized keys,
-//! costs above the cap, too many items → `INVALID_ARGUMENT`), maps it to a
-//! [`core::Request`], and calls [`core::Snapshot::check`] synchronously:
-//! hash the key (SipHash keyed with a secret), look up its plan in the
-//! table snapshot, and for each of the plan's limits find the key's cell in
-//! the store and update it with one compare-and-swap. A plan with several
+//! costs above the cap, too many items → `INVALID_ARGUMENT`, against the
+//! caps of the config in effect), maps it to a [`core::Request`], and
+//! calls [`core::Snapshot::check`] synchronously: hash the key (SipHash
+//! keyed with a secret), look up its plan in the table snapshot (an
+//! operator's override first, then its static assignment, then the
+//! default plan; a blocked key is denied here), and for each of the
+//! plan's limits find the key's cell in the store and update it with one
+//! compare-and-swap. A plan with several
 //! limits is first dry-run against every limit, so a denial charges
 //! nothing; a lost race between the dry run and the charge is refunded.
 //! Only an allowed charge creates a cell (and, for envoyproxy/ratelimit's

@@ -6,7 +6,7 @@
 //! named [`OVERRIDE_PLAN`]), or a block; optionally until a time. It wins
 //! over the key's static assignment and the default plan until it expires
 //! or is deleted, and then the key is back on its usual plan. Overrides
-//! are resolved into a [`Routes`] map when a table is built, so a check
+//! are resolved into a map of routes when a table is built, so a check
 //! pays one hash lookup for them, and none when there are none.
 //!
 //! Records travel between nodes (through Redis) as JSON ([`Override::to_json`],

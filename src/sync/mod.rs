@@ -286,7 +286,7 @@ impl RedisSync {
 
     /// One round: takes every cell dirty now (each once; cells charged
     /// meanwhile wait for the next round) and sends them in chunks of
-    /// [`BATCH`], one round trip each; records the state change. A round
+    /// `BATCH` (1 000), one round trip each; records the state change. A round
     /// with nothing to send checks that Redis answers unless it already
     /// did, so an idle node reports a Redis that is down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
