@@ -77,6 +77,12 @@ impl Failure {
                 exit::UNAVAILABLE,
                 format!("{server} is unavailable: {}{hint}", describe_unavailable(s)),
             ),
+            // A connection the server dropped (an mTLS server refusing a
+            // client without a certificate) is sometimes reported as an
+            // unknown transport error rather than as unavailable.
+            Code::Unknown if message.starts_with("transport error") => {
+                Self::status(&tonic::Status::unavailable(message), server, hint)
+            }
             Code::Unimplemented => Self::new(
                 exit::SOFTWARE,
                 format!(
