@@ -74,6 +74,17 @@ async fn policy(d: &TestDaemon, k: &str) -> String {
     }
 }
 
+/// How many overrides node `d` has in force.
+async fn in_force(d: &TestDaemon) -> u64 {
+    d.ops()
+        .await
+        .list_overrides(quotad::api::pb::ListOverridesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .total
+}
+
 /// How long (real time) until `d`'s check of `k` answers `want`; fails
 /// after 1 s, the bound.
 async fn within_a_second(d: &TestDaemon, k: &str, want: &str) -> Duration {
@@ -172,14 +183,7 @@ async fn a_node_that_starts_later_enforces_the_overrides_at_once() {
     let c = TestDaemon::with_config(&config(&redis)).await;
     assert_eq!(policy(&c, "dave").await, "tiny/per-minute");
     assert_eq!(policy(&c, "eve").await, "denied:5");
-    let listed = c
-        .ops()
-        .await
-        .list_overrides(quotad::api::pb::ListOverridesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.total, 2);
+    assert_eq!(in_force(&c).await, 2);
 }
 
 #[tokio::test]
@@ -363,14 +367,7 @@ async fn the_cap_holds_for_every_node_and_ended_overrides_do_not_count() {
         .set_override(set("k3", Target::Block(true)))
         .await
         .unwrap();
-    let listed = a
-        .ops()
-        .await
-        .list_overrides(quotad::api::pb::ListOverridesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.total, 2);
+    assert_eq!(in_force(&a).await, 2);
 }
 
 #[tokio::test]

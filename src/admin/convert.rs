@@ -10,6 +10,7 @@ use crate::api::{duration, validate};
 use crate::config::RequestCaps;
 use crate::control::{ConfigVersion, ReloadStats};
 use crate::core::clock::NANOS_PER_SEC;
+use crate::core::hash::hex16;
 use crate::core::{KeyHasher, Nanos, Usage, Verdict};
 use crate::limits::file::describe_limit;
 use crate::limits::overrides::{LimitSpec, MAX_REASON_BYTES, OwnLimits, check_text};
@@ -56,11 +57,6 @@ pub fn parse_hash(hex: &str) -> Option<u64> {
     (hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()))
         .then(|| u64::from_str_radix(hex, 16).ok())
         .flatten()
-}
-
-/// The hex form of a key hash.
-pub fn hex(key_hash: u64) -> String {
-    crate::core::hash::hex16(key_hash)
 }
 
 /// What a `SetOverrideRequest` asks for.
@@ -179,7 +175,7 @@ pub fn override_message(o: &Override, resolved: bool) -> pb::Override {
         Target::Block => (String::new(), Vec::new(), true),
     };
     pb::Override {
-        key_hash: hex(o.key_hash),
+        key_hash: hex16(o.key_hash),
         plan,
         limits,
         block,
@@ -259,7 +255,7 @@ pub fn usage_message(
         Assigned::Plan(_) => (false, None),
     };
     pb::GetUsageResponse {
-        key_hash: hex(key_hash),
+        key_hash: hex16(key_hash),
         plan: usage
             .plan
             .map(|p: &Plan| p.name.clone())

@@ -29,11 +29,12 @@ use crate::api::pb::quota_admin_server::QuotaAdmin;
 use crate::config::Scope;
 use crate::control::reload::{Cause, Reloader};
 use crate::control::{Control, ControlError, Filter};
+use crate::core::hash::hex16;
 use crate::limits::Override;
 use crate::sync::overrides::{RedisOverrides, WriteError};
 use audit::{Audit, Record};
 use auth::Caller;
-use convert::{hex, override_message};
+use convert::override_message;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -70,6 +71,18 @@ impl AdminService {
         let config = self.control.config();
         let tokens = config.admin.as_ref().map_or(&[][..], |a| &a.tokens[..]);
         auth::authorize(tokens, request, scope, call)
+    }
+
+    /// Authorizes a call that names one key, and the key hash it names.
+    fn keyed(
+        &self,
+        request: Request<pb::KeyRef>,
+        scope: Scope,
+        call: &str,
+    ) -> Result<(Caller, u64), Status> {
+        let caller = self.authorize(&request, scope, call)?;
+        let req = request.into_inner();
+        Ok((caller, self.key(&req.key, &req.key_hash)?))
     }
 
     /// The key hash a `KeyRef`-like request names.
@@ -127,6 +140,11 @@ impl AdminService {
             }
         }
     }
+}
+
+/// The answer for a key without an override.
+fn no_override(key_hash: u64) -> Status {
+    Status::not_found(format!("key {} has no override", hex16(key_hash)))
 }
 
 /// An override as the audit log shows it (one that had ended is `none`).
@@ -197,15 +215,10 @@ impl QuotaAdmin for AdminService {
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::Override>, Status> {
-        self.authorize(&request, Scope::Read, "GetOverride")?;
-        let req = request.into_inner();
-        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let (_, key_hash) = self.keyed(request, Scope::Read, "GetOverride")?;
         match self.control.get(key_hash) {
             Some(o) => Ok(Response::new(self.override_message(&o))),
-            None => Err(Status::not_found(format!(
-                "key {} has no override",
-                hex(key_hash)
-            ))),
+            None => Err(no_override(key_hash)),
         }
     }
 
@@ -213,9 +226,7 @@ impl QuotaAdmin for AdminService {
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::DeleteOverrideResponse>, Status> {
-        let caller = self.authorize(&request, Scope::Write, "DeleteOverride")?;
-        let req = request.into_inner();
-        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let (caller, key_hash) = self.keyed(request, Scope::Write, "DeleteOverride")?;
         let now = self.now();
         let record = |old: String| {
             Record::new(&caller, "override.delete", now)
@@ -233,20 +244,14 @@ impl QuotaAdmin for AdminService {
             None => self.control.remove(key_hash),
         };
         let Some(previous) = previous else {
-            return Err(Status::not_found(format!(
-                "key {} has no override",
-                hex(key_hash)
-            )));
+            return Err(no_override(key_hash));
         };
         if !previous.active(now) {
             // It had ended, so the key had none; its record is gone now
             // (from Redis, announced to every node): say so in the trail.
             self.audit
                 .write(&record(format!("{} (had ended)", previous.describe())));
-            return Err(Status::not_found(format!(
-                "key {} has no override",
-                hex(key_hash)
-            )));
+            return Err(no_override(key_hash));
         }
         self.audit.write(&record(previous.describe()));
         Ok(Response::new(pb::DeleteOverrideResponse {
@@ -283,7 +288,7 @@ impl QuotaAdmin for AdminService {
                 .iter()
                 .map(|o| self.override_message(o))
                 .collect(),
-            next_page_token: page.next.map(hex).unwrap_or_default(),
+            next_page_token: page.next.map(hex16).unwrap_or_default(),
             total: page.total as u64,
         }))
     }
@@ -292,9 +297,7 @@ impl QuotaAdmin for AdminService {
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
-        self.authorize(&request, Scope::Read, "GetUsage")?;
-        let req = request.into_inner();
-        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let (_, key_hash) = self.keyed(request, Scope::Read, "GetUsage")?;
         Ok(Response::new(self.usage(key_hash)))
     }
 
@@ -302,9 +305,7 @@ impl QuotaAdmin for AdminService {
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::ResetUsageResponse>, Status> {
-        let caller = self.authorize(&request, Scope::Write, "ResetUsage")?;
-        let req = request.into_inner();
-        let key_hash = self.key(&req.key, &req.key_hash)?;
+        let (caller, key_hash) = self.keyed(request, Scope::Write, "ResetUsage")?;
         let now = self.now();
         let before = {
             let limiter = self.control.limiter();
@@ -329,7 +330,7 @@ impl QuotaAdmin for AdminService {
         };
         self.audit.write(&record);
         Ok(Response::new(pb::ResetUsageResponse {
-            key_hash: hex(key_hash),
+            key_hash: hex16(key_hash),
             cells: cells as u64,
             usage: Some(self.usage(key_hash)),
         }))
