@@ -75,7 +75,11 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
         response_headers: style,
         ..config
     };
-    EnvoyRlsService::new(limiter, Arc::new(arc_swap::ArcSwap::from_pointee(config)))
+    EnvoyRlsService::new(
+        limiter,
+        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+        Arc::new(quotad::telemetry::Metrics::new()),
+    )
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {

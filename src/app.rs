@@ -40,7 +40,8 @@ use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
 use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
 use crate::sync::{RedisSync, SyncHandle};
-use crate::telemetry::{self, HealthService, Readiness};
+use crate::telemetry::metrics::names;
+use crate::telemetry::{self, HealthService, Metrics, Readiness};
 use crate::tls::{Acceptor, TlsError};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tonic_health::pb::health_server::HealthServer;
@@ -106,6 +107,7 @@ pub struct App {
     loader: Option<Loader>,
     hangups: Option<Hangups>,
     audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
 }
 
 /// A stream of reload requests (SIGHUP).
@@ -186,15 +188,23 @@ impl App {
             limiter.enable_sync();
         }
         let limiter = Arc::new(limiter);
+        let metrics = Arc::new(Metrics::new());
+        let m = &config.metrics;
+        metrics.heavy().configure(m.heavy_keys, m.key_names.clone());
         let sync = match &config.redis {
-            Some(settings) => Some(RedisSync::new(Arc::clone(&limiter), settings.clone())?),
+            Some(settings) => {
+                let (sync, handle) = RedisSync::new(Arc::clone(&limiter), settings.clone())?;
+                Some((sync.with_metrics(Arc::clone(&metrics)), handle))
+            }
             None => None,
         };
         let audit_file = config.admin.as_ref().and_then(|a| a.audit_file.clone());
-        let audit = Audit::open(audit_file.as_deref()).map_err(|source| AppError::Audit {
-            path: audit_file.clone().unwrap_or_default(),
-            source,
-        })?;
+        let audit = Audit::open(audit_file.as_deref())
+            .map_err(|source| AppError::Audit {
+                path: audit_file.clone().unwrap_or_default(),
+                source,
+            })?
+            .with_metrics(Arc::clone(&metrics));
         let grpc =
             Listener::bind("grpc", config.server.grpc_addr, config.server.tls.as_ref()).await?;
         let http = bind("http", config.server.http_addr).await?;
@@ -208,7 +218,7 @@ impl App {
             security = grpc.security(config.server.tls.as_ref()),
             "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, health, reflection)"
         );
-        tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz)");
+        tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz, /metrics)");
         match (&admin, &config.admin) {
             (Some(l), Some(a)) => tracing::info!(
                 admin_addr = %l.addr,
@@ -235,6 +245,7 @@ impl App {
             loader: None,
             hangups: None,
             audit: Arc::new(audit),
+            metrics,
         })
     }
 
@@ -277,6 +288,11 @@ impl App {
         Arc::clone(&self.limiter)
     }
 
+    /// This daemon's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// The control plane: config in effect, overrides, reloads.
     pub fn control(&self) -> Arc<Control> {
         Arc::clone(&self.control)
@@ -298,6 +314,7 @@ impl App {
             loader,
             hangups,
             audit,
+            metrics,
             ..
         } = self;
         let config = control.config();
@@ -307,12 +324,17 @@ impl App {
         let (rest_trigger, rest_stop) = shutdown::channel();
         let mut rest = JoinSet::new();
 
-        let reloader = Arc::new(reloader(&control, loader, &grpc, admin.as_ref()));
+        let reloader = Arc::new(reloader(&control, loader, &grpc, admin.as_ref(), &metrics));
 
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
-        let mut native =
-            NativeService::new(Arc::clone(&limiter), control.live(), grpc_stop.clone());
-        let mut rls = EnvoyRlsService::new(Arc::clone(&limiter), control.live());
+        let mut native = NativeService::new(
+            Arc::clone(&limiter),
+            control.live(),
+            grpc_stop.clone(),
+            Arc::clone(&metrics),
+        );
+        let mut rls =
+            EnvoyRlsService::new(Arc::clone(&limiter), control.live(), Arc::clone(&metrics));
         // Strict mode whenever Redis is configured: a plan, a reload or an
         // override may ask for it. Its connection is made on first use.
         if let (Some((sync, _)), Some(settings)) = (&sync, &config.redis) {
@@ -320,6 +342,7 @@ impl App {
             let strict = Strict {
                 client,
                 on_error: settings.on_redis_error,
+                metrics: Arc::clone(&metrics),
             };
             native = native.with_strict(strict.clone());
             rls = rls.with_strict(strict);
@@ -396,9 +419,30 @@ impl App {
         }
 
         let redis_state = sync.as_ref().map(|(_, h)| h.clone());
+        metrics.on_scrape(sampler(&control, redis_state.clone(), ready.clone()));
+        if let Some(handle) = redis_state.clone() {
+            // Plans with strict limits need Redis to be decided: not ready
+            // while it is unreachable.
+            rest.spawn(hold_for_redis(
+                Arc::clone(&control),
+                handle,
+                ready.clone(),
+                rest_stop.clone(),
+            ));
+        }
+        rest.spawn(upkeep(
+            Arc::clone(&metrics),
+            Arc::clone(&control),
+            rest_stop.clone(),
+        ));
         let http_server = axum::serve(
             http,
-            telemetry::router(ready.clone(), redis_state, details(&control)),
+            telemetry::router(
+                ready.clone(),
+                redis_state,
+                details(&control),
+                Arc::clone(&metrics),
+            ),
         )
         .with_graceful_shutdown(wait(rest_stop.clone()));
         rest.spawn(async move {
@@ -418,6 +462,7 @@ impl App {
         }
         rest.spawn(sweeper(
             Arc::clone(&control),
+            Arc::clone(&metrics),
             config.store.sweep_interval,
             rest_stop.clone(),
         ));
@@ -526,6 +571,7 @@ fn reloader(
     loader: Option<Loader>,
     grpc: &Listener,
     admin: Option<&Listener>,
+    metrics: &Arc<Metrics>,
 ) -> Reloader {
     let config = control.config();
     let loader = loader.unwrap_or_else(|| match config.source.clone() {
@@ -536,6 +582,11 @@ fn reloader(
         }
     });
     let mut reloader = Reloader::new(Arc::clone(control), loader);
+    let m = Arc::clone(metrics);
+    reloader.on_reload(Box::new(move |c: &Config| {
+        m.heavy()
+            .configure(c.metrics.heavy_keys, c.metrics.key_names.clone());
+    }));
     let server_tls: fn(&Config) -> Option<&TlsFiles> = |c| c.server.tls.as_ref();
     let admin_tls: fn(&Config) -> Option<&TlsFiles> =
         |c| c.admin.as_ref().and_then(|a| a.tls.as_ref());
@@ -639,9 +690,12 @@ async fn wait(mut shutdown: Shutdown) {
 /// Drops idle buckets and ended overrides every `every` until shutdown.
 async fn sweeper(
     control: Arc<Control>,
+    metrics: Arc<Metrics>,
     every: Duration,
     mut shutdown: Shutdown,
 ) -> Result<(), AppError> {
+    let evicted =
+        ["bucket", "quota"].map(|kind| metrics.counter(names::EVICTED, &[("kind", kind)]));
     let limiter = Arc::clone(control.limiter());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -659,12 +713,16 @@ async fn sweeper(
                 // Sweeping a million cells takes milliseconds: keep it off
                 // the request threads' executor slots.
                 match tokio::task::spawn_blocking(move || l.sweep()).await {
-                    Ok(r) => tracing::debug!(
+                    Ok(r) => {
+                        evicted[0].increment(r.buckets as u64);
+                        evicted[1].increment(r.quotas as u64);
+                        tracing::debug!(
                         buckets = r.buckets,
                         quotas = r.quotas,
                         tracked = limiter.store().tracked(),
                         "swept idle cells"
-                    ),
+                    )
+                    }
                     Err(e) => tracing::error!(error = %e, "sweep failed"),
                 }
                 let now = limiter.store().overflowed();
@@ -704,4 +762,114 @@ fn local_addr(
 ) -> Result<SocketAddr, AppError> {
     l.local_addr()
         .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+/// Sets, before each scrape, the gauges and counters whose counts live
+/// elsewhere: the store, reloads, overrides, Redis sync, readiness.
+fn sampler(
+    control: &Arc<Control>,
+    redis: Option<SyncHandle>,
+    ready: Readiness,
+) -> telemetry::metrics::Sampler {
+    let control = Arc::clone(control);
+    Box::new(move |m: &Metrics| {
+        let limiter = control.limiter();
+        let store = limiter.store();
+        m.gauge(names::TRACKED, &[]).set(store.tracked() as f64);
+        m.gauge(names::TRACKED_LIMIT, &[])
+            .set(store.limits().max_cells as f64);
+        m.gauge(names::STORE_FULL, &[])
+            .set(f64::from(u8::from(store.is_full())));
+        m.counter(names::OVERFLOW, &[]).absolute(store.overflowed());
+        let stats = control.stats();
+        m.counter(names::RELOADS, &[("result", "success")])
+            .absolute(stats.ok);
+        m.counter(names::RELOADS, &[("result", "failure")])
+            .absolute(stats.failed);
+        m.gauge(names::CONFIG_LAST_OK, &[])
+            .set(f64::from(u8::from(!stats.last_failed)));
+        let v = control.version();
+        m.gauge(names::CONFIG_VERSION, &[]).set(v.number as f64);
+        m.gauge(names::CONFIG_LOADED, &[])
+            .set(v.loaded_at as f64 / 1e9);
+        m.gauge(names::OVERRIDES, &[])
+            .set(limiter.snapshot().table().overrides() as f64);
+        m.gauge(names::READY, &[])
+            .set(f64::from(u8::from(ready.is_ready())));
+        if let Some(h) = &redis {
+            let up = h.state() == crate::sync::SyncState::Synced;
+            m.gauge(names::REDIS_UP, &[]).set(f64::from(u8::from(up)));
+            if let Some(j) = store.journal() {
+                m.gauge(names::REDIS_PENDING, &[]).set(j.len() as f64);
+                m.counter(names::REDIS_DROPPED, &[]).absolute(j.dropped());
+            }
+        }
+    })
+}
+
+/// How often histogram samples are folded into buckets.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP`] (memory
+/// stays flat without scrapes) and ends each heaviest-keys window (its
+/// length read from the config in effect each time).
+async fn upkeep(
+    metrics: Arc<Metrics>,
+    control: Arc<Control>,
+    mut shutdown: Shutdown,
+) -> Result<(), AppError> {
+    let mut tick = tokio::time::interval(UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window = || control.config().metrics.heavy_window;
+    let mut roll_at = tokio::time::Instant::now() + window();
+    loop {
+        let roll = tokio::time::sleep_until(roll_at);
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tick.tick() => metrics.upkeep(),
+            () = roll => {
+                metrics.heavy().roll();
+                roll_at = tokio::time::Instant::now() + window();
+            }
+        }
+    }
+}
+
+/// How often readiness looks at Redis and the table.
+const HOLD_CHECK: Duration = Duration::from_millis(100);
+
+/// Holds readiness back while the table has strict limits and Redis is
+/// not reachable (or not reached yet); see [`telemetry::health`].
+async fn hold_for_redis(
+    control: Arc<Control>,
+    redis: SyncHandle,
+    ready: Readiness,
+    mut shutdown: Shutdown,
+) -> Result<(), AppError> {
+    let mut tick = tokio::time::interval(HOLD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let strict = control.limiter().snapshot().table().has_strict();
+        let held = match redis.state() {
+            crate::sync::SyncState::Synced => None,
+            _ if !strict => None,
+            crate::sync::SyncState::Starting => {
+                Some("redis not reached yet, and limits in mode strict are decided there")
+            }
+            crate::sync::SyncState::Degraded => {
+                Some("redis unreachable, and limits in mode strict are decided there")
+            }
+        };
+        if held != ready.held() {
+            match held {
+                Some(why) => tracing::warn!(why, "not ready"),
+                None => tracing::info!("redis reachable: ready again"),
+            }
+            ready.hold(held);
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+    }
 }

@@ -10,12 +10,13 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use crate::core::Nanos;
 use crate::core::clock::rfc3339;
+use crate::telemetry::Metrics;
 
 use super::auth::Caller;
 
@@ -95,6 +96,7 @@ impl Record {
 #[derive(Debug)]
 pub struct Audit {
     file: Option<Mutex<std::fs::File>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Audit {
@@ -110,12 +112,30 @@ impl Audit {
                     .open(path)?,
             )),
         };
-        Ok(Audit { file })
+        Ok(Audit {
+            file,
+            metrics: None,
+        })
+    }
+
+    /// Counts every record in `metrics` too
+    /// (`quotad_admin_mutations_total{action, outcome}`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes `record`. A file that cannot be written is logged as an
     /// error; the log line is written regardless.
     pub fn write(&self, record: &Record) {
+        if let Some(m) = &self.metrics {
+            let outcome = match record.outcome.as_str() {
+                "done" => "done",
+                o if o.starts_with("unconfirmed") => "unconfirmed",
+                _ => "failed",
+            };
+            m.admin(record.action, outcome);
+        }
         tracing::info!(
             target: "quotad::audit",
             at = %record.at,

@@ -4,9 +4,12 @@
 //! `allow` or `deny`. Every other check is the engine's synchronous
 //! [`Limiter::check`].
 
+use std::sync::Arc;
+
 use crate::config::OnRedisError;
 use crate::core::{self, Decision, DenyReason, Limiter, Snapshot};
 use crate::sync::strict::StrictClient;
+use crate::telemetry::Metrics;
 
 /// Strict mode as the front doors use it.
 #[derive(Debug, Clone)]
@@ -15,6 +18,8 @@ pub struct Strict {
     pub client: StrictClient,
     /// What to answer without Redis.
     pub on_error: OnRedisError,
+    /// Where fail-mode answers are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Decides `req`; returns the decision and the snapshot of the table it
@@ -50,17 +55,23 @@ pub async fn decide<'l>(
                 DenyReason::Limited
             },
             retry_after: Some(if ok { 0 } else { 1_000_000 }),
+            plan: Some(job.plan),
             ..Decision::UNLIMITED
         }),
         Err(e) => {
             tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
+            strict.metrics.strict_fail(strict.on_error.as_str());
             match strict.on_error {
                 OnRedisError::Local => snap.check(req),
-                OnRedisError::Allow => Decision::UNLIMITED,
+                OnRedisError::Allow => Decision {
+                    plan: Some(job.plan),
+                    ..Decision::UNLIMITED
+                },
                 OnRedisError::Deny => Decision {
                     allowed: false,
                     reason: DenyReason::Unavailable,
                     retry_after: Some(1_000_000_000),
+                    plan: Some(job.plan),
                     ..Decision::UNLIMITED
                 },
             }

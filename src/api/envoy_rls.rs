@@ -53,14 +53,17 @@ use tonic::{Request, Response, Status};
 use super::decide::{self, Strict};
 use super::error::RequestError;
 use super::headers::{self, Standing};
-use super::{duration_parts, validate};
+use super::{duration_parts, request_id, validate};
 use crate::config::RequestCaps;
 use crate::control::LiveConfig;
 use crate::core::clock::NANOS_PER_SEC;
+use crate::core::clock::Stopwatch;
 use crate::core::window::Window;
 use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Verdict};
 use crate::limits::rls::{Action, Algorithm, Domain, RlsLimit, Rule, Unit};
 use crate::limits::{Limit, LimitKind};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{Api, Outcome as Counted};
 
 /// The Envoy RLS v3 service.
 #[derive(Debug, Clone)]
@@ -68,16 +71,19 @@ pub struct EnvoyRlsService {
     limiter: Arc<Limiter>,
     config: LiveConfig,
     strict: Option<Strict>,
+    metrics: Arc<Metrics>,
 }
 
 impl EnvoyRlsService {
     /// A service deciding with `limiter` under the settings of the config
     /// in effect (`requests`, `envoy`, `response_headers`), read per
-    /// request so a reload applies at once.
-    pub fn new(limiter: Arc<Limiter>, config: LiveConfig) -> Self {
+    /// request so a reload applies at once. Every request is counted in
+    /// `metrics`.
+    pub fn new(limiter: Arc<Limiter>, config: LiveConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             limiter,
             config,
+            metrics,
             strict: None,
         }
     }
@@ -293,6 +299,8 @@ struct Outcome<'a> {
     /// For a blocked key: how long the block lasts (`Some(None)`: until
     /// lifted).
     blocked: Option<Option<Nanos>>,
+    /// Over its limit, but a shadow-mode rule answered OK.
+    shadowed: bool,
 }
 
 fn envoy_duration(ns: Nanos) -> Duration {
@@ -321,6 +329,7 @@ fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outco
     };
     Outcome {
         blocked: None,
+        shadowed: !v.allowed && shadow,
         status: DescriptorStatus {
             code: if v.allowed || shadow {
                 Code::Ok
@@ -354,6 +363,7 @@ fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
     let blocked = (d.reason == core::DenyReason::Blocked).then_some(d.retry_after);
     Outcome {
         blocked,
+        shadowed: false,
         status: DescriptorStatus {
             code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
             current_limit: limit.map(current_limit),
@@ -430,11 +440,13 @@ impl EnvoyRlsService {
                 status: ok_status(),
                 standing: None,
                 blocked: None,
+                shadowed: false,
             },
             Resolved::Unlimited(_) => Outcome {
                 status: unlimited_status(),
                 standing: None,
                 blocked: None,
+                shadowed: false,
             },
             Resolved::Limit(rl, rule) => {
                 let hasher = self.limiter.hasher();
@@ -447,18 +459,24 @@ impl EnvoyRlsService {
                 let name = rule.map_or("", |r| r.name.as_str());
                 limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
             }
-            Resolved::Plan(api_key) => match decided {
-                Some((decision, made_with)) => planned(made_with, decision),
-                None => {
-                    let req = self.plan_request(key_entry, api_key, d);
-                    let decision = if d.refund {
-                        snap.refund(&req)
-                    } else {
-                        snap.check(&req)
-                    };
-                    planned(snap, &decision)
+            Resolved::Plan(api_key) => {
+                let heavy = self.metrics.heavy();
+                if heavy.enabled() {
+                    heavy.note(self.limiter.hasher().key_hash(api_key.as_bytes()));
                 }
-            },
+                match decided {
+                    Some((decision, made_with)) => planned(made_with, decision),
+                    None => {
+                        let req = self.plan_request(key_entry, api_key, d);
+                        let decision = if d.refund {
+                            snap.refund(&req)
+                        } else {
+                            snap.check(&req)
+                        };
+                        planned(snap, &decision)
+                    }
+                }
+            }
         }
     }
 
@@ -509,13 +527,50 @@ fn unknown_domain(req: &RateLimitRequest) -> RateLimitResponse {
     }
 }
 
+/// What one request came to, for the metrics.
+#[derive(Default)]
+struct Tally {
+    /// The domain is in the config (its name may be a label).
+    configured: bool,
+    shadowed: bool,
+    over: bool,
+}
+
 #[tonic::async_trait]
 impl RateLimitService for EnvoyRlsService {
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let req = request.into_inner();
+        let started = Stopwatch::start();
+        let (meta, _, req) = request.into_parts();
+        let mut tally = Tally::default();
+        let answer = self.answer(&req, &mut tally).await;
+        let domain = tally.configured.then_some(req.domain.as_str());
+        let counted = match &answer {
+            Err(_) => Counted::Error,
+            Ok(r) if r.overall_code == Code::OverLimit as i32 => Counted::Denied,
+            Ok(_) if tally.over || tally.shadowed => Counted::ShadowDenied,
+            Ok(_) => Counted::Allowed,
+        };
+        self.metrics.rls(domain, counted);
+        match answer {
+            Ok(r) => {
+                self.metrics.took(Api::Rls, started);
+                Ok(Response::new(r))
+            }
+            Err(status) => Err(request_id::refuse(&meta, Api::Rls.as_str(), status)),
+        }
+    }
+}
+
+impl EnvoyRlsService {
+    /// The answer to `req`, noting in `tally` what it came to.
+    async fn answer(
+        &self,
+        req: &RateLimitRequest,
+        tally: &mut Tally,
+    ) -> Result<RateLimitResponse, Status> {
         let config = self.config.load();
         let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
         if req.domain.is_empty() {
@@ -537,20 +592,20 @@ impl RateLimitService for EnvoyRlsService {
         )?;
         let plans = envoy.domains.contains(&req.domain);
         let key_entry = plans.then_some(envoy.key_entry.as_str());
-        if !plans
-            && self
+        tally.configured = plans
+            || self
                 .limiter
                 .snapshot()
                 .table()
                 .rls()
                 .get(&req.domain)
-                .is_none()
-        {
+                .is_some();
+        if !tally.configured {
             // Not ours: OK without validating its descriptors (beyond
             // their count, checked above to bound the answer's size).
-            return Ok(Response::new(unknown_domain(&req)));
+            return Ok(unknown_domain(req));
         }
-        let descs = validate_request(&req, caps, key_entry)?;
+        let descs = validate_request(req, caps, key_entry)?;
         // Plans with strict limits are decided in Redis, before the
         // snapshot below is taken (it is not held across a wait), and
         // only once every descriptor is known to be valid (overrides
@@ -568,7 +623,7 @@ impl RateLimitService for EnvoyRlsService {
         } else if let Some(domain) = snap.table().rls().get(&req.domain) {
             Mode::Rules(domain)
         } else {
-            return Ok(Response::new(unknown_domain(&req)));
+            return Ok(unknown_domain(req));
         };
         let resolved = resolve(&mode, &descs, envoy.algorithm)?;
         let outcomes: Vec<Outcome<'_>> = descs
@@ -583,6 +638,8 @@ impl RateLimitService for EnvoyRlsService {
         let over = outcomes
             .iter()
             .any(|o| o.status.code == Code::OverLimit as i32);
+        tally.over = over;
+        tally.shadowed = outcomes.iter().any(|o| o.shadowed);
         let standings: Vec<Standing<'_>> = outcomes.iter().filter_map(|o| o.standing).collect();
         // Global shadow mode answers OK, so there is nothing to wait for.
         let overall = if over && !envoy.shadow {
@@ -607,11 +664,11 @@ impl RateLimitService for EnvoyRlsService {
                 ..Default::default()
             })
             .collect();
-        Ok(Response::new(RateLimitResponse {
+        Ok(RateLimitResponse {
             overall_code: overall as i32,
             statuses: outcomes.into_iter().map(|o| o.status).collect(),
             response_headers_to_add,
             ..Default::default()
-        }))
+        })
     }
 }

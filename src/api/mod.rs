@@ -15,6 +15,7 @@ pub mod envoy_rls;
 pub mod error;
 pub mod headers;
 pub mod native;
+pub mod request_id;
 pub mod validate;
 
 use crate::core::Nanos;

@@ -15,11 +15,14 @@ use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{
     CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason, Header,
 };
-use super::{duration, validate};
+use super::{duration, request_id, validate};
 use crate::config::RequestCaps;
 use crate::control::LiveConfig;
+use crate::core::clock::Stopwatch;
 use crate::core::{self, Decision, Limiter, Snapshot};
 use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{Api, plan_label};
 
 /// The native service.
 #[derive(Debug, Clone)]
@@ -28,19 +31,27 @@ pub struct NativeService {
     config: LiveConfig,
     strict: Option<Strict>,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 }
 
 impl NativeService {
     /// A service deciding with `limiter`, refusing requests beyond the
     /// caps of the config in effect (`requests`) and answering with its
     /// `response_headers`, both read per check so a reload applies at
-    /// once. Open streams end cleanly when `shutdown` fires.
-    pub fn new(limiter: Arc<Limiter>, config: LiveConfig, shutdown: Shutdown) -> Self {
+    /// once. Open streams end cleanly when `shutdown` fires. Every check
+    /// is counted in `metrics`.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        config: LiveConfig,
+        shutdown: Shutdown,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             limiter,
             config,
             strict: None,
             shutdown,
+            metrics,
         }
     }
 
@@ -73,15 +84,25 @@ fn validate_check(
     Ok(())
 }
 
-/// Decides one already validated check.
-async fn decide(
-    limiter: &Limiter,
-    strict: Option<&Strict>,
-    req: &CheckRequest,
-    style: HeaderStyle,
-) -> CheckResponse {
+/// What deciding a check needs besides the check.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    limiter: &'a Limiter,
+    strict: Option<&'a Strict>,
+    metrics: &'a Metrics,
+    api: Api,
+}
+
+/// Decides one already validated check, and counts it.
+async fn decide(ctx: Ctx<'_>, req: &CheckRequest, style: HeaderStyle) -> CheckResponse {
     let request = core::Request::new(&req.key, req.cost.max(1));
-    let (d, snap) = decide::decide(limiter, strict, &request).await;
+    let (d, snap) = decide::decide(ctx.limiter, ctx.strict, &request).await;
+    ctx.metrics
+        .checked(ctx.api, plan_label(snap.table(), &d), &d);
+    let heavy = ctx.metrics.heavy();
+    if heavy.enabled() {
+        heavy.note(ctx.limiter.hasher().key_hash(req.key.as_bytes()));
+    }
     response(&snap, &d, req.id, style)
 }
 
@@ -134,10 +155,30 @@ struct StreamState {
     config: LiveConfig,
     strict: Option<Strict>,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    /// The stream's request id, for the log of refused messages.
+    request_id: String,
     done: bool,
 }
 
 type CheckStreamOut = Pin<Box<dyn Stream<Item = Result<CheckResponse, Status>> + Send>>;
+
+impl NativeService {
+    fn ctx(&self, api: Api) -> Ctx<'_> {
+        Ctx {
+            limiter: &self.limiter,
+            strict: self.strict.as_ref(),
+            metrics: &self.metrics,
+            api,
+        }
+    }
+
+    /// A refused call: counted, logged with its request id, tagged.
+    fn refuse(&self, api: Api, meta: &tonic::metadata::MetadataMap, e: RequestError) -> Status {
+        self.metrics.refused(api);
+        request_id::refuse(meta, api.as_str(), e.into())
+    }
+}
 
 #[tonic::async_trait]
 impl RateLimiter for NativeService {
@@ -145,35 +186,44 @@ impl RateLimiter for NativeService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let req = request.into_inner();
+        let started = Stopwatch::start();
+        let (meta, _, req) = request.into_parts();
         let (caps, style) = self.settings();
-        validate_check(&req, String::new, &caps)?;
-        Ok(Response::new(
-            decide(&self.limiter, self.strict.as_ref(), &req, style).await,
-        ))
+        if let Err(e) = validate_check(&req, String::new, &caps) {
+            return Err(self.refuse(Api::Native, &meta, e));
+        }
+        let answer = decide(self.ctx(Api::Native), &req, style).await;
+        self.metrics.took(Api::Native, started);
+        Ok(Response::new(answer))
     }
 
     async fn check_batch(
         &self,
         request: Request<CheckBatchRequest>,
     ) -> Result<Response<CheckBatchResponse>, Status> {
-        let batch = request.into_inner();
+        let started = Stopwatch::start();
+        let (meta, _, batch) = request.into_parts();
         let (caps, style) = self.settings();
-        validate::count(|| "checks".into(), batch.checks.len(), caps.max_batch)?;
         // Validate everything first: a bad check fails the whole batch
         // before any of it is charged.
-        for (i, c) in batch.checks.iter().enumerate() {
-            validate_check(c, || format!("checks[{i}]."), &caps)?;
+        let valid = validate::count(|| "checks".into(), batch.checks.len(), caps.max_batch)
+            .and_then(|()| {
+                batch
+                    .checks
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, c)| validate_check(c, || format!("checks[{i}]."), &caps))
+            });
+        if let Err(e) = valid {
+            return Err(self.refuse(Api::Batch, &meta, e));
         }
         // Strict checks wait for Redis together (one pipelined round trip);
         // the others are ready at once.
-        let results = futures_util::future::join_all(
-            batch
-                .checks
-                .iter()
-                .map(|c| decide(&self.limiter, self.strict.as_ref(), c, style)),
-        )
-        .await;
+        let ctx = self.ctx(Api::Batch);
+        let results =
+            futures_util::future::join_all(batch.checks.iter().map(|c| decide(ctx, c, style)))
+                .await;
+        self.metrics.took(Api::Batch, started);
         Ok(Response::new(CheckBatchResponse { results }))
     }
 
@@ -189,12 +239,15 @@ impl RateLimiter for NativeService {
         // pushes back on it. An invalid check gets an answer with `error`
         // set and the stream goes on. Shutdown ends the stream with
         // UNAVAILABLE, so the caller knows to resend what was not answered.
+        let request_id = request_id::of(request.metadata());
         let state = StreamState {
             inbound: request.into_inner(),
             limiter: Arc::clone(&self.limiter),
             config: Arc::clone(&self.config),
             strict: self.strict.clone(),
             shutdown: self.shutdown.clone(),
+            metrics: Arc::clone(&self.metrics),
+            request_id,
             done: false,
         };
         let out = futures_util::stream::unfold(state, |mut st| async move {
@@ -214,10 +267,25 @@ impl RateLimiter for NativeService {
             };
             let answer = match next {
                 Ok(Some(req)) => {
+                    let started = Stopwatch::start();
                     let (caps, style) = settings(&st.config);
                     match validate_check(&req, String::new, &caps) {
-                        Ok(()) => decide(&st.limiter, st.strict.as_ref(), &req, style).await,
-                        Err(e) => refused(&req, &e),
+                        Ok(()) => {
+                            let ctx = Ctx {
+                                limiter: &st.limiter,
+                                strict: st.strict.as_ref(),
+                                metrics: &st.metrics,
+                                api: Api::Stream,
+                            };
+                            let answer = decide(ctx, &req, style).await;
+                            st.metrics.took(Api::Stream, started);
+                            answer
+                        }
+                        Err(e) => {
+                            st.metrics.refused(Api::Stream);
+                            tracing::debug!(request_id = %st.request_id, id = req.id, error = %e, "check stream message refused");
+                            refused(&req, &e)
+                        }
                     }
                 }
                 Ok(None) => return None,

@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quotad::app::App;
 use quotad::config::{Config, RedisSettings};
+use quotad::telemetry::logging::{self, LogFormat};
 
 /// EX_USAGE from sysexits.h: the command or its config was wrong.
 const EX_USAGE: u8 = 64;
@@ -75,6 +76,15 @@ struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `quotad=debug`.
     #[arg(long, env = "QUOTAD_LOG", default_value = "info")]
     log: String,
+    /// Log line format: `text` (for people) or `json` (one object per
+    /// line, for log collectors).
+    #[arg(
+        long,
+        env = "QUOTAD_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -116,7 +126,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            init_logging(&args.log);
+            logging::init(&args.log, args.log_format);
             match serve(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -171,18 +181,6 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("--log: invalid filter '{}'", args.log))?;
     Ok(config)
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a terminal: logs piped to files or collectors stay
-    // plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .init();
 }
 
 fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {

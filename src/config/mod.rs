@@ -20,6 +20,7 @@
 //! output; their path segment prints as `<key>`.
 
 pub mod admin;
+pub mod metrics;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -41,6 +42,8 @@ use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
 use admin::{AdminRaw, ReloadRaw, TlsRaw};
 pub use admin::{AdminSettings, AdminToken, ReloadSettings, Scope, TlsFiles};
+use metrics::MetricsRaw;
+pub use metrics::MetricsSettings;
 
 /// The config `quotad serve` uses without `--config`: a documented demo with
 /// plans `free` and `gold`.
@@ -153,6 +156,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Watching the files for changes.
     pub reload: ReloadSettings,
+    /// The opt-in heaviest-keys gauge.
+    pub metrics: MetricsSettings,
 }
 
 /// The `server` section.
@@ -815,6 +820,7 @@ fn demo_config() -> Config {
         redis: None,
         admin: None,
         reload: ReloadSettings::default(),
+        metrics: MetricsSettings::default(),
         limits: LimitsSpec {
             default_plan: "free".to_owned(),
             plans,
@@ -844,6 +850,7 @@ struct ConfigRaw {
     response_headers: Option<StyleRaw>,
     admin: Option<AdminRaw>,
     reload: Option<ReloadRaw>,
+    metrics: Option<MetricsRaw>,
 }
 
 #[derive(Deserialize)]
@@ -1017,6 +1024,11 @@ impl ConfigRaw {
             .map_or(HeaderStyle::default(), |s| s.0);
         let admin = self.admin.map(|a| a.build(base)).transpose()?;
         let reload = self.reload.map(ReloadRaw::build).unwrap_or_default();
+        let metrics = self
+            .metrics
+            .map(MetricsRaw::build)
+            .transpose()?
+            .unwrap_or_default();
         // Two listeners on one address could never both bind.
         let mut listeners = vec![
             (["server", "grpc_addr"], server.grpc_addr),
@@ -1093,6 +1105,7 @@ impl ConfigRaw {
             redis,
             admin,
             reload,
+            metrics,
         })
     }
 }
@@ -1626,7 +1639,7 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 "limits:\n  free: {}\n",
-                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload)",
+                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload, metrics)",
             ),
             (
                 "servers:\n  grpc_addr: 127.0.0.1:1\n",
@@ -1634,7 +1647,15 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 "metrics:\n  port: 1\n",
-                "t.yaml:1:1: unknown field 'metrics' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload)",
+                "t.yaml:2:3: metrics: unknown field 'port' (expected one of: heavy_keys, heavy_window, key_names)",
+            ),
+            (
+                "metrics:\n  heavy_keys: 1000\n",
+                "t.yaml:2:15: metrics.heavy_keys: at most 100 (got 1000): the gauge is for the top of the list, not a per-key export",
+            ),
+            (
+                "metrics:\n  key_names: { my-secret-key: acme }\n",
+                "t.yaml:2:14: metrics.key_names: a key's keyed hash is 16 lowercase hex digits (as `quotactl usage` shows it), never the key itself",
             ),
             (
                 "server:\n  grpc_addr: 127.0.0.1:1\n  grpc_addr: 127.0.0.1:2\n",

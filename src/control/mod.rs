@@ -24,7 +24,7 @@ pub mod reload;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -66,6 +66,8 @@ pub struct ReloadStats {
     pub failed: u64,
     /// Why the last refused reload was refused.
     pub last_error: Option<String>,
+    /// Whether the latest reload was refused (a later success clears it).
+    pub last_failed: bool,
 }
 
 /// What a successful reload did.
@@ -165,6 +167,7 @@ pub struct Control {
     ok: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    last_failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -203,6 +206,7 @@ impl Control {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            last_failed: AtomicBool::new(false),
         })
     }
 
@@ -236,12 +240,14 @@ impl Control {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            last_failed: self.last_failed.load(Ordering::Relaxed),
         }
     }
 
     /// Counts a refused reload and remembers why.
     pub fn note_failure(&self, why: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(true, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
     }
 
@@ -454,6 +460,7 @@ impl Control {
         match &result {
             Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                self.last_failed.store(false, Ordering::Relaxed);
             }
             Err(e) => self.note_failure(&e.to_string()),
         }

@@ -106,6 +106,28 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
     }
 }
 
+/// Real elapsed time for measurements (server-side latency), whatever
+/// clock the engine decides with: a manual clock in tests does not move,
+/// yet a histogram of how long a call took must.
+#[derive(Debug, Clone, Copy)]
+#[allow(clippy::disallowed_types)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts measuring now.
+    #[inline]
+    #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Seconds since [`Stopwatch::start`].
+    #[inline]
+    pub fn seconds(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
 /// `t` (Unix ns) as an RFC 3339 UTC time to the second, as
 /// `2026-12-31T00:00:00Z`: how audit lines and listings show times.
 #[allow(clippy::disallowed_types)]

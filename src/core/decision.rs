@@ -2,7 +2,7 @@
 //! from.
 
 use super::clock::Nanos;
-use crate::limits::LimitRef;
+use crate::limits::{LimitRef, PlanId};
 
 /// "May `key` spend `cost` units now?"
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,9 @@ pub struct Decision {
     /// when denied, the one with the longest wait. `None` for a plan
     /// without limits.
     pub policy: Option<LimitRef>,
+    /// The plan that decided, in the table the decision was made with;
+    /// `None` for a blocked key (no plan applies).
+    pub plan: Option<PlanId>,
 }
 
 impl Decision {
@@ -81,5 +84,6 @@ impl Decision {
         retry_after: Some(0),
         reason: DenyReason::None,
         policy: None,
+        plan: None,
     };
 }

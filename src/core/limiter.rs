@@ -369,6 +369,7 @@ fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
         retry_after: wait,
         reason: DenyReason::Blocked,
         policy: None,
+        plan: None,
     }
 }
 
@@ -389,6 +390,7 @@ fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict) -> Decision {
             plan,
             limit: i as u32,
         }),
+        plan: Some(plan),
     }
 }
 
@@ -426,7 +428,10 @@ impl Seen {
     pub(crate) fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
         match self.worst.or(self.closest) {
             Some((i, v)) => decision(plan, i, limits, v),
-            None => Decision::UNLIMITED,
+            None => Decision {
+                plan: Some(plan),
+                ..Decision::UNLIMITED
+            },
         }
     }
 }
@@ -788,7 +793,14 @@ mod tests {
     #[test]
     fn plan_without_limits_is_unlimited() {
         let (l, _) = limiter(vec![rate("p", "rate", 1, 1)], 100);
-        assert_eq!(l.check(&req("vip", u64::MAX)), Decision::UNLIMITED);
+        let d = l.check(&req("vip", u64::MAX));
+        assert_eq!(
+            d.plan
+                .map(|p| l.snapshot().table().plan(p).name.clone())
+                .as_deref(),
+            Some("open")
+        );
+        assert_eq!(Decision { plan: None, ..d }, Decision::UNLIMITED);
         assert_eq!(l.store().tracked(), 0);
     }
 

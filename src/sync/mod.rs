@@ -48,8 +48,11 @@ use tokio::sync::watch;
 use crate::config::RedisSettings;
 use crate::control::Control;
 use crate::core::Limiter;
+use crate::core::clock::Stopwatch;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::names;
 use conn::{Conn, Lua, key};
 
 mod conn;
@@ -139,6 +142,7 @@ pub struct RedisSync {
     script: Lua,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for RedisSync {
@@ -186,12 +190,19 @@ impl RedisSync {
             script: Lua::new(SCRIPT),
             state,
             rounds,
+            metrics: None,
         };
         let handle = SyncHandle {
             state: rx,
             rounds: rounds_rx,
         };
         Ok((sync, handle))
+    }
+
+    /// Counts flush rounds, batches, cells and their time in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A strict-mode client, and the task that serves it (run it until
@@ -312,6 +323,9 @@ impl RedisSync {
             }
             CellKind::Counter { .. } => true,
         });
+        let started = Stopwatch::start();
+        let sending = !items.is_empty();
+        let mut batches = 0;
         let result = if items.is_empty() {
             if *self.state.borrow() == SyncState::Synced {
                 Ok(0)
@@ -321,6 +335,7 @@ impl RedisSync {
         } else {
             let mut result = Ok(items.len());
             for (k, chunk) in items.chunks(BATCH).enumerate() {
+                batches += 1;
                 if let Err(e) = self.send_chunk(chunk).await {
                     for rest in items.chunks(BATCH).skip(k + 1) {
                         journal.restore(rest);
@@ -331,6 +346,19 @@ impl RedisSync {
             }
             result
         };
+        if let Some(m) = &self.metrics {
+            let outcome = if result.is_ok() { "success" } else { "failure" };
+            m.counter(names::REDIS_FLUSHES, &[("result", outcome)])
+                .increment(1);
+            m.counter(names::REDIS_BATCHES, &[]).increment(batches);
+            if let Ok(sent) = &result {
+                m.counter(names::REDIS_CELLS, &[]).increment(*sent as u64);
+            }
+            if sending {
+                m.histogram(names::REDIS_FLUSH_SECONDS, &[])
+                    .record(started.seconds());
+            }
+        }
         let next = if result.is_ok() {
             SyncState::Synced
         } else {

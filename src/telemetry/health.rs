@@ -1,6 +1,6 @@
 //! Health of the process as seen from outside: the readiness latch, the
-//! HTTP listener's `/livez` and `/readyz`, and gRPC health checking
-//! (`grpc.health.v1.Health`), all reading the same latch.
+//! HTTP listener's `/livez`, `/readyz` and `/metrics`, and gRPC health
+//! checking (`grpc.health.v1.Health`), all reading the same latch.
 //!
 //! `/livez` answers 200 while the process serves HTTP at all. `/readyz` and
 //! gRPC health say ready (200 / SERVING) once the limits are loaded and
@@ -12,16 +12,30 @@
 //! `/readyz` also says which config is in effect (`config: version 3
 //! (digest 1a2b3c4d5e6f), reloads 2 ok, 1 failed`) and how many overrides
 //! are in force. With Redis, it adds a line `redis: synced`, `redis:
-//! degraded` or `redis: starting`. Redis trouble does not make the node unready: it
-//! keeps deciding (locally in `sync` mode, by `on_redis_error` in strict
-//! mode), and taking every replica out of service would stop the API.
+//! degraded` or `redis: starting`.
+//!
+//! Redis matters to readiness only when the table has strict limits
+//! (`mode: strict`): those are decided in Redis, so while Redis is
+//! unreachable (or not reached yet) the node is not ready (`waiting:
+//! ...` in the body) and balancers send checks to nodes that can reach
+//! it; `redis.on_redis_error` still answers what arrives. In `sync` mode
+//! Redis trouble does not make the node unready: it decides locally, and
+//! taking every replica out of service would stop the API.
+//!
+//! A reload that fails keeps the config in effect and the node ready (the
+//! failure shows in `/readyz`'s reload counts and in
+//! `quotad_config_last_reload_successful`): the limits are still loaded,
+//! and a bad file pushed to every replica must not take them all out of
+//! service at once. A config or limits file that fails at start stops
+//! the daemon before anything listens (exit 64), so it is never ready.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
@@ -30,16 +44,34 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+use super::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sync::{SyncHandle, SyncState};
 
 /// A ready/not-ready latch shared by the app and the health endpoints.
+///
+/// Ready means both: the daemon is serving (limits loaded, listeners up,
+/// not shutting down: [`Readiness::set`]) and nothing it depends on is
+/// missing ([`Readiness::hold`]: Redis, when limits in the table are
+/// strict and Redis is unreachable).
 #[derive(Debug, Clone)]
-pub struct Readiness(watch::Sender<bool>);
+pub struct Readiness {
+    ready: watch::Sender<bool>,
+    inputs: Arc<Mutex<Inputs>>,
+}
+
+#[derive(Debug, Default)]
+struct Inputs {
+    serving: bool,
+    held: Option<&'static str>,
+}
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self(watch::Sender::new(false))
+        Self {
+            ready: watch::Sender::new(false),
+            inputs: Arc::default(),
+        }
     }
 }
 
@@ -48,13 +80,37 @@ impl Readiness {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Marks the process ready (or not).
-    pub fn set(&self, ready: bool) {
-        self.0.send_replace(ready);
+    /// Marks the daemon serving (or not: starting, shutting down).
+    pub fn set(&self, serving: bool) {
+        self.update(|i| i.serving = serving);
+    }
+    /// Holds readiness back for `why` (or releases it with `None`).
+    pub fn hold(&self, why: Option<&'static str>) {
+        self.update(|i| i.held = why);
     }
     /// Whether the process is ready.
     pub fn is_ready(&self) -> bool {
-        *self.0.borrow()
+        *self.ready.borrow()
+    }
+    /// What holds readiness back, if anything does while serving.
+    pub fn held(&self) -> Option<&'static str> {
+        self.lock().held
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inputs> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Inputs)) {
+        let mut inputs = self.lock();
+        change(&mut inputs);
+        let ready = inputs.serving && inputs.held.is_none();
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 }
 
@@ -62,13 +118,28 @@ impl Readiness {
 /// overrides in force), computed per request.
 pub type Details = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The HTTP routes: `/livez` and `/readyz` (with the Redis sync state,
-/// when there is one, and `details`).
-pub fn router(ready: Readiness, redis: Option<SyncHandle>, details: Details) -> Router {
+/// The HTTP routes: `/livez`, `/readyz` (with the Redis sync state, when
+/// there is one, and `details`) and `/metrics` (Prometheus text format).
+pub fn router(
+    ready: Readiness,
+    redis: Option<SyncHandle>,
+    details: Details,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let scrape = move || {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                metrics.render(),
+            )
+        }
+    };
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state((ready, redis, details))
+        .route("/metrics", get(scrape))
 }
 
 async fn readyz(
@@ -77,7 +148,13 @@ async fn readyz(
     let (status, mut body) = if ready.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+        let mut body = "not ready\n".to_owned();
+        if let Some(why) = ready.held() {
+            body.push_str("waiting: ");
+            body.push_str(why);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     };
     if let Some(h) = redis {
         body.push_str(match h.state() {
@@ -151,7 +228,7 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
-        let mut changes = self.ready.0.subscribe();
+        let mut changes = self.ready.subscribe();
         if !self.known(&service) {
             // The health protocol's answer for an unknown service: say so
             // once and keep the call open (a closed call makes clients

@@ -1,0 +1,638 @@
+//! Prometheus metrics: every metric's name, labels and help text, the
+//! recorder that holds them, and `/metrics`'s text.
+//!
+//! Each daemon has its own [`Metrics`] (a `metrics-exporter-prometheus`
+//! recorder that is not installed globally), so several daemons in one
+//! process (tests, embedders) count apart. Front doors hold handles and
+//! count with one atomic add; what other parts already count (the store,
+//! the sync journal, reloads) is read when `/metrics` is scraped.
+//!
+//! **Cardinality is bounded by design.** Label values come from fixed
+//! sets (`api`, `result`, `reason`, `kind`, `mode`, `action`, `outcome`)
+//! or from the config (plan and domain names, at most [`MAX_NAMES`] each;
+//! an RLS request for a domain not in the config counts as `(other)`).
+//! No label ever takes a value from a request. The one per-key view is
+//! the opt-in heaviest-keys gauge ([`super::heavy`]), bounded by
+//! `metrics.heavy_keys` and labelled with keyed hashes only.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `quotad_checks_total` | counter | `api` (native, batch, stream), `result`, `plan`; or `api="rls"`, `result`, `domain` |
+//! | `quotad_denials_total` | counter | `api`, `reason` (limited, cost_exceeds_capacity, unavailable, blocked) |
+//! | `quotad_check_duration_seconds` | histogram | `api` |
+//! | `quotad_tracked_cells`, `quotad_tracked_cells_limit`, `quotad_store_full` | gauge | |
+//! | `quotad_evicted_cells_total` | counter | `kind` (bucket, quota) |
+//! | `quotad_overflow_charges_total` | counter | |
+//! | `quotad_config_reloads_total` | counter | `result` (success, failure) |
+//! | `quotad_config_version`, `quotad_config_loaded_timestamp_seconds`, `quotad_config_last_reload_successful`, `quotad_overrides` | gauge | |
+//! | `quotad_redis_up`, `quotad_redis_pending_deltas` | gauge | |
+//! | `quotad_redis_flushes_total` | counter | `result` |
+//! | `quotad_redis_flush_batches_total`, `quotad_redis_flushed_cells_total`, `quotad_redis_dropped_deltas_total` | counter | |
+//! | `quotad_redis_flush_duration_seconds` | histogram | |
+//! | `quotad_strict_fail_mode_total` | counter | `mode` (local, allow, deny) |
+//! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed, failed) |
+//! | `quotad_ready`, `quotad_build_info` | gauge | `version` (build info) |
+//! | `quotad_heavy_key_checks` | gauge | `key` (keyed hash), `name` (operator's) |
+//! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
+//!
+//! `result` is `allowed`, `denied`, `shadow_denied` (over a limit but
+//! answered OK by shadow mode) or `error` (refused as invalid). `plan` is
+//! the config plan's name, `override` for an override with limits of its
+//! own, `(blocked)` for a blocked key and `(none)` for a refused check.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::heavy::Heavy;
+use crate::core::clock::Stopwatch;
+use crate::core::{Decision, DenyReason};
+use crate::limits::Table;
+
+/// Most distinct plan (or domain) names counted; beyond, `(other)`. Plans
+/// come from the config, so this only matters across many reloads that
+/// rename plans.
+pub const MAX_NAMES: usize = 256;
+
+/// Which front door answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `quotad.v1.RateLimiter/Check`.
+    Native = 0,
+    /// `CheckBatch`, one per check in it.
+    Batch = 1,
+    /// `CheckStream`, one per message.
+    Stream = 2,
+    /// Envoy RLS v3 `ShouldRateLimit`, one per request.
+    Rls = 3,
+}
+
+impl Api {
+    const ALL: [Api; 4] = [Api::Native, Api::Batch, Api::Stream, Api::Rls];
+
+    /// The `api` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Native => "native",
+            Api::Batch => "batch",
+            Api::Stream => "stream",
+            Api::Rls => "rls",
+        }
+    }
+}
+
+/// What a check came to, as the `result` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed.
+    Allowed = 0,
+    /// Denied.
+    Denied = 1,
+    /// Over a limit, answered OK by shadow mode.
+    ShadowDenied = 2,
+    /// Refused as invalid.
+    Error = 3,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Allowed,
+        Outcome::Denied,
+        Outcome::ShadowDenied,
+        Outcome::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::ShadowDenied => "shadow_denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+const REASONS: [(DenyReason, &str); 4] = [
+    (DenyReason::Limited, "limited"),
+    (DenyReason::CostExceedsCapacity, "cost_exceeds_capacity"),
+    (DenyReason::Unavailable, "unavailable"),
+    (DenyReason::Blocked, "blocked"),
+];
+
+/// Metric names.
+pub mod names {
+    /// Checks answered.
+    pub const CHECKS: &str = "quotad_checks_total";
+    /// Denials by reason.
+    pub const DENIALS: &str = "quotad_denials_total";
+    /// Server-side time per call.
+    pub const CHECK_SECONDS: &str = "quotad_check_duration_seconds";
+    /// Cells in memory.
+    pub const TRACKED: &str = "quotad_tracked_cells";
+    /// The cap on cells.
+    pub const TRACKED_LIMIT: &str = "quotad_tracked_cells_limit";
+    /// Whether the cap is reached.
+    pub const STORE_FULL: &str = "quotad_store_full";
+    /// Idle cells dropped by the sweeper.
+    pub const EVICTED: &str = "quotad_evicted_cells_total";
+    /// Charges that went to an overflow cell.
+    pub const OVERFLOW: &str = "quotad_overflow_charges_total";
+    /// Reloads by result.
+    pub const RELOADS: &str = "quotad_config_reloads_total";
+    /// The config version in effect.
+    pub const CONFIG_VERSION: &str = "quotad_config_version";
+    /// When it was loaded.
+    pub const CONFIG_LOADED: &str = "quotad_config_loaded_timestamp_seconds";
+    /// Whether the last reload succeeded.
+    pub const CONFIG_LAST_OK: &str = "quotad_config_last_reload_successful";
+    /// Overrides in force.
+    pub const OVERRIDES: &str = "quotad_overrides";
+    /// Whether the last flush reached Redis.
+    pub const REDIS_UP: &str = "quotad_redis_up";
+    /// Flush rounds by result.
+    pub const REDIS_FLUSHES: &str = "quotad_redis_flushes_total";
+    /// Pipelined batches sent.
+    pub const REDIS_BATCHES: &str = "quotad_redis_flush_batches_total";
+    /// Cells sent.
+    pub const REDIS_CELLS: &str = "quotad_redis_flushed_cells_total";
+    /// Time per flush round.
+    pub const REDIS_FLUSH_SECONDS: &str = "quotad_redis_flush_duration_seconds";
+    /// Deltas waiting for the next flush.
+    pub const REDIS_PENDING: &str = "quotad_redis_pending_deltas";
+    /// Deltas given up.
+    pub const REDIS_DROPPED: &str = "quotad_redis_dropped_deltas_total";
+    /// Strict checks decided by the fail mode.
+    pub const STRICT_FAIL: &str = "quotad_strict_fail_mode_total";
+    /// Admin changes.
+    pub const ADMIN: &str = "quotad_admin_mutations_total";
+    /// Readiness.
+    pub const READY: &str = "quotad_ready";
+    /// Build information.
+    pub const BUILD: &str = "quotad_build_info";
+    /// The heaviest keys.
+    pub const HEAVY: &str = "quotad_heavy_key_checks";
+    /// Resident memory.
+    pub const RSS: &str = "process_resident_memory_bytes";
+    /// Open file descriptors.
+    pub const FDS: &str = "process_open_fds";
+}
+
+use names::*;
+
+/// What each metric means (the HELP lines) and its kind.
+const DESCRIBED: &[(&str, Kind, &str)] = &[
+    (
+        CHECKS,
+        Kind::Counter,
+        "Checks answered: native, batch and stream per check (by plan), rls per request (by domain).",
+    ),
+    (
+        DENIALS,
+        Kind::Counter,
+        "Denied native, batch and stream checks by reason.",
+    ),
+    (
+        CHECK_SECONDS,
+        Kind::Histogram,
+        "Server-side time to answer a call (a CheckBatch as a whole, each CheckStream message), in seconds.",
+    ),
+    (
+        TRACKED,
+        Kind::Gauge,
+        "Cells in memory: one per tracked key and limit (and window for quotas).",
+    ),
+    (
+        TRACKED_LIMIT,
+        Kind::Gauge,
+        "The cap on tracked cells (store.max_tracked_keys).",
+    ),
+    (
+        STORE_FULL,
+        Kind::Gauge,
+        "1 while the cap is reached and new keys share the overflow cells.",
+    ),
+    (EVICTED, Kind::Counter, "Idle cells dropped by the sweeper."),
+    (
+        OVERFLOW,
+        Kind::Counter,
+        "Charges that went to a shared overflow cell because the store was full.",
+    ),
+    (RELOADS, Kind::Counter, "Config reloads by result."),
+    (
+        CONFIG_VERSION,
+        Kind::Gauge,
+        "The version of the config in effect (1 at start, +1 per applied change).",
+    ),
+    (
+        CONFIG_LOADED,
+        Kind::Gauge,
+        "When the config in effect was loaded, in Unix seconds.",
+    ),
+    (
+        CONFIG_LAST_OK,
+        Kind::Gauge,
+        "1 if the last reload (or the start) succeeded, 0 if it was refused.",
+    ),
+    (OVERRIDES, Kind::Gauge, "Operators' overrides in force."),
+    (
+        REDIS_UP,
+        Kind::Gauge,
+        "1 if the last flush (or ping) reached Redis.",
+    ),
+    (
+        REDIS_FLUSHES,
+        Kind::Counter,
+        "Flush rounds to Redis by result.",
+    ),
+    (
+        REDIS_BATCHES,
+        Kind::Counter,
+        "Pipelined batches of deltas sent to Redis.",
+    ),
+    (
+        REDIS_CELLS,
+        Kind::Counter,
+        "Cells whose deltas reached Redis.",
+    ),
+    (
+        REDIS_FLUSH_SECONDS,
+        Kind::Histogram,
+        "Time per flush round that sent deltas, in seconds.",
+    ),
+    (
+        REDIS_PENDING,
+        Kind::Gauge,
+        "Cells with deltas waiting for the next flush.",
+    ),
+    (
+        REDIS_DROPPED,
+        Kind::Counter,
+        "Deltas given up: journal full, refused by Redis, or windows long over.",
+    ),
+    (
+        STRICT_FAIL,
+        Kind::Counter,
+        "Strict checks Redis did not answer in time, decided by redis.on_redis_error.",
+    ),
+    (
+        ADMIN,
+        Kind::Counter,
+        "Admin API changes by action and outcome.",
+    ),
+    (READY, Kind::Gauge, "1 while the node reports ready."),
+    (
+        BUILD,
+        Kind::Gauge,
+        "Always 1; the labels say which build runs.",
+    ),
+    (
+        RSS,
+        Kind::Gauge,
+        "Resident memory of the process, in bytes.",
+    ),
+    (FDS, Kind::Gauge, "Open file descriptors of the process."),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Histogram buckets for call latency: 10 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
+];
+
+/// Histogram buckets for flush rounds: 100 µs to 5 s.
+const FLUSH_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+static META: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// A hook run before each scrape (sets gauges from other parts' counts).
+pub type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// One daemon's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    latency: [Histogram; 4],
+    denials: [[Counter; 4]; 3],
+    plans: Labelled,
+    domains: Labelled,
+    heavy: Heavy,
+    samplers: Mutex<Vec<Sampler>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A recorder with every metric described, the build info set and
+    /// readiness 0.
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(CHECK_SECONDS.into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(REDIS_FLUSH_SECONDS.into()), FLUSH_BUCKETS)
+            });
+        // Bucket lists are constants and never empty: the builder cannot
+        // refuse them; were it to, summaries would be rendered instead.
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        for (name, kind, help) in DESCRIBED {
+            let key = KeyName::from_const_str(name);
+            let help = SharedString::const_str(help);
+            let unit = name.ends_with("_seconds").then_some(Unit::Seconds);
+            match kind {
+                Kind::Counter => recorder.describe_counter(key, unit, help),
+                Kind::Gauge => recorder.describe_gauge(key, unit, help),
+                Kind::Histogram => recorder.describe_histogram(key, unit, help),
+            }
+        }
+        let handle = recorder.handle();
+        let latency = Api::ALL.map(|api| {
+            recorder.register_histogram(&key(CHECK_SECONDS, &[("api", api.as_str())]), &META)
+        });
+        let denials = [Api::Native, Api::Batch, Api::Stream].map(|api| {
+            REASONS.map(|(_, reason)| {
+                recorder.register_counter(
+                    &key(DENIALS, &[("api", api.as_str()), ("reason", reason)]),
+                    &META,
+                )
+            })
+        });
+        let m = Self {
+            latency,
+            denials,
+            plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream]),
+            domains: Labelled::new("domain", &[Api::Rls]),
+            heavy: Heavy::default(),
+            samplers: Mutex::new(Vec::new()),
+            recorder,
+            handle,
+        };
+        m.gauge(BUILD, &[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        m.gauge(READY, &[]).set(0.0);
+        m
+    }
+
+    /// A counter by name and labels (registered on first use).
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &META)
+    }
+
+    /// A gauge by name and labels (registered on first use).
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &META)
+    }
+
+    /// A histogram by name and labels (registered on first use).
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder.register_histogram(&key(name, labels), &META)
+    }
+
+    /// Counts a check of a native door decided against `plan` (the
+    /// label value: see the module docs).
+    #[inline]
+    pub fn checked(&self, api: Api, plan: &str, d: &Decision) {
+        let outcome = if d.allowed {
+            Outcome::Allowed
+        } else {
+            if let (Some(row), Some(i)) = (
+                self.denials.get(api as usize),
+                REASONS.iter().position(|(r, _)| *r == d.reason),
+            ) && let Some(c) = row.get(i)
+            {
+                c.increment(1);
+            }
+            Outcome::Denied
+        };
+        self.plans.count(&self.recorder, plan, api, outcome);
+    }
+
+    /// Counts a check of a native door refused as invalid.
+    pub fn refused(&self, api: Api) {
+        self.plans
+            .count(&self.recorder, "(none)", api, Outcome::Error);
+    }
+
+    /// Counts an Envoy RLS request for `domain` (a domain of the config,
+    /// else `None`).
+    #[inline]
+    pub fn rls(&self, domain: Option<&str>, outcome: Outcome) {
+        self.domains.count(
+            &self.recorder,
+            domain.unwrap_or("(other)"),
+            Api::Rls,
+            outcome,
+        );
+    }
+
+    /// Records how long a call of `api` took since `started`.
+    #[inline]
+    pub fn took(&self, api: Api, started: Stopwatch) {
+        if let Some(h) = self.latency.get(api as usize) {
+            h.record(started.seconds());
+        }
+    }
+
+    /// The heaviest-keys tracker.
+    pub fn heavy(&self) -> &Heavy {
+        &self.heavy
+    }
+
+    /// Counts a strict check decided by the fail mode `mode`.
+    pub fn strict_fail(&self, mode: &str) {
+        self.counter(STRICT_FAIL, &[("mode", mode)]).increment(1);
+    }
+
+    /// Counts an admin change.
+    pub fn admin(&self, action: &str, outcome: &str) {
+        self.counter(ADMIN, &[("action", action), ("outcome", outcome)])
+            .increment(1);
+    }
+
+    /// Adds `sampler` to what runs before each scrape.
+    pub fn on_scrape(&self, sampler: Sampler) {
+        self.samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sampler);
+    }
+
+    /// Drains recorded histogram samples into their buckets, so memory
+    /// stays flat between scrapes (run every few seconds).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The text `/metrics` answers: samplers run, then every metric in
+    /// the Prometheus text format, then the heaviest keys.
+    pub fn render(&self) -> String {
+        {
+            let samplers = self.samplers.lock().unwrap_or_else(|e| e.into_inner());
+            for s in samplers.iter() {
+                s(self);
+            }
+        }
+        process(self);
+        let mut out = self.handle.render();
+        self.heavy.render(&mut out);
+        out
+    }
+}
+
+/// Resident memory and open descriptors, from `/proc` (Linux; elsewhere
+/// the gauges are left out).
+fn process(m: &Metrics) {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        m.gauge(RSS, &[]).set((kb * 1024) as f64);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        m.gauge(FDS, &[]).set(dir.count() as f64);
+    }
+}
+
+/// The `plan` label of a decision made with `table`: the config plan's
+/// name, `override` for an override's own limits, `(blocked)`.
+#[inline]
+pub fn plan_label<'t>(table: &'t Table, d: &Decision) -> &'t str {
+    match d.plan {
+        Some(id) if (id.0 as usize) < table.plans().len() => &table.plan(id).name,
+        Some(_) => "override",
+        None if d.reason == DenyReason::Blocked => "(blocked)",
+        None => "(none)",
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+/// `quotad_checks_total` for one label (`plan` or `domain`): a read-mostly
+/// map from the label's value to one counter per API and result.
+struct Labelled {
+    label: &'static str,
+    apis: &'static [Api],
+    map: ArcSwap<HashMap<Box<str>, Box<[Counter]>>>,
+    grow: Mutex<()>,
+}
+
+impl Labelled {
+    fn new(label: &'static str, apis: &'static [Api]) -> Self {
+        Self {
+            label,
+            apis,
+            map: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
+        }
+    }
+
+    #[inline]
+    fn count(&self, rec: &PrometheusRecorder, value: &str, api: Api, outcome: Outcome) {
+        let Some(i) = self
+            .apis
+            .iter()
+            .position(|a| *a == api)
+            .map(|a| a * Outcome::ALL.len() + outcome as usize)
+        else {
+            return;
+        };
+        if let Some(c) = self.map.load().get(value).and_then(|c| c.get(i)) {
+            c.increment(1);
+            return;
+        }
+        self.add(rec, value, i);
+    }
+
+    /// The slow path: a value seen for the first time gets its counters
+    /// (all of them, so every series starts at 0).
+    #[cold]
+    fn add(&self, rec: &PrometheusRecorder, value: &str, i: usize) {
+        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.load_full();
+        let value = if map.contains_key(value) || map.len() < MAX_NAMES {
+            value
+        } else {
+            "(other)"
+        };
+        if let Some(c) = map.get(value).and_then(|c| c.get(i)) {
+            c.increment(1);
+            return;
+        }
+        let counters: Box<[Counter]> = self
+            .apis
+            .iter()
+            .flat_map(|a| {
+                Outcome::ALL.map(|o| {
+                    let labels = [
+                        ("api", a.as_str()),
+                        ("result", o.as_str()),
+                        (self.label, value),
+                    ];
+                    rec.register_counter(&key(CHECKS, &labels), &META)
+                })
+            })
+            .collect();
+        if let Some(c) = counters.get(i) {
+            c.increment(1);
+        }
+        let mut next = HashMap::clone(&map);
+        next.insert(value.into(), counters);
+        self.map.store(Arc::new(next));
+    }
+}
+
+/// Escapes a label value for the text format.
+pub(super) fn escape(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes one `# HELP` and `# TYPE` pair.
+pub(super) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
