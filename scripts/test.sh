@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of quotad on a fresh Debian machine with Rust.
 #
-# Installs what the tests need when it is missing (a C linker, and
+# Installs what the tests need when it is missing (a C linker,
 # redis-server for the Redis sync tests, which start their own on free
-# loopback ports; protoc is vendored by the build), then runs doc, unit,
+# loopback ports, and promtool for the metrics and dashboard checks;
+# protoc is vendored by the build), then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,37 @@ apt_install() {
 
 # The linker driver for test binaries; a real Redis for the sync tests.
 apt_install cc:gcc redis-server:redis-server
+
+promtool_path() {
+    # promtool (Prometheus's own checker) for the metrics and dashboard
+    # tests: from PATH, else unpacked once from Debian's prometheus
+    # package into target/tools (only the one binary; nothing installed,
+    # no service started).
+    if command -v promtool >/dev/null 2>&1; then
+        command -v promtool
+        return 0
+    fi
+    local tools="$PWD/target/tools"
+    if [ ! -x "$tools/promtool" ]; then
+        echo "test.sh: fetching promtool (Debian package prometheus)" >&2
+        local work
+        work=$(mktemp -d)
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+            $sudo apt-get update -qq
+            (cd "$work" && apt-get download prometheus >/dev/null)
+        fi
+        dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
+        mkdir -p "$tools"
+        cp "$work/x/usr/bin/promtool" "$tools/promtool"
+        rm -rf "$work"
+    fi
+    echo "$tools/promtool"
+}
+QUOTAD_PROMTOOL=$(promtool_path)
+export QUOTAD_PROMTOOL
+"$QUOTAD_PROMTOOL" --version >/dev/null
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

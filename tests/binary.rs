@@ -179,10 +179,14 @@ async fn spawn_serve(extra: &[&str]) -> Daemon {
     // addresses, then "quotad ready".
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            let field = |name: &str| {
-                line.split_whitespace()
+            // Text lines say `name=value`; JSON lines (`--log-format
+            // json`) carry the field by name.
+            let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) => v[name.trim_end_matches('=')].as_str().map(str::to_owned),
+                Err(_) => line
+                    .split_whitespace()
                     .find_map(|w| w.strip_prefix(name))
-                    .map(str::to_owned)
+                    .map(str::to_owned),
             };
             if line.contains("gRPC listener bound") {
                 grpc = field("grpc_addr=");
@@ -450,4 +454,78 @@ async fn admin_addr_flag_needs_an_admin_section_and_binds_with_one() {
     assert_eq!(plans.plans.len(), 4);
     d.signal("-TERM");
     assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_of_a_refusal_and_never_a_key() {
+    let mut d = spawn_serve(&["--log-format", "json", "--log", "quotad=debug"]).await;
+    let mut c = RateLimiterClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    assert!(
+        c.check(CheckRequest {
+            key: "demo-gold-key".into(),
+            cost: 1,
+            id: 1
+        })
+        .await
+        .is_ok()
+    );
+    // Refused (cost above the cap): the caller's id comes back, and the
+    // log line has it.
+    let mut req = tonic::Request::new(CheckRequest {
+        key: "secret-key-1234".into(),
+        cost: u64::MAX,
+        id: 2,
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let e = c.check(req).await.expect_err("cost above the cap");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.metadata().get("x-request-id").unwrap(), "req-42");
+    // Without an id from the caller, one is made up and returned.
+    let e = c
+        .check(CheckRequest {
+            key: String::new(),
+            cost: 1,
+            id: 3,
+        })
+        .await
+        .expect_err("empty key");
+    let made = e
+        .metadata()
+        .get("x-request-id")
+        .expect("an id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 16, "{made}");
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    // Every line is one JSON object; the refusal with req-42 is there;
+    // neither key appears anywhere.
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), d.log.recv()).await {
+        lines.push(line);
+    }
+    assert!(lines.iter().any(|l| l.contains(&made)), "{lines:#?}");
+    let mut refusal = None;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        if v["request_id"] == "req-42" {
+            refusal = Some(v);
+        }
+        assert!(
+            !line.contains("secret-key-1234") && !line.contains("demo-gold-key"),
+            "{line}"
+        );
+    }
+    let refusal = refusal.unwrap_or_else(|| panic!("no line with req-42 in {lines:#?}"));
+    assert_eq!(refusal["api"], "native");
+    assert!(
+        refusal["error"].as_str().unwrap().contains("cost"),
+        "{refusal}"
+    );
 }

@@ -9,12 +9,16 @@ mod admin;
 mod bad_input;
 /// The `quotad` binary: check-config, exit code 64, SIGTERM.
 mod binary;
+/// The Grafana dashboard: valid dashboard JSON, every query names metrics the daemon exports.
+mod dashboard;
 /// envoyproxy/ratelimit drop-in: its config files, answers and headers.
 mod envoy_compat;
 /// Envoy RLS v3 through Envoy's own generated client.
 mod envoy_rls;
 /// gRPC health, server reflection (v1 and v1alpha), /livez and /readyz.
 mod health;
+/// Prometheus /metrics after known traffic, readiness with strict limits.
+mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
 mod native;
 /// quotactl end to end: every command against a real daemon, exit codes,

@@ -68,6 +68,10 @@ const BATCH: usize = 1_000;
 /// How long the last flush at shutdown may take.
 pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
 
+/// An idle node pings Redis this often, so `redis_up` and readiness
+/// notice a Redis that went away while nothing was sent.
+const IDLE_PING: Duration = Duration::from_secs(1);
+
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -143,6 +147,8 @@ pub struct RedisSync {
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
     metrics: Option<Arc<Metrics>>,
+    /// When Redis last answered.
+    contact: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for RedisSync {
@@ -191,6 +197,7 @@ impl RedisSync {
             state,
             rounds,
             metrics: None,
+            contact: None,
         };
         let handle = SyncHandle {
             state: rx,
@@ -298,8 +305,8 @@ impl RedisSync {
     /// One round: takes every cell dirty now (each once; cells charged
     /// meanwhile wait for the next round) and sends them in chunks of
     /// `BATCH` (1 000), one round trip each; records the state change. A round
-    /// with nothing to send checks that Redis answers unless it already
-    /// did, so an idle node reports a Redis that is down.
+    /// with nothing to send pings Redis unless it answered within the last
+    /// [`IDLE_PING`], so an idle node reports a Redis that went down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
         let limiter = Arc::clone(&self.limiter);
         let Some(journal) = limiter.store().journal() else {
@@ -326,8 +333,11 @@ impl RedisSync {
         let started = Stopwatch::start();
         let sending = !items.is_empty();
         let mut batches = 0;
+        let mut skipped = false;
         let result = if items.is_empty() {
-            if *self.state.borrow() == SyncState::Synced {
+            let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
+            skipped = *self.state.borrow() == SyncState::Synced && recent;
+            if skipped {
                 Ok(0)
             } else {
                 self.conn.ping().await.map(|()| 0).map_err(SyncError::Redis)
@@ -382,6 +392,9 @@ impl RedisSync {
             self.state.send_replace(next);
         }
         if result.is_ok() {
+            if !skipped {
+                self.contact = Some(tokio::time::Instant::now());
+            }
             self.rounds.send_modify(|r| *r += 1);
         }
         result
