@@ -422,7 +422,9 @@ impl App {
         metrics.on_scrape(sampler(&control, redis_state.clone(), ready.clone()));
         if let Some(handle) = redis_state.clone() {
             // Plans with strict limits need Redis to be decided: not ready
-            // while it is unreachable.
+            // while it is unreachable (held from the start, before the
+            // daemon first says ready, then followed).
+            ready.hold(redis_hold(&control, &handle));
             rest.spawn(hold_for_redis(
                 Arc::clone(&control),
                 handle,
@@ -838,6 +840,22 @@ async fn upkeep(
 /// How often readiness looks at Redis and the table.
 const HOLD_CHECK: Duration = Duration::from_millis(100);
 
+/// Why readiness is held back for Redis now, if it is: the table has
+/// strict limits and Redis is not reachable (or not reached yet).
+fn redis_hold(control: &Control, redis: &SyncHandle) -> Option<&'static str> {
+    let strict = control.limiter().snapshot().table().has_strict();
+    match redis.state() {
+        crate::sync::SyncState::Synced => None,
+        _ if !strict => None,
+        crate::sync::SyncState::Starting => {
+            Some("redis not reached yet, and limits in mode strict are decided there")
+        }
+        crate::sync::SyncState::Degraded => {
+            Some("redis unreachable, and limits in mode strict are decided there")
+        }
+    }
+}
+
 /// Holds readiness back while the table has strict limits and Redis is
 /// not reachable (or not reached yet); see [`telemetry::health`].
 async fn hold_for_redis(
@@ -849,21 +867,11 @@ async fn hold_for_redis(
     let mut tick = tokio::time::interval(HOLD_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let strict = control.limiter().snapshot().table().has_strict();
-        let held = match redis.state() {
-            crate::sync::SyncState::Synced => None,
-            _ if !strict => None,
-            crate::sync::SyncState::Starting => {
-                Some("redis not reached yet, and limits in mode strict are decided there")
-            }
-            crate::sync::SyncState::Degraded => {
-                Some("redis unreachable, and limits in mode strict are decided there")
-            }
-        };
+        let held = redis_hold(&control, &redis);
         if held != ready.held() {
             match held {
                 Some(why) => tracing::warn!(why, "not ready"),
-                None => tracing::info!("redis reachable: ready again"),
+                None => tracing::info!("nothing holds readiness back any more"),
             }
             ready.hold(held);
         }

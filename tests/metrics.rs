@@ -26,8 +26,15 @@ struct Metrics {
 
 impl Metrics {
     /// The value of the one sample of `name` whose labels include
-    /// `labels` (0 when there is none; two are a test error).
+    /// `labels` (none, or two, is a test error).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.try_get(name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{}", self.text))
+    }
+
+    /// The value of the one sample of `name` whose labels include
+    /// `labels`, if there is one (two are a test error).
+    fn try_get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let found: Vec<f64> = self
             .scrape
             .samples
@@ -40,7 +47,7 @@ impl Metrics {
             })
             .collect();
         assert!(found.len() <= 1, "{name} {labels:?}: {found:?}");
-        found.first().copied().unwrap_or(0.0)
+        found.first().copied()
     }
 
     /// The series in the scrape: name and labels, values left out.
@@ -204,11 +211,16 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         tx.send(req).await.unwrap();
     }
     drop(tx);
-    let mut answers = c
+    let answers = c
         .check_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    // The stream's request id comes back, for quoting refused messages.
+    assert_eq!(
+        answers.metadata().get("x-request-id").map(|v| v.len()),
+        Some(16)
+    );
+    let mut answers = answers.into_inner();
     let mut errors = 0;
     while let Some(a) = answers.message().await.unwrap() {
         errors += usize::from(!a.error.is_empty());
@@ -443,11 +455,11 @@ async fn the_heaviest_keys_gauge_reports_keyed_hashes_and_operator_names() {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(2_500);
         while tokio::time::Instant::now() < deadline {
             let m = scrape(&d).await;
-            let gold_n = m.get(
-                "quotad_heavy_key_checks",
-                &[("key", &gold), ("name", "acme-prod")],
-            );
-            let tiny_n = m.get("quotad_heavy_key_checks", &[("key", &tiny), ("name", "")]);
+            let heavy = |key: &str, name: &str| {
+                m.try_get("quotad_heavy_key_checks", &[("key", key), ("name", name)])
+                    .unwrap_or(0.0)
+            };
+            let (gold_n, tiny_n) = (heavy(&gold, "acme-prod"), heavy(&tiny, ""));
             if (gold_n, tiny_n) == (7.0, 5.0) {
                 let reported = m
                     .scrape

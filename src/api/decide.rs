@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::OnRedisError;
 use crate::core::{self, Decision, DenyReason, Limiter, Snapshot};
+use crate::limits::Table;
 use crate::sync::strict::StrictClient;
 use crate::telemetry::Metrics;
 
@@ -41,9 +42,15 @@ pub async fn decide<'l>(
     };
     // The snapshot is not held across the wait: a job carries what it
     // needs, and the answer is read against the table of its time.
+    // An address, kept as a number so the future stays `Send`.
+    let before = std::ptr::from_ref::<Table>(snap.table()) as usize;
     drop(snap);
     let answer = strict.client.check(job.clone()).await;
     let snap = limiter.snapshot();
+    // The job's plan id is its table's: say it only if that table is
+    // still the one in effect (compared by address, never dereferenced).
+    let same = before == std::ptr::from_ref::<Table>(snap.table()) as usize;
+    let plan = same.then_some(job.plan);
     let d = match answer {
         // The table changed while Redis answered: Redis's verdict stands
         // (it charged, or not), without the numbers of the old table.
@@ -55,7 +62,7 @@ pub async fn decide<'l>(
                 DenyReason::Limited
             },
             retry_after: Some(if ok { 0 } else { 1_000_000 }),
-            plan: Some(job.plan),
+            plan,
             ..Decision::UNLIMITED
         }),
         Err(e) => {
@@ -64,14 +71,14 @@ pub async fn decide<'l>(
             match strict.on_error {
                 OnRedisError::Local => snap.check(req),
                 OnRedisError::Allow => Decision {
-                    plan: Some(job.plan),
+                    plan,
                     ..Decision::UNLIMITED
                 },
                 OnRedisError::Deny => Decision {
                     allowed: false,
                     reason: DenyReason::Unavailable,
                     retry_after: Some(1_000_000_000),
-                    plan: Some(job.plan),
+                    plan,
                     ..Decision::UNLIMITED
                 },
             }

@@ -461,7 +461,7 @@ impl EnvoyRlsService {
             }
             Resolved::Plan(api_key) => {
                 let heavy = self.metrics.heavy();
-                if heavy.enabled() {
+                if heavy.enabled() && !d.refund {
                     heavy.note(self.limiter.hasher().key_hash(api_key.as_bytes()));
                 }
                 match decided {
@@ -573,6 +573,18 @@ impl EnvoyRlsService {
     ) -> Result<RateLimitResponse, Status> {
         let config = self.config.load();
         let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
+        // Which kind of domain first, so even a refused request counts
+        // under its (configured) domain.
+        let plans = envoy.domains.contains(&req.domain);
+        let key_entry = plans.then_some(envoy.key_entry.as_str());
+        tally.configured = plans
+            || self
+                .limiter
+                .snapshot()
+                .table()
+                .rls()
+                .get(&req.domain)
+                .is_some();
         if req.domain.is_empty() {
             return Err(RequestError::Empty {
                 field: "domain".into(),
@@ -590,16 +602,6 @@ impl EnvoyRlsService {
             req.descriptors.len(),
             caps.max_descriptors,
         )?;
-        let plans = envoy.domains.contains(&req.domain);
-        let key_entry = plans.then_some(envoy.key_entry.as_str());
-        tally.configured = plans
-            || self
-                .limiter
-                .snapshot()
-                .table()
-                .rls()
-                .get(&req.domain)
-                .is_some();
         if !tally.configured {
             // Not ours: OK without validating its descriptors (beyond
             // their count, checked above to bound the answer's size).

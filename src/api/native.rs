@@ -239,7 +239,10 @@ impl RateLimiter for NativeService {
         // pushes back on it. An invalid check gets an answer with `error`
         // set and the stream goes on. Shutdown ends the stream with
         // UNAVAILABLE, so the caller knows to resend what was not answered.
+        // The stream's id: logged with refused messages, and sent back in
+        // the response metadata so the caller can quote it.
         let request_id = request_id::of(request.metadata());
+        let tag = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
         let state = StreamState {
             inbound: request.into_inner(),
             limiter: Arc::clone(&self.limiter),
@@ -299,6 +302,10 @@ impl RateLimiter for NativeService {
             };
             Some((Ok(answer), st))
         });
-        Ok(Response::new(Box::pin(out) as Self::CheckStreamStream))
+        let mut response = Response::new(Box::pin(out) as Self::CheckStreamStream);
+        if let Some(tag) = tag {
+            response.metadata_mut().insert(request_id::HEADER, tag);
+        }
+        Ok(response)
     }
 }

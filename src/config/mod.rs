@@ -1029,6 +1029,12 @@ impl ConfigRaw {
             .map(MetricsRaw::build)
             .transpose()?
             .unwrap_or_default();
+        if !metrics.key_names.is_empty() && store.hash_secret.is_none() {
+            return Err(Issue::new(
+                vec![Seg::key("metrics"), Seg::key("key_names")],
+                "naming keys by hash needs store.hash_secret: without it the hashes change at every start",
+            ));
+        }
         // Two listeners on one address could never both bind.
         let mut listeners = vec![
             (["server", "grpc_addr"], server.grpc_addr),
@@ -1648,6 +1654,10 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             (
                 "metrics:\n  port: 1\n",
                 "t.yaml:2:3: metrics: unknown field 'port' (expected one of: heavy_keys, heavy_window, key_names)",
+            ),
+            (
+                "metrics:\n  key_names: { \"0123456789abcdef\": acme }\n",
+                "t.yaml:2:14: metrics.key_names: naming keys by hash needs store.hash_secret: without it the hashes change at every start",
             ),
             (
                 "metrics:\n  heavy_keys: 1000\n",

@@ -334,6 +334,7 @@ impl RedisSync {
         let sending = !items.is_empty();
         let mut batches = 0;
         let mut skipped = false;
+        let mut sent_cells = 0u64;
         let result = if items.is_empty() {
             let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
             skipped = *self.state.borrow() == SyncState::Synced && recent;
@@ -346,7 +347,11 @@ impl RedisSync {
             let mut result = Ok(items.len());
             for (k, chunk) in items.chunks(BATCH).enumerate() {
                 batches += 1;
-                if let Err(e) = self.send_chunk(chunk).await {
+                let sent = self.send_chunk(chunk).await;
+                if sent.is_ok() {
+                    sent_cells += chunk.len() as u64;
+                }
+                if let Err(e) = sent {
                     for rest in items.chunks(BATCH).skip(k + 1) {
                         journal.restore(rest);
                     }
@@ -356,14 +361,15 @@ impl RedisSync {
             }
             result
         };
-        if let Some(m) = &self.metrics {
+        // A round that neither sent nor pinged is not a flush.
+        if let Some(m) = &self.metrics
+            && !skipped
+        {
             let outcome = if result.is_ok() { "success" } else { "failure" };
             m.counter(names::REDIS_FLUSHES, &[("result", outcome)])
                 .increment(1);
             m.counter(names::REDIS_BATCHES, &[]).increment(batches);
-            if let Ok(sent) = &result {
-                m.counter(names::REDIS_CELLS, &[]).increment(*sent as u64);
-            }
+            m.counter(names::REDIS_CELLS, &[]).increment(sent_cells);
             if sending {
                 m.histogram(names::REDIS_FLUSH_SECONDS, &[])
                     .record(started.seconds());

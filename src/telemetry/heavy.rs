@@ -6,11 +6,14 @@
 //! Keys are counted by keyed hash in a few shards, each a map that keeps
 //! only its heaviest entries: when a shard holds more than twice its
 //! share, it keeps the heaviest half and forgets the rest. A flood of
-//! distinct keys therefore costs bounded memory and can only push out
-//! keys lighter than those kept; a key heavier than `1/capacity` of a
-//! shard's checks stays, with its count exact unless it was ever pushed
-//! out. At the end of each window the shards are merged, the top K are
-//! kept for the gauge, and counting starts over.
+//! distinct keys therefore costs bounded memory (8 shards of at most
+//! `2·max(4K, 64)` keys). Counts are exact for a key never pushed out;
+//! a key that is pushed out starts again from 1, so one that arrives in a
+//! window already crowded by a flood may be under-counted, or missed,
+//! until it outweighs what is kept. At the end of each window the shards
+//! are merged, the top K are kept for the gauge, and counting starts
+//! over. Each counted check takes its shard's lock (K > 0 only) and hashes
+//! the key once more.
 //!
 //! Labels: `key`, the 16-hex keyed hash `quotactl` shows, and `name`, the
 //! operator's name for it from `metrics.key_names` (empty otherwise). A

@@ -3,9 +3,14 @@
 //!
 //! Each daemon has its own [`Metrics`] (a `metrics-exporter-prometheus`
 //! recorder that is not installed globally), so several daemons in one
-//! process (tests, embedders) count apart. Front doors hold handles and
-//! count with one atomic add; what other parts already count (the store,
-//! the sync journal, reloads) is read when `/metrics` is scraped.
+//! process (tests, embedders) count apart. The check path counts in
+//! [`super::striped`] counters and histograms (one relaxed add on a
+//! cache line of the thread's own), which a scrape sums into the
+//! exporter's counters; what other parts already count (the store, the
+//! sync journal, reloads) is read when `/metrics` is scraped, and rarer
+//! events (flushes, admin changes, fail-mode answers) use the exporter's
+//! handles directly. The latency histogram is rendered from its striped
+//! buckets: the exporter would queue every sample until upkeep.
 //!
 //! **Cardinality is bounded by design.** Label values come from fixed
 //! sets (`api`, `result`, `reason`, `kind`, `mode`, `action`, `outcome`)
@@ -30,15 +35,18 @@
 //! | `quotad_redis_flush_batches_total`, `quotad_redis_flushed_cells_total`, `quotad_redis_dropped_deltas_total` | counter | |
 //! | `quotad_redis_flush_duration_seconds` | histogram | |
 //! | `quotad_strict_fail_mode_total` | counter | `mode` (local, allow, deny) |
-//! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed, failed) |
+//! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed) |
 //! | `quotad_ready`, `quotad_build_info` | gauge | `version` (build info) |
 //! | `quotad_heavy_key_checks` | gauge | `key` (keyed hash), `name` (operator's) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
 //!
 //! `result` is `allowed`, `denied`, `shadow_denied` (over a limit but
 //! answered OK by shadow mode) or `error` (refused as invalid). `plan` is
-//! the config plan's name, `override` for an override with limits of its
-//! own, `(blocked)` for a blocked key and `(none)` for a refused check.
+//! the config plan's name, `(override)` for an override with limits of its
+//! own, `(blocked)` for a blocked key and `(none)` for a refused check. A
+//! refused call counts once (a refused `CheckBatch` is one error, however
+//! many checks it held); a message that does not decode is refused by the
+//! codec before any of this and is not counted.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -53,6 +61,7 @@ use metrics_exporter_prometheus::{
 };
 
 use super::heavy::Heavy;
+use super::striped::{Latency, Striped};
 use crate::core::clock::Stopwatch;
 use crate::core::{Decision, DenyReason};
 use crate::limits::Table;
@@ -200,11 +209,6 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Denied native, batch and stream checks by reason.",
     ),
     (
-        CHECK_SECONDS,
-        Kind::Histogram,
-        "Server-side time to answer a call (a CheckBatch as a whole, each CheckStream message), in seconds.",
-    ),
-    (
         TRACKED,
         Kind::Gauge,
         "Cells in memory: one per tracked key and limit (and window for quotas).",
@@ -308,11 +312,8 @@ enum Kind {
     Histogram,
 }
 
-/// Histogram buckets for call latency: 10 µs to 1 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 1.0,
-];
+/// HELP of the latency histogram (rendered from its stripes).
+const CHECK_SECONDS_HELP: &str = "Server-side time to answer a call (a CheckBatch as a whole, each CheckStream message), in seconds.";
 
 /// Histogram buckets for flush rounds: 100 µs to 5 s.
 const FLUSH_BUCKETS: &[f64] = &[
@@ -330,12 +331,32 @@ pub type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    latency: [Histogram; 4],
-    denials: [[Counter; 4]; 3],
+    latency: [Latency; 4],
+    denials: [[Synced; 4]; 3],
+    strict_fail: [Counter; 3],
     plans: Labelled,
     domains: Labelled,
     heavy: Heavy,
     samplers: Mutex<Vec<Sampler>>,
+}
+
+/// A striped counter and the exporter's counter it is summed into.
+struct Synced {
+    striped: Striped,
+    exported: Counter,
+}
+
+impl Synced {
+    fn new(rec: &PrometheusRecorder, key: &Key) -> Self {
+        Self {
+            striped: Striped::default(),
+            exported: rec.register_counter(key, &META),
+        }
+    }
+
+    fn sync(&self) {
+        self.exported.absolute(self.striped.sum());
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -350,17 +371,17 @@ impl Default for Metrics {
     }
 }
 
+/// `redis.on_redis_error`'s values, in [`Metrics::strict_fail`]'s order.
+const FAIL_MODES: [&str; 3] = ["local", "allow", "deny"];
+
 impl Metrics {
     /// A recorder with every metric described, the build info set and
     /// readiness 0.
     pub fn new() -> Self {
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(CHECK_SECONDS.into()), LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(REDIS_FLUSH_SECONDS.into()), FLUSH_BUCKETS)
-            });
-        // Bucket lists are constants and never empty: the builder cannot
-        // refuse them; were it to, summaries would be rendered instead.
+            .set_buckets_for_metric(Matcher::Full(REDIS_FLUSH_SECONDS.into()), FLUSH_BUCKETS);
+        // The bucket list is a constant and not empty: the builder cannot
+        // refuse it; were it to, a summary would be rendered instead.
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
             Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -376,20 +397,18 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        let latency = Api::ALL.map(|api| {
-            recorder.register_histogram(&key(CHECK_SECONDS, &[("api", api.as_str())]), &META)
-        });
         let denials = [Api::Native, Api::Batch, Api::Stream].map(|api| {
             REASONS.map(|(_, reason)| {
-                recorder.register_counter(
-                    &key(DENIALS, &[("api", api.as_str()), ("reason", reason)]),
-                    &META,
-                )
+                let labels = [("api", api.as_str()), ("reason", reason)];
+                Synced::new(&recorder, &key(DENIALS, &labels))
             })
         });
+        let strict_fail = FAIL_MODES
+            .map(|mode| recorder.register_counter(&key(STRICT_FAIL, &[("mode", mode)]), &META));
         let m = Self {
-            latency,
+            latency: Default::default(),
             denials,
+            strict_fail,
             plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream]),
             domains: Labelled::new("domain", &[Api::Rls]),
             heavy: Heavy::default(),
@@ -430,14 +449,14 @@ impl Metrics {
                 REASONS.iter().position(|(r, _)| *r == d.reason),
             ) && let Some(c) = row.get(i)
             {
-                c.increment(1);
+                c.striped.add(1);
             }
             Outcome::Denied
         };
         self.plans.count(&self.recorder, plan, api, outcome);
     }
 
-    /// Counts a check of a native door refused as invalid.
+    /// Counts a call of a native door refused as invalid.
     pub fn refused(&self, api: Api) {
         self.plans
             .count(&self.recorder, "(none)", api, Outcome::Error);
@@ -459,7 +478,7 @@ impl Metrics {
     #[inline]
     pub fn took(&self, api: Api, started: Stopwatch) {
         if let Some(h) = self.latency.get(api as usize) {
-            h.record(started.seconds());
+            h.record(started.nanos());
         }
     }
 
@@ -468,9 +487,14 @@ impl Metrics {
         &self.heavy
     }
 
-    /// Counts a strict check decided by the fail mode `mode`.
+    /// Counts a strict check decided by the fail mode `mode` (`local`,
+    /// `allow` or `deny`).
     pub fn strict_fail(&self, mode: &str) {
-        self.counter(STRICT_FAIL, &[("mode", mode)]).increment(1);
+        if let Some(i) = FAIL_MODES.iter().position(|m| *m == mode)
+            && let Some(c) = self.strict_fail.get(i)
+        {
+            c.increment(1);
+        }
     }
 
     /// Counts an admin change.
@@ -487,14 +511,16 @@ impl Metrics {
             .push(sampler);
     }
 
-    /// Drains recorded histogram samples into their buckets, so memory
-    /// stays flat between scrapes (run every few seconds).
+    /// Drains recorded histogram samples (Redis flush times) into their
+    /// buckets, so memory stays flat between scrapes (run every few
+    /// seconds).
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
 
-    /// The text `/metrics` answers: samplers run, then every metric in
-    /// the Prometheus text format, then the heaviest keys.
+    /// The text `/metrics` answers: samplers run and striped counts are
+    /// summed, then every metric in the Prometheus text format: the
+    /// exporter's, the latency histogram, the heaviest keys.
     pub fn render(&self) -> String {
         {
             let samplers = self.samplers.lock().unwrap_or_else(|e| e.into_inner());
@@ -503,7 +529,21 @@ impl Metrics {
             }
         }
         process(self);
+        self.denials.iter().flatten().for_each(Synced::sync);
+        self.plans.sync();
+        self.domains.sync();
         let mut out = self.handle.render();
+        header(&mut out, CHECK_SECONDS, "histogram", CHECK_SECONDS_HELP);
+        for api in Api::ALL {
+            if let Some(h) = self.latency.get(api as usize) {
+                h.render(
+                    &mut out,
+                    CHECK_SECONDS,
+                    &format!("api=\"{}\"", api.as_str()),
+                );
+            }
+        }
+        out.push('\n');
         self.heavy.render(&mut out);
         out
     }
@@ -531,7 +571,7 @@ fn process(m: &Metrics) {
 pub fn plan_label<'t>(table: &'t Table, d: &Decision) -> &'t str {
     match d.plan {
         Some(id) if (id.0 as usize) < table.plans().len() => &table.plan(id).name,
-        Some(_) => "override",
+        Some(_) => "(override)",
         None if d.reason == DenyReason::Blocked => "(blocked)",
         None => "(none)",
     }
@@ -550,7 +590,7 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 struct Labelled {
     label: &'static str,
     apis: &'static [Api],
-    map: ArcSwap<HashMap<Box<str>, Box<[Counter]>>>,
+    map: ArcSwap<HashMap<Box<str>, Arc<[Synced]>, foldhash::fast::RandomState>>,
     grow: Mutex<()>,
 }
 
@@ -559,7 +599,7 @@ impl Labelled {
         Self {
             label,
             apis,
-            map: ArcSwap::from_pointee(HashMap::new()),
+            map: ArcSwap::from_pointee(HashMap::default()),
             grow: Mutex::new(()),
         }
     }
@@ -575,29 +615,48 @@ impl Labelled {
             return;
         };
         if let Some(c) = self.map.load().get(value).and_then(|c| c.get(i)) {
-            c.increment(1);
+            c.striped.add(1);
             return;
         }
         self.add(rec, value, i);
     }
 
     /// The slow path: a value seen for the first time gets its counters
-    /// (all of them, so every series starts at 0).
+    /// (all of them, so every series starts at 0). Past [`MAX_NAMES`]
+    /// values, a new one shares `(other)`'s counters (and, up to twice as
+    /// many entries, is remembered as such, so it takes the fast path).
     #[cold]
     fn add(&self, rec: &PrometheusRecorder, value: &str, i: usize) {
         let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         let map = self.map.load_full();
-        let value = if map.contains_key(value) || map.len() < MAX_NAMES {
-            value
-        } else {
-            "(other)"
-        };
         if let Some(c) = map.get(value).and_then(|c| c.get(i)) {
-            c.increment(1);
+            c.striped.add(1);
             return;
         }
-        let counters: Box<[Counter]> = self
-            .apis
+        let mut next = HashMap::clone(&map);
+        let counters = if map.len() < MAX_NAMES {
+            self.counters(rec, value)
+        } else {
+            match map.get("(other)") {
+                Some(c) => Arc::clone(c),
+                None => {
+                    let c = self.counters(rec, "(other)");
+                    next.insert("(other)".into(), Arc::clone(&c));
+                    c
+                }
+            }
+        };
+        if let Some(c) = counters.get(i) {
+            c.striped.add(1);
+        }
+        if next.len() < 2 * MAX_NAMES {
+            next.insert(value.into(), counters);
+        }
+        self.map.store(Arc::new(next));
+    }
+
+    fn counters(&self, rec: &PrometheusRecorder, value: &str) -> Arc<[Synced]> {
+        self.apis
             .iter()
             .flat_map(|a| {
                 Outcome::ALL.map(|o| {
@@ -606,16 +665,18 @@ impl Labelled {
                         ("result", o.as_str()),
                         (self.label, value),
                     ];
-                    rec.register_counter(&key(CHECKS, &labels), &META)
+                    Synced::new(rec, &key(CHECKS, &labels))
                 })
             })
-            .collect();
-        if let Some(c) = counters.get(i) {
-            c.increment(1);
+            .collect()
+    }
+
+    /// Sums the stripes into the exporter's counters (an alias shares
+    /// its counters, so syncing them twice is harmless).
+    fn sync(&self) {
+        for counters in self.map.load().values() {
+            counters.iter().for_each(Synced::sync);
         }
-        let mut next = HashMap::clone(&map);
-        next.insert(value.into(), counters);
-        self.map.store(Arc::new(next));
     }
 }
 
