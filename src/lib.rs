@@ -11,13 +11,13 @@
 //! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
 //! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
-//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload |
+//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics |
 //! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, the audit trail, overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
-//! | [`telemetry`] | readiness latch, `/livez` and `/readyz` |
+//! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge), logging (text or JSON) |
 //! | [`shutdown`] | the shutdown signal every task waits on |
 //! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes |
 //!

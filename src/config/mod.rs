@@ -121,6 +121,9 @@ response_headers: both
 #   addr: 127.0.0.1:8082
 #   tokens:
 #     - { id: ops, sha256: "<64 hex digits>", scopes: [read, write] }
+
+# /metrics can also name the heaviest keys (by keyed hash), off by default.
+# metrics: { heavy_keys: 10, heavy_window: 1m }
 "#;
 
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
