@@ -1,8 +1,9 @@
 //! The Grafana dashboard `dashboards/quotad.json`: the structure Grafana
 //! needs to import it (fields, panel ids and types, a 24-column grid
 //! without overlaps, targets, template variables), every metric its
-//! queries name is one the daemon exports, and every query is PromQL
-//! that promtool accepts.
+//! queries name is one the daemon exports, every query is PromQL that
+//! promtool accepts, and the main panels, evaluated by Prometheus's own
+//! engine over a real scrape, show what the traffic did.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -750,5 +751,141 @@ fn dashboard_queries_are_valid_promql() {
     assert!(
         said.contains(&format!("SUCCESS: {} rules found", rules.len())),
         "promtool did not check every query:\n{said}"
+    );
+}
+
+/// The expression of the panel titled `title` (its first target).
+fn panel_expr(d: &Value, title: &str) -> String {
+    panels(d)
+        .into_iter()
+        .find(|p| p["title"] == title)
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .unwrap_or_else(|| panic!("no panel {title:?}"))
+        .to_owned()
+}
+
+/// `{k="v",...}` of a scraped sample, plus `instance`.
+fn series_of(s: &prometheus_parse::Sample) -> String {
+    let mut labels: Vec<(String, String)> = s
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.push(("instance".into(), "quotad-0".into()));
+    labels.sort();
+    let inner: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{}{{{}}}", s.metric, inner.join(","))
+}
+
+/// The dashboard shows what happened: a scrape after known traffic is
+/// fed to Prometheus's own evaluator (`promtool test rules`) as the
+/// series of a replica that started at 0 and stayed put, and the panels'
+/// queries must come out as the traffic says. Samples 64 s apart and a
+/// 128 s rate window keep every expected value an exact binary fraction.
+#[tokio::test]
+async fn dashboard_panels_show_a_scripted_scenario() {
+    let Some(promtool) = promtool() else {
+        eprintln!("note: no promtool; the dashboard's panels are not evaluated");
+        return;
+    };
+    let d = TestDaemon::start().await;
+    // gold: 3 allowed; tiny (burst 2): 2 allowed, 2 denied.
+    for key in ["gold-key", "gold-key", "gold-key"] {
+        assert!(d.check(key, 1).await.allowed);
+    }
+    let mut allowed = 0;
+    for _ in 0..4 {
+        allowed += usize::from(d.check("tiny-key", 1).await.allowed);
+    }
+    assert_eq!(allowed, 2);
+    let (status, body) = d.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("prometheus text");
+    let mut input = Vec::new();
+    for s in &scrape.samples {
+        let (v, counter) = match s.value {
+            prometheus_parse::Value::Counter(v) => (v, true),
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => (v, false),
+            // Histograms are not what these panels read.
+            _ => continue,
+        };
+        // A counter starts at 0 and reaches its value; a gauge holds it.
+        let start = if counter { 0.0 } else { v };
+        input.push(json!({ "series": series_of(s), "values": format!("{start} {v} {v}") }));
+    }
+    let dash = dashboard();
+    let expr = |title: &str| {
+        expand(&panel_expr(&dash, title), |name| match name {
+            "__rate_interval" | "__range" | "__interval" => Some("128s".into()),
+            "instance" => Some(".*".into()),
+            _ => None,
+        })
+    };
+    let sample = |labels: &str, value: f64| json!({ "labels": labels, "value": value });
+    let tests = [
+        (
+            "Checks per second by result",
+            vec![
+                sample(r#"{result="allowed"}"#, 5.0 / 128.0),
+                sample(r#"{result="denied"}"#, 2.0 / 128.0),
+                sample(r#"{result="shadow_denied"}"#, 0.0),
+                sample(r#"{result="error"}"#, 0.0),
+            ],
+        ),
+        (
+            "Checks per second by API",
+            vec![
+                sample(r#"{api="native"}"#, 7.0 / 128.0),
+                sample(r#"{api="batch"}"#, 0.0),
+                sample(r#"{api="stream"}"#, 0.0),
+            ],
+        ),
+        (
+            "Denial ratio by plan",
+            vec![
+                sample(r#"{plan="gold"}"#, 0.0),
+                sample(r#"{plan="tiny"}"#, 0.5),
+            ],
+        ),
+        (
+            "Denials per second by reason",
+            vec![
+                sample(r#"{reason="limited"}"#, 2.0 / 128.0),
+                sample(r#"{reason="blocked"}"#, 0.0),
+                sample(r#"{reason="unavailable"}"#, 0.0),
+                sample(r#"{reason="cost_exceeds_capacity"}"#, 0.0),
+            ],
+        ),
+        ("Tracked cells vs cap", vec![sample("{}", 2.0)]),
+        ("Ready replicas", vec![sample("{}", 1.0)]),
+        ("Config version", vec![sample("{}", 1.0)]),
+        ("Overrides in force", vec![sample("{}", 0.0)]),
+    ];
+    let exprs: Vec<Value> = tests
+        .iter()
+        .map(|(title, want)| json!({ "expr": expr(title), "eval_time": "128s", "exp_samples": want }))
+        .collect();
+    let file = json!({
+        "rule_files": [],
+        "evaluation_interval": "64s",
+        "tests": [{ "interval": "64s", "input_series": input, "promql_expr_test": exprs }],
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dashboard-test.yml");
+    std::fs::write(&path, serde_json::to_string_pretty(&file).expect("JSON")).expect("write");
+    let out = std::process::Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
+    assert!(
+        out.status.success(),
+        "the panels do not show the scenario:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
