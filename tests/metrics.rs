@@ -15,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::redis_sync::strict_config;
 use crate::support::rls::{descriptor, request};
 use crate::support::{CONFIG, RedisServer, TestDaemon, admin_section, override_of, write_file};
 
@@ -483,33 +484,6 @@ async fn the_heaviest_keys_gauge_reports_keyed_hashes_and_operator_names() {
     panic!("no window showed the traffic whole in 4 attempts");
 }
 
-/// A plan `paid` with a strict monthly quota, Redis at `url`.
-fn strict_config(url: &str) -> String {
-    format!(
-        r#"
-default_plan: free
-plans:
-  free:
-    limits:
-      - {{ name: per-second, rate: 100, per: second, burst: 10 }}
-  paid:
-    limits:
-      - {{ name: monthly, quota: 50, per: month, mode: strict }}
-keys:
-  "paid-key": {{ plan: paid }}
-store:
-  hash_secret: "000102030405060708090a0b0c0d0e0f"
-redis:
-  url: {url}
-  sync_interval: 5ms
-  strict_deadline: 20ms
-  on_redis_error: deny
-server:
-  shutdown_grace: 5s
-"#
-    )
-}
-
 async fn health(d: &TestDaemon) -> i32 {
     HealthClient::new(d.channel().await)
         .check(HealthCheckRequest {
@@ -521,26 +495,33 @@ async fn health(d: &TestDaemon) -> i32 {
         .status
 }
 
-/// Polls `/readyz` (bounded) until its status is `want`; returns the body.
-async fn readyz_until(d: &TestDaemon, want: u16, within: Duration) -> String {
+/// Polls `probe` every 20 ms until it gives a value, for at most
+/// `within`; panics naming `what` otherwise.
+async fn until<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let (status, body) = d.http_get("/readyz").await;
-        if status == want {
-            return body;
+        if let Some(v) = probe().await {
+            return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz stayed {status}: {body}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `/readyz` (bounded) until its status is `want`; returns the body.
+async fn readyz_until(d: &TestDaemon, want: u16, within: Duration) -> String {
+    let what = format!("/readyz did not turn {want}");
+    until(&what, within, async || {
+        let (status, body) = d.http_get("/readyz").await;
+        (status == want).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test]
 async fn strict_limits_make_readiness_follow_redis() {
     let mut redis = RedisServer::start().await;
-    let d = TestDaemon::with_config(&strict_config(&redis.url())).await;
+    let d = TestDaemon::with_config(&strict_config(&redis.url(), "deny")).await;
     assert_eq!(health(&d).await, ServingStatus::Serving as i32);
     let m = scrape(&d).await;
     assert_eq!(m.get("quotad_redis_up", &[]), 1.0);
@@ -568,14 +549,11 @@ async fn strict_limits_make_readiness_follow_redis() {
     assert!(body.contains("redis: synced"), "{body}");
     assert_eq!(health(&d).await, ServingStatus::Serving as i32);
     // The strict client's own connection comes back on its next use.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !d.check("paid-key", 1).await.allowed {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "strict checks stayed denied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let within = Duration::from_secs(5);
+    until("strict checks stayed denied", within, async || {
+        d.check("paid-key", 1).await.allowed.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -607,22 +585,19 @@ async fn sync_mode_flushes_are_counted_and_redis_trouble_keeps_the_node_ready() 
 
     redis.kill();
     d.check("gold-key", 1).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // Down, with the charge kept for later (between a failed attempt and
     // the next, it is in the journal).
-    let m = loop {
-        let m = scrape(&d).await;
-        if m.get("quotad_redis_up", &[]) == 0.0 && m.get("quotad_redis_pending_deltas", &[]) == 1.0
-        {
-            break m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis_up stayed 1:\n{}",
-            m.text
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let within = Duration::from_secs(10);
+    let m = until(
+        "redis_up stayed 1, or the charge was not kept",
+        within,
+        async || {
+            let m = scrape(&d).await;
+            let down = m.get("quotad_redis_up", &[]) == 0.0;
+            (down && m.get("quotad_redis_pending_deltas", &[]) == 1.0).then_some(m)
+        },
+    )
+    .await;
     assert!(m.get("quotad_redis_flushes_total", &[("result", "failure")]) >= 1.0);
     // No strict limits: Redis trouble does not take the node out.
     assert_eq!(d.http_get("/readyz").await.0, 200);

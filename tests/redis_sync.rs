@@ -208,7 +208,7 @@ async fn redis_keys_never_contain_the_api_key() {
 
 /// Key `paid-key`: plan `paid`, a local per-second rate and a strict
 /// monthly quota of 50 (so the whole plan is decided in Redis).
-fn strict_config(redis: &str, on_error: &str) -> String {
+pub(crate) fn strict_config(redis: &str, on_error: &str) -> String {
     format!(
         r#"
 default_plan: free
