@@ -179,6 +179,35 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
     ops.set_override(override_of("blocked-key", Target::Block(true)))
         .await
         .expect("block");
+    // A key with limits of its own counts as `(override)`, whatever its
+    // override's name.
+    let own = quotad::api::pb::LimitList {
+        limits: vec![quotad::api::pb::LimitSpec {
+            name: "per-second".into(),
+            rate: 5,
+            per: "second".into(),
+            burst: 5,
+            ..Default::default()
+        }],
+    };
+    ops.set_override(override_of("own-key", Target::Limits(own)))
+        .await
+        .expect("own limits");
+    assert!(
+        c.check(check_of("own-key", 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // A change the caller may not make: refused, and counted as such.
+    let viewer = d.admin(Some(crate::support::VIEWER_TOKEN)).await;
+    let denied = viewer
+        .clone()
+        .set_override(override_of("gold-key", Target::Block(true)))
+        .await
+        .expect_err("read scope only");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert!(
         !c.check(check_of("blocked-key", 1))
             .await
@@ -267,6 +296,7 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         ("native", "allowed", ("plan", "open"), 1.0),
         ("native", "allowed", ("plan", "free"), 1.0),
         ("native", "denied", ("plan", "(blocked)"), 1.0),
+        ("native", "allowed", ("plan", "(override)"), 1.0),
         ("native", "error", ("plan", "(none)"), 1.0),
         ("native", "denied", ("plan", "gold"), 0.0),
         ("batch", "allowed", ("plan", "gold"), 1.0),
@@ -314,7 +344,7 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
     assert_eq!(denials("stream", "limited"), 0.0);
     // Answered calls are timed (refusals are not).
     let timed = |api| m.get("quotad_check_duration_seconds_count", &[("api", api)]);
-    assert_eq!(timed("native"), 9.0);
+    assert_eq!(timed("native"), 10.0);
     assert_eq!(timed("batch"), 1.0);
     assert_eq!(timed("stream"), 2.0);
     assert_eq!(timed("rls"), 6.0);
@@ -323,9 +353,16 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
             "quotad_admin_mutations_total",
             &[("action", "override.set"), ("outcome", "done")]
         ),
+        2.0
+    );
+    assert_eq!(
+        m.get(
+            "quotad_admin_mutations_total",
+            &[("action", "override.set"), ("outcome", "refused")]
+        ),
         1.0
     );
-    assert_eq!(m.get("quotad_overrides", &[]), 1.0);
+    assert_eq!(m.get("quotad_overrides", &[]), 2.0);
     assert_eq!(m.get("quotad_ready", &[]), 1.0);
     assert_eq!(m.get("quotad_config_version", &[]), 1.0);
     assert_eq!(
@@ -335,8 +372,8 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         ),
         1.0
     );
-    // gold, tiny, the free key's two limits, /cart and /buy.
-    assert_eq!(m.get("quotad_tracked_cells", &[]), 6.0);
+    // gold, tiny, the free key's two limits, own-key's, /cart and /buy.
+    assert_eq!(m.get("quotad_tracked_cells", &[]), 7.0);
     assert!(m.get("process_resident_memory_bytes", &[]) > 1e6);
     // No Redis here, so no Redis metrics.
     assert!(!m.text.contains("quotad_redis_up"), "{}", m.text);
@@ -346,6 +383,7 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         "open-key",
         "user-secret-XYZ",
         "blocked-key",
+        "own-key",
         "/cart",
         "someone-elses",
     ] {

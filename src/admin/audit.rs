@@ -118,6 +118,14 @@ impl Audit {
         })
     }
 
+    /// Counts one admin change (`done`, `unconfirmed`) or refusal
+    /// (`refused`: nothing changed, so no record) in the metrics.
+    pub fn count(&self, action: &'static str, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.admin(action, outcome);
+        }
+    }
+
     /// Counts every record in `metrics` too
     /// (`quotad_admin_mutations_total{action, outcome}`).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -128,14 +136,12 @@ impl Audit {
     /// Writes `record`. A file that cannot be written is logged as an
     /// error; the log line is written regardless.
     pub fn write(&self, record: &Record) {
-        if let Some(m) = &self.metrics {
-            let outcome = match record.outcome.as_str() {
-                "done" => "done",
-                o if o.starts_with("unconfirmed") => "unconfirmed",
-                _ => "failed",
-            };
-            m.admin(record.action, outcome);
-        }
+        let outcome = if record.outcome.starts_with("unconfirmed") {
+            "unconfirmed"
+        } else {
+            "done"
+        };
+        self.count(record.action, outcome);
         tracing::info!(
             target: "quotad::audit",
             at = %record.at,

@@ -128,6 +128,17 @@ fn control_status(e: ControlError) -> Status {
 }
 
 impl AdminService {
+    /// Counts a change refused before anything changed (unauthenticated,
+    /// not permitted, invalid, not found, over the cap); one Redis did not
+    /// confirm (UNAVAILABLE) is counted by its audit record.
+    fn refused<T>(&self, action: &'static str, answer: &Result<T, Status>) {
+        if let Err(s) = answer
+            && s.code() != tonic::Code::Unavailable
+        {
+            self.audit.count(action, "refused");
+        }
+    }
+
     /// The status for a change Redis did not take: refused (nothing
     /// changed), or not confirmed, which the audit trail records since
     /// the change may have been made.
@@ -156,6 +167,128 @@ fn described(o: Option<&Override>, now: crate::core::Nanos) -> String {
 #[tonic::async_trait]
 impl QuotaAdmin for AdminService {
     async fn set_override(
+        &self,
+        request: Request<pb::SetOverrideRequest>,
+    ) -> Result<Response<pb::SetOverrideResponse>, Status> {
+        let answer = self.set_override_call(request).await;
+        self.refused("override.set", &answer);
+        answer
+    }
+
+    async fn get_override(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::Override>, Status> {
+        let (_, key_hash) = self.keyed(request, Scope::Read, "GetOverride")?;
+        match self.control.get(key_hash) {
+            Some(o) => Ok(Response::new(self.override_message(&o))),
+            None => Err(no_override(key_hash)),
+        }
+    }
+
+    async fn delete_override(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::DeleteOverrideResponse>, Status> {
+        let answer = self.delete_override_call(request).await;
+        self.refused("override.delete", &answer);
+        answer
+    }
+
+    async fn list_overrides(
+        &self,
+        request: Request<pb::ListOverridesRequest>,
+    ) -> Result<Response<pb::ListOverridesResponse>, Status> {
+        self.authorize(&request, Scope::Read, "ListOverrides")?;
+        let req = request.into_inner();
+        let after = match req.page_token.as_str() {
+            "" => None,
+            t => Some(convert::parse_hash(t).ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token: not a token from a previous page (16 hex digits)",
+                )
+            })?),
+        };
+        let size = match req.page_size {
+            0 => convert::DEFAULT_PAGE,
+            n => (n as usize).min(convert::MAX_PAGE),
+        };
+        let filter = Filter {
+            plan: Some(req.plan).filter(|p| !p.is_empty()),
+            blocked: req.blocked,
+        };
+        let page = self.control.list(&filter, after, size);
+        Ok(Response::new(pb::ListOverridesResponse {
+            overrides: page
+                .overrides
+                .iter()
+                .map(|o| self.override_message(o))
+                .collect(),
+            next_page_token: page.next.map(hex16).unwrap_or_default(),
+            total: page.total as u64,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let (_, key_hash) = self.keyed(request, Scope::Read, "GetUsage")?;
+        Ok(Response::new(self.usage(key_hash)))
+    }
+
+    async fn reset_usage(
+        &self,
+        request: Request<pb::KeyRef>,
+    ) -> Result<Response<pb::ResetUsageResponse>, Status> {
+        let answer = self.reset_usage_call(request).await;
+        self.refused("usage.reset", &answer);
+        answer
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        self.authorize(&request, Scope::Read, "ListPlans")?;
+        let config = self.control.config();
+        let by_plan = self.control.overrides_by_plan();
+        let plans = config
+            .limits
+            .plans
+            .iter()
+            .map(|p| pb::Plan {
+                name: p.name.clone(),
+                limits: p.limits.iter().map(convert::plan_limit).collect(),
+                is_default: p.name == config.limits.default_plan,
+                static_keys: config
+                    .limits
+                    .keys
+                    .iter()
+                    .filter(|(_, k)| *k == p.name)
+                    .count() as u64,
+                overrides: by_plan.get(&p.name).copied().unwrap_or(0) as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPlansResponse {
+            plans,
+            config: Some(self.version()),
+        }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let answer = self.reload_call(request).await;
+        self.refused("config.reload", &answer);
+        answer
+    }
+}
+
+/// The changes' bodies; the trait's methods count their refusals.
+impl AdminService {
+    async fn set_override_call(
         &self,
         request: Request<pb::SetOverrideRequest>,
     ) -> Result<Response<pb::SetOverrideResponse>, Status> {
@@ -211,18 +344,7 @@ impl QuotaAdmin for AdminService {
         }))
     }
 
-    async fn get_override(
-        &self,
-        request: Request<pb::KeyRef>,
-    ) -> Result<Response<pb::Override>, Status> {
-        let (_, key_hash) = self.keyed(request, Scope::Read, "GetOverride")?;
-        match self.control.get(key_hash) {
-            Some(o) => Ok(Response::new(self.override_message(&o))),
-            None => Err(no_override(key_hash)),
-        }
-    }
-
-    async fn delete_override(
+    async fn delete_override_call(
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::DeleteOverrideResponse>, Status> {
@@ -259,49 +381,7 @@ impl QuotaAdmin for AdminService {
         }))
     }
 
-    async fn list_overrides(
-        &self,
-        request: Request<pb::ListOverridesRequest>,
-    ) -> Result<Response<pb::ListOverridesResponse>, Status> {
-        self.authorize(&request, Scope::Read, "ListOverrides")?;
-        let req = request.into_inner();
-        let after = match req.page_token.as_str() {
-            "" => None,
-            t => Some(convert::parse_hash(t).ok_or_else(|| {
-                Status::invalid_argument(
-                    "page_token: not a token from a previous page (16 hex digits)",
-                )
-            })?),
-        };
-        let size = match req.page_size {
-            0 => convert::DEFAULT_PAGE,
-            n => (n as usize).min(convert::MAX_PAGE),
-        };
-        let filter = Filter {
-            plan: Some(req.plan).filter(|p| !p.is_empty()),
-            blocked: req.blocked,
-        };
-        let page = self.control.list(&filter, after, size);
-        Ok(Response::new(pb::ListOverridesResponse {
-            overrides: page
-                .overrides
-                .iter()
-                .map(|o| self.override_message(o))
-                .collect(),
-            next_page_token: page.next.map(hex16).unwrap_or_default(),
-            total: page.total as u64,
-        }))
-    }
-
-    async fn get_usage(
-        &self,
-        request: Request<pb::KeyRef>,
-    ) -> Result<Response<pb::GetUsageResponse>, Status> {
-        let (_, key_hash) = self.keyed(request, Scope::Read, "GetUsage")?;
-        Ok(Response::new(self.usage(key_hash)))
-    }
-
-    async fn reset_usage(
+    async fn reset_usage_call(
         &self,
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::ResetUsageResponse>, Status> {
@@ -336,37 +416,7 @@ impl QuotaAdmin for AdminService {
         }))
     }
 
-    async fn list_plans(
-        &self,
-        request: Request<pb::ListPlansRequest>,
-    ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        self.authorize(&request, Scope::Read, "ListPlans")?;
-        let config = self.control.config();
-        let by_plan = self.control.overrides_by_plan();
-        let plans = config
-            .limits
-            .plans
-            .iter()
-            .map(|p| pb::Plan {
-                name: p.name.clone(),
-                limits: p.limits.iter().map(convert::plan_limit).collect(),
-                is_default: p.name == config.limits.default_plan,
-                static_keys: config
-                    .limits
-                    .keys
-                    .iter()
-                    .filter(|(_, k)| *k == p.name)
-                    .count() as u64,
-                overrides: by_plan.get(&p.name).copied().unwrap_or(0) as u64,
-            })
-            .collect();
-        Ok(Response::new(pb::ListPlansResponse {
-            plans,
-            config: Some(self.version()),
-        }))
-    }
-
-    async fn reload(
+    async fn reload_call(
         &self,
         request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {

@@ -35,7 +35,7 @@
 //! | `quotad_redis_flush_batches_total`, `quotad_redis_flushed_cells_total`, `quotad_redis_dropped_deltas_total` | counter | |
 //! | `quotad_redis_flush_duration_seconds` | histogram | |
 //! | `quotad_strict_fail_mode_total` | counter | `mode` (local, allow, deny) |
-//! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed) |
+//! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed, refused) |
 //! | `quotad_ready`, `quotad_build_info` | gauge | `version` (build info) |
 //! | `quotad_heavy_key_checks` | gauge | `key` (keyed hash), `name` (operator's) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
@@ -289,7 +289,7 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     (
         ADMIN,
         Kind::Counter,
-        "Admin API changes by action and outcome.",
+        "Admin API changes by action and outcome: done, unconfirmed (Redis did not confirm), refused (nothing changed).",
     ),
     (READY, Kind::Gauge, "1 while the node reports ready."),
     (
