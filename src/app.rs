@@ -188,6 +188,9 @@ impl App {
             limiter.enable_sync();
         }
         let limiter = Arc::new(limiter);
+        // The stopwatch's clock calibrates on first use (up to 200 ms):
+        // here, not in the first request.
+        let _ = crate::core::clock::Stopwatch::start();
         let metrics = Arc::new(Metrics::new());
         let m = &config.metrics;
         metrics.heavy().configure(m.heavy_keys, m.key_names.clone());

@@ -396,10 +396,10 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
             .find_map(|x| s.metric.strip_suffix(x))
             .filter(|f| m.text.contains(&format!("# TYPE {f} histogram")))
             .unwrap_or(&s.metric);
-        assert!(
-            m.text.contains(&format!("# HELP {family} ")),
-            "no HELP for {family}"
-        );
+        for line in ["# HELP", "# TYPE"] {
+            let n = m.text.matches(&format!("{line} {family} ")).count();
+            assert_eq!(n, 1, "{line} {family}: {n} times");
+        }
     }
     promtool_check(&m.text);
 }
@@ -674,4 +674,50 @@ async fn a_refused_reload_is_counted_and_keeps_the_node_ready() {
     );
     assert_eq!(m.get("quotad_config_last_reload_successful", &[]), 1.0);
     assert_eq!(m.get("quotad_config_version", &[]), 2.0);
+}
+
+#[tokio::test]
+async fn admin_changes_count_once_each_including_an_ended_override_removed() {
+    let d = TestDaemon::with_config(&format!("{CONFIG}{}", admin_section(""))).await;
+    let mut ops = d.ops().await;
+    let mut brief = override_of("brief-key", Target::Block(true));
+    brief.ttl = Some(prost_types::Duration {
+        seconds: 10,
+        nanos: 0,
+    });
+    ops.set_override(brief).await.expect("set");
+    d.advance_ms(11_000);
+    // It had ended: removing it is a change (audited), and the caller
+    // hears there was none in force.
+    let gone = ops
+        .delete_override(crate::support::key_ref("brief-key"))
+        .await
+        .expect_err("ended");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    // A delete of nothing changes nothing, and refuses nothing either.
+    let none = ops
+        .delete_override(crate::support::key_ref("never-key"))
+        .await
+        .expect_err("none");
+    assert_eq!(none.code(), tonic::Code::NotFound);
+    // No token: refused.
+    let anonymous = d.admin(None).await;
+    assert!(
+        anonymous
+            .clone()
+            .reset_usage(crate::support::key_ref("gold-key"))
+            .await
+            .is_err()
+    );
+    let m = scrape(&d).await;
+    let admin = |action, outcome| {
+        m.try_get(
+            "quotad_admin_mutations_total",
+            &[("action", action), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(admin("override.set", "done"), Some(1.0));
+    assert_eq!(admin("override.delete", "done"), Some(1.0));
+    assert_eq!(admin("override.delete", "refused"), None, "{}", m.text);
+    assert_eq!(admin("usage.reset", "refused"), Some(1.0));
 }

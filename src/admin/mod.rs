@@ -129,11 +129,14 @@ fn control_status(e: ControlError) -> Status {
 
 impl AdminService {
     /// Counts a change refused before anything changed (unauthenticated,
-    /// not permitted, invalid, not found, over the cap); one Redis did not
-    /// confirm (UNAVAILABLE) is counted by its audit record.
+    /// not permitted, invalid, over the cap). One Redis did not confirm
+    /// (UNAVAILABLE) is counted by its audit record; a delete that found
+    /// no override changed nothing to refuse (and one that found an ended
+    /// override removed it, which its audit record counts).
     fn refused<T>(&self, action: &'static str, answer: &Result<T, Status>) {
         if let Err(s) = answer
             && s.code() != tonic::Code::Unavailable
+            && !(action == "override.delete" && s.code() == tonic::Code::NotFound)
         {
             self.audit.count(action, "refused");
         }

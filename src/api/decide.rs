@@ -42,14 +42,15 @@ pub async fn decide<'l>(
     };
     // The snapshot is not held across the wait: a job carries what it
     // needs, and the answer is read against the table of its time.
-    // An address, kept as a number so the future stays `Send`.
-    let before = std::ptr::from_ref::<Table>(snap.table()) as usize;
+    let before = snap.table_arc();
     drop(snap);
     let answer = strict.client.check(job.clone()).await;
     let snap = limiter.snapshot();
     // The job's plan id is its table's: say it only if that table is
-    // still the one in effect (compared by address, never dereferenced).
-    let same = before == std::ptr::from_ref::<Table>(snap.table()) as usize;
+    // still the one in effect (held meanwhile, so its address cannot be
+    // reused); otherwise the check counts under `(none)`.
+    let same = std::ptr::eq::<Table>(&*before, snap.table());
+    drop(before);
     let plan = same.then_some(job.plan);
     let d = match answer {
         // The table changed while Redis answered: Redis's verdict stands

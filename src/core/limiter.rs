@@ -215,6 +215,12 @@ impl Snapshot<'_> {
         &self.table
     }
 
+    /// The table, shared: kept across a wait that must not hold the
+    /// snapshot.
+    pub fn table_arc(&self) -> Arc<Table> {
+        Arc::clone(&self.table)
+    }
+
     /// The limit a decision names, if any.
     pub fn limit(&self, d: &Decision) -> Option<&Limit> {
         self.table.limit(d.policy?)

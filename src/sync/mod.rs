@@ -347,10 +347,8 @@ impl RedisSync {
             let mut result = Ok(items.len());
             for (k, chunk) in items.chunks(BATCH).enumerate() {
                 batches += 1;
-                let sent = self.send_chunk(chunk).await;
-                if sent.is_ok() {
-                    sent_cells += chunk.len() as u64;
-                }
+                let (applied, sent) = self.send_chunk(chunk).await;
+                sent_cells += applied;
                 if let Err(e) = sent {
                     for rest in items.chunks(BATCH).skip(k + 1) {
                         journal.restore(rest);
@@ -411,7 +409,9 @@ impl RedisSync {
     /// What failed goes back to the journal and fails the round, except
     /// an error resending cannot fix (a key of another type under our
     /// prefix, a script error), which is dropped and counted.
-    async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> Result<(), SyncError> {
+    /// Returns how many cells Redis applied, even when the chunk failed
+    /// for the others.
+    async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> (u64, Result<(), SyncError>) {
         let now_us = self.limiter.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
         let name = |i: usize| {
@@ -442,11 +442,13 @@ impl RedisSync {
             .eval_all(&self.script, items.len(), name, args)
             .await;
         let store = self.limiter.store();
+        let mut applied = 0u64;
         let mut unsent = Vec::new();
         let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
             match answer {
                 Ok(v) => {
+                    applied += 1;
                     let v = u64::try_from(v).unwrap_or(0);
                     match p.kind {
                         CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
@@ -475,7 +477,7 @@ impl RedisSync {
                 }
             }
         }
-        match first_error {
+        let result = match first_error {
             None => Ok(()),
             Some(e) => {
                 self.conn.reset();
@@ -484,6 +486,7 @@ impl RedisSync {
                 }
                 Err(SyncError::Redis(e))
             }
-        }
+        };
+        (applied, result)
     }
 }

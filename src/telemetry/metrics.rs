@@ -43,7 +43,8 @@
 //! `result` is `allowed`, `denied`, `shadow_denied` (over a limit but
 //! answered OK by shadow mode) or `error` (refused as invalid). `plan` is
 //! the config plan's name, `(override)` for an override with limits of its
-//! own, `(blocked)` for a blocked key and `(none)` for a refused check. A
+//! own, `(blocked)` for a blocked key and `(none)` for a refused check (or
+//! a strict check whose table changed while Redis answered). A
 //! refused call counts once (a refused `CheckBatch` is one error, however
 //! many checks it held); a message that does not decode is refused by the
 //! codec before any of this and is not counted.
@@ -254,7 +255,7 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     (
         REDIS_FLUSHES,
         Kind::Counter,
-        "Flush rounds to Redis by result.",
+        "Flush rounds to Redis by result (an idle node's ping, once a second, counts as one).",
     ),
     (
         REDIS_BATCHES,
@@ -651,6 +652,9 @@ impl Labelled {
         }
         if next.len() < 2 * MAX_NAMES {
             next.insert(value.into(), counters);
+        } else if next.len() == map.len() {
+            // Nothing new to remember: leave the map as it is.
+            return;
         }
         self.map.store(Arc::new(next));
     }
