@@ -306,7 +306,7 @@ impl RedisSync {
     /// meanwhile wait for the next round) and sends them in chunks of
     /// `BATCH` (1 000), one round trip each; records the state change. A round
     /// with nothing to send pings Redis unless it answered within the last
-    /// [`IDLE_PING`], so an idle node reports a Redis that went down.
+    /// second (`IDLE_PING`), so an idle node reports a Redis that went down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
         let limiter = Arc::clone(&self.limiter);
         let Some(journal) = limiter.store().journal() else {
