@@ -3,8 +3,9 @@
 #
 # Installs what the tests need when it is missing (a C linker,
 # redis-server for the Redis sync tests, which start their own on free
-# loopback ports, and promtool for the metrics and dashboard checks;
-# protoc is vendored by the build), then runs doc, unit,
+# loopback ports, promtool for the metrics and dashboard checks, helm and
+# kubernetes-validate for the chart; protoc is vendored by the build),
+# checks the Helm chart, then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,16 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 }
 
-# The linker driver for test binaries; a real Redis for the sync tests.
-apt_install cc:gcc redis-server:redis-server
+# The linker driver for test binaries; a real Redis for the sync tests;
+# Python (with venv) for the chart checks' tools.
+apt_install cc:gcc redis-server:redis-server python3:python3
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "test.sh: installing python3-venv" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+fi
 
 promtool_path() {
     # promtool (Prometheus's own checker) for the metrics and dashboard
@@ -57,6 +66,12 @@ promtool_path() {
 QUOTAD_PROMTOOL=$(promtool_path)
 export QUOTAD_PROMTOOL
 "$QUOTAD_PROMTOOL" --version >/dev/null
+
+# The Helm chart: lint, render and schema-validate (default and
+# all-features values); the tests then start the binary with the chart's
+# own arguments (tests/helm.rs).
+QUOTAD_HELM=$(scripts/helm-check.sh | tail -n 1)
+export QUOTAD_HELM
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -17,6 +17,8 @@ mod envoy_compat;
 mod envoy_rls;
 /// gRPC health, server reflection (v1 and v1alpha), /livez and /readyz.
 mod health;
+/// The Helm chart starts the binary with flags and files it accepts.
+mod helm;
 /// Prometheus /metrics after known traffic, readiness with strict limits.
 mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.

@@ -85,6 +85,11 @@ struct ServeArgs {
         value_name = "FORMAT"
     )]
     log_format: LogFormat,
+    /// Check the config and these flags as `serve` would read them (files,
+    /// TLS certificates, listeners), print a summary and exit: 0 if
+    /// `serve` would start with them, 64 if not. Nothing binds.
+    #[arg(long)]
+    check_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +131,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
+            if args.check_only {
+                let from = config
+                    .source
+                    .as_ref()
+                    .map_or_else(|| "embedded config".to_owned(), |p| p.display().to_string());
+                println!("{from}: ok");
+                println!("{}", config.summary());
+                return ExitCode::SUCCESS;
+            }
             logging::init(&args.log, args.log_format);
             match serve(config, args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,149 @@
+{{/* The chart's name, shortened to what Kubernetes names allow. */}}
+{{- define "quotad.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's resource name. */}}
+{{- define "quotad.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "quotad.baseSelector" -}}
+app.kubernetes.io/name: {{ include "quotad.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* quotad's pods (not the bundled Redis's). */}}
+{{- define "quotad.selectorLabels" -}}
+{{ include "quotad.baseSelector" . }}
+app.kubernetes.io/component: server
+{{- end -}}
+
+{{- define "quotad.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "quotad.baseSelector" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "quotad.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "quotad.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "quotad.configSecret" -}}
+{{- default (printf "%s-config" (include "quotad.fullname" .)) .Values.existingConfigSecret -}}
+{{- end -}}
+
+{{- define "quotad.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "quotad.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{- define "quotad.adminTlsSecret" -}}
+{{- default (printf "%s-admin-tls" (include "quotad.fullname" .)) .Values.admin.tls.existingSecret -}}
+{{- end -}}
+
+{{/* The Redis URL: the external one, or the bundled instance's. */}}
+{{- define "quotad.redisUrl" -}}
+{{- if .Values.redis.url -}}
+{{- .Values.redis.url -}}
+{{- else if .Values.redis.deploy.enabled -}}
+{{- printf "redis://%s-redis:6379/0" (include "quotad.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the pod mounts things. */}}
+{{- define "quotad.paths" -}}
+config: /etc/quotad/config/quotad.yaml
+limits: /etc/quotad/limits
+tls: /etc/quotad/tls
+adminTls: /etc/quotad/admin-tls
+{{- end -}}
+
+{{/* The sections the chart manages, over the user's `config`. */}}
+{{- define "quotad.managedConfig" -}}
+{{- $p := include "quotad.paths" . | fromYaml -}}
+server:
+  shutdown_grace: {{ .Values.shutdown.shutdownGrace }}
+  drain_delay: {{ .Values.shutdown.drainDelay }}
+  {{- if .Values.tls.enabled }}
+  tls:
+    cert_file: {{ $p.tls }}/tls.crt
+    key_file: {{ $p.tls }}/tls.key
+    {{- if .Values.tls.clientCa }}
+    client_ca_file: {{ $p.tls }}/ca.crt
+    {{- end }}
+  {{- end }}
+store:
+  max_tracked_keys: {{ int64 .Values.store.maxTrackedKeys }}
+  {{- with .Values.store.hashSecret }}
+  hash_secret: {{ . | quote }}
+  {{- end }}
+{{- with include "quotad.redisUrl" . }}
+redis:
+  url: {{ . | quote }}
+  sync_interval: {{ $.Values.redis.syncInterval }}
+  on_redis_error: {{ $.Values.redis.onRedisError }}
+{{- end }}
+{{- if .Values.admin.enabled }}
+admin:
+  addr: "0.0.0.0:{{ .Values.ports.admin }}"
+  tokens: {{ toYaml .Values.admin.tokens | nindent 4 }}
+  insecure_plaintext: {{ .Values.admin.insecurePlaintext }}
+  max_overrides: {{ int64 .Values.admin.maxOverrides }}
+  {{- if .Values.admin.tls.enabled }}
+  tls:
+    cert_file: {{ $p.adminTls }}/tls.crt
+    key_file: {{ $p.adminTls }}/tls.key
+  {{- end }}
+{{- end }}
+metrics:
+  heavy_keys: {{ int64 .Values.metrics.heavyKeys }}
+  heavy_window: {{ .Values.metrics.heavyWindow }}
+reload:
+  watch: true
+{{- end -}}
+
+{{/* The whole config file. */}}
+{{- define "quotad.config" -}}
+{{- if and (include "quotad.redisUrl" .) (not .Values.store.hashSecret) -}}
+{{- fail "redis needs store.hashSecret (32 hex digits): every replica must name a key's cells alike" -}}
+{{- end -}}
+{{- if and .Values.admin.enabled (not .Values.admin.tokens) -}}
+{{- fail "admin.enabled needs admin.tokens (make one with `quotactl token new`)" -}}
+{{- end -}}
+{{- if and .Values.admin.enabled (not .Values.admin.tls.enabled) (not .Values.admin.insecurePlaintext) -}}
+{{- fail "admin.enabled binds 0.0.0.0: set admin.tls.enabled, or admin.insecurePlaintext behind an encrypting mesh" -}}
+{{- end -}}
+{{- $user := deepCopy (default dict .Values.config) -}}
+{{- $managed := include "quotad.managedConfig" . | fromYaml -}}
+{{- toYaml (mustMergeOverwrite $user $managed) -}}
+{{- end -}}
+
+{{/* The container's arguments, after the image's entrypoint `quotad serve`. */}}
+{{- define "quotad.args" -}}
+{{- $p := include "quotad.paths" . | fromYaml -}}
+- --config={{ $p.config }}
+- --grpc-addr=0.0.0.0:{{ .Values.ports.grpc }}
+- --http-addr=0.0.0.0:{{ .Values.ports.http }}
+{{- if .Values.admin.enabled }}
+- --admin-addr=0.0.0.0:{{ .Values.ports.admin }}
+{{- end }}
+{{- if .Values.limits }}
+- --limits={{ $p.limits }}
+{{- end }}
+- --log={{ .Values.log.level }}
+- --log-format={{ .Values.log.format }}
+{{- end -}}

@@ -1,0 +1,304 @@
+//! The Helm chart against the binary it deploys: the Deployment rendered
+//! with every optional part on starts `quotad` with flags and a config it
+//! accepts (`quotad serve --check-only`, with the chart's own Secrets and
+//! ConfigMaps written where the pod would mount them), and its ports,
+//! probes, Service, ServiceMonitor and Redis address agree with those
+//! flags. `scripts/helm-check.sh` lints and schema-validates the chart;
+//! this is what a schema cannot see.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::TestCa;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quotad");
+
+/// Where the pod mounts things; rewritten into a temporary directory.
+const MOUNTS: &str = "/etc/quotad";
+
+/// helm: `$QUOTAD_HELM` (set by scripts/test.sh: then required), else
+/// `helm` on PATH.
+fn helm() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("QUOTAD_HELM").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "QUOTAD_HELM={} is not a file", p.display());
+        return Some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("helm"))
+        .find(|p| p.is_file())
+}
+
+/// The manifests `helm template` renders, by kind and name.
+struct Rendered(BTreeMap<(String, String), Value>);
+
+impl Rendered {
+    fn get(&self, kind: &str, name: &str) -> &Value {
+        self.0
+            .get(&(kind.to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", self.0.keys()))
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.0
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+fn render(helm: &Path, extra: &[String]) -> Rendered {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/quotad");
+    let out = Command::new(helm)
+        .args(["template", "t"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(chart.join("ci/all-features-values.yaml"))
+        .args(extra)
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut docs = BTreeMap::new();
+    for doc in text.split("\n---\n") {
+        if doc
+            .lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('#'))
+        {
+            continue;
+        }
+        let v: Value = serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
+        let kind = v["kind"].as_str().expect("kind").to_owned();
+        let name = v["metadata"]["name"].as_str().expect("name").to_owned();
+        docs.insert((kind, name), v);
+    }
+    Rendered(docs)
+}
+
+/// A Dockerfile instruction in exec form (`ENTRYPOINT`, `CMD`), as words.
+fn dockerfile(instruction: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
+    let text = std::fs::read_to_string(path).expect("Dockerfile");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("no {instruction}"));
+    serde_json::from_str(line).expect("exec form")
+}
+
+/// The image's `ENTRYPOINT` after the binary (`["serve"]`): what the
+/// chart's arguments follow.
+fn entrypoint() -> Vec<String> {
+    let words = dockerfile("ENTRYPOINT");
+    assert!(words[0].ends_with("/quotad"), "{words:?}");
+    words[1..].to_vec()
+}
+
+#[test]
+fn the_image_default_command_is_one_the_binary_accepts() {
+    let out = Command::new(BIN)
+        .args(entrypoint())
+        .args(dockerfile("CMD"))
+        .arg("--check-only")
+        .env_remove("QUOTAD_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("grpc 0.0.0.0:8081, http 0.0.0.0:9090"),
+        "{said}"
+    );
+}
+
+/// The port of a `--flag=host:port` argument.
+fn flag_port(args: &[String], flag: &str) -> u64 {
+    let value = args
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    value
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{flag}={value}"))
+}
+
+#[test]
+fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    // TLS from certificates of the test's own, so the chart writes the
+    // Secrets the pod mounts (the CI values name existing ones).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("quotad test CA");
+    let (cert, key) = ca.leaf("quotad", &["t-quotad"]);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca_pem) = (
+        file("c.pem", &cert),
+        file("k.pem", &key),
+        file("ca.pem", &ca.cert_pem),
+    );
+    let sets = [
+        "--set".to_owned(),
+        "tls.existingSecret=,admin.tls.existingSecret=".to_owned(),
+        "--set-file".to_owned(),
+        format!(
+            "tls.cert={cert},tls.key={key},tls.ca={ca_pem},admin.tls.cert={cert},admin.tls.key={key}"
+        ),
+    ];
+    let r = render(&helm, &sets);
+    let deploy = r.get("Deployment", "t-quotad");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .collect();
+
+    // Ports and probes agree with the flags.
+    let ports: BTreeMap<&str, u64> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports["grpc"], flag_port(&args, "--grpc-addr"));
+    assert_eq!(ports["http-metrics"], flag_port(&args, "--http-addr"));
+    assert_eq!(ports["grpc-admin"], flag_port(&args, "--admin-addr"));
+    for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path);
+        assert_eq!(container[probe]["httpGet"]["port"], "http-metrics");
+    }
+    // The Service targets those ports by name and selects these pods; the
+    // ServiceMonitor selects the Service and scrapes /metrics on its port.
+    let service = r.get("Service", "t-quotad");
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the Service's selector {k}");
+    }
+    for p in service["spec"]["ports"].as_array().unwrap() {
+        let target = p["targetPort"].as_str().unwrap();
+        assert!(ports.contains_key(target), "Service targetPort {target}");
+    }
+    let monitor = r.get("ServiceMonitor", "t-quotad");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor's selector {k}"
+        );
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let scraped = monitor["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == scraped),
+        "ServiceMonitor port {scraped}"
+    );
+    // The bundled Redis's pods are not quotad's.
+    let redis_pods =
+        &r.get("Deployment", "t-quotad-redis")["spec"]["template"]["metadata"]["labels"];
+    assert_ne!(
+        redis_pods["app.kubernetes.io/component"],
+        pod_labels["app.kubernetes.io/component"]
+    );
+
+    // Write every mounted Secret and ConfigMap where the pod would see it
+    // (under a temporary root), then let the binary check it all.
+    let root = dir.path().join("root");
+    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v))
+        .collect();
+    let rewrite = |text: &str| text.replace(MOUNTS, &format!("{}{MOUNTS}", root.display()));
+    for m in container["volumeMounts"].as_array().unwrap() {
+        let volume = volumes[m["name"].as_str().unwrap()];
+        let (files, field) = if let Some(name) = volume["secret"]["secretName"].as_str() {
+            (r.get("Secret", name), "stringData")
+        } else {
+            let name = volume["configMap"]["name"]
+                .as_str()
+                .expect("a Secret or a ConfigMap");
+            (r.get("ConfigMap", name), "data")
+        };
+        let at = PathBuf::from(rewrite(m["mountPath"].as_str().unwrap()));
+        std::fs::create_dir_all(&at).unwrap();
+        for (name, text) in files[field].as_object().unwrap() {
+            std::fs::write(at.join(name), rewrite(text.as_str().unwrap())).unwrap();
+        }
+    }
+    let config = std::fs::read_to_string(root.join("etc/quotad/config/quotad.yaml")).unwrap();
+    assert!(
+        config.contains("url: redis://t-quotad-redis:6379/0"),
+        "the bundled Redis's Service: {config}"
+    );
+    assert!(r.0.contains_key(&("Service".to_owned(), "t-quotad-redis".to_owned())));
+    // The image's entrypoint, then the chart's arguments.
+    let out = Command::new(BIN)
+        .args(entrypoint())
+        .args(args.iter().map(|a| rewrite(a)))
+        .arg("--check-only")
+        .env_remove("QUOTAD_CONFIG")
+        .env_remove("QUOTAD_REDIS")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "quotad refused the chart's arguments: {said}"
+    );
+    for part in [
+        "redis: redis://t-quotad-redis:6379/0",
+        "admin: 0.0.0.0:8082",
+        "(mTLS)",
+        "rls domain shop",
+    ] {
+        assert!(said.contains(part), "{part:?} not in:\n{said}");
+    }
+
+    // And the binary would refuse what the chart must never render.
+    let bad = Command::new(BIN)
+        .args(["serve", "--check-only", "--log-format=yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert_eq!(r.of_kind("HorizontalPodAutoscaler").len(), 1);
+    assert!(
+        deploy["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+}
