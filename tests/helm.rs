@@ -52,13 +52,15 @@ impl Rendered {
     }
 }
 
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/quotad")
+}
+
+/// `helm template t helm/quotad <extra>`, parsed.
 fn render(helm: &Path, extra: &[String]) -> Rendered {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/quotad");
     let out = Command::new(helm)
         .args(["template", "t"])
-        .arg(&chart)
-        .arg("-f")
-        .arg(chart.join("ci/all-features-values.yaml"))
+        .arg(chart())
         .args(extra)
         .output()
         .expect("helm runs");
@@ -155,6 +157,11 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
         file("ca.pem", &ca.cert_pem),
     );
     let sets = [
+        "-f".to_owned(),
+        chart()
+            .join("ci/all-features-values.yaml")
+            .display()
+            .to_string(),
         "--set".to_owned(),
         "tls.existingSecret=,admin.tls.existingSecret=".to_owned(),
         "--set-file".to_owned(),
@@ -231,9 +238,66 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
         pod_labels["app.kubernetes.io/component"]
     );
 
+    let said = starts(&r, dir.path());
+    for part in [
+        "redis: redis://t-quotad-redis:6379/0",
+        "admin: 0.0.0.0:8082",
+        "(mTLS)",
+        "rls domain shop",
+    ] {
+        assert!(said.contains(part), "{part:?} not in:\n{said}");
+    }
+    // No selector of quotad's picks the bundled Redis's pods.
+    let redis_labels =
+        &r.get("Deployment", "t-quotad-redis")["spec"]["template"]["metadata"]["labels"];
+    let selects_redis = |selector: &Value| {
+        selector
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &redis_labels[k] == v)
+    };
+    for (kind, name, at) in [
+        ("Service", "t-quotad", "/spec/selector"),
+        ("Service", "t-quotad-headless", "/spec/selector"),
+        ("Service", "t-quotad-admin", "/spec/selector"),
+        (
+            "PodDisruptionBudget",
+            "t-quotad",
+            "/spec/selector/matchLabels",
+        ),
+        ("NetworkPolicy", "t-quotad", "/spec/podSelector/matchLabels"),
+        ("Deployment", "t-quotad", "/spec/selector/matchLabels"),
+    ] {
+        let selector = r.get(kind, name).pointer(at).expect("a selector");
+        assert!(
+            !selects_redis(selector),
+            "{kind} {name} selects the Redis pods"
+        );
+    }
+    assert_eq!(r.of_kind("HorizontalPodAutoscaler").len(), 1);
+    assert!(
+        deploy["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+}
+
+/// Writes every Secret and ConfigMap the quotad pod mounts where it would
+/// see them (under `dir`), runs the image's entrypoint with the chart's
+/// arguments and `--check-only`, and returns what it printed.
+fn starts(r: &Rendered, dir: &Path) -> String {
+    let deploy = r.get("Deployment", "t-quotad");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .collect();
     // Write every mounted Secret and ConfigMap where the pod would see it
     // (under a temporary root), then let the binary check it all.
-    let root = dir.path().join("root");
+    let root = dir.join("root");
     let volumes: BTreeMap<&str, &Value> = pod["volumes"]
         .as_array()
         .unwrap()
@@ -257,12 +321,11 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
             std::fs::write(at.join(name), rewrite(text.as_str().unwrap())).unwrap();
         }
     }
+    // The Redis the config names is the bundled one's Service, if any.
     let config = std::fs::read_to_string(root.join("etc/quotad/config/quotad.yaml")).unwrap();
-    assert!(
-        config.contains("url: redis://t-quotad-redis:6379/0"),
-        "the bundled Redis's Service: {config}"
-    );
-    assert!(r.0.contains_key(&("Service".to_owned(), "t-quotad-redis".to_owned())));
+    if config.contains("url: redis://t-quotad-redis:") {
+        r.get("Service", "t-quotad-redis");
+    }
     // The image's entrypoint, then the chart's arguments.
     let out = Command::new(BIN)
         .args(entrypoint())
@@ -281,24 +344,73 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
         out.status.success(),
         "quotad refused the chart's arguments: {said}"
     );
-    for part in [
-        "redis: redis://t-quotad-redis:6379/0",
-        "admin: 0.0.0.0:8082",
-        "(mTLS)",
-        "rls domain shop",
-    ] {
-        assert!(said.contains(part), "{part:?} not in:\n{said}");
-    }
+    said
+}
 
-    // And the binary would refuse what the chart must never render.
-    let bad = Command::new(BIN)
-        .args(["serve", "--check-only", "--log-format=yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(64));
-    assert_eq!(r.of_kind("HorizontalPodAutoscaler").len(), 1);
+#[test]
+fn other_value_sets_start_the_binary_too() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("quotad test CA");
+    let (cert, key) = ca.leaf("quotad", &["t-quotad"]);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key) = (file("c.pem", &cert), file("k.pem", &key));
+    let token = "0".repeat(64);
+    let cases: [(&str, Vec<String>, &str); 4] = [
+        ("defaults", vec![], "redis: off"),
+        (
+            "admin behind a mesh",
+            vec![
+                "--set".into(),
+                format!(
+                    "admin.enabled=true,admin.insecurePlaintext=true,admin.tokens[0].id=ops,admin.tokens[0].sha256={token},admin.tokens[0].scopes[0]=read"
+                ),
+            ],
+            "admin: 0.0.0.0:8082, tokens ops (read)",
+        ),
+        (
+            "TLS without client certificates",
+            vec![
+                "--set".into(),
+                "tls.enabled=true".into(),
+                "--set-file".into(),
+                format!("tls.cert={cert},tls.key={key}"),
+            ],
+            "tls on, cert",
+        ),
+        (
+            "an external Redis",
+            vec![
+                "--set".into(),
+                "redis.url=redis://:pw@redis.prod:6379/2".into(),
+                "--set-string".into(),
+                "store.hashSecret=00112233445566778899001122334455".into(),
+            ],
+            "redis: redis://:<redacted>@redis.prod:6379/2",
+        ),
+    ];
+    for (name, sets, want) in cases {
+        let r = render(&helm, &sets);
+        let at = dir.path().join(name.replace(' ', "-"));
+        let said = starts(&r, &at);
+        assert!(said.contains(want), "{name}: {want:?} not in:\n{said}");
+    }
+}
+
+#[test]
+fn the_chart_ships_the_dashboard_as_it_is() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read(chart().join("dashboards/quotad.json")).unwrap();
+    let source = std::fs::read(root.join("dashboards/quotad.json")).unwrap();
     assert!(
-        deploy["spec"].get("replicas").is_none(),
-        "the HPA owns replicas"
+        shipped == source,
+        "helm/quotad/dashboards/quotad.json differs from dashboards/quotad.json: copy it again"
     );
 }

@@ -3,16 +3,17 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The release's resource name. */}}
+{{/* The release's resource name (57 characters at most: names made from
+it, as "-redis" and "-admin", stay within Kubernetes' 63). */}}
 {{- define "quotad.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 57 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 57 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 57 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -116,6 +117,12 @@ reload:
   watch: true
 {{- end -}}
 
+{{/* What quotad reads only at start: a change must restart the pods. */}}
+{{- define "quotad.restartOnly" -}}
+{{- $m := include "quotad.managedConfig" . | fromYaml -}}
+{{ toYaml (dict "store" $m.store "redis" $m.redis "adminOn" .Values.admin.enabled "ports" .Values.ports "tls" .Values.tls.enabled "adminTls" .Values.admin.tls.enabled "existing" .Values.existingConfigSecret) }}
+{{- end -}}
+
 {{/* The whole config file. */}}
 {{- define "quotad.config" -}}
 {{- if and (include "quotad.redisUrl" .) (not .Values.store.hashSecret) -}}
@@ -128,6 +135,19 @@ reload:
 {{- fail "admin.enabled binds 0.0.0.0: set admin.tls.enabled, or admin.insecurePlaintext behind an encrypting mesh" -}}
 {{- end -}}
 {{- $user := deepCopy (default dict .Values.config) -}}
+{{- range $key := list "redis" "admin" "metrics" "reload" "rls_files" -}}
+{{- if hasKey $user $key -}}
+{{- fail (printf "config.%s is managed by the chart: use the chart's values (see values.yaml) instead" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "tls" "grpc_addr" "http_addr" -}}
+{{- if hasKey (default dict $user.server) $key -}}
+{{- fail (printf "config.server.%s is managed by the chart: use the chart's values (see values.yaml) instead" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey (default dict $user.store) "hash_secret" -}}
+{{- fail "config.store.hash_secret is managed by the chart: use store.hashSecret" -}}
+{{- end -}}
 {{- $managed := include "quotad.managedConfig" . | fromYaml -}}
 {{- toYaml (mustMergeOverwrite $user $managed) -}}
 {{- end -}}
