@@ -681,18 +681,9 @@ async fn dashboard_queries_name_metrics_the_daemon_exports() {
     }
 }
 
-/// promtool: `$QUOTAD_PROMTOOL` if it names a file, else `promtool` on PATH.
+/// promtool: `$QUOTAD_PROMTOOL` (set by scripts/test.sh), else on PATH.
 fn promtool() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("QUOTAD_PROMTOOL").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        // Set (the test script sets it) means required.
-        assert!(p.is_file(), "QUOTAD_PROMTOOL={} is not a file", p.display());
-        return Some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
+    crate::support::tool("QUOTAD_PROMTOOL", "promtool")
 }
 
 /// `expr` as Prometheus would get it from Grafana: builtin intervals as

@@ -22,15 +22,24 @@ const MOUNTS: &str = "/etc/quotad";
 /// helm: `$QUOTAD_HELM` (set by scripts/test.sh: then required), else
 /// `helm` on PATH.
 fn helm() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("QUOTAD_HELM").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "QUOTAD_HELM={} is not a file", p.display());
-        return Some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("helm"))
-        .find(|p| p.is_file())
+    crate::support::tool("QUOTAD_HELM", "helm")
+}
+
+/// A test CA's server certificate and key for `t-quotad`, and the CA's
+/// certificate, as files in `dir`: (cert, key, ca) paths.
+fn certs(dir: &Path) -> (String, String, String) {
+    let ca = TestCa::new("quotad test CA");
+    let (cert, key) = ca.leaf("quotad", &["t-quotad"]);
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    (
+        file("c.pem", &cert),
+        file("k.pem", &key),
+        file("ca.pem", &ca.cert_pem),
+    )
 }
 
 /// The manifests `helm template` renders, by kind and name.
@@ -144,18 +153,7 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
     // TLS from certificates of the test's own, so the chart writes the
     // Secrets the pod mounts (the CI values name existing ones).
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("quotad test CA");
-    let (cert, key) = ca.leaf("quotad", &["t-quotad"]);
-    let file = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
-    let (cert, key, ca_pem) = (
-        file("c.pem", &cert),
-        file("k.pem", &key),
-        file("ca.pem", &ca.cert_pem),
-    );
+    let (cert, key, ca_pem) = certs(dir.path());
     let sets = [
         "-f".to_owned(),
         chart()
@@ -354,14 +352,7 @@ fn other_value_sets_start_the_binary_too() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("quotad test CA");
-    let (cert, key) = ca.leaf("quotad", &["t-quotad"]);
-    let file = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
-    let (cert, key) = (file("c.pem", &cert), file("k.pem", &key));
+    let (cert, key, _) = certs(dir.path());
     let token = "0".repeat(64);
     let cases: [(&str, Vec<String>, &str); 4] = [
         ("defaults", vec![], "redis: off"),

@@ -793,3 +793,18 @@ impl Drop for RedisSentinel {
         let _ = self.child.wait();
     }
 }
+
+/// An external tool the test script provides: `$env` when set (then it
+/// must name a file: the script set it, so it is required), else `name`
+/// on PATH, else `None` (a plain `cargo test` without it).
+pub fn tool(env: &str, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        let p = std::path::PathBuf::from(p);
+        assert!(p.is_file(), "{env}={} is not a file", p.display());
+        return Some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
