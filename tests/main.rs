@@ -7,6 +7,8 @@ mod support;
 mod admin;
 /// Caller mistakes get INVALID_ARGUMENT naming the field.
 mod bad_input;
+/// quotad-bench, the load generator, against a real daemon.
+mod bench_tool;
 /// The `quotad` binary: check-config, exit code 64, SIGTERM.
 mod binary;
 /// The Grafana dashboard: valid dashboard JSON, every query names metrics the daemon exports.

@@ -1,0 +1,406 @@
+//! Sending the load: connections, callers (closed loop) or a schedule
+//! (open loop), one request shape per mode, and what came back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use hdrhistogram::Histogram;
+use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+use quotad::api::pb::{CheckBatchRequest, CheckRequest};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Args, Dist, Mode};
+
+/// What a run came to.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Calls answered (a batch or a stream message counts once).
+    pub requests: u64,
+    /// Checks answered (a batch's every check).
+    pub checks: u64,
+    /// Checks allowed.
+    pub allowed: u64,
+    /// Checks denied.
+    pub denied: u64,
+    /// Calls that failed (a status, a broken stream).
+    pub errors: u64,
+    /// How long was measured.
+    pub elapsed: Duration,
+    /// Latency per call, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Outcome {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            checks: 0,
+            allowed: 0,
+            denied: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            // 1 µs to 60 s, 3 significant digits; both are constants.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+        }
+    }
+
+    fn add(&mut self, other: &Outcome) {
+        self.requests += other.requests;
+        self.checks += other.checks;
+        self.allowed += other.allowed;
+        self.denied += other.denied;
+        self.errors += other.errors;
+        let _ = self.latency.add(&other.latency);
+    }
+
+    fn record(&mut self, since: Instant, answered: Answered) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(us.max(1));
+        match answered {
+            Answered::Checks { allowed, denied } => {
+                self.requests += 1;
+                self.checks += allowed + denied;
+                self.allowed += allowed;
+                self.denied += denied;
+            }
+            Answered::Failed => self.errors += 1,
+        }
+    }
+}
+
+/// One call's answer.
+#[derive(Debug, Clone, Copy)]
+enum Answered {
+    Checks { allowed: u64, denied: u64 },
+    Failed,
+}
+
+/// Draws keys.
+struct Keys {
+    rng: SmallRng,
+    n: u64,
+    zipf: Option<rand_distr::Zipf<f64>>,
+}
+
+impl Keys {
+    fn new(args: &Args, seed: u64) -> anyhow::Result<Self> {
+        let zipf = match args.dist {
+            Dist::Uniform => None,
+            Dist::Zipf(s) => Some(
+                rand_distr::Zipf::new(args.keys as f64, s)
+                    .map_err(|e| anyhow::anyhow!("--dist zipf:{s}: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            rng: SmallRng::seed_from_u64(seed),
+            n: args.keys,
+            zipf,
+        })
+    }
+
+    fn next(&mut self) -> String {
+        let i = match &self.zipf {
+            // Zipf draws 1..=n, the most frequent first.
+            Some(z) => (self.rng.sample(z) as u64).saturating_sub(1),
+            None => self.rng.random_range(0..self.n),
+        };
+        format!("key-{i}")
+    }
+}
+
+/// The client for one mode.
+#[derive(Clone)]
+enum Client {
+    Native(RateLimiterClient<Channel>),
+    Rls(RateLimitServiceClient<Channel>),
+}
+
+/// Makes one call of the mode (not streams) and says what came back.
+async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
+    let checks = |allowed: bool| {
+        if allowed {
+            Answered::Checks {
+                allowed: 1,
+                denied: 0,
+            }
+        } else {
+            Answered::Checks {
+                allowed: 0,
+                denied: 1,
+            }
+        }
+    };
+    match (client, args.mode) {
+        (Client::Native(c), Mode::Batch) => {
+            let req = CheckBatchRequest {
+                checks: (0..args.batch)
+                    .map(|i| CheckRequest {
+                        key: keys.next(),
+                        cost: args.cost,
+                        id: i as u64,
+                    })
+                    .collect(),
+            };
+            match c.check_batch(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let allowed = r.results.iter().filter(|c| c.allowed).count() as u64;
+                    Answered::Checks {
+                        allowed,
+                        denied: r.results.len() as u64 - allowed,
+                    }
+                }
+                Err(_) => Answered::Failed,
+            }
+        }
+        (Client::Native(c), _) => {
+            let req = CheckRequest {
+                key: keys.next(),
+                cost: args.cost,
+                id: 0,
+            };
+            match c.check(req).await {
+                Ok(r) => checks(r.into_inner().allowed),
+                Err(_) => Answered::Failed,
+            }
+        }
+        (Client::Rls(c), _) => {
+            let req = RateLimitRequest {
+                domain: args.domain.clone(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: args.key_entry.clone(),
+                        value: keys.next(),
+                    }],
+                    ..Default::default()
+                }],
+                hits_addend: u32::try_from(args.cost).unwrap_or(u32::MAX),
+            };
+            match c.should_rate_limit(req).await {
+                // 1: OK, 2: OVER_LIMIT.
+                Ok(r) => checks(r.into_inner().overall_code == 1),
+                Err(_) => Answered::Failed,
+            }
+        }
+    }
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let ch = Endpoint::from_shared(format!("http://{}", args.addr))
+            .context("the address")?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            // A call that takes this long counts as an error rather than
+            // holding the run past its end.
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        channels.push(ch);
+    }
+    Ok(channels)
+}
+
+fn client(args: &Args, ch: Channel) -> Client {
+    match args.mode {
+        Mode::Rls => Client::Rls(RateLimitServiceClient::new(ch)),
+        _ => Client::Native(RateLimiterClient::new(ch)),
+    }
+}
+
+/// Runs the load as `args` says; measures after the warm-up.
+pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
+    let channels = connect(args).await?;
+    let measuring = Arc::new(AtomicBool::new(args.warmup.is_zero()));
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    {
+        let measuring = Arc::clone(&measuring);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from).await;
+            measuring.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    match (args.rate, args.mode) {
+        (Some(rate), _) => {
+            tasks.spawn(open_loop(
+                args.clone(),
+                channels,
+                rate,
+                measure_from,
+                end,
+                measuring,
+            ));
+        }
+        (None, Mode::Stream) => {
+            for w in 0..args.concurrency {
+                let ch = channels[w % channels.len()].clone();
+                tasks.spawn(stream(
+                    args.clone(),
+                    ch,
+                    w as u64,
+                    end,
+                    Arc::clone(&measuring),
+                ));
+            }
+        }
+        (None, _) => {
+            for w in 0..args.concurrency {
+                let c = client(args, channels[w % channels.len()].clone());
+                tasks.spawn(closed_loop(
+                    args.clone(),
+                    c,
+                    w as u64,
+                    end,
+                    Arc::clone(&measuring),
+                ));
+            }
+        }
+    }
+    let mut total = Outcome::new();
+    while let Some(done) = tasks.join_next().await {
+        total.add(&done.context("a caller task")??);
+    }
+    total.elapsed = end.saturating_duration_since(measure_from);
+    Ok(total)
+}
+
+async fn closed_loop(
+    args: Args,
+    mut client: Client,
+    seed: u64,
+    end: Instant,
+    measuring: Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
+    let mut keys = Keys::new(&args, seed)?;
+    let mut out = Outcome::new();
+    while Instant::now() < end {
+        let sent = Instant::now();
+        let answered = call(&mut client, &args, &mut keys).await;
+        if measuring.load(Ordering::Relaxed) {
+            out.record(sent, answered);
+        }
+    }
+    Ok(out)
+}
+
+/// A `CheckStream` with up to `--window` checks in flight; answers come
+/// in order, so each is matched to the oldest send time.
+async fn stream(
+    args: Args,
+    ch: Channel,
+    seed: u64,
+    end: Instant,
+    measuring: Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
+    let mut keys = Keys::new(&args, seed)?;
+    let mut client = RateLimiterClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel::<CheckRequest>(args.window);
+    let mut answers = client
+        .check_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .context("CheckStream")?
+        .into_inner();
+    let mut sent = std::collections::VecDeque::with_capacity(args.window);
+    let mut out = Outcome::new();
+    let mut id = 0u64;
+    loop {
+        // Keep the window full until the end, then drain it.
+        while sent.len() < args.window && Instant::now() < end {
+            id += 1;
+            let req = CheckRequest {
+                key: keys.next(),
+                cost: args.cost,
+                id,
+            };
+            if tx.send(req).await.is_err() {
+                break;
+            }
+            sent.push_back(Instant::now());
+        }
+        let Some(at) = sent.pop_front() else { break };
+        let answered = match answers.message().await {
+            Ok(Some(a)) if a.error.is_empty() => Answered::Checks {
+                allowed: u64::from(a.allowed),
+                denied: u64::from(!a.allowed),
+            },
+            Ok(Some(_)) => Answered::Failed,
+            Ok(None) | Err(_) => {
+                out.errors += 1 + sent.len() as u64;
+                break;
+            }
+        };
+        if measuring.load(Ordering::Relaxed) {
+            out.record(at, answered);
+        }
+    }
+    Ok(out)
+}
+
+/// Requests due every `1/rate` s from the start; each one's latency runs
+/// from when it was due. At most `--concurrency` in flight.
+async fn open_loop(
+    args: Args,
+    channels: Vec<Channel>,
+    rate: f64,
+    measure_from: Instant,
+    end: Instant,
+    measuring: Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
+    let args = Arc::new(args);
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = measure_from - args.warmup;
+    let mut keys = Keys::new(&args, u64::MAX)?;
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut out = Outcome::new();
+    for n in 0u64.. {
+        let due = start + interval.mul_f64(n as f64);
+        if due >= end {
+            break;
+        }
+        // Tokio's timer has millisecond granularity: a request may go up
+        // to 1 ms after it was due, and that counts in its latency (a
+        // finer scheduler is the performance work's next step).
+        tokio::time::sleep_until(due).await;
+        let permit = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .context("the in-flight cap")?;
+        let mut c = client(&args, channels[(n as usize) % channels.len()].clone());
+        let key_seed: u64 = keys.rng.random();
+        let a = Arc::clone(&args);
+        let measured = measuring.load(Ordering::Relaxed);
+        inflight.spawn(async move {
+            let mut keys = Keys::new(&a, key_seed)?;
+            let answered = call(&mut c, &a, &mut keys).await;
+            drop(permit);
+            let mut o = Outcome::new();
+            if measured {
+                o.record(due, answered);
+            }
+            anyhow::Ok(o)
+        });
+        while let Some(done) = inflight.try_join_next() {
+            out.add(&done.context("a request task")??);
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        out.add(&done.context("a request task")??);
+    }
+    Ok(out)
+}

@@ -1,0 +1,205 @@
+//! `quotad-bench`: an end-to-end load generator for quotad (or anything
+//! speaking its APIs) over real gRPC.
+//!
+//! It drives `Check`, `CheckBatch`, `CheckStream` or Envoy RLS v3
+//! `ShouldRateLimit` against an address, with keys drawn uniformly or by
+//! a Zipf law from a fixed set, for a bounded time, and reports
+//! requests/s, checks/s, allowed/denied/errors and latency percentiles
+//! (HdrHistogram, microsecond resolution).
+//!
+//! - **Closed loop** (default): `--concurrency` callers, each sending its
+//!   next request when the last is answered: the maximum throughput.
+//! - **Open loop** (`--rate R`): requests are due at a fixed rate whatever
+//!   the answers do, and each latency is measured from when its request
+//!   was *due*, so a stall shows as the wait it causes (no coordinated
+//!   omission). At most `--concurrency` are in flight; the rest queue.
+//!
+//! It stops by itself (`--duration`, at most 10 minutes) and talks to
+//! loopback addresses only unless `--allow-remote` is given.
+
+mod drive;
+mod report;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// EX_USAGE from sysexits.h.
+const EX_USAGE: u8 = 64;
+
+/// The longest run allowed.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+
+/// Which API to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// `quotad.v1.RateLimiter/Check`, one key per call.
+    Check,
+    /// `CheckBatch`, `--batch` checks per call.
+    Batch,
+    /// `CheckStream`: one stream per caller, `--window` checks in flight.
+    Stream,
+    /// Envoy RLS v3 `ShouldRateLimit`, one descriptor with the key.
+    Rls,
+}
+
+/// How keys are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dist {
+    /// Every key alike.
+    Uniform,
+    /// A Zipf law with this exponent (1.0: the classic one).
+    Zipf(f64),
+}
+
+impl std::str::FromStr for Dist {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uniform" => Ok(Dist::Uniform),
+            "zipf" => Ok(Dist::Zipf(1.0)),
+            _ => s
+                .strip_prefix("zipf:")
+                .and_then(|e| e.parse::<f64>().ok())
+                .filter(|e| e.is_finite() && *e > 0.0)
+                .map(Dist::Zipf)
+                .ok_or_else(|| {
+                    format!("unknown distribution '{s}' (uniform, zipf or zipf:EXPONENT)")
+                }),
+        }
+    }
+}
+
+/// The command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "quotad-bench",
+    version,
+    about = "End-to-end load generator for quotad's gRPC APIs"
+)]
+pub struct Args {
+    /// The server's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+    /// The API to drive.
+    #[arg(long, value_enum, default_value = "check")]
+    pub mode: Mode,
+    /// Distinct keys (`key-0` … `key-{N-1}`).
+    #[arg(long, default_value_t = 1)]
+    pub keys: u64,
+    /// How keys are drawn: uniform, zipf or zipf:EXPONENT.
+    #[arg(long, default_value = "uniform")]
+    pub dist: Dist,
+    /// Units each check asks for.
+    #[arg(long, default_value_t = 1)]
+    pub cost: u64,
+    /// Callers at once (closed loop), or the cap on requests in flight
+    /// (open loop).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the callers share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to run (at most 10m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring starts (not counted).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Open loop: requests per second, due at fixed intervals.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Checks per `CheckBatch`.
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// Checks in flight per `CheckStream`.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// The Envoy RLS domain (a plan domain: the key is the descriptor's
+    /// `--key-entry`).
+    #[arg(long, default_value = "quotad")]
+    pub domain: String,
+    /// The descriptor entry that holds the key.
+    #[arg(long, default_value = "api_key")]
+    pub key_entry: String,
+    /// Runtime threads for the generator (leave cores to the server).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Allow an address that is not loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+impl Args {
+    /// What is wrong with the arguments, if anything.
+    fn check(&self) -> Result<(), String> {
+        if !self.allow_remote && !self.addr.ip().is_loopback() {
+            return Err(format!(
+                "--addr {}: not a loopback address (load tests stay on this machine; --allow-remote to override)",
+                self.addr
+            ));
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return Err("--duration: more than 0 and at most 10m".into());
+        }
+        if self.keys == 0 || self.concurrency == 0 || self.connections == 0 || self.threads == 0 {
+            return Err(
+                "--keys, --concurrency, --connections and --threads must be at least 1".into(),
+            );
+        }
+        if self.batch == 0 || self.window == 0 {
+            return Err("--batch and --window must be at least 1".into());
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(format!("--rate {r}: must be a positive number"));
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Err(why) = args.check() {
+        eprintln!("error: {why}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(drive::run(&args)) {
+        Ok(result) => {
+            report::print(&args, &result);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(69)
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `quotad-bench`, the end-to-end load generator, against a real daemon:
+//! every mode answers with consistent counts, the open loop keeps its
+//! rate, and it refuses to load anything but loopback by default.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::TestDaemon;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_quotad-bench");
+
+/// Runs quotad-bench against `d` (as a child process, while the daemon
+/// keeps serving on this test's runtime) and parses its JSON report.
+async fn run(d: &TestDaemon, extra: &[&str]) -> Value {
+    let out = tokio::process::Command::new(BENCH)
+        .arg(format!("--addr={}", d.grpc_addr))
+        .args(["--duration=300ms", "--warmup=0s", "--json", "--keys=50"])
+        .args(["--concurrency=4", "--connections=2", "--domain=edge"])
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect("quotad-bench stops by itself")
+        .expect("quotad-bench runs");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+#[tokio::test]
+async fn every_mode_reports_consistent_counts_against_a_daemon() {
+    let d = TestDaemon::start().await;
+    for mode in ["check", "batch", "stream", "rls"] {
+        let dist = if mode == "rls" {
+            "--dist=zipf:1.1"
+        } else {
+            "--dist=uniform"
+        };
+        let mode_flag = format!("--mode={mode}");
+        let r = run(&d, &[&mode_flag, dist, "--batch=5"]).await;
+        let n = |k: &str| {
+            r[k].as_u64()
+                .unwrap_or_else(|| panic!("{mode}: {k} in {r}"))
+        };
+        assert!(n("requests") > 0, "{mode}: {r}");
+        assert_eq!(n("errors"), 0, "{mode}: {r}");
+        assert_eq!(n("allowed") + n("denied"), n("checks"), "{mode}: {r}");
+        let per_request = if mode == "batch" { 5 } else { 1 };
+        assert_eq!(n("checks"), per_request * n("requests"), "{mode}: {r}");
+        // The daemon's limits hold: 50 free-plan keys with a burst of 20
+        // and 10/s cannot all pass for long.
+        assert!(n("denied") > 0 || n("checks") <= 50 * 30, "{mode}: {r}");
+        assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0);
+    }
+}
+
+#[tokio::test]
+async fn the_open_loop_keeps_its_rate() {
+    let d = TestDaemon::start().await;
+    // 300 ms at 400/s: 120 requests due, each sent.
+    let r = run(&d, &["--rate=400"]).await;
+    let requests = r["requests"].as_u64().unwrap();
+    assert!((110..=120).contains(&requests), "{r}");
+}
+
+#[test]
+fn it_loads_only_loopback_unless_told() {
+    let out = Command::new(BENCH)
+        .args(["--addr=10.1.2.3:8081", "--duration=1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+    let out = Command::new(BENCH)
+        .args(["--duration=11m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
