@@ -725,11 +725,7 @@ fn dashboard_queries_are_valid_promql() {
         .arg(&path)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = crate::support::printed(&out);
     assert!(
         out.status.success(),
         "promtool check rules refused the dashboard's queries ({}):\n{said}",
@@ -873,8 +869,7 @@ async fn dashboard_panels_show_a_scripted_scenario() {
         .unwrap_or_else(|e| panic!("{}: {e}", promtool.display()));
     assert!(
         out.status.success(),
-        "the panels do not show the scenario:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "the panels do not show the scenario:\n{}",
+        crate::support::printed(&out)
     );
 }

@@ -333,11 +333,7 @@ fn starts(r: &Rendered, dir: &Path) -> String {
         .env_remove("QUOTAD_REDIS")
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = crate::support::printed(&out);
     assert!(
         out.status.success(),
         "quotad refused the chart's arguments: {said}"

@@ -101,9 +101,8 @@ fn promtool_check(text: &str) {
     let out = child.wait_with_output().expect("promtool ran");
     assert!(
         out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "promtool check metrics:\n{}",
+        crate::support::printed(&out)
     );
 }
 
