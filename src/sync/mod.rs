@@ -135,6 +135,28 @@ impl SyncHandle {
     }
 }
 
+/// The sync task's metrics, registered once (a round may come every few
+/// milliseconds).
+struct FlushMetrics {
+    /// `result="success"`, `result="failure"`.
+    rounds: [metrics::Counter; 2],
+    batches: metrics::Counter,
+    cells: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl FlushMetrics {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            rounds: ["success", "failure"]
+                .map(|result| m.counter(names::REDIS_FLUSHES, &[("result", result)])),
+            batches: m.counter(names::REDIS_BATCHES, &[]),
+            cells: m.counter(names::REDIS_CELLS, &[]),
+            seconds: m.histogram(names::REDIS_FLUSH_SECONDS, &[]),
+        }
+    }
+}
+
 /// The sync task: the limiter's journal on one side, Redis on the other.
 pub struct RedisSync {
     limiter: Arc<Limiter>,
@@ -146,7 +168,7 @@ pub struct RedisSync {
     script: Lua,
     state: watch::Sender<SyncState>,
     rounds: watch::Sender<u64>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<FlushMetrics>,
     /// When Redis last answered.
     contact: Option<tokio::time::Instant>,
 }
@@ -208,7 +230,7 @@ impl RedisSync {
 
     /// Counts flush rounds, batches, cells and their time in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = Some(FlushMetrics::new(&metrics));
         self
     }
 
@@ -363,14 +385,12 @@ impl RedisSync {
         if let Some(m) = &self.metrics
             && !skipped
         {
-            let outcome = if result.is_ok() { "success" } else { "failure" };
-            m.counter(names::REDIS_FLUSHES, &[("result", outcome)])
-                .increment(1);
-            m.counter(names::REDIS_BATCHES, &[]).increment(batches);
-            m.counter(names::REDIS_CELLS, &[]).increment(sent_cells);
+            let [ok, failed] = &m.rounds;
+            if result.is_ok() { ok } else { failed }.increment(1);
+            m.batches.increment(batches);
+            m.cells.increment(sent_cells);
             if sending {
-                m.histogram(names::REDIS_FLUSH_SECONDS, &[])
-                    .record(started.seconds());
+                m.seconds.record(started.seconds());
             }
         }
         let next = if result.is_ok() {
