@@ -16,6 +16,7 @@
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, the audit trail, overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
+//! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
 //! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge), logging (text or JSON) |
 //! | [`shutdown`] | the shutdown signal every task waits on |
@@ -75,6 +76,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -16,8 +16,7 @@ use quotad::app::App;
 use quotad::config::{Config, RedisSettings};
 use quotad::telemetry::logging::{self, LogFormat};
 
-/// EX_USAGE from sysexits.h: the command or its config was wrong.
-const EX_USAGE: u8 = 64;
+use quotad::cli::EX_USAGE;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,18 +92,11 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // --help and --version are not errors; a bad flag is a usage error
+    // like a bad config file.
+    let cli = match quotad::cli::parse::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version are not errors; a bad flag is a usage
-            // error like a bad config file.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::CheckConfig { file, limits } => match Config::load(&file).and_then(|mut c| {

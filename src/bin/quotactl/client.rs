@@ -12,14 +12,12 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// Exit codes (sysexits.h where one fits).
+/// Exit codes besides 0 (sysexits.h where one fits).
 pub mod exit {
-    /// Done.
-    pub const OK: u8 = 0;
     /// The key has no override (get, rm).
     pub const NOT_FOUND: u8 = 1;
     /// A wrong command line: a flag, a missing token, a malformed value.
-    pub const USAGE: u8 = 64;
+    pub const USAGE: u8 = quotad::cli::EX_USAGE;
     /// Refused input: the server's INVALID_ARGUMENT, FAILED_PRECONDITION
     /// (a reload of invalid files), RESOURCE_EXHAUSTED; an invalid file
     /// for check-config.

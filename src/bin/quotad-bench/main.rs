@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// EX_USAGE from sysexits.h.
-const EX_USAGE: u8 = 64;
+use quotad::cli::EX_USAGE;
 
 /// The longest run allowed.
 const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -166,16 +165,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match quotad::cli::parse::<Args>() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     if let Err(why) = args.check() {
         eprintln!("error: {why}");

@@ -1,0 +1,21 @@
+//! What the binaries (`quotad`, `quotactl`, `quotad-bench`) share on
+//! their command lines: arguments parsed with clap, and usage errors
+//! exiting 64 (EX_USAGE from sysexits.h).
+
+use std::process::ExitCode;
+
+/// EX_USAGE: the command or its config was wrong.
+pub const EX_USAGE: u8 = 64;
+
+/// The command line as `T`, or the exit to take: `--help` and
+/// `--version` print and exit 0; a bad argument prints why and exits 64.
+pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EX_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
