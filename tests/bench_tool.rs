@@ -78,3 +78,38 @@ fn it_loads_only_loopback_unless_told() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn seq_touches_every_key_once_per_round() {
+    let d = TestDaemon::start().await;
+    // 30 batches of 10 (open loop, 100/s for 300 ms) in order over 400
+    // keys: 300 distinct keys, two cells each on the free plan. 300
+    // uniform draws would repeat about 70 of them.
+    let r = run(
+        &d,
+        &[
+            "--mode=batch",
+            "--batch=10",
+            "--dist=seq",
+            "--keys=400",
+            "--rate=100",
+        ],
+    )
+    .await;
+    let checks = r["checks"].as_u64().unwrap();
+    assert!((280..=300).contains(&checks), "{r}");
+    let (status, text) = d.http_get("/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    let cells: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("quotad_tracked_cells "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("quotad_tracked_cells");
+    assert_eq!(cells, 2 * checks, "{r}");
+    let out = Command::new(BENCH)
+        .args(["--dist=zipf:-1", "--duration=1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uniform, seq"));
+}

@@ -64,7 +64,11 @@ impl Outcome {
     }
 
     fn record(&mut self, since: Instant, answered: Answered) {
-        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.record_took(since.elapsed(), answered);
+    }
+
+    fn record_took(&mut self, took: Duration, answered: Answered) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency.saturating_record(us.max(1));
         match answered {
             Answered::Checks { allowed, denied } => {
@@ -90,29 +94,60 @@ struct Keys {
     rng: SmallRng,
     n: u64,
     zipf: Option<rand_distr::Zipf<f64>>,
+    /// `--dist seq`: the next index.
+    seq: Option<u64>,
+    /// Keys one request takes (a batch's size, else 1).
+    step: u64,
 }
 
 impl Keys {
-    fn new(args: &Args, seed: u64) -> anyhow::Result<Self> {
+    /// Caller `caller`'s keys; `seq` callers start `n / concurrency`
+    /// apart.
+    fn new(args: &Args, caller: u64) -> anyhow::Result<Self> {
         let zipf = match args.dist {
-            Dist::Uniform => None,
             Dist::Zipf(s) => Some(
                 rand_distr::Zipf::new(args.keys as f64, s)
                     .map_err(|e| anyhow::anyhow!("--dist zipf:{s}: {e}"))?,
             ),
+            _ => None,
         };
+        let stride = (args.keys / args.concurrency.max(1) as u64).max(1);
         Ok(Self {
-            rng: SmallRng::seed_from_u64(seed),
+            rng: SmallRng::seed_from_u64(caller),
             n: args.keys,
             zipf,
+            seq: (args.dist == Dist::Seq).then(|| caller.wrapping_mul(stride) % args.keys),
+            step: if args.mode == Mode::Batch {
+                args.batch as u64
+            } else {
+                1
+            },
         })
     }
 
+    /// An independent draw for one request of the open loop.
+    fn split(&mut self) -> Keys {
+        Keys {
+            rng: SmallRng::seed_from_u64(self.rng.random()),
+            n: self.n,
+            zipf: self.zipf,
+            seq: self
+                .seq
+                .inspect(|&i| self.seq = Some(i.wrapping_add(self.step) % self.n)),
+            step: self.step,
+        }
+    }
+
     fn next(&mut self) -> String {
-        let i = match &self.zipf {
+        let i = match (&self.zipf, &mut self.seq) {
             // Zipf draws 1..=n, the most frequent first.
-            Some(z) => (self.rng.sample(z) as u64).saturating_sub(1),
-            None => self.rng.random_range(0..self.n),
+            (Some(z), _) => (self.rng.sample(z) as u64).saturating_sub(1),
+            (None, Some(i)) => {
+                let now = *i;
+                *i = (now + 1) % self.n;
+                now
+            }
+            (None, None) => self.rng.random_range(0..self.n),
         };
         format!("key-{i}")
     }
@@ -237,14 +272,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     let mut tasks = tokio::task::JoinSet::new();
     match (args.rate, args.mode) {
         (Some(rate), _) => {
-            tasks.spawn(open_loop(
-                args.clone(),
-                channels,
-                rate,
-                measure_from,
-                end,
-                measuring,
-            ));
+            tasks.spawn(open_loop(args.clone(), channels, rate, measure_from, end));
         }
         (None, Mode::Stream) => {
             for w in 0..args.concurrency {
@@ -352,55 +380,63 @@ async fn stream(
 }
 
 /// Requests due every `1/rate` s from the start; each one's latency runs
-/// from when it was due. At most `--concurrency` in flight.
+/// from when it was due. At most `--concurrency` in flight: when they
+/// are all taken the schedule waits, and the wait shows in the
+/// latencies of the requests that were due meanwhile.
+///
+/// Tokio's timer ticks in milliseconds, which would add up to 1 ms to
+/// every latency, so the schedule sleeps on it only until 1 ms before a
+/// request is due and yields in a loop from there: precise to a few
+/// microseconds, at the price of keeping the generator's thread busy
+/// (pin it to a core of its own, see the README).
 async fn open_loop(
     args: Args,
     channels: Vec<Channel>,
     rate: f64,
     measure_from: Instant,
     end: Instant,
-    measuring: Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
     let args = Arc::new(args);
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = measure_from - args.warmup;
     let mut keys = Keys::new(&args, u64::MAX)?;
-    let mut inflight = tokio::task::JoinSet::new();
-    let mut out = Outcome::new();
-    for n in 0u64.. {
-        let due = start + interval.mul_f64(n as f64);
-        if due >= end {
-            break;
-        }
-        // Tokio's timer has millisecond granularity: a request may go up
-        // to 1 ms after it was due, and that counts in its latency (a
-        // finer scheduler is the performance work's next step).
-        tokio::time::sleep_until(due).await;
-        let permit = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .context("the in-flight cap")?;
-        let mut c = client(&args, channels[(n as usize) % channels.len()].clone());
-        let key_seed: u64 = keys.rng.random();
-        let a = Arc::clone(&args);
-        let measured = measuring.load(Ordering::Relaxed);
-        inflight.spawn(async move {
-            let mut keys = Keys::new(&a, key_seed)?;
-            let answered = call(&mut c, &a, &mut keys).await;
-            drop(permit);
-            let mut o = Outcome::new();
-            if measured {
-                o.record(due, answered);
+    let (done, mut answers) =
+        tokio::sync::mpsc::unbounded_channel::<(Instant, Duration, Answered)>();
+    let schedule = tokio::spawn(async move {
+        for n in 0u64.. {
+            let due = start + interval.mul_f64(n as f64);
+            if due >= end {
+                break;
             }
-            anyhow::Ok(o)
-        });
-        while let Some(done) = inflight.try_join_next() {
-            out.add(&done.context("a request task")??);
+            if due > Instant::now() + Duration::from_millis(2) {
+                tokio::time::sleep_until(due - Duration::from_millis(1)).await;
+            }
+            while Instant::now() < due {
+                tokio::task::yield_now().await;
+            }
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
+            let mut c = client(&args, channels[(n as usize) % channels.len()].clone());
+            let mut keys = keys.split();
+            let a = Arc::clone(&args);
+            let done = done.clone();
+            tokio::spawn(async move {
+                let answered = call(&mut c, &a, &mut keys).await;
+                let took = due.elapsed();
+                drop(permit);
+                let _ = done.send((due, took, answered));
+            });
+        }
+    });
+    let mut out = Outcome::new();
+    // Ends when the schedule and every request it spawned are done.
+    while let Some((due, took, answered)) = answers.recv().await {
+        if due >= measure_from {
+            out.record_took(took, answered);
         }
     }
-    while let Some(done) = inflight.join_next().await {
-        out.add(&done.context("a request task")??);
-    }
+    schedule.await.context("the schedule task")?;
     Ok(out)
 }

@@ -51,6 +51,9 @@ pub enum Dist {
     Uniform,
     /// A Zipf law with this exponent (1.0: the classic one).
     Zipf(f64),
+    /// In order, each caller from its own offset, wrapping around: every
+    /// key is touched once per `--keys` checks (to fill a server's store).
+    Seq,
 }
 
 impl std::str::FromStr for Dist {
@@ -60,13 +63,14 @@ impl std::str::FromStr for Dist {
         match s {
             "uniform" => Ok(Dist::Uniform),
             "zipf" => Ok(Dist::Zipf(1.0)),
+            "seq" => Ok(Dist::Seq),
             _ => s
                 .strip_prefix("zipf:")
                 .and_then(|e| e.parse::<f64>().ok())
                 .filter(|e| e.is_finite() && *e > 0.0)
                 .map(Dist::Zipf)
                 .ok_or_else(|| {
-                    format!("unknown distribution '{s}' (uniform, zipf or zipf:EXPONENT)")
+                    format!("unknown distribution '{s}' (uniform, seq, zipf or zipf:EXPONENT)")
                 }),
         }
     }
@@ -77,7 +81,10 @@ impl std::str::FromStr for Dist {
 #[command(
     name = "quotad-bench",
     version,
-    about = "End-to-end load generator for quotad's gRPC APIs"
+    about = "End-to-end load generator for quotad's gRPC APIs",
+    // A flag given twice takes its last value, so scripts can append
+    // overrides to a base command line.
+    args_override_self = true
 )]
 pub struct Args {
     /// The server's gRPC address.
@@ -89,7 +96,7 @@ pub struct Args {
     /// Distinct keys (`key-0` … `key-{N-1}`).
     #[arg(long, default_value_t = 1)]
     pub keys: u64,
-    /// How keys are drawn: uniform, zipf or zipf:EXPONENT.
+    /// How keys are drawn: uniform, seq, zipf or zipf:EXPONENT.
     #[arg(long, default_value = "uniform")]
     pub dist: Dist,
     /// Units each check asks for.
