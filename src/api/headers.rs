@@ -15,8 +15,6 @@
 //!
 //! Seconds are rounded up, so a caller that waits as told is never early.
 
-use std::fmt::Write as _;
-
 pub use crate::config::HeaderStyle;
 
 use crate::core::clock::NANOS_PER_SEC;
@@ -72,19 +70,28 @@ pub struct Header {
 /// The headers `style` asks for, given every limit that applied and
 /// whether the answer is over limit. Nothing when no limit applied.
 pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) -> Vec<Header> {
-    let mut out = Vec::new();
     if style == HeaderStyle::Off || standings.is_empty() {
-        return out;
+        return Vec::new();
     }
+    // At most 3 + 2 + Retry-After: one allocation.
+    let mut out = Vec::with_capacity(6);
     if style.draft03()
         && let Some(s) = closest(standings)
     {
-        out.push(header("RateLimit-Limit", s.limit.to_string()));
-        out.push(header("RateLimit-Remaining", s.remaining.to_string()));
-        out.push(header("RateLimit-Reset", seconds(s.reset).to_string()));
+        out.push(header("RateLimit-Limit", number(s.limit)));
+        out.push(header("RateLimit-Remaining", number(s.remaining)));
+        out.push(header("RateLimit-Reset", number(seconds(s.reset))));
     }
     if style.draft11() {
-        let items = draft11_items(standings);
+        // One limit (the common case) needs no list of items.
+        let (single, many);
+        let items: &[&Standing<'_>] = if let [only] = standings {
+            single = [only];
+            &single
+        } else {
+            many = draft11_items(standings);
+            &many
+        };
         // One buffer per field, written in place: this runs on every answer.
         let mut policy = String::with_capacity(items.len() * 40);
         let mut state = String::with_capacity(items.len() * 40);
@@ -94,18 +101,31 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
                 state.push_str(", ");
             }
             push_sf_string(&mut policy, s.name);
-            // Writing to a String cannot fail.
-            let _ = write!(policy, ";q={};w={}", s.limit, s.window);
+            push_param(&mut policy, ";q=", s.limit);
+            push_param(&mut policy, ";w=", s.window);
             push_sf_string(&mut state, s.name);
-            let _ = write!(state, ";r={};t={}", s.remaining, seconds(s.reset));
+            push_param(&mut state, ";r=", s.remaining);
+            push_param(&mut state, ";t=", seconds(s.reset));
         }
         out.push(header("RateLimit-Policy", policy));
         out.push(header("RateLimit", state));
     }
     if over_limit && let Some(wait) = retry_after(standings) {
-        out.push(header("Retry-After", seconds(wait).max(1).to_string()));
+        out.push(header("Retry-After", number(seconds(wait).max(1))));
     }
     out
+}
+
+/// `n` in decimal, in a string of its own size (this runs several times
+/// per answer; `to_string` goes through the formatting machinery).
+fn number(n: u64) -> String {
+    itoa::Buffer::new().format(n).to_owned()
+}
+
+/// Appends `name` (`;q=`) and `n` in decimal.
+fn push_param(out: &mut String, name: &str, n: u64) {
+    out.push_str(name);
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// The headers for one plan decision: [`render`]'s, or for a blocked key
@@ -134,10 +154,10 @@ pub fn add_block(style: HeaderStyle, out: &mut Vec<Header>, wait: Option<Nanos>)
     match out.iter_mut().find(|h| h.name == "Retry-After") {
         Some(h) => {
             if h.value.parse::<u64>().is_ok_and(|v| v < secs) {
-                h.value = secs.to_string();
+                h.value = number(secs);
             }
         }
-        None => out.push(header("Retry-After", secs.to_string())),
+        None => out.push(header("Retry-After", number(secs))),
     }
 }
 
