@@ -21,11 +21,24 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Option<Redis> {
+        Self::start_on(None)
+    }
+
+    /// Starts it pinned to `cpu` (with `taskset`) when given.
+    pub fn start_on(cpu: Option<&str>) -> Option<Redis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .ok()?
             .port();
-        let child = std::process::Command::new("redis-server")
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", cpu, "redis-server"]);
+                c
+            }
+            None => std::process::Command::new("redis-server"),
+        };
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
