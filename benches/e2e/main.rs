@@ -83,6 +83,10 @@ impl Drop for Proc {
     }
 }
 
+/// The cores of the `pinned` layout.
+const SERVER_CPU: &str = "1";
+const GENERATOR_CPU: &str = "0";
+
 /// Where processes run (see the module doc).
 #[derive(Clone, Copy, PartialEq)]
 enum Layout {
@@ -95,7 +99,7 @@ impl Layout {
         match std::env::var("QUOTAD_E2E_LAYOUT").as_deref() {
             Err(_) | Ok("pinned") => {
                 let taskset = Command::new("taskset")
-                    .args(["-c", "1", "true"])
+                    .args(["-c", SERVER_CPU, "true"])
                     .status()
                     .is_ok_and(|s| s.success());
                 if taskset {
@@ -117,7 +121,7 @@ impl Layout {
             Layout::Shared => Command::new(exe),
             Layout::Pinned => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", if server { "1" } else { "0" }, exe]);
+                c.args(["-c", if server { SERVER_CPU } else { GENERATOR_CPU }, exe]);
                 if server {
                     c.env("TOKIO_WORKER_THREADS", "1");
                 }
@@ -217,29 +221,26 @@ impl Server {
 /// (the full decision path, charges included), idle cells kept for the
 /// run (the memory case counts them), the headers at their default.
 fn config_yaml(redis: Option<u16>) -> String {
-    let mut y = String::from(
+    // Redis sync needs nodes to hash keys alike: a fixed secret.
+    let secret = redis.map_or(
+        "",
+        |_| ", hash_secret: \"00112233445566778899aabbccddeeff\"",
+    );
+    let redis = redis.map_or(String::new(), |port| {
+        format!("redis: {{ url: \"redis://127.0.0.1:{port}/0\" }}\n")
+    });
+    format!(
         "default_plan: default
 plans:
   default:
     limits:
-      - { name: per-second, rate: 1000, per: second, burst: 100000000 }
-envoy: { domains: [quotad], key_entry: api_key }
+      - {{ name: per-second, rate: 1000, per: second, burst: 100000000 }}
+envoy: {{ domains: [quotad], key_entry: api_key }}
 response_headers: both
-reload: { watch: false }
-",
-    );
-    match redis {
-        None => y.push_str("store: { max_tracked_keys: 4000000, sweep_interval: 1h }\n"),
-        Some(port) => {
-            y.push_str(
-                "store: { max_tracked_keys: 4000000, sweep_interval: 1h, hash_secret: \"00112233445566778899aabbccddeeff\" }\n",
-            );
-            y.push_str(&format!(
-                "redis: {{ url: \"redis://127.0.0.1:{port}/0\" }}\n"
-            ));
-        }
-    }
-    y
+reload: {{ watch: false }}
+store: {{ max_tracked_keys: 4000000, sweep_interval: 1h{secret} }}
+{redis}"
+    )
 }
 
 fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
@@ -281,11 +282,14 @@ impl Bench {
             .arg(format!("--addr=127.0.0.1:{}", server.grpc))
             .arg(format!("--duration={duration}"))
             .arg(format!("--warmup={}", self.scale.warmup))
-            .args(["--json", "--threads=1", "--connections=2"])
-            .args(
-                (!flags.iter().any(|f| f.starts_with("--concurrency")))
-                    .then_some("--concurrency=32"),
-            )
+            // Defaults first: quotad-bench takes a repeated flag's last
+            // value, so `flags` may override them.
+            .args([
+                "--json",
+                "--threads=1",
+                "--connections=2",
+                "--concurrency=32",
+            ])
             .args(flags)
             .output()
             .context("cannot run quotad-bench")?;
@@ -407,21 +411,17 @@ fn ratio_row(case: &str, pair: &Pair, target: Option<f64>) -> Row {
     }
 }
 
-/// How much of a second a spinning thread on `cpu` loses to the machine
-/// (other processes, interrupts, the hypervisor): gaps over 50 µs and
-/// over 1 ms, the time lost, and the longest. It bounds what any server
-/// on that core can do for tail latency.
-fn hiccups(layout: Layout, cpu: &str, seconds: &str) -> anyhow::Result<String> {
+/// How much of a second a spinning thread on the server's core
+/// (`server`) or the generator's loses to the machine (other processes,
+/// interrupts, the hypervisor): gaps over 50 µs and over 1 ms, the time
+/// lost, and the longest. It bounds what any server on that core can do
+/// for tail latency.
+fn hiccups(layout: Layout, server: bool, seconds: &str) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
-    let mut c = match layout {
-        Layout::Pinned => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpu]).arg(&exe);
-            c
-        }
-        Layout::Shared => Command::new(&exe),
-    };
-    let out = c.args(["--hiccups", seconds]).output()?;
+    let out = layout
+        .command(&exe.to_string_lossy(), server)
+        .args(["--hiccups", seconds])
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
@@ -511,8 +511,8 @@ fn run(full: bool) -> anyhow::Result<Vec<Row>> {
 
     let probe = if full { "3" } else { "0.2" };
     let noise = [
-        ("server CPU", hiccups(layout, "1", probe)?),
-        ("generator CPU", hiccups(layout, "0", probe)?),
+        ("server CPU", hiccups(layout, true, probe)?),
+        ("generator CPU", hiccups(layout, false, probe)?),
     ];
     for (cpu, n) in &noise {
         println!("machine noise on the {cpu}: {n}");
@@ -621,7 +621,7 @@ fn run(full: bool) -> anyhow::Result<Vec<Row>> {
     // Redis sync mode against in memory, the store filled alike.
     // Redis shares the generator's core: in production it is another
     // machine, and the server's core is what the ratio is about.
-    let redis_cpu = (layout == Layout::Pinned).then_some("0");
+    let redis_cpu = (layout == Layout::Pinned).then_some(GENERATOR_CPU);
     match common::Redis::start_on(redis_cpu) {
         None => println!("redis-server not found: skipping the sync cases"),
         Some(redis) => {
