@@ -64,6 +64,35 @@ async fn the_open_loop_keeps_its_rate() {
     assert!((110..=120).contains(&requests), "{r}");
 }
 
+#[tokio::test]
+async fn requests_stops_the_run_after_that_many() {
+    let d = TestDaemon::start().await;
+    // Closed loop (4 callers), stream and open loop: exactly 37 calls,
+    // long before the 10 s duration.
+    for flags in [
+        &["--mode=batch", "--batch=3"][..],
+        &["--mode=stream"][..],
+        &["--mode=check", "--rate=2000"][..],
+    ] {
+        let started = quotad::core::clock::Stopwatch::start();
+        let r = run(&d, &[flags, &["--requests=37", "--duration=10s"]].concat()).await;
+        let per_request = if flags[0] == "--mode=batch" { 3 } else { 1 };
+        assert_eq!(r["requests"].as_u64(), Some(37), "{flags:?}: {r}");
+        assert_eq!(
+            r["checks"].as_u64(),
+            Some(37 * per_request),
+            "{flags:?}: {r}"
+        );
+        assert!(started.seconds() < 5.0, "{flags:?}: {r}");
+        assert!(r["seconds"].as_f64().unwrap() < 5.0, "{flags:?}: {r}");
+    }
+    let out = Command::new(BENCH)
+        .args(["--requests=0", "--duration=1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
 #[test]
 fn it_loads_only_loopback_unless_told() {
     let out = Command::new(BENCH)

@@ -2,7 +2,7 @@
 //! (open loop), one request shape per mode, and what came back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -153,6 +153,25 @@ impl Keys {
     }
 }
 
+/// What `--requests` leaves to send, shared by every caller; unbounded
+/// without it.
+#[derive(Clone)]
+struct Budget(Option<Arc<AtomicU64>>);
+
+impl Budget {
+    fn new(args: &Args) -> Self {
+        Budget(args.requests.map(|n| Arc::new(AtomicU64::new(n))))
+    }
+
+    /// Takes one request; false once they are all taken.
+    fn take(&self) -> bool {
+        self.0.as_ref().is_none_or(|left| {
+            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        })
+    }
+}
+
 /// The client for one mode.
 #[derive(Clone)]
 enum Client {
@@ -269,10 +288,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             measuring.store(true, Ordering::Relaxed);
         });
     }
+    let budget = Budget::new(args);
     let mut tasks = tokio::task::JoinSet::new();
     match (args.rate, args.mode) {
         (Some(rate), _) => {
-            tasks.spawn(open_loop(args.clone(), channels, rate, measure_from, end));
+            tasks.spawn(open_loop(
+                args.clone(),
+                channels,
+                rate,
+                measure_from,
+                end,
+                budget,
+            ));
         }
         (None, Mode::Stream) => {
             for w in 0..args.concurrency {
@@ -283,6 +310,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     w as u64,
                     end,
                     Arc::clone(&measuring),
+                    budget.clone(),
                 ));
             }
         }
@@ -295,6 +323,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     w as u64,
                     end,
                     Arc::clone(&measuring),
+                    budget.clone(),
                 ));
             }
         }
@@ -303,7 +332,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     while let Some(done) = tasks.join_next().await {
         total.add(&done.context("a caller task")??);
     }
-    total.elapsed = end.saturating_duration_since(measure_from);
+    // A run cut short by `--requests` measured until it stopped.
+    total.elapsed = Instant::now()
+        .min(end)
+        .saturating_duration_since(measure_from);
     Ok(total)
 }
 
@@ -313,10 +345,11 @@ async fn closed_loop(
     seed: u64,
     end: Instant,
     measuring: Arc<AtomicBool>,
+    budget: Budget,
 ) -> anyhow::Result<Outcome> {
     let mut keys = Keys::new(&args, seed)?;
     let mut out = Outcome::new();
-    while Instant::now() < end {
+    while Instant::now() < end && budget.take() {
         let sent = Instant::now();
         let answered = call(&mut client, &args, &mut keys).await;
         if measuring.load(Ordering::Relaxed) {
@@ -334,6 +367,7 @@ async fn stream(
     seed: u64,
     end: Instant,
     measuring: Arc<AtomicBool>,
+    budget: Budget,
 ) -> anyhow::Result<Outcome> {
     let mut keys = Keys::new(&args, seed)?;
     let mut client = RateLimiterClient::new(ch);
@@ -348,7 +382,7 @@ async fn stream(
     let mut id = 0u64;
     loop {
         // Keep the window full until the end, then drain it.
-        while sent.len() < args.window && Instant::now() < end {
+        while sent.len() < args.window && Instant::now() < end && budget.take() {
             id += 1;
             let req = CheckRequest {
                 key: keys.next(),
@@ -395,6 +429,7 @@ async fn open_loop(
     rate: f64,
     measure_from: Instant,
     end: Instant,
+    budget: Budget,
 ) -> anyhow::Result<Outcome> {
     let args = Arc::new(args);
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
@@ -406,7 +441,7 @@ async fn open_loop(
     let schedule = tokio::spawn(async move {
         for n in 0u64.. {
             let due = start + interval.mul_f64(n as f64);
-            if due >= end {
+            if due >= end || !budget.take() {
                 break;
             }
             if due > Instant::now() + Duration::from_millis(2) {

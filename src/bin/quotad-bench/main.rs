@@ -14,8 +14,9 @@
 //!   was *due*, so a stall shows as the wait it causes (no coordinated
 //!   omission). At most `--concurrency` are in flight; the rest queue.
 //!
-//! It stops by itself (`--duration`, at most 10 minutes) and talks to
-//! loopback addresses only unless `--allow-remote` is given.
+//! It stops by itself (`--duration`, at most 10 minutes, or after
+//! `--requests`) and talks to loopback addresses only unless
+//! `--allow-remote` is given.
 
 mod drive;
 mod report;
@@ -115,6 +116,12 @@ pub struct Args {
     /// Load before measuring starts (not counted).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// Stop after this many requests in all (warm-up included), or at
+    /// the end of `--duration`, whichever comes first: with `--warmup 0s`
+    /// and a key space much larger than the requests, every check of the
+    /// run is for a key of its own.
+    #[arg(long)]
+    pub requests: Option<u64>,
     /// Open loop: requests per second, due at fixed intervals.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -159,8 +166,8 @@ impl Args {
                 "--keys, --concurrency, --connections and --threads must be at least 1".into(),
             );
         }
-        if self.batch == 0 || self.window == 0 {
-            return Err("--batch and --window must be at least 1".into());
+        if self.batch == 0 || self.window == 0 || self.requests == Some(0) {
+            return Err("--batch, --window and --requests must be at least 1".into());
         }
         if let Some(r) = self.rate
             && !(r.is_finite() && r > 0.0)
