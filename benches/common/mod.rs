@@ -1,10 +1,21 @@
 //! What the plain-`main` benches share: telling a real run from a test
-//! run, and a throwaway `redis-server`.
+//! run, a throwaway `redis-server`, and for the benches that drive real
+//! processes (`e2e`, `flood`, `soak`): where they run on the machine, a
+//! `quotad serve` child with its `/metrics` and `/proc` figures, and
+//! `quotad-bench` runs with their JSON reports.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub const QUOTAD: &str = env!("CARGO_BIN_EXE_quotad");
+pub const BENCH: &str = env!("CARGO_BIN_EXE_quotad-bench");
 
 /// Whether this is `cargo bench` (not `cargo test --benches`).
 pub fn bench_mode() -> bool {
@@ -88,4 +99,222 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cores of the `pinned` layout.
+pub const SERVER_CPU: &str = "1";
+pub const GENERATOR_CPU: &str = "0";
+
+/// Where processes run (`QUOTAD_E2E_LAYOUT`).
+/// - `pinned` (default): the server under test on CPU 1 with one runtime
+///   thread, the generator (and `redis-server`) on CPU 0 (`taskset`), so
+///   neither takes the other's core;
+/// - `shared`: no pinning, servers with their default threads.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Layout {
+    Pinned,
+    Shared,
+}
+
+impl Layout {
+    pub fn from_env() -> anyhow::Result<Layout> {
+        match std::env::var("QUOTAD_E2E_LAYOUT").as_deref() {
+            Err(_) | Ok("pinned") => {
+                let taskset = Command::new("taskset")
+                    .args(["-c", SERVER_CPU, "true"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if taskset {
+                    Ok(Layout::Pinned)
+                } else {
+                    println!("(no taskset or no CPU 1: running unpinned)");
+                    Ok(Layout::Shared)
+                }
+            }
+            Ok("shared") => Ok(Layout::Shared),
+            Ok(other) => bail!("QUOTAD_E2E_LAYOUT={other}: pinned or shared"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Pinned => "pinned",
+            Layout::Shared => "shared",
+        }
+    }
+
+    /// A command for `exe` on the server side (`server`) or the
+    /// generator's. `taskset` execs `exe`, so the child's pid is its.
+    pub fn command(self, exe: &str, server: bool) -> Command {
+        match self {
+            Layout::Shared => Command::new(exe),
+            Layout::Pinned => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", if server { SERVER_CPU } else { GENERATOR_CPU }, exe]);
+                if server {
+                    c.env("TOKIO_WORKER_THREADS", "1");
+                }
+                c
+            }
+        }
+    }
+
+    /// Where `redis-server` goes: beside the generator when pinned (in
+    /// production it is another machine; the server's core is what is
+    /// measured).
+    pub fn redis_cpu(self) -> Option<&'static str> {
+        (self == Layout::Pinned).then_some(GENERATOR_CPU)
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A plain HTTP/1.1 GET on loopback: the status line, headers and body.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The value of an unlabelled sample in a `/metrics` text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A real `quotad serve` child on free loopback ports, ready.
+pub struct Quotad {
+    pub name: String,
+    pub grpc: u16,
+    pub http: u16,
+    proc: Proc,
+}
+
+impl Quotad {
+    /// Writes `yaml` to `dir/<name>.yaml` and serves it, placed as
+    /// `layout` says; waits (up to 10 s) for `/readyz`.
+    pub fn start(layout: Layout, dir: &Path, name: &str, yaml: &str) -> anyhow::Result<Quotad> {
+        let (grpc, http) = (free_port()?, free_port()?);
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, yaml)?;
+        let child = layout
+            .command(QUOTAD, true)
+            .args(["serve", "--log", "warn", "--config"])
+            .arg(&config)
+            .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
+            .arg(format!("--http-addr=127.0.0.1:{http}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start quotad")?;
+        let mut q = Quotad {
+            name: name.to_owned(),
+            grpc,
+            http,
+            proc: Proc { child },
+        };
+        for _ in 0..400 {
+            if http_get(http, "/readyz").is_ok_and(|b| b.starts_with("HTTP/1.1 200")) {
+                return Ok(q);
+            }
+            if let Some(status) = q.proc.child.try_wait()? {
+                bail!("{name} exited before it was ready: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("{name} did not get ready in 10 s")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// The whole `/metrics` text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        http_get(self.http, "/metrics")
+    }
+
+    /// A sample from `/metrics` (no labels).
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        sample(&self.metrics()?, name)
+            .with_context(|| format!("{}: no {name} in /metrics", self.name))
+    }
+
+    /// The process's resident set (`VmRSS` in `/proc/<pid>/status`), bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .context("no VmRSS in /proc/<pid>/status")
+    }
+
+    /// Open file descriptors (entries of `/proc/<pid>/fd`).
+    pub fn fds(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc.child.try_wait().is_ok_and(|s| s.is_none())
+    }
+}
+
+/// One `quotad-bench` run's JSON report.
+pub struct Run(pub Value);
+
+impl Run {
+    pub fn n(&self, k: &str) -> f64 {
+        self.0[k].as_f64().unwrap_or(0.0)
+    }
+
+    pub fn p(&self, q: &str) -> u64 {
+        self.0["latency_us"][q].as_u64().unwrap_or(0)
+    }
+}
+
+/// `quotad-bench --json` against gRPC port `grpc`, on the generator's
+/// side of `layout`; flags are appended.
+pub fn bench_command(layout: Layout, grpc: u16) -> Command {
+    let mut c = layout.command(BENCH, false);
+    c.arg(format!("--addr=127.0.0.1:{grpc}")).arg("--json");
+    c
+}
+
+/// The report of a finished `quotad-bench`; an error if it failed.
+pub fn bench_report(out: Output, what: &str) -> anyhow::Result<Run> {
+    if !out.status.success() {
+        bail!(
+            "quotad-bench {what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(Run(
+        serde_json::from_slice(&out.stdout).context("quotad-bench's report")?
+    ))
 }

@@ -27,16 +27,13 @@ mod floor;
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
-const QUOTAD: &str = env!("CARGO_BIN_EXE_quotad");
-const BENCH: &str = env!("CARGO_BIN_EXE_quotad-bench");
+use common::{Layout, Proc, Quotad, Run};
 
 /// The targets of the performance issue.
 const FLOOR_RATIO: f64 = 0.90;
@@ -71,78 +68,12 @@ const TEST: Scale = Scale {
     big: 2_000,
 };
 
-/// A child process, killed when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The cores of the `pinned` layout.
-const SERVER_CPU: &str = "1";
-const GENERATOR_CPU: &str = "0";
-
-/// Where processes run (see the module doc).
-#[derive(Clone, Copy, PartialEq)]
-enum Layout {
-    Pinned,
-    Shared,
-}
-
-impl Layout {
-    fn from_env() -> anyhow::Result<Layout> {
-        match std::env::var("QUOTAD_E2E_LAYOUT").as_deref() {
-            Err(_) | Ok("pinned") => {
-                let taskset = Command::new("taskset")
-                    .args(["-c", SERVER_CPU, "true"])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if taskset {
-                    Ok(Layout::Pinned)
-                } else {
-                    println!("(no taskset or no CPU 1: running unpinned)");
-                    Ok(Layout::Shared)
-                }
-            }
-            Ok("shared") => Ok(Layout::Shared),
-            Ok(other) => bail!("QUOTAD_E2E_LAYOUT={other}: pinned or shared"),
-        }
-    }
-
-    /// A command for `exe` on the server side (`server`) or the
-    /// generator's.
-    fn command(self, exe: &str, server: bool) -> Command {
-        match self {
-            Layout::Shared => Command::new(exe),
-            Layout::Pinned => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", if server { SERVER_CPU } else { GENERATOR_CPU }, exe]);
-                if server {
-                    c.env("TOKIO_WORKER_THREADS", "1");
-                }
-                c
-            }
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A server under test: its gRPC port, and quotad's HTTP port.
+/// A server under test: the floor or quotad.
 struct Server {
     name: &'static str,
     grpc: u16,
-    http: Option<u16>,
-    _proc: Proc,
+    quotad: Option<Quotad>,
+    _proc: Option<Proc>,
 }
 
 impl Server {
@@ -168,8 +99,8 @@ impl Server {
         Ok(Server {
             name: "floor",
             grpc,
-            http: None,
-            _proc: proc,
+            quotad: None,
+            _proc: Some(proc),
         })
     }
 
@@ -179,41 +110,21 @@ impl Server {
         dir: &Path,
         redis: Option<u16>,
     ) -> anyhow::Result<Server> {
-        let (grpc, http) = (free_port()?, free_port()?);
-        let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, config_yaml(redis))?;
-        let child = layout
-            .command(QUOTAD, true)
-            .args(["serve", "--log", "warn", "--config"])
-            .arg(&config)
-            .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
-            .arg(format!("--http-addr=127.0.0.1:{http}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot start quotad")?;
-        let s = Server {
+        let q = Quotad::start(layout, dir, name, &config_yaml(redis))?;
+        Ok(Server {
             name,
-            grpc,
-            http: Some(http),
-            _proc: Proc { child },
-        };
-        for _ in 0..400 {
-            if http_get(http, "/readyz").is_ok_and(|b| b.starts_with("HTTP/1.1 200")) {
-                return Ok(s);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        bail!("{name} did not get ready in 10 s")
+            grpc: q.grpc,
+            quotad: Some(q),
+            _proc: None,
+        })
     }
 
     /// A sample from quotad's `/metrics` (no labels).
     fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let port = self.http.context("the floor has no metrics")?;
-        let body = http_get(port, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("{}: no {name} in /metrics", self.name))
+        self.quotad
+            .as_ref()
+            .context("the floor has no metrics")?
+            .metric(name)
     }
 }
 
@@ -243,31 +154,6 @@ store: {{ max_tracked_keys: 4000000, sweep_interval: 1h{secret} }}
     )
 }
 
-fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-/// One `quotad-bench` run's report.
-struct Run(Value);
-
-impl Run {
-    fn n(&self, k: &str) -> f64 {
-        self.0[k].as_f64().unwrap_or(0.0)
-    }
-
-    fn p(&self, q: &str) -> u64 {
-        self.0["latency_us"][q].as_u64().unwrap_or(0)
-    }
-}
-
 struct Bench {
     layout: Layout,
     scale: &'static Scale,
@@ -276,31 +162,16 @@ struct Bench {
 impl Bench {
     /// Drives `server` with `quotad-bench` and these flags.
     fn load(&self, server: &Server, duration: &str, flags: &[&str]) -> anyhow::Result<Run> {
-        let out = self
-            .layout
-            .command(BENCH, false)
-            .arg(format!("--addr=127.0.0.1:{}", server.grpc))
+        let out = common::bench_command(self.layout, server.grpc)
             .arg(format!("--duration={duration}"))
             .arg(format!("--warmup={}", self.scale.warmup))
             // Defaults first: quotad-bench takes a repeated flag's last
             // value, so `flags` may override them.
-            .args([
-                "--json",
-                "--threads=1",
-                "--connections=2",
-                "--concurrency=32",
-            ])
+            .args(["--threads=1", "--connections=2", "--concurrency=32"])
             .args(flags)
             .output()
             .context("cannot run quotad-bench")?;
-        if !out.status.success() {
-            bail!(
-                "quotad-bench {flags:?} against {}: {}",
-                server.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let run = Run(serde_json::from_slice(&out.stdout).context("quotad-bench's report")?);
+        let run = common::bench_report(out, &format!("{flags:?} against {}", server.name))?;
         if run.n("requests") < 1.0 || run.n("errors") > 0.0 {
             bail!("{} {flags:?}: {}", server.name, run.0);
         }
@@ -499,11 +370,7 @@ fn run(full: bool) -> anyhow::Result<Vec<Row>> {
     let big = format!("--keys={}", scale.big);
     println!(
         "layout {}, {} per case, best of {}, big = {} keys",
-        if layout == Layout::Pinned {
-            "pinned"
-        } else {
-            "shared"
-        },
+        layout.name(),
         scale.duration,
         scale.rounds,
         scale.big
@@ -621,8 +488,7 @@ fn run(full: bool) -> anyhow::Result<Vec<Row>> {
     // Redis sync mode against in memory, the store filled alike.
     // Redis shares the generator's core: in production it is another
     // machine, and the server's core is what the ratio is about.
-    let redis_cpu = (layout == Layout::Pinned).then_some(GENERATOR_CPU);
-    match common::Redis::start_on(redis_cpu) {
+    match common::Redis::start_on(layout.redis_cpu()) {
         None => println!("redis-server not found: skipping the sync cases"),
         Some(redis) => {
             drop(floor);
