@@ -23,17 +23,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
+use tower_layer::{Identity, Stack};
 
 use crate::admin::AdminService;
 use crate::admin::audit::Audit;
 use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
+use crate::api::malformed::Malformed;
 use crate::api::native::NativeService;
 use crate::api::pb;
 use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
-use crate::config::{Config, TlsFiles};
+use crate::config::{Config, ConnLimits, TlsFiles};
+use crate::conn::{CallLayer, Conn, Gate, Peer};
 use crate::control::Control;
 use crate::control::reload::{Cause, Loader, Reloader, fingerprint};
 use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
@@ -154,18 +157,70 @@ impl Listener {
         }
     }
 
-    /// Serves `router` on this listener until `stop` fires.
-    fn serve(self, router: Router, what: &'static str, stop: Shutdown) -> BoxedServe {
+    /// Serves `router` on this listener until `stop` fires, admitting
+    /// connections through `gate`.
+    fn serve(
+        self,
+        router: Routes,
+        what: &'static str,
+        gate: Arc<Gate>,
+        stop: Shutdown,
+    ) -> BoxedServe {
         match self.tls {
-            None => Box::pin(router.serve_with_incoming_shutdown(incoming(self.tcp), wait(stop))),
-            Some(tls) => Box::pin(
-                router.serve_with_incoming_shutdown(tls.incoming(self.tcp, what), wait(stop)),
-            ),
+            None => {
+                let conns = incoming(self.tcp).filter_map(move |tcp| admit(&gate, tcp));
+                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+            }
+            Some(tls) => {
+                let conns = tls
+                    .incoming(self.tcp, what)
+                    .filter_map(move |tls| admit(&gate, tls));
+                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+            }
         }
     }
 }
 
 type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// The gRPC servers' routes, with each call counted on its connection.
+type Routes = Router<Stack<CallLayer, Identity>>;
+
+/// An accepted connection through `gate`; accept errors pass on (the
+/// server decides which end it).
+fn admit<IO: Peer>(
+    gate: &Arc<Gate>,
+    accepted: std::io::Result<IO>,
+) -> std::future::Ready<Option<std::io::Result<Conn<IO>>>> {
+    std::future::ready(match accepted {
+        Ok(io) => gate.admit(io).map(Ok),
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// A gRPC server builder with the connection limits of `c`.
+fn server(c: &ConnLimits) -> Server<Stack<CallLayer, Identity>> {
+    let builder = Server::builder()
+        .max_concurrent_streams(c.max_concurrent_streams)
+        .http2_keepalive_interval(Some(c.keepalive_interval))
+        .http2_keepalive_timeout(Some(c.keepalive_timeout))
+        .http2_max_header_list_size(MAX_HEADER_LIST);
+    let builder = match c.max_connection_age {
+        Some(age) => builder
+            .max_connection_age(age)
+            .max_connection_age_grace(MAX_AGE_GRACE),
+        None => builder,
+    };
+    builder.layer(CallLayer)
+}
+
+/// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
+/// gRPC metadata is small; more is refused before a call starts.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// How long a connection past `server.max_connection_age` may finish its
+/// calls before it is closed.
+const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
 
 impl App {
     /// Builds the limiter and binds the listeners, using the real clock.
@@ -382,14 +437,19 @@ impl App {
             None => None,
         };
 
+        let conns = &config.server.conns;
+        let max = conns.max_message_bytes;
         let grpc_server = grpc.serve(
-            Server::builder()
-                .add_service(HealthServer::new(health))
-                .add_service(reflection().build_v1()?)
-                .add_service(reflection().build_v1alpha()?)
-                .add_service(RateLimiterServer::new(native))
-                .add_service(RateLimitServiceServer::new(rls)),
+            server(conns)
+                .add_service(HealthServer::new(health).max_decoding_message_size(max))
+                .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+                .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
+                .add_service(RateLimiterServer::new(native).max_decoding_message_size(max))
+                .add_service(Malformed(
+                    RateLimitServiceServer::new(rls).max_decoding_message_size(max),
+                )),
             "grpc",
+            Gate::new("grpc", conns.max_connections, conns.idle_timeout, &metrics),
             grpc_stop.clone(),
         );
         let mut grpc_task = tokio::spawn(async move {
@@ -406,11 +466,12 @@ impl App {
                 redis_overrides,
             );
             let admin_server = admin.serve(
-                Server::builder()
-                    .add_service(QuotaAdminServer::new(service))
-                    .add_service(reflection().build_v1()?)
-                    .add_service(reflection().build_v1alpha()?),
+                server(conns)
+                    .add_service(QuotaAdminServer::new(service).max_decoding_message_size(max))
+                    .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+                    .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max)),
                 "admin",
+                Gate::new("admin", conns.max_connections, conns.idle_timeout, &metrics),
                 grpc_stop.clone(),
             );
             rest.spawn(async move {

@@ -78,6 +78,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod core;
 pub mod limits;

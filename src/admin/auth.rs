@@ -57,7 +57,7 @@ pub fn authorize<T>(
     scope: Scope,
     call: &str,
 ) -> Result<Caller, Status> {
-    let peer = request.remote_addr();
+    let (peer, certs) = crate::conn::ConnInfo::peer_of(request);
     let refuse = |why: &str| {
         tracing::warn!(peer = ?peer, call, "admin call refused: {why}");
         Status::unauthenticated(why.to_owned())
@@ -81,7 +81,7 @@ pub fn authorize<T>(
             scope.as_str()
         )));
     }
-    let cert_subject = request.peer_certs().and_then(|certs| peer_subject(&certs));
+    let cert_subject = certs.and_then(|certs| peer_subject(&certs));
     Ok(Caller {
         token: token.id.clone(),
         cert_subject,

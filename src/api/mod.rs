@@ -14,6 +14,7 @@ pub mod envoy_descriptors;
 pub mod envoy_rls;
 pub mod error;
 pub mod headers;
+pub mod malformed;
 pub mod native;
 pub mod request_id;
 pub mod validate;

@@ -82,6 +82,13 @@ server:
   http_addr: 127.0.0.1:9090    # HTTP: health and readiness
   shutdown_grace: 10s          # how long in-flight calls may finish on shutdown (ms, s, m or h)
   # drain_delay: 5s            # on shutdown, report not-ready this long before refusing connections
+  max_connections: 10000       # open gRPC connections at most; more are closed at once (and counted)
+  max_concurrent_streams: 1000 # calls in flight on one connection (HTTP/2); more are refused
+  max_message_bytes: 1048576   # largest request message; bigger ones get OUT_OF_RANGE unread
+  idle_timeout: 5m             # a connection with no call in flight this long is closed
+  keepalive_interval: 60s      # HTTP/2 ping to each connection this often ...
+  keepalive_timeout: 20s       # ... and close it when the ping is not answered this soon
+  # max_connection_age: 30m    # close (gracefully) connections older than this, to rebalance
 
 requests:                      # caps on what a caller may send
   max_key_bytes: 256           # longest API key
@@ -178,7 +185,42 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// TLS for the gRPC (check) listener; plain text when `None`.
     pub tls: Option<TlsFiles>,
+    /// Limits on each connection to the gRPC listeners (keys under
+    /// `server` in the file).
+    pub conns: ConnLimits,
 }
+
+/// Limits on the connections to the gRPC listeners (the check and the
+/// admin listener): how many, how big a message, how long idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Most connections open at once on each gRPC listener; more are
+    /// closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Most calls in flight on one connection (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Largest request message, in bytes; a bigger one is refused
+    /// (`OUT_OF_RANGE`) from its length prefix, before it is read.
+    pub max_message_bytes: usize,
+    /// A connection with no call in flight for this long is closed (also
+    /// one that never sends a call).
+    pub idle_timeout: Duration,
+    /// How often each connection is sent an HTTP/2 ping.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Connections older than this are asked to go away (GOAWAY), so
+    /// clients spread over new nodes; `None`: no limit.
+    pub max_connection_age: Option<Duration>,
+}
+
+/// Largest `server.max_connections`.
+const MAX_CONNECTIONS_CAP: u64 = 1_000_000;
+/// Largest `server.max_concurrent_streams`.
+const MAX_STREAMS_CAP: u64 = 1_000_000;
+/// Smallest and largest `server.max_message_bytes`.
+const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(64 << 20);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -188,6 +230,21 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             tls: None,
+            conns: ConnLimits::default(),
+        }
+    }
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_concurrent_streams: 1000,
+            max_message_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: None,
         }
     }
 }
@@ -660,6 +717,17 @@ impl Config {
             format_duration(s.drain_delay),
             describe_tls(s.tls.as_ref())
         ));
+        let c = &s.conns;
+        lines.push(format!(
+            "connections: max {} ({} calls each), max message {} bytes, idle timeout {}, keepalive every {} (timeout {}), max age {}",
+            c.max_connections,
+            c.max_concurrent_streams,
+            c.max_message_bytes,
+            format_duration(c.idle_timeout),
+            format_duration(c.keepalive_interval),
+            format_duration(c.keepalive_timeout),
+            c.max_connection_age.map_or("none".to_owned(), format_duration)
+        ));
         let r = &self.requests;
         lines.push(format!(
             "requests: max key {} bytes, max cost {}, max batch {}, max descriptors {}, max entries {}, max entry {} bytes",
@@ -864,6 +932,13 @@ struct ServerRaw {
     shutdown_grace: Option<Dur>,
     drain_delay: Option<Dur>,
     tls: Option<TlsRaw>,
+    max_connections: Option<Positive>,
+    max_concurrent_streams: Option<Positive>,
+    max_message_bytes: Option<Positive>,
+    idle_timeout: Option<Dur>,
+    keepalive_interval: Option<Dur>,
+    keepalive_timeout: Option<Dur>,
+    max_connection_age: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -937,6 +1012,56 @@ impl ConfigRaw {
             if let Some(d) = s.drain_delay {
                 server.drain_delay = d.0;
             }
+            let at_most =
+                |v: Option<Positive>, field: &str, range: std::ops::RangeInclusive<u64>| {
+                    v.map(|p| {
+                        let n = p.0.get();
+                        if range.contains(&n) {
+                            Ok(n)
+                        } else {
+                            Err(Issue::new(
+                                vec![Seg::key("server"), Seg::key(field)],
+                                format!(
+                                    "must be from {} to {} (got {n})",
+                                    range.start(),
+                                    range.end()
+                                ),
+                            ))
+                        }
+                    })
+                    .transpose()
+                };
+            if let Some(n) = at_most(
+                s.max_connections,
+                "max_connections",
+                1..=MAX_CONNECTIONS_CAP,
+            )? {
+                server.conns.max_connections = n as usize;
+            }
+            if let Some(n) = at_most(
+                s.max_concurrent_streams,
+                "max_concurrent_streams",
+                1..=MAX_STREAMS_CAP,
+            )? {
+                server.conns.max_concurrent_streams = n as u32;
+            }
+            if let Some(n) = at_most(
+                s.max_message_bytes,
+                "max_message_bytes",
+                MESSAGE_BYTES_RANGE,
+            )? {
+                server.conns.max_message_bytes = n as usize;
+            }
+            if let Some(d) = s.idle_timeout {
+                server.conns.idle_timeout = d.0;
+            }
+            if let Some(d) = s.keepalive_interval {
+                server.conns.keepalive_interval = d.0;
+            }
+            if let Some(d) = s.keepalive_timeout {
+                server.conns.keepalive_timeout = d.0;
+            }
+            server.conns.max_connection_age = s.max_connection_age.map(|d| d.0);
             server.tls = s
                 .tls
                 .map(|t| t.build(base, &["server", "tls"]))
@@ -1453,6 +1578,13 @@ server:
   grpc_addr: 0.0.0.0:50051
   http_addr: "[::1]:8080"
   shutdown_grace: 500ms
+  max_connections: 500
+  max_concurrent_streams: 64
+  max_message_bytes: 65536
+  idle_timeout: 30s
+  keepalive_interval: 10s
+  keepalive_timeout: 2s
+  max_connection_age: 1h
 requests:
   max_key_bytes: 128
   max_cost: 5000
@@ -1475,6 +1607,18 @@ envoy:
         assert_eq!(c.server.grpc_addr.to_string(), "0.0.0.0:50051");
         assert_eq!(c.server.http_addr.to_string(), "[::1]:8080");
         assert_eq!(c.server.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(
+            c.server.conns,
+            ConnLimits {
+                max_connections: 500,
+                max_concurrent_streams: 64,
+                max_message_bytes: 65536,
+                idle_timeout: Duration::from_secs(30),
+                keepalive_interval: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(2),
+                max_connection_age: Some(Duration::from_secs(3600)),
+            }
+        );
         assert_eq!(
             c.requests,
             RequestCaps {
@@ -1529,6 +1673,7 @@ plans: 2 (default: free)
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
 server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none, tls off
+connections: max 10000 (1000 calls each), max message 1048576 bytes, idle timeout 5m, keepalive every 1m (timeout 20s), max age none
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
 envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off
@@ -1608,6 +1753,18 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             (
                 "server:\n  shutdown_grace: 0s\n",
                 "t.yaml:2:19: server.shutdown_grace: duration must be more than 0",
+            ),
+            (
+                "server:\n  max_message_bytes: 100\n",
+                "t.yaml:2:22: server.max_message_bytes: must be from 1024 to 67108864 (got 100)",
+            ),
+            (
+                "server:\n  max_connections: 0\n",
+                "t.yaml:2:20: server.max_connections: must be at least 1 (got 0)",
+            ),
+            (
+                "server:\n  idle_timeout: forever\n",
+                "t.yaml:2:17: server.idle_timeout: invalid duration 'forever' (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",
             ),
             (
                 "store:\n  sweep_interval: 25h\n",

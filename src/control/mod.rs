@@ -566,6 +566,50 @@ pub fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static
         &o.http_addr,
         &mut n.http_addr,
     );
+    // The listeners are built with these once.
+    let (oc, nc) = (&o.conns, &mut n.conns);
+    keep(
+        &mut changed,
+        "server.max_connections",
+        &oc.max_connections,
+        &mut nc.max_connections,
+    );
+    keep(
+        &mut changed,
+        "server.max_concurrent_streams",
+        &oc.max_concurrent_streams,
+        &mut nc.max_concurrent_streams,
+    );
+    keep(
+        &mut changed,
+        "server.max_message_bytes",
+        &oc.max_message_bytes,
+        &mut nc.max_message_bytes,
+    );
+    keep(
+        &mut changed,
+        "server.idle_timeout",
+        &oc.idle_timeout,
+        &mut nc.idle_timeout,
+    );
+    keep(
+        &mut changed,
+        "server.keepalive_interval",
+        &oc.keepalive_interval,
+        &mut nc.keepalive_interval,
+    );
+    keep(
+        &mut changed,
+        "server.keepalive_timeout",
+        &oc.keepalive_timeout,
+        &mut nc.keepalive_timeout,
+    );
+    keep(
+        &mut changed,
+        "server.max_connection_age",
+        &oc.max_connection_age,
+        &mut nc.max_connection_age,
+    );
     if o.tls.is_some() != n.tls.is_some() {
         changed.push("server.tls");
         n.tls.clone_from(&o.tls);

@@ -187,6 +187,12 @@ pub mod names {
     pub const READY: &str = "quotad_ready";
     /// Build information.
     pub const BUILD: &str = "quotad_build_info";
+    /// Open connections by listener.
+    pub const CONNECTIONS: &str = "quotad_connections_open";
+    /// Connections closed at accept: the listener had `server.max_connections`.
+    pub const CONNECTIONS_REFUSED: &str = "quotad_connections_refused_total";
+    /// Connections closed after `server.idle_timeout` with no call.
+    pub const CONNECTIONS_IDLE: &str = "quotad_connections_idle_closed_total";
     /// The heaviest keys.
     pub const HEAVY: &str = "quotad_heavy_key_checks";
     /// Resident memory.
@@ -304,6 +310,21 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         "Resident memory of the process, in bytes.",
     ),
     (FDS, Kind::Gauge, "Open file descriptors of the process."),
+    (
+        CONNECTIONS,
+        Kind::Gauge,
+        "Open gRPC connections by listener (grpc, admin).",
+    ),
+    (
+        CONNECTIONS_REFUSED,
+        Kind::Counter,
+        "Connections closed as soon as accepted: the listener had server.max_connections open.",
+    ),
+    (
+        CONNECTIONS_IDLE,
+        Kind::Counter,
+        "Connections closed after server.idle_timeout without a call in flight.",
+    ),
 ];
 
 #[derive(Clone, Copy)]
