@@ -21,6 +21,9 @@ mod envoy_rls;
 mod health;
 /// The Helm chart starts the binary with flags and files it accepts.
 mod helm;
+/// Hostile callers: oversized, nested and flooding messages, stalled
+/// streams, idle connections.
+mod hostile;
 /// Prometheus /metrics after known traffic, readiness with strict limits.
 mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
