@@ -4,6 +4,7 @@
 //! EX_USAGE, on any error, before anything binds), start logging, bind,
 //! serve until SIGTERM/SIGINT, drain, exit 0. SIGHUP reloads the config
 //! (the file, then the flags over it, as at start).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -19,6 +19,7 @@
 //! it from stdin, keeping it out of `ps` too), or `--hash HEX` names it by
 //! the hash listings and logs show. Output is a table, or JSON with
 //! `-o json`; exit codes are listed in [`client::exit`].
+#![forbid(unsafe_code)]
 
 mod client;
 mod output;

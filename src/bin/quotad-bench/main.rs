@@ -17,6 +17,7 @@
 //! It stops by itself (`--duration`, at most 10 minutes, or after
 //! `--requests`) and talks to loopback addresses only unless
 //! `--allow-remote` is given.
+#![forbid(unsafe_code)]
 
 mod drive;
 mod report;
