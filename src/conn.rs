@@ -328,16 +328,19 @@ where
             .get::<ConnInfo>()
             .map(|info| info.activity.begin());
         CallFuture {
-            inner: Box::pin(self.inner.call(request)),
+            inner: self.inner.call(request),
             guard,
         }
     }
 }
 
-/// A call's response on its way; carries the call's guard into the body.
-pub struct CallFuture<F> {
-    inner: Pin<Box<F>>,
-    guard: Option<CallGuard>,
+pin_project_lite::pin_project! {
+    /// A call's response on its way; carries the call's guard into the body.
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<CallGuard>,
+    }
 }
 
 impl<F, RB, E> Future for CallFuture<F>
@@ -347,8 +350,8 @@ where
     type Output = Result<http::Response<Tracked<RB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        match this.inner.as_mut().poll(cx) {
+        let this = self.project();
+        match this.inner.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(response)) => {

@@ -43,12 +43,19 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        Answer(Box::pin(self.0.call(request)))
+        Answer {
+            inner: self.0.call(request),
+        }
     }
 }
 
-/// The wrapped server's answer, its status corrected.
-pub struct Answer<F>(Pin<Box<F>>);
+pin_project_lite::pin_project! {
+    /// The wrapped server's answer, its status corrected.
+    pub struct Answer<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
 impl<F, RB, E> Future for Answer<F>
 where
@@ -57,7 +64,7 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().0.as_mut().poll(cx).map_ok(|mut response| {
+        self.project().inner.poll(cx).map_ok(|mut response| {
             correct(response.headers_mut());
             response
         })
