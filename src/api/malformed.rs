@@ -74,13 +74,18 @@ where
 /// Rewrites a trailers-only decode failure (`grpc-status: 13` with
 /// prost's message) to `grpc-status: 3`, `malformed request: …`.
 fn correct(headers: &mut http::HeaderMap) {
-    let internal = headers
+    // Answers that are not errors carry their status in the trailers:
+    // one lookup, and done.
+    if headers
         .get("grpc-status")
-        .is_some_and(|s| s.as_bytes() == b"13");
+        .is_none_or(|s| s.as_bytes() != b"13")
+    {
+        return;
+    }
     let Some(message) = headers.get("grpc-message") else {
         return;
     };
-    if !internal || !message.as_bytes().starts_with(DECODE_FAILED) {
+    if !message.as_bytes().starts_with(DECODE_FAILED) {
         return;
     }
     // The rest stays as it was encoded.
