@@ -425,3 +425,45 @@ async fn idle_connections_are_capped_and_closed_and_busy_ones_stay() {
     // And room is free again for new callers.
     assert!(d.check("k", 1).await.allowed);
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_stays() {
+    use tokio::io::AsyncWriteExt;
+    let d = TestDaemon::with_config(&with_server(
+        "  keepalive_interval: 1s\n  keepalive_timeout: 1s\n  idle_timeout: 1h\n",
+    ))
+    .await;
+    // A live client: its HTTP/2 stack answers the pings.
+    let mut live = RateLimiterClient::new(d.channel().await);
+    assert!(
+        live.check(req("k", 1))
+            .await
+            .expect("served")
+            .into_inner()
+            .allowed
+    );
+    // A peer that opens HTTP/2 (preface and empty SETTINGS) and then only
+    // listens: it never acknowledges a ping.
+    let mut mute = TcpStream::connect(d.grpc_addr).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
+    mute.write_all(&hello).await.expect("preface sent");
+    assert!(
+        closed_within(&mut mute, 10).await,
+        "a peer that does not answer pings is dropped"
+    );
+    // The live client's connection is still the one open.
+    let open = || metric(&d, "quotad_connections_open", &[("listener", "grpc")]);
+    eventually("only the live connection open", 5, || async {
+        open().await == 1.0
+    })
+    .await;
+    assert!(
+        live.check(req("k", 1))
+            .await
+            .expect("served")
+            .into_inner()
+            .allowed
+    );
+    assert_eq!(open().await, 1.0, "no reconnect was needed");
+}
