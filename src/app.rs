@@ -168,13 +168,13 @@ impl Listener {
     ) -> BoxedServe {
         match self.tls {
             None => {
-                let conns = incoming(self.tcp).filter_map(move |tcp| admit(&gate, tcp));
+                let conns = incoming(self.tcp).filter_map(move |tcp| admit(Arc::clone(&gate), tcp));
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
             Some(tls) => {
                 let conns = tls
                     .incoming(self.tcp, what)
-                    .filter_map(move |tls| admit(&gate, tls));
+                    .filter_map(move |tls| admit(Arc::clone(&gate), tls));
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
         }
@@ -186,17 +186,25 @@ type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error
 /// The gRPC servers' routes, with each call counted on its connection.
 type Routes = Router<Stack<CallLayer, Identity>>;
 
-/// An accepted connection through `gate`; accept errors pass on (the
-/// server decides which end it).
-fn admit<IO: Peer>(
-    gate: &Arc<Gate>,
+/// An accepted connection through `gate`. An accept error (out of file
+/// descriptors, say) is logged and skipped after a short pause: tonic
+/// would retry at once, spinning while the listener stays readable.
+async fn admit<IO: Peer>(
+    gate: Arc<Gate>,
     accepted: std::io::Result<IO>,
-) -> std::future::Ready<Option<std::io::Result<Conn<IO>>>> {
-    std::future::ready(match accepted {
+) -> Option<std::io::Result<Conn<IO>>> {
+    match accepted {
         Ok(io) => gate.admit(io).map(Ok),
-        Err(e) => Some(Err(e)),
-    })
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed; pausing accepts for 50 ms");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            None
+        }
+    }
 }
+
+/// How long accepting pauses after it failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A gRPC server builder with the connection limits of `c`.
 fn server(c: &ConnLimits) -> Server<Stack<CallLayer, Identity>> {
@@ -212,6 +220,25 @@ fn server(c: &ConnLimits) -> Server<Stack<CallLayer, Identity>> {
         None => builder,
     };
     builder.layer(CallLayer)
+}
+
+/// Warns when the connection caps exceed what the open-files limit
+/// allows: accepts would fail (and be retried every 50 ms) before the cap
+/// is reached.
+fn warn_if_short_of_files(config: &Config) {
+    let per_listener = config.server.conns.max_connections as u64;
+    let listeners = 1 + u64::from(config.admin.is_some());
+    // Listeners, Redis, config files, logs: a few dozen at most.
+    let needed = per_listener * listeners + 64;
+    if let Some(limit) = crate::conn::open_files_limit()
+        && limit < needed
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = per_listener,
+            "server.max_connections exceeds the open-files limit (ulimit -n): raise the limit or lower max_connections, or accepts fail before the cap"
+        );
+    }
 }
 
 /// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
@@ -286,6 +313,7 @@ impl App {
             ),
             _ => tracing::info!("admin API off (no admin section in the config)"),
         }
+        warn_if_short_of_files(&config);
         let files = config.watched_files();
         let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
             .await
