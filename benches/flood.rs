@@ -48,9 +48,9 @@
 //! and the journal holds up to the cap's cells when the flush falls
 //! behind (the flood makes new cells faster than one Lua call per cell
 //! sends them). So the bound per cell grows by the journal's entry (48 B
-//! + a control byte, ≤ 112 B at 7/16 load) and by the flush's copy of
-//! it (a round drains the whole journal into a vector: 48 B per entry):
-//! 64 + 112 + 48 = 224, rounded to 256 B per cell unless
+//! and a control byte, ≤ 112 B at 7/16 load) and by the flush's copy
+//! of it (a round drains the whole journal into a vector: 48 B per
+//! entry): 64 + 112 + 48 = 224, rounded to 256 B per cell unless
 //! `--bytes-per-cell` says otherwise.
 //!
 //! `cargo bench --bench flood` floods 10 000 000 keys over a cap of
