@@ -530,7 +530,7 @@ impl App {
             rest_stop.clone(),
         ));
         let http_server = axum::serve(
-            http,
+            crate::conn::HttpListener::new(http, Gate::for_http(&metrics)),
             telemetry::router(
                 ready.clone(),
                 redis_state,

@@ -14,6 +14,9 @@
 //!   their next call. Connections that never send a call at all (a
 //!   half-open flood) are closed the same way. HTTP/2 pings, which every
 //!   live client answers, do not count as calls.
+//! - The HTTP listener (health, `/metrics`) goes through a gate of its own
+//!   ([`HttpListener`]): at most [`HTTP_MAX_CONNECTIONS`], and a
+//!   connection whose peer sends nothing for [`HTTP_IDLE`] is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +42,9 @@ use crate::telemetry::metrics::names;
 pub struct Gate {
     permits: Arc<Semaphore>,
     idle_timeout: Duration,
+    /// Whether bytes read count as activity (HTTP/1, where calls are not
+    /// counted); otherwise only calls in flight do.
+    reads_are_activity: bool,
     open: Gauge,
     refused: Counter,
     idle_closed: Counter,
@@ -65,10 +71,22 @@ impl Gate {
         Arc::new(Gate {
             permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             idle_timeout,
+            reads_are_activity: false,
             open: metrics.gauge(names::CONNECTIONS, &labels),
             refused: metrics.counter(names::CONNECTIONS_REFUSED, &labels),
             idle_closed: metrics.counter(names::CONNECTIONS_IDLE, &labels),
         })
+    }
+
+    /// The gate of the HTTP listener (health and `/metrics`): at most
+    /// [`HTTP_MAX_CONNECTIONS`], each closed after [`HTTP_IDLE`] without a
+    /// byte from its peer.
+    pub fn for_http(metrics: &Metrics) -> Arc<Gate> {
+        let mut gate = Gate::new("http", HTTP_MAX_CONNECTIONS, HTTP_IDLE, metrics);
+        if let Some(g) = Arc::get_mut(&mut gate) {
+            g.reads_are_activity = true;
+        }
+        gate
     }
 
     /// `io`, counted as open until it is dropped; `None` (and `io` closed)
@@ -117,6 +135,46 @@ fn parse_open_files(limits: &str) -> Option<u64> {
         .ok()
 }
 
+/// Most connections open at once on the HTTP listener: probes and
+/// scrapers need a handful.
+pub const HTTP_MAX_CONNECTIONS: usize = 256;
+
+/// How long an HTTP connection may send nothing before it is closed (a
+/// request's headers trickled in byte by byte keep it, the cap bounds it).
+pub const HTTP_IDLE: Duration = Duration::from_secs(30);
+
+/// The HTTP listener through its [`Gate`], for `axum::serve`.
+pub struct HttpListener {
+    tcp: tokio::net::TcpListener,
+    gate: Arc<Gate>,
+}
+
+impl HttpListener {
+    /// Accepts on `tcp` through `gate`.
+    pub fn new(tcp: tokio::net::TcpListener, gate: Arc<Gate>) -> Self {
+        HttpListener { tcp, gate }
+    }
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Conn<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn<TcpStream>, SocketAddr) {
+        loop {
+            // axum's accept logs and pauses on errors itself.
+            let (tcp, addr) = axum::serve::Listener::accept(&mut self.tcp).await;
+            if let Some(conn) = self.gate.admit(tcp) {
+                return (conn, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// What a gated connection tells about its peer.
 pub trait Peer: AsyncRead + AsyncWrite + Unpin {
     /// The peer's address.
@@ -158,6 +216,12 @@ struct Activity {
 }
 
 impl Activity {
+    /// Notes activity now (bytes read, where they count).
+    fn touch(&self) {
+        let since = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::AcqRel);
+    }
+
     fn begin(self: &Arc<Self>) -> CallGuard {
         self.calls.fetch_add(1, Ordering::AcqRel);
         CallGuard(Arc::clone(self))
@@ -179,10 +243,8 @@ struct CallGuard(Arc<Activity>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let a = &self.0;
-        let since = u64::try_from(a.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        a.last.fetch_max(since, Ordering::AcqRel);
-        a.calls.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -266,7 +328,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
             // End of file: the HTTP/2 server closes the connection.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.gate.reads_are_activity && buf.filled().len() > before {
+            this.info.activity.touch();
+        }
+        read
     }
 }
 

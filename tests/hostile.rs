@@ -467,3 +467,32 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_stays() {
     );
     assert_eq!(open().await, 1.0, "no reconnect was needed");
 }
+
+#[tokio::test]
+async fn the_http_listener_caps_its_connections_too() {
+    let d = TestDaemon::start().await;
+    // Connections that never send a request fill the HTTP listener's cap.
+    let mut idle = Vec::new();
+    for _ in 0..quotad::conn::HTTP_MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(d.http_addr).await.expect("connect"));
+    }
+    let mut over = TcpStream::connect(d.http_addr).await.expect("connect");
+    assert!(closed_within(&mut over, 5).await, "over the cap: closed");
+    // gRPC is not affected.
+    assert!(d.check("k", 1).await.allowed);
+    // Once they go, health and metrics answer again, and counted the one
+    // refused.
+    drop(idle);
+    let refused = || {
+        metric(
+            &d,
+            "quotad_connections_refused_total",
+            &[("listener", "http")],
+        )
+    };
+    eventually("the refused HTTP connection counted", 5, || async {
+        refused().await == 1.0
+    })
+    .await;
+    assert_eq!(d.http_get("/readyz").await.0, 200);
+}

@@ -313,17 +313,17 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     (
         CONNECTIONS,
         Kind::Gauge,
-        "Open gRPC connections by listener (grpc, admin).",
+        "Open connections by listener (grpc, admin, http).",
     ),
     (
         CONNECTIONS_REFUSED,
         Kind::Counter,
-        "Connections closed as soon as accepted: the listener had server.max_connections open.",
+        "Connections closed as soon as accepted: the listener had its cap (server.max_connections; 256 for http) open.",
     ),
     (
         CONNECTIONS_IDLE,
         Kind::Counter,
-        "Connections closed after server.idle_timeout without a call in flight.",
+        "Connections closed idle: server.idle_timeout without a call in flight (grpc, admin), 30 s without a byte (http).",
     ),
 ];
 
