@@ -63,6 +63,14 @@ where
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
+/// The status `answer` was refused with, which must have `code`.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(answer: Result<T, tonic::Status>, code: Code) -> tonic::Status {
+    let s = answer.expect_err("refused");
+    assert_eq!(s.code(), code, "{s:?}");
+    s
+}
+
 /// A key `len` bytes long.
 fn key_of(len: usize) -> String {
     "k".repeat(len)
@@ -73,19 +81,14 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     let d = TestDaemon::with_config(&with_server("  max_message_bytes: 4096\n")).await;
     let mut c = RateLimiterClient::new(d.channel().await);
     // Just under the cap: decoded, then refused for what it says.
-    let s = c
-        .check(req(&key_of(4000), 1))
-        .await
-        .expect_err("too long a key");
-    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let s = refused(c.check(req(&key_of(4000), 1)).await, Code::InvalidArgument);
     assert_eq!(
         s.message(),
         "key: 4000 bytes exceeds the maximum of 64 bytes"
     );
     // Over it: refused from the length prefix, naming both sizes.
     for len in [5000, 8 << 20] {
-        let s = c.check(req(&key_of(len), 1)).await.expect_err("too big");
-        assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
+        let s = refused(c.check(req(&key_of(len), 1)).await, Code::OutOfRange);
         assert!(
             s.message().contains("the limit is: 4096 bytes"),
             "{}",
@@ -95,8 +98,7 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     let batch = CheckBatchRequest {
         checks: (0..1000).map(|i| req(&format!("key-{i}"), 1)).collect(),
     };
-    let s = c.check_batch(batch).await.expect_err("a batch too big");
-    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
+    let s = refused(c.check_batch(batch).await, Code::OutOfRange);
     // The same connection still answers.
     assert!(
         c.check(req("k", 1))
@@ -108,11 +110,10 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     // Envoy's API has the same cap.
     let mut rls = RateLimitServiceClient::new(d.channel().await);
     let huge = descriptor(&[("api_key", "k"), ("path", &key_of(10_000))]);
-    let s = rls
-        .should_rate_limit(request("edge", vec![huge], 1))
-        .await
-        .expect_err("too big");
-    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
+    let s = refused(
+        rls.should_rate_limit(request("edge", vec![huge], 1)).await,
+        Code::OutOfRange,
+    );
 }
 
 #[tokio::test]
@@ -123,17 +124,15 @@ async fn floods_of_items_and_extreme_numbers_get_invalid_argument() {
     let batch = CheckBatchRequest {
         checks: (0..20_000).map(|_| req("k", 1)).collect(),
     };
-    let s = c.check_batch(batch).await.expect_err("refused");
-    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let s = refused(c.check_batch(batch).await, Code::InvalidArgument);
     assert_eq!(s.message(), "checks: 20000 items exceed the maximum of 10");
     // Thousands of descriptors, and thousands of entries in one.
     let mut rls = RateLimitServiceClient::new(d.channel().await);
     let many = (0..5000).map(|_| descriptor(&[("api_key", "k")])).collect();
-    let s = rls
-        .should_rate_limit(request("edge", many, 1))
-        .await
-        .expect_err("refused");
-    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let s = refused(
+        rls.should_rate_limit(request("edge", many, 1)).await,
+        Code::InvalidArgument,
+    );
     assert_eq!(
         s.message(),
         "descriptors: 5000 items exceed the maximum of 4"
@@ -143,25 +142,25 @@ async fn floods_of_items_and_extreme_numbers_get_invalid_argument() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let s = rls
-        .should_rate_limit(request("edge", vec![descriptor(&entries)], 1))
-        .await
-        .expect_err("refused");
-    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let s = refused(
+        rls.should_rate_limit(request("edge", vec![descriptor(&entries)], 1))
+            .await,
+        Code::InvalidArgument,
+    );
     assert_eq!(
         s.message(),
         "descriptors[0].entries: 5000 items exceed the maximum of 4"
     );
     // The request-wide hits_addend at its largest.
-    let s = rls
-        .should_rate_limit(request(
+    let s = refused(
+        rls.should_rate_limit(request(
             "edge",
             vec![descriptor(&[("api_key", "k")])],
             u32::MAX,
         ))
-        .await
-        .expect_err("refused");
-    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        .await,
+        Code::InvalidArgument,
+    );
     // An id of u64::MAX is the caller's to choose and comes back as sent.
     let mut one = req("k", 1);
     one.id = u64::MAX;
@@ -276,8 +275,7 @@ async fn a_header_flood_is_refused_before_the_call_and_others_are_served() {
         "x-padding",
         key_of(64 * 1024).parse().expect("ascii metadata"),
     );
-    let s = c.check(big).await.expect_err("headers over the cap");
-    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    let s = refused(c.check(big).await, Code::ResourceExhausted);
     // Nothing was charged and a new connection is served.
     assert_eq!(d.check("k", 1).await.remaining, 19);
 }
@@ -483,7 +481,7 @@ async fn the_http_listener_caps_its_connections_too() {
     // Once they go, health and metrics answer again, and counted the one
     // refused.
     drop(idle);
-    let refused = || {
+    let closed_at_accept = || {
         metric(
             &d,
             "quotad_connections_refused_total",
@@ -491,7 +489,7 @@ async fn the_http_listener_caps_its_connections_too() {
         )
     };
     eventually("the refused HTTP connection counted", 5, || async {
-        refused().await == 1.0
+        closed_at_accept().await == 1.0
     })
     .await;
     assert_eq!(d.http_get("/readyz").await.0, 200);
