@@ -1,12 +1,12 @@
 //! The quotad binary itself: check-config, exit code 64, the embedded default, SIGTERM.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use quotad::api::pb::CheckRequest;
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_quotad");
+use crate::support::process::{BIN, spawn_serve};
 
 fn fixture(name: &str, body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -102,120 +102,6 @@ fn bad_flags_and_clashing_listeners_exit_64() {
     );
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
-}
-
-/// A `quotad serve` child on free ports; killed on drop.
-struct Daemon {
-    child: tokio::process::Child,
-    log: tokio::sync::mpsc::UnboundedReceiver<String>,
-    grpc: String,
-    /// The admin listener, when it logged one.
-    admin: Option<String>,
-}
-
-impl Daemon {
-    /// Waits (bounded) for a log line containing `text`.
-    async fn wait_log(&mut self, text: &str) {
-        let find = async {
-            while let Some(line) = self.log.recv().await {
-                if line.contains(text) {
-                    return;
-                }
-            }
-            panic!("daemon exited before logging {text:?}");
-        };
-        tokio::time::timeout(Duration::from_secs(10), find)
-            .await
-            .unwrap_or_else(|_| panic!("no log line {text:?}"));
-    }
-
-    /// Waits (bounded, 5 s) for the daemon to exit; its exit code.
-    async fn exit_code(&mut self, why: &str) -> Option<i32> {
-        tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{why}"))
-            .expect("wait for the daemon")
-            .code()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        assert!(
-            Command::new("kill")
-                .args([name, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-async fn spawn_serve(extra: &[&str]) -> Daemon {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env("QUOTAD_LOG", "info")
-        .env_remove("QUOTAD_CONFIG")
-        .env_remove("QUOTAD_GRPC_ADDR")
-        .env_remove("QUOTAD_HTTP_ADDR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut grpc = None;
-    let mut admin = None;
-    // Read log lines until the daemon reports ready: it logs the bound
-    // addresses, then "quotad ready".
-    let read = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            // Text lines say `name=value`; JSON lines (`--log-format
-            // json`) carry the field by name.
-            let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(v) => v[name.trim_end_matches('=')].as_str().map(str::to_owned),
-                Err(_) => line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .map(str::to_owned),
-            };
-            if line.contains("gRPC listener bound") {
-                grpc = field("grpc_addr=");
-            }
-            if line.contains("admin listener bound") {
-                admin = field("admin_addr=");
-            }
-            if line.contains("quotad ready") {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("daemon started");
-    // Keep draining stdout (so the child never blocks on a full pipe) into
-    // a channel tests can wait on.
-    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    Daemon {
-        child,
-        log,
-        grpc: grpc.expect("daemon logged its gRPC address"),
-        admin,
-    }
 }
 
 #[tokio::test]

@@ -19,6 +19,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod process;
+
 /// 2026-11-27T12:00:00Z: a fixed start so calendar windows are predictable.
 pub const T0: u64 = 1_795_780_800 * 1_000_000_000;
 
@@ -378,6 +380,8 @@ fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Extra `redis-server` arguments, kept across restarts.
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -385,10 +389,17 @@ impl RedisServer {
     /// another process take the free port first (tests run in parallel),
     /// tries another.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments (kept
+    /// for restarts: persistence settings survive them).
+    pub async fn start_with(args: &[&str]) -> Self {
         for _ in 0..5 {
             let mut s = Self {
                 port: free_port(),
                 child: None,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
             };
             s.spawn().await;
             if s.is_ours() {
@@ -429,6 +440,9 @@ impl RedisServer {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            // DEBUG SLEEP, for the fault tests (off by default since 7.0).
+            .args(["--enable-debug-command", "yes"])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -537,6 +551,7 @@ impl RedisCluster {
             let node = RedisServer {
                 port: *port,
                 child: None,
+                args: Vec::new(),
             };
             let poll = async {
                 while node.ping().await.is_err() {
@@ -566,6 +581,7 @@ impl RedisCluster {
             let node = RedisServer {
                 port: *port,
                 child: None,
+                args: Vec::new(),
             };
             let poll = async {
                 loop {
@@ -762,7 +778,11 @@ impl RedisSentinel {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server --sentinel runs");
-        let sentinel = RedisServer { port, child: None };
+        let sentinel = RedisServer {
+            port,
+            child: None,
+            args: Vec::new(),
+        };
         let poll = async {
             loop {
                 let reply = sentinel
