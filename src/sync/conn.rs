@@ -64,12 +64,20 @@ pub(crate) enum Conn {
 pub(crate) struct SingleConn {
     client: redis::Client,
     manager: ConnectionManager,
+    response_timeout: Duration,
 }
 
-fn manager(client: &redis::Client) -> RedisResult<ConnectionManager> {
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the sync and overrides tasks wait for Redis to answer a
+/// command before they count it as failed.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn manager(client: &redis::Client, response_timeout: Duration) -> RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(200));
     ConnectionManager::new_lazy_with_config(client.clone(), config)
@@ -81,6 +89,7 @@ fn manager(client: &redis::Client) -> RedisResult<ConnectionManager> {
 pub(crate) struct SentinelConn {
     client: Arc<tokio::sync::Mutex<SentinelClient>>,
     conn: Option<MultiplexedConnection>,
+    response_timeout: Duration,
 }
 
 /// A Cluster client and its connection, once made.
@@ -97,12 +106,14 @@ impl Conn {
     /// A lazy connection to `info`; `cluster` treats it as a seed node,
     /// `sentinel_master` as a Sentinel to ask for that master (which gets
     /// `info`'s credentials). `tls_ca` (PEM) replaces the system's roots
-    /// for `rediss://`.
+    /// for `rediss://`. A command Redis has not answered within
+    /// `response_timeout` fails (its outcome unknown).
     pub(crate) fn new(
         info: ConnectionInfo,
         cluster: bool,
         sentinel_master: Option<&str>,
         tls_ca: Option<&[u8]>,
+        response_timeout: Duration,
     ) -> RedisResult<Conn> {
         // rustls needs a crypto provider; ring is this build's. Installing
         // it twice is harmless (the first one stays).
@@ -119,6 +130,7 @@ impl Conn {
             return Ok(Conn::Sentinel(Box::new(SentinelConn {
                 client: Arc::new(tokio::sync::Mutex::new(client)),
                 conn: None,
+                response_timeout,
             })));
         }
         if cluster {
@@ -127,8 +139,8 @@ impl Conn {
                 None => redis::Client::open(info.clone())?,
             };
             let mut builder = ClusterClient::builder(vec![info])
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(Duration::from_secs(1));
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(response_timeout);
             if tls_ca.is_some() {
                 builder = builder.certs(certs());
             }
@@ -143,8 +155,12 @@ impl Conn {
             Some(_) => redis::Client::build_with_tls(info, certs())?,
             None => redis::Client::open(info)?,
         };
-        let manager = manager(&client)?;
-        Ok(Conn::Single(Box::new(SingleConn { client, manager })))
+        let manager = manager(&client, response_timeout)?;
+        Ok(Conn::Single(Box::new(SingleConn {
+            client,
+            manager,
+            response_timeout,
+        })))
     }
 
     /// Runs `script` once per item (`args` appends item `i`'s keys count,
@@ -275,8 +291,8 @@ impl Conn {
             Conn::Sentinel(s) => {
                 if s.conn.is_none() {
                     let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(1)))
-                        .set_response_timeout(Some(Duration::from_secs(1)));
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(s.response_timeout));
                     let mut client = s.client.lock().await;
                     s.conn = Some(client.get_async_connection_with_config(&config).await?);
                 }
@@ -344,7 +360,7 @@ impl Conn {
             Conn::Cluster(c) => c.conn = None,
             Conn::Sentinel(s) => s.conn = None,
             Conn::Single(s) => {
-                if let Ok(m) = manager(&s.client) {
+                if let Ok(m) = manager(&s.client, s.response_timeout) {
                     s.manager = m;
                 }
             }

@@ -206,6 +206,7 @@ impl RedisSync {
             settings.cluster,
             settings.sentinel_master.as_deref(),
             settings.tls_ca.as_deref(),
+            conn::RESPONSE_TIMEOUT,
         )
         .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
@@ -248,7 +249,7 @@ impl RedisSync {
     > {
         let s = &self.settings;
         Ok(strict::StrictClient::new(
-            self.connection()?,
+            self.connection(strict::RESPONSE_TIMEOUT)?,
             Arc::clone(&self.limiter),
             s.key_prefix.clone(),
             s.strict_deadline,
@@ -263,21 +264,23 @@ impl RedisSync {
         control: Arc<Control>,
     ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
         Ok(overrides::pair(
-            self.connection()?,
-            self.connection()?,
+            self.connection(conn::RESPONSE_TIMEOUT)?,
+            self.connection(conn::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
             control,
         ))
     }
 
-    /// A new lazy connection to the same Redis.
-    fn connection(&self) -> Result<Conn, SyncError> {
+    /// A new lazy connection to the same Redis, giving up on an answer
+    /// after `response_timeout`.
+    fn connection(&self, response_timeout: Duration) -> Result<Conn, SyncError> {
         let s = &self.settings;
         Conn::new(
             self.info.clone(),
             s.cluster,
             s.sentinel_master.as_deref(),
             s.tls_ca.as_deref(),
+            response_timeout,
         )
         .map_err(|source| SyncError::Url {
             url: s.redacted_url(),

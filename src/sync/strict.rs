@@ -32,6 +32,16 @@ const BATCH: usize = 256;
 /// once instead of queueing behind a slow Redis.
 const QUEUE: usize = 4_096;
 
+/// How long the task waits for Redis to answer a round trip. Far longer
+/// than any caller waits (`redis.strict_deadline`): only the answer says
+/// whether Redis charged a job whose caller the fail mode has answered,
+/// and so whether to give the charge back. A round trip given up sooner
+/// would leave a stalled Redis (a long script, a slow fork, `DEBUG
+/// SLEEP`) to charge its jobs afterwards, unseen: counted twice under
+/// `local`, charged though refused under `deny`. Callers meanwhile get
+/// the fail mode at their deadline, or at once when the queue is full.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Redis's answer to one job: whether it charged, and each cell's state
 /// before the check.
 pub type StrictAnswer = (bool, Vec<u64>);
