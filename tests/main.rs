@@ -17,6 +17,8 @@ mod dashboard;
 mod envoy_compat;
 /// Envoy RLS v3 through Envoy's own generated client.
 mod envoy_rls;
+/// Redis and config faults, and SIGTERM, under load: answers, fail modes, counts.
+mod faults;
 /// gRPC health, server reflection (v1 and v1alpha), /livez and /readyz.
 mod health;
 /// The Helm chart starts the binary with flags and files it accepts.
