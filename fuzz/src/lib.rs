@@ -10,7 +10,7 @@
 //! | `envoy_rls` | protobuf bytes of a `RateLimitRequest` | Envoy RLS `ShouldRateLimit` through the server as `quotad serve` mounts it |
 //!
 //! Beyond "no panic", each asserts what can be checked from outside:
-//! errors are one line and name their file; a config that loads loads the
+//! errors are one line, name their file and point into it; a config that loads loads the
 //! same again and builds its table; an API answers OK (allowed or over
 //! the limit) or `INVALID_ARGUMENT`, never another code, and exactly when
 //! an independent reading of the request says it is malformed or over the
@@ -45,7 +45,7 @@ use quotad::api::pb::rate_limiter_server::RateLimiterServer;
 use quotad::api::pb::{
     CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason,
 };
-use quotad::config::{Config, ConfigError, RequestCaps};
+use quotad::config::{Config, ConfigError, Diagnostic, RequestCaps};
 use quotad::core::{self, KeyHasher, Limiter, ManualClock};
 use quotad::limits::rls::{RlsDomains, Unit};
 use quotad::limits::rls_file::{self, RlsOptions};
@@ -160,6 +160,36 @@ fn check_config_error(e: &ConfigError, text: &str) {
         origin == ORIGIN || text.contains("rls_files"),
         "an error about another file: {msg:?}"
     );
+    if origin == ORIGIN
+        && let Some(d) = e.diagnostic()
+    {
+        check_location(d, text);
+    }
+}
+
+/// A located error points into the text: its line exists (one past the
+/// last is the end of the text) and so does its column. Lines break at
+/// `\n` and `\r` (YAML's breaks; `\r\n` counted twice, which only
+/// loosens the check); columns are checked without `\r`.
+fn check_location(d: &Diagnostic, text: &str) {
+    let Some(line) = d.line else {
+        return;
+    };
+    let lines: Vec<&str> = text.split(['\n', '\r']).collect();
+    let at = usize::try_from(line).ok().and_then(|l| l.checked_sub(1));
+    let Some(this) = at.and_then(|i| lines.get(i)) else {
+        panic!("line {line} of a {}-line text: {d}", lines.len());
+    };
+    if let Some(column) = d.column
+        && !text.contains('\r')
+    {
+        // 1-based, in characters or bytes: at most one past the end.
+        let len = this.len() as u64;
+        assert!(
+            column >= 1 && column <= len + 1,
+            "column {column} of a {len}-byte line: {d}"
+        );
+    }
 }
 
 /// The `rls_file` target: one envoyproxy/ratelimit file's text.
@@ -181,6 +211,9 @@ pub fn rls_file(data: &[u8]) {
                 msg.starts_with(ORIGIN),
                 "an error that does not name the file: {msg:?}"
             );
+            if let Some(d) = e.diagnostic() {
+                check_location(d, text);
+            }
             return;
         }
     };
