@@ -98,7 +98,7 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     let batch = CheckBatchRequest {
         checks: (0..1000).map(|i| req(&format!("key-{i}"), 1)).collect(),
     };
-    let s = refused(c.check_batch(batch).await, Code::OutOfRange);
+    refused(c.check_batch(batch).await, Code::OutOfRange);
     // The same connection still answers.
     assert!(
         c.check(req("k", 1))
@@ -110,7 +110,7 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     // Envoy's API has the same cap.
     let mut rls = RateLimitServiceClient::new(d.channel().await);
     let huge = descriptor(&[("api_key", "k"), ("path", &key_of(10_000))]);
-    let s = refused(
+    refused(
         rls.should_rate_limit(request("edge", vec![huge], 1)).await,
         Code::OutOfRange,
     );
@@ -152,7 +152,7 @@ async fn floods_of_items_and_extreme_numbers_get_invalid_argument() {
         "descriptors[0].entries: 5000 items exceed the maximum of 4"
     );
     // The request-wide hits_addend at its largest.
-    let s = refused(
+    refused(
         rls.should_rate_limit(request(
             "edge",
             vec![descriptor(&[("api_key", "k")])],
@@ -275,7 +275,7 @@ async fn a_header_flood_is_refused_before_the_call_and_others_are_served() {
         "x-padding",
         key_of(64 * 1024).parse().expect("ascii metadata"),
     );
-    let s = refused(c.check(big).await, Code::ResourceExhausted);
+    refused(c.check(big).await, Code::ResourceExhausted);
     // Nothing was charged and a new connection is served.
     assert_eq!(d.check("k", 1).await.remaining, 19);
 }
