@@ -348,7 +348,7 @@ impl TlsRaw {
             p
         };
         let read = |name: &str, file: &Path| {
-            std::fs::read(file).map_err(|e| {
+            super::read_file(file).map_err(|e| {
                 Issue::new(field(name), format!("cannot read {}: {e}", file.display()))
             })
         };

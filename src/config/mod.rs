@@ -133,6 +133,38 @@ response_headers: both
 # metrics: { heavy_keys: 10, heavy_window: 1m }
 "#;
 
+/// The largest file quotad reads as config, limits, password, certificate
+/// or key: more is refused without being read.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads `path` whole, refusing (unread beyond the cap) a file over
+/// [`MAX_FILE_BYTES`]: a path pointed at a huge file or a device must not
+/// take the process's memory.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB; refused", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`] for text: UTF-8 or an error saying it is not.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
 /// Largest `requests.max_key_bytes`.
@@ -606,7 +638,7 @@ impl Config {
     /// it names (relative to its directory); messages name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        let text = read_text(path).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
@@ -1259,7 +1291,7 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
     let mut settings = RedisSettings::new(url.0);
     if let Some(p) = r.password_file {
         let path = base.join(&p.0);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = read_text(&path).map_err(|e| {
             Issue::new(
                 at("password_file"),
                 format!("cannot read {}: {e}", path.display()),
@@ -1282,7 +1314,7 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
             ));
         }
         let path = base.join(&p.0);
-        let pem = std::fs::read(&path).map_err(|e| {
+        let pem = read_file(&path).map_err(|e| {
             Issue::new(
                 at("tls_ca_file"),
                 format!("cannot read {}: {e}", path.display()),
@@ -1922,6 +1954,25 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/config")
             .join(name)
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_unread_naming_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("huge.yaml");
+        let f = std::fs::File::create(&path).expect("create");
+        // Sparse: no disk is written.
+        f.set_len(MAX_FILE_BYTES + 1).expect("set_len");
+        let err = Config::load(&path).expect_err("refused").to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains("larger than 16 MiB; refused"), "{err}");
+        // At the cap exactly, it is read (and fails as YAML, not as size).
+        f.set_len(MAX_FILE_BYTES).expect("set_len");
+        let err = Config::load(&path).expect_err("not a config").to_string();
+        assert!(!err.contains("larger than"), "{err}");
+        // A device that never ends is cut at the cap too.
+        let err = read_file(Path::new("/dev/zero")).expect_err("endless");
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

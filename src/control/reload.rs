@@ -32,8 +32,8 @@ use super::{Control, Reloaded};
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 
-/// The largest config or limits file a reload reads.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The largest config or limits file a reload reads (as at start).
+pub use crate::config::MAX_FILE_BYTES;
 
 /// Reads the config again, as it was read at start; an error is one line
 /// naming the file, line and field.

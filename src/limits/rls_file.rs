@@ -47,7 +47,7 @@ pub fn load(
     let mut domains = RlsDomains::default();
     for file in expand(paths)? {
         let origin = file.display().to_string();
-        let text = std::fs::read_to_string(&file).map_err(|error| ConfigError::Read {
+        let text = crate::config::read_text(&file).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
