@@ -31,6 +31,12 @@ max_len=${FUZZ_MAX_LEN:-4096}
 sanitizer=${FUZZ_SANITIZER:-none}
 targets=${FUZZ_TARGETS:-config_yaml rls_file native_api envoy_rls}
 tools=$root/target/tools
+for t in $targets; do
+    if [ ! -f "fuzz/fuzz_targets/$t.rs" ]; then
+        echo "fuzz.sh: no target $t (see fuzz/fuzz_targets/)" >&2
+        exit 64
+    fi
+done
 
 if ! command -v c++ >/dev/null 2>&1; then
     sudo=""
@@ -84,8 +90,9 @@ for t in $targets; do
     summary+=("$t: $status, ${seconds}s, ${execs:-?} execs, ${rate:-?} execs/s, corpus $corpus (+ $(find "$root/fuzz/corpus/$t" -type f | wc -l) seeds), log $logs/$t.log")
     if [ "$status" = failed ]; then
         failed+=("$t")
-        grep -E "^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)" \
-            "$logs/$t.log" | head -n 20 >&2 || true
+        # The panic's message is on the line after "panicked at".
+        grep -A1 "panicked at" "$logs/$t.log" | head -n 4 >&2 || true
+        grep -E "^(==[0-9]+== ?ERROR|SUMMARY)" "$logs/$t.log" | head -n 4 >&2 || true
     fi
 done
 
