@@ -324,16 +324,25 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.idle_expired(cx) {
-            // End of file: the HTTP/2 server closes the connection.
+        if this.closed {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.gate.reads_are_activity && buf.filled().len() > before {
-            this.info.activity.touch();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            // Waiting for the peer: only now does the idle timer matter
+            // (polling it on every read cost ~400 instructions a call).
+            Poll::Pending if this.idle_expired(cx) => {
+                // End of file: the HTTP/2 server closes the connection.
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+            read => {
+                if this.gate.reads_are_activity && buf.filled().len() > before {
+                    this.info.activity.touch();
+                }
+                read
+            }
         }
-        read
     }
 }
 
