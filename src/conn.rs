@@ -113,6 +113,7 @@ impl Gate {
             info,
             idle: Box::pin(tokio::time::sleep_until(now + self.idle_timeout)),
             closed: false,
+            armed: false,
             gate: Arc::clone(self),
             _permit: permit,
         })
@@ -280,6 +281,9 @@ pub struct Conn<IO> {
     info: ConnInfo,
     idle: Pin<Box<Sleep>>,
     closed: bool,
+    /// The timer holds this task's waker and has not fired yet: a wait
+    /// for the peer need not poll it again.
+    armed: bool,
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
 }
@@ -293,6 +297,7 @@ impl<IO> Conn<IO> {
         }
         loop {
             if self.idle.as_mut().poll(cx).is_pending() {
+                self.armed = true;
                 return false;
             }
             let now = Instant::now();
@@ -331,7 +336,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             // Waiting for the peer: only now does the idle timer matter
             // (polling it on every read cost ~400 instructions a call).
-            Poll::Pending if this.idle_expired(cx) => {
+            Poll::Pending if (!this.armed || this.idle.is_elapsed()) && this.idle_expired(cx) => {
                 // End of file: the HTTP/2 server closes the connection.
                 Poll::Ready(Ok(()))
             }
