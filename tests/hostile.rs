@@ -323,6 +323,11 @@ async fn a_stream_that_never_reads_its_answers_is_held_back_and_others_are_serve
     tokio::time::timeout(Duration::from_secs(20), levelled)
         .await
         .expect("answers level off while nobody reads them");
+    // What levels it off is the caller's own receive window: hyper's
+    // client takes 2 MiB per stream, about 140 000 of these ~15-byte
+    // answers (measured: 144 329 answered, 188 288 requests taken). The
+    // server holds no queue of its own; a million offered would all be
+    // answered if it did.
     let taken = offered.load(Ordering::Relaxed);
     assert!(
         last < 200_000.0,
