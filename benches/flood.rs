@@ -145,13 +145,7 @@ fn config_yaml(scale: &Scale, cap: u64, redis: Option<u16>) -> String {
     let keys: String = (0..scale.legit)
         .map(|i| format!("  \"legit-{i}\": {{ plan: legit }}\n"))
         .collect();
-    let secret = redis.map_or(
-        "",
-        |_| ", hash_secret: \"00112233445566778899aabbccddeeff\"",
-    );
-    let redis = redis.map_or(String::new(), |port| {
-        format!("redis: {{ url: \"redis://127.0.0.1:{port}/0\" }}\n")
-    });
+    let (secret, redis) = common::redis_yaml(redis);
     format!(
         "default_plan: open
 plans:

@@ -119,23 +119,6 @@ impl Opts {
     }
 }
 
-fn config_yaml(scale: &Scale, redis: u16) -> String {
-    format!(
-        "default_plan: default
-plans:
-  default:
-    limits:
-      - {{ name: per-second, rate: 1000, per: second, burst: 100000000 }}
-envoy: {{ domains: [quotad], key_entry: api_key }}
-response_headers: both
-reload: {{ watch: false }}
-store: {{ max_tracked_keys: 1000000, sweep_interval: {sweep}, hash_secret: \"00112233445566778899aabbccddeeff\" }}
-redis: {{ url: \"redis://127.0.0.1:{redis}/0\" }}
-",
-        sweep = scale.sweep
-    )
-}
-
 /// One sample of the daemon.
 struct Sample {
     at: Duration,
@@ -176,7 +159,12 @@ fn run(full: bool) -> anyhow::Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let dir = tempfile::tempdir()?;
-    let q = Quotad::start(layout, dir.path(), "soak", &config_yaml(scale, redis.port))?;
+    let q = Quotad::start(
+        layout,
+        dir.path(),
+        "soak",
+        &common::daemon_yaml(1_000_000, scale.sweep, Some(redis.port)),
+    )?;
     let keys = format!("--keys={}", scale.keys);
     let common_flags = [
         "--mode=rls",

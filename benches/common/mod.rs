@@ -17,6 +17,39 @@ use serde_json::Value;
 pub const QUOTAD: &str = env!("CARGO_BIN_EXE_quotad");
 pub const BENCH: &str = env!("CARGO_BIN_EXE_quotad-bench");
 
+/// The config of a daemon under bench load: one plan large enough that
+/// every check passes (the full decision path, charges included), idle
+/// cells kept `sweep` long, the headers at their default; in Redis sync
+/// mode when `redis` gives a port.
+pub fn daemon_yaml(max_tracked_keys: u64, sweep: &str, redis: Option<u16>) -> String {
+    let (secret, redis) = redis_yaml(redis);
+    format!(
+        "default_plan: default
+plans:
+  default:
+    limits:
+      - {{ name: per-second, rate: 1000, per: second, burst: 100000000 }}
+envoy: {{ domains: [quotad], key_entry: api_key }}
+response_headers: both
+reload: {{ watch: false }}
+store: {{ max_tracked_keys: {max_tracked_keys}, sweep_interval: {sweep}{secret} }}
+{redis}"
+    )
+}
+
+/// For Redis sync on `redis`'s port: the `store` fragment with the fixed
+/// `hash_secret` nodes must share, and the `redis` section; both empty
+/// without Redis.
+pub fn redis_yaml(redis: Option<u16>) -> (&'static str, String) {
+    match redis {
+        Some(port) => (
+            ", hash_secret: \"00112233445566778899aabbccddeeff\"",
+            format!("redis: {{ url: \"redis://127.0.0.1:{port}/0\" }}\n"),
+        ),
+        None => ("", String::new()),
+    }
+}
+
 /// Whether this is `cargo bench` (not `cargo test --benches`).
 pub fn bench_mode() -> bool {
     let args: Vec<String> = std::env::args().collect();

@@ -110,7 +110,12 @@ impl Server {
         dir: &Path,
         redis: Option<u16>,
     ) -> anyhow::Result<Server> {
-        let q = Quotad::start(layout, dir, name, &config_yaml(redis))?;
+        let q = Quotad::start(
+            layout,
+            dir,
+            name,
+            &common::daemon_yaml(4_000_000, "1h", redis),
+        )?;
         Ok(Server {
             name,
             grpc: q.grpc,
@@ -126,32 +131,6 @@ impl Server {
             .context("the floor has no metrics")?
             .metric(name)
     }
-}
-
-/// The daemon's config: one plan, large enough that every check passes
-/// (the full decision path, charges included), idle cells kept for the
-/// run (the memory case counts them), the headers at their default.
-fn config_yaml(redis: Option<u16>) -> String {
-    // Redis sync needs nodes to hash keys alike: a fixed secret.
-    let secret = redis.map_or(
-        "",
-        |_| ", hash_secret: \"00112233445566778899aabbccddeeff\"",
-    );
-    let redis = redis.map_or(String::new(), |port| {
-        format!("redis: {{ url: \"redis://127.0.0.1:{port}/0\" }}\n")
-    });
-    format!(
-        "default_plan: default
-plans:
-  default:
-    limits:
-      - {{ name: per-second, rate: 1000, per: second, burst: 100000000 }}
-envoy: {{ domains: [quotad], key_entry: api_key }}
-response_headers: both
-reload: {{ watch: false }}
-store: {{ max_tracked_keys: 4000000, sweep_interval: 1h{secret} }}
-{redis}"
-    )
 }
 
 struct Bench {
