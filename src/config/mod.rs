@@ -142,15 +142,22 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// take the process's memory.
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
+    let too_large = || {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} MiB; refused", MAX_FILE_BYTES >> 20),
-        ));
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    // A regular file says its size: refused unread. Devices and files
+    // that grow are cut at the cap.
+    if file.metadata()?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
     }
     Ok(bytes)
 }

@@ -17,11 +17,11 @@
 //! directory) and editors that write a new file and rename it. Files
 //! that were refused once are not tried again until they change again.
 //!
-//! A file larger than [`MAX_FILE_BYTES`] is refused without being read
-//! (a config is kilobytes; a huge one is a mistake, and reading and
-//! parsing it would cost memory and seconds on every attempt), and the
-//! watcher fingerprints it by size and modification time instead of
-//! hashing it every poll.
+//! A file larger than [`MAX_FILE_BYTES`] is refused by the config reader
+//! without being read (a config is kilobytes; a huge one is a mistake,
+//! and reading and parsing it would cost memory and seconds on every
+//! attempt), and the watcher fingerprints it by size and modification
+//! time instead of hashing it every poll.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,9 +105,6 @@ impl Reloader {
             // Fingerprinted before reading: should a file change while it
             // is read, the next poll sees a difference and reloads again.
             let digest = fingerprint(&before);
-            if let Some(why) = too_large(&before, MAX_FILE_BYTES) {
-                return Err(why);
-            }
             loader().map(|config| {
                 let after = config.watched_files();
                 let digest = if after == before {
@@ -238,28 +235,6 @@ pub fn fingerprint(files: &[PathBuf]) -> String {
     crate::core::hash::hex(&h.finalize())
 }
 
-/// Why `files` (directories: their `*.yaml` and `*.yml` files) cannot be
-/// read: the first one larger than `max` bytes.
-fn too_large(files: &[PathBuf], max: u64) -> Option<String> {
-    let mut all = Vec::new();
-    for f in files {
-        if f.is_dir() {
-            all.extend(yaml_files(f));
-        } else {
-            all.push(f.clone());
-        }
-    }
-    all.iter().find_map(|f| {
-        let len = std::fs::metadata(f).ok()?.len();
-        (len > max).then(|| {
-            format!(
-                "{}: {len} bytes, more than the {max} a config or limits file may have; not read",
-                f.display()
-            )
-        })
-    })
-}
-
 fn hash_file(h: &mut Sha256, f: &Path) {
     // Too large to be read: its size and modification time tell a
     // change (a reload refuses it anyway).
@@ -329,30 +304,13 @@ mod tests {
     }
 
     #[test]
-    fn files_over_the_cap_are_named_and_not_read() {
+    fn files_over_the_cap_are_fingerprinted_by_size_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("quotad.yaml");
-        let limits = dir.path().join("limits");
-        std::fs::create_dir(&limits).unwrap();
-        std::fs::write(&config, "x: 1\n").unwrap();
-        std::fs::write(limits.join("big.yaml"), vec![b'#'; 100]).unwrap();
-        let files = vec![config.clone(), limits.clone()];
-        assert_eq!(too_large(&files, 100), None);
-        let why = too_large(&files, 99).expect("the limits file is over 99 bytes");
-        assert_eq!(
-            why,
-            format!(
-                "{}: 100 bytes, more than the 99 a config or limits file may have; not read",
-                limits.join("big.yaml").display()
-            )
-        );
-        // Over the real cap: fingerprinted by size, still told apart.
         let huge = dir.path().join("huge.yaml");
         let f = std::fs::File::create(&huge).unwrap();
         f.set_len(MAX_FILE_BYTES + 1).unwrap();
         let one = fingerprint(std::slice::from_ref(&huge));
         f.set_len(MAX_FILE_BYTES + 2).unwrap();
         assert_ne!(fingerprint(std::slice::from_ref(&huge)), one);
-        assert!(too_large(std::slice::from_ref(&huge), MAX_FILE_BYTES).is_some());
     }
 }
