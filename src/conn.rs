@@ -67,26 +67,32 @@ impl Gate {
         idle_timeout: Duration,
         metrics: &Metrics,
     ) -> Arc<Gate> {
-        let labels = [("listener", listener)];
-        Arc::new(Gate {
-            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
-            idle_timeout,
-            reads_are_activity: false,
-            open: metrics.gauge(names::CONNECTIONS, &labels),
-            refused: metrics.counter(names::CONNECTIONS_REFUSED, &labels),
-            idle_closed: metrics.counter(names::CONNECTIONS_IDLE, &labels),
-        })
+        Gate::build(listener, max_connections, idle_timeout, false, metrics)
     }
 
     /// The gate of the HTTP listener (health and `/metrics`): at most
     /// [`HTTP_MAX_CONNECTIONS`], each closed after [`HTTP_IDLE`] without a
     /// byte from its peer.
     pub fn for_http(metrics: &Metrics) -> Arc<Gate> {
-        let mut gate = Gate::new("http", HTTP_MAX_CONNECTIONS, HTTP_IDLE, metrics);
-        if let Some(g) = Arc::get_mut(&mut gate) {
-            g.reads_are_activity = true;
-        }
-        gate
+        Gate::build("http", HTTP_MAX_CONNECTIONS, HTTP_IDLE, true, metrics)
+    }
+
+    fn build(
+        listener: &'static str,
+        max_connections: usize,
+        idle_timeout: Duration,
+        reads_are_activity: bool,
+        metrics: &Metrics,
+    ) -> Arc<Gate> {
+        let labels = [("listener", listener)];
+        Arc::new(Gate {
+            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            idle_timeout,
+            reads_are_activity,
+            open: metrics.gauge(names::CONNECTIONS, &labels),
+            refused: metrics.counter(names::CONNECTIONS_REFUSED, &labels),
+            idle_closed: metrics.counter(names::CONNECTIONS_IDLE, &labels),
+        })
     }
 
     /// `io`, counted as open until it is dropped; `None` (and `io` closed)
