@@ -71,6 +71,15 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, tonic::Status>, code: Code) -> 
     s
 }
 
+/// Whether one check of `key` on `c`'s connection is served and allowed.
+async fn allowed(c: &mut RateLimiterClient<tonic::transport::Channel>, key: &str) -> bool {
+    c.check(req(key, 1))
+        .await
+        .expect("served")
+        .into_inner()
+        .allowed
+}
+
 /// A key `len` bytes long.
 fn key_of(len: usize) -> String {
     "k".repeat(len)
@@ -100,13 +109,7 @@ async fn an_oversized_message_is_refused_from_its_length_and_the_connection_serv
     };
     refused(c.check_batch(batch).await, Code::OutOfRange);
     // The same connection still answers.
-    assert!(
-        c.check(req("k", 1))
-            .await
-            .expect("served")
-            .into_inner()
-            .allowed
-    );
+    assert!(allowed(&mut c, "k").await);
     // Envoy's API has the same cap.
     let mut rls = RateLimitServiceClient::new(d.channel().await);
     let huge = descriptor(&[("api_key", "k"), ("path", &key_of(10_000))]);
@@ -438,13 +441,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_stays() {
     .await;
     // A live client: its HTTP/2 stack answers the pings.
     let mut live = RateLimiterClient::new(d.channel().await);
-    assert!(
-        live.check(req("k", 1))
-            .await
-            .expect("served")
-            .into_inner()
-            .allowed
-    );
+    assert!(allowed(&mut live, "k").await);
     // A peer that opens HTTP/2 (preface and empty SETTINGS) and then only
     // listens: it never acknowledges a ping.
     let mut mute = TcpStream::connect(d.grpc_addr).await.expect("connect");
@@ -461,13 +458,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_stays() {
         open().await == 1.0
     })
     .await;
-    assert!(
-        live.check(req("k", 1))
-            .await
-            .expect("served")
-            .into_inner()
-            .allowed
-    );
+    assert!(allowed(&mut live, "k").await);
     assert_eq!(open().await, 1.0, "no reconnect was needed");
 }
 
