@@ -794,7 +794,7 @@ async fn sweeper(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut overflowed = limiter.store().overflowed();
+    let mut full = FullStore::of(limiter.store());
     loop {
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
@@ -819,19 +819,46 @@ async fn sweeper(
                     }
                     Err(e) => tracing::error!(error = %e, "sweep failed"),
                 }
-                let now = limiter.store().overflowed();
-                if now > overflowed {
-                    let store = limiter.store();
-                    tracing::warn!(
-                        new_keys_judged_by_overflow = now - overflowed,
-                        tracked = store.tracked(),
-                        max_tracked_keys = store.limits().max_cells,
-                        "store full: keys not yet tracked share one overflow bucket per limit"
-                    );
-                    overflowed = now;
-                }
+                full = full.report(limiter.store());
             }
         }
+    }
+}
+
+/// What the store did while full, as of the last sweep: logged once per
+/// sweep interval in which anything happened, not per check.
+#[derive(Clone, Copy)]
+struct FullStore {
+    displaced: crate::store::admission::DisplacedCounts,
+    overflow_checks: u64,
+}
+
+impl FullStore {
+    fn of(store: &crate::store::LocalStore) -> Self {
+        Self {
+            displaced: store.displaced(),
+            overflow_checks: store.overflow_checks(),
+        }
+    }
+
+    /// Logs what changed since `self`; returns the new state.
+    fn report(self, store: &crate::store::LocalStore) -> Self {
+        let now = Self::of(store);
+        let (a, b) = (self.displaced, now.displaced);
+        let displaced = (b.buckets + b.counters) - (a.buckets + a.counters);
+        let overflow = now.overflow_checks - self.overflow_checks;
+        if displaced > 0 || overflow > 0 {
+            tracing::warn!(
+                displaced_cells = displaced,
+                units_forgotten = b.units - a.units,
+                bucket_debt_forgiven_s = (b.debt - a.debt) as f64 / 1e9,
+                checks_judged_by_overflow = overflow,
+                tracked = store.tracked(),
+                max_tracked_keys = store.limits().max_cells,
+                "store full: cells cheap to forget were displaced for new keys (a displaced counter's key may spend its units again; with Redis they come back), and keys that could not win a cell shared the overflow cells"
+            );
+        }
+        now
     }
 }
 
@@ -866,6 +893,7 @@ fn sampler(
     ready: Readiness,
 ) -> telemetry::metrics::Sampler {
     let control = Arc::clone(control);
+    let sources = std::sync::Mutex::new(Vec::new());
     Box::new(move |m: &Metrics| {
         let limiter = control.limiter();
         let store = limiter.store();
@@ -875,6 +903,10 @@ fn sampler(
         m.gauge(names::STORE_FULL, &[])
             .set(f64::from(u8::from(store.is_full())));
         m.counter(names::OVERFLOW, &[]).absolute(store.overflowed());
+        let mut seen = sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sample_store(m, store, &mut seen);
         let stats = control.stats();
         m.counter(names::RELOADS, &[("result", "success")])
             .absolute(stats.ok);
@@ -899,6 +931,46 @@ fn sampler(
             }
         }
     })
+}
+
+/// The store's admission counts, and the cells of each source holding
+/// any (the largest [`telemetry::metrics::MAX_NAMES`], the rest as
+/// `(other)`); a source seen at the last scrape and gone now reads 0.
+fn sample_store(m: &Metrics, store: &crate::store::LocalStore, seen: &mut Vec<String>) {
+    let d = store.displaced();
+    m.counter(names::OVERFLOW_CHECKS, &[])
+        .absolute(store.overflow_checks());
+    m.counter(names::DISPLACED, &[("kind", "bucket")])
+        .absolute(d.buckets);
+    m.counter(names::DISPLACED, &[("kind", "counter")])
+        .absolute(d.counters);
+    m.counter(names::DISPLACED_UNITS, &[]).absolute(d.units);
+    m.counter(names::DISPLACED_DEBT, &[])
+        .absolute(d.debt / 1_000_000_000);
+    m.counter(names::ADMISSIONS_REFUSED, &[])
+        .absolute(d.refused);
+    let mut holders = store.budgets().holders();
+    holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
+    let keep = telemetry::metrics::MAX_NAMES - 1;
+    let other: usize = holders.iter().skip(keep).map(|(_, n)| n).sum();
+    let mut now: Vec<(String, usize)> = holders
+        .iter()
+        .take(keep)
+        .map(|(s, n)| (s.name(), *n))
+        .collect();
+    if other > 0 {
+        now.push(("(other)".to_owned(), other));
+    }
+    for name in seen.iter() {
+        if !now.iter().any(|(n, _)| n == name) {
+            m.gauge(names::SOURCE_CELLS, &[("source", name)]).set(0.0);
+        }
+    }
+    for (name, n) in &now {
+        m.gauge(names::SOURCE_CELLS, &[("source", name)])
+            .set(*n as f64);
+    }
+    *seen = now.into_iter().map(|(n, _)| n).collect();
 }
 
 /// How often histogram samples are folded into buckets.

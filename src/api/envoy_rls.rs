@@ -59,7 +59,7 @@ use crate::control::LiveConfig;
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::clock::Stopwatch;
 use crate::core::window::Window;
-use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Verdict};
+use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Source, Verdict};
 use crate::limits::rls::{Action, Algorithm, Domain, RlsLimit, Rule, Unit};
 use crate::limits::{Limit, LimitKind};
 use crate::telemetry::Metrics;
@@ -430,7 +430,7 @@ impl EnvoyRlsService {
         &self,
         snap: &'a Snapshot<'_>,
         key_entry: &str,
-        domain: &str,
+        (domain, source): (&str, Source),
         d: &Desc<'_>,
         r: &'a Resolved<'_>,
         decided: Option<&'a (Decision, Snapshot<'_>)>,
@@ -449,12 +449,17 @@ impl EnvoyRlsService {
                 shadowed: false,
             },
             Resolved::Limit(rl, rule) => {
+                // An operator's block of the key wins over a limit the
+                // request brings.
+                if let Some(blocked) = d.api_key.and_then(|k| snap.blocked(k)) {
+                    return planned(snap, &blocked);
+                }
                 let hasher = self.limiter.hasher();
                 let key = hasher.descriptor_hash(domain, d.pairs());
                 let v = if d.refund {
                     self.limiter.refund_limit(&rl.limit, key, d.cost)
                 } else {
-                    self.limiter.check_limit(&rl.limit, key, d.cost)
+                    self.limiter.check_limit(&rl.limit, key, d.cost, source)
                 };
                 let name = rule.map_or("", |r| r.name.as_str());
                 limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
@@ -628,13 +633,18 @@ impl EnvoyRlsService {
             return Ok(unknown_domain(req));
         };
         let resolved = resolve(&mode, &descs, envoy.algorithm)?;
+        let source = match mode {
+            Mode::Rules(domain) => domain.source,
+            Mode::Plans => Source::PLANS,
+        };
         let outcomes: Vec<Outcome<'_>> = descs
             .iter()
             .zip(&resolved)
             .enumerate()
             .map(|(i, (d, r))| {
                 let decided = strict.get(i).and_then(Option::as_ref);
-                self.apply(&snap, &envoy.key_entry, &req.domain, d, r, decided)
+                let domain = (req.domain.as_str(), source);
+                self.apply(&snap, &envoy.key_entry, domain, d, r, decided)
             })
             .collect();
         let over = outcomes

@@ -78,7 +78,7 @@ mod tests {
             period: MINUTE,
         };
         let span = epoch_span(now, MINUTE);
-        let cell = QuotaCell::new(span.end);
+        let cell = QuotaCell::detached(span.end);
         (w, span, cell)
     }
 

@@ -12,13 +12,16 @@ use super::clock::{Clock, Nanos};
 use super::decision::{Decision, DenyReason, Request};
 use super::gcra::{self, Verdict};
 use super::hash::{KeyHasher, mix};
+use super::source::Source as KeySource;
 use super::{counter, quota};
 use crate::limits::{Assigned, Limit, LimitKind, LimitRef, Plan, PlanId, Source, Table};
-use std::sync::atomic::AtomicU64;
 
 use crate::limits::file::MAX_LIMITS_PER_PLAN;
 use crate::store::journal::CellKind;
-use crate::store::{Landed, LocalStore, Map, QuotaCell, StoreLimits, SweepReport};
+use crate::store::{
+    BucketCell, Cell as StoreCell, Landed, LocalStore, Map, Meta, QuotaCell, StoreLimits,
+    SweepReport,
+};
 
 /// Stands in for the key hash of the shared overflow cells.
 const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
@@ -132,11 +135,12 @@ impl Limiter {
 
     /// Decides `cost` units against one limit for the cells filed under
     /// `key` (a keyed hash, such as an Envoy descriptor's), outside any
-    /// plan: how Envoy RLS descriptor limits are applied. A cost of 0 only
-    /// reports the state.
+    /// plan, counting any new cell under `source`'s budget: how Envoy RLS
+    /// descriptor limits are applied. A cost of 0 only reports the state.
     #[inline]
-    pub fn check_limit(&self, limit: &Limit, key: u64, cost: u64) -> Verdict {
-        self.apply(limit, key, self.clock.now(), cost, cost > 0).0
+    pub fn check_limit(&self, limit: &Limit, key: u64, cost: u64, source: KeySource) -> Verdict {
+        self.apply(limit, (key, source), self.clock.now(), cost, cost > 0)
+            .0
     }
 
     /// Forgets what the key with keyed hash `key_hash` has spent against
@@ -199,7 +203,7 @@ impl Limiter {
     pub fn refund_limit(&self, limit: &Limit, key: u64, cost: u64) -> Verdict {
         let now = self.clock.now();
         self.refund(limit, key, now, cost, Landed::Own);
-        self.apply(limit, key, now, 0, false).0
+        self.apply(limit, (key, KeySource::PLANS), now, 0, false).0
     }
 }
 
@@ -245,6 +249,7 @@ impl Snapshot<'_> {
         let limits = &self.table.plan(plan).limits;
         let lim = self.limiter;
         let commit = req.cost > 0;
+        let cell_key = (cell_key, KeySource::PLANS);
         if let [only] = limits.as_slice() {
             let (v, _) = lim.apply(only, cell_key, now, req.cost, commit);
             return decision(plan, 0, limits, v);
@@ -272,7 +277,7 @@ impl Snapshot<'_> {
             let (v, at) = lim.apply(limit, cell_key, now, req.cost, true);
             if !v.allowed {
                 for (earlier, at) in limits[..i].iter().zip(landed) {
-                    lim.refund(earlier, cell_key, now, req.cost, at);
+                    lim.refund(earlier, cell_key.0, now, req.cost, at);
                 }
                 return decision(plan, i, limits, v);
             }
@@ -282,6 +287,17 @@ impl Snapshot<'_> {
             charged.note(i, v);
         }
         charged.answer(plan, limits)
+    }
+
+    /// The answer for `key` if an operator has blocked it now: a block
+    /// wins over every limit, a request's own included.
+    pub fn blocked(&self, key: &str) -> Option<Decision> {
+        let now = self.limiter.clock.now();
+        let key_hash = self.limiter.hasher.key_hash(key.as_bytes());
+        match self.table.assign(key_hash, now).0 {
+            Assigned::Blocked { until } => Some(blocked(until, now)),
+            Assigned::Plan(_) => None,
+        }
     }
 
     /// Gives `req.cost` units back to every limit of the key's plan (a
@@ -339,7 +355,10 @@ impl Snapshot<'_> {
         let limits = plan.map_or(&[][..], |p| &p.limits[..]);
         let standings = limits
             .iter()
-            .map(|l| (l, self.limiter.apply(l, key_hash, now, 0, false).0))
+            .map(|l| {
+                let key = (key_hash, KeySource::PLANS);
+                (l, self.limiter.apply(l, key, now, 0, false).0)
+            })
             .collect();
         Usage {
             assigned,
@@ -538,26 +557,30 @@ impl Cell<'_> {
 }
 
 impl Limiter {
-    /// Checks one limit for one key; `commit == false` is a dry run. Says
-    /// where the units were charged, if anywhere.
+    /// Checks one limit for one key (its keyed hash and the source a new
+    /// cell counts under); `commit == false` is a dry run. Says where the
+    /// units were charged, if anywhere.
     #[inline]
     fn apply(
         &self,
         limit: &Limit,
-        key: u64,
+        (key, source): (u64, KeySource),
         now: Nanos,
         cost: u64,
         commit: bool,
     ) -> (Verdict, Landed) {
         let cell = Cell::of(limit, key, now);
+        let at = Charge {
+            source,
+            now,
+            commit,
+        };
         let (v, landed) = match cell {
-            Cell::Bucket { rate, id, overflow } => charge(
+            Cell::Bucket { rate, id, overflow } => at.charge(
                 self.store.buckets(),
-                id,
-                overflow,
-                || AtomicU64::new(0),
-                |c, commit| gcra::check(rate, c, now, cost, commit),
-                commit,
+                (id, overflow),
+                BucketCell::new,
+                |c, commit| gcra::check(rate, &c.tat, now, cost, commit),
                 false,
             ),
             Cell::Quota {
@@ -565,13 +588,11 @@ impl Limiter {
                 span,
                 id,
                 overflow,
-            } => charge(
+            } => at.charge(
                 self.store.quotas(),
-                id,
-                overflow,
-                || QuotaCell::new(span.end),
+                (id, overflow),
+                |m| QuotaCell::new(span.end, m),
                 |c, commit| quota::check(q, c, span, now, cost, commit),
-                commit,
                 false,
             ),
             // Limit 0 is always over: nothing to count, no cell to create.
@@ -583,13 +604,11 @@ impl Limiter {
                 span,
                 id,
                 overflow,
-            } => charge(
+            } => at.charge(
                 self.store.quotas(),
-                id,
-                overflow,
-                || QuotaCell::new(span.end),
+                (id, overflow),
+                |m| QuotaCell::new(span.end, m),
                 |c, commit| counter::check(w, c, span, now, cost, commit),
-                commit,
                 true,
             ),
         };
@@ -622,7 +641,7 @@ impl Limiter {
             Cell::Bucket { rate, id, overflow } => pick(id, overflow).and_then(|id| {
                 self.store
                     .buckets()
-                    .get(id, |c| gcra::refund(rate, c, cost))
+                    .get(id, |c| gcra::refund(rate, &c.tat, cost))
             }),
             Cell::Quota { id, overflow, .. } | Cell::Counter { id, overflow, .. } => {
                 pick(id, overflow)
@@ -639,41 +658,67 @@ impl Limiter {
     }
 }
 
-/// The one evaluate-then-charge path of every cell kind: a tracked cell is
-/// updated in place; an untracked key is first evaluated against what a
-/// charge would use, and a cell is created only when the check is a commit
-/// and would pass, or, for kinds that count denied hits too
-/// (`counts_denied`), when it is a commit at all.
-#[inline]
-fn charge<V>(
-    map: Map<'_, V>,
-    id: u64,
-    overflow: u64,
-    make: impl FnOnce() -> V,
-    eval: impl Fn(&V, bool) -> Verdict,
+/// What one charge is made for: the source a new cell counts under, the
+/// time, and whether it is a commit or a dry run.
+#[derive(Clone, Copy)]
+struct Charge {
+    source: KeySource,
+    now: Nanos,
     commit: bool,
-    counts_denied: bool,
-) -> (Verdict, Landed) {
-    let landed = |v: &Verdict, at: Landed| {
-        if commit && (v.allowed || counts_denied) {
-            at
-        } else {
-            Landed::Nowhere
+}
+
+impl Charge {
+    /// The one evaluate-then-charge path of every cell kind: a tracked
+    /// cell is updated in place; an untracked key is first evaluated as a
+    /// new cell, and a cell is created (in free room, or room the store's
+    /// admission policy makes) only when the check is a commit and would
+    /// pass, or, for kinds that count denied hits too (`counts_denied`),
+    /// when it is a commit at all and the store is not nearly full.
+    /// Without room the charge goes to the limit's overflow cell.
+    #[inline]
+    fn charge<V: StoreCell>(
+        self,
+        map: Map<'_, V>,
+        ids: (u64, u64),
+        make: impl Fn(Meta) -> V,
+        eval: impl Fn(&V, bool) -> Verdict,
+        counts_denied: bool,
+    ) -> (Verdict, Landed) {
+        let commit = self.commit;
+        let counted = |v: &Verdict| commit && (v.allowed || counts_denied);
+        let landed = |v: &Verdict, at: Landed| if counted(v) { at } else { Landed::Nowhere };
+        let tracked = map.get(ids.0, |c| {
+            let v = eval(c, commit);
+            if counted(&v) {
+                c.meta().hit();
+            }
+            v
+        });
+        if let Some(v) = tracked {
+            return (v, landed(&v, Landed::Own));
         }
-    };
-    if let Some(v) = map.get(id, |c| eval(c, commit)) {
-        return (v, landed(&v, Landed::Own));
+        let v = eval(&make(Meta::new(self.source, self.now)), false);
+        if !commit || !(v.allowed || (counts_denied && !map.is_nearly_full())) {
+            return (v, Landed::Nowhere);
+        }
+        let ((v, charged), at) = map.upsert(ids, self.source, self.now, make, |c, overflow| {
+            // A denied hit is never counted in a shared overflow cell,
+            // where it would hold every other new key over the limit.
+            if overflow && counts_denied {
+                let v = eval(c, false);
+                if !v.allowed {
+                    return (v, false);
+                }
+            }
+            let v = eval(c, true);
+            let charged = counted(&v);
+            if charged {
+                c.meta().hit();
+            }
+            (v, charged)
+        });
+        (v, if charged { at } else { Landed::Nowhere })
     }
-    let fresh = make();
-    let v = map.untracked(overflow, &fresh, |c| eval(c, false));
-    // A denied hit that is still counted needs a cell of its own: when the
-    // store is full it is not added to the shared overflow cell, where it
-    // would hold every other new key over the limit.
-    if !commit || !(v.allowed || (counts_denied && !map.is_full())) {
-        return (v, Landed::Nowhere);
-    }
-    let (v, at) = map.upsert(id, overflow, || fresh, |c| eval(c, true));
-    (v, landed(&v, at))
 }
 
 #[cfg(test)]
@@ -761,7 +806,13 @@ mod tests {
         assert_eq!(d.remaining, 0, "closest limit is the quota");
         let snap = l.snapshot();
         let bucket = &snap.table().plan(PlanId(0)).limits[0];
-        let (v, _) = l.apply(bucket, l.hasher.key_hash(b"k"), l.now(), 0, false);
+        let (v, _) = l.apply(
+            bucket,
+            (l.hasher.key_hash(b"k"), KeySource::PLANS),
+            l.now(),
+            0,
+            false,
+        );
         assert_eq!(v.remaining, 8);
     }
 
@@ -811,24 +862,99 @@ mod tests {
     }
 
     #[test]
-    fn full_store_sends_new_keys_to_the_shared_overflow_bucket() {
+    fn a_full_store_keeps_keys_charged_twice_and_sends_one_shot_newcomers_to_overflow() {
         let (l, _) = limiter(vec![rate("p", "rate", 1, 3)], 2);
-        assert!(l.check(&req("a", 1)).allowed);
-        assert!(l.check(&req("b", 1)).allowed);
+        for k in ["a", "a", "b", "b"] {
+            assert!(l.check(&req(k, 1)).allowed);
+        }
         assert_eq!(l.store().tracked(), 2);
-        // New keys share one bucket of burst 3.
+        // Newcomers asking once cannot displace a key charged twice: they
+        // share one overflow bucket of burst 3.
         for k in ["c", "d", "e"] {
             assert!(l.check(&req(k, 1)).allowed, "{k}");
         }
         assert!(!l.check(&req("f", 1)).allowed);
-        // Three charges went to the overflow bucket; the denial charged
-        // nothing.
+        // Three charges went to the overflow bucket, four checks were
+        // judged there; the denial charged nothing.
         assert_eq!(l.store().overflowed(), 3);
-        // Existing keys keep their own buckets.
+        assert_eq!(l.store().overflow_checks(), 4);
+        assert_eq!(l.store().displaced().refused, 4);
+        // Existing keys keep their own buckets (one token left each).
         assert!(l.check(&req("a", 1)).allowed);
-        assert!(l.check(&req("b", 2)).allowed);
+        assert!(!l.check(&req("b", 2)).allowed);
         // Two real cells plus the one overflow cell.
         assert_eq!(l.store().tracked(), 3);
+    }
+
+    #[test]
+    fn a_new_key_displaces_the_cheapest_cell_and_what_it_held_is_counted() {
+        let (l, clock) = limiter(vec![quota("p", "q", 100, Window::Day)], 3);
+        for _ in 0..3 {
+            assert!(l.check(&req("busy", 1)).allowed);
+        }
+        assert!(l.check(&req("once", 7)).allowed);
+        clock.advance(1_000_000);
+        assert!(l.check(&req("newer", 1)).allowed);
+        assert!(l.store().is_full());
+        // "once" and "newer" were charged once each: the newer goes.
+        let d = l.check(&req("new", 1));
+        assert!(d.allowed && d.remaining == 99, "{d:?}");
+        let lost = l.store().displaced();
+        assert_eq!((lost.counters, lost.units, lost.refused), (1, 1, 0));
+        assert_eq!(l.store().overflow_checks(), 0);
+        assert_eq!(l.check(&req("busy", 0)).remaining, 97, "kept");
+        assert_eq!(l.check(&req("once", 0)).remaining, 93, "kept");
+        // A full window over holds nothing: it goes first, at no loss.
+        clock.advance(86_400 * NANOS_PER_SEC);
+        assert!(l.check(&req("later", 1)).allowed);
+        let lost = l.store().displaced();
+        assert_eq!((lost.counters, lost.units), (2, 1));
+        assert_eq!(l.store().tracked(), 3);
+    }
+
+    #[test]
+    fn a_key_that_keeps_asking_wins_a_cell_from_one_charged_less() {
+        let (l, _) = limiter(vec![rate("p", "rate", 1, 10)], 1);
+        for _ in 0..3 {
+            assert!(l.check(&req("old", 1)).allowed);
+        }
+        // The overflow bucket (burst 10) serves it meanwhile.
+        assert!(l.check(&req("new", 1)).allowed);
+        assert!(l.check(&req("new", 1)).allowed);
+        assert_eq!(l.store().overflowed(), 2);
+        // Its third ask matches the old key's three charges.
+        let d = l.check(&req("new", 1));
+        assert!(d.allowed && d.remaining == 9, "its own bucket: {d:?}");
+        assert_eq!(l.store().overflowed(), 2);
+        assert_eq!(l.store().displaced().buckets, 1);
+    }
+
+    #[test]
+    fn budgets_keep_a_flood_through_one_domain_off_another_domains_cells() {
+        let (l, _) = limiter(vec![], 10);
+        let w = window(100);
+        let (shop, flood) = (
+            KeySource::of_domain("limiter-test-shop"),
+            KeySource::of_domain("limiter-test-flood"),
+        );
+        for key in 0..3 {
+            assert!(l.check_limit(&w, key, 1, shop).allowed);
+        }
+        // A one-shot flood through another domain fills the rest, then
+        // only displaces its own cells: the shop's stay, each at 1, though
+        // they were charged no more often than the flood's.
+        for key in 1_000..3_000 {
+            assert!(l.check_limit(&w, key, 1, flood).allowed);
+        }
+        assert_eq!(l.store().budgets().held(shop), 3);
+        assert_eq!(l.store().budgets().held(flood), 7);
+        for key in 0..3 {
+            assert_eq!(l.check_limit(&w, key, 0, shop).remaining, 99, "{key}");
+        }
+        // A new shop key, under its share (5 of 10), takes a flood cell.
+        assert!(l.check_limit(&w, 10, 1, shop).allowed);
+        assert_eq!(l.store().budgets().held(shop), 4);
+        assert_eq!(l.store().overflow_checks(), 0);
     }
 
     fn window(limit: u64) -> Limit {
@@ -842,18 +968,18 @@ mod tests {
         let (l, _) = limiter(vec![], 10);
         let w = window(3);
         // A first hit larger than the limit is refused, and counted.
-        assert!(!l.check_limit(&w, 7, 5).allowed);
+        assert!(!l.check_limit(&w, 7, 5, KeySource::PLANS).allowed);
         assert_eq!(l.store().tracked(), 1);
-        assert!(!l.check_limit(&w, 7, 1).allowed);
+        assert!(!l.check_limit(&w, 7, 1, KeySource::PLANS).allowed);
         // A peek counts nothing and creates nothing.
-        assert!(l.check_limit(&w, 8, 0).allowed);
+        assert!(l.check_limit(&w, 8, 0, KeySource::PLANS).allowed);
         assert_eq!(l.store().tracked(), 1);
         // A refund gives back to the own cell only.
         let v = l.refund_limit(&w, 7, 6);
         assert!(v.allowed);
         assert_eq!(v.remaining, 3);
         // Limit 0 keeps no cell at all.
-        assert!(!l.check_limit(&window(0), 9, 1).allowed);
+        assert!(!l.check_limit(&window(0), 9, 1, KeySource::PLANS).allowed);
         assert_eq!(l.store().tracked(), 1);
     }
 
@@ -861,18 +987,23 @@ mod tests {
     fn refused_fixed_window_hits_never_fill_the_shared_overflow_counter() {
         let (l, _) = limiter(vec![], 1);
         let w = window(2);
-        assert!(l.check_limit(&w, 1, 1).allowed);
+        // Charged twice: no newcomer asking once displaces it.
+        assert!(l.check_limit(&w, 1, 1, KeySource::PLANS).allowed);
+        assert!(l.check_limit(&w, 1, 1, KeySource::PLANS).allowed);
         assert!(l.store().is_full());
         // New descriptors share one overflow counter of limit 2; refused
         // hits (too big for the limit) are not added to it.
         for key in 100..110 {
-            assert!(!l.check_limit(&w, key, 3).allowed, "{key}");
+            assert!(
+                !l.check_limit(&w, key, 3, KeySource::PLANS).allowed,
+                "{key}"
+            );
         }
-        assert!(l.check_limit(&w, 200, 1).allowed);
-        assert!(l.check_limit(&w, 201, 1).allowed);
-        assert!(!l.check_limit(&w, 202, 1).allowed);
+        assert!(l.check_limit(&w, 200, 1, KeySource::PLANS).allowed);
+        assert!(l.check_limit(&w, 201, 1, KeySource::PLANS).allowed);
+        assert!(!l.check_limit(&w, 202, 1, KeySource::PLANS).allowed);
         // Another limit of the same unit has its own overflow counter.
-        assert!(l.check_limit(&window(5), 203, 1).allowed);
+        assert!(l.check_limit(&window(5), 203, 1, KeySource::PLANS).allowed);
         assert_eq!(l.store().overflowed(), 3);
     }
 
@@ -964,7 +1095,13 @@ mod tests {
         assert_eq!(admitted, 1_000);
         let snap = l.snapshot();
         let q = &snap.table().plan(PlanId(0)).limits[1];
-        let (v, _) = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
+        let (v, _) = l.apply(
+            q,
+            (l.hasher.key_hash(b"hot"), KeySource::PLANS),
+            l.now(),
+            0,
+            false,
+        );
         assert_eq!(v.remaining, 100_000 - 1_000);
     }
 
@@ -984,16 +1121,24 @@ mod tests {
         assert_eq!(admitted, 1_000);
         let snap = l.snapshot();
         let q = &snap.table().plan(PlanId(0)).limits[0];
-        let (v, _) = l.apply(q, l.hasher.key_hash(b"hot"), l.now(), 0, false);
+        let (v, _) = l.apply(
+            q,
+            (l.hasher.key_hash(b"hot"), KeySource::PLANS),
+            l.now(),
+            0,
+            false,
+        );
         assert_eq!(v.remaining, 100_000 - admitted);
     }
 
     #[test]
     fn refunds_never_refill_the_overflow_bucket() {
-        let (l, _) = limiter(vec![rate("p", "rate", 1, 2)], 1);
-        assert!(l.check(&req("a", 1)).allowed);
-        // Store full: "b" and "c" share the overflow bucket (burst 2).
-        assert!(l.check(&req("b", 2)).allowed);
+        let (l, _) = limiter(vec![rate("p", "rate", 1, 5)], 1);
+        for _ in 0..3 {
+            assert!(l.check(&req("a", 1)).allowed);
+        }
+        // Store full: "b" and "c" share the overflow bucket (burst 5).
+        assert!(l.check(&req("b", 5)).allowed);
         assert!(!l.check(&req("c", 1)).allowed);
         // "c" returning units it never spent must not refill it.
         l.snapshot().refund(&req("c", 2));

@@ -9,6 +9,7 @@ pub mod gcra;
 pub mod hash;
 pub mod limiter;
 pub mod quota;
+pub mod source;
 pub mod strict;
 pub mod window;
 
@@ -17,3 +18,4 @@ pub use decision::{Decision, DenyReason, Request};
 pub use gcra::Verdict;
 pub use hash::KeyHasher;
 pub use limiter::{Limiter, Snapshot, Usage};
+pub use source::Source;

@@ -108,7 +108,7 @@ mod tests {
     }
 
     fn cell(end: Nanos) -> QuotaCell {
-        QuotaCell::new(end)
+        QuotaCell::detached(end)
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Snapshot<'_> {
                     let tat = state.saturating_mul(1_000);
                     let (v, next) = gcra::decide(r, tat, job.now, job.cost);
                     let after = if charge { next.unwrap_or(tat) } else { tat };
-                    store.mirror_bucket(cell.id, after);
+                    store.mirror_bucket(cell.id, after, job.now);
                     v
                 }
                 LimitKind::Quota(q) => {
@@ -168,7 +168,7 @@ impl Snapshot<'_> {
                     } else {
                         *state
                     };
-                    store.mirror_counter(cell.id, span.end, after);
+                    store.mirror_counter(cell.id, span.end, after, job.now);
                     v
                 }
                 LimitKind::Window(w) => {
@@ -179,7 +179,7 @@ impl Snapshot<'_> {
                     } else {
                         *state
                     };
-                    store.mirror_counter(cell.id, span.end, after);
+                    store.mirror_counter(cell.id, span.end, after, job.now);
                     v
                 }
             };

@@ -18,6 +18,7 @@ use std::num::NonZeroU64;
 
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::name_id;
+use crate::core::source::Source;
 use crate::limits::{FixedWindow, Limit, LimitKind, Rate, RateError};
 
 /// A time unit of envoyproxy/ratelimit. The discriminants are the numbers
@@ -376,6 +377,8 @@ pub struct Domain {
     pub algorithm: Algorithm,
     /// The files it was read from, for summaries and messages.
     pub files: Vec<String>,
+    /// The store budget its descriptors' cells count under.
+    pub source: Source,
 }
 
 /// Every domain read from envoyproxy/ratelimit files, by name.

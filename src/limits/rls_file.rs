@@ -22,6 +22,7 @@ use super::file::{Issue, Positive, Seg, one_of, quoted};
 use super::rls::{
     Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit,
 };
+use crate::core::source::Source;
 use crate::yaml::{ConfigError, Diagnostic, locate, parse};
 
 /// Options that apply to every file.
@@ -169,6 +170,7 @@ fn add_raw(
             let mut root = Level::default();
             b.level(&mut root, &descriptors, &mut Vec::new(), &[])?;
             domains.insert(Domain {
+                source: Source::of_domain(&name),
                 name,
                 root,
                 algorithm,

@@ -1,61 +1,46 @@
-//! The local store: every tracked bucket and quota counter of this node.
+//! The local store: every tracked bucket and quota counter of this node,
+//! bounded by configuration and fair under attack.
 //!
-//! Cells live in two [`DashMap`]s keyed by a 64-bit cell id (already a keyed
-//! hash, so the maps use an identity hasher):
-//! - token buckets: one `AtomicU64` theoretical arrival time per (limit, key);
-//! - quota counters: one `AtomicU64` count per (limit, key, window), plus the
-//!   window's end so the sweep knows when it is over.
+//! Cells live in two sharded maps ([`shards`]) keyed by a 64-bit cell id
+//! (already a keyed hash):
+//! - token buckets: one theoretical arrival time per (limit, key);
+//! - counters: one count per (limit, key, window), with the window's end
+//!   so the sweep knows when it is over.
 //!
-//! Memory is bounded by [`StoreLimits::max_cells`]: once that many cells are
-//! tracked, checks for new (limit, key) pairs are judged by one shared
-//! *overflow cell* per limit instead of getting their own, and
-//! [`LocalStore::overflowed`] counts how often that happened. Existing keys
-//! keep their own buckets, so legitimate traffic is unaffected by a flood of
-//! random keys; the flood shares one bucket per limit and quickly limits
-//! itself. Idle cells (a full bucket, a finished window) are dropped by
+//! Each cell also records its source of keys ([`crate::core::source`]),
+//! how often it was charged and when it was made ([`cell::Meta`]).
+//!
+//! Memory is bounded by [`StoreLimits::max_cells`]. Once that many cells
+//! are tracked, a new key that would be charged asks for room: the
+//! admission policy ([`admission`]) displaces a cell that costs little to
+//! forget (holding nothing, or charged no more often than the newcomer
+//! has asked), within the budgets per source ([`budget`]), so a flood of
+//! one-shot keys neither keeps new customers out nor takes the cells of
+//! established ones or of another domain. Only when no such cell is found
+//! does the check go to the limit's shared *overflow cell*, the last
+//! resort ([`LocalStore::overflow_checks`] says how many it judged).
+//! Refused hits of fixed windows create no cell once the store is nearly
+//! full. Idle cells (a full bucket, a finished window) are dropped by
 //! [`LocalStore::sweep`], so memory follows the active keys.
 
+pub mod admission;
+pub mod budget;
+pub mod cell;
 pub mod journal;
+mod shards;
+pub mod sketch;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-use nohash_hasher::BuildNoHashHasher;
-
 use crate::core::clock::Nanos;
+use crate::core::source::Source;
+use admission::{Candidate, Displaced, SAMPLES};
+use budget::Budgets;
+pub use cell::{BucketCell, Cell, Loss, Meta, QuotaCell};
 use journal::Journal;
-
-type Cells<V> = DashMap<u64, V, BuildNoHashHasher<u64>>;
-
-/// Shards per map. More shards than DashMap's default (4 × cores) keeps
-/// each shard small, so the sweep, which write-locks one shard at a time,
-/// holds any lock for microseconds even with millions of cells, and
-/// concurrent inserts rarely contend.
-const SHARDS: usize = 256;
-
-fn cells<V>() -> Cells<V> {
-    Cells::with_hasher_and_shard_amount(BuildNoHashHasher::default(), SHARDS)
-}
-
-/// A quota counter for one window.
-#[derive(Debug)]
-pub struct QuotaCell {
-    /// Units consumed in the window.
-    pub used: AtomicU64,
-    /// End of the window (Unix ns): after it the cell is idle.
-    pub window_end: Nanos,
-}
-
-impl QuotaCell {
-    /// An empty counter for a window ending at `window_end`.
-    pub fn new(window_end: Nanos) -> Self {
-        Self {
-            used: AtomicU64::new(0),
-            window_end,
-        }
-    }
-}
+use shards::{Inserted, Shards};
+use sketch::Sketch;
 
 /// Memory bounds of a store.
 #[derive(Debug, Clone, Copy)]
@@ -84,12 +69,21 @@ pub struct SweepReport {
 /// This node's buckets and counters. See the module docs.
 #[derive(Debug)]
 pub struct LocalStore {
-    buckets: Cells<AtomicU64>,
-    quotas: Cells<QuotaCell>,
-    /// Cells tracked, kept by hand: `DashMap::len` locks every shard.
+    buckets: Shards<BucketCell>,
+    quotas: Shards<QuotaCell>,
+    /// Cells tracked, overflow cells included (kept by hand: counting the
+    /// maps locks every shard).
     cells: AtomicUsize,
+    /// Of those, in the counter map: where a sample looks is drawn in
+    /// proportion.
+    quota_cells: AtomicUsize,
     limits: StoreLimits,
     overflowed: AtomicU64,
+    overflow_checks: AtomicU64,
+    budgets: Budgets,
+    /// Made on first use: a store that never fills never pays for it.
+    sketch: OnceLock<Sketch>,
+    displaced: Displaced,
     /// Pending deltas for Redis sync; `None` on a node without Redis.
     journal: Option<Journal>,
 }
@@ -98,11 +92,16 @@ impl LocalStore {
     /// An empty store.
     pub fn new(limits: StoreLimits) -> Self {
         Self {
-            buckets: cells(),
-            quotas: cells(),
+            buckets: Shards::new(limits.max_cells),
+            quotas: Shards::new(limits.max_cells),
             cells: AtomicUsize::new(0),
+            quota_cells: AtomicUsize::new(0),
             limits,
             overflowed: AtomicU64::new(0),
+            overflow_checks: AtomicU64::new(0),
+            budgets: Budgets::new(limits.max_cells),
+            sketch: OnceLock::new(),
+            displaced: Displaced::default(),
             journal: None,
         }
     }
@@ -124,45 +123,68 @@ impl LocalStore {
     /// its next flush brings it up to date.
     pub fn adopt_bucket(&self, id: u64, global_tat: Nanos) {
         let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
-        if let Some(tat) = self.buckets.get(&id) {
-            tat.fetch_max(global_tat.saturating_add_signed(pending), Ordering::AcqRel);
-        }
+        self.buckets.get(id, |c| {
+            c.tat
+                .fetch_max(global_tat.saturating_add_signed(pending), Ordering::AcqRel)
+        });
     }
 
-    /// Sets bucket `id` to at least `tat` (a strict answer), creating it
-    /// when there is room. Not journaled: the state is already Redis's.
-    pub fn mirror_bucket(&self, id: u64, tat: Nanos) {
-        if let Some(c) = self.buckets.get(&id) {
-            c.fetch_max(tat, Ordering::AcqRel);
-        } else if self.reserve() {
-            match self.buckets.entry(id) {
-                Entry::Occupied(o) => {
-                    self.release();
-                    o.get().fetch_max(tat, Ordering::AcqRel);
-                }
-                Entry::Vacant(v) => {
-                    v.insert(AtomicU64::new(tat));
-                }
-            }
+    /// Sets bucket `id` to at least `tat` (a strict answer at `now`),
+    /// creating it when there is room. Not journaled: the state is
+    /// already Redis's.
+    pub fn mirror_bucket(&self, id: u64, tat: Nanos, now: Nanos) {
+        if self
+            .buckets
+            .get(id, |c| c.tat.fetch_max(tat, Ordering::AcqRel))
+            .is_none()
+            && self.reserve()
+        {
+            let meta = || Meta::new(Source::PLANS, now);
+            let made = self.buckets.insert_with(
+                id,
+                || BucketCell::new(meta()),
+                |c| c.tat.fetch_max(tat, Ordering::AcqRel),
+            );
+            self.settle(made, Source::PLANS, false);
         }
     }
 
     /// Sets counter `id` (a window ending at `window_end`) to at least
-    /// `used`, creating it when there is room. Not journaled.
-    pub fn mirror_counter(&self, id: u64, window_end: Nanos, used: u64) {
-        if let Some(c) = self.quotas.get(&id) {
-            c.used.fetch_max(used, Ordering::AcqRel);
-        } else if used > 0 && self.reserve() {
-            match self.quotas.entry(id) {
-                Entry::Occupied(o) => {
-                    self.release();
-                    o.get().used.fetch_max(used, Ordering::AcqRel);
+    /// `used` (a strict answer at `now`), creating it when there is room.
+    /// Not journaled.
+    pub fn mirror_counter(&self, id: u64, window_end: Nanos, used: u64, now: Nanos) {
+        if self
+            .quotas
+            .get(id, |c| c.used.fetch_max(used, Ordering::AcqRel))
+            .is_none()
+            && used > 0
+            && self.reserve()
+        {
+            let meta = || Meta::new(Source::PLANS, now);
+            let made = self.quotas.insert_with(
+                id,
+                || QuotaCell::new(window_end, meta()),
+                |c| c.used.fetch_max(used, Ordering::AcqRel),
+            );
+            self.settle(made, Source::PLANS, true);
+        }
+    }
+
+    /// Accounts for a cell made in a slot taken beforehand: a new cell
+    /// counts under its source; one that another check made first gives
+    /// the slot back.
+    fn settle<R>(&self, made: Inserted<R>, source: Source, quota: bool) -> R {
+        match made {
+            Inserted::New(r) => {
+                self.budgets.add(source);
+                if quota {
+                    self.quota_cells.fetch_add(1, Ordering::AcqRel);
                 }
-                Entry::Vacant(v) => {
-                    let cell = QuotaCell::new(window_end);
-                    cell.used.store(used, Ordering::Release);
-                    v.insert(cell);
-                }
+                r
+            }
+            Inserted::Existing(r) => {
+                self.release();
+                r
             }
         }
     }
@@ -171,45 +193,55 @@ impl LocalStore {
     /// this node counted since.
     pub fn adopt_counter(&self, id: u64, global_used: u64) {
         let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
-        if let Some(c) = self.quotas.get(&id) {
+        self.quotas.get(id, |c| {
             c.used
-                .fetch_max(global_used.saturating_add_signed(pending), Ordering::AcqRel);
-        }
+                .fetch_max(global_used.saturating_add_signed(pending), Ordering::AcqRel)
+        });
     }
 
     /// Whether cell `id` (a bucket, else a counter) is tracked.
     pub fn tracks(&self, id: u64, bucket: bool) -> bool {
         if bucket {
-            self.buckets.contains_key(&id)
+            self.buckets.contains(id)
         } else {
-            self.quotas.contains_key(&id)
+            self.quotas.contains(id)
         }
     }
 
     /// Drops bucket `id` (back to full); whether it was tracked.
     pub fn remove_bucket(&self, id: u64) -> bool {
-        let gone = self.buckets.remove(&id).is_some();
-        if gone {
-            self.release();
+        let gone = self.buckets.remove(id);
+        if let Some(c) = &gone {
+            self.forget(c.meta().source(), false);
         }
-        gone
+        gone.is_some()
     }
 
     /// Drops counter `id` (back to zero); whether it was tracked.
     pub fn remove_quota(&self, id: u64) -> bool {
-        let gone = self.quotas.remove(&id).is_some();
-        if gone {
-            self.release();
+        let gone = self.quotas.remove(id);
+        if let Some(c) = &gone {
+            self.forget(c.meta().source(), true);
         }
-        gone
+        gone.is_some()
+    }
+
+    /// Accounts for one cell gone from a map.
+    fn forget(&self, source: Source, quota: bool) {
+        self.budgets.remove(source, 1);
+        if quota {
+            self.quota_cells.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.release();
     }
 
     /// The token buckets: one arrival time per (limit, key).
     #[inline]
-    pub fn buckets(&self) -> Map<'_, AtomicU64> {
+    pub fn buckets(&self) -> Map<'_, BucketCell> {
         Map {
             store: self,
             cells: &self.buckets,
+            quota: false,
         }
     }
 
@@ -219,41 +251,50 @@ impl LocalStore {
         Map {
             store: self,
             cells: &self.quotas,
+            quota: true,
         }
     }
 
-    /// Whether the cap is reached (new keys go to overflow cells).
+    /// Whether the cap is reached (new keys must win room or go to
+    /// overflow cells).
     #[inline]
     pub fn is_full(&self) -> bool {
         self.cells.load(Ordering::Acquire) >= self.limits.max_cells
     }
 
+    /// Whether nine tenths of the cap are taken: refused hits of fixed
+    /// windows no longer make cells.
+    #[inline]
+    pub fn is_nearly_full(&self) -> bool {
+        let cap = self.limits.max_cells;
+        self.cells.load(Ordering::Acquire) >= cap - cap / 10
+    }
+
     /// Drops full buckets (arrival time ≤ `now`), finished windows
-    /// (end ≤ `now`) and empty counters. Runs shard by shard, so checks on other shards go on.
+    /// (end ≤ `now`) and empty counters. Runs shard by shard, so checks on
+    /// other shards go on.
     pub fn sweep(&self, now: Nanos) -> SweepReport {
         let mut report = SweepReport::default();
-        self.buckets.retain(|_, tat| {
-            let keep = tat.load(Ordering::Acquire) > now;
+        self.buckets.retain(|c| {
+            let keep = c.tat.load(Ordering::Acquire) > now;
             if !keep {
                 report.buckets += 1;
+                self.budgets.remove(c.meta().source(), 1);
             }
             keep
         });
-        self.quotas.retain(|_, q| {
+        self.quotas.retain(|q| {
             // A counter back at zero (everything refunded) holds nothing.
             let keep = q.window_end > now && q.used.load(Ordering::Acquire) > 0;
             if !keep {
                 report.quotas += 1;
+                self.budgets.remove(q.meta().source(), 1);
             }
             keep
         });
+        self.quota_cells.fetch_sub(report.quotas, Ordering::AcqRel);
         self.cells
             .fetch_sub(report.buckets + report.quotas, Ordering::AcqRel);
-        // Tables do not shrink by themselves: give memory back once they
-        // are mostly empty, so memory follows the active keys, not the
-        // peak. (Each shard is rehashed under its own lock, briefly.)
-        shrink_if_sparse(&self.buckets);
-        shrink_if_sparse(&self.quotas);
         report
     }
 
@@ -263,8 +304,7 @@ impl LocalStore {
         self.cells.load(Ordering::Relaxed)
     }
 
-    /// How many charges went to an overflow cell since start (checks of
-    /// keys that arrived while the store was full).
+    /// How many charges went to an overflow cell since start.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }
@@ -272,6 +312,22 @@ impl LocalStore {
     /// Records one charge to an overflow cell.
     pub fn note_overflow(&self) {
         self.overflowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many checks an overflow cell judged since start (allowed or
+    /// not): keys that found the store full and could not win a cell.
+    pub fn overflow_checks(&self) -> u64 {
+        self.overflow_checks.load(Ordering::Relaxed)
+    }
+
+    /// Cells held per source, and the budgets they are judged by.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// What making room has cost since start.
+    pub fn displaced(&self) -> admission::DisplacedCounts {
+        self.displaced.counts()
     }
 
     /// The configured bounds.
@@ -293,97 +349,140 @@ impl LocalStore {
     fn release(&self) {
         self.cells.fetch_sub(1, Ordering::AcqRel);
     }
-}
 
-fn shrink_if_sparse<V>(cells: &Cells<V>) {
-    let capacity = cells.capacity();
-    if capacity > 4 * 1024 && cells.len() < capacity / 4 {
-        cells.shrink_to_fit();
+    /// Asks the admission policy for room for a new cell of `asker`
+    /// (cell id `id`) at `now`: true when a cell was displaced, its slot
+    /// now the caller's; false when every cell sampled is worth more (see
+    /// [`admission`]).
+    fn make_room(&self, asker: Source, id: u64, now: Nanos) -> bool {
+        let sketch = self
+            .sketch
+            .get_or_init(|| Sketch::new(self.limits.max_cells));
+        let asked = sketch.touch(id);
+        let under = self.budgets.under_share(asker);
+        let budgets = &self.budgets;
+        // One run of neighbouring cells in one map, picked in proportion
+        // to the maps' sizes.
+        let mut candidates = Vec::with_capacity(SAMPLES);
+        let (pick, r) = (admission::random(), admission::random());
+        let total = self.cells.load(Ordering::Relaxed).max(1) as u64;
+        if pick % total < self.quota_cells.load(Ordering::Relaxed) as u64 {
+            self.quotas.sample(r, SAMPLES, |id, c| {
+                candidates.extend(Candidate::of(id, true, c, now, asker, budgets, under));
+            });
+        } else {
+            self.buckets.sample(r, SAMPLES, |id, c| {
+                candidates.extend(Candidate::of(id, false, c, now, asker, budgets, under));
+            });
+        }
+        let Some(victim) = admission::choose(candidates, asked) else {
+            self.displaced.refused();
+            return false;
+        };
+        // Taken only if it is still no dearer than when it was sampled.
+        let still = |c: &dyn Cell| {
+            Candidate::of(victim.id, victim.quota, c, now, asker, budgets, under)
+                .is_some_and(|current| current.hits <= victim.hits)
+        };
+        let taken = if victim.quota {
+            self.quotas
+                .remove_if(victim.id, |c| still(c))
+                .map(|c| (c.loss(now), c.meta().source()))
+        } else {
+            self.buckets
+                .remove_if(victim.id, |c| still(c))
+                .map(|c| (c.loss(now), c.meta().source()))
+        };
+        let Some((loss, source)) = taken else {
+            self.displaced.refused();
+            return false;
+        };
+        self.budgets.remove(source, 1);
+        if victim.quota {
+            self.quota_cells.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.displaced.note(victim.quota, loss);
+        true
     }
 }
 
 /// One of the store's two maps. Cells are created only by [`Map::upsert`],
-/// which the engine calls only to charge an allowed check, so dry runs,
-/// peeks, refunds and denials never grow memory.
+/// which the engine calls only to charge a check, so dry runs, peeks,
+/// refunds and denials never grow memory.
 #[derive(Clone, Copy)]
 pub struct Map<'a, V> {
     store: &'a LocalStore,
-    cells: &'a Cells<V>,
+    cells: &'a Shards<V>,
+    quota: bool,
 }
 
-impl<V> Map<'_, V> {
+impl<V: Cell> Map<'_, V> {
     /// Whether the store's cap is reached.
     #[inline]
     pub fn is_full(&self) -> bool {
         self.store.is_full()
     }
 
+    /// Whether nine tenths of the store's cap are taken.
+    #[inline]
+    pub fn is_nearly_full(&self) -> bool {
+        self.store.is_nearly_full()
+    }
+
     /// Runs `f` on cell `id` if it is tracked. `f` runs while the cell's
     /// shard is read-locked, so it must only touch the cell's atomics.
     #[inline]
     pub fn get<R>(&self, id: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
-        self.cells.get(&id).map(|c| f(&c))
+        self.cells.get(id, f)
     }
 
-    /// For a key that is not tracked: runs `f` on what a charge would use,
-    /// without creating anything. That is the overflow cell when the store
-    /// is full and the overflow cell exists, else `fresh` (a new cell's
-    /// state).
-    #[inline]
-    pub fn untracked<R>(&self, overflow_id: u64, fresh: &V, f: impl FnOnce(&V) -> R) -> R {
-        if self.store.is_full()
-            && let Some(c) = self.cells.get(&overflow_id)
-        {
-            return f(&c);
-        }
-        f(fresh)
-    }
-
-    /// Runs `f` on cell `id`, creating it with `make` if needed. When the
-    /// store is full and `id` is new, runs `f` on the shared overflow cell
-    /// instead (created past the cap: there is one per limit). Says which
-    /// cell it used, so a charge can be refunded exactly where it went.
+    /// Runs `f` on cell `id` of `source`, creating it with `make` (given
+    /// its bookkeeping) if needed: in free room, else in room the
+    /// admission policy makes at `now`. When neither can be had, runs `f`
+    /// on the limit's shared overflow cell `overflow_id` instead (created
+    /// past the cap: there is one per limit). Says which cell it used, so
+    /// a charge can be refunded exactly where it went.
     #[inline]
     pub fn upsert<R>(
         &self,
-        id: u64,
-        overflow_id: u64,
-        make: impl FnOnce() -> V,
-        f: impl FnOnce(&V) -> R,
+        (id, overflow_id): (u64, u64),
+        source: Source,
+        now: Nanos,
+        make: impl FnOnce(Meta) -> V,
+        f: impl Fn(&V, bool) -> R,
     ) -> (R, Landed) {
-        if let Some(cell) = self.cells.get(&id) {
-            return (f(&cell), Landed::Own);
+        if let Some(r) = self.cells.get(id, |c| f(c, false)) {
+            return (r, Landed::Own);
         }
         let store = self.store;
-        let reserved = store.reserve();
-        let (id, landed) = if reserved {
-            (id, Landed::Own)
-        } else {
-            // The overflow cell is hot during a flood: read-lock it when
-            // it exists rather than write-locking its shard.
-            if let Some(cell) = self.cells.get(&overflow_id) {
-                return (f(&cell), Landed::Overflow);
-            }
-            (overflow_id, Landed::Overflow)
-        };
-        let r = match self.cells.entry(id) {
-            Entry::Occupied(o) => {
-                // Another check created it first: give back our slot.
-                if reserved {
-                    store.release();
+        if store.reserve() || store.make_room(source, id, now) {
+            let made = self
+                .cells
+                .insert_with(id, || make(Meta::new(source, now)), |c| f(c, false));
+            return (store.settle(made, source, self.quota), Landed::Own);
+        }
+        store.overflow_checks.fetch_add(1, Ordering::Relaxed);
+        // The overflow cell is hot during a flood: read-lock it when it
+        // exists rather than write-locking its shard.
+        if let Some(r) = self.cells.get(overflow_id, |c| f(c, true)) {
+            return (r, Landed::Overflow);
+        }
+        let meta = Meta::new(Source::OVERFLOW, now);
+        let r = match self
+            .cells
+            .insert_with(overflow_id, || make(meta), |c| f(c, true))
+        {
+            Inserted::New(r) => {
+                // Counted too, so sweeps stay exact; no source's budget.
+                store.cells.fetch_add(1, Ordering::AcqRel);
+                if self.quota {
+                    store.quota_cells.fetch_add(1, Ordering::AcqRel);
                 }
-                f(o.get())
+                r
             }
-            Entry::Vacant(v) => {
-                if !reserved {
-                    // Count the overflow cell too, so sweeps stay exact.
-                    store.cells.fetch_add(1, Ordering::AcqRel);
-                }
-                let cell = v.insert(make());
-                f(cell.value())
-            }
+            Inserted::Existing(r) => r,
         };
-        (r, landed)
+        (r, Landed::Overflow)
     }
 }
 

@@ -155,6 +155,18 @@ pub mod names {
     pub const EVICTED: &str = "quotad_evicted_cells_total";
     /// Charges that went to an overflow cell.
     pub const OVERFLOW: &str = "quotad_overflow_charges_total";
+    /// Checks an overflow cell judged.
+    pub const OVERFLOW_CHECKS: &str = "quotad_overflow_checks_total";
+    /// Cells displaced to make room for a new key, by kind.
+    pub const DISPLACED: &str = "quotad_store_displaced_cells_total";
+    /// Units displaced counters held.
+    pub const DISPLACED_UNITS: &str = "quotad_store_displaced_units_total";
+    /// Debt displaced buckets held.
+    pub const DISPLACED_DEBT: &str = "quotad_store_displaced_debt_seconds_total";
+    /// New keys refused a cell.
+    pub const ADMISSIONS_REFUSED: &str = "quotad_store_admissions_refused_total";
+    /// Cells per source of keys.
+    pub const SOURCE_CELLS: &str = "quotad_store_source_cells";
     /// Reloads by result.
     pub const RELOADS: &str = "quotad_config_reloads_total";
     /// The config version in effect.
@@ -235,6 +247,36 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         OVERFLOW,
         Kind::Counter,
         "Charges that went to a shared overflow cell because the store was full.",
+    ),
+    (
+        OVERFLOW_CHECKS,
+        Kind::Counter,
+        "Checks judged by a shared overflow cell: new keys that found the store full and could not win a cell.",
+    ),
+    (
+        DISPLACED,
+        Kind::Counter,
+        "Cells forgotten to make room for a new key while the store was full, by kind (bucket, counter).",
+    ),
+    (
+        DISPLACED_UNITS,
+        Kind::Counter,
+        "Units the displaced counters held: what their keys may spend again (without Redis).",
+    ),
+    (
+        DISPLACED_DEBT,
+        Kind::Counter,
+        "Time the displaced buckets still needed to refill, in seconds: forgiven (without Redis).",
+    ),
+    (
+        ADMISSIONS_REFUSED,
+        Kind::Counter,
+        "New keys refused a cell while the store was full: every cell sampled was worth more (they went to the overflow cell).",
+    ),
+    (
+        SOURCE_CELLS,
+        Kind::Gauge,
+        "Cells held per source of keys: plans (native API and Envoy plan domains) or an envoyproxy/ratelimit domain.",
     ),
     (RELOADS, Kind::Counter, "Config reloads by result."),
     (

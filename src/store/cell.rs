@@ -1,0 +1,189 @@
+//! The cells the store holds, and what each says about itself to the
+//! admission policy: its source, how often it was charged, when it was
+//! made, and what forgetting it now would lose.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::core::clock::Nanos;
+use crate::core::source::Source;
+
+/// Bookkeeping packed into one word beside each cell's state: the source
+/// (16 bits), charges so far (4 bits, saturating), and when the cell was
+/// made (44 bits of Unix milliseconds, good for 500 years).
+///
+/// The charge count is bumped with a plain load and store rather than an
+/// atomic add: two charges racing may count once, which only makes the
+/// cell look a little cheaper to forget; and once saturated a busy cell's
+/// charges write nothing here at all.
+#[derive(Debug)]
+pub struct Meta(AtomicU64);
+
+const BORN_BITS: u32 = 44;
+const HITS_SHIFT: u32 = BORN_BITS;
+const SOURCE_SHIFT: u32 = 48;
+/// Charges a cell counts up to.
+pub const MAX_HITS: u8 = 15;
+
+impl Meta {
+    /// A new cell's: from `source`, made at `now`, not charged yet.
+    pub fn new(source: Source, now: Nanos) -> Self {
+        let born = (now / 1_000_000) & ((1 << BORN_BITS) - 1);
+        Meta(AtomicU64::new(
+            (u64::from(source.bits()) << SOURCE_SHIFT) | born,
+        ))
+    }
+
+    /// Counts one charge.
+    #[inline]
+    pub fn hit(&self) {
+        let m = self.0.load(Ordering::Relaxed);
+        if ((m >> HITS_SHIFT) & 0xf) < u64::from(MAX_HITS) {
+            self.0.store(m + (1 << HITS_SHIFT), Ordering::Relaxed);
+        }
+    }
+
+    /// Charges so far, up to [`MAX_HITS`].
+    #[inline]
+    pub fn hits(&self) -> u8 {
+        ((self.0.load(Ordering::Relaxed) >> HITS_SHIFT) & 0xf) as u8
+    }
+
+    /// The source the cell counts under.
+    #[inline]
+    pub fn source(&self) -> Source {
+        Source::from_bits((self.0.load(Ordering::Relaxed) >> SOURCE_SHIFT) as u16)
+    }
+
+    /// When the cell was made, in Unix milliseconds.
+    #[inline]
+    pub fn born(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) & ((1 << BORN_BITS) - 1)
+    }
+}
+
+/// A token bucket: its theoretical arrival time (GCRA), in Unix ns.
+#[derive(Debug)]
+pub struct BucketCell {
+    /// When the bucket is full again; at or before now it is full.
+    pub tat: AtomicU64,
+    meta: Meta,
+}
+
+impl BucketCell {
+    /// A full bucket.
+    pub fn new(meta: Meta) -> Self {
+        Self {
+            tat: AtomicU64::new(0),
+            meta,
+        }
+    }
+}
+
+/// A counter for one window (a quota or a fixed window).
+#[derive(Debug)]
+pub struct QuotaCell {
+    /// Units counted in the window.
+    pub used: AtomicU64,
+    /// End of the window (Unix ns): after it the cell is idle.
+    pub window_end: Nanos,
+    meta: Meta,
+}
+
+impl QuotaCell {
+    /// An empty counter for a window ending at `window_end`.
+    pub fn new(window_end: Nanos, meta: Meta) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            window_end,
+            meta,
+        }
+    }
+
+    /// An empty counter outside any store (for the algorithms' tests).
+    pub fn detached(window_end: Nanos) -> Self {
+        Self::new(window_end, Meta::new(Source::PLANS, 0))
+    }
+}
+
+/// What forgetting a cell now would lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Nothing: a full bucket, a window that is over or a counter at zero.
+    Nothing,
+    /// A counter's units: the key could spend them again.
+    Units(u64),
+    /// A bucket's debt in nanoseconds: it would start full instead.
+    Debt(Nanos),
+}
+
+/// A cell the store holds.
+pub trait Cell {
+    /// Its bookkeeping.
+    fn meta(&self) -> &Meta;
+    /// What forgetting it at `now` would lose.
+    fn loss(&self, now: Nanos) -> Loss;
+}
+
+impl Cell for BucketCell {
+    #[inline]
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn loss(&self, now: Nanos) -> Loss {
+        match self.tat.load(Ordering::Acquire).saturating_sub(now) {
+            0 => Loss::Nothing,
+            debt => Loss::Debt(debt),
+        }
+    }
+}
+
+impl Cell for QuotaCell {
+    #[inline]
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn loss(&self, now: Nanos) -> Loss {
+        match self.used.load(Ordering::Acquire) {
+            0 => Loss::Nothing,
+            _ if self.window_end <= now => Loss::Nothing,
+            used => Loss::Units(used),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_packs_source_hits_and_birth() {
+        let now = 1_795_780_800_123_456_789;
+        let m = Meta::new(Source::from_bits(4095), now);
+        assert_eq!(m.source(), Source::from_bits(4095));
+        assert_eq!(m.born(), now / 1_000_000);
+        assert_eq!(m.hits(), 0);
+        for _ in 0..100 {
+            m.hit();
+        }
+        assert_eq!(m.hits(), MAX_HITS);
+        assert_eq!(m.source(), Source::from_bits(4095), "hits never spill");
+        assert_eq!(m.born(), now / 1_000_000);
+        let overflow = Meta::new(Source::OVERFLOW, now);
+        assert_eq!(overflow.source(), Source::OVERFLOW);
+    }
+
+    #[test]
+    fn loss_says_what_forgetting_costs() {
+        let b = BucketCell::new(Meta::new(Source::PLANS, 0));
+        assert_eq!(b.loss(100), Loss::Nothing);
+        b.tat.store(150, Ordering::Release);
+        assert_eq!(b.loss(100), Loss::Debt(50));
+        let q = QuotaCell::detached(1_000);
+        assert_eq!(q.loss(10), Loss::Nothing);
+        q.used.store(3, Ordering::Release);
+        assert_eq!(q.loss(10), Loss::Units(3));
+        assert_eq!(q.loss(1_000), Loss::Nothing, "the window is over");
+    }
+}

@@ -1,0 +1,222 @@
+//! A concurrent map from 64-bit cell ids to cells: up to 256 shards (one
+//! per 64 cells of the store's cap, so a small store is not spread thin),
+//! each a `hashbrown` table behind its own read-write lock.
+//!
+//! The ids are keyed hashes already, so they are their own hash. What it
+//! has that `DashMap` has not: [`Shards::sample`] reads cells from a
+//! random position in O(1), which the store's admission policy needs to
+//! find a cell cheap to forget without scanning (Redis samples its
+//! keyspace for eviction the same way). Cells in neighbouring buckets are
+//! as random as any (their ids are keyed hashes), so a sample reads a run
+//! of them under one lock.
+
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+
+/// Most shards per map. Many small shards keep the sweep, which
+/// write-locks one shard at a time, to microseconds per lock even with
+/// millions of cells, and let concurrent inserts rarely meet.
+const MAX_SHARDS: usize = 256;
+
+/// Cells of the cap per shard.
+const CELLS_PER_SHARD: usize = 64;
+
+/// One shard, on a cache line of its own so that locking one does not
+/// slow its neighbours.
+#[repr(align(64))]
+struct Shard<V>(RwLock<HashTable<(u64, V)>>);
+
+/// The map. See the module docs.
+pub(crate) struct Shards<V> {
+    shards: Box<[Shard<V>]>,
+    mask: usize,
+}
+
+impl<V> std::fmt::Debug for Shards<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards").finish_non_exhaustive()
+    }
+}
+
+/// What finding `id` in a shard's table needs.
+#[inline]
+fn eq<V>(id: u64) -> impl Fn(&(u64, V)) -> bool {
+    move |(k, _)| *k == id
+}
+
+#[inline]
+fn hash<V>((k, _): &(u64, V)) -> u64 {
+    *k
+}
+
+/// What [`Shards::insert_with`] found or made.
+pub(crate) enum Inserted<R> {
+    /// The cell existed: `f` ran on it, nothing was made.
+    Existing(R),
+    /// The cell was made, then `f` ran on it.
+    New(R),
+}
+
+impl<V> Shards<V> {
+    /// An empty map for a store of at most `cap` cells.
+    pub(crate) fn new(cap: usize) -> Self {
+        let n = (cap / CELLS_PER_SHARD)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
+        Self {
+            shards: (0..n)
+                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .collect(),
+            mask: n - 1,
+        }
+    }
+
+    /// A cell's shard: picked by bits below the top seven, which
+    /// `hashbrown` keeps for its control bytes, and far above the low bits
+    /// that pick a bucket.
+    #[inline]
+    fn shard(&self, id: u64) -> &RwLock<HashTable<(u64, V)>> {
+        &self.shards[((id >> 49) as usize) & self.mask].0
+    }
+
+    /// Runs `f` on cell `id` under its shard's read lock, if it is there.
+    #[inline]
+    pub(crate) fn get<R>(&self, id: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let table = self.shard(id).read();
+        table.find(id, eq(id)).map(|(_, v)| f(v))
+    }
+
+    /// Whether cell `id` is there.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.shard(id).read().find(id, eq(id)).is_some()
+    }
+
+    /// Runs `f` on cell `id`, first making it with `make` if it is not
+    /// there (under the shard's write lock).
+    pub(crate) fn insert_with<R>(
+        &self,
+        id: u64,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> Inserted<R> {
+        let mut table = self.shard(id).write();
+        if let Some((_, v)) = table.find(id, eq(id)) {
+            return Inserted::Existing(f(v));
+        }
+        let entry = table.insert_unique(id, (id, make()), hash);
+        Inserted::New(f(&entry.get().1))
+    }
+
+    /// Takes cell `id` out.
+    pub(crate) fn remove(&self, id: u64) -> Option<V> {
+        let mut table = self.shard(id).write();
+        let entry = table.find_entry(id, eq(id)).ok()?;
+        Some(entry.remove().0.1)
+    }
+
+    /// Takes cell `id` out if `pred` holds for it (checked under the
+    /// write lock, so the cell cannot change between the two).
+    pub(crate) fn remove_if(&self, id: u64, pred: impl FnOnce(&V) -> bool) -> Option<V> {
+        let mut table = self.shard(id).write();
+        let entry = table.find_entry(id, eq(id)).ok()?;
+        if !pred(&entry.get().1) {
+            return None;
+        }
+        Some(entry.remove().0.1)
+    }
+
+    /// Runs `f` on up to `max` cells found from a random position (`r`
+    /// picks the shard, the next shard with cells if it has none, and the
+    /// bucket to start from), under one read lock. In a shard with `max`
+    /// cells or fewer, that is every one of them.
+    pub(crate) fn sample(&self, r: u64, max: usize, mut f: impl FnMut(u64, &V)) {
+        let first = r as usize;
+        for i in 0..self.shards.len() {
+            let table = self.shards[(first + i) & self.mask].0.read();
+            if table.is_empty() {
+                continue;
+            }
+            let buckets = table.num_buckets();
+            let start = ((r >> 16) as usize) & (buckets - 1);
+            (0..buckets)
+                .filter_map(|b| table.get_bucket((start + b) & (buckets - 1)))
+                .take(max)
+                .for_each(|(id, v)| f(*id, v));
+            return;
+        }
+    }
+
+    /// Keeps the cells for which `keep` holds, shard by shard (each shard
+    /// write-locked while it is gone through), then gives memory back from
+    /// shards that are mostly empty.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        for shard in self.shards.iter() {
+            let mut table = shard.0.write();
+            table.retain(|(_, v)| keep(v));
+            let capacity = table.capacity();
+            if capacity > 64 && table.len() < capacity / 4 {
+                table.shrink_to_fit(hash);
+            }
+        }
+    }
+
+    /// Cells in the map (locks every shard: tests only).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_finds_removes_and_samples() {
+        let m: Shards<u32> = Shards::new(4_000);
+        let ids: Vec<u64> = (0..2_000u64)
+            .map(|i| crate::core::hash::mix(i, 7))
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            let made = m.insert_with(*id, || n as u32, |v| *v);
+            assert!(matches!(made, Inserted::New(v) if v == n as u32));
+        }
+        assert!(matches!(
+            m.insert_with(ids[3], || 99, |v| *v),
+            Inserted::Existing(3)
+        ));
+        assert_eq!(m.len(), 2_000);
+        assert_eq!(m.get(ids[5], |v| *v), Some(5));
+        assert!(m.contains(ids[5]));
+        assert_eq!(m.remove_if(ids[5], |v| *v == 6), None);
+        assert_eq!(m.remove_if(ids[5], |v| *v == 5), Some(5));
+        assert_eq!(m.remove(ids[5]), None);
+        assert_eq!(m.remove(ids[6]), Some(6));
+        // Every sample is a cell that is there.
+        let mut seen = 0;
+        for r in 0..100u64 {
+            m.sample(crate::core::hash::mix(r, 1), 8, |id, v| {
+                assert_eq!(m.get(id, |x| *x), Some(*v));
+                seen += 1;
+            });
+        }
+        assert_eq!(seen, 800, "a shard holds more than 8 cells");
+        m.retain(|v| v % 2 == 0);
+        assert_eq!(m.len(), 999);
+        m.retain(|_| false);
+        assert_eq!(m.len(), 0);
+        m.sample(1, 8, |_, _| panic!("an empty map has nothing to sample"));
+    }
+
+    #[test]
+    fn a_small_map_is_one_shard_and_a_sample_sees_all_of_it() {
+        let m: Shards<u32> = Shards::new(10);
+        for i in 0..5u64 {
+            let _ = m.insert_with(crate::core::hash::mix(i, 3), || i as u32, |_| ());
+        }
+        let mut seen = Vec::new();
+        m.sample(12345, 8, |_, v| seen.push(*v));
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+    }
+}
