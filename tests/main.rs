@@ -26,6 +26,9 @@ mod helm;
 /// Hostile callers: oversized, nested and flooding messages, stalled
 /// streams, idle connections.
 mod hostile;
+/// Key floods against a small store: old and new customers keep their
+/// own exact counts; budgets per source; the overflow cell as last resort.
+mod key_flood;
 /// Prometheus /metrics after known traffic, readiness with strict limits.
 mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.

@@ -353,38 +353,68 @@ impl LocalStore {
     /// Asks the admission policy for room for a new cell of `asker`
     /// (cell id `id`) at `now`: true when a cell was displaced, its slot
     /// now the caller's; false when every cell sampled is worth more (see
-    /// [`admission`]).
+    /// [`admission`]). A victim another check took first costs another
+    /// sample, a few times at most.
     fn make_room(&self, asker: Source, id: u64, now: Nanos) -> bool {
         let sketch = self
             .sketch
             .get_or_init(|| Sketch::new(self.limits.max_cells));
         let asked = sketch.touch(id);
         let under = self.budgets.under_share(asker);
+        for _ in 0..RACES {
+            let found = self.sample(id, asker, now, under);
+            let Some(victim) = admission::choose(found, asked) else {
+                break;
+            };
+            if let Some((loss, source)) = self.take(&victim, asker, now, under) {
+                self.budgets.remove(source, 1);
+                if victim.quota {
+                    self.quota_cells.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.displaced.note(victim.quota, loss);
+                return true;
+            }
+        }
+        self.displaced.refused();
+        false
+    }
+
+    /// The cells `asker` may take from a run of neighbouring cells in the
+    /// shard the new cell `id` goes to (so displacing keeps the shards as
+    /// even as the hash made them), in one map picked in proportion to the
+    /// maps' sizes.
+    fn sample(&self, id: u64, asker: Source, now: Nanos, under: bool) -> Vec<Candidate> {
         let budgets = &self.budgets;
-        // One run of neighbouring cells in one map, picked in proportion
-        // to the maps' sizes.
-        let mut candidates = Vec::with_capacity(SAMPLES);
+        let mut found = Vec::with_capacity(SAMPLES);
         let (pick, r) = (admission::random(), admission::random());
         let total = self.cells.load(Ordering::Relaxed).max(1) as u64;
         if pick % total < self.quota_cells.load(Ordering::Relaxed) as u64 {
-            self.quotas.sample(r, SAMPLES, |id, c| {
-                candidates.extend(Candidate::of(id, true, c, now, asker, budgets, under));
+            self.quotas.sample(id, r, SAMPLES, |id, c| {
+                found.extend(Candidate::of(id, true, c, now, asker, budgets, under));
             });
         } else {
-            self.buckets.sample(r, SAMPLES, |id, c| {
-                candidates.extend(Candidate::of(id, false, c, now, asker, budgets, under));
+            self.buckets.sample(id, r, SAMPLES, |id, c| {
+                found.extend(Candidate::of(id, false, c, now, asker, budgets, under));
             });
         }
-        let Some(victim) = admission::choose(candidates, asked) else {
-            self.displaced.refused();
-            return false;
-        };
-        // Taken only if it is still no dearer than when it was sampled.
+        found
+    }
+
+    /// Removes `victim` if it is still no dearer than when it was
+    /// sampled; what it held and its source.
+    fn take(
+        &self,
+        victim: &Candidate,
+        asker: Source,
+        now: Nanos,
+        under: bool,
+    ) -> Option<(Loss, Source)> {
+        let budgets = &self.budgets;
         let still = |c: &dyn Cell| {
             Candidate::of(victim.id, victim.quota, c, now, asker, budgets, under)
                 .is_some_and(|current| current.hits <= victim.hits)
         };
-        let taken = if victim.quota {
+        if victim.quota {
             self.quotas
                 .remove_if(victim.id, |c| still(c))
                 .map(|c| (c.loss(now), c.meta().source()))
@@ -392,19 +422,13 @@ impl LocalStore {
             self.buckets
                 .remove_if(victim.id, |c| still(c))
                 .map(|c| (c.loss(now), c.meta().source()))
-        };
-        let Some((loss, source)) = taken else {
-            self.displaced.refused();
-            return false;
-        };
-        self.budgets.remove(source, 1);
-        if victim.quota {
-            self.quota_cells.fetch_sub(1, Ordering::AcqRel);
         }
-        self.displaced.note(victim.quota, loss);
-        true
     }
 }
+
+/// Samples a newcomer may take when its victims keep being taken by
+/// concurrent checks first.
+const RACES: usize = 3;
 
 /// One of the store's two maps. Cells are created only by [`Map::upsert`],
 /// which the engine calls only to charge a check, so dry runs, peeks,

@@ -76,7 +76,12 @@ impl<V> Shards<V> {
     /// that pick a bucket.
     #[inline]
     fn shard(&self, id: u64) -> &RwLock<HashTable<(u64, V)>> {
-        &self.shards[((id >> 49) as usize) & self.mask].0
+        &self.shards[self.shard_index(id)].0
+    }
+
+    #[inline]
+    fn shard_index(&self, id: u64) -> usize {
+        ((id >> 49) as usize) & self.mask
     }
 
     /// Runs `f` on cell `id` under its shard's read lock, if it is there.
@@ -125,24 +130,30 @@ impl<V> Shards<V> {
         Some(entry.remove().0.1)
     }
 
-    /// Runs `f` on up to `max` cells found from a random position (`r`
-    /// picks the shard, the next shard with cells if it has none, and the
-    /// bucket to start from), under one read lock. In a shard with `max`
-    /// cells or fewer, that is every one of them.
-    pub(crate) fn sample(&self, r: u64, max: usize, mut f: impl FnMut(u64, &V)) {
-        let first = r as usize;
+    /// Runs `f` on up to `max` cells found from a random position (`r`)
+    /// of the shard cell `near` belongs in, under its read lock; when that
+    /// shard holds fewer, the next shards make up the run. In a map of
+    /// `max` cells or fewer, that is every one of them.
+    pub(crate) fn sample(&self, near: u64, r: u64, max: usize, mut f: impl FnMut(u64, &V)) {
+        let first = self.shard_index(near);
+        let mut seen = 0;
         for i in 0..self.shards.len() {
             let table = self.shards[(first + i) & self.mask].0.read();
             if table.is_empty() {
                 continue;
             }
             let buckets = table.num_buckets();
-            let start = ((r >> 16) as usize) & (buckets - 1);
-            (0..buckets)
+            let start = (r as usize) & (buckets - 1);
+            for (id, v) in (0..buckets)
                 .filter_map(|b| table.get_bucket((start + b) & (buckets - 1)))
-                .take(max)
-                .for_each(|(id, v)| f(*id, v));
-            return;
+                .take(max - seen)
+            {
+                f(*id, v);
+                seen += 1;
+            }
+            if seen >= max {
+                return;
+            }
         }
     }
 
@@ -195,17 +206,17 @@ mod tests {
         // Every sample is a cell that is there.
         let mut seen = 0;
         for r in 0..100u64 {
-            m.sample(crate::core::hash::mix(r, 1), 8, |id, v| {
+            m.sample(crate::core::hash::mix(r, 1), r, 8, |id, v| {
                 assert_eq!(m.get(id, |x| *x), Some(*v));
                 seen += 1;
             });
         }
-        assert_eq!(seen, 800, "a shard holds more than 8 cells");
+        assert_eq!(seen, 800, "runs are made up to 8 cells");
         m.retain(|v| v % 2 == 0);
         assert_eq!(m.len(), 999);
         m.retain(|_| false);
         assert_eq!(m.len(), 0);
-        m.sample(1, 8, |_, _| panic!("an empty map has nothing to sample"));
+        m.sample(1, 1, 8, |_, _| panic!("an empty map has nothing to sample"));
     }
 
     #[test]
@@ -215,7 +226,7 @@ mod tests {
             let _ = m.insert_with(crate::core::hash::mix(i, 3), || i as u32, |_| ());
         }
         let mut seen = Vec::new();
-        m.sample(12345, 8, |_, v| seen.push(*v));
+        m.sample(99, 12345, 8, |_, v| seen.push(*v));
         seen.sort_unstable();
         assert_eq!(seen, [0, 1, 2, 3, 4]);
     }
