@@ -36,10 +36,13 @@ use crate::api::pb;
 use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
 use crate::config::{Config, ConnLimits, TlsFiles};
-use crate::conn::{CallLayer, Conn, Gate, Peer};
 use crate::control::Control;
 use crate::control::reload::{Cause, Loader, Reloader, fingerprint};
 use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
+use crate::net::body::BodyRules;
+use crate::net::budget::Budget;
+use crate::net::gate::GateRules;
+use crate::net::{CallLayer, Conn, Gate, MAX_HEADER_LIST, Peer};
 use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
 use crate::sync::{RedisSync, SyncHandle};
@@ -158,12 +161,13 @@ impl Listener {
     }
 
     /// Serves `router` on this listener until `stop` fires, admitting
-    /// connections through `gate`.
+    /// connections through `gate` (TLS handshakes bounded by `limits`).
     fn serve(
         self,
         router: Routes,
         what: &'static str,
         gate: Arc<Gate>,
+        limits: &ConnLimits,
         stop: Shutdown,
     ) -> BoxedServe {
         match self.tls {
@@ -172,8 +176,9 @@ impl Listener {
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
             Some(tls) => {
+                let displaced = gate.refusals();
                 let conns = tls
-                    .incoming(self.tcp, what)
+                    .incoming(self.tcp, what, limits.handshakes(), displaced)
                     .filter_map(move |tls| admit(Arc::clone(&gate), tls));
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
@@ -206,20 +211,47 @@ async fn admit<IO: Peer>(
 /// How long accepting pauses after it failed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// A gRPC server builder with the connection limits of `c`.
-fn server(c: &ConnLimits) -> Server<Stack<CallLayer, Identity>> {
+/// A gRPC server builder with the connection limits of `c`, its request
+/// bodies drawn from the process's budget `process`.
+fn server(c: &ConnLimits, process: &Arc<Budget>) -> Server<Stack<CallLayer, Identity>> {
     let builder = Server::builder()
         .max_concurrent_streams(c.max_concurrent_streams)
         .http2_keepalive_interval(Some(c.keepalive_interval))
         .http2_keepalive_timeout(Some(c.keepalive_timeout))
-        .http2_max_header_list_size(MAX_HEADER_LIST);
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .initial_connection_window_size(c.receive_window_bytes)
+        .initial_stream_window_size(c.receive_window_bytes);
     let builder = match c.max_connection_age {
         Some(age) => builder
             .max_connection_age(age)
             .max_connection_age_grace(MAX_AGE_GRACE),
         None => builder,
     };
-    builder.layer(CallLayer)
+    let rules = BodyRules {
+        process: Arc::clone(process),
+        timeout: c.request_body_timeout,
+        max_message: c.max_message_bytes,
+    };
+    builder.layer(CallLayer::new(rules, STREAMS))
+}
+
+/// The methods whose callers stream requests: they may open a call and
+/// send its first message later.
+const STREAMS: &[&str] = &[
+    "/quotad.v1.RateLimiter/CheckStream",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// What each connection of a gRPC listener may hold and do.
+fn gate_rules(c: &ConnLimits) -> GateRules {
+    GateRules {
+        max_connections: c.max_connections,
+        idle_timeout: c.idle_timeout,
+        max_buffered_bytes_per_connection: c.max_buffered_bytes_per_connection,
+        max_unsent_bytes_per_connection: c.max_unsent_bytes_per_connection,
+        reads_are_activity: false,
+    }
 }
 
 /// Warns when the connection caps exceed what the open-files limit
@@ -230,7 +262,7 @@ fn warn_if_short_of_files(config: &Config) {
     let listeners = 1 + u64::from(config.admin.is_some());
     // Listeners, Redis, config files, logs: a few dozen at most.
     let needed = per_listener * listeners + 64;
-    if let Some(limit) = crate::conn::open_files_limit()
+    if let Some(limit) = crate::net::open_files_limit()
         && limit < needed
     {
         tracing::warn!(
@@ -240,10 +272,6 @@ fn warn_if_short_of_files(config: &Config) {
         );
     }
 }
-
-/// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
-/// gRPC metadata is small; more is refused before a call starts.
-const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// How long a connection past `server.max_connection_age` may finish its
 /// calls before it is closed.
@@ -467,8 +495,10 @@ impl App {
 
         let conns = &config.server.conns;
         let max = conns.max_message_bytes;
+        // One budget of buffered request bytes for both listeners.
+        let process = Arc::new(Budget::new(conns.max_buffered_bytes));
         let grpc_server = grpc.serve(
-            server(conns)
+            server(conns, &process)
                 .add_service(HealthServer::new(health).max_decoding_message_size(max))
                 .add_service(reflection().build_v1()?.max_decoding_message_size(max))
                 .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
@@ -477,7 +507,8 @@ impl App {
                     RateLimitServiceServer::new(rls).max_decoding_message_size(max),
                 )),
             "grpc",
-            Gate::new("grpc", conns.max_connections, conns.idle_timeout, &metrics),
+            Gate::new("grpc", gate_rules(conns), &metrics),
+            conns,
             grpc_stop.clone(),
         );
         let mut grpc_task = tokio::spawn(async move {
@@ -494,12 +525,13 @@ impl App {
                 redis_overrides,
             );
             let admin_server = admin.serve(
-                server(conns)
+                server(conns, &process)
                     .add_service(QuotaAdminServer::new(service).max_decoding_message_size(max))
                     .add_service(reflection().build_v1()?.max_decoding_message_size(max))
                     .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max)),
                 "admin",
-                Gate::new("admin", conns.max_connections, conns.idle_timeout, &metrics),
+                Gate::new("admin", gate_rules(conns), &metrics),
+                conns,
                 grpc_stop.clone(),
             );
             rest.spawn(async move {
@@ -529,21 +561,21 @@ impl App {
             Arc::clone(&control),
             rest_stop.clone(),
         ));
-        let http_server = axum::serve(
-            crate::conn::HttpListener::new(http, Gate::for_http(&metrics)),
-            telemetry::router(
-                ready.clone(),
-                redis_state,
-                details(&control),
-                Arc::clone(&metrics),
-            ),
-        )
-        .with_graceful_shutdown(wait(rest_stop.clone()));
+        let router = telemetry::router(
+            ready.clone(),
+            redis_state,
+            details(&control),
+            Arc::clone(&metrics),
+        );
+        let http_metrics = Arc::clone(&metrics);
+        let http_stop = rest_stop.clone();
         rest.spawn(async move {
-            http_server.await.map_err(|e| AppError::Serve {
-                what: "HTTP",
-                source: Box::new(e),
-            })
+            crate::net::http::serve(http, router, &http_metrics, http_stop)
+                .await
+                .map_err(|e| AppError::Serve {
+                    what: "HTTP",
+                    source: Box::new(e),
+                })
         });
         if let Some((sync, _)) = sync {
             // Stops with the rest, after gRPC has answered its last call,

@@ -5,11 +5,13 @@
 //! loop that hands finished handshakes to tonic; and the subject of a
 //! peer's certificate, for the audit log.
 //!
-//! Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`], at
-//! most [`MAX_HANDSHAKES`] at once (beyond, new connections are closed),
-//! so slow or silent clients cannot pile up; a failed handshake (a client
-//! without a certificate under mTLS, an untrusted one, plain text on a
-//! TLS port) closes that connection and is logged at debug level.
+//! Handshakes run concurrently, each bounded by
+//! `server.tls_handshake_timeout`, capped per peer address and in all
+//! ([`crate::net::handshake`]: past a cap the oldest unfinished one is
+//! dropped, so silent or slow clients cannot keep real ones out); a failed
+//! handshake (a client without a certificate under mTLS, an untrusted
+//! one, plain text on a TLS port) closes that connection and is logged at
+//! debug level.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +22,20 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, per listener.
-pub const MAX_HANDSHAKES: usize = 1_024;
+use crate::net::handshake::{Handshakes, MAX_HANDSHAKES};
+
+/// How TLS handshakes are bounded on one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeRules {
+    /// How long a client may take to finish its handshake.
+    pub timeout: Duration,
+    /// Handshakes in progress from one peer address.
+    pub per_peer: usize,
+}
 
 /// A listener's certificate, key and optional client CA, as PEM.
 #[derive(Clone, PartialEq, Eq)]
@@ -134,15 +142,18 @@ impl Acceptor {
 
     /// Accepts connections on `listener` and yields those whose handshake
     /// succeeded, until the stream is dropped (the server stopped
-    /// accepting). Runs as a task of its own.
+    /// accepting). Runs as a task of its own; `displaced` counts
+    /// handshakes dropped for newer ones.
     pub fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
         what: &'static str,
+        rules: HandshakeRules,
+        displaced: metrics::Counter,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            let handshakes = Handshakes::new(rules.per_peer, MAX_HANDSHAKES);
             loop {
                 let accepted = tokio::select! {
                     _ = tx.closed() => return,
@@ -158,16 +169,22 @@ impl Acceptor {
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-                    tracing::debug!(listener = what, %peer, "too many TLS handshakes in progress; connection closed");
-                    continue;
-                };
+                let (pending, pushed_out) = handshakes.start(peer.ip());
+                if pushed_out {
+                    displaced.increment(1);
+                    tracing::debug!(listener = what, %peer, "too many TLS handshakes in progress; the oldest was dropped");
+                }
                 tune(&tcp);
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current.load_full());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(rules.timeout, acceptor.accept(tcp));
+                    let done = tokio::select! {
+                        done = handshake => done,
+                        _ = pending.displaced() => return,
+                    };
+                    drop(pending);
+                    match done {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
                         }

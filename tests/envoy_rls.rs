@@ -209,3 +209,43 @@ async fn descriptors_with_more_entries_get_their_own_buckets_under_the_key_plan(
     assert_eq!(r.overall_code, Code::Ok as i32);
     assert_eq!(r.statuses[0].limit_remaining, 1);
 }
+
+#[tokio::test]
+async fn an_operators_block_wins_over_a_limit_the_request_brings() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+    use quotad::api::pb::set_override_request::Target;
+
+    let d = TestDaemon::with_config(&format!(
+        "{}{}",
+        crate::support::CONFIG,
+        crate::support::admin_section("")
+    ))
+    .await;
+    d.ops()
+        .await
+        .set_override(crate::support::override_of("mallory", Target::Block(true)))
+        .await
+        .expect("blocked");
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let generous = |key: &str| {
+        let mut desc = descriptor(&[("api_key", key)]);
+        desc.limit = Some(RateLimitOverride {
+            requests_per_unit: 1_000,
+            unit: Unit::Second as i32,
+        });
+        request("edge", vec![desc], 1)
+    };
+    // With or without a limit of its own, a blocked key is over limit.
+    for r in [
+        generous("mallory"),
+        request("edge", vec![descriptor(&[("api_key", "mallory")])], 1),
+    ] {
+        let answer = ask(&mut c, r).await;
+        assert_eq!(answer.overall_code, Code::OverLimit as i32, "{answer:?}");
+        assert_eq!(answer.statuses[0].limit_remaining, 0);
+    }
+    // Another key's override is honoured.
+    let answer = ask(&mut c, generous("alice")).await;
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(answer.statuses[0].limit_remaining, 999);
+}

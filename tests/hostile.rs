@@ -375,7 +375,7 @@ async fn closed_within(tcp: &mut TcpStream, secs: u64) -> bool {
 async fn idle_connections_are_capped_and_closed_and_busy_ones_stay() {
     let d =
         TestDaemon::with_config(&with_server("  max_connections: 6\n  idle_timeout: 1s\n")).await;
-    // A stream that stays open (and quiet) beyond the idle timeout.
+    // A stream that keeps talking: a message every 200 ms, each answered.
     let mut c = RateLimiterClient::new(d.channel().await);
     let (tx, rx) = tokio::sync::mpsc::channel::<CheckRequest>(4);
     let mut answers = c
@@ -383,6 +383,19 @@ async fn idle_connections_are_capped_and_closed_and_busy_ones_stay() {
         .await
         .expect("stream opens")
         .into_inner();
+    let talking = tokio::spawn(async move {
+        for id in 0.. {
+            if tx.send(req_id("k", id)).await.is_err() {
+                return id;
+            }
+            match answers.next().await {
+                Some(Ok(r)) if r.id == id => {}
+                _ => return id,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        0
+    });
     // Five connections that never say anything fill the cap.
     let mut idle = Vec::new();
     for _ in 0..5 {
@@ -417,19 +430,19 @@ async fn idle_connections_are_capped_and_closed_and_busy_ones_stay() {
         .await
             >= 5.0
     );
-    // The stream's connection stayed: it answers after the timeout.
-    tx.send(CheckRequest {
-        key: "k".into(),
-        cost: 1,
-        id: 7,
-    })
-    .await
-    .expect("stream still open");
-    let r = answers.next().await.expect("an answer").expect("ok");
-    assert_eq!(r.id, 7);
-    assert!(r.allowed);
+    // The talking stream's connection stayed throughout.
+    assert!(!talking.is_finished(), "the talking stream was ended");
+    talking.abort();
     // And room is free again for new callers.
     assert!(d.check("k", 1).await.allowed);
+}
+
+fn req_id(key: &str, id: u64) -> CheckRequest {
+    CheckRequest {
+        key: key.into(),
+        cost: 1,
+        id,
+    }
 }
 
 #[tokio::test]
@@ -463,30 +476,34 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_stays() {
 }
 
 #[tokio::test]
-async fn the_http_listener_caps_its_connections_too() {
+async fn the_http_listener_caps_its_connections_and_new_ones_push_out_the_longest_waiting() {
     let d = TestDaemon::start().await;
     // Connections that never send a request fill the HTTP listener's cap.
     let mut idle = Vec::new();
-    for _ in 0..quotad::conn::HTTP_MAX_CONNECTIONS {
+    for _ in 0..quotad::net::http::HTTP_MAX_CONNECTIONS {
         idle.push(TcpStream::connect(d.http_addr).await.expect("connect"));
     }
-    let mut over = TcpStream::connect(d.http_addr).await.expect("connect");
-    assert!(closed_within(&mut over, 5).await, "over the cap: closed");
-    // gRPC is not affected.
-    assert!(d.check("k", 1).await.allowed);
-    // Once they go, health and metrics answer again, and counted the one
-    // refused.
-    drop(idle);
-    let closed_at_accept = || {
+    eventually("the cap filled", 5, || async {
+        metric(&d, "quotad_connections_open", &[("listener", "http")]).await
+            >= quotad::net::http::HTTP_MAX_CONNECTIONS as f64
+    })
+    .await;
+    // A probe still gets in: it pushes out the connection that waited
+    // longest for a request, which is closed and counted.
+    assert_eq!(d.http_get("/readyz").await.0, 200);
+    assert!(
+        closed_within(&mut idle[0], 5).await,
+        "the oldest was pushed out"
+    );
+    assert!(
         metric(
             &d,
             "quotad_connections_refused_total",
-            &[("listener", "http")],
+            &[("listener", "http")]
         )
-    };
-    eventually("the refused HTTP connection counted", 5, || async {
-        closed_at_accept().await == 1.0
-    })
-    .await;
-    assert_eq!(d.http_get("/readyz").await.0, 200);
+        .await
+            >= 1.0
+    );
+    // gRPC is not affected.
+    assert!(d.check("k", 1).await.allowed);
 }

@@ -26,6 +26,9 @@ mod helm;
 /// Hostile callers: oversized, nested and flooding messages, stalled
 /// streams, idle connections.
 mod hostile;
+/// Hostile connections: partial bodies within budgets, calls that never
+/// finish, quiet streams, trickled HTTP headers.
+mod hostile_conns;
 /// Key floods against a small store: old and new customers keep their
 /// own exact counts; budgets per source; the overflow cell as last resort.
 mod key_flood;

@@ -327,3 +327,54 @@ fn a_plain_text_admin_listener_beyond_loopback_is_refused() {
     );
     assert!(Config::from_yaml(&yaml, "t.yaml").is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connects_do_not_keep_operators_out_of_the_mtls_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("server CA");
+    let clients = TestCa::new("ops clients");
+    let d = mtls_admin(dir.path(), &server_ca, &clients).await;
+    let addr = d.admin_addr.unwrap();
+    // About 400 TCP connections a second that never start a handshake,
+    // each held for 3 s: 1 200 pending at any time, more than any fixed
+    // cap of unfinished handshakes would hold (past the 64 a peer may
+    // have pending, the server drops the oldest). It runs 3.5 s before
+    // the operators start, and while they work.
+    let flood = tokio::spawn(async move {
+        let mut held = std::collections::VecDeque::new();
+        let mut tick = tokio::time::interval(Duration::from_micros(2_500));
+        loop {
+            tick.tick().await;
+            if let Ok(tcp) = tokio::net::TcpStream::connect(addr).await {
+                held.push_back((tokio::time::Instant::now(), tcp));
+            }
+            while held
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(3))
+            {
+                held.pop_front();
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // Ten operators, one after another, each with a fresh handshake.
+    let (cert, key) = clients.leaf("alice", &[]);
+    for op in 0..10 {
+        let channel = tls_channel(addr, &server_ca.cert_pem, Some((&cert, &key)))
+            .await
+            .unwrap_or_else(|e| panic!("operator {op} could not connect: {e}"));
+        QuotaAdminClient::with_interceptor(channel, Bearer(Some(OPS_TOKEN.into())))
+            .list_plans(ListPlansRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("operator {op} was not served: {e}"));
+    }
+    flood.abort();
+    // Handshakes pushed out for newer ones were counted.
+    let (_, metrics) = d.http_get("/metrics").await;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("quotad_connections_refused_total{listener=\"admin\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused > 0.0, "no handshake was pushed out: {refused}");
+}

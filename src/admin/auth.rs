@@ -57,7 +57,7 @@ pub fn authorize<T>(
     scope: Scope,
     call: &str,
 ) -> Result<Caller, Status> {
-    let (peer, certs) = crate::conn::ConnInfo::peer_of(request);
+    let (peer, certs) = crate::net::ConnInfo::peer_of(request);
     let refuse = |why: &str| {
         tracing::warn!(peer = ?peer, call, "admin call refused: {why}");
         Status::unauthenticated(why.to_owned())

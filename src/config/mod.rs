@@ -82,10 +82,17 @@ server:
   http_addr: 127.0.0.1:9090    # HTTP: health and readiness
   shutdown_grace: 10s          # how long in-flight calls may finish on shutdown (ms, s, m or h)
   # drain_delay: 5s            # on shutdown, report not-ready this long before refusing connections
-  max_connections: 10000       # open gRPC connections at most; more are closed at once (and counted)
-  max_concurrent_streams: 1000 # calls in flight on one connection (HTTP/2); more are refused
+  max_connections: 1024        # open gRPC connections at most; more are closed at once (and counted)
+  max_concurrent_streams: 100  # calls in flight on one connection (HTTP/2); more are refused
   max_message_bytes: 1048576   # largest request message; bigger ones get OUT_OF_RANGE unread
-  idle_timeout: 5m             # a connection with no call in flight this long is closed
+  max_buffered_bytes: 67108864 # request bytes all connections may buffer (messages on their way, headers)
+  max_buffered_bytes_per_connection: 2097152  # ... and one connection; past them: RESOURCE_EXHAUSTED
+  max_unsent_bytes_per_connection: 131072     # answers a peer has not read; past them its answers wait
+  receive_window_bytes: 131072 # HTTP/2 window: what a peer may send ahead of the server reading it
+  request_body_timeout: 10s    # a request message must arrive whole this soon after its first byte
+  idle_timeout: 5m             # a connection that does nothing this long is closed (pings do not count)
+  tls_handshake_timeout: 5s    # with tls: how long a handshake may take ...
+  max_handshakes_per_peer: 64  # ... and how many one address may have in progress (the oldest is dropped)
   keepalive_interval: 60s      # HTTP/2 ping to each connection this often ...
   keepalive_timeout: 20s       # ... and close it when the ping is not answered this soon
   # max_connection_age: 30m    # close (gracefully) connections older than this, to rebalance
@@ -252,6 +259,49 @@ pub struct ConnLimits {
     /// Connections older than this are asked to go away (GOAWAY), so
     /// clients spread over new nodes; `None`: no limit.
     pub max_connection_age: Option<Duration>,
+    /// Request bytes (messages being received, headers of calls not yet
+    /// answered) all connections of the process may buffer at once.
+    pub max_buffered_bytes: usize,
+    /// Of those, what one connection may buffer.
+    pub max_buffered_bytes_per_connection: usize,
+    /// Answer bytes one connection may have that its peer has not read
+    /// yet; past them, its answers wait.
+    pub max_unsent_bytes_per_connection: usize,
+    /// HTTP/2 receive window of each connection (and each call on it):
+    /// what a peer may send ahead of the server reading it.
+    pub receive_window_bytes: u32,
+    /// How long a request message may take to arrive, from its first
+    /// byte (for calls that are not streams, from the call's start).
+    pub request_body_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress from one peer address; past it the
+    /// peer's oldest is dropped.
+    pub max_handshakes_per_peer: usize,
+}
+
+impl ConnLimits {
+    /// How TLS handshakes are bounded.
+    pub fn handshakes(&self) -> crate::tls::HandshakeRules {
+        crate::tls::HandshakeRules {
+            timeout: self.tls_handshake_timeout,
+            per_peer: self.max_handshakes_per_peer,
+        }
+    }
+
+    /// The most memory connections can hold by these settings, in bytes,
+    /// with `listeners` gRPC listeners (see [`crate::net`]).
+    pub fn worst_case_bytes(&self, listeners: usize) -> u64 {
+        let per_conn = u64::from(self.receive_window_bytes)
+            + self.max_unsent_bytes_per_connection as u64
+            + crate::net::CONN_OVERHEAD as u64;
+        let http = (crate::net::http::HTTP_MAX_CONNECTIONS
+            * (crate::net::http::HTTP_MAX_HEADER_BYTES + crate::net::CONN_OVERHEAD / 4))
+            as u64;
+        self.max_buffered_bytes as u64
+            + listeners as u64 * self.max_connections as u64 * per_conn
+            + http
+    }
 }
 
 /// Largest `server.max_connections`.
@@ -260,6 +310,73 @@ const MAX_CONNECTIONS_CAP: u64 = 1_000_000;
 const MAX_STREAMS_CAP: u64 = 1_000_000;
 /// Smallest and largest `server.max_message_bytes`.
 const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(64 << 20);
+/// Largest `server.max_buffered_bytes` (and per connection).
+const BUFFERED_BYTES_CAP: u64 = 64 << 30;
+/// Smallest and largest `server.max_unsent_bytes_per_connection`.
+const UNSENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(64 << 20);
+/// Smallest and largest `server.receive_window_bytes` (HTTP/2 allows
+/// up to 2³¹ − 1).
+const RECEIVE_WINDOW_RANGE: std::ops::RangeInclusive<u64> = (16 << 10)..=((1 << 31) - 1);
+/// What one call's request may need buffered beyond its message: the
+/// message prefix and the largest header list.
+const CALL_OVERHEAD_BYTES: u64 = 5 + crate::net::MAX_HEADER_LIST as u64;
+
+/// The connection budgets as written (checked against each other once
+/// all are known).
+struct ConnBudgetsRaw {
+    max_buffered_bytes: Option<u64>,
+    per_connection: Option<u64>,
+    unsent: Option<u64>,
+    window: Option<u64>,
+    per_peer: Option<u64>,
+}
+
+impl ConnBudgetsRaw {
+    /// Sets the budgets of `c` (whose `max_message_bytes` is final): one
+    /// largest message must fit a connection's budget, and a
+    /// connection's the process's. Defaults grow to fit; values written
+    /// that do not fit are errors naming the field.
+    fn apply(self, c: &mut ConnLimits) -> Result<(), Issue> {
+        let need = c.max_message_bytes as u64 + CALL_OVERHEAD_BYTES;
+        let at = |field: &str| vec![Seg::key("server"), Seg::key(field)];
+        let per_connection = match self.per_connection {
+            Some(n) if n < need => {
+                return Err(Issue::new(
+                    at("max_buffered_bytes_per_connection"),
+                    format!(
+                        "must be at least max_message_bytes + {CALL_OVERHEAD_BYTES} = {need}, so one largest message fits (got {n})"
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => (c.max_buffered_bytes_per_connection as u64).max(need),
+        };
+        let total = match self.max_buffered_bytes {
+            Some(n) if n < per_connection => {
+                return Err(Issue::new(
+                    at("max_buffered_bytes"),
+                    format!(
+                        "must be at least max_buffered_bytes_per_connection ({per_connection}) (got {n})"
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => (c.max_buffered_bytes as u64).max(per_connection),
+        };
+        c.max_buffered_bytes_per_connection = usize::try_from(per_connection).unwrap_or(usize::MAX);
+        c.max_buffered_bytes = usize::try_from(total).unwrap_or(usize::MAX);
+        if let Some(n) = self.unsent {
+            c.max_unsent_bytes_per_connection = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.window {
+            c.receive_window_bytes = u32::try_from(n).unwrap_or(u32::MAX >> 1);
+        }
+        if let Some(n) = self.per_peer {
+            c.max_handshakes_per_peer = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        Ok(())
+    }
+}
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -277,13 +394,20 @@ impl Default for ServerSettings {
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
-            max_connections: 10_000,
-            max_concurrent_streams: 1000,
+            max_connections: 1024,
+            max_concurrent_streams: 100,
             max_message_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             max_connection_age: None,
+            max_buffered_bytes: 64 << 20,
+            max_buffered_bytes_per_connection: 2 << 20,
+            max_unsent_bytes_per_connection: 128 << 10,
+            receive_window_bytes: 128 << 10,
+            request_body_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(5),
+            max_handshakes_per_peer: 64,
         }
     }
 }
@@ -767,6 +891,16 @@ impl Config {
             format_duration(c.keepalive_timeout),
             c.max_connection_age.map_or("none".to_owned(), format_duration)
         ));
+        let listeners = 1 + usize::from(self.admin.is_some());
+        lines.push(format!(
+            "buffers: requests {} bytes in all, {} per connection (within {}), unsent answers {} per connection, receive window {}; worst case for connections {} MiB",
+            c.max_buffered_bytes,
+            c.max_buffered_bytes_per_connection,
+            format_duration(c.request_body_timeout),
+            c.max_unsent_bytes_per_connection,
+            c.receive_window_bytes,
+            c.worst_case_bytes(listeners) >> 20
+        ));
         let r = &self.requests;
         lines.push(format!(
             "requests: max key {} bytes, max cost {}, max batch {}, max descriptors {}, max entries {}, max entry {} bytes",
@@ -978,6 +1112,13 @@ struct ServerRaw {
     keepalive_interval: Option<Dur>,
     keepalive_timeout: Option<Dur>,
     max_connection_age: Option<Dur>,
+    max_buffered_bytes: Option<Positive>,
+    max_buffered_bytes_per_connection: Option<Positive>,
+    max_unsent_bytes_per_connection: Option<Positive>,
+    receive_window_bytes: Option<Positive>,
+    request_body_timeout: Option<Dur>,
+    tls_handshake_timeout: Option<Dur>,
+    max_handshakes_per_peer: Option<Positive>,
 }
 
 #[derive(Deserialize)]
@@ -1101,6 +1242,56 @@ impl ConfigRaw {
                 server.conns.keepalive_timeout = d.0;
             }
             server.conns.max_connection_age = s.max_connection_age.map(|d| d.0);
+            let budgets = ConnBudgetsRaw {
+                max_buffered_bytes: at_most(
+                    s.max_buffered_bytes,
+                    "max_buffered_bytes",
+                    1..=BUFFERED_BYTES_CAP,
+                )?,
+                per_connection: at_most(
+                    s.max_buffered_bytes_per_connection,
+                    "max_buffered_bytes_per_connection",
+                    1..=BUFFERED_BYTES_CAP,
+                )?,
+                unsent: at_most(
+                    s.max_unsent_bytes_per_connection,
+                    "max_unsent_bytes_per_connection",
+                    UNSENT_BYTES_RANGE,
+                )?,
+                window: at_most(
+                    s.receive_window_bytes,
+                    "receive_window_bytes",
+                    RECEIVE_WINDOW_RANGE,
+                )?,
+                per_peer: at_most(
+                    s.max_handshakes_per_peer,
+                    "max_handshakes_per_peer",
+                    1..=crate::net::handshake::MAX_HANDSHAKES as u64,
+                )?,
+            };
+            budgets.apply(&mut server.conns)?;
+            for (value, field, target) in [
+                (
+                    s.request_body_timeout,
+                    "request_body_timeout",
+                    &mut server.conns.request_body_timeout,
+                ),
+                (
+                    s.tls_handshake_timeout,
+                    "tls_handshake_timeout",
+                    &mut server.conns.tls_handshake_timeout,
+                ),
+            ] {
+                if let Some(d) = value {
+                    if d.0.is_zero() {
+                        return Err(Issue::new(
+                            vec![Seg::key("server"), Seg::key(field)],
+                            "must be longer than 0",
+                        ));
+                    }
+                    *target = d.0;
+                }
+            }
             server.tls = s
                 .tls
                 .map(|t| t.build(base, &["server", "tls"]))
@@ -1624,6 +1815,13 @@ server:
   keepalive_interval: 10s
   keepalive_timeout: 2s
   max_connection_age: 1h
+  max_buffered_bytes: 8388608
+  max_buffered_bytes_per_connection: 1048576
+  max_unsent_bytes_per_connection: 65536
+  receive_window_bytes: 65535
+  request_body_timeout: 3s
+  tls_handshake_timeout: 2s
+  max_handshakes_per_peer: 8
 requests:
   max_key_bytes: 128
   max_cost: 5000
@@ -1656,6 +1854,13 @@ envoy:
                 keepalive_interval: Duration::from_secs(10),
                 keepalive_timeout: Duration::from_secs(2),
                 max_connection_age: Some(Duration::from_secs(3600)),
+                max_buffered_bytes: 8 << 20,
+                max_buffered_bytes_per_connection: 1 << 20,
+                max_unsent_bytes_per_connection: 64 << 10,
+                receive_window_bytes: 65535,
+                request_body_timeout: Duration::from_secs(3),
+                tls_handshake_timeout: Duration::from_secs(2),
+                max_handshakes_per_peer: 8,
             }
         );
         assert_eq!(
@@ -1712,7 +1917,8 @@ plans: 2 (default: free)
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
 server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none, tls off
-connections: max 10000 (1000 calls each), max message 1048576 bytes, idle timeout 5m, keepalive every 1m (timeout 20s), max age none
+connections: max 1024 (100 calls each), max message 1048576 bytes, idle timeout 5m, keepalive every 1m (timeout 20s), max age none
+buffers: requests 67108864 bytes in all, 2097152 per connection (within 10s), unsent answers 131072 per connection, receive window 131072; worst case for connections 392 MiB
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
 store: max tracked keys 1000000, sweep every 10s, hash secret random per process
 envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off

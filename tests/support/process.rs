@@ -48,6 +48,23 @@ impl Daemon {
             .code()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in kB")
+            * 1024
+    }
+
     /// Sends the signal `name` (`-TERM`, `-HUP`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();

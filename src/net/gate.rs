@@ -1,28 +1,25 @@
-//! Accepted gRPC connections: the cap on how many are open at once,
-//! closing those with no call in flight for `server.idle_timeout`, and
-//! what a call knows about its connection ([`ConnInfo`]).
+//! Accepted connections: the cap on how many are open at once on each
+//! listener, closing those idle for `server.idle_timeout`, and what a call
+//! knows about its connection ([`ConnInfo`]).
 //!
 //! - [`Gate::admit`] takes each accepted connection. Over
 //!   `server.max_connections` it is closed at once and counted
 //!   (`quotad_connections_refused_total`), so a caller that opens
 //!   connections without end costs one accept each, not memory.
-//! - [`CallLayer`] counts each connection's calls in flight; a call lasts
-//!   until its response body (for `CheckStream`, the whole stream) is done.
-//! - A [`Conn`] with no call in flight for the idle timeout reports end of
-//!   file on its next read, and the HTTP/2 server closes it
-//!   (`quotad_connections_idle_closed_total`). gRPC clients reconnect on
-//!   their next call. Connections that never send a call at all (a
-//!   half-open flood) are closed the same way. HTTP/2 pings, which every
-//!   live client answers, do not count as calls.
-//! - The HTTP listener (health, `/metrics`) goes through a gate of its own
-//!   ([`HttpListener`]): at most [`HTTP_MAX_CONNECTIONS`], and a
-//!   connection whose peer sends nothing for [`HTTP_IDLE`] is closed.
+//! - A [`Conn`] that has been idle (see [`super::activity`]) for the idle
+//!   timeout reports end of file on its next read, and the HTTP/2 server
+//!   closes it (`quotad_connections_idle_closed_total`). gRPC clients
+//!   reconnect on their next call. Connections that never send a call at
+//!   all (a half-open flood), calls that never finish sending and streams
+//!   with nothing to say are closed the same way: holding a connection
+//!   open takes doing something with it.
+//! - Every byte a [`Conn`] writes is reported to its [`Activity`], which
+//!   lets answers held back for a slow reader go on.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,16 +32,31 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::activity::Activity;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::names;
+
+/// What one listener lets each connection do.
+#[derive(Debug, Clone, Copy)]
+pub struct GateRules {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// How long a connection may do nothing.
+    pub idle_timeout: Duration,
+    /// Request bytes one connection's calls may buffer.
+    pub max_buffered_bytes_per_connection: usize,
+    /// Answer bytes one connection may have unwritten before answers
+    /// wait.
+    pub max_unsent_bytes_per_connection: usize,
+    /// Whether bytes read count as activity (HTTP/1, where calls are not
+    /// tracked); otherwise pings would.
+    pub reads_are_activity: bool,
+}
 
 /// Admits connections to one listener, up to its cap.
 pub struct Gate {
     permits: Arc<Semaphore>,
-    idle_timeout: Duration,
-    /// Whether bytes read count as activity (HTTP/1, where calls are not
-    /// counted); otherwise only calls in flight do.
-    reads_are_activity: bool,
+    rules: GateRules,
     open: Gauge,
     refused: Counter,
     idle_closed: Counter,
@@ -54,41 +66,20 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("available", &self.permits.available_permits())
-            .field("idle_timeout", &self.idle_timeout)
+            .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
 }
 
 impl Gate {
     /// A gate for the listener named `listener` (the metrics label).
-    pub fn new(
-        listener: &'static str,
-        max_connections: usize,
-        idle_timeout: Duration,
-        metrics: &Metrics,
-    ) -> Arc<Gate> {
-        Gate::build(listener, max_connections, idle_timeout, false, metrics)
-    }
-
-    /// The gate of the HTTP listener (health and `/metrics`): at most
-    /// [`HTTP_MAX_CONNECTIONS`], each closed after [`HTTP_IDLE`] without a
-    /// byte from its peer.
-    pub fn for_http(metrics: &Metrics) -> Arc<Gate> {
-        Gate::build("http", HTTP_MAX_CONNECTIONS, HTTP_IDLE, true, metrics)
-    }
-
-    fn build(
-        listener: &'static str,
-        max_connections: usize,
-        idle_timeout: Duration,
-        reads_are_activity: bool,
-        metrics: &Metrics,
-    ) -> Arc<Gate> {
+    pub fn new(listener: &'static str, rules: GateRules, metrics: &Metrics) -> Arc<Gate> {
         let labels = [("listener", listener)];
         Arc::new(Gate {
-            permits: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
-            idle_timeout,
-            reads_are_activity,
+            permits: Arc::new(Semaphore::new(
+                rules.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            rules,
             open: metrics.gauge(names::CONNECTIONS, &labels),
             refused: metrics.counter(names::CONNECTIONS_REFUSED, &labels),
             idle_closed: metrics.counter(names::CONNECTIONS_IDLE, &labels),
@@ -104,25 +95,38 @@ impl Gate {
             return None;
         };
         self.open.increment(1.0);
-        let now = Instant::now();
+        let activity = Activity::new(
+            self.rules.max_buffered_bytes_per_connection,
+            self.rules.max_unsent_bytes_per_connection,
+        );
+        let idle = Box::pin(tokio::time::sleep_until(
+            activity.born() + self.rules.idle_timeout,
+        ));
         let info = ConnInfo {
             remote_addr: io.remote_addr(),
             peer_certs: io.peer_certs(),
-            activity: Arc::new(Activity {
-                calls: AtomicUsize::new(0),
-                last: AtomicU64::new(0),
-                born: now,
-            }),
+            activity,
         };
         Some(Conn {
             io,
             info,
-            idle: Box::pin(tokio::time::sleep_until(now + self.idle_timeout)),
+            idle,
             closed: false,
             armed: false,
             gate: Arc::clone(self),
             _permit: permit,
         })
+    }
+
+    /// Counts a connection this listener refused on its own account.
+    pub fn refuse(&self) {
+        self.refused.increment(1);
+    }
+
+    /// The counter of refused connections (for those refused before they
+    /// reach the gate: TLS handshakes dropped for newer ones).
+    pub fn refusals(&self) -> Counter {
+        self.refused.clone()
     }
 }
 
@@ -140,46 +144,6 @@ fn parse_open_files(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// Most connections open at once on the HTTP listener: probes and
-/// scrapers need a handful.
-pub const HTTP_MAX_CONNECTIONS: usize = 256;
-
-/// How long an HTTP connection may send nothing before it is closed (a
-/// request's headers trickled in byte by byte keep it, the cap bounds it).
-pub const HTTP_IDLE: Duration = Duration::from_secs(30);
-
-/// The HTTP listener through its [`Gate`], for `axum::serve`.
-pub struct HttpListener {
-    tcp: tokio::net::TcpListener,
-    gate: Arc<Gate>,
-}
-
-impl HttpListener {
-    /// Accepts on `tcp` through `gate`.
-    pub fn new(tcp: tokio::net::TcpListener, gate: Arc<Gate>) -> Self {
-        HttpListener { tcp, gate }
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = Conn<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn<TcpStream>, SocketAddr) {
-        loop {
-            // axum's accept logs and pauses on errors itself.
-            let (tcp, addr) = axum::serve::Listener::accept(&mut self.tcp).await;
-            if let Some(conn) = self.gate.admit(tcp) {
-                return (conn, addr);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
 }
 
 /// What a gated connection tells about its peer.
@@ -213,48 +177,6 @@ impl Peer for TlsStream<TcpStream> {
     }
 }
 
-/// A connection's calls in flight and when the last one ended.
-#[derive(Debug)]
-struct Activity {
-    calls: AtomicUsize,
-    /// Nanoseconds from `born` to the end of the last call.
-    last: AtomicU64,
-    born: Instant,
-}
-
-impl Activity {
-    /// Notes activity now (bytes read, where they count).
-    fn touch(&self) {
-        let since = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.fetch_max(since, Ordering::AcqRel);
-    }
-
-    fn begin(self: &Arc<Self>) -> CallGuard {
-        self.calls.fetch_add(1, Ordering::AcqRel);
-        CallGuard(Arc::clone(self))
-    }
-
-    /// Since when the connection has had no call in flight; `None` while
-    /// it has one.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.calls.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        Some(self.born + Duration::from_nanos(self.last.load(Ordering::Acquire)))
-    }
-}
-
-/// One call in flight; ends when dropped.
-#[derive(Debug)]
-struct CallGuard(Arc<Activity>);
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.calls.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// What a call knows about its connection: in each request's extensions
 /// (tonic puts a connection's [`Connected::connect_info`] there).
 #[derive(Debug, Clone)]
@@ -265,6 +187,11 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The connection's shared state.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     /// The peer's address and TLS certificates for `request`: from its
     /// gated connection, else what tonic knows.
     pub fn peer_of<T>(
@@ -307,9 +234,10 @@ impl<IO> Conn<IO> {
                 return false;
             }
             let now = Instant::now();
+            let timeout = self.gate.rules.idle_timeout;
             let deadline = match self.info.activity.idle_since() {
-                Some(since) => since + self.gate.idle_timeout,
-                None => now + self.gate.idle_timeout,
+                Some(since) => since + timeout,
+                None => now + timeout,
             };
             if deadline <= now {
                 self.closed = true;
@@ -348,7 +276,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
             }
             Poll::Pending => Poll::Pending,
             read => {
-                if this.gate.reads_are_activity && buf.filled().len() > before {
+                if this.gate.rules.reads_are_activity && buf.filled().len() > before {
                     this.info.activity.touch();
                 }
                 read
@@ -363,7 +291,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.info.activity.written(n);
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -379,7 +312,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.info.activity.written(n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -392,105 +330,6 @@ impl<IO> Connected for Conn<IO> {
 
     fn connect_info(&self) -> ConnInfo {
         self.info.clone()
-    }
-}
-
-/// Counts each call on its connection (see the module docs).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallLayer;
-
-impl<S> tower_layer::Layer<S> for CallLayer {
-    type Service = Calls<S>;
-
-    fn layer(&self, inner: S) -> Calls<S> {
-        Calls { inner }
-    }
-}
-
-/// The service [`CallLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct Calls<S> {
-    inner: S,
-}
-
-impl<S, B, RB> tower_service::Service<http::Request<B>> for Calls<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
-{
-    type Response = http::Response<Tracked<RB>>;
-    type Error = S::Error;
-    type Future = CallFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let guard = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|info| info.activity.begin());
-        CallFuture {
-            inner: self.inner.call(request),
-            guard,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A call's response on its way; carries the call's guard into the body.
-    pub struct CallFuture<F> {
-        #[pin]
-        inner: F,
-        guard: Option<CallGuard>,
-    }
-}
-
-impl<F, RB, E> Future for CallFuture<F>
-where
-    F: Future<Output = Result<http::Response<RB>, E>>,
-{
-    type Output = Result<http::Response<Tracked<RB>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.inner.poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(response)) => {
-                let guard = this.guard.take();
-                Poll::Ready(Ok(response.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                })))
-            }
-        }
-    }
-}
-
-/// A response body that holds its call open until it is done.
-pub struct Tracked<B> {
-    body: B,
-    _guard: Option<CallGuard>,
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -508,25 +347,5 @@ mod tests {
             "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_open_files(unlimited), None);
         assert_eq!(parse_open_files(""), None);
-    }
-
-    #[test]
-    fn a_connection_is_idle_only_without_calls() {
-        let a = Arc::new(Activity {
-            calls: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
-            born: Instant::now(),
-        });
-        assert!(a.idle_since().is_some());
-        let one = a.begin();
-        let two = a.begin();
-        assert!(a.idle_since().is_none());
-        drop(one);
-        assert!(a.idle_since().is_none(), "one call still in flight");
-        let before = a.idle_since();
-        drop(two);
-        let since = a.idle_since().expect("idle once every call ended");
-        assert!(before.is_none());
-        assert!(since >= a.born);
     }
 }

@@ -1,0 +1,174 @@
+//! One connection's state, shared by the connection and its calls: when
+//! it last did something, how many calls the server is working on, the
+//! request bytes it buffers, and the answer bytes produced but not yet
+//! written to the peer.
+//!
+//! **Activity** is a call starting, a request body's bytes arriving, an
+//! answer's bytes going out, and a call the server finishes. HTTP/2 pings
+//! are not: every live client answers them, so they cannot tell a
+//! working client from one that only holds a connection. A call waiting
+//! for its caller (a stream with nothing to say, a body that stopped
+//! arriving) is not activity either: the connection is idle when nothing
+//! happened for `server.idle_timeout` and no call is being worked on.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::budget::Budget;
+
+/// A connection's shared state. See the module docs.
+#[derive(Debug)]
+pub struct Activity {
+    born: Instant,
+    /// Nanoseconds from `born` to the last activity.
+    last: AtomicU64,
+    /// Calls whose answer the server is working on.
+    busy: AtomicUsize,
+    /// Request bytes this connection's calls hold.
+    buffered: Budget,
+    /// Answer bytes handed to HTTP/2 and not yet written to the socket.
+    unsent: AtomicUsize,
+    unsent_cap: usize,
+    /// Answers waiting for `unsent` to go down.
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl Activity {
+    /// A new connection's state: `buffered_cap` request bytes at most,
+    /// answers held back past `unsent_cap` unwritten bytes.
+    pub fn new(buffered_cap: usize, unsent_cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            buffered: Budget::new(buffered_cap),
+            unsent: AtomicUsize::new(0),
+            unsent_cap,
+            waiters: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// When the connection was accepted.
+    pub fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// Notes activity now.
+    #[inline]
+    pub fn touch(&self) {
+        let since = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::AcqRel);
+    }
+
+    /// A call the server works on until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.touch();
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(Arc::clone(self))
+    }
+
+    /// Since when the connection has done nothing; `None` while the
+    /// server works on a call.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_nanos(self.last.load(Ordering::Acquire)))
+    }
+
+    /// The connection's budget of buffered request bytes.
+    pub fn buffered(&self) -> &Budget {
+        &self.buffered
+    }
+
+    /// Whether an answer may hand more bytes to HTTP/2 now; if not, the
+    /// task is woken when some are written.
+    pub fn may_send(&self, cx: &Context<'_>) -> bool {
+        if self.unsent.load(Ordering::Acquire) < self.unsent_cap {
+            return true;
+        }
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(cx.waker().clone());
+        // Written meanwhile: the waker may never be called.
+        self.unsent.load(Ordering::Acquire) < self.unsent_cap
+    }
+
+    /// An answer handed `n` bytes to HTTP/2.
+    #[inline]
+    pub fn handed(&self, n: usize) {
+        self.unsent.fetch_add(n, Ordering::AcqRel);
+        self.touch();
+    }
+
+    /// `n` bytes were written to the socket (answers, and HTTP/2's own
+    /// frames, which only make the count err low).
+    #[inline]
+    pub fn written(&self, n: usize) {
+        let _ = self
+            .unsent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u > 0).then(|| u.saturating_sub(n))
+            });
+        let waiting =
+            std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// Answer bytes not yet written.
+    pub fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::Acquire)
+    }
+}
+
+/// A call being worked on; ends (as activity) when dropped.
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_while_no_call_is_worked_on() {
+        let a = Activity::new(0, 0);
+        assert!(a.idle_since().is_some());
+        let one = a.begin();
+        let two = a.begin();
+        assert!(a.idle_since().is_none());
+        drop(one);
+        assert!(a.idle_since().is_none(), "one call still worked on");
+        drop(two);
+        let since = a.idle_since().expect("idle once every call ended");
+        assert!(since >= a.born());
+    }
+
+    #[test]
+    fn answers_wait_past_the_cap_until_bytes_are_written() {
+        let a = Activity::new(0, 100);
+        let waker = futures_util::task::noop_waker();
+        let cx = Context::from_waker(&waker);
+        assert!(a.may_send(&cx));
+        a.handed(150);
+        assert!(!a.may_send(&cx));
+        assert_eq!(a.waiters.lock().unwrap().len(), 1);
+        a.written(60);
+        assert_eq!(a.unsent(), 90);
+        assert!(a.waiters.lock().unwrap().is_empty(), "woken");
+        assert!(a.may_send(&cx));
+        a.written(1_000);
+        assert_eq!(a.unsent(), 0, "never below zero");
+    }
+}
