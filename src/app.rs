@@ -314,6 +314,9 @@ impl App {
             _ => tracing::info!("admin API off (no admin section in the config)"),
         }
         warn_if_short_of_files(&config);
+        for skipped in &config.skipped {
+            tracing::warn!("limits directory entry skipped: {skipped}");
+        }
         let files = config.watched_files();
         let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
             .await
@@ -566,23 +569,8 @@ impl App {
             watcher.watch(stop).await;
             Ok(())
         });
-        if let Some(mut hangups) = hangups {
-            let reloader = Arc::clone(&reloader);
-            let mut stop = rest_stop;
-            rest.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.wait() => return Ok(()),
-                        next = hangups.next() => match next {
-                            Some(()) => {
-                                // Logged (and counted) by the reloader.
-                                let _ = reloader.reload(Cause::Signal).await;
-                            }
-                            None => return Ok(()),
-                        },
-                    }
-                }
-            });
+        if let Some(hangups) = hangups {
+            rest.spawn(reload_on_hangups(Arc::clone(&reloader), hangups, rest_stop));
         }
 
         ready.set(true);
@@ -779,6 +767,29 @@ fn flatten(done: Result<Result<(), AppError>, tokio::task::JoinError>) -> Result
 
 async fn wait(mut shutdown: Shutdown) {
     shutdown.wait().await;
+}
+
+/// Reloads whenever `hangups` yields, until `stop` fires; a reload in
+/// progress does not hold up the shutdown.
+async fn reload_on_hangups(
+    reloader: Arc<Reloader>,
+    mut hangups: Hangups,
+    mut stop: Shutdown,
+) -> Result<(), AppError> {
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            next = hangups.next() => match next {
+                Some(()) => {}
+                None => return Ok(()),
+            },
+        }
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            // Logged (and counted) by the reloader.
+            _ = reloader.reload(Cause::Signal) => {}
+        }
+    }
 }
 
 /// Drops idle buckets and ended overrides every `every` until shutdown.

@@ -492,7 +492,9 @@ impl Control {
         // What only a restart applies stays as it runs, so nothing is
         // validated or read against settings not in effect (a `redis`
         // section added by a reload decides nothing until a restart).
-        let (config, restart_needed) = keep_restart_only(&old, config);
+        let (mut config, restart_needed) = keep_restart_only(&old, config);
+        // Entries skipped in limits directories are no setting.
+        let skipped = std::mem::replace(&mut config.skipped, old.skipped.clone());
         if *old == config {
             // The same settings (a comment changed, or nothing): only the
             // files' fingerprint is new.
@@ -503,6 +505,7 @@ impl Control {
                 restart_needed,
             });
         }
+        config.skipped = skipped;
         self.config.store(Arc::new(config));
         st.base = base;
         st.version = ConfigVersion {
