@@ -546,3 +546,52 @@ async fn shutdown_does_not_wait_for_a_reload_whose_read_hangs() {
     );
     release.send(()).unwrap();
 }
+
+#[tokio::test]
+async fn files_put_back_as_they_run_clear_the_failure_through_the_watcher() {
+    let watch = "reload: { watch: true, poll_interval: 20ms, debounce: 20ms }\n";
+    let text = config_text(20, watch);
+    let f = files(&text);
+    let d = TestDaemon::from_file(&f.config).await;
+    let mut ops = d.ops().await;
+    let last_error = |v: Option<quotad::api::pb::ConfigVersion>| v.expect("config").last_error;
+
+    // Refused by the watcher: the failure shows.
+    replace(&f.config, "default_plan: nope\n");
+    metric_reaches(
+        d.http_addr,
+        "quotad_config_reloads_total{result=\"failure\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        crate::support::metric(d.http_addr, "quotad_config_last_reload_successful").await,
+        0.0
+    );
+    let plans = ops
+        .list_plans(quotad::api::pb::ListPlansRequest {})
+        .await
+        .unwrap();
+    assert!(!last_error(plans.into_inner().config).is_empty());
+
+    // Put back as it runs: the watcher reloads it, finds nothing changed,
+    // and that success clears the failure.
+    replace(&f.config, &text);
+    metric_reaches(d.http_addr, "quotad_config_last_reload_successful", 1.0).await;
+    let m = |s: &'static str| crate::support::metric(d.http_addr, s);
+    assert_eq!(
+        m("quotad_config_reloads_total{result=\"success\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("quotad_config_reloads_total{result=\"failure\"}").await,
+        1.0
+    );
+    assert_eq!(m("quotad_config_version").await, 1.0);
+    let plans = ops
+        .list_plans(quotad::api::pb::ListPlansRequest {})
+        .await
+        .unwrap();
+    assert_eq!(last_error(plans.into_inner().config), "");
+    assert!(!d.control.stats().last_failed);
+}

@@ -64,7 +64,8 @@ pub struct ReloadStats {
     pub ok: u64,
     /// Reloads refused (the running config stayed).
     pub failed: u64,
-    /// Why the last refused reload was refused.
+    /// Why the latest reload was refused, while it is the latest (a
+    /// later success clears it).
     pub last_error: Option<String>,
     /// Whether the latest reload was refused (a later success clears it).
     pub last_failed: bool,
@@ -453,13 +454,15 @@ impl Control {
 
     /// Puts `config` (loaded from files with fingerprint `digest`) in
     /// effect, after checking it keeps every plan an override gives. On
-    /// error nothing changes. A config with the same fingerprint as the
-    /// one in effect changes nothing.
+    /// error nothing changes. A config with the same settings as the one
+    /// in effect changes nothing, and is a success all the same: files
+    /// put back as they were after a refused reload clear the failure.
     pub fn reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
         let result = self.try_reload(config, digest);
         match &result {
             Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.last_failed.store(false, Ordering::Relaxed);
             }
             Err(e) => self.note_failure(&e.to_string()),

@@ -16,6 +16,10 @@
 //! including Kubernetes' ConfigMap updates (a symlink swapped over a
 //! directory) and editors that write a new file and rename it. Files
 //! that were refused once are not tried again until they change again.
+//! Files put back as they are in effect after a refused reload are
+//! reloaded too: that reload finds nothing changed, which is a success,
+//! and clears the failure (`quotad_config_last_reload_successful` back to
+//! 1, the admin API's `last_error` empty).
 //!
 //! Every file is read through the config reader's checks
 //! ([`crate::config::files`]): only regular files, opened without
@@ -125,9 +129,11 @@ impl Reloader {
     /// Reads the files and puts them in effect, or refuses them (the
     /// running config stays); the error is one line naming the file and
     /// field. Files that cannot be read within the read deadline are
-    /// refused too (see [`Reads`]).
+    /// refused too (see [`Reads`]). Files equal to the running config's
+    /// are a success: a failure before is cleared.
     pub async fn reload(&self, cause: Cause) -> Result<Reloaded, String> {
         let _one = self.one_at_a_time.lock().await;
+        let was_failing = self.control.stats().last_failed;
         let before = self.control.config().watched_files();
         let loader = Arc::clone(&self.loader);
         // Reading files is blocking I/O: off the request threads.
@@ -161,7 +167,7 @@ impl Reloader {
             }
             Ok(Err(e)) | Err(e) => Err(self.refused(e)),
         };
-        self.report(cause, &outcome);
+        self.report(cause, &outcome, was_failing);
         if outcome.is_ok() {
             for s in &skipped {
                 tracing::warn!(
@@ -174,7 +180,7 @@ impl Reloader {
     }
 
     /// Logs `outcome` and runs the hooks.
-    fn report(&self, cause: Cause, outcome: &Result<Reloaded, String>) {
+    fn report(&self, cause: Cause, outcome: &Result<Reloaded, String>, was_failing: bool) {
         match outcome {
             Ok(r) if r.changed => {
                 let config = self.control.config();
@@ -195,6 +201,11 @@ impl Reloader {
                     );
                 }
             }
+            Ok(r) if was_failing => tracing::info!(
+                cause = cause.as_str(),
+                version = r.version.number,
+                "config reloaded: the files match the config in effect again; the earlier failure is cleared"
+            ),
             Ok(r) => tracing::info!(
                 cause = cause.as_str(),
                 version = r.version.number,
@@ -217,7 +228,8 @@ impl Reloader {
 
     /// Polls the watched files until `stop` fires, reloading when they
     /// change (see the module docs). Does nothing while `reload.watch`
-    /// is off.
+    /// is off. Files back to the config in effect after a refused reload
+    /// are reloaded too, which clears the failure.
     pub async fn watch(self: Arc<Self>, mut stop: Shutdown) {
         let mut refused: Option<String> = None;
         let mut unreadable = false;
@@ -237,7 +249,8 @@ impl Reloader {
             let Some(mut now) = self.poll(&mut stop, &mut unreadable).await else {
                 continue;
             };
-            if now == self.control.version().digest || refused.as_ref() == Some(&now) {
+            let in_effect = now == self.control.version().digest;
+            if (in_effect && !self.control.stats().last_failed) || refused.as_ref() == Some(&now) {
                 continue;
             }
             // Wait until the files stay put for a debounce period.
@@ -516,7 +529,7 @@ mod tests {
             e.starts_with("an earlier read of the config files has not returned"),
             "{e}"
         );
-        // Once it returns, reloads work again.
+        // Once it returns, reloads work again (and clear the failure).
         go.send(()).unwrap();
         let poll = async {
             loop {
@@ -530,6 +543,8 @@ mod tests {
             .await
             .expect("reloads work again");
         assert!(!r.changed);
+        let stats = control.stats();
+        assert_eq!((stats.last_failed, stats.last_error), (false, None));
     }
 
     #[test]
