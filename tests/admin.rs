@@ -658,3 +658,97 @@ async fn reload_without_files_changes_nothing() {
     assert!(!r.changed);
     assert_eq!(r.config.unwrap().number, 1);
 }
+
+/// `N` calls refused for each reason, at once; how long they took.
+async fn hammer_refused(d: &crate::support::process::Daemon, n: usize) -> std::time::Duration {
+    const BAD: &str = "qd_not-a-configured-token-0123456789abcdef";
+    let started = tokio::time::Instant::now();
+    let mut anon = d.admin_client(None).await;
+    let mut malformed = d.admin_client(Some("")).await;
+    let mut bad = d.admin_client(Some(BAD)).await;
+    let mut viewer = d.admin_client(Some(VIEWER_TOKEN)).await;
+    let block = || set("alice", Target::Block(true));
+    let no_token = async {
+        for _ in 0..n {
+            let e = anon.get_usage(key("alice")).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let malformed = async {
+        for _ in 0..n {
+            let e = malformed.reset_usage(key("alice")).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let bad_token = async {
+        for _ in 0..n {
+            let e = bad.set_override(block()).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let missing_scope = async {
+        for _ in 0..n {
+            let e = viewer.set_override(block()).await.unwrap_err();
+            assert_eq!(e.code(), Status::PermissionDenied);
+        }
+    };
+    tokio::join!(no_token, malformed, bad_token, missing_scope);
+    started.elapsed()
+}
+
+/// The `name=value` field of a text log line.
+fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_calls_is_counted_whole_and_logged_a_line_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::write_file(
+        dir.path(),
+        "quotad.yaml",
+        &format!("{CONFIG}{}reload: {{ watch: false }}\n", admin_section("")),
+    );
+    let mut d =
+        crate::support::process::spawn_serve(&["--config", &config.display().to_string()]).await;
+    let http: std::net::SocketAddr = d.http.parse().unwrap();
+    const N: usize = 500;
+    let took = hammer_refused(&d, N).await;
+    // The metric counts every refusal, by reason.
+    for reason in ["no_token", "malformed_token", "bad_token", "missing_scope"] {
+        let series = format!("quotad_admin_refused_total{{reason=\"{reason}\"}}");
+        crate::support::metric_reaches(http, &series, N as f64).await;
+    }
+    d.signal("-TERM");
+    let log = d.log_to_exit().await;
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    // The log: at most a line per reason and started second, each saying
+    // how many of its reason it left out since the one before.
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("admin call refused"))
+        .collect();
+    let per_reason = took.as_secs() + 2;
+    assert!(
+        refused.len() as u64 <= 4 * per_reason,
+        "{} lines for {} refusals in {took:?}:\n{refused:#?}",
+        refused.len(),
+        4 * N
+    );
+    let mut accounted = 0;
+    for line in &refused {
+        let suppressed: usize = log_field(line, "suppressed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no suppressed count: {line}"));
+        accounted += 1 + suppressed;
+        assert!(log_field(line, "reason").is_some(), "{line}");
+        assert!(
+            !line.contains("qd_not-a-configured"),
+            "never the token: {line}"
+        );
+        assert!(!line.contains(VIEWER_TOKEN), "never the token: {line}");
+    }
+    assert!(accounted <= 4 * N, "{accounted}");
+    assert!(log.iter().all(|l| !l.contains("qd_not-a-configured")));
+}

@@ -126,6 +126,11 @@ impl Audit {
         }
     }
 
+    /// The metrics records are counted in, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Counts every record in `metrics` too
     /// (`quotad_admin_mutations_total{action, outcome}`).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
