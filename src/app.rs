@@ -26,7 +26,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tower_layer::{Identity, Stack};
 
 use crate::admin::AdminService;
-use crate::admin::audit::Audit;
+use crate::admin::audit::{Audit, Record};
 use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
@@ -413,7 +413,14 @@ impl App {
         let (rest_trigger, rest_stop) = shutdown::channel();
         let mut rest = JoinSet::new();
 
-        let reloader = Arc::new(reloader(&control, loader, &grpc, admin.as_ref(), &metrics));
+        let reloader = Arc::new(reloader(
+            &control,
+            loader,
+            &grpc,
+            admin.as_ref(),
+            &metrics,
+            &audit,
+        ));
 
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
         let mut native = NativeService::new(
@@ -647,13 +654,16 @@ impl App {
 const INITIAL_OVERRIDES: Duration = Duration::from_secs(2);
 
 /// The reloader: through `loader`, or the config's own file; reloads
-/// hand the listeners' acceptors their new certificates.
+/// hand the listeners' acceptors their new certificates, and refused ones
+/// started by SIGHUP or the watcher go to the audit trail (the admin API
+/// audits its own, naming the caller).
 fn reloader(
     control: &Arc<Control>,
     loader: Option<Loader>,
     grpc: &Listener,
     admin: Option<&Listener>,
     metrics: &Arc<Metrics>,
+    audit: &Arc<Audit>,
 ) -> Reloader {
     let config = control.config();
     let loader = loader.unwrap_or_else(|| match config.source.clone() {
@@ -664,6 +674,14 @@ fn reloader(
         }
     });
     let mut reloader = Reloader::new(Arc::clone(control), loader);
+    let (trail, c) = (Arc::clone(audit), Arc::clone(control));
+    reloader.on_failure(Box::new(move |cause: Cause, error: &str| {
+        if cause != Cause::Admin {
+            let now = c.limiter().now();
+            let record = Record::by("-".to_owned(), None, "config.reload", now);
+            trail.write(&record.failed(cause.as_str(), error));
+        }
+    }));
     let m = Arc::clone(metrics);
     reloader.on_reload(Box::new(move |c: &Config| {
         m.heavy()

@@ -59,7 +59,7 @@ impl AdminService {
         audit: Arc<Audit>,
         redis: Option<Arc<RedisOverrides>>,
     ) -> Self {
-        let refusals = Arc::new(Refusals::new(audit.metrics().cloned()));
+        let refusals = Arc::new(Refusals::new(Arc::clone(&audit)));
         Self {
             control,
             reloader,
@@ -78,7 +78,7 @@ impl AdminService {
         let config = self.control.config();
         let tokens = config.admin.as_ref().map_or(&[][..], |a| &a.tokens[..]);
         auth::authorize(tokens, request, scope, call).map_err(|refused| {
-            self.refusals.note(&refused, call);
+            self.refusals.note(&refused, call, self.now());
             refused.status
         })
     }
@@ -435,11 +435,18 @@ impl AdminService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let caller = self.authorize(&request, Scope::Write, "Reload")?;
         let before = self.control.version();
-        let reloaded = self
-            .reloader
-            .reload(Cause::Admin)
-            .await
-            .map_err(Status::failed_precondition)?;
+        // A refusal by SIGHUP or the watcher is audited by the app; this
+        // one names its caller.
+        let reloaded = match self.reloader.reload(Cause::Admin).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit.write(
+                    &Record::new(&caller, "config.reload", self.now())
+                        .failed(Cause::Admin.as_str(), &e),
+                );
+                return Err(Status::failed_precondition(e));
+            }
+        };
         if reloaded.changed {
             self.audit
                 .write(&Record::new(&caller, "config.reload", self.now()).change(

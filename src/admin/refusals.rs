@@ -1,6 +1,7 @@
 //! Admin calls refused before they ran (no token, a malformed header, an
-//! unknown token, a missing scope): each is counted, and logged without
-//! letting a flood of them flood the log.
+//! unknown token, a missing scope): each is counted, and logged (and, for
+//! changes, audited) without letting a flood of them flood the log or the
+//! audit file.
 //!
 //! Every refusal counts in `quotad_admin_refused_total{reason}` (the
 //! reasons are a fixed set, [`Refusal`]; neither the token nor the peer is
@@ -10,6 +11,12 @@
 //! many refusals of that reason went unlogged since the previous line. So
 //! one client hammering with a bad token writes a line a second, and the
 //! metric still counts every call.
+//!
+//! A refused *change* (SetOverride, DeleteOverride, ResetUsage, Reload)
+//! is also an audit record (`outcome: "refused: <reason>"`, the call's
+//! action, the token's id when known or `-`, the peer, the error), under
+//! a throttle of its own with the same allowance: at most one record per
+//! reason per second, with `suppressed` counting those left out.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,9 +25,10 @@ use crate::core::clock::Stopwatch;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::names;
 
+use super::audit::{Audit, Record};
 use super::auth::{Refusal, Refused};
 
-/// How often each reason may write a log line.
+/// How often each reason may write a log line, and an audit record.
 pub const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Lets through at most one event per reason every `every`, and counts
@@ -71,14 +79,18 @@ impl Throttle {
 /// Where refusals are counted and logged; see the module docs.
 #[derive(Debug)]
 pub struct Refusals {
+    audit: Arc<Audit>,
     metrics: Option<Arc<Metrics>>,
     clock: Stopwatch,
     log: Throttle,
+    trail: Throttle,
 }
 
 impl Refusals {
-    /// Counting in `metrics` (every reason from 0).
-    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+    /// Auditing refused changes in `audit`, counting in its metrics
+    /// (every reason from 0).
+    pub fn new(audit: Arc<Audit>) -> Self {
+        let metrics = audit.metrics().cloned();
         if let Some(m) = &metrics {
             for r in Refusal::ALL {
                 m.counter(names::ADMIN_REFUSED, &[("reason", r.as_str())])
@@ -86,15 +98,19 @@ impl Refusals {
             }
         }
         Self {
+            audit,
             metrics,
             clock: Stopwatch::start(),
             log: Throttle::new(LOG_EVERY),
+            trail: Throttle::new(LOG_EVERY),
         }
     }
 
-    /// Counts `refused`, a call to `call`, and logs it unless its reason
-    /// logged a line less than [`LOG_EVERY`] ago.
-    pub fn note(&self, refused: &Refused, call: &str) {
+    /// Counts `refused`, a call to `call`, logs it unless its reason
+    /// logged a line less than [`LOG_EVERY`] ago, and, for a change,
+    /// audits it unless its reason was audited less than that ago.
+    /// `now` dates the audit record.
+    pub fn note(&self, refused: &Refused, call: &str, now: crate::core::Nanos) {
         let reason = refused.reason.as_str();
         if let Some(m) = &self.metrics {
             m.admin_refused(reason);
@@ -110,6 +126,27 @@ impl Refusals {
                 refused.status.message()
             );
         }
+        let Some(action) = change(call) else { return };
+        if let Some(suppressed) = self.trail.admit(refused.reason, self.clock.nanos()) {
+            let who = refused.token.clone().unwrap_or_else(|| "-".to_owned());
+            self.audit
+                .write(&Record::by(who, refused.peer, action, now).refused(
+                    reason,
+                    refused.status.message(),
+                    suppressed,
+                ));
+        }
+    }
+}
+
+/// The audit action of `call` when it is a change; `None` for reads.
+fn change(call: &str) -> Option<&'static str> {
+    match call {
+        "SetOverride" => Some("override.set"),
+        "DeleteOverride" => Some("override.delete"),
+        "ResetUsage" => Some("usage.reset"),
+        "Reload" => Some("config.reload"),
+        _ => None,
     }
 }
 

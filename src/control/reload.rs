@@ -64,6 +64,10 @@ pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// Something to run after a reload took effect, with the new config.
 pub type Hook = Box<dyn Fn(&Config) + Send + Sync>;
 
+/// Something to run after a reload was refused: what started it, and why
+/// it was refused (the message the log and the caller get).
+pub type FailureHook = Box<dyn Fn(Cause, &str) + Send + Sync>;
+
 /// What started a reload (for the logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -76,7 +80,8 @@ pub enum Cause {
 }
 
 impl Cause {
-    fn as_str(self) -> &'static str {
+    /// How logs and the audit trail name it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Cause::Signal => "SIGHUP",
             Cause::Admin => "admin Reload",
@@ -90,6 +95,7 @@ pub struct Reloader {
     control: Arc<Control>,
     loader: Loader,
     hooks: Vec<Hook>,
+    failure_hooks: Vec<FailureHook>,
     one_at_a_time: tokio::sync::Mutex<()>,
     reads: Reads,
 }
@@ -107,6 +113,7 @@ impl Reloader {
             control,
             loader,
             hooks: Vec::new(),
+            failure_hooks: Vec::new(),
             one_at_a_time: tokio::sync::Mutex::new(()),
             reads: Reads {
                 deadline: READ_DEADLINE,
@@ -124,6 +131,11 @@ impl Reloader {
     /// Runs `hook` after each reload that took effect.
     pub fn on_reload(&mut self, hook: Hook) {
         self.hooks.push(hook);
+    }
+
+    /// Runs `hook` after each reload that was refused.
+    pub fn on_failure(&mut self, hook: FailureHook) {
+        self.failure_hooks.push(hook);
     }
 
     /// Reads the files and puts them in effect, or refuses them (the
@@ -217,6 +229,9 @@ impl Reloader {
                     error = %e,
                     "config reload refused; the running config stays in effect"
                 );
+                for hook in &self.failure_hooks {
+                    hook(cause, e);
+                }
             }
         }
     }
