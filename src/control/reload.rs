@@ -140,9 +140,10 @@ impl Reloader {
 
     /// Reads the files and puts them in effect, or refuses them (the
     /// running config stays); the error is one line naming the file and
-    /// field. Files that cannot be read within the read deadline are
-    /// refused too (see [`Reads`]). Files equal to the running config's
-    /// are a success: a failure before is cleared.
+    /// field. Files that cannot be read within the read deadline
+    /// ([`READ_DEADLINE`]) are refused too, see the module docs. Files
+    /// equal to the running config's are a success: a failure before is
+    /// cleared.
     pub async fn reload(&self, cause: Cause) -> Result<Reloaded, String> {
         let _one = self.one_at_a_time.lock().await;
         let was_failing = self.control.stats().last_failed;
