@@ -26,7 +26,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tower_layer::{Identity, Stack};
 
 use crate::admin::AdminService;
-use crate::admin::audit::Audit;
+use crate::admin::audit::{Audit, Record};
 use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
@@ -342,6 +342,9 @@ impl App {
             _ => tracing::info!("admin API off (no admin section in the config)"),
         }
         warn_if_short_of_files(&config);
+        for skipped in &config.skipped {
+            tracing::warn!("limits directory entry skipped: {skipped}");
+        }
         let files = config.watched_files();
         let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
             .await
@@ -438,7 +441,14 @@ impl App {
         let (rest_trigger, rest_stop) = shutdown::channel();
         let mut rest = JoinSet::new();
 
-        let reloader = Arc::new(reloader(&control, loader, &grpc, admin.as_ref(), &metrics));
+        let reloader = Arc::new(reloader(
+            &control,
+            loader,
+            &grpc,
+            admin.as_ref(),
+            &metrics,
+            &audit,
+        ));
 
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
         let mut native = NativeService::new(
@@ -598,23 +608,8 @@ impl App {
             watcher.watch(stop).await;
             Ok(())
         });
-        if let Some(mut hangups) = hangups {
-            let reloader = Arc::clone(&reloader);
-            let mut stop = rest_stop;
-            rest.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.wait() => return Ok(()),
-                        next = hangups.next() => match next {
-                            Some(()) => {
-                                // Logged (and counted) by the reloader.
-                                let _ = reloader.reload(Cause::Signal).await;
-                            }
-                            None => return Ok(()),
-                        },
-                    }
-                }
-            });
+        if let Some(hangups) = hangups {
+            rest.spawn(reload_on_hangups(Arc::clone(&reloader), hangups, rest_stop));
         }
 
         ready.set(true);
@@ -691,13 +686,16 @@ impl App {
 const INITIAL_OVERRIDES: Duration = Duration::from_secs(2);
 
 /// The reloader: through `loader`, or the config's own file; reloads
-/// hand the listeners' acceptors their new certificates.
+/// hand the listeners' acceptors their new certificates, and refused ones
+/// started by SIGHUP or the watcher go to the audit trail (the admin API
+/// audits its own, naming the caller).
 fn reloader(
     control: &Arc<Control>,
     loader: Option<Loader>,
     grpc: &Listener,
     admin: Option<&Listener>,
     metrics: &Arc<Metrics>,
+    audit: &Arc<Audit>,
 ) -> Reloader {
     let config = control.config();
     let loader = loader.unwrap_or_else(|| match config.source.clone() {
@@ -708,6 +706,14 @@ fn reloader(
         }
     });
     let mut reloader = Reloader::new(Arc::clone(control), loader);
+    let (trail, c) = (Arc::clone(audit), Arc::clone(control));
+    reloader.on_failure(Box::new(move |cause: Cause, error: &str| {
+        if cause != Cause::Admin {
+            let now = c.limiter().now();
+            let record = Record::by("-".to_owned(), None, "config.reload", now);
+            trail.write(&record.failed(cause.as_str(), error));
+        }
+    }));
     let m = Arc::clone(metrics);
     reloader.on_reload(Box::new(move |c: &Config| {
         m.heavy()
@@ -811,6 +817,29 @@ fn flatten(done: Result<Result<(), AppError>, tokio::task::JoinError>) -> Result
 
 async fn wait(mut shutdown: Shutdown) {
     shutdown.wait().await;
+}
+
+/// Reloads whenever `hangups` yields, until `stop` fires; a reload in
+/// progress does not hold up the shutdown.
+async fn reload_on_hangups(
+    reloader: Arc<Reloader>,
+    mut hangups: Hangups,
+    mut stop: Shutdown,
+) -> Result<(), AppError> {
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            next = hangups.next() => match next {
+                Some(()) => {}
+                None => return Ok(()),
+            },
+        }
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            // Logged (and counted) by the reloader.
+            _ = reloader.reload(Cause::Signal) => {}
+        }
+    }
 }
 
 /// Drops idle buckets and ended overrides every `every` until shutdown.

@@ -11,9 +11,9 @@
 //! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
 //! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
-//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics |
+//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB) |
 //! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
-//! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, the audit trail, overrides, usage, reset, plans, reload |
+//! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |

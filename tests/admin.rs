@@ -658,3 +658,238 @@ async fn reload_without_files_changes_nothing() {
     assert!(!r.changed);
     assert_eq!(r.config.unwrap().number, 1);
 }
+
+/// A token no configured hash matches.
+const BAD_TOKEN: &str = "qd_not-a-configured-token-0123456789abcdef";
+
+/// `N` calls refused for each reason, at once; how long they took.
+async fn hammer_refused(d: &crate::support::process::Daemon, n: usize) -> std::time::Duration {
+    let started = tokio::time::Instant::now();
+    let mut anon = d.admin_client(None).await;
+    let mut malformed = d.admin_client(Some("")).await;
+    let mut bad = d.admin_client(Some(BAD_TOKEN)).await;
+    let mut viewer = d.admin_client(Some(VIEWER_TOKEN)).await;
+    let block = || set("alice", Target::Block(true));
+    let no_token = async {
+        for _ in 0..n {
+            let e = anon.get_usage(key("alice")).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let malformed = async {
+        for _ in 0..n {
+            let e = malformed.reset_usage(key("alice")).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let bad_token = async {
+        for _ in 0..n {
+            let e = bad.set_override(block()).await.unwrap_err();
+            assert_eq!(e.code(), Status::Unauthenticated);
+        }
+    };
+    let missing_scope = async {
+        for _ in 0..n {
+            let e = viewer.set_override(block()).await.unwrap_err();
+            assert_eq!(e.code(), Status::PermissionDenied);
+        }
+    };
+    tokio::join!(no_token, malformed, bad_token, missing_scope);
+    started.elapsed()
+}
+
+/// The `name=value` field of a text log line.
+fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_calls_is_counted_whole_and_logged_a_line_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::write_file(
+        dir.path(),
+        "quotad.yaml",
+        &format!("{CONFIG}{}reload: {{ watch: false }}\n", admin_section("")),
+    );
+    let mut d =
+        crate::support::process::spawn_serve(&["--config", &config.display().to_string()]).await;
+    let http: std::net::SocketAddr = d.http.parse().unwrap();
+    const N: usize = 500;
+    let took = hammer_refused(&d, N).await;
+    // The metric counts every refusal, by reason.
+    for reason in ["no_token", "malformed_token", "bad_token", "missing_scope"] {
+        let series = format!("quotad_admin_refused_total{{reason=\"{reason}\"}}");
+        crate::support::metric_reaches(http, &series, N as f64).await;
+    }
+    d.signal("-TERM");
+    let log = d.log_to_exit().await;
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    // The log: at most a line per reason and started second, each saying
+    // how many of its reason it left out since the one before.
+    let refused: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("admin call refused"))
+        .collect();
+    let per_reason = took.as_secs() + 2;
+    assert!(
+        refused.len() as u64 <= 4 * per_reason,
+        "{} lines for {} refusals in {took:?}:\n{refused:#?}",
+        refused.len(),
+        4 * N
+    );
+    let mut accounted = 0;
+    for line in &refused {
+        let suppressed: usize = log_field(line, "suppressed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no suppressed count: {line}"));
+        accounted += 1 + suppressed;
+        assert!(log_field(line, "reason").is_some(), "{line}");
+        assert!(!line.contains(BAD_TOKEN), "never the token: {line}");
+        assert!(!line.contains(VIEWER_TOKEN), "never the token: {line}");
+    }
+    assert!(accounted <= 4 * N, "{accounted}");
+    assert!(log.iter().all(|l| !l.contains(BAD_TOKEN)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reloads_and_refused_changes_reach_the_audit_file_without_flooding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let text = format!(
+        "{CONFIG}{}reload: {{ watch: true, poll_interval: 20ms, debounce: 20ms }}\n",
+        admin_section(&format!("  audit_file: {}\n", audit.display()))
+    );
+    let config = crate::support::write_file(dir.path(), "quotad.yaml", &text);
+    let shown = config.display().to_string();
+    let mut d = crate::support::process::spawn_serve(&["--config", &shown]).await;
+    let mut ops = d.admin_client(Some(crate::support::OPS_TOKEN)).await;
+
+    // A broken file, refused by the watcher, then by SIGHUP and Reload.
+    let tmp = dir.path().join("quotad.tmp");
+    std::fs::write(&tmp, "default_plan: nope\nplans: { p: {} }\n").unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    d.wait_log("config reload refused").await;
+    d.signal("-HUP");
+    let line = d.wait_log("config reload refused").await;
+    assert!(line.contains("SIGHUP"), "{line}");
+    let e = ops.reload(ReloadRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Status::FailedPrecondition);
+    let error = e.message().to_owned();
+    assert!(error.starts_with(&shown), "{error}");
+
+    // Refused changes, a burst of each reason, then one more each once the
+    // trail's second has passed: its record counts those left out.
+    const N: u64 = 200;
+    let took = refuse_changes(&d, N).await;
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !text.contains(BAD_TOKEN) && !text.contains(VIEWER_TOKEN),
+        "never a token"
+    );
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    // The three failed reloads, with cause and error; the admin one names
+    // its caller.
+    let failed: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "failed")
+        .collect();
+    let causes: Vec<&str> = failed
+        .iter()
+        .map(|r| r["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["file change", "SIGHUP", "admin Reload"], "{text}");
+    for r in &failed {
+        assert_eq!(r["action"], "config.reload");
+        assert_eq!(r["error"], error.as_str());
+    }
+    assert_eq!(
+        (failed[0]["who"].as_str(), failed[0].get("peer")),
+        (Some("-"), None)
+    );
+    assert_eq!(failed[2]["who"], "ops");
+    assert!(
+        failed[2]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_refusals_recorded(&records, N + 1, took);
+    // Nothing else was written: no change was made.
+    let other: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| {
+            let outcome = r["outcome"].as_str().unwrap_or("");
+            outcome != "failed" && !outcome.starts_with("refused: ")
+        })
+        .collect();
+    assert!(other.is_empty(), "{other:#?}");
+}
+
+/// Refused changes of every reason through `d`'s admin API: `n` each, then,
+/// a second later, one more each. How long it took.
+async fn refuse_changes(d: &crate::support::process::Daemon, n: u64) -> std::time::Duration {
+    let mut anon = d.admin_client(None).await;
+    let mut malformed = d.admin_client(Some("")).await;
+    let mut bad = d.admin_client(Some(BAD_TOKEN)).await;
+    let mut viewer = d.admin_client(Some(VIEWER_TOKEN)).await;
+    let started = tokio::time::Instant::now();
+    for round in 0..2 {
+        let n = if round == 0 { n } else { 1 };
+        for _ in 0..n {
+            anon.delete_override(key("alice")).await.unwrap_err();
+            malformed.reset_usage(key("alice")).await.unwrap_err();
+            bad.set_override(set("alice", Target::Block(true)))
+                .await
+                .unwrap_err();
+            viewer.reload(ReloadRequest {}).await.unwrap_err();
+        }
+        if round == 0 {
+            // The trail lets a reason through once a second.
+            tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        }
+    }
+    started.elapsed()
+}
+
+/// The audit `records` of [`refuse_changes`]'s `total` refusals per reason
+/// over `took`: few, and accounting for every one.
+fn assert_refusals_recorded(records: &[serde_json::Value], total: u64, took: std::time::Duration) {
+    // Refused changes: few records, which account for every refusal.
+    let per_reason = took.as_secs() + 2;
+    for (reason, action, who) in [
+        ("no_token", "override.delete", "-"),
+        ("malformed_token", "usage.reset", "-"),
+        ("bad_token", "override.set", "-"),
+        ("missing_scope", "config.reload", "viewer"),
+    ] {
+        let of: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| r["outcome"] == format!("refused: {reason}").as_str())
+            .collect();
+        assert!(
+            !of.is_empty() && of.len() as u64 <= per_reason,
+            "{reason}: {} records in {took:?}",
+            of.len()
+        );
+        let accounted: u64 = of
+            .iter()
+            .map(|r| 1 + r["suppressed"].as_u64().unwrap())
+            .sum();
+        assert_eq!(accounted, total, "{reason}");
+        for r in of {
+            assert_eq!(
+                (r["action"].as_str(), r["who"].as_str()),
+                (Some(action), Some(who))
+            );
+            assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+            assert!(!r["error"].as_str().unwrap().is_empty());
+        }
+    }
+}

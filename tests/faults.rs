@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::support::rls::{descriptor, request};
-use crate::support::{RedisServer, TestDaemon, http_get};
+use crate::support::{RedisServer, TestDaemon, metric, metric_reaches};
 
 /// No call may take longer: far below the 2 s faults, so an answer that
 /// waited for Redis shows (generous, for a noisy 2-core machine).
@@ -322,19 +322,6 @@ async fn counted_under(redis: &RedisServer, prefix: &str) -> u64 {
         sum += v;
     }
     sum
-}
-
-/// A sample's value in a `/metrics` body: `series` is the name with its
-/// labels as rendered (`name{label="v"}`), or the bare name.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn metric(http: std::net::SocketAddr, series: &str) -> f64 {
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200);
-    sample(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
 
 /// The units answered when each flush round was seen completed, so a
@@ -764,18 +751,6 @@ fn replace(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).expect("write the new file");
     std::fs::rename(&tmp, path).expect("rename it over the config");
-}
-
-/// Waits (bounded) until `series` in `/metrics` reads `want`.
-async fn metric_reaches(http: std::net::SocketAddr, series: &str, want: f64) {
-    let poll = async {
-        while metric(http, series).await != want {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), poll)
-        .await
-        .unwrap_or_else(|_| panic!("{series} never reached {want}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use quotad::api::pb::set_override_request::Target;
 use quotad::api::pb::{CheckResponse, ReloadRequest};
 
+use crate::support::process::spawn_serve;
 use crate::support::rls::{descriptor, request};
-use crate::support::{CONFIG, TestDaemon, admin_section, key_ref, override_of, write_file};
+use crate::support::{
+    CONFIG, TestDaemon, admin_section, key_ref, metric_reaches, override_of, write_file,
+};
 
 /// A config file in a fresh directory: [`CONFIG`] with the free plan's
 /// burst set to `burst`, the admin section, and `extra` YAML.
@@ -283,4 +286,312 @@ async fn limits_files_reload_with_the_config() {
     );
     let r = rls.should_rate_limit(ask()).await.unwrap().into_inner();
     assert_eq!(r.statuses[0].limit_remaining, 7);
+}
+
+/// Makes a FIFO (named pipe) at `path`.
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// A process's peak resident memory so far (VmHWM), in bytes: a read of
+/// an endless device shows here even if its memory was given back.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    kb * 1024
+}
+
+/// A limits file of domain `edge-files` allowing `rpu` a minute per path.
+fn edge_rule(rpu: u32) -> String {
+    format!(
+        "domain: edge-files\ndescriptors:\n  - key: path\n    rate_limit: {{ unit: minute, requests_per_unit: {rpu} }}\n"
+    )
+}
+
+/// A config file for the binary in `dir`, reading `dir/limits`, watching
+/// every 20 ms, with the admin section.
+fn binary_files(dir: &Path) -> (PathBuf, String) {
+    let limits = dir.join("limits");
+    std::fs::create_dir(&limits).unwrap();
+    write_file(&limits, "edge.yaml", &edge_rule(3));
+    let text = format!(
+        "{CONFIG}{}reload: {{ watch: true, poll_interval: 20ms, debounce: 20ms }}\nrls_files: [limits]\n",
+        admin_section("")
+    );
+    (write_file(dir, "quotad.yaml", &text), text)
+}
+
+/// `quotad ARGS`, bounded: its exit code, stdout and stderr.
+async fn run_bounded(args: &[&str]) -> (Option<i32>, String, String) {
+    let run = tokio::process::Command::new(crate::support::process::BIN)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap_or_else(|_| panic!("quotad {args:?} did not finish in 10 s"))
+        .expect("quotad runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn stray_fifos_and_devices_are_skipped_in_a_limits_directory_and_refused_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = binary_files(dir.path());
+    let limits = dir.path().join("limits");
+    let pipe = limits.join("pipe.yaml");
+    mkfifo(&pipe);
+    let zero = limits.join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let said = |p: &Path, kind: &str| {
+        format!(
+            "{}: is {kind}, not a regular file; refused unread",
+            p.display()
+        )
+    };
+    let config_arg = config.display().to_string();
+
+    // In a directory: skipped, and said so, by check-config and at start.
+    let (code, out, err) = run_bounded(&["check-config", &config_arg]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("skipped: {}", said(&pipe, "a FIFO (named pipe)"))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("skipped: {}", said(&zero, "a character device"))),
+        "{out}"
+    );
+    let mut d = spawn_serve(&["--config", &config_arg]).await;
+    let startup = d.startup.join("\n");
+    assert!(
+        startup.contains(&said(&pipe, "a FIFO (named pipe)")),
+        "{startup}"
+    );
+    assert!(
+        startup.contains(&said(&zero, "a character device")),
+        "{startup}"
+    );
+    // The regular file beside them is served.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", d.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut rls = RateLimitServiceClient::new(channel);
+    let ask = request("edge-files", vec![descriptor(&[("path", "/a")])], 1);
+    let r = rls.should_rate_limit(ask).await.unwrap().into_inner();
+    assert_eq!(r.statuses[0].limit_remaining, 2);
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+
+    // Named directly: refused at once, naming it (exit 64), never waited on.
+    let pipe_arg = pipe.display().to_string();
+    let want = format!(
+        "{pipe_arg}: cannot read: is a FIFO (named pipe), not a regular file; refused unread"
+    );
+    for args in [
+        vec!["check-config", &config_arg, "--limits", &pipe_arg],
+        vec!["serve", "--config", &config_arg, "--limits", &pipe_arg],
+        vec!["serve", "--config", &pipe_arg],
+    ] {
+        let (code, out, err) = run_bounded(&args).await;
+        assert_eq!(code, Some(64), "{args:?}: {out}{err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    let zero_arg = zero.display().to_string();
+    let (code, _, err) = run_bounded(&["serve", "--config", &zero_arg]).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{zero_arg}: cannot read: is a character device, not a regular file; refused unread"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn fifos_and_devices_appearing_while_serving_stop_neither_reloads_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, text) = binary_files(dir.path());
+    let limits = dir.path().join("limits");
+    let mut d = spawn_serve(&["--config", &config.display().to_string()]).await;
+    let http: std::net::SocketAddr = d.http.parse().unwrap();
+    let mut ops = d.admin_client(Some(crate::support::OPS_TOKEN)).await;
+    let peak_before = peak_rss(d.pid());
+
+    // A FIFO and a symlink to /dev/zero appear in the watched directory:
+    // the watcher sees them, skips them, says so.
+    mkfifo(&limits.join("pipe.yaml"));
+    std::os::unix::fs::symlink("/dev/zero", limits.join("zero.yaml")).unwrap();
+    d.wait_logs(&["pipe.yaml: is a FIFO", "zero.yaml: is a character device"])
+        .await;
+    // The watcher still reloads what changes.
+    replace(&limits.join("edge.yaml"), &edge_rule(10));
+    metric_reaches(http, "quotad_config_version", 2.0).await;
+    // SIGHUP and the admin API's Reload too, promptly.
+    d.signal("-HUP");
+    let line = d.wait_log("config reloaded: nothing changed").await;
+    assert!(line.contains("SIGHUP"), "{line}");
+    let r = tokio::time::timeout(Duration::from_secs(10), ops.reload(ReloadRequest {}))
+        .await
+        .expect("Reload answers")
+        .expect("Reload succeeds")
+        .into_inner();
+    assert!(!r.changed);
+
+    // The config file itself replaced by a FIFO: refused, naming it, by
+    // every kind of reload, while serving on.
+    let fifo = dir.path().join("new.fifo");
+    mkfifo(&fifo);
+    std::fs::rename(&fifo, &config).unwrap();
+    let want = format!(
+        "{}: cannot read: is a FIFO (named pipe), not a regular file; refused unread",
+        config.display()
+    );
+    let line = d.wait_log("config reload refused").await;
+    assert!(
+        line.contains("file change") && line.contains(&want),
+        "{line}"
+    );
+    d.signal("-HUP");
+    let line = d.wait_log("config reload refused").await;
+    assert!(line.contains("SIGHUP") && line.contains(&want), "{line}");
+    let e = tokio::time::timeout(Duration::from_secs(10), ops.reload(ReloadRequest {}))
+        .await
+        .expect("Reload answers")
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.message(), want);
+    // Put back: it loads again.
+    replace(&config, &text);
+    ops.reload(ReloadRequest {}).await.expect("Reload succeeds");
+    metric_reaches(http, "quotad_config_last_reload_successful", 1.0).await;
+    assert_eq!(
+        crate::support::metric(http, "quotad_config_version").await,
+        2.0
+    );
+
+    // Nothing read the device: the peak memory barely moved.
+    let grown = peak_rss(d.pid()).saturating_sub(peak_before);
+    assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits promptly after SIGTERM").await, Some(0));
+    let stderr = d.stderr_at_exit().await;
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_reload_whose_read_hangs() {
+    use futures_util::StreamExt;
+    use quotad::app::App;
+    use quotad::config::Config;
+
+    let config = Config::from_yaml(CONFIG, "test.yaml").unwrap();
+    let mut config = config;
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    // The loader hangs, as a read on a hung mount does, until released.
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Mutex::new(hold);
+    let fixed = config.clone();
+    let loader: quotad::control::reload::Loader = std::sync::Arc::new(move || {
+        let _ = entered_tx.send(());
+        let _ = hold.lock().unwrap().recv();
+        Ok(fixed.clone())
+    });
+    let (hup, hups) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let hangups =
+        futures_util::stream::unfold(
+            hups,
+            |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+        )
+        .boxed();
+    let app = App::bind(config)
+        .await
+        .unwrap()
+        .with_loader(loader)
+        .reload_on(hangups);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    hup.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), entered.recv())
+        .await
+        .expect("the reload started reading");
+    // Shut down while it hangs: done well before the read's deadline or
+    // the last stage's grace (4 s) would end it.
+    let started = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run returned")
+        .expect("run did not panic");
+    assert!(done.is_ok(), "{done:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    release.send(()).unwrap();
+}
+
+#[tokio::test]
+async fn files_put_back_as_they_run_clear_the_failure_through_the_watcher() {
+    let watch = "reload: { watch: true, poll_interval: 20ms, debounce: 20ms }\n";
+    let text = config_text(20, watch);
+    let f = files(&text);
+    let d = TestDaemon::from_file(&f.config).await;
+    let mut ops = d.ops().await;
+    let last_error = |v: Option<quotad::api::pb::ConfigVersion>| v.expect("config").last_error;
+
+    // Refused by the watcher: the failure shows.
+    replace(&f.config, "default_plan: nope\n");
+    metric_reaches(
+        d.http_addr,
+        "quotad_config_reloads_total{result=\"failure\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        crate::support::metric(d.http_addr, "quotad_config_last_reload_successful").await,
+        0.0
+    );
+    let plans = ops
+        .list_plans(quotad::api::pb::ListPlansRequest {})
+        .await
+        .unwrap();
+    assert!(!last_error(plans.into_inner().config).is_empty());
+
+    // Put back as it runs: the watcher reloads it, finds nothing changed,
+    // and that success clears the failure.
+    replace(&f.config, &text);
+    metric_reaches(d.http_addr, "quotad_config_last_reload_successful", 1.0).await;
+    let m = |s: &'static str| crate::support::metric(d.http_addr, s);
+    assert_eq!(
+        m("quotad_config_reloads_total{result=\"success\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("quotad_config_reloads_total{result=\"failure\"}").await,
+        1.0
+    );
+    assert_eq!(m("quotad_config_version").await, 1.0);
+    let plans = ops
+        .list_plans(quotad::api::pb::ListPlansRequest {})
+        .await
+        .unwrap();
+    assert_eq!(last_error(plans.into_inner().config), "");
+    assert!(!d.control.stats().last_failed);
 }

@@ -3,9 +3,11 @@
 //!
 //! A call without `authorization: Bearer <token>`, or with a token no
 //! configured hash matches, gets `UNAUTHENTICATED`; a known token without
-//! the call's scope gets `PERMISSION_DENIED`. The token itself is never
-//! logged; the caller is named by the token's id, plus the subject of its
-//! client certificate when the listener uses mTLS.
+//! the call's scope gets `PERMISSION_DENIED`. A refusal says why
+//! ([`Refusal`], a fixed set) for the caller's counting, logging and
+//! audit ([`super::refusals`]); nothing is logged here. The token itself
+//! is never logged; the caller is named by the token's id, plus the
+//! subject of its client certificate when the listener uses mTLS.
 
 use std::net::SocketAddr;
 
@@ -49,6 +51,53 @@ impl Caller {
     }
 }
 
+/// Why an admin call was refused before it ran. A fixed set: the values
+/// of the `reason` label of `quotad_admin_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `authorization` header.
+    NoToken = 0,
+    /// An `authorization` header that is not `Bearer <token>`.
+    MalformedToken = 1,
+    /// A token no configured hash matches.
+    BadToken = 2,
+    /// A known token without the call's scope.
+    MissingScope = 3,
+}
+
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::NoToken,
+        Refusal::MalformedToken,
+        Refusal::BadToken,
+        Refusal::MissingScope,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no_token",
+            Refusal::MalformedToken => "malformed_token",
+            Refusal::BadToken => "bad_token",
+            Refusal::MissingScope => "missing_scope",
+        }
+    }
+}
+
+/// A refused call: why, who (as far as known) and the caller's answer.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: Refusal,
+    /// The token's id, when the token was known (a missing scope).
+    pub token: Option<String>,
+    /// Where the call came from.
+    pub peer: Option<SocketAddr>,
+    /// The caller's answer; its message never holds the token.
+    pub status: Status,
+}
+
 /// Checks `request`'s bearer token against `tokens` and that it grants
 /// `scope` for `call` (named in the refusal).
 pub fn authorize<T>(
@@ -56,30 +105,39 @@ pub fn authorize<T>(
     request: &Request<T>,
     scope: Scope,
     call: &str,
-) -> Result<Caller, Status> {
+) -> Result<Caller, Refused> {
     let (peer, certs) = crate::net::ConnInfo::peer_of(request);
-    let refuse = |why: &str| {
-        tracing::warn!(peer = ?peer, call, "admin call refused: {why}");
-        Status::unauthenticated(why.to_owned())
+    let refuse = |reason: Refusal, why: &str| Refused {
+        reason,
+        token: None,
+        peer,
+        status: Status::unauthenticated(why.to_owned()),
     };
     let Some(value) = request.metadata().get("authorization") else {
         return Err(refuse(
+            Refusal::NoToken,
             "missing bearer token: send the header 'authorization: Bearer <token>'",
         ));
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(bearer)
-        .ok_or_else(|| refuse("malformed authorization header: expected 'Bearer <token>'"))?;
-    let token = matching(tokens, token).ok_or_else(|| refuse("invalid token"))?;
+    let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
+        refuse(
+            Refusal::MalformedToken,
+            "malformed authorization header: expected 'Bearer <token>'",
+        )
+    })?;
+    let token =
+        matching(tokens, token).ok_or_else(|| refuse(Refusal::BadToken, "invalid token"))?;
     if !token.allows(scope) {
-        tracing::warn!(peer = ?peer, call, token = %token.id, "admin call refused: missing scope {}", scope.as_str());
-        return Err(Status::permission_denied(format!(
-            "token '{}' lacks the {} scope that {call} needs",
-            token.id,
-            scope.as_str()
-        )));
+        return Err(Refused {
+            reason: Refusal::MissingScope,
+            token: Some(token.id.clone()),
+            peer,
+            status: Status::permission_denied(format!(
+                "token '{}' lacks the {} scope that {call} needs",
+                token.id,
+                scope.as_str()
+            )),
+        });
     }
     let cert_subject = certs.and_then(|certs| peer_subject(&certs));
     Ok(Caller {
@@ -157,22 +215,43 @@ mod tests {
         );
         assert_eq!(lower.unwrap().token, "grafana");
         let cases = [
-            (None, tonic::Code::Unauthenticated, "missing bearer token"),
-            (Some("Basic abc"), tonic::Code::Unauthenticated, "malformed"),
-            (Some("Bearer "), tonic::Code::Unauthenticated, "malformed"),
+            (
+                None,
+                Refusal::NoToken,
+                tonic::Code::Unauthenticated,
+                "missing bearer token",
+            ),
+            (
+                Some("Basic abc"),
+                Refusal::MalformedToken,
+                tonic::Code::Unauthenticated,
+                "malformed",
+            ),
+            (
+                Some("Bearer "),
+                Refusal::MalformedToken,
+                tonic::Code::Unauthenticated,
+                "malformed",
+            ),
             (
                 Some("Bearer wrong"),
+                Refusal::BadToken,
                 tonic::Code::Unauthenticated,
                 "invalid token",
             ),
             (
                 Some("Bearer s3cret-ro"),
+                Refusal::MissingScope,
                 tonic::Code::PermissionDenied,
                 "token 'grafana' lacks the write scope that SetOverride needs",
             ),
         ];
-        for (auth, code, text) in cases {
-            let e = authorize(&tokens, &request(auth), Scope::Write, "SetOverride").unwrap_err();
+        for (auth, reason, code, text) in cases {
+            let r = authorize(&tokens, &request(auth), Scope::Write, "SetOverride").unwrap_err();
+            assert_eq!(r.reason, reason, "{auth:?}");
+            let known = (reason == Refusal::MissingScope).then(|| "grafana".to_owned());
+            assert_eq!(r.token, known, "{auth:?}");
+            let e = r.status;
             assert_eq!(e.code(), code, "{auth:?}");
             assert!(e.message().contains(text), "{auth:?}: {}", e.message());
             assert!(!e.message().contains("s3cret"), "never echo a token");

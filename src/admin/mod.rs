@@ -1,8 +1,10 @@
 //! `quotad.v1.QuotaAdmin`: the operators' API, on its own listener.
 //!
-//! Every call is authorized first ([`auth`]: bearer token, scope), every
-//! change is written to the audit trail ([`audit`]) with the state before
-//! and after, and every refusal names the field ([`convert`]). Changes go
+//! Every call is authorized first ([`auth`]: bearer token, scope; a call
+//! refused there is counted and logged within a rate limit,
+//! [`refusals`]), every change is written to the audit trail ([`audit`])
+//! with the state before and after, and every refusal names the field
+//! ([`convert`]). Changes go
 //! through [`Control`], which swaps a new table into the limiter: the
 //! next check of the key sees them.
 //!
@@ -19,6 +21,7 @@
 pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod refusals;
 
 use std::sync::Arc;
 
@@ -35,6 +38,7 @@ use crate::sync::overrides::{RedisOverrides, WriteError};
 use audit::{Audit, Record};
 use auth::Caller;
 use convert::override_message;
+use refusals::Refusals;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -42,6 +46,7 @@ pub struct AdminService {
     control: Arc<Control>,
     reloader: Arc<Reloader>,
     audit: Arc<Audit>,
+    refusals: Arc<Refusals>,
     redis: Option<Arc<RedisOverrides>>,
 }
 
@@ -54,10 +59,12 @@ impl AdminService {
         audit: Arc<Audit>,
         redis: Option<Arc<RedisOverrides>>,
     ) -> Self {
+        let refusals = Arc::new(Refusals::new(Arc::clone(&audit)));
         Self {
             control,
             reloader,
             audit,
+            refusals,
             redis,
         }
     }
@@ -70,7 +77,10 @@ impl AdminService {
     ) -> Result<Caller, Status> {
         let config = self.control.config();
         let tokens = config.admin.as_ref().map_or(&[][..], |a| &a.tokens[..]);
-        auth::authorize(tokens, request, scope, call)
+        auth::authorize(tokens, request, scope, call).map_err(|refused| {
+            self.refusals.note(&refused, call, self.now());
+            refused.status
+        })
     }
 
     /// Authorizes a call that names one key, and the key hash it names.
@@ -425,11 +435,18 @@ impl AdminService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let caller = self.authorize(&request, Scope::Write, "Reload")?;
         let before = self.control.version();
-        let reloaded = self
-            .reloader
-            .reload(Cause::Admin)
-            .await
-            .map_err(Status::failed_precondition)?;
+        // A refusal by SIGHUP or the watcher is audited by the app; this
+        // one names its caller.
+        let reloaded = match self.reloader.reload(Cause::Admin).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit.write(
+                    &Record::new(&caller, "config.reload", self.now())
+                        .failed(Cause::Admin.as_str(), &e),
+                );
+                return Err(Status::failed_precondition(e));
+            }
+        };
         if reloaded.changed {
             self.audit
                 .write(&Record::new(&caller, "config.reload", self.now()).change(

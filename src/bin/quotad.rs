@@ -195,7 +195,7 @@ fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         // Listen for signals before binding, so a SIGTERM during start-up
         // is a clean stop rather than the default kill. Two independent
         // listeners: the first signal starts the drain; the other listener
@@ -235,8 +235,17 @@ fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         Ok(())
-    })
+    });
+    // A read of the config files stuck on a hung mount is on a blocking
+    // thread nothing can interrupt; dropping the runtime would wait for it
+    // forever. The drain is over: exit without it.
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    served
 }
+
+/// How long the exit waits for blocking threads still running once the
+/// drain is over (a reload's read of the files, given up on).
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// SIGTERM and SIGINT listeners, registered when created.
 struct Signals {

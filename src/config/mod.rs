@@ -4,7 +4,8 @@
 //! envoyproxy/ratelimit limits files, read by [`crate::limits::rls_file`])
 //! and `response_headers`, all optional.
 //!
-//! This module owns reading the file, the section settings and their
+//! This module owns reading the file (through [`files`], the one reader
+//! of every file quotad is pointed at), the section settings and their
 //! defaults, the embedded demo config ([`EMBEDDED_DEFAULT`]) and the error
 //! messages. Every message is one line naming the file, the line and column,
 //! the field path and the reason:
@@ -20,6 +21,7 @@
 //! output; their path segment prints as `<key>`.
 
 pub mod admin;
+pub mod files;
 pub mod metrics;
 
 use std::fmt;
@@ -140,44 +142,7 @@ response_headers: both
 # metrics: { heavy_keys: 10, heavy_window: 1m }
 "#;
 
-/// The largest file quotad reads as config, limits, password, certificate
-/// or key: more is refused without being read.
-pub const MAX_FILE_BYTES: u64 = 16 << 20;
-
-/// Reads `path` whole, refusing (unread beyond the cap) a file over
-/// [`MAX_FILE_BYTES`]: a path pointed at a huge file or a device must not
-/// take the process's memory.
-pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let too_large = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB; refused", MAX_FILE_BYTES >> 20),
-        )
-    };
-    let file = std::fs::File::open(path)?;
-    // A regular file says its size: refused unread. Devices and files
-    // that grow are cut at the cap.
-    if file.metadata()?.len() > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-/// [`read_file`] for text: UTF-8 or an error saying it is not.
-pub fn read_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_file(path)?).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "stream did not contain valid UTF-8",
-        )
-    })
-}
+pub use files::{MAX_FILE_BYTES, NotRegularFile, read_file, read_text};
 
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
@@ -204,6 +169,10 @@ pub struct Config {
     pub rls_files: Vec<PathBuf>,
     /// The domains read from `rls_files`.
     pub rls: RlsDomains,
+    /// Entries of `rls_files` directories that were not read: not regular
+    /// files ([`rls_file::Skipped`]). What was read, not a setting: a
+    /// reload compares configs without it.
+    pub skipped: Vec<rls_file::Skipped>,
     /// Which rate-limit headers answers carry.
     pub response_headers: HeaderStyle,
     /// Redis sync; `None` runs this node alone, in memory.
@@ -834,7 +803,7 @@ impl Config {
             algorithm: self.envoy.algorithm,
             merge_domains: self.envoy.merge_domains,
         };
-        self.rls = rls_file::load(&self.rls_files, opts, &self.envoy.domains)?;
+        (self.rls, self.skipped) = rls_file::read(&self.rls_files, opts, &self.envoy.domains)?;
         Ok(())
     }
 
@@ -911,6 +880,12 @@ impl Config {
             r.max_entries,
             r.max_entry_bytes
         ));
+        self.summary_sections(&mut lines);
+        lines.join("\n")
+    }
+
+    /// [`Config::summary`]'s lines from the store section on.
+    fn summary_sections(&self, lines: &mut Vec<String>) {
         let st = &self.store;
         lines.push(format!(
             "store: max tracked keys {}, sweep every {}, hash secret {}",
@@ -993,7 +968,7 @@ impl Config {
         } else {
             "reload: on SIGHUP and admin Reload".to_owned()
         });
-        lines.join("\n")
+        lines.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
     }
 }
 
@@ -1060,6 +1035,7 @@ fn demo_config() -> Config {
         envoy: EnvoySettings::default(),
         rls_files: Vec::new(),
         rls: RlsDomains::default(),
+        skipped: Vec::new(),
         response_headers: HeaderStyle::Both,
         redis: None,
         admin: None,
@@ -1465,6 +1441,7 @@ impl ConfigRaw {
             limits,
             rls_files,
             rls: RlsDomains::default(),
+            skipped: Vec::new(),
             response_headers,
             redis,
             admin,
@@ -2183,9 +2160,12 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
         f.set_len(MAX_FILE_BYTES).expect("set_len");
         let err = Config::load(&path).expect_err("not a config").to_string();
         assert!(!err.contains("larger than"), "{err}");
-        // A device that never ends is cut at the cap too.
-        let err = read_file(Path::new("/dev/zero")).expect_err("endless");
-        assert!(err.to_string().contains("larger than"), "{err}");
+        // A device that never ends is not a regular file: refused unread.
+        let err = Config::load(Path::new("/dev/zero")).expect_err("endless");
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: cannot read: is a character device, not a regular file; refused unread"
+        );
     }
 
     #[test]

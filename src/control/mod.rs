@@ -64,7 +64,8 @@ pub struct ReloadStats {
     pub ok: u64,
     /// Reloads refused (the running config stayed).
     pub failed: u64,
-    /// Why the last refused reload was refused.
+    /// Why the latest reload was refused, while it is the latest (a
+    /// later success clears it).
     pub last_error: Option<String>,
     /// Whether the latest reload was refused (a later success clears it).
     pub last_failed: bool,
@@ -453,13 +454,15 @@ impl Control {
 
     /// Puts `config` (loaded from files with fingerprint `digest`) in
     /// effect, after checking it keeps every plan an override gives. On
-    /// error nothing changes. A config with the same fingerprint as the
-    /// one in effect changes nothing.
+    /// error nothing changes. A config with the same settings as the one
+    /// in effect changes nothing, and is a success all the same: files
+    /// put back as they were after a refused reload clear the failure.
     pub fn reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
         let result = self.try_reload(config, digest);
         match &result {
             Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.last_failed.store(false, Ordering::Relaxed);
             }
             Err(e) => self.note_failure(&e.to_string()),
@@ -492,7 +495,9 @@ impl Control {
         // What only a restart applies stays as it runs, so nothing is
         // validated or read against settings not in effect (a `redis`
         // section added by a reload decides nothing until a restart).
-        let (config, restart_needed) = keep_restart_only(&old, config);
+        let (mut config, restart_needed) = keep_restart_only(&old, config);
+        // Entries skipped in limits directories are no setting.
+        let skipped = std::mem::replace(&mut config.skipped, old.skipped.clone());
         if *old == config {
             // The same settings (a comment changed, or nothing): only the
             // files' fingerprint is new.
@@ -503,6 +508,7 @@ impl Control {
                 restart_needed,
             });
         }
+        config.skipped = skipped;
         self.config.store(Arc::new(config));
         st.base = base;
         st.version = ConfigVersion {

@@ -13,7 +13,7 @@
 //! ```
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -36,6 +36,31 @@ pub struct RlsOptions {
     pub merge_domains: bool,
 }
 
+/// An entry of a limits directory that was not read: it names a limits
+/// file (`*.yaml`, `*.yml`) but is (or, for a symlink, points at) no
+/// regular file: a FIFO, socket or device. Skipped rather than refused,
+/// so a stray entry stops neither the start nor reloads; the daemon
+/// warns about it at start and on each reload. A subdirectory is skipped
+/// without a word, as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The entry.
+    pub path: PathBuf,
+    /// What it is (`a FIFO (named pipe)`, ...).
+    pub kind: &'static str,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.path.display(),
+            crate::config::NotRegularFile { kind: self.kind }
+        )
+    }
+}
+
 /// Reads every file in `paths` (a directory stands for its `*.yaml` and
 /// `*.yml` files, in name order, dotfiles skipped) into one set of domains.
 /// `taken` are domains answered otherwise (by plans), which no file may
@@ -45,8 +70,20 @@ pub fn load(
     opts: RlsOptions,
     taken: &[String],
 ) -> Result<RlsDomains, ConfigError> {
+    read(paths, opts, taken).map(|(domains, _)| domains)
+}
+
+/// [`load`], and the entries of directories it skipped ([`Skipped`]).
+/// A path named directly must be a regular file: anything else is
+/// refused, naming it.
+pub fn read(
+    paths: &[PathBuf],
+    opts: RlsOptions,
+    taken: &[String],
+) -> Result<(RlsDomains, Vec<Skipped>), ConfigError> {
     let mut domains = RlsDomains::default();
-    for file in expand(paths)? {
+    let (files, skipped) = expand(paths)?;
+    for file in files {
         let origin = file.display().to_string();
         let text = crate::config::read_text(&file).map_err(|error| ConfigError::Read {
             path: origin.clone(),
@@ -54,12 +91,16 @@ pub fn load(
         })?;
         add(&mut domains, &text, &origin, opts, taken)?;
     }
-    Ok(domains)
+    Ok((domains, skipped))
 }
 
-/// The files `paths` stand for.
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+/// The files `paths` stand for, and the directory entries skipped. The
+/// type seen here decides what is skipped; the read checks it again on
+/// the opened file, so an entry swapped for a FIFO in between is refused
+/// then, never waited on.
+fn expand(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>), ConfigError> {
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     for path in paths {
         let read_err = |error| ConfigError::Read {
             path: path.display().to_string(),
@@ -69,12 +110,18 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
             files.push(path.clone());
             continue;
         }
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(read_err)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| is_limits_file(p))
-            .collect();
+        let mut found = Vec::new();
+        for entry in crate::config::files::limits_entries(path).map_err(read_err)? {
+            // Dangling symlinks and subdirectories: skipped, as ever.
+            match std::fs::metadata(&entry) {
+                Ok(m) if m.is_file() => found.push(entry),
+                Ok(m) if !m.is_dir() => skipped.push(Skipped {
+                    path: entry,
+                    kind: crate::config::files::kind_of(m.file_type()),
+                }),
+                _ => {}
+            }
+        }
         if found.is_empty() {
             return Err(ConfigError::Invalid(Box::new(Diagnostic {
                 origin: path.display().to_string(),
@@ -84,16 +131,9 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
                 reason: "directory has no .yaml or .yml files".to_owned(),
             })));
         }
-        found.sort();
         files.extend(found);
     }
-    Ok(files)
-}
-
-fn is_limits_file(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-    !name.starts_with('.') && (ext == "yaml" || ext == "yml") && p.is_file()
+    Ok((files, skipped))
 }
 
 /// Reads one file's text (`origin` names it in messages) into `domains`.

@@ -36,6 +36,7 @@
 //! | `quotad_redis_flush_duration_seconds` | histogram | |
 //! | `quotad_strict_fail_mode_total` | counter | `mode` (local, allow, deny) |
 //! | `quotad_admin_mutations_total` | counter | `action`, `outcome` (done, unconfirmed, refused) |
+//! | `quotad_admin_refused_total` | counter | `reason` (no_token, malformed_token, bad_token, missing_scope) |
 //! | `quotad_ready`, `quotad_build_info` | gauge | `version` (build info) |
 //! | `quotad_heavy_key_checks` | gauge | `key` (keyed hash), `name` (operator's) |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
@@ -195,6 +196,8 @@ pub mod names {
     pub const STRICT_FAIL: &str = "quotad_strict_fail_mode_total";
     /// Admin changes.
     pub const ADMIN: &str = "quotad_admin_mutations_total";
+    /// Admin calls refused before they ran, by reason.
+    pub const ADMIN_REFUSED: &str = "quotad_admin_refused_total";
     /// Readiness.
     pub const READY: &str = "quotad_ready";
     /// Build information.
@@ -339,6 +342,11 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         ADMIN,
         Kind::Counter,
         "Admin API changes by action and outcome: done, unconfirmed (Redis did not confirm), refused (nothing changed).",
+    ),
+    (
+        ADMIN_REFUSED,
+        Kind::Counter,
+        "Admin API calls (reads and changes) refused before they ran, by reason: no_token, malformed_token, bad_token, missing_scope.",
     ),
     (READY, Kind::Gauge, "1 while the node reports ready."),
     (
@@ -564,6 +572,13 @@ impl Metrics {
     /// Counts an admin change.
     pub fn admin(&self, action: &str, outcome: &str) {
         self.counter(ADMIN, &[("action", action), ("outcome", outcome)])
+            .increment(1);
+    }
+
+    /// Counts an admin call refused before it ran, for `reason` (one of
+    /// a fixed set: see [`crate::admin::auth::Refusal`]).
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.counter(ADMIN_REFUSED, &[("reason", reason)])
             .increment(1);
     }
 

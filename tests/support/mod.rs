@@ -332,6 +332,32 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A sample's value in a `/metrics` body: `series` is the name with its
+/// labels as rendered (`name{label="v"}`), or the bare name.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of `series` in `/metrics` at `http` now.
+pub async fn metric(http: SocketAddr, series: &str) -> f64 {
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    sample(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"))
+}
+
+/// Waits (bounded) until `series` in `/metrics` reads `want`.
+pub async fn metric_reaches(http: SocketAddr, series: &str, want: f64) {
+    let poll = async {
+        while metric(http, series).await != want {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("{series} never reached {want}"));
+}
+
 /// Envoy RLS request builders shared by the RLS tests.
 pub mod rls {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub http: String,
     /// The admin listener, when it logged one.
     pub admin: Option<String>,
+    /// The log lines up to and including "quotad ready".
+    pub startup: Vec<String>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -37,6 +39,65 @@ impl Daemon {
         tokio::time::timeout(Duration::from_secs(10), find)
             .await
             .unwrap_or_else(|_| panic!("no log line {text:?}"))
+    }
+
+    /// Waits (bounded) until log lines containing each of `texts` were
+    /// seen, in any order; returns them (the first for each text).
+    pub async fn wait_logs(&mut self, texts: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; texts.len()];
+        let find = async {
+            while found.iter().any(Option::is_none) {
+                let line = self.log.recv().await.expect("the daemon is still logging");
+                for (i, t) in texts.iter().enumerate() {
+                    if found[i].is_none() && line.contains(t) {
+                        found[i] = Some(line.clone());
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), find)
+            .await
+            .is_err()
+        {
+            panic!("no log lines {texts:?} (found {found:?})");
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// An admin API client presenting `token` (`None`: no token).
+    pub async fn admin_client(&self, token: Option<&str>) -> super::AdminClient {
+        let addr = self
+            .admin
+            .as_ref()
+            .expect("the daemon logged its admin listener");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the admin listener");
+        quotad::api::pb::quota_admin_client::QuotaAdminClient::with_interceptor(
+            channel,
+            super::Bearer(token.map(str::to_owned)),
+        )
+    }
+
+    /// Everything it logs from now until it exits (bounded, 10 s).
+    pub async fn log_to_exit(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let read = async {
+            while let Some(line) = self.log.recv().await {
+                lines.push(line);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the daemon's log ended");
+        lines
     }
 
     /// Waits (bounded, 5 s) for the daemon to exit; its exit code.
@@ -141,6 +202,7 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
     let mut grpc = None;
     let mut http = None;
     let mut admin = None;
+    let mut startup = Vec::new();
     // Read log lines until the daemon reports ready: it logs the bound
     // addresses, then "quotad ready".
     let read = async {
@@ -163,7 +225,9 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
             if line.contains("admin listener bound") {
                 admin = field("admin_addr=");
             }
-            if line.contains("quotad ready") {
+            let ready = line.contains("quotad ready");
+            startup.push(line);
+            if ready {
                 break;
             }
         }
@@ -185,6 +249,7 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
         grpc: grpc.expect("daemon logged its gRPC address"),
         http: http.expect("daemon logged its HTTP address"),
         admin,
+        startup,
         stderr,
     }
 }
