@@ -109,11 +109,6 @@ impl Daemon {
             .code()
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
     /// Resident memory (`VmRSS`), in bytes.
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
