@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod redis_url;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -371,44 +372,18 @@ impl OnRedisError {
 }
 
 impl RedisSettings {
-    /// The URL with any password replaced by `<redacted>`, for logs.
+    /// The URL with every credential replaced by `<redacted>`, for logs
+    /// and messages (see [`redis_url`]: parsed as its author meant it, so
+    /// a password with reserved characters or a mistyped scheme is
+    /// hidden too).
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        redis_url::redact_url(&self.url)
     }
-}
 
-/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, and a
-/// `pass=` query value (unix sockets) → `pass=<redacted>`.
-fn redact_url(url: &str) -> String {
-    let url = redact_userinfo(url);
-    match url.split_once('?') {
-        Some((base, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some(("pass" | "password", _)) => {
-                        format!("{}=<redacted>", kv.split('=').next().unwrap_or("pass"))
-                    }
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", query.join("&"))
-        }
-        None => url,
-    }
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:<redacted>@{host}{tail}")
-        }
-        None => url.to_owned(),
+    /// What takes this URL's and the password file's secrets out of text
+    /// that may quote them, such as the `redis` crate's errors.
+    pub fn scrub(&self) -> redis_url::Scrub {
+        redis_url::Scrub::new(&self.url, self.password.as_deref())
     }
 }
 
@@ -454,15 +429,27 @@ impl RedisSettings {
         }
     }
 
-    /// Checks the URL's scheme; the connection itself is the sync task's.
+    /// Checks the URL's scheme and that the `redis` crate reads it (the
+    /// connection itself is the sync task's). Messages show the URL
+    /// redacted and never the crate's own words about it.
     pub fn check_url(url: &str) -> Result<(), String> {
+        use redis::IntoConnectionInfo;
         let scheme = url.split_once("://").map(|(s, _)| s);
-        match scheme {
-            Some("redis" | "rediss" | "unix" | "redis+unix") => Ok(()),
-            _ => Err(format!(
-                "invalid Redis URL {} (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)",
-                quoted(&redact_url(url))
-            )),
+        let invalid = |why: &str| {
+            format!(
+                "invalid Redis URL {}{why} (expected redis://[user:password@]host:port[/db], rediss:// for TLS, or unix:///path; percent-encode reserved characters in a password, such as %2F for /, or use redis.password_file)",
+                quoted(&redis_url::redact_url(url))
+            )
+        };
+        if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+            return Err(invalid(""));
+        }
+        match url.into_connection_info() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(invalid(&format!(
+                ": {}",
+                Self::new(url).scrub().text(&e.to_string())
+            ))),
         }
     }
 }
@@ -2156,7 +2143,7 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 format!("{base}{secret}redis: {{ url: \"http://h\" }}\n"),
-                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)".to_owned(),
+                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://[user:password@]host:port[/db], rediss:// for TLS, or unix:///path; percent-encode reserved characters in a password, such as %2F for /, or use redis.password_file)".to_owned(),
             ),
             (
                 format!("{base}{secret}redis: {{ url: \"redis://h:1\", cluster: true, sentinel_master: m }}\n"),

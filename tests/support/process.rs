@@ -20,6 +20,8 @@ pub struct Daemon {
     pub http: String,
     /// The admin listener, when it logged one.
     pub admin: Option<String>,
+    /// The log lines up to "quotad ready", each ending in a newline.
+    pub startup: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -124,10 +126,13 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
     let mut grpc = None;
     let mut http = None;
     let mut admin = None;
+    let mut startup = String::new();
     // Read log lines until the daemon reports ready: it logs the bound
     // addresses, then "quotad ready".
     let read = async {
         while let Some(line) = lines.next_line().await.expect("read the daemon's log") {
+            startup.push_str(&line);
+            startup.push('\n');
             // Text lines say `name=value`; JSON lines (`--log-format
             // json`) carry the field by name.
             let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
@@ -168,6 +173,7 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
         grpc: grpc.expect("daemon logged its gRPC address"),
         http: http.expect("daemon logged its HTTP address"),
         admin,
+        startup,
         stderr,
     }
 }

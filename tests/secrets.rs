@@ -1,0 +1,255 @@
+//! Secrets never shown: a Redis password (whatever characters it holds,
+//! however the URL is mistyped) in `check-config`, `serve --check-only`,
+//! logs, stderr, a refused reload and the admin API's `last_error`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use quotad::api::pb::quota_admin_client::QuotaAdminClient;
+use quotad::api::pb::{ListPlansRequest, ReloadRequest};
+
+use crate::support::process::{BIN, Daemon, spawn_serve};
+use crate::support::{Bearer, OPS_TOKEN, VIEWER_TOKEN, printed};
+
+/// Every piece of [`password`] starts with this; no output may hold it.
+const MARK: &str = "sek";
+
+/// Every character a URL reserves, `%` and a space, each between two
+/// pieces of the password.
+fn password() -> String {
+    let mut pw = format!("{MARK}A");
+    for (i, c) in ":/?#[]@!$&'()*+,;=% ".chars().enumerate() {
+        pw.push(c);
+        pw.push_str(&format!("{MARK}{i}"));
+    }
+    pw
+}
+
+/// `s` with every byte outside the unreserved set percent-encoded.
+fn encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Well-formed and mistyped URLs carrying the password, raw and
+/// percent-encoded.
+fn urls() -> Vec<String> {
+    let mut urls = Vec::new();
+    for pw in [password(), encoded(&password())] {
+        for prefix in ["redis://", "redis:/", "rediss//", "redis:", "http://", ""] {
+            for userinfo in [format!(":{pw}"), format!("user:{pw}")] {
+                urls.push(format!("{prefix}{userinfo}@127.0.0.1:6379/0"));
+            }
+        }
+        urls.push(format!("unix:///run/redis.sock?db=1&pass={pw}"));
+    }
+    urls
+}
+
+const HASH_SECRET: &str = "store: { hash_secret: \"000102030405060708090a0b0c0d0e0f\" }\n";
+
+fn base_config() -> String {
+    format!("{}{HASH_SECRET}", crate::support::CONFIG)
+}
+
+/// `url` as a single-quoted YAML scalar.
+fn yaml_quoted(url: &str) -> String {
+    format!("'{}'", url.replace('\'', "''"))
+}
+
+fn assert_hidden(what: &str, out: &str) {
+    assert!(!out.contains(MARK), "{what} shows the password:\n{out}");
+}
+
+#[test]
+fn redis_passwords_never_show_in_check_config_or_check_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::support::write_file(dir.path(), "base.yaml", &base_config());
+    let mut accepted = 0;
+    for (n, url) in urls().iter().enumerate() {
+        let in_file = format!("{}redis: {{ url: {} }}\n", base_config(), yaml_quoted(url));
+        let file = crate::support::write_file(dir.path(), &format!("c{n}.yaml"), &in_file);
+        let check = Command::new(BIN)
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let shown = printed(&check);
+        assert_hidden(&format!("check-config with {url:?}"), &shown);
+        assert!(
+            matches!(check.status.code(), Some(0 | 64)),
+            "{url:?}: {check:?}"
+        );
+        if check.status.success() {
+            accepted += 1;
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let check_only = |args: &[&str], env: Option<&str>| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["serve", "--check-only"])
+                .args(args)
+                .env_remove("QUOTAD_REDIS")
+                .env_remove("QUOTAD_CONFIG");
+            if let Some(url) = env {
+                cmd.env("QUOTAD_REDIS", url);
+            }
+            let out = cmd.output().unwrap();
+            assert_eq!(out.status.code(), check.status.code(), "{url:?}: {out:?}");
+            printed(&out)
+        };
+        let file = file.display().to_string();
+        let base = base.display().to_string();
+        assert_hidden(
+            "serve --check-only",
+            &check_only(&["--config", &file], None),
+        );
+        assert_hidden(
+            "serve --check-only --redis",
+            &check_only(&["--config", &base, "--redis", url], None),
+        );
+        assert_hidden(
+            "serve --check-only with QUOTAD_REDIS",
+            &check_only(&["--config", &base], Some(url)),
+        );
+    }
+    // The percent-encoded, well-formed URLs are valid: they were checked
+    // and summarised, not only refused.
+    assert!(accepted >= 2, "{accepted} URLs accepted");
+}
+
+/// Reads the daemon's log until a line holds `text` (bounded); returns
+/// every line read.
+async fn log_until(d: &mut Daemon, text: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while let Some(line) = d.log.recv().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(text) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("no log line {text:?} in:\n{seen}"));
+    seen
+}
+
+#[test]
+fn serve_refuses_a_url_redis_cannot_read_without_showing_its_password() {
+    // A raw `/` ends a strict parser's authority: the `redis` crate
+    // cannot read this URL, and must be asked before anything binds.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://:{}@127.0.0.1:6379/0", password());
+    let body = format!("{}redis: {{ url: {} }}\n", base_config(), yaml_quoted(&url));
+    let config = crate::support::write_file(dir.path(), "q.yaml", &body);
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("QUOTAD_REDIS")
+        .output()
+        .unwrap();
+    let shown = printed(&out);
+    assert_hidden("serve's log and stderr", &shown);
+    assert_eq!(out.status.code(), Some(64), "{shown}");
+    assert!(
+        shown.contains("redis.url: invalid Redis URL 'redis://<redacted>@127.0.0.1:6379/0': "),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_redis_refuses_never_shows_in_the_log() {
+    let redis = crate::support::RedisServer::start().await;
+    // Set after start: the harness checks the server with PING first.
+    let set = redis.command("CONFIG SET requirepass right-one").await;
+    assert_eq!(set.unwrap().trim(), "+OK");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "redis://:{}@127.0.0.1:{}/0",
+        encoded(&password()),
+        redis.port
+    );
+    let body = format!("{}redis: {{ url: {} }}\n", base_config(), yaml_quoted(&url));
+    let config = crate::support::write_file(dir.path(), "q.yaml", &body);
+    let mut d = spawn_serve(&["--config", &config.display().to_string()]).await;
+    let log = d.startup.clone() + &log_until(&mut d, "cannot reach Redis").await;
+    assert_hidden("the log", &log);
+    assert!(log.contains("url=redis://:<redacted>@127.0.0.1"), "{log}");
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    let rest = format!("{}{}", drain(&mut d).await, d.stderr_at_exit().await);
+    assert_hidden("the log and stderr", &rest);
+}
+
+/// Every log line left, once the daemon has exited (bounded).
+async fn drain(d: &mut Daemon) -> String {
+    let mut out = String::new();
+    let read = async {
+        while let Some(line) = d.log.recv().await {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the daemon's stdout reached its end");
+    out
+}
+
+#[tokio::test]
+async fn a_reload_refused_for_its_redis_url_keeps_the_password_out_of_last_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}{}reload: {{ watch: false }}\n",
+        base_config(),
+        crate::support::admin_section("")
+    );
+    let config = crate::support::write_file(dir.path(), "q.yaml", &body);
+    let mut d = spawn_serve(&["--config", &config.display().to_string()]).await;
+    let admin = d.admin.clone().expect("the admin listener was logged");
+    let client = |token: &str| {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+            .unwrap()
+            .connect_lazy();
+        QuotaAdminClient::with_interceptor(channel, Bearer(Some(token.to_owned())))
+    };
+    let (mut ops, mut viewer) = (client(OPS_TOKEN), client(VIEWER_TOKEN));
+    let mut refused = 0;
+    for url in urls() {
+        let broken = format!("{body}redis: {{ url: {} }}\n", yaml_quoted(&url));
+        std::fs::write(&config, broken).unwrap();
+        let Err(e) = ops.reload(ReloadRequest {}).await else {
+            // A valid URL: the reload goes through (Redis needs a restart).
+            continue;
+        };
+        refused += 1;
+        assert_hidden(&format!("the reload's error for {url:?}"), e.message());
+        assert!(e.message().contains("redis.url"), "{}", e.message());
+        let plans = viewer.list_plans(ListPlansRequest {}).await.unwrap();
+        let last = plans.into_inner().config.unwrap().last_error;
+        assert!(last.contains("redis.url"), "{last}");
+        assert_hidden("last_error", &last);
+    }
+    assert!(refused > urls().len() / 2, "{refused} reloads refused");
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    let rest = drain(&mut d).await;
+    let log = format!("{}{rest}{}", d.startup, d.stderr_at_exit().await);
+    assert!(log.contains("config reload refused"), "{log}");
+    assert_hidden("the log", &log);
+}
