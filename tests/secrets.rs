@@ -253,3 +253,159 @@ async fn a_reload_refused_for_its_redis_url_keeps_the_password_out_of_last_error
     assert!(log.contains("config reload refused"), "{log}");
     assert_hidden("the log", &log);
 }
+
+/// A Redis that asks for [`password`].
+async fn redis_with_password() -> crate::support::RedisServer {
+    let redis = crate::support::RedisServer::start().await;
+    // Set after start (the harness checks the server with PING first),
+    // as one argument: no shell or inline command splits it.
+    let set = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "CONFIG",
+            "SET",
+            "requirepass",
+        ])
+        .arg(password())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK", "{set:?}");
+    redis
+}
+
+#[tokio::test]
+async fn a_redis_password_file_flag_reaches_redis_and_is_never_shown() {
+    let redis = redis_with_password().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::write_file(dir.path(), "q.yaml", &base_config());
+    let pw_file =
+        crate::support::write_file(dir.path(), "redis.pass", &format!("{}\n", password()));
+    let (config, pw_file) = (config.display().to_string(), pw_file.display().to_string());
+    // The password is in neither the URL nor the config: only the file.
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let by_flag = [
+        "--config",
+        &config,
+        "--redis",
+        &url,
+        "--redis-password-file",
+        &pw_file,
+    ];
+    let check = Command::new(BIN)
+        .args(["serve", "--check-only"])
+        .args(by_flag)
+        .env_remove("QUOTAD_REDIS_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert_hidden("serve --check-only", &printed(&check));
+    assert!(
+        printed(&check).contains("(password from a file)"),
+        "{check:?}"
+    );
+    let by_env = [("QUOTAD_REDIS_PASSWORD_FILE", pw_file.as_str())];
+    for (args, env) in [(&by_flag[..], &[][..]), (&by_flag[..4], &by_env[..])] {
+        let mut d = crate::support::process::spawn_serve_env(args, env).await;
+        // Connected: Redis took the password.
+        let log = d.startup.clone() + &log_until(&mut d, "redis sync: connected").await;
+        d.signal("-TERM");
+        assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+        let rest = drain(&mut d).await;
+        let all = format!("{log}{rest}{}", d.stderr_at_exit().await);
+        assert_hidden("the log", &all);
+        assert!(!all.contains("process arguments"), "{all}");
+    }
+    // Without Redis to use it for, the flag is a usage error.
+    let out = Command::new(BIN)
+        .args(["serve", "--check-only", "--config", &config])
+        .args(["--redis-password-file", &pw_file])
+        .env_remove("QUOTAD_REDIS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        printed(&out).contains("--redis-password-file: there is no Redis"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_on_the_command_line_is_warned_of_but_not_from_the_environment() {
+    let redis = redis_with_password().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::write_file(dir.path(), "q.yaml", &base_config());
+    let config = config.display().to_string();
+    let url = format!(
+        "redis://:{}@127.0.0.1:{}/0",
+        encoded(&password()),
+        redis.port
+    );
+    let warning = "password in this URL is visible in process arguments";
+    // On the command line: warned at start (and by --check-only), and
+    // the password still works and never shows.
+    let mut d = spawn_serve(&["--config", &config, "--redis", &url]).await;
+    let log = d.startup.clone() + &log_until(&mut d, "redis sync: connected").await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(warning)),
+        "{log}"
+    );
+    assert!(
+        log.contains("QUOTAD_REDIS") && log.contains("--redis-password-file"),
+        "{log}"
+    );
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    let rest = drain(&mut d).await;
+    assert_hidden(
+        "the log",
+        &format!("{log}{rest}{}", d.stderr_at_exit().await),
+    );
+    let check = Command::new(BIN)
+        .args([
+            "serve",
+            "--check-only",
+            "--config",
+            &config,
+            "--redis",
+            &url,
+        ])
+        .env_remove("QUOTAD_REDIS")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(warning),
+        "{check:?}"
+    );
+    assert_hidden("serve --check-only", &printed(&check));
+
+    // From QUOTAD_REDIS: nothing to warn of.
+    let mut d = crate::support::process::spawn_serve_env(
+        &["--config", &config],
+        &[("QUOTAD_REDIS", url.as_str())],
+    )
+    .await;
+    let log = d.startup.clone() + &log_until(&mut d, "redis sync: connected").await;
+    d.signal("-TERM");
+    assert_eq!(d.exit_code("exits after SIGTERM").await, Some(0));
+    let all = format!("{log}{}{}", drain(&mut d).await, d.stderr_at_exit().await);
+    assert!(!all.contains(warning), "{all}");
+    assert_hidden("the log", &all);
+    // No password in the URL: nothing to warn of either.
+    let plain = format!("redis://127.0.0.1:{}/0", redis.port);
+    let check = Command::new(BIN)
+        .args([
+            "serve",
+            "--check-only",
+            "--config",
+            &config,
+            "--redis",
+            &plain,
+        ])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(!printed(&check).contains(warning), "{check:?}");
+}

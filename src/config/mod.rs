@@ -173,6 +173,18 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     })
 }
 
+/// Reads a password file (`redis.password_file`,
+/// `--redis-password-file`) through [`read_text`]: its text without the
+/// trailing line break. The error names the file and never its content.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(password.to_owned())
+}
+
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
 /// Largest `requests.max_key_bytes`.
@@ -800,8 +812,13 @@ impl Config {
         lines.push(match &self.redis {
             None => "redis: off (this node alone, in memory)".to_owned(),
             Some(r) => format!(
-                "redis: {}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
+                "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
                 r.redacted_url(),
+                if r.password.is_some() {
+                    " (password from a file)"
+                } else {
+                    ""
+                },
                 match (&r.sentinel_master, r.cluster) {
                     (Some(m), _) => format!(" (sentinel for {m})"),
                     (None, true) => " (cluster seed)".to_owned(),
@@ -1284,20 +1301,8 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
     }
     let mut settings = RedisSettings::new(url.0);
     if let Some(p) = r.password_file {
-        let path = base.join(&p.0);
-        let text = read_text(&path).map_err(|e| {
-            Issue::new(
-                at("password_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let password = text.trim_end_matches(['\r', '\n']).to_owned();
-        if password.is_empty() {
-            return Err(Issue::new(
-                at("password_file"),
-                format!("{} is empty", path.display()),
-            ));
-        }
+        let password = read_password_file(&base.join(&p.0))
+            .map_err(|why| Issue::new(at("password_file"), why))?;
         settings.password = Some(password);
     }
     if let Some(p) = r.tls_ca_file {

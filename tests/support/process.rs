@@ -86,6 +86,11 @@ impl Daemon {
 /// Starts `quotad serve` on free ports with `extra` arguments and waits
 /// (bounded) until it logs "quotad ready".
 pub async fn spawn_serve(extra: &[&str]) -> Daemon {
+    spawn_serve_env(extra, &[]).await
+}
+
+/// [`spawn_serve`] with environment variables set for the child.
+pub async fn spawn_serve_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut child = tokio::process::Command::new(BIN)
         .args([
@@ -101,6 +106,9 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
         .env_remove("QUOTAD_CONFIG")
         .env_remove("QUOTAD_GRPC_ADDR")
         .env_remove("QUOTAD_HTTP_ADDR")
+        .env_remove("QUOTAD_REDIS")
+        .env_remove("QUOTAD_REDIS_PASSWORD_FILE")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
