@@ -409,3 +409,96 @@ async fn a_password_on_the_command_line_is_warned_of_but_not_from_the_environmen
     assert!(check.status.success(), "{check:?}");
     assert!(!printed(&check).contains(warning), "{check:?}");
 }
+
+/// What a secret file holds, in the shapes a YAML parser or a PEM
+/// reader trips over differently.
+const SECRET: &str = "s3cr3t-token-value";
+
+fn secret_files() -> Vec<String> {
+    [
+        "{S}\n",
+        "{S}: x\n",
+        "? {S}\n",
+        "{{{S}}}\n",
+        "[{S}\n",
+        "\"{S}\\q\"\n",
+        "{S}\t: [\n",
+        "x\t{S}: 1\n",
+        "&{S} x\n",
+        "!{S} x\n",
+        "!<{S}> x\n",
+        "{S}: a: b\n",
+        "- {S}\n",
+        "'{S}\n",
+        "domain: x\n{S}: 1\n",
+        "plans: {S}\n",
+        "-----BEGIN {S}-----\nczNjcjN0\n",
+        "-----BEGIN PRIVATE KEY-----\n{S}!\n-----END PRIVATE KEY-----\n",
+    ]
+    .iter()
+    .map(|t| t.replace("{S}", SECRET))
+    .collect()
+}
+
+/// The secret, or its bytes as a parser's `Debug` of a `Vec<u8>` shows
+/// them.
+fn assert_not_quoted(what: &str, out: &std::process::Output) {
+    let shown = printed(out);
+    let bytes = format!("{:?}", &SECRET.as_bytes()[..6]);
+    let bytes = bytes.trim_matches(['[', ']']);
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains(bytes),
+        "{what} quotes the file:\n{shown}"
+    );
+    assert_eq!(out.status.code(), Some(64), "{what}: {shown}");
+}
+
+#[test]
+fn a_secret_file_given_as_config_limits_or_tls_file_is_never_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = crate::support::write_file(dir.path(), "ok.yaml", crate::support::CONFIG);
+    let run = |args: &[&std::ffi::OsStr]| Command::new(BIN).args(args).output().unwrap();
+    for (n, text) in secret_files().iter().enumerate() {
+        let file = crate::support::write_file(dir.path(), &format!("secret{n}"), text);
+        let (f, ok) = (file.as_os_str(), ok.as_os_str());
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        let out = run(&[os("check-config"), f]);
+        assert_not_quoted(&format!("check-config {text:?}"), &out);
+        // Still located: the file, its line and column.
+        assert!(
+            printed(&out).contains(&format!("secret{n}:")),
+            "{}",
+            printed(&out)
+        );
+        let out = run(&[os("serve"), os("--check-only"), os("--config"), f]);
+        assert_not_quoted(&format!("serve --config {text:?}"), &out);
+        let out = run(&[os("check-config"), ok, os("--limits"), f]);
+        assert_not_quoted(&format!("--limits {text:?}"), &out);
+        let out = run(&[
+            os("serve"),
+            os("--check-only"),
+            os("--config"),
+            ok,
+            os("--limits"),
+            f,
+        ]);
+        assert_not_quoted(&format!("serve --limits {text:?}"), &out);
+        // As TLS files (certificate, key, client CA) and the Redis CA.
+        let path = file.display();
+        for section in [
+            format!("server:\n  tls: {{ cert_file: {path}, key_file: {path} }}\n"),
+            format!(
+                "admin:\n  tls: {{ cert_file: {path}, key_file: {path} }}\n  tokens: [{{ id: a, sha256: \"{}\", scopes: [read] }}]\n",
+                "0".repeat(64)
+            ),
+            format!(
+                "store: {{ hash_secret: \"000102030405060708090a0b0c0d0e0f\" }}\nredis: {{ url: \"rediss://127.0.0.1:1\", tls_ca_file: {path} }}\n"
+            ),
+        ] {
+            let body = format!("default_plan: f\nplans: {{ f: {{ limits: [] }} }}\n{section}");
+            let config = crate::support::write_file(dir.path(), "tls.yaml", &body);
+            let out = run(&[os("check-config"), config.as_os_str()]);
+            assert_not_quoted(&format!("a TLS file {text:?}"), &out);
+        }
+    }
+}

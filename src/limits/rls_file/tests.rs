@@ -65,7 +65,7 @@ fn invalid_fixtures_fail_naming_file_line_path_and_reason() {
         ),
         (
             "misplaced_key.yaml",
-            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field 'unit' (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
+            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
         ),
         (
             "missing_descriptor_key.yaml",
