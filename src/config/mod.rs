@@ -37,7 +37,7 @@ use crate::core::window::Window;
 use crate::limits::file::{
     self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, one_of, quoted,
 };
-use crate::limits::rls::{Algorithm, RlsDomains};
+use crate::limits::rls::{Algorithm, RlsDomains, check_domain};
 use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
@@ -1562,16 +1562,28 @@ impl<'de> Deserialize<'de> for StyleRaw {
     }
 }
 
-/// `envoy.domains`: a non-empty list of non-empty strings.
+/// `envoy.domains`: a non-empty list of domain names.
 struct Domains(Vec<String>);
 
 impl<'de> Deserialize<'de> for Domains {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Vec::<NonEmpty>::deserialize(d)?;
+        let list = Vec::<Domain>::deserialize(d)?;
         if list.is_empty() {
             return Err(de::Error::custom("at least one domain is required"));
         }
         Ok(Domains(list.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+/// One domain name, checked as it is read (so the message names its
+/// index and position) by [`check_domain`].
+struct Domain(String);
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_domain(&s).map_err(de::Error::custom)?;
+        Ok(Domain(s))
     }
 }
 
@@ -2117,6 +2129,36 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             err,
             "t.yaml:3:13: rls_files[0]: cannot read /nonexistent/limits.yaml: No such file or directory (os error 2)"
         );
+    }
+
+    #[test]
+    fn envoy_domains_must_be_printable_and_at_most_256_bytes() {
+        let base = "plans: { p: {} }\ndefault_plan: p\n";
+        let unprintable = "a domain must be printable: no control characters (line breaks, tabs, escapes), line separators or bidirectional overrides";
+        assert_errors(&[
+            (
+                format!("{base}envoy:\n  domains: [ok, \"edge\\nforged: line\"]\n"),
+                format!("t.yaml:4:17: envoy.domains[1]: {unprintable}"),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [\"a\\u202eb\"]\n"),
+                format!("t.yaml:4:13: envoy.domains[0]: {unprintable}"),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [{}]\n", "d".repeat(257)),
+                "t.yaml:4:13: envoy.domains[0]: a domain is at most 256 bytes (this one is 257)"
+                    .to_owned(),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [\" \"]\n"),
+                "t.yaml:4:13: envoy.domains[0]: must not be empty".to_owned(),
+            ),
+        ]);
+        let c = parse_ok(&format!(
+            "{base}envoy: {{ domains: [{}] }}\n",
+            "d".repeat(256)
+        ));
+        assert_eq!(c.envoy.domains, ["d".repeat(256)]);
     }
 
     #[test]
