@@ -809,62 +809,74 @@ impl Config {
             "response headers: {}",
             self.response_headers.as_str()
         ));
-        lines.push(match &self.redis {
-            None => "redis: off (this node alone, in memory)".to_owned(),
-            Some(r) => format!(
-                "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
-                r.redacted_url(),
-                if r.password.is_some() {
-                    " (password from a file)"
-                } else {
-                    ""
-                },
-                match (&r.sentinel_master, r.cluster) {
-                    (Some(m), _) => format!(" (sentinel for {m})"),
-                    (None, true) => " (cluster seed)".to_owned(),
-                    (None, false) => String::new(),
-                },
-                r.key_prefix,
-                format_duration(r.sync_interval),
-                format_duration(r.strict_deadline),
-                r.on_redis_error.as_str()
-            ),
-        });
-        lines.push(match &self.admin {
-            None => "admin: off (no admin section)".to_owned(),
-            Some(a) => {
-                let tokens: Vec<String> = a
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-                        format!("{} ({})", t.id, scopes.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
-                    a.addr,
-                    tokens.join("; "),
-                    describe_tls(a.tls.as_ref()),
-                    a.audit_file
-                        .as_ref()
-                        .map_or("none".to_owned(), |f| f.display().to_string()),
-                    a.max_overrides
-                )
-            }
-        });
-        let r = &self.reload;
-        lines.push(if r.watch {
-            format!(
-                "reload: on SIGHUP, admin Reload, and file changes (polled every {}, debounce {})",
-                format_duration(r.poll_interval),
-                format_duration(r.debounce)
-            )
-        } else {
-            "reload: on SIGHUP and admin Reload".to_owned()
-        });
+        lines.push(describe_redis(self.redis.as_ref()));
+        lines.push(describe_admin(self.admin.as_ref()));
+        lines.push(describe_reload(&self.reload));
         lines.join("\n")
     }
+}
+
+/// The summary's `reload:` line.
+fn describe_reload(r: &ReloadSettings) -> String {
+    if r.watch {
+        format!(
+            "reload: on SIGHUP, admin Reload, and file changes (polled every {}, debounce {})",
+            format_duration(r.poll_interval),
+            format_duration(r.debounce)
+        )
+    } else {
+        "reload: on SIGHUP and admin Reload".to_owned()
+    }
+}
+
+/// The summary's `redis:` line: the URL redacted, never the password.
+fn describe_redis(redis: Option<&RedisSettings>) -> String {
+    match redis {
+        None => "redis: off (this node alone, in memory)".to_owned(),
+        Some(r) => format!(
+            "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
+            r.redacted_url(),
+            if r.password.is_some() {
+                " (password from a file)"
+            } else {
+                ""
+            },
+            match (&r.sentinel_master, r.cluster) {
+                (Some(m), _) => format!(" (sentinel for {m})"),
+                (None, true) => " (cluster seed)".to_owned(),
+                (None, false) => String::new(),
+            },
+            r.key_prefix,
+            format_duration(r.sync_interval),
+            format_duration(r.strict_deadline),
+            r.on_redis_error.as_str()
+        ),
+    }
+}
+
+/// The summary's `admin:` line: token ids and scopes, never hashes.
+fn describe_admin(admin: Option<&AdminSettings>) -> String {
+    let Some(a) = admin else {
+        return "admin: off (no admin section)".to_owned();
+    };
+    let tokens: Vec<String> = a
+        .tokens
+        .iter()
+        .map(|t| {
+            let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+            format!("{} ({})", t.id, scopes.join(", "))
+        })
+        .collect();
+    format!(
+        "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
+        a.addr,
+        tokens.join("; "),
+        describe_tls(a.tls.as_ref()),
+        a.audit_file
+            .as_ref()
+            .map_or("none".to_owned(), |f| f.display().to_string()),
+        a.max_overrides
+    )
 }
 
 fn describe_tls(tls: Option<&TlsFiles>) -> String {
