@@ -408,6 +408,25 @@ mod tests {
         assert_eq!(Scrub::default().text("x"), "x");
     }
 
+    proptest::proptest! {
+        /// Any text at all: no panic, one line out, and a password
+        /// marked in the userinfo never shown.
+        #[test]
+        fn any_url_is_redacted_without_panicking(
+            head in "\\PC{0,40}",
+            pw in "[a-z:/?#\\[\\]@!$&'()*+,;=% ]{0,20}",
+            tail in "\\PC{0,40}",
+        ) {
+            let url = format!("{head}:SEKRET{pw}@{tail}");
+            let shown = redact_url(&url);
+            proptest::prop_assert!(!shown.contains('\n'));
+            let _ = Scrub::new(&url, Some(&pw)).text(&url);
+            if !tail.contains("SEKRET") && !head.contains("SEKRET") {
+                proptest::prop_assert!(!shown.contains("SEKRET"), "{:?} -> {:?}", url, shown);
+            }
+        }
+    }
+
     #[test]
     fn percent_decoding_keeps_what_is_not_an_escape() {
         assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
