@@ -486,9 +486,10 @@ impl App {
                 let (writer, mut follower) = sync.overrides(Arc::clone(&control))?;
                 match tokio::time::timeout(INITIAL_OVERRIDES, follower.resync()).await {
                     Ok(Ok(n)) => tracing::info!(overrides = n, "overrides read from Redis"),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "overrides not read from Redis yet; serving without them and retrying")
-                    }
+                    Ok(Err(e)) => tracing::warn!(
+                        error = %sync.scrub().text(&e.to_string()),
+                        "overrides not read from Redis yet; serving without them and retrying"
+                    ),
                     Err(_) => tracing::warn!(
                         "overrides not read from Redis in time; serving without them and retrying"
                     ),

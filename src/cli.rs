@@ -10,12 +10,21 @@ pub const EX_USAGE: u8 = 64;
 /// The command line as `T`, or the exit to take: `--help` and
 /// `--version` print and exit 0; a bad argument prints why and exits 64.
 pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
-    T::try_parse().map_err(|e| {
+    parse_with_matches().map(|(t, _)| t)
+}
+
+/// [`parse`], also returning clap's matches, which say where each value
+/// came from (the command line, the environment or a default).
+pub fn parse_with_matches<T: clap::Parser>() -> Result<(T, clap::ArgMatches), ExitCode> {
+    let exit = |e: clap::Error| {
         let _ = e.print();
         if e.use_stderr() {
             ExitCode::from(EX_USAGE)
         } else {
             ExitCode::SUCCESS
         }
-    })
+    };
+    let matches = T::command().try_get_matches().map_err(exit)?;
+    let parsed = T::from_arg_matches(&matches).map_err(exit)?;
+    Ok((parsed, matches))
 }

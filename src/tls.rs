@@ -73,16 +73,41 @@ pub enum TlsError {
     ClientCa(String),
 }
 
+/// What is wrong with a PEM file, in words of our own: the parser's
+/// would quote the offending line or bytes, and a key file's lines are
+/// the key.
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a section has no END line".to_owned(),
+        E::IllegalSectionStart { .. } => "a malformed BEGIN line".to_owned(),
+        E::Base64Decode(_) => "a section is not valid base64".to_owned(),
+        E::NoItemsFound => "no section of the expected kind".to_owned(),
+        E::SectionTooLarge => "a section is too large".to_owned(),
+        E::Io(e) => format!("cannot read: {}", e.kind()),
+        _ => "cannot be read as PEM".to_owned(),
+    }
+}
+
+/// How many certificates `pem` holds, or what is wrong with it (in words
+/// that never quote the file).
+pub fn count_certificates(pem: &[u8]) -> Result<usize, String> {
+    CertificateDer::pem_slice_iter(pem).try_fold(0, |n, cert| match cert {
+        Ok(_) => Ok(n + 1),
+        Err(e) => Err(format!("not a PEM certificate: {}", pem_error(&e))),
+    })
+}
+
 /// Builds a server config for HTTP/2 (gRPC) from `pem`.
 pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert(format!("not a PEM certificate: {e}")))?;
+        .map_err(|e| TlsError::Cert(format!("not a PEM certificate: {}", pem_error(&e))))?;
     if certs.is_empty() {
         return Err(TlsError::Cert("holds no PEM certificate".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(&pem.key)
-        .map_err(|e| TlsError::Key(format!("not a PEM private key: {e}")))?;
+        .map_err(|e| TlsError::Key(format!("not a PEM private key: {}", pem_error(&e))))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -93,8 +118,9 @@ pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
             let mut roots = RootCertStore::empty();
             let mut any = false;
             for cert in CertificateDer::pem_slice_iter(ca) {
-                let cert =
-                    cert.map_err(|e| TlsError::ClientCa(format!("not a PEM certificate: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    TlsError::ClientCa(format!("not a PEM certificate: {}", pem_error(&e)))
+                })?;
                 roots
                     .add(cert)
                     .map_err(|e| TlsError::ClientCa(format!("not a usable CA certificate: {e}")))?;

@@ -4,6 +4,17 @@
 //! path, and the error types ([`ConfigError`], [`Diagnostic`]). Both file
 //! formats (the daemon config and envoyproxy/ratelimit limits files) read
 //! through here.
+//!
+//! **Messages never quote what a file holds** unless it is a field the
+//! file's format knows: `--config` pointed at a token or key file must
+//! not print it. So the parser's and serde's own words are rendered
+//! without the input they carry: a type mismatch names the kind of value
+//! found (`got string`), never the value; a syntax error keeps at most
+//! one quoted punctuation character (`unclosed bracket '['`); an unknown
+//! field is named only when it is one edit or two from a known one (`did
+//! you mean`), and is otherwise pointed at by line and column. What the
+//! validators of known fields say (`unknown unit 'fortnight'`) stays:
+//! the author wrote it into that field.
 
 use std::fmt;
 
@@ -119,7 +130,7 @@ fn saphyr_error(
     let reason = match inner {
         E::ExternalMessage { msg, .. } => {
             syntax = true;
-            format!("invalid yaml: {}", clean(msg))
+            format!("invalid yaml: {}", clean(&without_quoted(msg)))
         }
         E::Eof { .. } => {
             syntax = true;
@@ -155,18 +166,21 @@ fn saphyr_error(
             unexpected,
             expected,
             ..
-        } => format!("expected {} (got {})", clean(expected), clean(unexpected)),
+        } => format!("expected {} (got {})", clean(expected), kind_of(unexpected)),
         E::Unexpected { expected, .. } => match *expected {
             "mapping start" => "expected a mapping".to_owned(),
             "sequence start" => "expected a list".to_owned(),
             "string scalar" => "expected a string".to_owned(),
             other => format!("expected {}", clean(other)),
         },
-        E::DuplicateMappingKey { key, .. } => match key {
-            Some(k) => format!("duplicate key {}", quoted(k)),
-            None => "duplicate key".to_owned(),
-        },
-        other => clean(&serde_saphyr::DefaultMessageFormatter.format_message(other)),
+        E::DuplicateMappingKey { .. } => "duplicate key".to_owned(),
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => unknown("value", variant, expected),
+        E::NonFiniteFloat { .. } => "expected a finite number".to_owned(),
+        other => clean(&without_quoted(
+            &serde_saphyr::DefaultMessageFormatter.format_message(other),
+        )),
     };
     let diagnostic = Box::new(Diagnostic {
         origin: origin.to_owned(),
@@ -200,20 +214,72 @@ fn clean(s: &str) -> String {
 }
 
 fn unknown_field(field: &str, expected: &[&str]) -> String {
+    unknown("field", field, expected)
+}
+
+/// `unknown field 'brust' (did you mean 'burst'?)`: the name the author
+/// wrote is quoted only when it is that close to a known one; anything
+/// else (say, the first line of a token file given as `--config`) is not
+/// repeated: the line and column point at it.
+fn unknown(what: &str, written: &str, expected: &[&str]) -> String {
     let near = expected
         .iter()
-        .map(|e| (edit_distance(field, e), *e))
+        .map(|e| (edit_distance(written, e), *e))
         .filter(|(d, e)| *d <= 2 && *d < e.len())
         .min_by_key(|(d, _)| *d);
     match near {
-        Some((_, e)) => format!("unknown field {} (did you mean '{e}'?)", quoted(field)),
-        None if expected.is_empty() => format!("unknown field {}", quoted(field)),
-        None => format!(
-            "unknown field {} (expected one of: {})",
-            quoted(field),
-            expected.join(", ")
-        ),
+        Some((_, e)) => format!("unknown {what} {} (did you mean '{e}'?)", quoted(written)),
+        None if expected.is_empty() => format!("unknown {what}"),
+        None => format!("unknown {what} (expected one of: {})", expected.join(", ")),
     }
+}
+
+/// What serde found, without the value: `string "s3cr3t"` → `string`,
+/// ``integer `5` `` → `integer`, `sequence` → `sequence`.
+fn kind_of(unexpected: &str) -> String {
+    let kind = clean(unexpected.split(['"', '`', '\'']).next().unwrap_or(""));
+    if kind.is_empty() {
+        "another value".to_owned()
+    } else {
+        kind
+    }
+}
+
+/// `msg` without what it quotes, except a lone punctuation character (a
+/// bracket, a colon): the parser's messages may carry pieces of the input.
+/// A quote opens only at the start, after a space or `(`/`:`, so the
+/// apostrophe in "wasn't" is text.
+fn without_quoted(msg: &str) -> String {
+    const QUOTES: [char; 3] = ['\'', '`', '"'];
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(q) = rest.find(QUOTES) {
+        // Quotes are ASCII: one byte each.
+        let (before, quote) = (&rest[..q], &rest[q..=q]);
+        out.push_str(before);
+        let prev = before
+            .chars()
+            .next_back()
+            .or_else(|| out.chars().next_back());
+        if !prev.is_none_or(|p| p.is_whitespace() || matches!(p, '(' | ':')) {
+            out.push_str(quote);
+            rest = &rest[q + 1..];
+            continue;
+        }
+        // What is quoted is at least one character, itself maybe a quote
+        // (`unexpected character: `'' in the parser's style).
+        let inner = &rest[q + 1..];
+        let first = inner.chars().next().map_or(0, char::len_utf8);
+        let close = inner[first..].find(QUOTES).map(|c| c + first);
+        let mut chars = close.map_or(inner, |c| &inner[..c]).chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if c.is_ascii_punctuation() => out.push_str(&format!("'{c}'")),
+            _ => out.push_str("(input not shown)"),
+        }
+        rest = close.map_or("", |c| &inner[c + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Optimal-string-alignment distance: edits, counting a swap of two
@@ -412,5 +478,62 @@ impl<'de> Deserialize<'de> for Node {
         }
 
         d.deserialize_any(NodeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_messages_lose_what_they_quote_but_a_punctuation_mark() {
+        for (msg, want) in [
+            ("unclosed bracket '['", "unclosed bracket '['"),
+            ("unexpected character: `@'", "unexpected character: '@'"),
+            ("unexpected character: ``'", "unexpected character: '`'"),
+            (
+                "non-finite float `s3cr3t` rejected",
+                "non-finite float (input not shown) rejected",
+            ),
+            (
+                "failed to resolve include \"s3cr3t\"",
+                "failed to resolve include (input not shown)",
+            ),
+            ("the handle wasn't declared", "the handle wasn't declared"),
+            ("tag 's3cr3t", "tag (input not shown)"),
+            (
+                "a (\"s3cr3t\") b: 'x y' c",
+                "a ((input not shown)) b: (input not shown) c",
+            ),
+        ] {
+            assert_eq!(without_quoted(msg), want, "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn a_type_mismatch_names_the_kind_found_never_the_value() {
+        for (unexpected, want) in [
+            ("string \"s3cr3t\"", "string"),
+            ("integer `12345`", "integer"),
+            ("floating point `1.5`", "floating point"),
+            ("sequence", "sequence"),
+            ("`s3cr3t`", "another value"),
+        ] {
+            assert_eq!(kind_of(unexpected), want);
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_is_quoted_only_when_it_is_close_to_a_known_one() {
+        let known = ["burst", "rate"];
+        assert_eq!(
+            unknown_field("brust", &known),
+            "unknown field 'brust' (did you mean 'burst'?)"
+        );
+        assert_eq!(
+            unknown_field("s3cr3t-token-value", &known),
+            "unknown field (expected one of: burst, rate)"
+        );
+        assert_eq!(unknown_field("s3cr3t", &[]), "unknown field");
     }
 }

@@ -415,3 +415,51 @@ async fn json_logs_carry_the_request_id_of_a_refusal_and_never_a_key() {
         "{refusal}"
     );
 }
+
+#[test]
+fn domains_with_a_line_break_are_refused_from_the_config_and_from_limits_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::CONFIG.replace(
+        "domains: [edge]",
+        "domains: [edge, \"edge\\nredis: off (forged)\"]",
+    );
+    let config = crate::support::write_file(dir.path(), "q.yaml", &config);
+    let ok = crate::support::write_file(dir.path(), "ok.yaml", crate::support::CONFIG);
+    let limits = crate::support::write_file(
+        dir.path(),
+        "limits.yaml",
+        "domain: \"rl\\nredis: off (forged)\"\ndescriptors: []\n",
+    );
+    let cases = [
+        (
+            Command::new(BIN)
+                .arg("check-config")
+                .arg(&config)
+                .output()
+                .unwrap(),
+            format!(
+                "{}:21:19: envoy.domains[1]: a domain must be printable",
+                config.display()
+            ),
+        ),
+        (
+            Command::new(BIN)
+                .arg("check-config")
+                .arg(&ok)
+                .arg("--limits")
+                .arg(&limits)
+                .output()
+                .unwrap(),
+            format!(
+                "{}:1:9: domain: a domain must be printable",
+                limits.display()
+            ),
+        ),
+    ];
+    for (out, want) in cases {
+        let shown = crate::support::printed(&out);
+        assert_eq!(out.status.code(), Some(64), "{shown}");
+        assert!(shown.contains(&want), "{shown}");
+        assert!(!shown.contains("\nredis: off (forged)"), "{shown}");
+    }
+}

@@ -45,6 +45,8 @@ mod redis_overrides;
 mod redis_sync;
 /// Hot reload of the config and limits files.
 mod reload;
+/// Secrets (Redis passwords, file contents) never shown in any output.
+mod secrets;
 /// Graceful shutdown with calls and streams in flight.
 mod shutdown;
 /// TLS and mTLS on the check and admin listeners.

@@ -1500,3 +1500,75 @@ async fn over_https_with_a_private_ca_and_a_client_certificate() {
             "--ca-file, --cert-file, --key-file and --tls-server-name need an https:// server (got http://127.0.0.1:1)",
         );
 }
+
+#[tokio::test]
+async fn the_token_is_not_sent_in_plain_text_beyond_loopback_without_insecure() {
+    let why = "is not a loopback address, so anyone on the way could read the token";
+    let how = "Use https://";
+    let bypass = "add --insecure if the link is encrypted by other means";
+    // Refused before any connection (or even reading the token): these
+    // addresses would otherwise time out or be unreachable, exit 69.
+    for server in [
+        "http://192.0.2.1:8082",
+        "http://10.0.0.1:8082",
+        "http://0.0.0.0:8082",
+        "http://quotad.example:8082",
+        "http://localhost.example:8082",
+        "http://127.0.0.1.example:8082",
+        "http://[2001:db8::1]:8082",
+        "http://[::ffff:192.0.2.1]:8082",
+        "HTTP://192.0.2.1:8082",
+    ] {
+        let out = Ctl::bare()
+            .server(server)
+            .token(OPS_TOKEN)
+            .run(&["plans", "--timeout", "500ms"])
+            .await;
+        if server.starts_with("HTTP") {
+            // Not a scheme quotactl takes at all.
+            out.fails_with(64, &["expected http://host:port or https://host:port"]);
+            continue;
+        }
+        out.fails_with(
+            64,
+            &[
+                &format!("refusing to send the admin token in plain text to {server}"),
+                why,
+                how,
+                bypass,
+            ],
+        );
+    }
+    // --insecure: the operator vouches for the link; quotactl tries.
+    Ctl::bare()
+        .server("http://192.0.2.1:8082")
+        .token(OPS_TOKEN)
+        .run(&["plans", "--insecure", "--timeout", "200ms"])
+        .await
+        .expect(69);
+    // Loopback stays allowed: these get as far as connecting.
+    let port = dead_server().rsplit(':').next().unwrap().to_owned();
+    for host in [
+        "127.0.0.1",
+        "127.3.2.1",
+        "localhost",
+        "LocalHost",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+    ] {
+        let out = Ctl::bare()
+            .server(&format!("http://{host}:{port}"))
+            .token(OPS_TOKEN)
+            .run(&["plans", "--timeout", "500ms"])
+            .await;
+        assert_ne!(out.code, 64, "{out:#?}");
+        assert!(!out.stderr.contains("refusing"), "{out:#?}");
+    }
+    // https:// is never refused for this.
+    let out = Ctl::bare()
+        .server("https://192.0.2.1:8082")
+        .token(OPS_TOKEN)
+        .run(&["plans", "--timeout", "200ms"])
+        .await;
+    assert!(!out.stderr.contains("refusing"), "{out:#?}");
+}

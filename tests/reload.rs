@@ -372,7 +372,7 @@ async fn stray_fifos_and_devices_are_skipped_in_a_limits_directory_and_refused_w
         "{out}"
     );
     let mut d = spawn_serve(&["--config", &config_arg]).await;
-    let startup = d.startup.join("\n");
+    let startup = d.startup.clone();
     assert!(
         startup.contains(&said(&pipe, "a FIFO (named pipe)")),
         "{startup}"

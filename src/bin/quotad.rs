@@ -67,8 +67,15 @@ struct ServeArgs {
     limits: Vec<PathBuf>,
     /// Redis URL (redis://host:port[/db] or unix:///path): keep limits in
     /// sync with other nodes; sets redis.url (needs store.hash_secret).
+    /// A password in it shows in process arguments: prefer QUOTAD_REDIS
+    /// or --redis-password-file.
     #[arg(long, env = "QUOTAD_REDIS", value_name = "URL")]
     redis: Option<String>,
+    /// A file holding the Redis password (trailing line break removed):
+    /// overrides a password in the URL, as redis.password_file does;
+    /// never printed. Needs Redis (--redis or redis.url).
+    #[arg(long, env = "QUOTAD_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    redis_password_file: Option<PathBuf>,
     /// Global shadow mode: count and report every limit, but answer every
     /// Envoy RLS request OK (sets envoy.shadow).
     #[arg(long, env = "QUOTAD_SHADOW")]
@@ -95,10 +102,16 @@ struct ServeArgs {
 fn main() -> ExitCode {
     // --help and --version are not errors; a bad flag is a usage error
     // like a bad config file.
-    let cli = match quotad::cli::parse::<Cli>() {
-        Ok(cli) => cli,
+    let (cli, matches) = match quotad::cli::parse_with_matches::<Cli>() {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
+    // A password typed after --redis is in every process listing; the
+    // same URL from QUOTAD_REDIS is not.
+    let password_in_argv = matches
+        .subcommand_matches("serve")
+        .is_some_and(|m| m.value_source("redis") == Some(clap::parser::ValueSource::CommandLine))
+        && matches!(&cli.command, Command::Serve(a) if a.redis.as_deref().is_some_and(has_secret));
     match cli.command {
         Command::CheckConfig { file, limits } => match Config::load(&file).and_then(|mut c| {
             if !limits.is_empty() {
@@ -125,6 +138,9 @@ fn main() -> ExitCode {
                 }
             };
             if args.check_only {
+                if password_in_argv {
+                    eprintln!("warning: {ARGV_PASSWORD}");
+                }
                 let from = config
                     .source
                     .as_ref()
@@ -134,6 +150,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             logging::init(&args.log, args.log_format);
+            if password_in_argv {
+                tracing::warn!("{ARGV_PASSWORD}");
+            }
             match serve(config, args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -144,6 +163,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The warning for a Redis password given on the command line.
+const ARGV_PASSWORD: &str = "--redis: the Redis password in this URL is visible in process arguments (ps, /proc) to every user of this machine; pass the URL in QUOTAD_REDIS, or the password in a file with --redis-password-file or redis.password_file";
+
+/// Whether a Redis URL holds something redaction would hide.
+fn has_secret(url: &str) -> bool {
+    quotad::config::redis_url::redact_url(url) != url
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -180,6 +207,16 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or_else(|| RedisSettings::new(url.as_str()));
         settings.url = url.clone();
         config.redis = Some(settings);
+    }
+    if let Some(path) = &args.redis_password_file {
+        let settings = config.redis.as_mut().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--redis-password-file: there is no Redis to use it for (give --redis or redis.url)"
+            )
+        })?;
+        let password = quotad::config::read_password_file(path)
+            .map_err(|why| anyhow::anyhow!("--redis-password-file: {why}"))?;
+        settings.password = Some(password);
     }
     if !args.limits.is_empty() {
         config.add_rls_files(&args.limits)?;

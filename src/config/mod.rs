@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod files;
 pub mod metrics;
+pub mod redis_url;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -38,7 +39,7 @@ use crate::core::window::Window;
 use crate::limits::file::{
     self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, one_of, quoted,
 };
-use crate::limits::rls::{Algorithm, RlsDomains};
+use crate::limits::rls::{Algorithm, RlsDomains, check_domain};
 use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
@@ -143,6 +144,18 @@ response_headers: both
 "#;
 
 pub use files::{MAX_FILE_BYTES, NotRegularFile, read_file, read_text};
+
+/// Reads a password file (`redis.password_file`,
+/// `--redis-password-file`) through [`read_text`]: its text without the
+/// trailing line break. The error names the file and never its content.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(password.to_owned())
+}
 
 /// Longest duration accepted for `shutdown_grace` and `sweep_interval`.
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
@@ -464,44 +477,18 @@ impl OnRedisError {
 }
 
 impl RedisSettings {
-    /// The URL with any password replaced by `<redacted>`, for logs.
+    /// The URL with every credential replaced by `<redacted>`, for logs
+    /// and messages (see [`redis_url`]: parsed as its author meant it, so
+    /// a password with reserved characters or a mistyped scheme is
+    /// hidden too).
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        redis_url::redact_url(&self.url)
     }
-}
 
-/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`, and a
-/// `pass=` query value (unix sockets) → `pass=<redacted>`.
-fn redact_url(url: &str) -> String {
-    let url = redact_userinfo(url);
-    match url.split_once('?') {
-        Some((base, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some(("pass" | "password", _)) => {
-                        format!("{}=<redacted>", kv.split('=').next().unwrap_or("pass"))
-                    }
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", query.join("&"))
-        }
-        None => url,
-    }
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:<redacted>@{host}{tail}")
-        }
-        None => url.to_owned(),
+    /// What takes this URL's and the password file's secrets out of text
+    /// that may quote them, such as the `redis` crate's errors.
+    pub fn scrub(&self) -> redis_url::Scrub {
+        redis_url::Scrub::new(&self.url, self.password.as_deref())
     }
 }
 
@@ -547,15 +534,27 @@ impl RedisSettings {
         }
     }
 
-    /// Checks the URL's scheme; the connection itself is the sync task's.
+    /// Checks the URL's scheme and that the `redis` crate reads it (the
+    /// connection itself is the sync task's). Messages show the URL
+    /// redacted and never the crate's own words about it.
     pub fn check_url(url: &str) -> Result<(), String> {
+        use redis::IntoConnectionInfo;
         let scheme = url.split_once("://").map(|(s, _)| s);
-        match scheme {
-            Some("redis" | "rediss" | "unix" | "redis+unix") => Ok(()),
-            _ => Err(format!(
-                "invalid Redis URL {} (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)",
-                quoted(&redact_url(url))
-            )),
+        let invalid = |why: &str| {
+            format!(
+                "invalid Redis URL {}{why} (expected redis://[user:password@]host:port[/db], rediss:// for TLS, or unix:///path; percent-encode reserved characters in a password, such as %2F for /, or use redis.password_file)",
+                quoted(&redis_url::redact_url(url))
+            )
+        };
+        if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+            return Err(invalid(""));
+        }
+        match url.into_connection_info() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(invalid(&format!(
+                ": {}",
+                Self::new(url).scrub().text(&e.to_string())
+            ))),
         }
     }
 }
@@ -919,57 +918,74 @@ impl Config {
             "response headers: {}",
             self.response_headers.as_str()
         ));
-        lines.push(match &self.redis {
-            None => "redis: off (this node alone, in memory)".to_owned(),
-            Some(r) => format!(
-                "redis: {}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
-                r.redacted_url(),
-                match (&r.sentinel_master, r.cluster) {
-                    (Some(m), _) => format!(" (sentinel for {m})"),
-                    (None, true) => " (cluster seed)".to_owned(),
-                    (None, false) => String::new(),
-                },
-                r.key_prefix,
-                format_duration(r.sync_interval),
-                format_duration(r.strict_deadline),
-                r.on_redis_error.as_str()
-            ),
-        });
-        lines.push(match &self.admin {
-            None => "admin: off (no admin section)".to_owned(),
-            Some(a) => {
-                let tokens: Vec<String> = a
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-                        format!("{} ({})", t.id, scopes.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
-                    a.addr,
-                    tokens.join("; "),
-                    describe_tls(a.tls.as_ref()),
-                    a.audit_file
-                        .as_ref()
-                        .map_or("none".to_owned(), |f| f.display().to_string()),
-                    a.max_overrides
-                )
-            }
-        });
-        let r = &self.reload;
-        lines.push(if r.watch {
-            format!(
-                "reload: on SIGHUP, admin Reload, and file changes (polled every {}, debounce {})",
-                format_duration(r.poll_interval),
-                format_duration(r.debounce)
-            )
-        } else {
-            "reload: on SIGHUP and admin Reload".to_owned()
-        });
+        lines.push(describe_redis(self.redis.as_ref()));
+        lines.push(describe_admin(self.admin.as_ref()));
+        lines.push(describe_reload(&self.reload));
         lines.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
     }
+}
+
+/// The summary's `reload:` line.
+fn describe_reload(r: &ReloadSettings) -> String {
+    if r.watch {
+        format!(
+            "reload: on SIGHUP, admin Reload, and file changes (polled every {}, debounce {})",
+            format_duration(r.poll_interval),
+            format_duration(r.debounce)
+        )
+    } else {
+        "reload: on SIGHUP and admin Reload".to_owned()
+    }
+}
+
+/// The summary's `redis:` line: the URL redacted, never the password.
+fn describe_redis(redis: Option<&RedisSettings>) -> String {
+    match redis {
+        None => "redis: off (this node alone, in memory)".to_owned(),
+        Some(r) => format!(
+            "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
+            r.redacted_url(),
+            if r.password.is_some() {
+                " (password from a file)"
+            } else {
+                ""
+            },
+            match (&r.sentinel_master, r.cluster) {
+                (Some(m), _) => format!(" (sentinel for {m})"),
+                (None, true) => " (cluster seed)".to_owned(),
+                (None, false) => String::new(),
+            },
+            r.key_prefix,
+            format_duration(r.sync_interval),
+            format_duration(r.strict_deadline),
+            r.on_redis_error.as_str()
+        ),
+    }
+}
+
+/// The summary's `admin:` line: token ids and scopes, never hashes.
+fn describe_admin(admin: Option<&AdminSettings>) -> String {
+    let Some(a) = admin else {
+        return "admin: off (no admin section)".to_owned();
+    };
+    let tokens: Vec<String> = a
+        .tokens
+        .iter()
+        .map(|t| {
+            let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+            format!("{} ({})", t.id, scopes.join(", "))
+        })
+        .collect();
+    format!(
+        "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
+        a.addr,
+        tokens.join("; "),
+        describe_tls(a.tls.as_ref()),
+        a.audit_file
+            .as_ref()
+            .map_or("none".to_owned(), |f| f.display().to_string()),
+        a.max_overrides
+    )
 }
 
 fn describe_tls(tls: Option<&TlsFiles>) -> String {
@@ -1465,20 +1481,8 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
     }
     let mut settings = RedisSettings::new(url.0);
     if let Some(p) = r.password_file {
-        let path = base.join(&p.0);
-        let text = read_text(&path).map_err(|e| {
-            Issue::new(
-                at("password_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let password = text.trim_end_matches(['\r', '\n']).to_owned();
-        if password.is_empty() {
-            return Err(Issue::new(
-                at("password_file"),
-                format!("{} is empty", path.display()),
-            ));
-        }
+        let password = read_password_file(&base.join(&p.0))
+            .map_err(|why| Issue::new(at("password_file"), why))?;
         settings.password = Some(password);
     }
     if let Some(p) = r.tls_ca_file {
@@ -1495,11 +1499,22 @@ fn build_redis(r: RedisRaw, base: &Path, have_secret: bool) -> Result<RedisSetti
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
-        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-            return Err(Issue::new(
-                at("tls_ca_file"),
-                format!("{} holds no PEM certificate", path.display()),
-            ));
+        // Checked here, in words of our own: the redis crate's message
+        // for a bad file would quote its bytes.
+        match crate::tls::count_certificates(&pem) {
+            Ok(1..) => {}
+            Ok(0) => {
+                return Err(Issue::new(
+                    at("tls_ca_file"),
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Err(why) => {
+                return Err(Issue::new(
+                    at("tls_ca_file"),
+                    format!("{}: {why}", path.display()),
+                ));
+            }
         }
         settings.tls_ca = Some(pem);
     }
@@ -1727,16 +1742,28 @@ impl<'de> Deserialize<'de> for StyleRaw {
     }
 }
 
-/// `envoy.domains`: a non-empty list of non-empty strings.
+/// `envoy.domains`: a non-empty list of domain names.
 struct Domains(Vec<String>);
 
 impl<'de> Deserialize<'de> for Domains {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Vec::<NonEmpty>::deserialize(d)?;
+        let list = Vec::<Domain>::deserialize(d)?;
         if list.is_empty() {
             return Err(de::Error::custom("at least one domain is required"));
         }
         Ok(Domains(list.into_iter().map(|s| s.0).collect()))
+    }
+}
+
+/// One domain name, checked as it is read (so the message names its
+/// index and position) by [`check_domain`].
+struct Domain(String);
+
+impl<'de> Deserialize<'de> for Domain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_domain(&s).map_err(de::Error::custom)?;
+        Ok(Domain(s))
     }
 }
 
@@ -2027,7 +2054,7 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 "limits:\n  free: {}\n",
-                "t.yaml:1:1: unknown field 'limits' (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload, metrics)",
+                "t.yaml:1:1: unknown field (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload, metrics)",
             ),
             (
                 "servers:\n  grpc_addr: 127.0.0.1:1\n",
@@ -2035,7 +2062,7 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 "metrics:\n  port: 1\n",
-                "t.yaml:2:3: metrics: unknown field 'port' (expected one of: heavy_keys, heavy_window, key_names)",
+                "t.yaml:2:3: metrics: unknown field (expected one of: heavy_keys, heavy_window, key_names)",
             ),
             (
                 "metrics:\n  key_names: { \"0123456789abcdef\": acme }\n",
@@ -2303,6 +2330,36 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
     }
 
     #[test]
+    fn envoy_domains_must_be_printable_and_at_most_256_bytes() {
+        let base = "plans: { p: {} }\ndefault_plan: p\n";
+        let unprintable = "a domain must be printable: no control characters (line breaks, tabs, escapes), line separators or bidirectional overrides";
+        assert_errors(&[
+            (
+                format!("{base}envoy:\n  domains: [ok, \"edge\\nforged: line\"]\n"),
+                format!("t.yaml:4:17: envoy.domains[1]: {unprintable}"),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [\"a\\u202eb\"]\n"),
+                format!("t.yaml:4:13: envoy.domains[0]: {unprintable}"),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [{}]\n", "d".repeat(257)),
+                "t.yaml:4:13: envoy.domains[0]: a domain is at most 256 bytes (this one is 257)"
+                    .to_owned(),
+            ),
+            (
+                format!("{base}envoy:\n  domains: [\" \"]\n"),
+                "t.yaml:4:13: envoy.domains[0]: must not be empty".to_owned(),
+            ),
+        ]);
+        let c = parse_ok(&format!(
+            "{base}envoy: {{ domains: [{}] }}\n",
+            "d".repeat(256)
+        ));
+        assert_eq!(c.envoy.domains, ["d".repeat(256)]);
+    }
+
+    #[test]
     fn limits_files_can_be_added_after_loading() {
         let mut c = parse_ok("plans: { p: {} }\ndefault_plan: p\n");
         assert!(c.rls.is_empty());
@@ -2342,7 +2399,7 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
             ),
             (
                 format!("{base}{secret}redis: {{ url: \"http://h\" }}\n"),
-                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://host:port[/db], rediss:// for TLS, or unix:///path)".to_owned(),
+                "t.yaml:4:15: redis.url: invalid Redis URL 'http://h' (expected redis://[user:password@]host:port[/db], rediss:// for TLS, or unix:///path; percent-encode reserved characters in a password, such as %2F for /, or use redis.password_file)".to_owned(),
             ),
             (
                 format!("{base}{secret}redis: {{ url: \"redis://h:1\", cluster: true, sentinel_master: m }}\n"),

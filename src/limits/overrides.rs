@@ -140,7 +140,7 @@ pub enum OverrideError {
 /// Whether `c` could make a log line lie: control characters, line and
 /// paragraph separators, and the bidirectional overrides that reorder
 /// what a terminal shows.
-fn deceptive(c: char) -> bool {
+pub(crate) fn deceptive(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

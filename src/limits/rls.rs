@@ -11,6 +11,9 @@
 //! joins key and value with `_` before comparing, keys and values are
 //! compared separately, so `a_b`/`c` and `a`/`b_c` never match each other.
 //!
+//! Domain names, wherever they come from (`envoy.domains`, a file's
+//! `domain:`), are checked by [`check_domain`].
+//!
 //! The files themselves are read by [`super::rls_file`].
 
 use std::collections::HashMap;
@@ -20,6 +23,32 @@ use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::name_id;
 use crate::core::source::Source;
 use crate::limits::{FixedWindow, Limit, LimitKind, Rate, RateError};
+
+/// The longest domain name accepted, in bytes.
+pub const MAX_DOMAIN_BYTES: usize = 256;
+
+/// Checks an Envoy RLS domain name: not blank, at most
+/// [`MAX_DOMAIN_BYTES`], and printable (no control characters, line
+/// separators or bidirectional overrides): names go into summaries, logs
+/// and metric labels, which a line break or an escape would forge.
+pub fn check_domain(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_DOMAIN_BYTES {
+        return Err(format!(
+            "a domain is at most {MAX_DOMAIN_BYTES} bytes (this one is {})",
+            name.len()
+        ));
+    }
+    if name.chars().any(super::overrides::deceptive) {
+        return Err(
+            "a domain must be printable: no control characters (line breaks, tabs, escapes), line separators or bidirectional overrides"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
 
 /// A time unit of envoyproxy/ratelimit. The discriminants are the numbers
 /// of Envoy's `RateLimitResponse.RateLimit.Unit` (and `RateLimitUnit`).

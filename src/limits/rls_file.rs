@@ -20,7 +20,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::file::{Issue, Positive, Seg, one_of, quoted};
 use super::rls::{
-    Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit,
+    Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit, check_domain,
 };
 use crate::core::source::Source;
 use crate::yaml::{ConfigError, Diagnostic, locate, parse};
@@ -157,10 +157,10 @@ fn add_raw(
 ) -> Result<(), Issue> {
     let at_domain = || vec![Seg::key("domain")];
     let name = match raw.domain {
-        Some(d) if !d.0.is_empty() => d.0,
-        Some(_) => return Err(Issue::new(at_domain(), "must not be empty")),
+        Some(d) => d.0,
         None => return Err(Issue::new(vec![], "missing field 'domain'")),
     };
+    check_domain(&name).map_err(|why| Issue::new(at_domain(), why))?;
     if taken.contains(&name) {
         return Err(Issue::new(
             at_domain(),

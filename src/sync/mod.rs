@@ -46,6 +46,7 @@ use redis::{IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
 use crate::config::RedisSettings;
+use crate::config::redis_url::Scrub;
 use crate::control::Control;
 use crate::core::Limiter;
 use crate::core::clock::Stopwatch;
@@ -83,12 +84,13 @@ const COUNTER_SLACK_MS: u64 = 60_000;
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The URL could not be turned into connection settings.
-    #[error("redis.url {url}: {source}")]
+    #[error("redis.url {url}: {reason}")]
     Url {
         /// The URL, password redacted.
         url: String,
-        /// What redis-rs said.
-        source: RedisError,
+        /// What redis-rs said, with the URL's secrets taken out (its
+        /// errors may quote what they could not use).
+        reason: String,
     },
     /// A Redis command failed.
     #[error("redis: {0}")]
@@ -164,6 +166,8 @@ pub struct RedisSync {
     /// Where Redis is (with credentials), for the strict client's own
     /// connection.
     info: redis::ConnectionInfo,
+    /// Takes the URL's secrets out of Redis's errors before they are shown.
+    scrub: Scrub,
     conn: Conn,
     script: Lua,
     state: watch::Sender<SyncState>,
@@ -188,9 +192,9 @@ impl RedisSync {
         limiter: Arc<Limiter>,
         settings: RedisSettings,
     ) -> Result<(Self, SyncHandle), SyncError> {
-        let url_err = |source| SyncError::Url {
+        let url_err = |e: RedisError| SyncError::Url {
             url: settings.redacted_url(),
-            source,
+            reason: settings.scrub().text(&e.to_string()),
         };
         let mut info = settings
             .url
@@ -213,6 +217,7 @@ impl RedisSync {
         let (rounds, rounds_rx) = watch::channel(0);
         let sync = Self {
             limiter,
+            scrub: settings.scrub(),
             settings,
             info,
             conn,
@@ -227,6 +232,11 @@ impl RedisSync {
             rounds: rounds_rx,
         };
         Ok((sync, handle))
+    }
+
+    /// What takes the URL's secrets out of text quoting Redis's errors.
+    pub fn scrub(&self) -> &Scrub {
+        &self.scrub
     }
 
     /// Counts flush rounds, batches, cells and their time in `metrics`.
@@ -253,6 +263,7 @@ impl RedisSync {
             Arc::clone(&self.limiter),
             s.key_prefix.clone(),
             s.strict_deadline,
+            self.scrub.clone(),
         ))
     }
 
@@ -268,6 +279,7 @@ impl RedisSync {
             self.connection(conn::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
             control,
+            self.scrub.clone(),
         ))
     }
 
@@ -282,9 +294,9 @@ impl RedisSync {
             s.tls_ca.as_deref(),
             response_timeout,
         )
-        .map_err(|source| SyncError::Url {
+        .map_err(|e| SyncError::Url {
             url: s.redacted_url(),
-            source,
+            reason: s.scrub().text(&e.to_string()),
         })
     }
 
@@ -320,7 +332,7 @@ impl RedisSync {
         match tokio::time::timeout(FINAL_FLUSH, self.flush_all()).await {
             Ok(Ok(sent)) => tracing::info!(cells = sent, "redis sync: final flush done"),
             Ok(Err(e)) => tracing::warn!(
-                error = %e,
+                error = %self.scrub.text(&e.to_string()),
                 "redis sync: final flush failed; pending deltas are lost"
             ),
             Err(_) => tracing::warn!("redis sync: final flush timed out; pending deltas are lost"),
@@ -405,7 +417,7 @@ impl RedisSync {
         if before != next {
             match (&result, before) {
                 (Err(e), _) => tracing::warn!(
-                    error = %e,
+                    error = %self.scrub.text(&e.to_string()),
                     "redis sync: cannot reach Redis; deciding locally and keeping deltas"
                 ),
                 (Ok(sent), SyncState::Degraded) => {
@@ -486,7 +498,11 @@ impl RedisSync {
                     if e.code() == Some("WRONGTYPE")
                         || (e.code() == Some("ERR") && e.to_string().contains("script")) =>
                 {
-                    tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
+                    tracing::warn!(
+                        cell = format_args!("{id:016x}"),
+                        error = %self.scrub.text(&e.to_string()),
+                        "redis sync: delta dropped"
+                    );
                     if let Some(j) = store.journal() {
                         j.note_dropped(1);
                     }
@@ -511,5 +527,40 @@ impl RedisSync {
             }
         };
         (applied, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{KeyHasher, ManualClock};
+    use crate::limits::{Plan, Table};
+    use crate::store::StoreLimits;
+
+    #[tokio::test]
+    async fn a_url_redis_cannot_read_is_refused_without_its_secrets() {
+        let hasher = KeyHasher::with_secret([7; 16]);
+        let plan = Plan {
+            name: "p".into(),
+            limits: vec![],
+        };
+        let table = Table::new(vec![plan], "p", [], &hasher).expect("a table");
+        let clock = Arc::new(ManualClock::new(0));
+        let limiter = Arc::new(Limiter::new(table, hasher, StoreLimits::default(), clock));
+        // A raw `/` in the password: the crate cannot read it.
+        let mut settings = RedisSettings::new("redis://:sek/ret@127.0.0.1:1/0");
+        settings.password = Some("filepw".into());
+        let Err(e) = RedisSync::new(limiter, settings) else {
+            panic!("the redis crate read a URL with a raw '/' in its password");
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("redis.url redis://<redacted>@127.0.0.1:1/0: "),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("sek") && !shown.contains("filepw"),
+            "{shown}"
+        );
     }
 }

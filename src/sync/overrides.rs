@@ -51,6 +51,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::SyncError;
 use super::conn::{Conn, Lua, key};
+use crate::config::redis_url::Scrub;
 use crate::control::{Change, Control};
 use crate::core::Nanos;
 use crate::core::hash::hex16;
@@ -153,13 +154,15 @@ pub enum WriteError {
     NotApplied,
 }
 
-impl From<RedisError> for WriteError {
-    fn from(e: RedisError) -> Self {
+impl WriteError {
+    /// What Redis's error `e` means for the caller; its text (shown to
+    /// admin API callers) has the URL's secrets taken out.
+    fn redis(e: RedisError, scrub: &Scrub) -> Self {
         if e.code() == Some("QUOTAD_FULL") {
             let detail = e.detail().unwrap_or("overrides are at admin.max_overrides");
             return WriteError::Full(format!("too many overrides: {detail}; delete some first"));
         }
-        WriteError::Unavailable(e.to_string())
+        WriteError::Unavailable(scrub.text(&e.to_string()))
     }
 }
 
@@ -170,6 +173,8 @@ pub struct RedisOverrides {
     write: Lua,
     /// What this node's [`OverrideSync`] has applied.
     applied: watch::Receiver<Applied>,
+    /// Takes the URL's secrets out of Redis's errors.
+    scrub: Scrub,
 }
 
 /// Where a node's follower stands: the history it has applied, and how
@@ -224,7 +229,7 @@ impl RedisOverrides {
             if matches!(&reply, Err(e) if e.code() != Some("QUOTAD_FULL")) {
                 conn.reset();
             }
-            reply?
+            reply.map_err(|e| WriteError::redis(e, &self.scrub))?
         };
         let (version, digest, old) = reply;
         if version > 0 {
@@ -297,7 +302,7 @@ impl RedisOverrides {
                 .await;
             if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
                 conn.reset();
-                return Err(e.into());
+                return Err(WriteError::redis(e, &self.scrub));
             }
         }
         let f = field('r', key_hash);
@@ -343,6 +348,8 @@ pub struct OverrideSync {
     ahead: Option<u64>,
     /// Whether the last read or poll reached Redis (for logging changes).
     reachable: Option<bool>,
+    /// Takes the URL's secrets out of Redis's errors.
+    scrub: Scrub,
 }
 
 impl std::fmt::Debug for OverrideSync {
@@ -360,6 +367,7 @@ pub(super) fn pair(
     follower: Conn,
     prefix: &str,
     control: Arc<Control>,
+    scrub: Scrub,
 ) -> (RedisOverrides, OverrideSync) {
     let (applied, applied_rx) = watch::channel(Applied::default());
     let keys = Keys::new(prefix);
@@ -369,6 +377,7 @@ pub(super) fn pair(
             keys: keys.clone(),
             write: Lua::new(WRITE),
             applied: applied_rx,
+            scrub: scrub.clone(),
         },
         OverrideSync {
             conn: follower,
@@ -381,6 +390,7 @@ pub(super) fn pair(
             applied,
             ahead: None,
             reachable: None,
+            scrub,
         },
     )
 }
@@ -611,7 +621,7 @@ impl OverrideSync {
             match result {
                 Ok(()) => tracing::info!(version = self.version, "overrides: in sync with Redis"),
                 Err(e) => tracing::warn!(
-                    error = %e,
+                    error = %self.scrub.text(&e.to_string()),
                     "overrides: cannot reach Redis; enforcing the overrides last read, retrying"
                 ),
             }
@@ -659,7 +669,10 @@ impl OverrideSync {
                             let _ = self.resync().await;
                         }
                         Err(e) => {
-                            tracing::debug!(error = %e, "overrides: cannot subscribe yet");
+                            tracing::debug!(
+                                error = %self.scrub.text(&e.to_string()),
+                                "overrides: cannot subscribe yet"
+                            );
                             retry = Box::pin(tokio::time::sleep(RESUBSCRIBE));
                         }
                     }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::Arc;
 
 use super::conn::{Conn, Lua, key};
+use crate::config::redis_url::Scrub;
 use crate::core::Limiter;
 use crate::core::strict::{StrictJob, StrictKind};
 use crate::store::journal::CellKind;
@@ -76,9 +77,10 @@ impl StrictClient {
         limiter: Arc<Limiter>,
         key_prefix: String,
         deadline: Duration,
+        scrub: Scrub,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = serve(conn, limiter, key_prefix, rx);
+        let task = serve(conn, limiter, key_prefix, rx, scrub);
         (Self { tx, deadline }, task)
     }
 
@@ -103,7 +105,13 @@ impl StrictClient {
     }
 }
 
-async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mpsc::Receiver<Ask>) {
+async fn serve(
+    mut conn: Conn,
+    limiter: Arc<Limiter>,
+    prefix: String,
+    mut rx: mpsc::Receiver<Ask>,
+    scrub: Scrub,
+) {
     let script = Lua::new(SCRIPT);
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -124,7 +132,10 @@ async fn serve(mut conn: Conn, limiter: Arc<Limiter>, prefix: String, mut rx: mp
                     Ok((ok, states))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "strict check failed in Redis");
+                    tracing::warn!(
+                        error = %scrub.text(&e.to_string()),
+                        "strict check failed in Redis"
+                    );
                     // A fresh connection next time (a Cluster or Sentinel
                     // is asked again after a failover).
                     conn.reset();

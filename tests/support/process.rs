@@ -20,8 +20,8 @@ pub struct Daemon {
     pub http: String,
     /// The admin listener, when it logged one.
     pub admin: Option<String>,
-    /// The log lines up to and including "quotad ready".
-    pub startup: Vec<String>,
+    /// The log lines up to "quotad ready", each ending in a newline.
+    pub startup: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -157,6 +157,11 @@ impl Daemon {
 /// Starts `quotad serve` on free ports with `extra` arguments and waits
 /// (bounded) until it logs "quotad ready".
 pub async fn spawn_serve(extra: &[&str]) -> Daemon {
+    spawn_serve_env(extra, &[]).await
+}
+
+/// [`spawn_serve`] with environment variables set for the child.
+pub async fn spawn_serve_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut child = tokio::process::Command::new(BIN)
         .args([
@@ -172,6 +177,9 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
         .env_remove("QUOTAD_CONFIG")
         .env_remove("QUOTAD_GRPC_ADDR")
         .env_remove("QUOTAD_HTTP_ADDR")
+        .env_remove("QUOTAD_REDIS")
+        .env_remove("QUOTAD_REDIS_PASSWORD_FILE")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -197,11 +205,13 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
     let mut grpc = None;
     let mut http = None;
     let mut admin = None;
-    let mut startup = Vec::new();
+    let mut startup = String::new();
     // Read log lines until the daemon reports ready: it logs the bound
     // addresses, then "quotad ready".
     let read = async {
         while let Some(line) = lines.next_line().await.expect("read the daemon's log") {
+            startup.push_str(&line);
+            startup.push('\n');
             // Text lines say `name=value`; JSON lines (`--log-format
             // json`) carry the field by name.
             let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
@@ -220,9 +230,7 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
             if line.contains("admin listener bound") {
                 admin = field("admin_addr=");
             }
-            let ready = line.contains("quotad ready");
-            startup.push(line);
-            if ready {
+            if line.contains("quotad ready") {
                 break;
             }
         }

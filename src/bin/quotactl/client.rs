@@ -117,6 +117,8 @@ pub struct Target {
     pub key_file: Option<PathBuf>,
     pub tls_server_name: Option<String>,
     pub timeout: Duration,
+    /// Send the token over `http://` to a host that is not loopback.
+    pub insecure: bool,
 }
 
 impl Target {
@@ -128,6 +130,47 @@ impl Target {
         } else {
             ""
         }
+    }
+}
+
+/// The bearer token would cross the network in clear: `http://` to a
+/// host that is not loopback (127.0.0.0/8, ::1, `localhost`) is refused
+/// unless `--insecure` says the link is encrypted by other means. Checked
+/// before the token is even read.
+fn refuse_plain_text(target: &Target) -> Result<(), Failure> {
+    let server = &target.server;
+    if target.insecure || !server.starts_with("http://") {
+        return Ok(());
+    }
+    // A server that is not a URL is refused as such by the endpoint.
+    let Some(host) = server
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+    else {
+        return Ok(());
+    };
+    if loopback(&host) {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "refusing to send the admin token in plain text to {server}: {host} is not a loopback address, so anyone on the way could read the token and use it. Use https:// (the admin listener's admin.tls), or add --insecure if the link is encrypted by other means (a VPN, a service mesh, an SSH tunnel)"
+    )))
+}
+
+/// `localhost`, or an IP address on the loopback interface (IPv4 mapped
+/// into IPv6 too).
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
     }
 }
 
@@ -181,6 +224,7 @@ fn token(target: &Target) -> Result<String, Failure> {
 
 /// Connects to the admin listener (bounded by the timeout).
 pub async fn connect(target: &Target) -> Result<Client, Failure> {
+    refuse_plain_text(target)?;
     let token = token(target)?;
     let bearer = MetadataValue::try_from(format!("Bearer {token}"))
         .map_err(|_| Failure::usage("the admin token must be printable ASCII"))?;

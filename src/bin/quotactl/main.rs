@@ -13,7 +13,8 @@
 //!
 //! The server comes from `--server` or `QUOTACTL_SERVER` (default
 //! `http://127.0.0.1:8082`; `https://` for TLS, with `--ca-file` and, for
-//! mTLS, `--cert-file`/`--key-file`). The admin token comes from
+//! mTLS, `--cert-file`/`--key-file`; `http://` beyond loopback only with
+//! `--insecure`). The admin token comes from
 //! `QUOTACTL_TOKEN` or `--token-file`, never from an argument (arguments
 //! show in `ps` and shell history). A KEY is the API key itself (`-` reads
 //! it from stdin, keeping it out of `ps` too), or `--hash HEX` names it by
@@ -75,6 +76,11 @@ struct Cli {
     /// Output: table (for people) or json (for scripts).
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Format,
+    /// Send the admin token over http:// to a host that is not loopback
+    /// (refused otherwise): only when the link is encrypted by other
+    /// means, such as a VPN, a service mesh or an SSH tunnel.
+    #[arg(long, global = true)]
+    insecure: bool,
     /// How long to wait for the server.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
     timeout: Duration,
@@ -244,6 +250,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         key_file: cli.key_file.clone(),
         tls_server_name: cli.tls_server_name.clone(),
         timeout: cli.timeout,
+        insecure: cli.insecure,
     };
     let json = cli.output == Format::Json;
     let server = cli.server.as_str();

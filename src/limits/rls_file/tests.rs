@@ -65,7 +65,7 @@ fn invalid_fixtures_fail_naming_file_line_path_and_reason() {
         ),
         (
             "misplaced_key.yaml",
-            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field 'unit' (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
+            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
         ),
         (
             "missing_descriptor_key.yaml",
@@ -337,4 +337,37 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     }
     let mut d = RlsDomains::default();
     assert!(add(&mut d, &text, "deep.yaml", RlsOptions::default(), &[]).is_err());
+}
+
+#[test]
+fn a_domain_must_be_printable_and_at_most_256_bytes() {
+    let long = "d".repeat(257);
+    let cases = [
+        (
+            "domain: \"edge\\nstatus: forged\"\n".to_owned(),
+            "t.yaml:1:9: domain: a domain must be printable: no control characters (line breaks, tabs, escapes), line separators or bidirectional overrides",
+        ),
+        (
+            "domain: \"a\\u202eb\"\n".to_owned(),
+            "t.yaml:1:9: domain: a domain must be printable: no control characters (line breaks, tabs, escapes), line separators or bidirectional overrides",
+        ),
+        (
+            format!("domain: {long}\n"),
+            "t.yaml:1:9: domain: a domain is at most 256 bytes (this one is 257)",
+        ),
+        (
+            "domain: \"  \"\n".to_owned(),
+            "t.yaml:1:9: domain: must not be empty",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = format!("{text}descriptors: []\n");
+        let mut domains = RlsDomains::default();
+        let got = add(&mut domains, &text, "t.yaml", RlsOptions::default(), &[])
+            .map_err(|e| e.to_string());
+        assert_eq!(got, Err(want.to_owned()), "{text:?}");
+    }
+    let mut domains = RlsDomains::default();
+    let at_most = format!("domain: {}\ndescriptors: []\n", "d".repeat(256));
+    add(&mut domains, &at_most, "t.yaml", RlsOptions::default(), &[]).unwrap();
 }
