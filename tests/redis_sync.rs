@@ -513,3 +513,151 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
     assert!(allowed && (left == 93 || left == 92), "{left} left");
     assert_eq!(a.limiter.store().journal().map(|j| j.dropped()), Some(0));
 }
+
+/// [`strict_config`] with another `strict_deadline`.
+fn strict_within(redis: &str, on_error: &str, deadline: &str) -> String {
+    strict_config(redis, on_error).replace(
+        "strict_deadline: 20ms",
+        &format!("strict_deadline: {deadline}"),
+    )
+}
+
+/// `redis-server` arguments under which `EVALSHA` is `SUNION`: every
+/// script call (strict, sync, overrides) is answered by an empty array,
+/// a real reply of another shape than any script's (the keys it names
+/// do not exist).
+const EVALSHA_IS_SUNION: [&str; 6] = [
+    "--rename-command",
+    "EVALSHA",
+    "",
+    "--rename-command",
+    "SUNION",
+    "EVALSHA",
+];
+
+/// A sample's value in `d`'s `/metrics` (`series` as rendered, labels
+/// included), 0 when absent.
+async fn metric(d: &TestDaemon, series: &str) -> f64 {
+    let (_, body) = d.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_strict_reply_of_another_shape_gets_the_fail_mode_never_a_denial() {
+    use quotad::api::pb::DenyReason;
+
+    let redis = RedisServer::start_with(&EVALSHA_IS_SUNION).await;
+    for mode in ["allow", "deny", "local"] {
+        // A deadline far beyond the reply's (it is immediate): what the
+        // fail mode answers here is the reply, not a timeout.
+        let d = TestDaemon::with_config(&strict_within(&redis.url(), mode, "5s")).await;
+        let r = d.check("paid-key", 1).await;
+        match mode {
+            "allow" => assert!(r.allowed, "{mode}: {r:?}"),
+            "deny" => assert!(
+                !r.allowed && r.reason == DenyReason::Unavailable as i32,
+                "{mode}: {r:?}"
+            ),
+            // This node's own view: a fresh quota of 50, one used.
+            _ => assert!(
+                r.allowed && r.policy == "paid/monthly" && r.remaining == 49,
+                "{mode}: {r:?}"
+            ),
+        }
+        let series = format!("quotad_strict_fail_mode_total{{mode=\"{mode}\"}}");
+        assert_eq!(metric(&d, &series).await, 1.0, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn sync_keeps_its_deltas_while_redis_replies_with_another_shape() {
+    let mut redis = RedisServer::start_with(&EVALSHA_IS_SUNION).await;
+    let yaml = config(&redis.url(), "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    assert_eq!(check(&mut ca, "q-key", 7).await, (true, 93));
+    let within = std::time::Duration::from_secs(10);
+    tokio::time::timeout(within, sync.wait_for(SyncState::Degraded))
+        .await
+        .expect("the flush failed");
+    // Kept (between two attempts the delta is back in the journal), and
+    // the failure counted; nothing dropped.
+    let kept = async {
+        while metric(&a, "quotad_redis_pending_deltas").await != 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(within, kept)
+        .await
+        .expect("the delta is kept");
+    assert!(metric(&a, "quotad_redis_flushes_total{result=\"failure\"}").await >= 1.0);
+    assert_eq!(metric(&a, "quotad_redis_dropped_deltas_total").await, 0.0);
+
+    // Scripts answered again: the 7 units arrive.
+    redis.restart_with(&[]).await;
+    tokio::time::timeout(within, sync.wait_for(SyncState::Synced))
+        .await
+        .expect("synced again");
+    a.wait_synced().await;
+    let b = TestDaemon::with_config(&yaml).await;
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 91));
+}
+
+#[tokio::test]
+async fn overrides_keep_the_last_state_read_while_redis_replies_with_another_shape() {
+    use crate::support::{admin_section, override_of};
+    use quotad::api::pb::set_override_request::Target;
+
+    let mut redis = RedisServer::start().await;
+    let yaml = format!("{}{}", config(&redis.url(), "5ms"), admin_section(""));
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ops = a.ops().await;
+    ops.set_override(override_of("alice", Target::Plan("quota".into())))
+        .await
+        .expect("override set");
+    assert_eq!(a.check("alice", 1).await.policy, "quota/daily");
+    a.wait_synced().await;
+
+    // Redis starts over, empty, answering scripts with another shape: the
+    // node, now ahead of Redis, reads everything again and again. Nothing
+    // else calls a script (nothing is pending), so two calls mean a read
+    // was answered and handled.
+    redis.restart_with(&EVALSHA_IS_SUNION).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let reads = async {
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            let calls = info
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_sunion:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if calls >= 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), reads)
+        .await
+        .expect("the node read the overrides again");
+    // The override read last stays in force.
+    assert_eq!(a.check("alice", 1).await.policy, "quota/daily");
+    // A change is not confirmed: the reply does not say it was made.
+    let e = ops
+        .set_override(override_of("bob", Target::Plan("quota".into())))
+        .await
+        .expect_err("unconfirmed");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}

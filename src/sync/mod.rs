@@ -57,6 +57,7 @@ use conn::{Conn, Lua, key};
 
 mod conn;
 pub mod overrides;
+mod reply;
 pub mod strict;
 
 /// The Lua script every flush runs, one call per dirty cell.
@@ -171,6 +172,8 @@ pub struct RedisSync {
     metrics: Option<FlushMetrics>,
     /// When Redis last answered.
     contact: Option<tokio::time::Instant>,
+    /// Dropped deltas are logged at most once every few seconds.
+    log: reply::Throttle,
 }
 
 impl std::fmt::Debug for RedisSync {
@@ -221,6 +224,7 @@ impl RedisSync {
             rounds,
             metrics: None,
             contact: None,
+            log: reply::Throttle::default(),
         };
         let handle = SyncHandle {
             state: rx,
@@ -460,7 +464,7 @@ impl RedisSync {
                     .arg(p.delta),
             };
         };
-        let answers: Vec<redis::RedisResult<i64>> = self
+        let answers: Vec<redis::RedisResult<redis::Value>> = self
             .conn
             .eval_all(&self.script, items.len(), name, args)
             .await;
@@ -469,10 +473,12 @@ impl RedisSync {
         let mut unsent = Vec::new();
         let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
+            // A reply of another shape than the script's is no state to
+            // adopt: the delta is kept and sent again, as after an error.
+            let answer = answer.and_then(|v| reply::synced(&v).map_err(RedisError::from));
             match answer {
                 Ok(v) => {
                     applied += 1;
-                    let v = u64::try_from(v).unwrap_or(0);
                     match p.kind {
                         CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
                         CellKind::Counter { .. } => store.adopt_counter(*id, v),
@@ -486,14 +492,18 @@ impl RedisSync {
                     if e.code() == Some("WRONGTYPE")
                         || (e.code() == Some("ERR") && e.to_string().contains("script")) =>
                 {
-                    tracing::warn!(cell = format_args!("{id:016x}"), error = %e, "redis sync: delta dropped");
+                    self.log.warn(
+                        "redis sync: delta dropped",
+                        &format_args!("cell {id:016x}: {e}"),
+                    );
                     if let Some(j) = store.journal() {
                         j.note_dropped(1);
                     }
                 }
                 Err(e) => {
                     // Not applied (transport trouble, or a Redis that is
-                    // read-only, loading, failing over): kept for the
+                    // read-only, loading, failing over), or applied with
+                    // an answer that is not the script's: kept for the
                     // next round, on a fresh connection.
                     unsent.push((*id, *p));
                     first_error.get_or_insert(e);

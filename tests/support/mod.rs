@@ -495,6 +495,13 @@ impl RedisServer {
         self.kill();
         self.spawn().await;
     }
+
+    /// Starts it again on the same port, empty, with `args` for the extra
+    /// `redis-server` arguments it had (kept for later restarts).
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.restart().await;
+    }
 }
 
 impl Drop for RedisServer {
