@@ -80,6 +80,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// nodes and Redis).
 const COUNTER_SLACK_MS: u64 = 60_000;
 
+/// The wait after a failed round that followed a wait of `backoff`:
+/// doubled, at least `interval`, at most [`MAX_BACKOFF`] (or `interval`
+/// when the config asks for a longer one: `clamp` would panic on it).
+fn next_backoff(backoff: Duration, interval: Duration) -> Duration {
+    backoff
+        .saturating_mul(2)
+        .min(MAX_BACKOFF.max(interval))
+        .max(interval)
+}
+
 /// Why the sync task could not start or flush.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -309,7 +319,7 @@ impl RedisSync {
             }
             backoff = match self.flush_all().await {
                 Ok(_) => self.settings.sync_interval,
-                Err(_) => (backoff * 2).clamp(self.settings.sync_interval, MAX_BACKOFF),
+                Err(_) => next_backoff(backoff, self.settings.sync_interval),
             };
             let now_dropped = self.limiter.store().journal().map_or(0, |j| j.dropped());
             if now_dropped > dropped {
@@ -521,5 +531,23 @@ impl RedisSync {
             }
         };
         (applied, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds_or_the_interval_when_longer() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_backoff(ms(50), ms(50)), ms(100));
+        assert_eq!(next_backoff(ms(4_000), ms(50)), MAX_BACKOFF);
+        assert_eq!(next_backoff(MAX_BACKOFF, ms(50)), MAX_BACKOFF);
+        // An interval over 5 s (`sync_interval: 1h`) is the wait, not a
+        // panic.
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(next_backoff(hour, hour), hour);
+        assert_eq!(next_backoff(Duration::MAX, hour), hour);
     }
 }
