@@ -661,3 +661,117 @@ async fn overrides_keep_the_last_state_read_while_redis_replies_with_another_sha
         .expect_err("unconfirmed");
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
 }
+
+/// Polls (bounded, 10 s) until `probe` holds; panics naming `what`.
+async fn until(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let poll = async {
+        while !probe().await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Subscribers to the overrides channel (default prefix), as Redis says.
+async fn subscribers(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let reply: redis::RedisResult<(String, u64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("quotad:{overrides}:changes")
+        .query_async(&mut conn)
+        .await;
+    reply.map_or(0, |(_, n)| n)
+}
+
+#[tokio::test]
+async fn the_first_strict_check_and_admin_change_after_a_redis_restart_go_through() {
+    use crate::support::{admin_section, override_of};
+    use quotad::api::pb::set_override_request::Target;
+
+    let mut redis = RedisServer::start().await;
+    // Fail-closed, so a strict check Redis did not answer shows; a
+    // deadline a loaded machine meets with room to spare (a reconnection
+    // and the script sent again on loopback take milliseconds).
+    let yaml = format!(
+        "{}{}",
+        strict_within(&redis.url(), "deny", "2s"),
+        admin_section("")
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    let mut ops = d.ops().await;
+    let mut sync = d.sync.clone().expect("sync task");
+    // The strict and the admin connections are made, and used.
+    assert!(d.check("paid-key", 1).await.allowed);
+    ops.set_override(override_of("alice", Target::Plan("paid".into())))
+        .await
+        .expect("a change before the restart");
+
+    // Killed and started again, empty, on the same port. The node's other
+    // connections find it back: the sync task's, and the overrides
+    // follower's (subscribed again, and without the override, which went
+    // with Redis's data). The strict and the admin connections are left
+    // untouched until their first use below.
+    redis.restart().await;
+    until("the follower subscribed again", async || {
+        subscribers(&redis).await == 1
+    })
+    .await;
+    until("the follower read the empty Redis", async || {
+        d.limiter.snapshot().table().overrides() == 0
+    })
+    .await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sync.wait_for(SyncState::Synced),
+    )
+    .await
+    .expect("synced with the restarted Redis");
+
+    // The very first strict check: through Redis, not refused.
+    let r = d.check("paid-key", 1).await;
+    assert!(r.allowed, "{r:?}");
+    assert_eq!(r.policy, "paid/monthly");
+    // The very first admin change: done, and in force.
+    ops.set_override(override_of("bob", Target::Plan("paid".into())))
+        .await
+        .expect("the first change after the restart");
+    assert_eq!(d.check("bob", 1).await.policy, "paid/monthly");
+    let series = "quotad_strict_fail_mode_total{mode=\"deny\"}";
+    assert_eq!(metric(&d, series).await, 0.0);
+}
+
+#[tokio::test]
+async fn readiness_follows_any_connection_that_finds_redis_gone_or_back() {
+    let mut redis = RedisServer::start().await;
+    // Flushes an hour apart: the sync task's own rounds would notice
+    // nothing within this test; only what the other connections report
+    // (the strict client's, the overrides follower's polls) can move
+    // the state.
+    let yaml =
+        strict_config(&redis.url(), "deny").replace("sync_interval: 5ms", "sync_interval: 1h");
+    let d = TestDaemon::with_config(&yaml).await;
+    assert!(d.check("paid-key", 1).await.allowed);
+
+    redis.kill();
+    let r = d.check("paid-key", 1).await;
+    assert!(!r.allowed, "{r:?}");
+    until("/readyz says not ready, Redis degraded", async || {
+        let (status, body) = d.http_get("/readyz").await;
+        status == 503 && body.contains("redis: degraded")
+    })
+    .await;
+
+    redis.restart().await;
+    until("/readyz says ready, Redis synced", async || {
+        let (status, body) = d.http_get("/readyz").await;
+        status == 200 && body.contains("redis: synced")
+    })
+    .await;
+    let r = d.check("paid-key", 1).await;
+    assert!(r.allowed, "{r:?}");
+}

@@ -53,7 +53,7 @@ use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::names;
-use conn::{Conn, Lua, key};
+use conn::{Conn, Link, Lua, key};
 
 mod conn;
 pub mod overrides;
@@ -72,6 +72,9 @@ pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
 /// An idle node pings Redis this often, so `redis_up` and readiness
 /// notice a Redis that went away while nothing was sent.
 const IDLE_PING: Duration = Duration::from_secs(1);
+
+/// Rounds another connection asks for come at most this often.
+const NUDGE_GAP: Duration = Duration::from_millis(50);
 
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -113,7 +116,8 @@ pub enum SyncState {
     Starting,
     /// The last flush went through.
     Synced,
-    /// Redis is unreachable or failing; deciding locally.
+    /// Redis is unreachable or failing (a flush failed, or another of the
+    /// node's connections found it gone); deciding locally.
     Degraded,
 }
 
@@ -177,7 +181,9 @@ pub struct RedisSync {
     info: redis::ConnectionInfo,
     conn: Conn,
     script: Lua,
-    state: watch::Sender<SyncState>,
+    /// The state, shared with the strict and overrides connections,
+    /// which report what they learn of Redis between rounds.
+    link: Arc<Link>,
     rounds: watch::Sender<u64>,
     metrics: Option<FlushMetrics>,
     /// When Redis last answered.
@@ -230,7 +236,7 @@ impl RedisSync {
             info,
             conn,
             script: Lua::new(SCRIPT),
-            state,
+            link: Arc::new(Link::new(state)),
             rounds,
             metrics: None,
             contact: None,
@@ -286,10 +292,10 @@ impl RedisSync {
     }
 
     /// A new lazy connection to the same Redis, giving up on an answer
-    /// after `response_timeout`.
+    /// after `response_timeout`, reporting to the sync task's link.
     fn connection(&self, response_timeout: Duration) -> Result<Conn, SyncError> {
         let s = &self.settings;
-        Conn::new(
+        let conn = Conn::new(
             self.info.clone(),
             s.cluster,
             s.sentinel_master.as_deref(),
@@ -299,7 +305,28 @@ impl RedisSync {
         .map_err(|source| SyncError::Url {
             url: s.redacted_url(),
             source,
-        })
+        })?;
+        Ok(conn.with_link(Arc::clone(&self.link)))
+    }
+
+    /// Waits `backoff`, or less when another connection asked for a round
+    /// now (never sooner than [`NUDGE_GAP`] after the last one). Returns
+    /// false when `stop` fired.
+    async fn wait(
+        &self,
+        stop: &mut Shutdown,
+        backoff: Duration,
+        last: tokio::time::Instant,
+    ) -> bool {
+        tokio::select! {
+            _ = stop.wait() => return false,
+            _ = tokio::time::sleep(backoff) => return true,
+            _ = self.link.nudged() => {}
+        }
+        tokio::select! {
+            _ = stop.wait() => false,
+            _ = tokio::time::sleep_until(last + NUDGE_GAP) => true,
+        }
     }
 
     /// Flushes every `sync_interval` until `stop` fires, then makes a last
@@ -312,11 +339,12 @@ impl RedisSync {
         );
         let mut backoff = self.settings.sync_interval;
         let mut dropped = 0;
+        let mut last = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = stop.wait() => break,
-                _ = tokio::time::sleep(backoff) => {}
+            if !self.wait(&mut stop, backoff, last).await {
+                break;
             }
+            last = tokio::time::Instant::now();
             backoff = match self.flush_all().await {
                 Ok(_) => self.settings.sync_interval,
                 Err(_) => next_backoff(backoff, self.settings.sync_interval),
@@ -374,9 +402,11 @@ impl RedisSync {
         let mut batches = 0;
         let mut skipped = false;
         let mut sent_cells = 0u64;
+        let link = Arc::clone(&self.link);
+        let state = link.state();
         let result = if items.is_empty() {
             let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
-            skipped = *self.state.borrow() == SyncState::Synced && recent;
+            skipped = *state.borrow() == SyncState::Synced && recent;
             if skipped {
                 Ok(0)
             } else {
@@ -415,7 +445,7 @@ impl RedisSync {
         } else {
             SyncState::Degraded
         };
-        let before = *self.state.borrow();
+        let before = *state.borrow();
         if before != next {
             match (&result, before) {
                 (Err(e), _) => tracing::warn!(
@@ -430,7 +460,7 @@ impl RedisSync {
                 }
                 (Ok(_), _) => tracing::info!("redis sync: connected"),
             }
-            self.state.send_replace(next);
+            state.send_replace(next);
         }
         if result.is_ok() {
             if !skipped {
