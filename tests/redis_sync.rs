@@ -515,7 +515,7 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
 }
 
 /// [`strict_config`] with another `strict_deadline`.
-fn strict_within(redis: &str, on_error: &str, deadline: &str) -> String {
+pub(crate) fn strict_within(redis: &str, on_error: &str, deadline: &str) -> String {
     strict_config(redis, on_error).replace(
         "strict_deadline: 20ms",
         &format!("strict_deadline: {deadline}"),
