@@ -43,6 +43,15 @@ server:
 
 type Client = RateLimiterClient<Channel>;
 
+/// Waits until `sync` is in state `want`, for at most 15 s (three times
+/// the sync task's longest wait between attempts): a state never reached
+/// fails the test instead of hanging it.
+async fn reach(sync: &mut quotad::sync::SyncHandle, want: SyncState) {
+    tokio::time::timeout(std::time::Duration::from_secs(15), sync.wait_for(want))
+        .await
+        .unwrap_or_else(|_| panic!("the sync state never became {want:?}"));
+}
+
 async fn client(d: &TestDaemon) -> Client {
     RateLimiterClient::new(d.channel().await)
 }
@@ -147,14 +156,14 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     let mut sync = a.sync.clone().expect("sync task");
     assert_eq!(check(&mut ca, "q-key", 10).await, (true, 90));
     a.wait_synced().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
 
     redis.kill();
     // Callers see no difference: local decisions, exact as before.
     for left in [85, 80, 75, 70] {
         assert_eq!(check(&mut ca, "q-key", 5).await, (true, left));
     }
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     // Still ready (callers are served), and saying why it is degraded.
     let (status, body) = a.http_get("/readyz").await;
     assert_eq!(status, 200);
@@ -166,7 +175,7 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     // Redis comes back empty (no persistence): the 20 units counted during
     // the outage are sent; the 10 before it were lost with Redis's data.
     redis.restart().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     let body = a.http_get("/readyz").await.1;
     assert!(body.starts_with("ready\nredis: synced\n"), "{body}");
     a.wait_synced().await;
@@ -415,7 +424,7 @@ async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     assert_eq!(check(&mut ca, "q-key", 40).await, (true, 60));
     a.wait_synced().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     let _ = check(&mut cb, "q-key", 1).await;
     b.wait_synced().await;
     assert_eq!(check(&mut cb, "q-key", 1).await, (true, 58));
@@ -430,7 +439,7 @@ async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
     let mut cu = client(&untrusted).await;
     assert!(check(&mut cu, "q-key", 1).await.0);
     let mut state = untrusted.sync.clone().expect("sync task");
-    state.wait_for(SyncState::Degraded).await;
+    reach(&mut state, SyncState::Degraded).await;
 }
 
 #[tokio::test]
@@ -471,9 +480,9 @@ async fn a_long_outage_does_not_hold_a_rate_limit_after_recovery() {
             let _ = check(&mut ca, "busy", 1).await;
         }
     }
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     redis.restart().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     a.wait_synced().await;
     // Redis holds at most a full bucket's worth ahead (burst 10 at 100/s:
     // 100 ms), not the minute: 100 ms later the key passes again.
@@ -498,13 +507,13 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
         .expect("REPLICAOF");
     assert_eq!(reply, "+OK");
     assert_eq!(check(&mut ca, "q-key", 5).await, (true, 94));
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     // Promoted again: the 5 units were kept, not dropped, and arrive.
     assert_eq!(
         redis.command("REPLICAOF NO ONE").await.expect("REPLICAOF"),
         "+OK"
     );
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     a.wait_synced().await;
     let b = TestDaemon::with_config(&yaml).await;
     // 5 + 1 + 1 used since the demotion, plus the first unit unless the
@@ -580,9 +589,7 @@ async fn sync_keeps_its_deltas_while_redis_replies_with_another_shape() {
     let mut sync = a.sync.clone().expect("sync task");
     assert_eq!(check(&mut ca, "q-key", 7).await, (true, 93));
     let within = std::time::Duration::from_secs(10);
-    tokio::time::timeout(within, sync.wait_for(SyncState::Degraded))
-        .await
-        .expect("the flush failed");
+    reach(&mut sync, SyncState::Degraded).await;
     // Kept (between two attempts the delta is back in the journal), and
     // the failure counted; nothing dropped.
     let kept = async {
@@ -598,9 +605,7 @@ async fn sync_keeps_its_deltas_while_redis_replies_with_another_shape() {
 
     // Scripts answered again: the 7 units arrive.
     redis.restart_with(&[]).await;
-    tokio::time::timeout(within, sync.wait_for(SyncState::Synced))
-        .await
-        .expect("synced again");
+    reach(&mut sync, SyncState::Synced).await;
     a.wait_synced().await;
     let b = TestDaemon::with_config(&yaml).await;
     assert_eq!(after_first_flush(&b, "q-key").await, (true, 91));
@@ -725,12 +730,7 @@ async fn the_first_strict_check_and_admin_change_after_a_redis_restart_go_throug
         d.limiter.snapshot().table().overrides() == 0
     })
     .await;
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        sync.wait_for(SyncState::Synced),
-    )
-    .await
-    .expect("synced with the restarted Redis");
+    reach(&mut sync, SyncState::Synced).await;
 
     // The very first strict check: through Redis, not refused.
     let r = d.check("paid-key", 1).await;
