@@ -18,6 +18,7 @@
 //! (readiness, `/readyz`) follows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -86,6 +87,11 @@ enum To {
 pub(crate) struct Link {
     state: watch::Sender<SyncState>,
     nudge: Notify,
+    /// Whether a connection turned the state degraded and has not yet
+    /// seen Redis answer again (only then, or before the first round,
+    /// does an answer hurry the sync task: a state the sync task's own
+    /// failures set keeps its backoff).
+    reported: AtomicBool,
 }
 
 impl Link {
@@ -93,6 +99,7 @@ impl Link {
         Self {
             state,
             nudge: Notify::new(),
+            reported: AtomicBool::new(false),
         }
     }
 
@@ -115,6 +122,7 @@ impl Link {
             was != SyncState::Degraded
         });
         if changed {
+            self.reported.store(true, Ordering::Relaxed);
             tracing::warn!(
                 error = %error,
                 "redis: a connection to Redis failed; degraded until the sync task reaches it again"
@@ -123,10 +131,17 @@ impl Link {
         }
     }
 
-    /// A connection got an answer: if the state says otherwise, the sync
-    /// task is asked to try now.
+    /// A connection got an answer: if the state says otherwise because a
+    /// connection said so (or nothing was tried yet), the sync task is
+    /// asked to try now.
     fn up(&self) {
-        if *self.state.borrow() != SyncState::Synced {
+        let state = *self.state.borrow();
+        let hurry = match state {
+            SyncState::Synced => false,
+            SyncState::Starting => true,
+            SyncState::Degraded => self.reported.swap(false, Ordering::Relaxed),
+        };
+        if hurry {
             self.nudge.notify_one();
         }
     }
