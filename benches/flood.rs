@@ -20,12 +20,14 @@
 //!   keys drawn uniformly from 10¹⁸ (`key-<n>`), `--requests` so that
 //!   exactly N checks are sent, no warm-up: N distinct keys (a repeat is
 //!   a one-in-10⁵ event at 10M).
-//! - **The legitimate keys** are checked once each before the flood
-//!   (their cells exist before the store fills) and then in one
-//!   `CheckBatch` every round (250 ms; 50 ms in test mode) until after
-//!   it. Each must answer exactly B allowed (with `remaining` B−1, …, 0)
-//!   and then only denials: a key that lost its cell would be allowed
-//!   again (a fresh bucket, or its plan's overflow bucket).
+//! - **The legitimate keys** are checked B times each before the flood
+//!   (their cells exist, their bursts used, before the store fills) and
+//!   then in one `CheckBatch` every round (250 ms; 50 ms in test mode)
+//!   until after it. Each must answer exactly B allowed (with
+//!   `remaining` B−1, …, 0) and then only denials: a key that lost its
+//!   cell would be allowed again (a fresh bucket, or its plan's overflow
+//!   bucket). (Were the bursts spent during the flood, a flood shorter
+//!   than B rounds would leave nothing to check.)
 //! - **Assertions**: no errors; the legitimate keys exact; peak RSS
 //!   (`VmRSS`, sampled every round) ≤ RSS before the flood + cap ×
 //!   `--bytes-per-cell` (64) + `--overhead-mib` (32 MiB);
@@ -34,7 +36,9 @@
 //!   `quotad_overflow_charges_total` equal, within 0.1 % of N, to what
 //!   the flood's allowed checks leave after its own cells (those tracked
 //!   at the end, those swept, `quotad_evicted_cells_total`, and those
-//!   displaced).
+//!   displaced), read again for up to 30 s until they balance, since a
+//!   scrape during a sweep sees cells gone before they are counted as
+//!   swept.
 //!
 //! The bound: a bucket cell is a 24-byte hashbrown slot (id, arrival
 //! time, bookkeeping) plus a control byte in power-of-two tables at
@@ -243,6 +247,70 @@ impl Legit {
     }
 }
 
+/// The flood's accounting, from one scrape.
+#[derive(Clone, Copy)]
+struct Count {
+    cells_after: f64,
+    overflow: f64,
+    evicted: f64,
+    displaced: f64,
+    overflow_checks: f64,
+    /// What the overflow charges must be: every allowed flood check
+    /// charged its own new cell or an overflow cell; the flood's own
+    /// cells are those still tracked (less the legitimate keys' and the
+    /// overflow cell, if one was made), those swept and those displaced
+    /// for newer keys.
+    expected: f64,
+}
+
+impl Count {
+    /// Whether the overflow charges are what the counts leave, within
+    /// 0.1 % of the checks.
+    fn balanced(&self, checks: f64) -> bool {
+        (self.overflow - self.expected).abs() <= (checks / 1000.0).max(1.0)
+    }
+}
+
+/// How long after the flood the counts may take to balance: a sweep
+/// lowers the tracked cells before it adds what it swept to
+/// `quotad_evicted_cells_total`, so a scrape in between sees cells gone
+/// and not yet counted; the next scrapes see both. Three sweeps of the
+/// full scale (10 s each).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// `/metrics` and the flood's accounting once it balances, or as it is
+/// after [`SETTLE`] (then a fault).
+async fn settled(
+    q: &Quotad,
+    scale: &Scale,
+    allowed: f64,
+    checks: f64,
+) -> anyhow::Result<(String, Count)> {
+    let started = Stopwatch::start();
+    loop {
+        let text = q.metrics()?;
+        let m = |name: &str| common::sample(&text, name).with_context(|| format!("no {name}"));
+        let cells_after = m("quotad_tracked_cells")?;
+        let evicted = m("quotad_evicted_cells_total{kind=\"bucket\"}")?;
+        let displaced = m("quotad_store_displaced_cells_total{kind=\"bucket\"}")?;
+        let overflow_checks = m("quotad_overflow_checks_total")?;
+        let overflow_cells = f64::from(u8::from(overflow_checks > 0.0));
+        let own = cells_after - scale.legit as f64 - overflow_cells + evicted + displaced;
+        let count = Count {
+            cells_after,
+            overflow: m("quotad_overflow_charges_total")?,
+            evicted,
+            displaced,
+            overflow_checks,
+            expected: allowed - own,
+        };
+        if count.balanced(checks) || Duration::from_nanos(started.nanos()) > SETTLE {
+            return Ok((text, count));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What the run measured.
 struct Outcome {
     rows: Vec<(String, String)>,
@@ -262,7 +330,11 @@ async fn run(full: bool) -> anyhow::Result<Outcome> {
     let yaml = config_yaml(scale, opts.cap, redis.as_ref().map(|r| r.port));
     let q = Quotad::start(layout, dir.path(), "flood", &yaml)?;
     let mut legit = Legit::connect(&q, scale.legit).await?;
-    legit.round().await;
+    // Every burst used before the flood: from then on each answer must be
+    // a denial, however many rounds the flood lasts.
+    for _ in 0..scale.burst {
+        legit.round().await;
+    }
     let rss_before = q.rss()?;
     let cells_before = q.metric("quotad_tracked_cells")?;
     println!(
@@ -317,18 +389,20 @@ async fn run(full: bool) -> anyhow::Result<Outcome> {
     legit.round().await;
     let rss_after = q.rss()?;
     rss_peak = rss_peak.max(rss_after);
-    let text = q.metrics()?;
-    let m = |name: &str| common::sample(&text, name).with_context(|| format!("no {name}"));
-    let cells_after = m("quotad_tracked_cells")?;
-    cells_peak = cells_peak.max(cells_after);
-    let overflow = m("quotad_overflow_charges_total")?;
-    let evicted = m("quotad_evicted_cells_total{kind=\"bucket\"}")?;
-    let displaced = m("quotad_store_displaced_cells_total{kind=\"bucket\"}")?;
-    let overflow_checks = m("quotad_overflow_checks_total")?;
-    let rss_metric = m("process_resident_memory_bytes")?;
-
     let checks = report.n("checks");
     let allowed = report.n("allowed");
+    let (text, count) = settled(&q, scale, allowed, checks).await?;
+    let m = |name: &str| common::sample(&text, name).with_context(|| format!("no {name}"));
+    let Count {
+        cells_after,
+        overflow,
+        evicted,
+        displaced,
+        overflow_checks,
+        expected,
+    } = count;
+    cells_peak = cells_peak.max(cells_after);
+    let rss_metric = m("process_resident_memory_bytes")?;
     let mut faults = legit.faults(scale.burst);
     let rounds = legit.answers.first().map_or(0, Vec::len);
     if rounds as u64 <= scale.burst {
@@ -364,14 +438,7 @@ async fn run(full: bool) -> anyhow::Result<Outcome> {
     if cells_peak > cell_bound {
         faults.push(format!("{cells_peak} cells tracked, over {cell_bound}"));
     }
-    // Every allowed flood check charged its own new cell or an overflow
-    // cell; the flood's own cells are those still tracked (less the
-    // legitimate keys' and the overflow cell, if one was made), those
-    // swept and those displaced for newer keys.
-    let overflow_cells = f64::from(u8::from(overflow_checks > 0.0));
-    let own = cells_after - scale.legit as f64 - overflow_cells + evicted + displaced;
-    let expected = allowed - own;
-    if (overflow - expected).abs() > (checks / 1000.0).max(1.0) {
+    if !count.balanced(checks) {
         faults.push(format!(
             "{overflow} overflow charges, but the flood's allowed checks leave {expected}"
         ));

@@ -193,12 +193,23 @@ fn admin_url(d: &TestDaemon) -> String {
     format!("http://{}", d.admin_addr.expect("an admin listener"))
 }
 
-/// A loopback address nothing listens on.
-fn dead_server() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
+/// A loopback address nothing listens on, for as long as the socket
+/// returned with it lives: bound, not listening, so connections are
+/// refused and no other process is handed the port meanwhile (a port
+/// merely found free could be taken by another test's server, and a
+/// call to it answered).
+fn dead_server() -> (String, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    s.bind(&any.into()).expect("a free port");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound address")
+        .port();
+    (format!("http://127.0.0.1:{port}"), s)
 }
 
 fn hash(d: &TestDaemon, key: &str) -> String {
@@ -965,7 +976,7 @@ async fn a_key_read_from_stdin_stays_out_of_the_command_line() {
 
 #[tokio::test]
 async fn an_unreachable_server_exits_69_and_a_wrong_port_70() {
-    let dead = dead_server();
+    let (dead, _held) = dead_server();
     let unreachable = format!("error: cannot reach {dead}: ");
     // By QUOTACTL_SERVER and by --server.
     Ctl::bare()
@@ -1181,7 +1192,8 @@ async fn the_token_comes_from_the_environment_or_a_file_only() {
 #[tokio::test]
 async fn bad_command_lines_exit_64_before_any_call() {
     // Against an address nothing listens on: a call would exit 69.
-    let ctl = Ctl::bare().server(&dead_server()).token(OPS_TOKEN);
+    let (dead, _held) = dead_server();
+    let ctl = Ctl::bare().server(&dead).token(OPS_TOKEN);
     let set = |extra: &[&'static str]| {
         let mut args = vec!["override", "set", "k", "--reason", "r"];
         args.extend_from_slice(extra);
@@ -1257,7 +1269,8 @@ async fn check_config_validates_files_here_without_a_server() {
     );
     let good = good.to_str().unwrap();
     // No server, no token needed.
-    let ctl = Ctl::bare().server(&dead_server());
+    let (dead, _held) = dead_server();
+    let ctl = Ctl::bare().server(&dead);
     let out = ctl.run(&["check-config", good]).await.ok();
     let lines = out.lines();
     assert_eq!(lines[0], format!("{good}: ok"));
@@ -1325,7 +1338,8 @@ async fn check_config_validates_files_here_without_a_server() {
 
 #[tokio::test]
 async fn token_new_prints_a_token_that_its_config_line_admits() {
-    let ctl = Ctl::bare().server(&dead_server());
+    let (dead, _held) = dead_server();
+    let ctl = Ctl::bare().server(&dead);
     let out = ctl
         .run(&["token", "new", "--id", "ci", "--scopes", "read"])
         .await
@@ -1547,7 +1561,8 @@ async fn the_token_is_not_sent_in_plain_text_beyond_loopback_without_insecure() 
         .await
         .expect(69);
     // Loopback stays allowed: these get as far as connecting.
-    let port = dead_server().rsplit(':').next().unwrap().to_owned();
+    let (dead, _reserved) = dead_server();
+    let port = dead.rsplit(':').next().unwrap().to_owned();
     for host in [
         "127.0.0.1",
         "127.3.2.1",

@@ -43,6 +43,15 @@ server:
 
 type Client = RateLimiterClient<Channel>;
 
+/// Waits until `sync` is in state `want`, for at most 15 s (three times
+/// the sync task's longest wait between attempts): a state never reached
+/// fails the test instead of hanging it.
+async fn reach(sync: &mut quotad::sync::SyncHandle, want: SyncState) {
+    tokio::time::timeout(std::time::Duration::from_secs(15), sync.wait_for(want))
+        .await
+        .unwrap_or_else(|_| panic!("the sync state never became {want:?}"));
+}
+
 async fn client(d: &TestDaemon) -> Client {
     RateLimiterClient::new(d.channel().await)
 }
@@ -147,14 +156,14 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     let mut sync = a.sync.clone().expect("sync task");
     assert_eq!(check(&mut ca, "q-key", 10).await, (true, 90));
     a.wait_synced().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
 
     redis.kill();
     // Callers see no difference: local decisions, exact as before.
     for left in [85, 80, 75, 70] {
         assert_eq!(check(&mut ca, "q-key", 5).await, (true, left));
     }
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     // Still ready (callers are served), and saying why it is degraded.
     let (status, body) = a.http_get("/readyz").await;
     assert_eq!(status, 200);
@@ -166,7 +175,7 @@ async fn a_redis_outage_changes_nothing_for_callers_and_loses_nothing() {
     // Redis comes back empty (no persistence): the 20 units counted during
     // the outage are sent; the 10 before it were lost with Redis's data.
     redis.restart().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     let body = a.http_get("/readyz").await.1;
     assert!(body.starts_with("ready\nredis: synced\n"), "{body}");
     a.wait_synced().await;
@@ -207,7 +216,11 @@ async fn redis_keys_never_contain_the_api_key() {
 }
 
 /// Key `paid-key`: plan `paid`, a local per-second rate and a strict
-/// monthly quota of 50 (so the whole plan is decided in Redis).
+/// monthly quota of 50 (so the whole plan is decided in Redis), decided
+/// within 1 s: a deadline a loaded machine meets with room to spare (the
+/// first check connects and sends the script twice, NOSCRIPT then EVAL),
+/// so that only Redis's failures, not a slow moment, reach the fail mode
+/// (at 20 ms, one slow check could fail an exact count).
 pub(crate) fn strict_config(redis: &str, on_error: &str) -> String {
     format!(
         r#"
@@ -227,7 +240,7 @@ store:
 redis:
   url: {redis}
   sync_interval: 5ms
-  strict_deadline: 20ms
+  strict_deadline: 1s
   on_redis_error: {on_error}
 envoy:
   domains: [edge]
@@ -298,10 +311,14 @@ async fn strict_checks_answer_within_the_deadline_with_the_fail_mode() {
         let mut c = client(d).await;
         assert!(check(&mut c, "paid-key", 1).await.0);
     }
-    // A Redis that stops answering for 5 s: every strict check gets its
-    // fail mode after the 20 ms deadline, long before Redis is back.
-    redis.command("CLIENT PAUSE 5000 ALL").await.expect("pause");
-    // Bounded by 3 s: the answers come from the fail mode, not from Redis
+    // A Redis that stops answering for 10 s: every strict check gets its
+    // fail mode after the 1 s deadline, long before Redis is back.
+    redis
+        .command("CLIENT PAUSE 10000 ALL")
+        .await
+        .expect("pause");
+    // Bounded by 7 s (three deadlines, and 4 s of room for a loaded
+    // machine): the answers come from the fail mode, not from Redis
     // after its pause.
     let answers = async {
         for (mode, d) in &daemons {
@@ -332,7 +349,7 @@ async fn strict_checks_answer_within_the_deadline_with_the_fail_mode() {
             }
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(3), answers)
+    tokio::time::timeout(std::time::Duration::from_secs(7), answers)
         .await
         .expect("strict checks answered by the fail mode within the pause");
 }
@@ -415,7 +432,7 @@ async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
     let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     assert_eq!(check(&mut ca, "q-key", 40).await, (true, 60));
     a.wait_synced().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     let _ = check(&mut cb, "q-key", 1).await;
     b.wait_synced().await;
     assert_eq!(check(&mut cb, "q-key", 1).await, (true, 58));
@@ -430,7 +447,7 @@ async fn rediss_with_a_private_ca_syncs_and_refuses_an_untrusted_server() {
     let mut cu = client(&untrusted).await;
     assert!(check(&mut cu, "q-key", 1).await.0);
     let mut state = untrusted.sync.clone().expect("sync task");
-    state.wait_for(SyncState::Degraded).await;
+    reach(&mut state, SyncState::Degraded).await;
 }
 
 #[tokio::test]
@@ -471,9 +488,9 @@ async fn a_long_outage_does_not_hold_a_rate_limit_after_recovery() {
             let _ = check(&mut ca, "busy", 1).await;
         }
     }
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     redis.restart().await;
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     a.wait_synced().await;
     // Redis holds at most a full bucket's worth ahead (burst 10 at 100/s:
     // 100 ms), not the minute: 100 ms later the key passes again.
@@ -498,13 +515,13 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
         .expect("REPLICAOF");
     assert_eq!(reply, "+OK");
     assert_eq!(check(&mut ca, "q-key", 5).await, (true, 94));
-    sync.wait_for(SyncState::Degraded).await;
+    reach(&mut sync, SyncState::Degraded).await;
     // Promoted again: the 5 units were kept, not dropped, and arrive.
     assert_eq!(
         redis.command("REPLICAOF NO ONE").await.expect("REPLICAOF"),
         "+OK"
     );
-    sync.wait_for(SyncState::Synced).await;
+    reach(&mut sync, SyncState::Synced).await;
     a.wait_synced().await;
     let b = TestDaemon::with_config(&yaml).await;
     // 5 + 1 + 1 used since the demotion, plus the first unit unless the
@@ -512,4 +529,257 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
     let (allowed, left) = after_first_flush(&b, "q-key").await;
     assert!(allowed && (left == 93 || left == 92), "{left} left");
     assert_eq!(a.limiter.store().journal().map(|j| j.dropped()), Some(0));
+}
+
+/// [`strict_config`] with another `strict_deadline`.
+pub(crate) fn strict_within(redis: &str, on_error: &str, deadline: &str) -> String {
+    strict_config(redis, on_error).replace(
+        "strict_deadline: 1s",
+        &format!("strict_deadline: {deadline}"),
+    )
+}
+
+/// `redis-server` arguments under which `EVALSHA` is `SUNION`: every
+/// script call (strict, sync, overrides) is answered by an empty array,
+/// a real reply of another shape than any script's (the keys it names
+/// do not exist).
+const EVALSHA_IS_SUNION: [&str; 6] = [
+    "--rename-command",
+    "EVALSHA",
+    "",
+    "--rename-command",
+    "SUNION",
+    "EVALSHA",
+];
+
+/// A sample's value in `d`'s `/metrics` (`series` as rendered, labels
+/// included), 0 when absent.
+async fn metric(d: &TestDaemon, series: &str) -> f64 {
+    let (_, body) = d.http_get("/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_strict_reply_of_another_shape_gets_the_fail_mode_never_a_denial() {
+    use quotad::api::pb::DenyReason;
+
+    let redis = RedisServer::start_with(&EVALSHA_IS_SUNION).await;
+    for mode in ["allow", "deny", "local"] {
+        // A deadline far beyond the reply's (it is immediate): what the
+        // fail mode answers here is the reply, not a timeout.
+        let d = TestDaemon::with_config(&strict_within(&redis.url(), mode, "5s")).await;
+        let r = d.check("paid-key", 1).await;
+        match mode {
+            "allow" => assert!(r.allowed, "{mode}: {r:?}"),
+            "deny" => assert!(
+                !r.allowed && r.reason == DenyReason::Unavailable as i32,
+                "{mode}: {r:?}"
+            ),
+            // This node's own view: a fresh quota of 50, one used.
+            _ => assert!(
+                r.allowed && r.policy == "paid/monthly" && r.remaining == 49,
+                "{mode}: {r:?}"
+            ),
+        }
+        let series = format!("quotad_strict_fail_mode_total{{mode=\"{mode}\"}}");
+        assert_eq!(metric(&d, &series).await, 1.0, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn sync_keeps_its_deltas_while_redis_replies_with_another_shape() {
+    let mut redis = RedisServer::start_with(&EVALSHA_IS_SUNION).await;
+    let yaml = config(&redis.url(), "5ms");
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ca = client(&a).await;
+    let mut sync = a.sync.clone().expect("sync task");
+    assert_eq!(check(&mut ca, "q-key", 7).await, (true, 93));
+    let within = std::time::Duration::from_secs(10);
+    reach(&mut sync, SyncState::Degraded).await;
+    // Kept (between two attempts the delta is back in the journal), and
+    // the failure counted; nothing dropped.
+    let kept = async {
+        while metric(&a, "quotad_redis_pending_deltas").await != 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(within, kept)
+        .await
+        .expect("the delta is kept");
+    assert!(metric(&a, "quotad_redis_flushes_total{result=\"failure\"}").await >= 1.0);
+    assert_eq!(metric(&a, "quotad_redis_dropped_deltas_total").await, 0.0);
+
+    // Scripts answered again: the 7 units arrive.
+    redis.restart_with(&[]).await;
+    reach(&mut sync, SyncState::Synced).await;
+    a.wait_synced().await;
+    let b = TestDaemon::with_config(&yaml).await;
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 91));
+}
+
+#[tokio::test]
+async fn overrides_keep_the_last_state_read_while_redis_replies_with_another_shape() {
+    use crate::support::{admin_section, override_of};
+    use quotad::api::pb::set_override_request::Target;
+
+    let mut redis = RedisServer::start().await;
+    let yaml = format!("{}{}", config(&redis.url(), "5ms"), admin_section(""));
+    let a = TestDaemon::with_config(&yaml).await;
+    let mut ops = a.ops().await;
+    ops.set_override(override_of("alice", Target::Plan("quota".into())))
+        .await
+        .expect("override set");
+    assert_eq!(a.check("alice", 1).await.policy, "quota/daily");
+    a.wait_synced().await;
+
+    // Redis starts over, empty, answering scripts with another shape: the
+    // node, now ahead of Redis, reads everything again and again. Nothing
+    // else calls a script (nothing is pending), so two calls mean a read
+    // was answered and handled.
+    redis.restart_with(&EVALSHA_IS_SUNION).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let reads = async {
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            let calls = info
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_sunion:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if calls >= 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), reads)
+        .await
+        .expect("the node read the overrides again");
+    // The override read last stays in force.
+    assert_eq!(a.check("alice", 1).await.policy, "quota/daily");
+    // A change is not confirmed: the reply does not say it was made.
+    let e = ops
+        .set_override(override_of("bob", Target::Plan("quota".into())))
+        .await
+        .expect_err("unconfirmed");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+}
+
+/// Polls (bounded, 10 s) until `probe` holds; panics naming `what`.
+async fn until(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let poll = async {
+        while !probe().await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Subscribers to the overrides channel (default prefix), as Redis says.
+async fn subscribers(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let reply: redis::RedisResult<(String, u64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("quotad:{overrides}:changes")
+        .query_async(&mut conn)
+        .await;
+    reply.map_or(0, |(_, n)| n)
+}
+
+#[tokio::test]
+async fn the_first_strict_check_and_admin_change_after_a_redis_restart_go_through() {
+    use crate::support::{admin_section, override_of};
+    use quotad::api::pb::set_override_request::Target;
+
+    let mut redis = RedisServer::start().await;
+    // Fail-closed, so a strict check Redis did not answer shows; a
+    // deadline a loaded machine meets with room to spare (a reconnection
+    // and the script sent again on loopback take milliseconds).
+    let yaml = format!(
+        "{}{}",
+        strict_within(&redis.url(), "deny", "2s"),
+        admin_section("")
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    let mut ops = d.ops().await;
+    let mut sync = d.sync.clone().expect("sync task");
+    // The strict and the admin connections are made, and used.
+    assert!(d.check("paid-key", 1).await.allowed);
+    ops.set_override(override_of("alice", Target::Plan("paid".into())))
+        .await
+        .expect("a change before the restart");
+
+    // Killed and started again, empty, on the same port. The node's other
+    // connections find it back: the sync task's, and the overrides
+    // follower's (subscribed again, and without the override, which went
+    // with Redis's data). The strict and the admin connections are left
+    // untouched until their first use below.
+    redis.restart().await;
+    until("the follower subscribed again", async || {
+        subscribers(&redis).await == 1
+    })
+    .await;
+    until("the follower read the empty Redis", async || {
+        d.limiter.snapshot().table().overrides() == 0
+    })
+    .await;
+    reach(&mut sync, SyncState::Synced).await;
+
+    // The very first strict check: through Redis, not refused.
+    let r = d.check("paid-key", 1).await;
+    assert!(r.allowed, "{r:?}");
+    assert_eq!(r.policy, "paid/monthly");
+    // The very first admin change: done, and in force.
+    ops.set_override(override_of("bob", Target::Plan("paid".into())))
+        .await
+        .expect("the first change after the restart");
+    assert_eq!(d.check("bob", 1).await.policy, "paid/monthly");
+    let series = "quotad_strict_fail_mode_total{mode=\"deny\"}";
+    assert_eq!(metric(&d, series).await, 0.0);
+}
+
+#[tokio::test]
+async fn readiness_follows_any_connection_that_finds_redis_gone_or_back() {
+    let mut redis = RedisServer::start().await;
+    // Flushes an hour apart: the sync task's own rounds would notice
+    // nothing within this test; only what the other connections report
+    // (the strict client's, the overrides follower's polls) can move
+    // the state.
+    let yaml =
+        strict_config(&redis.url(), "deny").replace("sync_interval: 5ms", "sync_interval: 1h");
+    let d = TestDaemon::with_config(&yaml).await;
+    assert!(d.check("paid-key", 1).await.allowed);
+
+    redis.kill();
+    let r = d.check("paid-key", 1).await;
+    assert!(!r.allowed, "{r:?}");
+    until("/readyz says not ready, Redis degraded", async || {
+        let (status, body) = d.http_get("/readyz").await;
+        status == 503 && body.contains("redis: degraded")
+    })
+    .await;
+
+    redis.restart().await;
+    until("/readyz says ready, Redis synced", async || {
+        let (status, body) = d.http_get("/readyz").await;
+        status == 200 && body.contains("redis: synced")
+    })
+    .await;
+    let r = d.check("paid-key", 1).await;
+    assert!(r.allowed, "{r:?}");
 }

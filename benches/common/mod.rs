@@ -68,34 +68,69 @@ impl Redis {
         Self::start_on(None)
     }
 
-    /// Starts it pinned to `cpu` (with `taskset`) when given.
+    /// Starts it pinned to `cpu` (with `taskset`) when given. Should
+    /// another process take the free port first, tries another: the
+    /// server that answers must be this child (its process id, from
+    /// `INFO server`; `taskset` execs redis-server, so the pids agree).
     pub fn start_on(cpu: Option<&str>) -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = std::process::Command::new("taskset");
-                c.args(["-c", cpu, "redis-server"]);
-                c
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .ok()?
+                .port();
+            let mut command = match cpu {
+                Some(cpu) => {
+                    let mut c = std::process::Command::new("taskset");
+                    c.args(["-c", cpu, "redis-server"]);
+                    c
+                }
+                None => std::process::Command::new("redis-server"),
+            };
+            let child = command
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            let mut r = Redis { port, child };
+            for _ in 0..500 {
+                if !matches!(r.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                if r.command("PING").is_some_and(|l| l.contains("PONG")) {
+                    if r.is_ours() {
+                        return Some(r);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            None => std::process::Command::new("redis-server"),
-        };
-        let child = command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let r = Redis { port, child };
-        for _ in 0..500 {
-            if r.command("PING").is_some_and(|l| l.contains("PONG")) {
-                return Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// Whether the server on the port is this child.
+    fn is_ours(&self) -> bool {
+        let pid = format!("process_id:{}", self.child.id());
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        if s.write_all(b"INFO server\r\n").is_err()
+            || s.set_read_timeout(Some(Duration::from_millis(500)))
+                .is_err()
+        {
+            return false;
+        }
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.trim() == pid {
+                return true;
+            }
+            line.clear();
+        }
+        false
     }
 
     /// Every line of the reply to an inline command.
@@ -212,12 +247,6 @@ impl Layout {
     }
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A plain HTTP/1.1 GET on loopback: the status line, headers and body.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -248,32 +277,60 @@ pub struct Quotad {
 
 impl Quotad {
     /// Writes `yaml` to `dir/<name>.yaml` and serves it, placed as
-    /// `layout` says; waits (up to 10 s) for `/readyz`.
+    /// `layout` says, on ports the system picks (port 0: none another
+    /// process can take first), read from its log; waits (up to 10 s)
+    /// until it says it is ready.
     pub fn start(layout: Layout, dir: &Path, name: &str, yaml: &str) -> anyhow::Result<Quotad> {
-        let (grpc, http) = (free_port()?, free_port()?);
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, yaml)?;
-        let child = layout
+        // Info: the listeners' addresses and "quotad ready" (nothing is
+        // logged per request at this level).
+        let mut child = layout
             .command(QUOTAD, true)
-            .args(["serve", "--log", "warn", "--config"])
+            .args(["serve", "--log", "info", "--config"])
             .arg(&config)
-            .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
-            .arg(format!("--http-addr=127.0.0.1:{http}"))
-            .stdout(Stdio::null())
+            .args(["--grpc-addr=127.0.0.1:0", "--http-addr=127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
             .spawn()
             .context("cannot start quotad")?;
-        let mut q = Quotad {
-            name: name.to_owned(),
-            grpc,
-            http,
-            proc: Proc { child },
-        };
-        for _ in 0..400 {
-            if http_get(http, "/readyz").is_ok_and(|b| b.starts_with("HTTP/1.1 200")) {
-                return Ok(q);
+        let stdout = child.stdout.take().context("quotad's stdout")?;
+        let proc = Proc { child };
+        // Read on a thread of its own, to the end, so the daemon never
+        // blocks on a full pipe.
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
             }
-            if let Some(status) = q.proc.child.try_wait()? {
-                bail!("{name} exited before it was ready: {status}");
+        });
+        let port = |line: &str, field: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(field))
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+        };
+        let (mut grpc, mut http) = (None, None);
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .with_context(|| format!("{name} exited, or did not start in 10 s"))?;
+            grpc = grpc.or_else(|| port(&line, "grpc_addr="));
+            http = http.or_else(|| port(&line, "http_addr="));
+            if line.contains("quotad ready") {
+                break;
+            }
+        }
+        let q = Quotad {
+            name: name.to_owned(),
+            grpc: grpc.with_context(|| format!("{name} logged no gRPC address"))?,
+            http: http.with_context(|| format!("{name} logged no HTTP address"))?,
+            proc,
+        };
+        // Serving; and ready as /readyz says (nothing holds it back).
+        for _ in 0..400 {
+            if http_get(q.http, "/readyz").is_ok_and(|b| b.starts_with("HTTP/1.1 200")) {
+                return Ok(q);
             }
             std::thread::sleep(Duration::from_millis(25));
         }

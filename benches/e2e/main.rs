@@ -46,7 +46,9 @@ const SYNC_RATIO: f64 = 0.90;
 struct Scale {
     duration: &'static str,
     warmup: &'static str,
-    /// Long enough for the stream to touch every one of `big` keys.
+    /// The most the fill may take: it sends exactly `big` checks, one
+    /// per key, however long they take (a fill by time left keys out on
+    /// a slow machine).
     fill: &'static str,
     rounds: usize,
     big: u64,
@@ -55,7 +57,7 @@ struct Scale {
 const FULL: Scale = Scale {
     duration: "3s",
     warmup: "1s",
-    fill: "10s",
+    fill: "10m",
     rounds: 5,
     big: 1_000_000,
 };
@@ -63,7 +65,7 @@ const FULL: Scale = Scale {
 const TEST: Scale = Scale {
     duration: "200ms",
     warmup: "100ms",
-    fill: "300ms",
+    fill: "2m",
     rounds: 1,
     big: 2_000,
 };
@@ -185,14 +187,23 @@ impl Bench {
             .collect()
     }
 
-    /// Runs a stream over every key in order, so the store holds them
-    /// all; returns how many cells it tracks then.
+    /// Runs one stream over every key in order, once each (`--requests`:
+    /// exactly `big` checks, whatever the machine's speed), so the store
+    /// holds them all; returns how many cells it tracks then.
     fn fill(&self, server: &Server) -> anyhow::Result<f64> {
         let keys = format!("--keys={}", self.scale.big);
+        let requests = format!("--requests={}", self.scale.big);
         self.load(
             server,
             self.scale.fill,
-            &["--mode=stream", "--dist=seq", &keys, "--concurrency=4"],
+            &[
+                "--mode=stream",
+                "--dist=seq",
+                &keys,
+                &requests,
+                "--concurrency=1",
+                "--warmup=0s",
+            ],
         )?;
         server.metric("quotad_tracked_cells")
     }
@@ -214,6 +225,19 @@ impl Pair {
                 .map(|(a, b)| b.n("checks_per_second") / a.n("checks_per_second").max(1.0))
                 .collect(),
         )
+    }
+}
+
+/// `quotad_redis_flushed_cells_total` once it reaches `want`, or as it
+/// is after a minute.
+fn flushed_at_least(server: &Server, want: f64) -> anyhow::Result<f64> {
+    let started = quotad::core::clock::Stopwatch::start();
+    loop {
+        let flushed = server.metric("quotad_redis_flushed_cells_total")?;
+        if flushed >= want || started.seconds() > 60.0 {
+            return Ok(flushed);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -485,7 +509,10 @@ fn run(full: bool) -> anyhow::Result<Vec<Row>> {
                 &many,
                 Some(SYNC_RATIO),
             ));
-            let flushed = sync.metric("quotad_redis_flushed_cells_total")?;
+            // Flushes run behind the load (every 50 ms, a million cells
+            // take seconds): wait for them, bounded, rather than read
+            // the counter once.
+            let flushed = flushed_at_least(&sync, scale.big as f64)?;
             if flushed < scale.big as f64 {
                 bail!("the sync daemon flushed {flushed} cells to Redis, fewer than it filled");
             }

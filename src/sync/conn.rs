@@ -9,8 +9,16 @@
 //!
 //! On a Cluster a pipeline may only hold one slot's commands, so
 //! [`Conn::pipelines`] sends one pipeline per slot, all at once.
+//!
+//! A connection learns that Redis went away (or restarted) only when it
+//! is next used: a round trip that fails because its connection died is
+//! sent once more on a fresh connection, so the first check or admin
+//! change after a restart of Redis goes through, and what each
+//! connection learns is reported to a [`Link`] that the sync task's state
+//! (readiness, `/readyz`) follows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -23,9 +31,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisResult, ServerErrorKind,
+    ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult, ServerErrorKind,
     TlsCertificates,
 };
+use tokio::sync::{Notify, watch};
+
+use super::SyncState;
 
 /// A Lua script: its text and the hash Redis caches it under.
 pub(crate) struct Lua {
@@ -48,13 +59,101 @@ pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
     format!("{prefix}{{{tag:016x}}}{kind}:{cell:016x}")
 }
 
-/// A connection to a standalone Redis (reconnecting by itself) or to a
-/// Cluster (connected on first use, again after a failure).
+/// A connection to a standalone Redis (reconnecting by itself), to a
+/// Cluster or to the master a Sentinel names (connected on first use,
+/// again after a failure), and where it reports what it learns of Redis.
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub(crate) struct Conn {
+    to: To,
+    link: Option<Arc<Link>>,
+}
+
+#[derive(Clone)]
+enum To {
     Single(Box<SingleConn>),
     Cluster(Box<ClusterConn>),
     Sentinel(Box<SentinelConn>),
+}
+
+/// What the connections of one node learn about Redis between the sync
+/// task's rounds: the sync task's state (which readiness and `/readyz`
+/// read) and a nudge that makes it try Redis now. A connection that
+/// failed for want of Redis (dropped and not made again, refused, timed
+/// out) marks the state degraded at once, rather than leaving it synced
+/// until the sync task's next round or idle ping notices; one that got
+/// an answer while the state is not synced has the sync task try at once,
+/// so the state follows Redis back as soon as Redis is back.
+#[derive(Debug)]
+pub(crate) struct Link {
+    state: watch::Sender<SyncState>,
+    nudge: Notify,
+    /// Whether a connection turned the state degraded and has not yet
+    /// seen Redis answer again (only then, or before the first round,
+    /// does an answer hurry the sync task: a state the sync task's own
+    /// failures set keeps its backoff).
+    reported: AtomicBool,
+}
+
+impl Link {
+    pub(crate) fn new(state: watch::Sender<SyncState>) -> Self {
+        Self {
+            state,
+            nudge: Notify::new(),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    /// The sync task's state.
+    pub(crate) fn state(&self) -> &watch::Sender<SyncState> {
+        &self.state
+    }
+
+    /// Resolves when a connection asked the sync task to try Redis now.
+    pub(crate) async fn nudged(&self) {
+        self.nudge.notified().await;
+    }
+
+    /// A connection could not reach Redis: degraded, and the sync task
+    /// asked to see for itself (once per change, not per failure).
+    fn down(&self, error: &RedisError) {
+        let changed = self.state.send_if_modified(|s| {
+            let was = *s;
+            *s = SyncState::Degraded;
+            was != SyncState::Degraded
+        });
+        if changed {
+            self.reported.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                error = %error,
+                "redis: a connection to Redis failed; degraded until the sync task reaches it again"
+            );
+            self.nudge.notify_one();
+        }
+    }
+
+    /// A connection got an answer: if the state says otherwise because a
+    /// connection said so (or nothing was tried yet), the sync task is
+    /// asked to try now.
+    fn up(&self) {
+        let state = *self.state.borrow();
+        let hurry = match state {
+            SyncState::Synced => false,
+            SyncState::Starting => true,
+            SyncState::Degraded => self.reported.swap(false, Ordering::Relaxed),
+        };
+        if hurry {
+            self.nudge.notify_one();
+        }
+    }
+}
+
+/// Whether a round trip failed because its connection died (reset,
+/// closed, a broken pipe): another connection may well succeed at once,
+/// as after a restart of Redis, which a connection only learns of when it
+/// is next used. Not a refused connection (Redis is not there now), not a
+/// timeout (the command may still run), not an error Redis returned.
+fn dropped(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout()
 }
 
 /// A standalone Redis: the client (to build a fresh manager after a
@@ -127,11 +226,11 @@ impl Conn {
                 .set_redis_connection_info(info.redis_settings().clone());
             let client =
                 SentinelClient::build(vec![info], master, Some(node), SentinelServerType::Master)?;
-            return Ok(Conn::Sentinel(Box::new(SentinelConn {
+            return Ok(Conn::from(To::Sentinel(Box::new(SentinelConn {
                 client: Arc::new(tokio::sync::Mutex::new(client)),
                 conn: None,
                 response_timeout,
-            })));
+            }))));
         }
         if cluster {
             let seed = match tls_ca {
@@ -145,22 +244,28 @@ impl Conn {
                 builder = builder.certs(certs());
             }
             let client = builder.build()?;
-            return Ok(Conn::Cluster(Box::new(ClusterConn {
+            return Ok(Conn::from(To::Cluster(Box::new(ClusterConn {
                 client,
                 conn: None,
                 seed,
-            })));
+            }))));
         }
         let client = match tls_ca {
             Some(_) => redis::Client::build_with_tls(info, certs())?,
             None => redis::Client::open(info)?,
         };
         let manager = manager(&client, response_timeout)?;
-        Ok(Conn::Single(Box::new(SingleConn {
+        Ok(Conn::from(To::Single(Box::new(SingleConn {
             client,
             manager,
             response_timeout,
-        })))
+        }))))
+    }
+
+    /// Reports to `link` whether Redis could be reached.
+    pub(crate) fn with_link(mut self, link: Arc<Link>) -> Self {
+        self.link = Some(link);
+        self
     }
 
     /// Runs `script` once per item (`args` appends item `i`'s keys count,
@@ -204,7 +309,11 @@ impl Conn {
 
     /// Sends `items` as pipelines (`build` adds item `i`'s command), one
     /// per slot on a Cluster, and returns each item's reply in order. A
-    /// failed round trip fails every item it carried.
+    /// failed round trip fails every item it carried; one whose
+    /// connection had died (see [`dropped`]) is sent once more, on a
+    /// fresh connection, so the first use after a restart of Redis
+    /// succeeds. (Should the connection have died after Redis ran the
+    /// commands, they run twice: as after a lost answer, at least once.)
     pub(crate) async fn pipelines<T, F>(
         &mut self,
         count: usize,
@@ -215,10 +324,9 @@ impl Conn {
         T: FromRedisValue + Send,
         F: Fn(&mut Pipeline, usize),
     {
-        let groups: Vec<Vec<usize>> = match self {
-            Conn::Single(_) => vec![(0..count).collect()],
-            Conn::Sentinel(_) => vec![(0..count).collect()],
-            Conn::Cluster(_) => {
+        let groups: Vec<Vec<usize>> = match &self.to {
+            To::Single(_) | To::Sentinel(_) => vec![(0..count).collect()],
+            To::Cluster(_) => {
                 let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
                 for i in 0..count {
                     by_slot
@@ -229,9 +337,58 @@ impl Conn {
                 by_slot.into_values().collect()
             }
         };
+        let mut out: Vec<Option<RedisResult<T>>> = (0..count).map(|_| None).collect();
+        let mut answers = self.round_trips(&groups, &build).await;
+        if answers.iter().any(|a| matches!(a, Err(e) if dropped(e))) {
+            self.reset();
+            let again: Vec<usize> = (0..groups.len())
+                .filter(|&g| matches!(&answers[g], Err(e) if dropped(e)))
+                .collect();
+            let resend: Vec<Vec<usize>> = again.iter().map(|&g| groups[g].clone()).collect();
+            let resent = self.round_trips(&resend, &build).await;
+            for (g, answer) in again.into_iter().zip(resent) {
+                answers[g] = answer;
+            }
+        }
+        let mut failure = None;
+        for (group, answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(replies) => {
+                    for (&i, reply) in group.iter().zip(replies) {
+                        out[i] = Some(reply);
+                    }
+                }
+                Err(e) => {
+                    for &i in group {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if failure.is_some() {
+            self.reset();
+        }
+        self.report(failure.as_ref());
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(missing_reply())))
+            .collect()
+    }
+
+    /// One pipeline per group, all at once; each group's replies, or why
+    /// its round trip failed.
+    async fn round_trips<T, F>(
+        &mut self,
+        groups: &[Vec<usize>],
+        build: &F,
+    ) -> Vec<RedisResult<Vec<RedisResult<T>>>>
+    where
+        T: FromRedisValue + Send,
+        F: Fn(&mut Pipeline, usize),
+    {
         let conn = match self.connected().await {
             Ok(c) => c,
-            Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+            Err(e) => return groups.iter().map(|_| Err(e.clone())).collect(),
         };
         let sends = groups.iter().map(|group| {
             let mut pipe = redis::pipe();
@@ -241,45 +398,34 @@ impl Conn {
             }
             let mut c = conn.clone();
             async move {
-                let r: RedisResult<Vec<RedisResult<T>>> = match &mut c {
+                match &mut c {
                     Connected::Single(m) => pipe.query_async(m).await,
                     Connected::Cluster(k) => pipe.query_async(k).await,
                     Connected::Multiplexed(m) => pipe.query_async(m).await,
-                };
-                r
+                }
             }
         });
-        let answers = join_all(sends).await;
-        let mut out: Vec<Option<RedisResult<T>>> = (0..count).map(|_| None).collect();
-        let mut failed = false;
-        for (group, answer) in groups.iter().zip(answers) {
-            match answer {
-                Ok(replies) => {
-                    for (&i, reply) in group.iter().zip(replies) {
-                        out[i] = Some(reply);
-                    }
-                }
-                Err(e) => {
-                    failed = true;
-                    for &i in group {
-                        out[i] = Some(Err(e.clone()));
-                    }
-                }
-            }
+        join_all(sends).await
+    }
+
+    /// Tells the link whether Redis was reached: a round trip that failed
+    /// in transport (not an error Redis answered) says it was not.
+    fn report(&self, failure: Option<&RedisError>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        match failure {
+            Some(e) if e.is_io_error() => link.down(e),
+            Some(_) => {}
+            None => link.up(),
         }
-        if failed {
-            self.reset();
-        }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(missing_reply())))
-            .collect()
     }
 
     /// The live connection, connecting a Cluster first if needed.
     async fn connected(&mut self) -> RedisResult<Connected> {
-        match self {
-            Conn::Single(s) => Ok(Connected::Single(s.manager.clone())),
-            Conn::Cluster(c) => {
+        match &mut self.to {
+            To::Single(s) => Ok(Connected::Single(s.manager.clone())),
+            To::Cluster(c) => {
                 if c.conn.is_none() {
                     c.conn = Some(c.client.get_async_connection().await?);
                 }
@@ -288,7 +434,7 @@ impl Conn {
                     .map(Connected::Cluster)
                     .ok_or_else(missing_reply)
             }
-            Conn::Sentinel(s) => {
+            To::Sentinel(s) => {
                 if s.conn.is_none() {
                     let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -312,10 +458,10 @@ impl Conn {
         timeout: Duration,
     ) -> RedisResult<redis::aio::PubSubStream> {
         let connect = async {
-            let client = match self {
-                Conn::Single(s) => s.client.clone(),
-                Conn::Cluster(c) => c.seed.clone(),
-                Conn::Sentinel(s) => s.client.lock().await.async_get_client().await?,
+            let client = match &self.to {
+                To::Single(s) => s.client.clone(),
+                To::Cluster(c) => c.seed.clone(),
+                To::Sentinel(s) => s.client.lock().await.async_get_client().await?,
             };
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
@@ -356,15 +502,21 @@ impl Conn {
     /// again (asking the Sentinel again, or resolving the host again: a
     /// READONLY replica behind a failed-over DNS name is left behind).
     pub(crate) fn reset(&mut self) {
-        match self {
-            Conn::Cluster(c) => c.conn = None,
-            Conn::Sentinel(s) => s.conn = None,
-            Conn::Single(s) => {
+        match &mut self.to {
+            To::Cluster(c) => c.conn = None,
+            To::Sentinel(s) => s.conn = None,
+            To::Single(s) => {
                 if let Ok(m) = manager(&s.client, s.response_timeout) {
                     s.manager = m;
                 }
             }
         }
+    }
+}
+
+impl From<To> for Conn {
+    fn from(to: To) -> Self {
+        Conn { to, link: None }
     }
 }
 

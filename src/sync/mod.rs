@@ -54,10 +54,11 @@ use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::names;
-use conn::{Conn, Lua, key};
+use conn::{Conn, Link, Lua, key};
 
 mod conn;
 pub mod overrides;
+mod reply;
 pub mod strict;
 
 /// The Lua script every flush runs, one call per dirty cell.
@@ -73,12 +74,25 @@ pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
 /// notice a Redis that went away while nothing was sent.
 const IDLE_PING: Duration = Duration::from_secs(1);
 
+/// Rounds another connection asks for come at most this often.
+const NUDGE_GAP: Duration = Duration::from_millis(50);
+
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Counters' keys outlive their window by this much (clock skew between
 /// nodes and Redis).
 const COUNTER_SLACK_MS: u64 = 60_000;
+
+/// The wait after a failed round that followed a wait of `backoff`:
+/// doubled, at least `interval`, at most [`MAX_BACKOFF`] (or `interval`
+/// when the config asks for a longer one: `clamp` would panic on it).
+fn next_backoff(backoff: Duration, interval: Duration) -> Duration {
+    backoff
+        .saturating_mul(2)
+        .min(MAX_BACKOFF.max(interval))
+        .max(interval)
+}
 
 /// Why the sync task could not start or flush.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +118,8 @@ pub enum SyncState {
     Starting,
     /// The last flush went through.
     Synced,
-    /// Redis is unreachable or failing; deciding locally.
+    /// Redis is unreachable or failing (a flush failed, or another of the
+    /// node's connections found it gone); deciding locally.
     Degraded,
 }
 
@@ -170,11 +185,15 @@ pub struct RedisSync {
     scrub: Scrub,
     conn: Conn,
     script: Lua,
-    state: watch::Sender<SyncState>,
+    /// The state, shared with the strict and overrides connections,
+    /// which report what they learn of Redis between rounds.
+    link: Arc<Link>,
     rounds: watch::Sender<u64>,
     metrics: Option<FlushMetrics>,
     /// When Redis last answered.
     contact: Option<tokio::time::Instant>,
+    /// Dropped deltas are logged at most once every few seconds.
+    log: reply::Throttle,
 }
 
 impl std::fmt::Debug for RedisSync {
@@ -222,10 +241,11 @@ impl RedisSync {
             info,
             conn,
             script: Lua::new(SCRIPT),
-            state,
+            link: Arc::new(Link::new(state)),
             rounds,
             metrics: None,
             contact: None,
+            log: reply::Throttle::default(),
         };
         let handle = SyncHandle {
             state: rx,
@@ -284,10 +304,10 @@ impl RedisSync {
     }
 
     /// A new lazy connection to the same Redis, giving up on an answer
-    /// after `response_timeout`.
+    /// after `response_timeout`, reporting to the sync task's link.
     fn connection(&self, response_timeout: Duration) -> Result<Conn, SyncError> {
         let s = &self.settings;
-        Conn::new(
+        let conn = Conn::new(
             self.info.clone(),
             s.cluster,
             s.sentinel_master.as_deref(),
@@ -297,7 +317,28 @@ impl RedisSync {
         .map_err(|e| SyncError::Url {
             url: s.redacted_url(),
             reason: s.scrub().text(&e.to_string()),
-        })
+        })?;
+        Ok(conn.with_link(Arc::clone(&self.link)))
+    }
+
+    /// Waits `backoff`, or less when another connection asked for a round
+    /// now (never sooner than [`NUDGE_GAP`] after the last one). Returns
+    /// false when `stop` fired.
+    async fn wait(
+        &self,
+        stop: &mut Shutdown,
+        backoff: Duration,
+        last: tokio::time::Instant,
+    ) -> bool {
+        tokio::select! {
+            _ = stop.wait() => return false,
+            _ = tokio::time::sleep(backoff) => return true,
+            _ = self.link.nudged() => {}
+        }
+        tokio::select! {
+            _ = stop.wait() => false,
+            _ = tokio::time::sleep_until(last + NUDGE_GAP) => true,
+        }
     }
 
     /// Flushes every `sync_interval` until `stop` fires, then makes a last
@@ -310,14 +351,15 @@ impl RedisSync {
         );
         let mut backoff = self.settings.sync_interval;
         let mut dropped = 0;
+        let mut last = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = stop.wait() => break,
-                _ = tokio::time::sleep(backoff) => {}
+            if !self.wait(&mut stop, backoff, last).await {
+                break;
             }
+            last = tokio::time::Instant::now();
             backoff = match self.flush_all().await {
                 Ok(_) => self.settings.sync_interval,
-                Err(_) => (backoff * 2).clamp(self.settings.sync_interval, MAX_BACKOFF),
+                Err(_) => next_backoff(backoff, self.settings.sync_interval),
             };
             let now_dropped = self.limiter.store().journal().map_or(0, |j| j.dropped());
             if now_dropped > dropped {
@@ -372,9 +414,11 @@ impl RedisSync {
         let mut batches = 0;
         let mut skipped = false;
         let mut sent_cells = 0u64;
+        let link = Arc::clone(&self.link);
+        let state = link.state();
         let result = if items.is_empty() {
             let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
-            skipped = *self.state.borrow() == SyncState::Synced && recent;
+            skipped = *state.borrow() == SyncState::Synced && recent;
             if skipped {
                 Ok(0)
             } else {
@@ -413,7 +457,7 @@ impl RedisSync {
         } else {
             SyncState::Degraded
         };
-        let before = *self.state.borrow();
+        let before = *state.borrow();
         if before != next {
             match (&result, before) {
                 (Err(e), _) => tracing::warn!(
@@ -428,7 +472,7 @@ impl RedisSync {
                 }
                 (Ok(_), _) => tracing::info!("redis sync: connected"),
             }
-            self.state.send_replace(next);
+            state.send_replace(next);
         }
         if result.is_ok() {
             if !skipped {
@@ -472,7 +516,7 @@ impl RedisSync {
                     .arg(p.delta),
             };
         };
-        let answers: Vec<redis::RedisResult<i64>> = self
+        let answers: Vec<redis::RedisResult<redis::Value>> = self
             .conn
             .eval_all(&self.script, items.len(), name, args)
             .await;
@@ -481,10 +525,12 @@ impl RedisSync {
         let mut unsent = Vec::new();
         let mut first_error = None;
         for ((id, p), answer) in items.iter().zip(answers) {
+            // A reply of another shape than the script's is no state to
+            // adopt: the delta is kept and sent again, as after an error.
+            let answer = answer.and_then(|v| reply::synced(&v).map_err(RedisError::from));
             match answer {
                 Ok(v) => {
                     applied += 1;
-                    let v = u64::try_from(v).unwrap_or(0);
                     match p.kind {
                         CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
                         CellKind::Counter { .. } => store.adopt_counter(*id, v),
@@ -498,10 +544,9 @@ impl RedisSync {
                     if e.code() == Some("WRONGTYPE")
                         || (e.code() == Some("ERR") && e.to_string().contains("script")) =>
                 {
-                    tracing::warn!(
-                        cell = format_args!("{id:016x}"),
-                        error = %self.scrub.text(&e.to_string()),
-                        "redis sync: delta dropped"
+                    self.log.warn(
+                        "redis sync: delta dropped",
+                        &format_args!("cell {id:016x}: {}", self.scrub.text(&e.to_string())),
                     );
                     if let Some(j) = store.journal() {
                         j.note_dropped(1);
@@ -509,7 +554,8 @@ impl RedisSync {
                 }
                 Err(e) => {
                     // Not applied (transport trouble, or a Redis that is
-                    // read-only, loading, failing over): kept for the
+                    // read-only, loading, failing over), or applied with
+                    // an answer that is not the script's: kept for the
                     // next round, on a fresh connection.
                     unsent.push((*id, *p));
                     first_error.get_or_insert(e);
@@ -562,5 +608,18 @@ mod tests {
             !shown.contains("sek") && !shown.contains("filepw"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds_or_the_interval_when_longer() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_backoff(ms(50), ms(50)), ms(100));
+        assert_eq!(next_backoff(ms(4_000), ms(50)), MAX_BACKOFF);
+        assert_eq!(next_backoff(MAX_BACKOFF, ms(50)), MAX_BACKOFF);
+        // An interval over 5 s (`sync_interval: 1h`) is the wait, not a
+        // panic.
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(next_backoff(hour, hour), hour);
+        assert_eq!(next_backoff(Duration::MAX, hour), hour);
     }
 }

@@ -38,6 +38,10 @@
 //! the writer's node sees it once the call returns; if the node has not
 //! applied it within [`APPLIED_WAIT`], the call says so.
 //!
+//! A reply of another shape than the script's (see `reply.rs`) is a
+//! failure: a write is unconfirmed (it may have been made), a read keeps
+//! the overrides read last.
+//!
 //! Overrides that ended are ignored by every node on its own clock, and
 //! pruned from Redis by the nodes that see them (compare-and-delete, so a
 //! newer record under the same key is left alone).
@@ -51,6 +55,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::SyncError;
 use super::conn::{Conn, Lua, key};
+use super::reply;
 use crate::config::redis_url::Scrub;
 use crate::control::{Change, Control};
 use crate::core::Nanos;
@@ -207,7 +212,7 @@ impl RedisOverrides {
         let before = self.applied.borrow().seq;
         let reply = {
             let mut conn = self.conn.lock().await;
-            let reply: redis::RedisResult<(u64, String, Option<String>)> = only(
+            let reply: redis::RedisResult<redis::Value> = only(
                 conn.eval_all(
                     &self.write,
                     1,
@@ -226,6 +231,9 @@ impl RedisOverrides {
                 )
                 .await,
             );
+            // A reply that is not the script's says nothing of whether
+            // the change was made: unconfirmed, as a lost answer.
+            let reply = reply.and_then(|v| reply::written(&v).map_err(RedisError::from));
             if matches!(&reply, Err(e) if e.code() != Some("QUOTAD_FULL")) {
                 conn.reset();
             }
@@ -400,7 +408,7 @@ impl OverrideSync {
     /// digest at once.
     async fn read_all(&mut self) -> Result<Snapshot, RedisError> {
         let keys = &self.keys;
-        let reply: redis::RedisResult<(u64, String, Vec<String>, Vec<String>)> = only(
+        let reply: redis::RedisResult<redis::Value> = only(
             self.conn
                 .eval_all(
                     &self.read,
@@ -416,6 +424,9 @@ impl OverrideSync {
                 )
                 .await,
         );
+        // A reply that is not the script's is a failure: the overrides
+        // last read stay in force.
+        let reply = reply.and_then(|v| reply::read_all(&v).map_err(RedisError::from));
         match reply {
             Ok((version, digest, overrides, resets)) => Ok(Snapshot {
                 version,
@@ -534,7 +545,7 @@ impl OverrideSync {
     /// it still is at the next poll: the announcement may be on its way).
     async fn poll(&mut self) {
         let keys = &self.keys;
-        let reply: redis::RedisResult<(Option<u64>, Option<String>)> = only(
+        let reply: redis::RedisResult<redis::Value> = only(
             self.conn
                 .pipelines(
                     1,
@@ -545,10 +556,10 @@ impl OverrideSync {
                 )
                 .await,
         );
+        let reply = reply.and_then(|v| reply::version(&v).map_err(RedisError::from));
         match reply {
             Ok((version, digest)) => {
                 self.note_reachable(Ok(()));
-                let (version, digest) = (version.unwrap_or(0), digest.unwrap_or_default());
                 if (version, &digest) == (self.version, &self.digest) {
                     self.ahead = None;
                     return;
@@ -594,7 +605,7 @@ impl OverrideSync {
             if doomed.is_empty() {
                 continue;
             }
-            let deleted: redis::RedisResult<i64> = only(
+            let deleted: redis::RedisResult<redis::Value> = only(
                 self.conn
                     .eval_all(
                         &self.prune,
@@ -609,8 +620,13 @@ impl OverrideSync {
                     )
                     .await,
             );
-            if let Ok(n @ 1..) = deleted {
-                tracing::debug!(records = n, hash = %hash, "overrides: pruned ended records from Redis");
+            match deleted.and_then(|v| reply::pruned(&v).map_err(RedisError::from)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(records = n, hash = %hash, "overrides: pruned ended records from Redis")
+                }
+                // Pruning is tried again in a few minutes.
+                Err(e) => tracing::debug!(error = %e, "overrides: pruning failed"),
             }
         }
     }

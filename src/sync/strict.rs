@@ -9,7 +9,9 @@
 //! already given up is not sent; one whose caller gave up while it was in
 //! flight, and that Redis charged, is given back through the sync journal
 //! (the fail mode has answered it: `local` counted it on this node), so a
-//! slow Redis never counts a check twice.
+//! slow Redis never counts a check twice. A reply of any other shape than
+//! the script's is a failure, answered by the fail mode like an error
+//! (never read as a denial), and logged at most once every 10 s.
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::Arc;
 
 use super::conn::{Conn, Lua, key};
+use super::reply::{self, Throttle};
 use crate::config::redis_url::Scrub;
 use crate::core::Limiter;
 use crate::core::strict::{StrictJob, StrictKind};
@@ -53,7 +56,8 @@ pub enum StrictFailure {
     /// No answer within the deadline.
     #[error("redis did not answer within the strict deadline")]
     Timeout,
-    /// Redis answered with an error, or the queue was full.
+    /// Redis answered with an error, or with a reply that is not the
+    /// script's, or the queue was full.
     #[error("redis is unavailable")]
     Unavailable,
 }
@@ -114,31 +118,24 @@ async fn serve(
 ) {
     let script = Lua::new(SCRIPT);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut log = Throttle::default();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         batch.retain(|a: &Ask| !a.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
         let answers = send(&mut conn, &script, &prefix, &batch).await;
+        let mut failed = false;
         for (ask, answer) in batch.drain(..).zip(answers) {
             let reply = match answer {
-                Ok(values) => {
-                    let ok = values.first().is_some_and(|v| *v == 1);
-                    let states = values
-                        .iter()
-                        .skip(1)
-                        .map(|v| u64::try_from(*v).unwrap_or(0))
-                        .collect();
-                    Ok((ok, states))
-                }
+                Ok(v) => reply::strict(&v, ask.job.cells.len()).map_err(|e| {
+                    // Not an answer: Redis failed, whatever the reply held.
+                    log.warn("strict check failed: Redis's reply is not the script's", &e);
+                    StrictFailure::Unavailable
+                }),
                 Err(e) => {
-                    tracing::warn!(
-                        error = %scrub.text(&e.to_string()),
-                        "strict check failed in Redis"
-                    );
-                    // A fresh connection next time (a Cluster or Sentinel
-                    // is asked again after a failover).
-                    conn.reset();
+                    log.warn("strict check failed in Redis", &scrub.text(&e.to_string()));
+                    failed = true;
                     Err(StrictFailure::Unavailable)
                 }
             };
@@ -146,6 +143,11 @@ async fn serve(
                 // Charged in Redis after the caller gave up: give it back.
                 undo(&limiter, &ask.job);
             }
+        }
+        if failed {
+            // A fresh connection next time (a Cluster or Sentinel is
+            // asked again after a failover).
+            conn.reset();
         }
     }
 }
@@ -157,7 +159,7 @@ async fn send(
     script: &Lua,
     prefix: &str,
     jobs: &[Ask],
-) -> Vec<redis::RedisResult<Vec<i64>>> {
+) -> Vec<redis::RedisResult<redis::Value>> {
     let name = |i: usize, c: usize| {
         let job = &jobs[i].job;
         let cell = &job.cells[c];

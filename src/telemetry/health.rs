@@ -18,7 +18,9 @@
 //! (`mode: strict`): those are decided in Redis, so while Redis is
 //! unreachable (or not reached yet) the node is not ready (`waiting:
 //! ...` in the body) and balancers send checks to nodes that can reach
-//! it; `redis.on_redis_error` still answers what arrives. In `sync` mode
+//! it; `redis.on_redis_error` still answers what arrives. Any Redis
+//! connection of the node that fails for want of Redis turns the state
+//! degraded at once (see `sync::conn::Link`). In `sync` mode
 //! Redis trouble does not make the node unready: it decides locally, and
 //! taking every replica out of service would stop the API.
 //!

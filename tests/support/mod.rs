@@ -408,6 +408,26 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     /// Extra `redis-server` arguments, kept across restarts.
     args: Vec<String>,
+    /// While killed, and until it answers again: the port, bound but not
+    /// listening (see [`hold`]).
+    held: Option<socket2::Socket>,
+}
+
+/// Keeps `port` from being handed out while its server is down: a socket
+/// bound to it, not listening, with `SO_REUSEADDR`. Connections to the
+/// port are refused (as to a dead server); every port picker here and in
+/// other processes binds port 0, which Linux never answers with a port a
+/// socket is bound to; and the server, which binds it with `SO_REUSEADDR`
+/// and listens, can take it back while it is held, so it is never free in
+/// between. (Without this, a test killing Redis for seconds could see
+/// another test's Redis start on its port, and its own restart fail.)
+fn hold(port: u16) -> Option<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    s.set_reuse_address(true).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    s.bind(&addr.into()).ok()?;
+    Some(s)
 }
 
 impl RedisServer {
@@ -426,35 +446,21 @@ impl RedisServer {
                 port: free_port(),
                 child: None,
                 args: args.iter().map(|a| (*a).to_owned()).collect(),
+                held: None,
             };
             s.spawn().await;
             if s.is_ours() {
                 return s;
             }
-            s.kill();
+            s.stop();
         }
         panic!("no free port for redis-server after 5 tries");
     }
 
     /// Whether the server answering on the port is the child started
-    /// here (its process id, from `INFO server`).
+    /// here.
     fn is_ours(&mut self) -> bool {
-        let Some(child) = self.child.as_mut() else {
-            return false;
-        };
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
-        }
-        let pid = child.id().to_string();
-        std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", "server"])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.trim() == format!("process_id:{pid}"))
-            })
-            .unwrap_or(false)
+        self.child.as_mut().is_some_and(|c| serves(c, self.port))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -474,14 +480,22 @@ impl RedisServer {
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs it)");
         self.child = Some(child);
+        // Until it answers, or exits (its port taken: the caller sees it
+        // is not ours).
         let poll = async {
             while self.ping().await.is_err() {
+                if let Some(c) = self.child.as_mut()
+                    && !matches!(c.try_wait(), Ok(None))
+                {
+                    return;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         };
         tokio::time::timeout(std::time::Duration::from_secs(10), poll)
             .await
             .expect("redis-server answers PING");
+        self.held = None;
     }
 
     /// Sends one inline command and returns the first reply line.
@@ -508,8 +522,16 @@ impl RedisServer {
         }
     }
 
-    /// Kills the server (SIGKILL): an outage, data gone.
+    /// Kills the server (SIGKILL): an outage, data gone. Its port stays
+    /// held for the restart.
     pub fn kill(&mut self) {
+        self.stop();
+        if self.held.is_none() {
+            self.held = hold(self.port);
+        }
+    }
+
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -520,13 +542,63 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+        assert!(
+            self.is_ours(),
+            "port {} was taken while this redis-server was down",
+            self.port
+        );
+    }
+
+    /// Starts it again on the same port, empty, with `args` for the extra
+    /// `redis-server` arguments it had (kept for later restarts).
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.restart().await;
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
+}
+
+/// Whether `child` (a redis-server) runs and is what answers on `port`
+/// (its process id, from `INFO server`), not another process that took
+/// the port first.
+fn serves(child: &mut std::process::Child, port: u16) -> bool {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return false;
+    }
+    let pid = child.id().to_string();
+    std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == format!("process_id:{pid}"))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits (bounded, 10 s) until something answers PING on `port`, or
+/// `child` exits (its port taken).
+async fn answers_or_exits(child: &mut std::process::Child, port: u16) {
+    let probe = RedisServer {
+        port,
+        child: None,
+        args: Vec::new(),
+        held: None,
+    };
+    let poll = async {
+        while probe.ping().await.is_err() && matches!(child.try_wait(), Ok(None)) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("redis-server answers PING or exits");
 }
 
 /// A real 3-master Redis Cluster on free loopback ports (each node's
@@ -539,8 +611,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts 3 nodes and waits (bounded) until the cluster is ok.
+    /// Starts 3 nodes and waits (bounded) until the cluster is ok. Should
+    /// another process take a port first, starts again on others.
     pub async fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(cluster) = Self::nodes().await {
+                return cluster.create().await;
+            }
+        }
+        panic!("no free ports for a Redis Cluster after 5 tries");
+    }
+
+    /// Three cluster-enabled nodes on free ports, each answering as
+    /// itself; `None` if a port was taken.
+    async fn nodes() -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = Vec::new();
         while ports.len() < 3 {
@@ -568,26 +652,23 @@ impl RedisCluster {
                 .expect("redis-server runs (scripts/test.sh installs it)");
             children.push(child);
         }
-        let cluster = Self {
+        let mut cluster = Self {
             ports,
             children,
             _dir: dir,
         };
-        for port in &cluster.ports {
-            let node = RedisServer {
-                port: *port,
-                child: None,
-                args: Vec::new(),
-            };
-            let poll = async {
-                while node.ping().await.is_err() {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            };
-            tokio::time::timeout(std::time::Duration::from_secs(10), poll)
-                .await
-                .expect("cluster node answers PING");
+        let mut ours = true;
+        for (child, &port) in cluster.children.iter_mut().zip(&cluster.ports) {
+            answers_or_exits(child, port).await;
+            ours &= serves(child, port);
         }
+        // Dropped (killed) when not.
+        ours.then_some(cluster)
+    }
+
+    /// Makes the nodes one cluster and waits (bounded) until it is ok.
+    async fn create(self) -> Self {
+        let cluster = self;
         let nodes: Vec<String> = cluster
             .ports
             .iter()
@@ -608,6 +689,7 @@ impl RedisCluster {
                 port: *port,
                 child: None,
                 args: Vec::new(),
+                held: None,
             };
             let poll = async {
                 loop {
@@ -702,7 +784,9 @@ pub struct RedisTls {
 }
 
 impl RedisTls {
-    /// Starts one and waits (bounded) until `redis-cli --tls` gets PONG.
+    /// Starts one and waits (bounded) until `redis-cli --tls` gets PONG
+    /// (only a server with this CA's certificate can answer it). Should
+    /// another process take the free port first, tries another.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = TestCa::new("quotad test CA");
@@ -710,58 +794,70 @@ impl RedisTls {
         let ca_file = write_file(dir.path(), "ca.pem", &ca.cert_pem);
         let cert_file = write_file(dir.path(), "server.pem", &cert);
         let key_file = write_file(dir.path(), "server.key", &key);
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--tls-cert-file")
-            .arg(&cert_file)
-            .arg("--tls-key-file")
-            .arg(&key_file)
-            .arg("--tls-ca-cert-file")
-            .arg(&ca_file)
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/test.sh installs it)");
-        let ping = || {
-            std::process::Command::new("redis-cli")
-                .args(["--tls", "-h", "localhost", "-p", &port.to_string()])
-                .arg("--cacert")
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&cert_file)
+                .arg("--tls-key-file")
+                .arg(&key_file)
+                .arg("--tls-ca-cert-file")
                 .arg(&ca_file)
-                .arg("PING")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-                .unwrap_or(false)
-        };
-        let poll = async {
-            while !ping() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                .args([
+                    "--tls-auth-clients",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            let ping = || {
+                std::process::Command::new("redis-cli")
+                    .args(["--tls", "-h", "localhost", "-p", &port.to_string()])
+                    .arg("--cacert")
+                    .arg(&ca_file)
+                    .arg("PING")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                    .unwrap_or(false)
+            };
+            // Until it answers, or exits (its port taken).
+            let mut running = true;
+            let poll = async {
+                while !ping() {
+                    running = matches!(child.try_wait(), Ok(None));
+                    if !running {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+                .await
+                .expect("TLS redis-server answers PING or exits");
+            if running {
+                return Self {
+                    port,
+                    ca_file,
+                    child,
+                    _dir: dir,
+                };
             }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
-            .await
-            .expect("TLS redis-server answers PING");
-        Self {
-            port,
-            ca_file,
-            child,
-            _dir: dir,
+            let _ = child.wait();
         }
+        panic!("no free port for a TLS redis-server after 5 tries");
     }
 }
 
@@ -782,54 +878,68 @@ pub struct RedisSentinel {
 }
 
 impl RedisSentinel {
-    /// Starts both and waits (bounded) until the Sentinel knows the master.
+    /// Starts both and waits (bounded) until the Sentinel knows the
+    /// master. Should another process take the Sentinel's free port
+    /// first, tries another.
     pub async fn start() -> Self {
         let master = RedisServer::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        // Sentinel rewrites its config file, so it lives in the temp dir.
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
-                master.port
-            ),
-        )
-        .expect("write sentinel.conf");
-        let child = std::process::Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel runs");
-        let sentinel = RedisServer {
-            port,
-            child: None,
-            args: Vec::new(),
-        };
-        let poll = async {
-            loop {
-                let reply = sentinel
-                    .command("SENTINEL get-master-addr-by-name mymaster")
-                    .await
-                    .unwrap_or_default();
-                if reply == "*2" {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for _ in 0..5 {
+            let port = free_port();
+            // Sentinel rewrites its config file, so it lives in the temp dir.
+            let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\n",
+                    master.port
+                ),
+            )
+            .expect("write sentinel.conf");
+            let mut child = std::process::Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel runs");
+            answers_or_exits(&mut child, port).await;
+            // Another test's Sentinel would know a `mymaster` too: this
+            // one must be the child started here.
+            if !serves(&mut child, port) {
+                let _ = child.kill();
+                let _ = child.wait();
+                continue;
             }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), poll)
-            .await
-            .expect("sentinel knows the master");
-        Self {
-            master,
-            port,
-            child,
-            _dir: dir,
+            let sentinel = RedisServer {
+                port,
+                child: None,
+                args: Vec::new(),
+                held: None,
+            };
+            let poll = async {
+                loop {
+                    let reply = sentinel
+                        .command("SENTINEL get-master-addr-by-name mymaster")
+                        .await
+                        .unwrap_or_default();
+                    if reply == "*2" {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+                .await
+                .expect("sentinel knows the master");
+            return Self {
+                master,
+                port,
+                child,
+                _dir: dir,
+            };
         }
+        panic!("no free port for a Sentinel after 5 tries");
     }
 }
 
