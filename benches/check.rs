@@ -492,9 +492,50 @@ fn components(c: &mut Criterion) {
     g.finish();
 }
 
+/// A key flood's hot path: a store at its cap (100 000 cells; 1 000 in
+/// test mode) of one-shot keys on a bucket of 1 a day (each cell holds a
+/// debt), and checks of keys never seen before, on 1 thread. Each must win
+/// a cell by displacing a one-shot one (or, where no cell may be taken,
+/// go to the overflow bucket). The same source builds against earlier
+/// versions, which sent every such check to the overflow bucket: compare
+/// `flood/new-keys` before and after.
+fn flood(c: &mut Criterion) {
+    let cap = if bench_mode() { 100_000 } else { 1_000 };
+    let daily = Rate::new(nz(1), 86_400 * NANOS_PER_SEC, nz(1_000)).expect("valid rate");
+    let plan = Plan {
+        name: "bench".into(),
+        limits: vec![Limit::new("bench", "daily", LimitKind::Rate(daily))],
+    };
+    let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
+    let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
+    let limits = StoreLimits { max_cells: cap };
+    let limiter = Limiter::new(table, hasher, limits, Arc::new(SystemClock::new()));
+    let mut buf = [0u8; KEY_WIDTH];
+    for i in 0..cap {
+        limiter.check(&Request::new(format_key(&mut buf, i), 1));
+    }
+    let mut next = cap;
+    let mut g = c.benchmark_group("flood");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(BenchmarkId::new("new-keys", cap), |b| {
+        b.iter_custom(|iters| {
+            let (t, ()) = timed(|| {
+                for _ in 0..iters {
+                    // Eight digits: after 10⁸ keys they repeat, long since
+                    // displaced.
+                    next = (next + 1) % 100_000_000;
+                    black_box(limiter.check(&Request::new(format_key(&mut buf, next), 1)));
+                }
+            });
+            t
+        });
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_limit, two_limits, denied, inserts, components
+    targets = one_limit, two_limits, denied, inserts, components, flood
 }
 criterion_main!(benches);

@@ -259,9 +259,13 @@ fn gate_rules(c: &ConnLimits) -> GateRules {
 /// is reached.
 fn warn_if_short_of_files(config: &Config) {
     let per_listener = config.server.conns.max_connections as u64;
-    let listeners = 1 + u64::from(config.admin.is_some());
-    // Listeners, Redis, config files, logs: a few dozen at most.
-    let needed = per_listener * listeners + 64;
+    let admin = config
+        .admin
+        .as_ref()
+        .map_or(0, |a| a.max_connections as u64);
+    // Listeners, the HTTP listener's connections, Redis, config files,
+    // logs.
+    let needed = per_listener + admin + crate::net::http::HTTP_MAX_CONNECTIONS as u64 + 64;
     if let Some(limit) = crate::net::open_files_limit()
         && limit < needed
     {
@@ -541,7 +545,17 @@ impl App {
                     .add_service(reflection().build_v1()?.max_decoding_message_size(max))
                     .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max)),
                 "admin",
-                Gate::new("admin", gate_rules(conns), &metrics),
+                Gate::new(
+                    "admin",
+                    GateRules {
+                        max_connections: config
+                            .admin
+                            .as_ref()
+                            .map_or(conns.max_connections, |a| a.max_connections),
+                        ..gate_rules(conns)
+                    },
+                    &metrics,
+                ),
                 conns,
                 grpc_stop.clone(),
             );

@@ -9,7 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
-//! | [`store`] | this node's cells (`DashMap`s of atomics), the hard cap with its overflow bucket, the idle sweep |
+//! | [`store`] | this node's cells (sharded tables of atomics), the hard cap with its admission policy (a cheap cell displaced for a new key, budgets per source of keys) and the overflow cell as last resort, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
 //! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB) |
 //! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
@@ -18,6 +18,7 @@
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
+//! | [`net`] | what the listeners let in: connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
 //! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge), logging (text or JSON) |
 //! | [`shutdown`] | the shutdown signal every task waits on |
 //! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes |
@@ -62,8 +63,10 @@
 //! - A check passes only if all limits of its plan pass; then all are
 //!   charged, else none.
 //! - Memory: at most `store.max_tracked_keys` cells (plus one overflow cell
-//!   per limit); keys beyond the cap share the overflow bucket. Refused
-//!   checks create no cells; idle ones are swept.
+//!   per limit); a new key past the cap displaces a cell cheap to forget
+//!   (within its source's budget), else shares the overflow cell. Refused
+//!   checks create no cells; idle ones are swept. Connections hold at most
+//!   what `server.*` budgets (see [`net`]).
 //!
 //! - Several nodes on one Redis ([`sync`]): a limit of rate `r`, burst `b`
 //!   on `n` nodes flushing every `i` admits at most about

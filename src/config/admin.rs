@@ -40,6 +40,11 @@ pub const DEFAULT_ADMIN_ADDR: SocketAddr =
 pub const DEFAULT_MAX_OVERRIDES: usize = 10_000;
 /// Largest `admin.max_overrides`.
 const MAX_OVERRIDES_CAP: u64 = 100_000;
+/// Default `admin.max_connections`: operators and their tools need a
+/// handful; each connection's buffers count in the worst case.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 64;
+/// Largest `admin.max_connections`.
+const ADMIN_CONNECTIONS_CAP: u64 = 100_000;
 
 /// The `admin` section. The admin API runs only when the config has one
 /// (with at least one token).
@@ -59,6 +64,10 @@ pub struct AdminSettings {
     pub audit_file: Option<PathBuf>,
     /// Most overrides at once (a cap on memory, and on Redis's hash).
     pub max_overrides: usize,
+    /// Most connections open at once on the admin listener (the rest of
+    /// `server.*`'s connection limits apply to it as to the check
+    /// listener).
+    pub max_connections: usize,
 }
 
 impl AdminSettings {
@@ -178,6 +187,7 @@ pub(super) struct AdminRaw {
     insecure_plaintext: Option<bool>,
     audit_file: Option<NonEmpty>,
     max_overrides: Option<Positive>,
+    max_connections: Option<Positive>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +333,16 @@ impl AdminRaw {
             }
             Some(p) => p.0.get() as usize,
         };
+        let max_connections = match self.max_connections {
+            None => DEFAULT_ADMIN_CONNECTIONS,
+            Some(p) if p.0.get() > ADMIN_CONNECTIONS_CAP => {
+                return Err(Issue::new(
+                    path(&["admin", "max_connections"]),
+                    format!("must be at most {ADMIN_CONNECTIONS_CAP} (got {})", p.0),
+                ));
+            }
+            Some(p) => p.0.get() as usize,
+        };
         let settings = AdminSettings {
             addr: self.addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
             tokens,
@@ -330,6 +350,7 @@ impl AdminRaw {
             insecure_plaintext: self.insecure_plaintext.unwrap_or(false),
             audit_file: self.audit_file.map(|f| base.join(f.0)),
             max_overrides,
+            max_connections,
         };
         if let Some(why) = settings.plaintext_problem() {
             return Err(Issue::new(path(&["admin", "addr"]), why));

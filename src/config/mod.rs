@@ -272,17 +272,17 @@ impl ConnLimits {
     }
 
     /// The most memory connections can hold by these settings, in bytes,
-    /// with `listeners` gRPC listeners (see [`crate::net`]).
-    pub fn worst_case_bytes(&self, listeners: usize) -> u64 {
+    /// with `admin_connections` more on the admin listener (see
+    /// [`crate::net`]).
+    pub fn worst_case_bytes(&self, admin_connections: usize) -> u64 {
         let per_conn = u64::from(self.receive_window_bytes)
             + self.max_unsent_bytes_per_connection as u64
             + crate::net::CONN_OVERHEAD as u64;
         let http = (crate::net::http::HTTP_MAX_CONNECTIONS
             * (crate::net::http::HTTP_MAX_HEADER_BYTES + crate::net::CONN_OVERHEAD / 4))
             as u64;
-        self.max_buffered_bytes as u64
-            + listeners as u64 * self.max_connections as u64 * per_conn
-            + http
+        let conns = (self.max_connections + admin_connections) as u64;
+        self.max_buffered_bytes as u64 + conns * per_conn + http
     }
 }
 
@@ -859,7 +859,7 @@ impl Config {
             format_duration(c.keepalive_timeout),
             c.max_connection_age.map_or("none".to_owned(), format_duration)
         ));
-        let listeners = 1 + usize::from(self.admin.is_some());
+        let admin_connections = self.admin.as_ref().map_or(0, |a| a.max_connections);
         lines.push(format!(
             "buffers: requests {} bytes in all, {} per connection (within {}), unsent answers {} per connection, receive window {}; worst case for connections {} MiB",
             c.max_buffered_bytes,
@@ -867,7 +867,7 @@ impl Config {
             format_duration(c.request_body_timeout),
             c.max_unsent_bytes_per_connection,
             c.receive_window_bytes,
-            c.worst_case_bytes(listeners) >> 20
+            c.worst_case_bytes(admin_connections) >> 20
         ));
         let r = &self.requests;
         lines.push(format!(

@@ -11,7 +11,7 @@
 //! arriving) is not activity either: the connection is idle when nothing
 //! happened for `server.idle_timeout` and no call is being worked on.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -35,6 +35,9 @@ pub struct Activity {
     unsent_cap: usize,
     /// Answers waiting for `unsent` to go down.
     waiters: Mutex<Vec<Waker>>,
+    /// Whether `waiters` may hold any: a write looks here first, so the
+    /// common case (nobody waiting) takes no lock.
+    waiting: AtomicBool,
 }
 
 impl Activity {
@@ -49,6 +52,7 @@ impl Activity {
             unsent: AtomicUsize::new(0),
             unsent_cap,
             waiters: Mutex::new(Vec::new()),
+            waiting: AtomicBool::new(false),
         })
     }
 
@@ -95,6 +99,7 @@ impl Activity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(cx.waker().clone());
+        self.waiting.store(true, Ordering::Release);
         // Written meanwhile: the waker may never be called.
         self.unsent.load(Ordering::Acquire) < self.unsent_cap
     }

@@ -233,6 +233,12 @@ async fn connection(
             _ = &mut served => break,
             _ = slot.end.notified() => break,
             _ = stop.wait(), if !finishing => {
+                // Nothing being answered: nothing to finish (a client
+                // trickling a request's head would hold shutdown up to
+                // the header deadline).
+                if slot.serving.load(Ordering::Acquire) == 0 {
+                    break;
+                }
                 finishing = true;
                 served.as_mut().graceful_shutdown();
             }
