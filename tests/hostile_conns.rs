@@ -143,20 +143,22 @@ async fn partial_calls(conn: &mut RawH2, calls: usize) -> Vec<Call> {
     started
 }
 
-/// Of `calls`, once `settle` has passed: how many were refused with
-/// RESOURCE_EXHAUSTED and how many are still held (no answer). Any other
-/// answer fails the test.
-async fn tally(calls: &[Call], settle: Duration) -> (usize, usize) {
-    tokio::time::sleep(settle).await;
-    let (mut refused, mut held) = (0, 0);
-    for c in calls {
-        if !c.status.is_finished() {
-            held += 1;
-            continue;
+/// Of `calls`: how many were refused with RESOURCE_EXHAUSTED and how many
+/// are still held (no answer), once at least `answered` have their answer
+/// (polled, for at most 20 s) and half a second more has passed.
+async fn tally(calls: &[Call], answered: usize) -> (usize, usize) {
+    let finished = || calls.iter().filter(|c| c.status.is_finished()).count();
+    let poll = async {
+        while finished() < answered {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        refused += 1;
-    }
-    (refused, held)
+    };
+    tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {answered} calls answered", finished()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = finished();
+    (refused, calls.len() - refused)
 }
 
 /// The statuses of the finished calls of `calls`.
@@ -194,7 +196,7 @@ async fn partial_bodies_on_one_connection_and_on_a_hundred_stay_within_the_budge
     let mut one = RawH2::connect(&d.grpc).await;
     let (calls, answered) = served_meanwhile(&d.grpc, async {
         let calls = partial_calls(&mut one, 400).await;
-        let (refused, held) = tally(&calls, Duration::from_secs(1)).await;
+        let (refused, held) = tally(&calls, 399).await;
         assert_eq!((refused, held), (399, 1), "one held, the rest refused");
         calls
     })
@@ -219,7 +221,7 @@ async fn partial_bodies_on_one_connection_and_on_a_hundred_stay_within_the_budge
         for conn in &mut conns {
             calls.extend(partial_calls(conn, 4).await);
         }
-        let (refused, held) = tally(&calls, Duration::from_secs(2)).await;
+        let (refused, held) = tally(&calls, 400 - 64).await;
         assert!(held <= 64, "{held} calls held past the process's budget");
         assert_eq!(refused + held, 400);
         calls

@@ -139,8 +139,11 @@ async fn repeated_descriptor_floods_leave_old_and_new_customers_their_own_daily_
     // Concurrent flood checks may lose a few races for the same victim
     // and land in the overflow cell; none of what follows may.
     let overflowed = store.overflow_checks();
+    // Every one-shot value got a cell, displaced since unless still
+    // tracked, or (a lost race) went to the overflow cell.
     let lost = store.displaced();
-    assert!(lost.counters as usize >= FLOODS * FLOOD - CAP, "{lost:?}");
+    let accounted = lost.counters + store.overflow_checks() + store.tracked() as u64;
+    assert!(accounted >= (FLOODS * FLOOD) as u64, "{lost:?}");
     // After: 20 new customers each get their own counter...
     for c in 0..20 {
         let v = format!("192.0.2.{c}");
@@ -254,17 +257,20 @@ async fn when_every_cell_is_worth_keeping_newcomers_share_the_overflow_cell_and_
     let d = TestDaemon::with_config(&yaml).await;
     let mut client = RateLimiterClient::new(d.channel().await);
     let kept = || (0..100).map(|i| format!("kept-{i}"));
-    batch(&mut client, kept()).await;
-    batch(&mut client, kept()).await;
+    for _ in 0..3 {
+        batch(&mut client, kept()).await;
+    }
     assert!(d.limiter.store().is_full());
-    // Asking once each, no newcomer is worth a cell charged twice.
+    // Asking once each, no newcomer is worth a cell charged three times
+    // (reading 3 in the sketch after one ask takes four busy counters:
+    // about 1e-12 here).
     let left = batch(&mut client, (0..50).map(|i| format!("once-{i}"))).await;
     assert_eq!(
         left,
         (950..1000).rev().collect::<Vec<u64>>(),
         "one shared counter"
     );
-    assert_eq!(batch(&mut client, kept()).await, vec![997; 100]);
+    assert_eq!(batch(&mut client, kept()).await, vec![996; 100]);
     let store = d.limiter.store();
     assert_eq!(store.overflow_checks(), 50);
     assert_eq!(store.displaced().refused, 50);
