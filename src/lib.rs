@@ -38,7 +38,8 @@
 //! nothing; a lost race between the dry run and the charge is refunded.
 //! Only an allowed charge creates a cell (and, for envoyproxy/ratelimit's
 //! fixed windows, which count refused hits too, any counted hit while the
-//! store has room). Nothing on this path awaits or
+//! store is less than nine tenths full); past the cap it must win room
+//! from a cell cheaper to forget ([`store::admission`]). Nothing on this path awaits or
 //! holds a lock across anything slow (a shard's read lock for one CAS).
 //!
 //! An Envoy RLS request for a domain read from envoyproxy/ratelimit files

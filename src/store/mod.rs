@@ -1,7 +1,7 @@
 //! The local store: every tracked bucket and quota counter of this node,
 //! bounded by configuration and fair under attack.
 //!
-//! Cells live in two sharded maps ([`shards`]) keyed by a 64-bit cell id
+//! Cells live in two sharded maps (`shards.rs`) keyed by a 64-bit cell id
 //! (already a keyed hash):
 //! - token buckets: one theoretical arrival time per (limit, key);
 //! - counters: one count per (limit, key, window), with the window's end
@@ -441,12 +441,6 @@ pub struct Map<'a, V> {
 }
 
 impl<V: Cell> Map<'_, V> {
-    /// Whether the store's cap is reached.
-    #[inline]
-    pub fn is_full(&self) -> bool {
-        self.store.is_full()
-    }
-
     /// Whether nine tenths of the store's cap are taken.
     #[inline]
     pub fn is_nearly_full(&self) -> bool {
