@@ -226,13 +226,19 @@ impl LocalStore {
         gone.is_some()
     }
 
-    /// Accounts for one cell gone from a map.
+    /// Accounts for one cell gone from a map, its slot freed.
     fn forget(&self, source: Source, quota: bool) {
+        self.untrack(source, quota);
+        self.release();
+    }
+
+    /// Accounts for one cell gone from a map, its slot kept (for a cell
+    /// that takes its place).
+    fn untrack(&self, source: Source, quota: bool) {
         self.budgets.remove(source, 1);
         if quota {
             self.quota_cells.fetch_sub(1, Ordering::AcqRel);
         }
-        self.release();
     }
 
     /// The token buckets: one arrival time per (limit, key).
@@ -367,10 +373,7 @@ impl LocalStore {
                 break;
             };
             if let Some((loss, source)) = self.take(&victim, asker, now, under) {
-                self.budgets.remove(source, 1);
-                if victim.quota {
-                    self.quota_cells.fetch_sub(1, Ordering::AcqRel);
-                }
+                self.untrack(source, victim.quota);
                 self.displaced.note(victim.quota, loss);
                 return true;
             }
