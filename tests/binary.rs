@@ -54,15 +54,8 @@ fn check_config_rejects_a_bad_unit_with_exit_64_naming_file_line_and_field() {
 #[test]
 fn serve_with_a_bad_config_exits_64_before_binding() {
     let (_dir, path) = fixture("bad.yaml", "plans: [not, a, map]\n");
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--config",
-        ])
+    let out = crate::support::process::serve_command()
+        .arg("--config")
         .arg(&path)
         .output()
         .unwrap();
@@ -214,14 +207,7 @@ async fn serve_limits_and_shadow_flags_answer_envoy_from_the_file() {
 fn redis_flag_needs_a_known_scheme_and_the_hash_secret() {
     let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
     let serve = |url: &str| {
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
+        crate::support::process::serve_command()
             .arg("--config")
             .arg(&path)
             .args(["--redis", url])

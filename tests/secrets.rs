@@ -150,14 +150,7 @@ fn serve_refuses_a_url_redis_cannot_read_without_showing_its_password() {
     let url = format!("redis://:{}@127.0.0.1:6379/0", password());
     let body = format!("{}redis: {{ url: {} }}\n", base_config(), yaml_quoted(&url));
     let config = crate::support::write_file(dir.path(), "q.yaml", &body);
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
+    let out = crate::support::process::serve_command()
         .arg("--config")
         .arg(&config)
         .env_remove("QUOTAD_REDIS")

@@ -160,17 +160,23 @@ pub async fn spawn_serve(extra: &[&str]) -> Daemon {
     spawn_serve_env(extra, &[]).await
 }
 
+/// `quotad serve` on free loopback ports (more arguments to add).
+pub fn serve_command() -> Command {
+    let mut serve = Command::new(BIN);
+    serve.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    serve
+}
+
 /// [`spawn_serve`] with environment variables set for the child.
 pub async fn spawn_serve_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
+    let mut child = tokio::process::Command::from(serve_command())
         .args(extra)
         .env("NO_COLOR", "1")
         .env("QUOTAD_LOG", "info")
