@@ -282,6 +282,18 @@ async fn served_within(d: &TestDaemon, secs: u64) -> Duration {
     started.elapsed()
 }
 
+/// `n` connections to `addr`, each with one call to `path` that sends its
+/// headers and nothing more.
+async fn silent_calls(addr: &str, path: &str, n: usize) -> Vec<(RawH2, Call)> {
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let mut conn = RawH2::connect(addr).await;
+        let call = conn.start(path, Bytes::new()).await;
+        calls.push((conn, call));
+    }
+    calls
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_never_finish_and_silent_streams_give_their_connections_back() {
     let d = TestDaemon::with_config(&with_server(
@@ -291,14 +303,7 @@ async fn calls_that_never_finish_and_silent_streams_give_their_connections_back(
     let addr = d.grpc_addr.to_string();
     // Every slot taken by a connection whose one call never sends its
     // message (headers only).
-    let mut stalled = Vec::new();
-    for _ in 0..30 {
-        let mut conn = RawH2::connect(&addr).await;
-        let call = conn
-            .start("/quotad.v1.RateLimiter/Check", Bytes::new())
-            .await;
-        stalled.push((conn, call));
-    }
+    let mut stalled = silent_calls(&addr, "/quotad.v1.RateLimiter/Check", 30).await;
     // The calls are failed after the body deadline (DEADLINE_EXCEEDED), their
     // connections then idle and closed, and a legitimate client gets in.
     served_within(&d, 10).await;
@@ -312,14 +317,7 @@ async fn calls_that_never_finish_and_silent_streams_give_their_connections_back(
 
     // The same with streams that never send a message: not failed (a
     // stream may wait), but their connections are idle and closed.
-    let mut quiet = Vec::new();
-    for _ in 0..30 {
-        let mut conn = RawH2::connect(&addr).await;
-        let call = conn
-            .start("/quotad.v1.RateLimiter/CheckStream", Bytes::new())
-            .await;
-        quiet.push((conn, call));
-    }
+    let quiet = silent_calls(&addr, "/quotad.v1.RateLimiter/CheckStream", 30).await;
     served_within(&d, 10).await;
     drop(quiet);
 }
