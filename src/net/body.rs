@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::Frame;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use super::activity::Activity;
@@ -118,9 +118,12 @@ pub struct Budgeted<B> {
     headers: usize,
     /// The current message's reservation.
     message: usize,
-    /// Armed while something is owed: a message under way, or the first
-    /// message of a call that is not a stream.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When what is owed must have arrived: set while a message is under
+    /// way, or the first message of a call that is not a stream is owed.
+    due: Option<Instant>,
+    /// The timer for `due`, made only once the body has to wait (most
+    /// requests arrive whole in their first frame and never need one).
+    timer: Option<Pin<Box<Sleep>>>,
     /// The first message is owed by a deadline.
     first_owed: bool,
     /// An error to give on the next poll, then the end.
@@ -146,7 +149,8 @@ impl<B> Budgeted<B> {
             framing: Framing::default(),
             headers: 0,
             message: 0,
-            deadline: None,
+            due: None,
+            timer: None,
             first_owed: !stream,
             failed: None,
             ended: false,
@@ -192,16 +196,26 @@ impl<B> Budgeted<B> {
         self.give(self.headers + self.message);
         self.headers = 0;
         self.message = 0;
-        self.deadline = None;
+        self.due = None;
         self.first_owed = false;
     }
 
     fn arm(&mut self) {
-        let at = tokio::time::Instant::now() + self.rules.timeout;
-        match &mut self.deadline {
-            Some(d) => d.as_mut().reset(at),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        self.due = Some(Instant::now() + self.rules.timeout);
+    }
+
+    /// Whether `due` has passed; registers a wake-up for it if not.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(due) = self.due else {
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
         }
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// Accounts for one chunk of data.
@@ -232,7 +246,7 @@ impl<B> Budgeted<B> {
                 self.arm();
             }
         } else if !self.first_owed {
-            self.deadline = None;
+            self.due = None;
         }
         Ok(())
     }
@@ -288,11 +302,7 @@ where
                 Poll::Ready(other)
             }
             Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if !expired {
+                if !this.expired(cx) {
                     return Poll::Pending;
                 }
                 this.release();
