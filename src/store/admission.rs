@@ -8,8 +8,14 @@
 //! its budget, cells of sources over theirs ([`super::budget`]). Of those
 //! it picks the cheapest to forget: a cell that holds nothing (a full
 //! bucket, a window that is over) at once; else another source's cell
-//! before its own, then the one charged fewest times, the newest of
-//! equals, so a flood's own fresh cells go before older ones. It takes that cell only if it was charged no more often
+//! before its own, then the one charged fewest times. Of cells charged
+//! equally often it goes by how they got in ([`Arrival`], told by
+//! [`Turnover`]): first those that displaced another while the store was
+//! turning over fast (a flood's own cells), oldest first; then those
+//! that found free room, newest first (so the cells a flood filled the
+//! store with go before the customers it found there); last those that
+//! displaced another while the store was calm (new customers after a
+//! flood), oldest first. It takes that cell only if it was charged no more often
 //! than the asker has asked lately ([`super::sketch`], at least once): a
 //! one-shot flood key can displace another one-shot key, or a new
 //! customer's first charge can, but neither can displace a key charged
@@ -25,7 +31,7 @@ use std::cell::Cell as StdCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::Budgets;
-use super::cell::{Cell, Loss, MAX_HITS};
+use super::cell::{Arrival, Cell, Loss, MAX_HITS};
 use crate::core::clock::Nanos;
 use crate::core::source::Source;
 
@@ -42,6 +48,7 @@ pub(crate) struct Candidate {
     pub own: bool,
     /// Charges, 0 when forgetting it loses nothing.
     pub hits: u8,
+    pub arrival: Arrival,
     pub born: u64,
 }
 
@@ -68,14 +75,23 @@ impl Candidate {
                 Loss::Nothing => 0,
                 _ => meta.hits().max(1),
             },
+            arrival: meta.arrival(),
             born: meta.born(),
         })
     }
 
     /// Whether `self` is a better pick than `other`: holds nothing, else
-    /// another source's, else charged fewer times, else newer.
+    /// another source's, else charged fewer times, else by arrival (see
+    /// the module docs).
     pub(crate) fn cheaper_than(&self, other: &Candidate) -> bool {
-        let order = |c: &Candidate| (c.hits > 0, c.own, c.hits, std::cmp::Reverse(c.born));
+        let order = |c: &Candidate| {
+            let (rank, age) = match c.arrival {
+                Arrival::InBurst => (0, c.born),
+                Arrival::Free => (1, u64::MAX - c.born),
+                Arrival::Calm => (2, c.born),
+            };
+            (c.hits > 0, c.own, c.hits, rank, age)
+        };
         order(self) < order(other)
     }
 }
@@ -97,6 +113,48 @@ pub(crate) fn choose(
         }
     }
     best
+}
+
+/// How fast the store turns over: displacements in the current second
+/// (of the store's clock). Up to `calm_max` a second (a 64th of the cap,
+/// at least 16) the store is calm, and a cell that gets in counts as a
+/// new customer's; past that a flood is under way.
+#[derive(Debug)]
+pub struct Turnover {
+    /// The second (Unix, of the store's clock) being counted.
+    second: AtomicU64,
+    count: AtomicU64,
+    calm_max: u64,
+}
+
+impl Turnover {
+    /// For a store of `cap` cells.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            calm_max: (cap as u64 / 64).max(1),
+        }
+    }
+
+    /// Counts one displacement at `now`; how the newcomer got in.
+    pub(crate) fn displaced(&self, now: Nanos) -> Arrival {
+        let second = now / 1_000_000_000;
+        let seen = self.second.load(Ordering::Relaxed);
+        if second > seen
+            && self
+                .second
+                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.calm_max {
+            Arrival::Calm
+        } else {
+            Arrival::InBurst
+        }
+    }
 }
 
 /// What displacing cells has cost, since start.
@@ -184,6 +242,7 @@ mod tests {
             quota: true,
             own: true,
             hits,
+            arrival: Arrival::Free,
             born,
         }
     }
@@ -203,6 +262,25 @@ mod tests {
         // ... a key that asked twice can.
         assert_eq!(choose([c(1, 2, 0), c(2, 5, 0)], 2).map(|c| c.id), Some(1));
         assert!(choose([], 15).is_none());
+        // Of cells charged as often: a flood's (oldest first), then those
+        // that found room (newest first), then calm newcomers.
+        let came = |id, arrival, born| Candidate {
+            arrival,
+            ..c(id, 1, born)
+        };
+        let all = [
+            came(1, Arrival::Calm, 1),
+            came(2, Arrival::Free, 5),
+            came(3, Arrival::Free, 6),
+            came(4, Arrival::InBurst, 8),
+            came(5, Arrival::InBurst, 7),
+        ];
+        assert_eq!(choose(all, 1).map(|c| c.id), Some(5));
+        assert_eq!(choose(all[..3].to_vec(), 1).map(|c| c.id), Some(3));
+        assert_eq!(
+            choose([all[0], came(6, Arrival::Calm, 0)], 1).map(|c| c.id),
+            Some(6)
+        );
         // Another source's cell (over its budget) goes before an own one.
         let other = Candidate {
             own: false,
@@ -215,6 +293,16 @@ mod tests {
             ..c(5, 3, 0)
         };
         assert_eq!(choose([dear, c(1, 1, 0)], 1).map(|c| c.id), Some(1));
+    }
+
+    #[test]
+    fn a_store_is_calm_until_a_64th_of_it_turns_over_in_a_second() {
+        let t = Turnover::new(64 * 20);
+        let second = 1_000_000_000;
+        let arrivals: Vec<Arrival> = (0..21).map(|_| t.displaced(5 * second)).collect();
+        assert!(arrivals[..20].iter().all(|a| *a == Arrival::Calm));
+        assert_eq!(arrivals[20], Arrival::InBurst);
+        assert_eq!(t.displaced(6 * second), Arrival::Calm, "a new second");
     }
 
     #[test]

@@ -8,8 +8,9 @@ use crate::core::clock::Nanos;
 use crate::core::source::Source;
 
 /// Bookkeeping packed into one word beside each cell's state: the source
-/// (16 bits), charges so far (4 bits, saturating), and when the cell was
-/// made (44 bits of Unix milliseconds, good for 500 years).
+/// (16 bits), charges so far (4 bits, saturating), how the cell got in
+/// ([`Arrival`], 2 bits), and when it was made (42 bits of Unix
+/// milliseconds, good for 130 years).
 ///
 /// The charge count is bumped with a plain load and store rather than an
 /// atomic add: two charges racing may count once, which only makes the
@@ -18,19 +19,36 @@ use crate::core::source::Source;
 #[derive(Debug)]
 pub struct Meta(AtomicU64);
 
-const BORN_BITS: u32 = 44;
-const HITS_SHIFT: u32 = BORN_BITS;
+const BORN_BITS: u32 = 42;
+const ARRIVAL_SHIFT: u32 = BORN_BITS;
+const HITS_SHIFT: u32 = 44;
 const SOURCE_SHIFT: u32 = 48;
 /// Charges a cell counts up to.
 pub const MAX_HITS: u8 = 15;
 
 impl Meta {
-    /// A new cell's: from `source`, made at `now`, not charged yet.
+    /// A new cell's: from `source`, made at `now` into free room, not
+    /// charged yet.
     pub fn new(source: Source, now: Nanos) -> Self {
+        Self::arrived(source, now, Arrival::Free)
+    }
+
+    /// A new cell's, which got in as `arrival` says.
+    pub fn arrived(source: Source, now: Nanos, arrival: Arrival) -> Self {
         let born = (now / 1_000_000) & ((1 << BORN_BITS) - 1);
         Meta(AtomicU64::new(
-            (u64::from(source.bits()) << SOURCE_SHIFT) | born,
+            (u64::from(source.bits()) << SOURCE_SHIFT) | ((arrival as u64) << ARRIVAL_SHIFT) | born,
         ))
+    }
+
+    /// How the cell got in.
+    #[inline]
+    pub fn arrival(&self) -> Arrival {
+        match (self.0.load(Ordering::Relaxed) >> ARRIVAL_SHIFT) & 0b11 {
+            1 => Arrival::InBurst,
+            2 => Arrival::Calm,
+            _ => Arrival::Free,
+        }
     }
 
     /// Counts one charge.
@@ -59,6 +77,20 @@ impl Meta {
     pub fn born(&self) -> u64 {
         self.0.load(Ordering::Relaxed) & ((1 << BORN_BITS) - 1)
     }
+}
+
+/// How a cell got into the store: what the admission policy weighs when
+/// choosing among cells charged equally often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Into free room (before the store filled, or after a sweep).
+    Free = 0,
+    /// By displacing another, while the store was turning over fast (a
+    /// key flood): the flood's own cells, mostly.
+    InBurst = 1,
+    /// By displacing another, while the store was calm: a new key after
+    /// (or between) floods.
+    Calm = 2,
 }
 
 /// A token bucket: its theoretical arrival time (GCRA), in Unix ns.
@@ -170,6 +202,13 @@ mod tests {
         assert_eq!(m.hits(), MAX_HITS);
         assert_eq!(m.source(), Source::from_bits(4095), "hits never spill");
         assert_eq!(m.born(), now / 1_000_000);
+        assert_eq!(m.arrival(), Arrival::Free);
+        for a in [Arrival::InBurst, Arrival::Calm] {
+            let d = Meta::arrived(Source::OVERFLOW, now, a);
+            d.hit();
+            assert_eq!((d.arrival(), d.born(), d.hits()), (a, now / 1_000_000, 1));
+            assert_eq!(d.source(), Source::OVERFLOW);
+        }
         let overflow = Meta::new(Source::OVERFLOW, now);
         assert_eq!(overflow.source(), Source::OVERFLOW);
     }

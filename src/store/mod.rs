@@ -35,9 +35,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::core::clock::Nanos;
 use crate::core::source::Source;
-use admission::{Candidate, Displaced, SAMPLES};
+use admission::{Candidate, Displaced, SAMPLES, Turnover};
 use budget::Budgets;
-pub use cell::{BucketCell, Cell, Loss, Meta, QuotaCell};
+pub use cell::{Arrival, BucketCell, Cell, Loss, Meta, QuotaCell};
 use journal::Journal;
 use shards::{Inserted, Shards};
 use sketch::Sketch;
@@ -84,6 +84,7 @@ pub struct LocalStore {
     /// Made on first use: a store that never fills never pays for it.
     sketch: OnceLock<Sketch>,
     displaced: Displaced,
+    turnover: Turnover,
     /// Pending deltas for Redis sync; `None` on a node without Redis.
     journal: Option<Journal>,
 }
@@ -102,6 +103,7 @@ impl LocalStore {
             budgets: Budgets::new(limits.max_cells),
             sketch: OnceLock::new(),
             displaced: Displaced::default(),
+            turnover: Turnover::new(limits.max_cells),
             journal: None,
         }
     }
@@ -357,11 +359,11 @@ impl LocalStore {
     }
 
     /// Asks the admission policy for room for a new cell of `asker`
-    /// (cell id `id`) at `now`: true when a cell was displaced, its slot
-    /// now the caller's; false when every cell sampled is worth more (see
-    /// [`admission`]). A victim another check took first costs another
-    /// sample, a few times at most.
-    fn make_room(&self, asker: Source, id: u64, now: Nanos) -> bool {
+    /// (cell id `id`) at `now`: how the newcomer got in when a cell was
+    /// displaced, its slot now the caller's; `None` when every cell
+    /// sampled is worth more (see [`admission`]). A victim another check
+    /// took first costs another sample, a few times at most.
+    fn make_room(&self, asker: Source, id: u64, now: Nanos) -> Option<Arrival> {
         let sketch = self
             .sketch
             .get_or_init(|| Sketch::new(self.limits.max_cells));
@@ -375,11 +377,11 @@ impl LocalStore {
             if let Some((loss, source)) = self.take(&victim, asker, now, under) {
                 self.untrack(source, victim.quota);
                 self.displaced.note(victim.quota, loss);
-                return true;
+                return Some(self.turnover.displaced(now));
             }
         }
         self.displaced.refused();
-        false
+        None
     }
 
     /// The cells `asker` may take from a run of neighbouring cells in the
@@ -476,10 +478,14 @@ impl<V: Cell> Map<'_, V> {
             return (r, Landed::Own);
         }
         let store = self.store;
-        if store.reserve() || store.make_room(source, id, now) {
-            let made = self
-                .cells
-                .insert_with(id, || make(Meta::new(source, now)), |c| f(c, false));
+        let arrival = if store.reserve() {
+            Some(Arrival::Free)
+        } else {
+            store.make_room(source, id, now)
+        };
+        if let Some(arrival) = arrival {
+            let meta = Meta::arrived(source, now, arrival);
+            let made = self.cells.insert_with(id, || make(meta), |c| f(c, false));
             return (store.settle(made, source, self.quota), Landed::Own);
         }
         store.overflow_checks.fetch_add(1, Ordering::Relaxed);
