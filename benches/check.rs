@@ -1,4 +1,4 @@
-//! Benchmarks of the decision path, [`Limiter::check`], with 1, 1 000 and
+//! Benchmarks of the decision path, [`Engine::check`], with 1, 1 000 and
 //! 1 000 000 distinct keys on 1 and 2 threads. Results and how to read them:
 //! `BENCHMARKS.md`.
 //!
@@ -32,7 +32,8 @@ use criterion::{
 };
 use quotad::core::clock::NANOS_PER_SEC;
 use quotad::core::window::Window;
-use quotad::core::{Clock, KeyHasher, Limiter, Request, SystemClock};
+use quotad::core::{Clock, KeyHasher, Request, SystemClock};
+use quotad::engine::Engine;
 use quotad::limits::{Limit, LimitKind, Plan, Quota, Rate, Table};
 use quotad::store::StoreLimits;
 
@@ -165,23 +166,23 @@ fn tight_plan() -> Plan {
     }
 }
 
-/// A limiter on the real clock with keys `0..n` already tracked, so the
+/// A engine on the real clock with keys `0..n` already tracked, so the
 /// timed checks are lookups of existing cells.
-fn limiter(plan: Plan, n: usize) -> Arc<Limiter> {
+fn engine(plan: Plan, n: usize) -> Arc<Engine> {
     let cells_per_key = plan.limits.len();
     let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
     let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
     let limits = StoreLimits {
         max_cells: MAX_CELLS,
     };
-    let limiter = Limiter::new(table, hasher, limits, Arc::new(SystemClock::new()));
+    let engine = Engine::new(table, hasher, limits, Arc::new(SystemClock::new()));
     let keys = Keys::get();
     for i in 0..n {
-        limiter.check(&Request::new(keys.key(i), 1));
+        engine.check(&Request::new(keys.key(i), 1));
     }
-    assert_eq!(limiter.store().tracked(), n * cells_per_key);
-    assert_eq!(limiter.store().overflowed(), 0);
-    Arc::new(limiter)
+    assert_eq!(engine.store().tracked(), n * cells_per_key);
+    assert_eq!(engine.store().overflowed(), 0);
+    Arc::new(engine)
 }
 
 /// Writes key `i` (`key-` and 8 digits, the same text as [`Keys::key`])
@@ -248,7 +249,7 @@ impl KeySource {
 /// `iters` checks of cost 1 on keys drawn from `0..n`; returns how many
 /// were allowed.
 #[inline]
-fn checks(limiter: &Limiter, n: usize, iters: u64, seed: u64, source: KeySource) -> u64 {
+fn checks(engine: &Engine, n: usize, iters: u64, seed: u64, source: KeySource) -> u64 {
     let keys = Keys::get();
     let zipf = if source == KeySource::Zipf {
         zipf_indices()
@@ -271,7 +272,7 @@ fn checks(limiter: &Limiter, n: usize, iters: u64, seed: u64, source: KeySource)
                 format_key(&mut buf, zipf[z % zipf.len()] as usize)
             }
         };
-        let d = limiter.check(&Request::new(key, 1));
+        let d = engine.check(&Request::new(key, 1));
         allowed += u64::from(d.allowed);
     }
     allowed
@@ -300,13 +301,13 @@ impl Tally {
     }
 }
 
-/// Benches `iters` checks over `threads` threads sharing `limiter`; the
+/// Benches `iters` checks over `threads` threads sharing `engine`; the
 /// sample time is the wall time of the slowest thread, measured from a
 /// common start (a barrier), so thread spawning is not counted.
 fn bench_checks(
     g: &mut BenchmarkGroup<'_, WallTime>,
     source: KeySource,
-    limiter: &Arc<Limiter>,
+    engine: &Arc<Engine>,
     n: usize,
     threads: usize,
 ) {
@@ -315,7 +316,7 @@ fn bench_checks(
     g.bench_function(BenchmarkId::new(format!("{name}/t{threads}"), n), |b| {
         b.iter_custom(|iters| {
             if threads == 1 {
-                let (t, allowed) = timed(|| checks(limiter, n, iters, seed(0), source));
+                let (t, allowed) = timed(|| checks(engine, n, iters, seed(0), source));
                 tally.add(iters, allowed);
                 return t;
             }
@@ -326,11 +327,11 @@ fn bench_checks(
                 let handles: Vec<_> = (0..threads)
                     .map(|t| {
                         let mine = base + u64::from((t as u64) < extra);
-                        let limiter: &Limiter = limiter;
+                        let engine: &Engine = engine;
                         let barrier = &barrier;
                         s.spawn(move || {
                             barrier.wait();
-                            timed(|| checks(limiter, n, mine, seed(t), source))
+                            timed(|| checks(engine, n, mine, seed(t), source))
                         })
                     })
                     .collect();
@@ -356,20 +357,20 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-/// One group per plan; each key count's limiter (and the shared key buffer)
+/// One group per plan; each key count's engine (and the shared key buffer)
 /// is built once and used by both thread counts.
 fn check_group(c: &mut Criterion, group: &str, plan: fn() -> Plan) {
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     for n in key_counts() {
-        let limiter = limiter(plan(), n);
+        let engine = engine(plan(), n);
         for threads in [1, 2] {
-            bench_checks(&mut g, KeySource::Buffer, &limiter, n, threads);
+            bench_checks(&mut g, KeySource::Buffer, &engine, n, threads);
         }
         if n == big_keys() {
             for source in [KeySource::Formatted, KeySource::Zipf] {
                 for threads in [1, 2] {
-                    bench_checks(&mut g, source, &limiter, n, threads);
+                    bench_checks(&mut g, source, &engine, n, threads);
                 }
             }
         }
@@ -390,8 +391,8 @@ fn two_limits(c: &mut Criterion) {
 fn denied(c: &mut Criterion) {
     let mut g = c.benchmark_group("denied");
     g.throughput(Throughput::Elements(1));
-    let limiter = limiter(tight_plan(), 1);
-    bench_checks(&mut g, KeySource::Buffer, &limiter, 1, 1);
+    let engine = engine(tight_plan(), 1);
+    bench_checks(&mut g, KeySource::Buffer, &engine, 1, 1);
     g.finish();
 }
 
@@ -404,7 +405,7 @@ fn inserts(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let n = big_keys();
     let keys = Keys::get();
-    let mut fresh = limiter(one_limit_plan(), 0);
+    let mut fresh = engine(one_limit_plan(), 0);
     let mut next = 0;
     g.bench_function(BenchmarkId::new("one-limit/fill-to", n), |b| {
         b.iter_custom(|iters| {
@@ -412,7 +413,7 @@ fn inserts(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             while left > 0 {
                 if next == n {
-                    fresh = limiter(one_limit_plan(), 0);
+                    fresh = engine(one_limit_plan(), 0);
                     next = 0;
                 }
                 let k = (left as usize).min(n - next);
@@ -509,10 +510,10 @@ fn flood(c: &mut Criterion) {
     let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
     let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
     let limits = StoreLimits { max_cells: cap };
-    let limiter = Limiter::new(table, hasher, limits, Arc::new(SystemClock::new()));
+    let engine = Engine::new(table, hasher, limits, Arc::new(SystemClock::new()));
     let mut buf = [0u8; KEY_WIDTH];
     for i in 0..cap {
-        limiter.check(&Request::new(format_key(&mut buf, i), 1));
+        engine.check(&Request::new(format_key(&mut buf, i), 1));
     }
     let mut next = cap;
     let mut g = c.benchmark_group("flood");
@@ -524,7 +525,7 @@ fn flood(c: &mut Criterion) {
                     // Eight digits: after 10⁸ keys they repeat, long since
                     // displaced.
                     next = (next + 1) % 100_000_000;
-                    black_box(limiter.check(&Request::new(format_key(&mut buf, next), 1)));
+                    black_box(engine.check(&Request::new(format_key(&mut buf, next), 1)));
                 }
             });
             t

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quotad::core::clock::NANOS_PER_SEC;
-use quotad::core::{Clock, KeyHasher, Limiter, ManualClock, Request};
+use quotad::core::{Clock, KeyHasher, ManualClock, Request};
+use quotad::engine::Engine;
 use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
 use quotad::store::StoreLimits;
 
@@ -114,7 +115,7 @@ fn mib(bytes: usize) -> f64 {
 
 /// One bucket, 1000/s with a burst of 1000: a single check leaves it 1 ms
 /// from full.
-fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Limiter {
+fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Engine {
     let rate = Rate::new(
         NonZeroU64::new(1_000).expect("non-zero"),
         NANOS_PER_SEC,
@@ -128,18 +129,18 @@ fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Limiter {
     let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
     let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
     let clock: Arc<dyn Clock> = clock.clone();
-    Limiter::new(table, hasher, StoreLimits { max_cells }, clock)
+    Engine::new(table, hasher, StoreLimits { max_cells }, clock)
 }
 
 /// One check of cost 1 for each of the keys `key-00000000` … `key-{n-1}`.
 /// The key is formatted into one reused buffer, so the keys themselves add
 /// nothing to the heap.
-fn insert_keys(limiter: &Limiter, n: usize) {
+fn insert_keys(engine: &Engine, n: usize) {
     let mut key = String::with_capacity(32);
     for i in 0..n {
         key.clear();
         write!(key, "key-{i:08}").expect("writing to a String");
-        limiter.check(&Request::new(&key, 1));
+        engine.check(&Request::new(&key, 1));
     }
 }
 
@@ -176,15 +177,15 @@ fn main() {
     // 1. Memory per tracked key.
     let clock = Arc::new(ManualClock::new(T0));
     let heap_base = heap();
-    let limiter = new_limiter(2_000_000, &clock);
+    let engine = new_limiter(2_000_000, &clock);
     let heap_before = heap();
     let rss_before = rss();
     PEAK.store(heap_before, Ordering::Relaxed);
-    insert_keys(&limiter, n);
+    insert_keys(&engine, n);
     let heap_after = heap();
     let rss_after = rss();
     let peak = PEAK.load(Ordering::Relaxed);
-    let tracked = limiter.store().tracked();
+    let tracked = engine.store().tracked();
     let heap_delta = heap_after as isize - heap_before as isize;
     let by_alloc = per_key(heap_delta, tracked);
 
@@ -192,10 +193,7 @@ fn main() {
     println!("== insert ==");
     println!("keys checked:            {n}");
     println!("tracked cells:           {tracked}");
-    println!(
-        "empty limiter:           {} B heap",
-        heap_before - heap_base
-    );
+    println!("empty engine:           {} B heap", heap_before - heap_base);
     println!(
         "heap after − before:     {:.1} MiB  → {by_alloc:.1} B/key (allocator)",
         mib(heap_delta.max(0) as usize)
@@ -219,19 +217,19 @@ fn main() {
     );
 
     assert!(tracked >= n, "every key tracked: {tracked} < {n}");
-    assert_eq!(limiter.store().overflowed(), 0);
+    assert_eq!(engine.store().overflowed(), 0);
     assert!(by_alloc > 0.0, "the store must cost something per key");
 
     // 2. After a sweep: every bucket is full again 1 ms later; a minute on,
     // the sweep drops them all.
     clock.set(T0 + 60 * NANOS_PER_SEC);
-    let report = limiter.sweep();
+    let report = engine.sweep();
     let heap_swept = heap();
     let rss_swept = rss();
     println!();
     println!("== after sweep (clock +60 s) ==");
     println!("buckets dropped:         {}", report.buckets);
-    println!("tracked cells:           {}", limiter.store().tracked());
+    println!("tracked cells:           {}", engine.store().tracked());
     let kept = heap_swept as isize - heap_before as isize;
     println!(
         "heap vs before insert:   {:+.1} MiB ({})",
@@ -250,8 +248,8 @@ fn main() {
         _ => println!("RSS vs before insert:    n/a"),
     }
     assert_eq!(report.buckets, n);
-    assert_eq!(limiter.store().tracked(), 0);
-    drop(limiter);
+    assert_eq!(engine.store().tracked(), 0);
+    drop(engine);
     println!(
         "heap after drop vs base: {:+} B",
         heap() as isize - heap_base as isize
@@ -263,11 +261,11 @@ fn main() {
     let cap = n / 10;
     let clock = Arc::new(ManualClock::new(T0));
     let heap_before = heap();
-    let limiter = new_limiter(cap, &clock);
-    insert_keys(&limiter, n);
-    let tracked = limiter.store().tracked();
-    let overflowed = limiter.store().overflowed();
-    let displaced = limiter.store().displaced();
+    let engine = new_limiter(cap, &clock);
+    insert_keys(&engine, n);
+    let tracked = engine.store().tracked();
+    let overflowed = engine.store().overflowed();
+    let displaced = engine.store().displaced();
     println!();
     println!("== capped: max_cells = {cap}, {n} distinct keys ==");
     println!("tracked cells:           {tracked} (the cap)");

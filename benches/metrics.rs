@@ -29,7 +29,7 @@ fn allowed() -> Decision {
 fn denied() -> Decision {
     Decision {
         allowed: false,
-        reason: DenyReason::Limited,
+        reason: Some(DenyReason::Limited),
         ..allowed()
     }
 }

@@ -1,6 +1,6 @@
 //! What operators' overrides cost: on the check path, and per change.
 //!
-//! - `check/*`: `Limiter::check` of 1 000 keys in turn on a one-limit
+//! - `check/*`: `Engine::check` of 1 000 keys in turn on a one-limit
 //!   plan, with no override in force, with 10 000 overrides in force (for
 //!   other keys), and with the checked keys overridden themselves. The
 //!   first two should be equal: a key without an override pays one hash
@@ -20,7 +20,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quotad::config::Config;
 use quotad::control::{Change, Control};
-use quotad::core::{KeyHasher, Limiter, Request, SystemClock};
+use quotad::core::{KeyHasher, Request, SystemClock};
+use quotad::engine::Engine;
 use quotad::limits::{Override, Target};
 use quotad::store::StoreLimits;
 
@@ -29,11 +30,11 @@ const CONFIG: &str = "default_plan: p\nplans:\n  p: { limits: [ { name: per-seco
 /// Keys the check cases cycle through.
 const KEYS: usize = 1_000;
 
-fn setup() -> (Arc<Limiter>, Arc<Control>) {
+fn setup() -> (Arc<Engine>, Arc<Control>) {
     let config = Config::from_yaml(CONFIG, "bench.yaml").expect("bench config");
     let hasher = KeyHasher::with_secret([3; 16]);
     let table = config.limits.table(&hasher).expect("table");
-    let limiter = Arc::new(Limiter::new(
+    let engine = Arc::new(Engine::new(
         table,
         hasher,
         StoreLimits {
@@ -41,8 +42,8 @@ fn setup() -> (Arc<Limiter>, Arc<Control>) {
         },
         Arc::new(SystemClock::new()),
     ));
-    let control = Control::new(Arc::clone(&limiter), config, String::new());
-    (limiter, control)
+    let control = Control::new(Arc::clone(&engine), config, String::new());
+    (engine, control)
 }
 
 fn record(key_hash: u64, plan: &str) -> Override {
@@ -57,8 +58,8 @@ fn record(key_hash: u64, plan: &str) -> Override {
 }
 
 /// `n` overrides for keys `over-<i>`, and the bench keys too if `mine`.
-fn overrides(limiter: &Limiter, n: usize, mine: bool) -> Vec<Override> {
-    let h = limiter.hasher();
+fn overrides(engine: &Engine, n: usize, mine: bool) -> Vec<Override> {
+    let h = engine.hasher();
     let mut out: Vec<Override> = (0..n)
         .map(|i| record(h.key_hash(format!("over-{i}").as_bytes()), "q"))
         .collect();
@@ -77,18 +78,18 @@ fn checks(c: &mut Criterion) {
         ("10k-overrides-for-others", 10_000, false),
         ("key-overridden", 10_000, true),
     ] {
-        let (limiter, control) = setup();
-        control.replace_all(overrides(&limiter, n, mine));
+        let (engine, control) = setup();
+        control.replace_all(overrides(&engine, n, mine));
         let mut i = 0;
         g.bench_function(case, |b| {
             b.iter(|| {
                 i = (i + 1) % KEYS;
-                black_box(limiter.check(&Request::new(&names[i], 1)))
+                black_box(engine.check(&Request::new(&names[i], 1)))
             })
         });
         let want = if mine { "q" } else { "p" };
-        let d = limiter.check(&Request::new(&names[0], 1));
-        let snap = limiter.snapshot();
+        let d = engine.check(&Request::new(&names[0], 1));
+        let snap = engine.view();
         let plan = snap.limit(&d).map(|l| l.policy.as_str());
         assert_eq!(plan, Some(format!("{want}/per-second").as_str()));
     }
@@ -99,9 +100,9 @@ fn apply_one(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply-one");
     g.throughput(Throughput::Elements(1));
     for n in [1_000usize, 10_000, 100_000] {
-        let (limiter, control) = setup();
-        control.replace_all(overrides(&limiter, n, false));
-        let key = limiter.hasher().key_hash(b"changing");
+        let (engine, control) = setup();
+        control.replace_all(overrides(&engine, n, false));
+        let key = engine.hasher().key_hash(b"changing");
         let mut flip = false;
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
@@ -110,7 +111,7 @@ fn apply_one(c: &mut Criterion) {
                 control.apply(&[Change::Set(record(key, plan))]);
             })
         });
-        assert_eq!(limiter.snapshot().table().overrides(), n + 1);
+        assert_eq!(engine.view().table().overrides(), n + 1);
     }
     g.finish();
 }

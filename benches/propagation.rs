@@ -110,12 +110,12 @@ fn main() {
                 r.metadata_mut().insert("authorization", bearer.clone());
                 Ok(r)
             });
-        let hash = b.limiter().hasher().key_hash(b"moving-key");
+        let hash = b.engine().hasher().key_hash(b"moving-key");
         let mut call = Vec::new();
         let mut seen = Vec::new();
         for i in 0..changes {
             let plan = if i % 2 == 0 { "gold" } else { "silver" };
-            let want = b.limiter().snapshot().table().plan_id(plan).expect("plan");
+            let want = b.engine().view().table().plan_id(plan).expect("plan");
             let start = Instant::now();
             admin
                 .set_override(SetOverrideRequest {
@@ -128,8 +128,8 @@ fn main() {
                 .expect("set");
             call.push(start.elapsed());
             loop {
-                let now = b.limiter().now();
-                let got = b.limiter().snapshot().table().assign(hash, now);
+                let now = b.engine().now();
+                let got = b.engine().view().table().assign(hash, now);
                 if got == (Assigned::Plan(want), Source::Override) {
                     break;
                 }

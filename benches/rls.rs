@@ -32,7 +32,8 @@ use futures_util::FutureExt;
 use quotad::api::envoy_rls::EnvoyRlsService;
 use quotad::api::headers::{self, HeaderStyle, Standing};
 use quotad::config::{Config, EnvoySettings, RequestCaps};
-use quotad::core::{KeyHasher, Limiter, SystemClock};
+use quotad::core::{KeyHasher, SystemClock};
+use quotad::engine::Engine;
 use quotad::limits::rls::Algorithm;
 use quotad::store::StoreLimits;
 
@@ -58,14 +59,14 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
         .table(&hasher)
         .expect("table")
         .with_rls(config.rls.clone());
-    let limiter = Arc::new(Limiter::new(
+    let engine = Engine::new(
         table,
         hasher,
         StoreLimits {
             max_cells: 4 * MANY,
         },
         Arc::new(SystemClock::new()),
-    ));
+    );
     let config = Config {
         envoy: EnvoySettings {
             domains: vec!["plans".into()],
@@ -75,11 +76,7 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
         response_headers: style,
         ..config
     };
-    EnvoyRlsService::new(
-        limiter,
-        Arc::new(arc_swap::ArcSwap::from_pointee(config)),
-        Arc::new(quotad::telemetry::Metrics::new()),
-    )
+    EnvoyRlsService::new(Arc::new(engine.with_config(Arc::new(config))))
 }
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {

@@ -2,8 +2,8 @@
 //! same load, and what the sync task costs Redis. Not a criterion bench: a
 //! plain `main` (results in `BENCHMARKS.md`).
 //!
-//! For each key count it runs 2 threads of `Limiter::check` for a fixed
-//! time on (1) an in-memory limiter, (2) one that journals its charges
+//! For each key count it runs 2 threads of `Engine::check` for a fixed
+//! time on (1) an in-memory engine, (2) one that journals its charges
 //! with nobody draining them (the request path's own cost), and (3) one
 //! whose charges are journaled and flushed every 50 ms to a real `redis-server` (started on
 //! a free loopback port) by the real sync task, then reports the ratio,
@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use quotad::config::RedisSettings;
 use quotad::core::clock::NANOS_PER_SEC;
-use quotad::core::{KeyHasher, Limiter, Request, SystemClock};
+use quotad::core::{KeyHasher, Request, SystemClock};
+use quotad::engine::Engine;
 use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
 use quotad::shutdown;
 use quotad::store::StoreLimits;
@@ -35,7 +36,7 @@ use common::{Redis, bench_mode};
 
 const THREADS: usize = 2;
 
-fn limiter(sync: bool) -> Arc<Limiter> {
+fn engine(sync: bool) -> Arc<Engine> {
     let rate = Rate::new(
         NonZeroU64::new(1_000_000).unwrap_or(NonZeroU64::MIN),
         NANOS_PER_SEC,
@@ -48,7 +49,7 @@ fn limiter(sync: bool) -> Arc<Limiter> {
     };
     let hasher = KeyHasher::with_secret([7; 16]);
     let table = Table::new(vec![plan], "p", [], &hasher).expect("table");
-    let mut l = Limiter::new(
+    let mut l = Engine::new(
         table,
         hasher,
         StoreLimits {
@@ -63,7 +64,7 @@ fn limiter(sync: bool) -> Arc<Limiter> {
 }
 
 /// Checks per second over `keys` keys for `run`, on [`THREADS`] threads.
-fn throughput(l: &Limiter, keys: usize, run: Duration) -> f64 {
+fn throughput(l: &Engine, keys: usize, run: Duration) -> f64 {
     let names: Vec<String> = (0..keys).map(|i| format!("key-{i:08}")).collect();
     let stop = AtomicBool::new(false);
     let total: u64 = std::thread::scope(|s| {
@@ -119,11 +120,11 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for &keys in key_counts {
-        let local = throughput(&limiter(false), keys, run);
+        let local = throughput(&engine(false), keys, run);
         // The request path's own cost: journaling, with no task draining.
-        let journal_only = throughput(&limiter(true), keys, run);
+        let journal_only = throughput(&engine(true), keys, run);
 
-        let l = limiter(true);
+        let l = engine(true);
         let mut settings = RedisSettings::new(format!("redis://127.0.0.1:{}", redis.port));
         settings.sync_interval = Duration::from_millis(50);
         // The connection manager needs the runtime's reactor.

@@ -7,11 +7,12 @@
 #
 # CASE: displace (new keys into a store full of one-shot cells), refuse
 # (new keys into a store full of cells charged twice), tracked (keys
-# already tracked), rls (Envoy RLS calls of one descriptor, tracked keys).
+# already tracked, in batches of 100), check (native unary Check calls,
+# tracked keys), rls (Envoy RLS calls of one descriptor, tracked keys).
 # TREE: a checkout whose release binaries are built (default: this one),
 # so an older tree can be measured the same way. Needs valgrind and curl.
 set -euo pipefail
-case_name=${1:?usage: callgrind-checks.sh displace|refuse|tracked|rls [TREE]}
+case_name=${1:?usage: callgrind-checks.sh displace|refuse|tracked|check|rls [TREE]}
 tree=$(cd "${2:-$(dirname "$0")/..}" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -43,6 +44,7 @@ case $case_name in
     displace) fill; measure=("${new_keys[@]}"); n=20000 ;;
     refuse) fill; fill; measure=("${new_keys[@]}"); n=20000 ;;
     tracked) fill; fill; measure=(--mode batch --batch 100 --dist uniform --keys 10000 --requests 200); n=20000 ;;
+    check) fill; fill; measure=(--mode check --dist uniform --keys 10000 --requests 3000); n=3000 ;;
     rls) fill; fill; measure=(--mode rls --dist uniform --keys 10000 --requests 3000); n=3000 ;;
     *) echo "unknown case $case_name" >&2; exit 64 ;;
 esac

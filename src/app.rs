@@ -1,7 +1,7 @@
 //! Builds the daemon from a [`Config`] and runs it: the only place tasks
 //! are spawned, and the owner of the shutdown order.
 //!
-//! Start-up: build the table and limiter (config already validated), bind
+//! Start-up: build the table and engine (config already validated), bind
 //! every listener (so a taken port fails before anything serves), log each
 //! bound address, then mark ready.
 //!
@@ -27,7 +27,6 @@ use tower_layer::{Identity, Stack};
 
 use crate::admin::AdminService;
 use crate::admin::audit::{Audit, Record};
-use crate::api::decide::Strict;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::malformed::Malformed;
@@ -38,7 +37,9 @@ use crate::api::pb::rate_limiter_server::RateLimiterServer;
 use crate::config::{Config, ConnLimits, TlsFiles};
 use crate::control::Control;
 use crate::control::reload::{Cause, Loader, Reloader, fingerprint};
-use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
+use crate::core::{Clock, KeyHasher, SystemClock};
+use crate::engine::Engine;
+use crate::engine::Strict;
 use crate::net::body::BodyRules;
 use crate::net::budget::Budget;
 use crate::net::gate::GateRules;
@@ -103,7 +104,7 @@ pub enum AppError {
 /// A daemon with its listeners bound, ready to [`App::run`].
 pub struct App {
     control: Arc<Control>,
-    limiter: Arc<Limiter>,
+    engine: Arc<Engine>,
     grpc: Listener,
     http: TcpListener,
     admin: Option<Listener>,
@@ -282,7 +283,7 @@ fn warn_if_short_of_files(config: &Config) {
 const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
 
 impl App {
-    /// Builds the limiter and binds the listeners, using the real clock.
+    /// Builds the engine and binds the listeners, using the real clock.
     pub async fn bind(config: Config) -> Result<App, AppError> {
         Self::bind_with_clock(config, Arc::new(SystemClock::new())).await
     }
@@ -297,20 +298,21 @@ impl App {
         let limits = StoreLimits {
             max_cells: config.store.max_tracked_keys,
         };
-        let mut limiter = Limiter::new(table, hasher, limits, clock);
-        if config.redis.is_some() {
-            limiter.enable_sync();
-        }
-        let limiter = Arc::new(limiter);
         // The stopwatch's clock calibrates on first use (up to 200 ms):
         // here, not in the first request.
         let _ = crate::core::clock::Stopwatch::start();
         let metrics = Arc::new(Metrics::new());
         let m = &config.metrics;
         metrics.heavy().configure(m.heavy_keys, m.key_names.clone());
+        let mut engine =
+            Engine::new(table, hasher, limits, clock).with_metrics(Arc::clone(&metrics));
+        if config.redis.is_some() {
+            engine.enable_sync();
+        }
+        let engine = Arc::new(engine);
         let sync = match &config.redis {
             Some(settings) => {
-                let (sync, handle) = RedisSync::new(Arc::clone(&limiter), settings.clone())?;
+                let (sync, handle) = RedisSync::new(Arc::clone(&engine), settings.clone())?;
                 Some((sync.with_metrics(Arc::clone(&metrics)), handle))
             }
             None => None,
@@ -353,10 +355,10 @@ impl App {
         let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
             .await
             .unwrap_or_default();
-        let control = Control::new(Arc::clone(&limiter), config, digest);
+        let control = Control::new(Arc::clone(&engine), config, digest);
         Ok(App {
             control,
-            limiter,
+            engine,
             grpc,
             http,
             admin,
@@ -405,8 +407,8 @@ impl App {
     }
 
     /// The engine, for embedding and tests.
-    pub fn limiter(&self) -> Arc<Limiter> {
-        Arc::clone(&self.limiter)
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
     }
 
     /// This daemon's metrics (what `/metrics` renders).
@@ -426,7 +428,7 @@ impl App {
     ) -> Result<(), AppError> {
         let App {
             control,
-            limiter,
+            engine,
             grpc,
             http,
             admin,
@@ -455,25 +457,16 @@ impl App {
         ));
 
         let health = HealthService::new(ready.clone(), SERVICES, grpc_stop.clone());
-        let mut native = NativeService::new(
-            Arc::clone(&limiter),
-            control.live(),
-            grpc_stop.clone(),
-            Arc::clone(&metrics),
-        );
-        let mut rls =
-            EnvoyRlsService::new(Arc::clone(&limiter), control.live(), Arc::clone(&metrics));
+        let native = NativeService::new(Arc::clone(&engine), grpc_stop.clone());
+        let rls = EnvoyRlsService::new(Arc::clone(&engine));
         // Strict mode whenever Redis is configured: a plan, a reload or an
         // override may ask for it. Its connection is made on first use.
         if let (Some((sync, _)), Some(settings)) = (&sync, &config.redis) {
             let (client, task) = sync.strict()?;
-            let strict = Strict {
+            engine.set_strict(Strict {
                 client,
                 on_error: settings.on_redis_error,
-                metrics: Arc::clone(&metrics),
-            };
-            native = native.with_strict(strict.clone());
-            rls = rls.with_strict(strict);
+            });
             let mut stop = rest_stop.clone();
             rest.spawn(async move {
                 tokio::select! {
@@ -628,10 +621,7 @@ impl App {
         }
 
         ready.set(true);
-        tracing::info!(
-            plans = limiter.snapshot().table().plans().len(),
-            "quotad ready"
-        );
+        tracing::info!(plans = engine.view().table().plans().len(), "quotad ready");
 
         // Run until the signal, or until a server fails on its own.
         // A server that returns before the signal, even without an error,
@@ -724,7 +714,7 @@ fn reloader(
     let (trail, c) = (Arc::clone(audit), Arc::clone(control));
     reloader.on_failure(Box::new(move |cause: Cause, error: &str| {
         if cause != Cause::Admin {
-            let now = c.limiter().now();
+            let now = c.engine().now();
             let record = Record::by("-".to_owned(), None, "config.reload", now);
             trail.write(&record.failed(cause.as_str(), error));
         }
@@ -780,7 +770,7 @@ fn details(control: &Arc<Control>) -> telemetry::Details {
             stats.ok,
             stats.failed
         );
-        let overrides = control.limiter().snapshot().table().overrides();
+        let overrides = control.engine().view().table().overrides();
         out.push_str(&format!("overrides: {overrides} in force\n"));
         out
     })
@@ -866,20 +856,20 @@ async fn sweeper(
 ) -> Result<(), AppError> {
     let evicted =
         ["bucket", "quota"].map(|kind| metrics.counter(names::EVICTED, &[("kind", kind)]));
-    let limiter = Arc::clone(control.limiter());
+    let engine = Arc::clone(control.engine());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut full = FullStore::of(limiter.store());
+    let mut full = FullStore::of(engine.store());
     loop {
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             _ = tick.tick() => {
-                let ended = control.expire(limiter.now());
+                let ended = control.expire(engine.now());
                 if ended > 0 {
                     tracing::info!(overrides = ended, "overrides ended");
                 }
-                let l = Arc::clone(&limiter);
+                let l = Arc::clone(&engine);
                 // Sweeping a million cells takes milliseconds: keep it off
                 // the request threads' executor slots.
                 match tokio::task::spawn_blocking(move || l.sweep()).await {
@@ -889,13 +879,13 @@ async fn sweeper(
                         tracing::debug!(
                         buckets = r.buckets,
                         quotas = r.quotas,
-                        tracked = limiter.store().tracked(),
+                        tracked = engine.store().tracked(),
                         "swept idle cells"
                     )
                     }
                     Err(e) => tracing::error!(error = %e, "sweep failed"),
                 }
-                full = full.report(limiter.store());
+                full = full.report(engine.store());
             }
         }
     }
@@ -971,8 +961,8 @@ fn sampler(
     let control = Arc::clone(control);
     let sources = std::sync::Mutex::new(Vec::new());
     Box::new(move |m: &Metrics| {
-        let limiter = control.limiter();
-        let store = limiter.store();
+        let engine = control.engine();
+        let store = engine.store();
         m.gauge(names::TRACKED, &[]).set(store.tracked() as f64);
         m.gauge(names::TRACKED_LIMIT, &[])
             .set(store.limits().max_cells as f64);
@@ -995,7 +985,7 @@ fn sampler(
         m.gauge(names::CONFIG_LOADED, &[])
             .set(v.loaded_at as f64 / 1e9);
         m.gauge(names::OVERRIDES, &[])
-            .set(limiter.snapshot().table().overrides() as f64);
+            .set(engine.view().table().overrides() as f64);
         m.gauge(names::READY, &[])
             .set(f64::from(u8::from(ready.is_ready())));
         if let Some(h) = &redis {
@@ -1083,7 +1073,7 @@ const HOLD_CHECK: Duration = Duration::from_millis(100);
 /// Why readiness is held back for Redis now, if it is: the table has
 /// strict limits and Redis is not reachable (or not reached yet).
 fn redis_hold(control: &Control, redis: &SyncHandle) -> Option<&'static str> {
-    let strict = control.limiter().snapshot().table().has_strict();
+    let strict = control.engine().view().table().has_strict();
     match redis.state() {
         crate::sync::SyncState::Synced => None,
         _ if !strict => None,

@@ -8,13 +8,13 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`core`] | [`Request`](core::Request) → [`Limiter::check`](core::Limiter::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
+//! | [`core`] | [`Request`](core::Request) → [`Engine::check`](core::Engine::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
 //! | [`store`] | this node's cells (sharded tables of atomics), the hard cap with its admission policy (a cheap cell displaced for a new key, budgets per source of keys) and the overflow cell as last resort, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
 //! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB) |
 //! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
-//! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
+//! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the engine |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
@@ -46,7 +46,7 @@
 //! takes a second route to the same store: each descriptor is matched in
 //! the domain's descriptor tree ([`limits::rls`]), `replaces` drops
 //! limits, and the matched limit is applied with
-//! [`core::Limiter::check_limit`] to the descriptor's own cell (a keyed
+//! [`core::Engine::check_limit`] to the descriptor's own cell (a keyed
 //! hash of the domain and every entry).
 //!
 //! # Accuracy guarantees
@@ -84,6 +84,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod engine;
 pub mod limits;
 pub mod net;
 pub mod shutdown;

@@ -126,7 +126,7 @@ async fn a_plan_override_applies_to_the_next_check_on_both_front_doors() {
     assert_eq!(o.created_by, "ops");
     assert!(o.resolved);
     assert_eq!(r.previous, None);
-    let hash = d.limiter.hasher().display(b"alice");
+    let hash = d.engine.hasher().display(b"alice");
     assert_eq!(o.key_hash, hash);
 
     // The very next check is gold's.
@@ -602,7 +602,7 @@ async fn every_change_is_audited_with_who_what_when_and_before_after() {
         !text.contains("erin-secret-key"),
         "the key never appears: {text}"
     );
-    let hash = d.limiter.hasher().display(b"erin-secret-key");
+    let hash = d.engine.hasher().display(b"erin-secret-key");
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object a line"))

@@ -131,10 +131,10 @@ async fn repeated_descriptor_floods_leave_old_and_new_customers_their_own_daily_
     for round in 0..FLOODS {
         d.advance_ms(1_000);
         flood(&channel, round).await;
-        assert!(d.limiter.store().is_full(), "the flood filled the store");
+        assert!(d.engine.store().is_full(), "the flood filled the store");
     }
     d.advance_ms(1_000);
-    let store = d.limiter.store();
+    let store = d.engine.store();
     assert!(store.tracked() <= CAP + 2, "{} cells", store.tracked());
     // Concurrent flood checks may lose a few races for the same victim
     // and land in the overflow cell; none of what follows may.
@@ -175,7 +175,7 @@ async fn repeated_descriptor_floods_leave_old_and_new_customers_their_own_daily_
         );
     }
     assert_eq!(
-        d.limiter.store().overflow_checks(),
+        d.engine.store().overflow_checks(),
         overflowed,
         "no customer needed the overflow cell"
     );
@@ -240,12 +240,12 @@ async fn monthly_quota_floods_do_not_pin_the_store_until_month_end() {
         }
     }
     d.advance_ms(1_000);
-    let overflowed = d.limiter.store().overflow_checks();
+    let overflowed = d.engine.store().overflow_checks();
     let new = || (0..10).map(|i| format!("new-{i}"));
     assert_eq!(batch(&mut client, new()).await, vec![999; 10]);
     assert_eq!(batch(&mut client, new()).await, vec![998; 10]);
     assert_eq!(batch(&mut client, old()).await, vec![997; 10]);
-    assert_eq!(d.limiter.store().overflow_checks(), overflowed);
+    assert_eq!(d.engine.store().overflow_checks(), overflowed);
     d.stop().await.unwrap();
 }
 
@@ -260,7 +260,7 @@ async fn when_every_cell_is_worth_keeping_newcomers_share_the_overflow_cell_and_
     for _ in 0..3 {
         batch(&mut client, kept()).await;
     }
-    assert!(d.limiter.store().is_full());
+    assert!(d.engine.store().is_full());
     // Asking once each, no newcomer is worth a cell charged three times
     // (reading 3 in the sketch after one ask takes four busy counters:
     // about 1e-12 here).
@@ -271,7 +271,7 @@ async fn when_every_cell_is_worth_keeping_newcomers_share_the_overflow_cell_and_
         "one shared counter"
     );
     assert_eq!(batch(&mut client, kept()).await, vec![996; 100]);
-    let store = d.limiter.store();
+    let store = d.engine.store();
     assert_eq!(store.overflow_checks(), 50);
     assert_eq!(store.displaced().refused, 50);
     let (_, metrics) = d.http_get("/metrics").await;

@@ -213,7 +213,7 @@ fn dead_server() -> (String, socket2::Socket) {
 }
 
 fn hash(d: &TestDaemon, key: &str) -> String {
-    d.limiter.hasher().display(key.as_bytes())
+    d.engine.hasher().display(key.as_bytes())
 }
 
 async fn check(d: &TestDaemon, key: &str) -> CheckResponse {

@@ -170,7 +170,7 @@ async fn a_missed_announcement_heals_by_the_version_poll() {
     let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
     // Write an override the way the daemon does, but announce it on a
     // channel nobody listens to: every subscriber misses it.
-    let hash = a.limiter.hasher().display(b"carol");
+    let hash = a.engine.hasher().display(b"carol");
     let record = r#"{"plan":"tiny","reason":"missed","author":"script","updated_at_ns":1}"#;
     write_record(&redis, &hash, record, "nobody-listens");
     let took = propagated(&a, "carol", "tiny/per-minute").await;
@@ -285,7 +285,7 @@ async fn overrides_expire_on_every_node_and_redis_holds_no_raw_key() {
         cli(&redis, &["HGETALL", "quotad:{overrides}:data"])
     );
     assert!(
-        all.contains(&a.limiter.hasher().display(b"grace-secret-key")),
+        all.contains(&a.engine.hasher().display(b"grace-secret-key")),
         "{all}"
     );
     assert!(!all.contains("grace-secret-key"), "{all}");
@@ -318,7 +318,7 @@ async fn a_node_on_another_history_at_the_same_version_reads_everything_again() 
             "quotad:{overrides}:digest",
         ],
     );
-    let bob = a.limiter.hasher().display(b"bob");
+    let bob = a.engine.hasher().display(b"bob");
     let record = r#"{"plan":"tiny","reason":"other history","author":"script","updated_at_ns":1}"#;
     write_record(&redis, &bob, record, "quotad:{overrides}:changes");
     // Same version number, another digest: a reads Redis's state.

@@ -528,7 +528,7 @@ async fn a_read_only_redis_keeps_the_deltas_until_it_takes_writes_again() {
     // replica's resync from the empty master had already wiped it.
     let (allowed, left) = after_first_flush(&b, "q-key").await;
     assert!(allowed && (left == 93 || left == 92), "{left} left");
-    assert_eq!(a.limiter.store().journal().map(|j| j.dropped()), Some(0));
+    assert_eq!(a.engine.store().journal().map(|j| j.dropped()), Some(0));
 }
 
 /// [`strict_config`] with another `strict_deadline`.
@@ -735,7 +735,7 @@ async fn the_first_strict_check_and_admin_change_after_a_redis_restart_go_throug
     })
     .await;
     until("the follower read the empty Redis", async || {
-        d.limiter.snapshot().table().overrides() == 0
+        d.engine.view().table().overrides() == 0
     })
     .await;
     reach(&mut sync, SyncState::Synced).await;

@@ -25,7 +25,7 @@ fn req(id: u64) -> CheckRequest {
 #[tokio::test]
 async fn in_flight_calls_are_answered_and_streams_end_with_unavailable() {
     let d = TestDaemon::start().await;
-    let limiter = d.limiter.clone();
+    let engine = d.engine.clone();
     let mut c = RateLimiterClient::new(d.channel().await);
     // An open stream with one answered check, and the sender kept open.
     let (tx, rx) = tokio::sync::mpsc::channel::<CheckRequest>(4);
@@ -73,7 +73,7 @@ async fn in_flight_calls_are_answered_and_streams_end_with_unavailable() {
         .unwrap()
         .expect("daemon exits cleanly");
     // Charged exactly what was answered: gold's burst is 2000.
-    let left = limiter.check(&Request::new("gold-key", 0)).remaining;
+    let left = engine.check(&Request::new("gold-key", 0)).remaining;
     assert_eq!(2000 - left, answered);
     drop(tx);
 }

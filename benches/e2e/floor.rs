@@ -1,6 +1,6 @@
 //! The floor: a minimal tonic server that answers every native
 //! (`Check`, `CheckBatch`, `CheckStream`) and Envoy RLS v3
-//! (`ShouldRateLimit`) request with a constant OK, with no limiter behind
+//! (`ShouldRateLimit`) request with a constant OK, with no engine behind
 //! it. What quotad does on top of gRPC is whatever it costs beyond this.
 //!
 //! The answers have quotad's shape with its default `response_headers:

@@ -5,7 +5,7 @@
 //! [`refusals`]), every change is written to the audit trail ([`audit`])
 //! with the state before and after, and every refusal names the field
 //! ([`convert`]). Changes go
-//! through [`Control`], which swaps a new table into the limiter: the
+//! through [`Control`], which swaps a new table into the engine: the
 //! next check of the key sees them.
 //!
 //! With Redis, overrides and resets are stored in Redis
@@ -98,7 +98,7 @@ impl AdminService {
     /// The key hash a `KeyRef`-like request names.
     fn key(&self, key: &str, hash: &str) -> Result<u64, Status> {
         let config = self.control.config();
-        convert::key_hash(key, hash, &config.requests, self.control.limiter().hasher())
+        convert::key_hash(key, hash, &config.requests, self.control.engine().hasher())
     }
 
     fn override_message(&self, o: &Override) -> pb::Override {
@@ -110,8 +110,8 @@ impl AdminService {
     }
 
     fn usage(&self, key_hash: u64) -> pb::GetUsageResponse {
-        let limiter = self.control.limiter();
-        let snap = limiter.snapshot();
+        let engine = self.control.engine();
+        let snap = engine.view();
         let usage = snap.usage(key_hash);
         let over = self
             .control
@@ -121,7 +121,7 @@ impl AdminService {
     }
 
     fn now(&self) -> crate::core::Nanos {
-        self.control.limiter().now()
+        self.control.engine().now()
     }
 }
 
@@ -401,19 +401,19 @@ impl AdminService {
         let (caller, key_hash) = self.keyed(request, Scope::Write, "ResetUsage")?;
         let now = self.now();
         let before = {
-            let limiter = self.control.limiter();
-            let snap = limiter.snapshot();
+            let engine = self.control.engine();
+            let snap = engine.view();
             convert::usage_summary(&snap.usage(key_hash))
         };
         let record = Record::new(&caller, "usage.reset", now)
             .key(key_hash)
             .change(before, "reset");
-        let limiter = self.control.limiter();
+        let engine = self.control.engine();
         let cells = match &self.redis {
             Some(redis) => {
                 // Every node resets when Redis announces it, this one too.
-                let tracked = limiter.tracked_cells(key_hash);
-                let cells = limiter.cells_of(key_hash);
+                let tracked = engine.tracked_cells(key_hash);
+                let cells = engine.cells_of(key_hash);
                 if let Err(e) = redis.reset(key_hash, &cells, now).await {
                     return Err(self.unconfirmed(record, e));
                 }

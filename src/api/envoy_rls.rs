@@ -21,6 +21,12 @@
 //! - **Other domains** are answered OK without validating their
 //!   descriptors (Envoy's convention; our caps are not another service's).
 //!
+//! This door only translates: it validates the request against the
+//! settings in effect, turns each descriptor into an engine
+//! [`Item`](crate::engine::Item) (matching descriptor trees, `replaces`
+//! and counting are the engine's and [`crate::limits::rls`]'s), and
+//! renders the engine's answer as Envoy's response.
+//!
 //! In both kinds of domain, a descriptor's `limit` override
 //! (`RateLimitOverride`) replaces whatever the config says for it, as a
 //! limit on the descriptor's own counter, never in shadow mode.
@@ -35,7 +41,6 @@
 //! still say OVER_LIMIT then. `response_headers_to_add` carries the
 //! configured RateLimit headers ([`super::headers`]).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
@@ -50,48 +55,37 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
-use super::decide::{self, Strict};
 use super::error::RequestError;
-use super::headers::{self, Standing};
+use super::headers::{self, HeaderStyle, Standing};
 use super::{duration_parts, request_id, validate};
-use crate::config::RequestCaps;
-use crate::control::LiveConfig;
+use crate::config::{Config, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
-use crate::core::clock::Stopwatch;
 use crate::core::window::Window;
-use crate::core::{self, Decision, Limiter, Nanos, Snapshot, Source, Verdict};
-use crate::limits::rls::{Action, Algorithm, Domain, RlsLimit, Rule, Unit};
+use crate::core::{Decision, DenyReason, Nanos};
+use crate::engine::{Admitted, Answer, Basis, Call, Engine, Item, Kind, Mode, Outcome, Pairs};
+use crate::limits::rls::{Algorithm, RlsLimit, Unit};
 use crate::limits::{Limit, LimitKind};
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{Api, Outcome as Counted};
+use crate::telemetry::metrics::Api;
 
 /// The Envoy RLS v3 service.
 #[derive(Debug, Clone)]
 pub struct EnvoyRlsService {
-    limiter: Arc<Limiter>,
-    config: LiveConfig,
-    strict: Option<Strict>,
-    metrics: Arc<Metrics>,
+    engine: Arc<Engine>,
 }
 
 impl EnvoyRlsService {
-    /// A service deciding with `limiter` under the settings of the config
+    /// A service deciding with `engine` under the settings of the config
     /// in effect (`requests`, `envoy`, `response_headers`), read per
-    /// request so a reload applies at once. Every request is counted in
-    /// `metrics`.
-    pub fn new(limiter: Arc<Limiter>, config: LiveConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
-            limiter,
-            config,
-            metrics,
-            strict: None,
-        }
+    /// request so a reload applies at once.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
     }
+}
 
-    /// The service deciding plans with strict limits in Redis.
-    pub fn with_strict(mut self, strict: Strict) -> Self {
-        self.strict = Some(strict);
-        self
+/// A descriptor's entries as the engine reads them.
+impl Pairs for [Entry] {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|e| (e.key.as_str(), e.value.as_str()))
     }
 }
 
@@ -104,36 +98,6 @@ struct Desc<'a> {
     limit: Option<(u32, Unit)>,
     /// In a plan domain, the API key entry's value.
     api_key: Option<&'a str>,
-}
-
-impl Desc<'_> {
-    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries
-            .iter()
-            .map(|e| (e.key.as_str(), e.value.as_str()))
-    }
-}
-
-/// How the request's domain is limited.
-enum Mode<'t> {
-    /// A domain from envoyproxy/ratelimit files.
-    Rules(&'t Domain),
-    /// A plan domain (`envoy.domains`).
-    Plans,
-}
-
-/// Checks the request's shape; `None` when its domain is not ours.
-fn validate_request<'a>(
-    req: &'a RateLimitRequest,
-    caps: &RequestCaps,
-    key_entry: Option<&str>,
-) -> Result<Vec<Desc<'a>>, RequestError> {
-    let request_cost = u64::from(req.hits_addend.max(1));
-    req.descriptors
-        .iter()
-        .enumerate()
-        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry))
-        .collect()
 }
 
 fn descriptor<'a>(
@@ -204,28 +168,6 @@ fn descriptor<'a>(
     })
 }
 
-/// What a descriptor resolved to before anything is counted.
-enum Resolved<'t> {
-    /// No limit applies (no match, or replaced): OK.
-    Nothing,
-    /// An `unlimited` rule.
-    Unlimited(&'t Rule),
-    /// A counted limit: from a rule, or a request override (no rule).
-    Limit(Cow<'t, RlsLimit>, Option<&'t Rule>),
-    /// A plan domain's API key: its plan decides.
-    Plan(&'t str),
-}
-
-impl<'t> Resolved<'t> {
-    fn rule(&self) -> Option<&'t Rule> {
-        match self {
-            Resolved::Unlimited(r) => Some(r),
-            Resolved::Limit(_, r) => *r,
-            _ => None,
-        }
-    }
-}
-
 /// The limit a request's `limit` override asks for, counting as the
 /// domain's limits do.
 fn override_limit(
@@ -241,66 +183,86 @@ fn override_limit(
     })
 }
 
-/// Resolves every descriptor, then drops the limits other matched rules
-/// replace.
-fn resolve<'t>(
-    mode: &Mode<'t>,
-    descs: &[Desc<'t>],
-    algorithm: Algorithm,
-) -> Result<Vec<Resolved<'t>>, RequestError> {
-    let mut out = descs
+/// What rendering needs besides the engine's answer.
+#[derive(Clone, Copy)]
+struct Render {
+    style: HeaderStyle,
+    /// Global shadow mode (`envoy.shadow`).
+    shadow: bool,
+    /// The domain is not ours: every descriptor is OK.
+    unknown: bool,
+}
+
+/// Validates `req` against the config in effect and turns it into the
+/// engine's items.
+fn admit<'m>(
+    req: &'m RateLimitRequest,
+    config: &Config,
+    kind: Kind<'_>,
+) -> Result<Admitted<'m, [Entry], Render>, RequestError> {
+    let (caps, envoy) = (&config.requests, &config.envoy);
+    let render = Render {
+        style: config.response_headers,
+        shadow: envoy.shadow,
+        unknown: matches!(kind, Kind::Unknown),
+    };
+    if req.domain.is_empty() {
+        return Err(RequestError::Empty {
+            field: "domain".into(),
+        });
+    }
+    if req.descriptors.is_empty() {
+        return Err(RequestError::Empty {
+            field: "descriptors".into(),
+        });
+    }
+    validate::count(
+        || "descriptors".into(),
+        req.descriptors.len(),
+        caps.max_descriptors,
+    )?;
+    let algorithm = match kind {
+        // Not ours: OK without validating its descriptors (beyond their
+        // count, checked above to bound the answer's size).
+        Kind::Unknown => return Ok((Vec::new(), render)),
+        Kind::Plans => envoy.algorithm,
+        Kind::Rules(domain) => domain.algorithm,
+    };
+    let key_entry = matches!(kind, Kind::Plans).then_some(envoy.key_entry.as_str());
+    let request_cost = u64::from(req.hits_addend.max(1));
+    let descs = req
+        .descriptors
         .iter()
         .enumerate()
+        .map(|(i, d)| descriptor(i, d, request_cost, caps, key_entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Overrides once every descriptor is known to be valid.
+    let items = descs
+        .into_iter()
+        .enumerate()
         .map(|(i, d)| {
-            if let Some(o) = d.limit {
-                let algorithm = match mode {
-                    Mode::Rules(domain) => domain.algorithm,
-                    Mode::Plans => algorithm,
-                };
-                return Ok(Resolved::Limit(
-                    Cow::Owned(override_limit(i, o, algorithm)?),
-                    None,
-                ));
-            }
-            Ok(match mode {
-                Mode::Plans => d.api_key.map_or(Resolved::Nothing, Resolved::Plan),
-                Mode::Rules(domain) => match domain.root.lookup(d.pairs()) {
-                    None => Resolved::Nothing,
-                    Some(rule) => match &rule.action {
-                        Action::Unlimited => Resolved::Unlimited(rule),
-                        Action::Limit(l) => Resolved::Limit(Cow::Borrowed(l), Some(rule)),
-                    },
-                },
+            Ok(Item {
+                key: d.api_key,
+                entries: d.entries,
+                cost: d.cost,
+                mode: if d.refund { Mode::Refund } else { Mode::Charge },
+                limit: d
+                    .limit
+                    .map(|o| override_limit(i, o, algorithm))
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, RequestError>>()?;
-    let replaced: Vec<&str> = out
-        .iter()
-        .filter_map(Resolved::rule)
-        .flat_map(|r| r.replaces.iter().map(String::as_str))
-        .collect();
-    if !replaced.is_empty() {
-        for r in &mut out {
-            if let Resolved::Limit(_, Some(rule)) = r
-                && !rule.name.is_empty()
-                && replaced.contains(&rule.name.as_str())
-            {
-                *r = Resolved::Nothing;
-            }
-        }
-    }
-    Ok(out)
+    Ok((items, render))
 }
 
 /// One descriptor's answer and where it leaves the caller.
-struct Outcome<'a> {
+struct Rendered<'a> {
     status: DescriptorStatus,
     standing: Option<Standing<'a>>,
     /// For a blocked key: how long the block lasts (`Some(None)`: until
     /// lifted).
     blocked: Option<Option<Nanos>>,
-    /// Over its limit, but a shadow-mode rule answered OK.
-    shadowed: bool,
 }
 
 fn envoy_duration(ns: Nanos) -> Duration {
@@ -322,16 +284,15 @@ fn clamp_u32(v: u64) -> u32 {
 }
 
 /// The answer for a counted descriptor limit.
-fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outcome<'a> {
+fn limited<'a>(d: &Decision, rl: &'a RlsLimit, name: &str, shadow: bool) -> Rendered<'a> {
     let reset = match rl.limit.kind {
-        LimitKind::Window(_) => whole_seconds(v.reset_after),
-        _ => envoy_duration(v.reset_after),
+        LimitKind::Window(_) => whole_seconds(d.reset_after),
+        _ => envoy_duration(d.reset_after),
     };
-    Outcome {
+    Rendered {
         blocked: None,
-        shadowed: !v.allowed && shadow,
         status: DescriptorStatus {
-            code: if v.allowed || shadow {
+            code: if d.allowed || shadow {
                 Code::Ok
             } else {
                 Code::OverLimit
@@ -341,29 +302,27 @@ fn limited<'a>(v: &Verdict, rl: &'a RlsLimit, name: &str, shadow: bool) -> Outco
                 requests_per_unit: rl.requests_per_unit,
                 unit: rl.unit as i32,
             }),
-            limit_remaining: clamp_u32(v.remaining),
+            limit_remaining: clamp_u32(d.remaining),
             duration_until_reset: Some(reset),
             quota: None,
         },
         standing: Some(Standing {
             name: &rl.limit.name,
             limit: rl.limit.capacity(),
-            remaining: v.remaining,
-            reset: v.reset_after,
+            remaining: d.remaining,
+            reset: d.reset_after,
             window: rl.limit.window_seconds(),
-            over: !v.allowed && !shadow,
-            retry_after: v.retry_after,
+            over: !d.allowed && !shadow,
+            retry_after: d.retry_after,
         }),
     }
 }
 
 /// The answer for a plan's decision.
-fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
-    let limit = snap.limit(d);
-    let blocked = (d.reason == core::DenyReason::Blocked).then_some(d.retry_after);
-    Outcome {
+fn planned<'a>(d: &Decision, limit: Option<&'a Limit>) -> Rendered<'a> {
+    let blocked = (d.reason == Some(DenyReason::Blocked)).then_some(d.retry_after);
+    Rendered {
         blocked,
-        shadowed: false,
         status: DescriptorStatus {
             code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
             current_limit: limit.map(current_limit),
@@ -372,6 +331,24 @@ fn planned<'a>(snap: &'a Snapshot<'_>, d: &Decision) -> Outcome<'a> {
             quota: None,
         },
         standing: limit.map(|l| Standing::of(d, l)),
+    }
+}
+
+/// One engine outcome as a descriptor status.
+fn status<'a>(o: &Outcome<'a>) -> Rendered<'a> {
+    let bare = |status| Rendered {
+        status,
+        standing: None,
+        blocked: None,
+    };
+    match o.basis {
+        Basis::Nothing => bare(ok_status()),
+        Basis::Unlimited(_) => bare(unlimited_status()),
+        Basis::Plan(limit) => planned(&o.decision, limit),
+        Basis::Rule { limit, rule } => {
+            let name = rule.map_or("", |r| r.name.as_str());
+            limited(&o.decision, limit, name, rule.is_some_and(|r| r.shadow))
+        }
     }
 }
 
@@ -422,108 +399,6 @@ fn unlimited_status() -> DescriptorStatus {
     }
 }
 
-impl EnvoyRlsService {
-    /// Counts one resolved descriptor.
-    /// `decided` is a plan's strict decision, made (and rendered) with
-    /// its own snapshot.
-    fn apply<'a>(
-        &self,
-        snap: &'a Snapshot<'_>,
-        key_entry: &str,
-        (domain, source): (&str, Source),
-        d: &Desc<'_>,
-        r: &'a Resolved<'_>,
-        decided: Option<&'a (Decision, Snapshot<'_>)>,
-    ) -> Outcome<'a> {
-        match r {
-            Resolved::Nothing => Outcome {
-                status: ok_status(),
-                standing: None,
-                blocked: None,
-                shadowed: false,
-            },
-            Resolved::Unlimited(_) => Outcome {
-                status: unlimited_status(),
-                standing: None,
-                blocked: None,
-                shadowed: false,
-            },
-            Resolved::Limit(rl, rule) => {
-                // An operator's block of the key wins over a limit the
-                // request brings.
-                if let Some(blocked) = d.api_key.and_then(|k| snap.blocked(k)) {
-                    return planned(snap, &blocked);
-                }
-                let hasher = self.limiter.hasher();
-                let key = hasher.descriptor_hash(domain, d.pairs());
-                let v = if d.refund {
-                    self.limiter.refund_limit(&rl.limit, key, d.cost)
-                } else {
-                    self.limiter.check_limit(&rl.limit, key, d.cost, source)
-                };
-                let name = rule.map_or("", |r| r.name.as_str());
-                limited(&v, rl, name, rule.is_some_and(|r| r.shadow))
-            }
-            Resolved::Plan(api_key) => {
-                let heavy = self.metrics.heavy();
-                if heavy.enabled() && !d.refund {
-                    heavy.note(self.limiter.hasher().key_hash(api_key.as_bytes()));
-                }
-                match decided {
-                    Some((decision, made_with)) => planned(made_with, decision),
-                    None => {
-                        let req = self.plan_request(key_entry, api_key, d);
-                        let decision = if d.refund {
-                            snap.refund(&req)
-                        } else {
-                            snap.check(&req)
-                        };
-                        planned(snap, &decision)
-                    }
-                }
-            }
-        }
-    }
-
-    /// The engine request for a plan domain's descriptor.
-    fn plan_request<'k>(
-        &self,
-        key_entry: &str,
-        api_key: &'k str,
-        d: &Desc<'_>,
-    ) -> core::Request<'k> {
-        let scope = self
-            .limiter
-            .hasher()
-            .entries_hash(d.pairs().filter(|(k, _)| *k != key_entry));
-        core::Request {
-            key: api_key,
-            cost: d.cost,
-            scope,
-        }
-    }
-
-    /// Decisions for a plan domain's descriptors whose plans may be
-    /// strict (API key, no override, not a refund), all sent together.
-    async fn decide_strict(
-        &self,
-        strict: &Strict,
-        key_entry: &str,
-        descs: &[Desc<'_>],
-    ) -> Vec<Option<(Decision, Snapshot<'_>)>> {
-        let jobs = descs.iter().map(|d| async move {
-            match d.api_key {
-                Some(key) if d.limit.is_none() && !d.refund => {
-                    let req = self.plan_request(key_entry, key, d);
-                    Some(decide::decide(&self.limiter, Some(strict), &req).await)
-                }
-                _ => None,
-            }
-        });
-        futures_util::future::join_all(jobs).await
-    }
-}
-
 fn unknown_domain(req: &RateLimitRequest) -> RateLimitResponse {
     RateLimitResponse {
         overall_code: Code::Ok as i32,
@@ -532,13 +407,42 @@ fn unknown_domain(req: &RateLimitRequest) -> RateLimitResponse {
     }
 }
 
-/// What one request came to, for the metrics.
-#[derive(Default)]
-struct Tally {
-    /// The domain is in the config (its name may be a label).
-    configured: bool,
-    shadowed: bool,
-    over: bool,
+/// The engine's answer as Envoy's response.
+fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitResponse {
+    if r.unknown {
+        return unknown_domain(req);
+    }
+    let statuses: Vec<Rendered<'_>> = answer.outcomes.iter().map(status).collect();
+    // Global shadow mode answers OK, so there is nothing to wait for.
+    let overall = if answer.over() && !r.shadow {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    };
+    let standings: Vec<Standing<'_>> = statuses.iter().filter_map(|s| s.standing).collect();
+    let mut headers = headers::render(r.style, &standings, overall == Code::OverLimit);
+    // A blocked key's wait is the block's: the longest of them, or none
+    // at all if one lasts until lifted.
+    let blocks = statuses.iter().filter_map(|s| s.blocked);
+    if overall == Code::OverLimit
+        && let Some(wait) = blocks.reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+    {
+        headers::add_block(r.style, &mut headers, wait);
+    }
+    let response_headers_to_add = headers
+        .into_iter()
+        .map(|h| HeaderValue {
+            key: h.name.to_owned(),
+            value: h.value,
+            ..Default::default()
+        })
+        .collect();
+    RateLimitResponse {
+        overall_code: overall as i32,
+        statuses: statuses.into_iter().map(|s| s.status).collect(),
+        response_headers_to_add,
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -547,140 +451,22 @@ impl RateLimitService for EnvoyRlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let started = Stopwatch::start();
         let (meta, _, req) = request.into_parts();
-        let mut tally = Tally::default();
-        let answer = self.answer(&req, &mut tally).await;
-        let domain = tally.configured.then_some(req.domain.as_str());
-        let counted = match &answer {
-            Err(_) => Counted::Error,
-            Ok(r) if r.overall_code == Code::OverLimit as i32 => Counted::Denied,
-            Ok(_) if tally.over || tally.shadowed => Counted::ShadowDenied,
-            Ok(_) => Counted::Allowed,
+        let call = Call {
+            door: Api::Rls,
+            domain: Some(&req.domain),
         };
-        self.metrics.rls(domain, counted);
+        let answer = self
+            .engine
+            .decide(
+                call,
+                |config, kind| admit(&req, config, kind),
+                |answer, r| render(&req, answer, r),
+            )
+            .await;
         match answer {
-            Ok(r) => {
-                self.metrics.took(Api::Rls, started);
-                Ok(Response::new(r))
-            }
-            Err(status) => Err(request_id::refuse(&meta, Api::Rls.as_str(), status)),
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => Err(request_id::refuse(&meta, Api::Rls.as_str(), e.into())),
         }
-    }
-}
-
-impl EnvoyRlsService {
-    /// The answer to `req`, noting in `tally` what it came to.
-    async fn answer(
-        &self,
-        req: &RateLimitRequest,
-        tally: &mut Tally,
-    ) -> Result<RateLimitResponse, Status> {
-        let config = self.config.load();
-        let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
-        // Which kind of domain first, so even a refused request counts
-        // under its (configured) domain.
-        let plans = envoy.domains.contains(&req.domain);
-        let key_entry = plans.then_some(envoy.key_entry.as_str());
-        tally.configured = plans
-            || self
-                .limiter
-                .snapshot()
-                .table()
-                .rls()
-                .get(&req.domain)
-                .is_some();
-        if req.domain.is_empty() {
-            return Err(RequestError::Empty {
-                field: "domain".into(),
-            }
-            .into());
-        }
-        if req.descriptors.is_empty() {
-            return Err(RequestError::Empty {
-                field: "descriptors".into(),
-            }
-            .into());
-        }
-        validate::count(
-            || "descriptors".into(),
-            req.descriptors.len(),
-            caps.max_descriptors,
-        )?;
-        if !tally.configured {
-            // Not ours: OK without validating its descriptors (beyond
-            // their count, checked above to bound the answer's size).
-            return Ok(unknown_domain(req));
-        }
-        let descs = validate_request(req, caps, key_entry)?;
-        // Plans with strict limits are decided in Redis, before the
-        // snapshot below is taken (it is not held across a wait), and
-        // only once every descriptor is known to be valid (overrides
-        // included), so a refused request charges nothing.
-        let strict = match (&self.strict, plans) {
-            (Some(strict), true) => {
-                resolve(&Mode::Plans, &descs, envoy.algorithm)?;
-                self.decide_strict(strict, &envoy.key_entry, &descs).await
-            }
-            _ => Vec::new(),
-        };
-        let snap = self.limiter.snapshot();
-        let mode = if plans {
-            Mode::Plans
-        } else if let Some(domain) = snap.table().rls().get(&req.domain) {
-            Mode::Rules(domain)
-        } else {
-            return Ok(unknown_domain(req));
-        };
-        let resolved = resolve(&mode, &descs, envoy.algorithm)?;
-        let source = match mode {
-            Mode::Rules(domain) => domain.source,
-            Mode::Plans => Source::PLANS,
-        };
-        let outcomes: Vec<Outcome<'_>> = descs
-            .iter()
-            .zip(&resolved)
-            .enumerate()
-            .map(|(i, (d, r))| {
-                let decided = strict.get(i).and_then(Option::as_ref);
-                let domain = (req.domain.as_str(), source);
-                self.apply(&snap, &envoy.key_entry, domain, d, r, decided)
-            })
-            .collect();
-        let over = outcomes
-            .iter()
-            .any(|o| o.status.code == Code::OverLimit as i32);
-        tally.over = over;
-        tally.shadowed = outcomes.iter().any(|o| o.shadowed);
-        let standings: Vec<Standing<'_>> = outcomes.iter().filter_map(|o| o.standing).collect();
-        // Global shadow mode answers OK, so there is nothing to wait for.
-        let overall = if over && !envoy.shadow {
-            Code::OverLimit
-        } else {
-            Code::Ok
-        };
-        let mut headers = headers::render(style, &standings, overall == Code::OverLimit);
-        // A blocked key's wait is the block's: the longest of them, or
-        // none at all if one lasts until lifted.
-        let blocks = outcomes.iter().filter_map(|o| o.blocked);
-        if overall == Code::OverLimit
-            && let Some(wait) = blocks.reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
-        {
-            headers::add_block(style, &mut headers, wait);
-        }
-        let response_headers_to_add = headers
-            .into_iter()
-            .map(|h| HeaderValue {
-                key: h.name.to_owned(),
-                value: h.value,
-                ..Default::default()
-            })
-            .collect();
-        Ok(RateLimitResponse {
-            overall_code: overall as i32,
-            statuses: outcomes.into_iter().map(|o| o.status).collect(),
-            response_headers_to_add,
-            ..Default::default()
-        })
     }
 }

@@ -131,7 +131,7 @@ fn push_param(out: &mut String, name: &str, n: u64) {
 /// The headers for one plan decision: [`render`]'s, or for a blocked key
 /// only `Retry-After`, when the block ends (see [`add_block`]).
 pub fn for_decision(style: HeaderStyle, standings: &[Standing<'_>], d: &Decision) -> Vec<Header> {
-    if d.reason == DenyReason::Blocked {
+    if d.reason == Some(DenyReason::Blocked) {
         let mut out = Vec::new();
         add_block(style, &mut out, d.retry_after);
         return out;

@@ -1,6 +1,6 @@
-//! The front doors: each turns its wire message into a core
-//! [`Request`](crate::core::Request), calls the limiter synchronously, and
-//! turns the [`Decision`](crate::core::Decision) back into its wire message.
+//! The front doors: each turns its wire message into the engine's items,
+//! calls the one engine entry ([`Engine::decide`](crate::engine::Engine::decide)),
+//! and renders its [`Answer`](crate::engine::Answer) as its wire message.
 //!
 //! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream);
 //! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`;
@@ -9,7 +9,6 @@
 //!   messages to `INVALID_ARGUMENT` too.
 
 pub mod codec;
-pub mod decide;
 pub mod envoy_descriptors;
 pub mod envoy_rls;
 pub mod error;

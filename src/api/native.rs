@@ -8,7 +8,6 @@ use std::sync::Arc;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::decide::{self, Strict};
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::pb::rate_limiter_server::RateLimiter;
@@ -16,60 +15,27 @@ use super::pb::{
     CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason, Header,
 };
 use super::{duration, request_id, validate};
-use crate::config::RequestCaps;
-use crate::control::LiveConfig;
-use crate::core::clock::Stopwatch;
-use crate::core::{self, Decision, Limiter, Snapshot};
+use crate::config::{Config, RequestCaps};
+use crate::core;
+use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
 use crate::shutdown::Shutdown;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{Api, plan_label};
+use crate::telemetry::metrics::Api;
 
 /// The native service.
 #[derive(Debug, Clone)]
 pub struct NativeService {
-    limiter: Arc<Limiter>,
-    config: LiveConfig,
-    strict: Option<Strict>,
+    engine: Arc<Engine>,
     shutdown: Shutdown,
-    metrics: Arc<Metrics>,
 }
 
 impl NativeService {
-    /// A service deciding with `limiter`, refusing requests beyond the
-    /// caps of the config in effect (`requests`) and answering with its
-    /// `response_headers`, both read per check so a reload applies at
-    /// once. Open streams end cleanly when `shutdown` fires. Every check
-    /// is counted in `metrics`.
-    pub fn new(
-        limiter: Arc<Limiter>,
-        config: LiveConfig,
-        shutdown: Shutdown,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            limiter,
-            config,
-            strict: None,
-            shutdown,
-            metrics,
-        }
+    /// A service deciding with `engine`, which validates each call against
+    /// the caps of the config in effect and answers with its
+    /// `response_headers`, so a reload applies at once. Open streams end
+    /// cleanly when `shutdown` fires.
+    pub fn new(engine: Arc<Engine>, shutdown: Shutdown) -> Self {
+        Self { engine, shutdown }
     }
-
-    /// The caps and header style in effect now.
-    fn settings(&self) -> (RequestCaps, HeaderStyle) {
-        settings(&self.config)
-    }
-
-    /// The service deciding plans with strict limits in Redis.
-    pub fn with_strict(mut self, strict: Strict) -> Self {
-        self.strict = Some(strict);
-        self
-    }
-}
-
-fn settings(config: &LiveConfig) -> (RequestCaps, HeaderStyle) {
-    let c = config.load();
-    (c.requests.clone(), c.response_headers)
 }
 
 /// Validates one check; `at` names where it sits (`checks[3].`), built
@@ -84,26 +50,33 @@ fn validate_check(
     Ok(())
 }
 
-/// What deciding a check needs besides the check.
-#[derive(Clone, Copy)]
-struct Ctx<'a> {
-    limiter: &'a Limiter,
-    strict: Option<&'a Strict>,
-    metrics: &'a Metrics,
-    api: Api,
+/// A check as the engine's item: cost 0 means 1.
+fn item(req: &CheckRequest) -> Item<'_, ()> {
+    Item::key(&req.key, req.cost.max(1))
 }
 
-/// Decides one already validated check, and counts it.
-async fn decide(ctx: Ctx<'_>, req: &CheckRequest, style: HeaderStyle) -> CheckResponse {
-    let request = core::Request::new(&req.key, req.cost.max(1));
-    let (d, snap) = decide::decide(ctx.limiter, ctx.strict, &request).await;
-    ctx.metrics
-        .checked(ctx.api, plan_label(snap.table(), &d), &d);
-    let heavy = ctx.metrics.heavy();
-    if heavy.enabled() {
-        heavy.note(ctx.limiter.hasher().key_hash(req.key.as_bytes()));
-    }
-    response(&snap, &d, req.id, style)
+/// Decides one check through the engine; the error is the refusal.
+async fn check_one(
+    engine: &Engine,
+    door: Api,
+    req: &CheckRequest,
+) -> Result<CheckResponse, RequestError> {
+    engine
+        .decide(
+            Call::keys(door),
+            |config: &Config, _: Kind<'_>| {
+                validate_check(req, String::new, &config.requests)?;
+                Ok((vec![item(req)], config.response_headers))
+            },
+            |answer, style| {
+                answer
+                    .outcomes
+                    .first()
+                    .map(|o| response(o, req.id, style))
+                    .unwrap_or_default()
+            },
+        )
+        .await
 }
 
 /// The answer to an invalid check inside a stream: the stream goes on.
@@ -116,9 +89,13 @@ fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
     }
 }
 
-/// A decision as the wire response.
-pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) -> CheckResponse {
-    let limit = snap.limit(d);
+/// An outcome as the wire response.
+pub fn response(o: &Outcome<'_>, id: u64, style: HeaderStyle) -> CheckResponse {
+    let d = &o.decision;
+    let limit = match o.basis {
+        Basis::Plan(limit) => limit,
+        _ => None,
+    };
     let standing = limit.map(|l| Standing::of(d, l));
     let headers = headers::for_decision(style, standing.as_slice(), d)
         .into_iter()
@@ -137,11 +114,11 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) 
         id,
         error: String::new(),
         reason: match d.reason {
-            core::DenyReason::None => DenyReason::Unspecified,
-            core::DenyReason::Limited => DenyReason::Limited,
-            core::DenyReason::CostExceedsCapacity => DenyReason::CostExceedsCapacity,
-            core::DenyReason::Unavailable => DenyReason::Unavailable,
-            core::DenyReason::Blocked => DenyReason::Blocked,
+            None => DenyReason::Unspecified,
+            Some(core::DenyReason::Limited) => DenyReason::Limited,
+            Some(core::DenyReason::CostExceedsCapacity) => DenyReason::CostExceedsCapacity,
+            Some(core::DenyReason::Unavailable) => DenyReason::Unavailable,
+            Some(core::DenyReason::Blocked) => DenyReason::Blocked,
         } as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
         headers,
@@ -151,11 +128,8 @@ pub fn response(snap: &Snapshot<'_>, d: &Decision, id: u64, style: HeaderStyle) 
 /// What a `CheckStream` answer stream carries between polls.
 struct StreamState {
     inbound: Streaming<CheckRequest>,
-    limiter: Arc<Limiter>,
-    config: LiveConfig,
-    strict: Option<Strict>,
+    engine: Arc<Engine>,
     shutdown: Shutdown,
-    metrics: Arc<Metrics>,
     /// The stream's request id, for the log of refused messages.
     request_id: String,
     done: bool,
@@ -163,21 +137,9 @@ struct StreamState {
 
 type CheckStreamOut = Pin<Box<dyn Stream<Item = Result<CheckResponse, Status>> + Send>>;
 
-impl NativeService {
-    fn ctx(&self, api: Api) -> Ctx<'_> {
-        Ctx {
-            limiter: &self.limiter,
-            strict: self.strict.as_ref(),
-            metrics: &self.metrics,
-            api,
-        }
-    }
-
-    /// A refused call: counted, logged with its request id, tagged.
-    fn refuse(&self, api: Api, meta: &tonic::metadata::MetadataMap, e: RequestError) -> Status {
-        self.metrics.refused(api);
-        request_id::refuse(meta, api.as_str(), e.into())
-    }
+/// A refused call, logged with its request id, tagged.
+fn refuse(api: Api, meta: &tonic::metadata::MetadataMap, e: RequestError) -> Status {
+    request_id::refuse(meta, api.as_str(), e.into())
 }
 
 #[tonic::async_trait]
@@ -186,45 +148,48 @@ impl RateLimiter for NativeService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let started = Stopwatch::start();
         let (meta, _, req) = request.into_parts();
-        let (caps, style) = self.settings();
-        if let Err(e) = validate_check(&req, String::new, &caps) {
-            return Err(self.refuse(Api::Native, &meta, e));
+        match check_one(&self.engine, Api::Native, &req).await {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(e) => Err(refuse(Api::Native, &meta, e)),
         }
-        let answer = decide(self.ctx(Api::Native), &req, style).await;
-        self.metrics.took(Api::Native, started);
-        Ok(Response::new(answer))
     }
 
     async fn check_batch(
         &self,
         request: Request<CheckBatchRequest>,
     ) -> Result<Response<CheckBatchResponse>, Status> {
-        let started = Stopwatch::start();
         let (meta, _, batch) = request.into_parts();
-        let (caps, style) = self.settings();
-        // Validate everything first: a bad check fails the whole batch
-        // before any of it is charged.
-        let valid = validate::count(|| "checks".into(), batch.checks.len(), caps.max_batch)
-            .and_then(|()| {
-                batch
-                    .checks
-                    .iter()
-                    .enumerate()
-                    .try_for_each(|(i, c)| validate_check(c, || format!("checks[{i}]."), &caps))
-            });
-        if let Err(e) = valid {
-            return Err(self.refuse(Api::Batch, &meta, e));
+        // Everything is validated first: a bad check fails the whole
+        // batch before any of it is charged. Strict checks wait for Redis
+        // together (one pipelined round trip).
+        let checks = &batch.checks;
+        let decided = self
+            .engine
+            .decide(
+                Call::keys(Api::Batch),
+                |config: &Config, _: Kind<'_>| {
+                    let caps = &config.requests;
+                    validate::count(|| "checks".into(), checks.len(), caps.max_batch)?;
+                    for (i, c) in checks.iter().enumerate() {
+                        validate_check(c, || format!("checks[{i}]."), caps)?;
+                    }
+                    Ok((checks.iter().map(item).collect(), config.response_headers))
+                },
+                |answer, style| {
+                    let results = checks
+                        .iter()
+                        .zip(&answer.outcomes)
+                        .map(|(c, o)| response(o, c.id, style))
+                        .collect();
+                    CheckBatchResponse { results }
+                },
+            )
+            .await;
+        match decided {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(e) => Err(refuse(Api::Batch, &meta, e)),
         }
-        // Strict checks wait for Redis together (one pipelined round trip);
-        // the others are ready at once.
-        let ctx = self.ctx(Api::Batch);
-        let results =
-            futures_util::future::join_all(batch.checks.iter().map(|c| decide(ctx, c, style)))
-                .await;
-        self.metrics.took(Api::Batch, started);
-        Ok(Response::new(CheckBatchResponse { results }))
     }
 
     type CheckStreamStream = CheckStreamOut;
@@ -245,11 +210,8 @@ impl RateLimiter for NativeService {
         let tag = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
         let state = StreamState {
             inbound: request.into_inner(),
-            limiter: Arc::clone(&self.limiter),
-            config: Arc::clone(&self.config),
-            strict: self.strict.clone(),
+            engine: Arc::clone(&self.engine),
             shutdown: self.shutdown.clone(),
-            metrics: Arc::clone(&self.metrics),
             request_id,
             done: false,
         };
@@ -269,28 +231,13 @@ impl RateLimiter for NativeService {
                 next = st.inbound.message() => next,
             };
             let answer = match next {
-                Ok(Some(req)) => {
-                    let started = Stopwatch::start();
-                    let (caps, style) = settings(&st.config);
-                    match validate_check(&req, String::new, &caps) {
-                        Ok(()) => {
-                            let ctx = Ctx {
-                                limiter: &st.limiter,
-                                strict: st.strict.as_ref(),
-                                metrics: &st.metrics,
-                                api: Api::Stream,
-                            };
-                            let answer = decide(ctx, &req, style).await;
-                            st.metrics.took(Api::Stream, started);
-                            answer
-                        }
-                        Err(e) => {
-                            st.metrics.refused(Api::Stream);
-                            tracing::debug!(request_id = %st.request_id, id = req.id, error = %e, "check stream message refused");
-                            refused(&req, &e)
-                        }
+                Ok(Some(req)) => match check_one(&st.engine, Api::Stream, &req).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        tracing::debug!(request_id = %st.request_id, id = req.id, error = %e, "check stream message refused");
+                        refused(&req, &e)
                     }
-                }
+                },
                 Ok(None) => return None,
                 Err(status) => {
                     // A message we could not decode (or a broken stream):

@@ -1,11 +1,12 @@
 //! The node's control plane: what operators change while it serves, and
 //! the one place that changes it.
 //!
-//! [`Control`] holds the config in effect (swapped by a reload, read by
-//! the front doors and the admin API through [`Control::live`]) and the
-//! operators' overrides, and builds a new limits [`Table`] whenever either
-//! changes, which it swaps into the [`Limiter`]: checks in flight finish
-//! on the old table, the next ones use the new one, and none waits. A
+//! [`Control`] holds the operators' overrides and builds a new limits
+//! [`Table`] whenever they or the config change, which it puts in effect
+//! in the [`Engine`] together with the config it was built from (one
+//! swap: no call sees the new settings with the old table; the front
+//! doors and the admin API read the config from there): checks in flight
+//! finish on the old rules, the next ones use the new, and none waits. A
 //! change of the overrides rebuilds only their part of the table (one map
 //! of at most `admin.max_overrides` entries); the config's part is shared.
 //!
@@ -27,16 +28,11 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
-
 use crate::config::Config;
-use crate::core::{Limiter, Nanos};
+use crate::core::Nanos;
+use crate::engine::Engine;
 use crate::limits::overrides::OVERRIDE_PLAN;
 use crate::limits::{Override, Table, TableError, Target};
-
-/// The config in effect, shared by everyone who reads settings per
-/// request; a reload stores a new one.
-pub type LiveConfig = Arc<ArcSwap<Config>>;
 
 /// Which config is in effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +158,7 @@ pub struct Page {
 
 /// See the module docs.
 pub struct Control {
-    limiter: Arc<Limiter>,
-    config: LiveConfig,
+    engine: Arc<Engine>,
     state: Mutex<State>,
     ok: AtomicU64,
     failed: AtomicU64,
@@ -187,18 +182,18 @@ struct State {
 }
 
 impl Control {
-    /// Control over `limiter`, whose table was built from `config` (whose
+    /// Control over `engine`, whose table was built from `config` (whose
     /// files had fingerprint `digest`).
-    pub fn new(limiter: Arc<Limiter>, config: Config, digest: String) -> Arc<Control> {
-        let base = limiter.snapshot().table().clone();
+    pub fn new(engine: Arc<Engine>, config: Config, digest: String) -> Arc<Control> {
+        let base = engine.view().table().clone();
+        engine.install(base.clone(), Arc::new(config));
         let version = ConfigVersion {
             number: 1,
             digest,
-            loaded_at: limiter.now(),
+            loaded_at: engine.now(),
         };
         Arc::new(Control {
-            limiter,
-            config: Arc::new(ArcSwap::from_pointee(config)),
+            engine,
             state: Mutex::new(State {
                 base,
                 records: BTreeMap::new(),
@@ -211,19 +206,14 @@ impl Control {
         })
     }
 
-    /// The config in effect, as a handle that follows reloads.
-    pub fn live(&self) -> LiveConfig {
-        Arc::clone(&self.config)
-    }
-
     /// The config in effect now.
     pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+        self.engine.config()
     }
 
     /// The engine.
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Which config is in effect.
@@ -260,7 +250,7 @@ impl Control {
 
     /// Checks that the config in effect can give `target`.
     pub fn check_target(&self, target: &Target) -> Result<(), ControlError> {
-        Self::can_give(&self.config.load(), target)
+        Self::can_give(&self.engine.config(), target)
     }
 
     fn can_give(config: &Config, target: &Target) -> Result<(), ControlError> {
@@ -293,7 +283,7 @@ impl Control {
     /// `admin.max_overrides` (replacing one always fits).
     pub fn check_room(&self, key_hash: u64) -> Result<(), ControlError> {
         let st = self.lock();
-        Self::has_room(&st, &self.config.load(), key_hash, self.limiter.now())
+        Self::has_room(&st, &self.engine.config(), key_hash, self.engine.now())
     }
 
     /// Overrides that ended do not count (they go at the next sweep).
@@ -322,14 +312,14 @@ impl Control {
         let mut st = self.lock();
         // A reload stores the config while holding the state lock, so this
         // is the config the override goes into.
-        let config = self.config.load();
+        let config = self.engine.config();
         Self::can_give(&config, &record.target)?;
-        let now = self.limiter.now();
+        let now = self.engine.now();
         Self::has_room(&st, &config, record.key_hash, now)?;
         // Ended ones make room (they stopped applying when they ended).
         st.records.retain(|_, o| o.active(now));
         let old = st.records.insert(record.key_hash, record);
-        self.install(&st);
+        self.install(&st, None);
         Ok(old)
     }
 
@@ -351,12 +341,12 @@ impl Control {
                 }
             }
             if rebuild {
-                self.install(&st);
+                self.install(&st, None);
             }
         }
         for c in changes {
             if let Change::Reset(h) = c {
-                self.limiter.reset(*h);
+                self.engine.reset(*h);
             }
         }
     }
@@ -366,7 +356,7 @@ impl Control {
         let mut st = self.lock();
         let old = st.records.remove(&key_hash);
         if old.is_some() {
-            self.install(&st);
+            self.install(&st, None);
         }
         old
     }
@@ -375,7 +365,7 @@ impl Control {
     pub fn replace_all(&self, records: impl IntoIterator<Item = Override>) {
         let mut st = self.lock();
         st.records = records.into_iter().map(|o| (o.key_hash, o)).collect();
-        self.install(&st);
+        self.install(&st, None);
     }
 
     /// Drops overrides that ended by `now` (they already stopped
@@ -386,14 +376,14 @@ impl Control {
         st.records.retain(|_, o| o.active(now));
         let gone = before - st.records.len();
         if gone > 0 {
-            self.install(&st);
+            self.install(&st, None);
         }
         gone
     }
 
     /// `key_hash`'s override, if one is in force.
     pub fn get(&self, key_hash: u64) -> Option<Override> {
-        let now = self.limiter.now();
+        let now = self.engine.now();
         self.lock()
             .records
             .get(&key_hash)
@@ -404,7 +394,7 @@ impl Control {
     /// Whether this node's config has the plan `o` gives.
     pub fn resolved(&self, o: &Override) -> bool {
         match &o.target {
-            Target::Plan(p) => self.config.load().limits.plan(p).is_some(),
+            Target::Plan(p) => self.engine.config().limits.plan(p).is_some(),
             Target::Limits(_) | Target::Block => true,
         }
     }
@@ -412,7 +402,7 @@ impl Control {
     /// Up to `limit` overrides in force matching `filter`, with key hashes
     /// after `after`, in key hash order.
     pub fn list(&self, filter: &Filter, after: Option<u64>, limit: usize) -> Page {
-        let now = self.limiter.now();
+        let now = self.engine.now();
         let st = self.lock();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut matching = st
@@ -436,7 +426,7 @@ impl Control {
     /// How many overrides in force give each plan (by plan name;
     /// `override` for own limits; blocks are not counted).
     pub fn overrides_by_plan(&self) -> BTreeMap<String, usize> {
-        let now = self.limiter.now();
+        let now = self.engine.now();
         let mut out = BTreeMap::new();
         for o in self.lock().records.values().filter(|o| o.active(now)) {
             if let Some(p) = o.plan_name() {
@@ -449,7 +439,7 @@ impl Control {
     /// Forgets what `key_hash` spent against its plan on this node;
     /// returns the cells dropped.
     pub fn reset(&self, key_hash: u64) -> usize {
-        self.limiter.reset(key_hash)
+        self.engine.reset(key_hash)
     }
 
     /// Puts `config` (loaded from files with fingerprint `digest`) in
@@ -473,9 +463,9 @@ impl Control {
     fn try_reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
         let base = config
             .limits
-            .table(self.limiter.hasher())?
+            .table(self.engine.hasher())?
             .with_rls(config.rls.clone());
-        let now = self.limiter.now();
+        let now = self.engine.now();
         let mut st = self.lock();
         let mut orphans: BTreeMap<&str, usize> = BTreeMap::new();
         for o in st.records.values().filter(|o| o.active(now)) {
@@ -491,7 +481,7 @@ impl Control {
                 count,
             });
         }
-        let old = self.config.load_full();
+        let old = self.engine.config();
         // What only a restart applies stays as it runs, so nothing is
         // validated or read against settings not in effect (a `redis`
         // section added by a reload decides nothing until a restart).
@@ -509,14 +499,13 @@ impl Control {
             });
         }
         config.skipped = skipped;
-        self.config.store(Arc::new(config));
         st.base = base;
         st.version = ConfigVersion {
             number: st.version.number + 1,
             digest,
             loaded_at: now,
         };
-        self.install(&st);
+        self.install(&st, Some(Arc::new(config)));
         Ok(Reloaded {
             version: st.version.clone(),
             changed: true,
@@ -524,9 +513,11 @@ impl Control {
         })
     }
 
-    /// Builds the table from `st` and swaps it in.
-    fn install(&self, st: &State) {
-        let now = self.limiter.now();
+    /// Builds the table from `st` and puts it in effect, with `config`
+    /// when the config changed too (one swap), else with the config in
+    /// effect.
+    fn install(&self, st: &State, config: Option<Arc<Config>>) {
+        let now = self.engine.now();
         let (table, unresolved) = st.base.with_overrides(st.records.values(), now);
         if let Some(first) = unresolved.first() {
             tracing::warn!(
@@ -536,7 +527,10 @@ impl Control {
                 "overrides name a plan this node's config lacks; their keys stay on their usual plans here"
             );
         }
-        self.limiter.swap_table(table);
+        match config {
+            Some(config) => self.engine.install(table, config),
+            None => self.engine.swap_table(table),
+        }
     }
 }
 

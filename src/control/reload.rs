@@ -448,6 +448,7 @@ fn hash_file(h: &mut Sha256, f: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Engine;
 
     #[test]
     fn fingerprints_follow_contents_names_and_directories() {
@@ -504,12 +505,12 @@ mod tests {
     }
 
     fn control(config: Config) -> Arc<Control> {
-        use crate::core::{KeyHasher, Limiter, ManualClock};
+        use crate::core::{KeyHasher, ManualClock};
         let hasher = KeyHasher::with_secret([7; 16]);
         let table = config.limits.table(&hasher).unwrap();
         let clock = Arc::new(ManualClock::new(1_000_000_000));
-        let limiter = Limiter::new(table, hasher, Default::default(), clock);
-        Control::new(Arc::new(limiter), config, "d".into())
+        let engine = Engine::new(table, hasher, Default::default(), clock);
+        Control::new(Arc::new(engine), config, "d".into())
     }
 
     #[tokio::test]

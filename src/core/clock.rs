@@ -14,7 +14,7 @@ pub type Nanos = u64;
 /// Nanoseconds in one second.
 pub const NANOS_PER_SEC: Nanos = 1_000_000_000;
 
-/// A source of time for the limiter.
+/// A source of time for the engine.
 ///
 /// `now` must never go backwards: token buckets compare against earlier
 /// readings. It is Unix-epoch based (not merely monotonic) because quotas use

@@ -9,10 +9,9 @@
 
 use super::clock::Nanos;
 use super::gcra::Verdict;
+use super::limit::FixedWindow;
 use super::quota;
 use super::window::Span;
-use crate::limits::FixedWindow;
-use crate::store::QuotaCell;
 
 /// Decides `cost` hits against a window that has counted `used`. Returns
 /// the verdict and the new count (`None` when `cost` is 0: nothing to add).
@@ -53,18 +52,18 @@ pub fn decide(
 #[inline]
 pub fn check(
     window: &FixedWindow,
-    cell: &QuotaCell,
+    used: &std::sync::atomic::AtomicU64,
     span: Span,
     now: Nanos,
     cost: u64,
     commit: bool,
 ) -> Verdict {
-    quota::update(cell, commit, |used| decide(window, used, span, now, cost))
+    quota::update(used, commit, |u| decide(window, u, span, now, cost))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
     use crate::core::clock::NANOS_PER_SEC;
@@ -72,13 +71,13 @@ mod tests {
 
     const MINUTE: Nanos = 60 * NANOS_PER_SEC;
 
-    fn setup(limit: u64, now: Nanos) -> (FixedWindow, Span, QuotaCell) {
+    fn setup(limit: u64, now: Nanos) -> (FixedWindow, Span, AtomicU64) {
         let w = FixedWindow {
             limit,
             period: MINUTE,
         };
         let span = epoch_span(now, MINUTE);
-        let cell = QuotaCell::detached(span.end);
+        let cell = AtomicU64::new(0);
         (w, span, cell)
     }
 
@@ -95,11 +94,11 @@ mod tests {
         assert_eq!(v.remaining, 0);
         assert_eq!(v.retry_after, Some(50 * NANOS_PER_SEC));
         assert!(!check(&w, &c, span, now, 1, true).allowed);
-        assert_eq!(c.used.load(Ordering::SeqCst), 13);
+        assert_eq!(c.load(Ordering::SeqCst), 13);
         // A peek (0 hits) reports without counting.
         let v = check(&w, &c, span, now, 0, true);
         assert!(!v.allowed);
-        assert_eq!(c.used.load(Ordering::SeqCst), 13);
+        assert_eq!(c.load(Ordering::SeqCst), 13);
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! from.
 
 use super::clock::Nanos;
-use crate::limits::{LimitRef, PlanId};
 
 /// "May `key` spend `cost` units now?"
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +32,6 @@ impl<'a> Request<'a> {
 /// Why a check was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
-    /// Not denied.
-    None,
     /// Not enough tokens or quota now; `retry_after` says when.
     Limited,
     /// The cost exceeds the limit's capacity and can never pass.
@@ -63,8 +60,8 @@ pub struct Decision {
     /// Time until `cost` would fit: `Some(0)` when allowed, `None` when it
     /// never can.
     pub retry_after: Option<Nanos>,
-    /// Why it was denied.
-    pub reason: DenyReason,
+    /// Why it was denied; `None` when allowed.
+    pub reason: Option<DenyReason>,
     /// The deciding limit: when allowed, the one closest to exhaustion;
     /// when denied, the one with the longest wait. `None` for a plan
     /// without limits.
@@ -82,8 +79,21 @@ impl Decision {
         remaining: 0,
         reset_after: 0,
         retry_after: Some(0),
-        reason: DenyReason::None,
+        reason: None,
         policy: None,
         plan: None,
     };
+}
+
+/// Index of a plan in its table ([`crate::limits::Table`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlanId(pub u32);
+
+/// Where a decision's limit lives in its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRef {
+    /// The plan.
+    pub plan: PlanId,
+    /// Index into the plan's limits.
+    pub limit: u32,
 }

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
-use crate::limits::Rate;
+use super::limit::Rate;
 
 /// The answer of one limit to one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

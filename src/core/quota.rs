@@ -2,13 +2,12 @@
 //! starts at zero when the window starts and admits while
 //! `used + cost ≤ quota`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
 use super::gcra::Verdict;
+use super::limit::Quota;
 use super::window::Span;
-use crate::limits::Quota;
-use crate::store::QuotaCell;
 
 /// Decides a check of `cost` units against a window that has `used` units
 /// spent. Returns the verdict and, when units are taken, the new count.
@@ -48,13 +47,13 @@ pub fn decide(
 #[inline]
 pub fn check(
     quota: &Quota,
-    cell: &QuotaCell,
+    used: &AtomicU64,
     span: Span,
     now: Nanos,
     cost: u64,
     commit: bool,
 ) -> Verdict {
-    update(cell, commit, |used| decide(quota, used, span, now, cost))
+    update(used, commit, |u| decide(quota, u, span, now, cost))
 }
 
 /// The compare-and-swap loop of every counter kind: `decide` maps the
@@ -62,34 +61,29 @@ pub fn check(
 /// stored if `commit`. Retries with the fresh count if another check won.
 #[inline]
 pub(crate) fn update(
-    cell: &QuotaCell,
+    used: &AtomicU64,
     commit: bool,
     decide: impl Fn(u64) -> (Verdict, Option<u64>),
 ) -> Verdict {
-    let mut used = cell.used.load(Ordering::Acquire);
+    let mut seen = used.load(Ordering::Acquire);
     loop {
-        let (verdict, next) = decide(used);
+        let (verdict, next) = decide(seen);
         let Some(next) = next.filter(|_| commit) else {
             return verdict;
         };
-        match cell
-            .used
-            .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match used.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return verdict,
-            Err(actual) => used = actual,
+            Err(actual) => seen = actual,
         }
     }
 }
 
 /// Gives back `cost` units taken by an earlier [`check`].
 #[inline]
-pub fn refund(cell: &QuotaCell, cost: u64) {
-    let _ = cell
-        .used
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-            Some(u.saturating_sub(cost))
-        });
+pub fn refund(used: &AtomicU64, cost: u64) {
+    let _ = used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+        Some(u.saturating_sub(cost))
+    });
 }
 
 #[cfg(test)]
@@ -107,8 +101,8 @@ mod tests {
         }
     }
 
-    fn cell(end: Nanos) -> QuotaCell {
-        QuotaCell::detached(end)
+    fn cell(_end: Nanos) -> AtomicU64 {
+        AtomicU64::new(0)
     }
 
     #[test]
@@ -126,7 +120,7 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(v.retry_after, Some(23 * 3_600 * NANOS_PER_SEC));
         assert_eq!(v.reset_after, 23 * 3_600 * NANOS_PER_SEC);
-        assert_eq!(c.used.load(Ordering::SeqCst), 3);
+        assert_eq!(c.load(Ordering::SeqCst), 3);
     }
 
     #[test]
@@ -138,7 +132,7 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(v.retry_after, None);
         assert_eq!(v.remaining, 10);
-        assert_eq!(c.used.load(Ordering::SeqCst), 0);
+        assert_eq!(c.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -148,7 +142,7 @@ mod tests {
         let c = cell(span.end);
         assert!(check(&quota, &c, span, 0, 7, true).allowed);
         assert!(!check(&quota, &c, span, 0, 4, true).allowed);
-        assert_eq!(c.used.load(Ordering::SeqCst), 7);
+        assert_eq!(c.load(Ordering::SeqCst), 7);
         refund(&c, 7);
         assert_eq!(check(&quota, &c, span, 0, 0, true).remaining, 10);
     }

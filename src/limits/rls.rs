@@ -410,6 +410,41 @@ pub struct Domain {
     pub source: Source,
 }
 
+impl Domain {
+    /// The rule each descriptor matches in this domain, in order, after
+    /// `replaces`: a matched rule named in another matched rule's
+    /// `replaces` is dropped (`None`), as in envoyproxy/ratelimit.
+    /// Descriptors given as `None` (they bring their own limit) match
+    /// nothing and replace nothing.
+    pub fn resolve<'e, D, I>(&self, descriptors: D) -> Vec<Option<&Rule>>
+    where
+        D: IntoIterator<Item = Option<I>>,
+        I: IntoIterator<Item = (&'e str, &'e str)>,
+    {
+        let mut rules: Vec<Option<&Rule>> = descriptors
+            .into_iter()
+            .map(|d| d.and_then(|entries| self.root.lookup(entries)))
+            .collect();
+        let replaced: Vec<&str> = rules
+            .iter()
+            .flatten()
+            .flat_map(|r| r.replaces.iter().map(String::as_str))
+            .collect();
+        if !replaced.is_empty() {
+            for slot in &mut rules {
+                if let Some(rule) = slot
+                    && matches!(rule.action, Action::Limit(_))
+                    && !rule.name.is_empty()
+                    && replaced.contains(&rule.name.as_str())
+                {
+                    *slot = None;
+                }
+            }
+        }
+        rules
+    }
+}
+
 /// Every domain read from envoyproxy/ratelimit files, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RlsDomains {

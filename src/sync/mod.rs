@@ -48,8 +48,8 @@ use tokio::sync::watch;
 use crate::config::RedisSettings;
 use crate::config::redis_url::Scrub;
 use crate::control::Control;
-use crate::core::Limiter;
 use crate::core::clock::Stopwatch;
+use crate::engine::Engine;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 use crate::telemetry::Metrics;
@@ -174,9 +174,9 @@ impl FlushMetrics {
     }
 }
 
-/// The sync task: the limiter's journal on one side, Redis on the other.
+/// The sync task: the engine's journal on one side, Redis on the other.
 pub struct RedisSync {
-    limiter: Arc<Limiter>,
+    engine: Arc<Engine>,
     settings: RedisSettings,
     /// Where Redis is (with credentials), for the strict client's own
     /// connection.
@@ -208,7 +208,7 @@ impl RedisSync {
     /// Prepares the task; connects lazily, so a Redis that is down at start
     /// does not stop the node from serving.
     pub fn new(
-        limiter: Arc<Limiter>,
+        engine: Arc<Engine>,
         settings: RedisSettings,
     ) -> Result<(Self, SyncHandle), SyncError> {
         let url_err = |e: RedisError| SyncError::Url {
@@ -235,7 +235,7 @@ impl RedisSync {
         let (state, rx) = watch::channel(SyncState::Starting);
         let (rounds, rounds_rx) = watch::channel(0);
         let sync = Self {
-            limiter,
+            engine,
             scrub: settings.scrub(),
             settings,
             info,
@@ -272,15 +272,15 @@ impl RedisSync {
         &self,
     ) -> Result<
         (
-            strict::StrictClient,
+            crate::engine::strict::StrictClient,
             impl Future<Output = ()> + Send + 'static,
         ),
         SyncError,
     > {
         let s = &self.settings;
-        Ok(strict::StrictClient::new(
+        Ok(strict::StrictClient::start(
             self.connection(strict::RESPONSE_TIMEOUT)?,
-            Arc::clone(&self.limiter),
+            Arc::clone(&self.engine),
             s.key_prefix.clone(),
             s.strict_deadline,
             self.scrub.clone(),
@@ -361,7 +361,7 @@ impl RedisSync {
                 Ok(_) => self.settings.sync_interval,
                 Err(_) => next_backoff(backoff, self.settings.sync_interval),
             };
-            let now_dropped = self.limiter.store().journal().map_or(0, |j| j.dropped());
+            let now_dropped = self.engine.store().journal().map_or(0, |j| j.dropped());
             if now_dropped > dropped {
                 tracing::warn!(
                     dropped = now_dropped - dropped,
@@ -387,11 +387,11 @@ impl RedisSync {
     /// with nothing to send pings Redis unless it answered within the last
     /// second (`IDLE_PING`), so an idle node reports a Redis that went down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
-        let limiter = Arc::clone(&self.limiter);
-        let Some(journal) = limiter.store().journal() else {
+        let engine = Arc::clone(&self.engine);
+        let Some(journal) = engine.store().journal() else {
             return Ok(0);
         };
-        let now = limiter.now();
+        let now = engine.now();
         let mut items = journal.drain(usize::MAX);
         items.retain_mut(|(_, p)| match p.kind {
             // A window long over: nobody will read its count again.
@@ -491,7 +491,7 @@ impl RedisSync {
     /// Returns how many cells Redis applied, even when the chunk failed
     /// for the others.
     async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> (u64, Result<(), SyncError>) {
-        let now_us = self.limiter.now() / 1_000;
+        let now_us = self.engine.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
         let name = |i: usize| {
             let (id, p) = &items[i];
@@ -520,7 +520,7 @@ impl RedisSync {
             .conn
             .eval_all(&self.script, items.len(), name, args)
             .await;
-        let store = self.limiter.store();
+        let store = self.engine.store();
         let mut applied = 0u64;
         let mut unsent = Vec::new();
         let mut first_error = None;
@@ -592,11 +592,11 @@ mod tests {
         };
         let table = Table::new(vec![plan], "p", [], &hasher).expect("a table");
         let clock = Arc::new(ManualClock::new(0));
-        let limiter = Arc::new(Limiter::new(table, hasher, StoreLimits::default(), clock));
+        let engine = Arc::new(Engine::new(table, hasher, StoreLimits::default(), clock));
         // A raw `/` in the password: the crate cannot read it.
         let mut settings = RedisSettings::new("redis://:sek/ret@127.0.0.1:1/0");
         settings.password = Some("filepw".into());
-        let Err(e) = RedisSync::new(limiter, settings) else {
+        let Err(e) = RedisSync::new(engine, settings) else {
             panic!("the redis crate read a URL with a raw '/' in its password");
         };
         let shown = e.to_string();

@@ -283,7 +283,7 @@ impl RedisOverrides {
     }
 
     /// Deletes the Redis state of `cells` (the key's cells, from
-    /// [`crate::core::Limiter::cells_of`]), then announces the reset, so
+    /// [`crate::engine::Engine::cells_of`]), then announces the reset, so
     /// every node, this one included, drops its own copy. Should the
     /// announcement fail after the cells went, nodes keep (and enforce)
     /// what they counted until a retry announces it.
@@ -583,7 +583,7 @@ impl OverrideSync {
     /// Deletes ended overrides and old resets from Redis, and ended
     /// overrides from this node.
     async fn prune(&mut self) {
-        let now = self.control.limiter().now();
+        let now = self.control.engine().now();
         self.control.expire(now);
         let Ok(snap) = self.read_all().await else {
             return;

@@ -15,15 +15,16 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
 use super::conn::{Conn, Lua, key};
 use super::reply::{self, Throttle};
 use crate::config::redis_url::Scrub;
-use crate::core::Limiter;
-use crate::core::strict::{StrictJob, StrictKind};
+use crate::engine::Engine;
+pub use crate::engine::strict::StrictClient;
+use crate::engine::strict::{StrictAsk, StrictFailure, StrictJob, StrictKind};
 use crate::store::journal::CellKind;
 
 /// The strict-mode script.
@@ -46,81 +47,33 @@ const QUEUE: usize = 4_096;
 /// the fail mode at their deadline, or at once when the queue is full.
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Redis's answer to one job: whether it charged, and each cell's state
-/// before the check.
-pub type StrictAnswer = (bool, Vec<u64>);
-
-/// Why a strict check got no answer from Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum StrictFailure {
-    /// No answer within the deadline.
-    #[error("redis did not answer within the strict deadline")]
-    Timeout,
-    /// Redis answered with an error, or with a reply that is not the
-    /// script's, or the queue was full.
-    #[error("redis is unavailable")]
-    Unavailable,
-}
-
-struct Ask {
-    job: StrictJob,
-    reply: oneshot::Sender<Result<StrictAnswer, StrictFailure>>,
-}
-
-/// A handle for checking strict jobs; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct StrictClient {
-    tx: mpsc::Sender<Ask>,
-    deadline: Duration,
-}
-
 impl StrictClient {
     /// A client and the task that serves it (run it until shutdown).
-    pub(crate) fn new(
+    pub(crate) fn start(
         conn: Conn,
-        limiter: Arc<Limiter>,
+        engine: Arc<Engine>,
         key_prefix: String,
         deadline: Duration,
         scrub: Scrub,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let task = serve(conn, limiter, key_prefix, rx, scrub);
-        (Self { tx, deadline }, task)
-    }
-
-    /// Checks `job` in Redis, waiting at most the deadline.
-    pub async fn check(&self, job: StrictJob) -> Result<StrictAnswer, StrictFailure> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(Ask { job, reply })
-            .map_err(|_| StrictFailure::Unavailable)?;
-        let mut answer = answer;
-        match tokio::time::timeout(self.deadline, &mut answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StrictFailure::Unavailable),
-            Err(_) => {
-                // Closing first settles a race with a reply arriving now:
-                // either it is here (and used), or the task's send fails
-                // and it gives the charge back.
-                answer.close();
-                answer.try_recv().unwrap_or(Err(StrictFailure::Timeout))
-            }
-        }
+        let (client, rx) = StrictClient::channel(QUEUE, deadline);
+        let task = serve(conn, engine, key_prefix, rx, scrub);
+        (client, task)
     }
 }
 
 async fn serve(
     mut conn: Conn,
-    limiter: Arc<Limiter>,
+    engine: Arc<Engine>,
     prefix: String,
-    mut rx: mpsc::Receiver<Ask>,
+    mut rx: mpsc::Receiver<StrictAsk>,
     scrub: Scrub,
 ) {
     let script = Lua::new(SCRIPT);
     let mut batch = Vec::with_capacity(BATCH);
     let mut log = Throttle::default();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        batch.retain(|a: &Ask| !a.reply.is_closed());
+        batch.retain(|a: &StrictAsk| !a.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
@@ -141,7 +94,7 @@ async fn serve(
             };
             if let Err(Ok((true, _))) = ask.reply.send(reply) {
                 // Charged in Redis after the caller gave up: give it back.
-                undo(&limiter, &ask.job);
+                undo(&engine, &ask.job);
             }
         }
         if failed {
@@ -158,7 +111,7 @@ async fn send(
     conn: &mut Conn,
     script: &Lua,
     prefix: &str,
-    jobs: &[Ask],
+    jobs: &[StrictAsk],
 ) -> Vec<redis::RedisResult<redis::Value>> {
     let name = |i: usize, c: usize| {
         let job = &jobs[i].job;
@@ -193,8 +146,8 @@ async fn send(
 
 /// Gives back a job's charge through the sync journal (the next flush
 /// applies it to the same Redis keys).
-fn undo(limiter: &Limiter, job: &StrictJob) {
-    let Some(journal) = limiter.store().journal() else {
+fn undo(engine: &Engine, job: &StrictJob) {
+    let Some(journal) = engine.store().journal() else {
         return;
     };
     if job.cost == 0 {

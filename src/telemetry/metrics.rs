@@ -518,7 +518,7 @@ impl Metrics {
         } else {
             if let (Some(row), Some(i)) = (
                 self.denials.get(api as usize),
-                REASONS.iter().position(|(r, _)| *r == d.reason),
+                REASONS.iter().position(|(r, _)| Some(*r) == d.reason),
             ) && let Some(c) = row.get(i)
             {
                 c.striped.add(1);
@@ -651,7 +651,7 @@ pub fn plan_label<'t>(table: &'t Table, d: &Decision) -> &'t str {
     match d.plan {
         Some(id) if (id.0 as usize) < table.plans().len() => &table.plan(id).name,
         Some(_) => "(override)",
-        None if d.reason == DenyReason::Blocked => "(blocked)",
+        None if d.reason == Some(DenyReason::Blocked) => "(blocked)",
         None => "(none)",
     }
 }

@@ -11,7 +11,8 @@ use quotad::api::pb::quota_admin_client::QuotaAdminClient;
 use quotad::app::{App, AppError};
 use quotad::config::Config;
 use quotad::control::Control;
-use quotad::core::{Limiter, ManualClock};
+use quotad::core::ManualClock;
+use quotad::engine::Engine;
 use quotad::sync::SyncHandle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -119,7 +120,7 @@ pub struct TestDaemon {
     /// The admin listener, when the config has an admin section.
     pub admin_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
-    pub limiter: Arc<Limiter>,
+    pub engine: Arc<Engine>,
     pub control: Arc<Control>,
     /// The Redis sync task's state, when the config has `redis`.
     pub sync: Option<SyncHandle>,
@@ -183,7 +184,7 @@ impl TestDaemon {
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
         let admin_addr = app.admin_addr();
-        let limiter = app.limiter();
+        let engine = app.engine();
         let control = app.control();
         let sync = app.sync();
         let handle = tokio::spawn(app.run(async move {
@@ -194,7 +195,7 @@ impl TestDaemon {
             http_addr,
             admin_addr,
             clock,
-            limiter,
+            engine,
             control,
             sync,
             stop: Some(stop),
@@ -265,7 +266,7 @@ impl TestDaemon {
     /// Waits (bounded) until every charge so far has been flushed to Redis
     /// and the answers adopted.
     pub async fn wait_synced(&self) {
-        let journal = self.limiter.store().journal().expect("redis configured");
+        let journal = self.engine.store().journal().expect("redis configured");
         let mut sync = self.sync.clone().expect("redis configured");
         let poll = async {
             while !journal.is_empty() {

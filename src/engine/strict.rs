@@ -11,12 +11,78 @@
 //! node's own cells mirror the last answer, so the `local` fail mode
 //! decides on the freshest state it knows.
 
-use super::clock::{NANOS_PER_SEC, Nanos};
-use super::decision::{Decision, DenyReason, Request};
-use super::gcra::{self, Verdict};
-use super::limiter::{Seen, Snapshot};
-use super::quota;
-use crate::limits::{Assigned, LimitKind, PlanId};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::view::{Seen, View};
+use crate::core::clock::{NANOS_PER_SEC, Nanos};
+use crate::core::decision::{Decision, DenyReason, PlanId, Request};
+use crate::core::gcra::{self, Verdict};
+use crate::core::{counter, quota, window};
+use crate::limits::{Assigned, LimitKind};
+
+/// Redis's answer to one job: whether it charged, and each cell's state
+/// before the check.
+pub type StrictAnswer = (bool, Vec<u64>);
+
+/// Why a strict check got no answer from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StrictFailure {
+    /// No answer within the deadline.
+    #[error("redis did not answer within the strict deadline")]
+    Timeout,
+    /// Redis answered with an error, or with a reply that is not the
+    /// script's, or the queue was full.
+    #[error("redis is unavailable")]
+    Unavailable,
+}
+
+/// One strict job queued for the Redis task, with where its answer goes.
+#[derive(Debug)]
+pub struct StrictAsk {
+    /// The job.
+    pub job: StrictJob,
+    /// Where Redis's answer goes (closed: the caller gave up).
+    pub reply: oneshot::Sender<Result<StrictAnswer, StrictFailure>>,
+}
+
+/// A handle for checking strict jobs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StrictClient {
+    tx: mpsc::Sender<StrictAsk>,
+    deadline: Duration,
+}
+
+impl StrictClient {
+    /// A client whose jobs queue (at most `queue` of them) for whoever
+    /// serves the receiver (the Redis sync task), each waiting at most
+    /// `deadline` for its answer.
+    pub fn channel(queue: usize, deadline: Duration) -> (Self, mpsc::Receiver<StrictAsk>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (Self { tx, deadline }, rx)
+    }
+
+    /// Checks `job` in Redis, waiting at most the deadline.
+    pub async fn check(&self, job: StrictJob) -> Result<StrictAnswer, StrictFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(StrictAsk { job, reply })
+            .map_err(|_| StrictFailure::Unavailable)?;
+        let mut answer = answer;
+        match tokio::time::timeout(self.deadline, &mut answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StrictFailure::Unavailable),
+            Err(_) => {
+                // Closing first settles a race with a reply arriving now:
+                // either it is here (and used), or the task's send fails
+                // and it gives the charge back.
+                answer.close();
+                answer.try_recv().unwrap_or(Err(StrictFailure::Timeout))
+            }
+        }
+    }
+}
 
 /// Extra life of a strict counter's Redis key after its window ends.
 const COUNTER_SLACK_MS: u64 = 60_000;
@@ -82,7 +148,7 @@ impl StrictJob {
     }
 }
 
-impl Snapshot<'_> {
+impl View<'_> {
     /// The strict job for `req`, when its key's plan has a strict limit.
     pub fn strict_job(&self, req: &Request<'_>) -> Option<StrictJob> {
         let (assigned, cell_key, now) = self.resolve(req);
@@ -111,7 +177,7 @@ impl Snapshot<'_> {
                         }
                     }
                     LimitKind::Window(w) => {
-                        let end = super::window::epoch_span(now, w.period).end;
+                        let end = window::epoch_span(now, w.period).end;
                         StrictKind::Counter {
                             quota: w.limit,
                             window_end: end,
@@ -172,8 +238,8 @@ impl Snapshot<'_> {
                     v
                 }
                 LimitKind::Window(w) => {
-                    let span = super::window::epoch_span(job.now, w.period);
-                    let (v, _) = super::counter::decide(w, *state, span, job.now, job.cost);
+                    let span = window::epoch_span(job.now, w.period);
+                    let (v, _) = counter::decide(w, *state, span, job.now, job.cost);
                     let after = if charge {
                         state.saturating_add(job.cost)
                     } else {
@@ -206,7 +272,7 @@ impl Snapshot<'_> {
             // Redis refused, yet by the engine's rounding every limit had
             // room: refuse, with a short wait.
             d.allowed = false;
-            d.reason = DenyReason::Limited;
+            d.reason = Some(DenyReason::Limited);
             d.retry_after = Some(NANOS_PER_SEC / 1_000);
         }
         Some(d)

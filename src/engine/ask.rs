@@ -1,0 +1,175 @@
+//! What a front door asks the engine and what it gets back, free of any
+//! wire format: a [`Call`] (which door, which Envoy domain), the
+//! [`Item`]s the door's message comes to, and per item an [`Outcome`]
+//! with everything needed to render an answer: the decision, and the
+//! limit or rule behind it ([`Basis`]).
+
+use crate::config::Config;
+use crate::core::decision::Decision;
+use crate::limits::rls::{Domain, RlsLimit, Rule};
+use crate::limits::{Limit, Table};
+use crate::telemetry::metrics::Api;
+
+/// Who asks, about what.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The front door (the metrics' `api` label).
+    pub door: Api,
+    /// An Envoy RLS request's domain; `None`: API keys and their plans.
+    pub domain: Option<&'a str>,
+}
+
+impl Call<'_> {
+    /// A call of `door` about API keys and their plans.
+    pub fn keys(door: Api) -> Self {
+        Self { door, domain: None }
+    }
+}
+
+/// How an item's domain is limited, as the engine found it before the
+/// door validates the message.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind<'t> {
+    /// API keys and their plans: the native API, and Envoy's plan domains
+    /// (`envoy.domains`).
+    Plans,
+    /// A domain from envoyproxy/ratelimit files.
+    Rules(&'t Domain),
+    /// A domain quotad does not limit: every descriptor is answered OK.
+    Unknown,
+}
+
+/// What an item does to its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spend `cost` if every limit has room (cost 0 reports the state).
+    Charge,
+    /// Answer exactly as [`Mode::Charge`] would, changing nothing. Always
+    /// decided on this node (strict limits too).
+    Peek,
+    /// Give `cost` back (Envoy's `is_negative_hits`), then report.
+    Refund,
+}
+
+/// An Envoy descriptor's entries, as the engine reads them: (key, value)
+/// pairs in order.
+pub trait Pairs {
+    /// The entries.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)>;
+}
+
+/// No entries: an item that is only an API key.
+impl Pairs for () {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::empty()
+    }
+}
+
+/// One check, validated by its door.
+#[derive(Debug)]
+pub struct Item<'a, P: ?Sized> {
+    /// The API key, if the item has one: the native API's key, or a plan
+    /// domain's key entry value.
+    pub key: Option<&'a str>,
+    /// The descriptor's entries (empty for the native API). In a plan
+    /// domain, the entries besides the key file the item's cells apart
+    /// from the key's own; in a rules domain, they are matched against
+    /// the domain's descriptor tree and name its counter.
+    pub entries: &'a P,
+    /// Units.
+    pub cost: u64,
+    /// What to do with them.
+    pub mode: Mode,
+    /// A limit the request brings for this item (Envoy's
+    /// `RateLimitOverride`): replaces whatever the config says for it, as
+    /// a limit on the descriptor's own counter.
+    pub limit: Option<RlsLimit>,
+}
+
+impl<'a> Item<'a, ()> {
+    /// A charge of `cost` units against API key `key`'s plan.
+    pub fn key(key: &'a str, cost: u64) -> Self {
+        Self {
+            key: Some(key),
+            entries: &(),
+            cost,
+            mode: Mode::Charge,
+            limit: None,
+        }
+    }
+}
+
+/// What a door's validation admits: the items, and what the door needs
+/// later to render the answer.
+pub type Admitted<'m, P, X> = (Vec<Item<'m, P>>, X);
+
+/// What decided an item, for rendering.
+#[derive(Debug, Clone, Copy)]
+pub enum Basis<'v> {
+    /// No limit applies (no rule matched, a rule replaced by another, a
+    /// plan domain's descriptor without the key, an unknown domain): OK.
+    Nothing,
+    /// An `unlimited` rule.
+    Unlimited(&'v Rule),
+    /// The key's plan (a blocked key's block, too); the limit is the
+    /// deciding one, absent for a plan without limits or a block.
+    Plan(Option<&'v Limit>),
+    /// A descriptor limit: a rule's, or the request's own (`rule` absent).
+    Rule {
+        /// The limit.
+        limit: &'v RlsLimit,
+        /// The rule it comes from.
+        rule: Option<&'v Rule>,
+    },
+}
+
+/// One item's answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'v> {
+    /// The decision (for a descriptor limit: its verdict, with the
+    /// limit's capacity; a shadow-mode rule's denial stays denied here).
+    pub decision: Decision,
+    /// What decided.
+    pub basis: Basis<'v>,
+}
+
+impl Outcome<'_> {
+    /// Whether a shadow-mode rule turned this item's denial into OK.
+    pub fn shadowed(&self) -> bool {
+        !self.decision.allowed && self.shadow()
+    }
+
+    /// Whether this item is over its limit once shadow mode is applied.
+    pub fn over(&self) -> bool {
+        !self.decision.allowed && !self.shadow()
+    }
+
+    fn shadow(&self) -> bool {
+        matches!(self.basis, Basis::Rule { rule: Some(r), .. } if r.shadow)
+    }
+}
+
+/// Everything the engine decided for one call, to render from.
+#[derive(Debug)]
+pub struct Answer<'v> {
+    /// The config in effect for the call (response headers, Envoy
+    /// settings): the one the items were validated against.
+    pub config: &'v Config,
+    /// The table the decisions name limits of.
+    pub table: &'v Table,
+    /// One outcome per item, in order (none for an unknown domain).
+    pub outcomes: Vec<Outcome<'v>>,
+}
+
+impl Answer<'_> {
+    /// Whether any item is over its limit (shadow mode applied per rule;
+    /// the global `envoy.shadow` is the door's to apply).
+    pub fn over(&self) -> bool {
+        self.outcomes.iter().any(Outcome::over)
+    }
+
+    /// Whether a shadow-mode rule answered OK for an item over its limit.
+    pub fn shadowed(&self) -> bool {
+        self.outcomes.iter().any(Outcome::shadowed)
+    }
+}

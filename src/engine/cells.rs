@@ -1,0 +1,271 @@
+//! One limit applied to one key's cell: where the cell is ([`Cell`]),
+//! the evaluate-then-charge path every cell kind shares (free room, room
+//! the store's admission policy makes, or the overflow cell), refunds,
+//! and the sync journal's entry for each charge.
+
+use super::Engine;
+use crate::core::clock::Nanos;
+use crate::core::gcra::{self, Verdict};
+use crate::core::hash::mix;
+use crate::core::source::Source as KeySource;
+use crate::core::{counter, quota, window};
+use crate::limits::{FixedWindow, Limit, LimitKind, Quota, Rate};
+use crate::store::journal::CellKind;
+use crate::store::{BucketCell, Cell as StoreCell, Landed, Map, Meta, QuotaCell};
+
+/// Stands in for the key hash of the shared overflow cells.
+const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
+
+/// Where one limit keeps one key's state right now.
+#[derive(Clone, Copy)]
+pub(super) enum Cell<'l> {
+    Bucket {
+        rate: &'l Rate,
+        id: u64,
+        overflow: u64,
+    },
+    Quota {
+        quota: &'l Quota,
+        span: window::Span,
+        id: u64,
+        overflow: u64,
+    },
+    Counter {
+        window: &'l FixedWindow,
+        span: window::Span,
+        id: u64,
+        overflow: u64,
+    },
+}
+
+impl<'l> Cell<'l> {
+    #[inline]
+    pub(super) fn of(limit: &'l Limit, key_hash: u64, now: Nanos) -> Self {
+        match &limit.kind {
+            LimitKind::Rate(rate) => Cell::Bucket {
+                rate,
+                id: mix(key_hash, limit.uid),
+                overflow: mix(OVERFLOW_KEY, limit.uid),
+            },
+            LimitKind::Quota(quota) => {
+                let span = quota.window.span(now);
+                Cell::Quota {
+                    quota,
+                    span,
+                    id: mix(mix(key_hash, limit.uid), span.index),
+                    overflow: mix(mix(OVERFLOW_KEY, limit.uid), span.index),
+                }
+            }
+            LimitKind::Window(window) => {
+                let span = window::epoch_span(now, window.period);
+                // Counters of one unit share `uid` (a descriptor's counter
+                // is the same whichever rule applies), so the overflow
+                // counter also keys on the limit: one per (unit, limit).
+                let shape = mix(limit.uid, window.limit);
+                Cell::Counter {
+                    window,
+                    span,
+                    id: mix(mix(key_hash, limit.uid), span.index),
+                    overflow: mix(mix(OVERFLOW_KEY, shape), span.index),
+                }
+            }
+        }
+    }
+}
+
+impl Cell<'_> {
+    /// The key's own cell id.
+    pub(super) fn id(&self) -> u64 {
+        match *self {
+            Cell::Bucket { id, .. } | Cell::Quota { id, .. } | Cell::Counter { id, .. } => id,
+        }
+    }
+
+    /// What a charge (or, negated, a refund) of `cost` to the key's own
+    /// cell adds to the sync journal: the cell, its kind, the delta.
+    pub(super) fn journal_entry(&self, cost: u64) -> (u64, CellKind, i64) {
+        let units = i64::try_from(cost).unwrap_or(i64::MAX);
+        match *self {
+            Cell::Bucket { rate, id, .. } => (
+                id,
+                CellKind::Bucket,
+                i64::try_from(rate.emission(cost)).unwrap_or(i64::MAX),
+            ),
+            Cell::Quota { span, id, .. } | Cell::Counter { span, id, .. } => (
+                id,
+                CellKind::Counter {
+                    window_end: span.end,
+                },
+                units,
+            ),
+        }
+    }
+}
+
+impl Engine {
+    /// Checks one limit for one key (its keyed hash and the source a new
+    /// cell counts under); `commit == false` is a dry run. Says where the
+    /// units were charged, if anywhere.
+    #[inline]
+    pub(super) fn apply(
+        &self,
+        limit: &Limit,
+        (key, source): (u64, KeySource),
+        now: Nanos,
+        cost: u64,
+        commit: bool,
+    ) -> (Verdict, Landed) {
+        let cell = Cell::of(limit, key, now);
+        let at = Charge {
+            source,
+            now,
+            commit,
+        };
+        let (v, landed) = match cell {
+            Cell::Bucket { rate, id, overflow } => at.charge(
+                self.store.buckets(),
+                (id, overflow),
+                BucketCell::new,
+                |c, commit| gcra::check(rate, &c.tat, now, cost, commit),
+                false,
+            ),
+            Cell::Quota {
+                quota: q,
+                span,
+                id,
+                overflow,
+            } => at.charge(
+                self.store.quotas(),
+                (id, overflow),
+                |m| QuotaCell::new(span.end, m),
+                |c, commit| quota::check(q, &c.used, span, now, cost, commit),
+                false,
+            ),
+            // Limit 0 is always over: nothing to count, no cell to create.
+            Cell::Counter {
+                window: w, span, ..
+            } if w.limit == 0 => (counter::decide(w, 0, span, now, cost).0, Landed::Nowhere),
+            Cell::Counter {
+                window: w,
+                span,
+                id,
+                overflow,
+            } => at.charge(
+                self.store.quotas(),
+                (id, overflow),
+                |m| QuotaCell::new(span.end, m),
+                |c, commit| counter::check(w, &c.used, span, now, cost, commit),
+                true,
+            ),
+        };
+        match landed {
+            Landed::Overflow => self.store.note_overflow(),
+            // Only a key's own cells are synced: overflow cells are this
+            // node's flood guard.
+            Landed::Own => {
+                if let Some(j) = self.store.journal() {
+                    let (id, kind, delta) = cell.journal_entry(cost);
+                    j.add(id, key, kind, delta, now);
+                }
+            }
+            Landed::Nowhere => {}
+        }
+        (v, landed)
+    }
+
+    /// Gives back `cost` units to the cell `at` names (the key's own, or
+    /// the overflow cell a charge went to). Creates nothing; a cell swept
+    /// meanwhile was full, so has nothing to give back.
+    pub(super) fn refund(&self, limit: &Limit, key: u64, now: Nanos, cost: u64, at: Landed) {
+        let pick = |id: u64, overflow: u64| match at {
+            Landed::Own => Some(id),
+            Landed::Overflow => Some(overflow),
+            Landed::Nowhere => None,
+        };
+        let cell = Cell::of(limit, key, now);
+        let refunded = match cell {
+            Cell::Bucket { rate, id, overflow } => pick(id, overflow).and_then(|id| {
+                self.store
+                    .buckets()
+                    .get(id, |c| gcra::refund(rate, &c.tat, cost))
+            }),
+            Cell::Quota { id, overflow, .. } | Cell::Counter { id, overflow, .. } => {
+                pick(id, overflow).and_then(|id| {
+                    self.store
+                        .quotas()
+                        .get(id, |c| quota::refund(&c.used, cost))
+                })
+            }
+        };
+        if at == Landed::Own
+            && refunded.is_some()
+            && let Some(j) = self.store.journal()
+        {
+            let (id, kind, delta) = cell.journal_entry(cost);
+            j.add(id, key, kind, -delta, now);
+        }
+    }
+}
+
+/// What one charge is made for: the source a new cell counts under, the
+/// time, and whether it is a commit or a dry run.
+#[derive(Clone, Copy)]
+struct Charge {
+    source: KeySource,
+    now: Nanos,
+    commit: bool,
+}
+
+impl Charge {
+    /// The one evaluate-then-charge path of every cell kind: a tracked
+    /// cell is updated in place; an untracked key is first evaluated as a
+    /// new cell, and a cell is created (in free room, or room the store's
+    /// admission policy makes) only when the check is a commit and would
+    /// pass, or, for kinds that count denied hits too (`counts_denied`),
+    /// when it is a commit at all and the store is not nearly full.
+    /// Without room the charge goes to the limit's overflow cell.
+    #[inline]
+    fn charge<V: StoreCell>(
+        self,
+        map: Map<'_, V>,
+        ids: (u64, u64),
+        make: impl Fn(Meta) -> V,
+        eval: impl Fn(&V, bool) -> Verdict,
+        counts_denied: bool,
+    ) -> (Verdict, Landed) {
+        let commit = self.commit;
+        let counted = |v: &Verdict| commit && (v.allowed || counts_denied);
+        let landed = |v: &Verdict, at: Landed| if counted(v) { at } else { Landed::Nowhere };
+        let tracked = map.get(ids.0, |c| {
+            let v = eval(c, commit);
+            if counted(&v) {
+                c.meta().hit();
+            }
+            v
+        });
+        if let Some(v) = tracked {
+            return (v, landed(&v, Landed::Own));
+        }
+        let v = eval(&make(Meta::new(self.source, self.now)), false);
+        if !commit || !(v.allowed || (counts_denied && !map.is_nearly_full())) {
+            return (v, Landed::Nowhere);
+        }
+        let ((v, charged), at) = map.upsert(ids, self.source, self.now, make, |c, overflow| {
+            // A denied hit is never counted in a shared overflow cell,
+            // where it would hold every other new key over the limit.
+            if overflow && counts_denied {
+                let v = eval(c, false);
+                if !v.allowed {
+                    return (v, false);
+                }
+            }
+            let v = eval(c, true);
+            let charged = counted(&v);
+            if charged {
+                c.meta().hit();
+            }
+            (v, charged)
+        });
+        (v, if charged { at } else { Landed::Nowhere })
+    }
+}

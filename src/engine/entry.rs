@@ -1,0 +1,315 @@
+//! [`Engine::decide`]: the one entry every front door calls. It takes one
+//! consistent view of the rules, lets the door validate its message
+//! against that view's settings and turn it into items, resolves each
+//! item to its limits (a key's plan, a descriptor's rule after
+//! `replaces`, a request's own limit), decides (strict plans in Redis,
+//! the rest here, synchronously), counts metrics and heavy keys once, and
+//! hands the door the answer to render.
+
+use super::Engine;
+use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, Outcome, Pairs};
+use super::view::View;
+use crate::config::Config;
+use crate::core::clock::Stopwatch;
+use crate::core::decision::{Decision, DenyReason, Request};
+use crate::core::gcra::Verdict;
+use crate::core::source::Source as KeySource;
+use crate::limits::rls::{Action, RlsLimit, Rule};
+use crate::telemetry::metrics::{Api, Outcome as Counted, plan_label};
+
+impl Engine {
+    /// Decides one call of a front door.
+    ///
+    /// `admit` gets the config in effect and how the call's domain is
+    /// limited, validates the door's message against them (a refusal is
+    /// counted and returned as is, nothing charged) and returns its items
+    /// and whatever the door needs later; `render` turns the [`Answer`]
+    /// into the door's wire message. Both see the same rules, which the
+    /// decisions are made with, except after a strict plan's wait for
+    /// Redis: the view is not held across it, and the decisions are made
+    /// and rendered on the rules in effect when Redis answered.
+    pub async fn decide<'m, P, X, E, R>(
+        &self,
+        call: Call<'_>,
+        admit: impl FnOnce(&Config, Kind<'_>) -> Result<Admitted<'m, P, X>, E>,
+        render: impl FnOnce(&Answer<'_>, X) -> R,
+    ) -> Result<R, E>
+    where
+        P: Pairs + ?Sized + 'm,
+    {
+        let started = Stopwatch::start();
+        let view = self.view();
+        let kind = kind_of(&view, call);
+        let configured = !matches!(kind, Kind::Unknown);
+        let (items, extra) = match admit(view.config(), kind) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.count_refused(call, configured);
+                return Err(e);
+            }
+        };
+        let jobs = match (kind, self.strict.get()) {
+            (Kind::Plans, Some(_)) if view.table().has_strict() => self.strict_jobs(&view, &items),
+            _ => Vec::new(),
+        };
+        let (view, decided) = if jobs.iter().any(Option::is_some) {
+            let before = view.rules();
+            drop(view);
+            self.wait_strict(before, jobs).await
+        } else {
+            (view, Vec::new())
+        };
+        // After a wait the domain is looked up again (only plan domains
+        // wait, and they stay plan domains).
+        let kind = if decided.is_empty() {
+            kind_of(&view, call)
+        } else {
+            Kind::Plans
+        };
+        let outcomes = match kind {
+            Kind::Unknown => Vec::new(),
+            Kind::Plans => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let strict = decided.get(i).copied().flatten();
+                    self.plan_item(&view, call, item, strict)
+                })
+                .collect(),
+            Kind::Rules(domain) => {
+                let rules = domain.resolve(
+                    items
+                        .iter()
+                        .map(|i| i.limit.is_none().then(|| i.entries.pairs())),
+                );
+                items
+                    .iter()
+                    .zip(rules)
+                    .map(|(item, rule)| self.rule_item(&view, call, domain.source, item, rule))
+                    .collect()
+            }
+        };
+        let answer = Answer {
+            config: view.config(),
+            table: view.table(),
+            outcomes,
+        };
+        self.count(call, configured, &answer, started);
+        Ok(render(&answer, extra))
+    }
+
+    /// One item of a plan domain (or the native API).
+    fn plan_item<'v, P: Pairs + ?Sized>(
+        &self,
+        view: &'v View<'_>,
+        call: Call<'_>,
+        item: &'v Item<'_, P>,
+        strict: Option<Decision>,
+    ) -> Outcome<'v> {
+        let Some(key) = item.key else {
+            return match &item.limit {
+                Some(own) => self.own_limit(call, item, own),
+                None => nothing(),
+            };
+        };
+        if let Some(own) = &item.limit {
+            // An operator's block of the key wins over a limit the
+            // request brings.
+            if let Some(d) = view.blocked(key) {
+                return plan_outcome(view, d);
+            }
+            return self.own_limit(call, item, own);
+        }
+        if item.mode != Mode::Refund {
+            let heavy = self.metrics.heavy();
+            if heavy.enabled() {
+                heavy.note(self.hasher.key_hash(key.as_bytes()));
+            }
+        }
+        let d = match strict {
+            Some(d) => d,
+            None => {
+                let req = self.plan_request(view, key, item);
+                match item.mode {
+                    Mode::Charge => view.check(&req),
+                    Mode::Peek => view.decide(&req, false),
+                    Mode::Refund => view.refund(&req),
+                }
+            }
+        };
+        plan_outcome(view, d)
+    }
+
+    /// The engine request for an item with an API key: its entries besides
+    /// the key file its cells apart from the key's own.
+    pub(super) fn plan_request<'k, P: Pairs + ?Sized>(
+        &self,
+        view: &View<'_>,
+        key: &'k str,
+        item: &Item<'_, P>,
+    ) -> Request<'k> {
+        let key_entry = view.config().envoy.key_entry.as_str();
+        let scope = self
+            .hasher
+            .entries_hash(item.entries.pairs().filter(|(k, _)| *k != key_entry));
+        Request {
+            key,
+            cost: item.cost,
+            scope,
+        }
+    }
+
+    /// One item of a domain from envoyproxy/ratelimit files, its rule
+    /// resolved (`None`: no match, or replaced).
+    fn rule_item<'v, P: Pairs + ?Sized>(
+        &self,
+        view: &'v View<'_>,
+        call: Call<'_>,
+        source: KeySource,
+        item: &'v Item<'_, P>,
+        rule: Option<&'v Rule>,
+    ) -> Outcome<'v> {
+        if let Some(own) = &item.limit {
+            if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
+                return plan_outcome(view, d);
+            }
+            return self.own_limit(call, item, own);
+        }
+        let Some(rule) = rule else {
+            return nothing();
+        };
+        match &rule.action {
+            Action::Unlimited => Outcome {
+                decision: Decision::UNLIMITED,
+                basis: Basis::Unlimited(rule),
+            },
+            Action::Limit(limit) => {
+                let v = self.count_descriptor(call, source, item, limit);
+                Outcome {
+                    decision: descriptor_decision(&v, limit),
+                    basis: Basis::Rule {
+                        limit,
+                        rule: Some(rule),
+                    },
+                }
+            }
+        }
+    }
+
+    /// An item limited by the limit its request brings.
+    fn own_limit<'v, P: Pairs + ?Sized>(
+        &self,
+        call: Call<'_>,
+        item: &'v Item<'_, P>,
+        own: &'v RlsLimit,
+    ) -> Outcome<'v> {
+        let v = self.count_descriptor(call, KeySource::PLANS, item, own);
+        Outcome {
+            decision: descriptor_decision(&v, own),
+            basis: Basis::Rule {
+                limit: own,
+                rule: None,
+            },
+        }
+    }
+
+    /// Applies a descriptor limit to the descriptor's own counter (a keyed
+    /// hash of the domain and every entry).
+    fn count_descriptor<P: Pairs + ?Sized>(
+        &self,
+        call: Call<'_>,
+        source: KeySource,
+        item: &Item<'_, P>,
+        limit: &RlsLimit,
+    ) -> Verdict {
+        let domain = call.domain.unwrap_or_default();
+        let key = self.hasher.descriptor_hash(domain, item.entries.pairs());
+        match item.mode {
+            Mode::Refund => self.refund_limit(&limit.limit, key, item.cost),
+            Mode::Peek => self.peek_limit(&limit.limit, key, item.cost, source),
+            Mode::Charge => self.check_limit(&limit.limit, key, item.cost, source),
+        }
+    }
+
+    /// Counts a refused call.
+    fn count_refused(&self, call: Call<'_>, configured: bool) {
+        match call.door {
+            Api::Rls => self
+                .metrics
+                .rls(call.domain.filter(|_| configured), Counted::Error),
+            door => self.metrics.refused(door),
+        }
+    }
+
+    /// Counts a decided call: each check of the native doors under its
+    /// plan, an Envoy request once under its domain; and its latency.
+    fn count(&self, call: Call<'_>, configured: bool, answer: &Answer<'_>, started: Stopwatch) {
+        match call.door {
+            Api::Rls => {
+                let over = answer.over();
+                let counted = if over && !answer.config.envoy.shadow {
+                    Counted::Denied
+                } else if over || answer.shadowed() {
+                    Counted::ShadowDenied
+                } else {
+                    Counted::Allowed
+                };
+                self.metrics
+                    .rls(call.domain.filter(|_| configured), counted);
+            }
+            door => {
+                for o in &answer.outcomes {
+                    let d = &o.decision;
+                    self.metrics.checked(door, plan_label(answer.table, d), d);
+                }
+            }
+        }
+        self.metrics.took(call.door, started);
+    }
+}
+
+/// How `call`'s domain is limited in `view`.
+fn kind_of<'v>(view: &'v View<'_>, call: Call<'_>) -> Kind<'v> {
+    let Some(domain) = call.domain else {
+        return Kind::Plans;
+    };
+    if view.config().envoy.domains.iter().any(|d| d == domain) {
+        return Kind::Plans;
+    }
+    match view.table().rls().get(domain) {
+        Some(d) => Kind::Rules(d),
+        None => Kind::Unknown,
+    }
+}
+
+fn nothing<'v>() -> Outcome<'v> {
+    Outcome {
+        decision: Decision::UNLIMITED,
+        basis: Basis::Nothing,
+    }
+}
+
+fn plan_outcome<'v>(view: &'v View<'_>, d: Decision) -> Outcome<'v> {
+    Outcome {
+        basis: Basis::Plan(view.limit(&d)),
+        decision: d,
+    }
+}
+
+/// A descriptor limit's verdict as a decision.
+fn descriptor_decision(v: &Verdict, limit: &RlsLimit) -> Decision {
+    Decision {
+        allowed: v.allowed,
+        limit: limit.limit.capacity(),
+        remaining: v.remaining,
+        reset_after: v.reset_after,
+        retry_after: v.retry_after,
+        reason: match (v.allowed, v.retry_after) {
+            (true, _) => None,
+            (false, None) => Some(DenyReason::CostExceedsCapacity),
+            (false, Some(_)) => Some(DenyReason::Limited),
+        },
+        policy: None,
+        plan: None,
+    }
+}

@@ -1,0 +1,128 @@
+//! The one wait behind the engine entry: plans with a strict limit are
+//! decided in Redis (the jobs of one call together, one pipelined round
+//! trip; see [`super::strict`] and the Redis side, `sync::strict`). On no
+//! answer in time, `redis.on_redis_error` decides: `local` (this node's
+//! view), `allow` or `deny`.
+
+use std::sync::Arc;
+
+use super::ask::{Item, Mode, Pairs};
+use super::strict::{StrictClient, StrictJob};
+use super::view::View;
+use super::{Engine, Rules};
+use crate::config::OnRedisError;
+use crate::core::decision::{Decision, DenyReason, Request};
+use crate::limits::Table;
+
+/// Strict mode as the engine uses it.
+#[derive(Debug, Clone)]
+pub struct Strict {
+    /// The batching Redis client.
+    pub client: StrictClient,
+    /// What to answer without Redis.
+    pub on_error: OnRedisError,
+}
+
+/// A strict job and the request it was built from (decided locally under
+/// the `local` fail mode).
+pub(super) type Job<'k> = Option<(StrictJob, Request<'k>)>;
+
+impl Engine {
+    /// The strict job of each item whose key's plan has a strict limit
+    /// (items charging their key's plan; none bringing its own limit).
+    pub(super) fn strict_jobs<'k, P: Pairs + ?Sized>(
+        &self,
+        view: &View<'_>,
+        items: &[Item<'k, P>],
+    ) -> Vec<Job<'k>> {
+        items
+            .iter()
+            .map(|item| match item.key {
+                Some(key) if item.limit.is_none() && item.mode == Mode::Charge => {
+                    let req = self.plan_request(view, key, item);
+                    view.strict_job(&req).map(|job| (job, req))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sends `jobs` to Redis together, then decides each on the rules in
+    /// effect once Redis answered. `before` is the rules the jobs were
+    /// built with, held meanwhile (so their table's address cannot be
+    /// reused while it is compared).
+    pub(super) async fn wait_strict(
+        &self,
+        before: Arc<Rules>,
+        jobs: Vec<Job<'_>>,
+    ) -> (View<'_>, Vec<Option<Decision>>) {
+        let Some(strict) = self.strict.get() else {
+            return (self.view(), Vec::new());
+        };
+        let answers = futures_util::future::join_all(jobs.iter().map(|job| async move {
+            match job {
+                Some((job, _)) => Some(strict.client.check(job.clone()).await),
+                None => None,
+            }
+        }))
+        .await;
+        let view = self.view();
+        // A job's plan id is its table's: say it only if that table is
+        // still the one in effect; otherwise the check counts under
+        // `(none)`.
+        let same = std::ptr::eq::<Table>(&before.table, view.table());
+        drop(before);
+        let decided = jobs
+            .iter()
+            .zip(answers)
+            .map(|(job, answer)| {
+                let (job, req) = job.as_ref()?;
+                Some(self.strict_answer(strict, &view, same, (job, req), answer?))
+            })
+            .collect();
+        (view, decided)
+    }
+
+    /// The decision for one strict job, from Redis's answer or the fail
+    /// mode.
+    fn strict_answer(
+        &self,
+        strict: &Strict,
+        view: &View<'_>,
+        same: bool,
+        (job, req): (&StrictJob, &Request<'_>),
+        answer: Result<super::strict::StrictAnswer, super::strict::StrictFailure>,
+    ) -> Decision {
+        let plan = same.then_some(job.plan);
+        match answer {
+            // The table changed while Redis answered: Redis's verdict
+            // stands (it charged, or not), without the numbers of the old
+            // table.
+            Ok((ok, before)) => view.strict_decision(job, ok, &before).unwrap_or(Decision {
+                allowed: ok,
+                reason: (!ok).then_some(DenyReason::Limited),
+                retry_after: Some(if ok { 0 } else { 1_000_000 }),
+                plan,
+                ..Decision::UNLIMITED
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
+                self.metrics.strict_fail(strict.on_error.as_str());
+                match strict.on_error {
+                    OnRedisError::Local => view.check(req),
+                    OnRedisError::Allow => Decision {
+                        plan,
+                        ..Decision::UNLIMITED
+                    },
+                    OnRedisError::Deny => Decision {
+                        allowed: false,
+                        reason: Some(DenyReason::Unavailable),
+                        retry_after: Some(1_000_000_000),
+                        plan,
+                        ..Decision::UNLIMITED
+                    },
+                }
+            }
+        }
+    }
+}
