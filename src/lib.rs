@@ -8,13 +8,14 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`core`] | [`Request`](core::Request) → [`Engine::check`](core::Engine::check) → [`Decision`](core::Decision); GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters, the [`Clock`](core::Clock), keyed hashing |
+//! | [`core`] | the bottom layer, importing no other module: [`Request`](core::Request) and [`Decision`](core::Decision), what limits count with ([`Rate`](core::Rate), [`Quota`](core::Quota), [`FixedWindow`](core::FixedWindow)), GCRA buckets, calendar quotas, envoyproxy/ratelimit's fixed-window counters on plain atomics, the [`Clock`](core::Clock), keyed hashing |
+//! | [`engine`] | the one entry every front door calls, [`Engine::decide`](engine::Engine::decide): validate against the config in effect (the door's), resolve to limits, decide on the store, strict mode's Redis wait, metrics and heavy keys counted once; the [`Rules`](engine::Rules) in effect (table and config, swapped as one) |
 //! | [`store`] | this node's cells (sharded tables of atomics), the hard cap with its admission policy (a cheap cell displaced for a new key, budgets per source of keys) and the overflow cell as last resort, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
 //! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB) |
-//! | [`api`] | the front doors: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
+//! | [`api`] | the front doors, wire ↔ engine only: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
-//! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the engine |
+//! | [`control`] | what operators change while the daemon serves: overrides, reloads and the file watcher; puts each new table in effect in the engine, with its config |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
@@ -25,29 +26,33 @@
 //!
 //! # Request flow
 //!
-//! A front door validates the caller's message (empty or oversized keys,
-//! costs above the cap, too many items → `INVALID_ARGUMENT`, against the
-//! caps of the config in effect), maps it to a [`core::Request`], and
-//! calls [`core::Snapshot::check`] synchronously: hash the key (SipHash
-//! keyed with a secret), look up its plan in the table snapshot (an
-//! operator's override first, then its static assignment, then the
-//! default plan; a blocked key is denied here), and for each of the
-//! plan's limits find the key's cell in the store and update it with one
-//! compare-and-swap. A plan with several
-//! limits is first dry-run against every limit, so a denial charges
-//! nothing; a lost race between the dry run and the charge is refunded.
-//! Only an allowed charge creates a cell (and, for envoyproxy/ratelimit's
-//! fixed windows, which count refused hits too, any counted hit while the
-//! store is less than nine tenths full); past the cap it must win room
-//! from a cell cheaper to forget ([`store::admission`]). Nothing on this path awaits or
-//! holds a lock across anything slow (a shard's read lock for one CAS).
-//!
-//! An Envoy RLS request for a domain read from envoyproxy/ratelimit files
-//! takes a second route to the same store: each descriptor is matched in
-//! the domain's descriptor tree ([`limits::rls`]), `replaces` drops
-//! limits, and the matched limit is applied with
-//! [`core::Engine::check_limit`] to the descriptor's own cell (a keyed
-//! hash of the domain and every entry).
+//! A front door calls [`engine::Engine::decide`] with its message. The
+//! engine takes one view of the [`Rules`](engine::Rules) in effect (the
+//! limits table and the config it was built from, swapped together), and
+//! the door validates the message against that view's caps (empty or
+//! oversized keys, costs above the cap, too many items →
+//! `INVALID_ARGUMENT`) and turns it into [`Item`](engine::Item)s: an API
+//! key, or an Envoy descriptor's entries, with a cost and a mode. The
+//! engine resolves each item to its limits: a key's plan (hash the key,
+//! SipHash keyed with a secret; an operator's override first, then its
+//! static assignment, then the default plan; a blocked key is denied
+//! here), or for a domain from envoyproxy/ratelimit files the rule its
+//! descriptor matches in the domain's tree after `replaces`
+//! ([`limits::rls::Domain::resolve`]), or the limit the request brings.
+//! Then, synchronously, for each limit it finds the cell (a key's, or a
+//! descriptor's: a keyed hash of the domain and every entry) in the store
+//! and updates it with one compare-and-swap. A plan with several limits
+//! is first dry-run against every limit, so a denial charges nothing; a
+//! lost race between the dry run and the charge is refunded. Only an
+//! allowed charge creates a cell (and, for envoyproxy/ratelimit's fixed
+//! windows, which count refused hits too, any counted hit while the store
+//! is less than nine tenths full); past the cap it must win room from a
+//! cell cheaper to forget ([`store::admission`]). Nothing on this path
+//! awaits or holds a lock across anything slow (a shard's read lock for
+//! one CAS), except a plan with a strict limit, which the engine decides
+//! in Redis ([`engine::wait`]) without holding the view. The engine
+//! counts the call's metrics and heavy keys once, and the door renders
+//! the [`Answer`](engine::Answer) as its wire message and headers.
 //!
 //! # Accuracy guarantees
 //!

@@ -23,7 +23,7 @@
 //!
 //! This door only translates: it validates the request against the
 //! settings in effect, turns each descriptor into an engine
-//! [`Item`](crate::engine::Item) (matching descriptor trees, `replaces`
+//! [`Item`] (matching descriptor trees, `replaces`
 //! and counting are the engine's and [`crate::limits::rls`]'s), and
 //! renders the engine's answer as Envoy's response.
 //!
