@@ -5,7 +5,8 @@
 # redis-server for the Redis sync tests, which start their own on free
 # loopback ports, promtool for the metrics and dashboard checks, helm and
 # kubernetes-validate for the chart; protoc is vendored by the build),
-# checks the Helm chart and the dependencies (cargo-deny), then runs doc, unit,
+# checks the Helm chart, the dependencies (cargo-deny) and the module
+# structure (scripts/module-graph.py), then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +90,23 @@ else
     echo "test.sh: RustSec advisory database unreachable; cargo-deny advisories skipped" >&2
 fi
 "$tools/venv/bin/cargo-deny" --log-level error check "${deny_checks[@]}"
+
+# The shape of src/ (README, "Layout"): no import circle between files, no
+# two top-level modules importing each other, every import pointing down
+# the layers (bottom first), and no file over 1,000 lines. Functions over
+# 100 lines are clippy's (.clippy.toml), run by CI with -D warnings.
+# Layers: leaf helpers; core (algorithms, time, hashing); cells and
+# tables; metrics; listeners; the config; the engine entry; Redis and the
+# control plane beside it; the front doors and the admin API; the app.
+layers="shutdown,cli,diag,yaml;core;store,limits;telemetry;net,tls;config;engine"
+layers+=";sync,control;api,admin;app"
+python3 scripts/module-graph.py --layers "$layers"
+oversized=$(find src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 > 1000')
+if [ -n "$oversized" ]; then
+    echo "test.sh: files in src/ over 1000 lines:" >&2
+    echo "$oversized" >&2
+    exit 1
+fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
