@@ -80,6 +80,7 @@
 //!   nodes took before first hearing of each other; quota counters are
 //!   kept in Redis, so they survive restarts.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 #![warn(missing_docs)]
 
 pub mod admin;

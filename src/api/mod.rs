@@ -23,7 +23,7 @@ use crate::core::clock::NANOS_PER_SEC;
 
 /// Code generated from `proto/quotad/v1`.
 pub mod pb {
-    #![allow(missing_docs, clippy::all)]
+    #![allow(missing_docs, clippy::all, clippy::too_many_lines)]
     tonic::include_proto!("quotad.v1");
 
     /// Encoded descriptor set of `quotad.v1`, for server reflection.

@@ -5,6 +5,7 @@
 //! serve until SIGTERM/SIGINT, drain, exit 0. SIGHUP reloads the config
 //! (the file, then the flags over it, as at start).
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -52,28 +52,36 @@ impl Engine {
             (Kind::Plans, Some(_)) if view.table().has_strict() => self.strict_jobs(&view, &items),
             _ => Vec::new(),
         };
-        let (view, decided) = if jobs.iter().any(Option::is_some) {
+        if jobs.iter().any(Option::is_some) {
             let before = view.rules();
             drop(view);
-            self.wait_strict(before, jobs).await
-        } else {
-            (view, Vec::new())
-        };
-        // After a wait the domain is looked up again (only plan domains
-        // wait, and they stay plan domains).
-        let kind = if decided.is_empty() {
-            kind_of(&view, call)
-        } else {
-            Kind::Plans
-        };
-        let outcomes = match kind {
+            let (view, decided) = self.wait_strict(before, jobs).await;
+            // Only plan domains wait, and they stay plan domains.
+            let outcomes = self.outcomes(&view, call, Kind::Plans, &items, &decided);
+            return Ok(self.answer(&view, (call, configured, started), outcomes, render, extra));
+        }
+        let outcomes = self.outcomes(&view, call, kind, &items, &[]);
+        Ok(self.answer(&view, (call, configured, started), outcomes, render, extra))
+    }
+
+    /// Every item's outcome; `decided` holds the decisions strict mode
+    /// made (by item).
+    fn outcomes<'v, P: Pairs + ?Sized>(
+        &self,
+        view: &'v View<'_>,
+        call: Call<'_>,
+        kind: Kind<'v>,
+        items: &'v [Item<'_, P>],
+        decided: &[Option<Decision>],
+    ) -> Vec<Outcome<'v>> {
+        match kind {
             Kind::Unknown => Vec::new(),
             Kind::Plans => items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
                     let strict = decided.get(i).copied().flatten();
-                    self.plan_item(&view, call, item, strict)
+                    self.plan_item(view, call, item, strict)
                 })
                 .collect(),
             Kind::Rules(domain) => {
@@ -85,17 +93,28 @@ impl Engine {
                 items
                     .iter()
                     .zip(rules)
-                    .map(|(item, rule)| self.rule_item(&view, call, domain.source, item, rule))
+                    .map(|(item, rule)| self.rule_item(view, call, domain.source, item, rule))
                     .collect()
             }
-        };
+        }
+    }
+
+    /// Counts the call and renders its answer.
+    fn answer<'v, X, R>(
+        &self,
+        view: &'v View<'_>,
+        (call, configured, started): (Call<'_>, bool, Stopwatch),
+        outcomes: Vec<Outcome<'v>>,
+        render: impl FnOnce(&Answer<'_>, X) -> R,
+        extra: X,
+    ) -> R {
         let answer = Answer {
             config: view.config(),
             table: view.table(),
             outcomes,
         };
         self.count(call, configured, &answer, started);
-        Ok(render(&answer, extra))
+        render(&answer, extra)
     }
 
     /// One item of a plan domain (or the native API).

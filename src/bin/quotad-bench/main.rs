@@ -18,6 +18,7 @@
 //! `--requests`) and talks to loopback addresses only unless
 //! `--allow-remote` is given.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 mod drive;
 mod report;
