@@ -589,4 +589,43 @@ mod tests {
         );
         assert!(too_fast.is_err());
     }
+
+    #[test]
+    fn resolve_drops_replaced_limits_and_skips_descriptors_with_their_own() {
+        let mut per_user = limited(10, "per_user");
+        let mut vip = limited(100, "vip");
+        if let Some(rule) = vip.rule.as_mut() {
+            rule.replaces = vec!["per_user".into()];
+        }
+        per_user.children = level(vec![("tier", Some("vip"), vip)]);
+        let domain = Domain {
+            name: "d".into(),
+            root: level(vec![
+                ("user", None, per_user),
+                ("path", None, limited(5, "path")),
+            ]),
+            algorithm: Algorithm::FixedWindow,
+            files: vec![],
+            source: Source::PLANS,
+        };
+        let user = [("user", "a")];
+        let vip_user = [("user", "a"), ("tier", "vip")];
+        let path = [("path", "/x")];
+        // Alone, the per-user limit applies.
+        let rules = domain.resolve([Some(user)]);
+        assert_eq!(
+            rules.iter().map(|r| name_of(*r)).collect::<Vec<_>>(),
+            [Some("per_user")]
+        );
+        // With the vip descriptor matched too, per_user is replaced.
+        let some = |d: &[(&'static str, &'static str)]| Some(d.to_vec());
+        let rules = domain.resolve([some(&user), some(&vip_user), some(&path)]);
+        let names: Vec<_> = rules.iter().map(|r| name_of(*r)).collect();
+        assert_eq!(names, [None, Some("vip"), Some("path")]);
+        // A descriptor bringing its own limit matches nothing and
+        // replaces nothing.
+        let rules = domain.resolve([some(&user), None]);
+        let names: Vec<_> = rules.iter().map(|r| name_of(*r)).collect();
+        assert_eq!(names, [Some("per_user"), None]);
+    }
 }
