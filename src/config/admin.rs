@@ -30,7 +30,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::{Addr, Dur, NonEmpty};
-use crate::limits::file::{Issue, Positive, Seg, check_name, one_of};
+use crate::diag::{Issue, Seg, check_name, one_of};
+use crate::limits::file::Positive;
 use crate::tls::{self, TlsError, TlsPem};
 
 /// Default admin listener.
@@ -369,7 +370,7 @@ impl TlsRaw {
             p
         };
         let read = |name: &str, file: &Path| {
-            super::read_file(file).map_err(|e| {
+            crate::diag::files::read_file(file).map_err(|e| {
                 Issue::new(field(name), format!("cannot read {}: {e}", file.display()))
             })
         };

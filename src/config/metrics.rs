@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Dur;
-use crate::limits::file::{Issue, Seg, check_name};
+use crate::diag::{Issue, Seg, check_name};
 
 /// Most keys `metrics.heavy_keys` may ask for: the gauge is for the top
 /// of the list, not a per-key export.

@@ -4,7 +4,7 @@
 //! envoyproxy/ratelimit limits files, read by [`crate::limits::rls_file`])
 //! and `response_headers`, all optional.
 //!
-//! This module owns reading the file (through [`files`], the one reader
+//! This module owns reading the file (through [`crate::diag::files`], the one reader
 //! of every file quotad is pointed at), the section settings and their
 //! defaults, the embedded demo config ([`EMBEDDED_DEFAULT`]) and the error
 //! messages. Every message is one line naming the file, the line and column,
@@ -21,7 +21,6 @@
 //! output; their path segment prints as `<key>`.
 
 pub mod admin;
-pub mod files;
 pub mod metrics;
 pub mod redis_url;
 
@@ -36,9 +35,9 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
-use crate::limits::file::{
-    self, Issue, KeysRaw, LimitsSpec, PlansRaw, Positive, Seg, one_of, quoted,
-};
+use crate::diag::files::{read_file, read_text};
+use crate::diag::{Issue, Seg, one_of, quoted};
+use crate::limits::file::{self, KeysRaw, LimitsSpec, PlansRaw, Positive};
 use crate::limits::rls::{Algorithm, RlsDomains, check_domain};
 use crate::limits::rls_file::{self, AlgorithmRaw, RlsOptions};
 use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
@@ -142,8 +141,6 @@ response_headers: both
 # /metrics can also name the heaviest keys (by keyed hash), off by default.
 # metrics: { heavy_keys: 10, heavy_window: 1m }
 "#;
-
-pub use files::{MAX_FILE_BYTES, NotRegularFile, read_file, read_text};
 
 /// Reads a password file (`redis.password_file`,
 /// `--redis-password-file`) through [`read_text`]: its text without the
@@ -2179,12 +2176,14 @@ reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250
         let path = dir.path().join("huge.yaml");
         let f = std::fs::File::create(&path).expect("create");
         // Sparse: no disk is written.
-        f.set_len(MAX_FILE_BYTES + 1).expect("set_len");
+        f.set_len(crate::diag::files::MAX_FILE_BYTES + 1)
+            .expect("set_len");
         let err = Config::load(&path).expect_err("refused").to_string();
         assert!(err.starts_with(&path.display().to_string()), "{err}");
         assert!(err.contains("larger than 16 MiB; refused"), "{err}");
         // At the cap exactly, it is read (and fails as YAML, not as size).
-        f.set_len(MAX_FILE_BYTES).expect("set_len");
+        f.set_len(crate::diag::files::MAX_FILE_BYTES)
+            .expect("set_len");
         let err = Config::load(&path).expect_err("not a config").to_string();
         assert!(!err.contains("larger than"), "{err}");
         // A device that never ends is not a regular file: refused unread.

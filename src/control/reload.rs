@@ -47,11 +47,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Control, Reloaded};
 use crate::config::Config;
-use crate::config::files::{NotRegularFile, limits_entries, open_regular};
+use crate::diag::files::{NotRegularFile, limits_entries, open_regular};
 use crate::shutdown::Shutdown;
 
 /// The largest config or limits file a reload reads (as at start).
-pub use crate::config::MAX_FILE_BYTES;
+pub use crate::diag::files::MAX_FILE_BYTES;
 
 /// How long a reload, or one poll of the watcher, may take to read the
 /// files before it gives up with an error.
