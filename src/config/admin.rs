@@ -1,7 +1,7 @@
 //! The config's operator sections: `admin` (the admin API's listener, its
-//! bearer tokens, TLS, audit file and override cap), the `tls` of the
-//! check listener (`server.tls`) and of the admin listener, and `reload`
-//! (watching the files for changes).
+//! bearer tokens, TLS, audit file and override cap) and the `tls` of the
+//! check listener (`server.tls`) and of the admin listener: their raw
+//! form, validation and summary lines.
 //!
 //! ```yaml
 //! server:
@@ -12,7 +12,6 @@
 //!     - { id: ops-alice, sha256: "<64 hex digits>", scopes: [read, write] }
 //!   tls: { cert_file: tls/admin.pem, key_file: tls/admin.key, client_ca_file: tls/ops-ca.pem }
 //!   audit_file: /var/log/quotad/audit.jsonl
-//! reload: { watch: true, poll_interval: 1s, debounce: 250ms }
 //! ```
 //!
 //! Tokens are stored only as the SHA-256 of a high-entropy token (make
@@ -24,12 +23,11 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::{Addr, Dur, NonEmpty};
+use super::values::{Addr, NonEmpty};
 use crate::diag::{Issue, Seg, check_name, one_of};
 use crate::limits::file::Positive;
 use crate::tls::{self, TlsError, TlsPem};
@@ -153,29 +151,6 @@ impl TlsFiles {
     }
 }
 
-/// The `reload` section: watching the config's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadSettings {
-    /// Reload when the config, limits or TLS files change (SIGHUP and the
-    /// admin API's Reload work either way).
-    pub watch: bool,
-    /// How often the files are looked at.
-    pub poll_interval: Duration,
-    /// How long a change must stay put before it is loaded (editors and
-    /// ConfigMap updates write in steps).
-    pub debounce: Duration,
-}
-
-impl Default for ReloadSettings {
-    fn default() -> Self {
-        Self {
-            watch: true,
-            poll_interval: Duration::from_secs(1),
-            debounce: Duration::from_millis(250),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Raw (as written) structure and validation.
 
@@ -263,14 +238,6 @@ pub(super) struct TlsRaw {
     cert_file: NonEmpty,
     key_file: NonEmpty,
     client_ca_file: Option<NonEmpty>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "the reload section (a mapping)")]
-pub(super) struct ReloadRaw {
-    watch: Option<bool>,
-    poll_interval: Option<Dur>,
-    debounce: Option<Dur>,
 }
 
 fn path(parts: &[&str]) -> Vec<Seg> {
@@ -405,13 +372,41 @@ impl TlsRaw {
     }
 }
 
-impl ReloadRaw {
-    pub(super) fn build(self) -> ReloadSettings {
-        let d = ReloadSettings::default();
-        ReloadSettings {
-            watch: self.watch.unwrap_or(d.watch),
-            poll_interval: self.poll_interval.map_or(d.poll_interval, |p| p.0),
-            debounce: self.debounce.map_or(d.debounce, |p| p.0),
+/// The summary's `admin:` line: token ids and scopes, never hashes.
+pub(super) fn describe_admin(admin: Option<&AdminSettings>) -> String {
+    let Some(a) = admin else {
+        return "admin: off (no admin section)".to_owned();
+    };
+    let tokens: Vec<String> = a
+        .tokens
+        .iter()
+        .map(|t| {
+            let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+            format!("{} ({})", t.id, scopes.join(", "))
+        })
+        .collect();
+    format!(
+        "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
+        a.addr,
+        tokens.join("; "),
+        describe_tls(a.tls.as_ref()),
+        a.audit_file
+            .as_ref()
+            .map_or("none".to_owned(), |f| f.display().to_string()),
+        a.max_overrides
+    )
+}
+
+/// How the summary shows a listener's TLS.
+pub(super) fn describe_tls(tls: Option<&TlsFiles>) -> String {
+    match tls {
+        None => "off".to_owned(),
+        Some(t) if t.client_ca_file.is_some() => {
+            format!(
+                "on, client certificates required (mTLS), cert {}",
+                t.cert_file.display()
+            )
         }
+        Some(t) => format!("on, cert {}", t.cert_file.display()),
     }
 }

@@ -22,7 +22,7 @@
 //! 1, the admin API's `last_error` empty).
 //!
 //! Every file is read through the config reader's checks
-//! ([`crate::config::files`]): only regular files, opened without
+//! ([`crate::diag::files`]): only regular files, opened without
 //! waiting on a FIFO. A file larger than [`MAX_FILE_BYTES`] is refused
 //! without being read (a config is kilobytes; a huge one is a mistake,
 //! and reading and parsing it would cost memory and seconds on every
@@ -390,7 +390,7 @@ impl Reads {
 /// counts with the names and contents of its `*.yaml` and `*.yml` entries
 /// (as limits directories are read), a file that cannot be read as its
 /// path and the error kind. Every file is read through the config
-/// reader's checks ([`crate::config::files`]): what is no regular file
+/// reader's checks ([`crate::diag::files`]): what is no regular file
 /// counts by its type, unread (a FIFO is never waited on, a device never
 /// read), and one over [`MAX_FILE_BYTES`] by its size and modification
 /// time. So it reads at most the cap per file and waits on nothing but
