@@ -43,19 +43,15 @@ mod store;
 pub(crate) mod tests;
 mod values;
 
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::core::clock::NANOS_PER_SEC;
-use crate::core::window::Window;
 use crate::diag::files::read_text;
 use crate::diag::{Issue, Seg};
 use crate::limits::file::{self, KeysRaw, LimitsSpec, PlansRaw};
 use crate::limits::rls::RlsDomains;
 use crate::limits::rls_file::{self, RlsOptions};
-use crate::limits::{Limit, LimitKind, Plan, Quota, Rate};
 use crate::yaml::{locate, parse};
 use admin::AdminRaw;
 pub use admin::{AdminSettings, AdminToken, Scope, TlsFiles};
@@ -342,7 +338,12 @@ impl Config {
 
     /// The embedded demo config ([`EMBEDDED_DEFAULT`]).
     pub fn embedded_default() -> Config {
-        Self::from_yaml(EMBEDDED_DEFAULT, "<embedded default>").unwrap_or_else(|_| demo_config())
+        // Cannot fail: the text is a compile-time constant, neither caller-
+        // nor file-controlled, and the unit test
+        // `embedded_default_parses_with_its_plans_and_keys` parses it.
+        #[allow(clippy::expect_used)]
+        Self::from_yaml(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default config is valid")
     }
 
     /// A multi-line summary for `quotad check-config`: source, plans and
@@ -366,70 +367,6 @@ impl Config {
         lines.push(self.reload.summary_line());
         lines.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
         lines.join("\n")
-    }
-}
-
-/// Hand-built equivalent of [`EMBEDDED_DEFAULT`], used only if that text
-/// somehow fails to parse (a test keeps the two equal).
-fn demo_config() -> Config {
-    fn rate(plan: &str, name: &str, rate: u64, burst: u64) -> Option<Limit> {
-        let r = Rate::new(
-            NonZeroU64::new(rate)?,
-            NANOS_PER_SEC,
-            NonZeroU64::new(burst)?,
-        )
-        .ok()?;
-        Some(Limit::new(plan, name, LimitKind::Rate(r)))
-    }
-    fn quota(plan: &str, name: &str, quota: u64, window: Window) -> Option<Limit> {
-        let quota = NonZeroU64::new(quota)?;
-        Some(Limit::new(
-            plan,
-            name,
-            LimitKind::Quota(Quota { quota, window }),
-        ))
-    }
-    let plans = vec![
-        Plan {
-            name: "free".to_owned(),
-            limits: [
-                rate("free", "per-second", 10, 20),
-                quota("free", "daily", 10_000, Window::Day),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        },
-        Plan {
-            name: "gold".to_owned(),
-            limits: [
-                rate("gold", "per-second", 1000, 2000),
-                quota("gold", "monthly", 10_000_000, Window::Month),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        },
-    ];
-    Config {
-        source: None,
-        server: ServerSettings::default(),
-        requests: RequestCaps::default(),
-        store: StoreSettings::default(),
-        envoy: EnvoySettings::default(),
-        rls_files: Vec::new(),
-        rls: RlsDomains::default(),
-        skipped: Vec::new(),
-        response_headers: HeaderStyle::Both,
-        redis: None,
-        admin: None,
-        reload: ReloadSettings::default(),
-        metrics: MetricsSettings::default(),
-        limits: LimitsSpec {
-            default_plan: "free".to_owned(),
-            plans,
-            keys: vec![("demo-gold-key".to_owned(), "gold".to_owned())],
-        },
     }
 }
 

@@ -5,8 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::num::NonZeroU64;
+
 use super::*;
+use crate::core::clock::NANOS_PER_SEC;
+use crate::core::window::Window;
 use crate::limits::rls::Algorithm;
+use crate::limits::{Limit, LimitKind, Quota, Rate};
 
 /// The error message `yaml` (as `t.yaml`) fails with.
 pub(crate) fn error(yaml: &str) -> String {
@@ -138,15 +143,73 @@ fn absent_sections_take_defaults() {
 }
 
 #[test]
-fn embedded_default_parses_and_matches_the_fallback() {
+fn embedded_default_parses_with_its_plans_and_keys() {
     let parsed = match Config::from_yaml(EMBEDDED_DEFAULT, "embedded") {
         Ok(c) => c,
         Err(e) => panic!("embedded default is invalid: {e}"),
     };
-    assert_eq!(parsed, demo_config());
     assert_eq!(Config::embedded_default(), parsed);
-    let gold = parsed.limits.plan("gold");
-    assert_eq!(gold.map(|p| p.limits.len()), Some(2));
+    // What the demo promises: plans free (the default) and gold, each a
+    // rate and a calendar quota, one static key on gold, every section
+    // at its default.
+    let limits = |plan: &str| parsed.limits.plan(plan).map(|p| p.limits.clone());
+    let rate = |rate: u64, burst: u64| match Rate::new(
+        NonZeroU64::new(rate).unwrap(),
+        NANOS_PER_SEC,
+        NonZeroU64::new(burst).unwrap(),
+    ) {
+        Ok(r) => LimitKind::Rate(r),
+        Err(e) => panic!("{e}"),
+    };
+    let quota = |quota: u64, window: Window| {
+        LimitKind::Quota(Quota {
+            quota: NonZeroU64::new(quota).unwrap(),
+            window,
+        })
+    };
+    assert_eq!(parsed.limits.default_plan, "free");
+    let names: Vec<&str> = parsed
+        .limits
+        .plans
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["free", "gold"]);
+    assert_eq!(
+        limits("free"),
+        Some(vec![
+            Limit::new("free", "per-second", rate(10, 20)),
+            Limit::new("free", "daily", quota(10_000, Window::Day)),
+        ])
+    );
+    assert_eq!(
+        limits("gold"),
+        Some(vec![
+            Limit::new("gold", "per-second", rate(1000, 2000)),
+            Limit::new("gold", "monthly", quota(10_000_000, Window::Month)),
+        ])
+    );
+    assert!(
+        parsed
+            .limits
+            .plans
+            .iter()
+            .flat_map(|p| &p.limits)
+            .all(|l| !l.strict)
+    );
+    assert_eq!(
+        parsed.limits.keys,
+        [("demo-gold-key".to_owned(), "gold".to_owned())]
+    );
+    assert_eq!(parsed.server, ServerSettings::default());
+    assert_eq!(parsed.requests, RequestCaps::default());
+    assert_eq!(parsed.store, StoreSettings::default());
+    assert_eq!(parsed.envoy, EnvoySettings::default());
+    assert_eq!(parsed.response_headers, HeaderStyle::Both);
+    assert_eq!(parsed.reload, ReloadSettings::default());
+    assert_eq!(parsed.metrics, MetricsSettings::default());
+    assert!(parsed.redis.is_none() && parsed.admin.is_none());
+    assert!(parsed.rls_files.is_empty() && parsed.rls.is_empty());
 }
 
 #[test]
