@@ -32,7 +32,7 @@ const KEYS: usize = 1_000;
 fn setup() -> (Arc<Limiter>, Arc<Control>) {
     let config = Config::from_yaml(CONFIG, "bench.yaml").expect("bench config");
     let hasher = KeyHasher::with_secret([3; 16]);
-    let table = config.limits.table(&hasher).expect("table");
+    let table = config.live.limits.table(&hasher).expect("table");
     let limiter = Arc::new(Limiter::new(
         table,
         hasher,

@@ -577,7 +577,8 @@ impl EnvoyRlsService {
         tally: &mut Tally,
     ) -> Result<RateLimitResponse, Status> {
         let config = self.config.load();
-        let (caps, envoy, style) = (&config.requests, &config.envoy, config.response_headers);
+        let live = &config.live;
+        let (caps, envoy, style) = (&live.requests, &live.envoy, live.response_headers);
         // Which kind of domain first, so even a refused request counts
         // under its (configured) domain.
         let plans = envoy.domains.contains(&req.domain);

@@ -69,7 +69,7 @@ impl NativeService {
 
 fn settings(config: &LiveConfig) -> (RequestCaps, HeaderStyle) {
     let c = config.load();
-    (c.requests.clone(), c.response_headers)
+    (c.live.requests.clone(), c.live.response_headers)
 }
 
 /// Validates one check; `at` names where it sits (`checks[3].`), built

@@ -45,35 +45,33 @@ pub const DEFAULT_ADMIN_CONNECTIONS: usize = 64;
 /// Largest `admin.max_connections`.
 const ADMIN_CONNECTIONS_CAP: u64 = 100_000;
 
-/// The `admin` section. The admin API runs only when the config has one
-/// (with at least one token).
+/// The `admin` settings only a restart applies: the admin listener is
+/// bound and built with them once. The admin API runs only when the
+/// config has an `admin` section (with at least one token).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminSettings {
+pub struct AdminBoot {
     /// The admin gRPC listener.
     pub addr: SocketAddr,
-    /// Who may call it.
-    pub tokens: Vec<AdminToken>,
-    /// TLS for the admin listener.
-    pub tls: Option<TlsFiles>,
+    /// Whether the admin listener speaks TLS (its files are
+    /// [`AdminLive::tls`], renewed on reload).
+    pub tls_on: bool,
     /// Serve plain text on a non-loopback address (behind a mesh that
     /// encrypts); refused otherwise, as bearer tokens would cross the
     /// network in clear.
     pub insecure_plaintext: bool,
     /// A file every admin change is appended to, one JSON object a line.
     pub audit_file: Option<PathBuf>,
-    /// Most overrides at once (a cap on memory, and on Redis's hash).
-    pub max_overrides: usize,
     /// Most connections open at once on the admin listener (the rest of
     /// `server.*`'s connection limits apply to it as to the check
     /// listener).
     pub max_connections: usize,
 }
 
-impl AdminSettings {
+impl AdminBoot {
     /// Why the admin listener may not serve as configured: plain text on
     /// an address other hosts can reach.
     pub fn plaintext_problem(&self) -> Option<String> {
-        if self.tls.is_some() || self.insecure_plaintext || self.addr.ip().is_loopback() {
+        if self.tls_on || self.insecure_plaintext || self.addr.ip().is_loopback() {
             return None;
         }
         Some(format!(
@@ -81,6 +79,18 @@ impl AdminSettings {
             self.addr
         ))
     }
+}
+
+/// The `admin` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLive {
+    /// Who may call it.
+    pub tokens: Vec<AdminToken>,
+    /// TLS files of the admin listener; `Some` exactly when
+    /// [`AdminBoot::tls_on`].
+    pub tls: Option<TlsFiles>,
+    /// Most overrides at once (a cap on memory, and on Redis's hash).
+    pub max_overrides: usize,
 }
 
 /// One bearer token of the admin API.
@@ -246,7 +256,7 @@ fn path(parts: &[&str]) -> Vec<Seg> {
 
 impl AdminRaw {
     /// Validates the section; files are relative to `base`.
-    pub(super) fn build(self, base: &Path) -> Result<AdminSettings, Issue> {
+    pub(super) fn build(self, base: &Path) -> Result<(AdminBoot, AdminLive), Issue> {
         let tokens_raw = self.tokens.unwrap_or_default();
         if tokens_raw.is_empty() {
             return Err(Issue::new(
@@ -311,19 +321,22 @@ impl AdminRaw {
             }
             Some(p) => p.0.get() as usize,
         };
-        let settings = AdminSettings {
+        let boot = AdminBoot {
             addr: self.addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
-            tokens,
-            tls,
+            tls_on: tls.is_some(),
             insecure_plaintext: self.insecure_plaintext.unwrap_or(false),
             audit_file: self.audit_file.map(|f| base.join(f.0)),
-            max_overrides,
             max_connections,
         };
-        if let Some(why) = settings.plaintext_problem() {
+        if let Some(why) = boot.plaintext_problem() {
             return Err(Issue::new(path(&["admin", "addr"]), why));
         }
-        Ok(settings)
+        let live = AdminLive {
+            tokens,
+            tls,
+            max_overrides,
+        };
+        Ok((boot, live))
     }
 }
 
@@ -373,8 +386,8 @@ impl TlsRaw {
 }
 
 /// The summary's `admin:` line: token ids and scopes, never hashes.
-pub(super) fn describe_admin(admin: Option<&AdminSettings>) -> String {
-    let Some(a) = admin else {
+pub(super) fn describe_admin(boot: Option<&AdminBoot>, live: Option<&AdminLive>) -> String {
+    let (Some(b), Some(a)) = (boot, live) else {
         return "admin: off (no admin section)".to_owned();
     };
     let tokens: Vec<String> = a
@@ -387,10 +400,10 @@ pub(super) fn describe_admin(admin: Option<&AdminSettings>) -> String {
         .collect();
     format!(
         "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
-        a.addr,
+        b.addr,
         tokens.join("; "),
         describe_tls(a.tls.as_ref()),
-        a.audit_file
+        b.audit_file
             .as_ref()
             .map_or("none".to_owned(), |f| f.display().to_string()),
         a.max_overrides

@@ -148,6 +148,6 @@ mod tests {
             "{base}envoy: {{ domains: [{}] }}\n",
             "d".repeat(256)
         ));
-        assert_eq!(c.envoy.domains, ["d".repeat(256)]);
+        assert_eq!(c.live.envoy.domains, ["d".repeat(256)]);
     }
 }

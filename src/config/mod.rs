@@ -54,7 +54,7 @@ use crate::limits::rls::RlsDomains;
 use crate::limits::rls_file::{self, RlsOptions};
 use crate::yaml::{locate, parse};
 use admin::AdminRaw;
-pub use admin::{AdminSettings, AdminToken, Scope, TlsFiles};
+pub use admin::{AdminBoot, AdminLive, AdminToken, Scope, TlsFiles};
 use envoy::EnvoyRaw;
 pub use envoy::EnvoySettings;
 pub use headers::HeaderStyle;
@@ -68,7 +68,7 @@ pub use reload::ReloadSettings;
 pub use requests::RequestCaps;
 use requests::RequestsRaw;
 use server::ServerRaw;
-pub use server::{ConnLimits, ServerSettings};
+pub use server::{ConnLimits, ServerBoot, ServerLive};
 use store::StoreRaw;
 pub use store::StoreSettings;
 use values::NonEmpty;
@@ -168,18 +168,42 @@ response_headers: both
 # metrics: { heavy_keys: 10, heavy_window: 1m }
 "#;
 
-/// The whole validated config file.
+/// The whole validated config file: what only a restart applies
+/// ([`Boot`]) and what a reload applies ([`Live`]). Each setting is in
+/// exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The file it came from; `None` for [`EMBEDDED_DEFAULT`] or text given
     /// to [`Config::from_yaml`].
     pub source: Option<PathBuf>,
-    /// Listeners and shutdown.
-    pub server: ServerSettings,
-    /// Caps on requests.
-    pub requests: RequestCaps,
+    /// What only a restart applies (a reload keeps the running one).
+    pub boot: Boot,
+    /// What a reload applies.
+    pub live: Live,
+}
+
+/// The settings only a restart applies: the listeners (and whether they
+/// speak TLS), the connection limits they are built with, the store,
+/// Redis, and the admin listener and audit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// The check and HTTP listeners and their connections.
+    pub server: ServerBoot,
     /// The in-memory bucket store.
     pub store: StoreSettings,
+    /// Redis sync; `None` runs this node alone, in memory.
+    pub redis: Option<RedisSettings>,
+    /// The admin listener; `None` (no `admin` section) runs without it.
+    pub admin: Option<AdminBoot>,
+}
+
+/// The settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// Shutdown timing and the check listener's TLS files.
+    pub server: ServerLive,
+    /// Caps on requests.
+    pub requests: RequestCaps,
     /// Envoy RLS front door.
     pub envoy: EnvoySettings,
     /// Plans, limits, default plan and static keys.
@@ -194,14 +218,69 @@ pub struct Config {
     pub skipped: Vec<rls_file::Skipped>,
     /// Which rate-limit headers answers carry.
     pub response_headers: HeaderStyle,
-    /// Redis sync; `None` runs this node alone, in memory.
-    pub redis: Option<RedisSettings>,
-    /// The admin API; `None` (no `admin` section) runs without it.
-    pub admin: Option<AdminSettings>,
+    /// The admin API's tokens, TLS files and override cap; `Some` exactly
+    /// when [`Boot::admin`] is.
+    pub admin: Option<AdminLive>,
     /// Watching the files for changes.
     pub reload: ReloadSettings,
     /// The opt-in heaviest-keys gauge.
     pub metrics: MetricsSettings,
+}
+
+impl Boot {
+    /// The names of the settings that differ in `new`, as a reload
+    /// reports them: the listeners, the connection limits that name
+    /// themselves, whether TLS is on, the store, Redis, and the admin
+    /// section's presence, listener, TLS and audit file.
+    pub fn differences(&self, new: &Boot) -> Vec<&'static str> {
+        let (o, n) = (&self.server, &new.server);
+        let (oc, nc) = (&o.conns, &n.conns);
+        let mut named = vec![
+            ("server.grpc_addr", o.grpc_addr != n.grpc_addr),
+            ("server.http_addr", o.http_addr != n.http_addr),
+            (
+                "server.max_connections",
+                oc.max_connections != nc.max_connections,
+            ),
+            (
+                "server.max_concurrent_streams",
+                oc.max_concurrent_streams != nc.max_concurrent_streams,
+            ),
+            (
+                "server.max_message_bytes",
+                oc.max_message_bytes != nc.max_message_bytes,
+            ),
+            ("server.idle_timeout", oc.idle_timeout != nc.idle_timeout),
+            (
+                "server.keepalive_interval",
+                oc.keepalive_interval != nc.keepalive_interval,
+            ),
+            (
+                "server.keepalive_timeout",
+                oc.keepalive_timeout != nc.keepalive_timeout,
+            ),
+            (
+                "server.max_connection_age",
+                oc.max_connection_age != nc.max_connection_age,
+            ),
+            ("server.tls", o.tls_on != n.tls_on),
+            ("store", self.store != new.store),
+            ("redis", self.redis != new.redis),
+        ];
+        match (&self.admin, &new.admin) {
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => named.push(("admin", true)),
+            (Some(a), Some(b)) => named.extend([
+                ("admin.addr", a.addr != b.addr),
+                ("admin.tls", a.tls_on != b.tls_on),
+                ("admin.audit_file", a.audit_file != b.audit_file),
+            ]),
+        }
+        named
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -217,12 +296,12 @@ impl Config {
     /// must differ (port 0, "any free port", may repeat), and the admin
     /// listener may not serve bearer tokens in clear beyond loopback.
     pub fn check_listeners(&self) -> Result<(), String> {
-        let s = &self.server;
+        let s = &self.boot.server;
         let mut listeners = vec![
             ("server.grpc_addr", s.grpc_addr),
             ("server.http_addr", s.http_addr),
         ];
-        if let Some(a) = &self.admin {
+        if let Some(a) = &self.boot.admin {
             listeners.push(("admin.addr", a.addr));
             if let Some(why) = a.plaintext_problem() {
                 return Err(format!("admin.addr: {why}"));
@@ -241,7 +320,8 @@ impl Config {
 
     /// `admin.max_overrides`, or its default without an admin section.
     pub fn max_overrides(&self) -> usize {
-        self.admin
+        self.live
+            .admin
             .as_ref()
             .map_or(admin::DEFAULT_MAX_OVERRIDES, |a| a.max_overrides)
     }
@@ -251,12 +331,13 @@ impl Config {
     /// a reload watches.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut out: Vec<PathBuf> = self.source.iter().cloned().collect();
-        out.extend(self.rls_files.iter().cloned());
-        let tls = self
+        let live = &self.live;
+        out.extend(live.rls_files.iter().cloned());
+        let tls = live
             .server
             .tls
             .iter()
-            .chain(self.admin.iter().flat_map(|a| a.tls.iter()));
+            .chain(live.admin.iter().flat_map(|a| a.tls.iter()));
         for t in tls {
             out.extend(t.paths().into_iter().map(Path::to_path_buf));
         }
@@ -303,6 +384,7 @@ impl Config {
                 _ => return e,
             };
             match config
+                .live
                 .rls_files
                 .iter()
                 .position(|f| f.display().to_string() == path)
@@ -321,18 +403,19 @@ impl Config {
     /// Adds envoyproxy/ratelimit files (`quotad serve --limits`) and reads
     /// every `rls_files` entry again.
     pub fn add_rls_files(&mut self, paths: &[PathBuf]) -> Result<(), ConfigError> {
-        self.rls_files.extend_from_slice(paths);
+        self.live.rls_files.extend_from_slice(paths);
         self.load_rls()
     }
 
     /// Reads `rls_files` into `rls`. A domain the plans already answer
     /// (`envoy.domains`) cannot also come from a file.
     fn load_rls(&mut self) -> Result<(), ConfigError> {
+        let live = &mut self.live;
         let opts = RlsOptions {
-            algorithm: self.envoy.algorithm,
-            merge_domains: self.envoy.merge_domains,
+            algorithm: live.envoy.algorithm,
+            merge_domains: live.envoy.merge_domains,
         };
-        (self.rls, self.skipped) = rls_file::read(&self.rls_files, opts, &self.envoy.domains)?;
+        (live.rls, live.skipped) = rls_file::read(&live.rls_files, opts, &live.envoy.domains)?;
         Ok(())
     }
 
@@ -355,17 +438,21 @@ impl Config {
             Some(p) => format!("source: {}", p.display()),
             None => "source: embedded default".to_owned(),
         });
-        plans::summary(&self.limits, &mut lines);
-        let admin_connections = self.admin.as_ref().map_or(0, |a| a.max_connections);
-        self.server.summary(admin_connections, &mut lines);
-        lines.push(self.requests.summary_line());
-        lines.push(self.store.summary_line());
-        self.envoy.summary(&self.rls, &mut lines);
-        lines.push(self.response_headers.summary_line());
-        lines.push(redis::describe_redis(self.redis.as_ref()));
-        lines.push(admin::describe_admin(self.admin.as_ref()));
-        lines.push(self.reload.summary_line());
-        lines.extend(self.skipped.iter().map(|s| format!("skipped: {s}")));
+        let (boot, live) = (&self.boot, &self.live);
+        plans::summary(&live.limits, &mut lines);
+        let admin_connections = boot.admin.as_ref().map_or(0, |a| a.max_connections);
+        server::summary(&boot.server, &live.server, admin_connections, &mut lines);
+        lines.push(live.requests.summary_line());
+        lines.push(boot.store.summary_line());
+        live.envoy.summary(&live.rls, &mut lines);
+        lines.push(live.response_headers.summary_line());
+        lines.push(redis::describe_redis(boot.redis.as_ref()));
+        lines.push(admin::describe_admin(
+            boot.admin.as_ref(),
+            live.admin.as_ref(),
+        ));
+        lines.push(live.reload.summary_line());
+        lines.extend(live.skipped.iter().map(|s| format!("skipped: {s}")));
         lines.join("\n")
     }
 }
@@ -398,7 +485,7 @@ impl ConfigRaw {
     /// Validates every section, then what relates them; each section's own
     /// mistakes come first, in file order of the sections' checks.
     fn build(self, base: &Path) -> Result<Config, Issue> {
-        let server = self
+        let (server_boot, server_live) = self
             .server
             .map(|s| s.build(base))
             .transpose()?
@@ -427,7 +514,7 @@ impl ConfigRaw {
         let response_headers = self
             .response_headers
             .map_or(HeaderStyle::default(), |s| s.0);
-        let admin = self.admin.map(|a| a.build(base)).transpose()?;
+        let (admin_boot, admin_live) = self.admin.map(|a| a.build(base)).transpose()?.unzip();
         let reload = self.reload.map(ReloadRaw::build).unwrap_or_default();
         let metrics = self
             .metrics
@@ -435,7 +522,7 @@ impl ConfigRaw {
             .transpose()?
             .unwrap_or_default();
         metrics.check_secret(store.hash_secret.is_some())?;
-        check_distinct_listeners(&server, admin.as_ref())?;
+        check_distinct_listeners(&server_boot, admin_boot.as_ref())?;
 
         // Limits last: a section's own mistake is reported before a missing
         // plan, so each error points at what the author was editing.
@@ -445,28 +532,31 @@ impl ConfigRaw {
 
         Ok(Config {
             source: None,
-            server,
-            requests,
-            store,
-            envoy,
-            limits,
-            rls_files,
-            rls: RlsDomains::default(),
-            skipped: Vec::new(),
-            response_headers,
-            redis,
-            admin,
-            reload,
-            metrics,
+            boot: Boot {
+                server: server_boot,
+                store,
+                redis,
+                admin: admin_boot,
+            },
+            live: Live {
+                server: server_live,
+                requests,
+                envoy,
+                limits,
+                rls_files,
+                rls: RlsDomains::default(),
+                skipped: Vec::new(),
+                response_headers,
+                admin: admin_live,
+                reload,
+                metrics,
+            },
         })
     }
 }
 
 /// Two listeners on one address could never both bind.
-fn check_distinct_listeners(
-    server: &ServerSettings,
-    admin: Option<&AdminSettings>,
-) -> Result<(), Issue> {
+fn check_distinct_listeners(server: &ServerBoot, admin: Option<&AdminBoot>) -> Result<(), Issue> {
     let mut listeners = vec![
         (["server", "grpc_addr"], server.grpc_addr),
         (["server", "http_addr"], server.http_addr),

@@ -315,7 +315,7 @@ mod tests {
         let c = parse_ok(&format!(
             "{base}{secret}redis: {{ url: \"redis://u:hunter2@10.0.0.1:6379/2\", key_prefix: \"rl:\", sync_interval: 20ms }}\n"
         ));
-        let r = c.redis.as_ref().expect("redis settings");
+        let r = c.boot.redis.as_ref().expect("redis settings");
         assert_eq!(r.key_prefix, "rl:");
         assert_eq!(r.sync_interval, Duration::from_millis(20));
         assert_eq!(r.redacted_url(), "redis://u:<redacted>@10.0.0.1:6379/2");
@@ -363,7 +363,7 @@ mod tests {
         std::fs::write(&path, yaml).unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(
-            c.redis.as_ref().and_then(|r| r.password.as_deref()),
+            c.boot.redis.as_ref().and_then(|r| r.password.as_deref()),
             Some("s3cret-pass")
         );
         assert!(!format!("{c:?}").contains("s3cret"));

@@ -15,24 +15,34 @@ use super::values::{Addr, Dur, format_duration};
 use crate::diag::{Issue, Seg};
 use crate::limits::file::Positive;
 
-/// The `server` section.
+/// The `server` settings only a restart applies: the listeners are
+/// bound and built with them once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerSettings {
+pub struct ServerBoot {
     /// gRPC listen address (native API and Envoy RLS).
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (health).
     pub http_addr: SocketAddr,
+    /// Whether the gRPC (check) listener speaks TLS (its files are
+    /// [`ServerLive::tls`], renewed on reload).
+    pub tls_on: bool,
+    /// Limits on each connection to the gRPC listeners (keys under
+    /// `server` in the file).
+    pub conns: ConnLimits,
+}
+
+/// The `server` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLive {
     /// How long in-flight calls may run after shutdown starts.
     pub shutdown_grace: Duration,
     /// How long, on shutdown, to keep serving while reporting not ready, so
     /// load balancers and health-checking clients move away before
     /// connections are refused. 0 (the default) stops accepting at once.
     pub drain_delay: Duration,
-    /// TLS for the gRPC (check) listener; plain text when `None`.
+    /// TLS files of the gRPC (check) listener; `Some` exactly when
+    /// [`ServerBoot::tls_on`].
     pub tls: Option<TlsFiles>,
-    /// Limits on each connection to the gRPC listeners (keys under
-    /// `server` in the file).
-    pub conns: ConnLimits,
 }
 
 /// Limits on the connections to the gRPC listeners (the check and the
@@ -176,15 +186,23 @@ impl ConnBudgetsRaw {
     }
 }
 
-impl Default for ServerSettings {
+impl Default for ServerBoot {
     fn default() -> Self {
         Self {
             grpc_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8081)),
             http_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090)),
+            tls_on: false,
+            conns: ConnLimits::default(),
+        }
+    }
+}
+
+impl Default for ServerLive {
+    fn default() -> Self {
+        Self {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             tls: None,
-            conns: ConnLimits::default(),
         }
     }
 }
@@ -265,26 +283,27 @@ fn within(
 
 impl ServerRaw {
     /// Validates the section; TLS files are read relative to `base`.
-    pub(super) fn build(self, base: &Path) -> Result<ServerSettings, Issue> {
-        let mut server = ServerSettings::default();
+    pub(super) fn build(self, base: &Path) -> Result<(ServerBoot, ServerLive), Issue> {
+        let (mut boot, mut live) = (ServerBoot::default(), ServerLive::default());
         if let Some(a) = self.grpc_addr {
-            server.grpc_addr = a.0;
+            boot.grpc_addr = a.0;
         }
         if let Some(a) = self.http_addr {
-            server.http_addr = a.0;
+            boot.http_addr = a.0;
         }
         if let Some(d) = self.shutdown_grace {
-            server.shutdown_grace = d.0;
+            live.shutdown_grace = d.0;
         }
         if let Some(d) = self.drain_delay {
-            server.drain_delay = d.0;
+            live.drain_delay = d.0;
         }
-        self.conns(&mut server.conns)?;
-        server.tls = self
+        self.conns(&mut boot.conns)?;
+        live.tls = self
             .tls
             .map(|t| t.build(base, &["server", "tls"]))
             .transpose()?;
-        Ok(server)
+        boot.tls_on = live.tls.is_some();
+        Ok((boot, live))
     }
 
     /// Sets the connection limits written, in the order errors are
@@ -376,21 +395,24 @@ impl ServerRaw {
     }
 }
 
-impl ServerSettings {
-    /// The summary's `server:`, `connections:` and `buffers:` lines, with
-    /// `admin_connections` more on the admin listener in the worst case.
-    pub(super) fn summary(&self, admin_connections: usize, lines: &mut Vec<String>) {
-        let s = self;
-        lines.push(format!(
-            "server: grpc {}, http {}, shutdown grace {}, drain delay {}, tls {}",
-            s.grpc_addr,
-            s.http_addr,
-            format_duration(s.shutdown_grace),
-            format_duration(s.drain_delay),
-            describe_tls(s.tls.as_ref())
-        ));
-        let c = &s.conns;
-        lines.push(format!(
+/// The summary's `server:`, `connections:` and `buffers:` lines, with
+/// `admin_connections` more on the admin listener in the worst case.
+pub(super) fn summary(
+    boot: &ServerBoot,
+    live: &ServerLive,
+    admin_connections: usize,
+    lines: &mut Vec<String>,
+) {
+    lines.push(format!(
+        "server: grpc {}, http {}, shutdown grace {}, drain delay {}, tls {}",
+        boot.grpc_addr,
+        boot.http_addr,
+        format_duration(live.shutdown_grace),
+        format_duration(live.drain_delay),
+        describe_tls(live.tls.as_ref())
+    ));
+    let c = &boot.conns;
+    lines.push(format!(
             "connections: max {} ({} calls each), max message {} bytes, idle timeout {}, keepalive every {} (timeout {}), max age {}",
             c.max_connections,
             c.max_concurrent_streams,
@@ -400,7 +422,7 @@ impl ServerSettings {
             format_duration(c.keepalive_timeout),
             c.max_connection_age.map_or("none".to_owned(), format_duration)
         ));
-        lines.push(format!(
+    lines.push(format!(
             "buffers: requests {} bytes in all, {} per connection (within {}), unsent answers {} per connection, receive window {}; worst case for connections {} MiB",
             c.max_buffered_bytes,
             c.max_buffered_bytes_per_connection,
@@ -409,5 +431,4 @@ impl ServerSettings {
             c.receive_window_bytes,
             c.worst_case_bytes(admin_connections) >> 20
         ));
-    }
 }

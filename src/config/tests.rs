@@ -88,11 +88,11 @@ envoy:
 fn full_file_parses_every_section() {
     let c = parse_ok(FULL);
     assert_eq!(c.source, None);
-    assert_eq!(c.server.grpc_addr.to_string(), "0.0.0.0:50051");
-    assert_eq!(c.server.http_addr.to_string(), "[::1]:8080");
-    assert_eq!(c.server.shutdown_grace, Duration::from_millis(500));
+    assert_eq!(c.boot.server.grpc_addr.to_string(), "0.0.0.0:50051");
+    assert_eq!(c.boot.server.http_addr.to_string(), "[::1]:8080");
+    assert_eq!(c.live.server.shutdown_grace, Duration::from_millis(500));
     assert_eq!(
-        c.server.conns,
+        c.boot.server.conns,
         ConnLimits {
             max_connections: 500,
             max_concurrent_streams: 64,
@@ -111,7 +111,7 @@ fn full_file_parses_every_section() {
         }
     );
     assert_eq!(
-        c.requests,
+        c.live.requests,
         RequestCaps {
             max_key_bytes: 128,
             max_cost: 5000,
@@ -121,23 +121,24 @@ fn full_file_parses_every_section() {
             max_entry_bytes: 4096,
         }
     );
-    assert_eq!(c.store.max_tracked_keys, 42);
-    assert_eq!(c.store.sweep_interval, Duration::from_secs(120));
+    assert_eq!(c.boot.store.max_tracked_keys, 42);
+    assert_eq!(c.boot.store.sweep_interval, Duration::from_secs(120));
     let want: Vec<u8> = (0..16).collect();
-    assert_eq!(c.store.hash_secret.map(|s| s.to_vec()), Some(want));
-    assert_eq!(c.envoy.domains, ["edge", "internal"]);
-    assert_eq!(c.envoy.key_entry, "x-api-key");
+    assert_eq!(c.boot.store.hash_secret.map(|s| s.to_vec()), Some(want));
+    assert_eq!(c.live.envoy.domains, ["edge", "internal"]);
+    assert_eq!(c.live.envoy.key_entry, "x-api-key");
 }
 
 #[test]
 fn absent_sections_take_defaults() {
     let c = parse_ok("default_plan: p\nplans:\n  p: {}\nserver:\nrequests: {}\n");
-    assert_eq!(c.server, ServerSettings::default());
-    assert_eq!(c.requests, RequestCaps::default());
-    assert_eq!(c.store, StoreSettings::default());
-    assert_eq!(c.envoy, EnvoySettings::default());
-    assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:8081");
-    assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.boot.server, ServerBoot::default());
+    assert_eq!(c.live.server, ServerLive::default());
+    assert_eq!(c.live.requests, RequestCaps::default());
+    assert_eq!(c.boot.store, StoreSettings::default());
+    assert_eq!(c.live.envoy, EnvoySettings::default());
+    assert_eq!(c.boot.server.grpc_addr.to_string(), "127.0.0.1:8081");
+    assert_eq!(c.boot.server.http_addr.to_string(), "127.0.0.1:9090");
     // An empty file is an error: a rate limiter must not fail open.
     assert!(error("# nothing here\n").contains("no plans defined"));
 }
@@ -152,7 +153,7 @@ fn embedded_default_parses_with_its_plans_and_keys() {
     // What the demo promises: plans free (the default) and gold, each a
     // rate and a calendar quota, one static key on gold, every section
     // at its default.
-    let limits = |plan: &str| parsed.limits.plan(plan).map(|p| p.limits.clone());
+    let limits = |plan: &str| parsed.live.limits.plan(plan).map(|p| p.limits.clone());
     let rate = |rate: u64, burst: u64| match Rate::new(
         NonZeroU64::new(rate).unwrap(),
         NANOS_PER_SEC,
@@ -167,8 +168,9 @@ fn embedded_default_parses_with_its_plans_and_keys() {
             window,
         })
     };
-    assert_eq!(parsed.limits.default_plan, "free");
+    assert_eq!(parsed.live.limits.default_plan, "free");
     let names: Vec<&str> = parsed
+        .live
         .limits
         .plans
         .iter()
@@ -191,6 +193,7 @@ fn embedded_default_parses_with_its_plans_and_keys() {
     );
     assert!(
         parsed
+            .live
             .limits
             .plans
             .iter()
@@ -198,18 +201,21 @@ fn embedded_default_parses_with_its_plans_and_keys() {
             .all(|l| !l.strict)
     );
     assert_eq!(
-        parsed.limits.keys,
+        parsed.live.limits.keys,
         [("demo-gold-key".to_owned(), "gold".to_owned())]
     );
-    assert_eq!(parsed.server, ServerSettings::default());
-    assert_eq!(parsed.requests, RequestCaps::default());
-    assert_eq!(parsed.store, StoreSettings::default());
-    assert_eq!(parsed.envoy, EnvoySettings::default());
-    assert_eq!(parsed.response_headers, HeaderStyle::Both);
-    assert_eq!(parsed.reload, ReloadSettings::default());
-    assert_eq!(parsed.metrics, MetricsSettings::default());
-    assert!(parsed.redis.is_none() && parsed.admin.is_none());
-    assert!(parsed.rls_files.is_empty() && parsed.rls.is_empty());
+    assert_eq!(parsed.boot.server, ServerBoot::default());
+    assert_eq!(parsed.live.server, ServerLive::default());
+    assert_eq!(parsed.live.requests, RequestCaps::default());
+    assert_eq!(parsed.boot.store, StoreSettings::default());
+    assert_eq!(parsed.live.envoy, EnvoySettings::default());
+    assert_eq!(parsed.live.response_headers, HeaderStyle::Both);
+    assert_eq!(parsed.live.reload, ReloadSettings::default());
+    assert_eq!(parsed.live.metrics, MetricsSettings::default());
+    assert!(
+        parsed.boot.redis.is_none() && parsed.boot.admin.is_none() && parsed.live.admin.is_none()
+    );
+    assert!(parsed.live.rls_files.is_empty() && parsed.live.rls.is_empty());
 }
 
 #[test]
@@ -503,7 +509,7 @@ fn load_valid_fixture_sets_source() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(c.source.as_deref(), Some(path.as_path()));
-    assert_eq!(c.limits.plans.len(), 2);
+    assert_eq!(c.live.limits.plans.len(), 2);
     assert!(
         c.summary()
             .starts_with(&format!("source: {}", path.display()))
@@ -533,12 +539,12 @@ fn the_envoy_example_loads_its_limits_relative_to_itself() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    let edge = c.rls.get("edge").expect("domain edge from limits/");
+    let edge = c.live.rls.get("edge").expect("domain edge from limits/");
     assert_eq!(
         edge.files,
         [root.join("limits/edge.yaml").display().to_string()]
     );
-    assert_eq!(c.response_headers, HeaderStyle::Both);
+    assert_eq!(c.live.response_headers, HeaderStyle::Both);
     assert!(
         c.summary()
             .contains("rls domain edge: 7 rules, fixed_window, from ")
@@ -546,7 +552,7 @@ fn the_envoy_example_loads_its_limits_relative_to_itself() {
     // The Envoy bootstrap next to it asks for that domain at that port.
     let envoy = std::fs::read_to_string(root.join("envoy.yaml")).unwrap();
     assert!(envoy.contains("domain: edge"));
-    let port = format!("port_value: {}", c.server.grpc_addr.port());
+    let port = format!("port_value: {}", c.boot.server.grpc_addr.port());
     assert!(envoy.contains(&port), "envoy.yaml should point at {port}");
 }
 
@@ -563,9 +569,9 @@ fn rls_settings_parse_and_name_their_errors() {
     let c = parse_ok(
         "plans: { p: {} }\ndefault_plan: p\nresponse_headers: off\nenvoy: { algorithm: token_bucket, merge_domains: true, shadow: true }\n",
     );
-    assert_eq!(c.response_headers, HeaderStyle::Off);
-    assert_eq!(c.envoy.algorithm, Algorithm::TokenBucket);
-    assert!(c.envoy.merge_domains && c.envoy.shadow);
+    assert_eq!(c.live.response_headers, HeaderStyle::Off);
+    assert_eq!(c.live.envoy.algorithm, Algorithm::TokenBucket);
+    assert!(c.live.envoy.merge_domains && c.live.envoy.shadow);
     for (style, want) in [
         ("draft03", HeaderStyle::Draft03),
         ("draft11", HeaderStyle::Draft11),
@@ -573,7 +579,7 @@ fn rls_settings_parse_and_name_their_errors() {
         let c = parse_ok(&format!(
             "plans: {{ p: {{}} }}\ndefault_plan: p\nresponse_headers: {style}\n"
         ));
-        assert_eq!(c.response_headers, want);
+        assert_eq!(c.live.response_headers, want);
     }
     assert_errors(&[
         (
@@ -595,10 +601,10 @@ fn rls_settings_parse_and_name_their_errors() {
 #[test]
 fn limits_files_can_be_added_after_loading() {
     let mut c = parse_ok("plans: { p: {} }\ndefault_plan: p\n");
-    assert!(c.rls.is_empty());
+    assert!(c.live.rls.is_empty());
     let ex1 =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rls/valid/ex1_key_value.yaml");
     c.add_rls_files(std::slice::from_ref(&ex1)).unwrap();
-    assert!(c.rls.get("mongo_cps").is_some());
-    assert_eq!(c.rls_files, [ex1]);
+    assert!(c.live.rls.get("mongo_cps").is_some());
+    assert_eq!(c.live.rls_files, [ex1]);
 }

@@ -173,7 +173,7 @@ impl Reloader {
             // Control counts what it refuses; files that did not even
             // load are counted here.
             Ok(Ok((config, digest))) => {
-                skipped.clone_from(&config.skipped);
+                skipped.clone_from(&config.live.skipped);
                 self.control
                     .reload(config, digest)
                     .map_err(|e| e.to_string())
@@ -204,7 +204,7 @@ impl Reloader {
                     cause = cause.as_str(),
                     version = r.version.number,
                     digest = r.version.short_digest(),
-                    plans = config.limits.plans.len(),
+                    plans = config.live.limits.plans.len(),
                     "config reloaded"
                 );
                 if !r.restart_needed.is_empty() {
@@ -250,7 +250,7 @@ impl Reloader {
         let mut refused: Option<String> = None;
         let mut unreadable = false;
         'poll: loop {
-            let settings = self.control.config().reload.clone();
+            let settings = self.control.config().live.reload.clone();
             if until(&mut stop, tokio::time::sleep(settings.poll_interval))
                 .await
                 .is_none()
@@ -506,7 +506,7 @@ mod tests {
     fn control(config: Config) -> Arc<Control> {
         use crate::core::{KeyHasher, Limiter, ManualClock};
         let hasher = KeyHasher::with_secret([7; 16]);
-        let table = config.limits.table(&hasher).unwrap();
+        let table = config.live.limits.table(&hasher).unwrap();
         let clock = Arc::new(ManualClock::new(1_000_000_000));
         let limiter = Limiter::new(table, hasher, Default::default(), clock);
         Control::new(Arc::new(limiter), config, "d".into())

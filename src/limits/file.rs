@@ -677,7 +677,7 @@ keys:                      # static assignments of API keys to plans
 
     fn limits(yaml: &str) -> LimitsSpec {
         match Config::from_yaml(yaml, "t.yaml") {
-            Ok(c) => c.limits,
+            Ok(c) => c.live.limits,
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
