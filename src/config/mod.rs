@@ -43,6 +43,7 @@ mod store;
 pub(crate) mod tests;
 mod values;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -228,6 +229,29 @@ pub struct Live {
 }
 
 impl Boot {
+    /// The first listener whose address an earlier one has too (port 0,
+    /// "any free port", may repeat): its field path, the earlier one's,
+    /// and the address.
+    fn shared_listener(&self) -> Option<([&'static str; 2], [&'static str; 2], SocketAddr)> {
+        let s = &self.server;
+        let mut listeners = vec![
+            (["server", "grpc_addr"], s.grpc_addr),
+            (["server", "http_addr"], s.http_addr),
+        ];
+        if let Some(a) = &self.admin {
+            listeners.push((["admin", "addr"], a.addr));
+        }
+        for (i, (path, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i]
+                .iter()
+                .find(|(_, a)| a == addr && addr.port() != 0)
+            {
+                return Some((*path, *other, *addr));
+            }
+        }
+        None
+    }
+
     /// The names of the settings that differ in `new`, as a reload
     /// reports them: the listeners, the connection limits that name
     /// themselves, whether TLS is on, the store, Redis, and the admin
@@ -296,26 +320,22 @@ impl Config {
     /// must differ (port 0, "any free port", may repeat), and the admin
     /// listener may not serve bearer tokens in clear beyond loopback.
     pub fn check_listeners(&self) -> Result<(), String> {
-        let s = &self.boot.server;
-        let mut listeners = vec![
-            ("server.grpc_addr", s.grpc_addr),
-            ("server.http_addr", s.http_addr),
-        ];
-        if let Some(a) = &self.boot.admin {
-            listeners.push(("admin.addr", a.addr));
-            if let Some(why) = a.plaintext_problem() {
-                return Err(format!("admin.addr: {why}"));
-            }
+        if let Some(why) = self
+            .boot
+            .admin
+            .as_ref()
+            .and_then(AdminBoot::plaintext_problem)
+        {
+            return Err(format!("admin.addr: {why}"));
         }
-        for (i, (name, addr)) in listeners.iter().enumerate() {
-            if let Some((other, _)) = listeners[..i]
-                .iter()
-                .find(|(_, a)| a == addr && addr.port() != 0)
-            {
-                return Err(format!("{other} and {name} are both {addr}"));
-            }
+        match self.boot.shared_listener() {
+            Some((name, other, addr)) => Err(format!(
+                "{} and {} are both {addr}",
+                other.join("."),
+                name.join(".")
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// `admin.max_overrides`, or its default without an admin section.
@@ -522,22 +542,32 @@ impl ConfigRaw {
             .transpose()?
             .unwrap_or_default();
         metrics.check_secret(store.hash_secret.is_some())?;
-        check_distinct_listeners(&server_boot, admin_boot.as_ref())?;
+        let boot = Boot {
+            server: server_boot,
+            store,
+            redis,
+            admin: admin_boot,
+        };
+        // Two listeners on one address could never both bind.
+        if let Some((path, other, addr)) = boot.shared_listener() {
+            return Err(Issue::new(
+                path.iter().map(|p| Seg::key(*p)).collect(),
+                format!(
+                    "{addr} is also {}: each listener needs its own address",
+                    other.join(".")
+                ),
+            ));
+        }
 
         // Limits last: a section's own mistake is reported before a missing
         // plan, so each error points at what the author was editing.
         let limits = file::build(self.default_plan, self.plans, self.keys)?;
-        plans::check_strict_has_redis(&limits, redis.is_some())?;
+        plans::check_strict_has_redis(&limits, boot.redis.is_some())?;
         plans::check_keys_fit(&limits, requests.max_key_bytes)?;
 
         Ok(Config {
             source: None,
-            boot: Boot {
-                server: server_boot,
-                store,
-                redis,
-                admin: admin_boot,
-            },
+            boot,
             live: Live {
                 server: server_live,
                 requests,
@@ -553,30 +583,4 @@ impl ConfigRaw {
             },
         })
     }
-}
-
-/// Two listeners on one address could never both bind.
-fn check_distinct_listeners(server: &ServerBoot, admin: Option<&AdminBoot>) -> Result<(), Issue> {
-    let mut listeners = vec![
-        (["server", "grpc_addr"], server.grpc_addr),
-        (["server", "http_addr"], server.http_addr),
-    ];
-    if let Some(a) = admin {
-        listeners.push((["admin", "addr"], a.addr));
-    }
-    for (i, (path, addr)) in listeners.iter().enumerate() {
-        if let Some((other, _)) = listeners[..i]
-            .iter()
-            .find(|(_, a)| a == addr && addr.port() != 0)
-        {
-            return Err(Issue::new(
-                path.iter().map(|p| Seg::key(*p)).collect(),
-                format!(
-                    "{addr} is also {}: each listener needs its own address",
-                    other.join(".")
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -608,3 +608,18 @@ fn limits_files_can_be_added_after_loading() {
     assert!(c.live.rls.get("mongo_cps").is_some());
     assert_eq!(c.live.rls_files, [ex1]);
 }
+
+#[test]
+fn check_listeners_names_listeners_that_flags_put_on_one_address() {
+    let mut c = parse_ok("default_plan: p\nplans: { p: {} }\n");
+    assert_eq!(c.check_listeners(), Ok(()));
+    c.boot.server.http_addr = c.boot.server.grpc_addr;
+    assert_eq!(
+        c.check_listeners(),
+        Err("server.grpc_addr and server.http_addr are both 127.0.0.1:8081".to_owned())
+    );
+    // Port 0, "any free port", may repeat.
+    let any = "127.0.0.1:0".parse().expect("address");
+    (c.boot.server.grpc_addr, c.boot.server.http_addr) = (any, any);
+    assert_eq!(c.check_listeners(), Ok(()));
+}
