@@ -1,7 +1,10 @@
 //! The config's operator sections: `admin` (the admin API's listener, its
 //! bearer tokens, TLS, audit file and override cap) and the `tls` of the
 //! check listener (`server.tls`) and of the admin listener: their raw
-//! form, validation and summary lines.
+//! form, validation and summary lines. The admin listener (address,
+//! whether it speaks TLS, plain text allowed, connection cap) and the
+//! audit file are [`AdminBoot`] (a restart applies them); the tokens, TLS
+//! files and override cap are [`AdminLive`].
 //!
 //! ```yaml
 //! server:

@@ -15,6 +15,14 @@
 //! the values several share are in `values`, the tests across sections in
 //! `tests`.
 //!
+//! A [`Config`] is two parts: [`Boot`], what only a restart applies (the
+//! listeners and the connection limits they are built with, whether they
+//! speak TLS, the store, Redis, the admin listener and audit file), and
+//! [`Live`], what a reload applies (everything else: caps, limits, RLS
+//! domains, headers, TLS files, admin tokens, ...). A reload keeps the
+//! running `Boot` and names what differed
+//! ([`crate::control::keep_restart_only`]).
+//!
 //! Every error message is one line naming the file, the line and column,
 //! the field path and the reason:
 //!

@@ -2,7 +2,9 @@
 //! shutdown timing, the check listener's TLS, and the limits on every
 //! connection to the gRPC listeners ([`ConnLimits`]: how many, how big a
 //! message, buffers, timeouts); its raw form, validation and summary
-//! lines.
+//! lines. The listeners, their connection limits and whether the check
+//! listener speaks TLS are [`ServerBoot`] (a restart applies them); the
+//! shutdown timing and the TLS files are [`ServerLive`].
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;

@@ -5,8 +5,8 @@
 //! number, a unit) run while deserializing, so the YAML parser knows where
 //! the value is. Checks that relate several values (rate *or* quota,
 //! duplicate names, references to plans) run in `build` and come back as
-//! an `Issue`: a reason plus the field path it concerns, which
-//! [`crate::config`] turns into a line and column of the file.
+//! an `Issue` ([`crate::diag`]): a reason plus the field path it concerns,
+//! which [`crate::config`] turns into a line and column of the file.
 //!
 //! ```yaml
 //! default_plan: free
