@@ -33,7 +33,7 @@ const KEYS: usize = 1_000;
 fn setup() -> (Arc<Engine>, Arc<Control>) {
     let config = Config::from_yaml(CONFIG, "bench.yaml").expect("bench config");
     let hasher = KeyHasher::with_secret([3; 16]);
-    let table = config.limits.table(&hasher).expect("table");
+    let table = config.live.limits.table(&hasher).expect("table");
     let engine = Arc::new(Engine::new(
         table,
         hasher,

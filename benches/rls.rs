@@ -55,10 +55,11 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
     let config = config(algorithm);
     let hasher = KeyHasher::random();
     let table = config
+        .live
         .limits
         .table(&hasher)
         .expect("table")
-        .with_rls(config.rls.clone());
+        .with_rls(config.live.rls.clone());
     let engine = Engine::new(
         table,
         hasher,
@@ -67,15 +68,13 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
         },
         Arc::new(SystemClock::new()),
     );
-    let config = Config {
-        envoy: EnvoySettings {
-            domains: vec!["plans".into()],
-            ..config.envoy.clone()
-        },
-        requests: RequestCaps::default(),
-        response_headers: style,
-        ..config
+    let mut config = config;
+    config.live.envoy = EnvoySettings {
+        domains: vec!["plans".into()],
+        ..config.live.envoy.clone()
     };
+    config.live.requests = RequestCaps::default();
+    config.live.response_headers = style;
     EnvoyRlsService::new(Arc::new(engine.with_config(Arc::new(config))))
 }
 
@@ -179,7 +178,7 @@ fn token_bucket_and_plans(c: &mut Criterion) {
 fn components(c: &mut Criterion) {
     let mut g = c.benchmark_group("components");
     let config = config(Algorithm::FixedWindow);
-    let edge = config.rls.get("edge").expect("edge domain");
+    let edge = config.live.rls.get("edge").expect("edge domain");
     let req = request(
         "edge",
         vec![descriptor(&[("method", "POST"), ("api_key", "k-1")])],

@@ -259,8 +259,9 @@ fn gate_rules(c: &ConnLimits) -> GateRules {
 /// allows: accepts would fail (and be retried every 50 ms) before the cap
 /// is reached.
 fn warn_if_short_of_files(config: &Config) {
-    let per_listener = config.server.conns.max_connections as u64;
+    let per_listener = config.boot.server.conns.max_connections as u64;
     let admin = config
+        .boot
         .admin
         .as_ref()
         .map_or(0, |a| a.max_connections as u64);
@@ -290,55 +291,68 @@ impl App {
 
     /// [`App::bind`] with a given clock (tests drive time by hand).
     pub async fn bind_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App, AppError> {
-        let hasher = match config.store.hash_secret {
+        let hasher = match config.boot.store.hash_secret {
             Some(secret) => KeyHasher::with_secret(secret),
             None => KeyHasher::random(),
         };
-        let table = config.limits.table(&hasher)?.with_rls(config.rls.clone());
+        let table = config
+            .live
+            .limits
+            .table(&hasher)?
+            .with_rls(config.live.rls.clone());
         let limits = StoreLimits {
-            max_cells: config.store.max_tracked_keys,
+            max_cells: config.boot.store.max_tracked_keys,
         };
         // The stopwatch's clock calibrates on first use (up to 200 ms):
         // here, not in the first request.
         let _ = crate::core::clock::Stopwatch::start();
         let metrics = Arc::new(Metrics::new());
-        let m = &config.metrics;
+        let m = &config.live.metrics;
         metrics.heavy().configure(m.heavy_keys, m.key_names.clone());
         let mut engine =
             Engine::new(table, hasher, limits, clock).with_metrics(Arc::clone(&metrics));
-        if config.redis.is_some() {
+        if config.boot.redis.is_some() {
             engine.enable_sync();
         }
         let engine = Arc::new(engine);
-        let sync = match &config.redis {
+        let sync = match &config.boot.redis {
             Some(settings) => {
                 let (sync, handle) = RedisSync::new(Arc::clone(&engine), settings.clone())?;
                 Some((sync.with_metrics(Arc::clone(&metrics)), handle))
             }
             None => None,
         };
-        let audit_file = config.admin.as_ref().and_then(|a| a.audit_file.clone());
+        let audit_file = config
+            .boot
+            .admin
+            .as_ref()
+            .and_then(|a| a.audit_file.clone());
         let audit = Audit::open(audit_file.as_deref())
             .map_err(|source| AppError::Audit {
                 path: audit_file.clone().unwrap_or_default(),
                 source,
             })?
             .with_metrics(Arc::clone(&metrics));
-        let grpc =
-            Listener::bind("grpc", config.server.grpc_addr, config.server.tls.as_ref()).await?;
-        let http = bind("http", config.server.http_addr).await?;
-        let http_addr = local_addr("http", &http, config.server.http_addr)?;
-        let admin = match &config.admin {
-            Some(a) => Some(Listener::bind("admin", a.addr, a.tls.as_ref()).await?),
+        let grpc = Listener::bind(
+            "grpc",
+            config.boot.server.grpc_addr,
+            config.live.server.tls.as_ref(),
+        )
+        .await?;
+        let http = bind("http", config.boot.server.http_addr).await?;
+        let http_addr = local_addr("http", &http, config.boot.server.http_addr)?;
+        let admin_tls = config.live.admin.as_ref().and_then(|a| a.tls.as_ref());
+        let admin = match &config.boot.admin {
+            Some(a) => Some(Listener::bind("admin", a.addr, admin_tls).await?),
             None => None,
         };
         tracing::info!(
             grpc_addr = %grpc.addr,
-            security = grpc.security(config.server.tls.as_ref()),
+            security = grpc.security(config.live.server.tls.as_ref()),
             "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, health, reflection)"
         );
         tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz, /metrics)");
-        match (&admin, &config.admin) {
+        match (&admin, &config.live.admin) {
             (Some(l), Some(a)) => tracing::info!(
                 admin_addr = %l.addr,
                 security = l.security(a.tls.as_ref()),
@@ -348,7 +362,7 @@ impl App {
             _ => tracing::info!("admin API off (no admin section in the config)"),
         }
         warn_if_short_of_files(&config);
-        for skipped in &config.skipped {
+        for skipped in &config.live.skipped {
             tracing::warn!("limits directory entry skipped: {skipped}");
         }
         let files = config.watched_files();
@@ -461,7 +475,7 @@ impl App {
         let rls = EnvoyRlsService::new(Arc::clone(&engine));
         // Strict mode whenever Redis is configured: a plan, a reload or an
         // override may ask for it. Its connection is made on first use.
-        if let (Some((sync, _)), Some(settings)) = (&sync, &config.redis) {
+        if let (Some((sync, _)), Some(settings)) = (&sync, &config.boot.redis) {
             let (client, task) = sync.strict()?;
             engine.set_strict(Strict {
                 client,
@@ -501,7 +515,7 @@ impl App {
             None => None,
         };
 
-        let conns = &config.server.conns;
+        let conns = &config.boot.server.conns;
         let max = conns.max_message_bytes;
         // One budget of buffered request bytes for both listeners.
         let process = Arc::new(Budget::new(conns.max_buffered_bytes));
@@ -542,6 +556,7 @@ impl App {
                     "admin",
                     GateRules {
                         max_connections: config
+                            .boot
                             .admin
                             .as_ref()
                             .map_or(conns.max_connections, |a| a.max_connections),
@@ -607,7 +622,7 @@ impl App {
         rest.spawn(sweeper(
             Arc::clone(&control),
             Arc::clone(&metrics),
-            config.store.sweep_interval,
+            config.boot.store.sweep_interval,
             rest_stop.clone(),
         ));
         let watcher = Arc::clone(&reloader);
@@ -645,7 +660,7 @@ impl App {
 
         // The settings in effect now: a reload may have changed them.
         let config = control.config();
-        let server = &config.server;
+        let server = &config.live.server;
         tracing::info!(
             drain_delay_ms = server.drain_delay.as_millis() as u64,
             grace_ms = server.shutdown_grace.as_millis() as u64,
@@ -722,11 +737,11 @@ fn reloader(
     let m = Arc::clone(metrics);
     reloader.on_reload(Box::new(move |c: &Config| {
         m.heavy()
-            .configure(c.metrics.heavy_keys, c.metrics.key_names.clone());
+            .configure(c.live.metrics.heavy_keys, c.live.metrics.key_names.clone());
     }));
-    let server_tls: fn(&Config) -> Option<&TlsFiles> = |c| c.server.tls.as_ref();
+    let server_tls: fn(&Config) -> Option<&TlsFiles> = |c| c.live.server.tls.as_ref();
     let admin_tls: fn(&Config) -> Option<&TlsFiles> =
-        |c| c.admin.as_ref().and_then(|a| a.tls.as_ref());
+        |c| c.live.admin.as_ref().and_then(|a| a.tls.as_ref());
     let listeners = [
         (Some(grpc), "server.tls", server_tls),
         (admin, "admin.tls", admin_tls),
@@ -1052,7 +1067,7 @@ async fn upkeep(
 ) -> Result<(), AppError> {
     let mut tick = tokio::time::interval(UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let window = || control.config().metrics.heavy_window;
+    let window = || control.config().live.metrics.heavy_window;
     let mut roll_at = tokio::time::Instant::now() + window();
     loop {
         let roll = tokio::time::sleep_until(roll_at);

@@ -12,7 +12,8 @@
 //! | [`engine`] | the one entry every front door calls, [`Engine::decide`](engine::Engine::decide): validate against the config in effect (the door's), resolve to limits, decide on the store, strict mode's Redis wait, metrics and heavy keys counted once; the [`Rules`](engine::Rules) in effect (table and config, swapped as one) |
 //! | [`store`] | this node's cells (sharded tables of atomics), the hard cap with its admission policy (a cheap cell displaced for a new key, budgets per source of keys) and the overflow cell as last resort, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
-//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB) |
+//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics |
+//! | [`diag`] | located diagnostics (a reason at a field path, rendered `file:line:col` by the YAML reader) and the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB); imports no other module |
 //! | [`api`] | the front doors, wire ↔ engine only: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: overrides, reloads and the file watcher; puts each new table in effect in the engine, with its config |
@@ -90,6 +91,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod core;
+pub mod diag;
 pub mod engine;
 pub mod limits;
 pub mod net;

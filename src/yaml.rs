@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
-use crate::limits::file::{Issue, Seg, quoted};
+use crate::diag::{Issue, Seg, quoted};
 
 /// Why a config could not be loaded. `Display` is one line.
 #[derive(Debug, thiserror::Error)]

@@ -498,8 +498,8 @@ async fn shutdown_does_not_wait_for_a_reload_whose_read_hangs() {
 
     let config = Config::from_yaml(CONFIG, "test.yaml").unwrap();
     let mut config = config;
-    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.boot.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.boot.server.http_addr = "127.0.0.1:0".parse().unwrap();
     // The loader hangs, as a read on a hung mount does, until released.
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (release, hold) = std::sync::mpsc::channel::<()>();

@@ -76,7 +76,11 @@ impl AdminService {
         call: &str,
     ) -> Result<Caller, Status> {
         let config = self.control.config();
-        let tokens = config.admin.as_ref().map_or(&[][..], |a| &a.tokens[..]);
+        let tokens = config
+            .live
+            .admin
+            .as_ref()
+            .map_or(&[][..], |a| &a.tokens[..]);
         auth::authorize(tokens, request, scope, call).map_err(|refused| {
             self.refusals.note(&refused, call, self.now());
             refused.status
@@ -98,7 +102,12 @@ impl AdminService {
     /// The key hash a `KeyRef`-like request names.
     fn key(&self, key: &str, hash: &str) -> Result<u64, Status> {
         let config = self.control.config();
-        convert::key_hash(key, hash, &config.requests, self.control.engine().hasher())
+        convert::key_hash(
+            key,
+            hash,
+            &config.live.requests,
+            self.control.engine().hasher(),
+        )
     }
 
     fn override_message(&self, o: &Override) -> pb::Override {
@@ -267,14 +276,16 @@ impl QuotaAdmin for AdminService {
         let config = self.control.config();
         let by_plan = self.control.overrides_by_plan();
         let plans = config
+            .live
             .limits
             .plans
             .iter()
             .map(|p| pb::Plan {
                 name: p.name.clone(),
                 limits: p.limits.iter().map(convert::plan_limit).collect(),
-                is_default: p.name == config.limits.default_plan,
+                is_default: p.name == config.live.limits.default_plan,
                 static_keys: config
+                    .live
                     .limits
                     .keys
                     .iter()

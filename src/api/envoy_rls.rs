@@ -58,7 +58,7 @@ use tonic::{Request, Response, Status};
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::{duration_parts, request_id, validate};
-use crate::config::{Config, RequestCaps};
+use crate::config::{Live, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::core::{Decision, DenyReason, Nanos};
@@ -193,16 +193,16 @@ struct Render {
     unknown: bool,
 }
 
-/// Validates `req` against the config in effect and turns it into the
+/// Validates `req` against the settings in effect and turns it into the
 /// engine's items.
 fn admit<'m>(
     req: &'m RateLimitRequest,
-    config: &Config,
+    live: &Live,
     kind: Kind<'_>,
 ) -> Result<Admitted<'m, [Entry], Render>, RequestError> {
-    let (caps, envoy) = (&config.requests, &config.envoy);
+    let (caps, envoy) = (&live.requests, &live.envoy);
     let render = Render {
-        style: config.response_headers,
+        style: live.response_headers,
         shadow: envoy.shadow,
         unknown: matches!(kind, Kind::Unknown),
     };
@@ -460,7 +460,7 @@ impl RateLimitService for EnvoyRlsService {
             .engine
             .decide(
                 call,
-                |config, kind| admit(&req, config, kind),
+                |live, kind| admit(&req, live, kind),
                 |answer, r| render(&req, answer, r),
             )
             .await;

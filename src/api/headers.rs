@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn styles_round_trip_their_names() {
-        use crate::limits::file::one_of;
+        use crate::diag::one_of;
         let parse = |t| one_of("style", t, HeaderStyle::ALL, HeaderStyle::as_str).ok();
         for s in HeaderStyle::ALL {
             assert_eq!(parse(s.as_str()), Some(s));

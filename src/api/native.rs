@@ -15,7 +15,7 @@ use super::pb::{
     CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason, Header,
 };
 use super::{duration, request_id, validate};
-use crate::config::{Config, RequestCaps};
+use crate::config::{Live, RequestCaps};
 use crate::core;
 use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
 use crate::shutdown::Shutdown;
@@ -64,9 +64,9 @@ async fn check_one(
     engine
         .decide(
             Call::keys(door),
-            |config: &Config, _: Kind<'_>| {
-                validate_check(req, String::new, &config.requests)?;
-                Ok((vec![item(req)], config.response_headers))
+            |live: &Live, _: Kind<'_>| {
+                validate_check(req, String::new, &live.requests)?;
+                Ok((vec![item(req)], live.response_headers))
             },
             |answer, style| {
                 answer
@@ -168,13 +168,13 @@ impl RateLimiter for NativeService {
             .engine
             .decide(
                 Call::keys(Api::Batch),
-                |config: &Config, _: Kind<'_>| {
-                    let caps = &config.requests;
+                |live: &Live, _: Kind<'_>| {
+                    let caps = &live.requests;
                     validate::count(|| "checks".into(), checks.len(), caps.max_batch)?;
                     for (i, c) in checks.iter().enumerate() {
                         validate_check(c, || format!("checks[{i}]."), caps)?;
                     }
-                    Ok((checks.iter().map(item).collect(), config.response_headers))
+                    Ok((checks.iter().map(item).collect(), live.response_headers))
                 },
                 |answer, style| {
                     let results = checks

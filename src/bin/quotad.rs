@@ -180,13 +180,13 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         None => Config::embedded_default(),
     };
     if let Some(addr) = args.grpc_addr {
-        config.server.grpc_addr = addr;
+        config.boot.server.grpc_addr = addr;
     }
     if let Some(addr) = args.http_addr {
-        config.server.http_addr = addr;
+        config.boot.server.http_addr = addr;
     }
     if let Some(addr) = args.admin_addr {
-        let admin = config.admin.as_mut().ok_or_else(|| {
+        let admin = config.boot.admin.as_mut().ok_or_else(|| {
             anyhow::anyhow!(
                 "--admin-addr: the admin API needs an admin section with tokens in the config (see `quotactl token new`)"
             )
@@ -194,23 +194,24 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         admin.addr = addr;
     }
     if args.shadow {
-        config.envoy.shadow = true;
+        config.live.envoy.shadow = true;
     }
     if let Some(url) = &args.redis {
         RedisSettings::check_url(url).map_err(|why| anyhow::anyhow!("--redis: {why}"))?;
         anyhow::ensure!(
-            config.store.hash_secret.is_some(),
+            config.boot.store.hash_secret.is_some(),
             "--redis: Redis sync needs store.hash_secret in the config: every node must name a key's Redis entries alike"
         );
         let mut settings = config
+            .boot
             .redis
             .take()
             .unwrap_or_else(|| RedisSettings::new(url.as_str()));
         settings.url = url.clone();
-        config.redis = Some(settings);
+        config.boot.redis = Some(settings);
     }
     if let Some(path) = &args.redis_password_file {
-        let settings = config.redis.as_mut().ok_or_else(|| {
+        let settings = config.boot.redis.as_mut().ok_or_else(|| {
             anyhow::anyhow!(
                 "--redis-password-file: there is no Redis to use it for (give --redis or redis.url)"
             )

@@ -1,7 +1,10 @@
 //! The config's operator sections: `admin` (the admin API's listener, its
-//! bearer tokens, TLS, audit file and override cap), the `tls` of the
-//! check listener (`server.tls`) and of the admin listener, and `reload`
-//! (watching the files for changes).
+//! bearer tokens, TLS, audit file and override cap) and the `tls` of the
+//! check listener (`server.tls`) and of the admin listener: their raw
+//! form, validation and summary lines. The admin listener (address,
+//! whether it speaks TLS, plain text allowed, connection cap) and the
+//! audit file are [`AdminBoot`] (a restart applies them); the tokens, TLS
+//! files and override cap are [`AdminLive`].
 //!
 //! ```yaml
 //! server:
@@ -12,7 +15,6 @@
 //!     - { id: ops-alice, sha256: "<64 hex digits>", scopes: [read, write] }
 //!   tls: { cert_file: tls/admin.pem, key_file: tls/admin.key, client_ca_file: tls/ops-ca.pem }
 //!   audit_file: /var/log/quotad/audit.jsonl
-//! reload: { watch: true, poll_interval: 1s, debounce: 250ms }
 //! ```
 //!
 //! Tokens are stored only as the SHA-256 of a high-entropy token (make
@@ -24,13 +26,13 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::{Addr, Dur, NonEmpty};
-use crate::limits::file::{Issue, Positive, Seg, check_name, one_of};
+use super::values::{Addr, NonEmpty};
+use crate::diag::{Issue, Seg, check_name, one_of};
+use crate::limits::file::Positive;
 use crate::tls::{self, TlsError, TlsPem};
 
 /// Default admin listener.
@@ -46,35 +48,33 @@ pub const DEFAULT_ADMIN_CONNECTIONS: usize = 64;
 /// Largest `admin.max_connections`.
 const ADMIN_CONNECTIONS_CAP: u64 = 100_000;
 
-/// The `admin` section. The admin API runs only when the config has one
-/// (with at least one token).
+/// The `admin` settings only a restart applies: the admin listener is
+/// bound and built with them once. The admin API runs only when the
+/// config has an `admin` section (with at least one token).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminSettings {
+pub struct AdminBoot {
     /// The admin gRPC listener.
     pub addr: SocketAddr,
-    /// Who may call it.
-    pub tokens: Vec<AdminToken>,
-    /// TLS for the admin listener.
-    pub tls: Option<TlsFiles>,
+    /// Whether the admin listener speaks TLS (its files are
+    /// [`AdminLive::tls`], renewed on reload).
+    pub tls_on: bool,
     /// Serve plain text on a non-loopback address (behind a mesh that
     /// encrypts); refused otherwise, as bearer tokens would cross the
     /// network in clear.
     pub insecure_plaintext: bool,
     /// A file every admin change is appended to, one JSON object a line.
     pub audit_file: Option<PathBuf>,
-    /// Most overrides at once (a cap on memory, and on Redis's hash).
-    pub max_overrides: usize,
     /// Most connections open at once on the admin listener (the rest of
     /// `server.*`'s connection limits apply to it as to the check
     /// listener).
     pub max_connections: usize,
 }
 
-impl AdminSettings {
+impl AdminBoot {
     /// Why the admin listener may not serve as configured: plain text on
     /// an address other hosts can reach.
     pub fn plaintext_problem(&self) -> Option<String> {
-        if self.tls.is_some() || self.insecure_plaintext || self.addr.ip().is_loopback() {
+        if self.tls_on || self.insecure_plaintext || self.addr.ip().is_loopback() {
             return None;
         }
         Some(format!(
@@ -82,6 +82,18 @@ impl AdminSettings {
             self.addr
         ))
     }
+}
+
+/// The `admin` settings a reload applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLive {
+    /// Who may call it.
+    pub tokens: Vec<AdminToken>,
+    /// TLS files of the admin listener; `Some` exactly when
+    /// [`AdminBoot::tls_on`].
+    pub tls: Option<TlsFiles>,
+    /// Most overrides at once (a cap on memory, and on Redis's hash).
+    pub max_overrides: usize,
 }
 
 /// One bearer token of the admin API.
@@ -149,29 +161,6 @@ impl TlsFiles {
         let mut out = vec![self.cert_file.as_path(), self.key_file.as_path()];
         out.extend(self.client_ca_file.as_deref());
         out
-    }
-}
-
-/// The `reload` section: watching the config's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadSettings {
-    /// Reload when the config, limits or TLS files change (SIGHUP and the
-    /// admin API's Reload work either way).
-    pub watch: bool,
-    /// How often the files are looked at.
-    pub poll_interval: Duration,
-    /// How long a change must stay put before it is loaded (editors and
-    /// ConfigMap updates write in steps).
-    pub debounce: Duration,
-}
-
-impl Default for ReloadSettings {
-    fn default() -> Self {
-        Self {
-            watch: true,
-            poll_interval: Duration::from_secs(1),
-            debounce: Duration::from_millis(250),
-        }
     }
 }
 
@@ -264,21 +253,13 @@ pub(super) struct TlsRaw {
     client_ca_file: Option<NonEmpty>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "the reload section (a mapping)")]
-pub(super) struct ReloadRaw {
-    watch: Option<bool>,
-    poll_interval: Option<Dur>,
-    debounce: Option<Dur>,
-}
-
 fn path(parts: &[&str]) -> Vec<Seg> {
     parts.iter().map(|p| Seg::key(*p)).collect()
 }
 
 impl AdminRaw {
     /// Validates the section; files are relative to `base`.
-    pub(super) fn build(self, base: &Path) -> Result<AdminSettings, Issue> {
+    pub(super) fn build(self, base: &Path) -> Result<(AdminBoot, AdminLive), Issue> {
         let tokens_raw = self.tokens.unwrap_or_default();
         if tokens_raw.is_empty() {
             return Err(Issue::new(
@@ -343,19 +324,22 @@ impl AdminRaw {
             }
             Some(p) => p.0.get() as usize,
         };
-        let settings = AdminSettings {
+        let boot = AdminBoot {
             addr: self.addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
-            tokens,
-            tls,
+            tls_on: tls.is_some(),
             insecure_plaintext: self.insecure_plaintext.unwrap_or(false),
             audit_file: self.audit_file.map(|f| base.join(f.0)),
-            max_overrides,
             max_connections,
         };
-        if let Some(why) = settings.plaintext_problem() {
+        if let Some(why) = boot.plaintext_problem() {
             return Err(Issue::new(path(&["admin", "addr"]), why));
         }
-        Ok(settings)
+        let live = AdminLive {
+            tokens,
+            tls,
+            max_overrides,
+        };
+        Ok((boot, live))
     }
 }
 
@@ -369,7 +353,7 @@ impl TlsRaw {
             p
         };
         let read = |name: &str, file: &Path| {
-            super::read_file(file).map_err(|e| {
+            crate::diag::files::read_file(file).map_err(|e| {
                 Issue::new(field(name), format!("cannot read {}: {e}", file.display()))
             })
         };
@@ -404,13 +388,41 @@ impl TlsRaw {
     }
 }
 
-impl ReloadRaw {
-    pub(super) fn build(self) -> ReloadSettings {
-        let d = ReloadSettings::default();
-        ReloadSettings {
-            watch: self.watch.unwrap_or(d.watch),
-            poll_interval: self.poll_interval.map_or(d.poll_interval, |p| p.0),
-            debounce: self.debounce.map_or(d.debounce, |p| p.0),
+/// The summary's `admin:` line: token ids and scopes, never hashes.
+pub(super) fn describe_admin(boot: Option<&AdminBoot>, live: Option<&AdminLive>) -> String {
+    let (Some(b), Some(a)) = (boot, live) else {
+        return "admin: off (no admin section)".to_owned();
+    };
+    let tokens: Vec<String> = a
+        .tokens
+        .iter()
+        .map(|t| {
+            let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+            format!("{} ({})", t.id, scopes.join(", "))
+        })
+        .collect();
+    format!(
+        "admin: {}, tokens {}, tls {}, audit file {}, max overrides {}",
+        b.addr,
+        tokens.join("; "),
+        describe_tls(a.tls.as_ref()),
+        b.audit_file
+            .as_ref()
+            .map_or("none".to_owned(), |f| f.display().to_string()),
+        a.max_overrides
+    )
+}
+
+/// How the summary shows a listener's TLS.
+pub(super) fn describe_tls(tls: Option<&TlsFiles>) -> String {
+    match tls {
+        None => "off".to_owned(),
+        Some(t) if t.client_ca_file.is_some() => {
+            format!(
+                "on, client certificates required (mTLS), cert {}",
+                t.cert_file.display()
+            )
         }
+        Some(t) => format!("on, cert {}", t.cert_file.display()),
     }
 }

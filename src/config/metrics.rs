@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Dur;
-use crate::limits::file::{Issue, Seg, check_name};
+use super::values::Dur;
+use crate::diag::{Issue, Seg, check_name};
 
 /// Most keys `metrics.heavy_keys` may ask for: the gauge is for the top
 /// of the list, not a per-key export.
@@ -107,5 +107,19 @@ impl MetricsRaw {
             heavy_window,
             key_names,
         })
+    }
+}
+
+impl MetricsSettings {
+    /// Naming keys needs `store.hash_secret` (`have_secret`): without it
+    /// the hashes change at every start.
+    pub(super) fn check_secret(&self, have_secret: bool) -> Result<(), Issue> {
+        if !self.key_names.is_empty() && !have_secret {
+            return Err(Issue::new(
+                at("key_names"),
+                "naming keys by hash needs store.hash_secret: without it the hashes change at every start",
+            ));
+        }
+        Ok(())
     }
 }

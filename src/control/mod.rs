@@ -28,7 +28,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::Config;
+use crate::config::{AdminLive, Config};
 use crate::core::Nanos;
 use crate::engine::Engine;
 use crate::limits::overrides::OVERRIDE_PLAN;
@@ -256,8 +256,9 @@ impl Control {
     fn can_give(config: &Config, target: &Target) -> Result<(), ControlError> {
         match target {
             Target::Plan(name) => {
-                if config.limits.plan(name).is_none() {
+                if config.live.limits.plan(name).is_none() {
                     let known: Vec<&str> = config
+                        .live
                         .limits
                         .plans
                         .iter()
@@ -270,7 +271,7 @@ impl Control {
                 }
             }
             Target::Limits(l) => {
-                if config.redis.is_none() && l.plan().limits.iter().any(|l| l.strict) {
+                if config.boot.redis.is_none() && l.plan().limits.iter().any(|l| l.strict) {
                     return Err(ControlError::StrictWithoutRedis);
                 }
             }
@@ -394,7 +395,7 @@ impl Control {
     /// Whether this node's config has the plan `o` gives.
     pub fn resolved(&self, o: &Override) -> bool {
         match &o.target {
-            Target::Plan(p) => self.engine.config().limits.plan(p).is_some(),
+            Target::Plan(p) => self.engine.config().live.limits.plan(p).is_some(),
             Target::Limits(_) | Target::Block => true,
         }
     }
@@ -462,9 +463,10 @@ impl Control {
 
     fn try_reload(&self, config: Config, digest: String) -> Result<Reloaded, ControlError> {
         let base = config
+            .live
             .limits
             .table(self.engine.hasher())?
-            .with_rls(config.rls.clone());
+            .with_rls(config.live.rls.clone());
         let now = self.engine.now();
         let mut st = self.lock();
         let mut orphans: BTreeMap<&str, usize> = BTreeMap::new();
@@ -487,7 +489,7 @@ impl Control {
         // section added by a reload decides nothing until a restart).
         let (mut config, restart_needed) = keep_restart_only(&old, config);
         // Entries skipped in limits directories are no setting.
-        let skipped = std::mem::replace(&mut config.skipped, old.skipped.clone());
+        let skipped = std::mem::replace(&mut config.live.skipped, old.live.skipped.clone());
         if *old == config {
             // The same settings (a comment changed, or nothing): only the
             // files' fingerprint is new.
@@ -498,7 +500,7 @@ impl Control {
                 restart_needed,
             });
         }
-        config.skipped = skipped;
+        config.live.skipped = skipped;
         st.base = base;
         st.version = ConfigVersion {
             number: st.version.number + 1,
@@ -534,116 +536,34 @@ impl Control {
     }
 }
 
-/// `new` with the settings only a restart applies taken from `old`, the
-/// config running, and the names of those that differed: the listeners
-/// (and whether they use TLS), the store, Redis, the admin API's listener
-/// and audit file. An admin section removed by a reload lets nobody in
-/// any more (its listener stays until the restart).
+/// `new` with the settings only a restart applies ([`Config::boot`])
+/// taken from `old`, the config running, and the names of those that
+/// differed ([`crate::config::Boot::differences`]): the listeners (and
+/// whether they use TLS), the store, Redis, the admin API's listener and
+/// audit file. A listener whose TLS was turned on or off keeps its old
+/// files with its old mode. An admin section removed by a reload lets
+/// nobody in any more (its listener stays until the restart); one added
+/// is not served until a restart.
 pub fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
-    let mut changed = Vec::new();
-    /// Puts `old` back into `new` when they differ, noting `name`.
-    fn keep<T: PartialEq + Clone>(
-        changed: &mut Vec<&'static str>,
-        name: &'static str,
-        old: &T,
-        new: &mut T,
-    ) {
-        if old != new {
-            changed.push(name);
-            new.clone_from(old);
-        }
+    let changed = old.boot.differences(&new.boot);
+    let (o, n) = (&old.boot, &new.boot);
+    if o.server.tls_on != n.server.tls_on {
+        new.live.server.tls.clone_from(&old.live.server.tls);
     }
-    let (o, n) = (&old.server, &mut new.server);
-    keep(
-        &mut changed,
-        "server.grpc_addr",
-        &o.grpc_addr,
-        &mut n.grpc_addr,
-    );
-    keep(
-        &mut changed,
-        "server.http_addr",
-        &o.http_addr,
-        &mut n.http_addr,
-    );
-    // The listeners are built with these once.
-    let (oc, nc) = (&o.conns, &mut n.conns);
-    keep(
-        &mut changed,
-        "server.max_connections",
-        &oc.max_connections,
-        &mut nc.max_connections,
-    );
-    keep(
-        &mut changed,
-        "server.max_concurrent_streams",
-        &oc.max_concurrent_streams,
-        &mut nc.max_concurrent_streams,
-    );
-    keep(
-        &mut changed,
-        "server.max_message_bytes",
-        &oc.max_message_bytes,
-        &mut nc.max_message_bytes,
-    );
-    keep(
-        &mut changed,
-        "server.idle_timeout",
-        &oc.idle_timeout,
-        &mut nc.idle_timeout,
-    );
-    keep(
-        &mut changed,
-        "server.keepalive_interval",
-        &oc.keepalive_interval,
-        &mut nc.keepalive_interval,
-    );
-    keep(
-        &mut changed,
-        "server.keepalive_timeout",
-        &oc.keepalive_timeout,
-        &mut nc.keepalive_timeout,
-    );
-    keep(
-        &mut changed,
-        "server.max_connection_age",
-        &oc.max_connection_age,
-        &mut nc.max_connection_age,
-    );
-    if o.tls.is_some() != n.tls.is_some() {
-        changed.push("server.tls");
-        n.tls.clone_from(&o.tls);
-    }
-    keep(&mut changed, "store", &old.store, &mut new.store);
-    keep(&mut changed, "redis", &old.redis, &mut new.redis);
-    new.admin = match (&old.admin, new.admin.take()) {
-        (None, None) => None,
-        (None, Some(_)) => {
-            changed.push("admin");
-            None
-        }
-        (Some(a), None) => {
-            changed.push("admin");
-            Some(crate::config::AdminSettings {
-                tokens: Vec::new(),
-                ..a.clone()
-            })
-        }
+    new.live.admin = match (&old.live.admin, new.live.admin.take()) {
+        (None, _) => None,
+        (Some(a), None) => Some(AdminLive {
+            tokens: Vec::new(),
+            ..a.clone()
+        }),
         (Some(a), Some(mut b)) => {
-            keep(&mut changed, "admin.addr", &a.addr, &mut b.addr);
-            if a.tls.is_some() != b.tls.is_some() {
-                changed.push("admin.tls");
+            if o.admin.as_ref().map(|x| x.tls_on) != n.admin.as_ref().map(|x| x.tls_on) {
                 b.tls.clone_from(&a.tls);
             }
-            keep(
-                &mut changed,
-                "admin.audit_file",
-                &a.audit_file,
-                &mut b.audit_file,
-            );
             Some(b)
         }
     };
+    new.boot.clone_from(&old.boot);
     (new, changed)
 }
 
@@ -668,21 +588,26 @@ mod tests {
         ));
         let (kept, changed) = keep_restart_only(&old, new);
         assert_eq!(changed, ["redis"]);
-        assert!(kept.redis.is_none());
+        assert!(kept.boot.redis.is_none());
         // The admin section removed: nobody gets in any more.
         let old = config(ADMIN);
         let (kept, changed) = keep_restart_only(&old, config(""));
         assert_eq!(changed, ["admin"]);
-        let admin = kept.admin.expect("the listener stays until a restart");
+        assert!(
+            kept.boot.admin.is_some(),
+            "the listener stays until a restart"
+        );
+        let admin = kept.live.admin.expect("the listener stays until a restart");
         assert!(admin.tokens.is_empty());
         // Added: not served until a restart.
         let (kept, changed) = keep_restart_only(&config(""), config(ADMIN));
-        assert_eq!((kept.admin.is_none(), changed), (true, vec!["admin"]));
+        let absent = kept.boot.admin.is_none() && kept.live.admin.is_none();
+        assert_eq!((absent, changed), (true, vec!["admin"]));
         // Settings that apply at once pass through.
         let new = config("requests: { max_cost: 7 }\nserver: { http_addr: 127.0.0.1:9999 }\n");
         let (kept, changed) = keep_restart_only(&config(""), new);
         assert_eq!(changed, ["server.http_addr"]);
-        assert_eq!(kept.requests.max_cost, 7);
-        assert_eq!(kept.server.http_addr, config("").server.http_addr);
+        assert_eq!(kept.live.requests.max_cost, 7);
+        assert_eq!(kept.boot.server.http_addr, config("").boot.server.http_addr);
     }
 }

@@ -22,7 +22,7 @@
 //! 1, the admin API's `last_error` empty).
 //!
 //! Every file is read through the config reader's checks
-//! ([`crate::config::files`]): only regular files, opened without
+//! ([`crate::diag::files`]): only regular files, opened without
 //! waiting on a FIFO. A file larger than [`MAX_FILE_BYTES`] is refused
 //! without being read (a config is kilobytes; a huge one is a mistake,
 //! and reading and parsing it would cost memory and seconds on every
@@ -47,11 +47,11 @@ use sha2::{Digest, Sha256};
 
 use super::{Control, Reloaded};
 use crate::config::Config;
-use crate::config::files::{NotRegularFile, limits_entries, open_regular};
+use crate::diag::files::{NotRegularFile, limits_entries, open_regular};
 use crate::shutdown::Shutdown;
 
 /// The largest config or limits file a reload reads (as at start).
-pub use crate::config::MAX_FILE_BYTES;
+pub use crate::diag::files::MAX_FILE_BYTES;
 
 /// How long a reload, or one poll of the watcher, may take to read the
 /// files before it gives up with an error.
@@ -173,7 +173,7 @@ impl Reloader {
             // Control counts what it refuses; files that did not even
             // load are counted here.
             Ok(Ok((config, digest))) => {
-                skipped.clone_from(&config.skipped);
+                skipped.clone_from(&config.live.skipped);
                 self.control
                     .reload(config, digest)
                     .map_err(|e| e.to_string())
@@ -204,7 +204,7 @@ impl Reloader {
                     cause = cause.as_str(),
                     version = r.version.number,
                     digest = r.version.short_digest(),
-                    plans = config.limits.plans.len(),
+                    plans = config.live.limits.plans.len(),
                     "config reloaded"
                 );
                 if !r.restart_needed.is_empty() {
@@ -250,7 +250,7 @@ impl Reloader {
         let mut refused: Option<String> = None;
         let mut unreadable = false;
         'poll: loop {
-            let settings = self.control.config().reload.clone();
+            let settings = self.control.config().live.reload.clone();
             if until(&mut stop, tokio::time::sleep(settings.poll_interval))
                 .await
                 .is_none()
@@ -390,7 +390,7 @@ impl Reads {
 /// counts with the names and contents of its `*.yaml` and `*.yml` entries
 /// (as limits directories are read), a file that cannot be read as its
 /// path and the error kind. Every file is read through the config
-/// reader's checks ([`crate::config::files`]): what is no regular file
+/// reader's checks ([`crate::diag::files`]): what is no regular file
 /// counts by its type, unread (a FIFO is never waited on, a device never
 /// read), and one over [`MAX_FILE_BYTES`] by its size and modification
 /// time. So it reads at most the cap per file and waits on nothing but
@@ -507,7 +507,7 @@ mod tests {
     fn control(config: Config) -> Arc<Control> {
         use crate::core::{KeyHasher, ManualClock};
         let hasher = KeyHasher::with_secret([7; 16]);
-        let table = config.limits.table(&hasher).unwrap();
+        let table = config.live.limits.table(&hasher).unwrap();
         let clock = Arc::new(ManualClock::new(1_000_000_000));
         let engine = Engine::new(table, hasher, Default::default(), clock);
         Control::new(Arc::new(engine), config, "d".into())

@@ -4,7 +4,7 @@
 //! with everything needed to render an answer: the decision, and the
 //! limit or rule behind it ([`Basis`]).
 
-use crate::config::Config;
+use crate::config::Live;
 use crate::core::decision::Decision;
 use crate::limits::rls::{Domain, RlsLimit, Rule};
 use crate::limits::{Limit, Table};
@@ -152,9 +152,9 @@ impl Outcome<'_> {
 /// Everything the engine decided for one call, to render from.
 #[derive(Debug)]
 pub struct Answer<'v> {
-    /// The config in effect for the call (response headers, Envoy
-    /// settings): the one the items were validated against.
-    pub config: &'v Config,
+    /// The settings in effect for the call (response headers, Envoy
+    /// settings): the ones the items were validated against.
+    pub live: &'v Live,
     /// The table the decisions name limits of.
     pub table: &'v Table,
     /// One outcome per item, in order (none for an unknown domain).

@@ -9,7 +9,7 @@
 use super::Engine;
 use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, Outcome, Pairs};
 use super::view::View;
-use crate::config::Config;
+use crate::config::Live;
 use crate::core::clock::Stopwatch;
 use crate::core::decision::{Decision, DenyReason, Request};
 use crate::core::gcra::Verdict;
@@ -20,7 +20,7 @@ use crate::telemetry::metrics::{Api, Outcome as Counted, plan_label};
 impl Engine {
     /// Decides one call of a front door.
     ///
-    /// `admit` gets the config in effect and how the call's domain is
+    /// `admit` gets the settings in effect (the config's live part) and how the call's domain is
     /// limited, validates the door's message against them (a refusal is
     /// counted and returned as is, nothing charged) and returns its items
     /// and whatever the door needs later; `render` turns the [`Answer`]
@@ -31,7 +31,7 @@ impl Engine {
     pub async fn decide<'m, P, X, E, R>(
         &self,
         call: Call<'_>,
-        admit: impl FnOnce(&Config, Kind<'_>) -> Result<Admitted<'m, P, X>, E>,
+        admit: impl FnOnce(&Live, Kind<'_>) -> Result<Admitted<'m, P, X>, E>,
         render: impl FnOnce(&Answer<'_>, X) -> R,
     ) -> Result<R, E>
     where
@@ -41,7 +41,7 @@ impl Engine {
         let view = self.view();
         let kind = kind_of(&view, call);
         let configured = !matches!(kind, Kind::Unknown);
-        let (items, extra) = match admit(view.config(), kind) {
+        let (items, extra) = match admit(view.live(), kind) {
             Ok(admitted) => admitted,
             Err(e) => {
                 self.count_refused(call, configured);
@@ -109,7 +109,7 @@ impl Engine {
         extra: X,
     ) -> R {
         let answer = Answer {
-            config: view.config(),
+            live: view.live(),
             table: view.table(),
             outcomes,
         };
@@ -167,7 +167,7 @@ impl Engine {
         key: &'k str,
         item: &Item<'_, P>,
     ) -> Request<'k> {
-        let key_entry = view.config().envoy.key_entry.as_str();
+        let key_entry = view.live().envoy.key_entry.as_str();
         let scope = self
             .hasher
             .entries_hash(item.entries.pairs().filter(|(k, _)| *k != key_entry));
@@ -266,7 +266,7 @@ impl Engine {
         match call.door {
             Api::Rls => {
                 let over = answer.over();
-                let counted = if over && !answer.config.envoy.shadow {
+                let counted = if over && !answer.live.envoy.shadow {
                     Counted::Denied
                 } else if over || answer.shadowed() {
                     Counted::ShadowDenied
@@ -292,7 +292,7 @@ fn kind_of<'v>(view: &'v View<'_>, call: Call<'_>) -> Kind<'v> {
     let Some(domain) = call.domain else {
         return Kind::Plans;
     };
-    if view.config().envoy.domains.iter().any(|d| d == domain) {
+    if view.live().envoy.domains.iter().any(|d| d == domain) {
         return Kind::Plans;
     }
     match view.table().rls().get(domain) {

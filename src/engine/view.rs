@@ -9,7 +9,7 @@ use arc_swap::Guard;
 
 use super::cells::Cell;
 use super::{Engine, Rules};
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::core::clock::Nanos;
 use crate::core::decision::{Decision, DenyReason, LimitRef, PlanId, Request};
 use crate::core::gcra::Verdict;
@@ -44,6 +44,12 @@ impl View<'_> {
     #[inline]
     pub fn config(&self) -> &Config {
         &self.rules.config
+    }
+
+    /// Its settings a reload changes (caps, Envoy, response headers).
+    #[inline]
+    pub fn live(&self) -> &Live {
+        &self.rules.config.live
     }
 
     /// The rules, shared: kept across a wait that must not hold the view.

@@ -5,8 +5,8 @@
 //! number, a unit) run while deserializing, so the YAML parser knows where
 //! the value is. Checks that relate several values (rate *or* quota,
 //! duplicate names, references to plans) run in `build` and come back as
-//! an `Issue`: a reason plus the field path it concerns, which
-//! [`crate::config`] turns into a line and column of the file.
+//! an `Issue` ([`crate::diag`]): a reason plus the field path it concerns,
+//! which [`crate::config`] turns into a line and column of the file.
 //!
 //! ```yaml
 //! default_plan: free
@@ -30,9 +30,13 @@ use super::{Limit, LimitKind, Plan, Quota, Rate, RateError, Table, TableError};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::hash::KeyHasher;
 use crate::core::window::Window;
+/// Plan and limit names are checked as the rest of the crate checks names.
+pub use crate::diag::check_name;
+use crate::diag::{Issue, Seg, one_of, quoted};
 
-/// Longest plan or limit name, in bytes.
-pub const MAX_NAME_BYTES: usize = 64;
+/// The plan name of an override with limits of its own; its limits report
+/// as `override/<limit>`. No plan of a file may take it.
+pub const OVERRIDE_PLAN: &str = "override";
 /// Longest static API key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 /// Most limits one plan may have.
@@ -122,89 +126,7 @@ fn period_name(period_ns: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Issues: validation failures that name a field path.
-
-/// One step of a field path in the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Seg {
-    /// The `nth` (from 0) occurrence of a mapping key; `nth > 0` only for
-    /// duplicated keys.
-    Key {
-        /// The key as written.
-        name: String,
-        /// Which occurrence.
-        nth: usize,
-    },
-    /// A list element.
-    Index(usize),
-}
-
-impl Seg {
-    /// The first occurrence of mapping key `name`.
-    pub(crate) fn key(name: impl Into<String>) -> Self {
-        Seg::Key {
-            name: name.into(),
-            nth: 0,
-        }
-    }
-}
-
-/// A validation failure found after deserializing: what is wrong and at
-/// which field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Issue {
-    /// The field the failure concerns.
-    pub path: Vec<Seg>,
-    /// Lowercase, single-line reason.
-    pub reason: String,
-    /// Point at the mapping key itself rather than its value (duplicates).
-    pub at_key: bool,
-    /// Where the other half of a duplicate is, for "first defined at line N".
-    pub first: Option<Vec<Seg>>,
-}
-
-impl Issue {
-    pub(crate) fn new(path: Vec<Seg>, reason: impl Into<String>) -> Self {
-        Self {
-            path,
-            reason: reason.into(),
-            at_key: false,
-            first: None,
-        }
-    }
-
-    fn duplicate(path: Vec<Seg>, first: Vec<Seg>, reason: impl Into<String>) -> Self {
-        Self {
-            path,
-            reason: reason.into(),
-            at_key: true,
-            first: Some(first),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Leaf values, validated while deserializing.
-
-/// Quotes user text for a message, shortened and with control characters
-/// escaped so the message stays on one line.
-pub(crate) fn quoted(s: &str) -> String {
-    const MAX: usize = 40;
-    let mut out = String::from("'");
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
 
 /// A positive integer (`rate`, `quota`, `burst`, caps): rejects zero,
 /// negatives, fractions, strings and booleans with a message saying which.
@@ -310,36 +232,6 @@ impl<'de> Visitor<'de> for PositiveVisitor {
     fn visit_none<E: de::Error>(self) -> Result<Positive, E> {
         self.visit_unit()
     }
-}
-
-/// Checks a plan or limit name: non-empty, at most 64 bytes, only
-/// `[A-Za-z0-9_.-]`.
-pub fn check_name(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("name must not be empty".into());
-    }
-    if s.len() > MAX_NAME_BYTES {
-        return Err(format!(
-            "name {} is {} bytes long (at most {MAX_NAME_BYTES})",
-            quoted(s),
-            s.len()
-        ));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        let c = if c.is_control() || c == ' ' {
-            c.escape_default().to_string()
-        } else {
-            c.to_string()
-        };
-        return Err(format!(
-            "invalid character '{c}' in name {} (use letters, digits, '_', '.' and '-')",
-            quoted(s)
-        ));
-    }
-    Ok(())
 }
 
 /// A plan or limit name that passed [`check_name`].
@@ -530,29 +422,6 @@ impl<'de> Deserialize<'de> for ModeRaw {
     }
 }
 
-/// `text` (trimmed) as the one of `values` that `name` calls so, else
-/// `unknown {what} 'text' (expected a, b or c)`.
-pub(crate) fn one_of<T: Copy>(
-    what: &str,
-    text: &str,
-    values: impl IntoIterator<Item = T> + Clone,
-    name: impl Fn(T) -> &'static str,
-) -> Result<T, String> {
-    if let Some(v) = values.clone().into_iter().find(|v| name(*v) == text.trim()) {
-        return Ok(v);
-    }
-    let names: Vec<&str> = values.into_iter().map(name).collect();
-    let expected = match names.split_last() {
-        Some((last, [])) => (*last).to_owned(),
-        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
-        None => String::new(),
-    };
-    Err(format!(
-        "unknown {what} {} (expected {expected})",
-        quoted(text)
-    ))
-}
-
 /// One static key assignment as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(
@@ -595,7 +464,7 @@ pub(crate) fn build(
             ));
         }
         *nth += 1;
-        if name.0 == super::overrides::OVERRIDE_PLAN {
+        if name.0 == OVERRIDE_PLAN {
             return Err(Issue::new(
                 vec![Seg::key("plans"), Seg::key(name.0.clone())],
                 format!(
@@ -808,7 +677,7 @@ keys:                      # static assignments of API keys to plans
 
     fn limits(yaml: &str) -> LimitsSpec {
         match Config::from_yaml(yaml, "t.yaml") {
-            Ok(c) => c.limits,
+            Ok(c) => c.live.limits,
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
@@ -1029,7 +898,7 @@ keys:                      # static assignments of API keys to plans
     #[test]
     fn invalid_plans_and_keys_name_line_path_and_reason() {
         let long_key = "k".repeat(MAX_KEY_BYTES + 1);
-        let long_name = "n".repeat(MAX_NAME_BYTES + 1);
+        let long_name = "n".repeat(crate::diag::MAX_NAME_BYTES + 1);
         let cases: Vec<(String, String)> = vec![
             (
                 "default_plan: free\nplans:\n  free: {}\n  gold: {}\n  free: {}\n".into(),

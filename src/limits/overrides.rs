@@ -23,9 +23,9 @@ use super::{Plan, PlanId};
 use crate::core::clock::Nanos;
 use crate::core::hash::mix;
 
-/// The plan name of an override with limits of its own; its limits report
-/// as `override/<limit>`.
-pub const OVERRIDE_PLAN: &str = "override";
+/// Defined with the plan names it is reserved from, so the file reader
+/// needs nothing of this module.
+pub use super::file::OVERRIDE_PLAN;
 /// Longest `reason`, in bytes.
 pub const MAX_REASON_BYTES: usize = 512;
 /// Longest `author` (a token id or certificate subject), in bytes.
@@ -243,7 +243,7 @@ impl Override {
         let s: Stored = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let target = match (s.plan, s.limits, s.block) {
             (Some(p), None, false) => {
-                file::check_name(&p).map_err(|why| OverrideError::Invalid {
+                crate::diag::check_name(&p).map_err(|why| OverrideError::Invalid {
                     field: "plan".to_owned(),
                     why,
                 })?;

@@ -18,11 +18,13 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::file::{Issue, Positive, Seg, one_of, quoted};
+use super::file::Positive;
 use super::rls::{
     Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit, check_domain,
 };
 use crate::core::source::Source;
+use crate::diag::files::{self, NotRegularFile, read_text};
+use crate::diag::{Issue, Seg, one_of, quoted};
 use crate::yaml::{ConfigError, Diagnostic, locate, parse};
 
 /// Options that apply to every file.
@@ -56,7 +58,7 @@ impl fmt::Display for Skipped {
             f,
             "{}: {}",
             self.path.display(),
-            crate::config::NotRegularFile { kind: self.kind }
+            NotRegularFile { kind: self.kind }
         )
     }
 }
@@ -85,7 +87,7 @@ pub fn read(
     let (files, skipped) = expand(paths)?;
     for file in files {
         let origin = file.display().to_string();
-        let text = crate::config::read_text(&file).map_err(|error| ConfigError::Read {
+        let text = read_text(&file).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
@@ -111,13 +113,13 @@ fn expand(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>), ConfigError
             continue;
         }
         let mut found = Vec::new();
-        for entry in crate::config::files::limits_entries(path).map_err(read_err)? {
+        for entry in files::limits_entries(path).map_err(read_err)? {
             // Dangling symlinks and subdirectories: skipped, as ever.
             match std::fs::metadata(&entry) {
                 Ok(m) if m.is_file() => found.push(entry),
                 Ok(m) if !m.is_dir() => skipped.push(Skipped {
                     path: entry,
-                    kind: crate::config::files::kind_of(m.file_type()),
+                    kind: files::kind_of(m.file_type()),
                 }),
                 _ => {}
             }

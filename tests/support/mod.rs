@@ -155,9 +155,9 @@ impl TestDaemon {
 
     /// Starts a daemon with `config`, its listeners moved to free ports.
     pub async fn with(mut config: Config, clock: Arc<ManualClock>) -> Self {
-        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        config.server.http_addr = "127.0.0.1:0".parse().unwrap();
-        if let Some(a) = &mut config.admin {
+        config.boot.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.boot.server.http_addr = "127.0.0.1:0".parse().unwrap();
+        if let Some(a) = &mut config.boot.admin {
             a.addr = "127.0.0.1:0".parse().unwrap();
         }
         // Reloads read the file again with the same free ports (a port
@@ -165,9 +165,9 @@ impl TestDaemon {
         let loader: Option<quotad::control::reload::Loader> = config.source.clone().map(|path| {
             let loader: quotad::control::reload::Loader = Arc::new(move || {
                 let mut c = Config::load(&path).map_err(|e| e.to_string())?;
-                c.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-                c.server.http_addr = "127.0.0.1:0".parse().unwrap();
-                if let Some(a) = &mut c.admin {
+                c.boot.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+                c.boot.server.http_addr = "127.0.0.1:0".parse().unwrap();
+                if let Some(a) = &mut c.boot.admin {
                     a.addr = "127.0.0.1:0".parse().unwrap();
                 }
                 Ok(c)
