@@ -4,6 +4,7 @@
 //! heaviest-keys gauge in [`heavy`]) and
 //! logs ([`logging`]: human or JSON lines).
 
+pub mod exposition;
 pub mod health;
 pub mod heavy;
 pub mod logging;
