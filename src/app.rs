@@ -487,7 +487,8 @@ impl App {
         // followed until shutdown.
         let redis_overrides = match &sync {
             Some((sync, _)) => {
-                let (writer, mut follower) = sync.overrides(Arc::clone(&control))?;
+                let (writer, mut follower) =
+                    sync.overrides(Arc::clone(&control) as Arc<dyn crate::sync::OverrideStore>)?;
                 match tokio::time::timeout(INITIAL_OVERRIDES, follower.resync()).await {
                     Ok(Ok(n)) => tracing::info!(overrides = n, "overrides read from Redis"),
                     Ok(Err(e)) => tracing::warn!(

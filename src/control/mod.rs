@@ -117,16 +117,7 @@ pub enum ControlError {
     Table(#[from] TableError),
 }
 
-/// One change of operators' state, as Redis announces it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// An override set (or replaced).
-    Set(Override),
-    /// A key's override removed.
-    Remove(u64),
-    /// A key's usage reset.
-    Reset(u64),
-}
+pub use crate::sync::Change;
 
 /// Which overrides a listing wants.
 #[derive(Debug, Clone, Default)]
@@ -690,5 +681,24 @@ mod tests {
         assert_eq!(changed, ["server.http_addr"]);
         assert_eq!(kept.requests.max_cost, 7);
         assert_eq!(kept.server.http_addr, config("").server.http_addr);
+    }
+}
+
+/// Redis's changes of the overrides land in the control plane.
+impl crate::sync::OverrideStore for Control {
+    fn apply(&self, changes: &[Change]) {
+        Control::apply(self, changes);
+    }
+
+    fn replace_all(&self, records: Vec<Override>) {
+        Control::replace_all(self, records);
+    }
+
+    fn expire(&self, now: Nanos) -> usize {
+        Control::expire(self, now)
+    }
+
+    fn now(&self) -> Nanos {
+        self.limiter.now()
     }
 }

@@ -47,7 +47,6 @@ use tokio::sync::watch;
 
 use crate::config::RedisSettings;
 use crate::config::redis_url::Scrub;
-use crate::control::Control;
 use crate::core::Limiter;
 use crate::core::clock::Stopwatch;
 use crate::shutdown::Shutdown;
@@ -60,6 +59,8 @@ mod conn;
 pub mod overrides;
 mod reply;
 pub mod strict;
+
+pub use overrides::{Change, OverrideStore};
 
 /// The Lua script every flush runs, one call per dirty cell.
 const SCRIPT: &str = include_str!("sync.lua");
@@ -288,17 +289,17 @@ impl RedisSync {
     }
 
     /// Operators' changes through Redis: the admin API's writer, and the
-    /// task that keeps `control`'s overrides equal to Redis's (each on a
+    /// task that keeps `store`'s overrides equal to Redis's (each on a
     /// connection of its own).
     pub fn overrides(
         &self,
-        control: Arc<Control>,
+        store: Arc<dyn OverrideStore>,
     ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
         Ok(overrides::pair(
             self.connection(conn::RESPONSE_TIMEOUT)?,
             self.connection(conn::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
-            control,
+            store,
             self.scrub.clone(),
         ))
     }
