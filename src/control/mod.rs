@@ -644,6 +644,25 @@ pub fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static
     (new, changed)
 }
 
+/// Redis's changes of the overrides land in the control plane.
+impl crate::sync::OverrideStore for Control {
+    fn apply(&self, changes: &[Change]) {
+        Control::apply(self, changes);
+    }
+
+    fn replace_all(&self, records: Vec<Override>) {
+        Control::replace_all(self, records);
+    }
+
+    fn expire(&self, now: Nanos) -> usize {
+        Control::expire(self, now)
+    }
+
+    fn now(&self) -> Nanos {
+        self.limiter.now()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,24 +700,5 @@ mod tests {
         assert_eq!(changed, ["server.http_addr"]);
         assert_eq!(kept.requests.max_cost, 7);
         assert_eq!(kept.server.http_addr, config("").server.http_addr);
-    }
-}
-
-/// Redis's changes of the overrides land in the control plane.
-impl crate::sync::OverrideStore for Control {
-    fn apply(&self, changes: &[Change]) {
-        Control::apply(self, changes);
-    }
-
-    fn replace_all(&self, records: Vec<Override>) {
-        Control::replace_all(self, records);
-    }
-
-    fn expire(&self, now: Nanos) -> usize {
-        Control::expire(self, now)
-    }
-
-    fn now(&self) -> Nanos {
-        self.limiter.now()
     }
 }
