@@ -22,7 +22,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::transport::Server;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tower_layer::{Identity, Stack};
 
 use crate::admin::AdminService;
@@ -42,13 +42,13 @@ use crate::core::{Clock, KeyHasher, Limiter, SystemClock};
 use crate::net::body::BodyRules;
 use crate::net::budget::Budget;
 use crate::net::gate::GateRules;
-use crate::net::{CallLayer, Conn, Gate, MAX_HEADER_LIST, Peer};
+use crate::net::tls::{Acceptor, TlsError};
+use crate::net::{CallLayer, Gate, MAX_HEADER_LIST, listen};
 use crate::shutdown::{self, Shutdown};
 use crate::store::StoreLimits;
 use crate::sync::{RedisSync, SyncHandle};
 use crate::telemetry::metrics::names;
 use crate::telemetry::{self, HealthService, Metrics, Readiness};
-use crate::tls::{Acceptor, TlsError};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tonic_health::pb::health_server::HealthServer;
 
@@ -172,14 +172,11 @@ impl Listener {
     ) -> BoxedServe {
         match self.tls {
             None => {
-                let conns = incoming(self.tcp).filter_map(move |tcp| admit(Arc::clone(&gate), tcp));
+                let conns = listen::plain(self.tcp, what, gate);
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
             Some(tls) => {
-                let displaced = gate.refusals();
-                let conns = tls
-                    .incoming(self.tcp, what, limits.handshakes(), displaced)
-                    .filter_map(move |tls| admit(Arc::clone(&gate), tls));
+                let conns = listen::tls(self.tcp, what, tls, limits.handshakes(), gate);
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
         }
@@ -190,26 +187,6 @@ type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error
 
 /// The gRPC servers' routes, with each call counted on its connection.
 type Routes = Router<Stack<CallLayer, Identity>>;
-
-/// An accepted connection through `gate`. An accept error (out of file
-/// descriptors, say) is logged and skipped after a short pause: tonic
-/// would retry at once, spinning while the listener stays readable.
-async fn admit<IO: Peer>(
-    gate: Arc<Gate>,
-    accepted: std::io::Result<IO>,
-) -> Option<std::io::Result<Conn<IO>>> {
-    match accepted {
-        Ok(io) => gate.admit(io).map(Ok),
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed; pausing accepts for 50 ms");
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            None
-        }
-    }
-}
-
-/// How long accepting pauses after it failed.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A gRPC server builder with the connection limits of `c`, its request
 /// bodies drawn from the process's budget `process`.
@@ -937,14 +914,6 @@ impl FullStore {
         }
         now
     }
-}
-
-/// Accepted gRPC connections, with Nagle off (answers are small and
-/// latency-critical) and TCP keepalive so dead peers are noticed.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {

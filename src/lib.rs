@@ -17,8 +17,8 @@
 //! | [`control`] | what operators change while the daemon serves: the config in effect, overrides, reloads and the file watcher; swaps tables into the limiter |
 //! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
-//! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
-//! | [`net`] | what the listeners let in: connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
+//! | [`tls`] | the old path of [`net::tls`] |
+//! | [`net`] | what the listeners let in: the one accept loop (plain and TLS, TLS a step after accept), connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
 //! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge), logging (text or JSON) |
 //! | [`shutdown`] | the shutdown signal every task waits on |
 //! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes |
@@ -90,5 +90,6 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub mod tls;
+/// The old path of [`net::tls`].
+pub use net::tls;
 mod yaml;
