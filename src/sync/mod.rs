@@ -57,6 +57,7 @@ use conn::{Conn, Link, Lua, key};
 
 mod conn;
 pub mod overrides;
+pub mod readiness;
 mod reply;
 pub mod strict;
 
