@@ -304,27 +304,17 @@ impl App {
             &audit,
         ));
 
-        let mut front = servers::Front {
-            health: HealthService::new(ready.clone(), servers::SERVICES, grpc_stop.clone()),
-            native: NativeService::new(
-                Arc::clone(&limiter),
-                control.live(),
-                grpc_stop.clone(),
-                Arc::clone(&metrics),
-            ),
-            rls: EnvoyRlsService::new(Arc::clone(&limiter), control.live(), Arc::clone(&metrics)),
-        };
-        let mut redis_overrides = None;
-        if let Some((sync, _)) = &sync {
-            // Strict mode whenever Redis is configured: a plan, a reload
-            // or an override may ask for it.
-            if let Some(settings) = &config.redis {
-                let strict = start_strict(sync, settings, &metrics, &mut rest)?;
-                front.native = front.native.with_strict(strict.clone());
-                front.rls = front.rls.with_strict(strict);
-            }
-            redis_overrides = Some(start_overrides(sync, &control, &mut rest).await?);
-        }
+        let sync_task = sync.as_ref().map(|(s, _)| s);
+        let (front, redis_overrides) = front_doors(
+            &control,
+            &ready,
+            &metrics,
+            sync_task,
+            config.redis.as_ref(),
+            grpc_stop.clone(),
+            &mut rest,
+        )
+        .await?;
 
         let conns = &config.server.conns;
         // One budget of buffered request bytes for both listeners.
@@ -413,6 +403,46 @@ impl Rest {
     ) {
         self.set.spawn(server);
     }
+}
+
+/// The check listener's services. With Redis, strict checks' client and
+/// the overrides' follower start here (in `rest`), the overrides read
+/// before anything serves; returns the admin API's overrides writer too.
+async fn front_doors(
+    control: &Arc<Control>,
+    ready: &Readiness,
+    metrics: &Arc<Metrics>,
+    sync: Option<&RedisSync>,
+    settings: Option<&RedisSettings>,
+    grpc_stop: Shutdown,
+    rest: &mut Rest,
+) -> Result<(servers::Front, Option<Arc<RedisOverrides>>), AppError> {
+    let mut front = servers::Front {
+        health: HealthService::new(ready.clone(), servers::SERVICES, grpc_stop.clone()),
+        native: NativeService::new(
+            Arc::clone(control.limiter()),
+            control.live(),
+            grpc_stop.clone(),
+            Arc::clone(metrics),
+        ),
+        rls: EnvoyRlsService::new(
+            Arc::clone(control.limiter()),
+            control.live(),
+            Arc::clone(metrics),
+        ),
+    };
+    let mut redis_overrides = None;
+    if let Some(sync) = sync {
+        // Strict mode whenever Redis is configured: a plan, a reload
+        // or an override may ask for it.
+        if let Some(settings) = settings {
+            let strict = start_strict(sync, settings, metrics, rest)?;
+            front.native = front.native.with_strict(strict.clone());
+            front.rls = front.rls.with_strict(strict);
+        }
+        redis_overrides = Some(start_overrides(sync, control, rest).await?);
+    }
+    Ok((front, redis_overrides))
 }
 
 /// Strict checks' Redis client for the front doors; its connection is
