@@ -17,11 +17,11 @@
 //!
 //! | subsystem | entry |
 //! | --- | --- |
-//! | gRPC and admin servers | [`servers`] (connections through [`crate::net::listen`]) |
-//! | HTTP listener, sampler, metrics upkeep, Redis readiness hold | [`reporting`] ([`crate::net::http::serve`], [`crate::telemetry::sampler`], [`crate::sync::readiness`]) |
+//! | gRPC and admin servers | `servers.rs` (connections through [`crate::net::listen`]) |
+//! | HTTP listener, sampler, metrics upkeep, Redis readiness hold | `reporting.rs` ([`crate::net::http::serve`], [`crate::telemetry::sampler`], [`crate::sync::readiness`]) |
 //! | Redis sync, strict checks, overrides across nodes | [`crate::sync::RedisSync::run`], [`crate::sync::overrides::OverrideSync::run`] |
-//! | reloads: file watcher, SIGHUP | [`reloads`] ([`crate::control::reload::Reloader::watch`]) |
-//! | sweeper | [`sweeper`] |
+//! | reloads: file watcher, SIGHUP | `reloads.rs` ([`crate::control::reload::Reloader::watch`]) |
+//! | sweeper | `sweeper.rs` |
 
 mod reloads;
 mod reporting;

@@ -17,7 +17,8 @@
 //!
 //! Without Redis, overrides live only in this node's memory (lost on
 //! restart); with Redis, [`crate::sync::overrides`] keeps every node's
-//! copy equal to Redis's and calls [`Control::apply`] and friends.
+//! copy equal to Redis's through the [`crate::sync::OverrideStore`] that
+//! `Control` implements ([`Control::apply`] and friends).
 //! [`reload`] watches the files and runs reloads.
 
 pub mod reload;

@@ -38,6 +38,11 @@
 //! it was rather than as a burst now. Delivery is at least once. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
 //! makes a last flush, bounded by [`FINAL_FLUSH`].
+//!
+//! Besides: [`overrides`] keeps operators' overrides equal on every node
+//! (applied through an [`OverrideStore`], which the control plane
+//! implements: sync does not know it), and [`readiness`] says what Redis
+//! means to the node's readiness.
 
 use std::sync::Arc;
 use std::time::Duration;

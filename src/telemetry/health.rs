@@ -22,7 +22,9 @@
 //! connection of the node that fails for want of Redis turns the state
 //! degraded at once (see `sync::conn::Link`). In `sync` mode
 //! Redis trouble does not make the node unready: it decides locally, and
-//! taking every replica out of service would stop the API.
+//! taking every replica out of service would stop the API. That policy
+//! and the Redis line live with sync ([`crate::sync::readiness`]); this
+//! module only holds the latch and prints the line it is handed.
 //!
 //! A reload that fails keeps the config in effect and the node ready (the
 //! failure shows in `/readyz`'s reload counts and in

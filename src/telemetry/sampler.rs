@@ -133,7 +133,7 @@ fn sample_store(m: &Metrics, store: &LocalStore, seen: &mut Vec<String>) {
 /// How often histogram samples are folded into buckets.
 const UPKEEP: Duration = Duration::from_secs(5);
 
-/// Folds histogram samples into their buckets every [`UPKEEP`] (memory
+/// Folds histogram samples into their buckets every 5 s (memory
 /// stays flat without scrapes) and ends each heaviest-keys window (its
 /// length, `window`, read from the config in effect each time), until
 /// `shutdown`.
