@@ -167,7 +167,7 @@ impl Listener {
     ) -> BoxedServe {
         match self.tls {
             None => {
-                let conns = listen::plain(self.tcp, what, gate);
+                let conns = listen::plain(self.tcp, gate);
                 Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
             }
             Some(tls) => {

@@ -154,7 +154,10 @@ pub async fn serve(
         slots: Mutex::new(HashMap::new()),
     });
     let mut conns = JoinSet::new();
-    let mut accepts = Box::pin(super::listen::accepts(listener, "http"));
+    let failed = |e: &std::io::Error| {
+        tracing::warn!(error = %e, "HTTP accept failed; pausing accepts for 50 ms");
+    };
+    let mut accepts = Box::pin(super::listen::accepts(listener, failed));
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.wait() => break,

@@ -3,9 +3,9 @@
 //! for gRPC, TCP tuning, the TLS handshake when the listener has TLS
 //! ([`super::tls`]) and the [`Gate`] of the listener.
 //!
-//! A failed accept (out of file descriptors, say) is logged and accepting
-//! pauses for [`ACCEPT_BACKOFF`]: retrying at once would spin while the
-//! listener stays readable.
+//! A failed accept (out of file descriptors, say) is logged, in the words
+//! of the listener's kind, and accepting pauses for [`ACCEPT_BACKOFF`]:
+//! retrying at once would spin while the listener stays readable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,19 +22,24 @@ use super::tls::{Acceptor, HandshakeRules, tune};
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The connections `listener` accepts, with each one's peer address,
-/// until the stream is dropped; accept errors are logged (naming the
-/// listener `what`) and followed by [`ACCEPT_BACKOFF`].
+/// until the stream is dropped; an accept error goes to `failed` (which
+/// logs it in the listener's words) and is followed by
+/// [`ACCEPT_BACKOFF`].
 pub fn accepts(
     listener: TcpListener,
-    what: &'static str,
+    failed: impl Fn(&std::io::Error) + Send + Sync + 'static,
 ) -> impl Stream<Item = (TcpStream, SocketAddr)> + Send + 'static {
-    futures_util::stream::unfold(listener, move |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok(accepted) => return Some((accepted, listener)),
-                Err(e) => {
-                    tracing::warn!(listener = what, error = %e, "accept failed; pausing accepts for 50 ms");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+    let failed = Arc::new(failed);
+    futures_util::stream::unfold(listener, move |listener| {
+        let failed = Arc::clone(&failed);
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok(accepted) => return Some((accepted, listener)),
+                    Err(e) => {
+                        failed(&e);
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                 }
             }
         }
@@ -45,10 +50,12 @@ pub fn accepts(
 /// admitted through `gate`.
 pub fn plain(
     listener: TcpListener,
-    what: &'static str,
     gate: Arc<Gate>,
 ) -> impl Stream<Item = std::io::Result<Conn<TcpStream>>> + Send + 'static {
-    accepts(listener, what).filter_map(move |(tcp, _)| {
+    let failed = |e: &std::io::Error| {
+        tracing::warn!(error = %e, "accept failed; pausing accepts for 50 ms");
+    };
+    accepts(listener, failed).filter_map(move |(tcp, _)| {
         tune(&tcp);
         std::future::ready(gate.admit(tcp).map(Ok))
     })
@@ -64,7 +71,10 @@ pub fn tls(
     rules: HandshakeRules,
     gate: Arc<Gate>,
 ) -> impl Stream<Item = std::io::Result<Conn<TlsStream<TcpStream>>>> + Send + 'static {
-    let tuned = accepts(listener, what).map(|(tcp, peer)| {
+    let failed = move |e: &std::io::Error| {
+        tracing::warn!(listener = what, error = %e, "accept failed");
+    };
+    let tuned = accepts(listener, failed).map(|(tcp, peer)| {
         tune(&tcp);
         (tcp, peer)
     });
