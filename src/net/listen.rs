@@ -82,3 +82,19 @@ pub fn tls(
         .handshakes(tuned, what, rules, gate.refusals())
         .filter_map(move |tls| std::future::ready(gate.admit(tls).map(Ok)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepts_yields_each_connection_with_its_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(accepts(listener, |_: &std::io::Error| {}));
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, peer) = accepted.next().await.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(server.peer_addr().unwrap(), peer);
+    }
+}
