@@ -17,13 +17,13 @@
 //! | [`api`] | the front doors, wire ↔ engine only: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: overrides, reloads and the file watcher; puts each new table in effect in the engine, with its config |
-//! | [`app`] | builds everything from a config, spawns the servers, owns shutdown order |
+//! | [`app`] | builds everything from a config, binds the listeners, spawns each subsystem's entry (the gRPC and admin servers, the HTTP listener and telemetry tasks, Redis sync, reloads, the sweeper) and owns the shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
-//! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS accept loop |
-//! | [`net`] | what the listeners let in: connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
-//! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge), logging (text or JSON) |
+//! | [`tls`] | the old path of [`net::tls`] |
+//! | [`net`] | what the listeners let in: the one accept loop (plain and TLS, TLS a step after accept), connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
+//! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge, what is read at scrape time, upkeep), logging (text or JSON); reports on sync and control only through what the app hands it |
 //! | [`shutdown`] | the shutdown signal every task waits on |
-//! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes |
+//! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes (into any [`OverrideStore`](sync::OverrideStore): the control plane), what Redis means to readiness |
 //!
 //! # Request flow
 //!
@@ -99,5 +99,6 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub mod tls;
+/// The old path of [`net::tls`].
+pub use net::tls;
 mod yaml;

@@ -515,13 +515,15 @@ fn scraped_families(body: &str) -> BTreeMap<String, String> {
 }
 
 /// Metric families (name to kind) the source describes: the `DESCRIBED`
-/// table of `src/telemetry/metrics.rs` (by the names of `names`) and the
-/// gauges `src/telemetry/heavy.rs` renders itself.
+/// table of `src/telemetry/metrics.rs` (by the names of `names`, in
+/// `src/telemetry/exposition.rs`) and the gauges `src/telemetry/heavy.rs`
+/// renders itself.
 fn source_families() -> BTreeMap<String, String> {
     let metrics = read("src/telemetry/metrics.rs");
+    let exposition = read("src/telemetry/exposition.rs");
     let heavy = read("src/telemetry/heavy.rs");
     // `pub const REDIS_UP: &str = "quotad_redis_up";`
-    let names: BTreeMap<&str, &str> = metrics
+    let names: BTreeMap<&str, &str> = exposition
         .lines()
         .filter_map(|l| {
             let (ident, rest) = l
@@ -533,7 +535,7 @@ fn source_families() -> BTreeMap<String, String> {
         .collect();
     assert!(
         names.values().any(|n| *n == "quotad_checks_total"),
-        "no metric names found in src/telemetry/metrics.rs"
+        "no metric names found in src/telemetry/exposition.rs"
     );
     let mut out = BTreeMap::new();
     // `(REDIS_UP, Kind::Gauge, "help"),` entries of `const DESCRIBED`.

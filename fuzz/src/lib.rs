@@ -847,7 +847,7 @@ pub fn envoy_rls(data: &[u8]) {
         Arc::new(ArcSwap::new(Arc::clone(config))),
         Arc::clone(&fx.metrics),
     );
-    // Mounted as `quotad serve` mounts it (src/app.rs).
+    // Mounted as `quotad serve` mounts it (src/app/servers.rs).
     let server = Malformed(RateLimitServiceServer::new(service));
     let path = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
     let reply = fx.runtime.block_on(call(server, path, frame(data)));

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
 use crate::config::{AdminToken, Scope};
-use crate::tls::peer_subject;
+use crate::net::tls::peer_subject;
 
 /// The authenticated caller of one admin call.
 #[derive(Debug, Clone, PartialEq, Eq)]

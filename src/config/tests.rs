@@ -322,6 +322,13 @@ fn invalid_sections_name_line_path_and_reason() {
             "envoy:\n  key_entry: ''\n",
             "t.yaml:2:14: envoy.key_entry: must not be empty",
         ),
+    ];
+    assert_errors(cases);
+}
+
+#[test]
+fn invalid_shapes_and_metrics_name_line_path_and_reason() {
+    let cases: &[(&str, &str)] = &[
         ("server: 5\n", "t.yaml:1:9: server: expected a mapping"),
         (
             "envoy:\n  domains: quotad\n",

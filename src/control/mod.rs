@@ -18,7 +18,8 @@
 //!
 //! Without Redis, overrides live only in this node's memory (lost on
 //! restart); with Redis, [`crate::sync::overrides`] keeps every node's
-//! copy equal to Redis's and calls [`Control::apply`] and friends.
+//! copy equal to Redis's through the [`crate::sync::OverrideStore`] that
+//! `Control` implements ([`Control::apply`] and friends).
 //! [`reload`] watches the files and runs reloads.
 
 pub mod reload;
@@ -113,16 +114,7 @@ pub enum ControlError {
     Table(#[from] TableError),
 }
 
-/// One change of operators' state, as Redis announces it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// An override set (or replaced).
-    Set(Override),
-    /// A key's override removed.
-    Remove(u64),
-    /// A key's usage reset.
-    Reset(u64),
-}
+pub use crate::sync::Change;
 
 /// Which overrides a listing wants.
 #[derive(Debug, Clone, Default)]
@@ -565,6 +557,25 @@ pub fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static
     };
     new.boot.clone_from(&old.boot);
     (new, changed)
+}
+
+/// Redis's changes of the overrides land in the control plane.
+impl crate::sync::OverrideStore for Control {
+    fn apply(&self, changes: &[Change]) {
+        Control::apply(self, changes);
+    }
+
+    fn replace_all(&self, records: Vec<Override>) {
+        Control::replace_all(self, records);
+    }
+
+    fn expire(&self, now: Nanos) -> usize {
+        Control::expire(self, now)
+    }
+
+    fn now(&self) -> Nanos {
+        self.engine.now()
+    }
 }
 
 #[cfg(test)]

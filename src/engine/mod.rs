@@ -289,3 +289,13 @@ impl Engine {
         self.view().cells_of(key_hash)
     }
 }
+
+impl crate::telemetry::sampler::EngineState for Engine {
+    fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    fn overrides(&self) -> usize {
+        self.view().table().overrides()
+    }
+}

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -42,9 +43,6 @@ pub const HTTP_MAX_HEADER_BYTES: usize = 16 << 10;
 
 /// How long a connection may send nothing before it is closed.
 pub const HTTP_IDLE: Duration = Duration::from_secs(30);
-
-/// How long accepting pauses after it failed (out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// One open connection, as the cap sees it.
 #[derive(Debug)]
@@ -156,17 +154,17 @@ pub async fn serve(
         slots: Mutex::new(HashMap::new()),
     });
     let mut conns = JoinSet::new();
+    let failed = |e: &std::io::Error| {
+        tracing::warn!(error = %e, "HTTP accept failed; pausing accepts for 50 ms");
+    };
+    let mut accepts = Box::pin(super::listen::accepts(listener, failed));
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.wait() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed; pausing accepts for 50 ms");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
+            accepted = accepts.next() => match accepted {
+                Some(a) => a,
+                None => break,
             },
         };
         let Some((id, slot, displaced)) = open.admit() else {
@@ -189,7 +187,7 @@ pub async fn serve(
             stop.clone(),
         ));
     }
-    drop(listener);
+    drop(accepts);
     while conns.join_next().await.is_some() {}
     Ok(())
 }

@@ -4,6 +4,8 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`listen`] | the one accept loop of every listener (a failed accept pauses it), and a gRPC listener's path from accept to tonic: TCP tuning, the TLS step, the gate |
+//! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS handshake step after accept; peers' certificate subjects |
 //! | [`gate`] | the cap on open connections per listener, each [`Conn`]'s idle timer, what a call knows of its connection ([`ConnInfo`]) |
 //! | [`activity`] | a connection's state shared by its calls: when it last did something, calls being worked on, request bytes it buffers, answers not yet written |
 //! | [`calls`] | the tower layer every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
@@ -36,6 +38,8 @@ pub mod calls;
 pub mod gate;
 pub mod handshake;
 pub mod http;
+pub mod listen;
+pub mod tls;
 
 pub use activity::Activity;
 pub use calls::CallLayer;

@@ -38,6 +38,11 @@
 //! it was rather than as a burst now. Delivery is at least once. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
 //! makes a last flush, bounded by [`FINAL_FLUSH`].
+//!
+//! Besides: [`overrides`] keeps operators' overrides equal on every node
+//! (applied through an [`OverrideStore`], which the control plane
+//! implements: sync does not know it), and [`readiness`] says what Redis
+//! means to the node's readiness.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +52,6 @@ use tokio::sync::watch;
 
 use crate::config::RedisSettings;
 use crate::config::redis_url::Scrub;
-use crate::control::Control;
 use crate::core::clock::Stopwatch;
 use crate::engine::Engine;
 use crate::shutdown::Shutdown;
@@ -58,8 +62,11 @@ use conn::{Conn, Link, Lua, key};
 
 mod conn;
 pub mod overrides;
+pub mod readiness;
 mod reply;
 pub mod strict;
+
+pub use overrides::{Change, OverrideStore};
 
 /// The Lua script every flush runs, one call per dirty cell.
 const SCRIPT: &str = include_str!("sync.lua");
@@ -288,17 +295,17 @@ impl RedisSync {
     }
 
     /// Operators' changes through Redis: the admin API's writer, and the
-    /// task that keeps `control`'s overrides equal to Redis's (each on a
+    /// task that keeps `store`'s overrides equal to Redis's (each on a
     /// connection of its own).
     pub fn overrides(
         &self,
-        control: Arc<Control>,
+        store: Arc<dyn OverrideStore>,
     ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
         Ok(overrides::pair(
             self.connection(conn::RESPONSE_TIMEOUT)?,
             self.connection(conn::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
-            control,
+            store,
             self.scrub.clone(),
         ))
     }

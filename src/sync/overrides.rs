@@ -57,7 +57,6 @@ use super::SyncError;
 use super::conn::{Conn, Lua, key};
 use super::reply;
 use crate::config::redis_url::Scrub;
-use crate::control::{Change, Control};
 use crate::core::Nanos;
 use crate::core::hash::hex16;
 use crate::limits::Override;
@@ -67,6 +66,30 @@ use crate::store::journal::CellKind;
 const WRITE: &str = include_str!("overrides_write.lua");
 const READ: &str = include_str!("overrides_read.lua");
 const PRUNE: &str = include_str!("overrides_prune.lua");
+
+/// One change of operators' state, as Redis announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An override set (or replaced).
+    Set(Override),
+    /// A key's override removed.
+    Remove(u64),
+    /// A key's usage reset.
+    Reset(u64),
+}
+
+/// Where this node keeps the overrides in force (the control plane):
+/// what the follower puts Redis's changes into.
+pub trait OverrideStore: Send + Sync {
+    /// Changes as Redis announced them, in order, in one rebuild.
+    fn apply(&self, changes: &[Change]);
+    /// Replaces every override (a node catching up with Redis).
+    fn replace_all(&self, records: Vec<Override>);
+    /// Drops overrides that ended by `now`; returns how many.
+    fn expire(&self, now: Nanos) -> usize;
+    /// The node's clock, now.
+    fn now(&self) -> Nanos;
+}
 
 /// How often a node compares its version with Redis's.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -347,7 +370,7 @@ pub struct OverrideSync {
     keys: Keys,
     read: Lua,
     prune: Lua,
-    control: Arc<Control>,
+    store: Arc<dyn OverrideStore>,
     /// The version and digest of Redis's history this node has applied.
     version: u64,
     digest: String,
@@ -374,7 +397,7 @@ pub(super) fn pair(
     writer: Conn,
     follower: Conn,
     prefix: &str,
-    control: Arc<Control>,
+    store: Arc<dyn OverrideStore>,
     scrub: Scrub,
 ) -> (RedisOverrides, OverrideSync) {
     let (applied, applied_rx) = watch::channel(Applied::default());
@@ -392,7 +415,7 @@ pub(super) fn pair(
             keys,
             read: Lua::new(READ),
             prune: Lua::new(PRUNE),
-            control,
+            store,
             version: 0,
             digest: String::new(),
             applied,
@@ -455,7 +478,7 @@ impl OverrideSync {
             })
             .collect();
         let count = records.len();
-        self.control.replace_all(records);
+        self.store.replace_all(records);
         if self.version > 0 {
             let resets: Vec<Change> = pairs(&snap.resets)
                 .filter_map(|(f, v)| match (parse_field(f), split_version(v)) {
@@ -465,7 +488,7 @@ impl OverrideSync {
                     _ => None,
                 })
                 .collect();
-            self.control.apply(&resets);
+            self.store.apply(&resets);
         }
         if (snap.version, &snap.digest) != (self.version, &self.digest) {
             tracing::info!(
@@ -533,7 +556,7 @@ impl OverrideSync {
             self.version = v;
             digest.clone_into(&mut self.digest);
         }
-        self.control.apply(&changes);
+        self.store.apply(&changes);
         self.publish_applied();
         if lost {
             let _ = self.resync().await;
@@ -583,8 +606,8 @@ impl OverrideSync {
     /// Deletes ended overrides and old resets from Redis, and ended
     /// overrides from this node.
     async fn prune(&mut self) {
-        let now = self.control.engine().now();
-        self.control.expire(now);
+        let now = self.store.now();
+        self.store.expire(now);
         let Ok(snap) = self.read_all().await else {
             return;
         };

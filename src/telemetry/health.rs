@@ -22,7 +22,9 @@
 //! connection of the node that fails for want of Redis turns the state
 //! degraded at once (see `sync::conn::Link`). In `sync` mode
 //! Redis trouble does not make the node unready: it decides locally, and
-//! taking every replica out of service would stop the API.
+//! taking every replica out of service would stop the API. That policy
+//! and the Redis line live with sync ([`crate::sync::readiness`]); this
+//! module only holds the latch and prints the line it is handed.
 //!
 //! A reload that fails keeps the config in effect and the node ready (the
 //! failure shows in `/readyz`'s reload counts and in
@@ -48,7 +50,6 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::Metrics;
 use crate::shutdown::Shutdown;
-use crate::sync::{SyncHandle, SyncState};
 
 /// A ready/not-ready latch shared by the app and the health endpoints.
 ///
@@ -120,11 +121,17 @@ impl Readiness {
 /// overrides in force), computed per request.
 pub type Details = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// The HTTP routes: `/livez`, `/readyz` (with the Redis sync state, when
-/// there is one, and `details`) and `/metrics` (Prometheus text format).
+/// A line of `/readyz`'s body about something the node depends on (the
+/// Redis sync state), read per request; the caller wires it in, so this
+/// module need not know what it reports on.
+pub type StateLine = Arc<dyn Fn() -> &'static str + Send + Sync>;
+
+/// The HTTP routes: `/livez`, `/readyz` (with the Redis sync state's
+/// line, when there is Redis, and `details`) and `/metrics` (Prometheus
+/// text format).
 pub fn router(
     ready: Readiness,
-    redis: Option<SyncHandle>,
+    redis: Option<StateLine>,
     details: Details,
     metrics: Arc<Metrics>,
 ) -> Router {
@@ -145,7 +152,7 @@ pub fn router(
 }
 
 async fn readyz(
-    State((ready, redis, details)): State<(Readiness, Option<SyncHandle>, Details)>,
+    State((ready, redis, details)): State<(Readiness, Option<StateLine>, Details)>,
 ) -> (StatusCode, String) {
     let (status, mut body) = if ready.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())
@@ -158,12 +165,8 @@ async fn readyz(
         }
         (StatusCode::SERVICE_UNAVAILABLE, body)
     };
-    if let Some(h) = redis {
-        body.push_str(match h.state() {
-            SyncState::Starting => "redis: starting\n",
-            SyncState::Synced => "redis: synced\n",
-            SyncState::Degraded => "redis: degraded (deciding locally)\n",
-        });
+    if let Some(line) = redis {
+        body.push_str(line());
     }
     body.push_str(&details());
     (status, body)

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nohash_hasher::BuildNoHashHasher;
 
-use super::metrics::{escape, header, names};
+use super::exposition::{escape, header, names};
 use crate::core::hash::hex16;
 
 /// Shards (a power of two): checks of different keys rarely share a lock.

@@ -21,6 +21,7 @@
 //! the hash listings and logs show. Output is a table, or JSON with
 //! `-o json`; exit codes are listed in [`client::exit`].
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 mod client;
 mod output;
@@ -253,63 +254,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         insecure: cli.insecure,
     };
     let json = cli.output == Format::Json;
-    let server = cli.server.as_str();
-    let hint = target.hint();
-    let call = |s: tonic::Status| Failure::status(&s, server, hint);
+    let call = call_failed(&target);
     match cli.command {
         Command::CheckConfig { file, limits } => check_config(&file, &limits, json),
         Command::Token(TokenCmd::New { id, scopes }) => new_token(&id, &scopes, json),
-        Command::Override(OverrideCmd::Set(args)) => {
-            let req = set_request(args)?;
-            let mut client = client::connect(&target).await?;
-            let r = client.set_override(req).await.map_err(call)?.into_inner();
-            let o = r.r#override.unwrap_or_default();
-            Ok(if json {
-                doc(json!({
-                    "override": output::override_json(&o),
-                    "previous": r.previous.as_ref().map(output::override_json),
-                }))
-            } else {
-                let was = r
-                    .previous
-                    .as_ref()
-                    .map_or("none".to_owned(), output::target);
-                format!("override set (was: {was})\n{}", output::override_fields(&o))
-            })
-        }
-        Command::Override(OverrideCmd::Get(key)) => {
-            let key = key_ref(key)?;
-            let mut client = client::connect(&target).await?;
-            let o = client.get_override(key).await.map_err(call)?.into_inner();
-            Ok(if json {
-                doc(output::override_json(&o))
-            } else {
-                output::override_fields(&o)
-            })
-        }
-        Command::Override(OverrideCmd::Rm(key)) => {
-            let key = key_ref(key)?;
-            let mut client = client::connect(&target).await?;
-            let r = client
-                .delete_override(key)
-                .await
-                .map_err(call)?
-                .into_inner();
-            let o = r.previous.unwrap_or_default();
-            Ok(if json {
-                doc(json!({ "previous": output::override_json(&o) }))
-            } else {
-                format!(
-                    "override of key {} deleted (was: {})\n",
-                    o.key_hash,
-                    output::target(&o)
-                )
-            })
-        }
-        Command::Override(OverrideCmd::Ls(args)) => {
-            let mut client = client::connect(&target).await?;
-            list(&mut client, args, json, server, hint).await
-        }
+        Command::Override(cmd) => override_cmd(cmd, &target, json).await,
         Command::Usage(key) => {
             let key = key_ref(key)?;
             let mut client = client::connect(&target).await?;
@@ -350,41 +299,109 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 output::plans_text(&p)
             })
         }
-        Command::Reload => {
-            let mut client = client::connect(&target).await?;
+        Command::Reload => reload(&target, json).await,
+    }
+}
+
+/// What a call that failed with a status tells the user about `target`.
+fn call_failed(target: &Target) -> impl Fn(tonic::Status) -> Failure + '_ {
+    let hint = target.hint();
+    move |s: tonic::Status| Failure::status(&s, &target.server, hint)
+}
+
+/// `override set|get|rm|ls`.
+async fn override_cmd(cmd: OverrideCmd, target: &Target, json: bool) -> Result<String, Failure> {
+    let call = call_failed(target);
+    match cmd {
+        OverrideCmd::Set(args) => {
+            let req = set_request(args)?;
+            let mut client = client::connect(target).await?;
+            let r = client.set_override(req).await.map_err(call)?.into_inner();
+            let o = r.r#override.unwrap_or_default();
+            Ok(if json {
+                doc(json!({
+                    "override": output::override_json(&o),
+                    "previous": r.previous.as_ref().map(output::override_json),
+                }))
+            } else {
+                let was = r
+                    .previous
+                    .as_ref()
+                    .map_or("none".to_owned(), output::target);
+                format!("override set (was: {was})\n{}", output::override_fields(&o))
+            })
+        }
+        OverrideCmd::Get(key) => {
+            let key = key_ref(key)?;
+            let mut client = client::connect(target).await?;
+            let o = client.get_override(key).await.map_err(call)?.into_inner();
+            Ok(if json {
+                doc(output::override_json(&o))
+            } else {
+                output::override_fields(&o)
+            })
+        }
+        OverrideCmd::Rm(key) => {
+            let key = key_ref(key)?;
+            let mut client = client::connect(target).await?;
             let r = client
-                .reload(pb::ReloadRequest {})
+                .delete_override(key)
                 .await
                 .map_err(call)?
                 .into_inner();
+            let o = r.previous.unwrap_or_default();
             Ok(if json {
-                doc(json!({
-                    "changed": r.changed,
-                    "restart_needed": r.restart_needed,
-                    "config": output::version_json(r.config.as_ref()),
-                }))
+                doc(json!({ "previous": output::override_json(&o) }))
             } else {
-                let mut out = if r.changed {
-                    format!(
-                        "config reloaded: {}\n",
-                        output::version_line(r.config.as_ref())
-                    )
-                } else {
-                    format!(
-                        "config unchanged: {}\n",
-                        output::version_line(r.config.as_ref())
-                    )
-                };
-                if !r.restart_needed.is_empty() {
-                    out.push_str(&format!(
-                        "changed but applied only on restart: {}\n",
-                        r.restart_needed.join(", ")
-                    ));
-                }
-                out
+                format!(
+                    "override of key {} deleted (was: {})\n",
+                    o.key_hash,
+                    output::target(&o)
+                )
             })
         }
+        OverrideCmd::Ls(args) => {
+            let mut client = client::connect(target).await?;
+            list(&mut client, args, json, &call).await
+        }
     }
+}
+
+/// `reload`: asks the daemon to reload its config.
+async fn reload(target: &Target, json: bool) -> Result<String, Failure> {
+    let call = call_failed(target);
+    let mut client = client::connect(target).await?;
+    let r = client
+        .reload(pb::ReloadRequest {})
+        .await
+        .map_err(call)?
+        .into_inner();
+    Ok(if json {
+        doc(json!({
+            "changed": r.changed,
+            "restart_needed": r.restart_needed,
+            "config": output::version_json(r.config.as_ref()),
+        }))
+    } else {
+        let mut out = if r.changed {
+            format!(
+                "config reloaded: {}\n",
+                output::version_line(r.config.as_ref())
+            )
+        } else {
+            format!(
+                "config unchanged: {}\n",
+                output::version_line(r.config.as_ref())
+            )
+        };
+        if !r.restart_needed.is_empty() {
+            out.push_str(&format!(
+                "changed but applied only on restart: {}\n",
+                r.restart_needed.join(", ")
+            ));
+        }
+        out
+    })
 }
 
 /// Pretty JSON and a newline.
@@ -515,8 +532,7 @@ async fn list(
     client: &mut Client,
     args: LsArgs,
     json: bool,
-    server: &str,
-    hint: &str,
+    call: &impl Fn(tonic::Status) -> Failure,
 ) -> Result<String, Failure> {
     let mut all = Vec::new();
     let mut token = args.page_token.unwrap_or_default();
@@ -529,7 +545,7 @@ async fn list(
                 page_token: token.clone(),
             })
             .await
-            .map_err(|s| Failure::status(&s, server, hint))?
+            .map_err(call)?
             .into_inner();
         all.extend(page.overrides);
         if !args.all || page.next_page_token.is_empty() {

@@ -1,32 +1,35 @@
 //! TLS for quotad's gRPC listeners (rustls with ring): a server config
 //! built from PEM files, with optional client-certificate verification
 //! (mTLS); an [`Acceptor`] whose config is swapped on reload, so a renewed
-//! certificate serves new connections while open ones go on; the accept
-//! loop that hands finished handshakes to tonic; and the subject of a
+//! certificate serves new connections while open ones go on; the
+//! handshake step after [`super::listen`]'s accept loop, which hands
+//! finished handshakes on to the gate and tonic; and the subject of a
 //! peer's certificate, for the audit log.
 //!
 //! Handshakes run concurrently, each bounded by
 //! `server.tls_handshake_timeout`, capped per peer address and in all
-//! ([`crate::net::handshake`]: past a cap the oldest unfinished one is
+//! ([`super::handshake`]: past a cap the oldest unfinished one is
 //! dropped, so silent or slow clients cannot keep real ones out); a failed
 //! handshake (a client without a certificate under mTLS, an untrusted
 //! one, plain text on a TLS port) closes that connection and is logged at
 //! debug level.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::{Stream, StreamExt};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::net::handshake::{Handshakes, MAX_HANDSHAKES};
+use super::handshake::{Handshakes, MAX_HANDSHAKES};
 
 /// How TLS handshakes are bounded on one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,41 +169,34 @@ impl Acceptor {
         Ok(())
     }
 
-    /// Accepts connections on `listener` and yields those whose handshake
-    /// succeeded, until the stream is dropped (the server stopped
-    /// accepting). Runs as a task of its own; `displaced` counts
-    /// handshakes dropped for newer ones.
-    pub fn incoming(
+    /// Runs the TLS handshake of each connection `accepted` yields and
+    /// yields those that succeeded, until the stream is dropped (the
+    /// server stopped accepting). Runs as a task of its own; `displaced`
+    /// counts handshakes dropped for newer ones.
+    pub fn handshakes(
         self: Arc<Self>,
-        listener: TcpListener,
+        accepted: impl Stream<Item = (TcpStream, SocketAddr)> + Send + 'static,
         what: &'static str,
         rules: HandshakeRules,
         displaced: metrics::Counter,
-    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    ) -> ReceiverStream<TlsStream<TcpStream>> {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let handshakes = Handshakes::new(rules.per_peer, MAX_HANDSHAKES);
+            let mut accepted = std::pin::pin!(accepted);
             loop {
-                let accepted = tokio::select! {
+                let (tcp, peer) = tokio::select! {
                     _ = tx.closed() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off a
-                        // little rather than spin.
-                        tracing::warn!(listener = what, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                    next = accepted.next() => match next {
+                        Some(a) => a,
+                        None => return,
+                    },
                 };
                 let (pending, pushed_out) = handshakes.start(peer.ip());
                 if pushed_out {
                     displaced.increment(1);
                     tracing::debug!(listener = what, %peer, "too many TLS handshakes in progress; the oldest was dropped");
                 }
-                tune(&tcp);
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current.load_full());
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -212,7 +208,7 @@ impl Acceptor {
                     drop(pending);
                     match done {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
+                            let _ = tx.send(stream).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(listener = what, %peer, error = %e, "TLS handshake failed")

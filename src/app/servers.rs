@@ -1,0 +1,288 @@
+//! The gRPC listeners and their servers: binding (with TLS), the server
+//! settings every gRPC listener shares (connection limits, the call layer
+//! with its body budgets), and the two servers' entries, [`grpc`] (the
+//! front doors, health, reflection) and [`admin`] (`quotad.v1.QuotaAdmin`),
+//! each serving until its shutdown fires. Connections come in through
+//! [`crate::net::listen`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tonic_health::pb::health_server::HealthServer;
+use tower_layer::{Identity, Stack};
+
+use super::AppError;
+use crate::admin::AdminService;
+use crate::api::envoy_descriptors;
+use crate::api::envoy_rls::EnvoyRlsService;
+use crate::api::malformed::Malformed;
+use crate::api::native::NativeService;
+use crate::api::pb;
+use crate::api::pb::quota_admin_server::QuotaAdminServer;
+use crate::api::pb::rate_limiter_server::RateLimiterServer;
+use crate::config::{Config, ConnLimits, TlsFiles};
+use crate::net::body::BodyRules;
+use crate::net::budget::Budget;
+use crate::net::gate::GateRules;
+use crate::net::tls::Acceptor;
+use crate::net::{CallLayer, Gate, MAX_HEADER_LIST, listen};
+use crate::shutdown::Shutdown;
+use crate::telemetry::{HealthService, Metrics};
+
+/// What the check listener serves besides reflection.
+pub(super) struct Front {
+    /// gRPC health.
+    pub health: HealthService,
+    /// `quotad.v1.RateLimiter`.
+    pub native: NativeService,
+    /// Envoy RLS v3.
+    pub rls: EnvoyRlsService,
+}
+
+/// What both gRPC servers draw on.
+pub(super) struct Shared<'a> {
+    /// The connection limits (`server.*`).
+    pub conns: &'a ConnLimits,
+    /// The process's budget of buffered request bytes, one for both.
+    pub process: &'a Arc<Budget>,
+    /// Where connections are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// The check listener's server: serves `front` and reflection on
+/// `listener` until `stop` fires, then lets in-flight calls finish.
+pub(super) fn grpc(
+    listener: Listener,
+    front: Front,
+    shared: &Shared<'_>,
+    stop: Shutdown,
+) -> Result<impl Future<Output = Result<(), AppError>> + Send + 'static, AppError> {
+    let conns = shared.conns;
+    let max = conns.max_message_bytes;
+    let serve = listener.serve(
+        server(conns, shared.process)
+            .add_service(HealthServer::new(front.health).max_decoding_message_size(max))
+            .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+            .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
+            .add_service(RateLimiterServer::new(front.native).max_decoding_message_size(max))
+            .add_service(Malformed(
+                RateLimitServiceServer::new(front.rls).max_decoding_message_size(max),
+            )),
+        "grpc",
+        Gate::new("grpc", gate_rules(conns), shared.metrics),
+        conns,
+        stop,
+    );
+    Ok(async move {
+        serve.await.map_err(|e| AppError::Serve {
+            what: "gRPC",
+            source: Box::new(e),
+        })
+    })
+}
+
+/// The admin listener's server: serves `service` and reflection on
+/// `listener`, at most `max_connections` open, until `stop` fires.
+pub(super) fn admin(
+    listener: Listener,
+    service: AdminService,
+    max_connections: usize,
+    shared: &Shared<'_>,
+    stop: Shutdown,
+) -> Result<impl Future<Output = Result<(), AppError>> + Send + 'static, AppError> {
+    let conns = shared.conns;
+    let max = conns.max_message_bytes;
+    let serve = listener.serve(
+        server(conns, shared.process)
+            .add_service(QuotaAdminServer::new(service).max_decoding_message_size(max))
+            .add_service(reflection().build_v1()?.max_decoding_message_size(max))
+            .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max)),
+        "admin",
+        Gate::new(
+            "admin",
+            GateRules {
+                max_connections,
+                ..gate_rules(conns)
+            },
+            shared.metrics,
+        ),
+        conns,
+        stop,
+    );
+    Ok(async move {
+        serve.await.map_err(|e| AppError::Serve {
+            what: "admin",
+            source: Box::new(e),
+        })
+    })
+}
+
+/// A bound gRPC listener and, with TLS, its acceptor.
+pub(super) struct Listener {
+    pub(super) tcp: TcpListener,
+    pub(super) addr: SocketAddr,
+    pub(super) tls: Option<Arc<Acceptor>>,
+}
+
+impl Listener {
+    pub(super) async fn bind(
+        what: &'static str,
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Listener, AppError> {
+        let tls = tls
+            .map(|t| Acceptor::new(&t.pem).map(Arc::new))
+            .transpose()
+            .map_err(|source| AppError::Tls { what, source })?;
+        let tcp = bind(what, addr).await?;
+        let addr = local_addr(what, &tcp, addr)?;
+        Ok(Listener { tcp, addr, tls })
+    }
+
+    /// `plain text` or `TLS` or `mTLS`, for the log.
+    pub(super) fn security(&self, files: Option<&TlsFiles>) -> &'static str {
+        match files {
+            Some(f) if f.client_ca_file.is_some() => "mTLS",
+            Some(_) => "TLS",
+            None => "plain text",
+        }
+    }
+
+    /// Serves `router` on this listener until `stop` fires, admitting
+    /// connections through `gate` (TLS handshakes bounded by `limits`).
+    fn serve(
+        self,
+        router: Routes,
+        what: &'static str,
+        gate: Arc<Gate>,
+        limits: &ConnLimits,
+        stop: Shutdown,
+    ) -> BoxedServe {
+        match self.tls {
+            None => {
+                let conns = listen::plain(self.tcp, gate);
+                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+            }
+            Some(tls) => {
+                let conns = listen::tls(self.tcp, what, tls, limits.handshakes(), gate);
+                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+            }
+        }
+    }
+}
+
+type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// The gRPC servers' routes, with each call counted on its connection.
+type Routes = Router<Stack<CallLayer, Identity>>;
+
+/// A gRPC server builder with the connection limits of `c`, its request
+/// bodies drawn from the process's budget `process`.
+fn server(c: &ConnLimits, process: &Arc<Budget>) -> Server<Stack<CallLayer, Identity>> {
+    let builder = Server::builder()
+        .max_concurrent_streams(c.max_concurrent_streams)
+        .http2_keepalive_interval(Some(c.keepalive_interval))
+        .http2_keepalive_timeout(Some(c.keepalive_timeout))
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .initial_connection_window_size(c.receive_window_bytes)
+        .initial_stream_window_size(c.receive_window_bytes);
+    let builder = match c.max_connection_age {
+        Some(age) => builder
+            .max_connection_age(age)
+            .max_connection_age_grace(MAX_AGE_GRACE),
+        None => builder,
+    };
+    let rules = BodyRules {
+        process: Arc::clone(process),
+        timeout: c.request_body_timeout,
+        max_message: c.max_message_bytes,
+    };
+    builder.layer(CallLayer::new(rules, STREAMS))
+}
+
+/// The methods whose callers stream requests: they may open a call and
+/// send its first message later.
+const STREAMS: &[&str] = &[
+    "/quotad.v1.RateLimiter/CheckStream",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// What each connection of a gRPC listener may hold and do.
+fn gate_rules(c: &ConnLimits) -> GateRules {
+    GateRules {
+        max_connections: c.max_connections,
+        idle_timeout: c.idle_timeout,
+        max_buffered_bytes_per_connection: c.max_buffered_bytes_per_connection,
+        max_unsent_bytes_per_connection: c.max_unsent_bytes_per_connection,
+        reads_are_activity: false,
+    }
+}
+
+/// Warns when the connection caps exceed what the open-files limit
+/// allows: accepts would fail (and be retried every 50 ms) before the cap
+/// is reached.
+pub(super) fn warn_if_short_of_files(config: &Config) {
+    let per_listener = config.boot.server.conns.max_connections as u64;
+    let admin = config
+        .boot
+        .admin
+        .as_ref()
+        .map_or(0, |a| a.max_connections as u64);
+    // Listeners, the HTTP listener's connections, Redis, config files,
+    // logs.
+    let needed = per_listener + admin + crate::net::http::HTTP_MAX_CONNECTIONS as u64 + 64;
+    if let Some(limit) = crate::net::open_files_limit()
+        && limit < needed
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = per_listener,
+            "server.max_connections exceeds the open-files limit (ulimit -n): raise the limit or lower max_connections, or accepts fail before the cap"
+        );
+    }
+}
+
+/// How long a connection past `server.max_connection_age` may finish its
+/// calls before it is closed.
+const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
+
+/// The services gRPC health reports on (besides the server as a whole).
+pub(super) const SERVICES: &[&str] = &[
+    "quotad.v1.RateLimiter",
+    "envoy.service.ratelimit.v3.RateLimitService",
+];
+
+/// Server reflection over our API, gRPC health and Envoy's RLS v3.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(envoy_descriptors::file_descriptor_set())
+}
+
+async fn wait(mut shutdown: Shutdown) {
+    shutdown.wait().await;
+}
+
+pub(super) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+pub(super) fn local_addr(
+    what: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, AppError> {
+    l.local_addr()
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
