@@ -150,17 +150,18 @@ impl App {
         let limits = StoreLimits {
             max_cells: config.boot.store.max_tracked_keys,
         };
-        let mut engine = Engine::new(table, hasher, limits, clock);
-        if config.boot.redis.is_some() {
-            engine.enable_sync();
-        }
-        let engine = Arc::new(engine);
         // The stopwatch's clock calibrates on first use (up to 200 ms):
         // here, not in the first request.
         let _ = crate::core::clock::Stopwatch::start();
         let metrics = Arc::new(Metrics::new());
         let m = &config.live.metrics;
         metrics.heavy().configure(m.heavy_keys, m.key_names.clone());
+        let mut engine =
+            Engine::new(table, hasher, limits, clock).with_metrics(Arc::clone(&metrics));
+        if config.boot.redis.is_some() {
+            engine.enable_sync();
+        }
+        let engine = Arc::new(engine);
         let sync = match &config.boot.redis {
             Some(settings) => {
                 let (sync, handle) = RedisSync::new(Arc::clone(&engine), settings.clone())?;
