@@ -299,6 +299,7 @@ impl Boot {
             ("store", self.store != new.store),
             ("redis", self.redis != new.redis),
         ];
+        named.extend(Self::budget_differences(oc, nc));
         match (&self.admin, &new.admin) {
             (None, None) => {}
             (Some(_), None) | (None, Some(_)) => named.push(("admin", true)),
@@ -306,12 +307,55 @@ impl Boot {
                 ("admin.addr", a.addr != b.addr),
                 ("admin.tls", a.tls_on != b.tls_on),
                 ("admin.audit_file", a.audit_file != b.audit_file),
+                (
+                    "admin.max_connections",
+                    a.max_connections != b.max_connections,
+                ),
+                (
+                    "admin.insecure_plaintext",
+                    a.insecure_plaintext != b.insecure_plaintext,
+                ),
             ]),
         }
         named
             .into_iter()
             .filter_map(|(name, differs)| differs.then_some(name))
             .collect()
+    }
+
+    /// The listeners' budgets and timeouts that differ (built into the
+    /// listeners once, so a restart applies them).
+    fn budget_differences(o: &ConnLimits, n: &ConnLimits) -> [(&'static str, bool); 7] {
+        [
+            (
+                "server.max_buffered_bytes",
+                o.max_buffered_bytes != n.max_buffered_bytes,
+            ),
+            (
+                "server.max_buffered_bytes_per_connection",
+                o.max_buffered_bytes_per_connection != n.max_buffered_bytes_per_connection,
+            ),
+            (
+                "server.max_unsent_bytes_per_connection",
+                o.max_unsent_bytes_per_connection != n.max_unsent_bytes_per_connection,
+            ),
+            (
+                "server.receive_window_bytes",
+                o.receive_window_bytes != n.receive_window_bytes,
+            ),
+            (
+                "server.request_body_timeout",
+                o.request_body_timeout != n.request_body_timeout,
+            ),
+            (
+                "server.tls_handshake_timeout",
+                o.tls_handshake_timeout != n.tls_handshake_timeout,
+            ),
+            (
+                "server.max_handshakes_per_peer",
+                o.max_handshakes_per_peer != n.max_handshakes_per_peer,
+            ),
+        ]
     }
 }
 

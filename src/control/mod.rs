@@ -621,4 +621,23 @@ mod tests {
         assert_eq!(kept.live.requests.max_cost, 7);
         assert_eq!(kept.boot.server.http_addr, config("").boot.server.http_addr);
     }
+
+    #[test]
+    fn a_reload_names_every_listener_budget_it_cannot_apply() {
+        let new = config(
+            "server: { max_buffered_bytes: 134217728, request_body_timeout: 3s, \
+             tls_handshake_timeout: 2s, max_handshakes_per_peer: 9 }\n",
+        );
+        let (kept, changed) = keep_restart_only(&config(""), new);
+        assert_eq!(
+            changed,
+            [
+                "server.max_buffered_bytes",
+                "server.request_body_timeout",
+                "server.tls_handshake_timeout",
+                "server.max_handshakes_per_peer"
+            ]
+        );
+        assert_eq!(kept.boot, config("").boot);
+    }
 }
