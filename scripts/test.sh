@@ -98,7 +98,7 @@ fi
 # Layers: leaf helpers; core (algorithms, time, hashing); cells and
 # tables; metrics; listeners; the config; the engine entry; Redis and the
 # control plane beside it; the front doors and the admin API; the app.
-layers="shutdown,cli,diag,yaml;core;store,limits;telemetry;net,tls;config;engine"
+layers="shutdown,cli,diag,yaml;core;store,limits;telemetry;net;config;engine"
 layers+=";sync,control;api,admin;app"
 python3 scripts/module-graph.py --layers "$layers"
 oversized=$(find src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 > 1000')

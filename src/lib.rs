@@ -12,18 +12,32 @@
 //! | [`engine`] | the one entry every front door calls, [`Engine::decide`](engine::Engine::decide): validate against the config in effect (the door's), resolve to limits, decide on the store, strict mode's Redis wait, metrics and heavy keys counted once; the [`Rules`](engine::Rules) in effect (table and config, swapped as one) |
 //! | [`store`] | this node's cells (sharded tables of atomics), the hard cap with its admission policy (a cheap cell displaced for a new key, budgets per source of keys) and the overflow cell as last resort, the idle sweep |
 //! | [`limits`] | plans and limits: the immutable [`Table`](limits::Table) (with operators' overrides), its YAML form, and envoyproxy/ratelimit's descriptor trees and files |
-//! | [`config`] | the whole config file: listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics |
+//! | [`config`] | the whole config file, a file per section (each owning its raw form, validation and summary line): listeners and TLS, caps on requests, store, Redis, Envoy mapping, limits, `rls_files`, response headers, admin API, reload, metrics; split into [`Boot`](config::Boot) (what only a restart applies, compared as a whole on reload) and [`Live`](config::Live) (what a reload applies, swapped with the table) |
 //! | [`diag`] | located diagnostics (a reason at a field path, rendered `file:line:col` by the YAML reader) and the one reader of every file quotad is pointed at (regular files only, never waiting on a FIFO, capped at 16 MiB); imports no other module |
 //! | [`api`] | the front doors, wire ↔ engine only: `quotad.v1.RateLimiter` and Envoy RLS v3; input validation; RateLimit response headers |
 //! | [`admin`] | `quotad.v1.QuotaAdmin`: bearer-token auth and scopes, refused calls counted and logged within a rate limit, the audit trail (changes, failed reloads, refused changes), overrides, usage, reset, plans, reload |
 //! | [`control`] | what operators change while the daemon serves: overrides, reloads and the file watcher; puts each new table in effect in the engine, with its config |
 //! | [`app`] | builds everything from a config, binds the listeners, spawns each subsystem's entry (the gRPC and admin servers, the HTTP listener and telemetry tasks, Redis sync, reloads, the sweeper) and owns the shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
-//! | [`tls`] | the old path of [`net::tls`] |
 //! | [`net`] | what the listeners let in: the one accept loop (plain and TLS, TLS a step after accept), connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
 //! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge, what is read at scrape time, upkeep), logging (text or JSON); reports on sync and control only through what the app hands it |
 //! | [`shutdown`] | the shutdown signal every task waits on |
 //! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes (into any [`OverrideStore`](sync::OverrideStore): the control plane), what Redis means to readiness |
+//!
+//! Imports point one way, down these layers (bottom first; checked by
+//! `scripts/module-graph.py` in `scripts/test.sh`, with no import circle
+//! between files and no two modules importing each other):
+//!
+//! 1. leaf helpers: `shutdown`, `cli`, `diag`, the YAML reader;
+//! 2. `core`;
+//! 3. `store`, `limits`;
+//! 4. `telemetry` (metrics the engine counts into);
+//! 5. `net`;
+//! 6. `config`;
+//! 7. `engine`;
+//! 8. `sync`, `control` (beside the engine: Redis, reloads, overrides);
+//! 9. `api`, `admin` (the doors);
+//! 10. `app`.
 //!
 //! # Request flow
 //!
@@ -99,6 +113,4 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-/// The old path of [`net::tls`].
-pub use net::tls;
 mod yaml;

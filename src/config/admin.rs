@@ -33,7 +33,7 @@ use serde::de::{self, Deserializer};
 use super::values::{Addr, NonEmpty};
 use crate::diag::{Issue, Seg, check_name, one_of};
 use crate::limits::file::Positive;
-use crate::tls::{self, TlsError, TlsPem};
+use crate::net::tls::{self, TlsError, TlsPem};
 
 /// Default admin listener.
 pub const DEFAULT_ADMIN_ADDR: SocketAddr =

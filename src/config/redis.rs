@@ -227,7 +227,7 @@ impl RedisRaw {
             })?;
             // Checked here, in words of our own: the redis crate's message
             // for a bad file would quote its bytes.
-            match crate::tls::count_certificates(&pem) {
+            match crate::net::tls::count_certificates(&pem) {
                 Ok(1..) => {}
                 Ok(0) => {
                     return Err(Issue::new(

@@ -93,8 +93,8 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     /// How TLS handshakes are bounded.
-    pub fn handshakes(&self) -> crate::tls::HandshakeRules {
-        crate::tls::HandshakeRules {
+    pub fn handshakes(&self) -> crate::net::tls::HandshakeRules {
+        crate::net::tls::HandshakeRules {
             timeout: self.tls_handshake_timeout,
             per_peer: self.max_handshakes_per_peer,
         }
