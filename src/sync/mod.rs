@@ -58,9 +58,9 @@ use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::names;
-use conn::{Conn, Link, Lua, key};
+use connection::{Link, Lua, RedisConn, key};
 
-mod conn;
+mod connection;
 pub mod overrides;
 pub mod readiness;
 mod reply;
@@ -190,7 +190,7 @@ pub struct RedisSync {
     info: redis::ConnectionInfo,
     /// Takes the URL's secrets out of Redis's errors before they are shown.
     scrub: Scrub,
-    conn: Conn,
+    conn: RedisConn,
     script: Lua,
     /// The state, shared with the strict and overrides connections,
     /// which report what they learn of Redis between rounds.
@@ -231,12 +231,12 @@ impl RedisSync {
             let redis = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(redis);
         }
-        let conn = Conn::new(
+        let conn = RedisConn::new(
             info.clone(),
             settings.cluster,
             settings.sentinel_master.as_deref(),
             settings.tls_ca.as_deref(),
-            conn::RESPONSE_TIMEOUT,
+            connection::RESPONSE_TIMEOUT,
         )
         .map_err(url_err)?;
         let (state, rx) = watch::channel(SyncState::Starting);
@@ -302,8 +302,8 @@ impl RedisSync {
         store: Arc<dyn OverrideStore>,
     ) -> Result<(overrides::RedisOverrides, overrides::OverrideSync), SyncError> {
         Ok(overrides::pair(
-            self.connection(conn::RESPONSE_TIMEOUT)?,
-            self.connection(conn::RESPONSE_TIMEOUT)?,
+            self.connection(connection::RESPONSE_TIMEOUT)?,
+            self.connection(connection::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
             store,
             self.scrub.clone(),
@@ -312,9 +312,9 @@ impl RedisSync {
 
     /// A new lazy connection to the same Redis, giving up on an answer
     /// after `response_timeout`, reporting to the sync task's link.
-    fn connection(&self, response_timeout: Duration) -> Result<Conn, SyncError> {
+    fn connection(&self, response_timeout: Duration) -> Result<RedisConn, SyncError> {
         let s = &self.settings;
-        let conn = Conn::new(
+        let conn = RedisConn::new(
             self.info.clone(),
             s.cluster,
             s.sentinel_master.as_deref(),

@@ -54,7 +54,7 @@ use redis::RedisError;
 use tokio::sync::{Mutex, watch};
 
 use super::SyncError;
-use super::conn::{Conn, Lua, key};
+use super::connection::{Lua, RedisConn, key};
 use super::reply;
 use crate::config::redis_url::Scrub;
 use crate::core::Nanos;
@@ -196,7 +196,7 @@ impl WriteError {
 
 /// The admin API's writes to Redis.
 pub struct RedisOverrides {
-    conn: Mutex<Conn>,
+    conn: Mutex<RedisConn>,
     keys: Keys,
     write: Lua,
     /// What this node's [`OverrideSync`] has applied.
@@ -366,7 +366,7 @@ struct Snapshot {
 
 /// Every node's task: applies announced changes, heals missed ones.
 pub struct OverrideSync {
-    conn: Conn,
+    conn: RedisConn,
     keys: Keys,
     read: Lua,
     prune: Lua,
@@ -394,8 +394,8 @@ impl std::fmt::Debug for OverrideSync {
 /// The writer and the follower of one node, sharing the version the
 /// follower has applied.
 pub(super) fn pair(
-    writer: Conn,
-    follower: Conn,
+    writer: RedisConn,
+    follower: RedisConn,
     prefix: &str,
     store: Arc<dyn OverrideStore>,
     scrub: Scrub,

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
-use super::conn::{Conn, Lua, key};
+use super::connection::{Lua, RedisConn, key};
 use super::reply::{self, Throttle};
 use crate::config::redis_url::Scrub;
 use crate::engine::Engine;
@@ -50,7 +50,7 @@ pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 impl StrictClient {
     /// A client and the task that serves it (run it until shutdown).
     pub(crate) fn start(
-        conn: Conn,
+        conn: RedisConn,
         engine: Arc<Engine>,
         key_prefix: String,
         deadline: Duration,
@@ -63,7 +63,7 @@ impl StrictClient {
 }
 
 async fn serve(
-    mut conn: Conn,
+    mut conn: RedisConn,
     engine: Arc<Engine>,
     prefix: String,
     mut rx: mpsc::Receiver<StrictAsk>,
@@ -108,7 +108,7 @@ async fn serve(
 /// One round trip (one per slot on a Cluster) for the jobs; each job's
 /// cells share its key's hash tag, so one slot.
 async fn send(
-    conn: &mut Conn,
+    conn: &mut RedisConn,
     script: &Lua,
     prefix: &str,
     jobs: &[StrictAsk],

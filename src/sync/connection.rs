@@ -8,7 +8,7 @@
 //! check's script touches them together). Neither is the API key.
 //!
 //! On a Cluster a pipeline may only hold one slot's commands, so
-//! [`Conn::pipelines`] sends one pipeline per slot, all at once.
+//! [`RedisConn::pipelines`] sends one pipeline per slot, all at once.
 //!
 //! A connection learns that Redis went away (or restarted) only when it
 //! is next used: a round trip that fails because its connection died is
@@ -63,7 +63,7 @@ pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
 /// Cluster or to the master a Sentinel names (connected on first use,
 /// again after a failure), and where it reports what it learns of Redis.
 #[derive(Clone)]
-pub(crate) struct Conn {
+pub(crate) struct RedisConn {
     to: To,
     link: Option<Arc<Link>>,
 }
@@ -201,7 +201,7 @@ pub(crate) struct ClusterConn {
     seed: redis::Client,
 }
 
-impl Conn {
+impl RedisConn {
     /// A lazy connection to `info`; `cluster` treats it as a seed node,
     /// `sentinel_master` as a Sentinel to ask for that master (which gets
     /// `info`'s credentials). `tls_ca` (PEM) replaces the system's roots
@@ -213,7 +213,7 @@ impl Conn {
         sentinel_master: Option<&str>,
         tls_ca: Option<&[u8]>,
         response_timeout: Duration,
-    ) -> RedisResult<Conn> {
+    ) -> RedisResult<RedisConn> {
         // rustls needs a crypto provider; ring is this build's. Installing
         // it twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -226,7 +226,7 @@ impl Conn {
                 .set_redis_connection_info(info.redis_settings().clone());
             let client =
                 SentinelClient::build(vec![info], master, Some(node), SentinelServerType::Master)?;
-            return Ok(Conn::from(To::Sentinel(Box::new(SentinelConn {
+            return Ok(RedisConn::from(To::Sentinel(Box::new(SentinelConn {
                 client: Arc::new(tokio::sync::Mutex::new(client)),
                 conn: None,
                 response_timeout,
@@ -244,7 +244,7 @@ impl Conn {
                 builder = builder.certs(certs());
             }
             let client = builder.build()?;
-            return Ok(Conn::from(To::Cluster(Box::new(ClusterConn {
+            return Ok(RedisConn::from(To::Cluster(Box::new(ClusterConn {
                 client,
                 conn: None,
                 seed,
@@ -255,7 +255,7 @@ impl Conn {
             None => redis::Client::open(info)?,
         };
         let manager = manager(&client, response_timeout)?;
-        Ok(Conn::from(To::Single(Box::new(SingleConn {
+        Ok(RedisConn::from(To::Single(Box::new(SingleConn {
             client,
             manager,
             response_timeout,
@@ -514,9 +514,9 @@ impl Conn {
     }
 }
 
-impl From<To> for Conn {
+impl From<To> for RedisConn {
     fn from(to: To) -> Self {
-        Conn { to, link: None }
+        RedisConn { to, link: None }
     }
 }
 
