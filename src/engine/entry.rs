@@ -332,3 +332,193 @@ fn descriptor_decision(v: &Verdict, limit: &RlsLimit) -> Decision {
         plan: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::core::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::core::hash::KeyHasher;
+    use crate::limits::rls::{Algorithm, Domain, Level, Matcher, Node, RlsDomains, Unit};
+    use crate::limits::{Limit, LimitKind, Plan, Rate, Table};
+    use crate::store::StoreLimits;
+
+    const T0: u64 = 1_795_780_800 * NANOS_PER_SEC;
+
+    fn nz(v: u64) -> NonZeroU64 {
+        NonZeroU64::new(v).unwrap()
+    }
+
+    fn rule(name: &str, rpu: u32, replaces: &[&str]) -> Node {
+        let limit = RlsLimit::new(rpu, Unit::Minute, Algorithm::FixedWindow, None, name.into());
+        Node {
+            rule: Some(Rule {
+                name: name.into(),
+                replaces: replaces.iter().map(|r| (*r).to_owned()).collect(),
+                shadow: false,
+                detailed_metric: false,
+                action: Action::Limit(limit.unwrap()),
+            }),
+            children: Level::default(),
+        }
+    }
+
+    /// Plan `p`: 1 per second, bursting to 2. Domain `d`: `user` 3 a
+    /// minute, replaced by `vip` (10 a minute) when a descriptor matches it.
+    fn engine() -> Engine {
+        let hasher = KeyHasher::with_secret([3; 16]);
+        let rate = Rate::new(nz(1), NANOS_PER_SEC, nz(2)).unwrap();
+        let plan = Plan {
+            name: "p".into(),
+            limits: vec![Limit::new("p", "rate", LimitKind::Rate(rate))],
+        };
+        let mut root = Level::default();
+        assert!(root.insert(Matcher::new("user", None), rule("user", 3, &[])));
+        assert!(root.insert(Matcher::new("vip", None), rule("vip", 10, &["user"])));
+        let mut domains = RlsDomains::default();
+        domains.insert(Domain {
+            name: "d".into(),
+            root,
+            algorithm: Algorithm::FixedWindow,
+            files: vec![],
+            source: KeySource::PLANS,
+        });
+        let table = Table::new(vec![plan], "p", [], &hasher)
+            .unwrap()
+            .with_rls(domains);
+        let clock = Arc::new(ManualClock::new(T0));
+        Engine::new(table, hasher, StoreLimits::default(), clock)
+    }
+
+    /// Decides `items` of API keys (no strict mode: ready at once).
+    fn keys<'m>(e: &Engine, items: Vec<Item<'m, ()>>) -> Vec<Decision> {
+        let call = Call::keys(Api::Native);
+        e.decide(
+            call,
+            |_, _| Ok::<_, ()>((items, ())),
+            |a, ()| a.outcomes.iter().map(|o| o.decision).collect(),
+        )
+        .now_or_never()
+        .expect("no wait without strict mode")
+        .expect("admitted")
+    }
+
+    #[test]
+    fn a_peek_answers_as_the_charge_would_and_changes_nothing() {
+        let e = engine();
+        let peek = |cost| Item {
+            mode: Mode::Peek,
+            ..Item::key("k", cost)
+        };
+        let d = keys(&e, vec![peek(2)]);
+        assert!(d[0].allowed && d[0].remaining == 0, "{d:?}");
+        assert_eq!(e.store().tracked(), 0, "a peek creates no cell");
+        // The burst is all still there: the charge gets what the peek saw.
+        assert_eq!(keys(&e, vec![Item::key("k", 2)]), d);
+        let d = keys(&e, vec![peek(1)]);
+        assert!(!d[0].allowed, "{d:?}");
+        assert_eq!(d[0].retry_after, Some(NANOS_PER_SEC));
+    }
+
+    #[test]
+    fn a_refused_call_is_not_rendered_and_charges_nothing() {
+        let e = engine();
+        let rendered = std::cell::Cell::new(false);
+        let out = e
+            .decide(
+                Call::keys(Api::Batch),
+                |_, _| Err::<Admitted<'_, (), ()>, _>("bad"),
+                |_, ()| rendered.set(true),
+            )
+            .now_or_never()
+            .expect("no wait");
+        assert_eq!(out, Err("bad"));
+        assert!(!rendered.get());
+        assert_eq!(e.store().tracked(), 0);
+        let text = e.metrics().render();
+        let refused = text
+            .lines()
+            .find(|l| {
+                l.starts_with("quotad_checks_total{")
+                    && l.contains("api=\"batch\"")
+                    && l.contains("result=\"error\"")
+            })
+            .unwrap_or_default();
+        assert!(refused.ends_with(" 1"), "counted once: {text}");
+    }
+
+    #[test]
+    fn descriptors_resolve_in_their_domain_and_a_replaced_rule_counts_nothing() {
+        let e = engine();
+        let user: &[(&str, &str)] = &[("user", "a")];
+        let vip: &[(&str, &str)] = &[("vip", "x")];
+        struct Pairs2<'a>(&'a [(&'a str, &'a str)]);
+        impl Pairs for Pairs2<'_> {
+            fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+                self.0.iter().copied()
+            }
+        }
+        let (u, v) = (Pairs2(user), Pairs2(vip));
+        let item = |entries| Item {
+            key: None,
+            entries,
+            cost: 1,
+            mode: Mode::Charge,
+            limit: None,
+        };
+        let decide = |items: Vec<Item<'_, Pairs2<'_>>>| {
+            let call = Call {
+                door: Api::Rls,
+                domain: Some("d"),
+            };
+            e.decide(
+                call,
+                |_, kind| {
+                    assert!(matches!(kind, Kind::Rules(_)));
+                    Ok::<_, ()>((items, ()))
+                },
+                |a, ()| {
+                    a.outcomes
+                        .iter()
+                        .map(|o| match o.basis {
+                            Basis::Rule { rule, .. } => rule.map(|r| r.name.clone()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .now_or_never()
+            .expect("no wait")
+            .expect("admitted")
+        };
+        // Both match: `vip` replaces `user`, whose counter is untouched.
+        let names = decide(vec![item(&u), item(&v)]);
+        assert_eq!(names, [None, Some("vip".to_owned())]);
+        assert_eq!(e.store().tracked(), 1, "only vip's counter");
+        // Alone, `user` counts: 3 a minute.
+        for _ in 0..3 {
+            assert_eq!(decide(vec![item(&u)]), [Some("user".to_owned())]);
+        }
+        assert_eq!(e.store().tracked(), 2);
+    }
+
+    #[test]
+    fn a_new_table_and_its_config_are_put_in_effect_together() {
+        let e = engine();
+        let mut config = crate::config::Config::embedded_default();
+        config.live.requests.max_cost = 7;
+        let config = Arc::new(config);
+        let table = e.view().table().clone();
+        e.install(table, Arc::clone(&config));
+        let view = e.view();
+        assert_eq!(view.live().requests.max_cost, 7);
+        assert!(std::ptr::eq(view.config(), &*config));
+        // An overrides change keeps the config.
+        e.swap_table(view.table().clone());
+        assert!(std::ptr::eq(e.view().config(), &*config));
+    }
+}
