@@ -245,7 +245,11 @@ impl Engine {
         let key = self.hasher.descriptor_hash(domain, item.entries.pairs());
         match item.mode {
             Mode::Refund => self.refund_limit(&limit.limit, key, item.cost),
-            Mode::Peek => self.peek_limit(&limit.limit, key, item.cost, source),
+            Mode::Peek => {
+                let now = self.clock.now();
+                self.apply(&limit.limit, (key, source), now, item.cost, false)
+                    .0
+            }
             Mode::Charge => self.check_limit(&limit.limit, key, item.cost, source),
         }
     }

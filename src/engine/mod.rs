@@ -229,18 +229,6 @@ impl Engine {
             .0
     }
 
-    /// The answer [`Engine::check_limit`] would give, changing nothing.
-    pub(crate) fn peek_limit(
-        &self,
-        limit: &Limit,
-        key: u64,
-        cost: u64,
-        source: KeySource,
-    ) -> Verdict {
-        self.apply(limit, (key, source), self.clock.now(), cost, false)
-            .0
-    }
-
     /// Gives `cost` units back to one limit's cell for `key` (creating
     /// nothing), then reports its state, as [`Engine::check_limit`] with
     /// cost 0 would.
