@@ -62,7 +62,9 @@ use crate::config::{Live, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
 use crate::core::{Decision, DenyReason, Nanos};
-use crate::engine::{Admitted, Answer, Basis, Call, Engine, Item, Kind, Mode, Outcome, Pairs};
+use crate::engine::{
+    Admitted, Answer, Basis, Call, Engine, Item, Items, Kind, Mode, Outcome, Pairs,
+};
 use crate::limits::rls::{Algorithm, RlsLimit, Unit};
 use crate::limits::{Limit, LimitKind};
 use crate::telemetry::metrics::Api;
@@ -224,7 +226,7 @@ fn admit<'m>(
     let algorithm = match kind {
         // Not ours: OK without validating its descriptors (beyond their
         // count, checked above to bound the answer's size).
-        Kind::Unknown => return Ok((Vec::new(), render)),
+        Kind::Unknown => return Ok((Items::new(), render)),
         Kind::Plans => envoy.algorithm,
         Kind::Rules(domain) => domain.algorithm,
     };
@@ -252,7 +254,7 @@ fn admit<'m>(
                     .transpose()?,
             })
         })
-        .collect::<Result<Vec<_>, RequestError>>()?;
+        .collect::<Result<Items<'m, [Entry]>, RequestError>>()?;
     Ok((items, render))
 }
 

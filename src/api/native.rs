@@ -66,7 +66,7 @@ async fn check_one(
             Call::keys(door),
             |live: &Live, _: Kind<'_>| {
                 validate_check(req, String::new, &live.requests)?;
-                Ok((vec![item(req)], live.response_headers))
+                Ok((smallvec::smallvec![item(req)], live.response_headers))
             },
             |answer, style| {
                 answer

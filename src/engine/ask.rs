@@ -4,6 +4,8 @@
 //! with everything needed to render an answer: the decision, and the
 //! limit or rule behind it ([`Basis`]).
 
+use smallvec::SmallVec;
+
 use crate::config::Live;
 use crate::core::decision::Decision;
 use crate::limits::rls::{Domain, RlsLimit, Rule};
@@ -99,9 +101,13 @@ impl<'a> Item<'a, ()> {
     }
 }
 
+/// A call's items: one held inline (a unary check allocates nothing for
+/// them), more on the heap.
+pub type Items<'m, P> = SmallVec<[Item<'m, P>; 1]>;
+
 /// What a door's validation admits: the items, and what the door needs
 /// later to render the answer.
-pub type Admitted<'m, P, X> = (Vec<Item<'m, P>>, X);
+pub type Admitted<'m, P, X> = (Items<'m, P>, X);
 
 /// What decided an item, for rendering.
 #[derive(Debug, Clone, Copy)]
@@ -158,7 +164,7 @@ pub struct Answer<'v> {
     /// The table the decisions name limits of.
     pub table: &'v Table,
     /// One outcome per item, in order (none for an unknown domain).
-    pub outcomes: Vec<Outcome<'v>>,
+    pub outcomes: SmallVec<[Outcome<'v>; 1]>,
 }
 
 impl Answer<'_> {

@@ -6,6 +6,8 @@
 //! the rest here, synchronously), counts metrics and heavy keys once, and
 //! hands the door the answer to render.
 
+use smallvec::SmallVec;
+
 use super::Engine;
 use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, Outcome, Pairs};
 use super::view::View;
@@ -73,9 +75,9 @@ impl Engine {
         kind: Kind<'v>,
         items: &'v [Item<'_, P>],
         decided: &[Option<Decision>],
-    ) -> Vec<Outcome<'v>> {
+    ) -> SmallVec<[Outcome<'v>; 1]> {
         match kind {
-            Kind::Unknown => Vec::new(),
+            Kind::Unknown => SmallVec::new(),
             Kind::Plans => items
                 .iter()
                 .enumerate()
@@ -104,7 +106,7 @@ impl Engine {
         &self,
         view: &'v View<'_>,
         (call, configured, started): (Call<'_>, bool, Stopwatch),
-        outcomes: Vec<Outcome<'v>>,
+        outcomes: SmallVec<[Outcome<'v>; 1]>,
         render: impl FnOnce(&Answer<'_>, X) -> R,
         extra: X,
     ) -> R {
@@ -403,7 +405,7 @@ mod tests {
         let call = Call::keys(Api::Native);
         e.decide(
             call,
-            |_, _| Ok::<_, ()>((items, ())),
+            |_, _| Ok::<_, ()>((items.into(), ())),
             |a, ()| a.outcomes.iter().map(|o| o.decision).collect(),
         )
         .now_or_never()
@@ -483,7 +485,7 @@ mod tests {
                 call,
                 |_, kind| {
                     assert!(matches!(kind, Kind::Rules(_)));
-                    Ok::<_, ()>((items, ()))
+                    Ok::<_, ()>((items.into(), ()))
                 },
                 |a, ()| {
                     a.outcomes
