@@ -214,6 +214,12 @@ impl Reloader {
                     );
                 }
             }
+            Ok(r) if !r.restart_needed.is_empty() => tracing::warn!(
+                cause = cause.as_str(),
+                version = r.version.number,
+                settings = r.restart_needed.join(", "),
+                "config reloaded: nothing a reload applies changed; these changed settings take effect only on restart"
+            ),
             Ok(r) if was_failing => tracing::info!(
                 cause = cause.as_str(),
                 version = r.version.number,

@@ -26,10 +26,14 @@ impl Engine {
     /// limited, validates the door's message against them (a refusal is
     /// counted and returned as is, nothing charged) and returns its items
     /// and whatever the door needs later; `render` turns the [`Answer`]
-    /// into the door's wire message. Both see the same rules, which the
-    /// decisions are made with, except after a strict plan's wait for
-    /// Redis: the view is not held across it, and the decisions are made
-    /// and rendered on the rules in effect when Redis answered.
+    /// into the door's wire message. Both see the same settings (the
+    /// metrics are counted by them too), and the decisions are made on
+    /// the table that came with them, except after a strict plan's wait
+    /// for Redis: the view is not held across it, so the call's decisions
+    /// are made on the table in effect when Redis answered (an override
+    /// that moves a key onto a strict plan meanwhile applies locally to
+    /// this call), still validated, counted and rendered with the
+    /// settings it was admitted with.
     pub async fn decide<'m, P, X, E, R>(
         &self,
         call: Call<'_>,
@@ -57,20 +61,32 @@ impl Engine {
         if jobs.iter().any(Option::is_some) {
             let before = view.rules();
             drop(view);
-            let (view, decided) = self.wait_strict(before, jobs).await;
-            // Only plan domains wait, and they stay plan domains.
-            let outcomes = self.outcomes(&view, call, Kind::Plans, &items, &decided);
-            return Ok(self.answer(&view, (call, configured, started), outcomes, render, extra));
+            let (view, decided) = self.wait_strict(&before, jobs).await;
+            // The settings stay those the call was validated with (the
+            // door renders with them too); the table is the one in
+            // effect now. Only plan domains wait, and they stay plan
+            // domains.
+            let live = &before.config.live;
+            let outcomes = self.outcomes((&view, live), call, Kind::Plans, &items, &decided);
+            let counted = (call, configured, started);
+            return Ok(self.answer((&view, live), counted, outcomes, render, extra));
         }
-        let outcomes = self.outcomes(&view, call, kind, &items, &[]);
-        Ok(self.answer(&view, (call, configured, started), outcomes, render, extra))
+        let live = view.live();
+        let outcomes = self.outcomes((&view, live), call, kind, &items, &[]);
+        Ok(self.answer(
+            (&view, live),
+            (call, configured, started),
+            outcomes,
+            render,
+            extra,
+        ))
     }
 
     /// Every item's outcome; `decided` holds the decisions strict mode
     /// made (by item).
     fn outcomes<'v, P: Pairs + ?Sized>(
         &self,
-        view: &'v View<'_>,
+        (view, live): (&'v View<'_>, &Live),
         call: Call<'_>,
         kind: Kind<'v>,
         items: &'v [Item<'_, P>],
@@ -83,7 +99,7 @@ impl Engine {
                 .enumerate()
                 .map(|(i, item)| {
                     let strict = decided.get(i).copied().flatten();
-                    self.plan_item(view, call, item, strict)
+                    self.plan_item((view, live), call, item, strict)
                 })
                 .collect(),
             Kind::Rules(domain) => {
@@ -104,14 +120,14 @@ impl Engine {
     /// Counts the call and renders its answer.
     fn answer<'v, X, R>(
         &self,
-        view: &'v View<'_>,
+        (view, live): (&'v View<'_>, &'v Live),
         (call, configured, started): (Call<'_>, bool, Stopwatch),
         outcomes: SmallVec<[Outcome<'v>; 1]>,
         render: impl FnOnce(&Answer<'_>, X) -> R,
         extra: X,
     ) -> R {
         let answer = Answer {
-            live: view.live(),
+            live,
             table: view.table(),
             outcomes,
         };
@@ -122,14 +138,14 @@ impl Engine {
     /// One item of a plan domain (or the native API).
     fn plan_item<'v, P: Pairs + ?Sized>(
         &self,
-        view: &'v View<'_>,
+        (view, live): (&'v View<'_>, &Live),
         call: Call<'_>,
         item: &'v Item<'_, P>,
         strict: Option<Decision>,
     ) -> Outcome<'v> {
         let Some(key) = item.key else {
             return match &item.limit {
-                Some(own) => self.own_limit(call, item, own),
+                Some(own) => self.own_limit(call, KeySource::PLANS, item, own),
                 None => nothing(),
             };
         };
@@ -139,7 +155,7 @@ impl Engine {
             if let Some(d) = view.blocked(key) {
                 return plan_outcome(view, d);
             }
-            return self.own_limit(call, item, own);
+            return self.own_limit(call, KeySource::PLANS, item, own);
         }
         if item.mode != Mode::Refund {
             let heavy = self.metrics.heavy();
@@ -150,7 +166,7 @@ impl Engine {
         let d = match strict {
             Some(d) => d,
             None => {
-                let req = self.plan_request(view, key, item);
+                let req = self.plan_request(live, key, item);
                 match item.mode {
                     Mode::Charge => view.check(&req),
                     Mode::Peek => view.decide(&req, false),
@@ -165,11 +181,11 @@ impl Engine {
     /// the key file its cells apart from the key's own.
     pub(super) fn plan_request<'k, P: Pairs + ?Sized>(
         &self,
-        view: &View<'_>,
+        live: &Live,
         key: &'k str,
         item: &Item<'_, P>,
     ) -> Request<'k> {
-        let key_entry = view.live().envoy.key_entry.as_str();
+        let key_entry = live.envoy.key_entry.as_str();
         let scope = self
             .hasher
             .entries_hash(item.entries.pairs().filter(|(k, _)| *k != key_entry));
@@ -194,7 +210,8 @@ impl Engine {
             if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
                 return plan_outcome(view, d);
             }
-            return self.own_limit(call, item, own);
+            // Counted under the domain's budget, as its rules' limits are.
+            return self.own_limit(call, source, item, own);
         }
         let Some(rule) = rule else {
             return nothing();
@@ -221,10 +238,11 @@ impl Engine {
     fn own_limit<'v, P: Pairs + ?Sized>(
         &self,
         call: Call<'_>,
+        source: KeySource,
         item: &'v Item<'_, P>,
         own: &'v RlsLimit,
     ) -> Outcome<'v> {
-        let v = self.count_descriptor(call, KeySource::PLANS, item, own);
+        let v = self.count_descriptor(call, source, item, own);
         Outcome {
             decision: descriptor_decision(&v, own),
             basis: Basis::Rule {
@@ -391,7 +409,7 @@ mod tests {
             root,
             algorithm: Algorithm::FixedWindow,
             files: vec![],
-            source: KeySource::PLANS,
+            source: KeySource::of_domain("d"),
         });
         let table = Table::new(vec![plan], "p", [], &hasher)
             .unwrap()
@@ -510,6 +528,17 @@ mod tests {
             assert_eq!(decide(vec![item(&u)]), [Some("user".to_owned())]);
         }
         assert_eq!(e.store().tracked(), 2);
+        // A limit the request brings matches no rule, and its counter
+        // counts under the domain's budget like the rules' own.
+        let own = RlsLimit::new(5, Unit::Hour, Algorithm::FixedWindow, None, "o".into());
+        let names = decide(vec![Item {
+            limit: Some(own.unwrap()),
+            ..item(&v)
+        }]);
+        assert_eq!(names, [None]);
+        let budgets = e.store().budgets();
+        assert_eq!(budgets.held(KeySource::of_domain("d")), 3);
+        assert_eq!(budgets.held(KeySource::PLANS), 0);
     }
 
     #[test]

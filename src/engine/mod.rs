@@ -107,9 +107,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine over `table` under the embedded default settings (see
-    /// [`Engine::with_config`]). `hasher` must be the one the table's
-    /// static keys were hashed with.
+    /// An engine over `table` under the embedded default settings
+    /// ([`crate::config::EMBEDDED_DEFAULT`]'s caps, Envoy domains and
+    /// headers) until [`Engine::with_config`] or [`Engine::install`] says
+    /// otherwise. `hasher` must be the one the table's static keys were
+    /// hashed with.
     pub fn new(
         table: Table,
         hasher: KeyHasher,
@@ -177,8 +179,10 @@ impl Engine {
     }
 
     /// Replaces the table, keeping the config (operators' overrides
-    /// changed).
-    pub fn swap_table(&self, table: Table) {
+    /// changed). A read, then a store: callers serialize it with
+    /// [`Engine::install`] (the control plane holds its lock across both),
+    /// or a reload's config could be put back.
+    pub(crate) fn swap_table(&self, table: Table) {
         let config = Arc::clone(&self.rules.load().config);
         self.install(table, config);
     }

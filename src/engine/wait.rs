@@ -4,8 +4,6 @@
 //! answer in time, `redis.on_redis_error` decides: `local` (this node's
 //! view), `allow` or `deny`.
 
-use std::sync::Arc;
-
 use super::ask::{Item, Mode, Pairs};
 use super::strict::{StrictClient, StrictJob};
 use super::view::View;
@@ -39,7 +37,7 @@ impl Engine {
             .iter()
             .map(|item| match item.key {
                 Some(key) if item.limit.is_none() && item.mode == Mode::Charge => {
-                    let req = self.plan_request(view, key, item);
+                    let req = self.plan_request(view.live(), key, item);
                     view.strict_job(&req).map(|job| (job, req))
                 }
                 _ => None,
@@ -49,11 +47,11 @@ impl Engine {
 
     /// Sends `jobs` to Redis together, then decides each on the rules in
     /// effect once Redis answered. `before` is the rules the jobs were
-    /// built with, held meanwhile (so their table's address cannot be
-    /// reused while it is compared).
+    /// built with, held by the caller meanwhile (so their table's address
+    /// cannot be reused while it is compared).
     pub(super) async fn wait_strict(
         &self,
-        before: Arc<Rules>,
+        before: &Rules,
         jobs: Vec<Job<'_>>,
     ) -> (View<'_>, Vec<Option<Decision>>) {
         let Some(strict) = self.strict.get() else {
@@ -71,7 +69,6 @@ impl Engine {
         // still the one in effect; otherwise the check counts under
         // `(none)`.
         let same = std::ptr::eq::<Table>(&before.table, view.table());
-        drop(before);
         let decided = jobs
             .iter()
             .zip(answers)
