@@ -25,7 +25,7 @@ use crate::support::rls::{descriptor, request};
 type Client = RateLimitServiceClient<Channel>;
 
 /// The fixture files these tests load, one domain each.
-const FIXTURES: [&str; 10] = [
+const FIXTURES: [&str; 11] = [
     "ex1_key_value.yaml",
     "ex2_nested.yaml",
     "ex3_blocklist.yaml",
@@ -36,6 +36,7 @@ const FIXTURES: [&str; 10] = [
     "ex9_wildcard.yaml",
     "token_bucket.yaml",
     "replaces_more.yaml",
+    "wildcards_anywhere.yaml",
 ];
 
 /// 12 h: from T0 (noon UTC) to the end of the day window.
@@ -477,6 +478,50 @@ async fn example9_wildcard_value_counts_each_matching_value_separately() {
     // Not the prefix: no limit.
     for v in ["valu", "other", "Value1"] {
         let r = one(&mut c, "example9", &[("key1", v)], 1).await;
+        assert_eq!(r.statuses, vec![no_limit()], "{v}");
+    }
+}
+
+#[tokio::test]
+async fn a_star_anywhere_in_a_value_matches_zero_or_more_characters() {
+    let (_d, mut c) = daemon("off", false).await;
+    let action = rl("", 2, Unit::Minute);
+    // `/api/*/action`: any middle segment, each value its own counter.
+    for v in ["/api/v1/action", "/api/v2/users/action", "/api//action"] {
+        for remaining in [1, 0] {
+            let r = one(&mut c, "wildcards", &[("path", v)], 1).await;
+            assert_eq!(
+                r.statuses,
+                vec![st(Code::Ok, &action, remaining, 60)],
+                "{v}"
+            );
+        }
+        let r = one(&mut c, "wildcards", &[("path", v)], 1).await;
+        assert!(over(&r), "{v}: a third hit in the minute is over");
+    }
+    // Several `*`s: the literal runs in order, anything between them.
+    let three = rl("", 1, Unit::Minute);
+    for v in ["foobarbaz", "fooXbarYYbaz", "foo-bar-bar-baz"] {
+        let r = one(&mut c, "wildcards", &[("path", v)], 1).await;
+        assert_eq!(r.statuses, vec![st(Code::Ok, &three, 0, 60)], "{v}");
+        assert!(
+            over(&one(&mut c, "wildcards", &[("path", v)], 1).await),
+            "{v}"
+        );
+    }
+    // A leading `*`.
+    let png = rl("", 3, Unit::Minute);
+    let r = one(&mut c, "wildcards", &[("path", "/img/logo.png")], 1).await;
+    assert_eq!(r.statuses, vec![st(Code::Ok, &png, 2, 60)]);
+    // Values the patterns do not cover have no limit.
+    for v in [
+        "/api/v1/actions",
+        "/apix/action",
+        "foobaz",
+        "foobarbazz",
+        "logo.png.txt",
+    ] {
+        let r = one(&mut c, "wildcards", &[("path", v)], 1).await;
         assert_eq!(r.statuses, vec![no_limit()], "{v}");
     }
 }

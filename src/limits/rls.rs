@@ -261,7 +261,7 @@ pub struct Level {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KeyNodes {
     values: HashMap<String, Node>,
-    prefixes: Vec<(String, Node)>,
+    wildcards: Vec<(String, Node)>,
     any: Option<Box<Node>>,
 }
 
@@ -279,8 +279,10 @@ pub struct Node {
 pub enum Matcher {
     /// `key` and exactly `value`.
     Exact(String, String),
-    /// `key` and a value starting with the prefix (`value: prefix*`).
-    Prefix(String, String),
+    /// `key` and a value matching a pattern with `*`s (`value: prefix*`,
+    /// `/api/*/action`, `foo*bar*baz`): each `*` matches zero or more
+    /// characters, the rest literally ([`wildcard_matches`]).
+    Wildcard(String, String),
     /// `key` with any value (no `value` given).
     Any(String),
 }
@@ -288,16 +290,43 @@ pub enum Matcher {
 impl Matcher {
     /// The matcher for a descriptor's `key` and optional `value`, as
     /// envoyproxy/ratelimit reads them: an empty value means any value and
-    /// a value ending in `*` is a prefix.
+    /// a value with a `*` anywhere is a wildcard pattern.
     pub fn new(key: &str, value: Option<&str>) -> Matcher {
         match value.filter(|v| !v.is_empty()) {
             None => Matcher::Any(key.to_owned()),
-            Some(v) => match v.strip_suffix('*') {
-                Some(prefix) => Matcher::Prefix(key.to_owned(), prefix.to_owned()),
-                None => Matcher::Exact(key.to_owned(), v.to_owned()),
-            },
+            Some(v) if v.contains('*') => Matcher::Wildcard(key.to_owned(), v.to_owned()),
+            Some(v) => Matcher::Exact(key.to_owned(), v.to_owned()),
         }
     }
+}
+
+/// Whether `value` matches `pattern`, in which each `*` stands for zero or
+/// more characters and everything else for itself (so `/api/*/action`
+/// matches `/api/v1/action` and `/api//action`, `foo*bar*baz` matches
+/// `fooXbarYbaz`). Linear in the value's length times the number of `*`s.
+pub fn wildcard_matches(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts = parts.peekable();
+    if parts.peek().is_none() {
+        // No `*` at all: the whole value must be the pattern.
+        return rest.is_empty();
+    }
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            // The last literal run ends the value (after what the runs
+            // before it took, leftmost first: that leaves the most room).
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 impl Level {
@@ -311,12 +340,12 @@ impl Level {
         match m {
             Matcher::Exact(k, v) => self.by_key.get_mut(k)?.values.get_mut(v),
             Matcher::Any(k) => self.by_key.get_mut(k)?.any.as_deref_mut(),
-            Matcher::Prefix(k, p) => self
+            Matcher::Wildcard(k, p) => self
                 .by_key
                 .get_mut(k)?
-                .prefixes
+                .wildcards
                 .iter_mut()
-                .find(|(prefix, _)| prefix == p)
+                .find(|(pattern, _)| pattern == p)
                 .map(|(_, n)| n),
         }
     }
@@ -333,7 +362,7 @@ impl Level {
                 self.by_key.entry(k).or_default().values.insert(v, node);
             }
             Matcher::Any(k) => self.by_key.entry(k).or_default().any = Some(Box::new(node)),
-            Matcher::Prefix(k, p) => self.by_key.entry(k).or_default().prefixes.push((p, node)),
+            Matcher::Wildcard(k, p) => self.by_key.entry(k).or_default().wildcards.push((p, node)),
         }
         true
     }
@@ -347,9 +376,9 @@ impl Level {
             return Some(n);
         }
         if let Some((_, n)) = nodes
-            .prefixes
+            .wildcards
             .iter()
-            .find(|(prefix, _)| value.starts_with(prefix.as_str()))
+            .find(|(pattern, _)| wildcard_matches(pattern, value))
         {
             return Some(n);
         }
@@ -389,7 +418,7 @@ impl Level {
         self.by_key.values().flat_map(|k| {
             k.values
                 .values()
-                .chain(k.prefixes.iter().map(|(_, n)| n))
+                .chain(k.wildcards.iter().map(|(_, n)| n))
                 .chain(k.any.as_deref())
         })
     }
@@ -627,5 +656,48 @@ mod tests {
         let rules = domain.resolve([some(&user), None]);
         let names: Vec<_> = rules.iter().map(|r| name_of(*r)).collect();
         assert_eq!(names, [Some("per_user"), None]);
+    }
+
+    #[test]
+    fn a_star_matches_zero_or_more_characters_anywhere() {
+        let yes = [
+            ("value*", "value"),
+            ("value*", "value1"),
+            ("*", ""),
+            ("*", "anything"),
+            ("/api/*/action", "/api/v1/action"),
+            ("/api/*/action", "/api//action"),
+            ("/api/*/action", "/api/a/b/action"),
+            ("foo*bar*baz", "foobarbaz"),
+            ("foo*bar*baz", "fooXbarYbaz"),
+            ("a*b*b", "abb"),
+            ("*.png", "x.png"),
+            ("a**b", "ab"),
+            ("*a*", "a"),
+        ];
+        for (p, v) in yes {
+            assert!(wildcard_matches(p, v), "{p} should match {v:?}");
+        }
+        let no = [
+            ("value*", "valu"),
+            ("/api/*/action", "/api/v1/actions"),
+            ("/api/*/action", "/apix/action"),
+            ("foo*bar*baz", "foobaz"),
+            ("foo*bar*baz", "foobarbazz"),
+            ("a*b*b", "ab"),
+            ("*.png", "x.png.txt"),
+            ("*a*", "bcd"),
+        ];
+        for (p, v) in no {
+            assert!(!wildcard_matches(p, v), "{p} should not match {v:?}");
+        }
+        assert_eq!(
+            Matcher::new("k", Some("/api/*/x")),
+            Matcher::Wildcard("k".into(), "/api/*/x".into())
+        );
+        assert_eq!(
+            Matcher::new("k", Some("plain")),
+            Matcher::Exact("k".into(), "plain".into())
+        );
     }
 }

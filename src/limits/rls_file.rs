@@ -283,7 +283,7 @@ impl Builder<'_> {
         path: &[Seg],
     ) -> Issue {
         let what = match matcher {
-            Matcher::Exact(k, _) | Matcher::Prefix(k, _) => {
+            Matcher::Exact(k, _) | Matcher::Wildcard(k, _) => {
                 format!("key {} with this value", quoted(k))
             }
             Matcher::Any(k) => format!("key {} without a value", quoted(k)),
