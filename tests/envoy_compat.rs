@@ -1265,13 +1265,20 @@ async fn week_month_and_year_windows_align_as_envoyproxy_does() {
 }
 
 #[tokio::test]
-async fn a_blocklisted_descriptor_refuses_peeks_too() {
+async fn a_blocklisted_descriptor_is_over_for_every_hit_but_a_peek_of_nothing_is_not() {
     let (_d, mut c) = daemon("both", false).await;
     let blocked = rl("", 0, Unit::Second);
+    // As envoyproxy's `0 > 0` is false: a peek with no hit counted in the
+    // window is OK, with nothing remaining. (That a peek after a hit in
+    // the same window is over is a unit test, on a clock held still.)
     let peek = with_hits(&[("remote_address", "50.0.0.5")], 0);
     let r = ask(&mut c, request("edge_proxy_per_ip", vec![peek], 1)).await;
+    assert!(ok(&r));
+    assert_eq!(r.statuses, vec![st(Code::Ok, &blocked, 0, 1)]);
+    // Any hit is over, and waiting cannot help, so no Retry-After.
+    let hit = with_hits(&[("remote_address", "50.0.0.5")], 1);
+    let r = ask(&mut c, request("edge_proxy_per_ip", vec![hit], 1)).await;
     assert!(over(&r));
     assert_eq!(r.statuses, vec![st(Code::OverLimit, &blocked, 0, 1)]);
-    // Waiting cannot help, so no Retry-After.
     assert!(!headers(&r).iter().any(|(k, _)| k == "Retry-After"));
 }

@@ -5,7 +5,8 @@
 //! Unlike a [`super::quota`], every hit is counted, over the limit or not,
 //! as envoyproxy/ratelimit's `INCRBY` does: once a window is over its limit
 //! it stays over until the window ends, and `remaining` reports 0. Limit 0
-//! is "always over" and needs no counter at all.
+//! is over for every hit (a blocklist); a peek (`hits_addend: 0`) of such a
+//! window is over only once a hit was counted in it, as in envoyproxy.
 
 use super::clock::Nanos;
 use super::gcra::Verdict;
@@ -26,8 +27,10 @@ pub fn decide(
     let after = used.saturating_add(cost);
     let reset_after = span.end.saturating_sub(now);
     let next = (cost > 0).then_some(after);
-    // Limit 0 is over even for a peek.
-    if after > window.limit || window.limit == 0 {
+    // Over once the hits pass the limit, as envoyproxy's
+    // `limitAfterIncrease > requests_per_unit`: limit 0 is over for any
+    // hit, and a peek of a window with none counted is not.
+    if after > window.limit {
         // Waiting helps only if the hits fit in an empty window.
         let retry_after = (cost <= window.limit && window.limit > 0).then_some(reset_after);
         let verdict = Verdict {
@@ -110,13 +113,17 @@ mod tests {
     }
 
     #[test]
-    fn zero_limit_is_always_over_and_never_retryable() {
+    fn zero_limit_is_over_for_every_hit_and_never_retryable() {
         let (w, span, c) = setup(0, 0);
+        // A peek of a window with nothing counted is within 0, as
+        // envoyproxy's `0 > 0` is false.
+        let v = check(&w, &c, span, 0, 0, true);
+        assert!(v.allowed && v.remaining == 0);
         let v = check(&w, &c, span, 0, 1, true);
         assert!(!v.allowed);
         assert_eq!(v.retry_after, None);
-        // A peek is over too: nothing is ever within 0.
-        assert!(!decide(&w, 0, span, 0, 0).0.allowed);
+        // The hit was counted: from now on a peek is over too.
+        assert!(!check(&w, &c, span, 0, 0, true).allowed);
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct Quota {
 
 /// envoyproxy/ratelimit's counter: at most `limit` hits per window of
 /// `period` aligned to the Unix epoch, every hit counted (see
-/// [`super::counter`]). `limit` 0 is always over.
+/// [`super::counter`]). `limit` 0 is over for every hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixedWindow {
     /// Hits allowed per window.

@@ -141,10 +141,6 @@ impl Engine {
                 |c, commit| quota::check(q, &c.used, span, now, cost, commit),
                 false,
             ),
-            // Limit 0 is always over: nothing to count, no cell to create.
-            Cell::Counter {
-                window: w, span, ..
-            } if w.limit == 0 => (counter::decide(w, 0, span, now, cost).0, Landed::Nowhere),
             Cell::Counter {
                 window: w,
                 span,

@@ -261,9 +261,11 @@ fn fixed_windows_count_refused_hits_in_their_own_cell() {
     let v = l.refund_limit(&w, 7, 6);
     assert!(v.allowed);
     assert_eq!(v.remaining, 3);
-    // Limit 0 keeps no cell at all.
+    // Limit 0 counts its hits too (a peek of it is over once one was).
+    assert!(l.check_limit(&window(0), 9, 0, KeySource::PLANS).allowed);
     assert!(!l.check_limit(&window(0), 9, 1, KeySource::PLANS).allowed);
-    assert_eq!(l.store().tracked(), 1);
+    assert_eq!(l.store().tracked(), 2);
+    assert!(!l.check_limit(&window(0), 9, 0, KeySource::PLANS).allowed);
 }
 
 #[test]

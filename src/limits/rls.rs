@@ -166,7 +166,7 @@ pub enum Action {
 /// enforces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RlsLimit {
-    /// `requests_per_unit`; 0 is always over limit.
+    /// `requests_per_unit`; 0 is over limit for every hit.
     pub requests_per_unit: u32,
     /// The unit.
     pub unit: Unit,
@@ -213,7 +213,7 @@ impl RlsLimit {
             })
         };
         let kind = match (algorithm, NonZeroU64::new(u64::from(requests_per_unit))) {
-            // Limit 0 is always over; a counter of 0 needs no state.
+            // A token bucket of 0 is a window of 0: over for every hit.
             (Algorithm::FixedWindow, _) | (Algorithm::TokenBucket, None) => window(),
             (Algorithm::TokenBucket, Some(rate)) => {
                 LimitKind::Rate(Rate::new(rate, unit.nanos(), burst.unwrap_or(rate))?)

@@ -140,7 +140,8 @@ fn the_valid_directory_loads_every_file_in_name_order() {
             "mongo_cps",
             "replaces_more",
             "smooth",
-            "units"
+            "units",
+            "wildcards"
         ]
     );
     let messaging = d.get("messaging").unwrap();
