@@ -526,6 +526,16 @@ async fn a_star_anywhere_in_a_value_matches_zero_or_more_characters() {
     }
 }
 
+#[tokio::test]
+async fn a_descriptor_without_entries_is_ok_with_no_limit_in_a_files_domain() {
+    let (_d, mut c) = daemon("off", false).await;
+    let limit = rl("", 500, Unit::Second);
+    let both = vec![descriptor(&[]), descriptor(&[("database", "users")])];
+    let r = ask(&mut c, request("mongo_cps", both, 1)).await;
+    assert!(ok(&r));
+    assert_eq!(r.statuses, vec![no_limit(), st(Code::Ok, &limit, 499, 1)]);
+}
+
 // ---------------------------------------------------------------------------
 // Request fields: limit overrides and hits_addend.
 

@@ -114,7 +114,9 @@ fn descriptor<'a>(
         d.entries.len(),
         caps.max_entries,
     )?;
-    if d.entries.is_empty() {
+    // A descriptor without entries matches no rule (envoyproxy answers it
+    // OK); in a plan domain it cannot carry an API key, so it is refused.
+    if d.entries.is_empty() && key_entry.is_some() {
         return Err(RequestError::Empty {
             field: format!("descriptors[{i}].entries"),
         });
