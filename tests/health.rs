@@ -71,6 +71,8 @@ async fn livez_and_readyz_answer_over_http() {
                 .to_string()
         )
     );
+    // envoyproxy/ratelimit's probe path answers as it does there.
+    assert_eq!(d.http_get("/healthcheck").await, (200, "OK".to_string()));
     assert_eq!(d.http_get("/nope").await.0, 404);
 }
 

@@ -105,6 +105,8 @@ async fn drain_delay_reports_not_ready_while_still_serving() {
     let next = watch.next().await.unwrap().unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     assert_eq!(crate::support::http_get(http, "/readyz").await.0, 503);
+    let probe = crate::support::http_get(http, "/healthcheck").await;
+    assert_eq!(probe, (500, String::new()), "envoyproxy's probe fails too");
     // ... while checks are still answered during the drain delay.
     let mut c = RateLimiterClient::new(ch);
     assert!(c.check(req(7)).await.unwrap().into_inner().allowed);

@@ -3,7 +3,8 @@
 //! checking (`grpc.health.v1.Health`), all reading the same latch.
 //!
 //! `/livez` answers 200 while the process serves HTTP at all. `/readyz` and
-//! gRPC health say ready (200 / SERVING) once the limits are loaded and
+//! gRPC health (and `/healthcheck`, envoyproxy/ratelimit's probe: `OK` or
+//! an empty 500) say ready (200 / SERVING) once the limits are loaded and
 //! the gRPC listener is up, and not ready (503 / NOT_SERVING) from the
 //! moment shutdown starts; with `server.drain_delay` the daemon keeps
 //! serving for that long while saying so. gRPC `Watch` streams receive the
@@ -127,8 +128,8 @@ pub type Details = Arc<dyn Fn() -> String + Send + Sync>;
 pub type StateLine = Arc<dyn Fn() -> &'static str + Send + Sync>;
 
 /// The HTTP routes: `/livez`, `/readyz` (with the Redis sync state's
-/// line, when there is Redis, and `details`) and `/metrics` (Prometheus
-/// text format).
+/// line, when there is Redis, and `details`), `/healthcheck`
+/// (envoyproxy/ratelimit's) and `/metrics` (Prometheus text format).
 pub fn router(
     ready: Readiness,
     redis: Option<StateLine>,
@@ -147,8 +148,21 @@ pub fn router(
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/healthcheck", get(healthcheck))
         .with_state((ready, redis, details))
         .route("/metrics", get(scrape))
+}
+
+/// envoyproxy/ratelimit's `GET /healthcheck`, so its probes keep working:
+/// `OK` (200) while ready, an empty 500 otherwise.
+async fn healthcheck(
+    State((ready, _, _)): State<(Readiness, Option<StateLine>, Details)>,
+) -> (StatusCode, &'static str) {
+    if ready.is_ready() {
+        (StatusCode::OK, "OK")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "")
+    }
 }
 
 async fn readyz(
