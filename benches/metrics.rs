@@ -16,8 +16,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use quotad::core::clock::Stopwatch;
 use quotad::core::{Decision, DenyReason};
 use quotad::limits::PlanId;
-use quotad::telemetry::Metrics;
-use quotad::telemetry::metrics::{Api, Outcome};
+use quotad::metrics::Metrics;
+use quotad::metrics::{Api, Outcome};
 
 fn allowed() -> Decision {
     Decision {

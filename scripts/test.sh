@@ -97,9 +97,10 @@ fi
 # 100 lines are clippy's (.clippy.toml), run by CI with -D warnings.
 # Layers: leaf helpers; core (algorithms, time, hashing); cells and
 # tables; metrics; listeners; the config; the engine entry; Redis and the
-# control plane beside it; the front doors and the admin API; the app.
-layers="shutdown,cli,diag,yaml;core;store,limits;telemetry;net;config;engine"
-layers+=";sync,control;api,admin;app"
+# control plane beside it; the front doors, the admin API and health
+# reporting; the app.
+layers="shutdown,cli,diag,readiness,yaml;core;store,limits;metrics;net;config"
+layers+=";engine;sync,control;api,admin,telemetry;app"
 python3 scripts/module-graph.py --layers "$layers"
 oversized=$(find src -name '*.rs' -exec wc -l {} + | awk '$2 != "total" && $1 > 1000')
 if [ -n "$oversized" ]; then

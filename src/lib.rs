@@ -20,7 +20,9 @@
 //! | [`app`] | builds everything from a config, binds the listeners, spawns each subsystem's entry (the gRPC and admin servers, the HTTP listener and telemetry tasks, Redis sync, reloads, the sweeper) and owns the shutdown order |
 //! | [`cli`] | what the binaries share on their command lines: parsing, exit 64 on usage errors |
 //! | [`net`] | what the listeners let in: the one accept loop (plain and TLS, TLS a step after accept), connection caps and idle timers, budgets of buffered request bytes per connection and process, request body deadlines, answers held back for slow readers, TLS handshake caps, the HTTP listener |
-//! | [`telemetry`] | readiness (`/livez`, `/readyz`, gRPC health), Prometheus `/metrics` (striped counters on the check path, the heaviest-keys gauge, what is read at scrape time, upkeep), logging (text or JSON); reports on sync and control only through what the app hands it |
+//! | [`metrics`] | the Prometheus metrics every part counts into (striped counters on the check path, the heaviest-keys gauge, names and `/metrics`'s text), below the engine that counts into them |
+//! | [`readiness`] | the ready/not-ready latch the app, Redis sync and the health endpoints share |
+//! | [`telemetry`] | health (`/livez`, `/readyz`, `/healthcheck`, gRPC health), what `/metrics` reads at scrape time and its upkeep, logging (text or JSON); reports on sync and control only through what the app hands it |
 //! | [`shutdown`] | the shutdown signal every task waits on |
 //! | [`sync`] | Redis: the only module that talks to it; flushes the store's journal of deltas and adopts the global state, strict checks, operators' overrides across nodes (into any [`OverrideStore`](sync::OverrideStore): the control plane), what Redis means to readiness |
 //!
@@ -28,15 +30,17 @@
 //! `scripts/module-graph.py` in `scripts/test.sh`, with no import circle
 //! between files and no two modules importing each other):
 //!
-//! 1. leaf helpers: `shutdown`, `cli`, `diag`, the YAML reader;
+//! 1. leaf helpers: `shutdown`, `cli`, `diag`, `readiness`, the YAML
+//!    reader;
 //! 2. `core`;
 //! 3. `store`, `limits`;
-//! 4. `telemetry` (metrics the engine counts into);
+//! 4. `metrics` (the counters the engine and the listeners count into);
 //! 5. `net`;
 //! 6. `config`;
 //! 7. `engine`;
 //! 8. `sync`, `control` (beside the engine: Redis, reloads, overrides);
-//! 9. `api`, `admin` (the doors);
+//! 9. `api`, `admin`, `telemetry` (the doors; health and scrape-time
+//!    reporting);
 //! 10. `app`.
 //!
 //! # Request flow
@@ -108,7 +112,9 @@ pub mod core;
 pub mod diag;
 pub mod engine;
 pub mod limits;
+pub mod metrics;
 pub mod net;
+pub mod readiness;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

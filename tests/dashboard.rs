@@ -515,13 +515,13 @@ fn scraped_families(body: &str) -> BTreeMap<String, String> {
 }
 
 /// Metric families (name to kind) the source describes: the `DESCRIBED`
-/// table of `src/telemetry/metrics.rs` (by the names of `names`, in
-/// `src/telemetry/exposition.rs`) and the gauges `src/telemetry/heavy.rs`
+/// table of `src/metrics/mod.rs` (by the names of `names`, in
+/// `src/metrics/exposition.rs`) and the gauges `src/metrics/heavy.rs`
 /// renders itself.
 fn source_families() -> BTreeMap<String, String> {
-    let metrics = read("src/telemetry/metrics.rs");
-    let exposition = read("src/telemetry/exposition.rs");
-    let heavy = read("src/telemetry/heavy.rs");
+    let metrics = read("src/metrics/mod.rs");
+    let exposition = read("src/metrics/exposition.rs");
+    let heavy = read("src/metrics/heavy.rs");
     // `pub const REDIS_UP: &str = "quotad_redis_up";`
     let names: BTreeMap<&str, &str> = exposition
         .lines()
@@ -535,13 +535,13 @@ fn source_families() -> BTreeMap<String, String> {
         .collect();
     assert!(
         names.values().any(|n| *n == "quotad_checks_total"),
-        "no metric names found in src/telemetry/exposition.rs"
+        "no metric names found in src/metrics/exposition.rs"
     );
     let mut out = BTreeMap::new();
     // `(REDIS_UP, Kind::Gauge, "help"),` entries of `const DESCRIBED`.
     let start = metrics
         .find("const DESCRIBED")
-        .expect("src/telemetry/metrics.rs has const DESCRIBED");
+        .expect("src/metrics/mod.rs has const DESCRIBED");
     let table = &metrics[start..];
     let table = &table[..table.find("\n];").expect("DESCRIBED ends")];
     let table = strip_strings(table, &['"']).expect("DESCRIBED's strings close");
@@ -605,7 +605,7 @@ fn unexported(
                 Some(format!("{name}: not in /metrics"))
             } else if family_of(name, source).is_none() {
                 Some(format!(
-                    "{name}: not in DESCRIBED (src/telemetry/metrics.rs) nor src/telemetry/heavy.rs"
+                    "{name}: not in DESCRIBED (src/metrics/mod.rs) nor src/metrics/heavy.rs"
                 ))
             } else {
                 None

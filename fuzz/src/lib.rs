@@ -51,7 +51,7 @@ use quotad::limits::rls::{RlsDomains, Unit};
 use quotad::limits::rls_file::{self, RlsOptions};
 use quotad::shutdown::{self, Shutdown, Trigger};
 use quotad::store::StoreLimits;
-use quotad::telemetry::Metrics;
+use quotad::metrics::Metrics;
 use tonic::Code;
 
 /// The name config and limits text is given in messages.

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::core::Nanos;
 use crate::core::clock::rfc3339;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 use super::auth::Caller;
 

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::core::clock::Stopwatch;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::names;
+use crate::metrics::Metrics;
+use crate::metrics::names;
 
 use super::audit::{Audit, Record};
 use super::auth::{Refusal, Refused};

@@ -67,7 +67,7 @@ use crate::engine::{
 };
 use crate::limits::rls::{Algorithm, RlsLimit, Unit};
 use crate::limits::{Limit, LimitKind};
-use crate::telemetry::metrics::Api;
+use crate::metrics::Api;
 
 /// The Envoy RLS v3 service.
 #[derive(Debug, Clone)]

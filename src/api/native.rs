@@ -18,8 +18,8 @@ use super::{duration, request_id, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core;
 use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
+use crate::metrics::Api;
 use crate::shutdown::Shutdown;
-use crate::telemetry::metrics::Api;
 
 /// The native service.
 #[derive(Debug, Clone)]

@@ -47,13 +47,15 @@ use crate::control::reload::{Loader, fingerprint};
 use crate::core::{Clock, KeyHasher, SystemClock};
 use crate::engine::Engine;
 use crate::engine::Strict;
+use crate::metrics::Metrics;
 use crate::net::budget::Budget;
 use crate::net::tls::TlsError;
+use crate::readiness::Readiness;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::StoreLimits;
 use crate::sync::overrides::RedisOverrides;
 use crate::sync::{OverrideStore, RedisSync, SyncHandle};
-use crate::telemetry::{HealthService, Metrics, Readiness};
+use crate::telemetry::HealthService;
 use reloads::Hangups;
 use servers::{Listener, bind, local_addr, warn_if_short_of_files};
 

@@ -13,9 +13,9 @@ use crate::admin::audit::{Audit, Record};
 use crate::config::{Config, TlsFiles};
 use crate::control::Control;
 use crate::control::reload::{Cause, Loader, Reloader};
+use crate::metrics::Metrics;
 use crate::net::tls::Acceptor;
 use crate::shutdown::Shutdown;
-use crate::telemetry::Metrics;
 
 /// A stream of reload requests (SIGHUP).
 pub type Hangups = Pin<Box<dyn Stream<Item = ()> + Send>>;

@@ -9,10 +9,12 @@ use tokio::net::TcpListener;
 
 use super::{AppError, Rest};
 use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::sync::readiness::{hold_for_redis, readyz_line};
 use crate::sync::{SyncHandle, SyncState};
+use crate::telemetry;
 use crate::telemetry::sampler::{self, ConfigState, Sources};
-use crate::telemetry::{self, Metrics, Readiness};
 
 /// Starts telemetry: the sampler on each scrape, the Redis readiness hold
 /// (when Redis is configured), metrics upkeep and the HTTP listener

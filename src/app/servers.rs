@@ -28,13 +28,14 @@ use crate::api::pb;
 use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
 use crate::config::{Config, ConnLimits, TlsFiles};
+use crate::metrics::Metrics;
 use crate::net::body::BodyRules;
 use crate::net::budget::Budget;
 use crate::net::gate::GateRules;
 use crate::net::tls::Acceptor;
 use crate::net::{CallLayer, Gate, MAX_HEADER_LIST, listen};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{HealthService, Metrics};
+use crate::telemetry::HealthService;
 
 /// What the check listener serves besides reflection.
 pub(super) struct Front {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::metrics::names;
 use crate::shutdown::Shutdown;
 use crate::store::LocalStore;
 use crate::store::admission::DisplacedCounts;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::names;
 
 /// Drops idle buckets and ended overrides every `every` until shutdown.
 pub async fn run(

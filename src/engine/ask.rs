@@ -10,7 +10,7 @@ use crate::config::Live;
 use crate::core::decision::Decision;
 use crate::limits::rls::{Domain, RlsLimit, Rule};
 use crate::limits::{Limit, Table};
-use crate::telemetry::metrics::Api;
+use crate::metrics::Api;
 
 /// Who asks, about what.
 #[derive(Debug, Clone, Copy)]

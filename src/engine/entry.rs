@@ -17,7 +17,7 @@ use crate::core::decision::{Decision, DenyReason, Request};
 use crate::core::gcra::Verdict;
 use crate::core::source::Source as KeySource;
 use crate::limits::rls::{Action, RlsLimit, Rule};
-use crate::telemetry::metrics::{Api, Outcome as Counted, plan_label};
+use crate::metrics::{Api, Outcome as Counted, plan_label};
 
 impl Engine {
     /// Decides one call of a front door.

@@ -44,9 +44,9 @@ use crate::core::gcra::Verdict;
 use crate::core::hash::KeyHasher;
 use crate::core::source::Source as KeySource;
 use crate::limits::{Limit, Table};
+use crate::metrics::Metrics;
 use crate::store::journal::CellKind;
 use crate::store::{Landed, LocalStore, StoreLimits, SweepReport};
-use crate::telemetry::Metrics;
 
 /// What the engine decides with, swapped as one: a reload changes the
 /// table and the settings front doors validate against in one step, so
@@ -282,7 +282,7 @@ impl Engine {
     }
 }
 
-impl crate::telemetry::sampler::EngineState for Engine {
+impl crate::metrics::EngineState for Engine {
     fn store(&self) -> &LocalStore {
         &self.store
     }

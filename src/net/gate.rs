@@ -33,8 +33,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::activity::Activity;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::names;
+use crate::metrics::Metrics;
+use crate::metrics::names;
 
 /// What one listener lets each connection do.
 #[derive(Debug, Clone, Copy)]

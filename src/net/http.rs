@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::gate::{Gate, GateRules};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::telemetry::Metrics;
 
 /// Most connections open at once.
 pub const HTTP_MAX_CONNECTIONS: usize = 256;

@@ -54,10 +54,10 @@ use crate::config::RedisSettings;
 use crate::config::redis_url::Scrub;
 use crate::core::clock::Stopwatch;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::metrics::names;
 use crate::shutdown::Shutdown;
 use crate::store::journal::{CellKind, Pending};
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::names;
 use connection::{Link, Lua, RedisConn, key};
 
 mod connection;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{SyncHandle, SyncState};
 use crate::engine::Engine;
+use crate::readiness::{Readiness, StateLine};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Readiness, StateLine};
 
 /// How often readiness looks at Redis and the table.
 const HOLD_CHECK: Duration = Duration::from_millis(100);

@@ -8,10 +8,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::exposition::names;
-use super::metrics::{MAX_NAMES, Sampler};
-use super::{Metrics, Readiness};
 use crate::core::Nanos;
+use crate::metrics::{EngineState, MAX_NAMES, Metrics, Sampler, names};
+use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::LocalStore;
 
@@ -28,15 +27,6 @@ pub struct ConfigState {
     pub version: u64,
     /// When it was loaded (Unix ns).
     pub loaded_at: Nanos,
-}
-
-/// What the sampler reads from the engine (implemented by
-/// [`crate::engine::Engine`]; telemetry sits below it).
-pub trait EngineState: Send + Sync {
-    /// This node's store.
-    fn store(&self) -> &LocalStore;
-    /// Operators' overrides in force in the table in effect.
-    fn overrides(&self) -> usize;
 }
 
 /// Where the sampler reads what it reports.

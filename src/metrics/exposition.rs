@@ -1,4 +1,4 @@
-//! What every renderer of `/metrics` shares, below both [`super::metrics`]
+//! What every renderer of `/metrics` shares, below both [`crate::metrics`]
 //! and [`super::heavy`]: the metric names, and the text format's label
 //! escaping and `# HELP`/`# TYPE` lines.
 

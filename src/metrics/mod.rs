@@ -1,10 +1,12 @@
 //! Prometheus metrics: every metric's name, labels and help text, the
-//! recorder that holds them, and `/metrics`'s text.
+//! recorder that holds them, and `/metrics`'s text. Counted by the engine,
+//! the listeners, sync and the admin API, so it sits below them all
+//! (telemetry's scrape-time sampler and health endpoints sit on top).
 //!
 //! Each daemon has its own [`Metrics`] (a `metrics-exporter-prometheus`
 //! recorder that is not installed globally), so several daemons in one
 //! process (tests, embedders) count apart. The check path counts in
-//! [`super::striped`] counters and histograms (one relaxed add on a
+//! [`striped`] counters and histograms (one relaxed add on a
 //! cache line of the thread's own), which a scrape sums into the
 //! exporter's counters; what other parts already count (the store, the
 //! sync journal, reloads) is read when `/metrics` is scraped, and rarer
@@ -17,7 +19,7 @@
 //! or from the config (plan and domain names, at most [`MAX_NAMES`] each;
 //! an RLS request for a domain not in the config counts as `(other)`).
 //! No label ever takes a value from a request. The one per-key view is
-//! the opt-in heaviest-keys gauge ([`super::heavy`]), bounded by
+//! the opt-in heaviest-keys gauge ([`heavy`]), bounded by
 //! `metrics.heavy_keys` and labelled with keyed hashes only.
 //!
 //! | metric | type | labels |
@@ -61,12 +63,17 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use super::exposition::header;
-use super::heavy::Heavy;
-use super::striped::{Latency, Striped};
+pub mod exposition;
+pub mod heavy;
+pub mod striped;
+
 use crate::core::clock::Stopwatch;
 use crate::core::{Decision, DenyReason};
 use crate::limits::Table;
+use crate::store::LocalStore;
+use exposition::header;
+use heavy::Heavy;
+use striped::{Latency, Striped};
 
 /// Most distinct plan (or domain) names counted; beyond, `(other)`. Plans
 /// come from the config, so this only matters across many reloads that
@@ -138,7 +145,7 @@ const REASONS: [(DenyReason, &str); 4] = [
     (DenyReason::Blocked, "blocked"),
 ];
 
-pub use super::exposition::names;
+pub use exposition::names;
 
 use names::*;
 
@@ -684,4 +691,14 @@ impl Labelled {
             counters.iter().for_each(Synced::sync);
         }
     }
+}
+
+/// What the scrape-time sampler ([`crate::telemetry::sampler`]) reads from
+/// the engine (implemented by [`crate::engine::Engine`], which counts into
+/// these metrics, so it is defined here, below both).
+pub trait EngineState: Send + Sync {
+    /// This node's store.
+    fn store(&self) -> &LocalStore;
+    /// Operators' overrides in force in the table in effect.
+    fn overrides(&self) -> usize;
 }
