@@ -2,6 +2,7 @@
 //! from.
 
 use super::clock::Nanos;
+use super::gcra::Verdict;
 
 /// "May `key` spend `cost` units now?"
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,28 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// One limit's verdict as a decision, `limit` being that limit's
+    /// capacity: denied because the cost can never fit (no `retry_after`)
+    /// or for now. It names no plan or policy; callers that have them add
+    /// them.
+    pub fn of_verdict(v: &Verdict, limit: u64) -> Decision {
+        let reason = match (v.allowed, v.retry_after) {
+            (true, _) => None,
+            (false, None) => Some(DenyReason::CostExceedsCapacity),
+            (false, Some(_)) => Some(DenyReason::Limited),
+        };
+        Decision {
+            allowed: v.allowed,
+            limit,
+            remaining: v.remaining,
+            reset_after: v.reset_after,
+            retry_after: v.retry_after,
+            reason,
+            policy: None,
+            plan: None,
+        }
+    }
+
     /// The answer for a plan with no limits.
     pub const UNLIMITED: Decision = Decision {
         allowed: true,

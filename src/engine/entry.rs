@@ -13,7 +13,7 @@ use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, Outcome, Pairs
 use super::view::View;
 use crate::config::Live;
 use crate::core::clock::Stopwatch;
-use crate::core::decision::{Decision, DenyReason, Request};
+use crate::core::decision::{Decision, Request};
 use crate::core::gcra::Verdict;
 use crate::core::source::Source as KeySource;
 use crate::limits::rls::{Action, RlsLimit, Rule};
@@ -22,10 +22,10 @@ use crate::metrics::{Api, Outcome as Counted, plan_label};
 impl Engine {
     /// Decides one call of a front door.
     ///
-    /// `admit` gets the settings in effect (the config's live part) and how the call's domain is
-    /// limited, validates the door's message against them (a refusal is
-    /// counted and returned as is, nothing charged) and returns its items
-    /// and whatever the door needs later; `render` turns the [`Answer`]
+    /// `admit` gets the settings in effect (the config's live part) and
+    /// how the call's domain is limited, validates the door's message
+    /// against them (a refusal is counted and returned as is, nothing
+    /// charged) and returns its items and whatever the door needs later; `render` turns the [`Answer`]
     /// into the door's wire message. Both see the same settings (the
     /// metrics are counted by them too), and the decisions are made on
     /// the table that came with them, except after a strict plan's wait
@@ -47,6 +47,7 @@ impl Engine {
         let view = self.view();
         let kind = kind_of(&view, call);
         let configured = !matches!(kind, Kind::Unknown);
+        let counted = (call, configured, started);
         let (items, extra) = match admit(view.live(), kind) {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -68,18 +69,11 @@ impl Engine {
             // domains.
             let live = &before.config.live;
             let outcomes = self.outcomes((&view, live), call, Kind::Plans, &items, &decided);
-            let counted = (call, configured, started);
             return Ok(self.answer((&view, live), counted, outcomes, render, extra));
         }
         let live = view.live();
         let outcomes = self.outcomes((&view, live), call, kind, &items, &[]);
-        Ok(self.answer(
-            (&view, live),
-            (call, configured, started),
-            outcomes,
-            render,
-            extra,
-        ))
+        Ok(self.answer((&view, live), counted, outcomes, render, extra))
     }
 
     /// Every item's outcome; `decided` holds the decisions strict mode
@@ -143,20 +137,12 @@ impl Engine {
         item: &'v Item<'_, P>,
         strict: Option<Decision>,
     ) -> Outcome<'v> {
-        let Some(key) = item.key else {
-            return match &item.limit {
-                Some(own) => self.own_limit(call, KeySource::PLANS, item, own),
-                None => nothing(),
-            };
-        };
         if let Some(own) = &item.limit {
-            // An operator's block of the key wins over a limit the
-            // request brings.
-            if let Some(d) = view.blocked(key) {
-                return plan_outcome(view, d);
-            }
-            return self.own_limit(call, KeySource::PLANS, item, own);
+            return self.own_limit(view, call, KeySource::PLANS, item, own);
         }
+        let Some(key) = item.key else {
+            return nothing();
+        };
         if item.mode != Mode::Refund {
             let heavy = self.metrics.heavy();
             if heavy.enabled() {
@@ -207,11 +193,8 @@ impl Engine {
         rule: Option<&'v Rule>,
     ) -> Outcome<'v> {
         if let Some(own) = &item.limit {
-            if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
-                return plan_outcome(view, d);
-            }
             // Counted under the domain's budget, as its rules' limits are.
-            return self.own_limit(call, source, item, own);
+            return self.own_limit(view, call, source, item, own);
         }
         let Some(rule) = rule else {
             return nothing();
@@ -224,7 +207,7 @@ impl Engine {
             Action::Limit(limit) => {
                 let v = self.count_descriptor(call, source, item, limit);
                 Outcome {
-                    decision: descriptor_decision(&v, limit),
+                    decision: Decision::of_verdict(&v, limit.limit.capacity()),
                     basis: Basis::Rule {
                         limit,
                         rule: Some(rule),
@@ -234,17 +217,23 @@ impl Engine {
         }
     }
 
-    /// An item limited by the limit its request brings.
+    /// An item limited by the limit its request brings, its new cell
+    /// counted under `source`. An operator's block of the item's key wins
+    /// over such a limit.
     fn own_limit<'v, P: Pairs + ?Sized>(
         &self,
+        view: &'v View<'_>,
         call: Call<'_>,
         source: KeySource,
         item: &'v Item<'_, P>,
         own: &'v RlsLimit,
     ) -> Outcome<'v> {
+        if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
+            return plan_outcome(view, d);
+        }
         let v = self.count_descriptor(call, source, item, own);
         Outcome {
-            decision: descriptor_decision(&v, own),
+            decision: Decision::of_verdict(&v, own.limit.capacity()),
             basis: Basis::Rule {
                 limit: own,
                 rule: None,
@@ -336,24 +325,6 @@ fn plan_outcome<'v>(view: &'v View<'_>, d: Decision) -> Outcome<'v> {
     Outcome {
         basis: Basis::Plan(view.limit(&d)),
         decision: d,
-    }
-}
-
-/// A descriptor limit's verdict as a decision.
-fn descriptor_decision(v: &Verdict, limit: &RlsLimit) -> Decision {
-    Decision {
-        allowed: v.allowed,
-        limit: limit.limit.capacity(),
-        remaining: v.remaining,
-        reset_after: v.reset_after,
-        retry_after: v.retry_after,
-        reason: match (v.allowed, v.retry_after) {
-            (true, _) => None,
-            (false, None) => Some(DenyReason::CostExceedsCapacity),
-            (false, Some(_)) => Some(DenyReason::Limited),
-        },
-        policy: None,
-        plan: None,
     }
 }
 

@@ -257,23 +257,14 @@ fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
 }
 
 fn decision(plan: PlanId, i: usize, limits: &[Limit], v: Verdict) -> Decision {
-    let reason = match (v.allowed, v.retry_after) {
-        (true, _) => None,
-        (false, None) => Some(DenyReason::CostExceedsCapacity),
-        (false, Some(_)) => Some(DenyReason::Limited),
-    };
+    let capacity = limits.get(i).map_or(0, Limit::capacity);
     Decision {
-        allowed: v.allowed,
-        limit: limits.get(i).map_or(0, Limit::capacity),
-        remaining: v.remaining,
-        reset_after: v.reset_after,
-        retry_after: v.retry_after,
-        reason,
         policy: Some(LimitRef {
             plan,
             limit: i as u32,
         }),
         plan: Some(plan),
+        ..Decision::of_verdict(&v, capacity)
     }
 }
 
