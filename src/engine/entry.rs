@@ -55,14 +55,15 @@ impl Engine {
                 return Err(e);
             }
         };
-        let jobs = match (kind, self.strict.get()) {
-            (Kind::Plans, Some(_)) if view.table().has_strict() => self.strict_jobs(&view, &items),
-            _ => Vec::new(),
+        let strict = match (kind, self.strict.get()) {
+            (Kind::Plans, Some(strict)) if view.table().has_strict() => Some(strict),
+            _ => None,
         };
-        if jobs.iter().any(Option::is_some) {
+        let jobs = strict.map(|s| (s, self.strict_jobs(&view, &items)));
+        if let Some((strict, jobs)) = jobs.filter(|(_, jobs)| jobs.iter().any(Option::is_some)) {
             let before = view.rules();
             drop(view);
-            let (view, decided) = self.wait_strict(&before, jobs).await;
+            let (view, decided) = self.wait_strict(strict, &before, jobs).await;
             // The settings stay those the call was validated with (the
             // door renders with them too); the table is the one in
             // effect now. Only plan domains wait, and they stay plan

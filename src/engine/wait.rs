@@ -5,7 +5,7 @@
 //! view), `allow` or `deny`.
 
 use super::ask::{Item, Mode, Pairs};
-use super::strict::{StrictClient, StrictJob};
+use super::strict::{StrictAnswer, StrictClient, StrictFailure, StrictJob};
 use super::view::View;
 use super::{Engine, Rules};
 use crate::config::OnRedisError;
@@ -51,12 +51,10 @@ impl Engine {
     /// cannot be reused while it is compared).
     pub(super) async fn wait_strict(
         &self,
+        strict: &Strict,
         before: &Rules,
         jobs: Vec<Job<'_>>,
     ) -> (View<'_>, Vec<Option<Decision>>) {
-        let Some(strict) = self.strict.get() else {
-            return (self.view(), Vec::new());
-        };
         let answers = futures_util::future::join_all(jobs.iter().map(|job| async move {
             match job {
                 Some((job, _)) => Some(strict.client.check(job.clone()).await),
@@ -88,7 +86,7 @@ impl Engine {
         view: &View<'_>,
         same: bool,
         (job, req): (&StrictJob, &Request<'_>),
-        answer: Result<super::strict::StrictAnswer, super::strict::StrictFailure>,
+        answer: Result<StrictAnswer, StrictFailure>,
     ) -> Decision {
         let plan = same.then_some(job.plan);
         match answer {
