@@ -121,7 +121,7 @@ impl Engine {
         Self {
             rules: ArcSwap::from_pointee(Rules {
                 table,
-                config: Arc::new(Config::embedded_default()),
+                config: embedded_default(),
             }),
             store: LocalStore::new(limits),
             clock,
@@ -280,6 +280,13 @@ impl Engine {
     pub fn cells_of(&self, key_hash: u64) -> Vec<(u64, CellKind)> {
         self.view().cells_of(key_hash)
     }
+}
+
+/// The embedded default config, parsed once per process: every engine
+/// starts under it until its own config is put in effect.
+fn embedded_default() -> Arc<Config> {
+    static DEFAULT: OnceLock<Arc<Config>> = OnceLock::new();
+    Arc::clone(DEFAULT.get_or_init(|| Arc::new(Config::embedded_default())))
 }
 
 impl crate::metrics::EngineState for Engine {
