@@ -57,7 +57,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
-use super::{duration_parts, request_id, validate};
+use super::{duration_parts, envoy_metadata, request_id, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::window::Window;
@@ -191,8 +191,16 @@ fn override_limit(
 #[derive(Clone, Copy)]
 struct Render {
     style: HeaderStyle,
+    /// Whether an over-limit answer carries `Retry-After`: not in a
+    /// domain from files without the draft-11 fields, where draft-03
+    /// means exactly envoyproxy/ratelimit's three.
+    retry_after: bool,
     /// Global shadow mode (`envoy.shadow`).
     shadow: bool,
+    /// Global quota mode (`envoy.quota_mode`).
+    quota: bool,
+    /// Whether to add `dynamic_metadata` (`envoy.response_dynamic_metadata`).
+    metadata: bool,
     /// The domain is not ours: every descriptor is OK.
     unknown: bool,
 }
@@ -205,9 +213,16 @@ fn admit<'m>(
     kind: Kind<'_>,
 ) -> Result<Admitted<'m, [Entry], Render>, RequestError> {
     let (caps, envoy) = (&live.requests, &live.envoy);
+    let style = match kind {
+        Kind::Rules(_) => envoy.response_headers,
+        Kind::Plans | Kind::Unknown => live.response_headers,
+    };
     let render = Render {
-        style: live.response_headers,
+        style,
+        retry_after: !matches!(kind, Kind::Rules(_)) || style.draft11(),
         shadow: envoy.shadow,
+        quota: envoy.quota_mode,
+        metadata: envoy.dynamic_metadata && !matches!(kind, Kind::Unknown),
         unknown: matches!(kind, Kind::Unknown),
     };
     if req.domain.is_empty() {
@@ -287,8 +302,14 @@ fn clamp_u32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// The answer for a counted descriptor limit.
-fn limited<'a>(d: &Decision, rl: &'a RlsLimit, name: &str, shadow: bool) -> Rendered<'a> {
+/// The answer for a counted descriptor limit; `quota`: a quota-mode
+/// descriptor, whose being over does not make the answer's headers its.
+fn limited<'a>(
+    d: &Decision,
+    rl: &'a RlsLimit,
+    name: &str,
+    (shadow, quota): (bool, bool),
+) -> Rendered<'a> {
     let reset = match rl.limit.kind {
         LimitKind::Window(_) => whole_seconds(d.reset_after),
         _ => envoy_duration(d.reset_after),
@@ -316,7 +337,7 @@ fn limited<'a>(d: &Decision, rl: &'a RlsLimit, name: &str, shadow: bool) -> Rend
             remaining: d.remaining,
             reset: d.reset_after,
             window: rl.limit.window_seconds(),
-            over: !d.allowed && !shadow,
+            over: !d.allowed && !shadow && !quota,
             retry_after: d.retry_after,
         }),
     }
@@ -338,8 +359,8 @@ fn planned<'a>(d: &Decision, limit: Option<&'a Limit>) -> Rendered<'a> {
     }
 }
 
-/// One engine outcome as a descriptor status.
-fn status<'a>(o: &Outcome<'a>) -> Rendered<'a> {
+/// One engine outcome as a descriptor status; `quota`: global quota mode.
+fn status<'a>(o: &Outcome<'a>, quota: bool) -> Rendered<'a> {
     let bare = |status| Rendered {
         status,
         standing: None,
@@ -351,7 +372,8 @@ fn status<'a>(o: &Outcome<'a>) -> Rendered<'a> {
         Basis::Plan(limit) => planned(&o.decision, limit),
         Basis::Rule { limit, rule } => {
             let name = rule.map_or("", |r| r.name.as_str());
-            limited(&o.decision, limit, name, rule.is_some_and(|r| r.shadow))
+            let shadow = rule.is_some_and(|r| r.shadow);
+            limited(&o.decision, limit, name, (shadow, o.quota(quota)))
         }
     }
 }
@@ -416,7 +438,7 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
     if r.unknown {
         return unknown_domain(req);
     }
-    let statuses: Vec<Rendered<'_>> = answer.outcomes.iter().map(status).collect();
+    let statuses: Vec<Rendered<'_>> = answer.outcomes.iter().map(|o| status(o, r.quota)).collect();
     // Global shadow mode answers OK, so there is nothing to wait for.
     let overall = if answer.over() && !r.shadow {
         Code::OverLimit
@@ -425,6 +447,9 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
     };
     let standings: Vec<Standing<'_>> = statuses.iter().filter_map(|s| s.standing).collect();
     let mut headers = headers::render(r.style, &standings, overall == Code::OverLimit);
+    if !r.retry_after {
+        headers.retain(|h| h.name != headers::RETRY_AFTER);
+    }
     // A blocked key's wait is the block's: the longest of them, or none
     // at all if one lasts until lifted.
     let blocks = statuses.iter().filter_map(|s| s.blocked);
@@ -441,10 +466,18 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
             ..Default::default()
         })
         .collect();
+    let dynamic_metadata = r.metadata.then(|| {
+        let passed: Vec<bool> = statuses
+            .iter()
+            .map(|s| s.status.code != Code::OverLimit as i32)
+            .collect();
+        envoy_metadata::build(req, answer, &passed)
+    });
     RateLimitResponse {
         overall_code: overall as i32,
         statuses: statuses.into_iter().map(|s| s.status).collect(),
         response_headers_to_add,
+        dynamic_metadata,
         ..Default::default()
     }
 }

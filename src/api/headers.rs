@@ -58,6 +58,9 @@ impl<'a> Standing<'a> {
     }
 }
 
+/// The `Retry-After` field's name.
+pub const RETRY_AFTER: &str = "Retry-After";
+
 /// One header to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -111,7 +114,7 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
         out.push(header("RateLimit", state));
     }
     if over_limit && let Some(wait) = retry_after(standings) {
-        out.push(header("Retry-After", number(seconds(wait).max(1))));
+        out.push(header(RETRY_AFTER, number(seconds(wait).max(1))));
     }
     out
 }
@@ -144,20 +147,20 @@ pub fn for_decision(style: HeaderStyle, standings: &[Standing<'_>], d: &Decision
 /// waiting cannot help.
 pub fn add_block(style: HeaderStyle, out: &mut Vec<Header>, wait: Option<Nanos>) {
     let Some(wait) = wait else {
-        out.retain(|h| h.name != "Retry-After");
+        out.retain(|h| h.name != RETRY_AFTER);
         return;
     };
     if style == HeaderStyle::Off {
         return;
     }
     let secs = seconds(wait).max(1);
-    match out.iter_mut().find(|h| h.name == "Retry-After") {
+    match out.iter_mut().find(|h| h.name == RETRY_AFTER) {
         Some(h) => {
             if h.value.parse::<u64>().is_ok_and(|v| v < secs) {
                 h.value = number(secs);
             }
         }
-        None => out.push(header("Retry-After", number(secs))),
+        None => out.push(header(RETRY_AFTER, number(secs))),
     }
 }
 

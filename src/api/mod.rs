@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod envoy_descriptors;
+mod envoy_metadata;
 pub mod envoy_rls;
 pub mod error;
 pub mod headers;

@@ -255,10 +255,13 @@ pub(super) fn warn_if_short_of_files(config: &Config) {
 /// calls before it is closed.
 const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
 
-/// The services gRPC health reports on (besides the server as a whole).
+/// The services gRPC health reports on (besides the server as a whole):
+/// ours, and `ratelimit`, the name envoyproxy/ratelimit reports its
+/// health under, so its probes keep working.
 pub(super) const SERVICES: &[&str] = &[
     "quotad.v1.RateLimiter",
     "envoy.service.ratelimit.v3.RateLimitService",
+    "ratelimit",
 ];
 
 /// Server reflection over our API, gRPC health and Envoy's RLS v3.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quotad::app::App;
-use quotad::config::{Config, RedisSettings};
+use quotad::config::{Config, HeaderStyle, RedisSettings};
 use quotad::telemetry::logging::{self, LogFormat};
 
 use quotad::cli::EX_USAGE;
@@ -81,6 +81,18 @@ struct ServeArgs {
     /// Envoy RLS request OK (sets envoy.shadow).
     #[arg(long, env = "QUOTAD_SHADOW")]
     shadow: bool,
+    /// Rate-limit headers in answers for domains from envoyproxy/ratelimit
+    /// files: `off` (the default, as envoyproxy/ratelimit), `draft03`
+    /// (exactly RateLimit-Limit, -Remaining and -Reset, as its
+    /// LIMIT_RESPONSE_HEADERS_ENABLED=true), `draft11` or `both`; sets
+    /// envoy.response_headers.
+    #[arg(
+        long,
+        env = "QUOTAD_ENVOY_RESPONSE_HEADERS",
+        value_name = "STYLE",
+        value_parser = parse_header_style
+    )]
+    envoy_response_headers: Option<HeaderStyle>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `quotad=debug`.
     #[arg(long, env = "QUOTAD_LOG", default_value = "info")]
     log: String,
@@ -166,6 +178,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A header style by name (`off`, `draft03`, `draft11`, `both`).
+fn parse_header_style(s: &str) -> Result<HeaderStyle, String> {
+    HeaderStyle::ALL
+        .into_iter()
+        .find(|h| h.as_str() == s)
+        .ok_or_else(|| format!("expected off, draft03, draft11 or both (got '{s}')"))
+}
+
 /// The warning for a Redis password given on the command line.
 const ARGV_PASSWORD: &str = "--redis: the Redis password in this URL is visible in process arguments (ps, /proc) to every user of this machine; pass the URL in QUOTAD_REDIS, or the password in a file with --redis-password-file or redis.password_file";
 
@@ -195,6 +215,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.shadow {
         config.live.envoy.shadow = true;
+    }
+    if let Some(style) = args.envoy_response_headers {
+        config.live.envoy.response_headers = style;
     }
     if let Some(url) = &args.redis {
         RedisSettings::check_url(url).map_err(|why| anyhow::anyhow!("--redis: {why}"))?;

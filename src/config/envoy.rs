@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use super::headers::{HeaderStyle, StyleRaw};
 use super::values::NonEmpty;
 use crate::limits::rls::{Algorithm, RlsDomains, check_domain};
 use crate::limits::rls_file::AlgorithmRaw;
@@ -24,6 +25,23 @@ pub struct EnvoySettings {
     /// Global shadow mode: every RLS answer is OK; descriptors still
     /// report OVER_LIMIT.
     pub shadow: bool,
+    /// Which rate-limit headers answers for domains from `rls_files`
+    /// carry: none by default, as envoyproxy/ratelimit without
+    /// `LIMIT_RESPONSE_HEADERS_ENABLED`. `draft03` sends exactly its three
+    /// fields, as envoyproxy/ratelimit does; `Retry-After` comes only with
+    /// the draft-11 fields (`draft11`, `both`). Plan domains follow the
+    /// top-level `response_headers`.
+    pub response_headers: HeaderStyle,
+    /// Global quota mode (envoyproxy/ratelimit's `QUOTA_MODE`): every
+    /// descriptor limit of a domain from files is a quota-mode one.
+    pub quota_mode: bool,
+    /// Whether answers carry `dynamic_metadata` (envoyproxy/ratelimit's
+    /// `RESPONSE_DYNAMIC_METADATA`): the request, the passed
+    /// descriptors' `metadata` and the quota-mode violations.
+    pub dynamic_metadata: bool,
+    /// envoyproxy/ratelimit's `NEAR_LIMIT_RATIO`: a descriptor's hits
+    /// past this share of its limit count as `near_limit`, in percent.
+    pub near_limit_percent: u8,
 }
 
 impl Default for EnvoySettings {
@@ -34,6 +52,10 @@ impl Default for EnvoySettings {
             algorithm: Algorithm::FixedWindow,
             merge_domains: false,
             shadow: false,
+            response_headers: HeaderStyle::Off,
+            quota_mode: false,
+            dynamic_metadata: false,
+            near_limit_percent: 80,
         }
     }
 }
@@ -46,6 +68,10 @@ pub(super) struct EnvoyRaw {
     algorithm: Option<AlgorithmRaw>,
     merge_domains: Option<bool>,
     shadow: Option<bool>,
+    response_headers: Option<StyleRaw>,
+    quota_mode: Option<bool>,
+    response_dynamic_metadata: Option<bool>,
+    near_limit_ratio: Option<Ratio>,
 }
 
 impl EnvoyRaw {
@@ -63,6 +89,14 @@ impl EnvoyRaw {
         }
         envoy.merge_domains = self.merge_domains.unwrap_or(false);
         envoy.shadow = self.shadow.unwrap_or(false);
+        if let Some(s) = self.response_headers {
+            envoy.response_headers = s.0;
+        }
+        envoy.quota_mode = self.quota_mode.unwrap_or(false);
+        envoy.dynamic_metadata = self.response_dynamic_metadata.unwrap_or(false);
+        if let Some(r) = self.near_limit_ratio {
+            envoy.near_limit_percent = r.0;
+        }
         envoy
     }
 }
@@ -73,12 +107,16 @@ impl EnvoySettings {
     pub(super) fn summary(&self, rls: &RlsDomains, lines: &mut Vec<String>) {
         let e = self;
         lines.push(format!(
-            "envoy: plan domains {}, key entry {}, algorithm {}, merge domains {}, shadow {}",
+            "envoy: plan domains {}, key entry {}, algorithm {}, merge domains {}, shadow {}, file domains' headers {}, quota mode {}, dynamic metadata {}, near limit {}%",
             e.domains.join(", "),
             e.key_entry,
             e.algorithm.as_str(),
             if e.merge_domains { "on" } else { "off" },
             if e.shadow { "on" } else { "off" },
+            e.response_headers.as_str(),
+            if e.quota_mode { "on" } else { "off" },
+            if e.dynamic_metadata { "on" } else { "off" },
+            e.near_limit_percent,
         ));
         for d in rls.sorted() {
             lines.push(format!(
@@ -89,6 +127,24 @@ impl EnvoySettings {
                 d.files.join(", ")
             ));
         }
+    }
+}
+
+/// `envoy.near_limit_ratio`: a share from 0 to 1 in hundredths
+/// (`0.8`), kept as a whole percentage.
+struct Ratio(u8);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        let percent = (v * 100.0).round();
+        if !(0.0..=1.0).contains(&v) || (v * 100.0 - percent).abs() > 1e-9 {
+            return Err(de::Error::custom(format!(
+                "expected a share from 0 to 1 in hundredths, like 0.8 (got {v})"
+            )));
+        }
+        // In 0..=100 by the check above.
+        Ok(Ratio(percent as u8))
     }
 }
 

@@ -155,14 +155,20 @@ envoy:
   # algorithm: fixed_window    # how rls_files limits count: fixed_window (as envoyproxy/ratelimit) or token_bucket
   # merge_domains: false       # let several rls_files define one domain
   # shadow: false              # global shadow mode: count and report, but always answer OK
+  # response_headers: off      # headers in answers for rls_files domains: off (as envoyproxy/ratelimit),
+  #                            # draft03 (exactly its 3, as LIMIT_RESPONSE_HEADERS_ENABLED), draft11 or both
+  # quota_mode: false          # every rls_files limit in quota mode (as QUOTA_MODE)
+  # response_dynamic_metadata: false  # answers carry dynamic_metadata (as RESPONSE_DYNAMIC_METADATA)
+  # near_limit_ratio: 0.8      # hits past this share of a limit count as near_limit (as NEAR_LIMIT_RATIO)
 
 # envoyproxy/ratelimit limits files (one domain each) or directories of
 # them, relative to this file; `quotad serve --limits FILE` adds more.
 # rls_files: [limits/]
 
-# Rate-limit headers in every answer: off, draft03 (RateLimit-Limit,
-# -Remaining, -Reset), draft11 (RateLimit-Policy, RateLimit) or both;
-# Retry-After is added to over-limit answers unless off.
+# Rate-limit headers in every answer of the native API and of plan
+# domains: off, draft03 (RateLimit-Limit, -Remaining, -Reset), draft11
+# (RateLimit-Policy, RateLimit) or both; Retry-After is added to
+# over-limit answers unless off. Domains from rls_files: envoy.response_headers.
 response_headers: both
 
 # The admin API (quotactl: overrides, usage, reset, reload) runs only with

@@ -153,6 +153,16 @@ impl Outcome<'_> {
     fn shadow(&self) -> bool {
         matches!(self.basis, Basis::Rule { rule: Some(r), .. } if r.shadow)
     }
+
+    /// Whether this item is a quota-mode descriptor: a rule's limit with
+    /// `quota_mode`, or any rule's under the global one
+    /// (`envoy.quota_mode`, `global`). A request's own limit never is.
+    pub fn quota(&self, global: bool) -> bool {
+        match self.basis {
+            Basis::Rule { rule: Some(r), .. } => global || r.quota_mode,
+            _ => false,
+        }
+    }
 }
 
 /// Everything the engine decided for one call, to render from.
@@ -168,10 +178,33 @@ pub struct Answer<'v> {
 }
 
 impl Answer<'_> {
-    /// Whether any item is over its limit (shadow mode applied per rule;
-    /// the global `envoy.shadow` is the door's to apply).
+    /// Whether the call is over limit (shadow mode applied per rule; the
+    /// global `envoy.shadow` is the door's to apply): an item that is not
+    /// a quota-mode descriptor is over its limit, or there are quota-mode
+    /// descriptors and every one of them is over (as envoyproxy/ratelimit's
+    /// `quota_mode`: OK while any quota has room).
     pub fn over(&self) -> bool {
-        self.outcomes.iter().any(Outcome::over)
+        let global = self.live.envoy.quota_mode;
+        let (mut quotas, mut quotas_over) = (0usize, 0usize);
+        for o in &self.outcomes {
+            if o.quota(global) {
+                quotas += 1;
+                quotas_over += usize::from(o.over());
+            } else if o.over() {
+                return true;
+            }
+        }
+        quotas > 0 && quotas == quotas_over
+    }
+
+    /// The indices of quota-mode descriptors over their limits.
+    pub fn quota_violations(&self) -> impl Iterator<Item = usize> + '_ {
+        let global = self.live.envoy.quota_mode;
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(move |(_, o)| o.quota(global) && o.over())
+            .map(|(i, _)| i)
     }
 
     /// Whether a shadow-mode rule answered OK for an item over its limit.

@@ -16,7 +16,8 @@ use crate::core::clock::Stopwatch;
 use crate::core::decision::{Decision, Request};
 use crate::core::gcra::Verdict;
 use crate::core::source::Source as KeySource;
-use crate::limits::rls::{Action, RlsLimit, Rule};
+use crate::limits::rls::{Action, RlsLimit, Rule, descriptor_series};
+use crate::metrics::descriptors::Hits;
 use crate::metrics::{Api, Outcome as Counted, plan_label};
 
 impl Engine {
@@ -103,10 +104,13 @@ impl Engine {
                         .iter()
                         .map(|i| i.limit.is_none().then(|| i.entries.pairs())),
                 );
+                let near = live.envoy.near_limit_percent;
                 items
                     .iter()
                     .zip(rules)
-                    .map(|(item, rule)| self.rule_item(view, call, domain.source, item, rule))
+                    .map(|(item, rule)| {
+                        self.rule_item(view, (call, near), domain.source, item, rule)
+                    })
                     .collect()
             }
         }
@@ -188,14 +192,16 @@ impl Engine {
     fn rule_item<'v, P: Pairs + ?Sized>(
         &self,
         view: &'v View<'_>,
-        call: Call<'_>,
+        (call, near): (Call<'_>, u8),
         source: KeySource,
         item: &'v Item<'_, P>,
         rule: Option<&'v Rule>,
     ) -> Outcome<'v> {
         if let Some(own) = &item.limit {
             // Counted under the domain's budget, as its rules' limits are.
-            return self.own_limit(view, call, source, item, own);
+            let o = self.own_limit(view, call, source, item, own);
+            self.count_hits((call, near), item, None, &o);
+            return o;
         }
         let Some(rule) = rule else {
             return nothing();
@@ -206,14 +212,16 @@ impl Engine {
                 basis: Basis::Unlimited(rule),
             },
             Action::Limit(limit) => {
-                let v = self.count_descriptor(call, source, item, limit);
-                Outcome {
+                let v = self.count_descriptor(call, source, item, limit, Some(rule));
+                let o = Outcome {
                     decision: Decision::of_verdict(&v, limit.limit.capacity()),
                     basis: Basis::Rule {
                         limit,
                         rule: Some(rule),
                     },
-                }
+                };
+                self.count_hits((call, near), item, Some(rule), &o);
+                o
             }
         }
     }
@@ -232,7 +240,7 @@ impl Engine {
         if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
             return plan_outcome(view, d);
         }
-        let v = self.count_descriptor(call, source, item, own);
+        let v = self.count_descriptor(call, source, item, own, None);
         Outcome {
             decision: Decision::of_verdict(&v, own.limit.capacity()),
             basis: Basis::Rule {
@@ -243,16 +251,23 @@ impl Engine {
     }
 
     /// Applies a descriptor limit to the descriptor's own counter (a keyed
-    /// hash of the domain and every entry).
+    /// hash of the domain and every entry, the values of levels the `rule`
+    /// shares replaced by their patterns).
     fn count_descriptor<P: Pairs + ?Sized>(
         &self,
         call: Call<'_>,
         source: KeySource,
         item: &Item<'_, P>,
         limit: &RlsLimit,
+        rule: Option<&Rule>,
     ) -> Verdict {
         let domain = call.domain.unwrap_or_default();
-        let key = self.hasher.descriptor_hash(domain, item.entries.pairs());
+        let key = match rule {
+            Some(r) if !r.shared.is_empty() => self
+                .hasher
+                .descriptor_hash(domain, r.counter_entries(item.entries.pairs())),
+            _ => self.hasher.descriptor_hash(domain, item.entries.pairs()),
+        };
         match item.mode {
             Mode::Refund => self.refund_limit(&limit.limit, key, item.cost),
             Mode::Peek => {
@@ -261,6 +276,42 @@ impl Engine {
                     .0
             }
             Mode::Charge => self.check_limit(&limit.limit, key, item.cost, source),
+        }
+    }
+
+    /// Counts a charged descriptor's hits under its series (the rule's
+    /// stats key; for a request's own limit, every entry's key and value)
+    /// in [`crate::metrics::descriptors`]. `near`: the near-limit share,
+    /// in percent.
+    fn count_hits<P: Pairs + ?Sized>(
+        &self,
+        (call, near): (Call<'_>, u8),
+        item: &Item<'_, P>,
+        rule: Option<&Rule>,
+        o: &Outcome<'_>,
+    ) {
+        if item.mode != Mode::Charge {
+            return;
+        }
+        let (Some(domain), Basis::Rule { limit, .. }) = (call.domain, o.basis) else {
+            return;
+        };
+        let hits = hits(
+            &o.decision,
+            item.cost,
+            limit.limit.capacity(),
+            near,
+            o.shadowed(),
+        );
+        let entries = item.entries.pairs();
+        match rule.map(|r| &r.stats) {
+            Some(stats) => match stats.fixed() {
+                Some(name) => self.metrics.rls_hits(domain, name, hits),
+                None => self.metrics.rls_hits(domain, &stats.name(entries), hits),
+            },
+            None => self
+                .metrics
+                .rls_hits(domain, &descriptor_series(entries), hits),
         }
     }
 
@@ -329,6 +380,33 @@ fn plan_outcome<'v>(view: &'v View<'_>, d: Decision) -> Outcome<'v> {
     }
 }
 
+/// What a charge of `cost` decided as `d` adds to a descriptor limit of
+/// `capacity`'s series, as envoyproxy/ratelimit counts: hits within the
+/// limit, and of those the ones past `near` percent of it; hits over it
+/// (all of a refused charge's), and of those the ones a shadow-mode rule
+/// let through.
+fn hits(d: &Decision, cost: u64, capacity: u64, near: u8, shadowed: bool) -> Hits {
+    let mut h = Hits {
+        total: cost,
+        ..Hits::default()
+    };
+    if d.allowed {
+        h.within = cost;
+        let threshold = capacity.saturating_mul(u64::from(near)) / 100;
+        let after = capacity.saturating_sub(d.remaining);
+        let before = after.saturating_sub(cost);
+        if after > threshold {
+            h.near = after - before.max(threshold);
+        }
+    } else {
+        h.over = cost;
+        if shadowed {
+            h.shadow = cost;
+        }
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU64;
@@ -355,9 +433,7 @@ mod tests {
             rule: Some(Rule {
                 name: name.into(),
                 replaces: replaces.iter().map(|r| (*r).to_owned()).collect(),
-                shadow: false,
-                detailed_metric: false,
-                action: Action::Limit(limit.unwrap()),
+                ..Rule::plain(Action::Limit(limit.unwrap()))
             }),
             children: Level::default(),
         }
@@ -527,5 +603,32 @@ mod tests {
         // An overrides change keeps the config.
         e.swap_table(view.table().clone());
         assert!(std::ptr::eq(e.view().config(), &*config));
+    }
+
+    #[test]
+    fn hits_split_as_envoyproxy_ratelimit_counts_them() {
+        let allowed = |remaining| Decision {
+            allowed: true,
+            remaining,
+            ..Decision::UNLIMITED
+        };
+        let denied = Decision {
+            allowed: false,
+            ..Decision::UNLIMITED
+        };
+        // Limit 20, near at 80 % (16): 15 -> 17 is 2 past 16 of 2 hits.
+        let h = hits(&allowed(3), 2, 20, 80, false);
+        assert_eq!((h.total, h.within, h.near, h.over), (2, 2, 1, 0));
+        // Already past the threshold: every hit is near.
+        let h = hits(&allowed(2), 1, 20, 80, false);
+        assert_eq!((h.within, h.near), (1, 1));
+        // Below it: none.
+        let h = hits(&allowed(10), 5, 20, 80, false);
+        assert_eq!((h.within, h.near), (5, 0));
+        // Over: every hit, and shadow mode's too when it let them pass.
+        let h = hits(&denied, 3, 20, 80, false);
+        assert_eq!((h.total, h.over, h.shadow, h.within), (3, 3, 0, 0));
+        let h = hits(&denied, 3, 20, 80, true);
+        assert_eq!((h.over, h.shadow), (3, 3));
     }
 }

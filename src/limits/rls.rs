@@ -17,7 +17,8 @@
 //! The files themselves are read by [`super::rls_file`].
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::name_id;
@@ -170,6 +171,8 @@ pub struct RlsLimit {
     pub requests_per_unit: u32,
     /// The unit.
     pub unit: Unit,
+    /// `unit_multiplier`: the window is this many units (1 unless set).
+    pub multiplier: NonZeroU32,
     /// What counts: a fixed-window counter or a token bucket. Its `name`
     /// is the label headers use. A fixed window's `uid` depends only on the
     /// unit, so a descriptor's counter is the same whichever rule (or
@@ -189,39 +192,61 @@ impl RlsLimit {
         burst: Option<NonZeroU64>,
         label: String,
     ) -> Result<Self, RateError> {
+        Self::per_units(
+            requests_per_unit,
+            (unit, NonZeroU32::MIN),
+            algorithm,
+            burst,
+            label,
+        )
+    }
+
+    /// [`RlsLimit::new`] for a window of `multiplier` units
+    /// (`unit_multiplier`): `requests_per_unit` per 5 minutes, say.
+    pub fn per_units(
+        requests_per_unit: u32,
+        (unit, multiplier): (Unit, NonZeroU32),
+        algorithm: Algorithm,
+        burst: Option<NonZeroU64>,
+        label: String,
+    ) -> Result<Self, RateError> {
+        // A multiplier of 1 keeps the counter every release has used.
+        let times = multiplier.to_string();
+        let span: &[&str] = if multiplier == NonZeroU32::MIN {
+            &[unit.as_str()]
+        } else {
+            &[unit.as_str(), &times]
+        };
+        let period = unit.nanos().saturating_mul(u64::from(multiplier.get()));
         // A fixed-window counter is shared by every rule (and override)
         // of its unit on a descriptor, as envoyproxy/ratelimit's cache key
         // is; a bucket's state only makes sense for one rate and burst.
-        let uid = match algorithm {
-            Algorithm::FixedWindow => name_id(&["envoy-rls", algorithm.as_str(), unit.as_str()]),
-            Algorithm::TokenBucket => {
-                let rate = requests_per_unit.to_string();
-                let burst = burst.map_or_else(|| rate.clone(), |b| b.to_string());
-                name_id(&[
-                    "envoy-rls",
-                    algorithm.as_str(),
-                    unit.as_str(),
-                    &rate,
-                    &burst,
-                ])
-            }
-        };
+        let mut id = vec!["envoy-rls", algorithm.as_str()];
+        id.extend_from_slice(span);
+        let (rate, burst_text);
+        if algorithm == Algorithm::TokenBucket {
+            rate = requests_per_unit.to_string();
+            burst_text = burst.map_or_else(|| rate.clone(), |b| b.to_string());
+            id.extend_from_slice(&[&rate, &burst_text]);
+        }
+        let uid = name_id(&id);
         let window = || {
             LimitKind::Window(FixedWindow {
                 limit: u64::from(requests_per_unit),
-                period: unit.nanos(),
+                period,
             })
         };
         let kind = match (algorithm, NonZeroU64::new(u64::from(requests_per_unit))) {
             // A token bucket of 0 is a window of 0: over for every hit.
             (Algorithm::FixedWindow, _) | (Algorithm::TokenBucket, None) => window(),
             (Algorithm::TokenBucket, Some(rate)) => {
-                LimitKind::Rate(Rate::new(rate, unit.nanos(), burst.unwrap_or(rate))?)
+                LimitKind::Rate(Rate::new(rate, period, burst.unwrap_or(rate))?)
             }
         };
         Ok(Self {
             requests_per_unit,
             unit,
+            multiplier,
             limit: Limit {
                 name: label,
                 policy: String::new(),
@@ -243,10 +268,153 @@ pub struct Rule {
     pub replaces: Vec<String>,
     /// `shadow_mode`: counted and reported, but answered OK.
     pub shadow: bool,
-    /// `detailed_metric`: per-value metrics (used by the metrics issue).
+    /// `detailed_metric`: the metrics name the request's every value.
     pub detailed_metric: bool,
+    /// `quota_mode`: over this limit, the request is still OK while
+    /// another quota-mode descriptor of it is under its limit.
+    pub quota_mode: bool,
+    /// `metadata`: returned in the response's dynamic metadata when the
+    /// descriptor passes.
+    pub metadata: Option<Arc<Metadata>>,
+    /// Per entry of a matching descriptor, the wildcard pattern that
+    /// stands for the entry's value in the counter's identity
+    /// (`share_threshold`: every value matching it shares one counter);
+    /// empty when no level shares.
+    pub shared: Box<[Option<String>]>,
+    /// How the rule's metrics series is named.
+    pub stats: StatsKey,
     /// Unlimited or a limit.
     pub action: Action,
+}
+
+impl Rule {
+    /// A rule with `action` and nothing else set (no name, flags,
+    /// metadata or sharing; `stats` empty).
+    pub fn plain(action: Action) -> Rule {
+        Rule {
+            name: String::new(),
+            replaces: Vec::new(),
+            shadow: false,
+            detailed_metric: false,
+            quota_mode: false,
+            metadata: None,
+            shared: Box::default(),
+            stats: StatsKey::default(),
+            action,
+        }
+    }
+
+    /// The entries that identify a request descriptor's counter under this
+    /// rule: its own, with the values of shared levels replaced by their
+    /// patterns.
+    pub fn counter_entries<'e>(
+        &'e self,
+        entries: impl Iterator<Item = (&'e str, &'e str)>,
+    ) -> impl Iterator<Item = (&'e str, &'e str)> {
+        entries.enumerate().map(
+            |(i, (k, v))| match self.shared.get(i).and_then(Option::as_deref) {
+                Some(pattern) => (k, pattern),
+                None => (k, v),
+            },
+        )
+    }
+}
+
+/// The metrics name of a descriptor limited by its request's own limit:
+/// every entry's `key_value`, joined by `.`, as envoyproxy/ratelimit names
+/// an override's stats.
+pub fn descriptor_series<'e>(entries: impl Iterator<Item = (&'e str, &'e str)>) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(k);
+        out.push('_');
+        out.push_str(v);
+    }
+    out
+}
+
+/// A descriptor's `metadata`: a YAML mapping, kept as JSON values.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// How a rule's metrics series (envoyproxy/ratelimit's stats key, without
+/// the domain) is formed from a request descriptor: one part per entry,
+/// joined by `.`. A part is the entry's key and, depending on how the
+/// level matched and its flags, `_` and a value from the config or the
+/// request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsKey {
+    /// The series name when no part depends on the request.
+    fixed: Option<String>,
+    parts: Box<[Part]>,
+}
+
+/// One part of a [`StatsKey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Text from the config: `key`, `key_value` or `key_pattern`.
+    Fixed(String),
+    /// The key and the request's value (`value_to_metric`): `key_value`,
+    /// or `key` alone when the value is empty.
+    Value(String),
+    /// The key and the request's value, `_` even when the value is empty
+    /// (`detailed_metric`).
+    Detailed(String),
+}
+
+impl StatsKey {
+    /// A key from its parts (none depending on the request makes it fixed).
+    pub fn new(parts: Vec<Part>) -> StatsKey {
+        let fixed = parts.iter().all(|p| matches!(p, Part::Fixed(_))).then(|| {
+            parts
+                .iter()
+                .map(|p| match p {
+                    Part::Fixed(t) | Part::Value(t) | Part::Detailed(t) => t.as_str(),
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        });
+        StatsKey {
+            fixed,
+            parts: parts.into(),
+        }
+    }
+
+    /// The series name when it does not depend on the request.
+    pub fn fixed(&self) -> Option<&str> {
+        self.fixed.as_deref()
+    }
+
+    /// The series name for a request descriptor's entries.
+    pub fn name<'e>(&self, entries: impl Iterator<Item = (&'e str, &'e str)>) -> String {
+        if let Some(f) = &self.fixed {
+            return f.clone();
+        }
+        let mut out = String::new();
+        for (i, (part, (_, value))) in self.parts.iter().zip(entries).enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            match part {
+                Part::Fixed(t) => out.push_str(t),
+                Part::Value(k) => {
+                    out.push_str(k);
+                    if !value.is_empty() {
+                        out.push('_');
+                        out.push_str(value);
+                    }
+                }
+                Part::Detailed(k) => {
+                    out.push_str(k);
+                    out.push('_');
+                    out.push_str(value);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// One level of a descriptor tree: the nodes below a node (or a domain).
@@ -288,6 +456,13 @@ pub enum Matcher {
 }
 
 impl Matcher {
+    /// The entry key it matches.
+    pub fn key(&self) -> &str {
+        match self {
+            Matcher::Exact(k, _) | Matcher::Wildcard(k, _) | Matcher::Any(k) => k,
+        }
+    }
+
     /// The matcher for a descriptor's `key` and optional `value`, as
     /// envoyproxy/ratelimit reads them: an empty value means any value and
     /// a value with a `*` anywhere is a wildcard pattern.
@@ -519,10 +694,7 @@ mod tests {
         Node {
             rule: Some(Rule {
                 name: name.to_owned(),
-                replaces: vec![],
-                shadow: false,
-                detailed_metric: false,
-                action: Action::Limit(limit.unwrap()),
+                ..Rule::plain(Action::Limit(limit.unwrap()))
             }),
             children: Level::default(),
         }

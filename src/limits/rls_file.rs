@@ -13,14 +13,17 @@
 //! ```
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::file::Positive;
 use super::rls::{
-    Action, Algorithm, Domain, Level, Matcher, Node, RlsDomains, RlsLimit, Rule, Unit, check_domain,
+    Action, Algorithm, Domain, Level, Matcher, Metadata, Node, Part, RlsDomains, RlsLimit, Rule,
+    StatsKey, Unit, check_domain,
 };
 use crate::core::source::Source;
 use crate::diag::files::{self, NotRegularFile, read_text};
@@ -231,14 +234,14 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// Adds `raws` (at field path `path`) to `level`. `labels` are the
-    /// matchers above, for the default label of a limit.
+    /// Adds `raws` (at field path `path`) to `level`. `above` are the
+    /// descriptors above, outermost first.
     fn level(
         &mut self,
         level: &mut Level,
         raws: &[DescriptorRaw],
         path: &mut Vec<Seg>,
-        labels: &[String],
+        above: &[Above],
     ) -> Result<(), Issue> {
         path.push(Seg::key("descriptors"));
         for (i, raw) in raws.iter().enumerate() {
@@ -250,21 +253,35 @@ impl Builder<'_> {
             };
             let value = raw.value.as_ref().map(|v| v.0.as_str());
             let matcher = Matcher::new(key, value);
-            // Labels name keys only: values in a file can be API keys or
-            // addresses, and labels reach callers in RateLimit headers.
-            let mut labels = labels.to_vec();
-            labels.push(key.to_owned());
+            let share = raw.share_threshold.unwrap_or(false);
+            if share && !matches!(matcher, Matcher::Wildcard(..)) {
+                return Err(Issue::new(
+                    with(path, "share_threshold"),
+                    format!(
+                        "applies only to a wildcard value (one with '*'), but this descriptor's value is {}",
+                        value
+                            .filter(|v| !v.is_empty())
+                            .map_or_else(|| "not set".to_owned(), quoted)
+                    ),
+                ));
+            }
+            let mut above = above.to_vec();
+            above.push(Above {
+                matcher: matcher.clone(),
+                value_to_metric: raw.value_to_metric.unwrap_or(false),
+                share,
+            });
             let rule = raw
                 .rate_limit
                 .as_ref()
-                .map(|r| self.rule(r, raw, path, &labels))
+                .map(|r| self.rule(r, raw, path, &above))
                 .transpose()?;
             let mut node = Node {
                 rule,
                 children: Level::default(),
             };
             if let Some(children) = &raw.descriptors {
-                self.level(&mut node.children, children, path, &labels)?;
+                self.level(&mut node.children, children, path, &above)?;
             }
             if !level.insert(matcher.clone(), node) {
                 return Err(self.duplicate(raws, i, &matcher, path));
@@ -314,7 +331,7 @@ impl Builder<'_> {
         r: &RateLimitRaw,
         raw: &DescriptorRaw,
         path: &[Seg],
-        labels: &[String],
+        above: &[Above],
     ) -> Result<Rule, Issue> {
         let at = |field: &str| {
             let mut p = with(path, "rate_limit");
@@ -338,70 +355,137 @@ impl Builder<'_> {
                 Some(n) => replaces.push(n.to_owned()),
             }
         }
-        // An empty unit is no unit, as in envoyproxy/ratelimit.
-        let unit = r
-            .unit
-            .as_ref()
-            .map(|u| u.0.as_str())
-            .filter(|u| !u.is_empty());
         let action = if r.unlimited.unwrap_or(false) {
-            if unit.is_some() {
+            // An empty unit is no unit, as in envoyproxy/ratelimit.
+            let set = [
+                ("unit", r.unit.as_ref().is_some_and(|u| !u.0.is_empty())),
+                ("burst", r.burst.is_some()),
+                ("unit_multiplier", r.unit_multiplier.is_some()),
+            ];
+            if let Some((field, _)) = set.into_iter().find(|(_, set)| *set) {
                 return Err(Issue::new(
-                    at("unit"),
-                    "must not be set when unlimited is true",
-                ));
-            }
-            if r.burst.is_some() {
-                return Err(Issue::new(
-                    at("burst"),
+                    at(field),
                     "must not be set when unlimited is true",
                 ));
             }
             Action::Unlimited
         } else {
-            let unit = match unit {
-                Some(u) => Unit::parse(u).ok_or_else(|| {
-                    Issue::new(
-                        at("unit"),
-                        format!(
-                            "invalid unit {} (expected second, minute, hour, day, week, month or year)",
-                            quoted(u)
-                        ),
-                    )
-                })?,
-                None => {
-                    return Err(Issue::new(
-                        with(path, "rate_limit"),
-                        "missing field 'unit' (or set unlimited: true)",
-                    ));
-                }
-            };
-            let burst = match (r.burst, self.algorithm) {
-                (Some(_), Algorithm::FixedWindow) => {
-                    return Err(Issue::new(
-                        at("burst"),
-                        "applies only with algorithm: token_bucket (fixed windows have no burst)",
-                    ));
-                }
-                (b, _) => b.map(|b| b.0),
-            };
-            let rpu = r.requests_per_unit.map_or(0, |n| n.0);
+            // Labels name keys only: values in a file can be API keys or
+            // addresses, and labels reach callers in RateLimit headers.
             let label = if name.is_empty() {
-                labels.join("/")
+                let keys: Vec<&str> = above.iter().map(|a| a.matcher.key()).collect();
+                keys.join("/")
             } else {
                 name.clone()
             };
-            let limit = RlsLimit::new(rpu, unit, self.algorithm, burst, label)
-                .map_err(|e| Issue::new(at("requests_per_unit"), e.to_string()))?;
-            Action::Limit(limit)
+            Action::Limit(self.limit(r, path, label)?)
+        };
+        let detailed = raw.detailed_metric.unwrap_or(false);
+        let shared: Vec<Option<String>> = above
+            .iter()
+            .map(|a| match &a.matcher {
+                Matcher::Wildcard(_, pattern) if a.share => Some(pattern.clone()),
+                _ => None,
+            })
+            .collect();
+        let shared = if shared.iter().any(Option::is_some) {
+            shared.into()
+        } else {
+            Box::default()
         };
         Ok(Rule {
             name,
             replaces,
             shadow: raw.shadow_mode.unwrap_or(false),
-            detailed_metric: raw.detailed_metric.unwrap_or(false),
+            detailed_metric: detailed,
+            quota_mode: raw.quota_mode.unwrap_or(false),
+            metadata: raw.metadata.clone().filter(|m| !m.is_empty()).map(Arc::new),
+            shared,
+            stats: StatsKey::new(above.iter().map(|a| a.part(detailed)).collect()),
             action,
         })
+    }
+
+    /// A counted `rate_limit`'s limit, named `label` in headers.
+    fn limit(&self, r: &RateLimitRaw, path: &[Seg], label: String) -> Result<RlsLimit, Issue> {
+        let at = |field: &str| {
+            let mut p = with(path, "rate_limit");
+            p.push(Seg::key(field));
+            p
+        };
+        let unit = match r
+            .unit
+            .as_ref()
+            .map(|u| u.0.as_str())
+            .filter(|u| !u.is_empty())
+        {
+            Some(u) => Unit::parse(u).ok_or_else(|| {
+                Issue::new(
+                    at("unit"),
+                    format!(
+                        "invalid unit {} (expected second, minute, hour, day, week, month or year)",
+                        quoted(u)
+                    ),
+                )
+            })?,
+            None => {
+                return Err(Issue::new(
+                    with(path, "rate_limit"),
+                    "missing field 'unit' (or set unlimited: true)",
+                ));
+            }
+        };
+        let burst = match (r.burst, self.algorithm) {
+            (Some(_), Algorithm::FixedWindow) => {
+                return Err(Issue::new(
+                    at("burst"),
+                    "applies only with algorithm: token_bucket (fixed windows have no burst)",
+                ));
+            }
+            (b, _) => b.map(|b| b.0),
+        };
+        let multiplier = match r.unit_multiplier {
+            None => NonZeroU32::MIN,
+            Some(m) => NonZeroU32::new(m.0).ok_or_else(|| {
+                Issue::new(
+                    at("unit_multiplier"),
+                    "invalid unit multiplier of 0 (the window is unit_multiplier units; at least 1)",
+                )
+            })?,
+        };
+        let rpu = r.requests_per_unit.map_or(0, |n| n.0);
+        RlsLimit::per_units(rpu, (unit, multiplier), self.algorithm, burst, label)
+            .map_err(|e| Issue::new(at("requests_per_unit"), e.to_string()))
+    }
+}
+
+/// A descriptor above (or at) the one being read: what its rule's counter
+/// and metrics name take from it.
+#[derive(Clone)]
+struct Above {
+    matcher: Matcher,
+    value_to_metric: bool,
+    share: bool,
+}
+
+impl Above {
+    /// This level's part of the metrics name, as envoyproxy/ratelimit
+    /// forms its stats key: a shared wildcard by its pattern; under
+    /// `detailed_metric` (the leaf's), the request's key and value;
+    /// else the config's `key_value`, the request's value when
+    /// `value_to_metric` asks for it, the wildcard pattern, or the key.
+    fn part(&self, detailed: bool) -> Part {
+        let joined = |k: &str, v: &str| format!("{k}_{v}");
+        match &self.matcher {
+            Matcher::Wildcard(k, p) if self.share => Part::Fixed(joined(k, p)),
+            m if detailed => Part::Detailed(m.key().to_owned()),
+            Matcher::Exact(k, v) => Part::Fixed(joined(k, v)),
+            Matcher::Wildcard(k, _) | Matcher::Any(k) if self.value_to_metric => {
+                Part::Value(k.clone())
+            }
+            Matcher::Wildcard(k, p) => Part::Fixed(joined(k, p)),
+            Matcher::Any(k) => Part::Fixed(k.clone()),
+        }
     }
 }
 
@@ -434,6 +518,10 @@ struct DescriptorRaw {
     descriptors: Option<Vec<DescriptorRaw>>,
     shadow_mode: Option<bool>,
     detailed_metric: Option<bool>,
+    value_to_metric: Option<bool>,
+    share_threshold: Option<bool>,
+    quota_mode: Option<bool>,
+    metadata: Option<Metadata>,
 }
 
 #[derive(Deserialize)]
@@ -445,6 +533,7 @@ struct RateLimitRaw {
     name: Option<Text>,
     replaces: Option<Vec<ReplacesRaw>>,
     burst: Option<Positive>,
+    unit_multiplier: Option<RequestsPerUnit>,
 }
 
 #[derive(Deserialize)]

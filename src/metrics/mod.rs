@@ -18,13 +18,17 @@
 //! sets (`api`, `result`, `reason`, `kind`, `mode`, `action`, `outcome`)
 //! or from the config (plan and domain names, at most [`MAX_NAMES`] each;
 //! an RLS request for a domain not in the config counts as `(other)`).
-//! No label ever takes a value from a request. The one per-key view is
+//! Only the per-descriptor view of envoyproxy/ratelimit domains
+//! ([`descriptors`]) takes label values from requests, when a rule asks
+//! for them (`detailed_metric`, `value_to_metric`), and at most
+//! [`descriptors::MAX_DESCRIPTORS`] per domain. The one per-key view is
 //! the opt-in heaviest-keys gauge ([`heavy`]), bounded by
 //! `metrics.heavy_keys` and labelled with keyed hashes only.
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `quotad_checks_total` | counter | `api` (native, batch, stream), `result`, `plan`; or `api="rls"`, `result`, `domain` |
+//! | `quotad_rls_descriptor_hits_total` | counter | `domain`, `descriptor` (envoyproxy/ratelimit's stats key, [`descriptors`]), `result` |
 //! | `quotad_denials_total` | counter | `api`, `reason` (limited, cost_exceeds_capacity, unavailable, blocked) |
 //! | `quotad_check_duration_seconds` | histogram | `api` |
 //! | `quotad_tracked_cells`, `quotad_tracked_cells_limit`, `quotad_store_full` | gauge | |
@@ -63,6 +67,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+pub mod descriptors;
 pub mod exposition;
 pub mod heavy;
 pub mod striped;
@@ -71,6 +76,7 @@ use crate::core::clock::Stopwatch;
 use crate::core::{Decision, DenyReason};
 use crate::limits::Table;
 use crate::store::LocalStore;
+use descriptors::{DESCRIPTOR_HITS, Descriptors, Hits};
 use exposition::header;
 use heavy::Heavy;
 use striped::{Latency, Striped};
@@ -155,6 +161,11 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         CHECKS,
         Kind::Counter,
         "Checks answered: native, batch and stream per check (by plan), rls per request (by domain).",
+    ),
+    (
+        DESCRIPTOR_HITS,
+        Kind::Counter,
+        "Hits per descriptor limit of domains from envoyproxy/ratelimit files, by its stats key (descriptor, at most 1000 per domain, then (other)) and result (total_hits, over_limit, near_limit, within_limit, shadow_mode).",
     ),
     (
         DENIALS,
@@ -339,6 +350,7 @@ pub struct Metrics {
     strict_fail: [Counter; 3],
     plans: Labelled,
     domains: Labelled,
+    descriptors: Descriptors,
     heavy: Heavy,
     samplers: Mutex<Vec<Sampler>>,
 }
@@ -414,6 +426,7 @@ impl Metrics {
             strict_fail,
             plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream]),
             domains: Labelled::new("domain", &[Api::Rls]),
+            descriptors: Descriptors::default(),
             heavy: Heavy::default(),
             samplers: Mutex::new(Vec::new()),
             recorder,
@@ -475,6 +488,14 @@ impl Metrics {
             Api::Rls,
             outcome,
         );
+    }
+
+    /// Counts a descriptor limit's hits in `domain` (one read from
+    /// envoyproxy/ratelimit files) under the series `name`
+    /// ([`descriptors`]).
+    #[inline]
+    pub fn rls_hits(&self, domain: &str, name: &str, hits: Hits) {
+        self.descriptors.count(&self.recorder, domain, name, hits);
     }
 
     /// Records how long a call of `api` took since `started`.
@@ -542,6 +563,7 @@ impl Metrics {
         self.denials.iter().flatten().for_each(Synced::sync);
         self.plans.sync();
         self.domains.sync();
+        self.descriptors.sync();
         let mut out = self.handle.render();
         header(&mut out, CHECK_SECONDS, "histogram", CHECK_SECONDS_HELP);
         for api in Api::ALL {

@@ -65,7 +65,7 @@ fn invalid_fixtures_fail_naming_file_line_path_and_reason() {
         ),
         (
             "misplaced_key.yaml",
-            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric)",
+            "invalid/misplaced_key.yaml:4:5: descriptors[0]: unknown field (expected one of: key, value, rate_limit, descriptors, shadow_mode, detailed_metric, value_to_metric, share_threshold, quota_mode, metadata)",
         ),
         (
             "missing_descriptor_key.yaml",
@@ -371,4 +371,244 @@ fn a_domain_must_be_printable_and_at_most_256_bytes() {
     let mut domains = RlsDomains::default();
     let at_most = format!("domain: {}\ndescriptors: []\n", "d".repeat(256));
     add(&mut domains, &at_most, "t.yaml", RlsOptions::default(), &[]).unwrap();
+}
+
+/// One domain read from `text` (origin `t.yaml`).
+fn domain_of(text: &str) -> Domain {
+    let mut domains = RlsDomains::default();
+    if let Err(e) = add(&mut domains, text, "t.yaml", RlsOptions::default(), &[]) {
+        panic!("{text}: {e}");
+    }
+    match domains.sorted().first() {
+        Some(d) => (*d).clone(),
+        None => panic!("no domain"),
+    }
+}
+
+fn add_error(text: &str) -> String {
+    let mut domains = RlsDomains::default();
+    match add(&mut domains, text, "t.yaml", RlsOptions::default(), &[]) {
+        Ok(()) => panic!("{text}: expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The series a request descriptor's hits count under, as
+/// envoyproxy/ratelimit's config_test.go names its stats (without the
+/// domain).
+fn series(d: &Domain, entries: &[(&str, &str)]) -> Option<String> {
+    let rule = d.root.lookup(entries.iter().copied())?;
+    Some(rule.stats.name(entries.iter().copied()))
+}
+
+#[test]
+fn metric_names_follow_value_to_metric_and_detailed_metric() {
+    // envoyproxy/ratelimit's TestValueToMetric_* and TestDetailedMetric.
+    let d = domain_of(
+        "domain: d
+descriptors:
+  - key: route
+    value_to_metric: true
+    descriptors:
+      - key: http_method
+        value_to_metric: true
+        descriptors:
+          - key: subject_id
+            rate_limit: { unit: minute, requests_per_unit: 60 }
+  - key: k1
+    value_to_metric: true
+    descriptors:
+      - key: k2
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: a1
+    descriptors:
+      - key: a2
+        value_to_metric: true
+        descriptors:
+          - key: a3
+            rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: wild
+    value: foo*
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: v2m
+    value: foo*bar*
+    value_to_metric: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: fixed
+    value: api
+    value_to_metric: true
+    descriptors:
+      - key: leaf
+        detailed_metric: true
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: plain
+    descriptors:
+      - key: x
+        rate_limit: { unit: minute, requests_per_unit: 1 }
+",
+    );
+    let cases: [(&[(&str, &str)], &str); 8] = [
+        (
+            &[
+                ("route", "draw"),
+                ("http_method", "GET"),
+                ("subject_id", "123"),
+            ],
+            "route_draw.http_method_GET.subject_id",
+        ),
+        // An empty value adds no `_`.
+        (
+            &[("route", ""), ("http_method", "GET"), ("subject_id", "1")],
+            "route.http_method_GET.subject_id",
+        ),
+        (&[("k1", "A"), ("k2", "B")], "k1_A.k2"),
+        (&[("a1", "X"), ("a2", "Y"), ("a3", "Z")], "a1.a2_Y.a3"),
+        (&[("wild", "foo1")], "wild_foo*"),
+        (&[("v2m", "foo123bar456")], "v2m_foo123bar456"),
+        (&[("fixed", "api"), ("leaf", "7")], "fixed_api.leaf_7"),
+        (&[("plain", "p"), ("x", "q")], "plain.x"),
+    ];
+    for (entries, want) in cases {
+        assert_eq!(series(&d, entries).as_deref(), Some(want), "{entries:?}");
+    }
+    // Fixed names are computed once, at load.
+    let rule = d.root.lookup([("plain", "p"), ("x", "q")]);
+    assert_eq!(rule.and_then(|r| r.stats.fixed()), Some("plain.x"));
+}
+
+#[test]
+fn share_threshold_shares_the_counter_of_its_levels_and_names_them_by_pattern() {
+    let d = domain_of(
+        "domain: d
+descriptors:
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: { unit: minute, requests_per_unit: 100 }
+  - key: path
+    value: path/*
+    share_threshold: true
+    descriptors:
+      - key: file
+        value: file/*
+        descriptors:
+          - key: type
+            rate_limit: { unit: minute, requests_per_unit: 120 }
+  - key: service
+    value: svc/*
+    share_threshold: true
+    value_to_metric: true
+    descriptors:
+      - key: endpoint
+        detailed_metric: true
+        rate_limit: { unit: minute, requests_per_unit: 80 }
+",
+    );
+    let entries = [("files", "files/a.pdf")];
+    let rule = d.root.lookup(entries).expect("files/* matches");
+    let counted: Vec<_> = rule.counter_entries(entries.into_iter()).collect();
+    assert_eq!(counted, [("files", "files/*")]);
+    assert_eq!(series(&d, &entries).as_deref(), Some("files_files/*"));
+    // Only the shared level stands for its pattern.
+    let entries = [("path", "path/a"), ("file", "file/b"), ("type", "pdf")];
+    let rule = d.root.lookup(entries).expect("matches");
+    let counted: Vec<_> = rule.counter_entries(entries.into_iter()).collect();
+    assert_eq!(
+        counted,
+        [("path", "path/*"), ("file", "file/b"), ("type", "pdf")]
+    );
+    assert_eq!(
+        series(&d, &entries).as_deref(),
+        Some("path_path/*.file_file/*.type")
+    );
+    // share_threshold wins over value_to_metric and detailed_metric.
+    let entries = [("service", "svc/a"), ("endpoint", "get")];
+    assert_eq!(
+        series(&d, &entries).as_deref(),
+        Some("service_svc/*.endpoint_get")
+    );
+    // A level without share_threshold keeps every value's own counter.
+    let rule = d.root.lookup([("files", "files/x")]).expect("matches");
+    assert!(rule.shared.iter().any(Option::is_some));
+}
+
+#[test]
+fn share_threshold_needs_a_wildcard_value() {
+    assert_eq!(
+        add_error(
+            "domain: d\ndescriptors:\n  - key: k\n    value: exact\n    share_threshold: true\n    rate_limit: { unit: second, requests_per_unit: 1 }\n"
+        ),
+        "t.yaml:5:22: descriptors[0].share_threshold: applies only to a wildcard value (one with '*'), but this descriptor's value is 'exact'"
+    );
+    assert_eq!(
+        add_error("domain: d\ndescriptors:\n  - key: k\n    share_threshold: true\n"),
+        "t.yaml:4:22: descriptors[0].share_threshold: applies only to a wildcard value (one with '*'), but this descriptor's value is not set"
+    );
+    // false is fine anywhere.
+    domain_of("domain: d\ndescriptors:\n  - key: k\n    share_threshold: false\n");
+}
+
+#[test]
+fn unit_multiplier_widens_the_window() {
+    let d = domain_of(
+        "domain: d
+descriptors:
+  - key: key1
+    rate_limit: { unit: minute, requests_per_unit: 20, unit_multiplier: 5 }
+  - key: key2
+    rate_limit: { unit: minute, requests_per_unit: 25 }
+",
+    );
+    let limit = |k| match d.root.lookup([(k, "v")]).map(|r| &r.action) {
+        Some(Action::Limit(l)) => l.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    let five = limit("key1");
+    assert_eq!(five.multiplier.get(), 5);
+    assert_eq!(five.limit.window_seconds(), 300);
+    assert_eq!(five.requests_per_unit, 20);
+    let one = limit("key2");
+    assert_eq!(one.multiplier.get(), 1);
+    assert_eq!(one.limit.window_seconds(), 60);
+    // Different windows never share a counter.
+    assert_ne!(five.limit.uid, one.limit.uid);
+    assert_eq!(
+        add_error(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 5, unit_multiplier: 0 }\n"
+        ),
+        "t.yaml:4:72: descriptors[0].rate_limit.unit_multiplier: invalid unit multiplier of 0 (the window is unit_multiplier units; at least 1)"
+    );
+    assert_eq!(
+        add_error(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unlimited: true, unit_multiplier: 2 }\n"
+        ),
+        "t.yaml:4:53: descriptors[0].rate_limit.unit_multiplier: must not be set when unlimited is true"
+    );
+}
+
+#[test]
+fn quota_mode_and_metadata_are_read_per_descriptor() {
+    let d = domain_of(
+        "domain: d
+descriptors:
+  - key: tokens
+    quota_mode: true
+    metadata:
+      service: { name: llm, weights: [1, 2.5], on: true, none: null }
+    rate_limit: { unit: day, requests_per_unit: 1000 }
+  - key: plain
+    metadata: {}
+    rate_limit: { unit: day, requests_per_unit: 1 }
+",
+    );
+    let rule = d.root.lookup([("tokens", "t")]).expect("matches");
+    assert!(rule.quota_mode);
+    let meta = rule.metadata.as_deref().expect("metadata");
+    assert_eq!(
+        serde_json::Value::Object(meta.clone()),
+        serde_json::json!({"service": {"name": "llm", "weights": [1, 2.5], "on": true, "none": null}})
+    );
+    let plain = d.root.lookup([("plain", "p")]).expect("matches");
+    assert!(!plain.quota_mode);
+    assert!(plain.metadata.is_none(), "an empty mapping is no metadata");
 }
