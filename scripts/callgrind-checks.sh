@@ -8,11 +8,13 @@
 # CASE: displace (new keys into a store full of one-shot cells), refuse
 # (new keys into a store full of cells charged twice), tracked (keys
 # already tracked, in batches of 100), check (native unary Check calls,
-# tracked keys), rls (Envoy RLS calls of one descriptor, tracked keys).
+# tracked keys), rls (Envoy RLS calls of one descriptor, tracked keys, a
+# plan domain), rlsfile (the same in a domain from an envoyproxy/ratelimit
+# file: descriptor rule, fixed window, per-descriptor metrics).
 # TREE: a checkout whose release binaries are built (default: this one),
 # so an older tree can be measured the same way. Needs valgrind and curl.
 set -euo pipefail
-case_name=${1:?usage: callgrind-checks.sh displace|refuse|tracked|check|rls [TREE]}
+case_name=${1:?usage: callgrind-checks.sh displace|refuse|tracked|check|rls|rlsfile [TREE]}
 tree=$(cd "${2:-$(dirname "$0")/..}" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,9 +28,15 @@ store: { max_tracked_keys: 10000, sweep_interval: 1h }
 reload: { watch: false }
 response_headers: "off"
 YAML
+cat > "$work/files.yaml" <<'YAML'
+domain: files
+descriptors:
+  - key: api_key
+    rate_limit: { unit: day, requests_per_unit: 1000000000 }
+YAML
 port=$((20000 + RANDOM % 10000))
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-    "$tree/target/release/quotad" serve --config "$work/quotad.yaml" \
+    "$tree/target/release/quotad" serve --config "$work/quotad.yaml" --limits "$work/files.yaml" \
     --grpc-addr "127.0.0.1:$port" --http-addr "127.0.0.1:$((port + 1))" >"$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 1 120); do
@@ -46,6 +54,11 @@ case $case_name in
     tracked) fill; fill; measure=(--mode batch --batch 100 --dist uniform --keys 10000 --requests 200); n=20000 ;;
     check) fill; fill; measure=(--mode check --dist uniform --keys 10000 --requests 3000); n=3000 ;;
     rls) fill; fill; measure=(--mode rls --dist uniform --keys 10000 --requests 3000); n=3000 ;;
+    rlsfile)
+        for _ in 1 2; do
+            "${bench[@]}" --mode rls --domain files --dist seq --keys 10000 --requests 10000 >/dev/null
+        done
+        measure=(--mode rls --domain files --dist uniform --keys 10000 --requests 3000); n=3000 ;;
     *) echo "unknown case $case_name" >&2; exit 64 ;;
 esac
 callgrind_control -z "$pid" >/dev/null

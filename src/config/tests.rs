@@ -597,7 +597,36 @@ fn rls_settings_parse_and_name_their_errors() {
             "plans: { p: {} }\ndefault_plan: p\nenvoy: { algorithm: leaky }\n",
             "t.yaml:3:21: envoy.algorithm: unknown algorithm 'leaky' (expected fixed_window or token_bucket)",
         ),
+        (
+            "plans: { p: {} }\ndefault_plan: p\nenvoy: { near_limit_ratio: 1.5 }\n",
+            "t.yaml:3:28: envoy.near_limit_ratio: expected a share from 0 to 1 in hundredths, like 0.8 (got 1.5)",
+        ),
+        (
+            "plans: { p: {} }\ndefault_plan: p\nenvoy: { near_limit_ratio: 0.855 }\n",
+            "t.yaml:3:28: envoy.near_limit_ratio: expected a share from 0 to 1 in hundredths, like 0.8 (got 0.855)",
+        ),
+        (
+            "plans: { p: {} }\ndefault_plan: p\nenvoy: { response_headers: draft3 }\n",
+            "t.yaml:3:28: envoy.response_headers: unknown header style 'draft3' (expected off, draft03, draft11 or both)",
+        ),
     ]);
+    // The envoyproxy/ratelimit settings: files domains' headers (off by
+    // default, whatever the top-level style), quota mode, dynamic
+    // metadata, near-limit share.
+    let c = parse_ok("plans: { p: {} }\ndefault_plan: p\n");
+    let e = &c.live.envoy;
+    assert_eq!(e.response_headers, HeaderStyle::Off);
+    assert!(!e.quota_mode && !e.dynamic_metadata);
+    assert_eq!(e.near_limit_percent, 80);
+    let c = parse_ok(
+        "plans: { p: {} }\ndefault_plan: p\nenvoy: { response_headers: draft03, quota_mode: true, response_dynamic_metadata: true, near_limit_ratio: 0.95 }\n",
+    );
+    let e = &c.live.envoy;
+    assert_eq!(e.response_headers, HeaderStyle::Draft03);
+    assert!(e.quota_mode && e.dynamic_metadata);
+    assert_eq!(e.near_limit_percent, 95);
+    let c = parse_ok("plans: { p: {} }\ndefault_plan: p\nenvoy: { near_limit_ratio: 1 }\n");
+    assert_eq!(c.live.envoy.near_limit_percent, 100);
     let err = error("plans: { p: {} }\ndefault_plan: p\nrls_files: [/nonexistent/limits.yaml]\n");
     assert_eq!(
         err,
