@@ -15,6 +15,8 @@ mod binary;
 mod dashboard;
 /// envoyproxy/ratelimit drop-in: its config files, answers and headers.
 mod envoy_compat;
+/// envoyproxy/ratelimit's own test suite, ported: its config fixtures, service and integration scenarios.
+mod envoy_peer;
 /// Envoy RLS v3 through Envoy's own generated client.
 mod envoy_rls;
 /// Redis and config faults, and SIGTERM, under load: answers, fail modes, counts.

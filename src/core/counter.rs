@@ -38,6 +38,7 @@ pub fn decide(
             remaining: 0,
             reset_after,
             retry_after,
+            excess: (after - window.limit).min(cost),
         };
         return (verdict, next);
     }
@@ -46,6 +47,7 @@ pub fn decide(
         remaining: window.limit - after,
         reset_after,
         retry_after: Some(0),
+        excess: 0,
     };
     (verdict, next)
 }

@@ -28,6 +28,11 @@ pub struct Verdict {
     /// Time until the cost would fit: `Some(0)` when allowed, `None` when it
     /// never fits (cost above capacity).
     pub retry_after: Option<Nanos>,
+    /// Of a refused check's cost, the units beyond the limit: all of them
+    /// for a bucket or quota (a refusal takes nothing); for a fixed window,
+    /// which counts refused hits too, those past the limit (a check that
+    /// crosses it has the rest within). 0 when allowed.
+    pub excess: u64,
 }
 
 /// Decides a check of `cost` tokens against a bucket whose TAT is `tat`.
@@ -46,6 +51,7 @@ pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Optio
                 remaining: rate.tokens_in(left),
                 reset_after: used,
                 retry_after: Some(0),
+                excess: 0,
             },
             None,
         );
@@ -58,6 +64,7 @@ pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Optio
                 remaining: rate.tokens_in(left),
                 reset_after: used,
                 retry_after: None,
+                excess: cost,
             },
             None,
         );
@@ -70,6 +77,7 @@ pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Optio
                 remaining: rate.tokens_in(tau - after),
                 reset_after: after,
                 retry_after: Some(0),
+                excess: 0,
             },
             Some(now.saturating_add(after)),
         )
@@ -80,6 +88,7 @@ pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Optio
                 remaining: rate.tokens_in(left),
                 reset_after: used,
                 retry_after: Some(after - tau),
+                excess: cost,
             },
             None,
         )

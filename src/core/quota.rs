@@ -27,6 +27,7 @@ pub fn decide(
         remaining: left,
         reset_after,
         retry_after,
+        excess: cost,
     };
     if cost > q {
         return (denied(None), None);
@@ -39,6 +40,7 @@ pub fn decide(
         remaining: left - cost,
         reset_after,
         retry_after: Some(0),
+        excess: 0,
     };
     (verdict, (cost > 0).then_some(used + cost))
 }

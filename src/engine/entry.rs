@@ -143,7 +143,7 @@ impl Engine {
         strict: Option<Decision>,
     ) -> Outcome<'v> {
         if let Some(own) = &item.limit {
-            return self.own_limit(view, call, KeySource::PLANS, item, own);
+            return self.own_limit(view, call, KeySource::PLANS, item, own).0;
         }
         let Some(key) = item.key else {
             return nothing();
@@ -199,8 +199,8 @@ impl Engine {
     ) -> Outcome<'v> {
         if let Some(own) = &item.limit {
             // Counted under the domain's budget, as its rules' limits are.
-            let o = self.own_limit(view, call, source, item, own);
-            self.count_hits((call, near), item, None, &o);
+            let (o, excess) = self.own_limit(view, call, source, item, own);
+            self.count_hits((call, near), item, None, (&o, excess));
             return o;
         }
         let Some(rule) = rule else {
@@ -220,14 +220,15 @@ impl Engine {
                         rule: Some(rule),
                     },
                 };
-                self.count_hits((call, near), item, Some(rule), &o);
+                self.count_hits((call, near), item, Some(rule), (&o, v.excess));
                 o
             }
         }
     }
 
     /// An item limited by the limit its request brings, its new cell
-    /// counted under `source`. An operator's block of the item's key wins
+    /// counted under `source`, and the charge's units past the limit
+    /// ([`Verdict::excess`]). An operator's block of the item's key wins
     /// over such a limit.
     fn own_limit<'v, P: Pairs + ?Sized>(
         &self,
@@ -236,18 +237,19 @@ impl Engine {
         source: KeySource,
         item: &'v Item<'_, P>,
         own: &'v RlsLimit,
-    ) -> Outcome<'v> {
+    ) -> (Outcome<'v>, u64) {
         if let Some(d) = item.key.and_then(|k| view.blocked(k)) {
-            return plan_outcome(view, d);
+            return (plan_outcome(view, d), 0);
         }
         let v = self.count_descriptor(call, source, item, own, None);
-        Outcome {
+        let o = Outcome {
             decision: Decision::of_verdict(&v, own.limit.capacity()),
             basis: Basis::Rule {
                 limit: own,
                 rule: None,
             },
-        }
+        };
+        (o, v.excess)
     }
 
     /// Applies a descriptor limit to the descriptor's own counter (a keyed
@@ -282,13 +284,13 @@ impl Engine {
     /// Counts a charged descriptor's hits under its series (the rule's
     /// stats key; for a request's own limit, every entry's key and value)
     /// in [`crate::metrics::descriptors`]. `near`: the near-limit share,
-    /// in percent.
+    /// in percent; `excess`: the charge's units past the limit.
     fn count_hits<P: Pairs + ?Sized>(
         &self,
         (call, near): (Call<'_>, u8),
         item: &Item<'_, P>,
         rule: Option<&Rule>,
-        o: &Outcome<'_>,
+        (o, excess): (&Outcome<'_>, u64),
     ) {
         if item.mode != Mode::Charge {
             return;
@@ -296,10 +298,11 @@ impl Engine {
         let (Some(domain), Basis::Rule { limit, .. }) = (call.domain, o.basis) else {
             return;
         };
+        let capacity = limit.limit.capacity();
         let hits = hits(
             &o.decision,
-            item.cost,
-            limit.limit.capacity(),
+            (item.cost, excess),
+            capacity,
             near,
             o.shadowed(),
         );
@@ -381,27 +384,34 @@ fn plan_outcome<'v>(view: &'v View<'_>, d: Decision) -> Outcome<'v> {
 }
 
 /// What a charge of `cost` decided as `d` adds to a descriptor limit of
-/// `capacity`'s series, as envoyproxy/ratelimit counts: hits within the
-/// limit, and of those the ones past `near` percent of it; hits over it
-/// (all of a refused charge's), and of those the ones a shadow-mode rule
-/// let through.
-fn hits(d: &Decision, cost: u64, capacity: u64, near: u8, shadowed: bool) -> Hits {
+/// `capacity`'s series, as envoyproxy/ratelimit counts: an allowed
+/// charge's hits are within the limit, and those past `near` percent of
+/// it near it too; a refused charge's `excess` hits (those past the
+/// limit) are over it, and shadow-mode ones if a shadow-mode rule let
+/// them through, while the rest of a charge that crossed the limit were
+/// near it (none within: the descriptor was answered over).
+fn hits(d: &Decision, (cost, excess): (u64, u64), capacity: u64, near: u8, shadowed: bool) -> Hits {
     let mut h = Hits {
         total: cost,
         ..Hits::default()
     };
+    let threshold = capacity.saturating_mul(u64::from(near)) / 100;
     if d.allowed {
         h.within = cost;
-        let threshold = capacity.saturating_mul(u64::from(near)) / 100;
         let after = capacity.saturating_sub(d.remaining);
         let before = after.saturating_sub(cost);
         if after > threshold {
             h.near = after - before.max(threshold);
         }
     } else {
-        h.over = cost;
+        h.over = excess;
         if shadowed {
-            h.shadow = cost;
+            h.shadow = excess;
+        }
+        if excess < cost {
+            // The count went from `before` (within) past the limit.
+            let before = capacity.saturating_add(excess).saturating_sub(cost);
+            h.near = capacity.saturating_sub(before.max(threshold));
         }
     }
     h
@@ -616,19 +626,29 @@ mod tests {
             allowed: false,
             ..Decision::UNLIMITED
         };
-        // Limit 20, near at 80 % (16): 15 -> 17 is 2 past 16 of 2 hits.
-        let h = hits(&allowed(3), 2, 20, 80, false);
+        // Limit 20, near at 80 % (16): 15 -> 17 is 1 past 16 of 2 hits.
+        let h = hits(&allowed(3), (2, 0), 20, 80, false);
         assert_eq!((h.total, h.within, h.near, h.over), (2, 2, 1, 0));
         // Already past the threshold: every hit is near.
-        let h = hits(&allowed(2), 1, 20, 80, false);
+        let h = hits(&allowed(2), (1, 0), 20, 80, false);
         assert_eq!((h.within, h.near), (1, 1));
         // Below it: none.
-        let h = hits(&allowed(10), 5, 20, 80, false);
+        let h = hits(&allowed(10), (5, 0), 20, 80, false);
         assert_eq!((h.within, h.near), (5, 0));
-        // Over: every hit, and shadow mode's too when it let them pass.
-        let h = hits(&denied, 3, 20, 80, false);
-        assert_eq!((h.total, h.over, h.shadow, h.within), (3, 3, 0, 0));
-        let h = hits(&denied, 3, 20, 80, true);
+        // Over from the start: every hit, and shadow mode's too when it
+        // let them pass.
+        let h = hits(&denied, (3, 3), 20, 80, false);
+        assert_eq!(
+            (h.total, h.over, h.near, h.shadow, h.within),
+            (3, 3, 0, 0, 0)
+        );
+        let h = hits(&denied, (3, 3), 20, 80, true);
         assert_eq!((h.over, h.shadow), (3, 3));
+        // 18 -> 23 crosses the limit: 3 over, 20 - 18 = 2 near.
+        let h = hits(&denied, (5, 3), 20, 80, true);
+        assert_eq!((h.over, h.near, h.shadow, h.within), (3, 2, 3, 0));
+        // 14 -> 23: near only from the threshold, 16.
+        let h = hits(&denied, (9, 3), 20, 80, false);
+        assert_eq!((h.over, h.near), (3, 4));
     }
 }

@@ -256,11 +256,13 @@ impl View<'_> {
                     allowed: true,
                     remaining: 0,
                     retry_after: Some(0),
+                    excess: 0,
                     ..v
                 },
                 (false, true) if v.remaining < job.cost.max(1) => Verdict {
                     allowed: false,
                     retry_after: Some(NANOS_PER_SEC / 1_000),
+                    excess: job.cost,
                     ..v
                 },
                 _ => v,
