@@ -16,7 +16,8 @@
 //! (IP, API key, method+key) as Envoy sends for a POST; `token-bucket`
 //! (the same file read with `algorithm: token_bucket`); `plans` (a plan
 //! domain, one API key); `components` (the tree lookup, the descriptor
-//! hash and header rendering alone).
+//! hash and header rendering alone); `peer-features` (envoyproxy/ratelimit's
+//! `share_threshold`, `detailed_metric`, `quota_mode` and dynamic metadata).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -52,7 +53,11 @@ fn config(algorithm: Algorithm) -> Config {
 }
 
 fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
-    let config = config(algorithm);
+    service_of(config(algorithm), style)
+}
+
+/// The service for `config`, with `style` headers in every domain.
+fn service_of(config: Config, style: HeaderStyle) -> EnvoyRlsService {
     let hasher = KeyHasher::random();
     let table = config
         .live
@@ -71,6 +76,7 @@ fn service(algorithm: Algorithm, style: HeaderStyle) -> EnvoyRlsService {
     let mut config = config;
     config.live.envoy = EnvoySettings {
         domains: vec!["plans".into()],
+        response_headers: style,
         ..config.live.envoy.clone()
     };
     config.live.requests = RequestCaps::default();
@@ -232,9 +238,81 @@ fn components(c: &mut Criterion) {
     g.finish();
 }
 
+/// envoyproxy/ratelimit's newer keys, over [`MANY`] distinct values:
+/// `share_threshold` (every value on one counter), `detailed_metric` (a
+/// metrics name per value: the first 1000 get series, the rest share
+/// `(other)`), `quota_mode` (two quota descriptors) and `metadata` with
+/// `response_dynamic_metadata` on.
+fn peer_features(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = dir.path().join("peer.yaml");
+    let file = "domain: peer
+descriptors:
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: { unit: second, requests_per_unit: 4000000000 }
+  - key: user
+    detailed_metric: true
+    rate_limit: { unit: second, requests_per_unit: 1000000 }
+  - key: plain
+    rate_limit: { unit: second, requests_per_unit: 1000000 }
+  - key: tokens
+    quota_mode: true
+    metadata: { backend: { name: primary } }
+    rate_limit: { unit: second, requests_per_unit: 1000000 }
+";
+    std::fs::write(&limits, file).expect("write limits");
+    let yaml = format!(
+        "plans: {{ p: {{ limits: [] }} }}\ndefault_plan: p\nrls_files: [{}]\n",
+        limits.display()
+    );
+    let config = |metadata: bool| {
+        let mut c = Config::from_yaml(&yaml, "bench.yaml").expect("bench config is valid");
+        c.live.envoy.dynamic_metadata = metadata;
+        c
+    };
+    let mut g = c.benchmark_group("peer-features");
+    g.throughput(Throughput::Elements(1));
+    let svc = service_of(config(false), HeaderStyle::Off);
+    let many = |key: &str, prefix: &str| -> Vec<RateLimitRequest> {
+        (0..MANY)
+            .map(|i| request("peer", vec![descriptor(&[(key, &format!("{prefix}{i}"))])]))
+            .collect()
+    };
+    for (name, reqs) in [
+        ("plain", many("plain", "v")),
+        ("share-threshold", many("files", "files/")),
+        ("detailed-metric", many("user", "u")),
+    ] {
+        g.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % reqs.len();
+                black_box(call(&svc, &reqs[i]))
+            })
+        });
+    }
+    let two = request(
+        "peer",
+        vec![
+            descriptor(&[("tokens", "a")]),
+            descriptor(&[("tokens", "b")]),
+        ],
+    );
+    g.bench_function("quota-mode-2-descriptors", |b| {
+        b.iter(|| black_box(call(&svc, &two)))
+    });
+    let svc = service_of(config(true), HeaderStyle::Off);
+    g.bench_function("dynamic-metadata-2-descriptors", |b| {
+        b.iter(|| black_box(call(&svc, &two)))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = one_descriptor, three_descriptors, token_bucket_and_plans, components
+    targets = one_descriptor, three_descriptors, token_bucket_and_plans, components, peer_features
 }
 criterion_main!(benches);
