@@ -1,7 +1,8 @@
 //! The peer's integration test (`test/integration/integration_test.go`)
 //! with its runtime config files (`basic`, `another`, `share_threshold`):
-//! the answers and the per-descriptor stats it reads back, and how the
-//! peer counts a charge that crosses the limit (`base_limiter.go`).
+//! the answers and the per-descriptor stats it reads back, its reload of
+//! a domain file added to and removed from the runtime directory, and how
+//! the peer counts a charge that crosses the limit (`base_limiter.go`).
 
 use super::*;
 
@@ -181,5 +182,73 @@ async fn a_charge_crossing_the_limit_counts_only_its_excess_as_over_limit() {
             shadow_mode: 3,
             ..crossed
         }
+    );
+}
+
+/// Waits (bounded, real time: the file watcher polls) until `domain`
+/// answers `entries` with a limit (`limited`) or without one.
+async fn until_limited(c: &mut Client, domain: &str, entries: &[(&str, &str)], limited: bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = ask(c, request(domain, vec![with_hits(entries, 0)], 1)).await;
+        if r.statuses[0].current_limit.is_some() == limited {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{domain} did not become {} within 10 s",
+            if limited { "limited" } else { "unlimited" }
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_domain_file_added_to_the_watched_directory_applies_and_its_removal_too() {
+    // The integration test's reload scenario: the `reload` domain is
+    // unknown (OK, no limit) until reload.yaml lands in the runtime
+    // directory, then limits as the file says; removing the file reloads
+    // again and the domain is gone.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = dir.path().join("config");
+    std::fs::create_dir(&runtime).expect("runtime dir");
+    std::fs::copy(fixture("basic.yaml"), runtime.join("basic.yaml")).expect("copy basic");
+    let config = dir.path().join("quotad.yaml");
+    let text = format!(
+        "{}reload: {{ watch: true, poll_interval: 20ms, debounce: 20ms }}\n",
+        super::config(&[PathBuf::from("config")], &[])
+    );
+    std::fs::write(&config, text).expect("write config");
+    let d = TestDaemon::from_file(&config).await;
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let key1 = [("key1", "foo")];
+    let r = one(&mut c, "reload", &key1).await;
+    assert_eq!(r.statuses, vec![no_limit()]);
+
+    // Written elsewhere and moved in, as a ConfigMap update swaps files.
+    let staged = dir.path().join("reload.yaml");
+    std::fs::copy(fixture("reload.yaml"), &staged).expect("stage reload.yaml");
+    std::fs::rename(&staged, runtime.join("reload.yaml")).expect("move reload.yaml in");
+    until_limited(&mut c, "reload", &key1, true).await;
+    let r = one(&mut c, "reload", &key1).await;
+    assert_eq!(
+        r.statuses,
+        vec![st(Code::Ok, &rl("", 50, Unit::Second), 49, 1)]
+    );
+    // The blocklist rule of the same file: over for every hit.
+    let r = one(&mut c, "reload", &[("block", "foo")]).await;
+    assert_eq!(overall(&r), Code::OverLimit);
+
+    std::fs::remove_file(runtime.join("reload.yaml")).expect("remove reload.yaml");
+    until_limited(&mut c, "reload", &key1, false).await;
+    assert_eq!(
+        one(&mut c, "reload", &key1).await.statuses,
+        vec![no_limit()]
+    );
+    // The other file's domain stayed throughout.
+    let r = one(&mut c, "basic", &[("key1", "foo")]).await;
+    assert_eq!(
+        r.statuses,
+        vec![st(Code::Ok, &rl("", 50, Unit::Second), 49, 1)]
     );
 }
