@@ -33,6 +33,9 @@ mod config_files;
 mod integration;
 /// Fixtures the peer refuses to load, refused by quotad naming the file.
 mod load_errors;
+/// The Envoy end-to-end scripts (`integration-test/scripts/*.sh`): the
+/// RLS requests Envoy makes for their curl requests, and their outcomes.
+mod scripts;
 /// The service tests' scenarios: overall codes, shadow and quota mode,
 /// dynamic metadata, response headers.
 mod service;
