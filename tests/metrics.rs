@@ -383,10 +383,28 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         "user-secret-XYZ",
         "blocked-key",
         "own-key",
-        "/cart",
         "someone-elses",
     ] {
         assert!(!m.text.contains(raw), "{raw} in /metrics:\n{}", m.text);
+    }
+    // envoyproxy/ratelimit's per-limit stats, named by its stats keys:
+    // the config's values are in them (`path_/cart`), as there; request
+    // values only where a rule opts in (`detailed_metric`,
+    // `value_to_metric`, none here). Each rule: a hit within (near the
+    // limit of 1: past 80 % of it), then one over; the shadow rule's
+    // over-limit hit passed.
+    for (path, shadow) in [("path_/cart", 1.0), ("path_/buy", 0.0)] {
+        let hits = |result: &str| {
+            m.get(
+                "quotad_rls_descriptor_hits_total",
+                &[("domain", "shop"), ("descriptor", path), ("result", result)],
+            )
+        };
+        assert_eq!(hits("total_hits"), 2.0, "{path}");
+        assert_eq!(hits("within_limit"), 1.0, "{path}");
+        assert_eq!(hits("near_limit"), 1.0, "{path}");
+        assert_eq!(hits("over_limit"), 1.0, "{path}");
+        assert_eq!(hits("shadow_mode"), shadow, "{path}");
     }
     // Every family has HELP and TYPE.
     for s in &m.scrape.samples {

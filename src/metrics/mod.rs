@@ -19,8 +19,9 @@
 //! or from the config (plan and domain names, at most [`MAX_NAMES`] each;
 //! an RLS request for a domain not in the config counts as `(other)`).
 //! Only the per-descriptor view of envoyproxy/ratelimit domains
-//! ([`descriptors`]) takes label values from requests, when a rule asks
-//! for them (`detailed_metric`, `value_to_metric`), and at most
+//! ([`descriptors`]) takes label values from limits files (its stats
+//! keys) and from requests, when a rule asks for them
+//! (`detailed_metric`, `value_to_metric`), at most
 //! [`descriptors::MAX_DESCRIPTORS`] per domain. The one per-key view is
 //! the opt-in heaviest-keys gauge ([`heavy`]), bounded by
 //! `metrics.heavy_keys` and labelled with keyed hashes only.
