@@ -9,18 +9,17 @@
 //! and a day window 12 h.
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, RateLimit};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
+use envoy_types::pb::google::protobuf::Duration;
 use tonic::transport::Channel;
 
 use crate::support::TestDaemon;
-use crate::support::rls::{descriptor, request};
+use crate::support::rls::{
+    descriptor, headers, hv, no_limit, request, rl, st, st_ns, unlimited, with_hits, with_limit,
+};
 
 type Client = RateLimitServiceClient<Channel>;
 
@@ -108,84 +107,6 @@ async fn drain(
     let r = one(c, domain, entries, 1).await;
     assert!(over(&r));
     assert_eq!(r.statuses, vec![st(Code::OverLimit, limit, 0, reset)]);
-}
-
-/// `entries` with a descriptor-level `hits_addend`.
-fn with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
-    let mut d = descriptor(entries);
-    d.hits_addend = Some(UInt64Value { value: hits });
-    d
-}
-
-/// `entries` with a `limit` override.
-fn with_limit(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> RateLimitDescriptor {
-    let mut d = descriptor(entries);
-    d.limit = Some(RateLimitOverride {
-        requests_per_unit,
-        unit,
-    });
-    d
-}
-
-fn rl(name: &str, requests_per_unit: u32, unit: Unit) -> RateLimit {
-    RateLimit {
-        name: name.into(),
-        requests_per_unit,
-        unit: unit as i32,
-    }
-}
-
-/// A counted descriptor's status, reset in whole seconds.
-fn st(code: Code, limit: &RateLimit, remaining: u32, reset_secs: i64) -> DescriptorStatus {
-    st_ns(code, limit, remaining, reset_secs, 0)
-}
-
-/// A counted descriptor's status, reset to the nanosecond.
-fn st_ns(
-    code: Code,
-    limit: &RateLimit,
-    remaining: u32,
-    seconds: i64,
-    nanos: i32,
-) -> DescriptorStatus {
-    DescriptorStatus {
-        code: code as i32,
-        current_limit: Some(limit.clone()),
-        limit_remaining: remaining,
-        duration_until_reset: Some(Duration { seconds, nanos }),
-        ..Default::default()
-    }
-}
-
-/// OK with no limit: no match, or replaced (envoyproxy's `OK, nil, 0`).
-fn no_limit() -> DescriptorStatus {
-    DescriptorStatus {
-        code: Code::Ok as i32,
-        ..Default::default()
-    }
-}
-
-/// An `unlimited: true` rule's answer.
-fn unlimited() -> DescriptorStatus {
-    DescriptorStatus {
-        code: Code::Ok as i32,
-        limit_remaining: u32::MAX,
-        ..Default::default()
-    }
-}
-
-fn headers(r: &RateLimitResponse) -> Vec<(String, String)> {
-    r.response_headers_to_add
-        .iter()
-        .map(|h| (h.key.clone(), h.value.clone()))
-        .collect()
-}
-
-fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 fn ok(r: &RateLimitResponse) -> bool {

@@ -11,20 +11,18 @@
 
 use std::path::{Path, PathBuf};
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, RateLimit};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Value;
 use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{Duration, UInt64Value, Value};
 use tonic::transport::Channel;
 
 use crate::support::TestDaemon;
-use crate::support::rls::{descriptor, request};
+use crate::support::rls::{
+    descriptor, headers, hv, no_limit, request, rl, st, unlimited, with_hits, with_limit,
+};
 
 /// `config_test.go`'s fixtures: lookups, stats keys, shadow mode,
 /// wildcards, shared thresholds, merged domains, unit multipliers.
@@ -101,79 +99,9 @@ async fn one(c: &mut Client, domain: &str, entries: &[(&str, &str)]) -> RateLimi
     ask(c, request(domain, vec![descriptor(entries)], 1)).await
 }
 
-/// `entries` with a descriptor-level `hits_addend`.
-fn with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
-    let mut d = descriptor(entries);
-    d.hits_addend = Some(UInt64Value { value: hits });
-    d
-}
-
-/// `entries` with a `limit` override.
-fn with_limit(entries: &[(&str, &str)], requests_per_unit: u32, unit: Unit) -> RateLimitDescriptor {
-    let mut d = descriptor(entries);
-    d.limit = Some(RateLimitOverride {
-        requests_per_unit,
-        unit: unit as i32,
-    });
-    d
-}
-
-fn rl(name: &str, requests_per_unit: u32, unit: Unit) -> RateLimit {
-    RateLimit {
-        name: name.into(),
-        requests_per_unit,
-        unit: unit as i32,
-    }
-}
-
-/// A counted descriptor's status, reset in whole seconds.
-fn st(code: Code, limit: &RateLimit, remaining: u32, reset_secs: i64) -> DescriptorStatus {
-    DescriptorStatus {
-        code: code as i32,
-        current_limit: Some(limit.clone()),
-        limit_remaining: remaining,
-        duration_until_reset: Some(Duration {
-            seconds: reset_secs,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-}
-
-/// OK with no limit: no match (the peer's `{OK, nil, 0}`).
-fn no_limit() -> DescriptorStatus {
-    DescriptorStatus {
-        code: Code::Ok as i32,
-        ..Default::default()
-    }
-}
-
-/// An `unlimited: true` rule's answer: remaining 4294967295, no limit.
-fn unlimited() -> DescriptorStatus {
-    DescriptorStatus {
-        code: Code::Ok as i32,
-        limit_remaining: u32::MAX,
-        ..Default::default()
-    }
-}
-
 /// The response's overall code.
 fn overall(r: &RateLimitResponse) -> Code {
     Code::try_from(r.overall_code).expect("a known code")
-}
-
-fn headers(r: &RateLimitResponse) -> Vec<(String, String)> {
-    r.response_headers_to_add
-        .iter()
-        .map(|h| (h.key.clone(), h.value.clone()))
-        .collect()
-}
-
-fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// A protobuf `Value` as JSON, whole numbers as integers (so expectations

@@ -150,7 +150,7 @@ async fn basic_config_counts_a_default_key_per_value_and_overrides_per_descripto
     let entries = [("key1", "value1"), ("subkey1", "something")];
     let r = ask(
         &mut c,
-        request(D, vec![with_limit(&entries, 10, Unit::Day)], 1),
+        request(D, vec![with_limit(&entries, 10, Unit::Day as i32)], 1),
     )
     .await;
     assert_eq!(
@@ -159,7 +159,7 @@ async fn basic_config_counts_a_default_key_per_value_and_overrides_per_descripto
     );
     let r = ask(
         &mut c,
-        request(D, vec![with_limit(&entries, 42, Unit::Hour)], 1),
+        request(D, vec![with_limit(&entries, 42, Unit::Hour as i32)], 1),
     )
     .await;
     assert_eq!(
@@ -169,7 +169,11 @@ async fn basic_config_counts_a_default_key_per_value_and_overrides_per_descripto
     // An unknown domain ignores an override too.
     let r = ask(
         &mut c,
-        request("foo_domain", vec![with_limit(&entries, 10, Unit::Day)], 1),
+        request(
+            "foo_domain",
+            vec![with_limit(&entries, 10, Unit::Day as i32)],
+            1,
+        ),
     )
     .await;
     assert_eq!(r.statuses, vec![no_limit()]);

@@ -456,7 +456,11 @@ async fn dynamic_metadata_carries_the_request_and_passed_descriptors_metadata() 
     // A limit override is described; it has no metadata of its own.
     let r = ask(
         &mut c,
-        request(D, vec![with_limit(&[("key2", "o")], 7, Unit::Hour)], 2),
+        request(
+            D,
+            vec![with_limit(&[("key2", "o")], 7, Unit::Hour as i32)],
+            2,
+        ),
     )
     .await;
     assert_eq!(

@@ -362,8 +362,101 @@ pub async fn metric_reaches(http: SocketAddr, series: &str, want: f64) {
 /// Envoy RLS request builders shared by the RLS tests.
 pub mod rls {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        Code, DescriptorStatus, RateLimit,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
+
+    /// `entries` with a descriptor-level `hits_addend`.
+    pub fn with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
+        let mut d = descriptor(entries);
+        d.hits_addend = Some(UInt64Value { value: hits });
+        d
+    }
+
+    /// `entries` with a `limit` override (`unit`: Envoy's enum number, so
+    /// an unknown one can be sent too).
+    pub fn with_limit(
+        entries: &[(&str, &str)],
+        requests_per_unit: u32,
+        unit: i32,
+    ) -> RateLimitDescriptor {
+        let mut d = descriptor(entries);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit,
+            unit,
+        });
+        d
+    }
+
+    /// A `current_limit`.
+    pub fn rl(name: &str, requests_per_unit: u32, unit: Unit) -> RateLimit {
+        RateLimit {
+            name: name.into(),
+            requests_per_unit,
+            unit: unit as i32,
+        }
+    }
+
+    /// A counted descriptor's status, reset in whole seconds.
+    pub fn st(code: Code, limit: &RateLimit, remaining: u32, reset_secs: i64) -> DescriptorStatus {
+        st_ns(code, limit, remaining, reset_secs, 0)
+    }
+
+    /// A counted descriptor's status, reset to the nanosecond.
+    pub fn st_ns(
+        code: Code,
+        limit: &RateLimit,
+        remaining: u32,
+        seconds: i64,
+        nanos: i32,
+    ) -> DescriptorStatus {
+        DescriptorStatus {
+            code: code as i32,
+            current_limit: Some(limit.clone()),
+            limit_remaining: remaining,
+            duration_until_reset: Some(Duration { seconds, nanos }),
+            ..Default::default()
+        }
+    }
+
+    /// OK with no limit: no match, or replaced (envoyproxy's `OK, nil, 0`).
+    pub fn no_limit() -> DescriptorStatus {
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        }
+    }
+
+    /// An `unlimited: true` rule's answer: remaining 4294967295, no limit.
+    pub fn unlimited() -> DescriptorStatus {
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            limit_remaining: u32::MAX,
+            ..Default::default()
+        }
+    }
+
+    /// The response's headers, in order.
+    pub fn headers(r: &RateLimitResponse) -> Vec<(String, String)> {
+        r.response_headers_to_add
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect()
+    }
+
+    /// Expected headers, in order.
+    pub fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
 
     /// A descriptor with the given (key, value) entries.
     pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
