@@ -203,6 +203,59 @@ async fn serve_limits_and_shadow_flags_answer_envoy_from_the_file() {
     assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
 }
 
+#[tokio::test]
+async fn envoy_response_headers_flag_turns_on_exactly_the_peers_three_for_files_domains() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    use crate::support::rls::{descriptor, headers, hv, request};
+
+    let ex3 = manifest("tests/fixtures/rls/valid/ex3_blocklist.yaml");
+    let ask = || {
+        request(
+            "edge_proxy_per_ip",
+            vec![descriptor(&[("remote_address", "10.0.0.1")])],
+            1,
+        )
+    };
+    // By default a files domain's answers carry no headers, as
+    // envoyproxy/ratelimit's without LIMIT_RESPONSE_HEADERS_ENABLED.
+    let d = spawn_serve(&["--limits", &ex3]).await;
+    let mut c = RateLimitServiceClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    let r = c.should_rate_limit(ask()).await.unwrap().into_inner();
+    assert_eq!(r.statuses[0].limit_remaining, 9, "{r:?}");
+    assert!(r.response_headers_to_add.is_empty(), "{r:?}");
+    drop(d);
+    let d = spawn_serve(&["--limits", &ex3, "--envoy-response-headers", "draft03"]).await;
+    let mut c = RateLimitServiceClient::connect(format!("http://{}", d.grpc))
+        .await
+        .unwrap();
+    let r = c.should_rate_limit(ask()).await.unwrap().into_inner();
+    let names: Vec<String> = headers(&r).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        names,
+        ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+        "{r:?}"
+    );
+    assert_eq!(
+        headers(&r)[..2],
+        hv(&[("RateLimit-Limit", "10"), ("RateLimit-Remaining", "9")])
+    );
+    // A style that does not exist is a usage error naming the flag.
+    let out = crate::support::process::serve_command()
+        .args(["--check-only", "--envoy-response-headers", "draft3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--envoy-response-headers")
+            && stderr.contains("expected off, draft03, draft11 or both (got 'draft3')"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn redis_flag_needs_a_known_scheme_and_the_hash_secret() {
     let (_dir, path) = fixture("ok.yaml", crate::support::CONFIG);
