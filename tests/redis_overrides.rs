@@ -297,7 +297,7 @@ async fn overrides_expire_on_every_node_and_redis_holds_no_raw_key() {
 }
 
 #[tokio::test]
-async fn a_node_on_another_history_at_the_same_version_reads_everything_again() {
+async fn a_node_on_another_history_at_the_same_version_writes_back_what_redis_lost() {
     let redis = RedisServer::start().await;
     let a = TestDaemon::with_config(&config(&redis)).await;
     a.ops()
@@ -321,9 +321,17 @@ async fn a_node_on_another_history_at_the_same_version_reads_everything_again() 
     let bob = a.engine.hasher().display(b"bob");
     let record = r#"{"plan":"tiny","reason":"other history","author":"script","updated_at_ns":1}"#;
     write_record(&redis, &bob, record, "quotad:{overrides}:changes");
-    // Same version number, another digest: a reads Redis's state.
+    // Same version number, another digest: a sees Redis lost history it
+    // applied, writes back what Redis lacks (alice) and takes what Redis
+    // has (bob): the cluster converges on everything a node saw.
     propagated(&a, "bob", "tiny/per-minute").await;
-    propagated(&a, "alice", "free/per-second").await;
+    let start = Instant::now();
+    while cli(&redis, &["HLEN", "quotad:{overrides}:data"]).trim() != "2" {
+        assert!(start.elapsed() < PROPAGATION, "alice was not written back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(policy(&a, "alice").await, "gold/per-second");
+    assert_eq!(in_force(&a).await, 2);
 }
 
 #[tokio::test]
@@ -437,4 +445,67 @@ async fn with_redis_down_changes_are_refused_and_nothing_changes() {
         }
     }
     assert_eq!(policy(&a, "henry").await, "gold/per-second");
+}
+
+#[tokio::test]
+async fn overrides_outlive_a_redis_restarted_empty() {
+    // Redis without persistence restarts empty while two nodes hold three
+    // overrides (one a block): the nodes see its version go back, write
+    // back what they hold, and keep enforcing it meanwhile.
+    let mut redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let b = TestDaemon::with_clock(&config(&redis), Arc::clone(&clock)).await;
+    let mut ops = a.ops().await;
+    ops.set_override(set("mallory", Target::Block(true)))
+        .await
+        .unwrap();
+    ops.set_override(set("alice", Target::Plan("gold".into())))
+        .await
+        .unwrap();
+    ops.set_override(set("bob", Target::Plan("gold".into())))
+        .await
+        .unwrap();
+    let want = [
+        ("mallory", "denied:5"),
+        ("alice", "gold/per-second"),
+        ("bob", "gold/per-second"),
+    ];
+    for d in [&a, &b] {
+        for (k, w) in want {
+            propagated(d, k, w).await;
+        }
+    }
+    let hlen = |redis: &RedisServer| cli(redis, &["HLEN", "quotad:{overrides}:data"]);
+    assert_eq!(hlen(&redis).trim(), "3");
+
+    redis.restart().await;
+    assert_eq!(hlen(&redis).trim(), "0", "restarted empty");
+    // Within PROPAGATION (the write-back takes one or two version polls,
+    // 250 ms each, on an idle machine), Redis holds all three again.
+    let start = Instant::now();
+    while hlen(&redis).trim() != "3" {
+        assert!(
+            start.elapsed() < PROPAGATION,
+            "Redis holds {} overrides after {PROPAGATION:?}",
+            hlen(&redis).trim()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both nodes enforced them throughout, and still do; the version
+    // Redis counts again is every node's.
+    for d in [&a, &b] {
+        assert_eq!(in_force(d).await, 3);
+        for (k, w) in want {
+            assert_eq!(policy(d, k).await, w, "{k}");
+        }
+    }
+    // An operator's change after the loss goes through as usual, on
+    // every node.
+    ops.delete_override(key("bob")).await.unwrap();
+    for d in [&a, &b] {
+        propagated(d, "bob", "free/per-second").await;
+        assert_eq!(in_force(d).await, 2);
+    }
+    assert_eq!(hlen(&redis).trim(), "2");
 }

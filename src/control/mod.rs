@@ -576,6 +576,16 @@ impl crate::sync::OverrideStore for Control {
     fn now(&self) -> Nanos {
         self.engine.now()
     }
+
+    fn held(&self) -> Vec<Override> {
+        let now = self.engine.now();
+        let st = self.lock();
+        st.records
+            .values()
+            .filter(|o| o.active(now))
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,15 @@
 //! the writer's node sees it once the call returns; if the node has not
 //! applied it within [`APPLIED_WAIT`], the call says so.
 //!
+//! **Redis losing history.** A node that reads a version lower than its
+//! own (Redis restarted without persistence) or its own version with
+//! another digest (a failover to a replica that lagged) writes back the
+//! overrides in force that Redis lacks (`overrides_restore.lua`: each a
+//! versioned, announced change, made only if Redis still has what the
+//! node read), then reads everything: Redis's records win, the nodes'
+//! come back, so the cluster converges on the last state any node saw.
+//! Until the write-back is made, the node keeps enforcing what it holds.
+//!
 //! A reply of another shape than the script's (see `reply.rs`) is a
 //! failure: a write is unconfirmed (it may have been made), a read keeps
 //! the overrides read last.
@@ -66,6 +75,7 @@ use crate::store::journal::CellKind;
 const WRITE: &str = include_str!("overrides_write.lua");
 const READ: &str = include_str!("overrides_read.lua");
 const PRUNE: &str = include_str!("overrides_prune.lua");
+const RESTORE: &str = include_str!("overrides_restore.lua");
 
 /// One change of operators' state, as Redis announces it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +97,9 @@ pub trait OverrideStore: Send + Sync {
     fn replace_all(&self, records: Vec<Override>);
     /// Drops overrides that ended by `now`; returns how many.
     fn expire(&self, now: Nanos) -> usize;
+    /// Every override in force now (written back to a Redis that lost
+    /// them).
+    fn held(&self) -> Vec<Override>;
     /// The node's clock, now.
     fn now(&self) -> Nanos;
 }
@@ -370,6 +383,7 @@ pub struct OverrideSync {
     keys: Keys,
     read: Lua,
     prune: Lua,
+    restore: Lua,
     store: Arc<dyn OverrideStore>,
     /// The version and digest of Redis's history this node has applied.
     version: u64,
@@ -415,6 +429,7 @@ pub(super) fn pair(
             keys,
             read: Lua::new(READ),
             prune: Lua::new(PRUNE),
+            restore: Lua::new(RESTORE),
             store,
             version: 0,
             digest: String::new(),
@@ -470,7 +485,13 @@ impl OverrideSync {
     /// that starts has nothing to reset). Returns how many overrides
     /// there are.
     pub async fn resync(&mut self) -> Result<usize, SyncError> {
-        let snap = self.read_all().await?;
+        let mut snap = self.read_all().await?;
+        if self.lost(&snap) {
+            // Until the write-back is made, this node keeps enforcing
+            // what it holds rather than Redis's loss.
+            self.write_back(&snap).await?;
+            snap = self.read_all().await?;
+        }
         let records: Vec<Override> = pairs(&snap.overrides)
             .filter_map(|(f, v)| match parse_field(f) {
                 Some(('o', h)) => decode(h, v),
@@ -503,6 +524,88 @@ impl OverrideSync {
         self.publish_applied();
         self.note_reachable(Ok(()));
         Ok(count)
+    }
+
+    /// Whether Redis lost history this node applied: its version went
+    /// back (Redis restarted without persistence), or it is this node's
+    /// with another digest (a failover to a replica that lagged and was
+    /// written to since).
+    fn lost(&self, snap: &Snapshot) -> bool {
+        self.version > 0
+            && (snap.version < self.version
+                || (snap.version == self.version && snap.digest != self.digest))
+    }
+
+    /// Writes back to Redis the overrides this node holds that Redis does
+    /// not have, so the cluster converges on the last state a node saw
+    /// rather than on an empty Redis: each as a change of its own
+    /// (`overrides_restore.lua`), which every node then applies. What
+    /// Redis has is kept (an operator's change after the loss wins). Only
+    /// when Redis still has the version and digest read in `snap`: if
+    /// another node wrote back first, this one reads its result.
+    async fn write_back(&mut self, snap: &Snapshot) -> Result<(), SyncError> {
+        let now = self.store.now();
+        let held: Vec<(String, String)> = self
+            .store
+            .held()
+            .into_iter()
+            .filter(|o| o.active(now))
+            .map(|o| (field('o', o.key_hash), o.to_json()))
+            .collect();
+        tracing::warn!(
+            was = self.version,
+            now = snap.version,
+            held = held.len(),
+            "overrides: Redis lost changes this node applied (its version went back: restarted without persistence, or failed over to a replica that lagged); writing back the overrides this node holds. Check Redis's persistence (appendonly) and replication"
+        );
+        if held.is_empty() {
+            return Ok(());
+        }
+        let keys = &self.keys;
+        let reply: redis::RedisResult<redis::Value> = only(
+            self.conn
+                .eval_all(
+                    &self.restore,
+                    1,
+                    |_| keys.overrides.clone(),
+                    |pipe, _| {
+                        pipe.arg(3)
+                            .arg(&keys.overrides)
+                            .arg(&keys.version)
+                            .arg(&keys.digest)
+                            .arg(&keys.channel)
+                            .arg(snap.version)
+                            .arg(&snap.digest);
+                        for (f, v) in &held {
+                            pipe.arg(f).arg(v);
+                        }
+                    },
+                )
+                .await,
+        );
+        match reply.and_then(|v| reply::restored(&v).map_err(RedisError::from)) {
+            Ok(Some(n)) => {
+                tracing::warn!(
+                    written = n,
+                    "overrides: wrote back to Redis the overrides it had lost"
+                );
+                Ok(())
+            }
+            Ok(None) => {
+                tracing::info!(
+                    "overrides: Redis changed meanwhile (another node wrote back first, or an operator made a change); reading it"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.conn.reset();
+                tracing::warn!(
+                    error = %self.scrub.text(&e.to_string()),
+                    "overrides: writing back to Redis failed; enforcing the overrides held, trying again at the next poll"
+                );
+                Err(SyncError::Redis(e))
+            }
+        }
     }
 
     fn publish_applied(&self) {

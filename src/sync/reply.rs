@@ -188,6 +188,17 @@ pub(crate) fn pruned(v: &Value) -> Result<u64, Malformed> {
     count(v).ok_or_else(|| Malformed::new("the overrides prune script", "an integer >= 0", v))
 }
 
+/// The overrides restore script's reply: how many records it wrote back,
+/// or `None` when Redis changed since the node read it (`-1`).
+pub(crate) fn restored(v: &Value) -> Result<Option<u64>, Malformed> {
+    match v {
+        Value::Int(-1) => Ok(None),
+        v => count(v)
+            .map(Some)
+            .ok_or_else(|| Malformed::new("the overrides restore script", "an integer >= -1", v)),
+    }
+}
+
 /// Bad replies and failures are logged at most this often.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
