@@ -783,3 +783,70 @@ async fn readiness_follows_any_connection_that_finds_redis_gone_or_back() {
     let r = d.check("paid-key", 1).await;
     assert!(r.allowed, "{r:?}");
 }
+
+#[tokio::test]
+async fn counters_of_short_windows_leave_redis_a_short_slack_after_their_window() {
+    // A per-second envoyproxy/ratelimit limit over many keys must not
+    // keep a minute of dead counters in Redis: a counter outlives its
+    // window by the window's length, at least 2 s and at most a minute
+    // (the clock skew between nodes a window tolerates). The daemon's
+    // clock stands on a whole second, so a per-second counter's time to
+    // live is at most 1 s + 2 s, a day's 12 h + 1 min.
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = dir.path().join("flood.yaml");
+    std::fs::write(
+        &limits,
+        "domain: flood\ndescriptors:\n  - key: ip\n    rate_limit: { unit: second, requests_per_unit: 1000 }\n  - key: user\n    rate_limit: { unit: day, requests_per_unit: 1000 }\n",
+    )
+    .expect("write limits");
+    let yaml = format!(
+        "{}rls_files: [{:?}]\n",
+        config(&redis.url(), "5ms"),
+        limits.display().to_string()
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    let mut rls = envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(
+        d.channel().await,
+    );
+    use crate::support::rls::{descriptor, request};
+    const IPS: usize = 200;
+    for i in 0..IPS {
+        let ip = format!("10.0.{}.{}", i / 256, i % 256);
+        rls.should_rate_limit(request("flood", vec![descriptor(&[("ip", &ip)])], 1))
+            .await
+            .expect("rls");
+    }
+    rls.should_rate_limit(request("flood", vec![descriptor(&[("user", "u1")])], 1))
+        .await
+        .expect("rls");
+    d.wait_synced().await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*c:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), IPS + 1, "{keys:?}");
+    let (mut short, mut long) = (0, 0);
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        if ttl <= 3_000 {
+            assert!(ttl > 0, "{k}: {ttl} ms");
+            short += 1;
+        } else {
+            // 12 h to the day's end plus a minute, less what has passed.
+            assert!(ttl <= 43_260_000, "{k}: {ttl} ms");
+            long += 1;
+        }
+    }
+    assert_eq!((short, long), (IPS, 1));
+}

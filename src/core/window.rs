@@ -41,6 +41,32 @@ pub struct Span {
     pub end: Nanos,
 }
 
+/// The shortest [`Span::slack`]: the clock skew between nodes that every
+/// window tolerates.
+pub const MIN_SLACK: Nanos = 2 * 1_000_000_000;
+
+/// The longest [`Span::slack`].
+pub const MAX_SLACK: Nanos = 60 * 1_000_000_000;
+
+impl Span {
+    /// How long a window's shared count (in Redis) outlives the window:
+    /// its length, at least [`MIN_SLACK`] (2 s) and at most [`MAX_SLACK`]
+    /// (1 min). A node whose clock lags by less still counts into the
+    /// same count; past it, a lagging node's hits of the window start a
+    /// count of their own. Short windows, which can hold many keys, so
+    /// keep few dead ones: a per-second counter lives at most 3 s.
+    pub fn slack(&self) -> Nanos {
+        self.end
+            .saturating_sub(self.start)
+            .clamp(MIN_SLACK, MAX_SLACK)
+    }
+
+    /// [`Span::slack`] in milliseconds.
+    pub fn slack_ms(&self) -> u32 {
+        u32::try_from(self.slack() / 1_000_000).unwrap_or(u32::MAX)
+    }
+}
+
 impl Window {
     /// The window containing `now`.
     pub fn span(self, now: Nanos) -> Span {
@@ -212,5 +238,20 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             prop_assert_eq!(days_from_civil(y, m, d), days);
         }
+    }
+
+    #[test]
+    fn slack_is_the_window_length_between_two_seconds_and_a_minute() {
+        const S: Nanos = 1_000_000_000;
+        let span = |len: Nanos| Span {
+            index: 0,
+            start: 10 * S,
+            end: 10 * S + len,
+        };
+        assert_eq!(span(S).slack(), 2 * S);
+        assert_eq!(span(S).slack_ms(), 2_000);
+        assert_eq!(span(10 * S).slack(), 10 * S);
+        assert_eq!(span(60 * S).slack(), 60 * S);
+        assert_eq!(span(86_400 * S).slack(), 60 * S);
     }
 }

@@ -95,6 +95,7 @@ impl Cell<'_> {
                 id,
                 CellKind::Counter {
                     window_end: span.end,
+                    slack_ms: span.slack_ms(),
                 },
                 units,
             ),

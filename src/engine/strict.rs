@@ -84,13 +84,10 @@ impl StrictClient {
     }
 }
 
-/// Extra life of a strict counter's Redis key after its window ends.
-const COUNTER_SLACK_MS: u64 = 60_000;
-
 /// A window counter's time to live in Redis: the rest of its window plus
-/// slack for clock skew.
-fn ttl_ms(window_end: Nanos, now: Nanos) -> u64 {
-    window_end.saturating_sub(now) / 1_000_000 + COUNTER_SLACK_MS
+/// its slack for clock skew ([`window::Span::slack`]).
+fn ttl_ms(span: &window::Span, now: Nanos) -> u64 {
+    span.end.saturating_sub(now) / 1_000_000 + u64::from(span.slack_ms())
 }
 
 /// One limit of a strict check, as the Redis script needs it.
@@ -123,6 +120,8 @@ pub enum StrictKind {
         /// How long the Redis key must live: the rest of the window plus
         /// slack (a duration, so clock offsets cannot cut it short).
         ttl_ms: u64,
+        /// The slack alone ([`window::Span::slack`]), in ms.
+        slack_ms: u32,
     },
 }
 
@@ -169,19 +168,21 @@ impl View<'_> {
                         tau_us: r.tau() / 1_000,
                     },
                     LimitKind::Quota(q) => {
-                        let end = q.window.span(now).end;
+                        let span = q.window.span(now);
                         StrictKind::Counter {
                             quota: q.quota.get(),
-                            window_end: end,
-                            ttl_ms: ttl_ms(end, now),
+                            window_end: span.end,
+                            ttl_ms: ttl_ms(&span, now),
+                            slack_ms: span.slack_ms(),
                         }
                     }
                     LimitKind::Window(w) => {
-                        let end = window::epoch_span(now, w.period).end;
+                        let span = window::epoch_span(now, w.period);
                         StrictKind::Counter {
                             quota: w.limit,
-                            window_end: end,
-                            ttl_ms: ttl_ms(end, now),
+                            window_end: span.end,
+                            ttl_ms: ttl_ms(&span, now),
+                            slack_ms: span.slack_ms(),
                         }
                     }
                 };

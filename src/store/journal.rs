@@ -26,6 +26,9 @@ pub enum CellKind {
     Counter {
         /// End of the window (Unix ns), for the Redis key's expiry.
         window_end: Nanos,
+        /// How long the Redis key outlives the window, in ms
+        /// ([`crate::core::window::Span::slack`]).
+        slack_ms: u32,
     },
 }
 
@@ -194,7 +197,16 @@ mod tests {
         let j = Journal::new(usize::MAX);
         j.add(1, 0, CellKind::Bucket, 5, 0);
         j.add(1, 0, CellKind::Bucket, 7, 0);
-        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(
+            2,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
         j.add(3, 0, CellKind::Bucket, 4, 0);
         j.add(3, 0, CellKind::Bucket, -4, 0);
         assert_eq!(j.pending(1), 12);
@@ -213,14 +225,59 @@ mod tests {
     #[test]
     fn beyond_the_cap_new_cells_are_dropped_and_counted() {
         let j = Journal::new(2);
-        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1, 0);
-        j.add(2, 0, CellKind::Counter { window_end: 9 }, 1, 0);
-        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(
+            1,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
+        j.add(
+            2,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
+        j.add(
+            3,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
         // An entry already held still takes deltas.
-        j.add(1, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(
+            1,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
         assert_eq!((j.pending(1), j.pending(3), j.dropped()), (2, 0, 1));
         assert_eq!(j.drain(usize::MAX).len(), 2);
-        j.add(3, 0, CellKind::Counter { window_end: 9 }, 1, 0);
+        j.add(
+            3,
+            0,
+            CellKind::Counter {
+                window_end: 9,
+                slack_ms: 2_000,
+            },
+            1,
+            0,
+        );
         assert_eq!(j.pending(3), 1);
     }
 

@@ -13,7 +13,8 @@
 //!   microseconds (Lua numbers are doubles: exact to 2⁵³), expiring when
 //!   the bucket is full again.
 //! - Window counters (quotas and envoyproxy/ratelimit fixed windows) are
-//!   counts expiring a minute after their window ends: quotas survive
+//!   counts expiring their slack after their window ends (the window's
+//!   length, 2 s to 1 min: [`crate::core::window::Span::slack`]): quotas survive
 //!   restarts of every node.
 //! - Key names (see `conn.rs`) hold only keyed hashes, never a raw API key;
 //!   nodes must share `store.hash_secret` to name cells alike.
@@ -86,10 +87,6 @@ const NUDGE_GAP: Duration = Duration::from_millis(50);
 
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Counters' keys outlive their window by this much (clock skew between
-/// nodes and Redis).
-const COUNTER_SLACK_MS: u64 = 60_000;
 
 /// The wait after a failed round that followed a wait of `backoff`:
 /// doubled, at least `interval`, at most [`MAX_BACKOFF`] (or `interval`
@@ -402,9 +399,10 @@ impl RedisSync {
         let mut items = journal.drain(usize::MAX);
         items.retain_mut(|(_, p)| match p.kind {
             // A window long over: nobody will read its count again.
-            CellKind::Counter { window_end }
-                if window_end.saturating_add(COUNTER_SLACK_MS * 1_000_000) < now =>
-            {
+            CellKind::Counter {
+                window_end,
+                slack_ms,
+            } if window_end.saturating_add(u64::from(slack_ms) * 1_000_000) < now => {
                 journal.note_dropped(1);
                 false
             }
@@ -517,9 +515,14 @@ impl RedisSync {
                 // A time to live, not an instant: only the node's clock
                 // is involved, so an offset between it and Redis's
                 // cannot expire a window early.
-                CellKind::Counter { window_end } => pipe
+                CellKind::Counter {
+                    window_end,
+                    slack_ms,
+                } => pipe
                     .arg("c")
-                    .arg(window_end.saturating_sub(now_us * 1_000) / 1_000_000 + COUNTER_SLACK_MS)
+                    .arg(
+                        window_end.saturating_sub(now_us * 1_000) / 1_000_000 + u64::from(slack_ms),
+                    )
                     .arg(p.delta),
             };
         };

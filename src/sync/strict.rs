@@ -163,10 +163,17 @@ fn undo(engine: &Engine, job: &StrictJob) {
                 -i64::try_from(emission_us.saturating_mul(1_000)).unwrap_or(i64::MAX),
                 job.now,
             ),
-            StrictKind::Counter { window_end, .. } => journal.add(
+            StrictKind::Counter {
+                window_end,
+                slack_ms,
+                ..
+            } => journal.add(
                 c.id,
                 job.tag,
-                CellKind::Counter { window_end },
+                CellKind::Counter {
+                    window_end,
+                    slack_ms,
+                },
                 -cost,
                 job.now,
             ),
