@@ -69,6 +69,9 @@ pub struct Journal {
     entries: AtomicUsize,
     cap: usize,
     dropped: AtomicU64,
+    /// Cells of flush calls that failed, held by the sync task to be sent
+    /// again as they were: pending too, outside this map.
+    aside: AtomicUsize,
 }
 
 impl Default for Journal {
@@ -85,6 +88,7 @@ impl Journal {
             entries: AtomicUsize::new(0),
             cap,
             dropped: AtomicU64::new(0),
+            aside: AtomicUsize::new(0),
         }
     }
 
@@ -92,6 +96,16 @@ impl Journal {
     /// good, or for windows long over.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Cells held aside by the sync task (calls to send again).
+    pub fn aside(&self) -> usize {
+        self.aside.load(Ordering::Relaxed)
+    }
+
+    /// Says how many cells the sync task holds aside now.
+    pub fn set_aside(&self, cells: usize) {
+        self.aside.store(cells, Ordering::Relaxed);
     }
 
     /// Counts `n` dropped deltas.

@@ -53,6 +53,15 @@ impl Lua {
     }
 }
 
+/// The Cluster slot of `key`, on a Cluster (`None` elsewhere: every key
+/// can go in one script call).
+pub(crate) fn slot_of(conn: &RedisConn, key: &str) -> Option<Slot> {
+    match conn.to {
+        To::Cluster(_) => Some(Slot::for_key(key)),
+        To::Single(_) | To::Sentinel(_) => None,
+    }
+}
+
 /// A bucket's or a counter's key.
 pub(crate) fn key(prefix: &str, tag: u64, bucket: bool, cell: u64) -> String {
     let kind = if bucket { 'b' } else { 'c' };

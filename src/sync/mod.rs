@@ -3,11 +3,23 @@
 //! Decisions stay local and synchronous: the engine records what each
 //! check charged in the store's journal ([`crate::store::journal`]), and
 //! this task, every `sync_interval`, drains the dirty cells and sends one
-//! delta per cell in one pipelined round trip through one Lua script
-//! (`sync.lua`) that applies the delta to the cell's global state in
-//! Redis atomically and returns it; the node then adopts the global state
-//! plus whatever it charged meanwhile. No Redis call and no `.await` is on
-//! the request path.
+//! delta per cell, [`CALL_CELLS`] cells per call of one Lua script
+//! (`sync.lua`, one Cluster slot per call), every call in one pipelined
+//! round trip; the script applies the deltas to the cells' global states
+//! in Redis atomically and returns them; the node then adopts each global
+//! state plus whatever it charged meanwhile. No Redis call and no `.await`
+//! is on the request path.
+//!
+//! **Exactly once.** Each call carries an id (a random id of this run and
+//! a sequence number) that the script records in a marker key (in the
+//! call's slot, for [`MARKER_TTL_MS`], ten minutes): a call whose marker
+//! exists is not applied again, only its states read. A call whose answer
+//! did not come (Redis killed or restarted, paused or slower than the
+//! round-trip timeout, a dropped connection) is kept aside as it was and
+//! sent again first, before the journal is drained again, so a delta
+//! Redis applied and whose answer was lost counts once. (A call kept
+//! longer than the marker lives, through an outage of more than ten
+//! minutes that began just after Redis applied it, could count twice.)
 //!
 //! - Token buckets are kept in Redis as their theoretical arrival time in
 //!   microseconds (Lua numbers are doubles: exact to 2⁵³), expiring when
@@ -30,13 +42,13 @@
 //! learns its global state on its first flush.
 //!
 //! **Outages**: in `sync` mode a node always decides locally: when a
-//! flush fails, its deltas go back to the journal (merged with new ones,
-//! one entry per cell, capped at the store's cap: beyond it deltas are
-//! dropped and counted), nodes keep deciding locally, and the task retries
-//! with exponential backoff (to 5 s) on a fresh connection, then sends
-//! everything pending once Redis answers again. A bucket delta is applied
-//! as spent from its oldest charge on, so a backlog counts as the traffic
-//! it was rather than as a burst now. Delivery is at least once. State changes are
+//! flush fails, its calls are kept aside and new charges gather in the
+//! journal (one entry per cell, capped at the store's cap: beyond it
+//! deltas are dropped and counted), nodes keep deciding locally, and the
+//! task retries with exponential backoff (to 5 s) on a fresh connection,
+//! then sends the kept calls and everything pending once Redis answers
+//! again. A bucket delta is applied as spent from its oldest charge on, so
+//! a backlog counts as the traffic it was rather than as a burst now. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
 //! makes a last flush, bounded by [`FINAL_FLUSH`].
 //!
@@ -45,9 +57,11 @@
 //! implements: sync does not know it), and [`readiness`] says what Redis
 //! means to the node's readiness.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::cluster_routing::Slot;
 use redis::{IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 
@@ -58,8 +72,8 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::metrics::names;
 use crate::shutdown::Shutdown;
-use crate::store::journal::{CellKind, Pending};
-use connection::{Link, Lua, RedisConn, key};
+use crate::store::journal::{CellKind, Journal, Pending};
+use connection::{Link, Lua, RedisConn, key, slot_of};
 
 mod connection;
 pub mod overrides;
@@ -69,11 +83,15 @@ pub mod strict;
 
 pub use overrides::{Change, OverrideStore};
 
-/// The Lua script every flush runs, one call per dirty cell.
+/// The Lua script every flush runs, one call per [`CALL_CELLS`] dirty cells.
 const SCRIPT: &str = include_str!("sync.lua");
 
-/// Dirty cells sent in one pipelined round trip.
-const BATCH: usize = 1_000;
+/// Cells in one call of the sync script.
+const CALL_CELLS: usize = 500;
+
+/// How long Redis remembers that a call was applied (ms): a call sent
+/// again within it (its answer was lost) is applied once.
+const MARKER_TTL_MS: u64 = 600_000;
 
 /// How long the last flush at shutdown may take.
 pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
@@ -198,6 +216,12 @@ pub struct RedisSync {
     contact: Option<tokio::time::Instant>,
     /// Dropped deltas are logged at most once every few seconds.
     log: reply::Throttle,
+    /// This run's id in the calls' markers (random).
+    node: u64,
+    /// The last call's sequence number (with `node`, a call's id).
+    seq: u64,
+    /// Calls of a round that failed, sent again first, as they were.
+    kept: Vec<SyncCall>,
 }
 
 impl std::fmt::Debug for RedisSync {
@@ -250,6 +274,9 @@ impl RedisSync {
             metrics: None,
             contact: None,
             log: reply::Throttle::default(),
+            node: rand::random(),
+            seq: 0,
+            kept: Vec::new(),
         };
         let handle = SyncHandle {
             state: rx,
@@ -385,100 +412,66 @@ impl RedisSync {
         }
     }
 
-    /// One round: takes every cell dirty now (each once; cells charged
-    /// meanwhile wait for the next round) and sends them in chunks of
-    /// `BATCH` (1 000), one round trip each; records the state change. A round
-    /// with nothing to send pings Redis unless it answered within the last
-    /// second (`IDLE_PING`), so an idle node reports a Redis that went down.
+    /// One round: first the calls kept from a round that failed, as they
+    /// were (same ids, same deltas); then, once those went through, every
+    /// cell dirty now (each once; cells charged meanwhile wait for the next
+    /// round), in calls of at most [`CALL_CELLS`] cells sent in one
+    /// pipelined round trip (one per slot on a Cluster). Records the state
+    /// change. A round with nothing to send pings Redis unless it answered
+    /// within the last second (`IDLE_PING`), so an idle node reports a
+    /// Redis that went down.
     pub async fn flush_all(&mut self) -> Result<usize, SyncError> {
         let engine = Arc::clone(&self.engine);
         let Some(journal) = engine.store().journal() else {
             return Ok(0);
         };
-        let now = engine.now();
-        let mut items = journal.drain(usize::MAX);
-        items.retain_mut(|(_, p)| match p.kind {
-            // A window long over: nobody will read its count again.
-            CellKind::Counter {
-                window_end,
-                slack_ms,
-            } if window_end.saturating_add(u64::from(slack_ms) * 1_000_000) < now => {
-                journal.note_dropped(1);
-                false
-            }
-            // Redis keeps whole microseconds: round to the nearest (at
-            // most half a microsecond per cell and round, either way).
-            CellKind::Bucket => {
-                p.delta = (p.delta + p.delta.signum() * 500) / 1_000 * 1_000;
-                p.delta != 0
-            }
-            CellKind::Counter { .. } => true,
-        });
         let started = Stopwatch::start();
-        let sending = !items.is_empty();
-        let mut batches = 0;
-        let mut skipped = false;
-        let mut sent_cells = 0u64;
         let link = Arc::clone(&self.link);
         let state = link.state();
-        let result = if items.is_empty() {
-            let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
-            skipped = *state.borrow() == SyncState::Synced && recent;
-            if skipped {
-                Ok(0)
-            } else {
-                self.conn.ping().await.map(|()| 0).map_err(SyncError::Redis)
-            }
-        } else {
-            let mut result = Ok(items.len());
-            for (k, chunk) in items.chunks(BATCH).enumerate() {
-                batches += 1;
-                let (applied, sent) = self.send_chunk(chunk).await;
+        let mut calls_sent = 0u64;
+        let mut sent_cells = 0u64;
+        let mut sending = false;
+        let mut skipped = false;
+        let kept = std::mem::take(&mut self.kept);
+        let mut result = Ok(0);
+        if !kept.is_empty() {
+            sending = true;
+            calls_sent += kept.len() as u64;
+            let (applied, sent) = self.send_calls(kept, Resend::Kept).await;
+            sent_cells += applied;
+            result = sent.map(|()| applied as usize);
+        }
+        if result.is_ok() {
+            let items = self.pending(journal);
+            if !items.is_empty() {
+                sending = true;
+                let calls = self.calls(items);
+                calls_sent += calls.len() as u64;
+                let (applied, sent) = self.send_calls(calls, Resend::Fresh).await;
                 sent_cells += applied;
-                if let Err(e) = sent {
-                    for rest in items.chunks(BATCH).skip(k + 1) {
-                        journal.restore(rest);
-                    }
-                    result = Err(e);
-                    break;
+                result = sent.map(|()| sent_cells as usize);
+            } else if !sending {
+                let recent = self.contact.is_some_and(|t| t.elapsed() < IDLE_PING);
+                skipped = *state.borrow() == SyncState::Synced && recent;
+                if !skipped {
+                    result = self.conn.ping().await.map(|()| 0).map_err(SyncError::Redis);
                 }
             }
-            result
-        };
+        }
         // A round that neither sent nor pinged is not a flush.
         if let Some(m) = &self.metrics
             && !skipped
         {
             let [ok, failed] = &m.rounds;
             if result.is_ok() { ok } else { failed }.increment(1);
-            m.batches.increment(batches);
+            m.batches.increment(calls_sent);
             m.cells.increment(sent_cells);
             if sending {
                 m.seconds.record(started.seconds());
             }
         }
-        let next = if result.is_ok() {
-            SyncState::Synced
-        } else {
-            SyncState::Degraded
-        };
-        let before = *state.borrow();
-        if before != next {
-            match (&result, before) {
-                (Err(e), _) => tracing::warn!(
-                    error = %self.scrub.text(&e.to_string()),
-                    "redis sync: cannot reach Redis; deciding locally and keeping deltas"
-                ),
-                (Ok(sent), SyncState::Degraded) => {
-                    tracing::info!(
-                        cells = sent,
-                        "redis sync: Redis is back; pending deltas sent"
-                    )
-                }
-                (Ok(_), _) => tracing::info!("redis sync: connected"),
-            }
-            state.send_replace(next);
-        }
+        journal.set_aside(self.kept.iter().map(|c| c.cells.len()).sum());
+        self.note_state(&result, state);
         if result.is_ok() {
             if !skipped {
                 self.contact = Some(tokio::time::Instant::now());
@@ -488,86 +481,178 @@ impl RedisSync {
         result
     }
 
-    /// One round trip (one per slot on a Cluster, plus one for cells
-    /// that met a Redis without the script cached). Adopts every answer.
-    /// What failed goes back to the journal and fails the round, except
-    /// an error resending cannot fix (a key of another type under our
-    /// prefix, a script error), which is dropped and counted.
-    /// Returns how many cells Redis applied, even when the chunk failed
-    /// for the others.
-    async fn send_chunk(&mut self, items: &[(u64, Pending)]) -> (u64, Result<(), SyncError>) {
+    /// Logs and publishes a change of state after a round.
+    fn note_state(&self, result: &Result<usize, SyncError>, state: &watch::Sender<SyncState>) {
+        let next = if result.is_ok() {
+            SyncState::Synced
+        } else {
+            SyncState::Degraded
+        };
+        let before = *state.borrow();
+        if before == next {
+            return;
+        }
+        match (result, before) {
+            (Err(e), _) => tracing::warn!(
+                error = %self.scrub.text(&e.to_string()),
+                "redis sync: cannot reach Redis; deciding locally and keeping deltas"
+            ),
+            (Ok(sent), SyncState::Degraded) => {
+                tracing::info!(
+                    cells = sent,
+                    "redis sync: Redis is back; pending deltas sent"
+                )
+            }
+            (Ok(_), _) => tracing::info!("redis sync: connected"),
+        }
+        state.send_replace(next);
+    }
+
+    /// Every cell dirty now, with what is worth sending: a window long
+    /// over is dropped (nobody will read its count again), a bucket's
+    /// delta rounded to whole microseconds (Redis keeps those; at most
+    /// half a microsecond per cell and round, either way).
+    fn pending(&self, journal: &Journal) -> Vec<(u64, Pending)> {
+        let now = self.engine.now();
+        let mut items = journal.drain(usize::MAX);
+        items.retain_mut(|(_, p)| match p.kind {
+            CellKind::Counter {
+                window_end,
+                slack_ms,
+            } if window_end.saturating_add(u64::from(slack_ms) * 1_000_000) < now => {
+                journal.note_dropped(1);
+                false
+            }
+            CellKind::Bucket => {
+                p.delta = (p.delta + p.delta.signum() * 500) / 1_000 * 1_000;
+                p.delta != 0
+            }
+            CellKind::Counter { .. } => true,
+        });
+        items
+    }
+
+    /// `items` as script calls of at most [`CALL_CELLS`] cells, each of
+    /// one Cluster slot, each with a sequence number of its own.
+    fn calls(&mut self, items: Vec<(u64, Pending)>) -> Vec<SyncCall> {
+        let prefix = &self.settings.key_prefix;
+        let mut groups: HashMap<Option<Slot>, Vec<(u64, Pending)>> = HashMap::new();
+        for (id, p) in items {
+            let slot = slot_of(&self.conn, &key(prefix, p.tag, false, 0));
+            groups.entry(slot).or_default().push((id, p));
+        }
+        let mut calls = Vec::new();
+        for cells in groups.into_values() {
+            for chunk in cells.chunks(CALL_CELLS) {
+                self.seq += 1;
+                calls.push(SyncCall {
+                    seq: self.seq,
+                    cells: chunk.to_vec(),
+                });
+            }
+        }
+        calls
+    }
+
+    /// The marker naming `call` in Redis (in its cells' slot).
+    fn marker(&self, call: &SyncCall) -> String {
+        let tag = call.cells.first().map_or(0, |(_, p)| p.tag);
+        format!(
+            "{}{{{tag:016x}}}r:{:016x}:{}",
+            self.settings.key_prefix, self.node, call.seq
+        )
+    }
+
+    /// Sends `calls` in one pipelined round trip (one per slot on a
+    /// Cluster, plus one for calls that met a Redis without the script
+    /// cached) and adopts every state Redis returns. A call whose answer
+    /// did not come (transport trouble, a timeout, a Redis that is
+    /// read-only, loading or failing over) is kept as it is, to be sent
+    /// again first: its marker makes Redis apply it at most once. A cell
+    /// whose key Redis cannot use (another type under our prefix), or a
+    /// call the script fails on, is dropped and counted: sending it again
+    /// cannot help. Returns how many cells' states were adopted.
+    async fn send_calls(
+        &mut self,
+        calls: Vec<SyncCall>,
+        resend: Resend,
+    ) -> (u64, Result<(), SyncError>) {
         let now_us = self.engine.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
-        let name = |i: usize| {
-            let (id, p) = &items[i];
-            key(&prefix, p.tag, matches!(p.kind, CellKind::Bucket), *id)
-        };
+        let markers: Vec<String> = calls.iter().map(|c| self.marker(c)).collect();
         let args = |pipe: &mut redis::Pipeline, i: usize| {
-            let (_, p) = &items[i];
-            pipe.arg(1).arg(name(i));
-            match p.kind {
-                // Applied as spent since the entry's oldest charge.
-                CellKind::Bucket => pipe
-                    .arg("b")
-                    .arg(now_us)
-                    .arg(p.delta / 1_000)
-                    .arg(p.since / 1_000),
-                // A time to live, not an instant: only the node's clock
-                // is involved, so an offset between it and Redis's
-                // cannot expire a window early.
-                CellKind::Counter {
-                    window_end,
-                    slack_ms,
-                } => pipe
-                    .arg("c")
-                    .arg(
-                        window_end.saturating_sub(now_us * 1_000) / 1_000_000 + u64::from(slack_ms),
-                    )
-                    .arg(p.delta),
-            };
+            let call = &calls[i];
+            pipe.arg(call.cells.len() + 1).arg(&markers[i]);
+            for (id, p) in &call.cells {
+                pipe.arg(key(&prefix, p.tag, matches!(p.kind, CellKind::Bucket), *id));
+            }
+            pipe.arg(MARKER_TTL_MS).arg(now_us);
+            for (_, p) in &call.cells {
+                match p.kind {
+                    // Applied as spent since the entry's oldest charge.
+                    CellKind::Bucket => pipe.arg("b").arg(p.delta / 1_000).arg(p.since / 1_000),
+                    // A time to live, not an instant: only the node's
+                    // clock is involved, so an offset between it and
+                    // Redis's cannot expire a window early.
+                    CellKind::Counter {
+                        window_end,
+                        slack_ms,
+                    } => pipe
+                        .arg("c")
+                        .arg(
+                            window_end.saturating_sub(now_us * 1_000) / 1_000_000
+                                + u64::from(slack_ms),
+                        )
+                        .arg(p.delta),
+                };
+            }
         };
         let answers: Vec<redis::RedisResult<redis::Value>> = self
             .conn
-            .eval_all(&self.script, items.len(), name, args)
+            .eval_all(&self.script, calls.len(), |i| markers[i].clone(), args)
             .await;
-        let store = self.engine.store();
-        let mut applied = 0u64;
-        let mut unsent = Vec::new();
+        let engine = Arc::clone(&self.engine);
+        let store = engine.store();
+        let mut adopted = 0u64;
         let mut first_error = None;
-        for ((id, p), answer) in items.iter().zip(answers) {
-            // A reply of another shape than the script's is no state to
-            // adopt: the delta is kept and sent again, as after an error.
-            let answer = answer.and_then(|v| reply::synced(&v).map_err(RedisError::from));
-            match answer {
-                Ok(v) => {
-                    applied += 1;
-                    match p.kind {
-                        CellKind::Bucket => store.adopt_bucket(*id, v.saturating_mul(1_000)),
-                        CellKind::Counter { .. } => store.adopt_counter(*id, v),
+        for (call, answer) in calls.into_iter().zip(answers) {
+            let cells = call.cells.len();
+            match answer.and_then(|v| reply::batch(&v, cells).map_err(RedisError::from)) {
+                Ok((applied, states)) => {
+                    if !applied {
+                        tracing::debug!(
+                            seq = call.seq,
+                            "redis sync: a call sent again was applied before; states read"
+                        );
+                    }
+                    for ((id, p), state) in call.cells.iter().zip(states) {
+                        match state {
+                            // What the cell charged since: sent next, in
+                            // this round, whose answer it adopts (its
+                            // backlog is applied from its oldest charge
+                            // on, which adding it here would not be).
+                            Ok(_)
+                                if resend == Resend::Kept
+                                    && store.journal().is_some_and(|j| j.pending(*id) != 0) => {}
+                            Ok(v) => {
+                                adopted += 1;
+                                match p.kind {
+                                    CellKind::Bucket => {
+                                        store.adopt_bucket(*id, v.saturating_mul(1_000));
+                                    }
+                                    CellKind::Counter { .. } => store.adopt_counter(*id, v),
+                                }
+                            }
+                            Err(e) => self.dropped(&format_args!("cell {id:016x}: {e}"), 1),
+                        }
                     }
                 }
-                // Errors resending cannot fix: a key of another type under
-                // our prefix, or the script failing on it. Anything else
-                // (including a pipeline-wide error copied to each item)
-                // is kept and retried.
-                Err(e)
-                    if e.code() == Some("WRONGTYPE")
-                        || (e.code() == Some("ERR") && e.to_string().contains("script")) =>
-                {
-                    self.log.warn(
-                        "redis sync: delta dropped",
-                        &format_args!("cell {id:016x}: {}", self.scrub.text(&e.to_string())),
-                    );
-                    if let Some(j) = store.journal() {
-                        j.note_dropped(1);
-                    }
+                Err(e) if e.code() == Some("ERR") && e.to_string().contains("script") => {
+                    let shown = self.scrub.text(&e.to_string());
+                    self.dropped(&format_args!("{cells} cells: {shown}"), cells as u64);
                 }
                 Err(e) => {
-                    // Not applied (transport trouble, or a Redis that is
-                    // read-only, loading, failing over), or applied with
-                    // an answer that is not the script's: kept for the
-                    // next round, on a fresh connection.
-                    unsent.push((*id, *p));
+                    self.kept.push(call);
                     first_error.get_or_insert(e);
                 }
             }
@@ -576,14 +661,37 @@ impl RedisSync {
             None => Ok(()),
             Some(e) => {
                 self.conn.reset();
-                if let Some(j) = store.journal() {
-                    j.restore(&unsent);
-                }
                 Err(SyncError::Redis(e))
             }
         };
-        (applied, result)
+        (adopted, result)
     }
+
+    /// Logs (throttled) and counts deltas given up.
+    fn dropped(&mut self, what: &dyn std::fmt::Display, cells: u64) {
+        self.log.warn("redis sync: delta dropped", what);
+        if let Some(j) = self.engine.store().journal() {
+            j.note_dropped(cells);
+        }
+    }
+}
+
+/// Whether calls are sent for the first time or again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Cells just drained from the journal.
+    Fresh,
+    /// Calls kept from a round that failed.
+    Kept,
+}
+
+/// One call of the sync script: its sequence number (with the node's id,
+/// its marker in Redis) and the cells it carries, kept as they were when
+/// its round failed.
+#[derive(Debug)]
+struct SyncCall {
+    seq: u64,
+    cells: Vec<(u64, Pending)>,
 }
 
 #[cfg(test)]

@@ -109,10 +109,42 @@ pub(crate) fn strict(v: &Value, cells: usize) -> Result<(bool, Vec<u64>), Malfor
     states.map(|s| (ok, s)).ok_or_else(bad)
 }
 
-/// `sync.lua`'s reply: one integer of at least 0 (an arrival time in µs,
-/// or a count).
-pub(crate) fn synced(v: &Value) -> Result<u64, Malformed> {
-    count(v).ok_or_else(|| Malformed::new("the sync script", "an integer >= 0", v))
+/// One cell's answer in `sync.lua`'s reply: its state, or why Redis
+/// could not use its key.
+pub(crate) type CellState = Result<u64, String>;
+
+/// `sync.lua`'s reply for a call of `cells` cells: whether it was applied
+/// (false: a repeat of a call applied before, only read), and each
+/// cell's state (an integer >= 0) or error (`"E <text>"`).
+pub(crate) fn batch(v: &Value, cells: usize) -> Result<(bool, Vec<CellState>), Malformed> {
+    const EXPECTED: &str = "[0 or 1, then per cell an integer >= 0 or \"E <error>\"]";
+    let bad = || Malformed::new("the sync script", EXPECTED, v);
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let Some((applied, states)) = items.split_first() else {
+        return Err(bad());
+    };
+    if states.len() != cells {
+        return Err(bad());
+    }
+    let applied = match count(applied) {
+        Some(0) => false,
+        Some(1) => true,
+        _ => return Err(bad()),
+    };
+    let states = states
+        .iter()
+        .map(|s| match (count(s), text(s)) {
+            (Some(n), _) => Ok(Ok(n)),
+            (None, Some(t)) => match t.strip_prefix("E ") {
+                Some(e) => Ok(Err(e.to_owned())),
+                None => Err(bad()),
+            },
+            _ => Err(bad()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((applied, states))
 }
 
 /// `overrides_write.lua`'s reply: `[version, digest, old value or nil]`.
@@ -302,15 +334,40 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_reply_must_be_one_integer_of_at_least_zero() {
-        assert_eq!(synced(&int(0)), Ok(0));
+    fn a_sync_reply_is_applied_or_not_then_a_state_or_error_per_cell() {
+        let v = arr(vec![
+            int(1),
+            int(0),
+            int(1_795_780_800_000_000),
+            bulk("E WRONGTYPE x"),
+        ]);
         assert_eq!(
-            synced(&int(1_795_780_800_000_000)),
-            Ok(1_795_780_800_000_000)
+            batch(&v, 3),
+            Ok((
+                true,
+                vec![
+                    Ok(0),
+                    Ok(1_795_780_800_000_000),
+                    Err("WRONGTYPE x".to_owned())
+                ]
+            ))
         );
-        let more = [int(i64::MIN), arr(vec![int(5)]), bulk("5")];
+        assert_eq!(
+            batch(&arr(vec![int(0), int(7)]), 1),
+            Ok((false, vec![Ok(7)]))
+        );
+        let more = [
+            // Too few or too many states, a flag that is not 0 or 1, a
+            // negative state, text that is no error.
+            arr(vec![int(1), int(5)]),
+            arr(vec![int(2), int(5), int(5)]),
+            arr(vec![int(1), int(-1), int(5)]),
+            arr(vec![int(1), bulk("5"), int(5)]),
+            arr(vec![]),
+            int(5),
+        ];
         for v in more.into_iter().chain(wrong_everywhere()) {
-            assert!(synced(&v).is_err(), "{v:?} is not a sync reply");
+            assert!(batch(&v, 2).is_err(), "{v:?} is not a sync reply");
         }
     }
 
@@ -413,7 +470,7 @@ mod tests {
     #[test]
     fn an_error_shows_at_most_a_bounded_part_of_the_reply() {
         let huge = bulk(&"é".repeat(10_000));
-        let e = synced(&huge).expect_err("a string is no count");
+        let e = batch(&huge, 1).expect_err("a string is no sync reply");
         assert!(e.got.chars().count() <= SHOWN + 1, "{}", e.got);
         assert!(e.to_string().contains("the sync script"));
         let r: redis::RedisError = e.into();

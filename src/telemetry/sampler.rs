@@ -81,7 +81,8 @@ pub fn sampler(sources: Sources) -> Sampler {
             m.gauge(names::REDIS_UP, &[])
                 .set(f64::from(u8::from(redis_up())));
             if let Some(j) = store.journal() {
-                m.gauge(names::REDIS_PENDING, &[]).set(j.len() as f64);
+                m.gauge(names::REDIS_PENDING, &[])
+                    .set((j.len() + j.aside()) as f64);
                 m.counter(names::REDIS_DROPPED, &[]).absolute(j.dropped());
             }
         }
