@@ -201,6 +201,34 @@ async fn shutdown_flushes_what_is_pending() {
 }
 
 #[tokio::test]
+async fn shutdown_interrupts_a_round_redis_holds_up_and_sends_its_calls_once() {
+    // Redis pauses writes for 1 s while a round is in flight; the node is
+    // stopped meanwhile. The stop does not wait for that round: the final
+    // flush sends its calls again, and once Redis serves, every charge is
+    // counted exactly once, however the paused round and the final flush
+    // met in Redis.
+    let redis = RedisServer::start().await;
+    let a = TestDaemon::with_config(&config(&redis.url(), "5ms")).await;
+    let mut ca = client(&a).await;
+    assert_eq!(check(&mut ca, "q-key", 3).await, (true, 97));
+    a.wait_synced().await;
+    assert_eq!(
+        redis
+            .command("CLIENT PAUSE 1000 WRITE")
+            .await
+            .expect("pause"),
+        "+OK"
+    );
+    assert_eq!(check(&mut ca, "q-key", 4).await, (true, 93));
+    // A round takes the 4 units to a Redis that holds them up.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    a.stop().await.expect("clean stop");
+    let fast = config(&redis.url(), "5ms");
+    let b = TestDaemon::with_config(&fast).await;
+    assert_eq!(after_first_flush(&b, "q-key").await, (true, 91));
+}
+
+#[tokio::test]
 async fn redis_keys_never_contain_the_api_key() {
     let redis = RedisServer::start().await;
     let a = TestDaemon::with_config(&config(&redis.url(), "5ms")).await;

@@ -5,9 +5,11 @@
 //! no allocation once the entry exists); the sync task drains it every
 //! `sync_interval`, sends one delta per dirty cell, and puts back what it
 //! could not send. It holds one entry per dirty cell, at most `cap` of
-//! them (the store's cap); a delta for a new cell beyond that, during a
+//! them (the store's cap); a charge for a new cell beyond that, during a
 //! long outage, is dropped and counted ([`Journal::dropped`]), as are
-//! deltas Redis refused for good and those of windows long over.
+//! deltas Redis refused for good and those of windows long over. An undo
+//! (units given back) may take an entry past the cap, up to a sixteenth
+//! more: only beyond that is it dropped (counted and logged).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
@@ -98,6 +100,11 @@ impl Journal {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Entries the journal may hold for undos: the cap and a sixteenth.
+    fn undo_cap(&self) -> usize {
+        self.cap.saturating_add(self.cap / 16 + 16)
+    }
+
     /// Cells held aside by the sync task (calls to send again).
     pub fn aside(&self) -> usize {
         self.aside.load(Ordering::Relaxed)
@@ -121,7 +128,10 @@ impl Journal {
             e.since.fetch_min(since, Ordering::Relaxed);
             return;
         }
-        if self.entries.load(Ordering::Relaxed) >= self.cap {
+        let held = self.entries.load(Ordering::Relaxed);
+        // An undo (units given back) may go past the cap by a sixteenth:
+        // losing one would leave Redis counting what was returned.
+        if held >= self.cap && (delta >= 0 || held >= self.undo_cap()) {
             self.note_dropped(1);
             return;
         }
@@ -303,5 +313,21 @@ mod tests {
         }
         assert_eq!(j.drain(4).len(), 4);
         assert_eq!(j.len(), 6);
+    }
+
+    #[test]
+    fn undos_go_past_the_cap_by_a_sixteenth_charges_do_not() {
+        let j = Journal::new(32);
+        for id in 0..32 {
+            j.add(id, 0, CellKind::Bucket, 1, 0);
+        }
+        j.add(100, 0, CellKind::Bucket, 1, 0);
+        assert_eq!((j.len(), j.dropped()), (32, 1), "a charge beyond the cap");
+        // 32 + 32/16 + 16 = 50 entries for undos.
+        for id in 200..230 {
+            j.add(id, 0, CellKind::Bucket, -1, 0);
+        }
+        assert_eq!((j.len(), j.dropped()), (50, 13));
+        assert_eq!(j.pending(200), -1);
     }
 }

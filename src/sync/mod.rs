@@ -50,7 +50,8 @@
 //! again. A bucket delta is applied as spent from its oldest charge on, so
 //! a backlog counts as the traffic it was rather than as a burst now. State changes are
 //! logged and visible through [`SyncHandle::state`]. On shutdown the task
-//! makes a last flush, bounded by [`FINAL_FLUSH`].
+//! interrupts a round that is waiting on Redis (its calls stay held) and
+//! makes a last flush, bounded by [`FINAL_FLUSH`], that sends them again.
 //!
 //! Besides: [`overrides`] keeps operators' overrides equal on every node
 //! (applied through an [`OverrideStore`], which the control plane
@@ -95,6 +96,9 @@ const MARKER_TTL_MS: u64 = 600_000;
 
 /// How long the last flush at shutdown may take.
 pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);
+
+/// The wait between tries of the final flush.
+const FINAL_RETRY: Duration = Duration::from_millis(50);
 
 /// An idle node pings Redis this often, so `redis_up` and readiness
 /// notice a Redis that went away while nothing was sent.
@@ -388,7 +392,14 @@ impl RedisSync {
                 break;
             }
             last = tokio::time::Instant::now();
-            backoff = match self.flush_all().await {
+            // A round waiting on a Redis that does not answer gives way
+            // to shutdown: its calls stay held, and the final flush sends
+            // them again (applied at most once).
+            let flushed = tokio::select! {
+                flushed = self.flush_all() => flushed,
+                _ = stop.wait() => break,
+            };
+            backoff = match flushed {
                 Ok(_) => self.settings.sync_interval,
                 Err(_) => next_backoff(backoff, self.settings.sync_interval),
             };
@@ -402,13 +413,30 @@ impl RedisSync {
                 dropped = now_dropped;
             }
         }
-        match tokio::time::timeout(FINAL_FLUSH, self.flush_all()).await {
-            Ok(Ok(sent)) => tracing::info!(cells = sent, "redis sync: final flush done"),
-            Ok(Err(e)) => tracing::warn!(
-                error = %self.scrub.text(&e.to_string()),
-                "redis sync: final flush failed; pending deltas are lost"
-            ),
-            Err(_) => tracing::warn!("redis sync: final flush timed out; pending deltas are lost"),
+        // The last flush: tried again (a round that failed keeps its
+        // calls) until it goes through or its time is up.
+        let deadline = tokio::time::Instant::now() + FINAL_FLUSH;
+        loop {
+            match tokio::time::timeout_at(deadline, self.flush_all()).await {
+                Ok(Ok(sent)) => {
+                    tracing::info!(cells = sent, "redis sync: final flush done");
+                    break;
+                }
+                Ok(Err(_)) if tokio::time::Instant::now() + FINAL_RETRY < deadline => {
+                    tokio::time::sleep(FINAL_RETRY).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        error = %self.scrub.text(&e.to_string()),
+                        "redis sync: final flush failed; pending deltas are lost"
+                    );
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!("redis sync: final flush timed out; pending deltas are lost");
+                    break;
+                }
+            }
         }
     }
 
@@ -432,12 +460,11 @@ impl RedisSync {
         let mut sent_cells = 0u64;
         let mut sending = false;
         let mut skipped = false;
-        let kept = std::mem::take(&mut self.kept);
         let mut result = Ok(0);
-        if !kept.is_empty() {
+        if !self.kept.is_empty() {
             sending = true;
-            calls_sent += kept.len() as u64;
-            let (applied, sent) = self.send_calls(kept, Resend::Kept).await;
+            calls_sent += self.kept.len() as u64;
+            let (applied, sent) = self.send_kept(Resend::Kept).await;
             sent_cells += applied;
             result = sent.map(|()| applied as usize);
         }
@@ -447,7 +474,11 @@ impl RedisSync {
                 sending = true;
                 let calls = self.calls(items);
                 calls_sent += calls.len() as u64;
-                let (applied, sent) = self.send_calls(calls, Resend::Fresh).await;
+                // Held until Redis answers for them: a round interrupted
+                // (shutdown) or failed leaves them to be sent again.
+                self.kept.extend(calls);
+                journal.set_aside(self.kept.iter().map(|c| c.cells.len()).sum());
+                let (applied, sent) = self.send_kept(Resend::Fresh).await;
                 sent_cells += applied;
                 result = sent.map(|()| sent_cells as usize);
             } else if !sending {
@@ -563,23 +594,22 @@ impl RedisSync {
         )
     }
 
-    /// Sends `calls` in one pipelined round trip (one per slot on a
-    /// Cluster, plus one for calls that met a Redis without the script
-    /// cached) and adopts every state Redis returns. A call whose answer
-    /// did not come (transport trouble, a timeout, a Redis that is
-    /// read-only, loading or failing over) is kept as it is, to be sent
-    /// again first: its marker makes Redis apply it at most once. A cell
-    /// whose key Redis cannot use (another type under our prefix), or a
-    /// call the script fails on, is dropped and counted: sending it again
-    /// cannot help. Returns how many cells' states were adopted.
-    async fn send_calls(
-        &mut self,
-        calls: Vec<SyncCall>,
-        resend: Resend,
-    ) -> (u64, Result<(), SyncError>) {
+    /// Sends every call held (`kept`) in one pipelined round trip (one
+    /// per slot on a Cluster, plus one for calls that met a Redis without
+    /// the script cached) and adopts every state Redis returns. A call is
+    /// let go once Redis answered for it; one whose answer did not come
+    /// (transport trouble, a timeout, a Redis that is read-only, loading
+    /// or failing over), or whose round was interrupted, stays held as it
+    /// is, to be sent again first: its marker makes Redis apply it at most
+    /// once. A cell whose key Redis cannot use (another type under our
+    /// prefix), or a call the script fails on, is dropped and counted:
+    /// sending it again cannot help. Returns how many cells' states were
+    /// adopted.
+    async fn send_kept(&mut self, resend: Resend) -> (u64, Result<(), SyncError>) {
         let now_us = self.engine.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
-        let markers: Vec<String> = calls.iter().map(|c| self.marker(c)).collect();
+        let markers: Vec<String> = self.kept.iter().map(|c| self.marker(c)).collect();
+        let calls = &self.kept;
         let args = |pipe: &mut redis::Pipeline, i: usize| {
             let call = &calls[i];
             pipe.arg(call.cells.len() + 1).arg(&markers[i]);
@@ -615,6 +645,7 @@ impl RedisSync {
         let store = engine.store();
         let mut adopted = 0u64;
         let mut first_error = None;
+        let calls = std::mem::take(&mut self.kept);
         for (call, answer) in calls.into_iter().zip(answers) {
             let cells = call.cells.len();
             match answer.and_then(|v| reply::batch(&v, cells).map_err(RedisError::from)) {
