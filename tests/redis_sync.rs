@@ -886,3 +886,100 @@ async fn counters_of_short_windows_leave_redis_a_short_slack_after_their_window(
     }
     assert_eq!((short, long), (IPS, 1));
 }
+
+/// `EVAL` of one of the daemon's own scripts (`src/sync/NAME`) on
+/// `redis` with `keys` and `args`, as redis-cli prints the reply.
+fn eval_script(redis: &RedisServer, name: &str, keys: &[&str], args: &[&str]) -> String {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/sync")
+            .join(name),
+    )
+    .expect("the script");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "EVAL", &script])
+        .arg(keys.len().to_string())
+        .args(keys)
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_strict_check_given_up_is_refunded_if_charged_and_never_charged_after() {
+    // The node gives up a strict check whose answer was lost
+    // (strict_cancel.lua): Redis gives back what it charged, and the same
+    // check arriving late charges nothing. A counter with room for 10,
+    // the check costs 3.
+    let redis = RedisServer::start().await;
+    let keys = ["t:{k}c:1", "t:{k}s:node:1"];
+    let check = ["1000000", "3", "600000", "c", "10", "60000"];
+    let get = |k: &str| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "GET", k])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .expect("redis-cli runs")
+    };
+    // Charged (its answer lost on the way back).
+    assert_eq!(eval_script(&redis, "strict.lua", &keys, &check), "1\n0");
+    assert_eq!(get(keys[0]), "3");
+    // Sent again (its connection died after Redis ran it): answered as
+    // charged, with the state before its charge, and not charged twice.
+    assert_eq!(eval_script(&redis, "strict.lua", &keys, &check), "1\n0");
+    assert_eq!(get(keys[0]), "3");
+    // Given up: refunded.
+    assert_eq!(eval_script(&redis, "strict_cancel.lua", &keys, &check), "1");
+    assert_eq!(get(keys[0]), "");
+    // Sent again (or arriving late): answered not charged, charges nothing.
+    assert_eq!(eval_script(&redis, "strict.lua", &keys, &check), "0\n0");
+    assert_eq!(get(keys[0]), "");
+    // Given up before it arrived: nothing to refund, and it charges
+    // nothing when it does arrive.
+    let other = ["t:{k}c:1", "t:{k}s:node:2"];
+    assert_eq!(
+        eval_script(&redis, "strict_cancel.lua", &other, &check),
+        "0"
+    );
+    assert_eq!(eval_script(&redis, "strict.lua", &other, &check), "0\n0");
+    assert_eq!(get(keys[0]), "");
+    // Another check is charged as usual.
+    let third = ["t:{k}c:1", "t:{k}s:node:3"];
+    assert_eq!(eval_script(&redis, "strict.lua", &third, &check), "1\n0");
+    assert_eq!(get(keys[0]), "3");
+}
+
+#[tokio::test]
+async fn a_flush_call_sent_twice_is_applied_once() {
+    // The same call (same marker) arriving twice: its answer was lost and
+    // the node sent it again. The second is only read. A counter cell
+    // (+5) and a bucket cell (+2 ms of arrival time) at now = 1 000 s.
+    let redis = RedisServer::start().await;
+    let keys = ["t:{k}r:node:1", "t:{k}c:1", "t:{k}b:2"];
+    let args = [
+        "600000",
+        "1000000000",
+        "c",
+        "60000",
+        "5",
+        "b",
+        "2000",
+        "1000000000",
+    ];
+    assert_eq!(
+        eval_script(&redis, "sync.lua", &keys, &args),
+        "1\n5\n1000002000"
+    );
+    assert_eq!(
+        eval_script(&redis, "sync.lua", &keys, &args),
+        "0\n5\n1000002000"
+    );
+    // A new call (another sequence number) applies.
+    let next = ["t:{k}r:node:2", "t:{k}c:1", "t:{k}b:2"];
+    assert_eq!(
+        eval_script(&redis, "sync.lua", &next, &args),
+        "1\n10\n1000004000"
+    );
+}

@@ -1,19 +1,41 @@
 -- quotad's strict-mode script: checks every limit of one plan for one key
 -- and charges all of them or none, atomically.
---   KEYS[i]  the cell of limit i (same names and formats as sync.lua)
+--   KEYS[i]  the cell of limit i (same names and formats as sync.lua),
+--            then the check's marker ("<prefix>{<tag>}s:<node>:<seq>")
 --   ARGV[1]  now (µs)        ARGV[2]  cost (units; 0 only reports)
+--   ARGV[3]  how long the marker lives (ms)
 --   then per limit, 3 values: 'b', emission (µs), tau (µs)  -- token bucket
 --                          or 'c', quota, time to live (ms) -- window counter
+-- A charge sets the marker to 'c', so the same check sent again is
+-- charged once; a check whose marker says 'x' was cancelled (its answer
+-- was lost and the node gave it up: strict_cancel.lua) and is not charged.
 -- Returns {ok, state_1, ..., state_n}: ok is 1 when charged (or when a
 -- report found room), each state the cell's value before this check
 -- (a bucket's arrival time in µs, a counter's count).
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
-local n = #KEYS
+local n = #KEYS - 1
+local marker = KEYS[n + 1]
+local was = redis.call('GET', marker)
+if was == 'c' then
+  -- Charged before: the same check sent again (its answer was lost, or
+  -- its connection died after Redis ran it). Answered as charged, not
+  -- charged again; the states as they were before that charge.
+  local out = { 1 }
+  for i = 1, n do
+    local base = 4 + (i - 1) * 3
+    local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+    if ARGV[base] == 'b' then v = v - tonumber(ARGV[base + 1]) else v = v - cost end
+    if v < 0 then v = 0 end
+    out[i + 1] = v
+  end
+  return out
+end
 local before = {}
-local ok = true
+-- A cancelled check is answered as not charged, and charges nothing.
+local ok = was ~= 'x'
 for i = 1, n do
-  local base = 3 + (i - 1) * 3
+  local base = 4 + (i - 1) * 3
   local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   before[i] = v
   if ARGV[base] == 'b' then
@@ -27,8 +49,9 @@ for i = 1, n do
   end
 end
 if ok and cost > 0 then
+  redis.call('SET', marker, 'c', 'PX', ARGV[3])
   for i = 1, n do
-    local base = 3 + (i - 1) * 3
+    local base = 4 + (i - 1) * 3
     if ARGV[base] == 'b' then
       local tat = before[i]
       if tat < now then tat = now end

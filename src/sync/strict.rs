@@ -9,7 +9,12 @@
 //! already given up is not sent; one whose caller gave up while it was in
 //! flight, and that Redis charged, is given back through the sync journal
 //! (the fail mode has answered it: `local` counted it on this node), so a
-//! slow Redis never counts a check twice. A reply of any other shape than
+//! slow Redis never counts a check twice. A check whose answer was lost
+//! (Redis killed, the connection dropped) is given up in Redis
+//! (`strict_cancel.lua`, retried until Redis answers): a charge Redis made
+//! is given back, and the check, marked, charges nothing if it arrives
+//! later. Either way a check the fail mode answered ends up not charged in
+//! Redis (with `local`, this node's own count of it is flushed as usual). A reply of any other shape than
 //! the script's is a failure, answered by the fail mode like an error
 //! (never read as a denial), and logged at most once every 10 s.
 
@@ -29,6 +34,20 @@ use crate::store::journal::CellKind;
 
 /// The strict-mode script.
 const SCRIPT: &str = include_str!("strict.lua");
+
+/// Gives up a strict check whose answer was lost.
+const CANCEL: &str = include_str!("strict_cancel.lua");
+
+/// How long Redis remembers a strict check's marker (ms): a check's
+/// cancellation must reach Redis within it.
+const MARKER_TTL_MS: u64 = 600_000;
+
+/// Checks whose answer was lost waiting to be given up, at most; beyond
+/// (a long outage under heavy strict traffic), one is dropped and logged.
+const MAX_CANCELS: usize = 65_536;
+
+/// How often cancellations are tried while some wait.
+const CANCEL_RETRY: Duration = Duration::from_millis(100);
 
 /// Jobs sent in one round trip.
 const BATCH: usize = 256;
@@ -70,16 +89,43 @@ async fn serve(
     scrub: Scrub,
 ) {
     let script = Lua::new(SCRIPT);
+    let cancel = Lua::new(CANCEL);
     let mut batch = Vec::with_capacity(BATCH);
     let mut log = Throttle::default();
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    let node: u64 = rand::random();
+    let mut seq = 0u64;
+    // Checks whose answer was lost (Redis may or may not have charged
+    // them), to be given up in Redis.
+    let mut lost: Vec<(StrictJob, u64)> = Vec::new();
+    loop {
+        let got = if lost.is_empty() {
+            rx.recv_many(&mut batch, BATCH).await
+        } else {
+            tokio::select! {
+                got = rx.recv_many(&mut batch, BATCH) => got,
+                () = tokio::time::sleep(CANCEL_RETRY) => usize::MAX,
+            }
+        };
+        if got == 0 {
+            break;
+        }
+        if !lost.is_empty() {
+            give_up(&mut conn, &cancel, (&prefix, node), &mut lost, &mut log).await;
+        }
         batch.retain(|a: &StrictAsk| !a.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let answers = send(&mut conn, &script, &prefix, &batch).await;
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|_| {
+                seq += 1;
+                seq
+            })
+            .collect();
+        let answers = send(&mut conn, &script, (&prefix, node), &batch, &seqs).await;
         let mut failed = false;
-        for (ask, answer) in batch.drain(..).zip(answers) {
+        for ((ask, answer), seq) in batch.drain(..).zip(answers).zip(seqs) {
             let reply = match answer {
                 Ok(v) => reply::strict(&v, ask.job.cells.len()).map_err(|e| {
                     // Not an answer: Redis failed, whatever the reply held.
@@ -92,9 +138,22 @@ async fn serve(
                     Err(StrictFailure::Unavailable)
                 }
             };
+            let unknown = matches!(reply, Err(StrictFailure::Unavailable));
             if let Err(Ok((true, _))) = ask.reply.send(reply) {
                 // Charged in Redis after the caller gave up: give it back.
                 undo(&engine, &ask.job);
+            }
+            if unknown && ask.job.cost > 0 {
+                // Answered by the fail mode; whether Redis charged it is
+                // unknown: give it up there, so it ends up not charged.
+                if lost.len() < MAX_CANCELS {
+                    lost.push((ask.job, seq));
+                } else {
+                    log.warn(
+                        "strict check: too many lost answers to give up",
+                        &format_args!("one dropped (it may stay charged in Redis)"),
+                    );
+                }
             }
         }
         if failed {
@@ -110,11 +169,31 @@ async fn serve(
 async fn send(
     conn: &mut RedisConn,
     script: &Lua,
-    prefix: &str,
+    at: (&str, u64),
     jobs: &[StrictAsk],
+    seqs: &[u64],
+) -> Vec<redis::RedisResult<redis::Value>> {
+    let jobs: Vec<&StrictJob> = jobs.iter().map(|a| &a.job).collect();
+    run_jobs(conn, script, at, &jobs, seqs).await
+}
+
+/// The check's marker: this run's id and the check's sequence number, in
+/// its key's slot.
+fn marker(prefix: &str, node: u64, job: &StrictJob, seq: u64) -> String {
+    format!("{prefix}{{{:016x}}}s:{node:016x}:{seq}", job.tag)
+}
+
+/// Runs `script` (the check, or its cancellation) for each job, whose
+/// arguments are the same.
+async fn run_jobs(
+    conn: &mut RedisConn,
+    script: &Lua,
+    (prefix, node): (&str, u64),
+    jobs: &[&StrictJob],
+    seqs: &[u64],
 ) -> Vec<redis::RedisResult<redis::Value>> {
     let name = |i: usize, c: usize| {
-        let job = &jobs[i].job;
+        let job = jobs[i];
         let cell = &job.cells[c];
         key(
             prefix,
@@ -124,12 +203,13 @@ async fn send(
         )
     };
     let args = |pipe: &mut redis::Pipeline, i: usize| {
-        let job = &jobs[i].job;
-        pipe.arg(job.cells.len());
+        let job = jobs[i];
+        pipe.arg(job.cells.len() + 1);
         for c in 0..job.cells.len() {
             pipe.arg(name(i, c));
         }
-        pipe.arg(job.now_us()).arg(job.cost);
+        pipe.arg(marker(prefix, node, job, seqs[i]));
+        pipe.arg(job.now_us()).arg(job.cost).arg(MARKER_TTL_MS);
         for c in &job.cells {
             match c.kind {
                 StrictKind::Bucket {
@@ -142,6 +222,41 @@ async fn send(
     };
     conn.eval_all(script, jobs.len(), |i| name(i, 0), args)
         .await
+}
+
+/// Gives up, in Redis, checks whose answer was lost
+/// (`strict_cancel.lua`): a charge Redis made is given back, and a check
+/// still on its way will not charge. Those Redis did not answer for stay
+/// in `lost`, tried again later.
+async fn give_up(
+    conn: &mut RedisConn,
+    cancel: &Lua,
+    at: (&str, u64),
+    lost: &mut Vec<(StrictJob, u64)>,
+    log: &mut Throttle,
+) {
+    let jobs: Vec<&StrictJob> = lost.iter().map(|(j, _)| j).collect();
+    let seqs: Vec<u64> = lost.iter().map(|(_, s)| *s).collect();
+    let answers = run_jobs(conn, cancel, at, &jobs, &seqs).await;
+    let mut kept = Vec::new();
+    let mut refunded = 0u64;
+    for ((job, seq), answer) in lost.drain(..).zip(answers) {
+        match answer {
+            Ok(redis::Value::Int(1)) => refunded += 1,
+            Ok(_) => {}
+            Err(_) => kept.push((job, seq)),
+        }
+    }
+    if refunded > 0 {
+        log.warn(
+            "strict checks whose answer was lost were given back in Redis",
+            &format_args!("{refunded} checks"),
+        );
+    }
+    if !kept.is_empty() {
+        conn.reset();
+    }
+    *lost = kept;
 }
 
 /// Gives back a job's charge through the sync journal (the next flush
