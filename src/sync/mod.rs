@@ -12,13 +12,13 @@
 //!
 //! **Exactly once.** Each call carries an id (a random id of this run and
 //! a sequence number) that the script records in a marker key (in the
-//! call's slot, for [`MARKER_TTL_MS`], ten minutes): a call whose marker
+//! call's slot, for [`MARKER_TTL_MS`], five minutes): a call whose marker
 //! exists is not applied again, only its states read. A call whose answer
 //! did not come (Redis killed or restarted, paused or slower than the
 //! round-trip timeout, a dropped connection) is kept aside as it was and
 //! sent again first, before the journal is drained again, so a delta
 //! Redis applied and whose answer was lost counts once. (A call kept
-//! longer than the marker lives, through an outage of more than ten
+//! longer than the marker lives, through an outage of more than five
 //! minutes that began just after Redis applied it, could count twice.)
 //!
 //! - Token buckets are kept in Redis as their theoretical arrival time in
@@ -91,8 +91,10 @@ const SCRIPT: &str = include_str!("sync.lua");
 const CALL_CELLS: usize = 500;
 
 /// How long Redis remembers that a call was applied (ms): a call sent
-/// again within it (its answer was lost) is applied once.
-const MARKER_TTL_MS: u64 = 600_000;
+/// again within it (its answer was lost) is applied once. Five minutes:
+/// at a node's most (about 20 rounds a second of a few calls) some
+/// thousands of small keys.
+const MARKER_TTL_MS: u64 = 300_000;
 
 /// How long the last flush at shutdown may take.
 pub const FINAL_FLUSH: Duration = Duration::from_millis(1_500);

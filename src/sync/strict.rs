@@ -39,8 +39,9 @@ const SCRIPT: &str = include_str!("strict.lua");
 const CANCEL: &str = include_str!("strict_cancel.lua");
 
 /// How long Redis remembers a strict check's marker (ms): a check's
-/// cancellation must reach Redis within it.
-const MARKER_TTL_MS: u64 = 600_000;
+/// cancellation must reach Redis within it (a minute: one small key per
+/// strict check, so 60 000 of them at 1 000 strict checks a second).
+const MARKER_TTL_MS: u64 = 60_000;
 
 /// Checks whose answer was lost waiting to be given up, at most; beyond
 /// (a long outage under heavy strict traffic), one is dropped and logged.
