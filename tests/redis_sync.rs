@@ -983,3 +983,95 @@ async fn a_flush_call_sent_twice_is_applied_once() {
         "1\n10\n1000004000"
     );
 }
+
+/// `daily`: a quota of 5 a day for every key; first reads of windows of a
+/// minute or more (the default), and a strict deadline a loaded machine
+/// meets (the first checks after a restart are decided in Redis; a
+/// check that missed it would be decided locally, on a fresh counter).
+fn daily_config(redis: &str, first_read: &str) -> String {
+    format!(
+        r#"
+default_plan: daily
+plans:
+  daily:
+    limits:
+      - {{ name: daily, quota: 5, per: day }}
+store:
+  hash_secret: "000102030405060708090a0b0c0d0e0f"
+redis:
+  url: {redis}
+  sync_interval: 5ms
+  strict_deadline: 2s
+  first_read_min_window: {first_read}
+"#
+    )
+}
+
+/// How many of `n` checks of `key` at once on `d` are allowed.
+async fn burst(d: &TestDaemon, key: &str, n: usize) -> usize {
+    let checks = (0..n).map(|_| d.check(key, 1));
+    futures_util::future::join_all(checks)
+        .await
+        .iter()
+        .filter(|r| r.allowed)
+        .count()
+}
+
+#[tokio::test]
+async fn a_quota_does_not_overshoot_after_every_node_restarted() {
+    // 3 of a key's 5 daily units used, every node restarted, then a burst
+    // of 10 checks at once on each of the 3 new nodes: exactly the 2 left
+    // are allowed, because a node's first check of a key's day quota is
+    // decided in Redis. (Before, each new node started the key on a fresh
+    // counter until its first flush: 15 allowed.)
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let yaml = daily_config(&redis.url(), "1m");
+    {
+        let old: Vec<TestDaemon> = futures_util::future::join_all(
+            (0..3).map(|_| TestDaemon::with_clock(&yaml, Arc::clone(&clock))),
+        )
+        .await;
+        for d in &old {
+            assert!(d.check("user-7", 1).await.allowed);
+            d.wait_synced().await;
+        }
+        for d in old {
+            d.stop().await.expect("clean stop");
+        }
+    }
+    let new: Vec<TestDaemon> = futures_util::future::join_all(
+        (0..3).map(|_| TestDaemon::with_clock(&yaml, Arc::clone(&clock))),
+    )
+    .await;
+    let allowed: usize = futures_util::future::join_all(new.iter().map(|d| burst(d, "user-7", 10)))
+        .await
+        .into_iter()
+        .sum();
+    assert_eq!(allowed, 2);
+    // Later checks are decided locally again, on the count Redis gave.
+    for d in &new {
+        let r = d.check("user-7", 1).await;
+        assert!(!r.allowed);
+        assert_eq!(r.remaining, 0);
+    }
+}
+
+#[tokio::test]
+async fn first_reads_can_be_turned_off() {
+    // `first_read_min_window: off`: a new node decides a key's first
+    // checks on a fresh counter until its first flush, as before.
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let yaml = daily_config(&redis.url(), "off");
+    let a = TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await;
+    for _ in 0..5 {
+        assert!(a.check("user-8", 1).await.allowed);
+    }
+    a.wait_synced().await;
+    let b = TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await;
+    let r = b.check("user-8", 1).await;
+    assert!(r.allowed, "decided on a fresh counter: {r:?}");
+    b.wait_synced().await;
+    assert!(!b.check("user-8", 1).await.allowed);
+}

@@ -466,6 +466,9 @@ fn start_strict(
     Ok(Strict {
         client,
         on_error: settings.on_redis_error,
+        first_read: settings
+            .first_read_min_window
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     })
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::redis_url;
-use super::values::{Dur, NonEmpty, format_duration};
+use super::values::{Dur, NonEmpty, format_duration, parse_duration};
 use crate::diag::files::{read_file, read_text};
 use crate::diag::{Issue, Seg, one_of, quoted};
 
@@ -53,6 +53,10 @@ pub struct RedisSettings {
     pub on_redis_error: OnRedisError,
     /// How long a strict check waits for Redis.
     pub strict_deadline: Duration,
+    /// Quotas and fixed windows at least this long are read from Redis on
+    /// a node's first check of a key (`first_read_min_window`, default
+    /// 1 min; `None`: `off`).
+    pub first_read_min_window: Option<Duration>,
 }
 
 /// `redis.on_redis_error`: what a strict-mode check answers when Redis
@@ -118,6 +122,7 @@ impl fmt::Debug for RedisSettings {
             .field("sync_interval", &self.sync_interval)
             .field("on_redis_error", &self.on_redis_error)
             .field("strict_deadline", &self.strict_deadline)
+            .field("first_read_min_window", &self.first_read_min_window)
             .finish()
     }
 }
@@ -135,6 +140,7 @@ impl RedisSettings {
             sync_interval: Duration::from_millis(50),
             on_redis_error: OnRedisError::Local,
             strict_deadline: Duration::from_millis(20),
+            first_read_min_window: Some(Duration::from_secs(60)),
         }
     }
 
@@ -175,6 +181,41 @@ pub(super) struct RedisRaw {
     sync_interval: Option<Dur>,
     on_redis_error: Option<OnRedisErrorRaw>,
     strict_deadline: Option<Dur>,
+    first_read_min_window: Option<FirstRead>,
+}
+
+/// `first_read_min_window`: a duration, or `off`.
+struct FirstRead(Option<Duration>);
+
+impl<'de> Deserialize<'de> for FirstRead {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = FirstRead;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration (like 1m) or off")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FirstRead, E> {
+                if v == "off" {
+                    return Ok(FirstRead(None));
+                }
+                match parse_duration(v) {
+                    Ok(d) if !d.is_zero() => Ok(FirstRead(Some(d))),
+                    Ok(_) => Err(E::custom("must be more than 0 (or off)")),
+                    Err(e) => Err(E::custom(e)),
+                }
+            }
+            // YAML 1.1 reads a bare `off` as false.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FirstRead, E> {
+                if v {
+                    Err(E::custom("expected a duration (like 1m) or off (got true)"))
+                } else {
+                    Ok(FirstRead(None))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 struct OnRedisErrorRaw(OnRedisError);
@@ -271,6 +312,9 @@ impl RedisRaw {
         if let Some(d) = r.strict_deadline {
             settings.strict_deadline = d.0;
         }
+        if let Some(f) = r.first_read_min_window {
+            settings.first_read_min_window = f.0;
+        }
         Ok(settings)
     }
 }
@@ -280,7 +324,7 @@ pub(super) fn describe_redis(redis: Option<&RedisSettings>) -> String {
     match redis {
         None => "redis: off (this node alone, in memory)".to_owned(),
         Some(r) => format!(
-            "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}",
+            "redis: {}{}{}, key prefix {:?}, sync every {}, strict deadline {}, on error {}, first read of windows from {}",
             r.redacted_url(),
             if r.password.is_some() {
                 " (password from a file)"
@@ -295,7 +339,9 @@ pub(super) fn describe_redis(redis: Option<&RedisSettings>) -> String {
             r.key_prefix,
             format_duration(r.sync_interval),
             format_duration(r.strict_deadline),
-            r.on_redis_error.as_str()
+            r.on_redis_error.as_str(),
+            r.first_read_min_window
+                .map_or_else(|| "off".to_owned(), format_duration)
         ),
     }
 }
@@ -350,6 +396,39 @@ mod tests {
             (
                 format!("{base}redis: {{ url: \"redis://h:1\" }}\n"),
                 "t.yaml:3:15: redis.url: Redis sync needs store.hash_secret: every node must name a key's Redis entries alike".to_owned(),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn first_read_min_window_is_a_duration_or_off() {
+        let base = "plans: { p: {} }\ndefault_plan: p\nstore: { hash_secret: \"000102030405060708090a0b0c0d0e0f\" }\n";
+        let first = |extra: &str| {
+            parse_ok(&format!("{base}redis: {{ url: \"redis://h:1\"{extra} }}\n"))
+                .boot
+                .redis
+                .and_then(|r| r.first_read_min_window)
+        };
+        assert_eq!(first(""), Some(Duration::from_secs(60)));
+        assert_eq!(
+            first(", first_read_min_window: 1h"),
+            Some(Duration::from_secs(3_600))
+        );
+        assert_eq!(first(", first_read_min_window: off"), None);
+        let c = parse_ok(&format!("{base}redis: {{ url: \"redis://h:1\" }}\n"));
+        assert!(
+            c.summary().contains("first read of windows from 1m"),
+            "{}",
+            c.summary()
+        );
+        assert_errors(&[
+            (
+                format!("{base}redis: {{ url: \"redis://h:1\", first_read_min_window: 0s }}\n"),
+                "t.yaml:4:53: redis.first_read_min_window: must be more than 0 (or off)".to_owned(),
+            ),
+            (
+                format!("{base}redis: {{ url: \"redis://h:1\", first_read_min_window: soon }}\n"),
+                "t.yaml:4:53: redis.first_read_min_window: invalid duration 'soon' (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)".to_owned(),
             ),
         ]);
     }

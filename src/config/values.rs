@@ -88,7 +88,7 @@ impl<'de> Visitor<'de> for DurVisitor {
 
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (space allowed
 /// between). The caller checks the range.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || {
         format!(
             "invalid duration {} (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",

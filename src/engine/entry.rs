@@ -57,10 +57,14 @@ impl Engine {
             }
         };
         let strict = match (kind, self.strict.get()) {
-            (Kind::Plans, Some(strict)) if view.table().has_strict() => Some(strict),
+            (Kind::Plans, Some(strict))
+                if view.table().has_strict() || strict.first_read.is_some() =>
+            {
+                Some(strict)
+            }
             _ => None,
         };
-        let jobs = strict.map(|s| (s, self.strict_jobs(&view, &items)));
+        let jobs = strict.map(|s| (s, self.strict_jobs(&view, &items, s.first_read)));
         if let Some((strict, jobs)) = jobs.filter(|(_, jobs)| jobs.iter().any(Option::is_some)) {
             let before = view.rules();
             drop(view);

@@ -148,14 +148,31 @@ impl StrictJob {
 }
 
 impl View<'_> {
-    /// The strict job for `req`, when its key's plan has a strict limit.
-    pub fn strict_job(&self, req: &Request<'_>) -> Option<StrictJob> {
+    /// The strict job for `req`, when its key's plan has a strict limit,
+    /// or (`first_read`: the shortest window read so) a quota or fixed
+    /// window at least that long whose cell this node does not track yet:
+    /// the first check of a key on a node is decided in Redis, so a node
+    /// that just started does not spend what the others already did.
+    pub fn strict_job(&self, req: &Request<'_>, first_read: Option<Nanos>) -> Option<StrictJob> {
         let (assigned, cell_key, now) = self.resolve(req);
         let Assigned::Plan(plan) = assigned else {
             return None;
         };
         let limits = &self.table().plan(plan).limits;
-        if !limits.iter().any(|l| l.strict) {
+        let unseen = |min: Nanos| {
+            limits.iter().any(|l| {
+                let long = match &l.kind {
+                    LimitKind::Rate(_) => false,
+                    LimitKind::Quota(q) => {
+                        let span = q.window.span(now);
+                        span.end.saturating_sub(span.start) >= min
+                    }
+                    LimitKind::Window(w) => w.period >= min,
+                };
+                long && !self.store().tracks(self.cell_id(l, cell_key, now), false)
+            })
+        };
+        if !limits.iter().any(|l| l.strict) && !first_read.is_some_and(unseen) {
             return None;
         }
         let cells = limits

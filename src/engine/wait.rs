@@ -9,6 +9,7 @@ use super::strict::{StrictAnswer, StrictClient, StrictFailure, StrictJob};
 use super::view::View;
 use super::{Engine, Rules};
 use crate::config::OnRedisError;
+use crate::core::clock::Nanos;
 use crate::core::decision::{Decision, DenyReason, Request};
 use crate::limits::Table;
 
@@ -19,6 +20,9 @@ pub struct Strict {
     pub client: StrictClient,
     /// What to answer without Redis.
     pub on_error: OnRedisError,
+    /// Quotas and fixed windows at least this long (ns) are decided in
+    /// Redis on a node's first check of a key (`redis.first_read_min_window`).
+    pub first_read: Option<Nanos>,
 }
 
 /// A strict job and the request it was built from (decided locally under
@@ -32,13 +36,14 @@ impl Engine {
         &self,
         view: &View<'_>,
         items: &[Item<'k, P>],
+        first_read: Option<Nanos>,
     ) -> Vec<Job<'k>> {
         items
             .iter()
             .map(|item| match item.key {
                 Some(key) if item.limit.is_none() && item.mode == Mode::Charge => {
                     let req = self.plan_request(view.live(), key, item);
-                    view.strict_job(&req).map(|job| (job, req))
+                    view.strict_job(&req, first_read).map(|job| (job, req))
                 }
                 _ => None,
             })

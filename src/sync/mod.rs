@@ -38,8 +38,11 @@
 //! long enough to repay the bursts the nodes took before they first heard
 //! of each other: each node decides on the global state as of its last
 //! flush, so for at most one interval each node can spend what the others
-//! already spent. A node that has never touched a key starts it fresh and
-//! learns its global state on its first flush.
+//! already spent. A node's first check of a key whose plan has a quota or
+//! fixed window of at least `redis.first_read_min_window` (default 1 min)
+//! is decided in Redis like a strict check and mirrored (see
+//! [`crate::engine::strict`]); other keys start fresh on a node and learn
+//! their global state on its first flush.
 //!
 //! **Outages**: in `sync` mode a node always decides locally: when a
 //! flush fails, its calls are kept aside and new charges gather in the
