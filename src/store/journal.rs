@@ -9,7 +9,9 @@
 //! long outage, is dropped and counted ([`Journal::dropped`]), as are
 //! deltas Redis refused for good and those of windows long over. An undo
 //! (units given back) may take an entry past the cap, up to a sixteenth
-//! more: only beyond that is it dropped (counted and logged).
+//! more: only beyond that is it dropped (counted and logged). A drain
+//! that leaves the map mostly empty shrinks it, so the memory a flood or
+//! an outage took goes back.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
@@ -58,6 +60,9 @@ struct Entry {
     since: AtomicU64,
     delta: AtomicI64,
 }
+
+/// Capacity (entries) the journal keeps after a drain without shrinking.
+const SHRINK_ABOVE: usize = 16_384;
 
 /// Shards of the journal: as many as the store's maps, so concurrent
 /// checks rarely meet on one.
@@ -182,6 +187,12 @@ impl Journal {
             }
             false
         });
+        // A flood, or an outage, grew the map; once drained, its memory
+        // goes back (not every round: only when most of it is empty).
+        let held = self.entries.load(Ordering::Relaxed);
+        if self.cells.capacity() > 4 * held + SHRINK_ABOVE {
+            self.cells.shrink_to_fit();
+        }
         out
     }
 
@@ -329,5 +340,23 @@ mod tests {
         }
         assert_eq!((j.len(), j.dropped()), (50, 13));
         assert_eq!(j.pending(200), -1);
+    }
+
+    #[test]
+    fn a_drained_journal_gives_its_memory_back() {
+        let j = Journal::new(usize::MAX);
+        for id in 0..200_000 {
+            j.add(id, 0, CellKind::Bucket, 1, 0);
+        }
+        assert!(j.cells.capacity() >= 200_000);
+        assert_eq!(j.drain(usize::MAX).len(), 200_000);
+        // At most SHRINK_ABOVE (and the shards' rounding) kept.
+        assert!(
+            j.cells.capacity() <= 2 * SHRINK_ABOVE,
+            "{}",
+            j.cells.capacity()
+        );
+        j.add(1, 0, CellKind::Bucket, 1, 0);
+        assert_eq!(j.pending(1), 1);
     }
 }
