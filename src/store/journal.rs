@@ -227,21 +227,18 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// A window counter's kind.
+    const COUNTER: CellKind = CellKind::Counter {
+        window_end: 9,
+        slack_ms: 2_000,
+    };
+
     #[test]
     fn adds_drains_and_restores() {
         let j = Journal::new(usize::MAX);
         j.add(1, 0, CellKind::Bucket, 5, 0);
         j.add(1, 0, CellKind::Bucket, 7, 0);
-        j.add(
-            2,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
+        j.add(2, 0, COUNTER, 1, 0);
         j.add(3, 0, CellKind::Bucket, 4, 0);
         j.add(3, 0, CellKind::Bucket, -4, 0);
         assert_eq!(j.pending(1), 12);
@@ -260,59 +257,14 @@ mod tests {
     #[test]
     fn beyond_the_cap_new_cells_are_dropped_and_counted() {
         let j = Journal::new(2);
-        j.add(
-            1,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
-        j.add(
-            2,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
-        j.add(
-            3,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
+        j.add(1, 0, COUNTER, 1, 0);
+        j.add(2, 0, COUNTER, 1, 0);
+        j.add(3, 0, COUNTER, 1, 0);
         // An entry already held still takes deltas.
-        j.add(
-            1,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
+        j.add(1, 0, COUNTER, 1, 0);
         assert_eq!((j.pending(1), j.pending(3), j.dropped()), (2, 0, 1));
         assert_eq!(j.drain(usize::MAX).len(), 2);
-        j.add(
-            3,
-            0,
-            CellKind::Counter {
-                window_end: 9,
-                slack_ms: 2_000,
-            },
-            1,
-            0,
-        );
+        j.add(3, 0, COUNTER, 1, 0);
         assert_eq!(j.pending(3), 1);
     }
 
