@@ -129,7 +129,9 @@ fn case(
 fn main() {
     let bench = bench_mode();
     let Some(redis) = Redis::start() else {
-        println!("accuracy bench: skipped (redis-server not installed; scripts/test.sh installs it)");
+        println!(
+            "accuracy bench: skipped (redis-server not installed; scripts/test.sh installs it)"
+        );
         return;
     };
     let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
