@@ -23,7 +23,7 @@ fn config(redis: &RedisServer) -> String {
 /// [`config`] with `extra` lines in the admin section.
 fn config_with(redis: &RedisServer, extra: &str) -> String {
     format!(
-        "{CONFIG}store:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {}\n  sync_interval: 10ms\n{}",
+        "{CONFIG}store:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {}\n  sync_interval: 10ms\n  strict_deadline: 1s\n{}",
         redis.url(),
         admin_section(extra)
     )

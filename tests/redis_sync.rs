@@ -16,7 +16,9 @@ use tonic::transport::Channel;
 
 use crate::support::{RedisServer, T0, TestDaemon};
 
-/// `free`: 100 per second, burst 10. Key `q-key`: 100 per day.
+/// `free`: 100 per second, burst 10. Key `q-key`: 100 per day (so a
+/// node's first check of it is decided in Redis, within a deadline a
+/// loaded machine meets: these tests count exactly).
 fn config(redis: &str, interval: &str) -> String {
     format!(
         r#"
@@ -35,6 +37,7 @@ store:
 redis:
   url: {redis}
   sync_interval: {interval}
+  strict_deadline: 1s
 server:
   shutdown_grace: 5s
 "#
@@ -1074,4 +1077,27 @@ async fn first_reads_can_be_turned_off() {
     assert!(r.allowed, "decided on a fresh counter: {r:?}");
     b.wait_synced().await;
     assert!(!b.check("user-8", 1).await.allowed);
+}
+
+#[tokio::test]
+async fn first_reads_pause_while_the_store_is_full() {
+    // A store of 4 cells: the first 4 keys are read from Redis (each
+    // leaves its strict marker there); with the store full, a fifth key
+    // is decided here at once, not read from Redis on every check.
+    let redis = RedisServer::start().await;
+    let yaml =
+        daily_config(&redis.url(), "1m").replace("store:\n", "store:\n  max_tracked_keys: 4\n");
+    let d = TestDaemon::with_config(&yaml).await;
+    let markers = async || {
+        let keys = redis.command("KEYS *}s:*").await.expect("KEYS");
+        keys.lines().next().unwrap_or_default().to_owned()
+    };
+    for k in ["k0", "k1", "k2", "k3"] {
+        assert!(d.check(k, 1).await.allowed);
+    }
+    assert_eq!(markers().await, "*4");
+    for _ in 0..3 {
+        assert!(d.check("k4", 1).await.allowed);
+    }
+    assert_eq!(markers().await, "*4");
 }

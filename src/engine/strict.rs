@@ -150,9 +150,10 @@ impl StrictJob {
 impl View<'_> {
     /// The strict job for `req`, when its key's plan has a strict limit,
     /// or (`first_read`: the shortest window read so) a quota or fixed
-    /// window at least that long whose cell this node does not track yet:
-    /// the first check of a key on a node is decided in Redis, so a node
-    /// that just started does not spend what the others already did.
+    /// window at least that long whose cell this node does not track yet
+    /// (and the store has room for it): the first check of a key on a node
+    /// is decided in Redis, so a node that just started does not spend
+    /// what the others already did.
     pub fn strict_job(&self, req: &Request<'_>, first_read: Option<Nanos>) -> Option<StrictJob> {
         let (assigned, cell_key, now) = self.resolve(req);
         let Assigned::Plan(plan) = assigned else {
@@ -172,7 +173,11 @@ impl View<'_> {
                 long && !self.store().tracks(self.cell_id(l, cell_key, now), false)
             })
         };
-        if !limits.iter().any(|l| l.strict) && !first_read.is_some_and(unseen) {
+        // With the store full, a new key may get no cell of its own (it
+        // shares an overflow cell): it would be read from Redis on every
+        // check. First reads wait until there is room again.
+        let first = first_read.is_some_and(|min| !self.store().is_full() && unseen(min));
+        if !limits.iter().any(|l| l.strict) && !first {
             return None;
         }
         let cells = limits

@@ -173,18 +173,18 @@ impl Journal {
             // Counted down here, shard by shard, so cells charged during
             // a long drain are not refused for a cap already freed.
             self.entries.fetch_sub(1, Ordering::Relaxed);
-            let delta = e.delta.load(Ordering::Relaxed);
-            if delta != 0 {
-                out.push((
-                    *id,
-                    Pending {
-                        tag: e.tag,
-                        kind: e.kind,
-                        since: e.since.load(Ordering::Relaxed),
-                        delta,
-                    },
-                ));
-            }
+            // A net change of 0 (charges given back) is sent too: Redis's
+            // answer tells the node the cell's global state, which it
+            // would otherwise learn only at its next charge.
+            out.push((
+                *id,
+                Pending {
+                    tag: e.tag,
+                    kind: e.kind,
+                    since: e.since.load(Ordering::Relaxed),
+                    delta: e.delta.load(Ordering::Relaxed),
+                },
+            ));
             false
         });
         // A flood, or an outage, grew the map; once drained, its memory
@@ -244,9 +244,11 @@ mod tests {
         assert_eq!(j.pending(1), 12);
         let mut taken = j.drain(usize::MAX);
         taken.sort_by_key(|(id, _)| *id);
-        // A cell whose charges cancelled out has nothing to send.
-        assert_eq!(taken.len(), 2);
+        // A cell whose charges cancelled out is sent too, with 0: its
+        // answer is the cell's global state.
+        assert_eq!(taken.len(), 3);
         assert_eq!(taken[0].1.delta, 12);
+        assert_eq!((taken[2].0, taken[2].1.delta), (3, 0));
         assert!(j.is_empty());
         j.add(1, 0, CellKind::Bucket, 1, 0);
         j.restore(&taken);

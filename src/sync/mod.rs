@@ -559,9 +559,13 @@ impl RedisSync {
                 journal.note_dropped(1);
                 false
             }
+            // A bucket delta that rounds to 0 is kept (its answer is the
+            // bucket's global state), unless it was not 0 to begin with:
+            // less than half a µs of arrival time is not worth a call.
             CellKind::Bucket => {
+                let was = p.delta;
                 p.delta = (p.delta + p.delta.signum() * 500) / 1_000 * 1_000;
-                p.delta != 0
+                p.delta != 0 || was == 0
             }
             CellKind::Counter { .. } => true,
         });
