@@ -7,8 +7,9 @@
 //!
 //! It then sweeps (all buckets full again) and reports what is left, and
 //! runs once more with a cap of a tenth of the keys to show the admission
-//! policy at work (each new key displaces one charged once). Target:
-//! ≤ 64 bytes per tracked key at 1M keys.
+//! policy at work (each new key displaces one charged once), and once in
+//! sync mode with every cell dirty (store and journal together). Targets:
+//! ≤ 64 bytes per tracked key at 1M keys; ≤ 96 in sync mode (issue 20).
 //!
 //! `cargo bench --bench memory` uses 1 000 000 keys; without `--bench`
 //! (`cargo test --benches`, `cargo test --all-targets`) it uses 10 000 keys
@@ -282,4 +283,26 @@ fn main() {
     assert_eq!(tracked, cap, "cap respected");
     assert_eq!(displaced.buckets, (n - cap) as u64);
     assert_eq!(overflowed, 0);
+    drop(engine);
+
+    // 4. Sync mode with every cell dirty (Redis unreachable: nothing
+    // drains the journal): store and journal together. Target (issue 20):
+    // <= 96 B per tracked cell.
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_before = heap();
+    let mut engine = new_limiter(2_000_000, &clock);
+    engine.enable_sync();
+    insert_keys(&engine, n);
+    let tracked = engine.store().tracked();
+    let dirty = engine.store().journal().map_or(0, |j| j.len());
+    let bytes = heap() as isize - heap_before as isize;
+    println!();
+    println!("== sync mode, every cell dirty (nothing drained) ==");
+    println!("tracked cells:           {tracked}, journal entries {dirty}");
+    println!(
+        "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal (target <= 96)",
+        mib(bytes.max(0) as usize),
+        per_key(bytes, tracked)
+    );
+    assert_eq!(dirty, tracked, "every cell dirty");
 }
