@@ -14,7 +14,7 @@ use quotad::api::pb::SetOverrideRequest;
 use quotad::api::pb::set_override_request::Target;
 use quotad::core::ManualClock;
 
-use crate::support::{CONFIG, RedisServer, T0, TestDaemon, admin_section};
+use crate::support::{CONFIG, RedisServer, T0, TestDaemon, admin_section, eval_script};
 
 fn config(redis: &RedisServer) -> String {
     config_with(redis, "")
@@ -42,25 +42,15 @@ fn cli(redis: &RedisServer, args: &[&str]) -> String {
 
 /// Runs the daemon's own write script on Redis, announcing on `channel`.
 fn write_record(redis: &RedisServer, key_hash: &str, record: &str, channel: &str) {
-    let script = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sync/overrides_write.lua"),
-    )
-    .unwrap();
-    cli(
+    eval_script(
         redis,
+        "overrides_write.lua",
         &[
-            "EVAL",
-            &script,
-            "3",
             "quotad:{overrides}:data",
             "quotad:{overrides}:version",
             "quotad:{overrides}:digest",
-            &format!("o:{key_hash}"),
-            record,
-            channel,
-            "0",
-            "0",
         ],
+        &[&format!("o:{key_hash}"), record, channel, "0", "0"],
     );
 }
 

@@ -14,7 +14,7 @@ use quotad::core::ManualClock;
 use quotad::sync::SyncState;
 use tonic::transport::Channel;
 
-use crate::support::{RedisServer, T0, TestDaemon};
+use crate::support::{RedisServer, T0, TestDaemon, eval_script};
 
 /// `free`: 100 per second, burst 10. Key `q-key`: 100 per day (so a
 /// node's first check of it is decided in Redis, within a deadline a
@@ -888,26 +888,6 @@ async fn counters_of_short_windows_leave_redis_a_short_slack_after_their_window(
         }
     }
     assert_eq!((short, long), (IPS, 1));
-}
-
-/// `EVAL` of one of the daemon's own scripts (`src/sync/NAME`) on
-/// `redis` with `keys` and `args`, as redis-cli prints the reply.
-fn eval_script(redis: &RedisServer, name: &str, keys: &[&str], args: &[&str]) -> String {
-    let script = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/sync")
-            .join(name),
-    )
-    .expect("the script");
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "EVAL", &script])
-        .arg(keys.len().to_string())
-        .args(keys)
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test]

@@ -446,10 +446,10 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
         Code::Ok
     };
     let standings: Vec<Standing<'_>> = statuses.iter().filter_map(|s| s.standing).collect();
-    let mut headers = headers::render(r.style, &standings, overall == Code::OverLimit);
-    if !r.retry_after {
-        headers.retain(|h| h.name != headers::RETRY_AFTER);
-    }
+    // `Retry-After` only where the style asks for it (not a files
+    // domain's bare draft-03).
+    let wait = overall == Code::OverLimit && r.retry_after;
+    let mut headers = headers::render(r.style, &standings, wait);
     // A blocked key's wait is the block's: the longest of them, or none
     // at all if one lasts until lifted.
     let blocks = statuses.iter().filter_map(|s| s.blocked);

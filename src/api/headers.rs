@@ -59,7 +59,7 @@ impl<'a> Standing<'a> {
 }
 
 /// The `Retry-After` field's name.
-pub const RETRY_AFTER: &str = "Retry-After";
+const RETRY_AFTER: &str = "Retry-After";
 
 /// One header to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,8 @@ pub struct Header {
 }
 
 /// The headers `style` asks for, given every limit that applied and
-/// whether the answer is over limit. Nothing when no limit applied.
+/// whether the answer is over limit (which adds `Retry-After`). Nothing
+/// when no limit applied.
 pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) -> Vec<Header> {
     if style == HeaderStyle::Off || standings.is_empty() {
         return Vec::new();

@@ -53,11 +53,12 @@ impl Lua {
     }
 }
 
-/// The Cluster slot of `key`, on a Cluster (`None` elsewhere: every key
-/// can go in one script call).
-pub(crate) fn slot_of(conn: &RedisConn, key: &str) -> Option<Slot> {
+/// On a Cluster, the slot of the keys filed under hash tag `tag` (every
+/// cell of one API key); `None` elsewhere: every key can go in one script
+/// call.
+pub(crate) fn slot_of(conn: &RedisConn, tag: u64) -> Option<Slot> {
     match conn.to {
-        To::Cluster(_) => Some(Slot::for_key(key)),
+        To::Cluster(_) => Some(Slot::for_key(format!("{{{tag:016x}}}"))),
         To::Single(_) | To::Sentinel(_) => None,
     }
 }
@@ -551,5 +552,7 @@ mod tests {
         assert_eq!(a, "quotad:{0000000000000abc}b:0000000000000001");
         assert_eq!(b, "quotad:{0000000000000abc}c:0000000000000002");
         assert_eq!(Slot::for_key(&a), Slot::for_key(&b));
+        // What `slot_of` hashes on a Cluster: the tag alone.
+        assert_eq!(Slot::for_key("{0000000000000abc}"), Slot::for_key(&a));
     }
 }

@@ -575,11 +575,12 @@ impl RedisSync {
     /// `items` as script calls of at most [`CALL_CELLS`] cells, each of
     /// one Cluster slot, each with a sequence number of its own.
     fn calls(&mut self, items: Vec<(u64, Pending)>) -> Vec<SyncCall> {
-        let prefix = &self.settings.key_prefix;
         let mut groups: HashMap<Option<Slot>, Vec<(u64, Pending)>> = HashMap::new();
         for (id, p) in items {
-            let slot = slot_of(&self.conn, &key(prefix, p.tag, false, 0));
-            groups.entry(slot).or_default().push((id, p));
+            groups
+                .entry(slot_of(&self.conn, p.tag))
+                .or_default()
+                .push((id, p));
         }
         let mut calls = Vec::new();
         for cells in groups.into_values() {

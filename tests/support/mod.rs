@@ -1067,3 +1067,23 @@ pub fn printed(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// `EVAL` of one of the daemon's own scripts (`src/sync/NAME`) on
+/// `redis` with `keys` and `args`, as redis-cli prints the reply.
+pub fn eval_script(redis: &RedisServer, name: &str, keys: &[&str], args: &[&str]) -> String {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/sync")
+            .join(name),
+    )
+    .expect("the script");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "EVAL", &script])
+        .arg(keys.len().to_string())
+        .args(keys)
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
