@@ -1,6 +1,16 @@
-//! A concurrent map from 64-bit cell ids to cells: up to 256 shards (one
-//! per 64 cells of the store's cap, so a small store is not spread thin),
-//! each a `hashbrown` table behind its own read-write lock.
+//! A concurrent map from 64-bit cell ids to cells: up to 512 shards, each
+//! a `hashbrown` table behind its own read-write lock, as many as make
+//! each table four fifths full when the store is at its cap.
+//!
+//! Why four fifths: a table has a power of two of buckets and holds at
+//! most seven eighths of them, so the number of shards decides how full
+//! the tables are at the cap, which is the memory an operator provisions
+//! for. A cap of 2²⁰ cells in 256 shards would need 4 096 cells per
+//! table, just past what 4 096 buckets hold: every table would double to
+//! 8 192 buckets and stay half empty. Sized so that a table at the cap
+//! holds four fifths of its buckets (and halving the cells halves the
+//! tables), a cell costs about 1.25 times its entry at the cap, with
+//! 5 standard deviations of room before any one table doubles.
 //!
 //! The ids are keyed hashes already, so they are their own hash. What it
 //! has that `DashMap` has not: [`Shards::sample`] reads cells from a
@@ -16,10 +26,24 @@ use parking_lot::RwLock;
 /// Most shards per map. Many small shards keep the sweep, which
 /// write-locks one shard at a time, to microseconds per lock even with
 /// millions of cells, and let concurrent inserts rarely meet.
-const MAX_SHARDS: usize = 256;
+const MAX_SHARDS: usize = 512;
 
-/// Cells of the cap per shard.
-const CELLS_PER_SHARD: usize = 64;
+/// Fewest buckets a shard's table is sized for at the cap.
+const MIN_BUCKETS: usize = 64;
+
+/// How many shards a map of at most `cap` cells gets: each table at the
+/// cap four fifths full of the fewest buckets (a power of two, from
+/// [`MIN_BUCKETS`]) that keep the shards to [`MAX_SHARDS`].
+fn shards_for(cap: usize) -> usize {
+    let mut buckets = MIN_BUCKETS;
+    loop {
+        let n = cap.div_ceil(buckets * 4 / 5).max(1);
+        if n <= MAX_SHARDS {
+            return n;
+        }
+        buckets *= 2;
+    }
+}
 
 /// One shard, on a cache line of its own so that locking one does not
 /// slow its neighbours.
@@ -29,7 +53,6 @@ struct Shard<V>(RwLock<HashTable<(u64, V)>>);
 /// The map. See the module docs.
 pub(crate) struct Shards<V> {
     shards: Box<[Shard<V>]>,
-    mask: usize,
 }
 
 impl<V> std::fmt::Debug for Shards<V> {
@@ -60,20 +83,17 @@ pub(crate) enum Inserted<R> {
 impl<V> Shards<V> {
     /// An empty map for a store of at most `cap` cells.
     pub(crate) fn new(cap: usize) -> Self {
-        let n = (cap / CELLS_PER_SHARD)
-            .clamp(1, MAX_SHARDS)
-            .next_power_of_two();
         Self {
-            shards: (0..n)
+            shards: (0..shards_for(cap))
                 .map(|_| Shard(RwLock::new(HashTable::new())))
                 .collect(),
-            mask: n - 1,
         }
     }
 
-    /// A cell's shard: picked by bits below the top seven, which
-    /// `hashbrown` keeps for its control bytes, and far above the low bits
-    /// that pick a bucket.
+    /// A cell's shard: picked by bits 25 to 56, below the top seven,
+    /// which `hashbrown` keeps for its control bytes, and above the low
+    /// bits that pick a bucket (scaled to the number of shards by a
+    /// multiplication, not a division).
     #[inline]
     fn shard(&self, id: u64) -> &RwLock<HashTable<(u64, V)>> {
         &self.shards[self.shard_index(id)].0
@@ -81,7 +101,8 @@ impl<V> Shards<V> {
 
     #[inline]
     fn shard_index(&self, id: u64) -> usize {
-        ((id >> 49) as usize) & self.mask
+        let bits = (id >> 25) & 0xffff_ffff;
+        ((bits * self.shards.len() as u64) >> 32) as usize
     }
 
     /// Runs `f` on cell `id` under its shard's read lock, if it is there.
@@ -136,9 +157,10 @@ impl<V> Shards<V> {
     /// `max` cells or fewer, that is every one of them.
     pub(crate) fn sample(&self, near: u64, r: u64, max: usize, mut f: impl FnMut(u64, &V)) {
         let first = self.shard_index(near);
+        let n = self.shards.len();
         let mut seen = 0;
-        for i in 0..self.shards.len() {
-            let table = self.shards[(first + i) & self.mask].0.read();
+        for i in 0..n {
+            let table = self.shards[(first + i) % n].0.read();
             if table.is_empty() {
                 continue;
             }
@@ -217,6 +239,21 @@ mod tests {
         m.retain(|_| false);
         assert_eq!(m.len(), 0);
         m.sample(1, 1, 8, |_, _| panic!("an empty map has nothing to sample"));
+    }
+
+    #[test]
+    fn tables_at_the_cap_are_four_fifths_full() {
+        assert_eq!(shards_for(0), 1);
+        assert_eq!(shards_for(10), 1);
+        assert_eq!(shards_for(1_000), 20);
+        // 2²⁰-ish caps: 4 096 buckets of which 3 276 used.
+        for (cap, n) in [(1_000_000, 306), (2_000_000, 306), (10_000_000, 382)] {
+            let s = shards_for(cap);
+            assert_eq!(s, n, "cap {cap}");
+            let per = cap.div_ceil(s);
+            let buckets = (per * 8 / 7 + 1).next_power_of_two();
+            assert!(per * 5 <= buckets * 4 + 5, "cap {cap}: {per} in {buckets}");
+        }
     }
 
     #[test]
