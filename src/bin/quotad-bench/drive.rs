@@ -93,6 +93,8 @@ enum Answered {
 struct Keys {
     rng: SmallRng,
     n: u64,
+    /// `--key-prefix`.
+    prefix: Arc<str>,
     zipf: Option<rand_distr::Zipf<f64>>,
     /// `--dist seq`: the next index.
     seq: Option<u64>,
@@ -115,6 +117,7 @@ impl Keys {
         Ok(Self {
             rng: SmallRng::seed_from_u64(caller),
             n: args.keys,
+            prefix: Arc::from(args.key_prefix.as_str()),
             zipf,
             seq: (args.dist == Dist::Seq).then(|| caller.wrapping_mul(stride) % args.keys),
             step: if args.mode == Mode::Batch {
@@ -130,6 +133,7 @@ impl Keys {
         Keys {
             rng: SmallRng::seed_from_u64(self.rng.random()),
             n: self.n,
+            prefix: Arc::clone(&self.prefix),
             zipf: self.zipf,
             seq: self
                 .seq
@@ -149,7 +153,7 @@ impl Keys {
             }
             (None, None) => self.rng.random_range(0..self.n),
         };
-        format!("key-{i}")
+        format!("{}{i}", self.prefix)
     }
 }
 

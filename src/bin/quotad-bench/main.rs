@@ -96,9 +96,13 @@ pub struct Args {
     /// The API to drive.
     #[arg(long, value_enum, default_value = "check")]
     pub mode: Mode,
-    /// Distinct keys (`key-0` … `key-{N-1}`).
+    /// Distinct keys (`key-0` … `key-{N-1}`, with the default prefix).
     #[arg(long, default_value_t = 1)]
     pub keys: u64,
+    /// What every key starts with: runs with different prefixes never
+    /// share a key.
+    #[arg(long, default_value = "key-")]
+    pub key_prefix: String,
     /// How keys are drawn: uniform, seq, zipf or zipf:EXPONENT.
     #[arg(long, default_value = "uniform")]
     pub dist: Dist,
