@@ -8,7 +8,8 @@
 //! It then sweeps (all buckets full again) and reports what is left, and
 //! runs once more with a cap of a tenth of the keys to show the admission
 //! policy at work (each new key displaces one charged once), and once in
-//! sync mode with every cell dirty (store and journal together). Targets:
+//! sync mode with every cell dirty (store and journal together), buckets
+//! then window counters. Targets:
 //! ≤ 64 bytes per tracked key at 1M keys; ≤ 96 in sync mode (issue 20).
 //!
 //! `cargo bench --bench memory` uses 1 000 000 keys; without `--bench`
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quotad::core::clock::NANOS_PER_SEC;
+use quotad::core::limit::FixedWindow;
 use quotad::core::{Clock, KeyHasher, ManualClock, Request};
 use quotad::engine::Engine;
 use quotad::limits::{Limit, LimitKind, Plan, Rate, Table};
@@ -123,9 +125,14 @@ fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Engine {
         NonZeroU64::new(1_000).expect("non-zero"),
     )
     .expect("valid rate");
+    limiter_of(LimitKind::Rate(rate), max_cells, clock)
+}
+
+/// An engine whose one plan has one limit of `kind`.
+fn limiter_of(kind: LimitKind, max_cells: usize, clock: &Arc<ManualClock>) -> Engine {
     let plan = Plan {
         name: "bench".into(),
-        limits: vec![Limit::new("bench", "per-second", LimitKind::Rate(rate))],
+        limits: vec![Limit::new("bench", "limit", kind)],
     };
     let hasher = KeyHasher::with_secret(*b"quotad-bench-key");
     let table = Table::new(vec![plan], "bench", [], &hasher).expect("valid table");
@@ -301,6 +308,31 @@ fn main() {
     println!("tracked cells:           {tracked}, journal entries {dirty}");
     println!(
         "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal (target <= 96)",
+        mib(bytes.max(0) as usize),
+        per_key(bytes, tracked)
+    );
+    assert_eq!(dirty, tracked, "every cell dirty");
+    drop(engine);
+
+    // 5. The same with one window counter per key (a minute's fixed
+    // window): a counter cell is a word larger than a bucket's.
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_before = heap();
+    let window = FixedWindow {
+        limit: 1_000,
+        period: 60 * NANOS_PER_SEC,
+    };
+    let mut engine = limiter_of(LimitKind::Window(window), 2_000_000, &clock);
+    engine.enable_sync();
+    insert_keys(&engine, n);
+    let tracked = engine.store().tracked();
+    let dirty = engine.store().journal().map_or(0, |j| j.len());
+    let bytes = heap() as isize - heap_before as isize;
+    println!();
+    println!("== sync mode, window counters, every cell dirty ==");
+    println!("tracked cells:           {tracked}, journal entries {dirty}");
+    println!(
+        "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal",
         mib(bytes.max(0) as usize),
         per_key(bytes, tracked)
     );

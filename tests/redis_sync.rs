@@ -1081,3 +1081,90 @@ async fn first_reads_pause_while_the_store_is_full() {
     }
     assert_eq!(markers().await, "*4");
 }
+
+/// Plan `metered` for every key: an hourly quota of a million (every
+/// check allowed, each unit counted in Redis), in a store of 300 cells
+/// flushed every second, so that a flood dirties more cells between two
+/// flushes than the store holds. First reads off: a flood key is decided
+/// locally at once, as under a rate limit.
+fn flood_config(redis: &str) -> String {
+    format!(
+        r#"
+default_plan: metered
+plans:
+  metered:
+    limits:
+      - {{ name: hourly, quota: 1000000, per: hour }}
+store:
+  hash_secret: "000102030405060708090a0b0c0d0e0f"
+  max_tracked_keys: 300
+redis:
+  url: {redis}
+  sync_interval: 1s
+  strict_deadline: 1s
+  first_read_min_window: "off"
+server:
+  shutdown_grace: 5s
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_key_flood_over_the_cap_drops_no_delta_of_a_tracked_key() {
+    // 3 nodes, each flooded with 3 000 one-shot keys (10 times its cap)
+    // while 20 established keys keep being checked on every node: Redis
+    // ends with exactly every unit those keys were charged, and no node
+    // dropped a delta.
+    const LEGIT: usize = 20;
+    let redis = RedisServer::start().await;
+    let yaml = flood_config(&redis.url());
+    let nodes = [
+        TestDaemon::with_config(&yaml).await,
+        TestDaemon::with_config(&yaml).await,
+        TestDaemon::with_config(&yaml).await,
+    ];
+    let legit: Vec<String> = (0..LEGIT).map(|i| format!("legit-{i}")).collect();
+    let run = async |n: usize, d: &TestDaemon| {
+        let mut c = client(d).await;
+        let mut charged = 0u64;
+        // Established: charged 5 times before the flood, so a one-shot
+        // key cannot displace them.
+        for _ in 0..5 {
+            for k in &legit {
+                assert!(check(&mut c, k, 1).await.0);
+                charged += 1;
+            }
+        }
+        for i in 0..3_000 {
+            let _ = check(&mut c, &format!("flood-{n}-{i}"), 1).await;
+            if i % 100 == 99 {
+                for k in &legit {
+                    assert!(check(&mut c, k, 1).await.0);
+                    charged += 1;
+                }
+            }
+        }
+        charged
+    };
+    let (a, b, c) = tokio::join!(run(0, &nodes[0]), run(1, &nodes[1]), run(2, &nodes[2]));
+    assert_eq!(a + b + c, 3 * 35 * LEGIT as u64);
+    for d in &nodes {
+        d.wait_synced().await;
+        let store = d.engine.store();
+        // Past the cap: flood keys took each other's cells once sent
+        // (at least 3 000 - 300 - 20 of them), or shared the overflow
+        // cell while every cell was waiting to be sent.
+        let past = store.displaced().counters + store.overflow_checks();
+        assert!(past >= 2_680, "the flood went past the cap: {past}");
+        assert_eq!(store.journal().map(|j| j.dropped()), Some(0));
+    }
+    let engine = &nodes[0].engine;
+    for k in &legit {
+        let tag = engine.hasher().key_hash(k.as_bytes());
+        let cells = engine.cells_of(tag);
+        assert_eq!(cells.len(), 1, "one hourly counter");
+        let name = format!("quotad:{{{tag:016x}}}c:{:016x}", cells[0].0);
+        let count = redis.command(&format!("GET {name}")).await.expect("GET");
+        assert_eq!(count, "105", "{k}: 35 checks on each of 3 nodes");
+    }
+}

@@ -10,8 +10,8 @@ use crate::core::hash::mix;
 use crate::core::source::Source as KeySource;
 use crate::core::{counter, quota, window};
 use crate::limits::{FixedWindow, Limit, LimitKind, Quota, Rate};
-use crate::store::journal::CellKind;
-use crate::store::{BucketCell, Cell as StoreCell, Landed, Map, Meta, QuotaCell};
+use crate::store::journal::{CellKind, Delta};
+use crate::store::{BucketCell, Cell as StoreCell, Ids, Landed, Map, Meta, QuotaCell};
 
 /// Stands in for the key hash of the shared overflow cells.
 const OVERFLOW_KEY: u64 = 0x6f76_6572_666c_6f77;
@@ -29,12 +29,16 @@ pub(super) enum Cell<'l> {
         span: window::Span,
         id: u64,
         overflow: u64,
+        /// The key's cell of the window before.
+        prior: u64,
     },
     Counter {
         window: &'l FixedWindow,
         span: window::Span,
         id: u64,
         overflow: u64,
+        /// The key's cell of the window before.
+        prior: u64,
     },
 }
 
@@ -49,11 +53,13 @@ impl<'l> Cell<'l> {
             },
             LimitKind::Quota(quota) => {
                 let span = quota.window.span(now);
+                let key = mix(key_hash, limit.uid);
                 Cell::Quota {
                     quota,
                     span,
-                    id: mix(mix(key_hash, limit.uid), span.index),
+                    id: mix(key, span.index),
                     overflow: mix(mix(OVERFLOW_KEY, limit.uid), span.index),
+                    prior: mix(key, span.index.wrapping_sub(1)),
                 }
             }
             LimitKind::Window(window) => {
@@ -62,11 +68,13 @@ impl<'l> Cell<'l> {
                 // is the same whichever rule applies), so the overflow
                 // counter also keys on the limit: one per (unit, limit).
                 let shape = mix(limit.uid, window.limit);
+                let key = mix(key_hash, limit.uid);
                 Cell::Counter {
                     window,
                     span,
-                    id: mix(mix(key_hash, limit.uid), span.index),
+                    id: mix(key, span.index),
                     overflow: mix(mix(OVERFLOW_KEY, shape), span.index),
+                    prior: mix(key, span.index.wrapping_sub(1)),
                 }
             }
         }
@@ -117,6 +125,15 @@ impl Engine {
         commit: bool,
     ) -> (Verdict, Landed) {
         let cell = Cell::of(limit, key, now);
+        let journal = self.store.journal();
+        // What a charge to the key's own cell leaves for Redis sync: added
+        // to the cell's pending change under the same lock as the charge.
+        let note = |pending: &Delta| {
+            if let Some(j) = journal {
+                let (id, kind, delta) = cell.journal_entry(cost);
+                j.charge(pending, id, key, kind, delta, now);
+            }
+        };
         let at = Charge {
             source,
             now,
@@ -125,47 +142,52 @@ impl Engine {
         let (v, landed) = match cell {
             Cell::Bucket { rate, id, overflow } => at.charge(
                 self.store.buckets(),
-                (id, overflow),
+                Ids {
+                    own: id,
+                    overflow,
+                    prior: None,
+                },
                 BucketCell::new,
                 |c, commit| gcra::check(rate, &c.tat, now, cost, commit),
-                false,
+                (false, note),
             ),
             Cell::Quota {
                 quota: q,
                 span,
                 id,
                 overflow,
+                prior,
             } => at.charge(
                 self.store.quotas(),
-                (id, overflow),
+                Ids {
+                    own: id,
+                    overflow,
+                    prior: Some(prior),
+                },
                 |m| QuotaCell::new(span.end, m),
                 |c, commit| quota::check(q, &c.used, span, now, cost, commit),
-                false,
+                (false, note),
             ),
             Cell::Counter {
                 window: w,
                 span,
                 id,
                 overflow,
+                prior,
             } => at.charge(
                 self.store.quotas(),
-                (id, overflow),
+                Ids {
+                    own: id,
+                    overflow,
+                    prior: Some(prior),
+                },
                 |m| QuotaCell::new(span.end, m),
                 |c, commit| counter::check(w, &c.used, span, now, cost, commit),
-                true,
+                (true, note),
             ),
         };
-        match landed {
-            Landed::Overflow => self.store.note_overflow(),
-            // Only a key's own cells are synced: overflow cells are this
-            // node's flood guard.
-            Landed::Own => {
-                if let Some(j) = self.store.journal() {
-                    let (id, kind, delta) = cell.journal_entry(cost);
-                    j.add(id, key, kind, delta, now);
-                }
-            }
-            Landed::Nowhere => {}
+        if landed == Landed::Overflow {
+            self.store.note_overflow();
         }
         (v, landed)
     }
@@ -180,27 +202,31 @@ impl Engine {
             Landed::Nowhere => None,
         };
         let cell = Cell::of(limit, key, now);
-        let refunded = match cell {
+        // Only a key's own cells are synced: overflow cells are this
+        // node's flood guard.
+        let journal = self.store.journal().filter(|_| at == Landed::Own);
+        let note = |pending: &Delta| {
+            if let Some(j) = journal {
+                let (id, kind, delta) = cell.journal_entry(cost);
+                j.charge(pending, id, key, kind, -delta, now);
+            }
+        };
+        match cell {
             Cell::Bucket { rate, id, overflow } => pick(id, overflow).and_then(|id| {
-                self.store
-                    .buckets()
-                    .get(id, |c| gcra::refund(rate, &c.tat, cost))
+                self.store.buckets().get(id, |c| {
+                    gcra::refund(rate, &c.tat, cost);
+                    note(c.delta());
+                })
             }),
             Cell::Quota { id, overflow, .. } | Cell::Counter { id, overflow, .. } => {
                 pick(id, overflow).and_then(|id| {
-                    self.store
-                        .quotas()
-                        .get(id, |c| quota::refund(&c.used, cost))
+                    self.store.quotas().get(id, |c| {
+                        quota::refund(&c.used, cost);
+                        note(c.delta());
+                    })
                 })
             }
         };
-        if at == Landed::Own
-            && refunded.is_some()
-            && let Some(j) = self.store.journal()
-        {
-            let (id, kind, delta) = cell.journal_entry(cost);
-            j.add(id, key, kind, -delta, now);
-        }
     }
 }
 
@@ -225,18 +251,19 @@ impl Charge {
     fn charge<V: StoreCell>(
         self,
         map: Map<'_, V>,
-        ids: (u64, u64),
+        ids: Ids,
         make: impl Fn(Meta) -> V,
         eval: impl Fn(&V, bool) -> Verdict,
-        counts_denied: bool,
+        (counts_denied, note): (bool, impl Fn(&Delta)),
     ) -> (Verdict, Landed) {
         let commit = self.commit;
         let counted = |v: &Verdict| commit && (v.allowed || counts_denied);
         let landed = |v: &Verdict, at: Landed| if counted(v) { at } else { Landed::Nowhere };
-        let tracked = map.get(ids.0, |c| {
+        let tracked = map.get(ids.own, |c| {
             let v = eval(c, commit);
             if counted(&v) {
                 c.meta().hit();
+                note(c.delta());
             }
             v
         });
@@ -260,6 +287,9 @@ impl Charge {
             let charged = counted(&v);
             if charged {
                 c.meta().hit();
+                if !overflow {
+                    note(c.delta());
+                }
             }
             (v, charged)
         });

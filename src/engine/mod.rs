@@ -256,9 +256,6 @@ impl Engine {
                 CellKind::Bucket => self.store.remove_bucket(id),
                 CellKind::Counter { .. } => self.store.remove_quota(id),
             };
-            if let Some(j) = self.store.journal() {
-                j.forget(id);
-            }
             dropped += usize::from(gone);
         }
         dropped

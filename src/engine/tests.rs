@@ -586,3 +586,60 @@ proptest::proptest! {
         proptest::prop_assert_eq!(l.store().tracked(), l.store().cells_in_maps());
     }
 }
+
+#[test]
+fn a_new_window_takes_the_place_and_standing_of_its_keys_last_one_in_a_full_store() {
+    // A store of 3 cells, full of one key charged often and two one-shot
+    // keys; a new minute: the established key's new counter takes its
+    // own old one's place (no sample, no overflow) and its standing, so
+    // one-shot newcomers still cannot take it.
+    let (l, clock) = limiter(vec![quota("p", "m", 100, Window::Minute)], 3);
+    for _ in 0..5 {
+        assert!(l.check(&req("steady", 1)).allowed);
+    }
+    assert!(l.check(&req("once", 1)).allowed);
+    assert!(l.check(&req("twice", 1)).allowed);
+    assert!(l.store().is_full());
+    clock.advance(60 * NANOS_PER_SEC);
+    let d = l.check(&req("steady", 1));
+    assert!(d.allowed && d.remaining == 99, "a new window: {d:?}");
+    let s = l.store();
+    assert_eq!((s.tracked(), s.overflow_checks()), (3, 0));
+    assert_eq!(
+        s.displaced().counters,
+        0,
+        "its own old counter, not a displacement"
+    );
+    // One-shot newcomers take the other keys' ended counters, then each
+    // other's, never the established key's: it carried its five charges
+    // into the new window.
+    for i in 0..20 {
+        assert!(l.check(&req(&format!("n{i}"), 1)).allowed);
+    }
+    assert_eq!(l.store().displaced().counters, 20);
+    assert_eq!(l.check(&req("steady", 0)).remaining, 99, "kept");
+}
+
+#[test]
+fn a_counter_replaced_before_its_flush_still_sends_its_change() {
+    let (mut l, clock) = limiter(vec![quota("p", "m", 100, Window::Minute)], 2);
+    l.enable_sync();
+    for _ in 0..3 {
+        assert!(l.check(&req("k", 1)).allowed);
+    }
+    clock.advance(60 * NANOS_PER_SEC);
+    assert!(l.check(&req("k", 2)).allowed);
+    assert_eq!(
+        l.store().tracked(),
+        1,
+        "the new window took the old one's place"
+    );
+    let mut sent: Vec<i64> = l
+        .store()
+        .drain_journal()
+        .iter()
+        .map(|(_, p)| p.delta)
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [2, 3], "both windows' changes, once each");
+}

@@ -274,7 +274,7 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     (
         REDIS_DROPPED,
         Kind::Counter,
-        "Deltas given up: journal full, refused by Redis, or windows long over.",
+        "Deltas given up: undos of cells no longer held beyond the journal's side list, refused by Redis, or windows long over.",
     ),
     (
         STRICT_FAIL,

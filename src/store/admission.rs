@@ -48,6 +48,9 @@ pub(crate) struct Candidate {
     pub own: bool,
     /// Charges, 0 when forgetting it loses nothing.
     pub hits: u8,
+    /// Holds a change not yet sent to Redis: displacing it moves the
+    /// change to the journal's side map, which is bounded.
+    pub dirty: bool,
     pub arrival: Arrival,
     pub born: u64,
 }
@@ -71,18 +74,22 @@ impl Candidate {
             id,
             quota,
             own: source == asker,
+            // A counter of a window just over holds nothing, but its key
+            // is as established as it was: its next window's cell takes
+            // its place (and the sweep drops it otherwise).
             hits: match cell.loss(now) {
-                Loss::Nothing => 0,
+                Loss::Nothing if !cell.renews(now) => 0,
                 _ => meta.hits().max(1),
             },
+            dirty: cell.delta().is_dirty(),
             arrival: meta.arrival(),
             born: meta.born(),
         })
     }
 
     /// Whether `self` is a better pick than `other`: holds nothing, else
-    /// another source's, else charged fewer times, else by arrival (see
-    /// the module docs).
+    /// another source's, else charged fewer times, else one with nothing
+    /// waiting for Redis, else by arrival (see the module docs).
     pub(crate) fn cheaper_than(&self, other: &Candidate) -> bool {
         let order = |c: &Candidate| {
             let (rank, age) = match c.arrival {
@@ -90,7 +97,7 @@ impl Candidate {
                 Arrival::Free => (1, u64::MAX - c.born),
                 Arrival::Calm => (2, c.born),
             };
-            (c.hits > 0, c.own, c.hits, rank, age)
+            (c.hits > 0, c.own, c.hits, c.dirty, rank, age)
         };
         order(self) < order(other)
     }
@@ -105,7 +112,7 @@ pub(crate) fn choose(
     let mut best: Option<Candidate> = None;
     let worth = asked.clamp(1, MAX_HITS);
     for c in candidates.into_iter().filter(|c| c.hits <= worth) {
-        if c.hits == 0 {
+        if c.hits == 0 && !c.dirty {
             return Some(c);
         }
         if best.is_none_or(|b| c.cheaper_than(&b)) {
@@ -242,6 +249,7 @@ mod tests {
             quota: true,
             own: true,
             hits,
+            dirty: false,
             arrival: Arrival::Free,
             born,
         }
@@ -293,6 +301,15 @@ mod tests {
             ..c(5, 3, 0)
         };
         assert_eq!(choose([dear, c(1, 1, 0)], 1).map(|c| c.id), Some(1));
+        // Of cells alike, one with nothing waiting for Redis goes first,
+        // even among those that hold nothing.
+        let dirty = |id, hits| Candidate {
+            dirty: true,
+            ..c(id, hits, 9)
+        };
+        assert_eq!(choose([dirty(1, 1), c(2, 1, 0)], 1).map(|c| c.id), Some(2));
+        assert_eq!(choose([dirty(1, 0), c(2, 0, 0)], 1).map(|c| c.id), Some(2));
+        assert_eq!(choose([dirty(1, 0)], 1).map(|c| c.id), Some(1));
     }
 
     #[test]

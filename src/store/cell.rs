@@ -1,9 +1,11 @@
 //! The cells the store holds, and what each says about itself to the
 //! admission policy: its source, how often it was charged, when it was
-//! made, and what forgetting it now would lose.
+//! made, what forgetting it now would lose, and (with Redis sync) what it
+//! has not sent yet.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::journal::Delta;
 use crate::core::clock::Nanos;
 use crate::core::source::Source;
 
@@ -60,6 +62,14 @@ impl Meta {
         }
     }
 
+    /// The same, counting `hits` charges already (a cell that takes the
+    /// place of its key's cell of the window before).
+    pub fn with_hits(self, hits: u8) -> Self {
+        let hits = u64::from(hits.min(MAX_HITS));
+        let m = self.0.into_inner() & !(0xf << HITS_SHIFT);
+        Meta(AtomicU64::new(m | (hits << HITS_SHIFT)))
+    }
+
     /// Charges so far, up to [`MAX_HITS`].
     #[inline]
     pub fn hits(&self) -> u8 {
@@ -99,6 +109,7 @@ pub struct BucketCell {
     /// When the bucket is full again; at or before now it is full.
     pub tat: AtomicU64,
     meta: Meta,
+    delta: Delta,
 }
 
 impl BucketCell {
@@ -107,6 +118,7 @@ impl BucketCell {
         Self {
             tat: AtomicU64::new(0),
             meta,
+            delta: Delta::new(),
         }
     }
 }
@@ -119,6 +131,7 @@ pub struct QuotaCell {
     /// End of the window (Unix ns): after it the cell is idle.
     pub window_end: Nanos,
     meta: Meta,
+    delta: Delta,
 }
 
 impl QuotaCell {
@@ -128,6 +141,7 @@ impl QuotaCell {
             used: AtomicU64::new(0),
             window_end,
             meta,
+            delta: Delta::new(),
         }
     }
 
@@ -152,14 +166,31 @@ pub enum Loss {
 pub trait Cell {
     /// Its bookkeeping.
     fn meta(&self) -> &Meta;
+    /// Its change not yet sent to Redis (always clean without sync).
+    fn delta(&self) -> &Delta;
     /// What forgetting it at `now` would lose.
     fn loss(&self, now: Nanos) -> Loss;
+    /// A counter's window end (Unix ns); 0 for a bucket.
+    fn window_end(&self) -> Nanos {
+        0
+    }
+    /// Whether it is a counter of a window that is over, counted in: its
+    /// key's next window takes its place (and how often it was charged)
+    /// when that window's cell is made.
+    fn renews(&self, _now: Nanos) -> bool {
+        false
+    }
 }
 
 impl Cell for BucketCell {
     #[inline]
     fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    #[inline]
+    fn delta(&self) -> &Delta {
+        &self.delta
     }
 
     fn loss(&self, now: Nanos) -> Loss {
@@ -176,12 +207,26 @@ impl Cell for QuotaCell {
         &self.meta
     }
 
+    #[inline]
+    fn delta(&self) -> &Delta {
+        &self.delta
+    }
+
     fn loss(&self, now: Nanos) -> Loss {
         match self.used.load(Ordering::Acquire) {
             0 => Loss::Nothing,
             _ if self.window_end <= now => Loss::Nothing,
             used => Loss::Units(used),
         }
+    }
+
+    #[inline]
+    fn window_end(&self) -> Nanos {
+        self.window_end
+    }
+
+    fn renews(&self, now: Nanos) -> bool {
+        self.window_end <= now && self.used.load(Ordering::Acquire) > 0
     }
 }
 
@@ -201,6 +246,9 @@ mod tests {
         }
         assert_eq!(m.hits(), MAX_HITS);
         assert_eq!(m.source(), Source::from_bits(4095), "hits never spill");
+        let carried = Meta::arrived(Source::PLANS, now, Arrival::Calm).with_hits(7);
+        assert_eq!((carried.hits(), carried.arrival()), (7, Arrival::Calm));
+        assert_eq!(carried.born(), now / 1_000_000);
         assert_eq!(m.born(), now / 1_000_000);
         assert_eq!(m.arrival(), Arrival::Free);
         for a in [Arrival::InBurst, Arrival::Calm] {

@@ -29,6 +29,7 @@ pub mod cell;
 pub mod journal;
 mod shards;
 pub mod sketch;
+mod synced;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,7 +39,6 @@ use crate::core::source::Source;
 use admission::{Candidate, Displaced, SAMPLES, Turnover};
 use budget::Budgets;
 pub use cell::{Arrival, BucketCell, Cell, Loss, Meta, QuotaCell};
-use journal::Journal;
 use shards::{Inserted, Shards};
 use sketch::Sketch;
 
@@ -86,7 +86,7 @@ pub struct LocalStore {
     displaced: Displaced,
     turnover: Turnover,
     /// Pending deltas for Redis sync; `None` on a node without Redis.
-    journal: Option<Journal>,
+    journal: Option<journal::Journal>,
 }
 
 impl LocalStore {
@@ -108,74 +108,10 @@ impl LocalStore {
         }
     }
 
-    /// Starts journaling charges for a sync task (see [`journal`]).
-    pub fn enable_journal(&mut self) {
-        self.journal = Some(Journal::new(self.limits.max_cells));
-    }
-
-    /// The sync journal, when enabled.
-    #[inline]
-    pub fn journal(&self) -> Option<&Journal> {
-        self.journal.as_ref()
-    }
-
-    /// Raises bucket `id`'s arrival time to the global one Redis returned
-    /// plus what this node charged since (still in the journal). A bucket
-    /// swept meanwhile is left alone: the next check starts it fresh and
-    /// its next flush brings it up to date.
-    pub fn adopt_bucket(&self, id: u64, global_tat: Nanos) {
-        let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
-        self.buckets.get(id, |c| {
-            c.tat
-                .fetch_max(global_tat.saturating_add_signed(pending), Ordering::AcqRel)
-        });
-    }
-
-    /// Sets bucket `id` to at least `tat` (a strict answer at `now`),
-    /// creating it when there is room. Not journaled: the state is
-    /// already Redis's.
-    pub fn mirror_bucket(&self, id: u64, tat: Nanos, now: Nanos) {
-        if self
-            .buckets
-            .get(id, |c| c.tat.fetch_max(tat, Ordering::AcqRel))
-            .is_none()
-            && self.reserve()
-        {
-            let meta = || Meta::new(Source::PLANS, now);
-            let made = self.buckets.insert_with(
-                id,
-                || BucketCell::new(meta()),
-                |c| c.tat.fetch_max(tat, Ordering::AcqRel),
-            );
-            self.settle(made, Source::PLANS, false);
-        }
-    }
-
-    /// Sets counter `id` (a window ending at `window_end`) to at least
-    /// `used` (a strict answer at `now`), creating it when there is room.
-    /// Not journaled.
-    pub fn mirror_counter(&self, id: u64, window_end: Nanos, used: u64, now: Nanos) {
-        if self
-            .quotas
-            .get(id, |c| c.used.fetch_max(used, Ordering::AcqRel))
-            .is_none()
-            && used > 0
-            && self.reserve()
-        {
-            let meta = || Meta::new(Source::PLANS, now);
-            let made = self.quotas.insert_with(
-                id,
-                || QuotaCell::new(window_end, meta()),
-                |c| c.used.fetch_max(used, Ordering::AcqRel),
-            );
-            self.settle(made, Source::PLANS, true);
-        }
-    }
-
     /// Accounts for a cell made in a slot taken beforehand: a new cell
     /// counts under its source; one that another check made first gives
     /// the slot back.
-    fn settle<R>(&self, made: Inserted<R>, source: Source, quota: bool) -> R {
+    pub(crate) fn settle<R>(&self, made: Inserted<R>, source: Source, quota: bool) -> R {
         match made {
             Inserted::New(r) => {
                 self.budgets.add(source);
@@ -189,16 +125,6 @@ impl LocalStore {
                 r
             }
         }
-    }
-
-    /// Raises counter `id` to the global count Redis returned plus what
-    /// this node counted since.
-    pub fn adopt_counter(&self, id: u64, global_used: u64) {
-        let pending = self.journal.as_ref().map_or(0, |j| j.pending(id));
-        self.quotas.get(id, |c| {
-            c.used
-                .fetch_max(global_used.saturating_add_signed(pending), Ordering::AcqRel)
-        });
     }
 
     /// Whether cell `id` (a bucket, else a counter) is tracked.
@@ -279,12 +205,14 @@ impl LocalStore {
     }
 
     /// Drops full buckets (arrival time ≤ `now`), finished windows
-    /// (end ≤ `now`) and empty counters. Runs shard by shard, so checks on
-    /// other shards go on.
+    /// (end ≤ `now`) and empty counters, unless they hold a change not yet
+    /// sent to Redis. Runs shard by shard, so checks on other shards go
+    /// on.
     pub fn sweep(&self, now: Nanos) -> SweepReport {
         let mut report = SweepReport::default();
+        // A cell with a change not yet sent to Redis stays until it is.
         self.buckets.retain(|c| {
-            let keep = c.tat.load(Ordering::Acquire) > now;
+            let keep = c.tat.load(Ordering::Acquire) > now || c.delta().is_dirty();
             if !keep {
                 report.buckets += 1;
                 self.budgets.remove(c.meta().source(), 1);
@@ -293,7 +221,8 @@ impl LocalStore {
         });
         self.quotas.retain(|q| {
             // A counter back at zero (everything refunded) holds nothing.
-            let keep = q.window_end > now && q.used.load(Ordering::Acquire) > 0;
+            let keep =
+                (q.window_end > now && q.used.load(Ordering::Acquire) > 0) || q.delta().is_dirty();
             if !keep {
                 report.quotas += 1;
                 self.budgets.remove(q.meta().source(), 1);
@@ -345,7 +274,7 @@ impl LocalStore {
 
     /// Takes one slot of the cap; false when the store is full.
     #[inline]
-    fn reserve(&self) -> bool {
+    pub(crate) fn reserve(&self) -> bool {
         self.cells
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
                 (c < self.limits.max_cells).then_some(c + 1)
@@ -415,9 +344,12 @@ impl LocalStore {
         under: bool,
     ) -> Option<(Loss, Source)> {
         let budgets = &self.budgets;
+        // Checked under the shard's write lock: a cell whose change Redis
+        // has not had yet goes only if the journal keeps the change.
         let still = |c: &dyn Cell| {
             Candidate::of(victim.id, victim.quota, c, now, asker, budgets, under)
                 .is_some_and(|current| current.hits <= victim.hits)
+                && self.keeps_change(victim.id, c)
         };
         if victim.quota {
             self.quotas
@@ -428,6 +360,34 @@ impl LocalStore {
                 .remove_if(victim.id, |c| still(c))
                 .map(|c| (c.loss(now), c.meta().source()))
         }
+    }
+
+    /// Whether cell `id` may go without losing a change not yet sent to
+    /// Redis: it has none, or the journal took it aside.
+    fn keeps_change(&self, id: u64, c: &dyn Cell) -> bool {
+        let d = c.delta();
+        !d.is_dirty()
+            || self.journal.as_ref().is_some_and(|j| {
+                let delta = d.pending();
+                let window_end = c.window_end();
+                j.evict(id, journal::Evicted { delta, window_end })
+            })
+    }
+
+    /// Removes `prior`, the key's counter of the window before the one
+    /// whose cell is being made, if it is over; its slot goes to the new
+    /// cell, and how often it was charged (see [`Cell::renews`]).
+    fn succeed<V: Cell>(
+        &self,
+        cells: &Shards<V>,
+        prior: u64,
+        now: Nanos,
+        quota: bool,
+    ) -> Option<u8> {
+        cells.get(prior, |c| c.renews(now))?.then_some(())?;
+        let gone = cells.remove_if(prior, |c| c.renews(now) && self.keeps_change(prior, c))?;
+        self.untrack(gone.meta().source(), quota);
+        Some(gone.meta().hits())
     }
 }
 
@@ -460,31 +420,38 @@ impl<V: Cell> Map<'_, V> {
     }
 
     /// Runs `f` on cell `id` of `source`, creating it with `make` (given
-    /// its bookkeeping) if needed: in free room, else in room the
-    /// admission policy makes at `now`. When neither can be had, runs `f`
+    /// its bookkeeping) if needed: in the place of the key's counter of
+    /// the window before (`prior`, when its window is over), else in free
+    /// room, else in room the admission policy makes at `now`. When neither can be had, runs `f`
     /// on the limit's shared overflow cell `overflow_id` instead (created
     /// past the cap: there is one per limit). Says which cell it used, so
     /// a charge can be refunded exactly where it went.
     #[inline]
     pub fn upsert<R>(
         &self,
-        (id, overflow_id): (u64, u64),
+        ids: Ids,
         source: Source,
         now: Nanos,
         make: impl FnOnce(Meta) -> V,
         f: impl Fn(&V, bool) -> R,
     ) -> (R, Landed) {
+        let Ids {
+            own: id,
+            overflow: overflow_id,
+            prior,
+        } = ids;
         if let Some(r) = self.cells.get(id, |c| f(c, false)) {
             return (r, Landed::Own);
         }
         let store = self.store;
-        let arrival = if store.reserve() {
+        let inherited = prior.and_then(|p| store.succeed(self.cells, p, now, self.quota));
+        let arrival = if inherited.is_some() || store.reserve() {
             Some(Arrival::Free)
         } else {
             store.make_room(source, id, now)
         };
         if let Some(arrival) = arrival {
-            let meta = Meta::arrived(source, now, arrival);
+            let meta = Meta::arrived(source, now, arrival).with_hits(inherited.unwrap_or(0));
             let made = self.cells.insert_with(id, || make(meta), |c| f(c, false));
             return (store.settle(made, source, self.quota), Landed::Own);
         }
@@ -511,6 +478,18 @@ impl<V: Cell> Map<'_, V> {
         };
         (r, Landed::Overflow)
     }
+}
+
+/// The cells one charge may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids {
+    /// The key's own cell.
+    pub own: u64,
+    /// The limit's shared overflow cell, when the store has no room.
+    pub overflow: u64,
+    /// For a counter, the key's cell of the window before, whose place
+    /// (and standing) a new cell takes.
+    pub prior: Option<u64>,
 }
 
 /// Which cell a charge went to.

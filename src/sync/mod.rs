@@ -46,13 +46,14 @@
 //!
 //! **Outages**: in `sync` mode a node always decides locally: when a
 //! flush fails, its calls are kept aside and new charges gather in the
-//! journal (one entry per cell, capped at the store's cap: beyond it
-//! deltas are dropped and counted), nodes keep deciding locally, and the
-//! task retries with exponential backoff (to 5 s) on a fresh connection,
-//! then sends the kept calls and everything pending once Redis answers
-//! again. A bucket delta is applied as spent from its oldest charge on, so
-//! a backlog counts as the traffic it was rather than as a burst now. State changes are
-//! logged and visible through [`SyncHandle::state`]. On shutdown the task
+//! cells (the journal lists each dirty cell once, and no tracked key's
+//! delta is lost: see [`crate::store::journal`]), nodes keep deciding
+//! locally, and the task retries with exponential backoff (to 5 s) on a
+//! fresh connection, then sends the kept calls and everything pending
+//! once Redis answers again. A bucket delta is applied as spent from its
+//! oldest charge on, so a backlog counts as the traffic it was rather
+//! than as a burst now. State changes are logged and visible through
+//! [`SyncHandle::state`]. On shutdown the task
 //! interrupts a round that is waiting on Redis (its calls stay held) and
 //! makes a last flush, bounded by [`FINAL_FLUSH`], that sends them again.
 //!
@@ -76,7 +77,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::metrics::names;
 use crate::shutdown::Shutdown;
-use crate::store::journal::{CellKind, Journal, Pending};
+use crate::store::journal::{CellKind, Pending};
 use connection::{Link, Lua, RedisConn, key, slot_of};
 
 mod connection;
@@ -413,7 +414,7 @@ impl RedisSync {
                 tracing::warn!(
                     dropped = now_dropped - dropped,
                     total = now_dropped,
-                    "redis sync: deltas dropped (journal full, refused by Redis, or windows long over)"
+                    "redis sync: deltas dropped (undos of cells no longer held beyond the journal's side list, refused by Redis, or windows long over)"
                 );
                 dropped = now_dropped;
             }
@@ -474,7 +475,7 @@ impl RedisSync {
             result = sent.map(|()| applied as usize);
         }
         if result.is_ok() {
-            let items = self.pending(journal);
+            let items = self.pending();
             if !items.is_empty() {
                 sending = true;
                 let calls = self.calls(items);
@@ -548,9 +549,13 @@ impl RedisSync {
     /// over is dropped (nobody will read its count again), a bucket's
     /// delta rounded to whole microseconds (Redis keeps those; at most
     /// half a microsecond per cell and round, either way).
-    fn pending(&self, journal: &Journal) -> Vec<(u64, Pending)> {
+    fn pending(&self) -> Vec<(u64, Pending)> {
         let now = self.engine.now();
-        let mut items = journal.drain(usize::MAX);
+        let store = self.engine.store();
+        let mut items = store.drain_journal();
+        let Some(journal) = store.journal() else {
+            return items;
+        };
         items.retain_mut(|(_, p)| match p.kind {
             CellKind::Counter {
                 window_end,
@@ -674,7 +679,7 @@ impl RedisSync {
                             // on, which adding it here would not be).
                             Ok(_)
                                 if resend == Resend::Kept
-                                    && store.journal().is_some_and(|j| j.pending(*id) != 0) => {}
+                                    && store.is_dirty(*id, p.kind == CellKind::Bucket) => {}
                             Ok(v) => {
                                 adopted += 1;
                                 match p.kind {

@@ -263,36 +263,29 @@ async fn give_up(
 /// Gives back a job's charge through the sync journal (the next flush
 /// applies it to the same Redis keys).
 fn undo(engine: &Engine, job: &StrictJob) {
-    let Some(journal) = engine.store().journal() else {
-        return;
-    };
+    let store = engine.store();
     if job.cost == 0 {
         return;
     }
     let cost = i64::try_from(job.cost).unwrap_or(i64::MAX);
     for c in &job.cells {
-        match c.kind {
-            StrictKind::Bucket { emission_us, .. } => journal.add(
-                c.id,
-                job.tag,
+        let (kind, delta) = match c.kind {
+            StrictKind::Bucket { emission_us, .. } => (
                 CellKind::Bucket,
                 -i64::try_from(emission_us.saturating_mul(1_000)).unwrap_or(i64::MAX),
-                job.now,
             ),
             StrictKind::Counter {
                 window_end,
                 slack_ms,
                 ..
-            } => journal.add(
-                c.id,
-                job.tag,
+            } => (
                 CellKind::Counter {
                     window_end,
                     slack_ms,
                 },
                 -cost,
-                job.now,
             ),
-        }
+        };
+        store.journal_undo(c.id, job.tag, kind, delta, job.now);
     }
 }
