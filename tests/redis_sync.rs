@@ -1168,3 +1168,21 @@ async fn a_key_flood_over_the_cap_drops_no_delta_of_a_tracked_key() {
         assert_eq!(count, "105", "{k}: 35 checks on each of 3 nodes");
     }
 }
+
+#[tokio::test]
+async fn a_round_of_many_dirty_cells_goes_out_in_several_round_trips() {
+    // 40 000 keys charged between two flushes: 80 script calls, sent 32
+    // per round trip; every one arrives, once.
+    let redis = RedisServer::start().await;
+    let yaml =
+        flood_config(&redis.url()).replace("max_tracked_keys: 300", "max_tracked_keys: 50000");
+    let d = TestDaemon::with_config(&yaml).await;
+    for i in 0..40_000 {
+        let key = format!("many-{i}");
+        assert!(d.engine.check(&quotad::core::Request::new(&key, 1)).allowed);
+    }
+    d.wait_synced().await;
+    let keys = redis.command("KEYS *}c:*").await.expect("KEYS");
+    assert_eq!(keys, "*40000", "one counter per key in Redis");
+    assert_eq!(d.engine.store().journal().map(|j| j.dropped()), Some(0));
+}

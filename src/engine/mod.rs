@@ -256,6 +256,10 @@ impl Engine {
                 CellKind::Bucket => self.store.remove_bucket(id),
                 CellKind::Counter { .. } => self.store.remove_quota(id),
             };
+            // What was set aside for it (displaced, or undone) goes too.
+            if let Some(j) = self.store.journal() {
+                j.forget(id);
+            }
             dropped += usize::from(gone);
         }
         dropped

@@ -63,11 +63,10 @@ pub struct Pending {
     pub delta: i64,
 }
 
-/// Largest change one charge adds to a [`Delta`] (either way): 2⁵⁸, nine
-/// years of a bucket's arrival time or as many units, so that the word's
-/// 63 bits hold the sum of a round's charges. A charge bigger than that
-/// is clamped (no limit admits one).
-pub const MAX_DELTA: i64 = 1 << 58;
+/// Largest pending change a [`Delta`] holds (either way): 2⁶¹, 73 years
+/// of a bucket's arrival time or as many units. Changes saturate there
+/// (no limit admits so much; a client's giant refunds cannot wrap it).
+pub const MAX_DELTA: i64 = 1 << 61;
 
 /// A cell's pending change since the last flush, and whether the cell is
 /// listed in the journal: one word, the net change shifted left by one,
@@ -87,8 +86,18 @@ impl Delta {
     /// that finds it unmarked leaves it for the entry about to be made.
     #[inline]
     pub fn add(&self, delta: i64) -> bool {
-        let shifted = delta.clamp(-MAX_DELTA, MAX_DELTA) << 1;
-        let before = self.0.fetch_add(shifted, Ordering::AcqRel);
+        let add = |word: i64| {
+            let sum = (word >> 1)
+                .saturating_add(delta)
+                .clamp(-MAX_DELTA, MAX_DELTA);
+            Some((sum << 1) | (word & 1))
+        };
+        let before = match self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, add)
+        {
+            Ok(word) | Err(word) => word,
+        };
         before & 1 == 0 && self.0.fetch_or(1, Ordering::AcqRel) & 1 == 0
     }
 
@@ -284,18 +293,35 @@ impl Journal {
     /// lock, so a drain sees the cell or this, never neither.
     pub fn evict(&self, id: u64, evicted: Evicted) -> bool {
         let mut map = self.evicted.lock();
-        if let Some(e) = map.get_mut(&id) {
-            // Displaced before, made again and displaced again before
-            // a drain: one entry per spell, the changes add up.
-            e.delta = e.delta.saturating_add(evicted.delta);
-            return true;
-        }
-        if map.len() >= self.side_cap {
+        // A cell displaced before, made again and dirty again, stays until
+        // a drain has taken the first change: so each cell has at most
+        // one listed entry beyond the store's own.
+        if map.len() >= self.side_cap || map.contains_key(&id) {
             return false;
         }
         map.insert(id, evicted);
         self.evicted_held.store(map.len(), Ordering::Release);
         true
+    }
+
+    /// Whether the side map has room for one more displaced cell's change.
+    pub fn can_evict(&self) -> bool {
+        self.evicted_held.load(Ordering::Acquire) < self.side_cap
+    }
+
+    /// The change of displaced cell `id` not yet taken (0 when none).
+    pub fn evicted_delta(&self, id: u64) -> i64 {
+        if self.evicted_held.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.evicted.lock().get(&id).map_or(0, |e| e.delta)
+    }
+
+    /// Forgets every change kept aside for cell `id` (an operator reset
+    /// it): displaced or undone, none is sent.
+    pub fn forget(&self, id: u64) {
+        let _ = self.take_evicted(id);
+        self.orphans.lock().retain(|(o, _)| *o != id);
     }
 
     /// Takes the change of displaced cell `id`, if one is kept.
@@ -367,11 +393,16 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_clamps_what_its_word_cannot_hold() {
+    fn a_delta_saturates_instead_of_wrapping() {
         let d = Delta::new();
         d.add(i64::MAX);
         d.add(i64::MIN);
-        assert_eq!(d.take(), Some(0));
+        assert_eq!(d.take(), Some(-MAX_DELTA));
+        for _ in 0..100 {
+            d.add(-(1 << 60));
+        }
+        assert!(d.is_dirty());
+        assert_eq!(d.take(), Some(-MAX_DELTA), "giant refunds stay giant");
         d.add(i64::MAX);
         assert_eq!(d.take(), Some(MAX_DELTA));
     }

@@ -316,19 +316,25 @@ impl LocalStore {
     /// The cells `asker` may take from a run of neighbouring cells in the
     /// shard the new cell `id` goes to (so displacing keeps the shards as
     /// even as the hash made them), in one map picked in proportion to the
-    /// maps' sizes.
+    /// maps' sizes. A cell with a change not yet sent to Redis is one
+    /// only while the journal has room to keep the change aside.
     fn sample(&self, id: u64, asker: Source, now: Nanos, under: bool) -> Vec<Candidate> {
         let budgets = &self.budgets;
+        let dirty_ok = self
+            .journal
+            .as_ref()
+            .is_none_or(journal::Journal::can_evict);
         let mut found = Vec::with_capacity(SAMPLES);
+        let mut add = |c: Option<Candidate>| found.extend(c.filter(|c| dirty_ok || !c.dirty));
         let (pick, r) = (admission::random(), admission::random());
         let total = self.cells.load(Ordering::Relaxed).max(1) as u64;
         if pick % total < self.quota_cells.load(Ordering::Relaxed) as u64 {
             self.quotas.sample(id, r, SAMPLES, |id, c| {
-                found.extend(Candidate::of(id, true, c, now, asker, budgets, under));
+                add(Candidate::of(id, true, c, now, asker, budgets, under));
             });
         } else {
             self.buckets.sample(id, r, SAMPLES, |id, c| {
-                found.extend(Candidate::of(id, false, c, now, asker, budgets, under));
+                add(Candidate::of(id, false, c, now, asker, budgets, under));
             });
         }
         found

@@ -121,8 +121,10 @@ impl LocalStore {
     /// swept meanwhile is left alone: the next check starts it fresh and
     /// its next flush brings it up to date.
     pub fn adopt_bucket(&self, id: u64, global_tat: Nanos) {
+        let aside = self.set_aside(id);
         self.buckets.get(id, |c| {
-            let tat = global_tat.saturating_add_signed(c.delta().pending());
+            let pending = c.delta().pending().saturating_add(aside);
+            let tat = global_tat.saturating_add_signed(pending);
             c.tat.fetch_max(tat, Ordering::AcqRel)
         });
     }
@@ -130,10 +132,18 @@ impl LocalStore {
     /// Raises counter `id` to the global count Redis returned plus what
     /// this node counted since.
     pub fn adopt_counter(&self, id: u64, global_used: u64) {
+        let aside = self.set_aside(id);
         self.quotas.get(id, |c| {
-            let used = global_used.saturating_add_signed(c.delta().pending());
+            let pending = c.delta().pending().saturating_add(aside);
+            let used = global_used.saturating_add_signed(pending);
             c.used.fetch_max(used, Ordering::AcqRel)
         });
+    }
+
+    /// What this node charged cell `id` before the cell was displaced and
+    /// made again, not sent yet.
+    fn set_aside(&self, id: u64) -> i64 {
+        self.journal.as_ref().map_or(0, |j| j.evicted_delta(id))
     }
 
     /// Sets bucket `id` to at least `tat` (a strict answer at `now`),
@@ -257,6 +267,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_whose_last_change_is_still_aside_is_not_displaced_again() {
+        let store = synced_store(1);
+        charge(&store, 1, 10, 0);
+        assert_eq!(charge(&store, 2, 1, 1), Landed::Own, "1 goes, its 10 aside");
+        assert_eq!(charge(&store, 1, 5, 2), Landed::Own, "2 goes, its 1 aside");
+        // 1's first change is still aside: displacing it again would list
+        // it a third time, so it stays (one entry beyond the store's own).
+        assert_eq!(charge(&store, 2, 1, 3), Landed::Overflow);
+        let j = store.journal().expect("journal");
+        assert_eq!((j.len(), j.evicted()), (3, 2));
+        // Adopting a global state counts what is aside too.
+        store.adopt_bucket(1, 100);
+        let tat = store.buckets().get(1, |c| c.tat.load(Ordering::Acquire));
+        assert_eq!(tat, Some(115));
+    }
+
+    #[test]
     fn a_dirty_cell_outlives_its_sweep_until_it_is_sent() {
         let store = synced_store(8);
         charge(&store, 1, 10, 0);
@@ -298,14 +325,20 @@ mod tests {
 
     #[test]
     fn a_reset_cell_takes_its_change_with_it() {
-        let store = synced_store(8);
+        let store = synced_store(1);
         charge(&store, 1, 10, 0);
+        // Displaced (its 10 aside), made again: a reset forgets both.
+        charge(&store, 2, 1, 1);
+        charge(&store, 1, 7, 2);
+        store.journal_undo(1, 1, CellKind::Bucket, -1, 2);
         assert!(store.remove_bucket(1));
+        store.journal().expect("journal").forget(1);
         // Made again and charged: listed again, sent once.
         charge(&store, 1, 3, 5);
-        let sent = store.drain_journal();
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].1.delta, 3);
+        let mut sent = store.drain_journal();
+        sent.sort_by_key(|(id, _)| *id);
+        let got: Vec<(u64, i64)> = sent.iter().map(|(id, p)| (*id, p.delta)).collect();
+        assert_eq!(got, [(1, 3), (2, 1)]);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! check charged in the store's journal ([`crate::store::journal`]), and
 //! this task, every `sync_interval`, drains the dirty cells and sends one
 //! delta per cell, [`CALL_CELLS`] cells per call of one Lua script
-//! (`sync.lua`, one Cluster slot per call), every call in one pipelined
-//! round trip; the script applies the deltas to the cells' global states
+//! (`sync.lua`, one Cluster slot per call), [`TRIP_CALLS`] calls per
+//! pipelined round trip; the script applies the deltas to the cells' global states
 //! in Redis atomically and returns them; the node then adopts each global
 //! state plus whatever it charged meanwhile. No Redis call and no `.await`
 //! is on the request path.
@@ -93,6 +93,12 @@ const SCRIPT: &str = include_str!("sync.lua");
 
 /// Cells in one call of the sync script.
 const CALL_CELLS: usize = 500;
+
+/// Calls in one round trip: 16 000 cells, some 20 ms of Redis's time,
+/// so a backlog after an outage goes out in round trips that each fit
+/// the response timeout on a loaded Redis, instead of one that never
+/// does.
+const TRIP_CALLS: usize = 32;
 
 /// How long Redis remembers that a call was applied (ms): a call sent
 /// again within it (its answer was lost) is applied once. Five minutes:
@@ -449,8 +455,9 @@ impl RedisSync {
     /// One round: first the calls kept from a round that failed, as they
     /// were (same ids, same deltas); then, once those went through, every
     /// cell dirty now (each once; cells charged meanwhile wait for the next
-    /// round), in calls of at most [`CALL_CELLS`] cells sent in one
-    /// pipelined round trip (one per slot on a Cluster). Records the state
+    /// round), in calls of at most [`CALL_CELLS`] cells sent
+    /// [`TRIP_CALLS`] per pipelined round trip (one per slot on a
+    /// Cluster). Records the state
     /// change. A round with nothing to send pings Redis unless it answered
     /// within the last second (`IDLE_PING`), so an idle node reports a
     /// Redis that went down.
@@ -569,7 +576,7 @@ impl RedisSync {
             // less than half a µs of arrival time is not worth a call.
             CellKind::Bucket => {
                 let was = p.delta;
-                p.delta = (p.delta + p.delta.signum() * 500) / 1_000 * 1_000;
+                p.delta = p.delta.saturating_add(p.delta.signum() * 500) / 1_000 * 1_000;
                 p.delta != 0 || was == 0
             }
             CellKind::Counter { .. } => true,
@@ -609,9 +616,25 @@ impl RedisSync {
         )
     }
 
-    /// Sends every call held (`kept`) in one pipelined round trip (one
-    /// per slot on a Cluster, plus one for calls that met a Redis without
-    /// the script cached) and adopts every state Redis returns. A call is
+    /// Sends every call held (`kept`), [`TRIP_CALLS`] at a time, until
+    /// one round trip fails (its calls, and those not sent yet, stay
+    /// held). Returns how many cells' states were adopted.
+    async fn send_kept(&mut self, resend: Resend) -> (u64, Result<(), SyncError>) {
+        let mut adopted = 0;
+        while !self.kept.is_empty() {
+            let (n, result) = self.send_trip(resend).await;
+            adopted += n;
+            if result.is_err() {
+                return (adopted, result);
+            }
+        }
+        (adopted, Ok(()))
+    }
+
+    /// Sends the first [`TRIP_CALLS`] calls held in one pipelined round
+    /// trip (one per slot on a Cluster, plus one for calls that met a
+    /// Redis without the script cached) and adopts every state Redis
+    /// returns. A call is
     /// let go once Redis answered for it; one whose answer did not come
     /// (transport trouble, a timeout, a Redis that is read-only, loading
     /// or failing over), or whose round was interrupted, stays held as it
@@ -620,11 +643,12 @@ impl RedisSync {
     /// prefix), or a call the script fails on, is dropped and counted:
     /// sending it again cannot help. Returns how many cells' states were
     /// adopted.
-    async fn send_kept(&mut self, resend: Resend) -> (u64, Result<(), SyncError>) {
+    async fn send_trip(&mut self, resend: Resend) -> (u64, Result<(), SyncError>) {
         let now_us = self.engine.now() / 1_000;
         let prefix = self.settings.key_prefix.clone();
-        let markers: Vec<String> = self.kept.iter().map(|c| self.marker(c)).collect();
-        let calls = &self.kept;
+        let trip = self.kept.len().min(TRIP_CALLS);
+        let markers: Vec<String> = self.kept[..trip].iter().map(|c| self.marker(c)).collect();
+        let calls = &self.kept[..trip];
         let args = |pipe: &mut redis::Pipeline, i: usize| {
             let call = &calls[i];
             pipe.arg(call.cells.len() + 1).arg(&markers[i]);
@@ -660,7 +684,8 @@ impl RedisSync {
         let store = engine.store();
         let mut adopted = 0u64;
         let mut first_error = None;
-        let calls = std::mem::take(&mut self.kept);
+        let calls: Vec<SyncCall> = self.kept.drain(..trip).collect();
+        let mut failed = Vec::new();
         for (call, answer) in calls.into_iter().zip(answers) {
             let cells = call.cells.len();
             match answer.and_then(|v| reply::batch(&v, cells).map_err(RedisError::from)) {
@@ -698,11 +723,13 @@ impl RedisSync {
                     self.dropped(&format_args!("{cells} cells: {shown}"), cells as u64);
                 }
                 Err(e) => {
-                    self.kept.push(call);
+                    failed.push(call);
                     first_error.get_or_insert(e);
                 }
             }
         }
+        // Held again first, ahead of the calls not sent yet.
+        self.kept.splice(0..0, failed);
         let result = match first_error {
             None => Ok(()),
             Some(e) => {
