@@ -119,13 +119,18 @@ fn mib(bytes: usize) -> f64 {
 /// One bucket, 1000/s with a burst of 1000: a single check leaves it 1 ms
 /// from full.
 fn new_limiter(max_cells: usize, clock: &Arc<ManualClock>) -> Engine {
+    limiter_of(per_second(), max_cells, clock)
+}
+
+/// 1 000 a second, burst 1 000.
+fn per_second() -> LimitKind {
     let rate = Rate::new(
         NonZeroU64::new(1_000).expect("non-zero"),
         NANOS_PER_SEC,
         NonZeroU64::new(1_000).expect("non-zero"),
     )
     .expect("valid rate");
-    limiter_of(LimitKind::Rate(rate), max_cells, clock)
+    LimitKind::Rate(rate)
 }
 
 /// An engine whose one plan has one limit of `kind`.
@@ -295,44 +300,36 @@ fn main() {
     // 4. Sync mode with every cell dirty (Redis unreachable: nothing
     // drains the journal): store and journal together. Target (issue 20):
     // <= 96 B per tracked cell.
-    let clock = Arc::new(ManualClock::new(T0));
-    let heap_before = heap();
-    let mut engine = new_limiter(2_000_000, &clock);
-    engine.enable_sync();
-    insert_keys(&engine, n);
-    let tracked = engine.store().tracked();
-    let dirty = engine.store().journal().map_or(0, |j| j.len());
-    let bytes = heap() as isize - heap_before as isize;
-    println!();
-    println!("== sync mode, every cell dirty (nothing drained) ==");
-    println!("tracked cells:           {tracked}, journal entries {dirty}");
-    println!(
-        "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal (target <= 96)",
-        mib(bytes.max(0) as usize),
-        per_key(bytes, tracked)
-    );
-    assert_eq!(dirty, tracked, "every cell dirty");
-    drop(engine);
-
+    all_dirty("every cell dirty (nothing drained)", per_second(), n);
     // 5. The same with one window counter per key (a minute's fixed
     // window): a counter cell is a word larger than a bucket's.
-    let clock = Arc::new(ManualClock::new(T0));
-    let heap_before = heap();
     let window = FixedWindow {
         limit: 1_000,
         period: 60 * NANOS_PER_SEC,
     };
-    let mut engine = limiter_of(LimitKind::Window(window), 2_000_000, &clock);
+    all_dirty(
+        "window counters, every cell dirty",
+        LimitKind::Window(window),
+        n,
+    );
+}
+
+/// Sync mode, `n` keys charged once against one limit of `kind`, nothing
+/// drained: prints the store and journal's bytes per tracked cell.
+fn all_dirty(title: &str, kind: LimitKind, n: usize) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_before = heap();
+    let mut engine = limiter_of(kind, 2_000_000, &clock);
     engine.enable_sync();
     insert_keys(&engine, n);
     let tracked = engine.store().tracked();
     let dirty = engine.store().journal().map_or(0, |j| j.len());
     let bytes = heap() as isize - heap_before as isize;
     println!();
-    println!("== sync mode, window counters, every cell dirty ==");
+    println!("== sync mode, {title} ==");
     println!("tracked cells:           {tracked}, journal entries {dirty}");
     println!(
-        "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal",
+        "heap:                    {:.1} MiB  -> {:.1} B per tracked cell, store and journal (target <= 96)",
         mib(bytes.max(0) as usize),
         per_key(bytes, tracked)
     );
