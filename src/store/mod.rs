@@ -27,6 +27,7 @@ pub mod admission;
 pub mod budget;
 pub mod cell;
 pub mod journal;
+pub mod leases;
 mod shards;
 pub mod sketch;
 mod synced;
