@@ -7,8 +7,12 @@
 //! take: cells of the asker's own source, and, while the asker is under
 //! its budget, cells of sources over theirs ([`super::budget`]). Of those
 //! it picks the cheapest to forget: a cell that holds nothing (a full
-//! bucket, a window that is over) at once; else another source's cell
-//! before its own, then the one charged fewest times. Of cells charged
+//! bucket, an empty counter) at once; else another source's cell before
+//! its own, then the one charged fewest times (a counter of a window just
+//! over counts as charged as often as it was: its key's next window takes
+//! its place, see [`super::cell::Cell::renews`]), then one with nothing
+//! waiting for Redis (a dirty cell goes only if the journal can keep its
+//! change aside). Of cells charged
 //! equally often it goes by how they got in ([`Arrival`], told by
 //! [`Turnover`]): first those that displaced another while the store was
 //! turning over fast (a flood's own cells), oldest first; then those
