@@ -41,6 +41,8 @@ mod native;
 /// quotactl end to end: every command against a real daemon, exit codes,
 /// output (table and JSON), tokens and keys never shown.
 mod quotactl;
+/// The lease script of concurrency limits against a real redis-server.
+mod redis_leases;
 /// Operators' overrides and resets across nodes through a real Redis.
 mod redis_overrides;
 /// Redis sync mode against a real redis-server.
