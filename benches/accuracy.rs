@@ -46,6 +46,7 @@ fn node() -> Arc<Engine> {
     let nz = |v: u64| NonZeroU64::new(v).unwrap_or(NonZeroU64::MIN);
     let rate = Rate::new(nz(RATE), NANOS_PER_SEC, nz(BURST)).expect("valid rate");
     let plan = Plan {
+        concurrency: None,
         name: "p".into(),
         limits: vec![Limit::new("p", "per-second", LimitKind::Rate(rate))],
     };

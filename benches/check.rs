@@ -137,6 +137,7 @@ fn rate_limit(name: &str, rate: u64, burst: u64) -> Limit {
 /// common one in production). The allowed share is printed per case.
 fn one_limit_plan() -> Plan {
     Plan {
+        concurrency: None,
         name: "bench".into(),
         limits: vec![rate_limit("per-second", 1_000_000_000, 1_000_000_000)],
     }
@@ -161,6 +162,7 @@ fn two_limit_plan() -> Plan {
 /// nearly every check is denied.
 fn tight_plan() -> Plan {
     Plan {
+        concurrency: None,
         name: "bench".into(),
         limits: vec![rate_limit("per-second", 1_000, 1_000)],
     }
@@ -504,6 +506,7 @@ fn flood(c: &mut Criterion) {
     let cap = if bench_mode() { 100_000 } else { 1_000 };
     let daily = Rate::new(nz(1), 86_400 * NANOS_PER_SEC, nz(1_000)).expect("valid rate");
     let plan = Plan {
+        concurrency: None,
         name: "bench".into(),
         limits: vec![Limit::new("bench", "daily", LimitKind::Rate(daily))],
     };

@@ -136,6 +136,7 @@ fn per_second() -> LimitKind {
 /// An engine whose one plan has one limit of `kind`.
 fn limiter_of(kind: LimitKind, max_cells: usize, clock: &Arc<ManualClock>) -> Engine {
     let plan = Plan {
+        concurrency: None,
         name: "bench".into(),
         limits: vec![Limit::new("bench", "limit", kind)],
     };

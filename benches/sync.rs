@@ -47,6 +47,7 @@ fn engine(sync: bool) -> Arc<Engine> {
     )
     .expect("valid rate");
     let plan = Plan {
+        concurrency: None,
         name: "p".into(),
         limits: vec![Limit::new("p", "per-second", LimitKind::Rate(rate))],
     };

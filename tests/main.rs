@@ -34,6 +34,9 @@ mod hostile_conns;
 /// Key floods against a small store: old and new customers keep their
 /// own exact counts; budgets per source; the overflow cell as last resort.
 mod key_flood;
+/// Concurrency limits on one node: Acquire, Renew, Release, Hold, what
+/// acquiring charges, expiry, bad input, operators' view.
+mod leases;
 /// Prometheus /metrics after known traffic, readiness with strict limits.
 mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.

@@ -1,4 +1,4 @@
-//! The lease script (`src/sync/leases.lua`, issue 21's concurrency limits)
+//! The lease script (`src/sync/leases.lua`, concurrency limits)
 //! against a real redis-server: grants up to the limit across any number
 //! of callers, says how long to wait, renews, releases, prunes and counts
 //! expiries, and leaves nothing behind once its leases are gone.
@@ -9,12 +9,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::support::RedisServer;
 
 const SCRIPT: &str = include_str!("../src/sync/leases.lua");
-const KEY: &str = "quotad:{00000000000000aa}l:00000000000000bb";
+const KEY: &str = "quotad:{00000000000000bb}l";
+const KEYS: [&str; 3] = [
+    KEY,
+    "quotad:{00000000000000bb}lh",
+    "quotad:{00000000000000bb}lr",
+];
 
 /// Runs the script on `conn` with `args` (after the key).
 async fn call(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> Vec<i64> {
     let v: redis::Value = redis::Script::new(SCRIPT)
-        .key(KEY)
+        .key(&KEYS[..])
         .arg(args)
         .invoke_async(conn)
         .await
@@ -60,33 +65,90 @@ async fn leases_are_granted_up_to_the_limit_renewed_released_and_pruned() {
     );
     // Renewed in time; a lease that is not there is not.
     assert_eq!(
-        call(&mut c, &["r", "9000", "1", "s2", "20000"]).await,
-        [1, 29_000]
+        call(&mut c, &["r", "9000", "s2", "20000"]).await,
+        [1, 29_000, 0]
     );
     assert_eq!(
-        call(&mut c, &["r", "9000", "1", "nope", "20000"]).await,
-        [0]
+        call(&mut c, &["r", "9000", "nope", "20000"]).await,
+        [0, 0, 0]
+    );
+    // Counted with each lease, soonest first.
+    assert_eq!(
+        call(&mut c, &["n", "9000"]).await,
+        [3, 0, 1, 29_000, 2, 30_000]
     );
     // Released, twice: fine.
-    assert_eq!(call(&mut c, &["x", "9000", "2", "s1"]).await, [1]);
-    assert_eq!(call(&mut c, &["x", "9000", "2", "s1"]).await, [0]);
-    assert_eq!(call(&mut c, &["n", "9000"]).await, [1, 0]);
+    assert_eq!(call(&mut c, &["x", "9000", "s1"]).await, [1, 0]);
+    assert_eq!(call(&mut c, &["x", "9000", "s1"]).await, [0, 0]);
+    assert_eq!(call(&mut c, &["n", "9000"]).await, [1, 0, 1, 29_000]);
     // s2 expires at 29 s unless renewed: pruned, counted, and renewing it
     // then is too late.
     assert_eq!(call(&mut c, &["n", "29000"]).await, [0, 1]);
-    assert_eq!(call(&mut c, &["r", "29000", "1", "s2", "20000"]).await, [0]);
+    assert_eq!(
+        call(&mut c, &["r", "29000", "s2", "20000"]).await,
+        [0, 0, 0]
+    );
     // Nothing is left in Redis once the last lease is gone.
     assert_eq!(
         call(&mut c, &["a", "29000", "3", "1", "1000", "s4"]).await,
         [1, 1, 30_000, 0]
     );
-    assert_eq!(call(&mut c, &["x", "29500", "1", "s4"]).await, [1]);
+    // Renewed without a ttl: its own (1 s).
+    assert_eq!(
+        call(&mut c, &["r", "29100", "s4", "0"]).await,
+        [1, 30_100, 0]
+    );
+    assert_eq!(call(&mut c, &["x", "29500", "s4"]).await, [1, 0]);
     assert_eq!(
         redis
-            .command(&format!("EXISTS {KEY}"))
+            .command(&format!("EXISTS {} {}", KEYS[0], KEYS[1]))
             .await
             .expect("EXISTS"),
         ":0"
+    );
+}
+
+#[tokio::test]
+async fn an_acquire_sent_twice_takes_its_slots_once() {
+    // A pipeline resent after a lost connection runs the script again.
+    let redis = RedisServer::start().await;
+    let mut c = connect(&redis).await;
+    assert_eq!(
+        call(&mut c, &["a", "0", "2", "2", "10000", "s"]).await,
+        [1, 2, 10_000, 0]
+    );
+    assert_eq!(
+        call(&mut c, &["a", "5", "2", "2", "10000", "s"]).await,
+        [1, 2, 10_000, 0],
+        "the same lease, not denied and not counted twice"
+    );
+    assert_eq!(call(&mut c, &["x", "6", "s"]).await, [1, 0]);
+    assert_eq!(call(&mut c, &["n", "6"]).await, [0, 0]);
+}
+
+#[tokio::test]
+async fn a_drop_frees_everything_and_stops_lost_leases_coming_back() {
+    let redis = RedisServer::start().await;
+    let mut c = connect(&redis).await;
+    call(&mut c, &["a", "0", "5", "2", "10000", "s1"]).await;
+    call(&mut c, &["a", "0", "5", "1", "10000", "s2"]).await;
+    // A lease Redis lost (say it restarted) comes back by restore...
+    assert_eq!(
+        call(&mut c, &["s", "100", "5", "1", "10000", "s3"]).await,
+        [1, 4, 10_100, 0]
+    );
+    // ...unless an operator freed the cell's leases since.
+    assert_eq!(call(&mut c, &["d", "200"]).await, [3, 0]);
+    assert_eq!(call(&mut c, &["n", "200"]).await, [0, 0]);
+    assert_eq!(
+        call(&mut c, &["s", "300", "5", "1", "10000", "s3"]).await,
+        [0, 0, 0, 0]
+    );
+    assert_eq!(call(&mut c, &["r", "300", "s1", "0"]).await, [0, 0, 0]);
+    // New acquires are fine.
+    assert_eq!(
+        call(&mut c, &["a", "300", "5", "5", "10000", "s4"]).await,
+        [1, 5, 10_300, 0]
     );
 }
 
@@ -134,7 +196,7 @@ async fn fifty_callers_on_three_connections_never_hold_more_than_the_limit() {
                     most.fetch_max(now, Ordering::SeqCst);
                     tokio::task::yield_now().await;
                     held.fetch_sub(1, Ordering::SeqCst);
-                    assert_eq!(call(&mut c, &["x", "0", "1", &secret]).await, [1]);
+                    assert_eq!(call(&mut c, &["x", "0", &secret]).await, [1, 0]);
                 }
             }
         }));

@@ -22,7 +22,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use quotad::api::pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
-use quotad::api::pb::{CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, Header};
+use quotad::api::pb::{
+    AcquireRequest, AcquireResponse, CheckBatchRequest, CheckBatchResponse, CheckRequest,
+    CheckResponse, Header, HoldRequest, HoldResponse, ReleaseRequest, ReleaseResponse,
+    RenewRequest, RenewResponse,
+};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -126,6 +130,49 @@ impl RateLimiter for Floor {
         req: Request<Streaming<CheckRequest>>,
     ) -> Result<Response<Answers>, Status> {
         let answers = req.into_inner().map(|c| c.map(|c| check_response(c.id)));
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    // The lease calls: granted at once, nothing kept (the floor for an
+    // Acquire + Release pair).
+    async fn acquire(
+        &self,
+        req: Request<AcquireRequest>,
+    ) -> Result<Response<AcquireResponse>, Status> {
+        Ok(Response::new(AcquireResponse {
+            granted: true,
+            lease: "0".repeat(48),
+            id: req.get_ref().id,
+            ..AcquireResponse::default()
+        }))
+    }
+
+    async fn renew(&self, _: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        Ok(Response::new(RenewResponse::default()))
+    }
+
+    async fn release(
+        &self,
+        _: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        Ok(Response::new(ReleaseResponse { released: true }))
+    }
+
+    type HoldStream = Pin<Box<dyn Stream<Item = Result<HoldResponse, Status>> + Send>>;
+
+    async fn hold(
+        &self,
+        req: Request<Streaming<HoldRequest>>,
+    ) -> Result<Response<Self::HoldStream>, Status> {
+        // One answer per message: the floor keeps no lease.
+        let answers = req.into_inner().map(|m| {
+            m.map(|_| HoldResponse {
+                answer: Some(AcquireResponse {
+                    granted: true,
+                    ..AcquireResponse::default()
+                }),
+            })
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 }

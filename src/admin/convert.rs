@@ -13,9 +13,10 @@ use crate::core::clock::NANOS_PER_SEC;
 use crate::core::hash::hex16;
 use crate::core::{KeyHasher, Nanos, Verdict};
 use crate::engine::Usage;
-use crate::limits::file::describe_limit;
+use crate::engine::leases::LeaseUsage;
+use crate::limits::file::{describe_concurrency, describe_limit};
 use crate::limits::overrides::{LimitSpec, MAX_REASON_BYTES, OwnLimits, check_text};
-use crate::limits::{Assigned, Limit, LimitKind, Override, Plan, Source, Target};
+use crate::limits::{Assigned, Concurrency, Limit, LimitKind, Override, Plan, Source, Target};
 
 /// Longest an override may last: ten years.
 const MAX_TTL: Nanos = 10 * 366 * 86_400 * NANOS_PER_SEC;
@@ -89,6 +90,8 @@ pub fn target(t: Option<pb::set_override_request::Target>) -> Result<Target, Sta
                     per: l.per,
                     burst: (l.burst > 0).then_some(l.burst),
                     strict: l.strict,
+                    concurrency: (l.concurrency > 0).then_some(l.concurrency),
+                    lease_ttl_ms: l.lease_ttl.map(|d| duration_ms(&d)),
                 })
                 .collect();
             OwnLimits::new(specs)
@@ -156,13 +159,8 @@ pub fn reason(text: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// A time as a protobuf `Timestamp`.
-pub fn timestamp(t: Nanos) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (t / NANOS_PER_SEC) as i64,
-        nanos: (t % NANOS_PER_SEC) as i32,
-    }
-}
+/// A Unix time in nanoseconds as a protobuf `Timestamp`.
+pub use crate::api::timestamp;
 
 /// An override as the API shows it.
 pub fn override_message(o: &Override, resolved: bool) -> pb::Override {
@@ -196,6 +194,48 @@ fn spec_message(s: &LimitSpec) -> pb::LimitSpec {
         per: s.per.clone(),
         burst: s.burst.unwrap_or(0),
         strict: s.strict,
+        concurrency: s.concurrency.unwrap_or(0),
+        lease_ttl: s
+            .lease_ttl_ms
+            .map(|ms| duration(ms.saturating_mul(1_000_000))),
+    }
+}
+
+/// A wire duration in whole milliseconds; negative ones are 0.
+fn duration_ms(d: &prost_types::Duration) -> u64 {
+    let ms = i128::from(d.seconds) * 1_000 + i128::from(d.nanos) / 1_000_000;
+    u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
+}
+
+/// A plan's concurrency limit as the API lists it.
+pub fn concurrency_limit(c: &Concurrency) -> pb::PlanLimit {
+    pb::PlanLimit {
+        name: c.name.clone(),
+        policy: c.policy.clone(),
+        kind: "concurrency".to_owned(),
+        limit: u64::from(c.slots),
+        window_seconds: c.lease_ttl / NANOS_PER_SEC,
+        strict: false,
+        description: describe_concurrency(c),
+    }
+}
+
+/// Where a key stands against its concurrency limit, as the API shows it.
+pub fn concurrency_usage(u: &LeaseUsage) -> pb::ConcurrencyUsage {
+    pb::ConcurrencyUsage {
+        name: u.concurrency.name.clone(),
+        policy: u.concurrency.policy.clone(),
+        limit: u64::from(u.concurrency.slots),
+        in_use: u.in_use,
+        lease_ttl: Some(duration(u.concurrency.lease_ttl)),
+        leases: u
+            .leases
+            .iter()
+            .map(|&(slots, expires)| pb::LeaseUsage {
+                slots: u64::from(slots),
+                expires_at: Some(timestamp(expires)),
+            })
+            .collect(),
     }
 }
 
@@ -271,6 +311,7 @@ pub fn usage_message(
             .collect(),
         r#override: over,
         config: Some(config),
+        concurrency: None,
     }
 }
 

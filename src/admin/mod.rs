@@ -118,15 +118,24 @@ impl AdminService {
         convert::version_message(&self.control.version(), &self.control.stats())
     }
 
-    fn usage(&self, key_hash: u64) -> pb::GetUsageResponse {
+    /// A key's usage: its limits as this node sees them, and its
+    /// concurrency limit's leases (every node's, read from Redis when it
+    /// is configured: UNAVAILABLE if it does not answer).
+    async fn usage(&self, key_hash: u64) -> Result<pb::GetUsageResponse, Status> {
         let engine = self.control.engine();
+        let leases = engine
+            .lease_usage(key_hash)
+            .await
+            .map_err(|e| Status::unavailable(format!("the key's leases could not be read: {e}")))?;
         let snap = engine.view();
         let usage = snap.usage(key_hash);
         let over = self
             .control
             .get(key_hash)
             .map(|o| self.override_message(&o));
-        convert::usage_message(key_hash, &usage, over, self.version())
+        let mut out = convert::usage_message(key_hash, &usage, over, self.version());
+        out.concurrency = leases.as_ref().map(convert::concurrency_usage);
+        Ok(out)
     }
 
     fn now(&self) -> crate::core::Nanos {
@@ -256,7 +265,7 @@ impl QuotaAdmin for AdminService {
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
         let (_, key_hash) = self.keyed(request, Scope::Read, "GetUsage")?;
-        Ok(Response::new(self.usage(key_hash)))
+        Ok(Response::new(self.usage(key_hash).await?))
     }
 
     async fn reset_usage(
@@ -282,7 +291,12 @@ impl QuotaAdmin for AdminService {
             .iter()
             .map(|p| pb::Plan {
                 name: p.name.clone(),
-                limits: p.limits.iter().map(convert::plan_limit).collect(),
+                limits: p
+                    .limits
+                    .iter()
+                    .map(convert::plan_limit)
+                    .chain(p.concurrency.iter().map(|c| convert::concurrency_limit(c)))
+                    .collect(),
                 is_default: p.name == config.live.limits.default_plan,
                 static_keys: config
                     .live
@@ -420,6 +434,11 @@ impl AdminService {
             .key(key_hash)
             .change(before, "reset");
         let engine = self.control.engine();
+        // Leases first: every node's reset then finds them gone, and a
+        // Hold stream that renews meanwhile finds the reset mark.
+        let leases = engine.reset_leases(key_hash).await.map_err(|e| {
+            Status::unavailable(format!("the key's leases could not be freed: {e}"))
+        })?;
         let cells = match &self.redis {
             Some(redis) => {
                 // Every node resets when Redis announces it, this one too.
@@ -436,7 +455,8 @@ impl AdminService {
         Ok(Response::new(pb::ResetUsageResponse {
             key_hash: hex16(key_hash),
             cells: cells as u64,
-            usage: Some(self.usage(key_hash)),
+            usage: Some(self.usage(key_hash).await?),
+            leases,
         }))
     }
 

@@ -14,6 +14,7 @@ mod envoy_metadata;
 pub mod envoy_rls;
 pub mod error;
 pub mod headers;
+pub mod leases;
 pub mod malformed;
 pub mod native;
 pub mod request_id;
@@ -42,6 +43,14 @@ pub(crate) fn duration_parts(ns: Nanos) -> (i64, i32) {
 pub(crate) fn duration(ns: Nanos) -> prost_types::Duration {
     let (seconds, nanos) = duration_parts(ns);
     prost_types::Duration { seconds, nanos }
+}
+
+/// A Unix time in nanoseconds as a protobuf `Timestamp`.
+pub fn timestamp(t: Nanos) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (t / NANOS_PER_SEC) as i64,
+        nanos: (t % NANOS_PER_SEC) as i32,
+    }
 }
 
 #[cfg(test)]

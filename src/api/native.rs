@@ -12,9 +12,11 @@ use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{
-    CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason, Header,
+    AcquireRequest, AcquireResponse, CheckBatchRequest, CheckBatchResponse, CheckRequest,
+    CheckResponse, DenyReason, Header, HoldRequest, ReleaseRequest, ReleaseResponse, RenewRequest,
+    RenewResponse,
 };
-use super::{duration, request_id, validate};
+use super::{duration, leases, request_id, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core;
 use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
@@ -190,6 +192,46 @@ impl RateLimiter for NativeService {
             Ok(answer) => Ok(Response::new(answer)),
             Err(e) => Err(refuse(Api::Batch, &meta, e)),
         }
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<AcquireRequest>,
+    ) -> Result<Response<AcquireResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        match leases::acquire(&self.engine, &req).await {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(status) => Err(request_id::refuse(&meta, "acquire", status)),
+        }
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let expires = leases::renew(&self.engine, request.get_ref()).await?;
+        Ok(Response::new(RenewResponse {
+            expires_at: Some(super::timestamp(expires)),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let token = leases::lease(&request.get_ref().lease)?;
+        let released = self.engine.release(token).await;
+        Ok(Response::new(ReleaseResponse { released }))
+    }
+
+    type HoldStream = leases::HoldOut;
+
+    async fn hold(
+        &self,
+        request: Request<Streaming<HoldRequest>>,
+    ) -> Result<Response<Self::HoldStream>, Status> {
+        let out = leases::hold(&self.engine, request.into_inner(), self.shutdown.clone()).await?;
+        Ok(Response::new(out))
     }
 
     type CheckStreamStream = CheckStreamOut;

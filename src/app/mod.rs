@@ -158,8 +158,9 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let m = &config.live.metrics;
         metrics.heavy().configure(m.heavy_keys, m.key_names.clone());
-        let mut engine =
-            Engine::new(table, hasher, limits, clock).with_metrics(Arc::clone(&metrics));
+        let mut engine = Engine::new(table, hasher, limits, clock)
+            .with_metrics(Arc::clone(&metrics))
+            .with_max_leases(config.boot.store.max_leases);
         if config.boot.redis.is_some() {
             engine.enable_sync();
         }
@@ -442,6 +443,7 @@ async fn front_doors(
         if let Some(settings) = settings {
             let strict = start_strict(sync, settings, rest)?;
             control.engine().set_strict(strict);
+            start_leases(sync, control.engine(), rest)?;
         }
         redis_overrides = Some(start_overrides(sync, control, rest).await?);
     }
@@ -470,6 +472,17 @@ fn start_strict(
             .first_read_min_window
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     })
+}
+
+/// Concurrency leases in Redis from now on; the client's connection is
+/// made on first use, by a task that stops with the rest.
+fn start_leases(sync: &RedisSync, engine: &Arc<Engine>, rest: &mut Rest) -> Result<(), AppError> {
+    // The task ends itself at the second stage, after one last round
+    // for the releases still waiting.
+    let (client, task) = sync.leases(engine.clock(), rest.stop())?;
+    rest.spawn(task);
+    engine.set_lease_client(client);
+    Ok(())
 }
 
 /// Overrides through Redis: read before ready (bounded by

@@ -1,4 +1,5 @@
-//! The config's `store` section: the cap on tracked buckets, the idle
+//! The config's `store` section: the cap on tracked buckets and on
+//! concurrency leases, the idle
 //! sweep and the secret API keys are hashed with; its raw form,
 //! validation and summary line. The secret never appears in `Debug`
 //! output, messages or the summary.
@@ -20,6 +21,8 @@ pub struct StoreSettings {
     pub max_tracked_keys: usize,
     /// How often idle buckets are dropped.
     pub sweep_interval: Duration,
+    /// Hard cap on concurrency leases this node holds (`store.max_leases`).
+    pub max_leases: usize,
     /// Secret for keyed hashing of API keys; random per process when `None`.
     /// `Debug` prints `<redacted>`.
     pub hash_secret: Option<[u8; 16]>,
@@ -30,6 +33,7 @@ impl Default for StoreSettings {
         Self {
             max_tracked_keys: 1_000_000,
             sweep_interval: Duration::from_secs(10),
+            max_leases: 1_000_000,
             hash_secret: None,
         }
     }
@@ -40,6 +44,7 @@ impl fmt::Debug for StoreSettings {
         f.debug_struct("StoreSettings")
             .field("max_tracked_keys", &self.max_tracked_keys)
             .field("sweep_interval", &self.sweep_interval)
+            .field("max_leases", &self.max_leases)
             .field(
                 "hash_secret",
                 &format_args!(
@@ -60,6 +65,7 @@ impl fmt::Debug for StoreSettings {
 pub(super) struct StoreRaw {
     max_tracked_keys: Option<Positive>,
     sweep_interval: Option<Dur>,
+    max_leases: Option<Positive>,
     hash_secret: Option<Secret>,
 }
 
@@ -71,6 +77,14 @@ impl StoreRaw {
             store.max_tracked_keys = usize::try_from(p.0.get()).map_err(|_| {
                 Issue::new(
                     vec![Seg::key("store"), Seg::key("max_tracked_keys")],
+                    format!("{} is too large for this platform", p.0),
+                )
+            })?;
+        }
+        if let Some(p) = self.max_leases {
+            store.max_leases = usize::try_from(p.0.get()).map_err(|_| {
+                Issue::new(
+                    vec![Seg::key("store"), Seg::key("max_leases")],
                     format!("{} is too large for this platform", p.0),
                 )
             })?;
@@ -87,8 +101,9 @@ impl StoreSettings {
     /// The summary's `store:` line: whether there is a secret, never it.
     pub(super) fn summary_line(&self) -> String {
         format!(
-            "store: max tracked keys {}, sweep every {}, hash secret {}",
+            "store: max tracked keys {}, max leases {}, sweep every {}, hash secret {}",
             self.max_tracked_keys,
+            self.max_leases,
             format_duration(self.sweep_interval),
             if self.hash_secret.is_some() {
                 "from config"

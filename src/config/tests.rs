@@ -231,7 +231,7 @@ server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain dela
 connections: max 1024 (100 calls each), max message 1048576 bytes, idle timeout 5m, keepalive every 1m (timeout 20s), max age none
 buffers: requests 67108864 bytes in all, 2097152 per connection (within 10s), unsent answers 131072 per connection, receive window 131072; worst case for connections 392 MiB
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes
-store: max tracked keys 1000000, sweep every 10s, hash secret random per process
+store: max tracked keys 1000000, max leases 1000000, sweep every 10s, hash secret random per process
 envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge domains off, shadow off, file domains' headers off, quota mode off, dynamic metadata off, near limit 80%
 response headers: both
 redis: off (this node alone, in memory)

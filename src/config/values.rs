@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub(super) use crate::diag::parse_duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
@@ -84,39 +85,6 @@ impl<'de> Visitor<'de> for DurVisitor {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
         Err(Self::bare_number(v))
     }
-}
-
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (space allowed
-/// between). The caller checks the range.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "invalid duration {} (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",
-            quoted(text)
-        )
-    };
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    if digits.is_empty() {
-        return Err(invalid());
-    }
-    let millis_per_unit: u64 = match unit.trim_start() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "" => {
-            return Err(format!(
-                "duration {digits} has no unit (write for example {digits}s; units: ms, s, m, h)"
-            ));
-        }
-        _ => return Err(invalid()),
-    };
-    let too_long = || format!("duration must be at most 24h (got {t})");
-    let n: u64 = digits.parse().map_err(|_| too_long())?;
-    let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
-    Ok(Duration::from_millis(millis))
 }
 
 /// `10s`, `2m`, `500ms`: the largest unit that divides the duration.

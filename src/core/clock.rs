@@ -13,6 +13,8 @@ pub type Nanos = u64;
 
 /// Nanoseconds in one second.
 pub const NANOS_PER_SEC: Nanos = 1_000_000_000;
+/// Nanoseconds per millisecond.
+pub const NANOS_PER_MS: Nanos = 1_000_000;
 
 /// A source of time for the engine.
 ///

@@ -6,11 +6,13 @@
 //! reader turns into `file:line:col: path: reason`. `quoted` puts user
 //! text into a one-line message, `one_of` reads a value from a
 //! fixed set of names, and [`check_name`] checks plan, limit and token
-//! names. [`files`] is the one reader of every file quotad is pointed at.
+//! names, [`parse_duration`] reads `10s`-style durations. [`files`] is the one reader of every file quotad is pointed at.
 //!
 //! This module imports no other module of the crate.
 
 pub mod files;
+
+use std::time::Duration;
 
 /// Longest plan or limit name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -145,4 +147,37 @@ pub(crate) fn one_of<T: Copy>(
         "unknown {what} {} (expected {expected})",
         quoted(text)
     ))
+}
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (space allowed
+/// between). The caller checks the range.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration {} (expected an integer and a unit ms, s, m or h, such as 500ms, 10s or 2m)",
+            quoted(text)
+        )
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(invalid());
+    }
+    let millis_per_unit: u64 = match unit.trim_start() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => {
+            return Err(format!(
+                "duration {digits} has no unit (write for example {digits}s; units: ms, s, m, h)"
+            ));
+        }
+        _ => return Err(invalid()),
+    };
+    let too_long = || format!("duration must be at most 24h (got {t})");
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
+    let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
+    Ok(Duration::from_millis(millis))
 }

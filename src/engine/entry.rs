@@ -459,6 +459,7 @@ mod tests {
         let hasher = KeyHasher::with_secret([3; 16]);
         let rate = Rate::new(nz(1), NANOS_PER_SEC, nz(2)).unwrap();
         let plan = Plan {
+            concurrency: None,
             name: "p".into(),
             limits: vec![Limit::new("p", "rate", LimitKind::Rate(rate))],
         };

@@ -18,10 +18,12 @@
 //! | `view.rs` | [`View`]: one call's consistent rules, the plan decision |
 //! | `cells.rs` | one limit applied to one key's cell: charge, refund, journal |
 //! | `strict.rs`, `wait.rs` | strict mode: the job for Redis, its answer, fail modes |
+//! | `leases.rs` | concurrency limits: acquire, renew, release; their Redis client |
 
 mod ask;
 mod cells;
 mod entry;
+pub mod leases;
 pub mod strict;
 mod view;
 pub mod wait;
@@ -46,7 +48,11 @@ use crate::core::source::Source as KeySource;
 use crate::limits::{Limit, Table};
 use crate::metrics::Metrics;
 use crate::store::journal::CellKind;
+use crate::store::leases::Leases;
 use crate::store::{Landed, LocalStore, StoreLimits, SweepReport};
+
+/// `store.max_leases`'s default.
+pub const DEFAULT_MAX_LEASES: usize = 1_000_000;
 
 /// What the engine decides with, swapped as one: a reload changes the
 /// table and the settings front doors validate against in one step, so
@@ -95,6 +101,10 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Set once Redis sync starts, when the config has a `redis` section.
     strict: OnceLock<Strict>,
+    /// Concurrency leases this node granted (all of them without Redis).
+    leases: Leases,
+    /// Set once Redis sync starts: leases then live in Redis.
+    lease_client: OnceLock<leases::LeaseClient>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,7 +138,21 @@ impl Engine {
             hasher,
             metrics: Arc::new(Metrics::new()),
             strict: OnceLock::new(),
+            leases: Leases::new(DEFAULT_MAX_LEASES),
+            lease_client: OnceLock::new(),
         }
+    }
+
+    /// The engine holding at most `max` leases (`store.max_leases`).
+    /// Call before sharing the engine.
+    pub fn with_max_leases(mut self, max: usize) -> Self {
+        self.leases = Leases::new(max);
+        self
+    }
+
+    /// This node's lease table.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// The engine deciding under `config` (the one its table was built
@@ -192,9 +216,11 @@ impl Engine {
         Arc::clone(&self.rules.load().config)
     }
 
-    /// Drops idle cells (see [`LocalStore::sweep`]).
+    /// Drops idle cells (see [`LocalStore::sweep`]) and expired leases.
     pub fn sweep(&self) -> SweepReport {
-        self.store.sweep(self.clock.now())
+        let now = self.clock.now();
+        self.leases.sweep(now);
+        self.store.sweep(now)
     }
 
     /// This node's store (for sizes and counters).
@@ -210,6 +236,11 @@ impl Engine {
     /// Where decisions are counted.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
     }
 
     /// The current time according to the engine's clock.
@@ -262,6 +293,9 @@ impl Engine {
             }
             dropped += usize::from(gone);
         }
+        // Leases this node granted go too (Redis's are freed by the
+        // admin call that asked for the reset).
+        self.reset_lease_mirrors(key_hash);
         dropped
     }
 
@@ -297,5 +331,9 @@ impl crate::metrics::EngineState for Engine {
 
     fn overrides(&self) -> usize {
         self.view().table().overrides()
+    }
+
+    fn leases(&self) -> &Leases {
+        &self.leases
     }
 }

@@ -41,10 +41,12 @@ fn limiter(limits: Vec<Limit>, max_cells: usize) -> (Engine, Arc<ManualClock>) {
     let hasher = KeyHasher::with_secret([9; 16]);
     let plans = vec![
         Plan {
+            concurrency: None,
             name: "p".into(),
             limits,
         },
         Plan {
+            concurrency: None,
             name: "open".into(),
             limits: vec![],
         },
@@ -335,6 +337,7 @@ fn swapped_table_applies_to_the_next_check() {
     assert!(!l.check(&req("k", 1)).allowed);
     let hasher = *l.hasher();
     let plans = vec![Plan {
+        concurrency: None,
         name: "p".into(),
         limits: vec![],
     }];

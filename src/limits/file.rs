@@ -26,8 +26,11 @@ use std::num::NonZeroU64;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use super::{Limit, LimitKind, Plan, Quota, Rate, RateError, Table, TableError};
-use crate::core::clock::NANOS_PER_SEC;
+use super::{
+    Concurrency, DEFAULT_LEASE_TTL, Limit, LimitKind, MAX_LEASE_TTL, MIN_LEASE_TTL, Plan, Quota,
+    Rate, RateError, Table, TableError,
+};
+use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::KeyHasher;
 use crate::core::window::Window;
 /// Plan and limit names are checked as the rest of the crate checks names.
@@ -95,6 +98,18 @@ pub fn describe_limit(limit: &Limit) -> String {
     } else {
         text
     }
+}
+
+/// A one-line description of a concurrency limit: `streams 10 at once,
+/// lease 30s`.
+pub fn describe_concurrency(c: &Concurrency) -> String {
+    let ttl_ms = c.lease_ttl / 1_000_000;
+    let ttl = if ttl_ms.is_multiple_of(1_000) {
+        format!("{}s", ttl_ms / 1_000)
+    } else {
+        format!("{ttl_ms}ms")
+    };
+    format!("{} {} at once, lease {ttl}", c.name, c.slots)
 }
 
 fn describe_kind(limit: &Limit) -> String {
@@ -356,15 +371,48 @@ pub(crate) struct PlanRaw {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a limit (a mapping with name, rate or quota, per)"
+    expecting = "a limit (a mapping with name, rate or quota, per; or name, concurrency)"
 )]
 pub(crate) struct LimitRaw {
     name: Name,
     rate: Option<Positive>,
     quota: Option<Positive>,
-    per: Per,
+    per: Option<Per>,
     burst: Option<Positive>,
     mode: Option<ModeRaw>,
+    concurrency: Option<Positive>,
+    lease_ttl: Option<LeaseTtl>,
+}
+
+/// A concurrency limit's `lease_ttl`: `30s`, `5m`, 1 s ..= 1 h.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseTtl(Nanos);
+
+impl LeaseTtl {
+    /// `nanos` if it is a lease time to live (1 s ..= 1 h).
+    pub(crate) fn new(nanos: Nanos) -> Result<Self, String> {
+        if (MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&nanos) {
+            Ok(Self(nanos))
+        } else {
+            Err(format!(
+                "lease_ttl must be between 1s and 1h (got {})",
+                if nanos.is_multiple_of(NANOS_PER_SEC) {
+                    format!("{}s", nanos / NANOS_PER_SEC)
+                } else {
+                    format!("{}ms", nanos / 1_000_000)
+                }
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseTtl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let d = crate::diag::parse_duration(&text).map_err(de::Error::custom)?;
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        LeaseTtl::new(nanos).map_err(de::Error::custom)
+    }
 }
 
 impl LimitRaw {
@@ -373,11 +421,11 @@ impl LimitRaw {
     /// names the field (`name`, `rate`, `quota`, `per`, `burst`).
     pub(crate) fn from_parts(
         name: &str,
-        rate: Option<u64>,
-        quota: Option<u64>,
+        (rate, quota, concurrency): (Option<u64>, Option<u64>, Option<u64>),
         per: &str,
         burst: Option<u64>,
         strict: bool,
+        lease_ttl: Option<Nanos>,
     ) -> Result<LimitRaw, (&'static str, String)> {
         let positive = |field: &'static str, v: Option<u64>| match v {
             None => Ok(None),
@@ -390,9 +438,17 @@ impl LimitRaw {
             name: Name(name.to_owned()),
             rate: positive("rate", rate)?,
             quota: positive("quota", quota)?,
-            per: Per::parse(per).map_err(|e| ("per", e))?,
+            per: match per {
+                "" if concurrency.is_some() => None,
+                per => Some(Per::parse(per).map_err(|e| ("per", e))?),
+            },
             burst: positive("burst", burst)?,
-            mode: Some(ModeRaw(strict)),
+            mode: strict.then_some(ModeRaw(true)),
+            concurrency: positive("concurrency", concurrency)?,
+            lease_ttl: lease_ttl
+                .map(LeaseTtl::new)
+                .transpose()
+                .map_err(|e| ("lease_ttl", e))?,
         })
     }
 }
@@ -558,6 +614,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
         ));
     }
     let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    let mut concurrency: Option<std::sync::Arc<Concurrency>> = None;
     for (i, l) in raw.limits.iter().enumerate() {
         let at = |field: Option<&str>| {
             let mut p = base.clone();
@@ -567,7 +624,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
             }
             p
         };
-        if let Some(j) = limits.iter().position(|x| x.name == l.name.0) {
+        if let Some(j) = raw.limits[..i].iter().position(|x| x.name.0 == l.name.0) {
             let mut first = base.clone();
             first.extend([Seg::Index(j), Seg::key("name")]);
             return Err(Issue {
@@ -577,6 +634,32 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
                 first: Some(first),
             });
         }
+        if let Some(slots) = l.concurrency {
+            if concurrency.is_some() {
+                return Err(Issue::new(
+                    at(Some("concurrency")),
+                    "a plan has at most one concurrency limit",
+                ));
+            }
+            concurrency = Some(build_concurrency(plan, l, slots.0, &at)?.into());
+            continue;
+        }
+        if l.lease_ttl.is_some() {
+            return Err(Issue::new(
+                at(Some("lease_ttl")),
+                "lease_ttl applies only to concurrency limits",
+            ));
+        }
+        let Some(per) = l.per else {
+            return Err(Issue::new(
+                at(None),
+                if l.rate.is_some() || l.quota.is_some() {
+                    "missing field 'per'"
+                } else {
+                    "a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)"
+                },
+            ));
+        };
         let kind = match (l.rate, l.quota) {
             (Some(_), Some(_)) => {
                 return Err(Issue::new(
@@ -587,10 +670,10 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
             (None, None) => {
                 return Err(Issue::new(
                     at(None),
-                    "a limit needs either rate (a token bucket) or quota (a calendar window)",
+                    "a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)",
                 ));
             }
-            (Some(rate), None) => LimitKind::Rate(build_rate(rate.0, l, &at)?),
+            (Some(rate), None) => LimitKind::Rate(build_rate(rate.0, l, per, &at)?),
             (None, Some(quota)) => {
                 if l.burst.is_some() {
                     return Err(Issue::new(
@@ -600,7 +683,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
                 }
                 LimitKind::Quota(Quota {
                     quota: quota.0,
-                    window: l.per.0,
+                    window: per.0,
                 })
             }
         };
@@ -611,15 +694,48 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
     Ok(Plan {
         name: plan.to_owned(),
         limits,
+        concurrency,
     })
+}
+
+/// A concurrency limit as written: slots and a lease time to live, and
+/// nothing of a rate's or quota's.
+fn build_concurrency(
+    plan: &str,
+    l: &LimitRaw,
+    slots: NonZeroU64,
+    at: &dyn Fn(Option<&str>) -> Vec<Seg>,
+) -> Result<Concurrency, Issue> {
+    let stray = [
+        ("rate", l.rate.is_some()),
+        ("quota", l.quota.is_some()),
+        ("per", l.per.is_some()),
+        ("burst", l.burst.is_some()),
+        ("mode", l.mode.is_some()),
+    ];
+    if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+        return Err(Issue::new(
+            at(Some(field)),
+            format!("a concurrency limit has no {field} (only name, concurrency and lease_ttl)"),
+        ));
+    }
+    let slots = u32::try_from(slots.get()).map_err(|_| {
+        Issue::new(
+            at(Some("concurrency")),
+            format!("concurrency {slots} is more than {} slots", u32::MAX),
+        )
+    })?;
+    let ttl = l.lease_ttl.map_or(DEFAULT_LEASE_TTL, |t| t.0);
+    Ok(Concurrency::new(plan, &l.name.0, slots, ttl))
 }
 
 fn build_rate(
     rate: NonZeroU64,
     l: &LimitRaw,
+    per: Per,
     at: &dyn Fn(Option<&str>) -> Vec<Seg>,
 ) -> Result<Rate, Issue> {
-    let unit = l.per.0;
+    let unit = per.0;
     if matches!(unit, Window::Week | Window::Month) {
         return Err(Issue::new(
             at(Some("per")),
@@ -779,6 +895,26 @@ keys:                      # static assignments of API keys to plans
         assert_eq!(windows, [Window::Week, Window::Month]);
     }
 
+    #[test]
+    fn a_plan_mixes_rates_quotas_and_one_concurrency_limit() {
+        let spec = limits(
+            "default_plan: p\nplans:\n  p:\n    limits:\n      - { name: per-second, rate: 5, per: second }\n      - { name: streams, concurrency: 10 }\n      - { name: daily, quota: 9, per: day }\n  q:\n    limits:\n      - { name: streams, concurrency: 2, lease_ttl: 90s }\n",
+        );
+        let p = &spec.plans[0];
+        assert_eq!(p.limits.len(), 2, "checks see only rates and quotas");
+        let c = p.concurrency.as_deref().expect("a concurrency limit");
+        assert_eq!(
+            (c.slots, c.lease_ttl),
+            (10, 30 * NANOS_PER_SEC),
+            "30 s by default"
+        );
+        assert_eq!(c.policy, "p/streams");
+        assert_eq!(describe_concurrency(c), "streams 10 at once, lease 30s");
+        let q = spec.plans[1].concurrency.as_deref().expect("q's");
+        assert_eq!(q.lease_ttl, 90 * NANOS_PER_SEC);
+        assert_eq!(q.uid, c.uid, "filed by the limit's name, whatever the plan");
+    }
+
     /// Wraps a list of limit lines into a one-plan file; the first limit
     /// line is line 5.
     fn plan_file(limit_lines: &str) -> String {
@@ -834,7 +970,35 @@ keys:                      # static assignments of API keys to plans
             ),
             (
                 "      - { name: a, per: second }\n",
-                "t.yaml:5:9: plans.free.limits[0]: a limit needs either rate (a token bucket) or quota (a calendar window)",
+                "t.yaml:5:9: plans.free.limits[0]: a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)",
+            ),
+            (
+                "      - { name: s, concurrency: 10, per: second }\n",
+                "t.yaml:5:42: plans.free.limits[0].per: a concurrency limit has no per (only name, concurrency and lease_ttl)",
+            ),
+            (
+                "      - { name: s, concurrency: 10, lease_ttl: 2h }\n",
+                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 7200s)",
+            ),
+            (
+                "      - { name: s, concurrency: 10, lease_ttl: 0s }\n",
+                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 0s)",
+            ),
+            (
+                "      - { name: s, concurrency: 10 }\n      - { name: t, concurrency: 5 }\n",
+                "t.yaml:6:33: plans.free.limits[1].concurrency: a plan has at most one concurrency limit",
+            ),
+            (
+                "      - { name: a, rate: 1, per: second, lease_ttl: 30s }\n",
+                "t.yaml:5:53: plans.free.limits[0].lease_ttl: lease_ttl applies only to concurrency limits",
+            ),
+            (
+                "      - { name: s, concurrency: 10, mode: sync }\n",
+                "t.yaml:5:43: plans.free.limits[0].mode: a concurrency limit has no mode (only name, concurrency and lease_ttl)",
+            ),
+            (
+                "      - { name: s, concurrency: 5000000000 }\n",
+                "t.yaml:5:33: plans.free.limits[0].concurrency: concurrency 5000000000 is more than 4294967295 slots",
             ),
             (
                 "      - { name: a, quota: 5, per: day, burst: 10 }\n",

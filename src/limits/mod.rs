@@ -89,13 +89,54 @@ impl Limit {
     }
 }
 
-/// A named set of limits; a check passes only if every limit passes.
+/// A concurrency limit: how many slots a key may hold at once as leases
+/// (`{ name: streams, concurrency: 10, lease_ttl: 30s }`). Checks never
+/// see it; acquiring a lease does (see [`crate::engine::leases`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    /// The limit's name, unique within its plan.
+    pub name: String,
+    /// `plan/limit`, what answers report as the deciding policy.
+    pub policy: String,
+    /// Stable id of the limit's *name* (not its plan's): a key's leases
+    /// are filed under it, so a key moved to another plan (an override)
+    /// keeps its leases counted against a limit of the same name there.
+    pub uid: u64,
+    /// Slots a key may hold at once.
+    pub slots: u32,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Nanos,
+}
+
+/// Shortest lease time to live (acquired, renewed or configured).
+pub const MIN_LEASE_TTL: Nanos = NANOS_PER_SEC;
+/// Longest lease time to live.
+pub const MAX_LEASE_TTL: Nanos = 3_600 * NANOS_PER_SEC;
+/// A concurrency limit's lease time to live when none is given.
+pub const DEFAULT_LEASE_TTL: Nanos = 30 * NANOS_PER_SEC;
+
+impl Concurrency {
+    /// Concurrency limit `name` of plan `plan`.
+    pub fn new(plan: &str, name: &str, slots: u32, lease_ttl: Nanos) -> Self {
+        Self {
+            name: name.to_owned(),
+            policy: format!("{plan}/{name}"),
+            uid: name_id(&["concurrency", name]),
+            slots,
+            lease_ttl,
+        }
+    }
+}
+
+/// A named set of limits; a check passes only if every limit passes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     /// The plan's name (`free`, `gold`).
     pub name: String,
-    /// Its limits, in config order. Empty means unlimited.
+    /// Its rate limits and quotas, in config order. Empty means unlimited.
     pub limits: Vec<Limit>,
+    /// Its concurrency limit, if any (at most one per plan).
+    pub concurrency: Option<Arc<Concurrency>>,
 }
 
 /// The validated limits configuration: plans, the default plan, static
@@ -381,10 +422,12 @@ mod tests {
         let h = KeyHasher::with_secret([3; 16]);
         let plans = vec![
             Plan {
+                concurrency: None,
                 name: "free".into(),
                 limits: vec![],
             },
             Plan {
+                concurrency: None,
                 name: "gold".into(),
                 limits: vec![],
             },
@@ -403,6 +446,7 @@ mod tests {
     fn table_rejects_unknown_plans() {
         let h = KeyHasher::with_secret([3; 16]);
         let plans = vec![Plan {
+            concurrency: None,
             name: "free".into(),
             limits: vec![],
         }];

@@ -76,12 +76,18 @@ impl OwnLimits {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                LimitRaw::from_parts(&s.name, s.rate, s.quota, &s.per, s.burst, s.strict).map_err(
-                    |(field, why)| OverrideError::Invalid {
-                        field: format!("limits[{i}].{field}"),
-                        why,
-                    },
+                LimitRaw::from_parts(
+                    &s.name,
+                    (s.rate, s.quota, s.concurrency),
+                    &s.per,
+                    s.burst,
+                    s.strict,
+                    s.lease_ttl_ms.map(|ms| ms.saturating_mul(1_000_000)),
                 )
+                .map_err(|(field, why)| OverrideError::Invalid {
+                    field: format!("limits[{i}].{field}"),
+                    why,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let plan = file::plan_of(OVERRIDE_PLAN, raw).map_err(|issue| OverrideError::Invalid {
@@ -103,7 +109,8 @@ impl OwnLimits {
 }
 
 /// One limit of an override, field for field as a config file's limit
-/// (`{ name, rate | quota, per, burst, mode }`).
+/// (`{ name, rate | quota, per, burst, mode }` or
+/// `{ name, concurrency, lease_ttl }`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitSpec {
     /// The limit's name.
@@ -114,7 +121,9 @@ pub struct LimitSpec {
     /// Units per calendar `per` (a quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<u64>,
-    /// The unit: second, minute, hour, day, week or month.
+    /// The unit: second, minute, hour, day, week or month (empty for a
+    /// concurrency limit).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub per: String,
     /// A bucket's capacity (default: `rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +131,12 @@ pub struct LimitSpec {
     /// `mode: strict`: decided in Redis on every check.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Slots held at once (a concurrency limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+    /// A concurrency limit's lease time to live, in ms (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<u64>,
 }
 
 /// Why an override was refused.
@@ -382,6 +397,8 @@ mod tests {
             per: per.into(),
             burst: None,
             strict: false,
+            concurrency: None,
+            lease_ttl_ms: None,
         }
     }
 
@@ -401,7 +418,7 @@ mod tests {
             ),
             (
                 vec![spec("a", None, None, "second")],
-                "limits[0]: a limit needs either rate (a token bucket) or quota (a calendar window)",
+                "limits[0]: a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)",
             ),
             (
                 vec![spec("a", Some(0), None, "second")],
@@ -432,6 +449,21 @@ mod tests {
             (
                 vec![spec("r", Some(1), None, "month")],
                 "limits[0].per: a rate cannot be per month (use second, minute, hour or day, or a quota for weeks and months)",
+            ),
+            (
+                vec![LimitSpec {
+                    concurrency: Some(3),
+                    lease_ttl_ms: Some(500),
+                    ..spec("c", None, None, "")
+                }],
+                "limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 500ms)",
+            ),
+            (
+                vec![LimitSpec {
+                    concurrency: Some(3),
+                    ..spec("c", None, None, "second")
+                }],
+                "limits[0].per: a concurrency limit has no per (only name, concurrency and lease_ttl)",
             ),
             (
                 vec![spec("r", Some(2_000_000_000), None, "second")],

@@ -44,6 +44,14 @@ pub mod names {
     pub const CONFIG_LAST_OK: &str = "quotad_config_last_reload_successful";
     /// Overrides in force.
     pub const OVERRIDES: &str = "quotad_overrides";
+    /// Concurrency leases held, by plan.
+    pub const LEASES_ACTIVE: &str = "quotad_leases_active";
+    /// The cap on leases.
+    pub const LEASES_LIMIT: &str = "quotad_leases_limit";
+    /// Lease acquires by plan and result.
+    pub const LEASE_ACQUIRES: &str = "quotad_lease_acquires_total";
+    /// Leases that expired instead of being released.
+    pub const LEASE_EXPIRIES: &str = "quotad_lease_expiries_total";
     /// Whether the last flush reached Redis.
     pub const REDIS_UP: &str = "quotad_redis_up";
     /// Flush rounds by result.

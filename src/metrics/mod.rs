@@ -98,10 +98,13 @@ pub enum Api {
     Stream = 2,
     /// Envoy RLS v3 `ShouldRateLimit`, one per request.
     Rls = 3,
+    /// `Acquire` and `Hold`: the request a new lease is (charged against
+    /// the plan's rate limits and quotas).
+    Lease = 4,
 }
 
 impl Api {
-    const ALL: [Api; 4] = [Api::Native, Api::Batch, Api::Stream, Api::Rls];
+    const ALL: [Api; 5] = [Api::Native, Api::Batch, Api::Stream, Api::Rls, Api::Lease];
 
     /// The `api` label.
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl Api {
             Api::Batch => "batch",
             Api::Stream => "stream",
             Api::Rls => "rls",
+            Api::Lease => "lease",
         }
     }
 }
@@ -242,6 +246,26 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
     ),
     (OVERRIDES, Kind::Gauge, "Operators' overrides in force."),
     (
+        LEASES_ACTIVE,
+        Kind::Gauge,
+        "Concurrency leases held that this node granted, by plan.",
+    ),
+    (
+        LEASES_LIMIT,
+        Kind::Gauge,
+        "The cap on leases this node holds (store.max_leases).",
+    ),
+    (
+        LEASE_ACQUIRES,
+        Kind::Counter,
+        "Acquires of concurrency leases (Acquire and Hold) by plan and result (granted, denied).",
+    ),
+    (
+        LEASE_EXPIRIES,
+        Kind::Counter,
+        "Leases that timed out instead of being released: a sign of gateways that crash or stop renewing.",
+    ),
+    (
         REDIS_UP,
         Kind::Gauge,
         "1 if the last flush (or ping) reached Redis.",
@@ -346,7 +370,7 @@ pub type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    latency: [Latency; 4],
+    latency: [Latency; 5],
     denials: [[Synced; 4]; 3],
     strict_fail: [Counter; 3],
     plans: Labelled,
@@ -425,7 +449,7 @@ impl Metrics {
             latency: Default::default(),
             denials,
             strict_fail,
-            plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream]),
+            plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream, Api::Lease]),
             domains: Labelled::new("domain", &[Api::Rls]),
             descriptors: Descriptors::default(),
             heavy: Heavy::default(),
@@ -520,6 +544,13 @@ impl Metrics {
         {
             c.increment(1);
         }
+    }
+
+    /// Counts an acquire of a lease under plan `plan` by result
+    /// (`granted`, `denied`).
+    pub fn lease_acquired(&self, plan: &str, result: &'static str) {
+        self.counter(LEASE_ACQUIRES, &[("plan", plan), ("result", result)])
+            .increment(1);
     }
 
     /// Counts an admin change.
@@ -724,4 +755,6 @@ pub trait EngineState: Send + Sync {
     fn store(&self) -> &LocalStore;
     /// Operators' overrides in force in the table in effect.
     fn overrides(&self) -> usize;
+    /// This node's concurrency leases.
+    fn leases(&self) -> &crate::store::leases::Leases;
 }

@@ -10,9 +10,18 @@
 //! gateway that crashed). The number of leases held is bounded by
 //! `max_leases`: past it, acquiring is refused, however many slots a limit
 //! would still grant.
+//!
+//! With Redis the leases that count live there (`sync/leases.lua`); this
+//! table then *mirrors* the leases this node granted ([`Leases::mirror`]):
+//! they are what the node renews for its Hold streams, counts in its
+//! gauge, and decides on should Redis fail under the `local` fail mode.
+//! A mirrored lease that expires here is not counted as an expiry (it
+//! may have been renewed or released through another node; Redis counts
+//! the real ones).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use nohash_hasher::BuildNoHashHasher;
@@ -46,6 +55,20 @@ impl Token {
     /// Length of a token's text.
     pub const LEN: usize = 48;
 
+    /// A new token for cell `cell`: 128 bits from the thread's
+    /// cryptographically secure generator.
+    pub fn new(cell: u64) -> Self {
+        Self {
+            cell,
+            secret: rand::random(),
+        }
+    }
+
+    /// The secret as Redis stores it (32 hex digits).
+    pub fn secret_hex(&self) -> String {
+        format!("{:032x}", self.secret)
+    }
+
     /// A token read back from its text; `None` unless it is exactly
     /// [`Token::LEN`] hex digits.
     pub fn parse(text: &str) -> Option<Token> {
@@ -61,11 +84,36 @@ impl Token {
 }
 
 /// One lease held.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     secret: u128,
     slots: u32,
+    /// The limit it was granted under (to put it back should Redis lose it).
+    limit: u32,
+    /// A copy of a lease Redis holds (not an expiry of its own when it
+    /// times out here).
+    mirror: bool,
     expires: Nanos,
+    /// Its time to live, for renewals that give none.
+    ttl: Nanos,
+    /// The plan it was granted under (the gauge's label).
+    plan: Arc<str>,
+}
+
+/// What is asked of [`Leases::acquire`]: slots of which cell, and for
+/// how long.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The (concurrency limit, key) cell.
+    pub cell: u64,
+    /// Slots the cell has.
+    pub limit: u32,
+    /// Slots wanted (at least 1: the door refuses 0).
+    pub slots: u32,
+    /// How long the lease lasts unless renewed.
+    pub ttl: Nanos,
+    /// The plan's name, for the gauge.
+    pub plan: Arc<str>,
 }
 
 /// What [`Leases::acquire`] decided.
@@ -136,51 +184,55 @@ impl Leases {
     /// Drops the leases of `held` that expired by `now`, counting them.
     fn prune(&self, held: &mut Vec<Held>, now: Nanos) {
         let before = held.len();
-        held.retain(|h| h.expires > now);
+        let mut expired = 0;
+        held.retain(|h| {
+            let live = h.expires > now;
+            expired += u64::from(!live && !h.mirror);
+            live
+        });
         let gone = before - held.len();
         if gone > 0 {
             self.held.fetch_sub(gone, Ordering::AcqRel);
-            self.expired.fetch_add(gone as u64, Ordering::Relaxed);
+            self.expired.fetch_add(expired, Ordering::Relaxed);
         }
     }
 
-    /// Takes `slots` of cell `cell`'s `limit` until `now + ttl`, if that
-    /// many are free (`slots` is at least 1: the door refuses 0).
-    pub fn acquire(&self, cell: u64, limit: u32, slots: u32, ttl: Nanos, now: Nanos) -> Acquired {
+    /// Takes `ask.slots` of cell `ask.cell` until `now + ask.ttl`, if
+    /// that many are free.
+    pub fn acquire(&self, ask: &Ask, now: Nanos) -> Acquired {
+        let Ask {
+            cell, limit, slots, ..
+        } = *ask;
         if slots > limit {
             return Acquired::TooMany;
         }
         let mut map = self.shard(cell).lock();
         let held = map.entry(cell).or_default();
         self.prune(held, now);
-        let in_use: u32 = held.iter().map(|h| h.slots).sum();
+        let in_use: u32 = held.iter().map(|h| h.slots).fold(0, u32::saturating_add);
         if in_use.saturating_add(slots) > limit {
-            let retry_after = wait_for(held, in_use + slots - limit, now);
+            let retry_after = wait_for(held, in_use.saturating_add(slots) - limit, now);
             return Acquired::Denied {
                 in_use,
                 retry_after,
             };
         }
-        let taken = self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            });
-        if taken.is_err() {
+        if !self.take_one() {
             if held.is_empty() {
                 map.remove(&cell);
             }
             return Acquired::Full;
         }
-        let token = Token {
-            cell,
-            secret: rand::random(),
-        };
-        let expires = now.saturating_add(ttl);
+        let token = Token::new(cell);
+        let expires = now.saturating_add(ask.ttl);
         held.push(Held {
             secret: token.secret,
             slots,
+            limit,
+            mirror: false,
             expires,
+            ttl: ask.ttl,
+            plan: Arc::clone(&ask.plan),
         });
         Acquired::Granted {
             token,
@@ -189,8 +241,62 @@ impl Leases {
         }
     }
 
-    /// Extends lease `token` to `now + ttl`; when it now expires.
-    pub fn renew(&self, token: Token, ttl: Nanos, now: Nanos) -> Result<Nanos, LeaseError> {
+    /// Counts one more lease if the table has room.
+    fn take_one(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Records lease `token`, which Redis granted until `expires`, as
+    /// this node's; false if the table is full (the lease still holds in
+    /// Redis, but this node will not renew or count it).
+    pub fn mirror(&self, token: Token, ask: &Ask, expires: Nanos) -> bool {
+        if !self.take_one() {
+            return false;
+        }
+        self.shard(token.cell)
+            .lock()
+            .entry(token.cell)
+            .or_default()
+            .push(Held {
+                secret: token.secret,
+                slots: ask.slots,
+                limit: ask.limit,
+                mirror: true,
+                expires,
+                ttl: ask.ttl,
+                plan: Arc::clone(&ask.plan),
+            });
+        true
+    }
+
+    /// Lease `token`'s (slots, limit, time to live), if this node holds
+    /// it unexpired at `now`.
+    pub fn get(&self, token: Token, now: Nanos) -> Option<(u32, u32, Nanos)> {
+        let map = self.shard(token.cell).lock();
+        map.get(&token.cell)?
+            .iter()
+            .find(|h| h.secret == token.secret && h.expires > now)
+            .map(|h| (h.slots, h.limit, h.ttl))
+    }
+
+    /// Leases held now by the plan they were granted under (the gauge).
+    pub fn by_plan(&self) -> Vec<(Arc<str>, usize)> {
+        let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
+        for shard in self.shards.iter() {
+            for h in shard.lock().values().flatten() {
+                *counts.entry(Arc::clone(&h.plan)).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Extends lease `token` to `now + ttl` (`None`: its own time to
+    /// live); when it now expires.
+    pub fn renew(&self, token: Token, ttl: Option<Nanos>, now: Nanos) -> Result<Nanos, LeaseError> {
         let mut map = self.shard(token.cell).lock();
         let held = map.get_mut(&token.cell).ok_or(LeaseError::NotFound)?;
         self.prune(held, now);
@@ -198,7 +304,10 @@ impl Leases {
             .iter_mut()
             .find(|h| h.secret == token.secret)
             .map(|lease| {
-                lease.expires = now.saturating_add(ttl);
+                if let Some(ttl) = ttl {
+                    lease.ttl = ttl;
+                }
+                lease.expires = now.saturating_add(lease.ttl);
                 lease.expires
             });
         if held.is_empty() {
@@ -225,11 +334,12 @@ impl Leases {
         freed > 0
     }
 
-    /// Frees every lease of cell `cell` (an operator's reset); how many.
+    /// Frees every lease of cell `cell` (an operator's reset); how many
+    /// of them were this node's own (not mirrors).
     pub fn release_all(&self, cell: u64) -> usize {
-        let gone = self.shard(cell).lock().remove(&cell).map_or(0, |h| h.len());
-        self.held.fetch_sub(gone, Ordering::AcqRel);
-        gone
+        let gone = self.shard(cell).lock().remove(&cell).unwrap_or_default();
+        self.held.fetch_sub(gone.len(), Ordering::AcqRel);
+        gone.iter().filter(|h| !h.mirror).count()
     }
 
     /// The leases of cell `cell` held at `now`: slots and expiry of each,
@@ -265,6 +375,18 @@ impl Leases {
         self.held.load(Ordering::Acquire)
     }
 
+    /// Counts `n` expiries seen elsewhere (Redis pruned them).
+    pub fn count_expired(&self, n: u64) {
+        if n > 0 {
+            self.expired.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The most leases the table holds.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Leases that expired instead of being released, since start.
     pub fn expired(&self) -> u64 {
         self.expired.load(Ordering::Relaxed)
@@ -292,6 +414,16 @@ mod tests {
 
     const S: Nanos = 1_000_000_000;
 
+    fn ask(cell: u64, limit: u32, slots: u32, ttl: Nanos) -> Ask {
+        Ask {
+            cell,
+            limit,
+            slots,
+            ttl,
+            plan: Arc::from("free"),
+        }
+    }
+
     fn granted(a: Acquired) -> (Token, u32, Nanos) {
         match a {
             Acquired::Granted {
@@ -306,12 +438,12 @@ mod tests {
     #[test]
     fn grants_up_to_the_limit_then_says_when_a_slot_frees() {
         let l = Leases::new(100);
-        let (a, in_use, expires) = granted(l.acquire(7, 3, 2, 30 * S, 0));
+        let (a, in_use, expires) = granted(l.acquire(&ask(7, 3, 2, 30 * S), 0));
         assert_eq!((in_use, expires), (2, 30 * S));
-        let (_, in_use, _) = granted(l.acquire(7, 3, 1, 10 * S, S));
+        let (_, in_use, _) = granted(l.acquire(&ask(7, 3, 1, 10 * S), S));
         assert_eq!(in_use, 3);
         assert_eq!(
-            l.acquire(7, 3, 1, S, 2 * S),
+            l.acquire(&ask(7, 3, 1, S), 2 * S),
             Acquired::Denied {
                 in_use: 3,
                 retry_after: 9 * S
@@ -319,51 +451,64 @@ mod tests {
             "the 1-slot lease expires first"
         );
         assert_eq!(
-            l.acquire(7, 3, 3, S, 2 * S),
+            l.acquire(&ask(7, 3, 3, S), 2 * S),
             Acquired::Denied {
                 in_use: 3,
                 retry_after: 28 * S
             },
             "three slots: both must go"
         );
-        assert_eq!(l.acquire(7, 3, 4, S, 2 * S), Acquired::TooMany);
+        assert_eq!(l.acquire(&ask(7, 3, 4, S), 2 * S), Acquired::TooMany);
         // Another key's cell is apart.
-        granted(l.acquire(8, 3, 3, S, 2 * S));
+        granted(l.acquire(&ask(8, 3, 3, S), 2 * S));
         assert!(l.release(a, 3 * S));
         assert!(!l.release(a, 3 * S), "releasing twice is fine");
-        assert_eq!(granted(l.acquire(7, 3, 2, S, 3 * S)).1, 3);
+        assert_eq!(granted(l.acquire(&ask(7, 3, 2, S), 3 * S)).1, 3);
         assert_eq!(l.held(), 3);
+        assert_eq!(l.by_plan(), [(Arc::from("free"), 3)]);
+    }
+
+    #[test]
+    fn mirrors_are_renewed_with_their_own_ttl_and_expire_uncounted() {
+        let l = Leases::new(100);
+        let t = Token::new(4);
+        assert!(l.mirror(t, &ask(4, u32::MAX, 2, 10 * S), 10 * S));
+        assert_eq!(l.get(t, 0), Some((2, u32::MAX, 10 * S)));
+        assert_eq!(l.renew(t, None, 5 * S), Ok(15 * S), "its own ttl");
+        assert_eq!(l.list(4, 5 * S), [(2, 15 * S)]);
+        assert_eq!(l.sweep(20 * S), 0, "a mirror's expiry is Redis's to count");
+        assert_eq!((l.held(), l.expired()), (0, 0));
     }
 
     #[test]
     fn an_expired_lease_frees_its_slots_and_counts_as_an_expiry() {
         let l = Leases::new(100);
-        let (t, _, _) = granted(l.acquire(1, 1, 1, 5 * S, 0));
+        let (t, _, _) = granted(l.acquire(&ask(1, 1, 1, 5 * S), 0));
         assert!(matches!(
-            l.acquire(1, 1, 1, S, 4 * S),
+            l.acquire(&ask(1, 1, 1, S), 4 * S),
             Acquired::Denied { .. }
         ));
-        assert_eq!(l.renew(t, 5 * S, 4 * S), Ok(9 * S), "renewed in time");
+        assert_eq!(l.renew(t, Some(5 * S), 4 * S), Ok(9 * S), "renewed in time");
         assert!(matches!(
-            l.acquire(1, 1, 1, S, 8 * S),
+            l.acquire(&ask(1, 1, 1, S), 8 * S),
             Acquired::Denied { .. }
         ));
-        granted(l.acquire(1, 1, 1, S, 9 * S));
+        granted(l.acquire(&ask(1, 1, 1, S), 9 * S));
         assert_eq!(l.expired(), 1);
-        assert_eq!(l.renew(t, S, 9 * S), Err(LeaseError::NotFound));
+        assert_eq!(l.renew(t, Some(S), 9 * S), Err(LeaseError::NotFound));
         assert!(!l.release(t, 9 * S));
         assert_eq!(l.sweep(20 * S), 1);
         assert_eq!((l.held(), l.expired()), (0, 2));
         // Nothing is left behind for a cell without leases.
-        granted(l.acquire(2, 1, 1, S, 30 * S));
-        assert_eq!(l.renew(t, S, 40 * S), Err(LeaseError::NotFound));
+        granted(l.acquire(&ask(2, 1, 1, S), 30 * S));
+        assert_eq!(l.renew(t, Some(S), 40 * S), Err(LeaseError::NotFound));
         assert!(
             l.shards
                 .iter()
                 .all(|s| s.lock().values().all(|h| !h.is_empty()))
         );
         assert_eq!(
-            l.renew(Token { cell: 2, secret: 0 }, S, 40 * S),
+            l.renew(Token { cell: 2, secret: 0 }, Some(S), 40 * S),
             Err(LeaseError::NotFound)
         );
         assert!(
@@ -375,13 +520,13 @@ mod tests {
     #[test]
     fn a_token_without_its_secret_frees_nothing() {
         let l = Leases::new(100);
-        let (t, _, _) = granted(l.acquire(1, 2, 1, S, 0));
+        let (t, _, _) = granted(l.acquire(&ask(1, 2, 1, S), 0));
         let guess = Token {
             cell: t.cell,
             secret: t.secret ^ 1,
         };
         assert!(!l.release(guess, 0));
-        assert_eq!(l.renew(guess, S, 0), Err(LeaseError::NotFound));
+        assert_eq!(l.renew(guess, Some(S), 0), Err(LeaseError::NotFound));
         assert_eq!(l.list(1, 0), [(1, S)]);
         let shown = format!("{t:?}");
         assert!(!shown.contains(&format!("{:032x}", t.secret)), "{shown}");
@@ -390,7 +535,7 @@ mod tests {
     #[test]
     fn tokens_read_back_exactly_and_nothing_else_reads() {
         let l = Leases::new(100);
-        let (t, _, _) = granted(l.acquire(u64::MAX, 1, 1, S, 0));
+        let (t, _, _) = granted(l.acquire(&ask(u64::MAX, 1, 1, S), 0));
         let text = t.to_string();
         assert_eq!(text.len(), Token::LEN);
         assert_eq!(Token::parse(&text), Some(t));
@@ -410,11 +555,11 @@ mod tests {
     fn the_table_holds_at_most_max_leases() {
         let l = Leases::new(3);
         for cell in 0..3 {
-            granted(l.acquire(cell, 10, 1, S, 0));
+            granted(l.acquire(&ask(cell, 10, 1, S), 0));
         }
-        assert_eq!(l.acquire(9, 10, 1, S, 0), Acquired::Full);
+        assert_eq!(l.acquire(&ask(9, 10, 1, S), 0), Acquired::Full);
         assert_eq!(l.release_all(0), 1);
-        granted(l.acquire(9, 10, 1, S, 0));
+        granted(l.acquire(&ask(9, 10, 1, S), 0));
         assert_eq!(l.held(), 3);
     }
 
@@ -427,7 +572,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..2_000 {
-                        if let Acquired::Granted { token, .. } = l.acquire(5, 10, 1, S, 0) {
+                        if let Acquired::Granted { token, .. } = l.acquire(&ask(5, 10, 1, S), 0) {
                             let n = granted_now.fetch_add(1, Ordering::SeqCst) + 1;
                             most.fetch_max(n, Ordering::SeqCst);
                             granted_now.fetch_sub(1, Ordering::SeqCst);

@@ -1,79 +1,160 @@
--- quotad's lease script (issue 21, concurrency limits; not wired to a door
--- yet): the leases of one (concurrency limit, key) cell across every node,
--- pruned, counted and changed in one atomic step.
---   KEYS[1]  the cell's lease set: "<prefix>{<tag>}l:<cell>", a sorted set
---            of members "<slots>:<secret>" scored by expiry (ms, the
---            nodes' clock)
---   ARGV[1]  'a' acquire, 'r' renew, 'x' release, 'n' count
+-- quotad's lease script (concurrency limits): the leases of one
+-- (concurrency limit, key) cell across every node, pruned, counted and
+-- changed in one atomic step.
+--   KEYS[1]  the cell's leases: "<prefix>{<cell>}l", a sorted set of
+--            secrets scored by expiry (ms, the nodes' clock)
+--   KEYS[2]  the cell's lease details: "<prefix>{<cell>}lh", a hash of
+--            secret -> "<slots>:<ttl ms>", and "#" -> slots in use
+--   KEYS[3]  the cell's reset mark: "<prefix>{<cell>}lr", set for an hour
+--            (the longest lease) when an operator frees its leases
+--   ARGV[1]  'a' acquire, 's' restore, 'r' renew, 'x' release, 'n' count,
+--            'd' drop all
 --   ARGV[2]  now (ms)
 --   acquire: ARGV[3] limit, ARGV[4] slots, ARGV[5] ttl (ms), ARGV[6] secret
 --            -> { 1, in use after, expiry, pruned }   granted
 --               { 0, in use, wait (ms), pruned }      denied: wait is how
 --               long until enough leases expire, if none is released
---   renew:   ARGV[3] slots, ARGV[4] secret, ARGV[5] ttl (ms)
---            -> { 1, expiry } or { 0 } when the lease is gone
---   release: ARGV[3] slots, ARGV[4] secret -> number of leases removed
---   count:   -> { in use, pruned }
+--            A secret already held is answered as granted again (a
+--            command resent after a lost connection takes nothing more).
+--   restore: as acquire, for a lease a node still holds that Redis lost
+--            (Redis restarted empty, or the lease was granted by a node
+--            deciding alone during an outage): put back if its slots are
+--            free and no operator freed the cell's leases within the hour
+--            (else { 0, in use, 0, pruned }: the lease stays lost)
+--   renew:   ARGV[3] secret, ARGV[4] ttl (ms; 0: the lease's own)
+--            -> { 1, expiry, pruned } or { 0, 0, pruned } when it is gone
+--   release: ARGV[3] secret -> { number of leases removed, pruned }
+--   count:   -> { in use, pruned, slots, expiry, ... } (at most 1000
+--            leases, soonest to expire first)
+--   drop:    -> { number of leases removed, pruned }
 -- Expired leases are pruned first and their number returned (leases that
--- timed out instead of being released). The set expires with its last
+-- timed out instead of being released). Both keys expire with the last
 -- lease, so a node that dies leaves nothing behind longer than a TTL.
-local key = KEYS[1]
+-- Every operation but count touches only the leases it names (and those
+-- that expired), however large the limit.
+local zset, info, mark = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
-local pruned = redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+
+local function details(secret)
+  local d = redis.call('HGET', info, secret)
+  if not d then
+    return 0, 0
+  end
+  local slots, ttl = string.match(d, '^(%d+):(%d+)$')
+  return tonumber(slots), tonumber(ttl)
+end
+
+local function forget(secret)
+  local slots = details(secret)
+  redis.call('HDEL', info, secret)
+  redis.call('HINCRBY', info, '#', -slots)
+end
+
+local function prune()
+  local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  for _, secret in ipairs(gone) do
+    forget(secret)
+  end
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+  end
+  return #gone
+end
 
 local function in_use()
-  local n = 0
-  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    n = n + tonumber(string.match(m, '^(%d+):'))
-  end
-  return n
+  return tonumber(redis.call('HGET', info, '#') or '0')
 end
 
--- A time to live, not an instant: only the nodes' clock is involved, so
--- an offset between it and Redis's cannot drop leases early.
+-- Both keys live until the last lease expires, or go with it. A time to
+-- live, not an instant: only the nodes' clock is involved, so an offset
+-- between it and Redis's cannot drop leases early.
 local function keep_until_last()
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local last = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
   if last[2] then
-    redis.call('PEXPIRE', key, math.floor(tonumber(last[2]) - now) + 1)
+    local ttl = math.floor(tonumber(last[2]) - now) + 1
+    redis.call('PEXPIRE', zset, ttl)
+    redis.call('PEXPIRE', info, ttl)
+  else
+    redis.call('DEL', zset, info)
   end
 end
 
-if op == 'a' then
-  local limit, slots, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local pruned = prune()
+
+local function acquire(limit, slots, ttl, secret)
+  local held = redis.call('ZSCORE', zset, secret)
+  if held then
+    return { 1, in_use(), tonumber(held), pruned }
+  end
   local used = in_use()
   if used + slots > limit then
+    -- Each lease holds a slot at least: the first `need` to expire free
+    -- enough, if none is released first.
     local need, freed, wait = used + slots - limit, 0, 0
-    local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    for i = 1, #all, 2 do
-      freed = freed + tonumber(string.match(all[i], '^(%d+):'))
+    local first = redis.call('ZRANGE', zset, 0, need - 1, 'WITHSCORES')
+    for i = 1, #first, 2 do
+      freed = freed + details(first[i])
       if freed >= need then
-        wait = tonumber(all[i + 1]) - now
+        wait = tonumber(first[i + 1]) - now
         break
       end
     end
+    keep_until_last()
     return { 0, used, wait, pruned }
   end
   local expiry = now + ttl
-  redis.call('ZADD', key, expiry, slots .. ':' .. ARGV[6])
+  redis.call('ZADD', zset, expiry, secret)
+  redis.call('HSET', info, secret, slots .. ':' .. ttl)
+  redis.call('HINCRBY', info, '#', slots)
   keep_until_last()
   return { 1, used + slots, expiry, pruned }
+end
+
+if op == 'a' then
+  return acquire(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+elseif op == 's' then
+  if redis.call('EXISTS', mark) == 1 then
+    keep_until_last()
+    return { 0, in_use(), 0, pruned }
+  end
+  return acquire(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
 elseif op == 'r' then
-  local member = ARGV[3] .. ':' .. ARGV[4]
-  if not redis.call('ZSCORE', key, member) then
-    return { 0 }
+  local secret = ARGV[3]
+  if not redis.call('ZSCORE', zset, secret) then
+    keep_until_last()
+    return { 0, 0, pruned }
   end
-  local expiry = now + tonumber(ARGV[5])
-  redis.call('ZADD', key, 'XX', expiry, member)
+  local slots, ttl = details(secret)
+  local asked = tonumber(ARGV[4])
+  if asked > 0 then
+    ttl = asked
+    redis.call('HSET', info, secret, slots .. ':' .. ttl)
+  end
+  local expiry = now + ttl
+  redis.call('ZADD', zset, 'XX', expiry, secret)
   keep_until_last()
-  return { 1, expiry }
+  return { 1, expiry, pruned }
 elseif op == 'x' then
-  local removed = redis.call('ZREM', key, ARGV[3] .. ':' .. ARGV[4])
-  if redis.call('ZCARD', key) == 0 then
-    redis.call('DEL', key)
+  local removed = redis.call('ZREM', zset, ARGV[3])
+  if removed == 1 then
+    forget(ARGV[3])
   end
-  return removed
+  keep_until_last()
+  return { removed, pruned }
 elseif op == 'n' then
-  return { in_use(), pruned }
+  local out = { in_use(), pruned }
+  local all = redis.call('ZRANGE', zset, 0, 999, 'WITHSCORES')
+  for i = 1, #all, 2 do
+    out[#out + 1] = details(all[i])
+    out[#out + 1] = tonumber(all[i + 1])
+  end
+  keep_until_last()
+  return out
+elseif op == 'd' then
+  local n = redis.call('ZCARD', zset)
+  redis.call('DEL', zset, info)
+  redis.call('SET', mark, now, 'PX', 3600000)
+  return { n, pruned }
 end
 return redis.error_reply('unknown lease operation')

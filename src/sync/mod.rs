@@ -81,6 +81,7 @@ use crate::store::journal::{CellKind, Pending};
 use connection::{Link, Lua, RedisConn, key, slot_of};
 
 mod connection;
+pub mod leases;
 pub mod overrides;
 pub mod readiness;
 mod reply;
@@ -331,6 +332,29 @@ impl RedisSync {
             s.key_prefix.clone(),
             s.strict_deadline,
             self.scrub.clone(),
+        ))
+    }
+
+    /// A lease client for concurrency limits, and the task that serves
+    /// it (run it until shutdown), on a connection of its own.
+    pub fn leases(
+        &self,
+        clock: Arc<dyn crate::core::clock::Clock>,
+        stop: crate::shutdown::Shutdown,
+    ) -> Result<
+        (
+            crate::engine::leases::LeaseClient,
+            impl Future<Output = ()> + Send + 'static,
+        ),
+        SyncError,
+    > {
+        let s = &self.settings;
+        Ok(leases::LeaseClient::start(
+            self.connection(strict::RESPONSE_TIMEOUT)?,
+            clock,
+            s.key_prefix.clone(),
+            (s.strict_deadline, s.on_redis_error),
+            (self.scrub.clone(), stop),
         ))
     }
 
@@ -778,6 +802,7 @@ mod tests {
     async fn a_url_redis_cannot_read_is_refused_without_its_secrets() {
         let hasher = KeyHasher::with_secret([7; 16]);
         let plan = Plan {
+            concurrency: None,
             name: "p".into(),
             limits: vec![],
         };

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use redis::Value;
 
+use crate::engine::leases::{LeaseAnswer, LeaseOp, LeaseReply};
+
 /// A reply of another shape than the one expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected reply from Redis to {to}: expected {expected}, got {got}")]
@@ -107,6 +109,54 @@ pub(crate) fn strict(v: &Value, cells: usize) -> Result<(bool, Vec<u64>), Malfor
     };
     let states = states.iter().map(count).collect::<Option<Vec<u64>>>();
     states.map(|s| (ok, s)).ok_or_else(bad)
+}
+
+/// `leases.lua`'s reply to `op`: a flat array of integers >= 0 of the
+/// operation's shape (see the script's header).
+pub(crate) fn lease(v: &Value, op: &LeaseOp) -> Result<LeaseReply, Malformed> {
+    const EXPECTED: &str = "the lease script's array of integers >= 0";
+    let bad = || Malformed::new("the lease script", EXPECTED, v);
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let n = items
+        .iter()
+        .map(count)
+        .collect::<Option<Vec<u64>>>()
+        .ok_or_else(bad)?;
+    let (answer, pruned) = match (op, n.as_slice()) {
+        (LeaseOp::Acquire { .. } | LeaseOp::Restore { .. }, [1, in_use, expires_ms, pruned]) => (
+            LeaseAnswer::Granted {
+                in_use: *in_use,
+                expires_ms: *expires_ms,
+            },
+            *pruned,
+        ),
+        (LeaseOp::Acquire { .. } | LeaseOp::Restore { .. }, [0, in_use, wait_ms, pruned]) => (
+            LeaseAnswer::Denied {
+                in_use: *in_use,
+                wait_ms: *wait_ms,
+            },
+            *pruned,
+        ),
+        (LeaseOp::Renew { .. }, [1, expires_ms, pruned]) => {
+            (LeaseAnswer::Renewed(*expires_ms), *pruned)
+        }
+        (LeaseOp::Renew { .. }, [0, _, pruned]) => (LeaseAnswer::Gone, *pruned),
+        (LeaseOp::Release { .. } | LeaseOp::Drop { .. }, [removed, pruned]) => {
+            (LeaseAnswer::Removed(*removed), *pruned)
+        }
+        (LeaseOp::Count { .. }, [in_use, pruned, rest @ ..]) if rest.len() % 2 == 0 => {
+            let leases = rest
+                .chunks_exact(2)
+                .map(|p| Some((u32::try_from(p[0]).ok()?, p[1])))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)?;
+            (LeaseAnswer::Counted(*in_use, leases), *pruned)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(LeaseReply { answer, pruned })
 }
 
 /// One cell's answer in `sync.lua`'s reply: its state, or why Redis

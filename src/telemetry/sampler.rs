@@ -13,6 +13,7 @@ use crate::metrics::{EngineState, MAX_NAMES, Metrics, Sampler, names};
 use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::LocalStore;
+use crate::store::leases::Leases;
 
 /// The config in effect and its reloads, as the sampler reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Sources {
 /// Sets, before each scrape, the gauges and counters whose counts live
 /// elsewhere: the store, reloads, overrides, Redis sync, readiness.
 pub fn sampler(sources: Sources) -> Sampler {
-    let seen = Mutex::new(Vec::new());
+    let seen = Mutex::new((Vec::new(), Vec::new()));
     Box::new(move |m: &Metrics| {
         let store = sources.engine.store();
         m.gauge(names::TRACKED, &[]).set(store.tracked() as f64);
@@ -62,7 +63,8 @@ pub fn sampler(sources: Sources) -> Sampler {
             .set(f64::from(u8::from(store.is_full())));
         m.counter(names::OVERFLOW, &[]).absolute(store.overflowed());
         let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-        sample_store(m, store, &mut seen);
+        sample_store(m, store, &mut seen.0);
+        sample_leases(m, sources.engine.leases(), &mut seen.1);
         let c = (sources.config)();
         m.counter(names::RELOADS, &[("result", "success")])
             .absolute(c.reloads_ok);
@@ -127,6 +129,29 @@ fn sample_store(m: &Metrics, store: &LocalStore, seen: &mut Vec<String>) {
             .set(*n as f64);
     }
     *seen = now.into_iter().map(|(n, _)| n).collect();
+}
+
+/// The leases this node granted and holds, by plan (a plan seen at the
+/// last scrape and without leases now reads 0), the cap, the expiries.
+fn sample_leases(m: &Metrics, leases: &Leases, seen: &mut Vec<String>) {
+    let now: Vec<(String, usize)> = leases
+        .by_plan()
+        .into_iter()
+        .map(|(plan, n)| (plan.to_string(), n))
+        .collect();
+    for name in seen.iter() {
+        if !now.iter().any(|(n, _)| n == name) {
+            m.gauge(names::LEASES_ACTIVE, &[("plan", name)]).set(0.0);
+        }
+    }
+    for (name, n) in &now {
+        m.gauge(names::LEASES_ACTIVE, &[("plan", name)])
+            .set(*n as f64);
+    }
+    *seen = now.into_iter().map(|(n, _)| n).collect();
+    m.gauge(names::LEASES_LIMIT, &[]).set(leases.max() as f64);
+    m.counter(names::LEASE_EXPIRIES, &[])
+        .absolute(leases.expired());
 }
 
 /// How often histogram samples are folded into buckets.

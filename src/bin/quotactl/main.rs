@@ -163,10 +163,12 @@ struct SetArgs {
     /// Give the key a limit of its own (repeatable), as in a config file:
     /// name=per-second,rate=100,per=second,burst=200 or
     /// name=daily,quota=5000,per=day (add mode=strict to decide it in
-    /// Redis).
+    /// Redis) or name=streams,concurrency=10,lease_ttl=30s (slots held
+    /// at once).
     #[arg(long = "limit", value_name = "SPEC", group = "target")]
     limits: Vec<String>,
-    /// Deny every check of the key.
+    /// Deny every check (and new acquire) of the key. Leases it holds
+    /// keep running until released or expired: `quotactl reset` frees them.
     #[arg(long, group = "target")]
     block: bool,
     /// When it ends: a duration from now (30d, 12h, 90m) or a time
@@ -276,12 +278,13 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             let usage = r.usage.unwrap_or_default();
             Ok(if json {
                 doc(
-                    json!({ "key_hash": r.key_hash, "cells": r.cells, "usage": output::usage_json(&usage) }),
+                    json!({ "key_hash": r.key_hash, "cells": r.cells, "leases": r.leases, "usage": output::usage_json(&usage) }),
                 )
             } else {
                 format!(
-                    "usage of key {} reset\n{}",
+                    "usage of key {} reset ({} leases freed)\n{}",
                     r.key_hash,
+                    r.leases,
                     output::usage_text(&usage)
                 )
             })
@@ -490,7 +493,8 @@ fn set_request(args: SetArgs) -> Result<pb::SetOverrideRequest, Failure> {
     })
 }
 
-/// `name=per-second,rate=100,per=second,burst=200` → a limit.
+/// `name=per-second,rate=100,per=second,burst=200` (or
+/// `name=streams,concurrency=10,lease_ttl=30s`) → a limit.
 fn limit_spec(text: &str) -> Result<pb::LimitSpec, Failure> {
     let bad = |why: String| Failure::usage(format!("--limit '{text}': {why}"));
     let mut spec = pb::LimitSpec::default();
@@ -508,6 +512,15 @@ fn limit_spec(text: &str) -> Result<pb::LimitSpec, Failure> {
             "quota" => spec.quota = number(v)?,
             "per" => spec.per = v.to_owned(),
             "burst" => spec.burst = number(v)?,
+            "concurrency" => spec.concurrency = number(v)?,
+            "lease_ttl" => {
+                let d = humantime::parse_duration(v)
+                    .map_err(|e| bad(format!("lease_ttl: {e} (for example 30s or 5m)")))?;
+                spec.lease_ttl = Some(prost_types::Duration {
+                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+                });
+            }
             "mode" => {
                 spec.strict = match v {
                     "strict" => true,
@@ -517,7 +530,7 @@ fn limit_spec(text: &str) -> Result<pb::LimitSpec, Failure> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown field '{other}' (expected name, rate, quota, per, burst, mode)"
+                    "unknown field '{other}' (expected name, rate, quota, per, burst, mode, concurrency, lease_ttl)"
                 )));
             }
         }

@@ -111,6 +111,10 @@ pub fn target(o: &pb::Override) -> String {
 }
 
 fn limit_spec(l: &pb::LimitSpec) -> String {
+    if l.concurrency > 0 {
+        let ttl = l.lease_ttl.as_ref().map_or(30, |d| d.seconds);
+        return format!("{} {} at once, lease {ttl}s", l.name, l.concurrency);
+    }
     let mut text = if l.rate > 0 {
         let burst = if l.burst > 0 { l.burst } else { l.rate };
         format!("{} {}/{} burst {burst}", l.name, l.rate, l.per)
@@ -124,6 +128,13 @@ fn limit_spec(l: &pb::LimitSpec) -> String {
 }
 
 fn spec_json(l: &pb::LimitSpec) -> Value {
+    if l.concurrency > 0 {
+        return json!({
+            "name": l.name,
+            "concurrency": l.concurrency,
+            "lease_ttl_seconds": duration_json(l.lease_ttl.as_ref()),
+        });
+    }
     let mut v = json!({ "name": l.name, "per": l.per, "strict": l.strict });
     if l.rate > 0 {
         v["rate"] = json!(l.rate);
@@ -234,8 +245,38 @@ pub fn usage_json(u: &pb::GetUsageResponse) -> Value {
             "strict": l.strict,
         })).collect::<Vec<_>>(),
         "override": u.r#override.as_ref().map(override_json),
+        "concurrency": u.concurrency.as_ref().map(|c| json!({
+            "name": c.name,
+            "policy": c.policy,
+            "limit": c.limit,
+            "in_use": c.in_use,
+            "lease_ttl_seconds": duration_json(c.lease_ttl.as_ref()),
+            "leases": c.leases.iter().map(|l| json!({
+                "slots": l.slots,
+                "expires_at": ts_json(l.expires_at.as_ref()),
+            })).collect::<Vec<_>>(),
+        })),
         "config": version_json(u.config.as_ref()),
     })
+}
+
+/// A key's concurrency limit: `streams: 3 / 10 in use`, then a line per
+/// lease with its expiry.
+fn concurrency_text(c: &pb::ConcurrencyUsage) -> String {
+    let mut out = format!(
+        "concurrency {}: {} / {} in use
+",
+        c.name, c.in_use, c.limit
+    );
+    let rows: Vec<Vec<String>> = c
+        .leases
+        .iter()
+        .map(|l| vec![l.slots.to_string(), time(l.expires_at.as_ref())])
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&["SLOTS", "EXPIRES"], &rows));
+    }
+    out
 }
 
 pub fn usage_text(u: &pb::GetUsageResponse) -> String {
@@ -275,8 +316,11 @@ pub fn usage_text(u: &pb::GetUsageResponse) -> String {
             &["LIMIT", "KIND", "USED", "LIMIT", "REMAINING", "FULL IN"],
             &rows,
         ));
-    } else if !u.blocked {
+    } else if !u.blocked && u.concurrency.is_none() {
         out.push_str("no limits: every check passes\n");
+    }
+    if let Some(c) = &u.concurrency {
+        out.push_str(&concurrency_text(c));
     }
     out.push_str(&version_line(u.config.as_ref()));
     out.push('\n');

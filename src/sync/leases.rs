@@ -1,0 +1,263 @@
+//! Concurrency leases' Redis side: the engine's [`LeaseClient`] queues
+//! lease operations; one task sends every operation waiting at that
+//! moment (up to 256) in one pipelined round trip through `leases.lua`,
+//! one atomic call per operation on the cell's keys, so leases are exact
+//! across nodes. A cell's keys (`<prefix>{<cell>}l`, `...lh`, `...lr`)
+//! share its hash tag: one slot per call on a Cluster.
+//!
+//! Two things are never left to chance. A grant whose caller gave up
+//! waiting (the fail mode answered it) is released at once: nobody holds
+//! its token. A release Redis did not answer is retried every 100 ms
+//! until it does (at most [`MAX_RETRIES`] wait, each for at most an hour,
+//! the longest lease; beyond, the lease expires at its time to live), so a
+//! Redis blip does not keep slots taken. An acquire whose answer was lost
+//! is released the same way (Redis may have granted it). At shutdown what
+//! waits is sent once more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::connection::{Lua, RedisConn};
+use super::reply::{self, Throttle};
+use crate::config::OnRedisError;
+use crate::config::redis_url::Scrub;
+use crate::core::clock::{Clock, NANOS_PER_MS};
+pub use crate::engine::leases::LeaseClient;
+use crate::engine::leases::{LeaseAnswer, LeaseCall, LeaseFailure, LeaseOp, LeaseQueues};
+use crate::shutdown::Shutdown;
+use crate::store::leases::Token;
+
+/// The lease script.
+const SCRIPT: &str = include_str!("leases.lua");
+
+/// Operations sent in one round trip.
+const BATCH: usize = 256;
+
+/// Operations that may wait for the task; beyond, callers get the fail
+/// mode at once.
+const QUEUE: usize = 4_096;
+
+/// Releases Redis did not answer, waiting to be sent again, at most.
+const MAX_RETRIES: usize = 65_536;
+
+/// How long the last round at shutdown may take.
+const LAST_ROUND: Duration = Duration::from_secs(1);
+
+/// How often waiting releases are sent again.
+const RETRY: Duration = Duration::from_millis(100);
+
+impl LeaseClient {
+    /// A client and the task that serves it until `stop`, then sends
+    /// what waits once more.
+    pub(crate) fn start(
+        conn: RedisConn,
+        clock: Arc<dyn Clock>,
+        key_prefix: String,
+        (deadline, on_error): (Duration, OnRedisError),
+        (scrub, stop): (Scrub, Shutdown),
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (client, queues) = LeaseClient::channel(QUEUE, deadline, on_error);
+        let task = Server {
+            conn,
+            clock,
+            prefix: key_prefix,
+            script: Lua::new(SCRIPT),
+            log: Throttle::default(),
+            scrub,
+            retry: Vec::new(),
+        }
+        .serve(queues, stop);
+        (client, task)
+    }
+}
+
+/// The Redis key of a cell's lease set.
+fn set_key(prefix: &str, cell: u64) -> String {
+    format!("{prefix}{{{cell:016x}}}l")
+}
+
+/// The Redis keys of a cell's lease details and reset mark (same slot).
+fn other_keys(prefix: &str, cell: u64) -> [String; 2] {
+    [
+        format!("{prefix}{{{cell:016x}}}lh"),
+        format!("{prefix}{{{cell:016x}}}lr"),
+    ]
+}
+
+fn cell_of(op: &LeaseOp) -> u64 {
+    match *op {
+        LeaseOp::Acquire { token, .. }
+        | LeaseOp::Restore { token, .. }
+        | LeaseOp::Renew { token, .. }
+        | LeaseOp::Release { token } => token.cell,
+        LeaseOp::Count { cell } | LeaseOp::Drop { cell } => cell,
+    }
+}
+
+/// The task's state.
+struct Server {
+    conn: RedisConn,
+    clock: Arc<dyn Clock>,
+    prefix: String,
+    script: Lua,
+    log: Throttle,
+    scrub: Scrub,
+    /// Releases to send (again), each until when it is worth trying:
+    /// the longest lease's time to live.
+    retry: Vec<(Token, tokio::time::Instant)>,
+}
+
+impl Server {
+    async fn serve(mut self, mut q: LeaseQueues, mut stop: Shutdown) {
+        let mut batch: Vec<LeaseCall> = Vec::with_capacity(BATCH);
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                tokio::select! {
+                    got = q.calls.recv_many(&mut batch, BATCH) => if got == 0 { break },
+                    Some(token) = q.forgotten.recv() => self.keep(token),
+                    () = tokio::time::sleep(RETRY), if !self.retry.is_empty() => {}
+                    _ = stop.wait() => stopping = true,
+                }
+            }
+            while let Ok(token) = q.forgotten.try_recv() {
+                self.keep(token);
+            }
+            if stopping {
+                // Last round: what waits now, then done.
+                while batch.len() < BATCH
+                    && let Ok(call) = q.calls.try_recv()
+                {
+                    batch.push(call);
+                }
+            }
+            if stopping {
+                // Bounded: a Redis that is down must not hold up shutdown.
+                let _ = tokio::time::timeout(LAST_ROUND, self.round(&mut batch)).await;
+                break;
+            }
+            self.round(&mut batch).await;
+        }
+    }
+
+    /// Sends the calls in `batch` (those whose caller still waits, and
+    /// every release) and up to a batch of waiting releases.
+    async fn round(&mut self, batch: &mut Vec<LeaseCall>) {
+        batch.retain(|c| !c.reply.is_closed() || matches!(c.op, LeaseOp::Release { .. }));
+        let now = tokio::time::Instant::now();
+        self.retry.retain(|(_, until)| *until > now);
+        let mut ops: Vec<LeaseOp> = batch.iter().map(|c| c.op).collect();
+        let resent = self.retry.len().min(BATCH);
+        ops.extend(
+            self.retry
+                .drain(..resent)
+                .map(|(token, _)| LeaseOp::Release { token }),
+        );
+        if ops.is_empty() {
+            return;
+        }
+        let now_ms = self.clock.now() / NANOS_PER_MS;
+        let replies = run(&mut self.conn, &self.script, &self.prefix, &ops, now_ms).await;
+        let mut failed = false;
+        let mut calls = batch.drain(..);
+        for (op, got) in ops.iter().zip(replies) {
+            let answer = match got {
+                Ok(v) => reply::lease(&v, op).map_err(|e| {
+                    self.log.warn(
+                        "lease operation failed: Redis's reply is not the script's",
+                        &e,
+                    );
+                    LeaseFailure::Unavailable
+                }),
+                Err(e) => {
+                    let text = self.scrub.text(&e.to_string());
+                    self.log.warn("lease operation failed in Redis", &text);
+                    failed = true;
+                    Err(LeaseFailure::Unavailable)
+                }
+            };
+            // A release not confirmed goes again; so does an acquire
+            // whose answer was lost (Redis may have granted it: nobody
+            // holds its token).
+            if answer.is_err()
+                && let LeaseOp::Release { token } | LeaseOp::Acquire { token, .. } = *op
+            {
+                self.keep(token);
+            }
+            // The resent releases come last and have no caller.
+            let Some(call) = calls.next() else { continue };
+            if let Err(Ok(r)) = call.reply.send(answer)
+                && let (LeaseOp::Acquire { token, .. }, LeaseAnswer::Granted { .. }) =
+                    (op, r.answer)
+            {
+                // Granted after its caller gave up: nobody holds it.
+                self.keep(*token);
+            }
+        }
+        drop(calls);
+        if failed {
+            self.conn.reset();
+        }
+    }
+
+    /// Queues a release to send (again).
+    fn keep(&mut self, token: Token) {
+        if self.retry.len() < MAX_RETRIES {
+            let until = tokio::time::Instant::now() + Duration::from_secs(3_600);
+            self.retry.push((token, until));
+        } else {
+            self.log.warn(
+                "lease release: too many waiting for Redis",
+                &format_args!("one dropped (it expires at its time to live)"),
+            );
+        }
+    }
+}
+
+/// One round trip (one per slot on a Cluster) for the operations.
+async fn run(
+    conn: &mut RedisConn,
+    script: &Lua,
+    prefix: &str,
+    ops: &[LeaseOp],
+    now_ms: u64,
+) -> Vec<redis::RedisResult<redis::Value>> {
+    let name = |i: usize| set_key(prefix, cell_of(&ops[i]));
+    let args = |pipe: &mut redis::Pipeline, i: usize| {
+        let cell = cell_of(&ops[i]);
+        pipe.arg(3).arg(name(i)).arg(&other_keys(prefix, cell)[..]);
+        match ops[i] {
+            LeaseOp::Acquire {
+                token,
+                limit,
+                slots,
+                ttl_ms,
+            }
+            | LeaseOp::Restore {
+                token,
+                limit,
+                slots,
+                ttl_ms,
+            } => pipe
+                .arg(if matches!(ops[i], LeaseOp::Acquire { .. }) {
+                    "a"
+                } else {
+                    "s"
+                })
+                .arg(now_ms)
+                .arg(limit)
+                .arg(slots)
+                .arg(ttl_ms)
+                .arg(token.secret_hex()),
+            LeaseOp::Renew { token, ttl_ms } => pipe
+                .arg("r")
+                .arg(now_ms)
+                .arg(token.secret_hex())
+                .arg(ttl_ms),
+            LeaseOp::Release { token } => pipe.arg("x").arg(now_ms).arg(token.secret_hex()),
+            LeaseOp::Count { .. } => pipe.arg("n").arg(now_ms),
+            LeaseOp::Drop { .. } => pipe.arg("d").arg(now_ms),
+        };
+    };
+    conn.eval_all(script, ops.len(), name, args).await
+}
