@@ -973,34 +973,6 @@ keys:                      # static assignments of API keys to plans
                 "t.yaml:5:9: plans.free.limits[0]: a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)",
             ),
             (
-                "      - { name: s, concurrency: 10, per: second }\n",
-                "t.yaml:5:42: plans.free.limits[0].per: a concurrency limit has no per (only name, concurrency and lease_ttl)",
-            ),
-            (
-                "      - { name: s, concurrency: 10, lease_ttl: 2h }\n",
-                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 7200s)",
-            ),
-            (
-                "      - { name: s, concurrency: 10, lease_ttl: 0s }\n",
-                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 0s)",
-            ),
-            (
-                "      - { name: s, concurrency: 10 }\n      - { name: t, concurrency: 5 }\n",
-                "t.yaml:6:33: plans.free.limits[1].concurrency: a plan has at most one concurrency limit",
-            ),
-            (
-                "      - { name: a, rate: 1, per: second, lease_ttl: 30s }\n",
-                "t.yaml:5:53: plans.free.limits[0].lease_ttl: lease_ttl applies only to concurrency limits",
-            ),
-            (
-                "      - { name: s, concurrency: 10, mode: sync }\n",
-                "t.yaml:5:43: plans.free.limits[0].mode: a concurrency limit has no mode (only name, concurrency and lease_ttl)",
-            ),
-            (
-                "      - { name: s, concurrency: 5000000000 }\n",
-                "t.yaml:5:33: plans.free.limits[0].concurrency: concurrency 5000000000 is more than 4294967295 slots",
-            ),
-            (
                 "      - { name: a, quota: 5, per: day, burst: 10 }\n",
                 "t.yaml:5:47: plans.free.limits[0].burst: burst applies only to rate limits",
             ),
@@ -1039,6 +1011,45 @@ keys:                      # static assignments of API keys to plans
             (
                 "      - 5\n",
                 "t.yaml:5:9: plans.free.limits[0]: expected a mapping",
+            ),
+        ];
+        let files: Vec<(String, &str)> = cases
+            .iter()
+            .map(|(lines, want)| (plan_file(lines), *want))
+            .collect();
+        assert_errors(&files);
+    }
+
+    #[test]
+    fn invalid_concurrency_limits_name_line_path_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "      - { name: s, concurrency: 10, per: second }\n",
+                "t.yaml:5:42: plans.free.limits[0].per: a concurrency limit has no per (only name, concurrency and lease_ttl)",
+            ),
+            (
+                "      - { name: s, concurrency: 10, lease_ttl: 2h }\n",
+                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 7200s)",
+            ),
+            (
+                "      - { name: s, concurrency: 10, lease_ttl: 0s }\n",
+                "t.yaml:5:48: plans.free.limits[0].lease_ttl: lease_ttl must be between 1s and 1h (got 0s)",
+            ),
+            (
+                "      - { name: s, concurrency: 10 }\n      - { name: t, concurrency: 5 }\n",
+                "t.yaml:6:33: plans.free.limits[1].concurrency: a plan has at most one concurrency limit",
+            ),
+            (
+                "      - { name: a, rate: 1, per: second, lease_ttl: 30s }\n",
+                "t.yaml:5:53: plans.free.limits[0].lease_ttl: lease_ttl applies only to concurrency limits",
+            ),
+            (
+                "      - { name: s, concurrency: 10, mode: sync }\n",
+                "t.yaml:5:43: plans.free.limits[0].mode: a concurrency limit has no mode (only name, concurrency and lease_ttl)",
+            ),
+            (
+                "      - { name: s, concurrency: 5000000000 }\n",
+                "t.yaml:5:33: plans.free.limits[0].concurrency: concurrency 5000000000 is more than 4294967295 slots",
             ),
         ];
         let files: Vec<(String, &str)> = cases
