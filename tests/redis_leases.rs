@@ -1,12 +1,23 @@
-//! The lease script (`src/sync/leases.lua`, concurrency limits)
-//! against a real redis-server: grants up to the limit across any number
-//! of callers, says how long to wait, renews, releases, prunes and counts
-//! expiries, and leaves nothing behind once its leases are gone.
+//! Concurrency limits across nodes on a real redis-server: the lease
+//! script (`src/sync/leases.lua`) on its own (grants up to the limit
+//! across any number of callers, says how long to wait, renews, releases,
+//! prunes and counts expiries, leaves nothing behind), then three daemons
+//! sharing one limit: exact under random load, a killed Hold client's
+//! slots free on every node at once, Redis killed and back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::support::RedisServer;
+use std::time::Duration;
+
+use quotad::api::pb::DenyReason;
+use quotad::api::pb::RenewRequest;
+use quotad::api::pb::rate_limiter_client::RateLimiterClient;
+use quotad::core::ManualClock;
+use rand::{RngExt, SeedableRng};
+
+use crate::leases::{Client, acquire, release};
+use crate::support::{RedisServer, T0, TestDaemon};
 
 const SCRIPT: &str = include_str!("../src/sync/leases.lua");
 const KEY: &str = "quotad:{00000000000000bb}l";
@@ -212,4 +223,251 @@ async fn fifty_callers_on_three_connections_never_hold_more_than_the_limit() {
         [0, 0],
         "every lease released"
     );
+}
+
+fn config(redis: &str, on_error: &str) -> String {
+    format!(
+        r#"
+default_plan: free
+plans:
+  free:
+    limits:
+      - {{ name: streams, concurrency: 10, lease_ttl: 3s }}
+store:
+  hash_secret: "000102030405060708090a0b0c0d0e0f"
+redis:
+  url: {redis}
+  sync_interval: 50ms
+  strict_deadline: 1s
+  on_redis_error: {on_error}
+server:
+  shutdown_grace: 5s
+"#
+    )
+}
+
+/// Three nodes on one Redis and one clock.
+async fn nodes(redis: &RedisServer, on_error: &str) -> Vec<TestDaemon> {
+    let clock = Arc::new(ManualClock::new(T0));
+    let yaml = config(&redis.url(), on_error);
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.push(TestDaemon::with_clock(&yaml, Arc::clone(&clock)).await);
+    }
+    out
+}
+
+async fn clients(nodes: &[TestDaemon]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(RateLimiterClient::new(n.channel().await));
+    }
+    out
+}
+
+#[tokio::test]
+async fn three_nodes_never_grant_more_than_the_limit_and_use_all_of_it() {
+    // 50 clients on 3 nodes acquire and release one slot at random for
+    // 10 s. A shared count of leases held (up when a grant arrives, down
+    // before its release is sent) never exceeds 10, and reaches it.
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, "deny").await;
+    let cs = clients(&nodes).await;
+    let held = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut tasks = Vec::new();
+    for caller in 0..50u64 {
+        let mut c = cs[caller as usize % 3].clone();
+        let (held, most) = (Arc::clone(&held), Arc::clone(&most));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(caller);
+            let mut granted = 0u64;
+            while tokio::time::Instant::now() < end {
+                let a = acquire(&mut c, "shared", 1).await;
+                assert!(a.in_use <= 10, "{} in use", a.in_use);
+                if a.granted {
+                    granted += 1;
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    assert!(release(&mut c, &a.lease).await, "held until released");
+                } else {
+                    assert_eq!(a.reason, DenyReason::Limited as i32, "{a:?}");
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..5))).await;
+                }
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.expect("a caller");
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 10, "{most} leases held at once");
+    assert_eq!(most, 10, "every slot got used");
+    assert!(granted > 100, "only {granted} grants in 10 s");
+    // Everything released: all 10 slots are free, on any node.
+    let mut c = cs[2].clone();
+    assert!(acquire(&mut c, "shared", 10).await.granted);
+}
+
+#[tokio::test]
+async fn a_killed_hold_client_frees_its_slots_on_every_node_within_a_second() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, "deny").await;
+    let mut cs = clients(&nodes).await;
+    // Another process holds all 10 slots through node 0: 10 Hold streams
+    // of one slot each for key `held-0`.
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_quotad-bench"))
+        .args([
+            "--mode",
+            "hold",
+            "--addr",
+            &nodes[0].grpc_addr.to_string(),
+            "--keys",
+            "1",
+            "--key-prefix",
+            "held-",
+            "--concurrency",
+            "10",
+            "--connections",
+            "2",
+            "--warmup",
+            "0s",
+            "--duration",
+            "5m",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("quotad-bench starts");
+    let full = async {
+        loop {
+            let a = acquire(&mut cs[1], "held-0", 1).await;
+            if !a.granted && a.in_use == 10 {
+                return;
+            }
+            if a.granted {
+                release(&mut cs[1], &a.lease).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), full)
+        .await
+        .expect("the other process holds all 10 slots");
+    bench.kill().expect("killed");
+    let killed = tokio::time::Instant::now();
+    let _ = bench.wait();
+    for c in cs.iter_mut() {
+        let free = async {
+            loop {
+                let a = acquire(c, "held-0", 10).await;
+                if a.granted {
+                    release(c, &a.lease).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), free)
+            .await
+            .expect("the slots were freed");
+    }
+    let took = killed.elapsed();
+    eprintln!("slots freed on every node {took:?} after the kill");
+    assert!(
+        took < Duration::from_secs(1),
+        "freed on every node after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_deny_refuses_and_renewals_say_unavailable() {
+    let mut redis = RedisServer::start().await;
+    let nodes = nodes(&redis, "deny").await;
+    let mut cs = clients(&nodes).await;
+    let a = acquire(&mut cs[0], "k", 2).await;
+    assert!(a.granted);
+    redis.kill();
+    let no = acquire(&mut cs[1], "k", 1).await;
+    assert!(!no.granted);
+    assert_eq!(no.reason, DenyReason::Unavailable as i32, "{no:?}");
+    let e = cs[0]
+        .renew(RenewRequest {
+            lease: a.lease.clone(),
+            ttl: None,
+        })
+        .await
+        .expect_err("Redis cannot say");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    redis.restart().await;
+    // Redis came back empty: the node that granted the lease puts it
+    // back at its renewal.
+    let renewed = async {
+        loop {
+            let r = cs[0]
+                .renew(RenewRequest {
+                    lease: a.lease.clone(),
+                    ttl: None,
+                })
+                .await;
+            match r {
+                Ok(_) => return,
+                Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), renewed)
+        .await
+        .expect("renewed once Redis is back");
+    let b = acquire(&mut cs[2], "k", 8).await;
+    assert!(b.granted, "{b:?}");
+    assert_eq!(b.in_use, 10, "the restored lease counts");
+}
+
+#[tokio::test]
+async fn with_redis_down_local_decides_on_this_nodes_leases_and_counts_reconcile_after() {
+    let mut redis = RedisServer::start().await;
+    let nodes = nodes(&redis, "local").await;
+    let mut cs = clients(&nodes).await;
+    let a = acquire(&mut cs[0], "k", 2).await;
+    assert!(a.granted);
+    redis.kill();
+    // Node 0 knows its 2: 9 more would be too many, 8 fit.
+    let no = acquire(&mut cs[0], "k", 9).await;
+    assert!(!no.granted, "{no:?}");
+    let b = acquire(&mut cs[0], "k", 8).await;
+    assert!(b.granted, "{b:?}");
+    redis.restart().await;
+    // Back: node 0 puts both leases into the empty Redis as it renews
+    // them, and the limit is exact across nodes again.
+    let reconciled = async {
+        loop {
+            for lease in [&a.lease, &b.lease] {
+                cs[0]
+                    .renew(RenewRequest {
+                        lease: lease.clone(),
+                        ttl: None,
+                    })
+                    .await
+                    .expect("renewed (on this node's record while Redis is out)");
+            }
+            let seen = acquire(&mut cs[1], "k", 1).await;
+            if !seen.granted && seen.in_use == 10 {
+                return;
+            }
+            if seen.granted {
+                release(&mut cs[1], &seen.lease).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reconciled)
+        .await
+        .expect("both leases are back in Redis: node 1 sees all 10 slots held");
 }

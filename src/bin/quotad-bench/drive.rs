@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use hdrhistogram::Histogram;
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
-use quotad::api::pb::{CheckBatchRequest, CheckRequest};
+use quotad::api::pb::{
+    AcquireRequest, CheckBatchRequest, CheckRequest, HoldRequest, ReleaseRequest,
+};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
@@ -221,6 +223,26 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 Err(_) => Answered::Failed,
             }
         }
+        (Client::Native(c), Mode::Lease) => {
+            let req = AcquireRequest {
+                key: keys.next(),
+                cost: args.cost,
+                ..AcquireRequest::default()
+            };
+            match c.acquire(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.granted && !r.lease.is_empty() {
+                        let release = ReleaseRequest { lease: r.lease };
+                        if c.release(release).await.is_err() {
+                            return Answered::Failed;
+                        }
+                    }
+                    checks(r.granted)
+                }
+                Err(_) => Answered::Failed,
+            }
+        }
         (Client::Native(c), _) => {
             let req = CheckRequest {
                 key: keys.next(),
@@ -304,6 +326,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 end,
                 budget,
             ));
+        }
+        (None, Mode::Hold) => {
+            for w in 0..args.concurrency {
+                let ch = channels[w % channels.len()].clone();
+                tasks.spawn(hold(args.clone(), ch, w as u64, end));
+            }
         }
         (None, Mode::Stream) => {
             for w in 0..args.concurrency {
@@ -414,6 +442,50 @@ async fn stream(
             out.record(at, answered);
         }
     }
+    Ok(out)
+}
+
+/// One `Hold` stream: its first answer is the call measured; the stream
+/// stays open until `end` (warm-up or not: a held lease is the load).
+async fn hold(args: Args, ch: Channel, seed: u64, end: Instant) -> anyhow::Result<Outcome> {
+    let mut keys = Keys::new(&args, seed)?;
+    let mut client = RateLimiterClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel::<HoldRequest>(1);
+    let mut out = Outcome::new();
+    let sent = Instant::now();
+    let first = HoldRequest {
+        key: keys.next(),
+        cost: args.cost,
+        id: seed,
+    };
+    if tx.send(first).await.is_err() {
+        out.errors += 1;
+        return Ok(out);
+    }
+    let opened = client
+        .hold(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let mut answers = match opened {
+        Ok(a) => a.into_inner(),
+        Err(_) => {
+            out.errors += 1;
+            return Ok(out);
+        }
+    };
+    let answered = match answers.message().await {
+        Ok(Some(a)) => {
+            let granted = a.answer.is_some_and(|a| a.granted);
+            Answered::Checks {
+                allowed: u64::from(granted),
+                denied: u64::from(!granted),
+            }
+        }
+        _ => Answered::Failed,
+    };
+    out.record(sent, answered);
+    // Held until the end of the run (or the server ends the stream).
+    let _ = tokio::time::timeout_at(end, answers.message()).await;
+    drop(tx);
     Ok(out)
 }
 

@@ -45,6 +45,13 @@ pub enum Mode {
     Stream,
     /// Envoy RLS v3 `ShouldRateLimit`, one descriptor with the key.
     Rls,
+    /// `Acquire` then, when granted, `Release` of the lease: one pair per
+    /// call (concurrency limits).
+    Lease,
+    /// `Hold`: `--concurrency` streams (one key each, drawn as usual)
+    /// opened over the run's first moments and held until its end, or
+    /// until the process is killed.
+    Hold,
 }
 
 /// How keys are drawn.
@@ -174,6 +181,9 @@ impl Args {
         }
         if self.batch == 0 || self.window == 0 || self.requests == Some(0) {
             return Err("--batch, --window and --requests must be at least 1".into());
+        }
+        if self.rate.is_some() && self.mode == Mode::Hold {
+            return Err("--rate: hold streams are opened all at once (a closed loop)".into());
         }
         if let Some(r) = self.rate
             && !(r.is_finite() && r > 0.0)
