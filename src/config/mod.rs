@@ -101,6 +101,11 @@ plans:
       # minute, hour, day, week from Monday, or month) and resets when the
       # window ends. Quotas take no burst.
       - { name: daily, quota: 10000, per: day }
+      # A concurrency limit: how many slots (WebSockets, SSE streams, long
+      # calls) a key may hold at once, as leases (Acquire/Renew/Release,
+      # or Hold: a lease as long as a stream). A lease not renewed within
+      # `lease_ttl` (1s..1h, default 30s) expires. Checks ignore it.
+      - { name: streams, concurrency: 10, lease_ttl: 30s }
   gold:
     limits:
       - { name: per-second, rate: 1000, per: second, burst: 2000 }
@@ -144,6 +149,7 @@ requests:                      # caps on what a caller may send
 
 store:
   max_tracked_keys: 1000000    # hard cap on tracked buckets
+  max_leases: 1000000          # hard cap on concurrency leases this node holds
   sweep_interval: 10s          # how often idle buckets are dropped
   # hash_secret: "00112233445566778899aabbccddeeff"
   #   128-bit secret (32 hex digits) for keyed hashing of API keys; nodes
