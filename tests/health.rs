@@ -161,7 +161,18 @@ async fn reflection_serves_the_native_file_descriptor() {
         .find(|f| f.package() == "quotad.v1")
         .expect("quotad.v1 file");
     let methods: Vec<&str> = ours.service[0].method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, vec!["Check", "CheckBatch", "CheckStream"]);
+    assert_eq!(
+        methods,
+        vec![
+            "Check",
+            "CheckBatch",
+            "CheckStream",
+            "Acquire",
+            "Renew",
+            "Release",
+            "Hold"
+        ]
+    );
 }
 
 /// Fetches, through reflection v1alpha (what grpcurl and many Python

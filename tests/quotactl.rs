@@ -1206,7 +1206,7 @@ async fn bad_command_lines_exit_64_before_any_call() {
         ),
         (
             set(&["--limit", "name=x,burts=5"]),
-            "--limit 'name=x,burts=5': unknown field 'burts' (expected name, rate, quota, per, burst, mode)",
+            "--limit 'name=x,burts=5': unknown field 'burts' (expected name, rate, quota, per, burst, mode, concurrency, lease_ttl)",
         ),
         (
             set(&["--limit", "rate=5,per=second"]),
@@ -1586,4 +1586,40 @@ async fn the_token_is_not_sent_in_plain_text_beyond_loopback_without_insecure() 
         .run(&["plans", "--timeout", "200ms"])
         .await;
     assert!(!out.stderr.contains("refusing"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn usage_shows_leases_and_reset_frees_them() {
+    let d =
+        TestDaemon::with_config(&format!("{}{}", crate::leases::PLANS, admin_section(""))).await;
+    let ctl = Ctl::ops(&d).secret("lease-key");
+    let h = hash(&d, "lease-key");
+    let mut c = quotad::api::pb::rate_limiter_client::RateLimiterClient::new(d.channel().await);
+    assert!(crate::leases::acquire(&mut c, "lease-key", 2).await.granted);
+    let usage = ctl.run(&["usage", "lease-key"]).await.ok();
+    let lines = usage.lines();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("concurrency "))
+        .unwrap_or_else(|| panic!("{usage:#?}"));
+    assert_eq!(lines[at], "concurrency streams: 2 / 3 in use");
+    assert_eq!(cells(lines[at + 1]), ["SLOTS", "EXPIRES"]);
+    assert_eq!(cells(lines[at + 2])[0], "2");
+    let json = ctl
+        .run(&["usage", "lease-key", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(json["concurrency"]["in_use"], 2);
+    assert_eq!(json["concurrency"]["limit"], 3);
+    assert_eq!(json["concurrency"]["leases"][0]["slots"], 2);
+
+    let reset = ctl.run(&["reset", "lease-key"]).await.ok();
+    let lines = reset.lines();
+    assert_eq!(lines[0], format!("usage of key {h} reset"));
+    assert_eq!(lines[1], "1 lease freed");
+    assert!(
+        reset.stdout.contains("concurrency streams: 0 / 3 in use"),
+        "{reset:#?}"
+    );
 }

@@ -281,10 +281,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     json!({ "key_hash": r.key_hash, "cells": r.cells, "leases": r.leases, "usage": output::usage_json(&usage) }),
                 )
             } else {
+                let freed = match r.leases {
+                    0 => String::new(),
+                    1 => "1 lease freed\n".to_owned(),
+                    n => format!("{n} leases freed\n"),
+                };
                 format!(
-                    "usage of key {} reset ({} leases freed)\n{}",
+                    "usage of key {} reset\n{freed}{}",
                     r.key_hash,
-                    r.leases,
                     output::usage_text(&usage)
                 )
             })
