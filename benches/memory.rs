@@ -313,6 +313,38 @@ fn main() {
         LimitKind::Window(window),
         n,
     );
+    // 6. Concurrency leases (issue 21): one lease per key, each key's
+    // cell its own, in this node's lease table.
+    leases(n);
+}
+
+/// `n` leases of one slot, each of its own key: the lease table's bytes
+/// per lease (without the stream a Hold adds; see BENCHMARKS.md).
+fn leases(n: usize) {
+    use quotad::store::leases::{Acquired, Ask, Leases};
+    let heap_before = heap();
+    let table = Leases::new(n);
+    let plan: Arc<str> = Arc::from("free");
+    for cell in 0..n as u64 {
+        let ask = Ask {
+            cell: cell.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            limit: 10,
+            slots: 1,
+            ttl: 30 * NANOS_PER_SEC,
+            plan: Arc::clone(&plan),
+        };
+        assert!(matches!(table.acquire(&ask, T0), Acquired::Granted { .. }));
+    }
+    let bytes = heap() as isize - heap_before as isize;
+    println!();
+    println!("== concurrency leases, one per key ==");
+    println!("leases held:             {}", table.held());
+    println!(
+        "heap:                    {:.1} MiB  → {:.1} B/lease (allocator)",
+        mib(bytes.max(0) as usize),
+        per_key(bytes, n)
+    );
+    assert_eq!(table.held(), n);
 }
 
 /// Sync mode, `n` keys charged once against one limit of `kind`, nothing

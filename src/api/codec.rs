@@ -1,10 +1,14 @@
 //! The protobuf codec of the native API: prost's, except that a message
 //! that fails to decode is the caller's mistake (`INVALID_ARGUMENT`,
-//! "malformed request: …"), not a server fault (`INTERNAL`).
+//! "malformed request: …"), not a server fault (`INTERNAL`), and that
+//! each call's buffers start at [`BUFFER_BYTES`] instead of tonic's 8 KiB
+//! each way. quotad's messages are a few hundred bytes (a buffer grows
+//! for a larger one), and a long-lived call keeps its buffers: 16 KiB per
+//! open `Hold` or `CheckStream` was most of what one costs.
 
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Named by the generated code through `codec_path` in `build.rs`.
@@ -24,11 +28,11 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = SmallEncoder<T>;
     type Decoder = StrictDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        self.0.encoder()
+        SmallEncoder(self.0.encoder())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -51,6 +55,31 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        settings()
+    }
+}
+
+/// What a call's encode and decode buffers start at.
+pub const BUFFER_BYTES: usize = 512;
+
+fn settings() -> BufferSettings {
+    // The yield threshold stays tonic's default (32 KiB).
+    BufferSettings::new(BUFFER_BYTES, 32 * 1024)
+}
+
+/// Prost's encoder with [`BUFFER_BYTES`] buffers.
+#[derive(Debug)]
+pub struct SmallEncoder<T>(ProstEncoder<T>);
+
+impl<T: Message> Encoder for SmallEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        self.0.encode(item, buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
     }
 }

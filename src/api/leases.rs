@@ -182,10 +182,10 @@ struct Held {
 }
 
 impl Held {
-    /// Frees the lease now.
+    /// Frees the lease now (the call boxed: see [`keep`]).
     async fn release(&mut self) {
         if let Some(token) = self.token.take() {
-            self.engine.release(token).await;
+            Box::pin(self.engine.release(token)).await;
         }
     }
 }
@@ -296,7 +296,10 @@ async fn keep(st: &mut HoldState) -> Option<Result<HoldResponse, Status>> {
             // nothing to renew: the stream just lasts.
             () = tokio::time::sleep_until(st.renew_at), if st.held.token.is_some() => {
                 let token = st.held.token?;
-                match st.held.engine.renew_lease(token, Some(st.ttl)).await {
+                // Boxed: the stream waits far longer than it renews, and
+                // an open Hold should not carry the renewal's state.
+                let engine = Arc::clone(&st.held.engine);
+                match Box::pin(engine.renew_lease(token, Some(st.ttl))).await {
                     Ok(r) if r.confirmed => {
                         st.renew_at = tokio::time::Instant::now() + renew_after(st.ttl);
                     }

@@ -212,6 +212,7 @@ fn server(c: &ConnLimits, process: &Arc<Budget>) -> Server<Stack<CallLayer, Iden
 /// send its first message later.
 const STREAMS: &[&str] = &[
     "/quotad.v1.RateLimiter/CheckStream",
+    "/quotad.v1.RateLimiter/Hold",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];

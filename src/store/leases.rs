@@ -225,6 +225,9 @@ impl Leases {
         }
         let token = Token::new(cell);
         let expires = now.saturating_add(ask.ttl);
+        // One more, not four (what a first push reserves): most keys hold
+        // a lease or two.
+        held.reserve_exact(1);
         held.push(Held {
             secret: token.secret,
             slots,
@@ -257,19 +260,18 @@ impl Leases {
         if !self.take_one() {
             return false;
         }
-        self.shard(token.cell)
-            .lock()
-            .entry(token.cell)
-            .or_default()
-            .push(Held {
-                secret: token.secret,
-                slots: ask.slots,
-                limit: ask.limit,
-                mirror: true,
-                expires,
-                ttl: ask.ttl,
-                plan: Arc::clone(&ask.plan),
-            });
+        let mut map = self.shard(token.cell).lock();
+        let held = map.entry(token.cell).or_default();
+        held.reserve_exact(1);
+        held.push(Held {
+            secret: token.secret,
+            slots: ask.slots,
+            limit: ask.limit,
+            mirror: true,
+            expires,
+            ttl: ask.ttl,
+            plan: Arc::clone(&ask.plan),
+        });
         true
     }
 

@@ -328,9 +328,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             ));
         }
         (None, Mode::Hold) => {
+            // Streams are opened at most OPENING at a time, so a run of
+            // 100 000 ramps up instead of queueing them all at once.
+            let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
             for w in 0..args.concurrency {
                 let ch = channels[w % channels.len()].clone();
-                tasks.spawn(hold(args.clone(), ch, w as u64, end));
+                let opening = Arc::clone(&opening);
+                tasks.spawn(hold(args.clone(), ch, (w as u64, opening), end));
             }
         }
         (None, Mode::Stream) => {
@@ -445,10 +449,19 @@ async fn stream(
     Ok(out)
 }
 
+/// Hold streams being opened at once, at most.
+const OPENING: usize = 256;
+
 /// One `Hold` stream: its first answer is the call measured; the stream
 /// stays open until `end` (warm-up or not: a held lease is the load).
-async fn hold(args: Args, ch: Channel, seed: u64, end: Instant) -> anyhow::Result<Outcome> {
+async fn hold(
+    args: Args,
+    ch: Channel,
+    (seed, opening): (u64, Arc<tokio::sync::Semaphore>),
+    end: Instant,
+) -> anyhow::Result<Outcome> {
     let mut keys = Keys::new(&args, seed)?;
+    let permit = opening.acquire_owned().await.context("the opening gate")?;
     let mut client = RateLimiterClient::new(ch);
     let (tx, rx) = tokio::sync::mpsc::channel::<HoldRequest>(1);
     let mut out = Outcome::new();
@@ -483,6 +496,7 @@ async fn hold(args: Args, ch: Channel, seed: u64, end: Instant) -> anyhow::Resul
         _ => Answered::Failed,
     };
     out.record(sent, answered);
+    drop(permit);
     // Held until the end of the run (or the server ends the stream).
     let _ = tokio::time::timeout_at(end, answers.message()).await;
     drop(tx);
