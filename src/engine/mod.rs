@@ -79,7 +79,7 @@ pub struct Rules {
 ///
 /// // 10 per second, bursting to 20.
 /// let rate = Rate::new(NonZeroU64::new(10).unwrap(), NANOS_PER_SEC, NonZeroU64::new(20).unwrap()).unwrap();
-/// let plan = Plan { name: "free".into(), limits: vec![Limit::new("free", "per-second", LimitKind::Rate(rate))] };
+/// let plan = Plan { name: "free".into(), limits: vec![Limit::new("free", "per-second", LimitKind::Rate(rate))], concurrency: None };
 /// let hasher = KeyHasher::random();
 /// let table = Table::new(vec![plan], "free", [], &hasher).unwrap();
 /// let clock = Arc::new(ManualClock::new(1_700_000_000 * NANOS_PER_SEC));
