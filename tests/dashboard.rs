@@ -829,6 +829,7 @@ async fn dashboard_panels_show_a_scripted_scenario() {
                 sample(r#"{api="native"}"#, 7.0 / 128.0),
                 sample(r#"{api="batch"}"#, 0.0),
                 sample(r#"{api="stream"}"#, 0.0),
+                sample(r#"{api="lease"}"#, 0.0),
             ],
         ),
         (
