@@ -128,13 +128,7 @@ pub fn response(a: &Acquisition, id: u64, style: HeaderStyle) -> AcquireResponse
                 value: h.value,
             })
             .collect(),
-        reason: match a.reason {
-            None => DenyReason::Unspecified,
-            Some(core::DenyReason::Limited) => DenyReason::Limited,
-            Some(core::DenyReason::CostExceedsCapacity) => DenyReason::CostExceedsCapacity,
-            Some(core::DenyReason::Unavailable) => DenyReason::Unavailable,
-            Some(core::DenyReason::Blocked) => DenyReason::Blocked,
-        } as i32,
+        reason: super::deny_reason(a.reason) as i32,
     }
 }
 

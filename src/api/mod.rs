@@ -45,6 +45,17 @@ pub(crate) fn duration(ns: Nanos) -> prost_types::Duration {
     prost_types::Duration { seconds, nanos }
 }
 
+/// A decision's reason as the wire's.
+pub(crate) fn deny_reason(r: Option<crate::core::DenyReason>) -> pb::DenyReason {
+    match r {
+        None => pb::DenyReason::Unspecified,
+        Some(crate::core::DenyReason::Limited) => pb::DenyReason::Limited,
+        Some(crate::core::DenyReason::CostExceedsCapacity) => pb::DenyReason::CostExceedsCapacity,
+        Some(crate::core::DenyReason::Unavailable) => pb::DenyReason::Unavailable,
+        Some(crate::core::DenyReason::Blocked) => pb::DenyReason::Blocked,
+    }
+}
+
 /// A Unix time in nanoseconds as a protobuf `Timestamp`.
 pub fn timestamp(t: Nanos) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -18,7 +18,6 @@ use super::pb::{
 };
 use super::{duration, leases, request_id, validate};
 use crate::config::{Live, RequestCaps};
-use crate::core;
 use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
 use crate::metrics::Api;
 use crate::shutdown::Shutdown;
@@ -115,13 +114,7 @@ pub fn response(o: &Outcome<'_>, id: u64, style: HeaderStyle) -> CheckResponse {
         policy: limit.map(|l| l.policy.clone()).unwrap_or_default(),
         id,
         error: String::new(),
-        reason: match d.reason {
-            None => DenyReason::Unspecified,
-            Some(core::DenyReason::Limited) => DenyReason::Limited,
-            Some(core::DenyReason::CostExceedsCapacity) => DenyReason::CostExceedsCapacity,
-            Some(core::DenyReason::Unavailable) => DenyReason::Unavailable,
-            Some(core::DenyReason::Blocked) => DenyReason::Blocked,
-        } as i32,
+        reason: super::deny_reason(d.reason) as i32,
         window_seconds: limit.map_or(0, |l| l.window_seconds()),
         headers,
     }
