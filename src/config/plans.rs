@@ -55,14 +55,11 @@ pub(super) fn summary(l: &LimitsSpec, lines: &mut Vec<String>) {
         l.default_plan
     ));
     for plan in &l.plans {
-        let limits = if plan.limits.is_empty() {
+        let described = file::describe_plan(plan);
+        let limits = if described.is_empty() {
             "unlimited".to_owned()
         } else {
-            plan.limits
-                .iter()
-                .map(file::describe_limit)
-                .collect::<Vec<_>>()
-                .join("; ")
+            described.join("; ")
         };
         lines.push(format!("  {}: {limits}", plan.name));
     }

@@ -224,7 +224,7 @@ fn summary_lists_plans_but_not_keys() {
     let want = "\
 source: embedded default
 plans: 2 (default: free)
-  free: per-second 10/second burst 20; daily 10000/day
+  free: per-second 10/second burst 20; daily 10000/day; streams 10 at once, lease 30s
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
 server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none, tls off

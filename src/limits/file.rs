@@ -100,6 +100,16 @@ pub fn describe_limit(limit: &Limit) -> String {
     }
 }
 
+/// A description of each limit of `plan`, its concurrency limit last
+/// (empty: unlimited).
+pub fn describe_plan(plan: &Plan) -> Vec<String> {
+    plan.limits
+        .iter()
+        .map(describe_limit)
+        .chain(plan.concurrency.iter().map(|c| describe_concurrency(c)))
+        .collect()
+}
+
 /// A one-line description of a concurrency limit: `streams 10 at once,
 /// lease 30s`.
 pub fn describe_concurrency(c: &Concurrency) -> String {

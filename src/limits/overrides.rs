@@ -218,8 +218,7 @@ impl Override {
             Target::Plan(p) => format!("plan {p}"),
             Target::Block => "block".to_owned(),
             Target::Limits(l) => {
-                let limits: Vec<String> = l.plan.limits.iter().map(file::describe_limit).collect();
-                format!("limits {}", limits.join("; "))
+                format!("limits {}", file::describe_plan(&l.plan).join("; "))
             }
         };
         match self.expires_at {
