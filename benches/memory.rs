@@ -332,6 +332,7 @@ fn leases(n: usize) {
             slots: 1,
             ttl: 30 * NANOS_PER_SEC,
             plan: Arc::clone(&plan),
+            over: false,
         };
         assert!(matches!(table.acquire(&ask, T0), Acquired::Granted { .. }));
     }

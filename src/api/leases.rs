@@ -148,8 +148,12 @@ fn answer_headers(a: &Acquisition, style: HeaderStyle) -> Vec<headers::Header> {
             a.reason,
             Some(core::DenyReason::Limited | core::DenyReason::CostExceedsCapacity)
         );
+    // The slots in use are known when granted, refused for want of them,
+    // or counted before a rate limit refused the request; not when Redis
+    // did not answer or the lease table is full.
+    let known = a.granted || by_slots || a.rate.is_some();
     let mut standings = Vec::with_capacity(2);
-    if let Some(c) = &a.concurrency {
+    if let Some(c) = a.concurrency.as_ref().filter(|_| known) {
         let wait = if by_slots { a.retry_after } else { Some(0) };
         standings.push(Standing {
             name: &c.policy,
@@ -220,7 +224,14 @@ pub async fn hold(
     mut inbound: Streaming<HoldRequest>,
     shutdown: Shutdown,
 ) -> Result<HoldOut, Status> {
-    let first = match tokio::time::timeout(HOLD_FIRST_MESSAGE, inbound.message()).await {
+    let mut stop = shutdown.clone();
+    let first = tokio::select! {
+        first = tokio::time::timeout(HOLD_FIRST_MESSAGE, inbound.message()) => first,
+        _ = stop.wait() => {
+            return Err(Status::unavailable("quotad is shutting down: hold on another instance"));
+        }
+    };
+    let first = match first {
         Err(_) => {
             return Err(Status::deadline_exceeded(
                 "no first message within 10s: send the key to hold a lease for",

@@ -60,6 +60,9 @@ pub enum LeaseOp {
         slots: u32,
         /// Time to live (ms).
         ttl_ms: u64,
+        /// When it was granted (Unix ms): an operator's reset since then
+        /// keeps it out.
+        granted_ms: u64,
     },
     /// Extend `token` by `ttl_ms` from now (0: its own time to live).
     Renew {
@@ -189,15 +192,56 @@ impl LeaseClient {
         self.forget.try_send(token).is_ok()
     }
 
-    /// Runs `op` in Redis, waiting at most the deadline.
+    /// Runs `op` in Redis, waiting at most the deadline. An acquire
+    /// whose grant arrives when nobody waits for it any more (the
+    /// deadline passed, or the caller went away) is released.
     pub async fn call(&self, op: LeaseOp) -> Result<LeaseReply, LeaseFailure> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(LeaseCall { op, reply })
             .map_err(|_| LeaseFailure::Unavailable)?;
+        let mut waiting = Waiting {
+            answer: Some(answer),
+            op,
+            client: self,
+        };
+        let Some(answer) = waiting.answer.as_mut() else {
+            return Err(LeaseFailure::Unavailable);
+        };
         match tokio::time::timeout(self.deadline, answer).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                waiting.answer = None;
+                result
+            }
             _ => Err(LeaseFailure::Unavailable),
+        }
+    }
+}
+
+/// An answer still to come: dropped unread (a deadline, a caller gone),
+/// a grant in it is released, and one that comes later is released by
+/// the Redis task (whose reply then finds no receiver).
+struct Waiting<'c> {
+    answer: Option<oneshot::Receiver<Result<LeaseReply, LeaseFailure>>>,
+    op: LeaseOp,
+    client: &'c LeaseClient,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(mut answer) = self.answer.take() else {
+            return;
+        };
+        answer.close();
+        if let (
+            Ok(Ok(LeaseReply {
+                answer: LeaseAnswer::Granted { .. },
+                ..
+            })),
+            LeaseOp::Acquire { token, .. },
+        ) = (answer.try_recv(), self.op)
+        {
+            self.client.forget(token);
         }
     }
 }
@@ -309,12 +353,13 @@ impl Engine {
         let (concurrency, plan) = {
             let view = self.view();
             if let Some(d) = view.blocked(ask.key) {
-                return Acquisition {
+                let out = Acquisition {
                     retry_after: d.retry_after,
                     reason: d.reason,
                     note: "blocked by an operator",
                     ..Acquisition::default()
                 };
+                return self.counted("(blocked)", out);
             }
             let table = view.table();
             match table.assign(key_hash, self.now()).0 {
@@ -437,6 +482,7 @@ impl Engine {
             slots,
             ttl,
             plan: Arc::clone(plan),
+            over: false,
         };
         if slots > c.slots {
             return too_many(base);
@@ -445,6 +491,10 @@ impl Engine {
         let Some(client) = self.lease_client.get() else {
             return self.take_here(local, base, now);
         };
+        if self.leases.held() >= self.leases.max() {
+            // This node could not keep (renew, count) one more.
+            return full(base);
+        }
         let token = Token::new(local.cell);
         let op = LeaseOp::Acquire {
             token,
@@ -458,7 +508,7 @@ impl Engine {
                 OnRedisError::Local => self.take_here(local, base, now),
                 OnRedisError::Allow => self.take_here(
                     Ask {
-                        limit: u32::MAX,
+                        over: true,
                         ..local
                     },
                     base,
@@ -498,12 +548,7 @@ impl Engine {
                 ..base
             },
             Acquired::TooMany => too_many(base),
-            Acquired::Full => Acquisition {
-                reason: Some(DenyReason::Unavailable),
-                retry_after: Some(NANOS_PER_MS * 1_000),
-                note: "this node holds store.max_leases leases",
-                ..base
-            },
+            Acquired::Full => full(base),
         }
     }
 
@@ -605,22 +650,29 @@ impl Engine {
         ttl: Option<Nanos>,
         now: Nanos,
     ) -> Result<Renewed, RenewError> {
-        let Some((slots, limit, own_ttl)) = self.leases.get(token, now) else {
+        let Some(held) = self.leases.get(token, now) else {
             return Err(RenewError::NotFound);
         };
-        let ttl = ttl.unwrap_or(own_ttl);
+        let ttl = ttl.unwrap_or(held.ttl);
         let op = LeaseOp::Restore {
             token,
-            limit,
-            slots,
+            limit: held.limit,
+            slots: held.slots,
             ttl_ms: ms(ttl),
+            granted_ms: ms(held.granted),
         };
-        match client.call(op).await {
+        let reply = client.call(op).await;
+        if let Ok(r) = &reply {
+            self.leases.count_expired(r.pruned);
+        }
+        match reply {
             Ok(LeaseReply {
                 answer: LeaseAnswer::Granted { expires_ms, .. },
                 ..
             }) => {
                 let _ = self.leases.renew(token, Some(ttl), now);
+                // Redis holds it again: its expiry is Redis's to count.
+                self.leases.mark_mirror(token);
                 Ok(Renewed {
                     expires: expires_ms.saturating_mul(NANOS_PER_MS),
                     confirmed: true,
@@ -749,6 +801,16 @@ impl Drop for Taken<'_> {
         if let Some(token) = self.token.take() {
             self.engine.forget_lease(token);
         }
+    }
+}
+
+/// A denial because this node holds `store.max_leases` leases.
+fn full(base: Acquisition) -> Acquisition {
+    Acquisition {
+        reason: Some(DenyReason::Unavailable),
+        retry_after: Some(NANOS_PER_MS * 1_000),
+        note: "this node holds store.max_leases leases",
+        ..base
     }
 }
 

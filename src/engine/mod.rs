@@ -336,4 +336,8 @@ impl crate::metrics::EngineState for Engine {
     fn leases(&self) -> &Leases {
         &self.leases
     }
+
+    fn now(&self) -> Nanos {
+        self.clock.now()
+    }
 }

@@ -757,4 +757,6 @@ pub trait EngineState: Send + Sync {
     fn overrides(&self) -> usize;
     /// This node's concurrency leases.
     fn leases(&self) -> &crate::store::leases::Leases;
+    /// The engine's clock's time.
+    fn now(&self) -> crate::core::Nanos;
 }

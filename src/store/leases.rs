@@ -96,6 +96,8 @@ struct Held {
     expires: Nanos,
     /// Its time to live, for renewals that give none.
     ttl: Nanos,
+    /// When it was granted.
+    granted: Nanos,
     /// The plan it was granted under (the gauge's label).
     plan: Arc<str>,
 }
@@ -114,6 +116,22 @@ pub struct Ask {
     pub ttl: Nanos,
     /// The plan's name, for the gauge.
     pub plan: Arc<str>,
+    /// Grant even past `limit` (the `allow` fail mode): the lease still
+    /// records `limit`, for when Redis is back.
+    pub over: bool,
+}
+
+/// What this node knows of one lease it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldLease {
+    /// Its slots.
+    pub slots: u32,
+    /// The limit it was granted under.
+    pub limit: u32,
+    /// Its time to live.
+    pub ttl: Nanos,
+    /// When it was granted (Unix ns).
+    pub granted: Nanos,
 }
 
 /// What [`Leases::acquire`] decided.
@@ -210,7 +228,7 @@ impl Leases {
         let held = map.entry(cell).or_default();
         self.prune(held, now);
         let in_use: u32 = held.iter().map(|h| h.slots).fold(0, u32::saturating_add);
-        if in_use.saturating_add(slots) > limit {
+        if !ask.over && in_use.saturating_add(slots) > limit {
             let retry_after = wait_for(held, in_use.saturating_add(slots) - limit, now);
             return Acquired::Denied {
                 in_use,
@@ -235,6 +253,7 @@ impl Leases {
             mirror: false,
             expires,
             ttl: ask.ttl,
+            granted: now,
             plan: Arc::clone(&ask.plan),
         });
         Acquired::Granted {
@@ -257,6 +276,7 @@ impl Leases {
     /// this node's; false if the table is full (the lease still holds in
     /// Redis, but this node will not renew or count it).
     pub fn mirror(&self, token: Token, ask: &Ask, expires: Nanos) -> bool {
+        let granted = expires.saturating_sub(ask.ttl);
         if !self.take_one() {
             return false;
         }
@@ -270,26 +290,45 @@ impl Leases {
             mirror: true,
             expires,
             ttl: ask.ttl,
+            granted,
             plan: Arc::clone(&ask.plan),
         });
         true
     }
 
-    /// Lease `token`'s (slots, limit, time to live), if this node holds
-    /// it unexpired at `now`.
-    pub fn get(&self, token: Token, now: Nanos) -> Option<(u32, u32, Nanos)> {
+    /// What this node knows of lease `token`, if it holds it unexpired
+    /// at `now`.
+    pub fn get(&self, token: Token, now: Nanos) -> Option<HeldLease> {
         let map = self.shard(token.cell).lock();
         map.get(&token.cell)?
             .iter()
             .find(|h| h.secret == token.secret && h.expires > now)
-            .map(|h| (h.slots, h.limit, h.ttl))
+            .map(|h| HeldLease {
+                slots: h.slots,
+                limit: h.limit,
+                ttl: h.ttl,
+                granted: h.granted,
+            })
     }
 
-    /// Leases held now by the plan they were granted under (the gauge).
-    pub fn by_plan(&self) -> Vec<(Arc<str>, usize)> {
+    /// Marks lease `token` as a copy of one Redis holds (it was put back
+    /// there): its expiry is then Redis's to count.
+    pub fn mark_mirror(&self, token: Token) {
+        let mut map = self.shard(token.cell).lock();
+        if let Some(h) = map
+            .get_mut(&token.cell)
+            .and_then(|held| held.iter_mut().find(|h| h.secret == token.secret))
+        {
+            h.mirror = true;
+        }
+    }
+
+    /// Leases held at `now` by the plan they were granted under (the
+    /// gauge; expired ones not yet pruned are not counted).
+    pub fn by_plan(&self, now: Nanos) -> Vec<(Arc<str>, usize)> {
         let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
         for shard in self.shards.iter() {
-            for h in shard.lock().values().flatten() {
+            for h in shard.lock().values().flatten().filter(|h| h.expires > now) {
                 *counts.entry(Arc::clone(&h.plan)).or_default() += 1;
             }
         }
@@ -423,6 +462,7 @@ mod tests {
             slots,
             ttl,
             plan: Arc::from("free"),
+            over: false,
         }
     }
 
@@ -467,7 +507,8 @@ mod tests {
         assert!(!l.release(a, 3 * S), "releasing twice is fine");
         assert_eq!(granted(l.acquire(&ask(7, 3, 2, S), 3 * S)).1, 3);
         assert_eq!(l.held(), 3);
-        assert_eq!(l.by_plan(), [(Arc::from("free"), 3)]);
+        // Cell 8's lease ended at 3 s: held (not yet pruned), not counted.
+        assert_eq!(l.by_plan(3 * S), [(Arc::from("free"), 2)]);
     }
 
     #[test]
@@ -475,7 +516,15 @@ mod tests {
         let l = Leases::new(100);
         let t = Token::new(4);
         assert!(l.mirror(t, &ask(4, u32::MAX, 2, 10 * S), 10 * S));
-        assert_eq!(l.get(t, 0), Some((2, u32::MAX, 10 * S)));
+        assert_eq!(
+            l.get(t, 0),
+            Some(HeldLease {
+                slots: 2,
+                limit: u32::MAX,
+                ttl: 10 * S,
+                granted: 0
+            })
+        );
         assert_eq!(l.renew(t, None, 5 * S), Ok(15 * S), "its own ttl");
         assert_eq!(l.list(4, 5 * S), [(2, 15 * S)]);
         assert_eq!(l.sweep(20 * S), 0, "a mirror's expiry is Redis's to count");

@@ -5,8 +5,10 @@
 --            secrets scored by expiry (ms, the nodes' clock)
 --   KEYS[2]  the cell's lease details: "<prefix>{<cell>}lh", a hash of
 --            secret -> "<slots>:<ttl ms>", and "#" -> slots in use
---   KEYS[3]  the cell's reset mark: "<prefix>{<cell>}lr", set for an hour
---            (the longest lease) when an operator frees its leases
+--   KEYS[3]  the cell's reset mark: "<prefix>{<cell>}lr", the time an
+--            operator freed its leases, kept for an hour (the longest lease)
+--   KEYS[4]  the cell's released leases: "<prefix>{<cell>}lx", a sorted set
+--            of secrets released within the hour, scored by when
 --   ARGV[1]  'a' acquire, 's' restore, 'r' renew, 'x' release, 'n' count,
 --            'd' drop all
 --   ARGV[2]  now (ms)
@@ -16,11 +18,12 @@
 --               long until enough leases expire, if none is released
 --            A secret already held is answered as granted again (a
 --            command resent after a lost connection takes nothing more).
---   restore: as acquire, for a lease a node still holds that Redis lost
---            (Redis restarted empty, or the lease was granted by a node
---            deciding alone during an outage): put back if its slots are
---            free and no operator freed the cell's leases within the hour
---            (else { 0, in use, 0, pruned }: the lease stays lost)
+--   restore: as acquire, ARGV[7] when the lease was granted (ms), for a
+--            lease a node still holds that Redis lost (Redis restarted
+--            empty, or the lease was granted by a node deciding alone during
+--            an outage): put back if its slots are free, it was not
+--            released, and no operator freed the cell's leases since it was
+--            granted (else { 0, in use, 0, pruned }: the lease stays lost)
 --   renew:   ARGV[3] secret, ARGV[4] ttl (ms; 0: the lease's own)
 --            -> { 1, expiry, pruned } or { 0, 0, pruned } when it is gone
 --   release: ARGV[3] secret -> { number of leases removed, pruned }
@@ -32,14 +35,16 @@
 -- lease, so a node that dies leaves nothing behind longer than a TTL.
 -- Every operation but count touches only the leases it names (and those
 -- that expired), however large the limit.
-local zset, info, mark = KEYS[1], KEYS[2], KEYS[3]
+local zset, info, mark, released = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local HOUR = 3600000
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 
 local function details(secret)
   local d = redis.call('HGET', info, secret)
   if not d then
-    return 0, 0
+    -- Details lost (an evicted key): a lease holds a slot at least.
+    return 1, 0
   end
   local slots, ttl = string.match(d, '^(%d+):(%d+)$')
   return tonumber(slots), tonumber(ttl)
@@ -48,7 +53,9 @@ end
 local function forget(secret)
   local slots = details(secret)
   redis.call('HDEL', info, secret)
-  redis.call('HINCRBY', info, '#', -slots)
+  if redis.call('HINCRBY', info, '#', -slots) < 0 then
+    redis.call('HSET', info, '#', 0)
+  end
 end
 
 local function prune()
@@ -114,7 +121,8 @@ end
 if op == 'a' then
   return acquire(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
 elseif op == 's' then
-  if redis.call('EXISTS', mark) == 1 then
+  local reset = tonumber(redis.call('GET', mark) or '-1')
+  if reset >= tonumber(ARGV[7]) or redis.call('ZSCORE', released, ARGV[6]) then
     keep_until_last()
     return { 0, in_use(), 0, pruned }
   end
@@ -140,6 +148,13 @@ elseif op == 'x' then
   if removed == 1 then
     forget(ARGV[3])
   end
+  -- Remembered for the hour, so no node puts it back (only for a cell
+  -- with leases: releases of made-up ids leave nothing behind).
+  if removed == 1 or redis.call('EXISTS', zset) == 1 then
+    redis.call('ZADD', released, now, ARGV[3])
+    redis.call('ZREMRANGEBYSCORE', released, '-inf', now - HOUR)
+    redis.call('PEXPIRE', released, HOUR)
+  end
   keep_until_last()
   return { removed, pruned }
 elseif op == 'n' then
@@ -154,7 +169,7 @@ elseif op == 'n' then
 elseif op == 'd' then
   local n = redis.call('ZCARD', zset)
   redis.call('DEL', zset, info)
-  redis.call('SET', mark, now, 'PX', 3600000)
+  redis.call('SET', mark, now, 'PX', HOUR)
   return { n, pruned }
 end
 return redis.error_reply('unknown lease operation')

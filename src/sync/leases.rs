@@ -2,7 +2,8 @@
 //! lease operations; one task sends every operation waiting at that
 //! moment (up to 256) in one pipelined round trip through `leases.lua`,
 //! one atomic call per operation on the cell's keys, so leases are exact
-//! across nodes. A cell's keys (`<prefix>{<cell>}l`, `...lh`, `...lr`)
+//! across nodes. A cell's keys (`<prefix>{<cell>}l`, `...lh`, `...lr`,
+//! `...lx`)
 //! share its hash tag: one slot per call on a Cluster.
 //!
 //! Two things are never left to chance. A grant whose caller gave up
@@ -76,11 +77,13 @@ fn set_key(prefix: &str, cell: u64) -> String {
     format!("{prefix}{{{cell:016x}}}l")
 }
 
-/// The Redis keys of a cell's lease details and reset mark (same slot).
-fn other_keys(prefix: &str, cell: u64) -> [String; 2] {
+/// The Redis keys of a cell's lease details, reset mark and released
+/// leases (same slot).
+fn other_keys(prefix: &str, cell: u64) -> [String; 3] {
     [
         format!("{prefix}{{{cell:016x}}}lh"),
         format!("{prefix}{{{cell:016x}}}lr"),
+        format!("{prefix}{{{cell:016x}}}lx"),
     ]
 }
 
@@ -115,28 +118,39 @@ impl Server {
             if !stopping {
                 tokio::select! {
                     got = q.calls.recv_many(&mut batch, BATCH) => if got == 0 { break },
-                    Some(token) = q.forgotten.recv() => self.keep(token),
+                    Some(token) = q.forgotten.recv() => self.keep(token, None),
                     () = tokio::time::sleep(RETRY), if !self.retry.is_empty() => {}
                     _ = stop.wait() => stopping = true,
                 }
             }
             while let Ok(token) = q.forgotten.try_recv() {
-                self.keep(token);
+                self.keep(token, None);
             }
             if stopping {
-                // Last round: what waits now, then done.
-                while batch.len() < BATCH
-                    && let Ok(call) = q.calls.try_recv()
-                {
-                    batch.push(call);
-                }
-            }
-            if stopping {
-                // Bounded: a Redis that is down must not hold up shutdown.
-                let _ = tokio::time::timeout(LAST_ROUND, self.round(&mut batch)).await;
+                // Last rounds: everything that waits, then done; bounded,
+                // so a Redis that is down cannot hold up shutdown.
+                let _ = tokio::time::timeout(LAST_ROUND, self.drain(&mut q, &mut batch)).await;
                 break;
             }
             self.round(&mut batch).await;
+        }
+    }
+
+    /// Rounds until no call and no release waits.
+    async fn drain(&mut self, q: &mut LeaseQueues, batch: &mut Vec<LeaseCall>) {
+        loop {
+            while let Ok(token) = q.forgotten.try_recv() {
+                self.keep(token, None);
+            }
+            while batch.len() < BATCH
+                && let Ok(call) = q.calls.try_recv()
+            {
+                batch.push(call);
+            }
+            if batch.is_empty() && self.retry.is_empty() {
+                return;
+            }
+            self.round(batch).await;
         }
     }
 
@@ -147,12 +161,12 @@ impl Server {
         let now = tokio::time::Instant::now();
         self.retry.retain(|(_, until)| *until > now);
         let mut ops: Vec<LeaseOp> = batch.iter().map(|c| c.op).collect();
+        let mut until: Vec<Option<tokio::time::Instant>> = vec![None; ops.len()];
         let resent = self.retry.len().min(BATCH);
-        ops.extend(
-            self.retry
-                .drain(..resent)
-                .map(|(token, _)| LeaseOp::Release { token }),
-        );
+        for (token, by) in self.retry.drain(..resent) {
+            ops.push(LeaseOp::Release { token });
+            until.push(Some(by));
+        }
         if ops.is_empty() {
             return;
         }
@@ -160,7 +174,7 @@ impl Server {
         let replies = run(&mut self.conn, &self.script, &self.prefix, &ops, now_ms).await;
         let mut failed = false;
         let mut calls = batch.drain(..);
-        for (op, got) in ops.iter().zip(replies) {
+        for ((op, got), by) in ops.iter().zip(replies).zip(until) {
             let answer = match got {
                 Ok(v) => reply::lease(&v, op).map_err(|e| {
                     self.log.warn(
@@ -182,7 +196,7 @@ impl Server {
             if answer.is_err()
                 && let LeaseOp::Release { token } | LeaseOp::Acquire { token, .. } = *op
             {
-                self.keep(token);
+                self.keep(token, by);
             }
             // The resent releases come last and have no caller.
             let Some(call) = calls.next() else { continue };
@@ -191,7 +205,7 @@ impl Server {
                     (op, r.answer)
             {
                 // Granted after its caller gave up: nobody holds it.
-                self.keep(*token);
+                self.keep(*token, None);
             }
         }
         drop(calls);
@@ -200,10 +214,12 @@ impl Server {
         }
     }
 
-    /// Queues a release to send (again).
-    fn keep(&mut self, token: Token) {
+    /// Queues a release to send (again), until `until` (first time: an
+    /// hour from now, the longest lease).
+    fn keep(&mut self, token: Token, until: Option<tokio::time::Instant>) {
         if self.retry.len() < MAX_RETRIES {
-            let until = tokio::time::Instant::now() + Duration::from_secs(3_600);
+            let until =
+                until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3_600));
             self.retry.push((token, until));
         } else {
             self.log.warn(
@@ -225,30 +241,34 @@ async fn run(
     let name = |i: usize| set_key(prefix, cell_of(&ops[i]));
     let args = |pipe: &mut redis::Pipeline, i: usize| {
         let cell = cell_of(&ops[i]);
-        pipe.arg(3).arg(name(i)).arg(&other_keys(prefix, cell)[..]);
+        pipe.arg(4).arg(name(i)).arg(&other_keys(prefix, cell)[..]);
         match ops[i] {
             LeaseOp::Acquire {
                 token,
                 limit,
                 slots,
                 ttl_ms,
-            }
-            | LeaseOp::Restore {
-                token,
-                limit,
-                slots,
-                ttl_ms,
             } => pipe
-                .arg(if matches!(ops[i], LeaseOp::Acquire { .. }) {
-                    "a"
-                } else {
-                    "s"
-                })
+                .arg("a")
                 .arg(now_ms)
                 .arg(limit)
                 .arg(slots)
                 .arg(ttl_ms)
                 .arg(token.secret_hex()),
+            LeaseOp::Restore {
+                token,
+                limit,
+                slots,
+                ttl_ms,
+                granted_ms,
+            } => pipe
+                .arg("s")
+                .arg(now_ms)
+                .arg(limit)
+                .arg(slots)
+                .arg(ttl_ms)
+                .arg(token.secret_hex())
+                .arg(granted_ms),
             LeaseOp::Renew { token, ttl_ms } => pipe
                 .arg("r")
                 .arg(now_ms)

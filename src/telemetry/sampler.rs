@@ -64,7 +64,8 @@ pub fn sampler(sources: Sources) -> Sampler {
         m.counter(names::OVERFLOW, &[]).absolute(store.overflowed());
         let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
         sample_store(m, store, &mut seen.0);
-        sample_leases(m, sources.engine.leases(), &mut seen.1);
+        let now = sources.engine.now();
+        sample_leases(m, (sources.engine.leases(), now), &mut seen.1);
         let c = (sources.config)();
         m.counter(names::RELOADS, &[("result", "success")])
             .absolute(c.reloads_ok);
@@ -133,9 +134,9 @@ fn sample_store(m: &Metrics, store: &LocalStore, seen: &mut Vec<String>) {
 
 /// The leases this node granted and holds, by plan (a plan seen at the
 /// last scrape and without leases now reads 0), the cap, the expiries.
-fn sample_leases(m: &Metrics, leases: &Leases, seen: &mut Vec<String>) {
+fn sample_leases(m: &Metrics, (leases, at): (&Leases, Nanos), seen: &mut Vec<String>) {
     let now: Vec<(String, usize)> = leases
-        .by_plan()
+        .by_plan(at)
         .into_iter()
         .map(|(plan, n)| (plan.to_string(), n))
         .collect();
