@@ -27,7 +27,7 @@ use crate::config::{Live, RequestCaps};
 use crate::core;
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::engine::Engine;
-use crate::engine::leases::{Acquisition, LeaseAsk, RenewError};
+use crate::engine::leases::{Acquisition, LeaseAsk, LeaseGuard, RenewError};
 use crate::limits::{MAX_LEASE_TTL, MIN_LEASE_TTL};
 use crate::shutdown::Shutdown;
 use crate::store::leases::Token;
@@ -123,10 +123,7 @@ pub fn response(a: &Acquisition, id: u64, style: HeaderStyle) -> AcquireResponse
         error: a.note.to_owned(),
         headers: answer_headers(a, style)
             .into_iter()
-            .map(|h| Header {
-                name: h.name.to_owned(),
-                value: h.value,
-            })
+            .map(Header::from)
             .collect(),
         reason: super::deny_reason(a.reason) as i32,
     }
@@ -172,29 +169,9 @@ fn answer_headers(a: &Acquisition, style: HeaderStyle) -> Vec<headers::Header> {
     headers::render(style, &standings, !a.granted)
 }
 
-/// Frees a lease when dropped (the Hold stream ended in any way: the
-/// client's end, a cancel, a dropped connection, shutdown).
-struct Held {
-    engine: Arc<Engine>,
-    token: Option<Token>,
-}
-
-impl Held {
-    /// Frees the lease now (the call boxed: see [`keep`]).
-    async fn release(&mut self) {
-        if let Some(token) = self.token.take() {
-            Box::pin(self.engine.release(token)).await;
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            self.engine.forget_lease(token);
-        }
-    }
-}
+/// A Hold's lease: freed when the stream ends in any way (the client's
+/// end, a cancel, a dropped connection, shutdown).
+type Held = LeaseGuard<Arc<Engine>>;
 
 /// A Hold stream's answers.
 pub type HoldOut = Pin<Box<dyn Stream<Item = Result<HoldResponse, Status>> + Send + 'static>>;
@@ -253,10 +230,7 @@ pub async fn hold(
     };
     let state = HoldState {
         first: Some(answer),
-        held: Held {
-            engine: Arc::clone(engine),
-            token: a.token,
-        },
+        held: Held::new(Arc::clone(engine), a.token),
         inbound,
         shutdown,
         ttl: a.ttl,
@@ -299,11 +273,11 @@ async fn keep(st: &mut HoldState) -> Option<Result<HoldResponse, Status>> {
             },
             // Without a lease (a plan with no concurrency limit) there is
             // nothing to renew: the stream just lasts.
-            () = tokio::time::sleep_until(st.renew_at), if st.held.token.is_some() => {
-                let token = st.held.token?;
+            () = tokio::time::sleep_until(st.renew_at), if st.held.token().is_some() => {
+                let token = st.held.token()?;
                 // Boxed: the stream waits far longer than it renews, and
                 // an open Hold should not carry the renewal's state.
-                let engine = Arc::clone(&st.held.engine);
+                let engine = Arc::clone(st.held.engine());
                 match Box::pin(engine.renew_lease(token, Some(st.ttl))).await {
                     Ok(r) if r.confirmed => {
                         st.renew_at = tokio::time::Instant::now() + renew_after(st.ttl);
@@ -313,7 +287,7 @@ async fn keep(st: &mut HoldState) -> Option<Result<HoldResponse, Status>> {
                             + renew_after(st.ttl).min(Duration::from_secs(1));
                     }
                     Err(RenewError::NotFound) => {
-                        st.held.token = None;
+                        st.held.disarm();
                         return Some(Ok(lost()));
                     }
                 }

@@ -19,6 +19,7 @@
 //! exact to give back); then the plan decides the request as a check
 //! would; if it denies, the lease is released and nothing was charged.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Engine;
 use super::ask::{Basis, Call, Item};
+use super::view::blocked;
 use crate::config::OnRedisError;
 use crate::core::clock::{NANOS_PER_MS, Nanos};
 use crate::core::decision::{Decision, DenyReason};
@@ -336,15 +338,10 @@ impl Engine {
     /// on now (a blocked key: of the plan its config gives it).
     fn concurrency_of(&self, key_hash: u64) -> Option<Arc<Concurrency>> {
         let view = self.view();
-        let table = view.table();
-        let id = match table.assign(key_hash, self.now()).0 {
-            Assigned::Plan(id) => id,
-            Assigned::Blocked { .. } => match table.configured(key_hash).0 {
-                Assigned::Plan(id) => id,
-                Assigned::Blocked { .. } => return None,
-            },
-        };
-        table.plan(id).concurrency.clone()
+        view.table()
+            .home_plan(key_hash, self.now())
+            .concurrency
+            .clone()
     }
 
     /// Acquires a lease for `ask` (see the module docs).
@@ -352,17 +349,9 @@ impl Engine {
         let key_hash = self.hasher.key_hash(ask.key.as_bytes());
         let (concurrency, plan) = {
             let view = self.view();
-            if let Some(d) = view.blocked(ask.key) {
-                let out = Acquisition {
-                    retry_after: d.retry_after,
-                    reason: d.reason,
-                    note: "blocked by an operator",
-                    ..Acquisition::default()
-                };
-                return self.counted("(blocked)", out);
-            }
             let table = view.table();
-            match table.assign(key_hash, self.now()).0 {
+            let now = self.now();
+            match table.assign(key_hash, now).0 {
                 Assigned::Plan(id) => {
                     let plan = table.plan(id);
                     (
@@ -370,7 +359,16 @@ impl Engine {
                         Arc::<str>::from(plan.name.as_str()),
                     )
                 }
-                Assigned::Blocked { .. } => (None, Arc::from("")),
+                Assigned::Blocked { until } => {
+                    let d = blocked(until, now);
+                    let out = Acquisition {
+                        retry_after: d.retry_after,
+                        reason: d.reason,
+                        note: "blocked by an operator",
+                        ..Acquisition::default()
+                    };
+                    return self.counted("(blocked)", out);
+                }
             }
         };
         let Some(c) = concurrency else {
@@ -383,12 +381,9 @@ impl Engine {
         let out = if out.granted {
             // Should the caller go away while the plan decides (a strict
             // plan waits for Redis), the slots are freed all the same.
-            let mut taken = Taken {
-                engine: self,
-                token: out.token,
-            };
+            let mut taken = LeaseGuard::new(self, out.token);
             let out = self.charge_request(ask.key, out).await;
-            let token = taken.token.take();
+            let token = taken.disarm();
             if out.reason.is_some()
                 && let Some(token) = token
             {
@@ -473,8 +468,9 @@ impl Engine {
             policy: c.policy.clone(),
             ..Acquisition::default()
         };
-        let Ok(slots) = u32::try_from(ask.slots) else {
-            return too_many(base);
+        let slots = match u32::try_from(ask.slots) {
+            Ok(slots) if slots <= c.slots => slots,
+            _ => return too_many(base),
         };
         let local = Ask {
             cell: lease_cell(c, key_hash),
@@ -484,9 +480,6 @@ impl Engine {
             plan: Arc::clone(plan),
             over: false,
         };
-        if slots > c.slots {
-            return too_many(base);
-        }
         let now = self.now();
         let Some(client) = self.lease_client.get() else {
             return self.take_here(local, base, now);
@@ -789,14 +782,47 @@ impl Engine {
     }
 }
 
-/// Slots taken for an acquire still being decided: freed if it is
-/// dropped (its caller went away) before the decision takes them.
-struct Taken<'e> {
-    engine: &'e Engine,
+/// A lease freed when dropped: its holder went away (an acquire's caller
+/// while the plan decides, a Hold stream that ended in any way). Here at
+/// once; in Redis as soon as it takes the release. `E` is how the holder
+/// has the engine (`&Engine`, `Arc<Engine>`).
+#[derive(Debug)]
+pub struct LeaseGuard<E: Deref<Target = Engine>> {
+    engine: E,
     token: Option<Token>,
 }
 
-impl Drop for Taken<'_> {
+impl<E: Deref<Target = Engine>> LeaseGuard<E> {
+    /// Guards `token` (nothing if `None`).
+    pub fn new(engine: E, token: Option<Token>) -> Self {
+        Self { engine, token }
+    }
+
+    /// The lease guarded, if any.
+    pub fn token(&self) -> Option<Token> {
+        self.token
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Stops guarding the lease (kept, or already gone); it, if any.
+    pub fn disarm(&mut self) -> Option<Token> {
+        self.token.take()
+    }
+
+    /// Frees the lease now, waiting for Redis (boxed: a holder that waits
+    /// far longer than it releases should not carry the call's state).
+    pub async fn release(&mut self) {
+        if let Some(token) = self.token.take() {
+            Box::pin(self.engine.release(token)).await;
+        }
+    }
+}
+
+impl<E: Deref<Target = Engine>> Drop for LeaseGuard<E> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
             self.engine.forget_lease(token);

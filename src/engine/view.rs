@@ -169,16 +169,10 @@ impl View<'_> {
 
     /// See [`Engine::cells_of`].
     pub(super) fn cells_of(&self, key_hash: u64) -> Vec<(u64, CellKind)> {
-        let table = self.table();
         let now = self.engine.clock.now();
-        let plan = match table.assign(key_hash, now).0 {
-            Assigned::Plan(id) => table.plan(id),
-            Assigned::Blocked { .. } => match table.configured(key_hash).0 {
-                Assigned::Plan(id) => table.plan(id),
-                Assigned::Blocked { .. } => return Vec::new(),
-            },
-        };
-        plan.limits
+        self.table()
+            .home_plan(key_hash, now)
+            .limits
             .iter()
             .map(|limit| {
                 let (id, kind, _) = Cell::of(limit, key_hash, now).journal_entry(0);
@@ -242,7 +236,7 @@ pub struct Usage<'t> {
 
 /// The answer to any check of a blocked key: denied, until the block ends
 /// (`retry_after` then) or for good (`retry_after` absent).
-fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
+pub(super) fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
     let wait = until.map(|t| t.saturating_sub(now));
     Decision {
         allowed: false,

@@ -277,6 +277,18 @@ impl Table {
         }
     }
 
+    /// The plan whose cells (and leases) the key with hash `key_hash` has
+    /// at `now`: the plan it is on, or, while an operator blocks it, the
+    /// one the config gives it (which it is back on when the block ends).
+    pub fn home_plan(&self, key_hash: u64, now: Nanos) -> &Plan {
+        match self.assign(key_hash, now).0 {
+            Assigned::Plan(id) => self.plan(id),
+            Assigned::Blocked { .. } => {
+                self.plan(*self.keys.get(&key_hash).unwrap_or(&self.default_plan))
+            }
+        }
+    }
+
     /// A plan by id: the config's plans first, then those of overrides
     /// with limits of their own. Ids are this table's: those of overrides
     /// change whenever the overrides do, so a decision is rendered with the
