@@ -56,6 +56,16 @@ pub(crate) fn deny_reason(r: Option<crate::core::DenyReason>) -> pb::DenyReason 
     }
 }
 
+/// A response header as the native API sends it.
+impl From<headers::Header> for pb::Header {
+    fn from(h: headers::Header) -> Self {
+        Self {
+            name: h.name.to_owned(),
+            value: h.value,
+        }
+    }
+}
+
 /// A Unix time in nanoseconds as a protobuf `Timestamp`.
 pub fn timestamp(t: Nanos) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -100,10 +100,7 @@ pub fn response(o: &Outcome<'_>, id: u64, style: HeaderStyle) -> CheckResponse {
     let standing = limit.map(|l| Standing::of(d, l));
     let headers = headers::for_decision(style, standing.as_slice(), d)
         .into_iter()
-        .map(|h| Header {
-            name: h.name.to_owned(),
-            value: h.value,
-        })
+        .map(Header::from)
         .collect();
     CheckResponse {
         allowed: d.allowed,

@@ -113,13 +113,21 @@ pub fn describe_plan(plan: &Plan) -> Vec<String> {
 /// A one-line description of a concurrency limit: `streams 10 at once,
 /// lease 30s`.
 pub fn describe_concurrency(c: &Concurrency) -> String {
-    let ttl_ms = c.lease_ttl / 1_000_000;
-    let ttl = if ttl_ms.is_multiple_of(1_000) {
-        format!("{}s", ttl_ms / 1_000)
+    format!(
+        "{} {} at once, lease {}",
+        c.name,
+        c.slots,
+        show_ttl(c.lease_ttl)
+    )
+}
+
+/// A lease time to live as written: `30s`, else `1500ms`.
+fn show_ttl(nanos: Nanos) -> String {
+    if nanos.is_multiple_of(NANOS_PER_SEC) {
+        format!("{}s", nanos / NANOS_PER_SEC)
     } else {
-        format!("{ttl_ms}ms")
-    };
-    format!("{} {} at once, lease {ttl}", c.name, c.slots)
+        format!("{}ms", nanos / 1_000_000)
+    }
 }
 
 fn describe_kind(limit: &Limit) -> String {
@@ -406,11 +414,7 @@ impl LeaseTtl {
         } else {
             Err(format!(
                 "lease_ttl must be between 1s and 1h (got {})",
-                if nanos.is_multiple_of(NANOS_PER_SEC) {
-                    format!("{}s", nanos / NANOS_PER_SEC)
-                } else {
-                    format!("{}ms", nanos / 1_000_000)
-                }
+                show_ttl(nanos)
             ))
         }
     }
@@ -666,7 +670,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
                 if l.rate.is_some() || l.quota.is_some() {
                     "missing field 'per'"
                 } else {
-                    "a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)"
+                    NEEDS_A_KIND
                 },
             ));
         };
@@ -678,10 +682,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
                 ));
             }
             (None, None) => {
-                return Err(Issue::new(
-                    at(None),
-                    "a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)",
-                ));
+                return Err(Issue::new(at(None), NEEDS_A_KIND));
             }
             (Some(rate), None) => LimitKind::Rate(build_rate(rate.0, l, per, &at)?),
             (None, Some(quota)) => {
@@ -707,6 +708,9 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
         concurrency,
     })
 }
+
+/// What a limit with neither rate, quota nor concurrency is told.
+const NEEDS_A_KIND: &str = "a limit needs either rate (a token bucket), quota (a calendar window) or concurrency (slots held at once)";
 
 /// A concurrency limit as written: slots and a lease time to live, and
 /// nothing of a rate's or quota's.

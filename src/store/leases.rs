@@ -102,6 +102,30 @@ struct Held {
     plan: Arc<str>,
 }
 
+impl Held {
+    /// Lease `token` of `ask`, until `expires` (granted a time to live
+    /// before).
+    fn of(token: Token, ask: &Ask, expires: Nanos, mirror: bool) -> Self {
+        Self {
+            secret: token.secret,
+            slots: ask.slots,
+            limit: ask.limit,
+            mirror,
+            expires,
+            ttl: ask.ttl,
+            granted: expires.saturating_sub(ask.ttl),
+            plan: Arc::clone(&ask.plan),
+        }
+    }
+}
+
+/// Adds `lease` to a cell's leases, growing them by one, not four (what a
+/// first push reserves): most keys hold a lease or two.
+fn push(held: &mut Vec<Held>, lease: Held) {
+    held.reserve_exact(1);
+    held.push(lease);
+}
+
 /// What is asked of [`Leases::acquire`]: slots of which cell, and for
 /// how long.
 #[derive(Debug, Clone)]
@@ -243,19 +267,7 @@ impl Leases {
         }
         let token = Token::new(cell);
         let expires = now.saturating_add(ask.ttl);
-        // One more, not four (what a first push reserves): most keys hold
-        // a lease or two.
-        held.reserve_exact(1);
-        held.push(Held {
-            secret: token.secret,
-            slots,
-            limit,
-            mirror: false,
-            expires,
-            ttl: ask.ttl,
-            granted: now,
-            plan: Arc::clone(&ask.plan),
-        });
+        push(held, Held::of(token, ask, expires, false));
         Acquired::Granted {
             token,
             in_use: in_use + slots,
@@ -276,23 +288,14 @@ impl Leases {
     /// this node's; false if the table is full (the lease still holds in
     /// Redis, but this node will not renew or count it).
     pub fn mirror(&self, token: Token, ask: &Ask, expires: Nanos) -> bool {
-        let granted = expires.saturating_sub(ask.ttl);
         if !self.take_one() {
             return false;
         }
         let mut map = self.shard(token.cell).lock();
-        let held = map.entry(token.cell).or_default();
-        held.reserve_exact(1);
-        held.push(Held {
-            secret: token.secret,
-            slots: ask.slots,
-            limit: ask.limit,
-            mirror: true,
-            expires,
-            ttl: ask.ttl,
-            granted,
-            plan: Arc::clone(&ask.plan),
-        });
+        push(
+            map.entry(token.cell).or_default(),
+            Held::of(token, ask, expires, true),
+        );
         true
     }
 

@@ -113,35 +113,35 @@ struct Server {
 impl Server {
     async fn serve(mut self, mut q: LeaseQueues, mut stop: Shutdown) {
         let mut batch: Vec<LeaseCall> = Vec::with_capacity(BATCH);
-        let mut stopping = false;
         loop {
-            if !stopping {
-                tokio::select! {
-                    got = q.calls.recv_many(&mut batch, BATCH) => if got == 0 { break },
-                    Some(token) = q.forgotten.recv() => self.keep(token, None),
-                    () = tokio::time::sleep(RETRY), if !self.retry.is_empty() => {}
-                    _ = stop.wait() => stopping = true,
+            tokio::select! {
+                got = q.calls.recv_many(&mut batch, BATCH) => if got == 0 { break },
+                Some(token) = q.forgotten.recv() => self.keep(token, None),
+                () = tokio::time::sleep(RETRY), if !self.retry.is_empty() => {}
+                _ = stop.wait() => {
+                    // Last rounds: everything that waits, then done;
+                    // bounded, so a Redis that is down cannot hold up
+                    // shutdown.
+                    let _ = tokio::time::timeout(LAST_ROUND, self.drain(&mut q, &mut batch)).await;
+                    break;
                 }
             }
-            while let Ok(token) = q.forgotten.try_recv() {
-                self.keep(token, None);
-            }
-            if stopping {
-                // Last rounds: everything that waits, then done; bounded,
-                // so a Redis that is down cannot hold up shutdown.
-                let _ = tokio::time::timeout(LAST_ROUND, self.drain(&mut q, &mut batch)).await;
-                break;
-            }
+            self.take_forgotten(&mut q);
             self.round(&mut batch).await;
+        }
+    }
+
+    /// Queues the releases without a caller that wait now.
+    fn take_forgotten(&mut self, q: &mut LeaseQueues) {
+        while let Ok(token) = q.forgotten.try_recv() {
+            self.keep(token, None);
         }
     }
 
     /// Rounds until no call and no release waits.
     async fn drain(&mut self, q: &mut LeaseQueues, batch: &mut Vec<LeaseCall>) {
         loop {
-            while let Ok(token) = q.forgotten.try_recv() {
-                self.keep(token, None);
-            }
+            self.take_forgotten(q);
             while batch.len() < BATCH
                 && let Ok(call) = q.calls.try_recv()
             {

@@ -120,16 +120,26 @@ fn sample_store(m: &Metrics, store: &LocalStore, seen: &mut Vec<String>) {
     if other > 0 {
         now.push(("(other)".to_owned(), other));
     }
-    for name in seen.iter() {
-        if !now.iter().any(|(n, _)| n == name) {
-            m.gauge(names::SOURCE_CELLS, &[("source", name)]).set(0.0);
+    set_by_label(m, (names::SOURCE_CELLS, "source"), now, seen);
+}
+
+/// Sets gauge `name` with label `label` to each value of `now`; a label
+/// value set at the last scrape (`seen`) and absent now reads 0.
+fn set_by_label(
+    m: &Metrics,
+    (name, label): (&'static str, &'static str),
+    now: Vec<(String, usize)>,
+    seen: &mut Vec<String>,
+) {
+    for value in seen.iter() {
+        if !now.iter().any(|(v, _)| v == value) {
+            m.gauge(name, &[(label, value)]).set(0.0);
         }
     }
-    for (name, n) in &now {
-        m.gauge(names::SOURCE_CELLS, &[("source", name)])
-            .set(*n as f64);
+    for (value, n) in &now {
+        m.gauge(name, &[(label, value)]).set(*n as f64);
     }
-    *seen = now.into_iter().map(|(n, _)| n).collect();
+    *seen = now.into_iter().map(|(v, _)| v).collect();
 }
 
 /// The leases this node granted and holds, by plan (a plan seen at the
@@ -140,16 +150,7 @@ fn sample_leases(m: &Metrics, (leases, at): (&Leases, Nanos), seen: &mut Vec<Str
         .into_iter()
         .map(|(plan, n)| (plan.to_string(), n))
         .collect();
-    for name in seen.iter() {
-        if !now.iter().any(|(n, _)| n == name) {
-            m.gauge(names::LEASES_ACTIVE, &[("plan", name)]).set(0.0);
-        }
-    }
-    for (name, n) in &now {
-        m.gauge(names::LEASES_ACTIVE, &[("plan", name)])
-            .set(*n as f64);
-    }
-    *seen = now.into_iter().map(|(n, _)| n).collect();
+    set_by_label(m, (names::LEASES_ACTIVE, "plan"), now, seen);
     m.gauge(names::LEASES_LIMIT, &[]).set(leases.max() as f64);
     m.counter(names::LEASE_EXPIRIES, &[])
         .absolute(leases.expired());

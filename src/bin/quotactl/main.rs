@@ -199,6 +199,14 @@ struct LsArgs {
     all: bool,
 }
 
+/// A duration as the admin API takes it (seconds saturating).
+fn wire_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (for example 5s or 500ms)"))
 }
@@ -467,12 +475,7 @@ fn set_request(args: SetArgs) -> Result<pb::SetOverrideRequest, Failure> {
     let (mut expires_at, mut ttl) = (None, None);
     if let Some(when) = &args.expires {
         match humantime::parse_duration(when) {
-            Ok(d) => {
-                ttl = Some(prost_types::Duration {
-                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                    nanos: d.subsec_nanos() as i32,
-                })
-            }
+            Ok(d) => ttl = Some(wire_duration(d)),
             Err(_) => {
                 let t = quotad::core::clock::parse_rfc3339(when).map_err(|_| {
                     Failure::usage(format!(
@@ -520,10 +523,7 @@ fn limit_spec(text: &str) -> Result<pb::LimitSpec, Failure> {
             "lease_ttl" => {
                 let d = humantime::parse_duration(v)
                     .map_err(|e| bad(format!("lease_ttl: {e} (for example 30s or 5m)")))?;
-                spec.lease_ttl = Some(prost_types::Duration {
-                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                    nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-                });
+                spec.lease_ttl = Some(wire_duration(d));
             }
             "mode" => {
                 spec.strict = match v {

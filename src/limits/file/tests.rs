@@ -146,6 +146,15 @@ fn a_plan_mixes_rates_quotas_and_one_concurrency_limit() {
     assert_eq!(q.uid, c.uid, "filed by the limit's name, whatever the plan");
 }
 
+/// Each case's limit lines, in a one-plan file, fail with its error.
+fn assert_plan_errors(cases: &[(&str, &str)]) {
+    let files: Vec<(String, &str)> = cases
+        .iter()
+        .map(|(lines, want)| (plan_file(lines), *want))
+        .collect();
+    assert_errors(&files);
+}
+
 /// Wraps a list of limit lines into a one-plan file; the first limit
 /// line is line 5.
 fn plan_file(limit_lines: &str) -> String {
@@ -244,11 +253,7 @@ fn invalid_limits_name_line_path_and_reason() {
             "t.yaml:5:9: plans.free.limits[0]: expected a mapping",
         ),
     ];
-    let files: Vec<(String, &str)> = cases
-        .iter()
-        .map(|(lines, want)| (plan_file(lines), *want))
-        .collect();
-    assert_errors(&files);
+    assert_plan_errors(cases);
 }
 
 #[test]
@@ -283,11 +288,7 @@ fn invalid_concurrency_limits_name_line_path_and_reason() {
             "t.yaml:5:33: plans.free.limits[0].concurrency: concurrency 5000000000 is more than 4294967295 slots",
         ),
     ];
-    let files: Vec<(String, &str)> = cases
-        .iter()
-        .map(|(lines, want)| (plan_file(lines), *want))
-        .collect();
-    assert_errors(&files);
+    assert_plan_errors(cases);
 }
 
 #[test]
