@@ -52,6 +52,9 @@ mod redis_overrides;
 mod redis_sync;
 /// Hot reload of the config and limits files.
 mod reload;
+/// Envoy RLQS on one node through Envoy's generated client: fair shares,
+/// Envoy's quirks, blocks, reloads, idle buckets, bad input and caps.
+mod rlqs;
 /// Secrets (Redis passwords, file contents) never shown in any output.
 mod secrets;
 /// Graceful shutdown with calls and streams in flight.

@@ -207,6 +207,42 @@ fn duration_ms(d: &prost_types::Duration) -> u64 {
     u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
 }
 
+/// An Envoy RLQS bucket carrying a key, as the API shows it.
+pub fn rlqs_usage(u: &crate::engine::rlqs::BucketUsage) -> pb::RlqsBucketUsage {
+    use crate::engine::rlqs::Strategy;
+    let rate = u.rate.unwrap_or(0.0);
+    pb::RlqsBucketUsage {
+        domain: u.domain.clone(),
+        bucket: u.id.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        rule: u.rule.as_ref().map(|(_, r)| r.clone()).unwrap_or_default(),
+        action: u.action.to_owned(),
+        blocked: u.blocked,
+        global_rate: rate,
+        burst: u.burst.unwrap_or(0),
+        envoys: u.all.count(),
+        demand: u.all.total(rate),
+        shares: u
+            .shares
+            .iter()
+            .map(|s| {
+                let (rate, max_tokens) = match s.held {
+                    Some(Strategy::Bucket(f)) => (f.rate(), f.max_tokens),
+                    _ => (0.0, 0),
+                };
+                pb::RlqsShare {
+                    envoy: s.envoy.clone(),
+                    demand: s.demand,
+                    action: s.held.map_or("", |h| h.kind()).to_owned(),
+                    rate,
+                    max_tokens,
+                }
+            })
+            .collect(),
+        other_nodes_envoys: u.remote.count(),
+        other_nodes_demand: u.remote.total(rate),
+    }
+}
+
 /// A plan's concurrency limit as the API lists it.
 pub fn concurrency_limit(c: &Concurrency) -> pb::PlanLimit {
     pb::PlanLimit {
@@ -312,6 +348,7 @@ pub fn usage_message(
         r#override: over,
         config: Some(config),
         concurrency: None,
+        rlqs: Vec::new(),
     }
 }
 

@@ -135,6 +135,11 @@ impl AdminService {
             .map(|o| self.override_message(&o));
         let mut out = convert::usage_message(key_hash, &usage, over, self.version());
         out.concurrency = leases.as_ref().map(convert::concurrency_usage);
+        out.rlqs = engine
+            .rlqs_usage(key_hash)
+            .iter()
+            .map(convert::rlqs_usage)
+            .collect();
         Ok(out)
     }
 

@@ -1,16 +1,24 @@
-//! Protobuf descriptors of Envoy's Rate Limit Service v3, for server
-//! reflection, so `grpcurl` and other reflection clients can call
-//! `envoy.service.ratelimit.v3.RateLimitService` without Envoy's `.proto`
-//! files.
+//! Protobuf descriptors of Envoy's Rate Limit Service v3 and Rate Limit
+//! Quota Service (RLQS) v3, for server reflection, so `grpcurl` and other
+//! reflection clients can call `envoy.service.ratelimit.v3.RateLimitService`
+//! and describe `envoy.service.rate_limit_quota.v3.RateLimitQuotaService`
+//! without Envoy's `.proto` files.
 //!
 //! The `envoy-types` crate ships Envoy's generated Rust types but not their
 //! descriptors, and we do not vendor Envoy's protos. Instead this module
-//! describes, in code, the subset of each file that the service reaches:
+//! describes, in code, the subset of each file that the services reach:
 //! every message, field number, type and enum value on the wire is Envoy's
-//! own (taken from the `envoy-types` tags; `tests/health.rs` fetches these
-//! descriptors through reflection and round-trips real requests and
-//! responses through them); validation annotations and unrelated messages
-//! are left out.
+//! own (taken from the `envoy-types` tags; for RLS, `tests/health.rs`
+//! fetches these descriptors through reflection and round-trips real
+//! requests and responses through them); validation annotations and
+//! unrelated messages are left out.
+//!
+//! This module holds the builders, the Google files, the shared
+//! `ratelimit_unit.proto` and RLS's files, and composes the one set;
+//! RLQS's own files (token bucket, rate limit strategy, `rlqs.proto`) are
+//! `rlqs`'s (a child module), built with the builders here.
+
+mod rlqs;
 
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{
@@ -38,11 +46,11 @@ fn field(
     }
 }
 
-fn scalar(name: &str, number: i32, ty: Type) -> FieldDescriptorProto {
+pub(super) fn scalar(name: &str, number: i32, ty: Type) -> FieldDescriptorProto {
     field(name, number, ty, Label::Optional, None)
 }
 
-fn message_field(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
+pub(super) fn message_field(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
     field(
         name,
         number,
@@ -52,7 +60,7 @@ fn message_field(name: &str, number: i32, type_name: &str) -> FieldDescriptorPro
     )
 }
 
-fn repeated_message(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
+pub(super) fn repeated_message(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
     field(
         name,
         number,
@@ -62,7 +70,7 @@ fn repeated_message(name: &str, number: i32, type_name: &str) -> FieldDescriptor
     )
 }
 
-fn enum_field(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
+pub(super) fn enum_field(name: &str, number: i32, type_name: &str) -> FieldDescriptorProto {
     field(name, number, Type::Enum, Label::Optional, Some(type_name))
 }
 
@@ -82,7 +90,7 @@ fn json_name(name: &str) -> String {
     out
 }
 
-fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
+pub(super) fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
     DescriptorProto {
         name: Some(name.into()),
         field: fields,
@@ -90,7 +98,7 @@ fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
     }
 }
 
-fn enumeration(name: &str, values: &[(&str, i32)]) -> EnumDescriptorProto {
+pub(super) fn enumeration(name: &str, values: &[(&str, i32)]) -> EnumDescriptorProto {
     EnumDescriptorProto {
         name: Some(name.into()),
         value: values
@@ -105,7 +113,7 @@ fn enumeration(name: &str, values: &[(&str, i32)]) -> EnumDescriptorProto {
     }
 }
 
-fn file(name: &str, package: &str, deps: &[&str]) -> FileDescriptorProto {
+pub(super) fn file(name: &str, package: &str, deps: &[&str]) -> FileDescriptorProto {
     FileDescriptorProto {
         name: Some(name.into()),
         package: Some(package.into()),
@@ -141,10 +149,10 @@ fn google_timestamp() -> FileDescriptorProto {
 
 fn google_wrappers() -> FileDescriptorProto {
     let mut f = file("google/protobuf/wrappers.proto", "google.protobuf", &[]);
-    f.message_type = vec![message(
-        "UInt64Value",
-        vec![scalar("value", 1, Type::Uint64)],
-    )];
+    f.message_type = vec![
+        message("UInt64Value", vec![scalar("value", 1, Type::Uint64)]),
+        message("UInt32Value", vec![scalar("value", 1, Type::Uint32)]),
+    ];
     f
 }
 
@@ -369,26 +377,27 @@ fn envoy_rls() -> FileDescriptorProto {
     f
 }
 
-/// The descriptor set: Envoy's RLS v3 service and everything it reaches,
-/// dependencies first.
+/// The descriptor set: Envoy's RLS v3 and RLQS v3 services and everything
+/// they reach, dependencies first.
 pub fn file_descriptor_set() -> FileDescriptorSet {
-    FileDescriptorSet {
-        file: vec![
-            google_duration(),
-            google_timestamp(),
-            google_wrappers(),
-            google_struct(),
-            envoy_ratelimit_unit(),
-            envoy_core_base(),
-            envoy_common_ratelimit(),
-            envoy_rls(),
-        ],
-    }
+    let mut file = vec![
+        google_duration(),
+        google_timestamp(),
+        google_wrappers(),
+        google_struct(),
+        envoy_ratelimit_unit(),
+        envoy_core_base(),
+        envoy_common_ratelimit(),
+        envoy_rls(),
+    ];
+    file.extend(rlqs::files());
+    FileDescriptorSet { file }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn json_names_are_lower_camel_case() {
@@ -396,11 +405,10 @@ mod tests {
         assert_eq!(json_name("domain"), "domain");
     }
 
-    #[test]
-    fn every_referenced_type_is_defined() {
-        let set = file_descriptor_set();
-        let mut defined = std::collections::HashSet::new();
-        fn walk(prefix: &str, m: &DescriptorProto, out: &mut std::collections::HashSet<String>) {
+    /// The full names (`.package.Message.Nested`) of the messages and enums
+    /// a file defines.
+    fn defined(f: &FileDescriptorProto) -> HashSet<String> {
+        fn walk(prefix: &str, m: &DescriptorProto, out: &mut HashSet<String>) {
             let name = format!("{prefix}.{}", m.name());
             for e in &m.enum_type {
                 out.insert(format!("{name}.{}", e.name()));
@@ -410,15 +418,19 @@ mod tests {
             }
             out.insert(name);
         }
-        for f in &set.file {
-            let p = format!(".{}", f.package());
-            for m in &f.message_type {
-                walk(&p, m, &mut defined);
-            }
-            for e in &f.enum_type {
-                defined.insert(format!("{p}.{}", e.name()));
-            }
+        let mut out = HashSet::new();
+        let p = format!(".{}", f.package());
+        for m in &f.message_type {
+            walk(&p, m, &mut out);
         }
+        for e in &f.enum_type {
+            out.insert(format!("{p}.{}", e.name()));
+        }
+        out
+    }
+
+    /// The type names a file refers to: its fields' and its methods'.
+    fn referenced(f: &FileDescriptorProto) -> Vec<String> {
         fn refs(m: &DescriptorProto, out: &mut Vec<String>) {
             for f in &m.field {
                 if let Some(t) = &f.type_name {
@@ -429,14 +441,127 @@ mod tests {
                 refs(n, out);
             }
         }
-        let mut used = Vec::new();
-        for f in &set.file {
-            for m in &f.message_type {
-                refs(m, &mut used);
+        let mut out = Vec::new();
+        for m in &f.message_type {
+            refs(m, &mut out);
+        }
+        for s in &f.service {
+            for m in &s.method {
+                out.extend(m.input_type.clone());
+                out.extend(m.output_type.clone());
             }
         }
-        for u in used {
-            assert!(defined.contains(&u), "{u} is referenced but not defined");
+        out
+    }
+
+    #[test]
+    fn every_referenced_type_is_defined() {
+        let set = file_descriptor_set();
+        let all: HashSet<String> = set.file.iter().flat_map(defined).collect();
+        for u in set.file.iter().flat_map(referenced) {
+            assert!(all.contains(&u), "{u} is referenced but not defined");
         }
+    }
+
+    #[test]
+    fn each_file_comes_once_after_its_dependencies_and_imports_what_it_uses() {
+        let set = file_descriptor_set();
+        let mut seen = HashSet::new();
+        for f in &set.file {
+            for d in &f.dependency {
+                assert!(seen.contains(d), "{} needs {d} before it", f.name());
+            }
+            let mut visible = defined(f);
+            for d in set
+                .file
+                .iter()
+                .filter(|g| f.dependency.iter().any(|dep| dep == g.name()))
+            {
+                visible.extend(defined(d));
+            }
+            for u in referenced(f) {
+                assert!(
+                    visible.contains(&u),
+                    "{} uses {u} without importing it",
+                    f.name()
+                );
+            }
+            assert!(seen.insert(f.name().to_owned()), "{} twice", f.name());
+        }
+    }
+
+    #[test]
+    fn rlqs_is_one_bidirectional_stream() {
+        let set = file_descriptor_set();
+        let services: Vec<_> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "envoy.service.rate_limit_quota.v3")
+            .flat_map(|f| &f.service)
+            .filter(|s| s.name() == "RateLimitQuotaService")
+            .collect();
+        assert_eq!(services.len(), 1, "{services:?}");
+        let methods = &services[0].method;
+        assert_eq!(methods.len(), 1, "{methods:?}");
+        let m = &methods[0];
+        assert_eq!(m.name(), "StreamRateLimitQuotas");
+        assert!(m.client_streaming() && m.server_streaming(), "{m:?}");
+        let p = ".envoy.service.rate_limit_quota.v3";
+        assert_eq!(m.input_type(), format!("{p}.RateLimitQuotaUsageReports"));
+        assert_eq!(m.output_type(), format!("{p}.RateLimitQuotaResponse"));
+    }
+
+    /// Checks `m` and its nested messages: a repeated field `foo_bar` of
+    /// nested type `FooBarEntry` is a map, whose entry must say so (with
+    /// `key = 1` and `value = 2`). Returns how many maps it saw.
+    fn check_map_entries(prefix: &str, m: &DescriptorProto) -> usize {
+        let name = format!("{prefix}.{}", m.name());
+        let mut maps = 0;
+        for fd in &m.field {
+            let camel = json_name(fd.name());
+            let mut chars = camel.chars();
+            let upper: String = chars
+                .next()
+                .into_iter()
+                .flat_map(char::to_uppercase)
+                .collect();
+            let entry_name = format!("{upper}{}Entry", chars.as_str());
+            let Some(entry) = m.nested_type.iter().find(|n| n.name() == entry_name) else {
+                continue;
+            };
+            if fd.label() != Label::Repeated || fd.type_name() != format!("{name}.{entry_name}") {
+                continue;
+            }
+            maps += 1;
+            let marked = entry.options.as_ref().and_then(|o| o.map_entry);
+            assert_eq!(
+                marked,
+                Some(true),
+                "{name}.{entry_name} not marked a map entry"
+            );
+            let fields: Vec<_> = entry.field.iter().map(|f| (f.name(), f.number())).collect();
+            assert_eq!(fields, [("key", 1), ("value", 2)], "{name}.{entry_name}");
+        }
+        maps + m
+            .nested_type
+            .iter()
+            .map(|n| check_map_entries(&name, n))
+            .sum::<usize>()
+    }
+
+    #[test]
+    fn every_map_entry_is_marked_as_one() {
+        let set = file_descriptor_set();
+        let mut maps = 0;
+        for f in &set.file {
+            let p = format!(".{}", f.package());
+            maps += f
+                .message_type
+                .iter()
+                .map(|m| check_map_entries(&p, m))
+                .sum::<usize>();
+        }
+        // Struct.fields and BucketId.bucket.
+        assert_eq!(maps, 2);
     }
 }

@@ -4,6 +4,8 @@
 //!
 //! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream);
 //! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`;
+//! - `rlqs`: `envoy.service.rate_limit_quota.v3.RateLimitQuotaService`
+//!   (fair shares of global rates, streamed to Envoys);
 //! - `validate` and `error`: caller input checks and the one mapping from
 //!   request errors to `INVALID_ARGUMENT`; `codec` maps undecodable
 //!   messages to `INVALID_ARGUMENT` too.
@@ -18,6 +20,7 @@ pub mod leases;
 pub mod malformed;
 pub mod native;
 pub mod request_id;
+pub mod rlqs;
 pub mod validate;
 
 use crate::core::Nanos;

@@ -22,9 +22,11 @@
 //! | Redis sync, strict checks, overrides across nodes | [`crate::sync::RedisSync::run`], [`crate::sync::overrides::OverrideSync::run`] |
 //! | reloads: file watcher, SIGHUP | `reloads.rs` ([`crate::control::reload::Reloader::watch`]) |
 //! | sweeper | `sweeper.rs` |
+//! | Envoy RLQS between reports; its demand across nodes | `rlqs.rs`, [`crate::sync::rlqs::DemandExchange::run`] |
 
 mod reloads;
 mod reporting;
+mod rlqs;
 mod servers;
 mod sweeper;
 
@@ -41,6 +43,7 @@ use crate::admin::AdminService;
 use crate::admin::audit::Audit;
 use crate::api::envoy_rls::EnvoyRlsService;
 use crate::api::native::NativeService;
+use crate::api::rlqs::RlqsService;
 use crate::config::{Config, RedisSettings};
 use crate::control::Control;
 use crate::control::reload::{Loader, fingerprint};
@@ -199,7 +202,7 @@ impl App {
         tracing::info!(
             grpc_addr = %grpc.addr,
             security = grpc.security(config.live.server.tls.as_ref()),
-            "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, health, reflection)"
+            "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, envoy RLQS v3, health, reflection)"
         );
         tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz, /metrics)");
         match (&admin, &config.live.admin) {
@@ -373,6 +376,7 @@ impl App {
             rest.stop(),
         );
         rest.spawn(sweep);
+        rest.spawn(rlqs::run(Arc::clone(&engine), rest.stop()));
         rest.spawn(Arc::clone(&reloader).watch(rest.stop()));
         if let Some(hangups) = hangups {
             rest.spawn(reloads::on_hangups(reloader, hangups, rest.stop()));
@@ -433,8 +437,9 @@ async fn front_doors(
 ) -> Result<(servers::Front, Option<Arc<RedisOverrides>>), AppError> {
     let front = servers::Front {
         health: HealthService::new(ready.clone(), servers::SERVICES, grpc_stop.clone()),
-        native: NativeService::new(Arc::clone(control.engine()), grpc_stop),
+        native: NativeService::new(Arc::clone(control.engine()), grpc_stop.clone()),
         rls: EnvoyRlsService::new(Arc::clone(control.engine())),
+        rlqs: RlqsService::new(Arc::clone(control.engine()), grpc_stop),
     };
     let mut redis_overrides = None;
     if let Some(sync) = sync {
@@ -445,6 +450,7 @@ async fn front_doors(
             control.engine().set_strict(strict);
             start_leases(sync, control.engine(), rest)?;
         }
+        rest.spawn(sync.rlqs()?.run(rest.stop()));
         redis_overrides = Some(start_overrides(sync, control, rest).await?);
     }
     Ok((front, redis_overrides))

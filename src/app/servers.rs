@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_server::RateLimitQuotaServiceServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -27,6 +28,7 @@ use crate::api::native::NativeService;
 use crate::api::pb;
 use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
+use crate::api::rlqs::RlqsService;
 use crate::config::{Config, ConnLimits, TlsFiles};
 use crate::metrics::Metrics;
 use crate::net::body::BodyRules;
@@ -45,6 +47,8 @@ pub(super) struct Front {
     pub native: NativeService,
     /// Envoy RLS v3.
     pub rls: EnvoyRlsService,
+    /// Envoy RLQS v3.
+    pub rlqs: RlqsService,
 }
 
 /// What both gRPC servers draw on.
@@ -75,7 +79,10 @@ pub(super) fn grpc(
             .add_service(RateLimiterServer::new(front.native).max_decoding_message_size(max))
             .add_service(Malformed(
                 RateLimitServiceServer::new(front.rls).max_decoding_message_size(max),
-            )),
+            ))
+            .add_service(
+                RateLimitQuotaServiceServer::new(front.rlqs).max_decoding_message_size(max),
+            ),
         "grpc",
         Gate::new("grpc", gate_rules(conns), shared.metrics),
         conns,
@@ -213,6 +220,7 @@ fn server(c: &ConnLimits, process: &Arc<Budget>) -> Server<Stack<CallLayer, Iden
 const STREAMS: &[&str] = &[
     "/quotad.v1.RateLimiter/CheckStream",
     "/quotad.v1.RateLimiter/Hold",
+    "/envoy.service.rate_limit_quota.v3.RateLimitQuotaService/StreamRateLimitQuotas",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
@@ -262,10 +270,12 @@ const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
 pub(super) const SERVICES: &[&str] = &[
     "quotad.v1.RateLimiter",
     "envoy.service.ratelimit.v3.RateLimitService",
+    "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
     "ratelimit",
 ];
 
-/// Server reflection over our API, gRPC health and Envoy's RLS v3.
+/// Server reflection over our API, gRPC health and Envoy's RLS v3 and
+/// RLQS v3.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

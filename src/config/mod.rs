@@ -11,7 +11,8 @@
 //! (as written) form, its validation into settings, its defaults and its
 //! summary line: `server`, `requests`, `store`, `redis`, `envoy`,
 //! `headers` (`response_headers`), `plans` (what the config checks of the
-//! limits), [`admin`] (with the listeners' TLS), `reload` and [`metrics`];
+//! limits), [`admin`] (with the listeners' TLS), `reload`, [`metrics`] and
+//! [`rlqs`] (Envoy's Rate Limit Quota Service);
 //! the values several share are in `values`, the tests across sections in
 //! `tests`.
 //!
@@ -45,6 +46,7 @@ mod redis;
 pub mod redis_url;
 mod reload;
 mod requests;
+pub mod rlqs;
 mod server;
 mod store;
 #[cfg(test)]
@@ -76,6 +78,8 @@ use reload::ReloadRaw;
 pub use reload::ReloadSettings;
 pub use requests::RequestCaps;
 use requests::RequestsRaw;
+use rlqs::RlqsRaw;
+pub use rlqs::RlqsSettings;
 use server::ServerRaw;
 pub use server::{ConnLimits, ServerBoot, ServerLive};
 use store::StoreRaw;
@@ -246,6 +250,8 @@ pub struct Live {
     pub reload: ReloadSettings,
     /// The opt-in heaviest-keys gauge.
     pub metrics: MetricsSettings,
+    /// Envoy's Rate Limit Quota Service: fair shares of global rates.
+    pub rlqs: RlqsSettings,
 }
 
 impl Boot {
@@ -536,6 +542,7 @@ impl Config {
             live.admin.as_ref(),
         ));
         lines.push(live.reload.summary_line());
+        lines.push(live.rlqs.summary_line());
         lines.extend(live.skipped.iter().map(|s| format!("skipped: {s}")));
         lines.join("\n")
     }
@@ -563,6 +570,7 @@ struct ConfigRaw {
     admin: Option<AdminRaw>,
     reload: Option<ReloadRaw>,
     metrics: Option<MetricsRaw>,
+    rlqs: Option<RlqsRaw>,
 }
 
 impl ConfigRaw {
@@ -606,6 +614,11 @@ impl ConfigRaw {
             .transpose()?
             .unwrap_or_default();
         metrics.check_secret(store.hash_secret.is_some())?;
+        let rlqs = self
+            .rlqs
+            .map(RlqsRaw::build)
+            .transpose()?
+            .unwrap_or_default();
         let boot = Boot {
             server: server_boot,
             store,
@@ -644,6 +657,7 @@ impl ConfigRaw {
                 admin: admin_live,
                 reload,
                 metrics,
+                rlqs,
             },
         })
     }

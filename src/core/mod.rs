@@ -13,6 +13,7 @@ pub mod gcra;
 pub mod hash;
 pub mod limit;
 pub mod quota;
+pub mod share;
 pub mod source;
 pub mod window;
 

@@ -19,11 +19,13 @@
 //! | `cells.rs` | one limit applied to one key's cell: charge, refund, journal |
 //! | `strict.rs`, `wait.rs` | strict mode: the job for Redis, its answer, fail modes |
 //! | `leases.rs` | concurrency limits: acquire, renew, release; their Redis client |
+//! | `rlqs/` | Envoy RLQS: global buckets, their reporters, fair shares |
 
 mod ask;
 mod cells;
 mod entry;
 pub mod leases;
+pub mod rlqs;
 pub mod strict;
 mod view;
 pub mod wait;
@@ -105,6 +107,8 @@ pub struct Engine {
     leases: Leases,
     /// Set once Redis sync starts: leases then live in Redis.
     lease_client: OnceLock<leases::LeaseClient>,
+    /// Envoy RLQS: buckets, their reporters and shares.
+    rlqs: rlqs::Hub,
 }
 
 impl std::fmt::Debug for Engine {
@@ -140,6 +144,7 @@ impl Engine {
             strict: OnceLock::new(),
             leases: Leases::new(DEFAULT_MAX_LEASES),
             lease_client: OnceLock::new(),
+            rlqs: rlqs::Hub::default(),
         }
     }
 
@@ -335,6 +340,27 @@ impl crate::metrics::EngineState for Engine {
 
     fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    fn rlqs(&self) -> crate::metrics::RlqsSample {
+        let (streams, tracked, buckets) = self.rlqs.sizes();
+        crate::metrics::RlqsSample {
+            streams,
+            tracked,
+            buckets,
+            rules: self
+                .rlqs_rule_stats()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.domain.to_string(),
+                        r.rule.to_string(),
+                        r.demand,
+                        r.assigned,
+                    )
+                })
+                .collect(),
+        }
     }
 
     fn now(&self) -> Nanos {

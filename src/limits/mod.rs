@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod overrides;
+pub mod rlqs;
 pub mod rls;
 pub mod rls_file;
 

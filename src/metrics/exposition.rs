@@ -52,6 +52,22 @@ pub mod names {
     pub const LEASE_ACQUIRES: &str = "quotad_lease_acquires_total";
     /// Leases that expired instead of being released.
     pub const LEASE_EXPIRIES: &str = "quotad_lease_expiries_total";
+    /// Open Envoy RLQS streams.
+    pub const RLQS_STREAMS: &str = "quotad_rlqs_streams";
+    /// Global RLQS buckets reported here.
+    pub const RLQS_BUCKETS: &str = "quotad_rlqs_buckets";
+    /// (Envoy, bucket) pairs tracked here.
+    pub const RLQS_TRACKED: &str = "quotad_rlqs_tracked";
+    /// Assignments sent, by action and kind (changed, renewed).
+    pub const RLQS_ASSIGNMENTS: &str = "quotad_rlqs_assignments_total";
+    /// Abandon actions sent, by reason.
+    pub const RLQS_ABANDONS: &str = "quotad_rlqs_abandons_total";
+    /// Streams refused or ended for bad input or caps, by reason.
+    pub const RLQS_REFUSED: &str = "quotad_rlqs_refused_total";
+    /// Demand of the Envoys here, per rule, requests per second.
+    pub const RLQS_DEMAND: &str = "quotad_rlqs_demand";
+    /// Rate the Envoys here hold, per rule, per second.
+    pub const RLQS_ASSIGNED: &str = "quotad_rlqs_assigned_rate";
     /// Whether the last flush reached Redis.
     pub const REDIS_UP: &str = "quotad_redis_up";
     /// Flush rounds by result.

@@ -265,6 +265,42 @@ const DESCRIBED: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Leases that timed out instead of being released: a sign of gateways that crash or stop renewing.",
     ),
+    (RLQS_STREAMS, Kind::Gauge, "Open Envoy RLQS streams."),
+    (
+        RLQS_BUCKETS,
+        Kind::Gauge,
+        "Global RLQS buckets the Envoys connected here report.",
+    ),
+    (
+        RLQS_TRACKED,
+        Kind::Gauge,
+        "(Envoy stream, bucket) pairs tracked here (rlqs.max_tracked caps them).",
+    ),
+    (
+        RLQS_ASSIGNMENTS,
+        Kind::Counter,
+        "RLQS assignments sent, by action (token_bucket, deny_all, allow_all) and kind (changed: a new one; renewed: the same, extending its time to live).",
+    ),
+    (
+        RLQS_ABANDONS,
+        Kind::Counter,
+        "RLQS abandon actions sent, by reason (idle, rule_removed).",
+    ),
+    (
+        RLQS_REFUSED,
+        Kind::Counter,
+        "RLQS streams refused or ended, by reason (invalid, streams, connection_streams, buckets, node_full, idle).",
+    ),
+    (
+        RLQS_DEMAND,
+        Kind::Gauge,
+        "Requests per second the Envoys connected here report, by domain and rule (its index in rlqs.domains).",
+    ),
+    (
+        RLQS_ASSIGNED,
+        Kind::Gauge,
+        "Rate per second the Envoys connected here hold as token buckets, by domain and rule.",
+    ),
     (
         REDIS_UP,
         Kind::Gauge,
@@ -553,6 +589,27 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Counts an RLQS assignment sent: `action` is `token_bucket`,
+    /// `deny_all` or `allow_all`; `changed` a new one, else a renewal.
+    pub fn rlqs_assigned(&self, action: &'static str, changed: bool) {
+        let kind = if changed { "changed" } else { "renewed" };
+        self.counter(RLQS_ASSIGNMENTS, &[("action", action), ("kind", kind)])
+            .increment(1);
+    }
+
+    /// Counts an RLQS abandon action, for `reason` (`idle`,
+    /// `rule_removed`).
+    pub fn rlqs_abandoned(&self, reason: &'static str) {
+        self.counter(RLQS_ABANDONS, &[("reason", reason)])
+            .increment(1);
+    }
+
+    /// Counts an RLQS stream refused or ended, for `reason`.
+    pub fn rlqs_refused(&self, reason: &'static str) {
+        self.counter(RLQS_REFUSED, &[("reason", reason)])
+            .increment(1);
+    }
+
     /// Counts an admin change.
     pub fn admin(&self, action: &str, outcome: &str) {
         self.counter(ADMIN, &[("action", action), ("outcome", outcome)])
@@ -757,6 +814,21 @@ pub trait EngineState: Send + Sync {
     fn overrides(&self) -> usize;
     /// This node's concurrency leases.
     fn leases(&self) -> &crate::store::leases::Leases;
+    /// This node's RLQS streams and buckets.
+    fn rlqs(&self) -> RlqsSample;
     /// The engine's clock's time.
     fn now(&self) -> crate::core::Nanos;
+}
+
+/// This node's Envoy RLQS state, as the sampler reports it.
+#[derive(Debug, Clone, Default)]
+pub struct RlqsSample {
+    /// Open streams.
+    pub streams: usize,
+    /// (stream, bucket) pairs.
+    pub tracked: usize,
+    /// Global buckets.
+    pub buckets: usize,
+    /// Per (domain, rule index): demand and held rate, per second.
+    pub rules: Vec<(String, String, f64, f64)>,
 }

@@ -85,6 +85,7 @@ pub mod leases;
 pub mod overrides;
 pub mod readiness;
 mod reply;
+pub mod rlqs;
 pub mod strict;
 
 pub use overrides::{Change, OverrideStore};
@@ -370,6 +371,17 @@ impl RedisSync {
             self.connection(connection::RESPONSE_TIMEOUT)?,
             &self.settings.key_prefix,
             store,
+            self.scrub.clone(),
+        ))
+    }
+
+    /// Envoy RLQS demand across nodes: the task that exchanges it (run
+    /// it until shutdown), on a connection of its own.
+    pub fn rlqs(&self) -> Result<rlqs::DemandExchange, SyncError> {
+        Ok(rlqs::DemandExchange::new(
+            self.connection(connection::RESPONSE_TIMEOUT)?,
+            Arc::clone(&self.engine),
+            self.settings.key_prefix.clone(),
             self.scrub.clone(),
         ))
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::core::Nanos;
-use crate::metrics::{EngineState, MAX_NAMES, Metrics, Sampler, names};
+use crate::metrics::{EngineState, MAX_NAMES, Metrics, RlqsSample, Sampler, names};
 use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::LocalStore;
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Sources {
 /// Sets, before each scrape, the gauges and counters whose counts live
 /// elsewhere: the store, reloads, overrides, Redis sync, readiness.
 pub fn sampler(sources: Sources) -> Sampler {
-    let seen = Mutex::new((Vec::new(), Vec::new()));
+    let seen = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
     Box::new(move |m: &Metrics| {
         let store = sources.engine.store();
         m.gauge(names::TRACKED, &[]).set(store.tracked() as f64);
@@ -66,6 +66,7 @@ pub fn sampler(sources: Sources) -> Sampler {
         sample_store(m, store, &mut seen.0);
         let now = sources.engine.now();
         sample_leases(m, (sources.engine.leases(), now), &mut seen.1);
+        sample_rlqs(m, &sources.engine.rlqs(), &mut seen.2);
         let c = (sources.config)();
         m.counter(names::RELOADS, &[("result", "success")])
             .absolute(c.reloads_ok);
@@ -154,6 +155,32 @@ fn sample_leases(m: &Metrics, (leases, at): (&Leases, Nanos), seen: &mut Vec<Str
     m.gauge(names::LEASES_LIMIT, &[]).set(leases.max() as f64);
     m.counter(names::LEASE_EXPIRIES, &[])
         .absolute(leases.expired());
+}
+
+/// RLQS streams, buckets and pairs, and each rule's demand and held
+/// rate (a rule seen at the last scrape and without reporters now reads
+/// 0).
+fn sample_rlqs(m: &Metrics, r: &RlqsSample, seen: &mut Vec<(String, String)>) {
+    m.gauge(names::RLQS_STREAMS, &[]).set(r.streams as f64);
+    m.gauge(names::RLQS_BUCKETS, &[]).set(r.buckets as f64);
+    m.gauge(names::RLQS_TRACKED, &[]).set(r.tracked as f64);
+    for (domain, rule) in seen.iter() {
+        if !r.rules.iter().any(|(d, i, ..)| d == domain && i == rule) {
+            let labels = [("domain", domain.as_str()), ("rule", rule.as_str())];
+            m.gauge(names::RLQS_DEMAND, &labels).set(0.0);
+            m.gauge(names::RLQS_ASSIGNED, &labels).set(0.0);
+        }
+    }
+    for (domain, rule, demand, assigned) in &r.rules {
+        let labels = [("domain", domain.as_str()), ("rule", rule.as_str())];
+        m.gauge(names::RLQS_DEMAND, &labels).set(*demand);
+        m.gauge(names::RLQS_ASSIGNED, &labels).set(*assigned);
+    }
+    *seen = r
+        .rules
+        .iter()
+        .map(|(d, i, ..)| (d.clone(), i.clone()))
+        .collect();
 }
 
 /// How often histogram samples are folded into buckets.

@@ -256,8 +256,80 @@ pub fn usage_json(u: &pb::GetUsageResponse) -> Value {
                 "expires_at": ts_json(l.expires_at.as_ref()),
             })).collect::<Vec<_>>(),
         })),
+        "rlqs": u.rlqs.iter().map(|b| json!({
+            "domain": b.domain,
+            "bucket": b.bucket,
+            "rule": b.rule,
+            "action": b.action,
+            "blocked": b.blocked,
+            "global_rate": b.global_rate,
+            "burst": b.burst,
+            "envoys": b.envoys,
+            "demand": b.demand,
+            "shares": b.shares.iter().map(|s| json!({
+                "envoy": s.envoy,
+                "demand": s.demand,
+                "action": s.action,
+                "rate": s.rate,
+                "max_tokens": s.max_tokens,
+            })).collect::<Vec<_>>(),
+            "other_nodes_envoys": b.other_nodes_envoys,
+            "other_nodes_demand": b.other_nodes_demand,
+        })).collect::<Vec<_>>(),
         "config": version_json(u.config.as_ref()),
     })
+}
+
+/// A key's Envoy RLQS buckets: the rule and global rate, then a line per
+/// Envoy with its demand and share.
+fn rlqs_text(b: &pb::RlqsBucketUsage) -> String {
+    let mut id: Vec<String> = b.bucket.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    id.sort();
+    let mut out = format!("rlqs {} {{{}}}: ", b.domain, id.join(", "));
+    if b.blocked {
+        out.push_str("blocked: every Envoy holds DENY_ALL");
+    } else if b.action == "token_bucket" {
+        out.push_str(&format!(
+            "{:.2}/s (burst {}) shared by {} Envoys demanding {:.2}/s [{}]",
+            b.global_rate, b.burst, b.envoys, b.demand, b.rule
+        ));
+    } else if b.rule.is_empty() {
+        out.push_str("no rule matches: ALLOW_ALL");
+    } else {
+        out.push_str(&format!("{} [{}]", b.action, b.rule));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = b
+        .shares
+        .iter()
+        .map(|s| {
+            vec![
+                s.envoy.clone(),
+                s.demand
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d:.2}/s")),
+                s.action.clone(),
+                if s.action == "token_bucket" {
+                    format!("{:.2}/s", s.rate)
+                } else {
+                    "-".to_owned()
+                },
+                s.max_tokens.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &["ENVOY", "DEMAND", "HOLDS", "RATE", "TOKENS"],
+            &rows,
+        ));
+    }
+    if b.other_nodes_envoys > 0 {
+        out.push_str(&format!(
+            "other nodes: {} Envoys demanding {:.2}/s\n",
+            b.other_nodes_envoys, b.other_nodes_demand
+        ));
+    }
+    out
 }
 
 /// A key's concurrency limit: `streams: 3 / 10 in use`, then a line per
@@ -321,6 +393,9 @@ pub fn usage_text(u: &pb::GetUsageResponse) -> String {
     }
     if let Some(c) = &u.concurrency {
         out.push_str(&concurrency_text(c));
+    }
+    for b in &u.rlqs {
+        out.push_str(&rlqs_text(b));
     }
     out.push_str(&version_line(u.config.as_ref()));
     out.push('\n');

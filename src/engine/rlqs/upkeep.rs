@@ -1,0 +1,345 @@
+//! What happens to RLQS buckets between reports: a reload or an
+//! operator's change (rules matched again, removed rules' buckets
+//! abandoned, blocks turned to DENY_ALL and back), buckets without
+//! traffic abandoned, other nodes' demand taken in; and what operators and
+//! metrics read of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::bucket::{Action, Bucket, Strategy};
+use super::{Ctx, Engine, LocalDemand, State};
+use crate::core::clock::{NANOS_PER_SEC, Nanos};
+use crate::core::share::Demand;
+use crate::engine::Rules;
+use crate::limits::rlqs::BucketEntries;
+
+/// How often buckets are looked at for idleness.
+const IDLE_CHECK: Nanos = NANOS_PER_SEC;
+
+/// A bucket first reported on this node.
+pub(super) fn new_bucket(
+    engine: &Engine,
+    ctx: &Ctx<'_>,
+    domain: &Arc<str>,
+    id: BucketEntries,
+) -> Bucket {
+    let key_hash = key_hash(engine, ctx, &id);
+    let rule = ctx
+        .settings
+        .rules
+        .find(domain, &id)
+        .map(|(i, r)| (i, r.clone()));
+    Bucket {
+        domain: Arc::clone(domain),
+        id: Arc::new(id),
+        key_hash,
+        rule,
+        blocked_until: ctx.blocked(key_hash),
+        members: Default::default(),
+        remote: Demand::default(),
+    }
+}
+
+fn key_hash(engine: &Engine, ctx: &Ctx<'_>, id: &BucketEntries) -> Option<u64> {
+    id.get(&ctx.settings.key_entry)
+        .map(|k| engine.hasher().key_hash(k.as_bytes()))
+}
+
+/// After a reload or an operator's change (new rules in effect), or when
+/// a block ends: every bucket matched again. A bucket whose rule is gone
+/// is abandoned by every stream; the others get their new targets.
+pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules: Arc<Rules>) {
+    let changed = st
+        .rules_seen
+        .as_ref()
+        .is_none_or(|seen| !Arc::ptr_eq(seen, &rules));
+    let unblock = st.next_unblock.is_some_and(|t| t <= ctx.now);
+    if !changed && !unblock {
+        return;
+    }
+    st.rules_seen = Some(rules);
+    st.next_unblock = None;
+    let all: Vec<u64> = st.buckets.keys().copied().collect();
+    for h in all {
+        let Some(b) = st.buckets.get_mut(&h) else {
+            continue;
+        };
+        let gone = b
+            .rule
+            .as_ref()
+            .is_some_and(|(_, old)| !ctx.settings.rules.has_matcher(&b.domain, old));
+        if gone {
+            st.abandon(engine, h, |_| true, "rule_removed");
+            continue;
+        }
+        b.rule = ctx
+            .settings
+            .rules
+            .find(&b.domain, &b.id)
+            .map(|(i, r)| (i, r.clone()));
+        b.key_hash = key_hash(engine, ctx, &b.id);
+        b.blocked_until = ctx.blocked(b.key_hash);
+        let until = b.blocked_until;
+        st.note_block(until);
+        st.dirty.insert(h);
+        st.settle(engine, ctx, h, None);
+    }
+}
+
+impl State {
+    /// Remembers when the earliest block with an end ends.
+    pub(super) fn note_block(&mut self, until: Option<Nanos>) {
+        if let Some(t) = until.filter(|t| *t != u64::MAX) {
+            self.next_unblock = Some(self.next_unblock.map_or(t, |n| n.min(t)));
+        }
+    }
+
+    /// Sends an abandon action for bucket `h` to each member `which`
+    /// picks, and forgets them; the others' shares follow.
+    fn abandon(
+        &mut self,
+        engine: &Engine,
+        h: u64,
+        which: impl Fn(&super::Member) -> bool,
+        reason: &'static str,
+    ) -> bool {
+        let Some(b) = self.buckets.get_mut(&h) else {
+            return false;
+        };
+        let leaving: Vec<u64> = b
+            .members
+            .iter()
+            .filter(|(_, m)| which(m))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &leaving {
+            b.members.remove(s);
+            self.tracked = self.tracked.saturating_sub(1);
+            engine.metrics().rlqs_abandoned(reason);
+            if let Some(stream) = self.streams.get_mut(s) {
+                stream.buckets.remove(&h);
+                stream.pending.insert(
+                    h,
+                    Action::Abandon {
+                        id: Arc::clone(&b.id),
+                    },
+                );
+                stream.wake.notify_one();
+            }
+        }
+        if !leaving.is_empty() {
+            self.dirty.insert(h);
+        }
+        if b.members.is_empty() {
+            self.buckets.remove(&h);
+            return false;
+        }
+        !leaving.is_empty()
+    }
+}
+
+impl Engine {
+    /// Between reports, every 250 ms or so: follows the rules in effect
+    /// (see [`follow_rules`], run by every RLQS call) and, once a second,
+    /// abandons buckets a stream reported no traffic for in
+    /// `rlqs.idle_abandon_after`.
+    pub fn rlqs_tick(&self) {
+        self.rlqs_ctx(|ctx, st| {
+            if ctx.now.saturating_sub(st.idle_checked) < IDLE_CHECK {
+                return;
+            }
+            st.idle_checked = ctx.now;
+            let idle =
+                u64::try_from(ctx.settings.idle_abandon_after.as_nanos()).unwrap_or(u64::MAX);
+            let now = ctx.now;
+            let all: Vec<u64> = st.buckets.keys().copied().collect();
+            for h in all {
+                let idle_member = |m: &super::Member| now.saturating_sub(m.last_traffic) >= idle;
+                if st.abandon(self, h, idle_member, "idle") {
+                    st.settle(self, ctx, h, None);
+                }
+            }
+        });
+    }
+
+    /// This node's demand for every shared bucket, and an empty one for
+    /// each bucket that stopped being shared here since the last call:
+    /// what to publish for the other nodes.
+    pub fn rlqs_local_demands(&self) -> Vec<LocalDemand> {
+        let mut st = self.rlqs.lock();
+        let mut out: Vec<LocalDemand> = st
+            .buckets
+            .iter()
+            .filter(|(_, b)| b.shared())
+            .map(|(&bucket, b)| LocalDemand {
+                bucket,
+                demand: b.local(),
+            })
+            .collect();
+        let dirty = std::mem::take(&mut st.dirty);
+        for h in dirty {
+            if !st.buckets.get(&h).is_some_and(Bucket::shared) {
+                out.push(LocalDemand {
+                    bucket: h,
+                    demand: Demand::default(),
+                });
+            }
+        }
+        out
+    }
+
+    /// What the other nodes report for shared buckets: their shares here
+    /// follow.
+    pub fn rlqs_set_remote(&self, remote: &[(u64, Demand)]) {
+        self.rlqs_ctx(|ctx, st| {
+            for &(h, demand) in remote {
+                let Some(b) = st.buckets.get_mut(&h) else {
+                    continue;
+                };
+                if b.remote != demand {
+                    b.remote = demand;
+                    st.settle(self, ctx, h, None);
+                }
+            }
+        });
+    }
+
+    /// The buckets whose `rlqs.key_entry` is the key with hash
+    /// `key_hash`: their rule, the global rate and demand, and each
+    /// Envoy's share (this node's streams one by one, the other nodes'
+    /// summed). The key's own value is shown as `<key>`.
+    pub fn rlqs_usage(&self, key_hash: u64) -> Vec<BucketUsage> {
+        self.rlqs_ctx(|ctx, st| {
+            let mut out: Vec<BucketUsage> = st
+                .buckets
+                .values()
+                .filter(|b| b.key_hash == Some(key_hash))
+                .map(|b| usage(ctx, st, b))
+                .collect();
+            out.sort_by(|a, b| (&a.domain, &a.id).cmp(&(&b.domain, &b.id)));
+            out
+        })
+    }
+
+    /// Per rule with reporters here: this node's demand and the rate its
+    /// Envoys hold (for metrics).
+    pub fn rlqs_rule_stats(&self) -> Vec<RuleStats> {
+        let st = self.rlqs.lock();
+        let mut by_rule: BTreeMap<(Arc<str>, usize), RuleStats> = BTreeMap::new();
+        for b in st.buckets.values() {
+            let Some((i, _)) = b.rule else { continue };
+            let s = by_rule
+                .entry((Arc::clone(&b.domain), i))
+                .or_insert_with(|| RuleStats {
+                    domain: Arc::clone(&b.domain),
+                    rule: i,
+                    demand: 0.0,
+                    assigned: 0.0,
+                });
+            for m in b.members.values() {
+                s.demand += m.demand.unwrap_or(0.0);
+                if let Some(Strategy::Bucket(f)) = m.held {
+                    s.assigned += f.rate();
+                }
+            }
+        }
+        by_rule.into_values().collect()
+    }
+}
+
+fn usage(ctx: &Ctx<'_>, st: &State, b: &Bucket) -> BucketUsage {
+    let mut id = (*b.id).clone();
+    if let Some(v) = id.get_mut(&ctx.settings.key_entry) {
+        "<key>".clone_into(v);
+    }
+    let shares = b
+        .members
+        .iter()
+        .map(|(s, m)| ShareUsage {
+            envoy: st.streams.get(s).map_or_else(
+                || format!("stream {s}"),
+                |x| format!("{} (stream {s})", x.peer),
+            ),
+            demand: m.demand,
+            held: m.held,
+        })
+        .collect();
+    let rule_action = b.rule.as_ref().map(|(_, r)| r.action);
+    let action = match rule_action {
+        _ if b.blocked_until.is_some() => Strategy::Deny,
+        Some(crate::limits::rlqs::RuleAction::Deny) => Strategy::Deny,
+        Some(crate::limits::rlqs::RuleAction::Share { .. }) => {
+            Strategy::Bucket(crate::core::share::token_bucket(0.0, 0.0))
+        }
+        Some(crate::limits::rlqs::RuleAction::Allow) | None => Strategy::Allow,
+    }
+    .kind();
+    let (rate, burst) = match rule_action {
+        Some(a @ crate::limits::rlqs::RuleAction::Share { burst, .. }) => {
+            (a.rate_per_sec(), Some(burst))
+        }
+        _ => (None, None),
+    };
+    BucketUsage {
+        domain: b.domain.to_string(),
+        id,
+        rule: b.rule.as_ref().map(|(i, r)| (*i, r.describe())),
+        action,
+        blocked: b.blocked_until.is_some(),
+        rate,
+        burst,
+        all: b.local().plus(b.remote),
+        remote: b.remote,
+        shares,
+    }
+}
+
+/// A bucket as `quotactl usage` shows it.
+#[derive(Debug, Clone)]
+pub struct BucketUsage {
+    /// Its domain.
+    pub domain: String,
+    /// Its id, the key's value shown as `<key>`.
+    pub id: BucketEntries,
+    /// The rule it matched (index, description); `None`: ALLOW_ALL.
+    pub rule: Option<(usize, String)>,
+    /// What its Envoys hold: `token_bucket`, `deny_all` or `allow_all`.
+    pub action: &'static str,
+    /// Whether an operator blocks its key (DENY_ALL).
+    pub blocked: bool,
+    /// The global rate per second, for a share rule.
+    pub rate: Option<f64>,
+    /// The global burst, for a share rule.
+    pub burst: Option<u64>,
+    /// Every node's reporters.
+    pub all: Demand,
+    /// The other nodes' reporters.
+    pub remote: Demand,
+    /// This node's reporters.
+    pub shares: Vec<ShareUsage>,
+}
+
+/// One Envoy's share of a bucket.
+#[derive(Debug, Clone)]
+pub struct ShareUsage {
+    /// The Envoy: its address and stream.
+    pub envoy: String,
+    /// Its demand, requests per second (`None`: not measured yet).
+    pub demand: Option<f64>,
+    /// What it holds.
+    pub held: Option<Strategy>,
+}
+
+/// One rule's reporters on this node.
+#[derive(Debug, Clone)]
+pub struct RuleStats {
+    /// The rule's domain.
+    pub domain: Arc<str>,
+    /// Its index in the domain's list.
+    pub rule: usize,
+    /// The demand of its buckets' Envoys here, requests per second.
+    pub demand: f64,
+    /// The rate those Envoys hold, per second.
+    pub assigned: f64,
+}
