@@ -25,6 +25,7 @@ async fn grpc_health_reports_serving_for_the_server_and_both_apis() {
         "",
         "quotad.v1.RateLimiter",
         "envoy.service.ratelimit.v3.RateLimitService",
+        "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
     ] {
         assert_eq!(
             health_of(&d, service).await,
@@ -118,6 +119,7 @@ async fn reflection_lists_our_services_in_v1_and_v1alpha() {
             "quotad.v1.RateLimiter",
             "grpc.health.v1.Health",
             "envoy.service.ratelimit.v3.RateLimitService",
+            "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
         ] {
             assert!(
                 services.iter().any(|s| s == want),
@@ -317,5 +319,107 @@ async fn reflection_describes_envoy_rls_so_a_dynamic_client_can_call_it() {
     assert_eq!(
         reset.get_field_by_name("seconds").unwrap().as_i64(),
         Some(60)
+    );
+}
+
+#[tokio::test]
+async fn reflection_describes_envoy_rlqs_so_a_dynamic_client_can_read_and_write_it() {
+    use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_usage_reports::BucketQuotaUsage;
+    use envoy_types::pb::envoy::service::rate_limit_quota::v3::{
+        BucketId, RateLimitQuotaUsageReports,
+    };
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, MapKey, Value};
+
+    let d = TestDaemon::with_config(&crate::rlqs::config("")).await;
+    let name = "envoy.service.rate_limit_quota.v3.RateLimitQuotaService";
+    let pool = reflected_pool(&d, name).await;
+    let service = pool.get_service_by_name(name).expect("service described");
+    let method = service.methods().next().expect("one method");
+    assert_eq!(method.name(), "StreamRateLimitQuotas");
+    assert!(method.is_client_streaming() && method.is_server_streaming());
+    // A report built from the reflected descriptors is Envoy's on the wire.
+    let usage_desc = pool
+        .get_message_by_name(
+            "envoy.service.rate_limit_quota.v3.RateLimitQuotaUsageReports.BucketQuotaUsage",
+        )
+        .expect("usage described");
+    let id_desc = pool
+        .get_message_by_name("envoy.service.rate_limit_quota.v3.BucketId")
+        .expect("bucket id described");
+    let mut id = DynamicMessage::new(id_desc);
+    id.set_field_by_name(
+        "bucket",
+        Value::Map(
+            [(
+                MapKey::String("tenant".into()),
+                Value::String("acme".into()),
+            )]
+            .into(),
+        ),
+    );
+    let mut usage = DynamicMessage::new(usage_desc);
+    usage.set_field_by_name("bucket_id", Value::Message(id));
+    usage.set_field_by_name("num_requests_allowed", Value::U64(3));
+    let mut report = DynamicMessage::new(method.input());
+    report.set_field_by_name("domain", Value::String("shop".into()));
+    report.set_field_by_name(
+        "bucket_quota_usages",
+        Value::List(vec![Value::Message(usage)]),
+    );
+    let decoded = RateLimitQuotaUsageReports::decode(report.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(
+        decoded,
+        RateLimitQuotaUsageReports {
+            domain: "shop".into(),
+            bucket_quota_usages: vec![BucketQuotaUsage {
+                bucket_id: Some(BucketId {
+                    bucket: [("tenant".to_owned(), "acme".to_owned())].into(),
+                }),
+                num_requests_allowed: 3,
+                ..Default::default()
+            }],
+        }
+    );
+    // The daemon's answer reads back through the reflected descriptors.
+    let mut envoy = crate::rlqs::Envoy::connect(d.channel().await)
+        .await
+        .unwrap();
+    envoy.send_raw(decoded).await;
+    let answer = envoy
+        .next(std::time::Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("answered");
+    let read = DynamicMessage::decode(method.output(), answer.encode_to_vec().as_slice()).unwrap();
+    let actions = read.get_field_by_name("bucket_action").unwrap();
+    let Value::List(actions) = actions.as_ref() else {
+        panic!("bucket_action is a list");
+    };
+    let action = actions[0].as_message().unwrap();
+    let assign = action.get_field_by_name("quota_assignment_action").unwrap();
+    let strategy = assign
+        .as_message()
+        .unwrap()
+        .get_field_by_name("rate_limit_strategy")
+        .unwrap();
+    let bucket = strategy
+        .as_message()
+        .unwrap()
+        .get_field_by_name("token_bucket")
+        .unwrap();
+    let per_fill = bucket
+        .as_message()
+        .unwrap()
+        .get_field_by_name("tokens_per_fill")
+        .unwrap();
+    assert_eq!(
+        per_fill
+            .as_message()
+            .unwrap()
+            .get_field_by_name("value")
+            .unwrap()
+            .as_u32(),
+        Some(100)
     );
 }

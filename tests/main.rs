@@ -48,6 +48,9 @@ mod quotactl;
 mod redis_leases;
 /// Operators' overrides and resets across nodes through a real Redis.
 mod redis_overrides;
+/// Envoy RLQS across nodes on a real redis-server: the demand script, and
+/// one rate shared by Envoys on two nodes.
+mod redis_rlqs;
 /// Redis sync mode against a real redis-server.
 mod redis_sync;
 /// Hot reload of the config and limits files.

@@ -223,20 +223,30 @@ fn build_domains(
     let mut nth: BTreeMap<String, usize> = BTreeMap::new();
     for (name, rules) in domains.0 {
         let seen = nth.entry(name.clone()).or_default();
+        if *seen > 0 {
+            return Err(Issue::duplicate(
+                vec![
+                    Seg::key("rlqs"),
+                    Seg::key("domains"),
+                    Seg::Key {
+                        name: name.clone(),
+                        nth: *seen,
+                    },
+                ],
+                vec![
+                    Seg::key("rlqs"),
+                    Seg::key("domains"),
+                    Seg::key(name.clone()),
+                ],
+                format!("domain '{name}' is defined twice"),
+            ));
+        }
+        *seen += 1;
         let path = vec![
             Seg::key("rlqs"),
             Seg::key("domains"),
-            Seg::Key {
-                name: name.clone(),
-                nth: *seen,
-            },
+            Seg::key(name.clone()),
         ];
-        *seen += 1;
-        if *seen > 1 {
-            let mut issue = Issue::new(path, format!("domain '{name}' is defined twice"));
-            issue.at_key = true;
-            return Err(issue);
-        }
         check_domain(&name).map_err(|why| Issue::new(path.clone(), why))?;
         let mut built = Vec::with_capacity(rules.len());
         for (i, r) in rules.into_iter().enumerate() {
@@ -339,4 +349,95 @@ fn share(
         period_secs,
         burst,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{assert_errors, parse_ok};
+    use crate::limits::rlqs::BucketEntries;
+
+    const PLANS: &str = "plans: { p: {} }\ndefault_plan: p\n";
+
+    #[test]
+    fn the_issues_section_parses_with_its_rules_in_order() {
+        let c = parse_ok(&format!(
+            "{PLANS}rlqs:\n  assignment_ttl: 30s\n  idle_abandon_after: 60s\n  domains:\n    shop:\n      - match: {{ tenant: \"*\" }}\n        rate: 100\n        per: second\n        burst: 200\n      - match: {{ tier: \"blocked\" }}\n        deny: true\n      - match: {{}}\n        allow: true\n"
+        ));
+        let r = &c.live.rlqs;
+        assert_eq!(r.assignment_ttl, Duration::from_secs(30));
+        assert_eq!(r.key_entry, "api_key");
+        let rules = r.rules.rules("shop");
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[0].action,
+            RuleAction::Share {
+                tokens: 100,
+                period_secs: 1,
+                burst: 200
+            }
+        );
+        assert_eq!(rules[1].action, RuleAction::Deny);
+        assert_eq!(rules[2].action, RuleAction::Allow);
+        let bucket: BucketEntries = [("tier".to_owned(), "blocked".to_owned())].into();
+        assert_eq!(r.rules.find("shop", &bucket).map(|(i, _)| i), Some(1));
+        assert!(
+            c.summary()
+                .contains("rlqs: domains shop (3 rules), assignment ttl 30s")
+        );
+        // Without a section: no rules, the defaults.
+        let c = parse_ok(PLANS);
+        assert_eq!(c.live.rlqs, RlqsSettings::default());
+    }
+
+    #[test]
+    fn mistakes_are_located_and_explained() {
+        let at = |section: &str| format!("{PLANS}rlqs:\n{section}");
+        assert_errors(&[
+            (
+                at("  assignment_ttl: 5s\n"),
+                "t.yaml:4:19: rlqs.assignment_ttl: must be whole seconds, at least 10s (got 5s): Envoy expires a shorter one at once",
+            ),
+            (
+                at("  assignment_ttl: 10500ms\n"),
+                "t.yaml:4:19: rlqs.assignment_ttl: must be whole seconds, at least 10s (got 10500ms): Envoy expires a shorter one at once",
+            ),
+            (
+                at("  share_tolerance_percent: 100\n"),
+                "t.yaml:4:28: rlqs.share_tolerance_percent: must be 1..99 (got 100)",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { match: { t: \"*\" }, rate: 5 }\n"),
+                "t.yaml:6:36: rlqs.domains.shop[0].rate: a rate needs per (second, minute, hour or day)",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { rate: 5, per: week }\n"),
+                "t.yaml:6:25: rlqs.domains.shop[0].per: an RLQS rate is per second, minute, hour or day (got week)",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { rate: 5, per: second, deny: true }\n"),
+                "t.yaml:6:9: rlqs.domains.shop[0]: a rule has exactly one of rate (with per, and optionally burst), deny: true or allow: true",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { deny: false }\n"),
+                "t.yaml:6:17: rlqs.domains.shop[0].deny: false does nothing here: give the rule rate/per, deny: true or allow: true",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { match: { t: \"\" }, allow: true }\n"),
+                "t.yaml:6:18: rlqs.domains.shop[0].match: entry names and values must not be empty (\"*\" matches any value)",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { allow: true, limit: 3 }\n"),
+                "t.yaml:6:24: rlqs.domains.shop[0]: unknown field (expected one of: match, rate, per, burst, deny, allow)",
+            ),
+            (
+                at("  domains:\n    shop: []\n    shop: []\n"),
+                "t.yaml:6:5: rlqs.domains.shop: domain 'shop' is defined twice (first defined at line 5)",
+            ),
+            (
+                at("  domains:\n    shop:\n      - { rate: 5000000000, per: second }\n"),
+                "t.yaml:6:17: rlqs.domains.shop[0].rate: rate and burst are at most 4294967295 (Envoy's token buckets count in 32 bits)",
+            ),
+        ]);
+    }
 }

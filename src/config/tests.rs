@@ -659,3 +659,94 @@ fn check_listeners_names_listeners_that_flags_put_on_one_address() {
     (c.boot.server.grpc_addr, c.boot.server.http_addr) = (any, any);
     assert_eq!(c.check_listeners(), Ok(()));
 }
+
+/// Every value under key `name` anywhere in `v`.
+fn find_all<'v>(v: &'v serde_json::Value, name: &str, out: &mut Vec<&'v serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == name {
+                    out.push(x);
+                }
+                find_all(x, name, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| find_all(x, name, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_rlqs_envoy_example_agrees_with_its_quotad_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/rlqs");
+    let c = match Config::load(&root.join("quotad.yaml")) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let text = std::fs::read_to_string(root.join("envoy.yaml")).unwrap();
+    let envoy: serde_json::Value = serde_saphyr::from_str(&text).expect("envoy.yaml is YAML");
+    let mut filters = Vec::new();
+    find_all(&envoy, "http_filters", &mut filters);
+    let filter = filters
+        .iter()
+        .filter_map(|f| f.as_array())
+        .flatten()
+        .find(|f| f["name"] == "envoy.filters.http.rate_limit_quota")
+        .expect("the rate_limit_quota filter");
+    let cfg = &filter["typed_config"];
+    assert_eq!(
+        cfg["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaFilterConfig"
+    );
+    // Its domain is one quotad has rules for.
+    let domain = cfg["domain"].as_str().expect("a domain");
+    assert!(!c.live.rlqs.rules.rules(domain).is_empty(), "{domain}");
+    // Its RLQS cluster is quotad's gRPC port, over HTTP/2.
+    let cluster = cfg["rlqs_server"]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .expect("an envoy_grpc cluster");
+    let mut clusters = Vec::new();
+    find_all(&envoy, "clusters", &mut clusters);
+    let cluster = clusters
+        .iter()
+        .filter_map(|c| c.as_array())
+        .flatten()
+        .find(|c| c["name"] == cluster)
+        .expect("the RLQS cluster");
+    let mut http2 = Vec::new();
+    find_all(cluster, "http2_protocol_options", &mut http2);
+    assert!(!http2.is_empty(), "the RLQS cluster speaks HTTP/2");
+    let mut ports = Vec::new();
+    find_all(cluster, "port_value", &mut ports);
+    assert_eq!(
+        ports.first().and_then(|p| p.as_u64()),
+        Some(u64::from(c.boot.server.grpc_addr.port()))
+    );
+    // Every entry a bucket id is built with is one quotad's rules or
+    // key entry name; the tenant comes from a header.
+    let mut builders = Vec::new();
+    find_all(cfg, "bucket_id_builder", &mut builders);
+    let mut entries: Vec<String> = builders
+        .iter()
+        .filter_map(|b| b.as_object())
+        .filter(|b| !b.contains_key("bucket_id_builder"))
+        .flat_map(|b| b.keys().cloned())
+        .collect();
+    entries.sort();
+    entries.dedup();
+    assert_eq!(entries, ["api_key", "tenant", "tier"]);
+    let named: Vec<&str> = c
+        .live
+        .rlqs
+        .rules
+        .rules(domain)
+        .iter()
+        .flat_map(|r| r.matcher.iter().map(|(k, _)| k.as_str()))
+        .chain([c.live.rlqs.key_entry.as_str()])
+        .collect();
+    assert!(
+        entries.iter().all(|e| named.contains(&e.as_str())),
+        "{entries:?} vs {named:?}"
+    );
+    assert!(text.contains("header_name: x-tenant"));
+}
