@@ -420,6 +420,7 @@ async fn reflection_describes_envoy_rlqs_so_a_dynamic_client_can_read_and_write_
             .get_field_by_name("value")
             .unwrap()
             .as_u32(),
-        Some(100)
+        // 95/s (the whole rate less the margin) over 2 s.
+        Some(190)
     );
 }

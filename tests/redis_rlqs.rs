@@ -53,7 +53,7 @@ async fn the_demand_script_sums_the_other_nodes_and_forgets_stale_and_empty_ones
 
 fn config(redis: &str) -> String {
     format!(
-        "default_plan: open\nplans: {{ open: {{}} }}\nstore:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {redis}\n  sync_interval: 50ms\n  strict_deadline: 1s\nserver: {{ shutdown_grace: 5s }}\nrlqs:\n{DOMAINS}"
+        "default_plan: open\nplans: {{ open: {{}} }}\nstore:\n  hash_secret: \"000102030405060708090a0b0c0d0e0f\"\nredis:\n  url: {redis}\n  sync_interval: 50ms\n  strict_deadline: 1s\nserver: {{ shutdown_grace: 5s }}\nrlqs:\n  assignment_ttl: 10s\n{DOMAINS}"
     )
 }
 
@@ -103,7 +103,7 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     // Three Envoys on two nodes: a third each once the nodes have heard
     // of each other.
     let r = settle(&mut es, &b).await;
-    assert!(r.iter().all(|x| (x - 100.0 / 3.0).abs() < 2.0), "{r:?}");
+    assert!(r.iter().all(|x| (30.0..=100.0 / 3.0).contains(x)), "{r:?}");
     // Demand 6:3:1 at five times the rate; the light one on the other
     // node.
     for _ in 0..2 {
@@ -118,7 +118,7 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
         r[0] > r[1] && r[1] > r[2],
         "ordered by demand across nodes: {r:?}"
     );
-    assert!(r.iter().sum::<f64>() >= 90.0, "{r:?}");
+    assert!(r.iter().sum::<f64>() >= 86.0, "{r:?}");
     // Now the heavy demand is on the other node.
     for _ in 0..2 {
         clock.advance(5_000_000_000);

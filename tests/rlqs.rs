@@ -146,9 +146,9 @@ impl Envoy {
         while let Ok(Some(_)) = self.next(Duration::from_millis(300)).await {}
     }
 
-    /// The stream's ending status (after at most 5 s).
+    /// The stream's ending status (after at most 15 s).
     pub(crate) async fn ended(&mut self) -> tonic::Status {
-        for _ in 0..50 {
+        for _ in 0..150 {
             match self.next(Duration::from_millis(100)).await {
                 Ok(_) => {}
                 Err(s) => return s,
@@ -279,7 +279,7 @@ async fn shares_follow_demand_never_sum_past_the_rate_and_flow_from_idle_envoys(
         r[2] <= 100.0 * 0.05 / 3.0 + 0.01,
         "idle keeps the floor only: {r:?}"
     );
-    assert!(r[0] + r[1] >= 90.0, "busy ones took it: {r:?}");
+    assert!(r[0] + r[1] >= 86.0, "busy ones took it: {r:?}");
     assert!(r.iter().sum::<f64>() <= 100.0 + 1e-9, "{r:?}");
     // Bursts are split the same way, and never past the burst.
     let tokens: u32 = es
@@ -454,7 +454,7 @@ async fn usage_shows_the_global_rate_and_each_envoys_share() {
     demands.sort_by(f64::total_cmp);
     assert_eq!(demands, [20.0, 80.0]);
     let held: f64 = r.shares.iter().map(|s| s.rate).sum();
-    assert!(held <= 100.0 && held > 90.0, "{r:?}");
+    assert!(held <= 100.0 && held > 86.0, "{r:?}");
     assert!(r.shares.iter().all(|s| s.envoy.starts_with("127.0.0.1:")));
 }
 
@@ -509,6 +509,14 @@ async fn a_bucket_without_traffic_is_abandoned_and_its_share_goes_to_the_others(
         e.send("shop", &[(&b, 1, 0, 0)]).await;
     }
     drain_all(&mut es).await;
+    // Both busy, then the second has no traffic.
+    d.advance_ms(5_000);
+    for e in &mut es {
+        e.send("shop", &[(&b, 250, 0, 5)]).await;
+    }
+    drain_all(&mut es).await;
+    let half = es[0].held[&b].rate();
+    assert!(half < 50.0, "{half}");
     for _ in 0..3 {
         d.advance_ms(5_000);
         es[0].send("shop", &[(&b, 500, 0, 5)]).await;
@@ -519,10 +527,9 @@ async fn a_bucket_without_traffic_is_abandoned_and_its_share_goes_to_the_others(
         drain_all(&mut es).await;
     }
     assert_eq!(es[1].held[&b], Held::Abandoned);
-    // All but the floor a newcomer would share (5 %, a rise under the
-    // tolerance is not pushed).
+    // The whole rate, less the margin.
     assert!(
-        es[0].held[&b].rate() >= 95.0,
+        es[0].held[&b].rate() >= 86.0,
         "the rate: {:?}",
         es[0].held[&b]
     );
@@ -614,7 +621,7 @@ fn report(domain: &str, pairs: &[(&str, &str)]) -> RateLimitQuotaUsageReports {
 #[tokio::test]
 async fn caps_hold_streams_per_connection_buckets_per_stream_and_idle_streams() {
     let d = TestDaemon::with_config(&config(
-        "  max_streams_per_connection: 2\n  max_buckets_per_stream: 3\n  stream_idle_timeout: 1s\n",
+        "  max_streams_per_connection: 2\n  max_buckets_per_stream: 3\n  stream_idle_timeout: 10s\n",
     ))
     .await;
     let channel = d.channel().await;
@@ -657,14 +664,24 @@ async fn caps_hold_streams_per_connection_buckets_per_stream_and_idle_streams() 
     let status = quiet.ended().await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("rlqs.stream_idle_timeout"));
-    // Closed streams are forgotten.
+    // Closed streams are forgotten; the shares the refused one held stay
+    // reserved until they expire in its Envoy.
     drop((_a, _b));
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     while metric(d.http_addr, "quotad_rlqs_streams").await > 0.0 {
         assert!(tokio::time::Instant::now() < until, "streams forgotten");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(d.http_addr, "quotad_rlqs_tracked").await, 0.0);
+    assert_eq!(metric(d.http_addr, "quotad_rlqs_tracked").await, 3.0);
+    d.advance_ms(30_000);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metric(d.http_addr, "quotad_rlqs_tracked").await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "expired shares forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -696,5 +713,5 @@ async fn metrics_count_streams_buckets_assignments_and_per_rule_demand() {
         100.0
     );
     let assigned = m("quotad_rlqs_assigned_rate{domain=\"shop\",rule=\"1\"}").await;
-    assert!(assigned > 90.0 && assigned <= 100.0, "{assigned}");
+    assert!(assigned > 86.0 && assigned <= 100.0, "{assigned}");
 }

@@ -40,7 +40,7 @@ use envoy_types::pb::envoy::service::rate_limit_quota::v3::{
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use futures_util::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::error::RequestError;
 use crate::config::RlqsSettings;
@@ -147,8 +147,9 @@ impl Serving {
     async fn next(&mut self) -> Option<Result<RateLimitQuotaResponse, Status>> {
         loop {
             let wake = Arc::clone(self.stream.wake());
+            // Unbiased: a stream with steady pushes still reads reports,
+            // and one flooding reports still gets its pushes.
             tokio::select! {
-                biased;
                 _ = self.shutdown.wait() => {
                     return Some(Err(Status::unavailable(
                         "quotad is shutting down: report to another instance",
@@ -174,51 +175,72 @@ impl Serving {
                             return Some(answer);
                         }
                     }
-                    // A message that does not decode is the Envoy's
-                    // mistake (prost says INTERNAL).
-                    Err(status) if status.message().contains("failed to decode") => {
-                        self.engine.metrics().rlqs_refused("invalid");
-                        return Some(Err(Status::invalid_argument(format!(
-                            "malformed request: {}",
-                            status.message()
-                        ))));
-                    }
-                    // The Envoy's end, or its connection dropped.
-                    Ok(None) | Err(_) => return None,
+                    // The Envoy's end.
+                    Ok(None) => return None,
+                    Err(status) => return refused(&self.engine, status),
                 },
             }
         }
     }
 
-    /// A report's answer; `None` for a report without buckets.
+    /// A report's answer; `None` for a report without buckets (its
+    /// domain still checked).
     fn answer(
         &mut self,
         reports: RateLimitQuotaUsageReports,
     ) -> Option<Result<RateLimitQuotaResponse, Status>> {
-        let settings = self.engine.view().live().rlqs.clone();
-        let usages = match validate(&reports, &settings) {
+        let (usages, idle) = {
+            let view = self.engine.view();
+            let settings = &view.live().rlqs;
+            (validate(&reports, settings), settings.stream_idle_timeout)
+        };
+        let usages = match usages {
             Ok(u) => u,
             Err(e) => {
                 self.engine.metrics().rlqs_refused("invalid");
                 return Some(Err(e.into()));
             }
         };
-        if usages.is_empty() {
-            return None;
+        let empty = usages.is_empty();
+        if !empty {
+            self.idle_until = tokio::time::Instant::now() + idle;
         }
-        self.idle_until = tokio::time::Instant::now() + settings.stream_idle_timeout;
-        Some(
-            self.stream
-                .report(&reports.domain, usages)
-                .map(response)
-                .map_err(|e| {
-                    self.engine.metrics().rlqs_refused(reason(&e));
-                    match e {
-                        RlqsError::DomainChanged { .. } => Status::invalid_argument(e.to_string()),
-                        _ => Status::resource_exhausted(e.to_string()),
-                    }
-                }),
-        )
+        let answer = self
+            .stream
+            .report(&reports.domain, usages)
+            .map(response)
+            .map_err(|e| {
+                self.engine.metrics().rlqs_refused(reason(&e));
+                match e {
+                    RlqsError::DomainChanged { .. } => Status::invalid_argument(e.to_string()),
+                    _ => Status::resource_exhausted(e.to_string()),
+                }
+            });
+        match answer {
+            Ok(_) if empty => None,
+            other => Some(other),
+        }
+    }
+}
+
+/// How a stream whose next report could not be read ends: a message that
+/// does not decode is the Envoy's mistake (prost says INTERNAL), one too
+/// large or any other refusal of the codec is said as it is; a broken
+/// connection or a cancel ends it without a word (nobody is listening).
+fn refused(engine: &Engine, status: Status) -> Option<Result<RateLimitQuotaResponse, Status>> {
+    match status.code() {
+        Code::Internal => {
+            engine.metrics().rlqs_refused("invalid");
+            Some(Err(Status::invalid_argument(format!(
+                "malformed request: {}",
+                status.message()
+            ))))
+        }
+        Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument => {
+            engine.metrics().rlqs_refused("invalid");
+            Some(Err(status))
+        }
+        _ => None,
     }
 }
 
@@ -431,11 +453,11 @@ mod tests {
             "bucket_quota_usages[0].bucket_id.bucket: 257 bytes exceeds the maximum of 256 bytes"
         );
         let many: Vec<(String, String)> =
-            (0..17).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+            (0..9).map(|i| (format!("k{i}"), "v".to_owned())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             err(reports("shop", vec![usage(&many, 1)])),
-            "bucket_quota_usages[0].bucket_id.bucket: 17 items exceed the maximum of 16"
+            "bucket_quota_usages[0].bucket_id.bucket: 9 items exceed the maximum of 8"
         );
         // The same bucket twice counts once, with both counts.
         let ok = validate(

@@ -22,6 +22,11 @@ use crate::limits::rls::check_domain;
 /// sub-second one at once, and reports every 5 s.
 pub const MIN_ASSIGNMENT_TTL: Duration = Duration::from_secs(10);
 
+/// The shortest `idle_abandon_after` and `stream_idle_timeout`: two of
+/// Envoy's report periods (5 s), so a busy bucket or stream is never taken
+/// for an idle one between reports.
+pub const MIN_IDLE: Duration = Duration::from_secs(10);
+
 /// The `rlqs` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RlqsSettings {
@@ -67,8 +72,8 @@ impl Default for RlqsSettings {
             max_streams: 4_096,
             max_streams_per_connection: 16,
             max_buckets_per_stream: 10_000,
-            max_tracked: 1_000_000,
-            max_bucket_entries: 16,
+            max_tracked: 200_000,
+            max_bucket_entries: 8,
             max_entry_bytes: 256,
             rules: RlqsRules::default(),
         }
@@ -163,6 +168,22 @@ impl RlqsRaw {
                     format_duration(ttl)
                 ),
             ));
+        }
+        for (field, d) in [
+            ("idle_abandon_after", self.idle_abandon_after),
+            ("stream_idle_timeout", self.stream_idle_timeout),
+        ] {
+            if let Some(d) = d
+                && d.0 < MIN_IDLE
+            {
+                return Err(Issue::new(
+                    at(&[field]),
+                    format!(
+                        "must be at least 10s (got {}): Envoy reports every 5s, so a shorter one takes busy buckets and streams for idle ones",
+                        format_duration(d.0)
+                    ),
+                ));
+            }
         }
         let tolerance = match self.share_tolerance_percent {
             None => d.share_tolerance_percent,
@@ -401,6 +422,10 @@ mod tests {
             (
                 at("  assignment_ttl: 10500ms\n"),
                 "t.yaml:4:19: rlqs.assignment_ttl: must be whole seconds, at least 10s (got 10500ms): Envoy expires a shorter one at once",
+            ),
+            (
+                at("  idle_abandon_after: 5s\n"),
+                "t.yaml:4:23: rlqs.idle_abandon_after: must be at least 10s (got 5s): Envoy reports every 5s, so a shorter one takes busy buckets and streams for idle ones",
             ),
             (
                 at("  share_tolerance_percent: 100\n"),

@@ -236,7 +236,7 @@ envoy: plan domains quotad, key entry api_key, algorithm fixed_window, merge dom
 response headers: both
 redis: off (this node alone, in memory)
 admin: off (no admin section)
-reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250ms)";
+reload: on SIGHUP, admin Reload, and file changes (polled every 1s, debounce 250ms)\nrlqs: domains none (every bucket ALLOW_ALL), assignment ttl 30s, idle abandon after 1m, key entry api_key, tolerance 10%, at most 4096 streams (16 per connection), 10000 buckets per stream, 200000 tracked";
     assert_eq!(s, want);
     assert!(!s.contains("demo-gold-key"));
 }
@@ -336,7 +336,7 @@ fn invalid_shapes_and_metrics_name_line_path_and_reason() {
         ),
         (
             "limits:\n  free: {}\n",
-            "t.yaml:1:1: unknown field (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload, metrics)",
+            "t.yaml:1:1: unknown field (expected one of: default_plan, plans, keys, server, requests, store, redis, envoy, rls_files, response_headers, admin, reload, metrics, rlqs)",
         ),
         (
             "servers:\n  grpc_addr: 127.0.0.1:1\n",

@@ -2,16 +2,18 @@
 //! (Envoy RLQS): what a reporter's demand is, how a rate is divided, and
 //! how a share is written as the token bucket Envoy enforces.
 //!
-//! The division, for a rate `R` among `N` reporters whose demands sum to
-//! `D` (requests per second, allowed + denied):
+//! The division, for a rate `R` among `N` reporters:
 //!
-//! - a reporter not measured yet counts with the equal share `R / N` as
-//!   its demand, so a newcomer starts with an equal share;
-//! - [`FLOOR`] of `R` is split equally, so an idle reporter keeps a trickle
-//!   and its next burst of traffic is reported rather than starved;
-//! - the rest, `(1 - FLOOR) R`, goes by demand: while `D` fits in it each
-//!   reporter gets its demand plus an equal part of what is left over;
-//!   beyond, each gets its proportion `d / D` of it.
+//! - a reporter not measured yet (it has reported once) gets the equal
+//!   share `R / N`;
+//! - the rest, `R_m = R · measured / N`, goes to the measured reporters,
+//!   whose demands (requests per second, allowed + denied, each counted at
+//!   most [`MAX_DEMAND_RATES`] times the rate) sum to `D`: [`FLOOR`] of
+//!   `R_m` is split equally among them, so an idle reporter keeps a
+//!   trickle and its next burst of traffic is reported rather than
+//!   starved; the rest by demand: while `D` fits in it each gets its
+//!   demand plus an equal part of what is left over; beyond, each gets
+//!   its proportion `d / D` of it.
 //!
 //! Every reporter computing its share from the same totals gets shares
 //! that sum to exactly `R`; writing them as whole tokens per whole-second
@@ -20,6 +22,11 @@
 /// The part of a rate split equally among all reporters whatever their
 /// demand.
 pub const FLOOR: f64 = 0.05;
+
+/// A measured demand counts as at most this many times the rate: more
+/// asks for nothing more (and an Envoy reporting absurd counts cannot
+/// take more than its proportion of that).
+pub const MAX_DEMAND_RATES: f64 = 10.0;
 
 /// The shortest interval over which a demand is measured: Envoy's
 /// reports come every 5 s; a report sooner than a second after the last
@@ -82,6 +89,15 @@ pub fn rate_of(requests: u64, elapsed: u64) -> f64 {
     requests as f64 * 1e9 / elapsed.max(MIN_MEASURED_NANOS) as f64
 }
 
+/// A measured demand as it counts against `rate`: at most
+/// [`MAX_DEMAND_RATES`] times it.
+pub fn capped(demand: f64, rate: f64) -> f64 {
+    if demand.is_nan() {
+        return 0.0;
+    }
+    demand.clamp(0.0, MAX_DEMAND_RATES * rate.max(0.0))
+}
+
 /// One reporter's share of `rate` (per second) when all reporters
 /// together are `all` (the reporter included) and its own demand is `own`
 /// (`None`: not measured yet). See the module docs.
@@ -90,17 +106,22 @@ pub fn share(rate: f64, all: Demand, own: Option<f64>) -> f64 {
     if n == 0 || rate.is_nan() || rate <= 0.0 {
         return rate.max(0.0);
     }
-    let n = f64::from(n);
-    let equal = rate / n;
-    let own = own.unwrap_or(equal).max(0.0);
-    let by_demand = (1.0 - FLOOR) * rate;
-    let total = all.total(rate);
+    let equal = rate / f64::from(n);
+    let Some(own) = own else {
+        return equal;
+    };
+    let measured = all.reporters.max(1);
+    let pool = rate * f64::from(measured) / f64::from(n);
+    let m = f64::from(measured);
+    let own = own.max(0.0);
+    let total = all.measured.max(own);
+    let by_demand = (1.0 - FLOOR) * pool;
     let part = if total <= by_demand {
-        own + (by_demand - total) / n
+        own + (by_demand - total) / m
     } else {
         by_demand * own / total
     };
-    (FLOOR * rate / n + part).clamp(0.0, rate)
+    (FLOOR * pool / m + part).clamp(0.0, rate)
 }
 
 /// A share as Envoy's token bucket: `tokens_per_fill` tokens every
@@ -206,6 +227,10 @@ mod tests {
     fn newcomers_get_an_equal_share_and_idle_reporters_a_trickle() {
         let a = all(&[None, None, None, None]);
         assert!((share(100.0, a, None) - 25.0).abs() < 1e-9);
+        // A newcomer beside a busy reporter: still the equal share.
+        let a = all(&[Some(1_000.0), None]);
+        assert!((share(100.0, a, None) - 50.0).abs() < 1e-9);
+        assert!((share(100.0, a, Some(1_000.0)) - 50.0).abs() < 1e-9);
         // One busy, one idle: the idle one keeps the floor's part.
         let a = all(&[Some(500.0), Some(0.0)]);
         assert!((share(100.0, a, Some(0.0)) - 2.5).abs() < 1e-9);
@@ -215,6 +240,18 @@ mod tests {
         let s1 = share(100.0, a, Some(10.0));
         let s2 = share(100.0, a, Some(20.0));
         assert!((s1 + s2 - 100.0).abs() < 1e-9 && s2 - s1 > 9.9);
+        // Absurd counts ask for no more than ten times the rate.
+        let huge = capped(f64::MAX, 100.0);
+        assert_eq!(
+            (huge, capped(f64::NAN, 1.0), capped(-1.0, 1.0)),
+            (1_000.0, 0.0, 0.0)
+        );
+        let a = all(&[Some(huge), Some(100.0)]);
+        let greedy = share(100.0, a, Some(huge));
+        assert!(
+            (greedy - (2.5 + 95.0 * 1_000.0 / 1_100.0)).abs() < 1e-6,
+            "{greedy}"
+        );
     }
 
     #[test]
@@ -226,11 +263,11 @@ mod tests {
         );
         let f = token_bucket(1_000.0, 2_000.0);
         assert_eq!((f.tokens_per_fill, f.fill_interval_secs), (1_000, 1));
-        // A third of a token a second: over a minute.
-        let f = token_bucket(1.0 / 3.0, 0.2);
+        // Three tenths of a token a second: over a minute.
+        let f = token_bucket(0.3, 0.2);
         assert_eq!(
             (f.tokens_per_fill, f.fill_interval_secs, f.max_tokens),
-            (19, 60, 1)
+            (18, 60, 1)
         );
         // A token an hour shared by three.
         let f = token_bucket(1.0 / 10_800.0, 0.0);

@@ -1,15 +1,21 @@
 //! Envoy RLQS demand across nodes: every [`ROUND`], this node writes, for
-//! each global bucket its Envoys report, their demand (measured sum,
-//! reporters, fresh reporters) into the bucket's hash in Redis
-//! (`<prefix>{<bucket>}q`, a field per node) and reads back the other
-//! nodes' sums, in one pipelined round trip through `rlqs.lua`, so every
-//! node divides the bucket's rate among every Envoy reporting it anywhere.
+//! the global buckets its Envoys report (those whose demand changed, then
+//! the others in turn: [`crate::engine::Engine::rlqs_local_demands`]),
+//! their demand (measured sum, reporters, fresh reporters) into the
+//! bucket's hash in Redis (`<prefix>{<bucket>}q`, a field per node) and
+//! reads back the other nodes' sums, in one pipelined round trip through
+//! `rlqs.lua`, so every node divides the bucket's rate among every Envoy
+//! reporting it anywhere.
 //!
-//! A node that stops says so (its entries are deleted at shutdown); one
-//! that dies is forgotten once its entries are [`STALE`] (the script
-//! drops them). While Redis does not answer, each node keeps the other
+//! A node's entries count until they are older than the assignment's
+//! time to live plus [`STALE_SLACK`] (the script drops them then): its
+//! Envoys enforce what they were given that long after it stops or
+//! dies, whether or not they have reconnected elsewhere (counted there
+//! too meanwhile). While Redis does not answer, each node keeps the other
 //! nodes' last sums: shares stay as they were divided. Bucket names hold
-//! only keyed hashes (a bucket id may carry an API key).
+//! only keyed hashes (a bucket id may carry an API key). The script reads
+//! Redis's clock (`TIME`), so nodes' clocks need not agree; Redis 5 or
+//! later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,14 +36,13 @@ const SCRIPT: &str = include_str!("rlqs.lua");
 /// How often demand is exchanged.
 pub const ROUND: Duration = Duration::from_millis(500);
 
-/// How old another node's entry may be before it no longer counts.
-pub const STALE: Duration = Duration::from_secs(10);
+/// How much longer than the assignments' time to live another node's
+/// entry counts.
+pub const STALE_SLACK: Duration = Duration::from_secs(5);
 
-/// How long a bucket's hash lives after its last write.
-const TTL: Duration = Duration::from_secs(60);
-
-/// How long the last round at shutdown may take.
-const LAST_ROUND: Duration = Duration::from_secs(1);
+/// Buckets exchanged per round at least (more when a twentieth of the
+/// shared buckets is more).
+const PER_ROUND: usize = 2_000;
 
 /// The exchange task's state.
 pub struct DemandExchange {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for DemandExchange {
 
 impl DemandExchange {
     pub(crate) fn new(conn: RedisConn, engine: Arc<Engine>, prefix: String, scrub: Scrub) -> Self {
+        engine.rlqs_exchange();
         Self {
             conn,
             engine,
@@ -71,25 +77,19 @@ impl DemandExchange {
         }
     }
 
-    /// Exchanges every [`ROUND`] until `stop`; then withdraws this node's
-    /// demand (bounded by [`LAST_ROUND`]).
+    /// Exchanges every [`ROUND`] until `stop`.
     pub async fn run(mut self, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(ROUND);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.wait() => break,
+                _ = stop.wait() => return,
                 _ = tick.tick() => {
-                    let local = self.engine.rlqs_local_demands();
+                    let local = self.engine.rlqs_local_demands(PER_ROUND);
                     self.round(&local).await;
                 }
             }
         }
-        let mut gone = self.engine.rlqs_local_demands();
-        for d in &mut gone {
-            d.demand = Demand::default();
-        }
-        let _ = tokio::time::timeout(LAST_ROUND, self.round(&gone)).await;
     }
 
     /// One round trip: writes `local`, takes in the other nodes' sums.
@@ -99,6 +99,10 @@ impl DemandExchange {
         }
         let key = |i: usize| format!("{}{{{:016x}}}q", self.prefix, local[i].bucket);
         let node = &self.node;
+        let ttl = self.engine.view().live().rlqs.assignment_ttl;
+        let stale = (ttl + STALE_SLACK).as_millis() as u64;
+        // The hash outlives its entries' staleness.
+        let expire = stale * 2;
         let args = |pipe: &mut redis::Pipeline, i: usize| {
             let d = local[i].demand;
             let measured = if d.measured.is_finite() {
@@ -112,8 +116,8 @@ impl DemandExchange {
                 .arg(format!("{measured:.3}"))
                 .arg(d.reporters)
                 .arg(d.fresh)
-                .arg(STALE.as_millis() as u64)
-                .arg(TTL.as_millis() as u64);
+                .arg(stale)
+                .arg(expire);
         };
         let replies: Vec<redis::RedisResult<Value>> = self
             .conn
@@ -137,6 +141,7 @@ impl DemandExchange {
         }
         if failed {
             self.conn.reset();
+            self.engine.rlqs_unsent(local);
         }
         self.engine.rlqs_set_remote(&remote);
     }

@@ -42,7 +42,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             requests: 0,
             checks: 0,
@@ -65,11 +65,18 @@ impl Outcome {
         let _ = self.latency.add(&other.latency);
     }
 
+    /// Checks answered outside a call's own answer (RLQS pushes).
+    pub(crate) fn add_checks(&mut self, allowed: u64, denied: u64) {
+        self.checks += allowed + denied;
+        self.allowed += allowed;
+        self.denied += denied;
+    }
+
     fn record(&mut self, since: Instant, answered: Answered) {
         self.record_took(since.elapsed(), answered);
     }
 
-    fn record_took(&mut self, took: Duration, answered: Answered) {
+    pub(crate) fn record_took(&mut self, took: Duration, answered: Answered) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency.saturating_record(us.max(1));
         match answered {
@@ -86,7 +93,7 @@ impl Outcome {
 
 /// One call's answer.
 #[derive(Debug, Clone, Copy)]
-enum Answered {
+pub(crate) enum Answered {
     Checks { allowed: u64, denied: u64 },
     Failed,
 }
@@ -335,6 +342,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 let ch = channels[w % channels.len()].clone();
                 let opening = Arc::clone(&opening);
                 tasks.spawn(hold(args.clone(), ch, (w as u64, opening), end));
+            }
+        }
+        (None, Mode::Rlqs) => {
+            for w in 0..args.concurrency {
+                let ch = channels[w % channels.len()].clone();
+                let measuring = Arc::clone(&measuring);
+                tasks.spawn(crate::rlqs::envoy(
+                    args.clone(),
+                    ch,
+                    w as u64,
+                    end,
+                    measuring,
+                ));
             }
         }
         (None, Mode::Stream) => {

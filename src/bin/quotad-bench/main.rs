@@ -22,6 +22,7 @@
 
 mod drive;
 mod report;
+mod rlqs;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -52,6 +53,10 @@ pub enum Mode {
     /// opened over the run's first moments and held until its end, or
     /// until the process is killed.
     Hold,
+    /// Envoy RLQS `StreamRateLimitQuotas`: `--concurrency` simulated
+    /// Envoys, each reporting `--buckets` buckets (`{tenant: <key>}`)
+    /// every `--report-interval`, `--cost` requests a second each.
+    Rlqs,
 }
 
 /// How keys are drawn.
@@ -148,6 +153,12 @@ pub struct Args {
     /// `--key-entry`).
     #[arg(long, default_value = "quotad")]
     pub domain: String,
+    /// RLQS: buckets each simulated Envoy reports.
+    #[arg(long, default_value_t = 100)]
+    pub buckets: u64,
+    /// RLQS: how often each simulated Envoy reports (Envoy's filter: 5s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub report_interval: Duration,
     /// The descriptor entry that holds the key.
     #[arg(long, default_value = "api_key")]
     pub key_entry: String,
@@ -182,8 +193,15 @@ impl Args {
         if self.batch == 0 || self.window == 0 || self.requests == Some(0) {
             return Err("--batch, --window and --requests must be at least 1".into());
         }
-        if self.rate.is_some() && self.mode == Mode::Hold {
-            return Err("--rate: hold streams are opened all at once (a closed loop)".into());
+        if self.rate.is_some() && matches!(self.mode, Mode::Hold | Mode::Rlqs) {
+            return Err(
+                "--rate: hold and rlqs streams are opened all at once (a closed loop)".into(),
+            );
+        }
+        if self.mode == Mode::Rlqs
+            && (self.buckets == 0 || self.report_interval < Duration::from_secs(1))
+        {
+            return Err("--buckets: at least 1; --report-interval: at least 1s".into());
         }
         if let Some(r) = self.rate
             && !(r.is_finite() && r > 0.0)

@@ -32,23 +32,59 @@ impl Strategy {
             Strategy::Bucket(_) => "token_bucket",
         }
     }
+}
 
-    /// Whether an Envoy holding `self` should be sent `target`: another
-    /// kind of strategy, a share that fell at all (so what Envoys hold
-    /// never sums past the rate), or one that rose by more than
-    /// `tolerance` (a fraction): small rises wait, and the Envoy's
-    /// assignment is renewed as it is.
-    pub fn worth_pushing(&self, target: &Strategy, tolerance: f64) -> bool {
-        match (self, target) {
-            (Strategy::Bucket(held), Strategy::Bucket(want)) => {
-                let fell = want.rate() < held.rate() || want.max_tokens < held.max_tokens;
-                let rose = |h: f64, w: f64| w > h * (1.0 + tolerance) || (h == 0.0 && w > 0.0);
-                fell || rose(held.rate(), want.rate())
-                    || rose(f64::from(held.max_tokens), f64::from(want.max_tokens))
-            }
-            (a, b) => a != b,
+/// What a reporter should hold, exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Target {
+    Allow,
+    Deny,
+    /// A share of the rate (per second) and of the burst.
+    Share {
+        rate: f64,
+        burst: f64,
+    },
+}
+
+/// What an Envoy holding `held` is sent for `target`, if anything (else
+/// it keeps what it holds, renewed). A share is assigned with a margin of
+/// half the `tolerance` (fraction) below the exact one, and sent again
+/// only when the exact one falls below what the Envoy holds (so what
+/// Envoys hold never sums past the rate) or the margined one rises past
+/// it by more than the tolerance: a share that wobbles sends nothing
+/// (each assignment refills Envoy's bucket, so fewer is better).
+pub(super) fn next(held: Option<Strategy>, target: Target, tolerance: f64) -> Option<Strategy> {
+    let want = match target {
+        Target::Allow => Strategy::Allow,
+        Target::Deny => Strategy::Deny,
+        Target::Share { rate, burst } => {
+            let keep = 1.0 - tolerance / 2.0;
+            Strategy::Bucket(share::token_bucket(rate * keep, burst * keep))
         }
+    };
+    let (Some(Strategy::Bucket(h)), Strategy::Bucket(w), Target::Share { rate, burst }) =
+        (held, want, target)
+    else {
+        return (held != Some(want)).then_some(want);
+    };
+    let fell = h.rate() > rate || f64::from(h.max_tokens) > burst.max(1.0);
+    let rose = |h: f64, w: f64| w > h * (1.0 + tolerance) || (h == 0.0 && w > 0.0);
+    let rose = rose(h.rate(), w.rate()) || rose(f64::from(h.max_tokens), f64::from(w.max_tokens));
+    (fell || rose).then(|| Strategy::Bucket(seen_by_envoy(h, w)))
+}
+
+/// `want`, told apart from `held` as Envoy compares token buckets: it
+/// looks at `max_tokens`, `tokens_per_fill` and only the nanoseconds of
+/// `fill_interval`, so a change of interval alone would go unnoticed;
+/// then one token less per fill makes it one.
+fn seen_by_envoy(held: Fill, mut want: Fill) -> Fill {
+    if want.max_tokens == held.max_tokens
+        && want.tokens_per_fill == held.tokens_per_fill
+        && want.fill_interval_secs != held.fill_interval_secs
+    {
+        want.tokens_per_fill = want.tokens_per_fill.saturating_sub(1);
     }
+    want
 }
 
 /// An action for one bucket of one stream.
@@ -81,6 +117,11 @@ pub(super) struct Member {
     pub last_traffic: Nanos,
     /// What it holds: the last assignment sent.
     pub held: Option<Strategy>,
+    /// When it was last sent an assignment.
+    pub last_sent: Nanos,
+    /// Its stream closed: the Envoy enforces what it holds until its
+    /// assignment expires, so its share stays reserved until then.
+    pub ghost_until: Option<Nanos>,
 }
 
 /// A global bucket as this node tracks it.
@@ -128,32 +169,79 @@ impl Bucket {
 
     /// What a reporter with demand `own` should hold now, given every
     /// node's reporters `all`.
-    pub fn target(&self, all: Demand, own: Option<f64>) -> Strategy {
+    pub fn target(&self, all: Demand, own: Option<f64>) -> Target {
         if self.blocked_until.is_some() {
-            return Strategy::Deny;
+            return Target::Deny;
         }
         match self.rule.as_ref().map(|(_, r)| r.action) {
-            None | Some(RuleAction::Allow) => Strategy::Allow,
-            Some(RuleAction::Deny) => Strategy::Deny,
+            None | Some(RuleAction::Allow) => Target::Allow,
+            Some(RuleAction::Deny) => Target::Deny,
             Some(action @ RuleAction::Share { burst, .. }) => {
                 let rate = action.rate_per_sec().unwrap_or(0.0);
                 let mine = share::share(rate, all, own);
-                let of_burst = if rate > 0.0 {
+                let burst = if rate > 0.0 {
                     burst as f64 * mine / rate
                 } else {
                     0.0
                 };
-                Strategy::Bucket(share::token_bucket(mine, of_burst))
+                Target::Share { rate: mine, burst }
             }
         }
     }
 
-    /// Every reporter here and what it should hold now.
-    pub fn targets(&self) -> Vec<(u64, Strategy)> {
+    /// Every reporter here with an open stream and what it should hold.
+    pub fn targets(&self) -> Vec<(u64, Target)> {
         let all = self.local().plus(self.remote);
         self.members
             .iter()
+            .filter(|(_, m)| m.ghost_until.is_none())
             .map(|(&s, m)| (s, self.target(all, m.demand)))
             .collect()
+    }
+
+    /// The rule's rate per second, for a share rule.
+    pub fn rate(&self) -> Option<f64> {
+        self.rule
+            .as_ref()
+            .and_then(|(_, r)| r.action.rate_per_sec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(rate: f64, burst: f64) -> Target {
+        Target::Share { rate, burst }
+    }
+
+    #[test]
+    fn shares_are_sent_with_a_margin_and_again_only_past_it() {
+        let tol = 0.1;
+        let first = next(None, bucket(100.0, 200.0), tol);
+        let Some(Strategy::Bucket(f)) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!((f.rate(), f.max_tokens), (95.0, 190));
+        // Wobbles send nothing; a fall below what is held does, a rise
+        // only past the tolerance.
+        assert_eq!(next(first, bucket(97.0, 200.0), tol), None);
+        assert_eq!(next(first, bucket(104.0, 200.0), tol), None);
+        assert!(next(first, bucket(94.9, 200.0), tol).is_some());
+        assert!(next(first, bucket(100.0, 189.0), tol).is_some());
+        assert!(next(first, bucket(111.0, 220.0), tol).is_some());
+        assert_eq!(next(first, Target::Deny, tol), Some(Strategy::Deny));
+        assert_eq!(next(Some(Strategy::Deny), Target::Deny, tol), None);
+        // A change Envoy would not see (the interval only) is made one.
+        let held = Fill {
+            max_tokens: 1,
+            tokens_per_fill: 117,
+            fill_interval_secs: 2,
+        };
+        let want = Fill {
+            fill_interval_secs: 5,
+            ..held
+        };
+        assert_eq!(seen_by_envoy(held, want).tokens_per_fill, 116);
     }
 }

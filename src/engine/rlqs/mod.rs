@@ -33,7 +33,7 @@ use super::Engine;
 use crate::config::RlqsSettings;
 use crate::core::clock::Nanos;
 use crate::core::hash::{mix, name_id};
-use crate::core::share::{Demand, rate_of};
+use crate::core::share::{self, Demand, rate_of};
 use crate::limits::rlqs::BucketEntries;
 use crate::limits::{Assigned, Table};
 
@@ -104,14 +104,21 @@ struct State {
     next_id: u64,
     /// (stream, bucket) pairs.
     tracked: usize,
-    /// Buckets whose local demand changed since the last publish, and
-    /// buckets gone from this node (published as empty once).
-    dirty: HashSet<u64, BuildNoHashHasher<u64>>,
+    /// With Redis: shared buckets whose local demand changed since the
+    /// last exchange, and buckets no longer shared here (published as
+    /// empty once). Without, always empty.
+    changed: HashSet<u64, BuildNoHashHasher<u64>>,
+    /// Whether demand is exchanged with other nodes.
+    exchanging: bool,
+    /// Where the exchange's rolling refresh of every shared bucket is.
+    refresh_at: usize,
     /// The rules the buckets were matched under (held, so a new one
     /// cannot come at the same address).
     rules_seen: Option<Arc<super::Rules>>,
     /// When the first block with an end ends.
     next_unblock: Option<Nanos>,
+    /// When the first ghost (a closed stream's member) expires.
+    next_ghost: Option<Nanos>,
     /// When idle members were last looked for.
     idle_checked: Nanos,
 }
@@ -376,22 +383,27 @@ impl State {
             };
         };
         let id = Arc::clone(&bucket.id);
+        let rate = bucket.rate();
         let first = !bucket.members.contains_key(&stream);
         let m = bucket.members.entry(stream).or_insert(Member {
             demand: None,
             last_report: ctx.now,
             last_traffic: ctx.now,
             held: None,
+            last_sent: ctx.now,
+            ghost_until: None,
         });
-        if first {
+        let measured = if first {
             // A bucket seen first on this stream with time elapsed (a
             // reconnected Envoy) is measured over what it says.
-            if u.elapsed >= crate::core::share::MIN_MEASURED_NANOS {
-                m.demand = Some(rate_of(requests, u.elapsed));
-            }
+            (u.elapsed >= share::MIN_MEASURED_NANOS).then(|| rate_of(requests, u.elapsed))
         } else {
-            m.demand = Some(rate_of(requests, ctx.now.saturating_sub(m.last_report)));
+            let since = ctx.now.saturating_sub(m.last_report);
             m.last_report = ctx.now;
+            Some(rate_of(requests, since))
+        };
+        if let Some(d) = measured {
+            m.demand = Some(rate.map_or(d, |r| share::capped(d, r)));
         }
         if requests > 0 {
             m.last_traffic = ctx.now;
@@ -402,15 +414,15 @@ impl State {
                 s.buckets.insert(h);
             }
         }
-        self.dirty.insert(h);
+        self.mark(h);
         self.settle(engine, ctx, h, Some(stream))
             .unwrap_or(Action::Abandon { id })
     }
 
-    /// Brings bucket `h`'s members to their targets: queues what moved
-    /// past the tolerance for each stream but `answering`, and returns
-    /// `answering`'s action (its target if it moved or is new, else what
-    /// it holds, renewed).
+    /// Brings bucket `h`'s members with open streams to their targets
+    /// (see [`bucket::next`]): queues each new assignment for its stream,
+    /// but `answering`'s, which is returned (a new one, or the one it
+    /// holds, renewed).
     fn settle(
         &mut self,
         engine: &Engine,
@@ -426,26 +438,30 @@ impl State {
             let Some(m) = bucket.members.get_mut(&s) else {
                 continue;
             };
-            let push = m
-                .held
-                .is_none_or(|held| held.worth_pushing(&target, tolerance));
-            if push {
-                m.held = Some(target);
-            }
-            let strategy = m.held.unwrap_or(target);
+            let new = bucket::next(m.held, target, tolerance);
+            let Some(strategy) = new.or(m.held) else {
+                continue;
+            };
+            m.held = Some(strategy);
             let action = Action::Assign {
                 id: Arc::clone(&bucket.id),
                 strategy,
                 ttl_secs,
             };
             if Some(s) == answering {
-                engine.metrics().rlqs_assigned(strategy.kind(), push);
+                m.last_sent = ctx.now;
+                engine
+                    .metrics()
+                    .rlqs_assigned(strategy.kind(), new.is_some());
                 // The answer supersedes anything queued for the bucket.
                 if let Some(stream) = self.streams.get_mut(&s) {
                     stream.pending.remove(&h);
                 }
                 answer = Some(action);
-            } else if push && let Some(stream) = self.streams.get_mut(&s) {
+            } else if new.is_some()
+                && let Some(stream) = self.streams.get_mut(&s)
+            {
+                m.last_sent = ctx.now;
                 engine.metrics().rlqs_assigned(strategy.kind(), true);
                 stream.pending.insert(h, action);
                 stream.wake.notify_one();
@@ -454,19 +470,39 @@ impl State {
         answer
     }
 
-    /// Takes `stream` out of bucket `h`; the others' shares follow.
+    /// Takes `stream` out of bucket `h`, its stream closed: a member
+    /// holding a share stays, reserved, until its assignment expires in
+    /// the Envoy (a ghost, see [`upkeep`]); the others' shares follow.
     fn leave(&mut self, engine: &Engine, ctx: &Ctx<'_>, stream: u64, h: u64) {
         let Some(bucket) = self.buckets.get_mut(&h) else {
             return;
         };
-        if bucket.members.remove(&stream).is_some() {
-            self.tracked = self.tracked.saturating_sub(1);
+        let ttl = ctx.settings.assignment_ttl.as_nanos() as u64;
+        let blocked = bucket.blocked_until.is_some();
+        let Some(m) = bucket.members.get_mut(&stream) else {
+            return;
+        };
+        if matches!(m.held, Some(Strategy::Bucket(_))) && !blocked {
+            let until = m.last_sent.saturating_add(ttl);
+            m.ghost_until = Some(until);
+            self.note_ghost(until);
+            return;
         }
-        self.dirty.insert(h);
-        if bucket.members.is_empty() {
+        bucket.members.remove(&stream);
+        let empty = bucket.members.is_empty();
+        self.tracked = self.tracked.saturating_sub(1);
+        self.mark(h);
+        if empty {
             self.buckets.remove(&h);
         } else {
             self.settle(engine, ctx, h, None);
+        }
+    }
+
+    /// Notes that bucket `h`'s local demand changed, for the exchange.
+    fn mark(&mut self, h: u64) {
+        if self.exchanging {
+            self.changed.insert(h);
         }
     }
 }

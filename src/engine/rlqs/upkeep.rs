@@ -47,15 +47,20 @@ fn key_hash(engine: &Engine, ctx: &Ctx<'_>, id: &BucketEntries) -> Option<u64> {
 }
 
 /// After a reload or an operator's change (new rules in effect), or when
-/// a block ends: every bucket matched again. A bucket whose rule is gone
-/// is abandoned by every stream; the others get their new targets.
+/// a block ends: every bucket looked at again. With a new config, each is
+/// matched again (a bucket whose rule is gone is abandoned by every
+/// stream); with only a new table (an operator's override) or a block's
+/// end, only blocks are looked at. Whatever moved is pushed.
 pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules: Arc<Rules>) {
-    let changed = st
-        .rules_seen
-        .as_ref()
-        .is_none_or(|seen| !Arc::ptr_eq(seen, &rules));
+    let (table, config) = match &st.rules_seen {
+        None => (true, true),
+        Some(seen) => (
+            !Arc::ptr_eq(seen, &rules),
+            !Arc::ptr_eq(&seen.config, &rules.config),
+        ),
+    };
     let unblock = st.next_unblock.is_some_and(|t| t <= ctx.now);
-    if !changed && !unblock {
+    if !table && !unblock {
         return;
     }
     st.rules_seen = Some(rules);
@@ -65,29 +70,86 @@ pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules
         let Some(b) = st.buckets.get_mut(&h) else {
             continue;
         };
-        let gone = b
-            .rule
-            .as_ref()
-            .is_some_and(|(_, old)| !ctx.settings.rules.has_matcher(&b.domain, old));
-        if gone {
-            st.abandon(engine, h, |_| true, "rule_removed");
-            continue;
+        let was = (
+            b.rule.as_ref().map(|(i, r)| (*i, r.action)),
+            b.blocked_until,
+        );
+        if config {
+            let gone = b
+                .rule
+                .as_ref()
+                .is_some_and(|(_, old)| !ctx.settings.rules.has_matcher(&b.domain, old));
+            if gone {
+                st.abandon(engine, h, |_| true, "rule_removed");
+                continue;
+            }
+            b.rule = ctx
+                .settings
+                .rules
+                .find(&b.domain, &b.id)
+                .map(|(i, r)| (i, r.clone()));
+            b.key_hash = key_hash(engine, ctx, &b.id);
         }
-        b.rule = ctx
-            .settings
-            .rules
-            .find(&b.domain, &b.id)
-            .map(|(i, r)| (i, r.clone()));
-        b.key_hash = key_hash(engine, ctx, &b.id);
         b.blocked_until = ctx.blocked(b.key_hash);
+        let now = (
+            b.rule.as_ref().map(|(i, r)| (*i, r.action)),
+            b.blocked_until,
+        );
         let until = b.blocked_until;
         st.note_block(until);
-        st.dirty.insert(h);
-        st.settle(engine, ctx, h, None);
+        if now != was {
+            st.mark(h);
+            st.settle(engine, ctx, h, None);
+        }
     }
 }
 
 impl State {
+    /// Remembers when the earliest ghost expires.
+    pub(super) fn note_ghost(&mut self, until: Nanos) {
+        self.next_ghost = Some(self.next_ghost.map_or(until, |n| n.min(until)));
+    }
+
+    /// Forgets the ghosts whose assignments have expired in their Envoys;
+    /// their buckets' other members' shares follow.
+    fn expire_ghosts(&mut self, engine: &Engine, ctx: &Ctx<'_>) {
+        if self.next_ghost.is_none_or(|t| t > ctx.now) {
+            return;
+        }
+        self.next_ghost = None;
+        let all: Vec<u64> = self.buckets.keys().copied().collect();
+        for h in all {
+            let Some(b) = self.buckets.get_mut(&h) else {
+                continue;
+            };
+            let before = b.members.len();
+            let mut next = None::<Nanos>;
+            b.members.retain(|_, m| match m.ghost_until {
+                Some(t) if t <= ctx.now => false,
+                Some(t) => {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    true
+                }
+                None => true,
+            });
+            let gone = before - b.members.len();
+            let empty = b.members.is_empty();
+            if let Some(t) = next {
+                self.note_ghost(t);
+            }
+            if gone == 0 {
+                continue;
+            }
+            self.tracked = self.tracked.saturating_sub(gone);
+            self.mark(h);
+            if empty {
+                self.buckets.remove(&h);
+            } else {
+                self.settle(engine, ctx, h, None);
+            }
+        }
+    }
+
     /// Remembers when the earliest block with an end ends.
     pub(super) fn note_block(&mut self, until: Option<Nanos>) {
         if let Some(t) = until.filter(|t| *t != u64::MAX) {
@@ -128,10 +190,11 @@ impl State {
                 stream.wake.notify_one();
             }
         }
+        let empty = b.members.is_empty();
         if !leaving.is_empty() {
-            self.dirty.insert(h);
+            self.mark(h);
         }
-        if b.members.is_empty() {
+        if empty {
             self.buckets.remove(&h);
             return false;
         }
@@ -140,12 +203,13 @@ impl State {
 }
 
 impl Engine {
-    /// Between reports, every 250 ms or so: follows the rules in effect
-    /// (see [`follow_rules`], run by every RLQS call) and, once a second,
-    /// abandons buckets a stream reported no traffic for in
-    /// `rlqs.idle_abandon_after`.
+    /// Between reports, every 100 ms or so: follows the rules in effect
+    /// (see [`follow_rules`], run by every RLQS call), forgets expired
+    /// ghosts and, once a second, abandons buckets a stream reported no
+    /// traffic for in `rlqs.idle_abandon_after`.
     pub fn rlqs_tick(&self) {
         self.rlqs_ctx(|ctx, st| {
+            st.expire_ghosts(self, ctx);
             if ctx.now.saturating_sub(st.idle_checked) < IDLE_CHECK {
                 return;
             }
@@ -163,30 +227,60 @@ impl Engine {
         });
     }
 
-    /// This node's demand for every shared bucket, and an empty one for
-    /// each bucket that stopped being shared here since the last call:
-    /// what to publish for the other nodes.
-    pub fn rlqs_local_demands(&self) -> Vec<LocalDemand> {
+    /// Demand is exchanged with other nodes from now on (see
+    /// [`Engine::rlqs_local_demands`]).
+    pub fn rlqs_exchange(&self) {
+        self.rlqs.lock().exchanging = true;
+    }
+
+    /// What to exchange with the other nodes in one round, at most `max`
+    /// buckets (or a twentieth of the shared ones, if more): each shared
+    /// bucket whose local demand changed since the last round (an empty
+    /// demand for one no longer shared here), then the next of every
+    /// shared bucket in turn, so each is written and read again every 20
+    /// rounds at worst. A round that failed gives its buckets back
+    /// ([`Engine::rlqs_unsent`]).
+    pub fn rlqs_local_demands(&self, max: usize) -> Vec<LocalDemand> {
         let mut st = self.rlqs.lock();
-        let mut out: Vec<LocalDemand> = st
+        let st = &mut *st;
+        let max = max.max(st.buckets.len() / 20);
+        let mut out = Vec::new();
+        let changed: Vec<u64> = st.changed.iter().copied().take(max).collect();
+        for h in changed {
+            st.changed.remove(&h);
+            let demand = st
+                .buckets
+                .get(&h)
+                .filter(|b| b.shared())
+                .map_or_else(Demand::default, Bucket::local);
+            out.push(LocalDemand { bucket: h, demand });
+        }
+        let shared: Vec<u64> = st
             .buckets
             .iter()
             .filter(|(_, b)| b.shared())
-            .map(|(&bucket, b)| LocalDemand {
-                bucket,
-                demand: b.local(),
-            })
+            .map(|(h, _)| *h)
             .collect();
-        let dirty = std::mem::take(&mut st.dirty);
-        for h in dirty {
-            if !st.buckets.get(&h).is_some_and(Bucket::shared) {
+        let room = max.saturating_sub(out.len()).min(shared.len());
+        for i in 0..room {
+            let h = shared[(st.refresh_at + i) % shared.len()];
+            if out.iter().all(|d| d.bucket != h)
+                && let Some(b) = st.buckets.get(&h)
+            {
                 out.push(LocalDemand {
                     bucket: h,
-                    demand: Demand::default(),
+                    demand: b.local(),
                 });
             }
         }
+        st.refresh_at = st.refresh_at.wrapping_add(room);
         out
+    }
+
+    /// Buckets a failed round did not publish: sent again next round.
+    pub fn rlqs_unsent(&self, unsent: &[LocalDemand]) {
+        let mut st = self.rlqs.lock();
+        st.changed.extend(unsent.iter().map(|d| d.bucket));
     }
 
     /// What the other nodes report for shared buckets: their shares here
