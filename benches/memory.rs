@@ -316,6 +316,64 @@ fn main() {
     // 6. Concurrency leases (issue 21): one lease per key, each key's
     // cell its own, in this node's lease table.
     leases(n);
+    // 7. Envoy RLQS (issue 22): (Envoy stream, bucket) pairs, 1 000
+    // streams of 100 buckets each (a tenth of that without --bench), every
+    // pair its own bucket, then every stream reporting the same buckets.
+    let (streams, buckets) = if bench_mode() {
+        (1_000, 100)
+    } else {
+        (100, 10)
+    };
+    rlqs_pairs("every pair its own bucket", streams, buckets, true);
+    rlqs_pairs("every stream the same buckets", streams, buckets, false);
+}
+
+/// `streams` RLQS streams reporting `buckets` buckets each (`{tenant:
+/// tenant-<i>}`, ids of 14–20 bytes), twice (so each pair is measured):
+/// the engine's bytes per (stream, bucket) pair, the streams' own state
+/// included.
+fn rlqs_pairs(title: &str, streams: usize, buckets: usize, distinct: bool) {
+    use quotad::engine::rlqs::Usage;
+    let yaml = "plans: { p: {} }\ndefault_plan: p\nrlqs:\n  domains:\n    shop:\n      - { match: { tenant: \"*\" }, rate: 1000, per: second }\n";
+    let config = quotad::config::Config::from_yaml(yaml, "bench.yaml").expect("valid");
+    let clock = Arc::new(ManualClock::new(T0));
+    let heap_before = heap();
+    let engine = Arc::new(new_limiter(1_000, &clock).with_config(Arc::new(config)));
+    let mut open = Vec::with_capacity(streams);
+    for s in 0..streams {
+        let stream = engine
+            .rlqs_open(format!("127.0.0.1:{}", 10_000 + s), s)
+            .expect("under the caps");
+        for round in 0..2u64 {
+            let usages = (0..buckets)
+                .map(|b| Usage {
+                    id: [(
+                        "tenant".to_owned(),
+                        format!("tenant-{}", if distinct { s * buckets + b } else { b }),
+                    )]
+                    .into_iter()
+                    .collect(),
+                    allowed: 10,
+                    denied: 1,
+                    elapsed: round * 5 * NANOS_PER_SEC,
+                })
+                .collect();
+            stream.report("shop", usages).expect("under the caps");
+        }
+        open.push(stream);
+    }
+    let bytes = heap() as isize - heap_before as isize;
+    let (n_streams, pairs, n_buckets) = engine.rlqs().sizes();
+    println!();
+    println!("== Envoy RLQS, {title} ==");
+    println!("streams {n_streams}, buckets {n_buckets}, (stream, bucket) pairs {pairs}");
+    println!(
+        "heap:                    {:.1} MiB  → {:.1} B/pair (allocator)",
+        mib(bytes.max(0) as usize),
+        per_key(bytes, pairs)
+    );
+    assert_eq!(pairs, streams * buckets);
+    drop(open);
 }
 
 /// `n` leases of one slot, each of its own key: the lease table's bytes

@@ -213,7 +213,11 @@ pub fn rlqs_usage(u: &crate::engine::rlqs::BucketUsage) -> pb::RlqsBucketUsage {
     let rate = u.rate.unwrap_or(0.0);
     pb::RlqsBucketUsage {
         domain: u.domain.clone(),
-        bucket: u.id.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        bucket: u
+            .id
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         rule: u.rule.as_ref().map(|(_, r)| r.clone()).unwrap_or_default(),
         action: u.action.to_owned(),
         blocked: u.blocked,

@@ -305,7 +305,7 @@ fn bucket_id(
             max: s.max_bucket_entries,
         });
     }
-    let mut out = BucketEntries::new();
+    let mut out = BTreeMap::new();
     for (k, v) in bucket {
         if k.is_empty() || v.is_empty() {
             return Err(RequestError::Invalid {
@@ -326,7 +326,7 @@ fn bucket_id(
         }
         out.insert(k.clone(), v.clone());
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 /// `time_elapsed` in nanoseconds: absent reads as 0; negative is wrong.
@@ -376,7 +376,7 @@ fn action(a: Action) -> BucketAction {
         bucket_id: Some(BucketId {
             bucket: id
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect::<HashMap<_, _>>(),
         }),
         bucket_action: Some(kind),

@@ -400,7 +400,9 @@ mod tests {
         );
         assert_eq!(rules[1].action, RuleAction::Deny);
         assert_eq!(rules[2].action, RuleAction::Allow);
-        let bucket: BucketEntries = [("tier".to_owned(), "blocked".to_owned())].into();
+        let bucket: BucketEntries = [("tier".to_owned(), "blocked".to_owned())]
+            .into_iter()
+            .collect();
         assert_eq!(r.rules.find("shop", &bucket).map(|(i, _)| i), Some(1));
         assert!(
             c.summary()

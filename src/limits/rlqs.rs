@@ -6,8 +6,64 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// A bucket id: its entries, sorted (Envoy sends them as a map).
-pub type BucketEntries = BTreeMap<String, String>;
+/// A bucket id: its entries, sorted by key, each key once (Envoy sends
+/// them as a map). Stored as one boxed slice: a bucket id of one entry
+/// costs its strings and a pointer pair, not a tree node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BucketEntries(Box<[(Box<str>, Box<str>)]>);
+
+impl BucketEntries {
+    /// The entry `key`'s value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// The entries, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same id with entry `key`'s value (if it has one) replaced.
+    #[must_use]
+    pub fn with_value(&self, key: &str, value: &str) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        if &**k == key { value.into() } else { v.clone() },
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+impl From<BTreeMap<String, String>> for BucketEntries {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        Self(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl FromIterator<(String, String)> for BucketEntries {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(it: I) -> Self {
+        it.into_iter().collect::<BTreeMap<_, _>>().into()
+    }
+}
 
 /// What a rule's buckets get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +113,7 @@ impl Rule {
     /// Whether `bucket` has every entry the rule names.
     pub fn matches(&self, bucket: &BucketEntries) -> bool {
         self.matcher.iter().all(|(k, want)| match bucket.get(k) {
-            Some(v) => want.as_ref().is_none_or(|w| w == v),
+            Some(v) => want.as_deref().is_none_or(|w| w == v),
             None => false,
         })
     }
@@ -131,6 +187,11 @@ impl RlqsRules {
         self.domains
             .get(domain)
             .is_some_and(|rs| rs.iter().any(|r| r.matcher == rule.matcher))
+    }
+
+    /// Rule `index` of `domain`.
+    pub fn rule(&self, domain: &str, index: usize) -> Option<&Rule> {
+        self.domains.get(domain)?.get(index)
     }
 
     /// The rules of `domain`.

@@ -3,14 +3,11 @@
 //! (each with its measured demand and the assignment it holds) and what
 //! the other nodes report; and what each reporter should hold now.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use nohash_hasher::BuildNoHashHasher;
 
 use crate::core::clock::Nanos;
 use crate::core::share::{self, Demand, Fill};
-use crate::limits::rlqs::{BucketEntries, Rule, RuleAction};
+use crate::limits::rlqs::{BucketEntries, RuleAction};
 
 /// What an Envoy is told to do with a bucket's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +121,66 @@ pub(super) struct Member {
     pub ghost_until: Option<Nanos>,
 }
 
+/// A bucket's members by stream id: a vector sorted by id (streams get
+/// increasing ids, so a new member is mostly pushed at the end), sized to
+/// fit: most buckets have one or a few members, and a hash map's spare
+/// slots would cost several times a member.
+#[derive(Debug, Default)]
+pub(super) struct Members(Vec<(u64, Member)>);
+
+impl Members {
+    fn at(&self, stream: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&stream, |(s, _)| *s)
+    }
+
+    pub fn contains_key(&self, stream: &u64) -> bool {
+        self.at(*stream).is_ok()
+    }
+
+    pub fn get_mut(&mut self, stream: &u64) -> Option<&mut Member> {
+        self.at(*stream).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The member of `stream`, `new` if it has none.
+    pub fn get_or_insert(&mut self, stream: u64, new: Member) -> &mut Member {
+        let i = match self.at(stream) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (stream, new));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub fn remove(&mut self, stream: &u64) -> Option<Member> {
+        self.at(*stream).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&u64, &mut Member) -> bool) {
+        self.0.retain_mut(|(s, m)| keep(s, m));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Member)> {
+        self.0.iter().map(|(s, m)| (s, m))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Member> {
+        self.0.iter().map(|(_, m)| m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A global bucket as this node tracks it.
 #[derive(Debug)]
 pub(super) struct Bucket {
@@ -131,12 +188,13 @@ pub(super) struct Bucket {
     pub id: Arc<BucketEntries>,
     /// The keyed hash of its `key_entry` value, if it has one.
     pub key_hash: Option<u64>,
-    /// The rule it matched and that rule's index; `None`: ALLOW_ALL.
-    pub rule: Option<(usize, Rule)>,
+    /// The index of the rule it matched, and what it says; `None`:
+    /// ALLOW_ALL.
+    pub rule: Option<(usize, RuleAction)>,
     /// Blocked by an operator until then (`u64::MAX`: until lifted).
     pub blocked_until: Option<Nanos>,
     /// The streams reporting it here.
-    pub members: HashMap<u64, Member, BuildNoHashHasher<u64>>,
+    pub members: Members,
     /// What every other node reports of it.
     pub remote: Demand,
 }
@@ -154,17 +212,7 @@ impl Bucket {
     /// Whether its reporters share a rate (and so their demand counts
     /// across nodes).
     pub fn shared(&self) -> bool {
-        self.blocked_until.is_none()
-            && matches!(
-                self.rule,
-                Some((
-                    _,
-                    Rule {
-                        action: RuleAction::Share { .. },
-                        ..
-                    }
-                ))
-            )
+        self.blocked_until.is_none() && matches!(self.rule, Some((_, RuleAction::Share { .. })))
     }
 
     /// What a reporter with demand `own` should hold now, given every
@@ -173,7 +221,7 @@ impl Bucket {
         if self.blocked_until.is_some() {
             return Target::Deny;
         }
-        match self.rule.as_ref().map(|(_, r)| r.action) {
+        match self.rule.map(|(_, a)| a) {
             None | Some(RuleAction::Allow) => Target::Allow,
             Some(RuleAction::Deny) => Target::Deny,
             Some(action @ RuleAction::Share { burst, .. }) => {
@@ -201,9 +249,7 @@ impl Bucket {
 
     /// The rule's rate per second, for a share rule.
     pub fn rate(&self) -> Option<f64> {
-        self.rule
-            .as_ref()
-            .and_then(|(_, r)| r.action.rate_per_sec())
+        self.rule.and_then(|(_, a)| a.rate_per_sec())
     }
 }
 

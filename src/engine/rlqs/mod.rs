@@ -209,9 +209,7 @@ impl Hub {
 
 /// A bucket's hash: the domain and its entries, keyed.
 fn bucket_hash(engine: &Engine, domain: &str, id: &BucketEntries) -> u64 {
-    let h = engine
-        .hasher()
-        .descriptor_hash(domain, id.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let h = engine.hasher().descriptor_hash(domain, id.iter());
     mix(h, name_id(&["rlqs"]))
 }
 
@@ -379,20 +377,23 @@ impl State {
         }
         let Some(bucket) = self.buckets.get_mut(&h) else {
             return Action::Abandon {
-                id: Arc::new(BucketEntries::new()),
+                id: Arc::new(BucketEntries::default()),
             };
         };
         let id = Arc::clone(&bucket.id);
         let rate = bucket.rate();
         let first = !bucket.members.contains_key(&stream);
-        let m = bucket.members.entry(stream).or_insert(Member {
-            demand: None,
-            last_report: ctx.now,
-            last_traffic: ctx.now,
-            held: None,
-            last_sent: ctx.now,
-            ghost_until: None,
-        });
+        let m = bucket.members.get_or_insert(
+            stream,
+            Member {
+                demand: None,
+                last_report: ctx.now,
+                last_traffic: ctx.now,
+                held: None,
+                last_sent: ctx.now,
+                ghost_until: None,
+            },
+        );
         let measured = if first {
             // A bucket seen first on this stream with time elapsed (a
             // reconnected Envoy) is measured over what it says.

@@ -29,7 +29,7 @@ pub(super) fn new_bucket(
         .settings
         .rules
         .find(domain, &id)
-        .map(|(i, r)| (i, r.clone()));
+        .map(|(i, r)| (i, r.action));
     Bucket {
         domain: Arc::clone(domain),
         id: Arc::new(id),
@@ -63,22 +63,21 @@ pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules
     if !table && !unblock {
         return;
     }
-    st.rules_seen = Some(rules);
+    let old = st.rules_seen.replace(rules);
+    let old_rules = old.as_ref().map(|r| &r.config.live.rlqs.rules);
     st.next_unblock = None;
     let all: Vec<u64> = st.buckets.keys().copied().collect();
     for h in all {
         let Some(b) = st.buckets.get_mut(&h) else {
             continue;
         };
-        let was = (
-            b.rule.as_ref().map(|(i, r)| (*i, r.action)),
-            b.blocked_until,
-        );
+        let was = (b.rule, b.blocked_until);
         if config {
-            let gone = b
-                .rule
-                .as_ref()
-                .is_some_and(|(_, old)| !ctx.settings.rules.has_matcher(&b.domain, old));
+            let gone = b.rule.is_some_and(|(i, _)| {
+                old_rules
+                    .and_then(|o| o.rule(&b.domain, i))
+                    .is_some_and(|r| !ctx.settings.rules.has_matcher(&b.domain, r))
+            });
             if gone {
                 st.abandon(engine, h, |_| true, "rule_removed");
                 continue;
@@ -87,14 +86,11 @@ pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules
                 .settings
                 .rules
                 .find(&b.domain, &b.id)
-                .map(|(i, r)| (i, r.clone()));
+                .map(|(i, r)| (i, r.action));
             b.key_hash = key_hash(engine, ctx, &b.id);
         }
         b.blocked_until = ctx.blocked(b.key_hash);
-        let now = (
-            b.rule.as_ref().map(|(i, r)| (*i, r.action)),
-            b.blocked_until,
-        );
+        let now = (b.rule, b.blocked_until);
         let until = b.blocked_until;
         st.note_block(until);
         if now != was {
@@ -343,10 +339,7 @@ impl Engine {
 }
 
 fn usage(ctx: &Ctx<'_>, st: &State, b: &Bucket) -> BucketUsage {
-    let mut id = (*b.id).clone();
-    if let Some(v) = id.get_mut(&ctx.settings.key_entry) {
-        "<key>".clone_into(v);
-    }
+    let id = b.id.with_value(&ctx.settings.key_entry, "<key>");
     let shares = b
         .members
         .iter()
@@ -359,7 +352,7 @@ fn usage(ctx: &Ctx<'_>, st: &State, b: &Bucket) -> BucketUsage {
             held: m.held,
         })
         .collect();
-    let rule_action = b.rule.as_ref().map(|(_, r)| r.action);
+    let rule_action = b.rule.map(|(_, a)| a);
     let action = match rule_action {
         _ if b.blocked_until.is_some() => Strategy::Deny,
         Some(crate::limits::rlqs::RuleAction::Deny) => Strategy::Deny,
@@ -378,7 +371,14 @@ fn usage(ctx: &Ctx<'_>, st: &State, b: &Bucket) -> BucketUsage {
     BucketUsage {
         domain: b.domain.to_string(),
         id,
-        rule: b.rule.as_ref().map(|(i, r)| (*i, r.describe())),
+        rule: b.rule.map(|(i, _)| {
+            let text = ctx
+                .settings
+                .rules
+                .rule(&b.domain, i)
+                .map_or_else(String::new, |r| r.describe());
+            (i, text)
+        }),
         action,
         blocked: b.blocked_until.is_some(),
         rate,
