@@ -168,6 +168,10 @@ impl Members {
         self.0.iter().map(|(s, m)| (s, m))
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut Member)> {
+        self.0.iter_mut().map(|(s, m)| (*s, m))
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &Member> {
         self.0.iter().map(|(_, m)| m)
     }
@@ -178,6 +182,34 @@ impl Members {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// What a reporter with demand `own` should hold under `rule` (its
+/// index and action; `None`: ALLOW_ALL), blocked or not, given every
+/// node's reporters `all`.
+pub(super) fn target_of(
+    rule: Option<(usize, RuleAction)>,
+    blocked: bool,
+    all: Demand,
+    own: Option<f64>,
+) -> Target {
+    if blocked {
+        return Target::Deny;
+    }
+    match rule.map(|(_, a)| a) {
+        None | Some(RuleAction::Allow) => Target::Allow,
+        Some(RuleAction::Deny) => Target::Deny,
+        Some(action @ RuleAction::Share { burst, .. }) => {
+            let rate = action.rate_per_sec().unwrap_or(0.0);
+            let mine = share::share(rate, all, own);
+            let burst = if rate > 0.0 {
+                burst as f64 * mine / rate
+            } else {
+                0.0
+            };
+            Target::Share { rate: mine, burst }
+        }
     }
 }
 
@@ -215,36 +247,9 @@ impl Bucket {
         self.blocked_until.is_none() && matches!(self.rule, Some((_, RuleAction::Share { .. })))
     }
 
-    /// What a reporter with demand `own` should hold now, given every
-    /// node's reporters `all`.
-    pub fn target(&self, all: Demand, own: Option<f64>) -> Target {
-        if self.blocked_until.is_some() {
-            return Target::Deny;
-        }
-        match self.rule.map(|(_, a)| a) {
-            None | Some(RuleAction::Allow) => Target::Allow,
-            Some(RuleAction::Deny) => Target::Deny,
-            Some(action @ RuleAction::Share { burst, .. }) => {
-                let rate = action.rate_per_sec().unwrap_or(0.0);
-                let mine = share::share(rate, all, own);
-                let burst = if rate > 0.0 {
-                    burst as f64 * mine / rate
-                } else {
-                    0.0
-                };
-                Target::Share { rate: mine, burst }
-            }
-        }
-    }
-
-    /// Every reporter here with an open stream and what it should hold.
-    pub fn targets(&self) -> Vec<(u64, Target)> {
-        let all = self.local().plus(self.remote);
-        self.members
-            .iter()
-            .filter(|(_, m)| m.ghost_until.is_none())
-            .map(|(&s, m)| (s, self.target(all, m.demand)))
-            .collect()
+    /// Every node's reporters.
+    pub fn all(&self) -> Demand {
+        self.local().plus(self.remote)
     }
 
     /// The rule's rate per second, for a share rule.

@@ -119,6 +119,9 @@ struct State {
     next_unblock: Option<Nanos>,
     /// When the first ghost (a closed stream's member) expires.
     next_ghost: Option<Nanos>,
+    /// Buckets a report changed whose other members are settled at the
+    /// next tick.
+    unsettled: HashSet<u64, BuildNoHashHasher<u64>>,
     /// When idle members were last looked for.
     idle_checked: Nanos,
 }
@@ -421,9 +424,12 @@ impl State {
     }
 
     /// Brings bucket `h`'s members with open streams to their targets
-    /// (see [`bucket::next`]): queues each new assignment for its stream,
-    /// but `answering`'s, which is returned (a new one, or the one it
-    /// holds, renewed).
+    /// (see [`bucket::next`]) and queues each new assignment for its
+    /// stream. With `answering`, only that member is looked at and its
+    /// action returned (a new one, or the one it holds, renewed); the
+    /// others follow at the next tick ([`State::settle_pending`]): one
+    /// pass over a bucket's members per tick however many of them report,
+    /// rather than one per report.
     fn settle(
         &mut self,
         engine: &Engine,
@@ -434,41 +440,61 @@ impl State {
         let bucket = self.buckets.get_mut(&h)?;
         let tolerance = ctx.tolerance();
         let ttl_secs = ctx.ttl_secs();
-        let mut answer = None;
-        for (s, target) in bucket.targets() {
-            let Some(m) = bucket.members.get_mut(&s) else {
-                continue;
-            };
+        let all = bucket.all();
+        let (rule, blocked) = (bucket.rule, bucket.blocked_until.is_some());
+        if let Some(s) = answering {
+            let m = bucket.members.get_mut(&s)?;
+            let target = bucket::target_of(rule, blocked, all, m.demand);
             let new = bucket::next(m.held, target, tolerance);
-            let Some(strategy) = new.or(m.held) else {
-                continue;
-            };
+            let strategy = new.or(m.held)?;
             m.held = Some(strategy);
-            let action = Action::Assign {
+            m.last_sent = ctx.now;
+            engine
+                .metrics()
+                .rlqs_assigned(strategy.kind(), new.is_some());
+            // The answer supersedes anything queued for the bucket.
+            if let Some(stream) = self.streams.get_mut(&s) {
+                stream.pending.remove(&h);
+            }
+            self.unsettled.insert(h);
+            return Some(Action::Assign {
                 id: Arc::clone(&bucket.id),
                 strategy,
                 ttl_secs,
+            });
+        }
+        for (s, m) in bucket.members.iter_mut() {
+            if m.ghost_until.is_some() {
+                continue;
+            }
+            let target = bucket::target_of(rule, blocked, all, m.demand);
+            let Some(strategy) = bucket::next(m.held, target, tolerance) else {
+                continue;
             };
-            if Some(s) == answering {
-                m.last_sent = ctx.now;
-                engine
-                    .metrics()
-                    .rlqs_assigned(strategy.kind(), new.is_some());
-                // The answer supersedes anything queued for the bucket.
-                if let Some(stream) = self.streams.get_mut(&s) {
-                    stream.pending.remove(&h);
-                }
-                answer = Some(action);
-            } else if new.is_some()
-                && let Some(stream) = self.streams.get_mut(&s)
-            {
+            m.held = Some(strategy);
+            if let Some(stream) = self.streams.get_mut(&s) {
                 m.last_sent = ctx.now;
                 engine.metrics().rlqs_assigned(strategy.kind(), true);
-                stream.pending.insert(h, action);
+                stream.pending.insert(
+                    h,
+                    Action::Assign {
+                        id: Arc::clone(&bucket.id),
+                        strategy,
+                        ttl_secs,
+                    },
+                );
                 stream.wake.notify_one();
             }
         }
-        answer
+        None
+    }
+
+    /// Settles every bucket a report changed since the last tick.
+    pub(super) fn settle_pending(&mut self, engine: &Engine, ctx: &Ctx<'_>) {
+        let pending = std::mem::take(&mut self.unsettled);
+        for h in pending {
+            self.settle(engine, ctx, h, None);
+        }
     }
 
     /// Takes `stream` out of bucket `h`, its stream closed: a member

@@ -205,6 +205,7 @@ impl Engine {
     /// traffic for in `rlqs.idle_abandon_after`.
     pub fn rlqs_tick(&self) {
         self.rlqs_ctx(|ctx, st| {
+            st.settle_pending(self, ctx);
             st.expire_ghosts(self, ctx);
             if ctx.now.saturating_sub(st.idle_checked) < IDLE_CHECK {
                 return;
