@@ -12,7 +12,9 @@
 # (default 60) after a 10 s warm-up. Prints the load generator's report,
 # the server's CPU over the measured time (from /proc/PID/stat: user +
 # system), its resident memory at the end, and the RLQS gauges. Needs
-# the release binaries (cargo build --release).
+# the release binaries (cargo build --release). With REDIS=1, a
+# redis-server on a free port is started and the node exchanges demand
+# through it (its CPU is printed too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 streams=${1:-1000}
@@ -22,7 +24,14 @@ seconds=${4:-60}
 work=$(mktemp -d)
 grpc=$((30000 + RANDOM % 10000))
 http=$((grpc + 1))
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+redis_port=$((grpc + 2))
+trap 'kill "$pid" 2>/dev/null || true; redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+redis_section=""
+if [ "${REDIS:-0}" = 1 ]; then
+    redis-server --port "$redis_port" --save "" --appendonly no --daemonize yes --logfile "$work/redis.log" >/dev/null
+    redis_section="redis: { url: \"redis://127.0.0.1:$redis_port\" }
+store: { hash_secret: \"000102030405060708090a0b0c0d0e0f\" }"
+fi
 cat >"$work/quotad.yaml" <<YAML
 plans: { open: {} }
 default_plan: open
@@ -31,6 +40,7 @@ server:
   http_addr: 127.0.0.1:$http
   max_connections: $((streams + 64))
 reload: { watch: false }
+$redis_section
 rlqs:
   max_streams: $((streams + 64))
   max_tracked: $((streams * buckets + 1))
@@ -59,3 +69,7 @@ cat "$work/bench.txt"
 echo "server cpu: $(echo "scale=3; ($after - $before) / $hz / $seconds * 100" | bc)% of one core over ${seconds}s"
 echo "server rss: $(awk '/VmRSS/ {print $2 / 1024 " MiB"}' "/proc/$pid/status")"
 curl -s "http://127.0.0.1:$http/metrics" | grep -E '^quotad_rlqs_(streams|buckets|tracked|refused_total)'
+if [ "${REDIS:-0}" = 1 ]; then
+    redis-cli -p "$redis_port" info commandstats | grep -E 'evalsha|cmdstat_eval:' || true
+    echo "redis cpu (process lifetime): $(redis-cli -p "$redis_port" info cpu | grep -E 'used_cpu_(sys|user):' | tr '\r\n' '  ')"
+fi
