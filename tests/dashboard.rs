@@ -493,13 +493,20 @@ fn dashboard_is_valid_grafana_json() {
 }
 
 /// Metrics that are there only with Redis configured, after an admin
-/// change, or with `metrics.heavy_keys` > 0.
+/// change, with `metrics.heavy_keys` > 0, or once Envoys report over RLQS.
 fn conditional(name: &str) -> bool {
     name.starts_with("quotad_redis_")
         || [
             "quotad_strict_fail_mode_total",
             "quotad_admin_mutations_total",
             "quotad_heavy_key_checks",
+            // Envoy RLQS: counted once Envoys report (the gauges by rule
+            // once a rule has reporters).
+            "quotad_rlqs_assignments_total",
+            "quotad_rlqs_abandons_total",
+            "quotad_rlqs_refused_total",
+            "quotad_rlqs_demand",
+            "quotad_rlqs_assigned_rate",
         ]
         .contains(&name)
 }

@@ -1623,3 +1623,50 @@ async fn usage_shows_leases_and_reset_frees_them() {
         "{reset:#?}"
     );
 }
+
+#[tokio::test]
+async fn usage_shows_a_keys_envoy_rlqs_buckets_and_each_envoys_share() {
+    use crate::rlqs::{Envoy, first_reports, id};
+    let d = TestDaemon::with_config(&crate::rlqs::config("")).await;
+    let ctl = Ctl::ops(&d).secret("acme-key");
+    let b = id(&[("tenant", "acme"), ("api_key", "acme-key")]);
+    let mut es = vec![
+        Envoy::connect(d.channel().await).await.unwrap(),
+        Envoy::connect(d.channel().await).await.unwrap(),
+    ];
+    first_reports(&mut es, &b).await;
+    d.advance_ms(5_000);
+    for (e, n) in es.iter_mut().zip([300u64, 100]) {
+        e.send("shop", &[(&b, n, 0, 5)]).await;
+    }
+    crate::rlqs::drain_all(&mut es).await;
+    let out = ctl.run(&["usage", "acme-key"]).await.ok();
+    let lines = out.lines();
+    let head = lines
+        .iter()
+        .position(|l| l.starts_with("rlqs shop"))
+        .unwrap_or_else(|| panic!("{out:#?}"));
+    assert_eq!(
+        lines[head],
+        "rlqs shop {api_key=<key>, tenant=acme}: 100.00/s (burst 200) shared by 2 Envoys demanding 80.00/s [tenant=*: 100/second, burst 200]"
+    );
+    assert_eq!(
+        cells(lines[head + 1]),
+        ["ENVOY", "DEMAND", "HOLDS", "RATE", "TOKENS"]
+    );
+    let mut demands: Vec<&str> = (head + 2..head + 4).map(|i| cells(lines[i])[1]).collect();
+    demands.sort_unstable();
+    assert_eq!(demands, ["20.00/s", "60.00/s"]);
+    assert_eq!(cells(lines[head + 2])[2], "token_bucket");
+    let json = ctl
+        .run(&["usage", "acme-key", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let r = &json["rlqs"][0];
+    assert_eq!(r["domain"], "shop");
+    assert_eq!(r["bucket"]["api_key"], "<key>");
+    assert_eq!(r["global_rate"], 100.0);
+    assert_eq!(r["envoys"], 2);
+    assert_eq!(r["shares"].as_array().map(Vec::len), Some(2));
+}

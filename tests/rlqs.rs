@@ -207,6 +207,15 @@ async fn envoys(d: &TestDaemon, n: usize) -> Vec<Envoy> {
     out
 }
 
+/// Each Envoy reports bucket `b` for the first time (one request, time
+/// elapsed 0), and every answer and push is read.
+pub(crate) async fn first_reports(es: &mut [Envoy], b: &Id) {
+    for e in es.iter_mut() {
+        e.send("shop", &[(b, 1, 0, 0)]).await;
+    }
+    drain_all(es).await;
+}
+
 pub(crate) async fn drain_all(es: &mut [Envoy]) {
     for e in es.iter_mut() {
         e.drain().await;
@@ -431,10 +440,7 @@ async fn usage_shows_the_global_rate_and_each_envoys_share() {
     let d = TestDaemon::with_config(&config("")).await;
     let mut es = envoys(&d, 2).await;
     let b = id(&[("tenant", "acme"), ("api_key", "k1")]);
-    for e in &mut es {
-        e.send("shop", &[(&b, 1, 0, 0)]).await;
-    }
-    drain_all(&mut es).await;
+    first_reports(&mut es, &b).await;
     d.advance_ms(5_000);
     for (e, n) in es.iter_mut().zip([400u64, 100]) {
         e.send("shop", &[(&b, n, 0, 5)]).await;
@@ -505,10 +511,7 @@ async fn a_bucket_without_traffic_is_abandoned_and_its_share_goes_to_the_others(
     let d = TestDaemon::with_config(&config("  idle_abandon_after: 10s\n")).await;
     let mut es = envoys(&d, 2).await;
     let b = id(&[("tenant", "acme")]);
-    for e in &mut es {
-        e.send("shop", &[(&b, 1, 0, 0)]).await;
-    }
-    drain_all(&mut es).await;
+    first_reports(&mut es, &b).await;
     // Both busy, then the second has no traffic.
     d.advance_ms(5_000);
     for e in &mut es {
@@ -689,10 +692,7 @@ async fn metrics_count_streams_buckets_assignments_and_per_rule_demand() {
     let d = TestDaemon::with_config(&config("")).await;
     let mut es = envoys(&d, 2).await;
     let b = id(&[("tenant", "acme")]);
-    for e in &mut es {
-        e.send("shop", &[(&b, 1, 0, 0)]).await;
-    }
-    drain_all(&mut es).await;
+    first_reports(&mut es, &b).await;
     d.advance_ms(5_000);
     for e in &mut es {
         e.send("shop", &[(&b, 100, 150, 5)]).await;
