@@ -1669,4 +1669,27 @@ async fn usage_shows_a_keys_envoy_rlqs_buckets_and_each_envoys_share() {
     assert_eq!(r["global_rate"], 100.0);
     assert_eq!(r["envoys"], 2);
     assert_eq!(r["shares"].as_array().map(Vec::len), Some(2));
+    // A block through quotactl reaches both Envoys as DENY_ALL within a
+    // second; lifting it gives them token buckets again.
+    ctl.run(&[
+        "override", "set", "acme-key", "--block", "--reason", "abuse",
+    ])
+    .await
+    .ok();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    for e in &mut es {
+        while e.held[&b] != crate::rlqs::Held::Deny {
+            let _ = e.next(Duration::from_millis(50)).await;
+            assert!(tokio::time::Instant::now() < until, "DENY_ALL within 1 s");
+        }
+    }
+    ctl.run(&["override", "delete", "acme-key"]).await.ok();
+    for e in &mut es {
+        while !matches!(e.held[&b], crate::rlqs::Held::Bucket { .. }) {
+            e.next(Duration::from_secs(2))
+                .await
+                .unwrap()
+                .expect("the share back");
+        }
+    }
 }
