@@ -17,24 +17,27 @@ const KEY: &str = "quotad:{00000000000000cc}q";
 #[tokio::test]
 async fn the_demand_script_sums_the_other_nodes_and_forgets_stale_and_empty_ones() {
     let redis = RedisServer::start().await;
-    let call = |node: &str, measured: &str, reporters: &str, fresh: &str, stale: &str| {
+    let call = |node: &str, [measured, reporters, fresh, reserved]: [&str; 4], stale: &str| {
         eval_script(
             &redis,
             "rlqs.lua",
             &[KEY],
-            &[node, measured, reporters, fresh, stale, "60000"],
+            &[node, measured, reporters, fresh, reserved, stale, "60000"],
         )
     };
-    assert_eq!(call("a", "10.5", "2", "1", "10000"), "0\n0\n0");
-    assert_eq!(call("b", "4", "1", "0", "10000"), "10.5\n2\n1");
-    assert_eq!(call("a", "12", "2", "0", "10000"), "4\n1\n0");
-    // b has no reporters left: its entry goes.
-    assert_eq!(call("b", "0", "0", "0", "10000"), "12\n2\n0");
-    assert_eq!(call("a", "12", "2", "0", "10000"), "0\n0\n0");
+    assert_eq!(call("a", ["10.5", "2", "1", "0"], "10000"), "0\n0\n0\n0");
+    assert_eq!(call("b", ["4", "1", "0", "7.5"], "10000"), "10.5\n2\n1\n0");
+    assert_eq!(call("a", ["12", "2", "0", "0"], "10000"), "4\n1\n0\n7.5");
+    // b has only a reserved share left: still counted.
+    assert_eq!(call("b", ["0", "0", "0", "2"], "10000"), "12\n2\n0\n0");
+    assert_eq!(call("a", ["12", "2", "0", "0"], "10000"), "0\n0\n0\n2");
+    // b has nothing left: its entry goes.
+    call("b", ["0", "0", "0", "0"], "10000");
+    assert_eq!(call("a", ["12", "2", "0", "0"], "10000"), "0\n0\n0\n0");
     // An entry older than the staleness no longer counts, and is dropped.
-    call("b", "7", "1", "0", "10000");
+    call("b", ["7", "1", "0", "0"], "10000");
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(call("a", "12", "2", "0", "10"), "0\n0\n0");
+    assert_eq!(call("a", ["12", "2", "0", "0"], "10"), "0\n0\n0\n0");
     // Only a's entry is left.
     assert_eq!(redis.command(&format!("HLEN {KEY}")).await.unwrap(), ":1");
     assert_eq!(

@@ -715,3 +715,97 @@ async fn metrics_count_streams_buckets_assignments_and_per_rule_demand() {
     let assigned = m("quotad_rlqs_assigned_rate{domain=\"shop\",rule=\"1\"}").await;
     assert!(assigned > 86.0 && assigned <= 100.0, "{assigned}");
 }
+
+#[tokio::test]
+async fn a_closed_streams_share_stays_reserved_until_it_expires_in_its_envoy() {
+    let d = TestDaemon::with_config(&config("")).await;
+    let mut es = envoys(&d, 2).await;
+    let b = id(&[("tenant", "acme")]);
+    first_reports(&mut es, &b).await;
+    d.advance_ms(5_000);
+    report_in_turn_2(&mut es, &b, [100, 100]).await;
+    let gone = es[1].held[&b].rate();
+    assert!(gone > 40.0, "{gone}");
+    // The second Envoy's stream closes; it still enforces what it holds
+    // until its assignment expires (30 s after it was sent).
+    drop(es.pop());
+    for _ in 0..3 {
+        d.advance_ms(5_000);
+        es[0].send("shop", &[(&b, 1_000, 4_000, 5)]).await;
+        drain_all(&mut es).await;
+        let mine = es[0].held[&b].rate();
+        assert!(mine + gone <= 100.0 + 1e-9, "{mine} + {gone}");
+    }
+    // Expired: the rest goes to the Envoy still reporting.
+    d.advance_ms(20_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    es[0].send("shop", &[(&b, 1_000, 4_000, 5)]).await;
+    drain_all(&mut es).await;
+    assert!(es[0].held[&b].rate() >= 86.0, "{:?}", es[0].held[&b]);
+}
+
+/// Two Envoys report `per_s` each over 5 s, in turn.
+async fn report_in_turn_2(es: &mut [Envoy], b: &Id, per_s: [u64; 2]) {
+    for (e, n) in es.iter_mut().zip(per_s) {
+        e.send("shop", &[(b, n, n * 4, 5)]).await;
+        e.drain().await;
+    }
+    drain_all(es).await;
+}
+
+#[tokio::test]
+async fn with_many_buckets_every_shared_one_is_exchanged_within_the_refresh() {
+    use quotad::engine::rlqs::Usage;
+    let d = TestDaemon::with_config(&config("  max_buckets_per_stream: 21000\n")).await;
+    let engine = &d.engine;
+    engine.rlqs_exchange();
+    // 40 000 shared buckets (and 1 000 allowed ones) on two streams,
+    // reported every 5 s: more changes per round than the floor of 2 000.
+    let streams: Vec<_> = (0..2)
+        .map(|s| engine.rlqs_open(format!("127.0.0.1:{s}"), s).unwrap())
+        .collect();
+    let report = |elapsed: u64| {
+        for (s, stream) in streams.iter().enumerate() {
+            let usages = (0..20_500)
+                .map(|i| Usage {
+                    id: if i < 20_000 {
+                        [("tenant".to_owned(), format!("t{s}-{i}"))]
+                            .into_iter()
+                            .collect()
+                    } else {
+                        [("zone".to_owned(), format!("z{s}-{i}"))]
+                            .into_iter()
+                            .collect()
+                    },
+                    allowed: 3,
+                    denied: 0,
+                    elapsed,
+                })
+                .collect();
+            stream.report("shop", usages).unwrap();
+        }
+    };
+    report(0);
+    let mut last: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut worst = 0;
+    for round in 0..60u64 {
+        if round % 10 == 0 && round > 0 {
+            report(5_000_000_000);
+        }
+        for p in engine.rlqs_local_demands(2_000, round + 1) {
+            if let Some(prev) = last.insert(p.bucket, round) {
+                worst = worst.max(round - prev);
+            }
+            assert!(p.demand.count() > 0, "only shared buckets are published");
+        }
+        d.advance_ms(500);
+    }
+    assert_eq!(last.len(), 40_000, "every shared bucket, no allowed one");
+    // 6 000 a round (three twentieths of 40 000): a report marks every
+    // bucket changed, and 40 000 take seven rounds; every bucket is
+    // published again within its Envoys' report period (10 rounds) and
+    // two, far within what other nodes wait before dropping an entry
+    // (15 s at least: 30 rounds).
+    assert!(worst <= 12, "a bucket waited {worst} rounds");
+    assert!(last.values().all(|r| 59 - r <= 12));
+}

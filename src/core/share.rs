@@ -15,6 +15,9 @@
 //!   demand plus an equal part of what is left over; beyond, each gets
 //!   its proportion `d / D` of it.
 //!
+//! What reporters that left still hold (until their assignments expire)
+//! is taken off `R` first.
+//!
 //! Every reporter computing its share from the same totals gets shares
 //! that sum to exactly `R`; writing them as whole tokens per whole-second
 //! interval rounds down, so what Envoys are given sums to at most `R`.
@@ -43,6 +46,9 @@ pub struct Demand {
     pub reporters: u32,
     /// Reporters not measured yet (they have not reported twice).
     pub fresh: u32,
+    /// The rate (per second) reporters that left still hold: theirs until
+    /// their assignments expire, and so not shared among the others.
+    pub reserved: f64,
 }
 
 impl Demand {
@@ -69,6 +75,7 @@ impl Demand {
             measured: self.measured + other.measured,
             reporters: self.reporters.saturating_add(other.reporters),
             fresh: self.fresh.saturating_add(other.fresh),
+            reserved: self.reserved + other.reserved,
         }
     }
 
@@ -100,8 +107,10 @@ pub fn capped(demand: f64, rate: f64) -> f64 {
 
 /// One reporter's share of `rate` (per second) when all reporters
 /// together are `all` (the reporter included) and its own demand is `own`
-/// (`None`: not measured yet). See the module docs.
+/// (`None`: not measured yet). See the module docs. What `all` says is
+/// reserved is taken off the rate first.
 pub fn share(rate: f64, all: Demand, own: Option<f64>) -> f64 {
+    let rate = (rate - all.reserved).max(0.0);
     let n = all.count();
     if n == 0 || rate.is_nan() || rate <= 0.0 {
         return rate.max(0.0);

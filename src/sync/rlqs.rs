@@ -1,6 +1,7 @@
 //! Envoy RLQS demand across nodes: every [`ROUND`], this node writes, for
 //! the global buckets its Envoys report (those whose demand changed, then
-//! the others in turn: [`crate::engine::Engine::rlqs_local_demands`]),
+//! those published longest ago:
+//! [`crate::engine::Engine::rlqs_local_demands`]),
 //! their demand (measured sum, reporters, fresh reporters) into the
 //! bucket's hash in Redis (`<prefix>{<bucket>}q`, a field per node) and
 //! reads back the other nodes' sums, in one pipelined round trip through
@@ -81,11 +82,13 @@ impl DemandExchange {
     pub async fn run(mut self, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(ROUND);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0u64;
         loop {
             tokio::select! {
                 _ = stop.wait() => return,
                 _ = tick.tick() => {
-                    let local = self.engine.rlqs_local_demands(PER_ROUND);
+                    round += 1;
+                    let local = self.engine.rlqs_local_demands(PER_ROUND, round);
                     self.round(&local).await;
                 }
             }
@@ -105,17 +108,13 @@ impl DemandExchange {
         let expire = stale * 2;
         let args = |pipe: &mut redis::Pipeline, i: usize| {
             let d = local[i].demand;
-            let measured = if d.measured.is_finite() {
-                d.measured.max(0.0)
-            } else {
-                0.0
-            };
             pipe.arg(1)
                 .arg(key(i))
                 .arg(node)
-                .arg(format!("{measured:.3}"))
+                .arg(format!("{:.3}", finite(d.measured)))
                 .arg(d.reporters)
                 .arg(d.fresh)
+                .arg(format!("{:.3}", finite(d.reserved)))
                 .arg(stale)
                 .arg(expire);
         };
@@ -147,28 +146,30 @@ impl DemandExchange {
     }
 }
 
-/// `{ measured (text), reporters, fresh }`.
+/// A non-negative finite number (0 for anything else).
+fn finite(x: f64) -> f64 {
+    if x.is_finite() { x.max(0.0) } else { 0.0 }
+}
+
+/// `{ measured (text), reporters, fresh, reserved (text) }`.
 fn parse(v: &Value) -> Option<Demand> {
     let Value::Array(items) = v else { return None };
-    let [measured, reporters, fresh] = items.as_slice() else {
+    let [measured, reporters, fresh, reserved] = items.as_slice() else {
         return None;
     };
-    let measured = match measured {
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<f64>().ok()?,
-        Value::Int(n) => *n as f64,
-        _ => return None,
+    let number = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<f64>().ok(),
+        Value::Int(n) => Some(*n as f64),
+        _ => None,
     };
     let count = |v: &Value| match v {
         Value::Int(n) => u32::try_from(*n).ok(),
         _ => None,
     };
     Some(Demand {
-        measured: if measured.is_finite() {
-            measured.max(0.0)
-        } else {
-            0.0
-        },
+        measured: finite(number(measured)?),
         reporters: count(reporters)?,
         fresh: count(fresh)?,
+        reserved: finite(number(reserved)?),
     })
 }

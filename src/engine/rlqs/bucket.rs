@@ -70,16 +70,34 @@ pub(super) fn next(held: Option<Strategy>, target: Target, tolerance: f64) -> Op
     (fell || rose).then(|| Strategy::Bucket(seen_by_envoy(h, w)))
 }
 
+/// Whether `new` lets an Envoy that held `old` admit more: what the
+/// others hold must fall first.
+pub(super) fn rises(old: Option<Strategy>, new: Strategy) -> bool {
+    match (old, new) {
+        (None, _) | (Some(Strategy::Deny), Strategy::Allow | Strategy::Bucket(_)) => true,
+        (Some(Strategy::Bucket(_)), Strategy::Allow) => true,
+        (Some(Strategy::Bucket(o)), Strategy::Bucket(n)) => {
+            n.rate() > o.rate() || n.max_tokens > o.max_tokens
+        }
+        _ => false,
+    }
+}
+
 /// `want`, told apart from `held` as Envoy compares token buckets: it
 /// looks at `max_tokens`, `tokens_per_fill` and only the nanoseconds of
 /// `fill_interval`, so a change of interval alone would go unnoticed;
-/// then one token less per fill makes it one.
+/// then one token less of burst (or, with a burst of one, per fill)
+/// makes it one.
 fn seen_by_envoy(held: Fill, mut want: Fill) -> Fill {
     if want.max_tokens == held.max_tokens
         && want.tokens_per_fill == held.tokens_per_fill
         && want.fill_interval_secs != held.fill_interval_secs
     {
-        want.tokens_per_fill = want.tokens_per_fill.saturating_sub(1);
+        if want.max_tokens > 1 {
+            want.max_tokens -= 1;
+        } else {
+            want.tokens_per_fill = want.tokens_per_fill.saturating_sub(1);
+        }
     }
     want
 }
@@ -160,10 +178,6 @@ impl Members {
         self.at(*stream).ok().map(|i| self.0.remove(i).1)
     }
 
-    pub fn retain(&mut self, mut keep: impl FnMut(&u64, &mut Member) -> bool) {
-        self.0.retain_mut(|(s, m)| keep(s, m));
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &Member)> {
         self.0.iter().map(|(s, m)| (s, m))
     }
@@ -174,10 +188,6 @@ impl Members {
 
     pub fn values(&self) -> impl Iterator<Item = &Member> {
         self.0.iter().map(|(_, m)| m)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -229,14 +239,22 @@ pub(super) struct Bucket {
     pub members: Members,
     /// What every other node reports of it.
     pub remote: Demand,
+    /// The exchange round that last published its demand (with Redis; 0:
+    /// never).
+    pub published_round: u64,
 }
 
 impl Bucket {
-    /// This node's reporters, summed.
+    /// This node's reporters, summed: those with open streams by demand,
+    /// those whose streams closed (ghosts) by the rate they still hold.
     pub fn local(&self) -> Demand {
         let mut d = Demand::default();
         for m in self.members.values() {
-            d.add(m.demand);
+            match (m.ghost_until, m.held) {
+                (None, _) => d.add(m.demand),
+                (Some(_), Some(Strategy::Bucket(f))) => d.reserved += f.rate(),
+                (Some(_), _) => {}
+            }
         }
         d
     }
@@ -294,5 +312,14 @@ mod tests {
             ..held
         };
         assert_eq!(seen_by_envoy(held, want).tokens_per_fill, 116);
+        let held = Fill {
+            max_tokens: 50,
+            ..held
+        };
+        let want = Fill {
+            fill_interval_secs: 5,
+            ..held
+        };
+        assert_eq!(seen_by_envoy(held, want).max_tokens, 49);
     }
 }

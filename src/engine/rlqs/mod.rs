@@ -19,7 +19,7 @@
 mod bucket;
 mod upkeep;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nohash_hasher::BuildNoHashHasher;
@@ -104,21 +104,23 @@ struct State {
     next_id: u64,
     /// (stream, bucket) pairs.
     tracked: usize,
-    /// With Redis: shared buckets whose local demand changed since the
-    /// last exchange, and buckets no longer shared here (published as
-    /// empty once). Without, always empty.
-    changed: HashSet<u64, BuildNoHashHasher<u64>>,
+    /// With Redis: shared buckets whose local demand changed since they
+    /// were last published, and buckets no longer shared here (published
+    /// as empty once), oldest first; `queued` says which are in it.
+    /// Without Redis, always empty.
+    changed: VecDeque<u64>,
+    queued: HashSet<u64, BuildNoHashHasher<u64>>,
     /// Whether demand is exchanged with other nodes.
     exchanging: bool,
-    /// Where the exchange's rolling refresh of every shared bucket is.
-    refresh_at: usize,
     /// The rules the buckets were matched under (held, so a new one
     /// cannot come at the same address).
     rules_seen: Option<Arc<super::Rules>>,
     /// When the first block with an end ends.
     next_unblock: Option<Nanos>,
-    /// When the first ghost (a closed stream's member) expires.
-    next_ghost: Option<Nanos>,
+    /// Ghosts (members whose streams closed, holding a share until it
+    /// expires in their Envoys) by when they expire: (until, bucket,
+    /// stream). An entry whose member is gone or live again is skipped.
+    ghosts: BTreeSet<(Nanos, u64, u64)>,
     /// Buckets a report changed whose other members are settled at the
     /// next tick.
     unsettled: HashSet<u64, BuildNoHashHasher<u64>>,
@@ -312,7 +314,7 @@ impl Engine {
                 }
             }
             for h in s.buckets {
-                st.leave(self, ctx, stream, h);
+                st.leave(ctx, stream, h);
             }
         });
     }
@@ -353,7 +355,10 @@ impl State {
         }
         let max = ctx.settings.max_tracked;
         let fair = max / self.streams.len().max(1);
-        if self.tracked >= max && s.buckets.len() >= fair {
+        // Past the cap only a stream under its fair part may add, and
+        // never past twice the cap (closed streams' reserved shares count).
+        if self.tracked >= max && (s.buckets.len() >= fair || self.tracked >= max.saturating_mul(2))
+        {
             return Err(RlqsError::NodeFull {
                 max,
                 held: s.buckets.len(),
@@ -412,13 +417,16 @@ impl State {
         if requests > 0 {
             m.last_traffic = ctx.now;
         }
+        let shared = bucket.shared();
         if first {
             self.tracked += 1;
             if let Some(s) = self.streams.get_mut(&stream) {
                 s.buckets.insert(h);
             }
         }
-        self.mark(h);
+        if shared {
+            self.mark(h);
+        }
         self.settle(engine, ctx, h, Some(stream))
             .unwrap_or(Action::Abandon { id })
     }
@@ -447,6 +455,7 @@ impl State {
             let target = bucket::target_of(rule, blocked, all, m.demand);
             let new = bucket::next(m.held, target, tolerance);
             let strategy = new.or(m.held)?;
+            let rose = new.is_some_and(|n| bucket::rises(m.held, n));
             m.held = Some(strategy);
             m.last_sent = ctx.now;
             engine
@@ -456,12 +465,18 @@ impl State {
             if let Some(stream) = self.streams.get_mut(&s) {
                 stream.pending.remove(&h);
             }
-            self.unsettled.insert(h);
-            return Some(Action::Assign {
+            let answer = Action::Assign {
                 id: Arc::clone(&bucket.id),
                 strategy,
                 ttl_secs,
-            });
+            };
+            if rose {
+                // What the others give up for this rise goes out now.
+                self.settle(engine, ctx, h, None);
+            } else {
+                self.unsettled.insert(h);
+            }
+            return Some(answer);
         }
         for (s, m) in bucket.members.iter_mut() {
             if m.ghost_until.is_some() {
@@ -498,21 +513,25 @@ impl State {
     }
 
     /// Takes `stream` out of bucket `h`, its stream closed: a member
-    /// holding a share stays, reserved, until its assignment expires in
-    /// the Envoy (a ghost, see [`upkeep`]); the others' shares follow.
-    fn leave(&mut self, engine: &Engine, ctx: &Ctx<'_>, stream: u64, h: u64) {
+    /// holding a share stays (while the node tracks fewer than
+    /// `rlqs.max_tracked` pairs), the rate it holds reserved, until its
+    /// assignment expires in the Envoy (a ghost, see [`upkeep`]); the
+    /// others' shares follow at the next tick.
+    fn leave(&mut self, ctx: &Ctx<'_>, stream: u64, h: u64) {
         let Some(bucket) = self.buckets.get_mut(&h) else {
             return;
         };
         let ttl = ctx.settings.assignment_ttl.as_nanos() as u64;
         let blocked = bucket.blocked_until.is_some();
+        let room = self.tracked < ctx.settings.max_tracked;
         let Some(m) = bucket.members.get_mut(&stream) else {
             return;
         };
-        if matches!(m.held, Some(Strategy::Bucket(_))) && !blocked {
+        if room && matches!(m.held, Some(Strategy::Bucket(_))) && !blocked {
             let until = m.last_sent.saturating_add(ttl);
             m.ghost_until = Some(until);
-            self.note_ghost(until);
+            self.ghosts.insert((until, h, stream));
+            self.mark(h);
             return;
         }
         bucket.members.remove(&stream);
@@ -522,14 +541,14 @@ impl State {
         if empty {
             self.buckets.remove(&h);
         } else {
-            self.settle(engine, ctx, h, None);
+            self.unsettled.insert(h);
         }
     }
 
     /// Notes that bucket `h`'s local demand changed, for the exchange.
     fn mark(&mut self, h: u64) {
-        if self.exchanging {
-            self.changed.insert(h);
+        if self.exchanging && self.queued.insert(h) {
+            self.changed.push_back(h);
         }
     }
 }

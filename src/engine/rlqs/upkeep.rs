@@ -17,6 +17,12 @@ use crate::limits::rlqs::BucketEntries;
 /// How often buckets are looked at for idleness.
 const IDLE_CHECK: Nanos = NANOS_PER_SEC;
 
+/// A shared bucket is published (and the other nodes' sums read) again
+/// after this many exchange rounds (of 500 ms) at most, changed or not,
+/// while the round's budget allows (other nodes drop an entry only after
+/// the assignments' time to live and 5 s, at least 15 s).
+pub const REFRESH_ROUNDS: u64 = 2;
+
 /// A bucket first reported on this node.
 pub(super) fn new_bucket(
     engine: &Engine,
@@ -38,6 +44,7 @@ pub(super) fn new_bucket(
         blocked_until: ctx.blocked(key_hash),
         members: Default::default(),
         remote: Demand::default(),
+        published_round: 0,
     }
 }
 
@@ -101,47 +108,32 @@ pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules
 }
 
 impl State {
-    /// Remembers when the earliest ghost expires.
-    pub(super) fn note_ghost(&mut self, until: Nanos) {
-        self.next_ghost = Some(self.next_ghost.map_or(until, |n| n.min(until)));
-    }
-
     /// Forgets the ghosts whose assignments have expired in their Envoys;
-    /// their buckets' other members' shares follow.
-    fn expire_ghosts(&mut self, engine: &Engine, ctx: &Ctx<'_>) {
-        if self.next_ghost.is_none_or(|t| t > ctx.now) {
-            return;
-        }
-        self.next_ghost = None;
-        let all: Vec<u64> = self.buckets.keys().copied().collect();
-        for h in all {
+    /// their buckets' other members' shares follow at the next tick.
+    fn expire_ghosts(&mut self, ctx: &Ctx<'_>) {
+        while let Some(&(until, h, stream)) = self.ghosts.first() {
+            if until > ctx.now {
+                return;
+            }
+            self.ghosts.pop_first();
             let Some(b) = self.buckets.get_mut(&h) else {
                 continue;
             };
-            let before = b.members.len();
-            let mut next = None::<Nanos>;
-            b.members.retain(|_, m| match m.ghost_until {
-                Some(t) if t <= ctx.now => false,
-                Some(t) => {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                    true
-                }
-                None => true,
-            });
-            let gone = before - b.members.len();
-            let empty = b.members.is_empty();
-            if let Some(t) = next {
-                self.note_ghost(t);
-            }
-            if gone == 0 {
+            if !b
+                .members
+                .iter()
+                .any(|(s, m)| *s == stream && m.ghost_until == Some(until))
+            {
                 continue;
             }
-            self.tracked = self.tracked.saturating_sub(gone);
+            b.members.remove(&stream);
+            let empty = b.members.is_empty();
+            self.tracked = self.tracked.saturating_sub(1);
             self.mark(h);
             if empty {
                 self.buckets.remove(&h);
             } else {
-                self.settle(engine, ctx, h, None);
+                self.unsettled.insert(h);
             }
         }
     }
@@ -174,8 +166,8 @@ impl State {
         for s in &leaving {
             b.members.remove(s);
             self.tracked = self.tracked.saturating_sub(1);
-            engine.metrics().rlqs_abandoned(reason);
             if let Some(stream) = self.streams.get_mut(s) {
+                engine.metrics().rlqs_abandoned(reason);
                 stream.buckets.remove(&h);
                 stream.pending.insert(
                     h,
@@ -205,8 +197,8 @@ impl Engine {
     /// traffic for in `rlqs.idle_abandon_after`.
     pub fn rlqs_tick(&self) {
         self.rlqs_ctx(|ctx, st| {
+            st.expire_ghosts(ctx);
             st.settle_pending(self, ctx);
-            st.expire_ghosts(self, ctx);
             if ctx.now.saturating_sub(st.idle_checked) < IDLE_CHECK {
                 return;
             }
@@ -216,9 +208,12 @@ impl Engine {
             let now = ctx.now;
             let all: Vec<u64> = st.buckets.keys().copied().collect();
             for h in all {
-                let idle_member = |m: &super::Member| now.saturating_sub(m.last_traffic) >= idle;
+                // A ghost is not idle: its Envoy still enforces its share.
+                let idle_member = |m: &super::Member| {
+                    m.ghost_until.is_none() && now.saturating_sub(m.last_traffic) >= idle
+                };
                 if st.abandon(self, h, idle_member, "idle") {
-                    st.settle(self, ctx, h, None);
+                    st.unsettled.insert(h);
                 }
             }
         });
@@ -230,54 +225,69 @@ impl Engine {
         self.rlqs.lock().exchanging = true;
     }
 
-    /// What to exchange with the other nodes in one round, at most `max`
-    /// buckets (or a twentieth of the shared ones, if more): each shared
-    /// bucket whose local demand changed since the last round (an empty
-    /// demand for one no longer shared here), then the next of every
-    /// shared bucket in turn, so each is written and read again every 20
-    /// rounds at worst. A round that failed gives its buckets back
-    /// ([`Engine::rlqs_unsent`]).
-    pub fn rlqs_local_demands(&self, max: usize) -> Vec<LocalDemand> {
+    /// What to exchange with the other nodes in round `round` (the
+    /// exchange's count, one every 500 ms): first the buckets whose local
+    /// demand changed (an empty demand for one no longer shared here),
+    /// oldest first, then the shared buckets published longest ago, if
+    /// not in the last [`REFRESH_ROUNDS`] rounds, so other nodes' changes
+    /// are read within a second or so. At most `max`, or three twentieths
+    /// of the shared buckets if more (changes come about a tenth per round
+    /// as Envoys report every 5 s); past that, refreshes wait their turn,
+    /// oldest first, and every shared bucket is still written and read
+    /// again within a few seconds. A round that failed gives its buckets
+    /// back ([`Engine::rlqs_unsent`]).
+    pub fn rlqs_local_demands(&self, max: usize, round: u64) -> Vec<LocalDemand> {
         let mut st = self.rlqs.lock();
         let st = &mut *st;
-        let max = max.max(st.buckets.len() / 20);
+        let shared = st.buckets.values().filter(|b| b.shared()).count();
+        let max = max.max(shared * 3 / 20);
         let mut out = Vec::new();
-        let changed: Vec<u64> = st.changed.iter().copied().take(max).collect();
-        for h in changed {
-            st.changed.remove(&h);
-            let demand = st
-                .buckets
-                .get(&h)
-                .filter(|b| b.shared())
-                .map_or_else(Demand::default, Bucket::local);
+        while out.len() < max
+            && let Some(h) = st.changed.pop_front()
+        {
+            st.queued.remove(&h);
+            let demand = match st.buckets.get_mut(&h) {
+                Some(b) if b.shared() => {
+                    b.published_round = round;
+                    b.local()
+                }
+                _ => Demand::default(),
+            };
             out.push(LocalDemand { bucket: h, demand });
         }
-        let shared: Vec<u64> = st
+        let mut stale: Vec<(u64, u64)> = st
             .buckets
             .iter()
-            .filter(|(_, b)| b.shared())
-            .map(|(h, _)| *h)
+            .filter(|(_, b)| {
+                b.shared() && round.saturating_sub(b.published_round) >= REFRESH_ROUNDS
+            })
+            .map(|(&h, b)| (b.published_round, h))
             .collect();
-        let room = max.saturating_sub(out.len()).min(shared.len());
-        for i in 0..room {
-            let h = shared[(st.refresh_at + i) % shared.len()];
-            if out.iter().all(|d| d.bucket != h)
-                && let Some(b) = st.buckets.get(&h)
-            {
+        let room = max.saturating_sub(out.len()).min(stale.len());
+        if room < stale.len() {
+            stale.select_nth_unstable(room);
+        }
+        for &(_, h) in &stale[..room] {
+            if let Some(b) = st.buckets.get_mut(&h) {
+                b.published_round = round;
                 out.push(LocalDemand {
                     bucket: h,
                     demand: b.local(),
                 });
             }
         }
-        st.refresh_at = st.refresh_at.wrapping_add(room);
         out
     }
 
     /// Buckets a failed round did not publish: sent again next round.
     pub fn rlqs_unsent(&self, unsent: &[LocalDemand]) {
         let mut st = self.rlqs.lock();
-        st.changed.extend(unsent.iter().map(|d| d.bucket));
+        for d in unsent {
+            st.mark(d.bucket);
+            if let Some(b) = st.buckets.get_mut(&d.bucket) {
+                b.published_round = 0;
+            }
+        }
     }
 
     /// What the other nodes report for shared buckets: their shares here
@@ -329,7 +339,9 @@ impl Engine {
                     assigned: 0.0,
                 });
             for m in b.members.values() {
-                s.demand += m.demand.unwrap_or(0.0);
+                if m.ghost_until.is_none() {
+                    s.demand += m.demand.unwrap_or(0.0);
+                }
                 if let Some(Strategy::Bucket(f)) = m.held {
                     s.assigned += f.rate();
                 }
