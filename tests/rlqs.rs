@@ -729,6 +729,11 @@ async fn a_closed_streams_share_stays_reserved_until_it_expires_in_its_envoy() {
     // The second Envoy's stream closes; it still enforces what it holds
     // until its assignment expires (30 s after it was sent).
     drop(es.pop());
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while d.engine.rlqs().sizes().0 > 1 {
+        assert!(tokio::time::Instant::now() < until, "the stream closes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for _ in 0..3 {
         d.advance_ms(5_000);
         es[0].send("shop", &[(&b, 1_000, 4_000, 5)]).await;
@@ -738,7 +743,7 @@ async fn a_closed_streams_share_stays_reserved_until_it_expires_in_its_envoy() {
     }
     // Expired: the rest goes to the Envoy still reporting.
     d.advance_ms(20_000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The next report finds the reservation expired.
     es[0].send("shop", &[(&b, 1_000, 4_000, 5)]).await;
     drain_all(&mut es).await;
     assert!(es[0].held[&b].rate() >= 86.0, "{:?}", es[0].held[&b]);

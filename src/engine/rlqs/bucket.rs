@@ -130,8 +130,11 @@ pub(super) struct Member {
     pub last_report: Nanos,
     /// When it last reported requests for it (or first reported it).
     pub last_traffic: Nanos,
-    /// What it holds: the last assignment sent.
+    /// What it holds: the last assignment sent or queued for it.
     pub held: Option<Strategy>,
+    /// The last assignment its stream actually sent (an answer, or a
+    /// queued one taken by the stream).
+    pub delivered: Option<Strategy>,
     /// When it was last sent an assignment.
     pub last_sent: Nanos,
     /// Its stream closed: the Envoy enforces what it holds until its
@@ -242,18 +245,33 @@ pub(super) struct Bucket {
     /// The exchange round that last published its demand (with Redis; 0:
     /// never).
     pub published_round: u64,
+    /// Whether this node's entry for it in Redis says it has reporters.
+    pub published: bool,
+}
+
+impl Member {
+    /// The rate its Envoy may be enforcing as a token bucket: the larger
+    /// of what it was sent and what was queued for it.
+    pub fn reserve(&self) -> f64 {
+        let rate = |s: Option<Strategy>| match s {
+            Some(Strategy::Bucket(f)) => f.rate(),
+            _ => 0.0,
+        };
+        rate(self.held).max(rate(self.delivered))
+    }
 }
 
 impl Bucket {
     /// This node's reporters, summed: those with open streams by demand,
-    /// those whose streams closed (ghosts) by the rate they still hold.
+    /// those whose streams closed (ghosts) by the rate they may still
+    /// enforce.
     pub fn local(&self) -> Demand {
         let mut d = Demand::default();
         for m in self.members.values() {
-            match (m.ghost_until, m.held) {
-                (None, _) => d.add(m.demand),
-                (Some(_), Some(Strategy::Bucket(f))) => d.reserved += f.rate(),
-                (Some(_), _) => {}
+            if m.ghost_until.is_some() {
+                d.reserved += m.reserve();
+            } else {
+                d.add(m.demand);
             }
         }
         d

@@ -185,12 +185,26 @@ impl RlqsStream {
     }
 
     /// The actions waiting for the stream, taken.
+    /// The actions waiting for the stream, taken: from now on its Envoy
+    /// holds what they say.
     pub fn take_pending(&self) -> Vec<Action> {
         let mut st = self.engine.rlqs.lock();
-        st.streams
-            .get_mut(&self.id)
-            .map(|s| s.pending.drain().map(|(_, a)| a).collect())
-            .unwrap_or_default()
+        let st = &mut *st;
+        let Some(s) = st.streams.get_mut(&self.id) else {
+            return Vec::new();
+        };
+        let taken: Vec<(u64, Action)> = s.pending.drain().collect();
+        for (h, a) in &taken {
+            if let Action::Assign { strategy, .. } = a
+                && let Some(m) = st
+                    .buckets
+                    .get_mut(h)
+                    .and_then(|b| b.members.get_mut(&self.id))
+            {
+                m.delivered = Some(*strategy);
+            }
+        }
+        taken.into_iter().map(|(_, a)| a).collect()
     }
 }
 
@@ -289,6 +303,7 @@ impl Engine {
         usages: Vec<Usage>,
     ) -> Result<Vec<Action>, RlqsError> {
         self.rlqs_ctx(|ctx, st| {
+            st.expire_ghosts(ctx);
             let domain = st.check_domain(stream, domain)?;
             let mut out = Vec::with_capacity(usages.len());
             for u in usages {
@@ -398,6 +413,7 @@ impl State {
                 last_report: ctx.now,
                 last_traffic: ctx.now,
                 held: None,
+                delivered: None,
                 last_sent: ctx.now,
                 ghost_until: None,
             },
@@ -417,16 +433,13 @@ impl State {
         if requests > 0 {
             m.last_traffic = ctx.now;
         }
-        let shared = bucket.shared();
         if first {
             self.tracked += 1;
             if let Some(s) = self.streams.get_mut(&stream) {
                 s.buckets.insert(h);
             }
         }
-        if shared {
-            self.mark(h);
-        }
+        self.mark(h);
         self.settle(engine, ctx, h, Some(stream))
             .unwrap_or(Action::Abandon { id })
     }
@@ -457,6 +470,7 @@ impl State {
             let strategy = new.or(m.held)?;
             let rose = new.is_some_and(|n| bucket::rises(m.held, n));
             m.held = Some(strategy);
+            m.delivered = Some(strategy);
             m.last_sent = ctx.now;
             engine
                 .metrics()
@@ -472,14 +486,28 @@ impl State {
             };
             if rose {
                 // What the others give up for this rise goes out now.
-                self.settle(engine, ctx, h, None);
+                self.settle_others(engine, ctx, h, Some(s));
             } else {
                 self.unsettled.insert(h);
             }
             return Some(answer);
         }
+        self.settle_others(engine, ctx, h, None);
+        None
+    }
+
+    /// Brings bucket `h`'s members with open streams but `except` to
+    /// their targets and queues each new assignment for its stream.
+    fn settle_others(&mut self, engine: &Engine, ctx: &Ctx<'_>, h: u64, except: Option<u64>) {
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return;
+        };
+        let tolerance = ctx.tolerance();
+        let ttl_secs = ctx.ttl_secs();
+        let all = bucket.all();
+        let (rule, blocked) = (bucket.rule, bucket.blocked_until.is_some());
         for (s, m) in bucket.members.iter_mut() {
-            if m.ghost_until.is_some() {
+            if m.ghost_until.is_some() || Some(s) == except {
                 continue;
             }
             let target = bucket::target_of(rule, blocked, all, m.demand);
@@ -501,7 +529,6 @@ impl State {
                 stream.wake.notify_one();
             }
         }
-        None
     }
 
     /// Settles every bucket a report changed since the last tick.
@@ -522,12 +549,13 @@ impl State {
             return;
         };
         let ttl = ctx.settings.assignment_ttl.as_nanos() as u64;
-        let blocked = bucket.blocked_until.is_some();
         let room = self.tracked < ctx.settings.max_tracked;
         let Some(m) = bucket.members.get_mut(&stream) else {
             return;
         };
-        if room && matches!(m.held, Some(Strategy::Bucket(_))) && !blocked {
+        // What its Envoy enforces: what it was last sent (or what it was
+        // about to be sent, if more).
+        if room && m.reserve() > 0.0 {
             let until = m.last_sent.saturating_add(ttl);
             m.ghost_until = Some(until);
             self.ghosts.insert((until, h, stream));
@@ -545,9 +573,19 @@ impl State {
         }
     }
 
-    /// Notes that bucket `h`'s local demand changed, for the exchange.
+    /// Notes that bucket `h`'s local demand changed, for the exchange:
+    /// only a shared bucket, or one this node published and must now say
+    /// it no longer shares (call it before removing a bucket).
     fn mark(&mut self, h: u64) {
-        if self.exchanging && self.queued.insert(h) {
+        if !self.exchanging
+            || self
+                .buckets
+                .get(&h)
+                .is_some_and(|b| !b.shared() && !b.published)
+        {
+            return;
+        }
+        if self.queued.insert(h) {
             self.changed.push_back(h);
         }
     }

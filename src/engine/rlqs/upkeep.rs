@@ -45,6 +45,7 @@ pub(super) fn new_bucket(
         members: Default::default(),
         remote: Demand::default(),
         published_round: 0,
+        published: false,
     }
 }
 
@@ -110,7 +111,7 @@ pub(super) fn follow_rules(engine: &Engine, ctx: &Ctx<'_>, st: &mut State, rules
 impl State {
     /// Forgets the ghosts whose assignments have expired in their Envoys;
     /// their buckets' other members' shares follow at the next tick.
-    fn expire_ghosts(&mut self, ctx: &Ctx<'_>) {
+    pub(super) fn expire_ghosts(&mut self, ctx: &Ctx<'_>) {
         while let Some(&(until, h, stream)) = self.ghosts.first() {
             if until > ctx.now {
                 return;
@@ -249,9 +250,14 @@ impl Engine {
             let demand = match st.buckets.get_mut(&h) {
                 Some(b) if b.shared() => {
                     b.published_round = round;
+                    b.published = true;
                     b.local()
                 }
-                _ => Demand::default(),
+                Some(b) => {
+                    b.published = false;
+                    Demand::default()
+                }
+                None => Demand::default(),
             };
             out.push(LocalDemand { bucket: h, demand });
         }
@@ -270,6 +276,7 @@ impl Engine {
         for &(_, h) in &stale[..room] {
             if let Some(b) = st.buckets.get_mut(&h) {
                 b.published_round = round;
+                b.published = true;
                 out.push(LocalDemand {
                     bucket: h,
                     demand: b.local(),
@@ -283,10 +290,12 @@ impl Engine {
     pub fn rlqs_unsent(&self, unsent: &[LocalDemand]) {
         let mut st = self.rlqs.lock();
         for d in unsent {
-            st.mark(d.bucket);
             if let Some(b) = st.buckets.get_mut(&d.bucket) {
                 b.published_round = 0;
+                // Unknown: Redis may or may not have it.
+                b.published = true;
             }
+            st.mark(d.bucket);
         }
     }
 
