@@ -124,7 +124,7 @@ keys:
   "demo-gold-key": { plan: gold }
 
 server:
-  grpc_addr: 127.0.0.1:8081    # gRPC: the native check API and Envoy RLS v3
+  grpc_addr: 127.0.0.1:8081    # gRPC: the native check API, Envoy RLS v3 and RLQS v3
   http_addr: 127.0.0.1:9090    # HTTP: health and readiness
   shutdown_grace: 10s          # how long in-flight calls may finish on shutdown (ms, s, m or h)
   # drain_delay: 5s            # on shutdown, report not-ready this long before refusing connections
