@@ -142,3 +142,33 @@ async fn seq_touches_every_key_once_per_round() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("uniform, seq"));
 }
+
+#[tokio::test]
+async fn rlqs_mode_reports_every_bucket_of_every_simulated_envoy() {
+    let d = TestDaemon::with_config(&crate::rlqs::config("")).await;
+    // 4 Envoys × 10 buckets of 50 tenants, reporting every second for
+    // 2.5 s: each reports three times (its first report, then two).
+    let r = run(
+        &d,
+        &[
+            "--mode=rlqs",
+            "--domain=shop",
+            "--buckets=10",
+            "--report-interval=1s",
+            "--duration=2500ms",
+        ],
+    )
+    .await;
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(n("errors"), 0, "{r}");
+    assert!((8..=12).contains(&n("requests")), "{r}");
+    // Every answer carries the 10 buckets (token buckets of the tenant
+    // rule), pushes may add more.
+    assert!(n("checks") >= 10 * n("requests"), "{r}");
+    assert_eq!(n("denied"), 0, "{r}");
+    assert_eq!(
+        d.engine.rlqs().sizes().2,
+        40,
+        "40 distinct buckets of 50 tenants"
+    );
+}

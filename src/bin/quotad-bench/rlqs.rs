@@ -77,7 +77,9 @@ pub async fn envoy(
         {
             let Some(msg) = msg else { break };
             let (allowed, denied) = counts(&msg);
-            let whole = msg.bucket_action.len() >= ids.len();
+            // Ids repeat when --keys is smaller than --buckets; the
+            // answer carries each distinct one once.
+            let whole = msg.bucket_action.len() as u64 >= args.buckets.min(args.keys);
             if measuring.load(Ordering::Relaxed) {
                 let a = Answered::Checks { allowed, denied };
                 if whole && !answered {
