@@ -5,8 +5,9 @@
 # redis-server for the Redis sync tests, which start their own on free
 # loopback ports, promtool for the metrics and dashboard checks, helm and
 # kubernetes-validate for the chart; protoc is vendored by the build),
-# checks the Helm chart, the dependencies (cargo-deny) and the module
-# structure (scripts/module-graph.py), then runs doc, unit,
+# checks the Helm chart, the dependencies (cargo-deny), the Envoy example
+# configs (scripts/check-envoy-examples.py) and the module structure
+# (scripts/module-graph.py), then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,16 @@ else
     echo "test.sh: RustSec advisory database unreachable; cargo-deny advisories skipped" >&2
 fi
 "$tools/venv/bin/cargo-deny" --log-level error check "${deny_checks[@]}"
+
+# The Envoy examples parse as Envoy's own protos do (xds-protos, generated
+# from envoyproxy/data-plane-api; in the tools venv): every field and
+# typed_config of examples/envoy/envoy.yaml (RLS) and
+# examples/envoy/rlqs/envoy.yaml (RLQS).
+if ! "$tools/venv/bin/python" -c 'import envoy.config.bootstrap.v3.bootstrap_pb2, yaml' >/dev/null 2>&1; then
+    echo "test.sh: installing xds-protos (Envoy's protos for Python)" >&2
+    "$tools/venv/bin/pip" install -q "xds-protos==1.85.0" "protobuf==7.36.2" "grpcio==1.85.4" "PyYAML==6.0.4"
+fi
+"$tools/venv/bin/python" scripts/check-envoy-examples.py examples/envoy/envoy.yaml examples/envoy/rlqs/envoy.yaml
 
 # The shape of src/ (README, "Layout"): no import circle between files, no
 # two top-level modules importing each other, every import pointing down
