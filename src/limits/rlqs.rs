@@ -26,16 +26,6 @@ impl BucketEntries {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
-    /// How many entries.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it has none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The same id with entry `key`'s value (if it has one) replaced.
     #[must_use]
     pub fn with_value(&self, key: &str, value: &str) -> Self {
@@ -202,11 +192,6 @@ impl RlqsRules {
     /// The domains, sorted, with their rules.
     pub fn domains(&self) -> impl Iterator<Item = (&str, &[Rule])> {
         self.domains.iter().map(|(d, r)| (d.as_str(), r.as_slice()))
-    }
-
-    /// Whether no domain has rules.
-    pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
     }
 }
 

@@ -562,7 +562,19 @@ impl State {
             self.mark(h);
             return;
         }
-        bucket.members.remove(&stream);
+        self.remove_member(h, stream);
+    }
+
+    /// Forgets `stream`'s member of bucket `h`: the exchange hears of it,
+    /// and the others' shares follow at the next tick (the bucket goes
+    /// with its last member).
+    pub(super) fn remove_member(&mut self, h: u64, stream: u64) {
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return;
+        };
+        if bucket.members.remove(&stream).is_none() {
+            return;
+        }
         let empty = bucket.members.is_empty();
         self.tracked = self.tracked.saturating_sub(1);
         self.mark(h);

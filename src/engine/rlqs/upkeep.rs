@@ -117,24 +117,13 @@ impl State {
                 return;
             }
             self.ghosts.pop_first();
-            let Some(b) = self.buckets.get_mut(&h) else {
-                continue;
-            };
-            if !b
-                .members
-                .iter()
-                .any(|(s, m)| *s == stream && m.ghost_until == Some(until))
-            {
-                continue;
-            }
-            b.members.remove(&stream);
-            let empty = b.members.is_empty();
-            self.tracked = self.tracked.saturating_sub(1);
-            self.mark(h);
-            if empty {
-                self.buckets.remove(&h);
-            } else {
-                self.unsettled.insert(h);
+            let still = self
+                .buckets
+                .get_mut(&h)
+                .and_then(|b| b.members.get_mut(&stream))
+                .is_some_and(|m| m.ghost_until == Some(until));
+            if still {
+                self.remove_member(h, stream);
             }
         }
     }
@@ -147,47 +136,39 @@ impl State {
     }
 
     /// Sends an abandon action for bucket `h` to each member `which`
-    /// picks, and forgets them; the others' shares follow.
+    /// picks, and forgets them; the others' shares follow at the next
+    /// tick.
     fn abandon(
         &mut self,
         engine: &Engine,
         h: u64,
         which: impl Fn(&super::Member) -> bool,
         reason: &'static str,
-    ) -> bool {
-        let Some(b) = self.buckets.get_mut(&h) else {
-            return false;
+    ) {
+        let Some(b) = self.buckets.get(&h) else {
+            return;
         };
+        let id = Arc::clone(&b.id);
         let leaving: Vec<u64> = b
             .members
             .iter()
             .filter(|(_, m)| which(m))
             .map(|(s, _)| *s)
             .collect();
-        for s in &leaving {
-            b.members.remove(s);
-            self.tracked = self.tracked.saturating_sub(1);
-            if let Some(stream) = self.streams.get_mut(s) {
+        for s in leaving {
+            if let Some(stream) = self.streams.get_mut(&s) {
                 engine.metrics().rlqs_abandoned(reason);
                 stream.buckets.remove(&h);
                 stream.pending.insert(
                     h,
                     Action::Abandon {
-                        id: Arc::clone(&b.id),
+                        id: Arc::clone(&id),
                     },
                 );
                 stream.wake.notify_one();
             }
+            self.remove_member(h, s);
         }
-        let empty = b.members.is_empty();
-        if !leaving.is_empty() {
-            self.mark(h);
-        }
-        if empty {
-            self.buckets.remove(&h);
-            return false;
-        }
-        !leaving.is_empty()
     }
 }
 
@@ -213,9 +194,7 @@ impl Engine {
                 let idle_member = |m: &super::Member| {
                     m.ghost_until.is_none() && now.saturating_sub(m.last_traffic) >= idle
                 };
-                if st.abandon(self, h, idle_member, "idle") {
-                    st.unsettled.insert(h);
-                }
+                st.abandon(self, h, idle_member, "idle");
             }
         });
     }
