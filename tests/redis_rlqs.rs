@@ -83,6 +83,18 @@ async fn settle(es: &mut [Envoy], b: &Id) -> Vec<f64> {
     panic!("shares did not settle within the rate: {last:?}");
 }
 
+/// Two report periods: the clock moves 5 s and each Envoy reports
+/// `per_s` requests a second (a fifth allowed), then the shares settle.
+async fn reports(es: &mut [Envoy], clock: &ManualClock, b: &Id, per_s: [u64; 3]) {
+    for _ in 0..2 {
+        clock.advance(5_000_000_000);
+        for (e, n) in es.iter_mut().zip(per_s) {
+            e.send("shop", &[(b, n, n * 4, 5)]).await;
+        }
+        settle(es, b).await;
+    }
+}
+
 #[tokio::test]
 async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     let redis = RedisServer::start().await;
@@ -109,13 +121,7 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     assert!(r.iter().all(|x| (30.0..=100.0 / 3.0).contains(x)), "{r:?}");
     // Demand 6:3:1 at five times the rate; the light one on the other
     // node.
-    for _ in 0..2 {
-        clock.advance(5_000_000_000);
-        for (e, n) in es.iter_mut().zip([300u64, 150, 50]) {
-            e.send("shop", &[(&b, n, n * 4, 5)]).await;
-        }
-        settle(&mut es, &b).await;
-    }
+    reports(&mut es, &clock, &b, [300, 150, 50]).await;
     let r = rates(&es, &b);
     assert!(
         r[0] > r[1] && r[1] > r[2],
@@ -123,18 +129,16 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     );
     assert!(r.iter().sum::<f64>() >= 86.0, "{r:?}");
     // Now the heavy demand is on the other node.
-    for _ in 0..2 {
-        clock.advance(5_000_000_000);
-        for (e, n) in es.iter_mut().zip([50u64, 50, 400]) {
-            e.send("shop", &[(&b, n, n * 4, 5)]).await;
-        }
-        settle(&mut es, &b).await;
-    }
+    reports(&mut es, &clock, &b, [50, 50, 400]).await;
     let r = rates(&es, &b);
     assert!(r[2] > r[0] + r[1], "the busy node's Envoy has most: {r:?}");
-    // The node with the busy Envoy stops: a's Envoys take the rate back.
+    // The node with the busy Envoy stops. Its Envoy's share counts until
+    // the node's entry is stale (the 10 s time to live and 5 s after its
+    // last exchange): never past the rate meanwhile, then a's Envoys take
+    // the rate back.
     drop(es.pop());
     b_node.stop().await.unwrap();
+    let stopped = tokio::time::Instant::now();
     clock.advance(5_000_000_000);
     for e in &mut es {
         e.send("shop", &[(&b, 300, 1200, 5)]).await;
@@ -143,6 +147,7 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     for _ in 0..40 {
         drain_all(&mut es).await;
         r = rates(&es, &b);
+        assert!(r.iter().sum::<f64>() <= 100.0 + 1e-9, "{r:?}");
         if r.iter().sum::<f64>() >= 90.0 {
             break;
         }
@@ -151,6 +156,10 @@ async fn envoys_split_across_two_nodes_share_one_rate_by_demand() {
     assert!(
         r.iter().sum::<f64>() >= 90.0 && r.iter().sum::<f64>() <= 100.0 + 1e-9,
         "{r:?}"
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(9),
+        "the stopped node's share was kept until its entry went stale"
     );
     assert!(es.iter().all(|e| matches!(e.held[&b], Held::Bucket { .. })));
     a.stop().await.unwrap();

@@ -231,8 +231,8 @@ pub(crate) fn rates(es: &[Envoy], bucket: &Id) -> Vec<f64> {
 /// Each Envoy reports `per_s` requests a second over 5 s (a fifth
 /// allowed), one after the other, each answered before the next reports
 /// (so the order, and what each holds, is the same every run).
-async fn report_in_turn(es: &mut [Envoy], b: &Id, per_s: [u64; 3]) {
-    for (e, n) in es.iter_mut().zip(per_s) {
+pub(crate) async fn report_in_turn(es: &mut [Envoy], b: &Id, per_s: &[u64]) {
+    for (e, &n) in es.iter_mut().zip(per_s) {
         e.send("shop", &[(b, n, n * 4, 5)]).await;
         e.drain().await;
     }
@@ -264,7 +264,7 @@ async fn shares_follow_demand_never_sum_past_the_rate_and_flow_from_idle_envoys(
     // Demand 6:3:1 at five times the limit, reported every 5 s.
     for _ in 0..2 {
         d.advance_ms(5_000);
-        report_in_turn(&mut es, &b, [300, 150, 50]).await;
+        report_in_turn(&mut es, &b, &[300, 150, 50]).await;
         let r = rates(&es, &b);
         assert!(
             r.iter().sum::<f64>() <= 100.0 + 1e-9,
@@ -281,7 +281,7 @@ async fn shares_follow_demand_never_sum_past_the_rate_and_flow_from_idle_envoys(
     // others'.
     for _ in 0..2 {
         d.advance_ms(5_000);
-        report_in_turn(&mut es, &b, [300, 150, 0]).await;
+        report_in_turn(&mut es, &b, &[300, 150, 0]).await;
     }
     let r = rates(&es, &b);
     assert!(
@@ -723,7 +723,7 @@ async fn a_closed_streams_share_stays_reserved_until_it_expires_in_its_envoy() {
     let b = id(&[("tenant", "acme")]);
     first_reports(&mut es, &b).await;
     d.advance_ms(5_000);
-    report_in_turn_2(&mut es, &b, [100, 100]).await;
+    report_in_turn(&mut es, &b, &[100, 100]).await;
     let gone = es[1].held[&b].rate();
     assert!(gone > 40.0, "{gone}");
     // The second Envoy's stream closes; it still enforces what it holds
@@ -747,15 +747,6 @@ async fn a_closed_streams_share_stays_reserved_until_it_expires_in_its_envoy() {
     es[0].send("shop", &[(&b, 1_000, 4_000, 5)]).await;
     drain_all(&mut es).await;
     assert!(es[0].held[&b].rate() >= 86.0, "{:?}", es[0].held[&b]);
-}
-
-/// Two Envoys report `per_s` each over 5 s, in turn.
-async fn report_in_turn_2(es: &mut [Envoy], b: &Id, per_s: [u64; 2]) {
-    for (e, n) in es.iter_mut().zip(per_s) {
-        e.send("shop", &[(b, n, n * 4, 5)]).await;
-        e.drain().await;
-    }
-    drain_all(es).await;
 }
 
 #[tokio::test]
