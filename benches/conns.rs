@@ -87,6 +87,7 @@ fn check_message(key: &str) -> Vec<u8> {
         key: key.into(),
         cost: 1,
         id: 0,
+        ..Default::default()
     };
     let mut out = vec![0u8];
     out.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());

@@ -202,6 +202,7 @@ impl Legit {
                 key: format!("legit-{i}"),
                 cost: 1,
                 id: i as u64,
+                ..Default::default()
             })
             .collect();
         match self.client.check_batch(CheckBatchRequest { checks }).await {

@@ -46,7 +46,7 @@ fn record(c: &mut Criterion) {
         b.iter(|| m.checked(Api::Native, black_box("gold"), black_box(&no)))
     });
     g.bench_function("rls-request", |b| {
-        b.iter(|| m.rls(black_box(Some("edge")), Outcome::Allowed))
+        b.iter(|| m.rls(Api::Rls, black_box(Some("edge")), Outcome::Allowed))
     });
     g.bench_function("stopwatch", |b| {
         b.iter(|| black_box(Stopwatch::start()).seconds())
@@ -131,7 +131,7 @@ fn render(c: &mut Criterion) {
         let ok = allowed();
         for p in 0..plans {
             m.checked(Api::Native, &format!("plan-{p}"), &ok);
-            m.rls(Some(&format!("domain-{p}")), Outcome::Allowed);
+            m.rls(Api::Rls, Some(&format!("domain-{p}")), Outcome::Allowed);
         }
         for _ in 0..10_000 {
             m.took(Api::Native, Stopwatch::start());

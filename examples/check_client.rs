@@ -19,7 +19,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut client = RateLimiterClient::connect(addr).await?;
     let answer = client
-        .check(CheckRequest { key, cost, id: 0 })
+        .check(CheckRequest {
+            key,
+            cost,
+            id: 0,
+            ..Default::default()
+        })
         .await?
         .into_inner();
 

@@ -17,6 +17,7 @@ fn req(key: &str, cost: u64) -> CheckRequest {
         key: key.into(),
         cost,
         id: 0,
+        ..Default::default()
     }
 }
 
@@ -83,21 +84,25 @@ async fn stream_answers_an_invalid_check_with_an_error_and_goes_on() {
             key: "k".into(),
             cost: 1,
             id: 1,
+            ..Default::default()
         },
         CheckRequest {
             key: "".into(),
             cost: 1,
             id: 2,
+            ..Default::default()
         },
         CheckRequest {
             key: "k".into(),
             cost: 5000,
             id: 3,
+            ..Default::default()
         },
         CheckRequest {
             key: "k".into(),
             cost: 1,
             id: 4,
+            ..Default::default()
         },
     ];
     let out: Vec<_> = c

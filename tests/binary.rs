@@ -109,6 +109,7 @@ async fn serve_runs_the_embedded_default_and_exits_0_on_sigterm() {
                 key: key.into(),
                 cost: 1,
                 id: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -302,6 +303,7 @@ async fn sighup_reloads_the_config_and_a_broken_file_keeps_serving() {
             key: "alice".into(),
             cost: 1,
             id: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -391,7 +393,8 @@ async fn json_logs_carry_the_request_id_of_a_refusal_and_never_a_key() {
         c.check(CheckRequest {
             key: "demo-gold-key".into(),
             cost: 1,
-            id: 1
+            id: 1,
+            ..Default::default()
         })
         .await
         .is_ok()
@@ -402,6 +405,7 @@ async fn json_logs_carry_the_request_id_of_a_refusal_and_never_a_key() {
         key: "secret-key-1234".into(),
         cost: u64::MAX,
         id: 2,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("x-request-id", "req-42".parse().unwrap());
@@ -414,6 +418,7 @@ async fn json_logs_carry_the_request_id_of_a_refusal_and_never_a_key() {
             key: String::new(),
             cost: 1,
             id: 3,
+            ..Default::default()
         })
         .await
         .expect_err("empty key");

@@ -1034,6 +1034,7 @@ async fn native_check_returns_the_same_headers_for_a_plan_key() {
         key: "plan-key".into(),
         cost,
         id: 0,
+        ..Default::default()
     };
     let native_headers = |r: &quotad::api::pb::CheckResponse| -> Vec<(String, String)> {
         r.headers

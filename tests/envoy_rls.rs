@@ -162,6 +162,7 @@ async fn native_and_rls_share_one_bucket_per_key() {
             key: "shared".into(),
             cost: 10,
             id: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -150,6 +150,7 @@ fn check_req(i: u64) -> CheckRequest {
         key: key(i),
         cost: 1,
         id: i,
+        ..Default::default()
     }
 }
 

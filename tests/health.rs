@@ -172,7 +172,9 @@ async fn reflection_serves_the_native_file_descriptor() {
             "Acquire",
             "Renew",
             "Release",
-            "Hold"
+            "Hold",
+            "Report",
+            "ReportStream"
         ]
     );
 }

@@ -24,6 +24,7 @@ fn req(key: &str, cost: u64) -> CheckRequest {
         key: key.into(),
         cost,
         id: 0,
+        ..Default::default()
     }
 }
 
@@ -296,6 +297,7 @@ async fn a_stream_that_never_reads_its_answers_is_held_back_and_others_are_serve
             key: "open-key".into(),
             cost: 1,
             id: i,
+            ..Default::default()
         }
     });
     // The answers are never read.
@@ -471,6 +473,7 @@ fn req_id(key: &str, id: u64) -> CheckRequest {
         key: key.into(),
         cost: 1,
         id,
+        ..Default::default()
     }
 }
 

@@ -93,6 +93,7 @@ async fn served_meanwhile<T>(grpc: &str, during: impl std::future::Future<Output
                     key: format!("legit-{n}"),
                     cost: 1,
                     id: 0,
+                    ..Default::default()
                 }),
             )
             .await;
@@ -119,6 +120,7 @@ async fn served_meanwhile<T>(grpc: &str, during: impl std::future::Future<Output
                 key: "after".into(),
                 cost: 1,
                 id: 0,
+                ..Default::default()
             })
             .await
             .is_ok()
@@ -266,6 +268,7 @@ async fn served_within(d: &TestDaemon, secs: u64) -> Duration {
                         key: "legit".into(),
                         cost: 1,
                         id: 0,
+                        ..Default::default()
                     })
                     .await
                     .ok()
@@ -339,6 +342,7 @@ async fn a_stream_that_keeps_talking_keeps_its_connection() {
             key: "k".into(),
             cost: 1,
             id,
+            ..Default::default()
         })
         .await
         .expect("stream open");

@@ -201,6 +201,7 @@ async fn batch(
             key,
             cost: 1,
             id: 0,
+            ..Default::default()
         })
         .collect();
     let r = client

@@ -31,6 +31,9 @@ mod hostile;
 /// Hostile connections: partial bodies within budgets, calls that never
 /// finish, quiet streams, trickled HTTP headers.
 mod hostile_conns;
+/// The HTTP check door: forward auth, native JSON, envoyproxy's /json,
+/// hostile bodies and slow clients, TLS.
+mod http_door;
 /// Key floods against a small store: old and new customers keep their
 /// own exact counts; budgets per source; the overflow cell as last resort.
 mod key_flood;
@@ -55,6 +58,9 @@ mod redis_rlqs;
 mod redis_sync;
 /// Hot reload of the config and limits files.
 mod reload;
+/// Peek checks and reports: debt, overrun, streams, Envoy's stream-done
+/// pattern.
+mod report;
 /// Envoy RLQS on one node through Envoy's generated client: fair shares,
 /// Envoy's quirks, blocks, reloads, idle buckets, bad input and caps.
 mod rlqs;

@@ -129,6 +129,7 @@ fn check_of(key: &str, cost: u64) -> CheckRequest {
         key: key.into(),
         cost,
         id: 0,
+        ..Default::default()
     }
 }
 
@@ -285,7 +286,7 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
     let checks = |api: &str, result: &str, label: (&str, &str)| {
         m.get(
             "quotad_checks_total",
-            &[("api", api), ("result", result), label],
+            &[("api", api), ("door", "grpc"), ("result", result), label],
         )
     };
     let expected = [
@@ -336,13 +337,23 @@ async fn a_scripted_scenario_reads_back_exactly_from_metrics() {
         "{}",
         m.text
     );
-    let denials = |api, reason| m.get("quotad_denials_total", &[("api", api), ("reason", reason)]);
+    let denials = |api, reason| {
+        m.get(
+            "quotad_denials_total",
+            &[("api", api), ("door", "grpc"), ("reason", reason)],
+        )
+    };
     assert_eq!(denials("native", "limited"), 1.0);
     assert_eq!(denials("native", "blocked"), 1.0);
     assert_eq!(denials("batch", "limited"), 1.0);
     assert_eq!(denials("stream", "limited"), 0.0);
     // Answered calls are timed (refusals are not).
-    let timed = |api| m.get("quotad_check_duration_seconds_count", &[("api", api)]);
+    let timed = |api| {
+        m.get(
+            "quotad_check_duration_seconds_count",
+            &[("api", api), ("door", "grpc")],
+        )
+    };
     assert_eq!(timed("native"), 10.0);
     assert_eq!(timed("batch"), 1.0);
     assert_eq!(timed("stream"), 2.0);
@@ -462,14 +473,24 @@ async fn nothing_in_metrics_grows_with_the_number_of_keys() {
     assert_eq!(
         after.get(
             "quotad_checks_total",
-            &[("api", "rls"), ("result", "allowed"), ("domain", "(other)")]
+            &[
+                ("api", "rls"),
+                ("door", "grpc"),
+                ("result", "allowed"),
+                ("domain", "(other)")
+            ]
         ),
         1_500.0
     );
     assert_eq!(
         after.get(
             "quotad_checks_total",
-            &[("api", "native"), ("result", "allowed"), ("plan", "free")]
+            &[
+                ("api", "native"),
+                ("door", "grpc"),
+                ("result", "allowed"),
+                ("plan", "free")
+            ]
         ),
         1_500.0
     );

@@ -13,6 +13,7 @@ fn req(key: &str, cost: u64, id: u64) -> CheckRequest {
         key: key.into(),
         cost,
         id,
+        ..Default::default()
     }
 }
 

@@ -66,6 +66,7 @@ async fn check(c: &mut Client, key: &str, cost: u64) -> (bool, u64) {
             key: key.into(),
             cost,
             id: 0,
+            ..Default::default()
         })
         .await
         .expect("check answered")
@@ -319,6 +320,7 @@ async fn strict_limits_are_exact_across_nodes_under_concurrency() {
                 key: "paid-key".into(),
                 cost: 1,
                 id: 0,
+                ..Default::default()
             })
             .await
             .expect("check")
@@ -361,6 +363,7 @@ async fn strict_checks_answer_within_the_deadline_with_the_fail_mode() {
                     key: "paid-key".into(),
                     cost: 1,
                     id: 0,
+                    ..Default::default()
                 })
                 .await
                 .expect("answered")
@@ -898,7 +901,7 @@ async fn a_strict_check_given_up_is_refunded_if_charged_and_never_charged_after(
     // the check costs 3.
     let redis = RedisServer::start().await;
     let keys = ["t:{k}c:1", "t:{k}s:node:1"];
-    let check = ["1000000", "3", "600000", "c", "10", "60000"];
+    let check = ["1000000", "3", "600000", "c", "c", "10", "60000"];
     let get = |k: &str| {
         std::process::Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "GET", k])

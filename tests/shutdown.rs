@@ -19,6 +19,7 @@ fn req(id: u64) -> CheckRequest {
         key: "gold-key".into(),
         cost: 1,
         id,
+        ..Default::default()
     }
 }
 

@@ -55,6 +55,7 @@ async fn checks_pass(channel: Channel) -> Result<bool, tonic::Status> {
             key: "alice".into(),
             cost: 1,
             id: 0,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().allowed)
@@ -85,6 +86,7 @@ async fn the_check_listener_serves_tls_and_refuses_plain_text() {
             key: "alice".into(),
             cost: 1,
             id: 0,
+            ..Default::default()
         })
         .await;
     assert!(plain.is_err(), "{plain:?}");

@@ -25,7 +25,7 @@ use quotad::api::pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use quotad::api::pb::{
     AcquireRequest, AcquireResponse, CheckBatchRequest, CheckBatchResponse, CheckRequest,
     CheckResponse, Header, HoldRequest, HoldResponse, ReleaseRequest, ReleaseResponse,
-    RenewRequest, RenewResponse,
+    RenewRequest, RenewResponse, ReportRequest, ReportResponse,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -171,6 +171,32 @@ impl RateLimiter for Floor {
                     granted: true,
                     ..AcquireResponse::default()
                 }),
+            })
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    // Reports: answered at once, nothing charged (the floor for Report).
+    async fn report(
+        &self,
+        req: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        Ok(Response::new(ReportResponse {
+            id: req.get_ref().id,
+            ..ReportResponse::default()
+        }))
+    }
+
+    type ReportStreamStream = Pin<Box<dyn Stream<Item = Result<ReportResponse, Status>> + Send>>;
+
+    async fn report_stream(
+        &self,
+        req: Request<Streaming<ReportRequest>>,
+    ) -> Result<Response<Self::ReportStreamStream>, Status> {
+        let answers = req.into_inner().map(|r| {
+            r.map(|r| ReportResponse {
+                id: r.id,
+                ..ReportResponse::default()
             })
         });
         Ok(Response::new(Box::pin(answers)))

@@ -32,8 +32,12 @@
 //! limit on the descriptor's own counter, never in shadow mode.
 //!
 //! The cost is the descriptor's own `hits_addend` when set (0 checks
-//! without consuming), else the request's `hits_addend` (0 means 1).
-//! `is_negative_hits` gives the units back instead of spending them.
+//! without consuming: OVER_LIMIT only while a bucket is in debt or a
+//! counter past its limit), else the request's `hits_addend` (0 means 1).
+//! `is_negative_hits` gives the units back instead of spending them; an
+//! entry `quotad_mode: report` ([`MODE_ENTRY`]) charges them whatever the
+//! limit holds (Envoy's `apply_on_stream_done` policies: what a response
+//! cost is charged after it, never refused).
 //! Descriptors are independent, as in envoyproxy/ratelimit: an allowed
 //! descriptor is charged even when another one is over limit.
 //! `overall_code` is OVER_LIMIT if any descriptor is, unless global shadow
@@ -84,10 +88,21 @@ impl EnvoyRlsService {
     }
 }
 
-/// A descriptor's entries as the engine reads them.
+/// The entry that makes a descriptor a report (`quotad_mode: report`):
+/// its cost is charged whatever the limit holds. Envoy's stream-done
+/// policies (`apply_on_stream_done`) add it with a `generic_key` action,
+/// so what the response cost (LLM tokens, bytes) is never refused, and
+/// lost, for want of room. It is not part of the descriptor: it matches
+/// no rule and names no counter.
+pub const MODE_ENTRY: &str = "quotad_mode";
+
+/// A descriptor's entries as the engine reads them ([`MODE_ENTRY`] left
+/// out).
 impl Pairs for [Entry] {
     fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.iter().map(|e| (e.key.as_str(), e.value.as_str()))
+        self.iter()
+            .filter(|e| e.key != MODE_ENTRY)
+            .map(|e| (e.key.as_str(), e.value.as_str()))
     }
 }
 
@@ -95,7 +110,7 @@ impl Pairs for [Entry] {
 struct Desc<'a> {
     entries: &'a [Entry],
     cost: u64,
-    refund: bool,
+    mode: Mode,
     /// The request's `limit` override.
     limit: Option<(u32, Unit)>,
     /// In a plan domain, the API key entry's value.
@@ -122,10 +137,22 @@ fn descriptor<'a>(
         });
     }
     let mut api_key = None;
+    let mut mode = if d.is_negative_hits {
+        Mode::Refund
+    } else {
+        Mode::Charge
+    };
     for (j, e) in d.entries.iter().enumerate() {
         let at = |f: &str| format!("descriptors[{i}].entries[{j}].{f}");
         if e.key.is_empty() {
             return Err(RequestError::Empty { field: at("key") });
+        }
+        if e.key == MODE_ENTRY {
+            mode = report_mode(mode, &e.value).map_err(|why| RequestError::Invalid {
+                field: at("value"),
+                why: why.to_owned(),
+            })?;
+            continue;
         }
         if Some(e.key.as_str()) == key_entry {
             if api_key.is_some() {
@@ -166,10 +193,20 @@ fn descriptor<'a>(
     Ok(Desc {
         entries: &d.entries,
         cost,
-        refund: d.is_negative_hits,
+        mode,
         limit,
         api_key,
     })
+}
+
+/// A descriptor's mode once its [`MODE_ENTRY`] says `value`.
+fn report_mode(mode: Mode, value: &str) -> Result<Mode, &'static str> {
+    match (mode, value) {
+        (Mode::Charge, "report") => Ok(Mode::Report),
+        (Mode::Refund, "report") => Err("a report cannot have is_negative_hits set"),
+        (Mode::Report, _) => Err("quotad_mode appears more than once"),
+        _ => Err("the only quotad_mode is `report` (charged whatever the limit holds)"),
+    }
 }
 
 /// The limit a request's `limit` override asks for, counting as the
@@ -264,7 +301,7 @@ fn admit<'m>(
                 key: d.api_key,
                 entries: d.entries,
                 cost: d.cost,
-                mode: if d.refund { Mode::Refund } else { Mode::Charge },
+                mode: d.mode,
                 limit: d
                     .limit
                     .map(|o| override_limit(i, o, algorithm))
@@ -482,6 +519,27 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
     }
 }
 
+/// Decides one Envoy RLS request through the engine, counted under
+/// `door` (gRPC's `ShouldRateLimit`, or the HTTP door's `/json`); the
+/// error is the refusal, nothing charged.
+pub(crate) async fn decide(
+    engine: &Engine,
+    door: Api,
+    req: &RateLimitRequest,
+) -> Result<RateLimitResponse, RequestError> {
+    let call = Call {
+        door,
+        domain: Some(&req.domain),
+    };
+    engine
+        .decide(
+            call,
+            |live, kind| admit(req, live, kind),
+            |answer, r| render(req, answer, r),
+        )
+        .await
+}
+
 #[tonic::async_trait]
 impl RateLimitService for EnvoyRlsService {
     async fn should_rate_limit(
@@ -489,19 +547,7 @@ impl RateLimitService for EnvoyRlsService {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let (meta, _, req) = request.into_parts();
-        let call = Call {
-            door: Api::Rls,
-            domain: Some(&req.domain),
-        };
-        let answer = self
-            .engine
-            .decide(
-                call,
-                |live, kind| admit(&req, live, kind),
-                |answer, r| render(&req, answer, r),
-            )
-            .await;
-        match answer {
+        match decide(&self.engine, Api::Rls, &req).await {
             Ok(r) => Ok(Response::new(r)),
             Err(e) => Err(request_id::refuse(&meta, Api::Rls.as_str(), e.into())),
         }

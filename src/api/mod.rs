@@ -2,7 +2,8 @@
 //! calls the one engine entry ([`Engine::decide`](crate::engine::Engine::decide)),
 //! and renders its [`Answer`](crate::engine::Answer) as its wire message.
 //!
-//! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream);
+//! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream),
+//!   with `report` (Report, ReportStream) and `leases`;
 //! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`;
 //! - `rlqs`: `envoy.service.rate_limit_quota.v3.RateLimitQuotaService`
 //!   (fair shares of global rates, streamed to Envoys);
@@ -16,9 +17,11 @@ mod envoy_metadata;
 pub mod envoy_rls;
 pub mod error;
 pub mod headers;
+pub mod http;
 pub mod leases;
 pub mod malformed;
 pub mod native;
+pub mod report;
 pub mod request_id;
 pub mod rlqs;
 pub mod validate;

@@ -1,6 +1,8 @@
 //! `quotad.v1.RateLimiter`: our own API. Unary `Check`, `CheckBatch` (many
 //! independent checks, answered in order) and `CheckStream` (a long-lived
-//! bidirectional stream; responses carry the request's `id`).
+//! bidirectional stream; responses carry the request's `id`), each check a
+//! charge or a peek (`mode`); `Report` and `ReportStream` are in
+//! [`super::report`], the leases in [`super::leases`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,13 +14,13 @@ use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{
-    AcquireRequest, AcquireResponse, CheckBatchRequest, CheckBatchResponse, CheckRequest,
-    CheckResponse, DenyReason, Header, HoldRequest, ReleaseRequest, ReleaseResponse, RenewRequest,
-    RenewResponse,
+    AcquireRequest, AcquireResponse, CheckBatchRequest, CheckBatchResponse, CheckMode,
+    CheckRequest, CheckResponse, DenyReason, Header, HoldRequest, ReleaseRequest, ReleaseResponse,
+    RenewRequest, RenewResponse, ReportRequest, ReportResponse,
 };
-use super::{duration, leases, request_id, validate};
+use super::{duration, leases, report, request_id, validate};
 use crate::config::{Live, RequestCaps};
-use crate::engine::{Basis, Call, Engine, Item, Kind, Outcome};
+use crate::engine::{Basis, Call, Engine, Item, Kind, Mode, Outcome};
 use crate::metrics::Api;
 use crate::shutdown::Shutdown;
 
@@ -48,16 +50,34 @@ fn validate_check(
 ) -> Result<(), RequestError> {
     validate::key(|| format!("{}key", at()), &req.key, caps)?;
     validate::cost(|| format!("{}cost", at()), req.cost, caps)?;
+    mode(req.mode).map_err(|why| RequestError::Invalid {
+        field: format!("{}mode", at()),
+        why,
+    })?;
     Ok(())
 }
 
-/// A check as the engine's item: cost 0 means 1.
-fn item(req: &CheckRequest) -> Item<'_, ()> {
-    Item::key(&req.key, req.cost.max(1))
+/// A check's mode on the wire as the engine's.
+pub(crate) fn mode(wire: i32) -> Result<Mode, String> {
+    match CheckMode::try_from(wire) {
+        Ok(CheckMode::Charge) => Ok(Mode::Charge),
+        Ok(CheckMode::Peek) => Ok(Mode::Peek),
+        Err(_) => Err(format!(
+            "unknown value {wire} (CHECK_MODE_CHARGE = 0, CHECK_MODE_PEEK = 1)"
+        )),
+    }
+}
+
+/// A validated check as the engine's item: cost 0 means 1.
+pub(crate) fn item(req: &CheckRequest) -> Item<'_, ()> {
+    Item {
+        mode: mode(req.mode).unwrap_or(Mode::Charge),
+        ..Item::key(&req.key, req.cost.max(1))
+    }
 }
 
 /// Decides one check through the engine; the error is the refusal.
-async fn check_one(
+pub(crate) async fn check_one(
     engine: &Engine,
     door: Api,
     req: &CheckRequest,
@@ -212,6 +232,26 @@ impl RateLimiter for NativeService {
         let token = leases::lease(&request.get_ref().lease)?;
         let released = self.engine.release(token).await;
         Ok(Response::new(ReleaseResponse { released }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let (meta, _, req) = request.into_parts();
+        match report::report_one(&self.engine, Api::Report, &req).await {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(e) => Err(refuse(Api::Report, &meta, e)),
+        }
+    }
+
+    type ReportStreamStream = report::ReportStreamOut;
+
+    async fn report_stream(
+        &self,
+        request: Request<Streaming<ReportRequest>>,
+    ) -> Result<Response<Self::ReportStreamStream>, Status> {
+        Ok(report::stream(&self.engine, request, self.shutdown.clone()))
     }
 
     type HoldStream = leases::HoldOut;

@@ -18,12 +18,14 @@
 //! | subsystem | entry |
 //! | --- | --- |
 //! | gRPC and admin servers | `servers.rs` (connections through [`crate::net::listen`]) |
+//! | HTTP check door (`server.http_check`) | `http_check.rs` ([`crate::api::http::HttpDoor`]) |
 //! | HTTP listener, sampler, metrics upkeep, Redis readiness hold | `reporting.rs` ([`crate::net::http::serve`], [`crate::telemetry::sampler`], [`crate::sync::readiness`]) |
 //! | Redis sync, strict checks, overrides across nodes | [`crate::sync::RedisSync::run`], [`crate::sync::overrides::OverrideSync::run`] |
 //! | reloads: file watcher, SIGHUP | `reloads.rs` ([`crate::control::reload::Reloader::watch`]) |
 //! | sweeper | `sweeper.rs` |
 //! | Envoy RLQS between reports; its demand across nodes | `rlqs.rs`, [`crate::sync::rlqs::DemandExchange::run`] |
 
+mod http_check;
 mod reloads;
 mod reporting;
 mod rlqs;
@@ -117,6 +119,8 @@ pub struct App {
     grpc: Listener,
     http: TcpListener,
     admin: Option<Listener>,
+    /// The HTTP check door's listener, when `server.http_check.addr` is set.
+    http_check: Option<Listener>,
     http_addr: SocketAddr,
     ready: Readiness,
     sync: Option<(RedisSync, SyncHandle)>,
@@ -205,6 +209,7 @@ impl App {
             "gRPC listener bound (quotad.v1.RateLimiter, envoy RLS v3, envoy RLQS v3, health, reflection)"
         );
         tracing::info!(%http_addr, "HTTP listener bound (/livez, /readyz, /metrics)");
+        let http_check = http_check::bind_door(&config).await?;
         match (&admin, &config.live.admin) {
             (Some(l), Some(a)) => tracing::info!(
                 admin_addr = %l.addr,
@@ -229,6 +234,7 @@ impl App {
             grpc,
             http,
             admin,
+            http_check,
             http_addr,
             ready: Readiness::new(),
             sync,
@@ -273,6 +279,11 @@ impl App {
         self.admin.as_ref().map(|a| a.addr)
     }
 
+    /// The bound HTTP check door's address, when it is on.
+    pub fn http_check_addr(&self) -> Option<SocketAddr> {
+        self.http_check.as_ref().map(|l| l.addr)
+    }
+
     /// The engine, for embedding and tests.
     pub fn engine(&self) -> Arc<Engine> {
         Arc::clone(&self.engine)
@@ -299,6 +310,7 @@ impl App {
             grpc,
             http,
             admin,
+            http_check,
             ready,
             sync,
             loader,
@@ -319,8 +331,7 @@ impl App {
         let reloader = Arc::new(reloads::reloader(
             &control,
             loader,
-            &grpc,
-            admin.as_ref(),
+            [Some(&grpc), http_check.as_ref(), admin.as_ref()],
             &metrics,
             &audit,
         ));
@@ -345,6 +356,12 @@ impl App {
             metrics: &metrics,
         };
         let grpc_task = tokio::spawn(servers::grpc(grpc, front, &shared, grpc_stop.clone())?);
+        if let Some(listener) = http_check {
+            let settings = (&config.boot.server.http_check, conns.handshakes());
+            let engine = Arc::clone(&engine);
+            let serve = http_check::serve(listener, engine, settings, &metrics, grpc_stop.clone());
+            rest.spawn_server(serve);
+        }
         if let Some(admin) = admin {
             let service = AdminService::new(
                 Arc::clone(&control),

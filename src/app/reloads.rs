@@ -21,14 +21,14 @@ use crate::shutdown::Shutdown;
 pub type Hangups = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
 /// The reloader: through `loader`, or the config's own file; reloads
-/// hand the listeners' acceptors their new certificates, and refused ones
+/// hand the listeners' acceptors (gRPC, the HTTP check door's, admin)
+/// their new certificates, and refused ones
 /// started by SIGHUP or the watcher go to the audit trail (the admin API
 /// audits its own, naming the caller).
 pub(super) fn reloader(
     control: &Arc<Control>,
     loader: Option<Loader>,
-    grpc: &Listener,
-    admin: Option<&Listener>,
+    [grpc, http_check, admin]: [Option<&Listener>; 3],
     metrics: &Arc<Metrics>,
     audit: &Arc<Audit>,
 ) -> Reloader {
@@ -58,7 +58,8 @@ pub(super) fn reloader(
     let admin_tls: fn(&Config) -> Option<&TlsFiles> =
         |c| c.live.admin.as_ref().and_then(|a| a.tls.as_ref());
     let listeners = [
-        (Some(grpc), "server.tls", server_tls),
+        (grpc, "server.tls", server_tls),
+        (http_check, "server.tls", server_tls),
         (admin, "admin.tls", admin_tls),
     ];
     for (listener, section, files_of) in listeners {

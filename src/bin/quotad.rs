@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Run the daemon. Without --config it serves the embedded demo config
     /// (in memory, plans `free` and `gold`).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a config file (and envoyproxy/ratelimit limits files) and
     /// print a summary; exit 64 if invalid.
     CheckConfig {
@@ -58,6 +58,11 @@ struct ServeArgs {
     /// HTTP (health) listen address; overrides server.http_addr.
     #[arg(long, env = "QUOTAD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// HTTP check door listen address (forward auth for NGINX, Traefik and
+    /// Caddy at /v1/auth; /v1/check, /v1/report and envoyproxy/ratelimit's
+    /// /json); sets server.http_check.addr. Off without it.
+    #[arg(long, env = "QUOTAD_HTTP_CHECK_ADDR")]
+    http_check_addr: Option<SocketAddr>,
     /// Admin API listen address; overrides admin.addr (the config needs
     /// an admin section with tokens: the admin API is off without one).
     #[arg(long, env = "QUOTAD_ADMIN_ADDR")]
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
             if password_in_argv {
                 tracing::warn!("{ARGV_PASSWORD}");
             }
-            match serve(config, args) {
+            match serve(config, *args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -204,6 +209,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.http_addr {
         config.boot.server.http_addr = addr;
+    }
+    if let Some(addr) = args.http_check_addr {
+        config.boot.server.http_check.addr = Some(addr);
     }
     if let Some(addr) = args.admin_addr {
         let admin = config.boot.admin.as_mut().ok_or_else(|| {

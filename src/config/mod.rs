@@ -40,6 +40,7 @@
 pub mod admin;
 mod envoy;
 mod headers;
+pub mod http_check;
 pub mod metrics;
 mod plans;
 mod redis;
@@ -70,6 +71,7 @@ use envoy::EnvoyRaw;
 pub use envoy::EnvoySettings;
 pub use headers::HeaderStyle;
 use headers::StyleRaw;
+pub use http_check::{HttpCheckBoot, HttpCheckLive, KeyHeader};
 use metrics::MetricsRaw;
 pub use metrics::MetricsSettings;
 use redis::RedisRaw;
@@ -254,18 +256,24 @@ pub struct Live {
     pub rlqs: RlqsSettings,
 }
 
+/// A listener's field path.
+type Listed = &'static [&'static str];
+
 impl Boot {
     /// The first listener whose address an earlier one has too (port 0,
     /// "any free port", may repeat): its field path, the earlier one's,
     /// and the address.
-    fn shared_listener(&self) -> Option<([&'static str; 2], [&'static str; 2], SocketAddr)> {
+    fn shared_listener(&self) -> Option<(Listed, Listed, SocketAddr)> {
         let s = &self.server;
-        let mut listeners = vec![
-            (["server", "grpc_addr"], s.grpc_addr),
-            (["server", "http_addr"], s.http_addr),
+        let mut listeners: Vec<(Listed, SocketAddr)> = vec![
+            (&["server", "grpc_addr"], s.grpc_addr),
+            (&["server", "http_addr"], s.http_addr),
         ];
+        if let Some(a) = s.http_check.addr {
+            listeners.push((&["server", "http_check", "addr"], a));
+        }
         if let Some(a) = &self.admin {
-            listeners.push((["admin", "addr"], a.addr));
+            listeners.push((&["admin", "addr"], a.addr));
         }
         for (i, (path, addr)) in listeners.iter().enumerate() {
             if let Some((other, _)) = listeners[..i]
@@ -314,6 +322,7 @@ impl Boot {
                 oc.max_connection_age != nc.max_connection_age,
             ),
             ("server.tls", o.tls_on != n.tls_on),
+            ("server.http_check", o.http_check != n.http_check),
             ("store", self.store != new.store),
             ("redis", self.redis != new.redis),
         ];

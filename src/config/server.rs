@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::admin::{TlsFiles, TlsRaw, describe_tls};
+use super::http_check::{HttpCheckBoot, HttpCheckLive, HttpCheckRaw};
 use super::values::{Addr, Dur, format_duration};
 use crate::diag::{Issue, Seg};
 use crate::limits::file::Positive;
@@ -31,6 +32,8 @@ pub struct ServerBoot {
     /// Limits on each connection to the gRPC listeners (keys under
     /// `server` in the file).
     pub conns: ConnLimits,
+    /// The HTTP check door (`server.http_check`); off without an address.
+    pub http_check: HttpCheckBoot,
 }
 
 /// The `server` settings a reload applies.
@@ -43,8 +46,10 @@ pub struct ServerLive {
     /// connections are refused. 0 (the default) stops accepting at once.
     pub drain_delay: Duration,
     /// TLS files of the gRPC (check) listener; `Some` exactly when
-    /// [`ServerBoot::tls_on`].
+    /// [`ServerBoot::tls_on`]. The HTTP check door uses them too.
     pub tls: Option<TlsFiles>,
+    /// The HTTP check door's reloadable settings.
+    pub http_check: HttpCheckLive,
 }
 
 /// Limits on the connections to the gRPC listeners (the check and the
@@ -195,6 +200,7 @@ impl Default for ServerBoot {
             http_addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090)),
             tls_on: false,
             conns: ConnLimits::default(),
+            http_check: HttpCheckBoot::default(),
         }
     }
 }
@@ -205,6 +211,7 @@ impl Default for ServerLive {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             tls: None,
+            http_check: HttpCheckLive::default(),
         }
     }
 }
@@ -252,6 +259,7 @@ pub(super) struct ServerRaw {
     request_body_timeout: Option<Dur>,
     tls_handshake_timeout: Option<Dur>,
     max_handshakes_per_peer: Option<Positive>,
+    http_check: Option<HttpCheckRaw>,
 }
 
 /// `server.<field>`.
@@ -305,6 +313,9 @@ impl ServerRaw {
             .map(|t| t.build(base, &["server", "tls"]))
             .transpose()?;
         boot.tls_on = live.tls.is_some();
+        if let Some(h) = self.http_check {
+            (boot.http_check, live.http_check) = h.build()?;
+        }
         Ok((boot, live))
     }
 
@@ -412,6 +423,11 @@ pub(super) fn summary(
         format_duration(live.shutdown_grace),
         format_duration(live.drain_delay),
         describe_tls(live.tls.as_ref())
+    ));
+    lines.push(super::http_check::summary(
+        &boot.http_check,
+        &live.http_check,
+        boot.tls_on,
     ));
     let c = &boot.conns;
     lines.push(format!(

@@ -228,6 +228,7 @@ plans: 2 (default: free)
   gold: per-second 1000/second burst 2000; monthly 10000000/month
 static keys: 1
 server: grpc 127.0.0.1:8081, http 127.0.0.1:9090, shutdown grace 10s, drain delay none, tls off
+http check: off (server.http_check.addr, --http-check-addr)
 connections: max 1024 (100 calls each), max message 1048576 bytes, idle timeout 5m, keepalive every 1m (timeout 20s), max age none
 buffers: requests 67108864 bytes in all, 2097152 per connection (within 10s), unsent answers 131072 per connection, receive window 131072; worst case for connections 392 MiB
 requests: max key 256 bytes, max cost 1000000000, max batch 1000, max descriptors 64, max entries 32, max entry 4096 bytes

@@ -9,6 +9,7 @@
 //! window is over only once a hit was counted in it, as in envoyproxy.
 
 use super::clock::Nanos;
+use super::decision::Act;
 use super::gcra::Verdict;
 use super::limit::FixedWindow;
 use super::quota;
@@ -64,6 +65,25 @@ pub fn check(
     commit: bool,
 ) -> Verdict {
     quota::update(used, commit, |u| decide(window, u, span, now, cost))
+}
+
+/// [`check`] (a dry run or a commit, which counts refused hits too) or,
+/// for a report, the hits added and the window's standing after them
+/// ([`quota::counted`]).
+#[inline]
+pub fn apply(
+    window: &FixedWindow,
+    used: &std::sync::atomic::AtomicU64,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+    act: Act,
+) -> Verdict {
+    match act {
+        Act::Dry => check(window, used, span, now, cost, false),
+        Act::Commit => check(window, used, span, now, cost, true),
+        Act::Force => quota::force(used, window.limit, span.end.saturating_sub(now), cost),
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,19 @@ impl<'a> Request<'a> {
     }
 }
 
+/// What a check does to a limit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Evaluates only: the answer a charge would get, nothing changed.
+    Dry,
+    /// Spends the cost if the limit has room (a fixed window counts
+    /// refused hits too, as envoyproxy/ratelimit does).
+    Commit,
+    /// Spends the cost whatever the limit holds: a report of what was
+    /// really spent. A bucket may go into debt, a quota past its amount.
+    Force,
+}
+
 /// Why a check was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
@@ -70,6 +83,9 @@ pub struct Decision {
     /// The plan that decided, in the table the decision was made with;
     /// `None` for a blocked key (no plan applies).
     pub plan: Option<PlanId>,
+    /// After a report ([`Act::Force`]): units past the deciding limit (a
+    /// bucket's debt, a quota's overrun). 0 otherwise.
+    pub over: u64,
 }
 
 impl Decision {
@@ -92,6 +108,7 @@ impl Decision {
             reason,
             policy: None,
             plan: None,
+            over: 0,
         }
     }
 
@@ -105,6 +122,7 @@ impl Decision {
         reason: None,
         policy: None,
         plan: None,
+        over: 0,
     };
 }
 

@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
+use super::decision::Act;
 use super::limit::Rate;
 
 /// The answer of one limit to one check.
@@ -37,7 +38,7 @@ pub struct Verdict {
 
 /// Decides a check of `cost` tokens against a bucket whose TAT is `tat`.
 /// Returns the verdict and, when tokens are taken, the new TAT. A `cost`
-/// of 0 only reports the state.
+/// of 0 only reports the state (refused while the bucket is in debt).
 #[inline]
 pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Option<Nanos>) {
     let tau = rate.tau();
@@ -45,12 +46,15 @@ pub fn decide(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> (Verdict, Optio
     let used = tat.saturating_sub(now);
     let left = tau.saturating_sub(used);
     if cost == 0 {
+        // Only reports the state: refused only while in debt (a report
+        // drove the bucket past empty), until it has refilled to zero.
+        let debt = used.saturating_sub(tau);
         return (
             Verdict {
-                allowed: true,
+                allowed: debt == 0,
                 remaining: rate.tokens_in(left),
                 reset_after: used,
-                retry_after: Some(0),
+                retry_after: Some(debt),
                 excess: 0,
             },
             None,
@@ -109,6 +113,48 @@ pub fn check(rate: &Rate, cell: &AtomicU64, now: Nanos, cost: u64, commit: bool)
             Ok(_) => return verdict,
             Err(actual) => tat = actual,
         }
+    }
+}
+
+/// Charges `cost` tokens whatever the bucket holds (a report of what was
+/// really spent): the TAT moves to `max(TAT, now) + emission(cost)`, past
+/// `tau` if need be, which is debt: every check is then denied until the
+/// bucket has refilled past zero. Returns the state after ([`after`]).
+#[inline]
+pub fn force(rate: &Rate, cell: &AtomicU64, now: Nanos, cost: u64) -> Verdict {
+    let inc = rate.emission(cost);
+    let step = |tat: Nanos| tat.max(now).saturating_add(inc);
+    let prev = match cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(step(t))) {
+        Ok(t) | Err(t) => t,
+    };
+    after(rate, step(prev), now)
+}
+
+/// A bucket's standing after a report left its TAT at `tat`: allowed (a
+/// report is never refused), the tokens left (0 in debt), until full, until
+/// a check of one token passes (`Some(0)`: now), and in `excess` the debt
+/// in whole tokens, rounded up.
+#[inline]
+pub fn after(rate: &Rate, tat: Nanos, now: Nanos) -> Verdict {
+    let (one, _) = decide(rate, tat, now, 1);
+    let used = tat.saturating_sub(now);
+    let over = used.saturating_sub(rate.tau());
+    Verdict {
+        allowed: true,
+        remaining: rate.tokens_in(rate.tau().saturating_sub(used)),
+        reset_after: used,
+        retry_after: one.retry_after,
+        excess: rate.tokens_for(over),
+    }
+}
+
+/// [`check`] (a dry run or a commit) or [`force`], as `act` says.
+#[inline]
+pub fn apply(rate: &Rate, cell: &AtomicU64, now: Nanos, cost: u64, act: Act) -> Verdict {
+    match act {
+        Act::Dry => check(rate, cell, now, cost, false),
+        Act::Commit => check(rate, cell, now, cost, true),
+        Act::Force => force(rate, cell, now, cost),
     }
 }
 

@@ -98,6 +98,15 @@ impl Rate {
         u64::try_from(e).unwrap_or(u64::MAX)
     }
 
+    /// How many whole tokens refill in `span` nanoseconds, rounded up
+    /// (a debt of `span` is this many tokens): the least `c` with
+    /// `emission(c) >= span`, saturating.
+    #[inline]
+    pub fn tokens_for(&self, span: Nanos) -> u64 {
+        let c = (u128::from(span) * u128::from(self.rate.get())).div_ceil(u128::from(self.period));
+        u64::try_from(c).unwrap_or(u64::MAX)
+    }
+
     /// How many tokens fit in `slack` nanoseconds: the largest `c` with
     /// `emission(c) <= slack`, capped at `burst`.
     #[inline]

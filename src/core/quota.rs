@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
+use super::decision::Act;
 use super::gcra::Verdict;
 use super::limit::Quota;
 use super::window::Span;
@@ -32,7 +33,9 @@ pub fn decide(
     if cost > q {
         return (denied(None), None);
     }
-    if cost > left {
+    // A cost of 0 only reports the state: refused once reports took the
+    // window past its quota.
+    if cost > left || used > q {
         return (denied(Some(reset_after)), None);
     }
     let verdict = Verdict {
@@ -56,6 +59,55 @@ pub fn check(
     commit: bool,
 ) -> Verdict {
     update(used, commit, |u| decide(quota, u, span, now, cost))
+}
+
+/// Adds `cost` units whatever the count (a report of what was really
+/// spent), even past `limit`. Returns the state after ([`counted`]).
+#[inline]
+pub(crate) fn force(used: &AtomicU64, limit: u64, reset_after: Nanos, cost: u64) -> Verdict {
+    let prev = match used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+        Some(u.saturating_add(cost))
+    }) {
+        Ok(u) | Err(u) => u,
+    };
+    counted(limit, prev.saturating_add(cost), reset_after)
+}
+
+/// A counter's standing once it holds `used` of `limit` after a report:
+/// allowed (never refused), units left (0 when over), until the window
+/// ends, until a check of one unit passes (`Some(0)`: now; else at the
+/// window's end, or never for a limit of 0), and in `excess` the overrun.
+#[inline]
+pub(crate) fn counted(limit: u64, used: u64, reset_after: Nanos) -> Verdict {
+    let retry_after = if used < limit {
+        Some(0)
+    } else {
+        (limit > 0).then_some(reset_after)
+    };
+    Verdict {
+        allowed: true,
+        remaining: limit.saturating_sub(used),
+        reset_after,
+        retry_after,
+        excess: used.saturating_sub(limit),
+    }
+}
+
+/// [`check`] (a dry run or a commit) or [`force`], as `act` says.
+#[inline]
+pub fn apply(
+    quota: &Quota,
+    used: &AtomicU64,
+    span: Span,
+    now: Nanos,
+    cost: u64,
+    act: Act,
+) -> Verdict {
+    match act {
+        Act::Dry => check(quota, used, span, now, cost, false),
+        Act::Commit => check(quota, used, span, now, cost, true),
+        Act::Force => force(used, quota.quota.get(), span.end.saturating_sub(now), cost),
+    }
 }
 
 /// The compare-and-swap loop of every counter kind: `decide` maps the

@@ -46,11 +46,15 @@ pub enum Kind<'t> {
 pub enum Mode {
     /// Spend `cost` if every limit has room (cost 0 reports the state).
     Charge,
-    /// Answer exactly as [`Mode::Charge`] would, changing nothing. Always
-    /// decided on this node (strict limits too).
+    /// Answer exactly as [`Mode::Charge`] would, changing nothing (strict
+    /// limits are read in Redis, not charged).
     Peek,
     /// Give `cost` back (Envoy's `is_negative_hits`), then report.
     Refund,
+    /// Spend `cost` whatever the limits hold (a report of what was really
+    /// spent, known only after the work): buckets may go into debt,
+    /// quotas past their amount. Strict limits are charged in Redis.
+    Report,
 }
 
 /// An Envoy descriptor's entries, as the engine reads them: (key, value)

@@ -5,6 +5,7 @@
 
 use super::Engine;
 use crate::core::clock::Nanos;
+use crate::core::decision::Act;
 use crate::core::gcra::{self, Verdict};
 use crate::core::hash::mix;
 use crate::core::source::Source as KeySource;
@@ -119,10 +120,28 @@ impl Engine {
     pub(super) fn apply(
         &self,
         limit: &Limit,
-        (key, source): (u64, KeySource),
+        key: (u64, KeySource),
         now: Nanos,
         cost: u64,
         commit: bool,
+    ) -> (Verdict, Landed) {
+        let act = if commit { Act::Commit } else { Act::Dry };
+        self.apply_as(limit, key, now, cost, act)
+    }
+
+    /// [`Engine::apply`] for any [`Act`]: a report ([`Act::Force`])
+    /// charges the key's own cell whatever it holds. Should the store be
+    /// full and the key win no cell of its own, a report charges the
+    /// shared overflow cell only as a check would (never into debt, which
+    /// would hold every other new key back).
+    #[inline]
+    pub(super) fn apply_as(
+        &self,
+        limit: &Limit,
+        (key, source): (u64, KeySource),
+        now: Nanos,
+        cost: u64,
+        act: Act,
     ) -> (Verdict, Landed) {
         let cell = Cell::of(limit, key, now);
         let journal = self.store.journal();
@@ -134,11 +153,7 @@ impl Engine {
                 j.charge(pending, id, key, kind, delta, now);
             }
         };
-        let at = Charge {
-            source,
-            now,
-            commit,
-        };
+        let at = Charge { source, now, act };
         let (v, landed) = match cell {
             Cell::Bucket { rate, id, overflow } => at.charge(
                 self.store.buckets(),
@@ -148,7 +163,7 @@ impl Engine {
                     prior: None,
                 },
                 BucketCell::new,
-                |c, commit| gcra::check(rate, &c.tat, now, cost, commit),
+                |c, act| gcra::apply(rate, &c.tat, now, cost, act),
                 (false, note),
             ),
             Cell::Quota {
@@ -165,7 +180,7 @@ impl Engine {
                     prior: Some(prior),
                 },
                 |m| QuotaCell::new(span.end, m),
-                |c, commit| quota::check(q, &c.used, span, now, cost, commit),
+                |c, act| quota::apply(q, &c.used, span, now, cost, act),
                 (false, note),
             ),
             Cell::Counter {
@@ -182,7 +197,7 @@ impl Engine {
                     prior: Some(prior),
                 },
                 |m| QuotaCell::new(span.end, m),
-                |c, commit| counter::check(w, &c.used, span, now, cost, commit),
+                |c, act| counter::apply(w, &c.used, span, now, cost, act),
                 (true, note),
             ),
         };
@@ -231,12 +246,12 @@ impl Engine {
 }
 
 /// What one charge is made for: the source a new cell counts under, the
-/// time, and whether it is a commit or a dry run.
+/// time, and what it does.
 #[derive(Clone, Copy)]
 struct Charge {
     source: KeySource,
     now: Nanos,
-    commit: bool,
+    act: Act,
 }
 
 impl Charge {
@@ -244,24 +259,34 @@ impl Charge {
     /// cell is updated in place; an untracked key is first evaluated as a
     /// new cell, and a cell is created (in free room, or room the store's
     /// admission policy makes) only when the check is a commit and would
-    /// pass, or, for kinds that count denied hits too (`counts_denied`),
-    /// when it is a commit at all and the store is not nearly full.
-    /// Without room the charge goes to the limit's overflow cell.
+    /// pass (a report always does), or, for kinds that count denied hits
+    /// too (`counts_denied`), when it is a commit at all and the store is
+    /// not nearly full. Without room the charge goes to the limit's
+    /// overflow cell (a report's as a check's: see [`Engine::apply_as`]).
     #[inline]
     fn charge<V: StoreCell>(
         self,
         map: Map<'_, V>,
         ids: Ids,
         make: impl Fn(Meta) -> V,
-        eval: impl Fn(&V, bool) -> Verdict,
+        eval: impl Fn(&V, Act) -> Verdict,
         (counts_denied, note): (bool, impl Fn(&Delta)),
     ) -> (Verdict, Landed) {
-        let commit = self.commit;
-        let counted = |v: &Verdict| commit && (v.allowed || counts_denied);
-        let landed = |v: &Verdict, at: Landed| if counted(v) { at } else { Landed::Nowhere };
+        let counted = |v: &Verdict, act: Act| match act {
+            Act::Dry => false,
+            Act::Commit => v.allowed || counts_denied,
+            Act::Force => true,
+        };
+        let landed = |v: &Verdict, at: Landed| {
+            if counted(v, self.act) {
+                at
+            } else {
+                Landed::Nowhere
+            }
+        };
         let tracked = map.get(ids.own, |c| {
-            let v = eval(c, commit);
-            if counted(&v) {
+            let v = eval(c, self.act);
+            if counted(&v, self.act) {
                 c.meta().hit();
                 note(c.delta());
             }
@@ -270,21 +295,32 @@ impl Charge {
         if let Some(v) = tracked {
             return (v, landed(&v, Landed::Own));
         }
-        let v = eval(&make(Meta::new(self.source, self.now)), false);
-        if !commit || !(v.allowed || (counts_denied && !map.is_nearly_full())) {
+        let v = eval(&make(Meta::new(self.source, self.now)), Act::Dry);
+        let create = match self.act {
+            Act::Dry => false,
+            Act::Commit => v.allowed || (counts_denied && !map.is_nearly_full()),
+            Act::Force => true,
+        };
+        if !create {
             return (v, Landed::Nowhere);
         }
         let ((v, charged), at) = map.upsert(ids, self.source, self.now, make, |c, overflow| {
+            // A shared overflow cell is charged as a check would be, a
+            // report's too: never into debt.
+            let act = match self.act {
+                Act::Force if overflow => Act::Commit,
+                act => act,
+            };
             // A denied hit is never counted in a shared overflow cell,
             // where it would hold every other new key over the limit.
             if overflow && counts_denied {
-                let v = eval(c, false);
+                let v = eval(c, Act::Dry);
                 if !v.allowed {
                     return (v, false);
                 }
             }
-            let v = eval(c, true);
-            let charged = counted(&v);
+            let v = eval(c, act);
+            let charged = counted(&v, act);
             if charged {
                 c.meta().hit();
                 if !overflow {

@@ -18,7 +18,7 @@ use crate::core::gcra::Verdict;
 use crate::core::source::Source as KeySource;
 use crate::limits::rls::{Action, RlsLimit, Rule, descriptor_series};
 use crate::metrics::descriptors::Hits;
-use crate::metrics::{Api, Outcome as Counted, plan_label};
+use crate::metrics::{Outcome as Counted, plan_label};
 
 impl Engine {
     /// Decides one call of a front door.
@@ -166,6 +166,7 @@ impl Engine {
                     Mode::Charge => view.check(&req),
                     Mode::Peek => view.decide(&req, false),
                     Mode::Refund => view.refund(&req),
+                    Mode::Report => view.report(&req),
                 }
             }
         };
@@ -282,6 +283,12 @@ impl Engine {
                     .0
             }
             Mode::Charge => self.check_limit(&limit.limit, key, item.cost, source),
+            Mode::Report => {
+                let now = self.clock.now();
+                let act = crate::core::Act::Force;
+                self.apply_as(&limit.limit, (key, source), now, item.cost, act)
+                    .0
+            }
         }
     }
 
@@ -296,7 +303,7 @@ impl Engine {
         rule: Option<&Rule>,
         (o, excess): (&Outcome<'_>, u64),
     ) {
-        if item.mode != Mode::Charge {
+        if !matches!(item.mode, Mode::Charge | Mode::Report) {
             return;
         }
         let (Some(domain), Basis::Rule { limit, .. }) = (call.domain, o.basis) else {
@@ -325,9 +332,10 @@ impl Engine {
     /// Counts a refused call.
     fn count_refused(&self, call: Call<'_>, configured: bool) {
         match call.door {
-            Api::Rls => self
-                .metrics
-                .rls(call.domain.filter(|_| configured), Counted::Error),
+            door if door.is_rls() => {
+                self.metrics
+                    .rls(door, call.domain.filter(|_| configured), Counted::Error);
+            }
             door => self.metrics.refused(door),
         }
     }
@@ -336,7 +344,7 @@ impl Engine {
     /// plan, an Envoy request once under its domain; and its latency.
     fn count(&self, call: Call<'_>, configured: bool, answer: &Answer<'_>, started: Stopwatch) {
         match call.door {
-            Api::Rls => {
+            door if door.is_rls() => {
                 let over = answer.over();
                 let counted = if over && !answer.live.envoy.shadow {
                     Counted::Denied
@@ -346,7 +354,7 @@ impl Engine {
                     Counted::Allowed
                 };
                 self.metrics
-                    .rls(call.domain.filter(|_| configured), counted);
+                    .rls(door, call.domain.filter(|_| configured), counted);
             }
             door => {
                 for o in &answer.outcomes {
@@ -433,6 +441,7 @@ mod tests {
     use crate::core::hash::KeyHasher;
     use crate::limits::rls::{Algorithm, Domain, Level, Matcher, Node, RlsDomains, Unit};
     use crate::limits::{Limit, LimitKind, Plan, Rate, Table};
+    use crate::metrics::Api;
     use crate::store::StoreLimits;
 
     const T0: u64 = 1_795_780_800 * NANOS_PER_SEC;

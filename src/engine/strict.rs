@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::view::{Seen, View};
+use super::view::{Reported, Seen, View};
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
-use crate::core::decision::{Decision, DenyReason, PlanId, Request};
+use crate::core::decision::{Act, Decision, DenyReason, PlanId, Request};
 use crate::core::gcra::{self, Verdict};
 use crate::core::{counter, quota, window};
 use crate::limits::{Assigned, LimitKind};
@@ -136,6 +136,10 @@ pub struct StrictJob {
     pub cells: Vec<StrictCell>,
     /// Units asked for (0: report only).
     pub cost: u64,
+    /// A charge ([`Act::Commit`]), a peek ([`Act::Dry`]: read, never
+    /// charged) or a report ([`Act::Force`]: charged whatever the cells
+    /// hold).
+    pub act: Act,
     /// The time of the check.
     pub now: Nanos,
 }
@@ -220,6 +224,7 @@ impl View<'_> {
             tag: cell_key,
             cells,
             cost: req.cost,
+            act: Act::Commit,
             now,
         })
     }
@@ -238,16 +243,27 @@ impl View<'_> {
             return None;
         }
         let store = self.store();
-        let charge = ok && job.cost > 0;
+        let charge = ok && job.cost > 0 && job.act != Act::Dry;
+        let force = job.act == Act::Force;
         let mut seen = Seen::default();
+        let mut reported = Reported::default();
         for (i, ((limit, cell), state)) in limits.iter().zip(&job.cells).zip(before).enumerate() {
             let v = match &limit.kind {
                 LimitKind::Rate(r) => {
                     let tat = state.saturating_mul(1_000);
                     let (v, next) = gcra::decide(r, tat, job.now, job.cost);
-                    let after = if charge { next.unwrap_or(tat) } else { tat };
+                    let forced = tat.max(job.now).saturating_add(r.emission(job.cost));
+                    let after = match (charge, force) {
+                        (true, true) => forced,
+                        (true, false) => next.unwrap_or(tat),
+                        (false, _) => tat,
+                    };
                     store.mirror_bucket(cell.id, after, job.now);
-                    v
+                    if charge && force {
+                        gcra::after(r, after, job.now)
+                    } else {
+                        v
+                    }
                 }
                 LimitKind::Quota(q) => {
                     let span = q.window.span(job.now);
@@ -258,7 +274,11 @@ impl View<'_> {
                         *state
                     };
                     store.mirror_counter(cell.id, span.end, after, job.now);
-                    v
+                    if charge && force {
+                        quota::counted(q.quota.get(), after, span.end.saturating_sub(job.now))
+                    } else {
+                        v
+                    }
                 }
                 LimitKind::Window(w) => {
                     let span = window::epoch_span(job.now, w.period);
@@ -269,7 +289,11 @@ impl View<'_> {
                         *state
                     };
                     store.mirror_counter(cell.id, span.end, after, job.now);
-                    v
+                    if charge && force {
+                        quota::counted(w.limit, after, span.end.saturating_sub(job.now))
+                    } else {
+                        v
+                    }
                 }
             };
             // Redis decided; the engine's arithmetic (in ns, where Redis
@@ -291,6 +315,10 @@ impl View<'_> {
                 _ => v,
             };
             seen.note(i, v);
+            reported.note(i, v);
+        }
+        if charge && force {
+            return Some(reported.answer(job.plan, limits));
         }
         let mut d = seen.answer(job.plan, limits);
         if !ok && d.allowed {

@@ -11,7 +11,7 @@ use super::cells::Cell;
 use super::{Engine, Rules};
 use crate::config::{Config, Live};
 use crate::core::clock::Nanos;
-use crate::core::decision::{Decision, DenyReason, LimitRef, PlanId, Request};
+use crate::core::decision::{Act, Decision, DenyReason, LimitRef, PlanId, Request};
 use crate::core::gcra::Verdict;
 use crate::core::hash::mix;
 use crate::core::source::Source as KeySource;
@@ -157,6 +157,27 @@ impl View<'_> {
         self.check(&Request { cost: 0, ..*req })
     }
 
+    /// Charges `req.cost` units to every limit of the key's plan whatever
+    /// they hold (a report of what was really spent: buckets may go into
+    /// debt, quotas past their amount), then answers with the limit
+    /// closest to exhaustion ([`Reported`]). A blocked key's reports charge
+    /// nothing.
+    pub fn report(&self, req: &Request<'_>) -> Decision {
+        let (assigned, cell_key, now) = self.resolve(req);
+        let plan = match assigned {
+            Assigned::Plan(plan) => plan,
+            Assigned::Blocked { until } => return blocked(until, now),
+        };
+        let limits = &self.table().plan(plan).limits;
+        let mut worst = Reported::default();
+        for (i, limit) in limits.iter().enumerate() {
+            let key = (cell_key, KeySource::PLANS);
+            let (v, _) = self.engine.apply_as(limit, key, now, req.cost, Act::Force);
+            worst.note(i, v);
+        }
+        worst.answer(plan, limits)
+    }
+
     /// The store the view's engine decides on.
     pub(crate) fn store(&self) -> &LocalStore {
         &self.engine.store
@@ -247,6 +268,7 @@ pub(super) fn blocked(until: Option<Nanos>, now: Nanos) -> Decision {
         reason: Some(DenyReason::Blocked),
         policy: None,
         plan: None,
+        over: 0,
     }
 }
 
@@ -296,6 +318,44 @@ impl Seen {
     pub(crate) fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
         match self.worst.or(self.closest) {
             Some((i, v)) => decision(plan, i, limits, v),
+            None => Decision {
+                plan: Some(plan),
+                ..Decision::UNLIMITED
+            },
+        }
+    }
+}
+
+/// The limits' standings after a report, reduced to the one closest to
+/// exhaustion: fewest units left, then the longest wait for one unit,
+/// then the most debt, then the first in plan order.
+#[derive(Default)]
+pub(super) struct Reported {
+    closest: Option<(usize, Verdict)>,
+}
+
+impl Reported {
+    pub(super) fn note(&mut self, i: usize, v: Verdict) {
+        let closer = |(_, c): (usize, Verdict)| {
+            if v.remaining != c.remaining {
+                v.remaining < c.remaining
+            } else if v.retry_after != c.retry_after {
+                waits_longer(v.retry_after, c.retry_after)
+            } else {
+                v.excess > c.excess
+            }
+        };
+        if self.closest.is_none_or(closer) {
+            self.closest = Some((i, v));
+        }
+    }
+
+    pub(super) fn answer(&self, plan: PlanId, limits: &[Limit]) -> Decision {
+        match self.closest {
+            Some((i, v)) => Decision {
+                over: v.excess,
+                ..decision(plan, i, limits, v)
+            },
             None => Decision {
                 plan: Some(plan),
                 ..Decision::UNLIMITED

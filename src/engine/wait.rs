@@ -10,7 +10,7 @@ use super::view::View;
 use super::{Engine, Rules};
 use crate::config::OnRedisError;
 use crate::core::clock::Nanos;
-use crate::core::decision::{Decision, DenyReason, Request};
+use crate::core::decision::{Act, Decision, DenyReason, Request};
 use crate::limits::Table;
 
 /// Strict mode as the engine uses it.
@@ -41,9 +41,15 @@ impl Engine {
         items
             .iter()
             .map(|item| match item.key {
-                Some(key) if item.limit.is_none() && item.mode == Mode::Charge => {
+                Some(key) if item.limit.is_none() && item.mode != Mode::Refund => {
                     let req = self.plan_request(view.live(), key, item);
-                    view.strict_job(&req, first_read).map(|job| (job, req))
+                    let act = match item.mode {
+                        Mode::Peek => Act::Dry,
+                        Mode::Report => Act::Force,
+                        Mode::Charge | Mode::Refund => Act::Commit,
+                    };
+                    view.strict_job(&req, first_read)
+                        .map(|job| (StrictJob { act, ..job }, req))
                 }
                 _ => None,
             })
@@ -108,13 +114,17 @@ impl Engine {
             Err(e) => {
                 tracing::debug!(error = %e, fail_mode = strict.on_error.as_str(), "strict check without Redis");
                 self.metrics.strict_fail(strict.on_error.as_str());
-                match strict.on_error {
-                    OnRedisError::Local => view.check(req),
-                    OnRedisError::Allow => Decision {
+                match (job.act, strict.on_error) {
+                    // What was spent is charged here, whatever the fail
+                    // mode: the journal takes it to Redis once it is back.
+                    (Act::Force, _) => view.report(req),
+                    (Act::Dry, OnRedisError::Local) => view.decide(req, false),
+                    (_, OnRedisError::Local) => view.check(req),
+                    (_, OnRedisError::Allow) => Decision {
                         plan,
                         ..Decision::UNLIMITED
                     },
-                    OnRedisError::Deny => Decision {
+                    (_, OnRedisError::Deny) => Decision {
                         allowed: false,
                         reason: Some(DenyReason::Unavailable),
                         retry_after: Some(1_000_000_000),

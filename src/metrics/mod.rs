@@ -28,10 +28,10 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `quotad_checks_total` | counter | `api` (native, batch, stream), `result`, `plan`; or `api="rls"`, `result`, `domain` |
+//! | `quotad_checks_total` | counter | `api` (native, batch, stream, lease, report, report_stream, auth), `door` (grpc, http), `result`, `plan`; or `api="rls"`, `door`, `result`, `domain` |
 //! | `quotad_rls_descriptor_hits_total` | counter | `domain`, `descriptor` (envoyproxy/ratelimit's stats key, [`descriptors`]), `result` |
-//! | `quotad_denials_total` | counter | `api`, `reason` (limited, cost_exceeds_capacity, unavailable, blocked) |
-//! | `quotad_check_duration_seconds` | histogram | `api` |
+//! | `quotad_denials_total` | counter | `api`, `door`, `reason` (limited, cost_exceeds_capacity, unavailable, blocked) |
+//! | `quotad_check_duration_seconds` | histogram | `api`, `door` |
 //! | `quotad_tracked_cells`, `quotad_tracked_cells_limit`, `quotad_store_full` | gauge | |
 //! | `quotad_evicted_cells_total` | counter | `kind` (bucket, quota) |
 //! | `quotad_overflow_charges_total` | counter | |
@@ -87,7 +87,8 @@ use striped::{Latency, Striped};
 /// rename plans.
 pub const MAX_NAMES: usize = 256;
 
-/// Which front door answered.
+/// Which API answered, through which door (gRPC or HTTP): the `api` and
+/// `door` labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     /// `quotad.v1.RateLimiter/Check`.
@@ -101,20 +102,65 @@ pub enum Api {
     /// `Acquire` and `Hold`: the request a new lease is (charged against
     /// the plan's rate limits and quotas).
     Lease = 4,
+    /// `Report`, one per report.
+    Report = 5,
+    /// `ReportStream`, one per message.
+    ReportStream = 6,
+    /// The HTTP door's `/v1/auth` (forward auth for NGINX, Traefik,
+    /// Caddy).
+    HttpAuth = 7,
+    /// The HTTP door's `POST /v1/check`.
+    HttpCheck = 8,
+    /// The HTTP door's `POST /v1/report`.
+    HttpReport = 9,
+    /// The HTTP door's `POST /json` (envoyproxy/ratelimit's), one per
+    /// request.
+    HttpRls = 10,
 }
 
 impl Api {
-    const ALL: [Api; 5] = [Api::Native, Api::Batch, Api::Stream, Api::Rls, Api::Lease];
+    /// How many there are.
+    pub const COUNT: usize = 11;
 
-    /// The `api` label.
+    const ALL: [Api; Api::COUNT] = [
+        Api::Native,
+        Api::Batch,
+        Api::Stream,
+        Api::Rls,
+        Api::Lease,
+        Api::Report,
+        Api::ReportStream,
+        Api::HttpAuth,
+        Api::HttpCheck,
+        Api::HttpReport,
+        Api::HttpRls,
+    ];
+
+    /// The `api` label: the same for a call through either door.
     pub fn as_str(self) -> &'static str {
         match self {
-            Api::Native => "native",
+            Api::Native | Api::HttpCheck => "native",
             Api::Batch => "batch",
             Api::Stream => "stream",
-            Api::Rls => "rls",
+            Api::Rls | Api::HttpRls => "rls",
             Api::Lease => "lease",
+            Api::Report | Api::HttpReport => "report",
+            Api::ReportStream => "report_stream",
+            Api::HttpAuth => "auth",
         }
+    }
+
+    /// The `door` label: `grpc` or `http`.
+    pub fn door(self) -> &'static str {
+        match self {
+            Api::HttpAuth | Api::HttpCheck | Api::HttpReport | Api::HttpRls => "http",
+            _ => "grpc",
+        }
+    }
+
+    /// Whether it answers Envoy RLS requests (counted by domain).
+    pub fn is_rls(self) -> bool {
+        matches!(self, Api::Rls | Api::HttpRls)
     }
 }
 
@@ -148,6 +194,28 @@ impl Outcome {
         }
     }
 }
+
+/// The APIs that answer checks and reports of API keys (counted by plan).
+const PLAN_APIS: [Api; 9] = [
+    Api::Native,
+    Api::Batch,
+    Api::Stream,
+    Api::Lease,
+    Api::Report,
+    Api::ReportStream,
+    Api::HttpAuth,
+    Api::HttpCheck,
+    Api::HttpReport,
+];
+
+/// The APIs whose denials are counted by reason.
+const DENIAL_APIS: [Api; 5] = [
+    Api::Native,
+    Api::Batch,
+    Api::Stream,
+    Api::HttpAuth,
+    Api::HttpCheck,
+];
 
 const REASONS: [(DenyReason, &str); 4] = [
     (DenyReason::Limited, "limited"),
@@ -406,8 +474,8 @@ pub type Sampler = Box<dyn Fn(&Metrics) + Send + Sync>;
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    latency: [Latency; 5],
-    denials: [[Synced; 4]; 3],
+    latency: [Latency; Api::COUNT],
+    denials: [[Synced; 4]; DENIAL_APIS.len()],
     strict_fail: [Counter; 3],
     plans: Labelled,
     domains: Labelled,
@@ -473,9 +541,13 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        let denials = [Api::Native, Api::Batch, Api::Stream].map(|api| {
+        let denials = DENIAL_APIS.map(|api| {
             REASONS.map(|(_, reason)| {
-                let labels = [("api", api.as_str()), ("reason", reason)];
+                let labels = [
+                    ("api", api.as_str()),
+                    ("door", api.door()),
+                    ("reason", reason),
+                ];
                 Synced::new(&recorder, &key(DENIALS, &labels))
             })
         });
@@ -485,8 +557,8 @@ impl Metrics {
             latency: Default::default(),
             denials,
             strict_fail,
-            plans: Labelled::new("plan", &[Api::Native, Api::Batch, Api::Stream, Api::Lease]),
-            domains: Labelled::new("domain", &[Api::Rls]),
+            plans: Labelled::new("plan", &PLAN_APIS),
+            domains: Labelled::new("domain", &[Api::Rls, Api::HttpRls]),
             descriptors: Descriptors::default(),
             heavy: Heavy::default(),
             samplers: Mutex::new(Vec::new()),
@@ -522,7 +594,10 @@ impl Metrics {
             Outcome::Allowed
         } else {
             if let (Some(row), Some(i)) = (
-                self.denials.get(api as usize),
+                DENIAL_APIS
+                    .iter()
+                    .position(|a| *a == api)
+                    .and_then(|a| self.denials.get(a)),
                 REASONS.iter().position(|(r, _)| Some(*r) == d.reason),
             ) && let Some(c) = row.get(i)
             {
@@ -539,16 +614,12 @@ impl Metrics {
             .count(&self.recorder, "(none)", api, Outcome::Error);
     }
 
-    /// Counts an Envoy RLS request for `domain` (a domain of the config,
-    /// else `None`).
+    /// Counts an Envoy RLS request (of `api`: gRPC or HTTP's `/json`) for
+    /// `domain` (a domain of the config, else `None`).
     #[inline]
-    pub fn rls(&self, domain: Option<&str>, outcome: Outcome) {
-        self.domains.count(
-            &self.recorder,
-            domain.unwrap_or("(other)"),
-            Api::Rls,
-            outcome,
-        );
+    pub fn rls(&self, api: Api, domain: Option<&str>, outcome: Outcome) {
+        self.domains
+            .count(&self.recorder, domain.unwrap_or("(other)"), api, outcome);
     }
 
     /// Counts a descriptor limit's hits in `domain` (one read from
@@ -660,7 +731,7 @@ impl Metrics {
                 h.render(
                     &mut out,
                     CHECK_SECONDS,
-                    &format!("api=\"{}\"", api.as_str()),
+                    &format!("api=\"{}\",door=\"{}\"", api.as_str(), api.door()),
                 );
             }
         }
@@ -786,6 +857,7 @@ impl Labelled {
                 Outcome::ALL.map(|o| {
                     let labels = [
                         ("api", a.as_str()),
+                        ("door", a.door()),
                         ("result", o.as_str()),
                         (self.label, value),
                     ];

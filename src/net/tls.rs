@@ -101,8 +101,19 @@ pub fn count_certificates(pem: &[u8]) -> Result<usize, String> {
     })
 }
 
+/// ALPN of a gRPC listener: HTTP/2 only.
+pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+
+/// ALPN of an HTTP/1.1 listener (the HTTP check door).
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+
 /// Builds a server config for HTTP/2 (gRPC) from `pem`.
 pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(pem, ALPN_H2)
+}
+
+/// Builds a server config from `pem` offering the protocols `alpn`.
+pub fn server_config_for(pem: &TlsPem, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert(format!("not a PEM certificate: {}", pem_error(&e))))?;
@@ -144,7 +155,7 @@ pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
         }
         other => TlsError::Key(other.to_string()),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -152,20 +163,27 @@ pub fn server_config(pem: &TlsPem) -> Result<Arc<ServerConfig>, TlsError> {
 #[derive(Debug)]
 pub struct Acceptor {
     current: ArcSwap<ServerConfig>,
+    alpn: &'static [&'static [u8]],
 }
 
 impl Acceptor {
-    /// An acceptor for `pem`.
+    /// An acceptor for `pem`, for gRPC (HTTP/2).
     pub fn new(pem: &TlsPem) -> Result<Self, TlsError> {
+        Self::for_protocols(pem, ALPN_H2)
+    }
+
+    /// An acceptor for `pem` offering the protocols `alpn`.
+    pub fn for_protocols(pem: &TlsPem, alpn: &'static [&'static [u8]]) -> Result<Self, TlsError> {
         Ok(Self {
-            current: ArcSwap::new(server_config(pem)?),
+            current: ArcSwap::new(server_config_for(pem, alpn)?),
+            alpn,
         })
     }
 
     /// Serves new connections with `pem` from now on; open ones keep the
     /// config they were made with. On error the old config stays.
     pub fn replace(&self, pem: &TlsPem) -> Result<(), TlsError> {
-        self.current.store(server_config(pem)?);
+        self.current.store(server_config_for(pem, self.alpn)?);
         Ok(())
     }
 

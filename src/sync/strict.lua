@@ -4,16 +4,20 @@
 --            then the check's marker ("<prefix>{<tag>}s:<node>:<seq>")
 --   ARGV[1]  now (µs)        ARGV[2]  cost (units; 0 only reports)
 --   ARGV[3]  how long the marker lives (ms)
+--   ARGV[4]  'c' a charge (only if every limit has room), 'p' a peek
+--            (answered as a charge would be, nothing written) or 'f' a
+--            report (charged whatever the cells hold: debt, overrun)
 --   then per limit, 3 values: 'b', emission (µs), tau (µs)  -- token bucket
 --                          or 'c', quota, time to live (ms) -- window counter
 -- A charge sets the marker to 'c', so the same check sent again is
 -- charged once; a check whose marker says 'x' was cancelled (its answer
 -- was lost and the node gave it up: strict_cancel.lua) and is not charged.
 -- Returns {ok, state_1, ..., state_n}: ok is 1 when charged (or when a
--- report found room), each state the cell's value before this check
--- (a bucket's arrival time in µs, a counter's count).
+-- peek or a cost of 0 found room), each state the cell's value before
+-- this check (a bucket's arrival time in µs, a counter's count).
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
+local mode = ARGV[4]
 local n = #KEYS - 1
 local marker = KEYS[n + 1]
 local was = redis.call('GET', marker)
@@ -23,7 +27,7 @@ if was == 'c' then
   -- charged again; the states as they were before that charge.
   local out = { 1 }
   for i = 1, n do
-    local base = 4 + (i - 1) * 3
+    local base = 5 + (i - 1) * 3
     local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
     if ARGV[base] == 'b' then v = v - tonumber(ARGV[base + 1]) else v = v - cost end
     if v < 0 then v = 0 end
@@ -35,7 +39,7 @@ local before = {}
 -- A cancelled check is answered as not charged, and charges nothing.
 local ok = was ~= 'x'
 for i = 1, n do
-  local base = 4 + (i - 1) * 3
+  local base = 5 + (i - 1) * 3
   local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   before[i] = v
   if ARGV[base] == 'b' then
@@ -48,10 +52,12 @@ for i = 1, n do
     if cost > 0 and v + cost > tonumber(ARGV[base + 1]) then ok = false end
   end
 end
-if ok and cost > 0 then
+-- A report is charged whatever the cells hold (unless cancelled).
+if mode == 'f' then ok = was ~= 'x' end
+if ok and cost > 0 and mode ~= 'p' then
   redis.call('SET', marker, 'c', 'PX', ARGV[3])
   for i = 1, n do
-    local base = 4 + (i - 1) * 3
+    local base = 5 + (i - 1) * 3
     if ARGV[base] == 'b' then
       local tat = before[i]
       if tat < now then tat = now end

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use super::connection::{Lua, RedisConn, key};
 use super::reply::{self, Throttle};
 use crate::config::redis_url::Scrub;
+use crate::core::Act;
 use crate::engine::Engine;
 pub use crate::engine::strict::StrictClient;
 use crate::engine::strict::{StrictAsk, StrictFailure, StrictJob, StrictKind};
@@ -144,7 +145,7 @@ async fn serve(
                 // Charged in Redis after the caller gave up: give it back.
                 undo(&engine, &ask.job);
             }
-            if unknown && ask.job.cost > 0 {
+            if unknown && ask.job.cost > 0 && ask.job.act != Act::Dry {
                 // Answered by the fail mode; whether Redis charged it is
                 // unknown: give it up there, so it ends up not charged.
                 if lost.len() < MAX_CANCELS {
@@ -210,7 +211,15 @@ async fn run_jobs(
             pipe.arg(name(i, c));
         }
         pipe.arg(marker(prefix, node, job, seqs[i]));
-        pipe.arg(job.now_us()).arg(job.cost).arg(MARKER_TTL_MS);
+        let mode = match job.act {
+            Act::Commit => "c",
+            Act::Dry => "p",
+            Act::Force => "f",
+        };
+        pipe.arg(job.now_us())
+            .arg(job.cost)
+            .arg(MARKER_TTL_MS)
+            .arg(mode);
         for c in &job.cells {
             match c.kind {
                 StrictKind::Bucket {
@@ -264,7 +273,7 @@ async fn give_up(
 /// applies it to the same Redis keys).
 fn undo(engine: &Engine, job: &StrictJob) {
     let store = engine.store();
-    if job.cost == 0 {
+    if job.cost == 0 || job.act == Act::Dry {
         return;
     }
     let cost = i64::try_from(job.cost).unwrap_or(i64::MAX);

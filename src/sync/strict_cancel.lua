@@ -5,7 +5,7 @@
 -- charged in Redis, whatever the fail mode answered.
 --   KEYS[i]  the cells of the check, then its marker (as in strict.lua)
 --   ARGV[1]  now (µs)        ARGV[2]  cost (units)
---   ARGV[3]  how long the marker lives (ms)
+--   ARGV[3]  how long the marker lives (ms)   ARGV[4]  the mode (unused)
 --   then per limit, 3 values as in strict.lua ('b', emission, tau or
 --   'c', quota, time to live)
 -- Returns 1 when a charge was given back, 0 when there was none.
@@ -19,7 +19,7 @@ if was ~= 'c' then
   return 0
 end
 for i = 1, n do
-  local base = 4 + (i - 1) * 3
+  local base = 5 + (i - 1) * 3
   if ARGV[base] == 'b' then
     local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
     tat = tat - tonumber(ARGV[base + 1])

@@ -119,6 +119,8 @@ pub struct TestDaemon {
     pub http_addr: SocketAddr,
     /// The admin listener, when the config has an admin section.
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP check door, when the config has `server.http_check.addr`.
+    pub http_check_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub engine: Arc<Engine>,
     pub control: Arc<Control>,
@@ -160,6 +162,9 @@ impl TestDaemon {
         if let Some(a) = &mut config.boot.admin {
             a.addr = "127.0.0.1:0".parse().unwrap();
         }
+        if config.boot.server.http_check.addr.is_some() {
+            config.boot.server.http_check.addr = Some("127.0.0.1:0".parse().unwrap());
+        }
         // Reloads read the file again with the same free ports (a port
         // change would only be reported as needing a restart).
         let loader: Option<quotad::control::reload::Loader> = config.source.clone().map(|path| {
@@ -169,6 +174,9 @@ impl TestDaemon {
                 c.boot.server.http_addr = "127.0.0.1:0".parse().unwrap();
                 if let Some(a) = &mut c.boot.admin {
                     a.addr = "127.0.0.1:0".parse().unwrap();
+                }
+                if c.boot.server.http_check.addr.is_some() {
+                    c.boot.server.http_check.addr = Some("127.0.0.1:0".parse().unwrap());
                 }
                 Ok(c)
             });
@@ -184,6 +192,7 @@ impl TestDaemon {
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
         let admin_addr = app.admin_addr();
+        let http_check_addr = app.http_check_addr();
         let engine = app.engine();
         let control = app.control();
         let sync = app.sync();
@@ -194,6 +203,7 @@ impl TestDaemon {
             grpc_addr,
             http_addr,
             admin_addr,
+            http_check_addr,
             clock,
             engine,
             control,
@@ -253,6 +263,7 @@ impl TestDaemon {
                 key: key.into(),
                 cost,
                 id: 0,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -331,6 +342,80 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("status code");
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
+}
+
+/// An HTTP/1.1 answer as the tests read it.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a raw socket (`Connection: close`), with
+/// `headers` and, when given, a body; returns the whole answer.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    s.write_all(&bytes).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    parse_answer(&String::from_utf8_lossy(&buf))
+}
+
+/// An HTTP/1.1 answer's text as [`HttpAnswer`].
+pub fn parse_answer(text: &str) -> HttpAnswer {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// A sample's value in a `/metrics` body: `series` is the name with its

@@ -215,6 +215,7 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                         key: keys.next(),
                         cost: args.cost,
                         id: i as u64,
+                        ..CheckRequest::default()
                     })
                     .collect(),
             };
@@ -255,6 +256,7 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 key: keys.next(),
                 cost: args.cost,
                 id: 0,
+                ..CheckRequest::default()
             };
             match c.check(req).await {
                 Ok(r) => checks(r.into_inner().allowed),
@@ -444,6 +446,7 @@ async fn stream(
                 key: keys.next(),
                 cost: args.cost,
                 id,
+                ..CheckRequest::default()
             };
             if tx.send(req).await.is_err() {
                 break;
