@@ -3,7 +3,8 @@
 #
 # Installs what the tests need when it is missing (a C linker,
 # redis-server for the Redis sync tests, which start their own on free
-# loopback ports, promtool for the metrics and dashboard checks, helm and
+# loopback ports, promtool for the metrics and dashboard checks, NGINX
+# for the forward-auth test, helm and
 # kubernetes-validate for the chart; protoc is vendored by the build),
 # checks the Helm chart, the dependencies (cargo-deny), the Envoy example
 # configs (scripts/check-envoy-examples.py) and the module structure
@@ -68,6 +69,44 @@ promtool_path() {
 QUOTAD_PROMTOOL=$(promtool_path)
 export QUOTAD_PROMTOOL
 "$QUOTAD_PROMTOOL" --version >/dev/null
+
+nginx_path() {
+    # A real NGINX for tests/nginx.rs (auth_request in front of a tiny
+    # upstream): from PATH or /usr/sbin, else the binary unpacked once
+    # from Debian's nginx package into target/tools (nothing installed,
+    # no service started: the test runs it in the foreground on a free
+    # loopback port).
+    local found
+    found=$(command -v nginx 2>/dev/null || true)
+    [ -z "$found" ] && [ -x /usr/sbin/nginx ] && found=/usr/sbin/nginx
+    if [ -n "$found" ]; then
+        echo "$found"
+        return 0
+    fi
+    local tools="$PWD/target/tools"
+    if [ ! -x "$tools/nginx" ]; then
+        echo "test.sh: fetching nginx (Debian package nginx)" >&2
+        local work
+        work=$(mktemp -d)
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        if ! (cd "$work" && apt-get download nginx >/dev/null 2>&1); then
+            $sudo apt-get update -qq
+            (cd "$work" && apt-get download nginx >/dev/null)
+        fi
+        dpkg-deb -x "$work"/nginx_*.deb "$work/x"
+        mkdir -p "$tools"
+        cp "$work/x/usr/sbin/nginx" "$tools/nginx"
+        rm -rf "$work"
+    fi
+    echo "$tools/nginx"
+}
+QUOTAD_NGINX=$(nginx_path)
+export QUOTAD_NGINX
+"$QUOTAD_NGINX" -V 2>&1 | grep -q -- --with-http_auth_request_module || {
+    echo "test.sh: $QUOTAD_NGINX lacks the auth_request module" >&2
+    exit 1
+}
 
 # The Helm chart: lint, render and schema-validate (default and
 # all-features values); the tests then start the binary with the chart's

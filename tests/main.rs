@@ -44,6 +44,8 @@ mod leases;
 mod metrics;
 /// Native API: Check, CheckBatch, CheckStream, remaining/retry_after.
 mod native;
+/// A real NGINX asking quotad's /v1/auth before each request.
+mod nginx;
 /// quotactl end to end: every command against a real daemon, exit codes,
 /// output (table and JSON), tokens and keys never shown.
 mod quotactl;
@@ -51,6 +53,9 @@ mod quotactl;
 mod redis_leases;
 /// Operators' overrides and resets across nodes through a real Redis.
 mod redis_overrides;
+/// Reports across nodes on a real redis-server: sums exact in sync and
+/// strict mode, debt seen on every node.
+mod redis_report;
 /// Envoy RLQS across nodes on a real redis-server: the demand script, and
 /// one rate shared by Envoys on two nodes.
 mod redis_rlqs;

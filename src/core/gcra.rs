@@ -276,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn a_report_goes_into_debt_and_checks_wait_until_it_is_repaid() {
+        let r = rate(10, NANOS_PER_SEC, 20);
+        let cell = AtomicU64::new(0);
+        // 25 tokens from a bucket of 20: 5 in debt.
+        let v = force(&r, &cell, T0, 25);
+        assert!(v.allowed);
+        assert_eq!((v.remaining, v.excess), (0, 5));
+        assert_eq!(v.reset_after, 2_500_000_000);
+        // One token needs the debt repaid and one more: 600 ms.
+        assert_eq!(v.retry_after, Some(600_000_000));
+        assert!(!check(&r, &cell, T0, 0, false).allowed, "in debt, even a peek of 0");
+        assert_eq!(check(&r, &cell, T0, 0, false).retry_after, Some(500_000_000));
+        assert!(!check(&r, &cell, T0 + 599_999_999, 1, true).allowed);
+        assert!(check(&r, &cell, T0 + 600_000_000, 1, true).allowed);
+        // A report on a bucket with room is a plain charge.
+        let cell = AtomicU64::new(0);
+        let v = force(&r, &cell, T0, 3);
+        assert_eq!((v.remaining, v.excess, v.retry_after), (17, 0, Some(0)));
+        // Saturates at the end of time rather than wrapping.
+        let v = force(&r, &cell, u64::MAX - 1, u64::MAX);
+        assert_eq!(cell.load(Ordering::SeqCst), u64::MAX);
+        assert!(v.allowed);
+    }
+
+    #[test]
     fn u64_extremes_do_not_overflow() {
         let r = rate(1_000_000_000, NANOS_PER_SEC, 1_000_000_000);
         let (v, _) = decide(&r, u64::MAX, u64::MAX, u64::MAX);

@@ -202,6 +202,26 @@ mod tests {
     }
 
     #[test]
+    fn a_report_counts_past_the_quota_and_checks_wait_for_the_window() {
+        let quota = q(10, Window::Minute);
+        let span = Window::Minute.span(0);
+        let c = cell(span.end);
+        let v = apply(&quota, &c, span, 0, 14, Act::Force);
+        assert!(v.allowed);
+        assert_eq!((v.remaining, v.excess), (0, 4));
+        assert_eq!(v.retry_after, Some(span.end));
+        // Over: even a peek of 0 is refused until the window ends.
+        let v = check(&quota, &c, span, 0, 0, false);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after, Some(span.end));
+        // Exactly at the quota a peek of 0 passes (nothing past it).
+        let c = cell(span.end);
+        apply(&quota, &c, span, 0, 10, Act::Force);
+        assert!(check(&quota, &c, span, 0, 0, false).allowed);
+        assert!(!check(&quota, &c, span, 0, 1, false).allowed);
+    }
+
+    #[test]
     fn u64_extremes() {
         let quota = q(u64::MAX, Window::Month);
         let span = Window::Month.span(u64::MAX / 2);

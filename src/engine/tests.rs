@@ -558,6 +558,99 @@ impl Model {
     }
 }
 
+impl Model {
+    /// A report: every limit charged whatever it holds; the answer is the
+    /// limit with the fewest units left (then the longest wait, the most
+    /// over, the first): (remaining, retry_after, limit, over).
+    fn report(&mut self, key: u8, cost: u64, now: Nanos) -> (u64, Option<Nanos>, usize, u64) {
+        let mut verdicts = Vec::new();
+        for (i, l) in self.limits.iter().enumerate() {
+            let v = match &l.kind {
+                LimitKind::Rate(r) => {
+                    let tat = self.tat.entry((key, i)).or_insert(0);
+                    *tat = (*tat).max(now) + r.emission(cost);
+                    gcra::after(r, *tat, now)
+                }
+                LimitKind::Quota(q) => {
+                    let span = q.window.span(now);
+                    let used = self.used.entry((key, i, span.index)).or_insert(0);
+                    *used += cost;
+                    quota::counted(q.quota.get(), *used, span.end - now)
+                }
+                LimitKind::Window(_) => unreachable!("plans hold no fixed windows"),
+            };
+            verdicts.push(v);
+        }
+        let mut best = 0;
+        for (i, v) in verdicts.iter().enumerate().skip(1) {
+            let b = verdicts[best];
+            let closer = if v.remaining != b.remaining {
+                v.remaining < b.remaining
+            } else if v.retry_after != b.retry_after {
+                waits_longer(v.retry_after, b.retry_after)
+            } else {
+                v.excess > b.excess
+            };
+            if closer {
+                best = i;
+            }
+        }
+        let v = verdicts[best];
+        (v.remaining, v.retry_after, best, v.excess)
+    }
+}
+
+proptest::proptest! {
+    /// With peeks and reports among the checks, the limiter still
+    /// decides exactly like the model: a peek answers as the charge would
+    /// and changes nothing (the model does not move, and the limiter's
+    /// next answers still match it), a report charges every limit
+    /// whatever it holds.
+    #[test]
+    fn peeks_change_nothing_and_reports_charge_all_as_the_model_says(
+        ops in proptest::collection::vec((0u8..3, 0u64..30, 0u64..3_000, 0u8..3), 1..200),
+    ) {
+        let limits = vec![
+            rate("p", "fast", 5, 3),
+            quota("p", "minute", 12, Window::Minute),
+            rate("p", "slow", 1, 6),
+        ];
+        let (l, clock) = limiter(limits.clone(), 1_000);
+        let mut model = Model { limits, tat: Default::default(), used: Default::default() };
+        for (key, cost, dt_ms, mode) in ops {
+            clock.advance(dt_ms * 1_000_000);
+            let name = format!("key{key}");
+            let r = req(&name, cost.max(1));
+            let now = l.now();
+            match mode {
+                0 => {
+                    let d = l.check(&r);
+                    let (allowed, remaining, retry, _) = model.check(key, cost.max(1), now);
+                    proptest::prop_assert_eq!((d.allowed, d.remaining, d.retry_after), (allowed, remaining, retry));
+                }
+                1 => {
+                    let (tat, used) = (model.tat.clone(), model.used.clone());
+                    let tracked = l.store().tracked();
+                    let d = l.view().decide(&r, false);
+                    let mut seen = Model { limits: model.limits.clone(), tat, used };
+                    let (allowed, remaining, retry, _) = seen.check(key, cost.max(1), now);
+                    proptest::prop_assert_eq!((d.allowed, d.remaining, d.retry_after), (allowed, remaining, retry));
+                    // Asked again, the same answer; no cell made.
+                    proptest::prop_assert_eq!(l.view().decide(&r, false), d);
+                    proptest::prop_assert_eq!(l.store().tracked(), tracked);
+                }
+                _ => {
+                    let d = l.view().report(&r);
+                    let (remaining, retry, policy, over) = model.report(key, cost.max(1), now);
+                    proptest::prop_assert!(d.allowed);
+                    proptest::prop_assert_eq!((d.remaining, d.retry_after, d.over), (remaining, retry, over));
+                    proptest::prop_assert_eq!(d.policy.map(|p| p.limit as usize), Some(policy));
+                }
+            }
+        }
+    }
+}
+
 proptest::proptest! {
     /// The limiter decides exactly like the sequential model over any
     /// schedule of checks, peeks, clock moves and sweeps: rollback,
