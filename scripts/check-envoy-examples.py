@@ -19,6 +19,7 @@ from google.protobuf import json_format
 MODULES = [
     "envoy.config.bootstrap.v3.bootstrap_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.filters.http.lua.v3.lua_pb2",
     "envoy.extensions.filters.http.rate_limit_quota.v3.rate_limit_quota_pb2",
     "envoy.extensions.filters.http.ratelimit.v3.rate_limit_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",

@@ -133,13 +133,15 @@ fi
 
 # The Envoy examples parse as Envoy's own protos do (xds-protos, generated
 # from envoyproxy/data-plane-api; in the tools venv): every field and
-# typed_config of examples/envoy/envoy.yaml (RLS) and
-# examples/envoy/rlqs/envoy.yaml (RLQS).
+# typed_config of examples/envoy/envoy.yaml (RLS),
+# examples/envoy/rlqs/envoy.yaml (RLQS) and examples/envoy/llm/envoy.yaml
+# (charging tokens on stream done).
 if ! "$tools/venv/bin/python" -c 'import envoy.config.bootstrap.v3.bootstrap_pb2, yaml' >/dev/null 2>&1; then
     echo "test.sh: installing xds-protos (Envoy's protos for Python)" >&2
     "$tools/venv/bin/pip" install -q "xds-protos==1.85.0" "protobuf==7.36.2" "grpcio==1.85.4" "PyYAML==6.0.4"
 fi
-"$tools/venv/bin/python" scripts/check-envoy-examples.py examples/envoy/envoy.yaml examples/envoy/rlqs/envoy.yaml
+"$tools/venv/bin/python" scripts/check-envoy-examples.py examples/envoy/envoy.yaml examples/envoy/rlqs/envoy.yaml \
+    examples/envoy/llm/envoy.yaml
 
 # The shape of src/ (README, "Layout"): no import circle between files, no
 # two top-level modules importing each other, every import pointing down

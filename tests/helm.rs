@@ -193,6 +193,7 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
     assert_eq!(ports["grpc"], flag_port(&args, "--grpc-addr"));
     assert_eq!(ports["http-metrics"], flag_port(&args, "--http-addr"));
     assert_eq!(ports["grpc-admin"], flag_port(&args, "--admin-addr"));
+    assert_eq!(ports["http-check"], flag_port(&args, "--http-check-addr"));
     for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path);
         assert_eq!(container[probe]["httpGet"]["port"], "http-metrics");

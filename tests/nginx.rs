@@ -154,14 +154,29 @@ async fn nginx_auth_request_passes_limits_and_fails_closed_without_quotad() {
     };
     for i in 0..5 {
         let a = get(Some("alice")).await;
-        assert_eq!((a.status, a.body.as_str()), (200, "upstream\n"), "request {i}: {a:?}");
-        assert_eq!(a.header("ratelimit-remaining"), Some(&*(4 - i).to_string()), "{a:?}");
-        assert_eq!(a.header("ratelimit-policy"), Some("\"tiny/per-minute\";q=5;w=60"));
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, "upstream\n"),
+            "request {i}: {a:?}"
+        );
+        assert_eq!(
+            a.header("ratelimit-remaining"),
+            Some(&*(4 - i).to_string()),
+            "{a:?}"
+        );
+        assert_eq!(
+            a.header("ratelimit-policy"),
+            Some("\"tiny/per-minute\";q=5;w=60")
+        );
     }
     let a = get(Some("alice")).await;
     assert_eq!(a.status, 429, "{a:?}");
     assert_eq!(a.header("retry-after"), Some("12"), "{a:?}");
-    assert_eq!(served.load(Ordering::SeqCst), 5, "the refused request never reached the upstream");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        5,
+        "the refused request never reached the upstream"
+    );
     // Another key passes; no key is 401 from quotad, passed on by NGINX.
     assert_eq!(get(Some("bob")).await.status, 200);
     assert_eq!(get(None).await.status, 401);

@@ -144,6 +144,9 @@ server:
   keepalive_interval: 60s      # HTTP/2 ping to each connection this often ...
   keepalive_timeout: 20s       # ... and close it when the ping is not answered this soon
   # max_connection_age: 30m    # close (gracefully) connections older than this, to rebalance
+  # http_check:                # the HTTP door: NGINX/Traefik/Caddy forward auth, JSON (or --http-check-addr)
+  #   addr: 127.0.0.1:8083     # GET /v1/auth, POST /v1/check, /v1/report, /json; off without addr
+  #   key_header: x-api-key    # where /v1/auth finds the key (authorization: the Bearer token)
 
 requests:                      # caps on what a caller may send
   max_key_bytes: 256           # longest API key

@@ -9,8 +9,7 @@
 //! window is over only once a hit was counted in it, as in envoyproxy.
 
 use super::clock::Nanos;
-use super::decision::Act;
-use super::gcra::Verdict;
+use super::gcra::{Act, Verdict};
 use super::limit::FixedWindow;
 use super::quota;
 use super::window::Span;

@@ -30,19 +30,6 @@ impl<'a> Request<'a> {
     }
 }
 
-/// What a check does to a limit's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    /// Evaluates only: the answer a charge would get, nothing changed.
-    Dry,
-    /// Spends the cost if the limit has room (a fixed window counts
-    /// refused hits too, as envoyproxy/ratelimit does).
-    Commit,
-    /// Spends the cost whatever the limit holds: a report of what was
-    /// really spent. A bucket may go into debt, a quota past its amount.
-    Force,
-}
-
 /// Why a check was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {

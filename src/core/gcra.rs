@@ -14,8 +14,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
-use super::decision::Act;
 use super::limit::Rate;
+
+/// What a check does to a limit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Evaluates only: the answer a charge would get, nothing changed.
+    Dry,
+    /// Spends the cost if the limit has room (a fixed window counts
+    /// refused hits too, as envoyproxy/ratelimit does).
+    Commit,
+    /// Spends the cost whatever the limit holds: a report of what was
+    /// really spent. A bucket may go into debt, a quota past its amount.
+    Force,
+}
 
 /// The answer of one limit to one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,8 +298,14 @@ mod tests {
         assert_eq!(v.reset_after, 2_500_000_000);
         // One token needs the debt repaid and one more: 600 ms.
         assert_eq!(v.retry_after, Some(600_000_000));
-        assert!(!check(&r, &cell, T0, 0, false).allowed, "in debt, even a peek of 0");
-        assert_eq!(check(&r, &cell, T0, 0, false).retry_after, Some(500_000_000));
+        assert!(
+            !check(&r, &cell, T0, 0, false).allowed,
+            "in debt, even a peek of 0"
+        );
+        assert_eq!(
+            check(&r, &cell, T0, 0, false).retry_after,
+            Some(500_000_000)
+        );
         assert!(!check(&r, &cell, T0 + 599_999_999, 1, true).allowed);
         assert!(check(&r, &cell, T0 + 600_000_000, 1, true).allowed);
         // A report on a bucket with room is a plain charge.

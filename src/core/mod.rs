@@ -18,8 +18,8 @@ pub mod source;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
-pub use decision::{Act, Decision, DenyReason, LimitRef, PlanId, Request};
-pub use gcra::Verdict;
+pub use decision::{Decision, DenyReason, LimitRef, PlanId, Request};
+pub use gcra::{Act, Verdict};
 pub use hash::KeyHasher;
 pub use limit::{FixedWindow, Quota, Rate, RateError};
 pub use source::Source;

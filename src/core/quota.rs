@@ -5,8 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock::Nanos;
-use super::decision::Act;
-use super::gcra::Verdict;
+use super::gcra::{Act, Verdict};
 use super::limit::Quota;
 use super::window::Span;
 

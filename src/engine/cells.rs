@@ -4,8 +4,8 @@
 //! and the sync journal's entry for each charge.
 
 use super::Engine;
+use crate::core::Act;
 use crate::core::clock::Nanos;
-use crate::core::decision::Act;
 use crate::core::gcra::{self, Verdict};
 use crate::core::hash::mix;
 use crate::core::source::Source as KeySource;

@@ -16,8 +16,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::view::{Reported, Seen, View};
+use crate::core::Act;
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
-use crate::core::decision::{Act, Decision, DenyReason, PlanId, Request};
+use crate::core::decision::{Decision, DenyReason, PlanId, Request};
 use crate::core::gcra::{self, Verdict};
 use crate::core::{counter, quota, window};
 use crate::limits::{Assigned, LimitKind};

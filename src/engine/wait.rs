@@ -9,8 +9,9 @@ use super::strict::{StrictAnswer, StrictClient, StrictFailure, StrictJob};
 use super::view::View;
 use super::{Engine, Rules};
 use crate::config::OnRedisError;
+use crate::core::Act;
 use crate::core::clock::Nanos;
-use crate::core::decision::{Act, Decision, DenyReason, Request};
+use crate::core::decision::{Decision, DenyReason, Request};
 use crate::limits::Table;
 
 /// Strict mode as the engine uses it.

@@ -120,7 +120,7 @@ reload:
 {{/* What quotad reads only at start: a change must restart the pods. */}}
 {{- define "quotad.restartOnly" -}}
 {{- $m := include "quotad.managedConfig" . | fromYaml -}}
-{{ toYaml (dict "store" $m.store "redis" $m.redis "adminOn" .Values.admin.enabled "ports" .Values.ports "tls" .Values.tls.enabled "adminTls" .Values.admin.tls.enabled "existing" .Values.existingConfigSecret) }}
+{{ toYaml (dict "store" $m.store "redis" $m.redis "adminOn" .Values.admin.enabled "httpCheckOn" .Values.httpCheck.enabled "httpCheck" (default dict (default dict .Values.config.server).http_check) "ports" .Values.ports "tls" .Values.tls.enabled "adminTls" .Values.admin.tls.enabled "existing" .Values.existingConfigSecret) }}
 {{- end -}}
 
 {{/* The whole config file. */}}
@@ -160,6 +160,9 @@ reload:
 - --http-addr=0.0.0.0:{{ .Values.ports.http }}
 {{- if .Values.admin.enabled }}
 - --admin-addr=0.0.0.0:{{ .Values.ports.admin }}
+{{- end }}
+{{- if .Values.httpCheck.enabled }}
+- --http-check-addr=0.0.0.0:{{ .Values.ports.httpCheck }}
 {{- end }}
 {{- if .Values.limits }}
 - --limits={{ $p.limits }}

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use hdrhistogram::Histogram;
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::{
-    AcquireRequest, CheckBatchRequest, CheckRequest, HoldRequest, ReleaseRequest,
+    AcquireRequest, CheckBatchRequest, CheckRequest, HoldRequest, ReleaseRequest, ReportRequest,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -186,27 +186,22 @@ impl Budget {
 }
 
 /// The client for one mode.
-#[derive(Clone)]
 enum Client {
     Native(RateLimiterClient<Channel>),
     Rls(RateLimitServiceClient<Channel>),
+    Http(crate::http::Conn),
+}
+
+/// One check's answer.
+fn checks(allowed: bool) -> Answered {
+    Answered::Checks {
+        allowed: u64::from(allowed),
+        denied: u64::from(!allowed),
+    }
 }
 
 /// Makes one call of the mode (not streams) and says what came back.
 async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
-    let checks = |allowed: bool| {
-        if allowed {
-            Answered::Checks {
-                allowed: 1,
-                denied: 0,
-            }
-        } else {
-            Answered::Checks {
-                allowed: 0,
-                denied: 1,
-            }
-        }
-    };
     match (client, args.mode) {
         (Client::Native(c), Mode::Batch) => {
             let req = CheckBatchRequest {
@@ -251,6 +246,11 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 Err(_) => Answered::Failed,
             }
         }
+        (Client::Native(c), Mode::Report) => report(c, args, keys).await,
+        (Client::Http(c), _) => match c.auth(&keys.next(), args.cost).await {
+            Some(allowed) => checks(allowed),
+            None => Answered::Failed,
+        },
         (Client::Native(c), _) => {
             let req = CheckRequest {
                 key: keys.next(),
@@ -284,6 +284,20 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
     }
 }
 
+/// One `Report`: never refused, "allowed" when it left the key within
+/// its limits.
+async fn report(c: &mut RateLimiterClient<Channel>, args: &Args, keys: &mut Keys) -> Answered {
+    let req = ReportRequest {
+        key: keys.next(),
+        cost: args.cost,
+        id: 0,
+    };
+    match c.report(req).await {
+        Ok(r) => checks(r.into_inner().debt == 0),
+        Err(_) => Answered::Failed,
+    }
+}
+
 async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
@@ -311,7 +325,12 @@ fn client(args: &Args, ch: Channel) -> Client {
 
 /// Runs the load as `args` says; measures after the warm-up.
 pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
-    let channels = connect(args).await?;
+    // The HTTP door is HTTP/1.1: each caller makes its own connection.
+    let channels = if args.mode == Mode::HttpAuth {
+        Vec::new()
+    } else {
+        connect(args).await?
+    };
     let measuring = Arc::new(AtomicBool::new(args.warmup.is_zero()));
     let start = Instant::now();
     let measure_from = start + args.warmup;
@@ -374,7 +393,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         }
         (None, _) => {
             for w in 0..args.concurrency {
-                let c = client(args, channels[w % channels.len()].clone());
+                let c = match channels.get(w % channels.len().max(1)) {
+                    Some(ch) => client(args, ch.clone()),
+                    None => Client::Http(crate::http::Conn::new(args.addr)),
+                };
                 tasks.spawn(closed_loop(
                     args.clone(),
                     c,

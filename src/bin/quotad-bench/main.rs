@@ -1,8 +1,9 @@
 //! `quotad-bench`: an end-to-end load generator for quotad (or anything
 //! speaking its APIs) over real gRPC.
 //!
-//! It drives `Check`, `CheckBatch`, `CheckStream` or Envoy RLS v3
-//! `ShouldRateLimit` against an address, with keys drawn uniformly or by
+//! It drives `Check`, `CheckBatch`, `CheckStream`, `Report`, the leases,
+//! Envoy RLS v3 `ShouldRateLimit`, Envoy RLQS or the HTTP door's
+//! `/v1/auth` against an address, with keys drawn uniformly or by
 //! a Zipf law from a fixed set, for a bounded time, and reports
 //! requests/s, checks/s, allowed/denied/errors and latency percentiles
 //! (HdrHistogram, microsecond resolution).
@@ -21,6 +22,7 @@
 #![warn(clippy::too_many_lines)]
 
 mod drive;
+mod http;
 mod report;
 mod rlqs;
 
@@ -57,6 +59,12 @@ pub enum Mode {
     /// Envoys, each reporting `--buckets` buckets (`{tenant: <key>}`)
     /// every `--report-interval`, `--cost` requests a second each.
     Rlqs,
+    /// `Report`: `--cost` units charged per call, whatever the key holds.
+    Report,
+    /// The HTTP check door's `GET /v1/auth` (`--addr` is the door's):
+    /// one HTTP/1.1 keep-alive connection per caller, as NGINX keeps to
+    /// its upstream (closed loop only).
+    HttpAuth,
 }
 
 /// How keys are drawn.
@@ -192,6 +200,9 @@ impl Args {
         }
         if self.batch == 0 || self.window == 0 || self.requests == Some(0) {
             return Err("--batch, --window and --requests must be at least 1".into());
+        }
+        if self.rate.is_some() && self.mode == Mode::HttpAuth {
+            return Err("--rate: http-auth runs a closed loop (one connection per caller)".into());
         }
         if self.rate.is_some() && matches!(self.mode, Mode::Hold | Mode::Rlqs) {
             return Err(
