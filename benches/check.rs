@@ -12,6 +12,7 @@
 //! `check-fmt-key`, the same with the key formatted in registers instead
 //! (no harness cache miss), and `check-zipf`, keys drawn from a Zipf
 //! distribution (s = 1) like real traffic. `denied` is one hot key on a tight bucket,
+//! `modes` a charge, a peek and a report side by side,
 //! `insert` checks keys never seen, `components` times pieces of the path.
 //!
 //! Every case times its own loop (`iter_custom`) and reports wall time divided
@@ -398,6 +399,39 @@ fn denied(c: &mut Criterion) {
     g.finish();
 }
 
+/// The two-limit plan at 1 000 keys on one thread, each way of asking:
+/// a charge, a peek (`CHECK_MODE_PEEK`: both limits evaluated, nothing
+/// written) and a report (`Report`: both limits charged whatever they
+/// hold, so the keys sink into debt and stay there).
+fn modes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("modes");
+    g.throughput(Throughput::Elements(1));
+    let n = 1_000;
+    let keys = Keys::get();
+    let engine = engine(two_limit_plan(), n);
+    type Ask = fn(&Engine, &Request<'_>) -> quotad::core::Decision;
+    let ways: [(&str, Ask); 3] = [
+        ("charge", |e, r| e.check(r)),
+        ("peek", |e, r| e.peek(r)),
+        ("report", |e, r| e.report(r)),
+    ];
+    for (name, ask) in ways {
+        g.bench_function(BenchmarkId::new(name, n), |b| {
+            b.iter_custom(|iters| {
+                let mut rng = seed(0);
+                let (t, ()) = timed(|| {
+                    for _ in 0..iters {
+                        let key = keys.key(next_index(&mut rng, n));
+                        black_box(ask(&engine, &Request::new(key, 1)));
+                    }
+                });
+                t
+            });
+        });
+    }
+    g.finish();
+}
+
 /// Checks of keys never seen before: each inserts a cell. The store fills
 /// from empty to the large key count, then is replaced (untimed) by an empty
 /// one, so the figure averages inserts over a map growing 0 → 1M, resizes
@@ -540,6 +574,6 @@ fn flood(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_limit, two_limits, denied, inserts, components, flood
+    targets = one_limit, two_limits, denied, modes, inserts, components, flood
 }
 criterion_main!(benches);

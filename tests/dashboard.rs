@@ -833,10 +833,15 @@ async fn dashboard_panels_show_a_scripted_scenario() {
         (
             "Checks per second by API",
             vec![
-                sample(r#"{api="native"}"#, 7.0 / 128.0),
-                sample(r#"{api="batch"}"#, 0.0),
-                sample(r#"{api="stream"}"#, 0.0),
-                sample(r#"{api="lease"}"#, 0.0),
+                sample(r#"{api="native", door="grpc"}"#, 7.0 / 128.0),
+                sample(r#"{api="batch", door="grpc"}"#, 0.0),
+                sample(r#"{api="stream", door="grpc"}"#, 0.0),
+                sample(r#"{api="lease", door="grpc"}"#, 0.0),
+                sample(r#"{api="report", door="grpc"}"#, 0.0),
+                sample(r#"{api="report_stream", door="grpc"}"#, 0.0),
+                sample(r#"{api="auth", door="http"}"#, 0.0),
+                sample(r#"{api="native", door="http"}"#, 0.0),
+                sample(r#"{api="report", door="http"}"#, 0.0),
             ],
         ),
         (

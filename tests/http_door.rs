@@ -79,76 +79,86 @@ async fn auth_allows_five_a_minute_then_429_with_retry_after_and_another_key_pas
 }
 
 #[tokio::test]
-async fn auth_reads_cost_and_mode_headers_and_refuses_what_is_wrong() {
+async fn auth_reads_cost_and_mode_and_refuses_what_is_wrong() {
     let (d, addr) = start().await;
-    let get = |headers: Vec<(&'static str, &'static str)>| async move {
-        http_request(addr, "GET", "/v1/auth", &headers, None).await
+    let ask = |path: &'static str, headers: Vec<(&'static str, &'static str)>| async move {
+        http_request(addr, "GET", path, &headers, None).await
     };
+    let get = |headers| ask("/v1/auth", headers);
+    let remaining =
+        |a: &crate::support::HttpAnswer| a.header("ratelimit-remaining").map(str::to_owned);
     // No key: 401, nothing counted against anyone.
     let a = get(vec![]).await;
     assert_eq!(a.status, 401);
     assert!(a.body.contains("x-api-key"), "{}", a.body);
     assert_eq!(get(vec![("x-api-key", "  ")]).await.status, 401);
-    // A cost: 3 of 5; a peek of 2 changes nothing; then 3 more is over.
+    // A cost of 3 of 5; a peek of 2 (in the gateway's query) changes
+    // nothing; then 3 more are over.
     let a = get(vec![("x-api-key", "dan"), ("x-quotad-cost", "3")]).await;
-    assert_eq!(
-        (a.status, a.header("ratelimit-remaining")),
-        (200, Some("2"))
-    );
-    let a = get(vec![
-        ("x-api-key", "dan"),
-        ("x-quotad-cost", "2"),
-        ("x-quotad-mode", "peek"),
-    ])
-    .await;
-    assert_eq!(
-        (a.status, a.header("ratelimit-remaining")),
-        (200, Some("0"))
-    );
+    assert_eq!((a.status, remaining(&a).as_deref()), (200, Some("2")));
+    let a = ask("/v1/auth?mode=peek&cost=2", vec![("x-api-key", "dan")]).await;
+    assert_eq!((a.status, remaining(&a).as_deref()), (200, Some("0")));
     let a = get(vec![("x-api-key", "dan"), ("x-quotad-cost", "3")]).await;
     assert_eq!((a.status, a.header("retry-after")), (429, Some("12")));
+    // A client's own `x-quotad-mode: peek`, which gateways forward, does
+    // not skip its charge; the query's cost wins over the header's.
+    for left in ["4", "3"] {
+        let a = get(vec![("x-api-key", "ed"), ("x-quotad-mode", "peek")]).await;
+        assert_eq!(remaining(&a).as_deref(), Some(left), "charged each time");
+    }
+    let a = ask(
+        "/v1/auth?cost=2",
+        vec![("x-api-key", "ed"), ("x-quotad-cost", "1")],
+    )
+    .await;
+    assert_eq!(remaining(&a).as_deref(), Some("1"));
     // A cost above the limit can never pass: 429 without Retry-After.
     let a = get(vec![("x-api-key", "erin"), ("x-quotad-cost", "6")]).await;
     assert_eq!((a.status, a.header("retry-after")), (429, None));
     // Bad cost, mode and key: 400 saying what, nothing charged.
-    for (headers, says) in [
+    for (path, headers, says) in [
         (
+            "/v1/auth",
             vec![("x-api-key", "fay"), ("x-quotad-cost", "-1")],
             "x-quotad-cost:",
         ),
         (
+            "/v1/auth",
             vec![("x-api-key", "fay"), ("x-quotad-cost", "1001")],
             "cost: 1001 exceeds",
         ),
         (
-            vec![("x-api-key", "fay"), ("x-quotad-mode", "later")],
-            "x-quotad-mode:",
+            "/v1/auth?mode=later",
+            vec![("x-api-key", "fay")],
+            "mode: expected charge or peek",
+        ),
+        (
+            "/v1/auth",
+            vec![("x-api-key", "fay"), ("x-api-key", "gus")],
+            "x-api-key: sent more than once",
         ),
     ] {
-        let a = get(headers).await;
+        let a = ask(path, headers).await;
         assert_eq!(a.status, 400, "{a:?}");
-        assert!(
-            a.json()["message"].as_str().unwrap().starts_with(says),
-            "{}",
-            a.body
-        );
+        let message = a.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.starts_with(says), "{message}");
     }
     let long = "k".repeat(65);
     let a = http_request(addr, "GET", "/v1/auth", &[("x-api-key", &long)], None).await;
     assert_eq!(a.status, 400);
     let a = get(vec![("x-api-key", "fay")]).await;
     assert_eq!(
-        a.header("ratelimit-remaining"),
+        remaining(&a).as_deref(),
         Some("4"),
         "nothing was charged to fay"
     );
-    // Counted under the door.
+    // Counted under the door: dan 2 (the peek too), ed 3, fay 1.
     let allowed = metric(
         d.http_addr,
         "quotad_checks_total{api=\"auth\",door=\"http\",result=\"allowed\",plan=\"tiny\"}",
     )
     .await;
-    assert_eq!(allowed, 3.0);
+    assert_eq!(allowed, 6.0);
 }
 
 #[tokio::test]
@@ -252,6 +262,11 @@ async fn bad_json_wrong_types_and_huge_bodies_get_400_and_charge_nothing() {
         ("/v1/check", "[]".into(), "body: must be a JSON object"),
         (
             "/v1/check",
+            r#"{"key":"gina","key":"hal"}"#.into(),
+            "body: duplicate field `key`",
+        ),
+        (
+            "/v1/check",
             r#"{"key":"gina","cost":"lots"}"#.into(),
             "cost: expected a non-negative integer",
         ),
@@ -259,7 +274,7 @@ async fn bad_json_wrong_types_and_huge_bodies_get_400_and_charge_nothing() {
         (
             "/v1/check",
             r#"{"key":"gina","coast":1}"#.into(),
-            "coast: unknown field",
+            "body: unknown field `coast`",
         ),
         (
             "/v1/check",
@@ -308,6 +323,41 @@ async fn bad_json_wrong_types_and_huge_bodies_get_400_and_charge_nothing() {
     )
     .await;
     assert_eq!(refused, 3.0);
+}
+
+#[tokio::test]
+async fn bodies_past_the_doors_budget_get_503() {
+    // Room for one body of 1024 bytes at a time.
+    let yaml = CONFIG.replace(
+        "max_body_bytes: 1024",
+        "max_body_bytes: 1024\n    max_buffered_bytes: 1024",
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    let addr = d.http_check_addr.unwrap();
+    // One client says it sends 1024 bytes and sends a few: it holds them.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n{\"key\"")
+        .await
+        .unwrap();
+    // Its head is answered at once (a 404 would be): the body is what waits.
+    let probe = http_request(addr, "GET", "/nope", &[], None).await;
+    assert_eq!(probe.status, 404);
+    // Another body finds no room: 503 at once.
+    let body = br#"{"key":"ivy"}"#;
+    let a = http_request(addr, "POST", "/v1/check", &[], Some(body)).await;
+    assert_eq!(
+        (a.status, a.header("retry-after")),
+        (503, Some("1")),
+        "{a:?}"
+    );
+    // Forward auth needs no body: it is answered meanwhile.
+    let a = http_request(addr, "GET", "/v1/auth", &[("x-api-key", "ivy")], None).await;
+    assert_eq!(a.status, 200);
+    // Once the slow one is timed out, bodies are read again.
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    let a = http_request(addr, "POST", "/v1/check", &[], Some(body)).await;
+    assert_eq!(a.status, 200, "{a:?}");
 }
 
 #[tokio::test]
@@ -385,7 +435,7 @@ async fn the_json_endpoint_answers_as_envoyproxy_ratelimit() {
         (r#"{"domain":"edge"}"#.to_owned(), "Bad Request: descriptors: must not be empty"),
         (r#"{"domain":"edge","descriptors":[{"entries":[{"key":"api_key","value":"x"}],"hits_addend":"many"}]}"#.to_owned(),
             "Bad Request: descriptors[0].hits_addend: expected a non-negative integer"),
-        (r#"{"domian":"edge"}"#.to_owned(), "Bad Request: domian: unknown field"),
+        (r#"{"domian":"edge"}"#.to_owned(), "Bad Request: body: unknown field `domian`"),
     ] {
         let a = post(body).await;
         assert_eq!(a.status, 400, "{a:?}");

@@ -3,7 +3,8 @@
 //! snippet (examples/nginx/quotad.conf): the 6th request of a 5-a-minute
 //! key gets 429 from NGINX with `Retry-After`, another key passes, the
 //! RateLimit headers reach the client, a request without a key gets 401,
-//! and with quotad down NGINX fails closed (503), as configured.
+//! a client's own `x-quotad-mode`/`x-quotad-cost` change nothing, and
+//! with quotad down NGINX fails closed (503), as configured.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,9 +182,25 @@ async fn nginx_auth_request_passes_limits_and_fails_closed_without_quotad() {
     assert_eq!(get(Some("bob")).await.status, 200);
     assert_eq!(get(None).await.status, 401);
     assert_eq!(served.load(Ordering::SeqCst), 6);
+    // A client cannot make its own check a peek, or cheaper: each of
+    // these costs one, as NGINX asks.
+    for left in ["4", "3"] {
+        let headers = [
+            ("x-api-key", "dora"),
+            ("x-quotad-mode", "peek"),
+            ("x-quotad-cost", "0"),
+        ];
+        let a = http_request(n.addr, "GET", "/api/items", &headers, None).await;
+        assert_eq!(
+            (a.status, a.header("ratelimit-remaining")),
+            (200, Some(left)),
+            "{a:?}"
+        );
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 8);
     // quotad down: NGINX fails closed, as the example configures.
     d.stop().await.unwrap();
     let a = get(Some("carol")).await;
     assert_eq!(a.status, 503, "{a:?}");
-    assert_eq!(served.load(Ordering::SeqCst), 6);
+    assert_eq!(served.load(Ordering::SeqCst), 8);
 }

@@ -282,23 +282,29 @@ async fn clients(nodes: &[TestDaemon]) -> Vec<Client> {
 async fn three_nodes_never_grant_more_than_the_limit_and_use_all_of_it() {
     // 50 clients on 3 nodes acquire and release one slot at random for
     // 10 s. A shared count of leases held (up when a grant arrives, down
-    // before its release is sent) never exceeds 10, and reaches it.
+    // before its release is sent) never exceeds 10; and every slot gets
+    // used: the most slots in use that Redis reported (on a grant, its
+    // own included; on a denial, what was full) is 10. (The clients' own
+    // count reaching 10 depends on how fast a loaded machine answers.)
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis, "deny").await;
     let cs = clients(&nodes).await;
     let held = Arc::new(AtomicI64::new(0));
     let most = Arc::new(AtomicI64::new(0));
+    let in_use = Arc::new(AtomicI64::new(0));
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut tasks = Vec::new();
     for caller in 0..50u64 {
         let mut c = cs[caller as usize % 3].clone();
         let (held, most) = (Arc::clone(&held), Arc::clone(&most));
+        let in_use = Arc::clone(&in_use);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(caller);
             let mut granted = 0u64;
             while tokio::time::Instant::now() < end {
                 let a = acquire(&mut c, "shared", 1).await;
                 assert!(a.in_use <= 10, "{} in use", a.in_use);
+                in_use.fetch_max(a.in_use as i64, Ordering::SeqCst);
                 if a.granted {
                     granted += 1;
                     let now = held.fetch_add(1, Ordering::SeqCst) + 1;
@@ -320,7 +326,7 @@ async fn three_nodes_never_grant_more_than_the_limit_and_use_all_of_it() {
     }
     let most = most.load(Ordering::SeqCst);
     assert!(most <= 10, "{most} leases held at once");
-    assert_eq!(most, 10, "every slot got used");
+    assert_eq!(in_use.load(Ordering::SeqCst), 10, "every slot got used");
     assert!(granted > 100, "only {granted} grants in 10 s");
     // Everything released: all 10 slots are free, on any node.
     let mut c = cs[2].clone();

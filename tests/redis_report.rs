@@ -6,6 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::{CheckMode, CheckRequest, CheckResponse, ReportRequest, ReportResponse};
 use quotad::core::ManualClock;
@@ -29,6 +35,8 @@ plans:
       - {{ name: daily, quota: 100, per: day, mode: strict }}
 keys:
   "paid-key": {{ plan: paid }}
+envoy:
+  domains: [llm]
 requests:
   max_cost: 100000
 store:
@@ -131,7 +139,7 @@ fn assert_in_debt(r: &CheckResponse, ms: u64) {
 #[tokio::test]
 async fn strict_reports_are_charged_in_redis_as_they_come() {
     let redis = RedisServer::start().await;
-    let [(_a, ca), (_b, cb)] = two_nodes(&redis).await;
+    let [(a, ca), (b, cb)] = two_nodes(&redis).await;
     // 2 nodes × 3 callers × 10 reports of 7 = 420 against a strict 100.
     let mut tasks = Vec::new();
     for c in [ca.clone(), cb.clone()] {
@@ -157,4 +165,28 @@ async fn strict_reports_are_charged_in_redis_as_they_come() {
     let mut c = cb;
     let r = report(&mut c, "paid-key", 1).await;
     assert_eq!((r.remaining, r.debt), (0, 321), "{r:?}");
+    // Envoy's request-time check (hits_addend 0) is decided in Redis too:
+    // over the limit, on either node; a key with room is OK.
+    for d in [&a, &b] {
+        let mut rls = RateLimitServiceClient::new(d.channel().await);
+        for (key, code) in [("paid-key", Code::OverLimit), ("other", Code::Ok)] {
+            let r = rls
+                .should_rate_limit(RateLimitRequest {
+                    domain: "llm".into(),
+                    descriptors: vec![RateLimitDescriptor {
+                        entries: vec![Entry {
+                            key: "api_key".into(),
+                            value: key.into(),
+                        }],
+                        hits_addend: Some(UInt64Value { value: 0 }),
+                        ..Default::default()
+                    }],
+                    hits_addend: 0,
+                })
+                .await
+                .expect("answered")
+                .into_inner();
+            assert_eq!(r.overall_code, code as i32, "{key}: {r:?}");
+        }
+    }
 }

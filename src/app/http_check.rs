@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use super::AppError;
 use super::servers::{Listener, bind, local_addr};
 use crate::api::http::HttpDoor;
+use crate::api::http::body::Bodies;
 use crate::config::{Config, HttpCheckBoot};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -64,11 +65,12 @@ pub(super) fn serve(
     metrics: &Metrics,
     stop: Shutdown,
 ) -> impl Future<Output = Result<(), AppError>> + Send + 'static {
-    let door = Arc::new(HttpDoor::new(
-        engine,
+    let bodies = Bodies::new(
         settings.max_body_bytes,
         settings.request_timeout,
-    ));
+        settings.max_buffered_bytes,
+    );
+    let door = Arc::new(HttpDoor::new(engine, bodies));
     let gate = Gate::new(
         "http_check",
         GateRules {

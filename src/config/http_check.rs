@@ -24,11 +24,18 @@ pub struct HttpCheckBoot {
     /// are accepted.
     pub max_connections: usize,
     /// Largest request body (`POST` doors), in bytes: a bigger one is
-    /// answered 413 before it is read.
+    /// answered 400, unread (or cut off as it arrives).
     pub max_body_bytes: usize,
-    /// How long a request's head, and then its body, may take to arrive.
+    /// Request body bytes all the door's requests may hold at once (at
+    /// least `max_body_bytes`; a body counts its `Content-Length`, or
+    /// `max_body_bytes` without one); past it, a request gets 503 at once.
+    pub max_buffered_bytes: usize,
+    /// How long a request's head may take to arrive once the connection
+    /// is ready for it (a kept-alive connection waiting for its next
+    /// request included), and then its body.
     pub request_timeout: Duration,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection that sends nothing for this long is closed (however
+    /// slowly it trickles a request).
     pub idle_timeout: Duration,
 }
 
@@ -38,6 +45,7 @@ impl Default for HttpCheckBoot {
             addr: None,
             max_connections: 1024,
             max_body_bytes: 64 << 10,
+            max_buffered_bytes: 16 << 20,
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }
@@ -85,12 +93,15 @@ pub(super) struct HttpCheckRaw {
     key_header: Option<String>,
     max_connections: Option<Positive>,
     max_body_bytes: Option<Positive>,
+    max_buffered_bytes: Option<Positive>,
     request_timeout: Option<Dur>,
     idle_timeout: Option<Dur>,
 }
 
 /// Largest `server.http_check.max_connections`.
 const MAX_CONNECTIONS_CAP: u64 = 1_000_000;
+/// Largest `server.http_check.max_buffered_bytes`.
+const BUFFERED_BYTES_CAP: u64 = 4 << 30;
 /// Smallest and largest `server.http_check.max_body_bytes`.
 const BODY_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(64 << 20);
 
@@ -135,6 +146,21 @@ impl HttpCheckRaw {
             }
             boot.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        if let Some(n) = self.max_buffered_bytes {
+            let n = n.0.get();
+            if n < boot.max_body_bytes as u64 || n > BUFFERED_BYTES_CAP {
+                return Err(Issue::new(
+                    at("max_buffered_bytes"),
+                    format!(
+                        "must be from max_body_bytes ({}) to {BUFFERED_BYTES_CAP} (got {n})",
+                        boot.max_body_bytes
+                    ),
+                ));
+            }
+            boot.max_buffered_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        } else {
+            boot.max_buffered_bytes = boot.max_buffered_bytes.max(boot.max_body_bytes);
+        }
         if let Some(d) = self.request_timeout {
             boot.request_timeout = d.0;
         }
@@ -167,7 +193,7 @@ pub(super) fn summary(boot: &HttpCheckBoot, live: &HttpCheckLive, tls: bool) -> 
     match boot.addr {
         None => "http check: off (server.http_check.addr, --http-check-addr)".into(),
         Some(addr) => format!(
-            "http check: {addr} ({}), key from {}, max {} connections, body {} bytes, request timeout {}, idle timeout {}",
+            "http check: {addr} ({}), key from {}, max {} connections, body {} bytes ({} at once), request timeout {}, idle timeout {}",
             if tls { "TLS" } else { "plain text" },
             match &live.key_header {
                 KeyHeader::Bearer => "authorization: Bearer".to_owned(),
@@ -175,6 +201,7 @@ pub(super) fn summary(boot: &HttpCheckBoot, live: &HttpCheckLive, tls: bool) -> 
             },
             boot.max_connections,
             boot.max_body_bytes,
+            boot.max_buffered_bytes,
             format_duration(boot.request_timeout),
             format_duration(boot.idle_timeout),
         ),

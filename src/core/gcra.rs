@@ -134,12 +134,18 @@ pub fn check(rate: &Rate, cell: &AtomicU64, now: Nanos, cost: u64, commit: bool)
 /// bucket has refilled past zero. Returns the state after ([`after`]).
 #[inline]
 pub fn force(rate: &Rate, cell: &AtomicU64, now: Nanos, cost: u64) -> Verdict {
-    let inc = rate.emission(cost);
-    let step = |tat: Nanos| tat.max(now).saturating_add(inc);
+    let step = |tat: Nanos| forced(rate, tat, now, cost);
     let prev = match cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(step(t))) {
         Ok(t) | Err(t) => t,
     };
     after(rate, step(prev), now)
+}
+
+/// The TAT after [`force`] charged `cost` tokens to a bucket at `tat`:
+/// `max(tat, now) + emission(cost)`, saturating.
+#[inline]
+pub fn forced(rate: &Rate, tat: Nanos, now: Nanos, cost: u64) -> Nanos {
+    tat.max(now).saturating_add(rate.emission(cost))
 }
 
 /// A bucket's standing after a report left its TAT at `tat`: allowed (a

@@ -7,6 +7,7 @@
 use smallvec::SmallVec;
 
 use crate::config::Live;
+use crate::core::Act;
 use crate::core::decision::Decision;
 use crate::limits::rls::{Domain, RlsLimit, Rule};
 use crate::limits::{Limit, Table};
@@ -55,6 +56,19 @@ pub enum Mode {
     /// spent, known only after the work): buckets may go into debt,
     /// quotas past their amount. Strict limits are charged in Redis.
     Report,
+}
+
+impl Mode {
+    /// What an item of this mode costing `cost` does to a limit's cells:
+    /// a charge of 0 (or a peek) only reads, a report forces. A refund
+    /// gives back on its own path, then reads.
+    pub fn act(self, cost: u64) -> Act {
+        match self {
+            Mode::Charge if cost > 0 => Act::Commit,
+            Mode::Report => Act::Force,
+            Mode::Charge | Mode::Peek | Mode::Refund => Act::Dry,
+        }
+    }
 }
 
 /// An Envoy descriptor's entries, as the engine reads them: (key, value)

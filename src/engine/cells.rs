@@ -133,7 +133,8 @@ impl Engine {
     /// charges the key's own cell whatever it holds. Should the store be
     /// full and the key win no cell of its own, a report charges the
     /// shared overflow cell only as a check would (never into debt, which
-    /// would hold every other new key back).
+    /// would hold every other new key back), and one it has no room for
+    /// is absorbed: answered, not charged.
     #[inline]
     pub(super) fn apply_as(
         &self,
@@ -329,6 +330,17 @@ impl Charge {
             }
             (v, charged)
         });
+        // A report the overflow cell had no room for is absorbed there:
+        // never refused (a report is not), never debt on the shared cell.
+        let v = match self.act {
+            Act::Force if !v.allowed => Verdict {
+                allowed: true,
+                retry_after: v.retry_after.or(Some(0)),
+                excess: 0,
+                ..v
+            },
+            _ => v,
+        };
         (v, if charged { at } else { Landed::Nowhere })
     }
 }

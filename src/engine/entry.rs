@@ -277,15 +277,9 @@ impl Engine {
         };
         match item.mode {
             Mode::Refund => self.refund_limit(&limit.limit, key, item.cost),
-            Mode::Peek => {
+            mode => {
                 let now = self.clock.now();
-                self.apply(&limit.limit, (key, source), now, item.cost, false)
-                    .0
-            }
-            Mode::Charge => self.check_limit(&limit.limit, key, item.cost, source),
-            Mode::Report => {
-                let now = self.clock.now();
-                let act = crate::core::Act::Force;
+                let act = mode.act(item.cost);
                 self.apply_as(&limit.limit, (key, source), now, item.cost, act)
                     .0
             }
@@ -310,13 +304,24 @@ impl Engine {
             return;
         };
         let capacity = limit.limit.capacity();
-        let hits = hits(
-            &o.decision,
-            (item.cost, excess),
-            capacity,
-            near,
-            o.shadowed(),
-        );
+        let hits = if item.mode == Mode::Report {
+            // Never refused: the units of this report past the limit.
+            let over = excess.min(item.cost);
+            Hits {
+                total: item.cost,
+                within: item.cost - over,
+                over,
+                ..Hits::default()
+            }
+        } else {
+            hits(
+                &o.decision,
+                (item.cost, excess),
+                capacity,
+                near,
+                o.shadowed(),
+            )
+        };
         let entries = item.entries.pairs();
         match rule.map(|r| &r.stats) {
             Some(stats) => match stats.fixed() {

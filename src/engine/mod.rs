@@ -194,6 +194,20 @@ impl Engine {
         self.view().check(req)
     }
 
+    /// [`Engine::check`] as a peek: the answer a charge would get,
+    /// changing nothing (`CHECK_MODE_PEEK`).
+    #[inline]
+    pub fn peek(&self, req: &Request<'_>) -> Decision {
+        self.view().decide(req, false)
+    }
+
+    /// [`Engine::check`] as a report: `req.cost` charged to every limit
+    /// whatever it holds ([`View::report`]).
+    #[inline]
+    pub fn report(&self, req: &Request<'_>) -> Decision {
+        self.view().report(req)
+    }
+
     /// A consistent view of the rules in effect for one call. Cheap; do
     /// not hold it for long (nor across a wait).
     #[inline]
@@ -251,22 +265,6 @@ impl Engine {
     /// The current time according to the engine's clock.
     pub fn now(&self) -> Nanos {
         self.clock.now()
-    }
-
-    /// Decides `cost` units against one limit for the cells filed under
-    /// `key` (a keyed hash, such as an Envoy descriptor's), outside any
-    /// plan, counting any new cell under `source`'s budget: how Envoy RLS
-    /// descriptor limits are applied. A cost of 0 only reports the state.
-    #[inline]
-    pub(crate) fn check_limit(
-        &self,
-        limit: &Limit,
-        key: u64,
-        cost: u64,
-        source: KeySource,
-    ) -> Verdict {
-        self.apply(limit, (key, source), self.clock.now(), cost, cost > 0)
-            .0
     }
 
     /// Gives `cost` units back to one limit's cell for `key` (creating

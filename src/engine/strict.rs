@@ -21,7 +21,7 @@ use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::decision::{Decision, DenyReason, PlanId, Request};
 use crate::core::gcra::{self, Verdict};
 use crate::core::{counter, quota, window};
-use crate::limits::{Assigned, LimitKind};
+use crate::limits::{Assigned, Limit, LimitKind};
 
 /// Redis's answer to one job: whether it charged, and each cell's state
 /// before the check.
@@ -243,60 +243,22 @@ impl View<'_> {
         if !same {
             return None;
         }
-        let store = self.store();
         let charge = ok && job.cost > 0 && job.act != Act::Dry;
-        let force = job.act == Act::Force;
+        let verdicts = limits
+            .iter()
+            .zip(&job.cells)
+            .zip(before)
+            .map(|((limit, cell), state)| self.strict_verdict(limit, cell, *state, job, charge));
+        if job.act == Act::Force {
+            // A report is never refused: where each limit stands after it.
+            let mut reported = Reported::default();
+            for (i, v) in verdicts.enumerate() {
+                reported.note(i, v);
+            }
+            return Some(reported.answer(job.plan, limits));
+        }
         let mut seen = Seen::default();
-        let mut reported = Reported::default();
-        for (i, ((limit, cell), state)) in limits.iter().zip(&job.cells).zip(before).enumerate() {
-            let v = match &limit.kind {
-                LimitKind::Rate(r) => {
-                    let tat = state.saturating_mul(1_000);
-                    let (v, next) = gcra::decide(r, tat, job.now, job.cost);
-                    let forced = tat.max(job.now).saturating_add(r.emission(job.cost));
-                    let after = match (charge, force) {
-                        (true, true) => forced,
-                        (true, false) => next.unwrap_or(tat),
-                        (false, _) => tat,
-                    };
-                    store.mirror_bucket(cell.id, after, job.now);
-                    if charge && force {
-                        gcra::after(r, after, job.now)
-                    } else {
-                        v
-                    }
-                }
-                LimitKind::Quota(q) => {
-                    let span = q.window.span(job.now);
-                    let (v, _) = quota::decide(q, *state, span, job.now, job.cost);
-                    let after = if charge {
-                        state.saturating_add(job.cost)
-                    } else {
-                        *state
-                    };
-                    store.mirror_counter(cell.id, span.end, after, job.now);
-                    if charge && force {
-                        quota::counted(q.quota.get(), after, span.end.saturating_sub(job.now))
-                    } else {
-                        v
-                    }
-                }
-                LimitKind::Window(w) => {
-                    let span = window::epoch_span(job.now, w.period);
-                    let (v, _) = counter::decide(w, *state, span, job.now, job.cost);
-                    let after = if charge {
-                        state.saturating_add(job.cost)
-                    } else {
-                        *state
-                    };
-                    store.mirror_counter(cell.id, span.end, after, job.now);
-                    if charge && force {
-                        quota::counted(w.limit, after, span.end.saturating_sub(job.now))
-                    } else {
-                        v
-                    }
-                }
-            };
+        for (i, v) in verdicts.enumerate() {
             // Redis decided; the engine's arithmetic (in ns, where Redis
             // rounds to µs) only fills in the numbers.
             let v = match (ok, v.allowed) {
@@ -316,10 +278,6 @@ impl View<'_> {
                 _ => v,
             };
             seen.note(i, v);
-            reported.note(i, v);
-        }
-        if charge && force {
-            return Some(reported.answer(job.plan, limits));
         }
         let mut d = seen.answer(job.plan, limits);
         if !ok && d.allowed {
@@ -330,5 +288,66 @@ impl View<'_> {
             d.retry_after = Some(NANOS_PER_SEC / 1_000);
         }
         Some(d)
+    }
+
+    /// One limit's verdict from its `state` in Redis before the job (a
+    /// report's: where it stands after), this node's cell brought up to
+    /// the state after (`charge`: the job was charged). A peek of an
+    /// empty state makes no cell: a flood of peeks of random keys must not
+    /// take the store.
+    fn strict_verdict(
+        &self,
+        limit: &Limit,
+        cell: &StrictCell,
+        state: u64,
+        job: &StrictJob,
+        charge: bool,
+    ) -> Verdict {
+        let now = job.now;
+        let force = job.act == Act::Force;
+        let (decide, cap, span) = match &limit.kind {
+            LimitKind::Rate(r) => {
+                let tat = state.saturating_mul(1_000);
+                let (v, next) = gcra::decide(r, tat, now, job.cost);
+                let after = match (charge, force) {
+                    (false, _) => tat,
+                    (true, true) => gcra::forced(r, tat, now, job.cost),
+                    (true, false) => next.unwrap_or(tat),
+                };
+                if job.act != Act::Dry || tat > now {
+                    self.store().mirror_bucket(cell.id, after, now);
+                }
+                return if force { gcra::after(r, after, now) } else { v };
+            }
+            LimitKind::Quota(q) => {
+                let span = q.window.span(now);
+                (
+                    quota::decide(q, state, span, now, job.cost).0,
+                    q.quota.get(),
+                    span,
+                )
+            }
+            LimitKind::Window(w) => {
+                let span = window::epoch_span(now, w.period);
+                (
+                    counter::decide(w, state, span, now, job.cost).0,
+                    w.limit,
+                    span,
+                )
+            }
+        };
+        let after = if charge {
+            state.saturating_add(job.cost)
+        } else {
+            state
+        };
+        if job.act != Act::Dry || state > 0 {
+            self.store().mirror_counter(cell.id, span.end, after, now);
+        }
+        if force {
+            quota::counted(cap, after, span.end.saturating_sub(now))
+        } else {
+            decide
+        }
     }
 }

@@ -57,6 +57,16 @@ fn limiter(limits: Vec<Limit>, max_cells: usize) -> (Engine, Arc<ManualClock>) {
     (l, clock)
 }
 
+impl Engine {
+    /// One descriptor limit's charge for the cells filed under `key`, as
+    /// the RLS door's items make it (a cost of 0 only reads).
+    fn check_limit(&self, limit: &Limit, key: u64, cost: u64, source: KeySource) -> Verdict {
+        let now = self.clock.now();
+        self.apply_as(limit, (key, source), now, cost, Mode::Charge.act(cost))
+            .0
+    }
+}
+
 fn req(key: &str, cost: u64) -> Request<'_> {
     Request::new(key, cost)
 }
@@ -738,4 +748,27 @@ fn a_counter_replaced_before_its_flush_still_sends_its_change() {
         .collect();
     sent.sort_unstable();
     assert_eq!(sent, [2, 3], "both windows' changes, once each");
+}
+
+#[test]
+fn a_report_the_full_stores_overflow_cell_has_no_room_for_is_absorbed() {
+    // A store of one cell, held by an established key: new keys share
+    // the overflow cell (10 a second, burst 20).
+    let (l, _) = limiter(vec![rate("p", "r", 10, 20)], 1);
+    for _ in 0..5 {
+        assert!(l.check(&req("steady", 1)).allowed);
+    }
+    for i in 0..50 {
+        let name = format!("flood{i}");
+        let d = l.report(&req(&name, 7));
+        assert!(d.allowed, "a report is never refused: {d:?}");
+        assert_eq!(d.over, 0, "never debt on the shared cell: {d:?}");
+    }
+    // Two reports of 7 fit the shared 20; the other 48 were absorbed: it
+    // holds 6, not a debt, so a new key's 6 still pass (and a 7th not).
+    assert!(l.store().overflow_checks() >= 50);
+    let d = l.check(&req("newcomer", 6));
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    assert!(!l.check(&req("another", 1)).allowed);
+    assert_eq!(l.peek(&req("steady", 1)).remaining, 14, "untouched");
 }

@@ -44,11 +44,8 @@ impl Engine {
             .map(|item| match item.key {
                 Some(key) if item.limit.is_none() && item.mode != Mode::Refund => {
                     let req = self.plan_request(view.live(), key, item);
-                    let act = match item.mode {
-                        Mode::Peek => Act::Dry,
-                        Mode::Report => Act::Force,
-                        Mode::Charge | Mode::Refund => Act::Commit,
-                    };
+                    // A charge of 0 asks Redis as a peek does.
+                    let act = item.mode.act(item.cost);
                     view.strict_job(&req, first_read)
                         .map(|job| (StrictJob { act, ..job }, req))
                 }

@@ -42,14 +42,16 @@ for i = 1, n do
   local base = 5 + (i - 1) * 3
   local v = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   before[i] = v
+  -- A cost of 0 only asks: refused while a bucket is in debt or a
+  -- counter past its amount (reports put them there).
   if ARGV[base] == 'b' then
     local tat = v
     if tat < now then tat = now end
-    if cost > 0 and tat + tonumber(ARGV[base + 1]) - now > tonumber(ARGV[base + 2]) then
+    if tat + tonumber(ARGV[base + 1]) - now > tonumber(ARGV[base + 2]) then
       ok = false
     end
   else
-    if cost > 0 and v + cost > tonumber(ARGV[base + 1]) then ok = false end
+    if v + cost > tonumber(ARGV[base + 1]) then ok = false end
   end
 end
 -- A report is charged whatever the cells hold (unless cancelled).

@@ -5,16 +5,20 @@
 //! - the key comes from `server.http_check.key_header` (default
 //!   `x-api-key`; `authorization` means the Bearer token); missing or
 //!   empty: **401** (with `WWW-Authenticate: Bearer` for the Bearer form);
-//! - the cost from `x-quotad-cost` (default 1, at most `requests.max_cost`),
-//!   the mode from `x-quotad-mode` (`charge`, the default, or `peek`);
+//!   sent twice: **400** (the gateway's upstream might read the other);
+//! - the cost from the query's `cost` (`/v1/auth?cost=5`: the gateway's
+//!   URL, out of the client's reach), else the `x-quotad-cost` header,
+//!   else 1; the query's `mode=peek` only looks. The mode is never taken
+//!   from a header: a client's own `x-quotad-mode: peek`, forwarded by the
+//!   gateway, must not skip its charge;
 //! - **200** when allowed, **429** with `Retry-After` when denied (also for
 //!   a blocked key; without `Retry-After` when waiting cannot help), **503**
 //!   with `Retry-After` when a strict limit could not be decided in Redis
 //!   and the fail mode denies, **400** for a bad key, cost or mode;
 //! - every decided answer carries the configured RateLimit headers
 //!   (`response_headers`), plus `X-Quotad-Policy` naming the deciding
-//!   limit; a refusal's body is a short JSON object, which Traefik and
-//!   Caddy pass on to the client.
+//!   limit when one decided; a refusal's body is a short JSON object,
+//!   which Traefik and Caddy pass on to the client.
 
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -30,14 +34,11 @@ use crate::metrics::Api;
 /// The header a cost comes in.
 pub const COST_HEADER: &str = "x-quotad-cost";
 
-/// The header a mode comes in.
-pub const MODE_HEADER: &str = "x-quotad-mode";
-
 /// The header naming the deciding limit in answers.
 pub const POLICY_HEADER: &str = "x-quotad-policy";
 
-/// Answers one forward-auth request from its headers.
-pub async fn answer(engine: &Engine, headers: &HeaderMap) -> Answer {
+/// Answers one forward-auth request from its URL's `query` and headers.
+pub async fn answer(engine: &Engine, query: Option<&str>, headers: &HeaderMap) -> Answer {
     let key_header = engine
         .view()
         .config()
@@ -53,10 +54,11 @@ pub async fn answer(engine: &Engine, headers: &HeaderMap) -> Answer {
             return match no_key {
                 NoKey::Missing => unauthorized(&key_header),
                 NoKey::NotUtf8 => invalid(&format!("{}: the key is not UTF-8", key_header.name())),
+                NoKey::Twice => invalid(&format!("{}: sent more than once", key_header.name())),
             };
         }
     };
-    let req = match request(headers, key) {
+    let req = match request(query, headers, key) {
         Ok(r) => r,
         Err(why) => {
             engine.metrics().refused(Api::HttpAuth);
@@ -75,11 +77,17 @@ enum NoKey {
     Missing,
     /// Not UTF-8: 400.
     NotUtf8,
+    /// Sent twice: 400.
+    Twice,
 }
 
 /// The key the request sends in `from`.
 fn key(headers: &HeaderMap, from: &KeyHeader) -> Result<String, NoKey> {
-    let raw = headers.get(from.name()).map(HeaderValue::as_bytes);
+    let mut all = headers.get_all(from.name()).iter();
+    let raw = all.next().map(HeaderValue::as_bytes);
+    if all.next().is_some() {
+        return Err(NoKey::Twice);
+    }
     let value = match (from, raw) {
         (_, None) => None,
         (KeyHeader::Bearer, Some(v)) => bearer(v),
@@ -113,27 +121,30 @@ fn unauthorized(from: &KeyHeader) -> Answer {
     r
 }
 
-/// The check the headers ask for (its key and cost validated by the
-/// engine's call).
-fn request(headers: &HeaderMap, key: String) -> Result<CheckRequest, String> {
-    let cost = match headers.get(COST_HEADER) {
-        None => 1,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("{COST_HEADER}: expected a non-negative integer, got {v:?}"))?,
+/// The check the URL's query and the headers ask for (its key and cost
+/// validated by the engine's call).
+fn request(query: Option<&str>, headers: &HeaderMap, key: String) -> Result<CheckRequest, String> {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     };
-    let mode = match headers.get(MODE_HEADER).map(HeaderValue::as_bytes) {
-        None => CheckMode::Charge,
-        Some(v) if v.eq_ignore_ascii_case(b"charge") => CheckMode::Charge,
-        Some(v) if v.eq_ignore_ascii_case(b"peek") => CheckMode::Peek,
-        Some(v) => {
-            return Err(format!(
-                "{MODE_HEADER}: expected charge or peek, got {:?}",
-                String::from_utf8_lossy(v)
-            ));
-        }
+    let number = |what: &str, v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{what}: expected a non-negative integer, got {v:?}"))
+    };
+    let cost = match (param("cost"), headers.get(COST_HEADER)) {
+        (Some(v), _) => number("cost", v)?,
+        (None, Some(v)) => number(COST_HEADER, &String::from_utf8_lossy(v.as_bytes()))?,
+        (None, None) => 1,
+    };
+    let mode = match param("mode") {
+        None | Some("charge") => CheckMode::Charge,
+        Some("peek") => CheckMode::Peek,
+        Some(other) => return Err(format!("mode: expected charge or peek, got {other:?}")),
     };
     Ok(CheckRequest {
         key,
@@ -203,24 +214,46 @@ mod tests {
     }
 
     #[test]
-    fn cost_and_mode_headers_are_checked() {
+    fn cost_comes_from_the_query_then_the_header_and_mode_only_from_the_query() {
         let mut h = HeaderMap::new();
-        assert_eq!(request(&h, "k".into()).unwrap().cost, 1);
+        assert_eq!(request(None, &h, "k".into()).unwrap().cost, 1);
         h.insert(COST_HEADER, HeaderValue::from_static("-3"));
         assert!(
-            request(&h, "k".into())
+            request(None, &h, "k".into())
                 .unwrap_err()
                 .starts_with("x-quotad-cost:")
         );
         h.insert(COST_HEADER, HeaderValue::from_static("7"));
-        h.insert(MODE_HEADER, HeaderValue::from_static("PEEK"));
-        let r = request(&h, "k".into()).unwrap();
-        assert_eq!((r.cost, r.mode), (7, CheckMode::Peek as i32));
-        h.insert(MODE_HEADER, HeaderValue::from_static("spend"));
-        assert!(
-            request(&h, "k".into())
-                .unwrap_err()
-                .starts_with("x-quotad-mode:")
+        assert_eq!(request(None, &h, "k".into()).unwrap().cost, 7);
+        let r = request(Some("cost=2&mode=peek"), &h, "k".into()).unwrap();
+        assert_eq!((r.cost, r.mode), (2, CheckMode::Peek as i32));
+        // A client's header cannot turn its check into a peek.
+        h.insert("x-quotad-mode", HeaderValue::from_static("peek"));
+        assert_eq!(
+            request(None, &h, "k".into()).unwrap().mode,
+            CheckMode::Charge as i32
         );
+        assert!(
+            request(Some("mode=spend"), &h, "k".into())
+                .unwrap_err()
+                .starts_with("mode:")
+        );
+        assert!(
+            request(Some("cost=x"), &h, "k".into())
+                .unwrap_err()
+                .starts_with("cost:")
+        );
+    }
+
+    #[test]
+    fn a_key_sent_twice_is_refused() {
+        let mut h = HeaderMap::new();
+        h.append("x-api-key", HeaderValue::from_static("a"));
+        assert!(matches!(key(&h, &KeyHeader::Named("x-api-key".into())), Ok(k) if k == "a"));
+        h.append("x-api-key", HeaderValue::from_static("b"));
+        assert!(matches!(
+            key(&h, &KeyHeader::Named("x-api-key".into())),
+            Err(NoKey::Twice)
+        ));
     }
 }

@@ -9,6 +9,7 @@
 //! would swap the well-known types under every message of the crate, and
 //! four messages do not need it.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::api::pb::{
@@ -34,157 +35,120 @@ impl JsonError {
     }
 }
 
-/// Parses a request body as one JSON object.
-pub fn parse(body: &[u8]) -> Result<Value, JsonError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| JsonError::new("body", format!("not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(JsonError::new("body", "must be a JSON object"));
+/// A field's value as the body holds it: borrowed, read only when asked.
+pub(crate) type Raw<'a> = Option<&'a RawValue>;
+
+/// Reads `body` as the JSON object `T`, whose fields are the message's
+/// (by proto name or lowerCamelCase alias) as [`Raw`] values: a field not
+/// in `T` or given twice is refused as it is met, and nothing is parsed
+/// but the object's own structure, so a body costs about its own size
+/// however it nests.
+pub fn object<'a, T: serde::Deserialize<'a>>(body: &'a [u8], at: &str) -> Result<T, JsonError> {
+    // (serde would also read a struct from an array, by position.)
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(JsonError::new(name(at), "must be a JSON object")),
+        None => return Err(JsonError::new(name(at), "empty (expected a JSON object)")),
     }
-    Ok(v)
-}
-
-/// A JSON object read as one proto3 message.
-pub(crate) struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    /// The path of the message (`""` for the body itself).
-    at: String,
-}
-
-impl<'a> Fields<'a> {
-    /// `v` as a message at `at`, whose fields are `known` (proto names;
-    /// their lowerCamelCase forms are accepted too). `null` is an empty
-    /// message.
-    pub(crate) fn of(v: &'a Value, at: &str, known: &[&str]) -> Result<Self, JsonError> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        let obj = match v {
-            Value::Object(o) => o,
-            Value::Null => EMPTY.get_or_init(Map::new),
-            other => {
-                return Err(JsonError::new(
-                    name(at),
-                    format!("expected an object, got {}", kind(other)),
-                ));
-            }
+    serde_json::from_slice(body).map_err(|e| {
+        let why = e.to_string();
+        let why = match e.classify() {
+            serde_json::error::Category::Data => why,
+            _ => format!("not valid JSON: {why}"),
         };
-        for key in obj.keys() {
-            if !known.iter().any(|k| *k == key || camel(k) == *key) {
-                return Err(JsonError::new(
-                    path(at, key),
-                    format!("unknown field (expected one of {})", known.join(", ")),
-                ));
-            }
-        }
-        Ok(Self {
-            obj,
-            at: at.to_owned(),
-        })
-    }
-
-    /// The field's value and path (`None` when absent or `null`).
-    pub(crate) fn get(&self, field: &str) -> Option<(&'a Value, String)> {
-        let camel = camel(field);
-        let v = self.obj.get(field).or_else(|| self.obj.get(&camel))?;
-        (!v.is_null()).then(|| (v, path(&self.at, field)))
-    }
-
-    /// A string field ("" when absent).
-    pub(crate) fn string(&self, field: &str) -> Result<&'a str, JsonError> {
-        match self.get(field) {
-            None => Ok(""),
-            Some((Value::String(s), _)) => Ok(s),
-            Some((other, at)) => Err(JsonError::new(
-                at,
-                format!("expected a string, got {}", kind(other)),
-            )),
-        }
-    }
-
-    /// An unsigned 64-bit field (0 when absent).
-    pub(crate) fn u64(&self, field: &str) -> Result<u64, JsonError> {
-        self.get(field).map_or(Ok(0), |(v, at)| unsigned(v, &at))
-    }
-
-    /// A bool field (false when absent).
-    pub(crate) fn bool(&self, field: &str) -> Result<bool, JsonError> {
-        match self.get(field) {
-            None => Ok(false),
-            Some((Value::Bool(b), _)) => Ok(*b),
-            Some((other, at)) => Err(JsonError::new(
-                at,
-                format!("expected true or false, got {}", kind(other)),
-            )),
-        }
-    }
-
-    /// An enum field by name or number (0 when absent).
-    pub(crate) fn enumeration(&self, field: &str, names: &[(&str, i32)]) -> Result<i32, JsonError> {
-        let Some((v, at)) = self.get(field) else {
-            return Ok(0);
-        };
-        let expected = || names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
-        match v {
-            Value::String(s) => names
-                .iter()
-                .find(|(n, _)| n == s)
-                .map(|(_, i)| *i)
-                .ok_or_else(|| {
-                    JsonError::new(at, format!("unknown value {s:?} (expected {})", expected()))
-                }),
-            Value::Number(n) => n
-                .as_i64()
-                .and_then(|i| i32::try_from(i).ok())
-                .filter(|i| names.iter().any(|(_, j)| j == i))
-                .ok_or_else(|| {
-                    JsonError::new(at, format!("unknown value {n} (expected {})", expected()))
-                }),
-            other => Err(JsonError::new(
-                at,
-                format!("expected a name or a number, got {}", kind(other)),
-            )),
-        }
-    }
+        JsonError::new(name(at), why)
+    })
 }
 
-/// An unsigned 64-bit integer: a JSON number without a fraction, or a
-/// string of decimal digits.
-pub(crate) fn unsigned(v: &Value, at: &str) -> Result<u64, JsonError> {
-    let bad =
-        |what: String| JsonError::new(at, format!("expected a non-negative integer, got {what}"));
-    match v {
-        Value::Number(n) => n.as_u64().ok_or_else(|| bad(n.to_string())),
-        Value::String(s) => s.parse::<u64>().map_err(|_| bad(format!("{s:?}"))),
-        other => Err(bad(kind(other).to_owned())),
-    }
+/// The raw value as a `T` (`null`, like an absent field, is the default).
+fn scalar<T: serde::de::DeserializeOwned + Default>(
+    raw: Raw<'_>,
+    at: &str,
+    expected: &str,
+) -> Result<T, JsonError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(T::default());
+    };
+    serde_json::from_str(raw.get())
+        .map_err(|_| JsonError::new(at, format!("expected {expected}, got {}", shown(raw))))
 }
 
-/// The JSON type of `v`, for messages.
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+/// A string field ("" when absent).
+pub(crate) fn string(raw: Raw<'_>, at: &str) -> Result<String, JsonError> {
+    scalar(raw, at, "a string")
 }
 
-/// The lowerCamelCase JSON name of a proto field name.
-fn camel(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut upper = false;
-    for c in field.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
+/// A bool field (false when absent).
+pub(crate) fn boolean(raw: Raw<'_>, at: &str) -> Result<bool, JsonError> {
+    scalar(raw, at, "true or false")
+}
+
+/// An unsigned 64-bit field (0 when absent): a JSON number without a
+/// fraction, or a string of decimal digits.
+pub(crate) fn unsigned(raw: Raw<'_>, at: &str) -> Result<u64, JsonError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(0);
+    };
+    let text = raw.get();
+    let digits = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    digits.parse::<u64>().map_err(|_| {
+        JsonError::new(
+            at,
+            format!("expected a non-negative integer, got {}", shown(raw)),
+        )
+    })
+}
+
+/// An enum field by name or number (0 when absent).
+pub(crate) fn enumeration(raw: Raw<'_>, at: &str, names: &[(&str, i32)]) -> Result<i32, JsonError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(0);
+    };
+    let text = raw.get();
+    let found = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(name) => names.iter().find(|(n, _)| *n == name).map(|(_, i)| *i),
+        None => text
+            .parse::<i32>()
+            .ok()
+            .filter(|i| names.iter().any(|(_, j)| j == i)),
+    };
+    found.ok_or_else(|| {
+        let expected: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+        JsonError::new(
+            at,
+            format!(
+                "unknown value {} (expected {})",
+                shown(raw),
+                expected.join(", ")
+            ),
+        )
+    })
+}
+
+/// A list field's items, each still raw (empty when absent).
+pub(crate) fn list<'a>(raw: Raw<'a>, at: &str) -> Result<Vec<&'a RawValue>, JsonError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(raw.get())
+        .map_err(|_| JsonError::new(at, format!("expected an array, got {}", shown(raw))))
+}
+
+/// A raw value as a message shows it: short ones whole, long ones by kind.
+fn shown(raw: &RawValue) -> String {
+    let text = raw.get();
+    if text.len() <= 40 {
+        return text.to_owned();
     }
-    out
+    match text.as_bytes().first() {
+        Some(b'"') => "a string".into(),
+        Some(b'[') => "an array".into(),
+        Some(b'{') => "an object".into(),
+        _ => "a value".into(),
+    }
 }
 
 fn name(at: &str) -> String {
@@ -224,24 +188,50 @@ const MODES: &[(&str, i32)] = &[
     ("CHECK_MODE_PEEK", CheckMode::Peek as i32),
 ];
 
+/// `quotad.v1.CheckRequest`'s fields as the body has them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckJson<'a> {
+    #[serde(borrow, default)]
+    key: Raw<'a>,
+    #[serde(borrow, default)]
+    cost: Raw<'a>,
+    #[serde(borrow, default)]
+    id: Raw<'a>,
+    #[serde(borrow, default)]
+    mode: Raw<'a>,
+}
+
 /// A `quotad.v1.CheckRequest`.
-pub fn check_request(v: &Value) -> Result<CheckRequest, JsonError> {
-    let f = Fields::of(v, "", &["key", "cost", "id", "mode"])?;
+pub fn check_request(body: &[u8]) -> Result<CheckRequest, JsonError> {
+    let f: CheckJson<'_> = object(body, "")?;
     Ok(CheckRequest {
-        key: f.string("key")?.to_owned(),
-        cost: f.u64("cost")?,
-        id: f.u64("id")?,
-        mode: f.enumeration("mode", MODES)?,
+        key: string(f.key, "key")?,
+        cost: unsigned(f.cost, "cost")?,
+        id: unsigned(f.id, "id")?,
+        mode: enumeration(f.mode, "mode", MODES)?,
     })
 }
 
+/// `quotad.v1.ReportRequest`'s fields as the body has them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportJson<'a> {
+    #[serde(borrow, default)]
+    key: Raw<'a>,
+    #[serde(borrow, default)]
+    cost: Raw<'a>,
+    #[serde(borrow, default)]
+    id: Raw<'a>,
+}
+
 /// A `quotad.v1.ReportRequest`.
-pub fn report_request(v: &Value) -> Result<ReportRequest, JsonError> {
-    let f = Fields::of(v, "", &["key", "cost", "id"])?;
+pub fn report_request(body: &[u8]) -> Result<ReportRequest, JsonError> {
+    let f: ReportJson<'_> = object(body, "")?;
     Ok(ReportRequest {
-        key: f.string("key")?.to_owned(),
-        cost: f.u64("cost")?,
-        id: f.u64("id")?,
+        key: string(f.key, "key")?,
+        cost: unsigned(f.cost, "cost")?,
+        id: unsigned(f.id, "id")?,
     })
 }
 
@@ -310,23 +300,23 @@ mod tests {
 
     #[test]
     fn a_check_request_reads_both_names_numbers_as_strings_and_enum_forms() {
-        let v = parse(br#"{"key":"k","cost":"5","id":7,"mode":"CHECK_MODE_PEEK"}"#).unwrap();
-        let r = check_request(&v).unwrap();
+        let r =
+            check_request(br#"{"key":"k","cost":"5","id":7,"mode":"CHECK_MODE_PEEK"}"#).unwrap();
         assert_eq!((r.key.as_str(), r.cost, r.id, r.mode), ("k", 5, 7, 1));
-        let v = parse(br#"{"key":"k","mode":1,"cost":null}"#).unwrap();
-        assert_eq!(check_request(&v).unwrap().mode, 1);
+        let r = check_request(br#"{"key":"k","mode":1,"cost":null}"#).unwrap();
+        assert_eq!((r.mode, r.cost), (1, 0));
     }
 
     #[test]
     fn mistakes_name_the_field() {
-        let err = |body: &[u8]| {
-            parse(body)
-                .and_then(|v| check_request(&v))
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(err(b"{").starts_with("body: not valid JSON"));
+        let err = |body: &[u8]| check_request(body).unwrap_err().to_string();
+        assert!(
+            err(b"{").starts_with("body: not valid JSON"),
+            "{}",
+            err(b"{")
+        );
         assert_eq!(err(b"[1]"), "body: must be a JSON object");
+        assert_eq!(err(b" "), "body: empty (expected a JSON object)");
         assert_eq!(
             err(br#"{"key":"k","cost":-1}"#),
             "cost: expected a non-negative integer, got -1"
@@ -335,8 +325,9 @@ mod tests {
             err(br#"{"key":"k","cost":1.5}"#),
             "cost: expected a non-negative integer, got 1.5"
         );
-        assert_eq!(err(br#"{"key":5}"#), "key: expected a string, got a number");
-        assert!(err(br#"{"key":"k","cots":1}"#).starts_with("cots: unknown field"));
+        assert_eq!(err(br#"{"key":5}"#), "key: expected a string, got 5");
+        assert!(err(br#"{"key":"k","cots":1}"#).starts_with("body: unknown field `cots`"));
+        assert!(err(br#"{"key":"k","key":"j"}"#).starts_with("body: duplicate field `key`"));
         assert!(err(br#"{"key":"k","mode":"PEEK"}"#).starts_with("mode: unknown value \"PEEK\""));
     }
 

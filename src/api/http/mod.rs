@@ -12,47 +12,44 @@
 //! validate theirs, and counted under its own `api` with `door="http"`. A
 //! body that is not JSON, has a wrong type or unknown field, or is bigger
 //! than `server.http_check.max_body_bytes` is answered 400 with what was
-//! wrong, and nothing is charged. The listener (connections, TLS,
-//! timeouts) is [`crate::app`]'s.
+//! wrong, and nothing is charged; bodies are read within a budget
+//! ([`body`]). The listener (connections, TLS, timeouts) is
+//! [`crate::app`]'s.
 
 pub mod auth;
+pub mod body;
 pub mod json;
 pub mod rls_json;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use serde_json::json;
 
-use super::error::RequestError;
 use super::{envoy_rls, native, report};
 use crate::engine::Engine;
-use crate::metrics::Api;
+use crate::metrics::{Api, Outcome};
+use body::{Bodies, BodyError};
 
 /// What every answer of the door is.
 pub type Answer = Response<Full<Bytes>>;
 
-/// The door: the engine, and how much of a body it reads, how fast.
+/// The door: the engine, and how it reads bodies.
 #[derive(Debug, Clone)]
 pub struct HttpDoor {
     engine: Arc<Engine>,
-    max_body_bytes: usize,
-    body_timeout: Duration,
+    bodies: Bodies,
 }
 
 impl HttpDoor {
-    /// A door deciding with `engine`, reading bodies of at most
-    /// `max_body_bytes` that arrive within `body_timeout`.
-    pub fn new(engine: Arc<Engine>, max_body_bytes: usize, body_timeout: Duration) -> Self {
-        Self {
-            engine,
-            max_body_bytes,
-            body_timeout,
-        }
+    /// A door deciding with `engine`, reading bodies as `bodies` says.
+    pub fn new(engine: Arc<Engine>, bodies: Bodies) -> Self {
+        Self { engine, bodies }
     }
 
     /// Answers one request.
@@ -61,126 +58,98 @@ impl HttpDoor {
         B: http_body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let path = req.uri().path();
-        match path {
+        let api = match req.uri().path() {
             "/v1/auth" => {
                 let head = req.method() == Method::HEAD;
-                let answer = auth::answer(&self.engine, req.headers()).await;
-                if head {
-                    return without_body(answer);
-                }
-                answer
+                let answer = auth::answer(&self.engine, req.uri().query(), req.headers()).await;
+                return if head { without_body(answer) } else { answer };
             }
             "/v1/check" | "/v1/report" if req.method() != Method::POST => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
                 r.headers_mut()
-                    .insert(ALLOW, http::HeaderValue::from_static("POST"));
-                r
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                return r;
             }
-            "/v1/check" => self.native(req, Api::HttpCheck).await,
-            "/v1/report" => self.native(req, Api::HttpReport).await,
-            "/json" => self.rls(req).await,
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found: quotad's HTTP door serves /v1/auth, /v1/check, /v1/report and /json\n",
-            ),
+            "/v1/check" => Api::HttpCheck,
+            "/v1/report" => Api::HttpReport,
+            "/json" => Api::HttpRls,
+            _ => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "not found: quotad's HTTP door serves /v1/auth, /v1/check, /v1/report and /json\n",
+                );
+            }
+        };
+        let body = match self.bodies.read(req).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.count_refused(api);
+                return match (e, api) {
+                    (BodyError::Busy, _) => busy(),
+                    (BodyError::Bad(why), Api::HttpRls) => bad_request(&why),
+                    (BodyError::Bad(why), _) => invalid(&why),
+                };
+            }
+        };
+        match api {
+            Api::HttpRls => self.rls(&body.bytes).await,
+            Api::HttpCheck => self.check(&body.bytes).await,
+            _ => self.report(&body.bytes).await,
         }
     }
 
-    /// Reads a body: at most `max_body_bytes`, within `body_timeout`.
-    async fn body<B>(&self, req: Request<B>) -> Result<Bytes, String>
-    where
-        B: http_body::Body<Data = Bytes> + Send,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let max = self.max_body_bytes;
-        if let Some(len) = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            && len > max as u64
-        {
-            return Err(format!(
-                "body: {len} bytes exceeds the maximum of {max} bytes"
-            ));
-        }
-        let limited = Limited::new(req.into_body(), max);
-        match tokio::time::timeout(self.body_timeout, limited.collect()).await {
-            Err(_) => Err(format!(
-                "body: did not arrive within {} s",
-                self.body_timeout.as_secs_f64()
-            )),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                Err(format!("body: exceeds the maximum of {max} bytes"))
-            }
-            Ok(Err(e)) => Err(format!("body: could not be read: {e}")),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        }
-    }
-
-    /// `POST /v1/check` and `POST /v1/report`.
-    async fn native<B>(&self, req: Request<B>, api: Api) -> Answer
-    where
-        B: http_body::Body<Data = Bytes> + Send,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let refused = |why: String| {
-            self.engine.metrics().refused(api);
-            invalid(&why)
-        };
-        let value = match self
-            .body(req)
-            .await
-            .and_then(|b| json::parse(&b).map_err(|e| e.to_string()))
-        {
-            Ok(v) => v,
-            Err(why) => return refused(why),
-        };
-        let answer = if api == Api::HttpCheck {
-            match json::check_request(&value) {
-                Ok(r) => native::check_one(&self.engine, api, &r)
-                    .await
-                    .map(|a| json::check_response(&a)),
-                Err(e) => return refused(e.to_string()),
-            }
+    /// Counts a request refused before the engine saw it.
+    fn count_refused(&self, api: Api) {
+        let m = self.engine.metrics();
+        if api.is_rls() {
+            m.rls(api, None, Outcome::Error);
         } else {
-            match json::report_request(&value) {
-                Ok(r) => report::report_one(&self.engine, api, &r)
-                    .await
-                    .map(|a| json::report_response(&a)),
-                Err(e) => return refused(e.to_string()),
+            m.refused(api);
+        }
+    }
+
+    /// `POST /v1/check`.
+    async fn check(&self, body: &[u8]) -> Answer {
+        let req = match json::check_request(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_refused(Api::HttpCheck);
+                return invalid(&e.to_string());
             }
         };
-        match answer {
-            Ok(v) => with_json(StatusCode::OK, &v),
-            // Counted by the engine.
+        // A refusal is counted by the engine.
+        match native::check_one(&self.engine, Api::HttpCheck, &req).await {
+            Ok(a) => with_json(StatusCode::OK, &json::check_response(&a)),
+            Err(e) => invalid(&e.to_string()),
+        }
+    }
+
+    /// `POST /v1/report`.
+    async fn report(&self, body: &[u8]) -> Answer {
+        let req = match json::report_request(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_refused(Api::HttpReport);
+                return invalid(&e.to_string());
+            }
+        };
+        match report::report_one(&self.engine, Api::HttpReport, &req).await {
+            Ok(a) => with_json(StatusCode::OK, &json::report_response(&a)),
             Err(e) => invalid(&e.to_string()),
         }
     }
 
     /// `/json`: envoyproxy/ratelimit's.
-    async fn rls<B>(&self, req: Request<B>) -> Answer
-    where
-        B: http_body::Body<Data = Bytes> + Send,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        let request = self
-            .body(req)
-            .await
-            .and_then(|b| json::parse(&b).map_err(|e| e.to_string()))
-            .and_then(|v| rls_json::request(&v).map_err(|e| e.to_string()));
-        let request = match request {
+    async fn rls(&self, body: &[u8]) -> Answer {
+        let request = match rls_json::request(body) {
             Ok(r) => r,
-            Err(why) => {
-                self.engine
-                    .metrics()
-                    .rls(Api::HttpRls, None, crate::metrics::Outcome::Error);
-                return text(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}\n"));
+            Err(e) => {
+                self.count_refused(Api::HttpRls);
+                return bad_request(&e.to_string());
             }
         };
         match envoy_rls::decide(&self.engine, Api::HttpRls, &request).await {
             Ok(r) => {
-                use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
                 let status = match Code::try_from(r.overall_code) {
                     Ok(Code::Ok) => StatusCode::OK,
                     Ok(Code::OverLimit) => StatusCode::TOO_MANY_REQUESTS,
@@ -192,32 +161,38 @@ impl HttpDoor {
                 }
                 answer
             }
-            Err(e) => text(
-                StatusCode::BAD_REQUEST,
-                &format!("Bad Request: {}\n", refusal(&e)),
-            ),
+            Err(e) => bad_request(&e.to_string()),
         }
     }
 }
 
 /// An RLS answer's `Retry-After` (among its headers to add), onto the
 /// HTTP answer.
-fn copy_retry_after(
-    r: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse,
-    answer: &mut Answer,
-) {
+fn copy_retry_after(r: &RateLimitResponse, answer: &mut Answer) {
     let wait = r
         .response_headers_to_add
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case("retry-after"))
-        .and_then(|h| http::HeaderValue::from_str(&h.value).ok());
+        .and_then(|h| HeaderValue::from_str(&h.value).ok());
     if let Some(v) = wait {
-        answer.headers_mut().insert(http::header::RETRY_AFTER, v);
+        answer.headers_mut().insert(RETRY_AFTER, v);
     }
 }
 
-fn refusal(e: &RequestError) -> String {
-    e.to_string()
+/// envoyproxy/ratelimit's 400, saying what was wrong.
+fn bad_request(why: &str) -> Answer {
+    text(StatusCode::BAD_REQUEST, &format!("Bad Request: {why}\n"))
+}
+
+/// 503: the door holds as many bodies as it may; try again in a second.
+fn busy() -> Answer {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy: the HTTP door holds server.http_check.max_buffered_bytes of request bodies\n",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// A plain-text answer.
@@ -226,7 +201,7 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Answer {
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
@@ -237,10 +212,8 @@ pub(crate) fn with_json(status: StatusCode, v: &serde_json::Value) -> Answer {
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 

@@ -20,7 +20,9 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Duration, Struct, UInt64Value, Value as PbValue};
 use serde_json::{Map, Value, json};
 
-use super::json::{Fields, JsonError, path, unsigned};
+use serde_json::value::RawValue;
+
+use super::json::{JsonError, Raw, boolean, enumeration, list, object, path, string, unsigned};
 
 const UNITS: &[(&str, i32)] = &[
     ("UNKNOWN", Unit::Unknown as i32),
@@ -33,84 +35,109 @@ const UNITS: &[(&str, i32)] = &[
     ("WEEK", Unit::Week as i32),
 ];
 
+/// `RateLimitRequest`'s fields as the body has them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson<'a> {
+    #[serde(borrow, default)]
+    domain: Raw<'a>,
+    #[serde(borrow, default)]
+    descriptors: Raw<'a>,
+    #[serde(borrow, default, alias = "hitsAddend")]
+    hits_addend: Raw<'a>,
+}
+
+/// `RateLimitDescriptor`'s.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescriptorJson<'a> {
+    #[serde(borrow, default)]
+    entries: Raw<'a>,
+    #[serde(borrow, default)]
+    limit: Raw<'a>,
+    #[serde(borrow, default, alias = "hitsAddend")]
+    hits_addend: Raw<'a>,
+    #[serde(borrow, default, alias = "isNegativeHits")]
+    is_negative_hits: Raw<'a>,
+}
+
+/// An entry's.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryJson<'a> {
+    #[serde(borrow, default)]
+    key: Raw<'a>,
+    #[serde(borrow, default)]
+    value: Raw<'a>,
+}
+
+/// `RateLimitOverride`'s.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideJson<'a> {
+    #[serde(borrow, default, alias = "requestsPerUnit")]
+    requests_per_unit: Raw<'a>,
+    #[serde(borrow, default)]
+    unit: Raw<'a>,
+}
+
+/// A 32-bit field.
+fn u32_field(raw: Raw<'_>, at: &str) -> Result<u32, JsonError> {
+    let n = unsigned(raw, at)?;
+    u32::try_from(n).map_err(|_| JsonError::new(at, format!("{n} does not fit in 32 bits")))
+}
+
 /// A `RateLimitRequest` from its JSON form.
-pub fn request(v: &Value) -> Result<RateLimitRequest, JsonError> {
-    let f = Fields::of(v, "", &["domain", "descriptors", "hits_addend"])?;
-    let hits = f.u64("hits_addend")?;
-    let hits_addend = u32::try_from(hits)
-        .map_err(|_| JsonError::new("hits_addend", format!("{hits} does not fit in 32 bits")))?;
-    let descriptors = match f.get("descriptors") {
-        None => Vec::new(),
-        Some((Value::Array(items), at)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, d)| descriptor(d, &format!("{at}[{i}]")))
-            .collect::<Result<_, _>>()?,
-        Some((other, at)) => {
-            return Err(JsonError::new(
-                at,
-                format!("expected an array, got {}", super::json::kind(other)),
-            ));
-        }
-    };
+pub fn request(body: &[u8]) -> Result<RateLimitRequest, JsonError> {
+    let f: RequestJson<'_> = object(body, "")?;
+    let descriptors = list(f.descriptors, "descriptors")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| descriptor(d, &format!("descriptors[{i}]")))
+        .collect::<Result<_, _>>()?;
     Ok(RateLimitRequest {
-        domain: f.string("domain")?.to_owned(),
+        domain: string(f.domain, "domain")?,
         descriptors,
-        hits_addend,
+        hits_addend: u32_field(f.hits_addend, "hits_addend")?,
     })
 }
 
-fn descriptor(v: &Value, at: &str) -> Result<RateLimitDescriptor, JsonError> {
-    let f = Fields::of(
-        v,
-        at,
-        &["entries", "limit", "hits_addend", "is_negative_hits"],
-    )?;
-    let entries = match f.get("entries") {
-        None => Vec::new(),
-        Some((Value::Array(items), at)) => items
-            .iter()
-            .enumerate()
-            .map(|(j, e)| {
-                let e = Fields::of(e, &format!("{at}[{j}]"), &["key", "value"])?;
-                Ok(Entry {
-                    key: e.string("key")?.to_owned(),
-                    value: e.string("value")?.to_owned(),
-                })
-            })
-            .collect::<Result<_, JsonError>>()?,
-        Some((other, at)) => {
-            return Err(JsonError::new(
-                at,
-                format!("expected an array, got {}", super::json::kind(other)),
-            ));
-        }
-    };
-    let limit = f
-        .get("limit")
-        .map(|(v, at)| {
-            let l = Fields::of(v, &at, &["requests_per_unit", "unit"])?;
-            let rpu = l.u64("requests_per_unit")?;
-            Ok::<_, JsonError>(RateLimitOverride {
-                requests_per_unit: u32::try_from(rpu).map_err(|_| {
-                    JsonError::new(
-                        path(&at, "requests_per_unit"),
-                        format!("{rpu} does not fit in 32 bits"),
-                    )
-                })?,
-                unit: l.enumeration("unit", UNITS)?,
+fn descriptor(raw: &RawValue, at: &str) -> Result<RateLimitDescriptor, JsonError> {
+    let f: DescriptorJson<'_> = object(raw.get().as_bytes(), at)?;
+    let entries = list(f.entries, &path(at, "entries"))?
+        .into_iter()
+        .enumerate()
+        .map(|(j, e)| {
+            let at = format!("{at}.entries[{j}]");
+            let e: EntryJson<'_> = object(e.get().as_bytes(), &at)?;
+            Ok(Entry {
+                key: string(e.key, &path(&at, "key"))?,
+                value: string(e.value, &path(&at, "value"))?,
             })
         })
-        .transpose()?;
-    let hits_addend = f
-        .get("hits_addend")
-        .map(|(v, at)| unsigned(v, &at).map(|value| UInt64Value { value }))
-        .transpose()?;
+        .collect::<Result<_, JsonError>>()?;
+    let limit = match f.limit.filter(|r| r.get() != "null") {
+        None => None,
+        Some(raw) => {
+            let at = path(at, "limit");
+            let l: OverrideJson<'_> = object(raw.get().as_bytes(), &at)?;
+            Some(RateLimitOverride {
+                requests_per_unit: u32_field(l.requests_per_unit, &path(&at, "requests_per_unit"))?,
+                unit: enumeration(l.unit, &path(&at, "unit"), UNITS)?,
+            })
+        }
+    };
+    let hits_addend = match f.hits_addend.filter(|r| r.get() != "null") {
+        None => None,
+        Some(raw) => Some(UInt64Value {
+            value: unsigned(Some(raw), &path(at, "hits_addend"))?,
+        }),
+    };
     Ok(RateLimitDescriptor {
         entries,
         limit,
         hits_addend,
-        is_negative_hits: f.bool("is_negative_hits")?,
+        is_negative_hits: boolean(f.is_negative_hits, &path(at, "is_negative_hits"))?,
     })
 }
 
@@ -216,11 +243,10 @@ mod tests {
 
     #[test]
     fn a_request_reads_as_protojson_would() {
-        let v = super::super::json::parse(
+        let r = request(
             br#"{"domain":"d","descriptors":[{"entries":[{"key":"k","value":"v"}],"hits_addend":"0","limit":{"requestsPerUnit":5,"unit":"MINUTE"}}],"hitsAddend":3}"#,
         )
         .unwrap();
-        let r = request(&v).unwrap();
         assert_eq!(r.domain, "d");
         assert_eq!(r.hits_addend, 3);
         let d = &r.descriptors[0];
@@ -231,23 +257,22 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_field() {
-        let err = |body: &[u8]| {
-            super::super::json::parse(body)
-                .and_then(|v| request(&v))
-                .unwrap_err()
-                .to_string()
-        };
+        let err = |body: &[u8]| request(body).unwrap_err().to_string();
         assert_eq!(
             err(br#"{"domain":"d","descriptors":[{"entries":[{"key":1}]}]}"#),
-            "descriptors[0].entries[0].key: expected a string, got a number"
+            "descriptors[0].entries[0].key: expected a string, got 1"
         );
         assert_eq!(
             err(br#"{"domain":"d","descriptors":{}}"#),
-            "descriptors: expected an array, got an object"
+            "descriptors: expected an array, got {}"
         );
         assert_eq!(
             err(br#"{"domain":"d","hitsAddend":4294967296}"#),
             "hits_addend: 4294967296 does not fit in 32 bits"
+        );
+        assert!(
+            err(br#"{"domain":"d","descriptors":[{"entries":[],"nope":1}]}"#)
+                .starts_with("descriptors[0]: unknown field `nope`")
         );
     }
 
