@@ -172,3 +172,46 @@ async fn rlqs_mode_reports_every_bucket_of_every_simulated_envoy() {
         "40 distinct buckets of 50 tenants"
     );
 }
+
+#[tokio::test]
+async fn report_and_http_auth_modes_drive_a_daemon() {
+    let yaml = format!(
+        "{}\n  http_check:\n    addr: 127.0.0.1:0\n",
+        crate::support::CONFIG.trim_end()
+    );
+    let d = TestDaemon::with_config(&yaml).await;
+    // Reports are never refused: "denied" counts those that left their
+    // key in debt (a burst of 20, 10 a second, reports of 5).
+    let r = run(&d, &["--mode=report", "--cost=5"]).await;
+    let n = |r: &Value, k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert!(n(&r, "requests") > 0 && n(&r, "errors") == 0, "{r}");
+    assert!(n(&r, "denied") > 0, "{r}");
+    // /v1/auth over HTTP/1.1: 200 allowed, 429 denied, no errors.
+    let door = d.http_check_addr.expect("the door is on");
+    let out = tokio::process::Command::new(BENCH)
+        .arg(format!("--addr={door}"))
+        .args([
+            "--mode=http-auth",
+            "--duration=300ms",
+            "--warmup=0s",
+            "--json",
+        ])
+        .args(["--keys=5", "--concurrency=4"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect("quotad-bench stops by itself")
+        .expect("quotad-bench runs");
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert!(n(&r, "requests") > 0 && n(&r, "errors") == 0, "{r}");
+    assert_eq!(n(&r, "allowed") + n(&r, "denied"), n(&r, "requests"), "{r}");
+    assert!(n(&r, "denied") > 0, "5 keys of 20 + 10/s: {r}");
+    let counted = crate::support::metric(
+        d.http_addr,
+        "quotad_checks_total{api=\"auth\",door=\"http\",result=\"allowed\",plan=\"free\"}",
+    )
+    .await;
+    assert_eq!(counted as u64, n(&r, "allowed"));
+}
