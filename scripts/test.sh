@@ -39,69 +39,46 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
 fi
 
-promtool_path() {
-    # promtool (Prometheus's own checker) for the metrics and dashboard
-    # tests: from PATH, else unpacked once from Debian's prometheus
-    # package into target/tools (only the one binary; nothing installed,
-    # no service started).
-    if command -v promtool >/dev/null 2>&1; then
-        command -v promtool
-        return 0
-    fi
-    local tools="$PWD/target/tools"
-    if [ ! -x "$tools/promtool" ]; then
-        echo "test.sh: fetching promtool (Debian package prometheus)" >&2
-        local work
-        work=$(mktemp -d)
-        local sudo=""
-        [ "$(id -u)" -ne 0 ] && sudo="sudo"
-        if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
-            $sudo apt-get update -qq
-            (cd "$work" && apt-get download prometheus >/dev/null)
-        fi
-        dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
-        mkdir -p "$tools"
-        cp "$work/x/usr/bin/promtool" "$tools/promtool"
-        rm -rf "$work"
-    fi
-    echo "$tools/promtool"
-}
-QUOTAD_PROMTOOL=$(promtool_path)
-export QUOTAD_PROMTOOL
-"$QUOTAD_PROMTOOL" --version >/dev/null
-
-nginx_path() {
-    # A real NGINX for tests/nginx.rs (auth_request in front of a tiny
-    # upstream): from PATH or /usr/sbin, else the binary unpacked once
-    # from Debian's nginx package into target/tools (nothing installed,
-    # no service started: the test runs it in the foreground on a free
-    # loopback port).
+deb_tool() {
+    # Prints the path of command $1 for the tests: from PATH (or
+    # /usr/sbin), else the one binary $3 unpacked once from Debian's
+    # package $2 into target/tools (nothing installed, no service
+    # started).
+    local name=$1 package=$2 inside=$3
     local found
-    found=$(command -v nginx 2>/dev/null || true)
-    [ -z "$found" ] && [ -x /usr/sbin/nginx ] && found=/usr/sbin/nginx
+    found=$(command -v "$name" 2>/dev/null || true)
+    [ -z "$found" ] && [ -x "/usr/sbin/$name" ] && found="/usr/sbin/$name"
     if [ -n "$found" ]; then
         echo "$found"
         return 0
     fi
     local tools="$PWD/target/tools"
-    if [ ! -x "$tools/nginx" ]; then
-        echo "test.sh: fetching nginx (Debian package nginx)" >&2
+    if [ ! -x "$tools/$name" ]; then
+        echo "test.sh: fetching $name (Debian package $package)" >&2
         local work
         work=$(mktemp -d)
         local sudo=""
         [ "$(id -u)" -ne 0 ] && sudo="sudo"
-        if ! (cd "$work" && apt-get download nginx >/dev/null 2>&1); then
+        if ! (cd "$work" && apt-get download "$package" >/dev/null 2>&1); then
             $sudo apt-get update -qq
-            (cd "$work" && apt-get download nginx >/dev/null)
+            (cd "$work" && apt-get download "$package" >/dev/null)
         fi
-        dpkg-deb -x "$work"/nginx_*.deb "$work/x"
+        dpkg-deb -x "$work/${package}"_*.deb "$work/x"
         mkdir -p "$tools"
-        cp "$work/x/usr/sbin/nginx" "$tools/nginx"
+        cp "$work/x/$inside" "$tools/$name"
         rm -rf "$work"
     fi
-    echo "$tools/nginx"
+    echo "$tools/$name"
 }
-QUOTAD_NGINX=$(nginx_path)
+
+# promtool (Prometheus's own checker) for the metrics and dashboard tests.
+QUOTAD_PROMTOOL=$(deb_tool promtool prometheus usr/bin/promtool)
+export QUOTAD_PROMTOOL
+"$QUOTAD_PROMTOOL" --version >/dev/null
+
+# A real NGINX for tests/nginx.rs (auth_request in front of a tiny
+# upstream; the test runs it in the foreground on a free loopback port).
+QUOTAD_NGINX=$(deb_tool nginx nginx usr/sbin/nginx)
 export QUOTAD_NGINX
 "$QUOTAD_NGINX" -V 2>&1 | grep -q -- --with-http_auth_request_module || {
     echo "test.sh: $QUOTAD_NGINX lacks the auth_request module" >&2

@@ -11,6 +11,7 @@
 //!   request errors to `INVALID_ARGUMENT`; `codec` maps undecodable
 //!   messages to `INVALID_ARGUMENT` too.
 
+pub mod answers;
 pub mod codec;
 pub mod envoy_descriptors;
 mod envoy_metadata;

@@ -4,10 +4,8 @@
 //! charge or a peek (`mode`); `Report` and `ReportStream` are in
 //! [`super::report`], the leases in [`super::leases`].
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::RequestError;
@@ -18,7 +16,7 @@ use super::pb::{
     CheckRequest, CheckResponse, DenyReason, Header, HoldRequest, ReleaseRequest, ReleaseResponse,
     RenewRequest, RenewResponse, ReportRequest, ReportResponse,
 };
-use super::{duration, leases, report, request_id, validate};
+use super::{answers, duration, leases, report, request_id, validate};
 use crate::config::{Live, RequestCaps};
 use crate::engine::{Basis, Call, Engine, Item, Kind, Mode, Outcome};
 use crate::metrics::Api;
@@ -110,6 +108,23 @@ fn refused(req: &CheckRequest, e: &RequestError) -> CheckResponse {
     }
 }
 
+/// `CheckStream`'s messages: checks, answered as `Check` answers them.
+struct Checks;
+
+impl answers::Handler for Checks {
+    type In = CheckRequest;
+    type Out = CheckResponse;
+    const WHAT: &'static str = "check";
+
+    async fn answer(engine: &Engine, msg: &CheckRequest) -> Result<CheckResponse, RequestError> {
+        check_one(engine, Api::Stream, msg).await
+    }
+
+    fn refused(msg: &CheckRequest, e: &RequestError) -> CheckResponse {
+        refused(msg, e)
+    }
+}
+
 /// An outcome as the wire response.
 pub fn response(o: &Outcome<'_>, id: u64, style: HeaderStyle) -> CheckResponse {
     let d = &o.decision;
@@ -136,18 +151,6 @@ pub fn response(o: &Outcome<'_>, id: u64, style: HeaderStyle) -> CheckResponse {
         headers,
     }
 }
-
-/// What a `CheckStream` answer stream carries between polls.
-struct StreamState {
-    inbound: Streaming<CheckRequest>,
-    engine: Arc<Engine>,
-    shutdown: Shutdown,
-    /// The stream's request id, for the log of refused messages.
-    request_id: String,
-    done: bool,
-}
-
-type CheckStreamOut = Pin<Box<dyn Stream<Item = Result<CheckResponse, Status>> + Send>>;
 
 /// A refused call, logged with its request id, tagged.
 fn refuse(api: Api, meta: &tonic::metadata::MetadataMap, e: RequestError) -> Status {
@@ -245,13 +248,18 @@ impl RateLimiter for NativeService {
         }
     }
 
-    type ReportStreamStream = report::ReportStreamOut;
+    type ReportStreamStream = answers::Answers<ReportResponse>;
 
     async fn report_stream(
         &self,
         request: Request<Streaming<ReportRequest>>,
     ) -> Result<Response<Self::ReportStreamStream>, Status> {
-        Ok(report::stream(&self.engine, request, self.shutdown.clone()))
+        let shutdown = self.shutdown.clone();
+        Ok(answers::stream::<report::Reports>(
+            &self.engine,
+            request,
+            shutdown,
+        ))
     }
 
     type HoldStream = leases::HoldOut;
@@ -264,67 +272,16 @@ impl RateLimiter for NativeService {
         Ok(Response::new(out))
     }
 
-    type CheckStreamStream = CheckStreamOut;
+    type CheckStreamStream = answers::Answers<CheckResponse>;
 
     async fn check_stream(
         &self,
         request: Request<Streaming<CheckRequest>>,
     ) -> Result<Response<Self::CheckStreamStream>, Status> {
-        // Responses are computed as tonic pulls them, straight from the
-        // inbound stream: no task and no queue. A caller that stops reading
-        // responses stops us reading its requests, and HTTP/2 flow control
-        // pushes back on it. An invalid check gets an answer with `error`
-        // set and the stream goes on. Shutdown ends the stream with
-        // UNAVAILABLE, so the caller knows to resend what was not answered.
-        // The stream's id: logged with refused messages, and sent back in
-        // the response metadata so the caller can quote it.
-        let request_id = request_id::of(request.metadata());
-        let tag = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
-        let state = StreamState {
-            inbound: request.into_inner(),
-            engine: Arc::clone(&self.engine),
-            shutdown: self.shutdown.clone(),
-            request_id,
-            done: false,
-        };
-        let out = futures_util::stream::unfold(state, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            let next = tokio::select! {
-                biased;
-                _ = st.shutdown.wait() => {
-                    st.done = true;
-                    let status = Status::unavailable(
-                        "quotad is shutting down: resend unanswered checks to another instance",
-                    );
-                    return Some((Err(status), st));
-                }
-                next = st.inbound.message() => next,
-            };
-            let answer = match next {
-                Ok(Some(req)) => match check_one(&st.engine, Api::Stream, &req).await {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        tracing::debug!(request_id = %st.request_id, id = req.id, error = %e, "check stream message refused");
-                        refused(&req, &e)
-                    }
-                },
-                Ok(None) => return None,
-                Err(status) => {
-                    // A message we could not decode (or a broken stream):
-                    // end with the reason rather than a silent OK.
-                    tracing::debug!(%status, "check stream ended with an inbound error");
-                    st.done = true;
-                    return Some((Err(status), st));
-                }
-            };
-            Some((Ok(answer), st))
-        });
-        let mut response = Response::new(Box::pin(out) as Self::CheckStreamStream);
-        if let Some(tag) = tag {
-            response.metadata_mut().insert(request_id::HEADER, tag);
-        }
-        Ok(response)
+        Ok(answers::stream::<Checks>(
+            &self.engine,
+            request,
+            self.shutdown.clone(),
+        ))
     }
 }

@@ -5,21 +5,14 @@
 //! stands after it. The HTTP door's `POST /v1/report` answers through the
 //! same functions.
 
-use std::pin::Pin;
-use std::sync::Arc;
-
-use futures_util::Stream;
-use tonic::{Request, Response, Status, Streaming};
-
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
 use super::pb::{DenyReason, Header, ReportRequest, ReportResponse};
-use super::{duration, request_id, validate};
+use super::{answers, duration, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core::Decision;
 use crate::engine::{Basis, Call, Engine, Item, Kind, Mode, Outcome};
 use crate::metrics::Api;
-use crate::shutdown::Shutdown;
 
 /// Validates one report against the caps in effect.
 pub(crate) fn validate(req: &ReportRequest, caps: &RequestCaps) -> Result<(), RequestError> {
@@ -105,72 +98,19 @@ fn refused(req: &ReportRequest, e: &RequestError) -> ReportResponse {
     }
 }
 
-/// `ReportStream`'s answers.
-pub type ReportStreamOut = Pin<Box<dyn Stream<Item = Result<ReportResponse, Status>> + Send>>;
+/// `ReportStream`'s messages: reports, answered as `Report` answers them.
+pub struct Reports;
 
-/// What a `ReportStream` answer stream carries between polls.
-struct StreamState {
-    inbound: Streaming<ReportRequest>,
-    engine: Arc<Engine>,
-    shutdown: Shutdown,
-    request_id: String,
-    done: bool,
-}
+impl answers::Handler for Reports {
+    type In = ReportRequest;
+    type Out = ReportResponse;
+    const WHAT: &'static str = "report";
 
-/// `ReportStream`: each report answered as tonic pulls the answers (no
-/// task, no queue: a caller that stops reading stops us reading, and
-/// HTTP/2 flow control pushes back). An invalid report is answered with
-/// `error` set; a message that does not decode ends the stream with
-/// INVALID_ARGUMENT; shutdown ends it with UNAVAILABLE (resend what was
-/// not answered).
-pub fn stream(
-    engine: &Arc<Engine>,
-    request: Request<Streaming<ReportRequest>>,
-    shutdown: Shutdown,
-) -> Response<ReportStreamOut> {
-    let request_id = request_id::of(request.metadata());
-    let tag = tonic::metadata::MetadataValue::try_from(request_id.as_str()).ok();
-    let state = StreamState {
-        inbound: request.into_inner(),
-        engine: Arc::clone(engine),
-        shutdown,
-        request_id,
-        done: false,
-    };
-    let out = futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        let next = tokio::select! {
-            biased;
-            _ = st.shutdown.wait() => {
-                st.done = true;
-                let status = Status::unavailable(
-                    "quotad is shutting down: resend unanswered reports to another instance",
-                );
-                return Some((Err(status), st));
-            }
-            next = st.inbound.message() => next,
-        };
-        let answer = match next {
-            Ok(Some(req)) => match report_one(&st.engine, Api::ReportStream, &req).await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::debug!(request_id = %st.request_id, id = req.id, error = %e, "report stream message refused");
-                    refused(&req, &e)
-                }
-            },
-            Ok(None) => return None,
-            Err(status) => {
-                st.done = true;
-                return Some((Err(status), st));
-            }
-        };
-        Some((Ok(answer), st))
-    });
-    let mut response = Response::new(Box::pin(out) as ReportStreamOut);
-    if let Some(tag) = tag {
-        response.metadata_mut().insert(request_id::HEADER, tag);
+    async fn answer(engine: &Engine, msg: &ReportRequest) -> Result<ReportResponse, RequestError> {
+        report_one(engine, Api::ReportStream, msg).await
     }
-    response
+
+    fn refused(msg: &ReportRequest, e: &RequestError) -> ReportResponse {
+        refused(msg, e)
+    }
 }
