@@ -20,14 +20,6 @@ use quotad::telemetry::logging::{self, LogFormat};
 
 use quotad::cli::EX_USAGE;
 
-/// mimalloc instead of the system allocator: every call allocates its
-/// request, answer and headers, and glibc's malloc and free took about 8 %
-/// of the server's time under load; mimalloc answers 6-8 % more calls
-/// for 7 % less CPU each (BENCHMARKS.md, "Performance (issue 24)"). The
-/// unsafe code stays inside the crate.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "quotad",
