@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
@@ -18,14 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 use super::AppError;
-use super::servers::{Listener, bind, local_addr};
+use super::servers::Listener;
 use crate::api::http::HttpDoor;
 use crate::api::http::body::Bodies;
 use crate::config::{Config, HttpCheckBoot};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::net::gate::GateRules;
-use crate::net::tls::{ALPN_HTTP1, Acceptor};
+use crate::net::tls::ALPN_HTTP1;
 use crate::net::{Gate, listen};
 use crate::shutdown::Shutdown;
 
@@ -37,20 +36,10 @@ pub(super) async fn bind_door(config: &Config) -> Result<Option<Listener>, AppEr
     let Some(addr) = config.boot.server.http_check.addr else {
         return Ok(None);
     };
-    let what = "http check";
-    let tls = config
-        .live
-        .server
-        .tls
-        .as_ref()
-        .map(|t| Acceptor::for_protocols(&t.pem, ALPN_HTTP1).map(Arc::new))
-        .transpose()
-        .map_err(|source| AppError::Tls { what, source })?;
-    let tcp = bind(what, addr).await?;
-    let addr: SocketAddr = local_addr(what, &tcp, addr)?;
-    let listener = Listener { tcp, addr, tls };
+    let tls = (config.live.server.tls.as_ref(), ALPN_HTTP1);
+    let listener = Listener::bind("http check", addr, tls).await?;
     tracing::info!(
-        http_check_addr = %addr,
+        http_check_addr = %listener.addr,
         security = listener.security(config.live.server.tls.as_ref()),
         "HTTP check listener bound (/v1/auth, /v1/check, /v1/report, /json)"
     );

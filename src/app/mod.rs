@@ -54,7 +54,7 @@ use crate::engine::Engine;
 use crate::engine::Strict;
 use crate::metrics::Metrics;
 use crate::net::budget::Budget;
-use crate::net::tls::TlsError;
+use crate::net::tls::{ALPN_H2, TlsError};
 use crate::readiness::Readiness;
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::StoreLimits;
@@ -190,17 +190,13 @@ impl App {
                 source,
             })?
             .with_metrics(Arc::clone(&metrics));
-        let grpc = Listener::bind(
-            "grpc",
-            config.boot.server.grpc_addr,
-            config.live.server.tls.as_ref(),
-        )
-        .await?;
+        let server_tls = (config.live.server.tls.as_ref(), ALPN_H2);
+        let grpc = Listener::bind("grpc", config.boot.server.grpc_addr, server_tls).await?;
         let http = bind("http", config.boot.server.http_addr).await?;
         let http_addr = local_addr("http", &http, config.boot.server.http_addr)?;
         let admin_tls = config.live.admin.as_ref().and_then(|a| a.tls.as_ref());
         let admin = match &config.boot.admin {
-            Some(a) => Some(Listener::bind("admin", a.addr, admin_tls).await?),
+            Some(a) => Some(Listener::bind("admin", a.addr, (admin_tls, ALPN_H2)).await?),
             None => None,
         };
         tracing::info!(

@@ -140,13 +140,15 @@ pub(super) struct Listener {
 }
 
 impl Listener {
+    /// Binds `addr`, with TLS from `tls` offering the protocols `alpn`
+    /// (gRPC's `h2`, the HTTP check door's `http/1.1`).
     pub(super) async fn bind(
         what: &'static str,
         addr: SocketAddr,
-        tls: Option<&TlsFiles>,
+        (tls, alpn): (Option<&TlsFiles>, &'static [&'static [u8]]),
     ) -> Result<Listener, AppError> {
         let tls = tls
-            .map(|t| Acceptor::new(&t.pem).map(Arc::new))
+            .map(|t| Acceptor::for_protocols(&t.pem, alpn).map(Arc::new))
             .transpose()
             .map_err(|source| AppError::Tls { what, source })?;
         let tcp = bind(what, addr).await?;

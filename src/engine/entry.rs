@@ -336,13 +336,8 @@ impl Engine {
 
     /// Counts a refused call.
     fn count_refused(&self, call: Call<'_>, configured: bool) {
-        match call.door {
-            door if door.is_rls() => {
-                self.metrics
-                    .rls(door, call.domain.filter(|_| configured), Counted::Error);
-            }
-            door => self.metrics.refused(door),
-        }
+        let domain = call.domain.filter(|_| configured);
+        self.metrics.refused(call.door, domain);
     }
 
     /// Counts a decided call: each check of the native doors under its

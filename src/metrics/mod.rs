@@ -608,10 +608,16 @@ impl Metrics {
         self.plans.count(&self.recorder, plan, api, outcome);
     }
 
-    /// Counts a call of a native door refused as invalid.
-    pub fn refused(&self, api: Api) {
-        self.plans
-            .count(&self.recorder, "(none)", api, Outcome::Error);
+    /// Counts a call refused as invalid: a native door's under plan
+    /// `(none)`, an Envoy RLS request's under `domain` (a domain of the
+    /// config, else `None`: `(other)`).
+    pub fn refused(&self, api: Api, domain: Option<&str>) {
+        if api.is_rls() {
+            self.rls(api, domain, Outcome::Error);
+        } else {
+            self.plans
+                .count(&self.recorder, "(none)", api, Outcome::Error);
+        }
     }
 
     /// Counts an Envoy RLS request (of `api`: gRPC or HTTP's `/json`) for

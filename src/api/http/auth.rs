@@ -39,20 +39,16 @@ pub const POLICY_HEADER: &str = "x-quotad-policy";
 
 /// Answers one forward-auth request from its URL's `query` and headers.
 pub async fn answer(engine: &Engine, query: Option<&str>, headers: &HeaderMap) -> Answer {
-    let key_header = engine
-        .view()
-        .config()
-        .live
-        .server
-        .http_check
-        .key_header
-        .clone();
-    let key = match key(headers, &key_header) {
+    // The config in effect, shared (not the view: it must not be held
+    // across the check's wait), so the header name needs no copy.
+    let config = engine.config();
+    let key_header = &config.live.server.http_check.key_header;
+    let key = match key(headers, key_header) {
         Ok(k) => k,
         Err(no_key) => {
-            engine.metrics().refused(Api::HttpAuth);
+            engine.metrics().refused(Api::HttpAuth, None);
             return match no_key {
-                NoKey::Missing => unauthorized(&key_header),
+                NoKey::Missing => unauthorized(key_header),
                 NoKey::NotUtf8 => invalid(&format!("{}: the key is not UTF-8", key_header.name())),
                 NoKey::Twice => invalid(&format!("{}: sent more than once", key_header.name())),
             };
@@ -61,7 +57,7 @@ pub async fn answer(engine: &Engine, query: Option<&str>, headers: &HeaderMap) -
     let req = match request(query, headers, key) {
         Ok(r) => r,
         Err(why) => {
-            engine.metrics().refused(Api::HttpAuth);
+            engine.metrics().refused(Api::HttpAuth, None);
             return invalid(&why);
         }
     };

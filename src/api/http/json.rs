@@ -60,13 +60,18 @@ pub fn object<'a, T: serde::Deserialize<'a>>(body: &'a [u8], at: &str) -> Result
     })
 }
 
+/// A field's value unless it is absent or `null` (proto3 JSON: the same).
+pub(crate) fn present(raw: Raw<'_>) -> Raw<'_> {
+    raw.filter(|r| r.get() != "null")
+}
+
 /// The raw value as a `T` (`null`, like an absent field, is the default).
 fn scalar<T: serde::de::DeserializeOwned + Default>(
     raw: Raw<'_>,
     at: &str,
     expected: &str,
 ) -> Result<T, JsonError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+    let Some(raw) = present(raw) else {
         return Ok(T::default());
     };
     serde_json::from_str(raw.get())
@@ -86,7 +91,7 @@ pub(crate) fn boolean(raw: Raw<'_>, at: &str) -> Result<bool, JsonError> {
 /// An unsigned 64-bit field (0 when absent): a JSON number without a
 /// fraction, or a string of decimal digits.
 pub(crate) fn unsigned(raw: Raw<'_>, at: &str) -> Result<u64, JsonError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+    let Some(raw) = present(raw) else {
         return Ok(0);
     };
     let text = raw.get();
@@ -104,7 +109,7 @@ pub(crate) fn unsigned(raw: Raw<'_>, at: &str) -> Result<u64, JsonError> {
 
 /// An enum field by name or number (0 when absent).
 pub(crate) fn enumeration(raw: Raw<'_>, at: &str, names: &[(&str, i32)]) -> Result<i32, JsonError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+    let Some(raw) = present(raw) else {
         return Ok(0);
     };
     let text = raw.get();
@@ -130,7 +135,7 @@ pub(crate) fn enumeration(raw: Raw<'_>, at: &str, names: &[(&str, i32)]) -> Resu
 
 /// A list field's items, each still raw (empty when absent).
 pub(crate) fn list<'a>(raw: Raw<'a>, at: &str) -> Result<Vec<&'a RawValue>, JsonError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+    let Some(raw) = present(raw) else {
         return Ok(Vec::new());
     };
     serde_json::from_str(raw.get())

@@ -33,7 +33,7 @@ use serde_json::json;
 
 use super::{envoy_rls, native, report};
 use crate::engine::Engine;
-use crate::metrics::{Api, Outcome};
+use crate::metrics::Api;
 use body::{Bodies, BodyError};
 
 /// What every answer of the door is.
@@ -100,12 +100,7 @@ impl HttpDoor {
 
     /// Counts a request refused before the engine saw it.
     fn count_refused(&self, api: Api) {
-        let m = self.engine.metrics();
-        if api.is_rls() {
-            m.rls(api, None, Outcome::Error);
-        } else {
-            m.refused(api);
-        }
+        self.engine.metrics().refused(api, None);
     }
 
     /// `POST /v1/check`.

@@ -22,7 +22,9 @@ use serde_json::{Map, Value, json};
 
 use serde_json::value::RawValue;
 
-use super::json::{JsonError, Raw, boolean, enumeration, list, object, path, string, unsigned};
+use super::json::{
+    JsonError, Raw, boolean, enumeration, list, object, path, present, string, unsigned,
+};
 
 const UNITS: &[(&str, i32)] = &[
     ("UNKNOWN", Unit::Unknown as i32),
@@ -116,7 +118,7 @@ fn descriptor(raw: &RawValue, at: &str) -> Result<RateLimitDescriptor, JsonError
             })
         })
         .collect::<Result<_, JsonError>>()?;
-    let limit = match f.limit.filter(|r| r.get() != "null") {
+    let limit = match present(f.limit) {
         None => None,
         Some(raw) => {
             let at = path(at, "limit");
@@ -127,7 +129,7 @@ fn descriptor(raw: &RawValue, at: &str) -> Result<RateLimitDescriptor, JsonError
             })
         }
     };
-    let hits_addend = match f.hits_addend.filter(|r| r.get() != "null") {
+    let hits_addend = match present(f.hits_addend) {
         None => None,
         Some(raw) => Some(UInt64Value {
             value: unsigned(Some(raw), &path(at, "hits_addend"))?,
