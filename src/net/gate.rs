@@ -15,6 +15,9 @@
 //!   open takes doing something with it.
 //! - Every byte a [`Conn`] writes is reported to its [`Activity`], which
 //!   lets answers held back for a slow reader go on.
+//! - On gRPC listeners a [`Conn`] puts each flush's first write off once
+//!   ([`super::coalesce`]), so one write carries the answers of every
+//!   call queued on the thread.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +36,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::activity::Activity;
+use super::coalesce::Coalesce;
 use crate::metrics::Metrics;
 use crate::metrics::names;
 
@@ -51,6 +55,9 @@ pub struct GateRules {
     /// Whether bytes read count as activity (HTTP/1, where calls are not
     /// tracked); otherwise pings would.
     pub reads_are_activity: bool,
+    /// Whether writes wait for the calls already queued on this thread
+    /// to answer first (HTTP/2; see [`super::coalesce`]).
+    pub coalesce_writes: bool,
 }
 
 /// Admits connections to one listener, up to its cap.
@@ -113,6 +120,7 @@ impl Gate {
             idle,
             closed: false,
             armed: false,
+            coalesce: Coalesce::new(self.rules.coalesce_writes),
             gate: Arc::clone(self),
             _permit: permit,
         })
@@ -217,6 +225,7 @@ pub struct Conn<IO> {
     /// The timer holds this task's waker and has not fired yet: a wait
     /// for the peer need not poll it again.
     armed: bool,
+    coalesce: Coalesce,
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
 }
@@ -292,6 +301,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.coalesce.hold(cx) {
+            return Poll::Pending;
+        }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -300,7 +312,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        this.coalesce.flushed();
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -313,6 +327,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.coalesce.hold(cx) {
+            return Poll::Pending;
+        }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -321,7 +338,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.coalesce.vectored(self.io.is_write_vectored())
     }
 }
 
