@@ -15,9 +15,9 @@
 //!   open takes doing something with it.
 //! - Every byte a [`Conn`] writes is reported to its [`Activity`], which
 //!   lets answers held back for a slow reader go on.
-//! - On gRPC listeners a [`Conn`] puts each flush's first write off once
-//!   ([`super::coalesce`]), so one write carries the answers of every
-//!   call queued on the thread.
+//! - On gRPC listeners a [`Conn`] offers no vectored writes, so that h2
+//!   copies answers into its write buffer and writes an answer's frames
+//!   together (see [`GateRules::copy_small_frames`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,7 +36,6 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::activity::Activity;
-use super::coalesce::Coalesce;
 use crate::metrics::Metrics;
 use crate::metrics::names;
 
@@ -55,9 +54,14 @@ pub struct GateRules {
     /// Whether bytes read count as activity (HTTP/1, where calls are not
     /// tracked); otherwise pings would.
     pub reads_are_activity: bool,
-    /// Whether writes wait for the calls already queued on this thread
-    /// to answer first (HTTP/2; see [`super::coalesce`]).
-    pub coalesce_writes: bool,
+    /// Whether to hide the socket's vectored writes (HTTP/2). h2 then
+    /// copies a DATA frame of less than 1 KiB into its write buffer
+    /// instead of chaining it from 256 B, and a chained frame is written
+    /// before anything can follow it: quotad's answers are 200–300 B, so
+    /// one just over 256 B went out as two writes (its HEADERS and DATA,
+    /// then its trailers with the next answer). BENCHMARKS.md,
+    /// "Performance (issue 24)".
+    pub copy_small_frames: bool,
 }
 
 /// Admits connections to one listener, up to its cap.
@@ -120,7 +124,7 @@ impl Gate {
             idle,
             closed: false,
             armed: false,
-            coalesce: Coalesce::new(self.rules.coalesce_writes),
+            vectored: !self.rules.copy_small_frames,
             gate: Arc::clone(self),
             _permit: permit,
         })
@@ -225,7 +229,8 @@ pub struct Conn<IO> {
     /// The timer holds this task's waker and has not fired yet: a wait
     /// for the peer need not poll it again.
     armed: bool,
-    coalesce: Coalesce,
+    /// Whether writes may be vectored, when the socket can.
+    vectored: bool,
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
 }
@@ -301,9 +306,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.coalesce.hold(cx) {
-            return Poll::Pending;
-        }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -312,9 +314,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        this.coalesce.flushed();
-        Pin::new(&mut this.io).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -327,9 +327,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.coalesce.hold(cx) {
-            return Poll::Pending;
-        }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -338,7 +335,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.coalesce.vectored(self.io.is_write_vectored())
+        self.vectored && self.io.is_write_vectored()
     }
 }
 
@@ -353,6 +350,36 @@ impl<IO> Connected for Conn<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rules(copy_small_frames: bool) -> GateRules {
+        GateRules {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(60),
+            max_buffered_bytes_per_connection: 1 << 20,
+            max_unsent_bytes_per_connection: 1 << 20,
+            reads_are_activity: false,
+            copy_small_frames,
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_connections_hide_vectored_writes_so_small_answers_are_copied() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        for (copy, vectored) in [(true, false), (false, true)] {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            assert!(socket.is_write_vectored(), "a TCP socket writes vectored");
+            let gate = Gate::new("check", rules(copy), &metrics);
+            let conn = gate.admit(socket).expect("under the cap");
+            assert_eq!(
+                conn.is_write_vectored(),
+                vectored,
+                "copy_small_frames {copy}"
+            );
+        }
+    }
 
     #[test]
     fn the_open_files_limit_is_read_from_proc_limits() {

@@ -11,7 +11,6 @@
 //! | [`calls`] | the tower layer every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
 //! | [`body`] | a request body under budget: each gRPC message's declared size is reserved from the connection's and the process's budgets until it has arrived, and must arrive within `server.request_body_timeout` |
 //! | [`budget`] | a shared byte budget |
-//! | [`coalesce`] | putting an HTTP/2 connection's writes off until the calls queued before it have answered, so one write carries many answers |
 //! | [`handshake`] | TLS handshakes in progress: a timeout, a cap per peer address and in all, the oldest dropped first |
 //! | [`http`] | the HTTP listener (health, `/metrics`): HTTP/1.1 with a header deadline and a connection cap that drops the oldest unfinished request first |
 //!
@@ -36,7 +35,6 @@ pub mod activity;
 pub mod body;
 pub mod budget;
 pub mod calls;
-pub mod coalesce;
 pub mod gate;
 pub mod handshake;
 pub mod http;
