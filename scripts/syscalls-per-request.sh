@@ -9,7 +9,7 @@
 # CPU 1 with one runtime thread, and for each KEYS (default: 1 1000000 1)
 # drives Envoy RLS calls at it with quotad-bench on CPU 0 (32 callers, 2
 # connections, as `cargo bench --bench e2e`), counting the server's
-# write/read syscalls and epoll waits with `perf stat` over SECONDS
+# write (writev, sendto, write) and read syscalls and epoll waits with `perf stat` over SECONDS
 # (default 4) in the middle of the run. Prints requests/s and each
 # syscall per second and per request. Needs perf and the release
 # binaries (cargo build --release).
@@ -41,7 +41,7 @@ for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$http/readyz" >/dev/null && break
     sleep 0.1
 done
-events=syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
+events=syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait
 for keys in "${keys_list[@]}"; do
     taskset -c 0 target/release/quotad-bench --addr "127.0.0.1:$grpc" --mode rls --domain quotad \
         --keys "$keys" --threads 1 --connections 2 --concurrency 32 \
