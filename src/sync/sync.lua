@@ -25,7 +25,8 @@ local now = tonumber(ARGV[2])
 local out = { fresh and 1 or 0 }
 
 local function bucket(key, delta, since)
-  local tat = tonumber(redis.call('GET', key) or '0') or 0
+  local stored = redis.call('GET', key)
+  local tat = tonumber(stored or '0') or 0
   if not fresh then
     if tat < now then tat = now end
     return tat
@@ -34,7 +35,9 @@ local function bucket(key, delta, since)
   if tat < since then tat = since end
   tat = tat + delta
   if tat <= now then
-    redis.call('DEL', key)
+    -- Full again: nothing to keep. Most cells of a big burst never
+    -- leave full, so their key is not there to delete.
+    if stored then redis.call('DEL', key) end
     return now
   end
   redis.call('SET', key, string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
