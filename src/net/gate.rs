@@ -17,7 +17,9 @@
 //!   lets answers held back for a slow reader go on.
 //! - On gRPC listeners a [`Conn`] offers no vectored writes, so that h2
 //!   copies answers into its write buffer and writes an answer's frames
-//!   together (see [`GateRules::copy_small_frames`]).
+//!   together (see [`GateRules::copy_small_frames`]), and puts a write off
+//!   once while little waits, so that one write carries the answers of
+//!   every call queued on the thread ([`super::coalesce`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::activity::Activity;
+use super::coalesce::Coalesce;
 use crate::metrics::Metrics;
 use crate::metrics::names;
 
@@ -62,6 +65,9 @@ pub struct GateRules {
     /// then its trailers with the next answer). BENCHMARKS.md,
     /// "Performance (issue 24)".
     pub copy_small_frames: bool,
+    /// Whether a write waits once for the calls queued on the thread to
+    /// answer (HTTP/2; see [`super::coalesce`]).
+    pub coalesce_writes: bool,
 }
 
 /// Admits connections to one listener, up to its cap.
@@ -125,6 +131,7 @@ impl Gate {
             closed: false,
             armed: false,
             vectored: !self.rules.copy_small_frames,
+            coalesce: Coalesce::new(self.rules.coalesce_writes),
             gate: Arc::clone(self),
             _permit: permit,
         })
@@ -231,6 +238,7 @@ pub struct Conn<IO> {
     armed: bool,
     /// Whether writes may be vectored, when the socket can.
     vectored: bool,
+    coalesce: Coalesce,
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
 }
@@ -306,6 +314,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.coalesce.hold(cx, this.info.activity.unsent()) {
+            return Poll::Pending;
+        }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -314,7 +325,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        this.coalesce.flushed();
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -327,6 +340,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.coalesce.hold(cx, this.info.activity.unsent()) {
+            return Poll::Pending;
+        }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = written {
             this.info.activity.written(n);
@@ -359,6 +375,7 @@ mod tests {
             max_unsent_bytes_per_connection: 1 << 20,
             reads_are_activity: false,
             copy_small_frames,
+            coalesce_writes: copy_small_frames,
         }
     }
 

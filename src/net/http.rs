@@ -146,6 +146,7 @@ pub async fn serve(
             max_unsent_bytes_per_connection: usize::MAX,
             reads_are_activity: true,
             copy_small_frames: false,
+            coalesce_writes: false,
         },
         metrics,
     );

@@ -1,0 +1,118 @@
+//! Putting an HTTP/2 connection's write off once, while little waits to
+//! be written, so that one socket write carries the answers of every
+//! call queued on the connection's thread.
+//!
+//! h2 writes a connection's frames from the connection's task, which
+//! every answering call wakes. Tokio runs a task woken by the running
+//! one next (its LIFO slot), so without help the connection task runs
+//! after each call and writes that call's answer alone: one `sendto`, one
+//! loopback delivery and one wake-up of the peer per answer
+//! (BENCHMARKS.md, "Performance (issue 24)").
+//!
+//! [`Coalesce::hold`] puts the first write after each flush off once:
+//! the connection task wakes itself and returns `Pending`, which sends it
+//! to the back of its worker's run queue. The calls queued there answer
+//! first, and the next poll writes all their frames at once. An idle
+//! server answers a lone call after one extra pass through an empty run
+//! queue; a busy one waits only for the work already queued.
+//!
+//! **Only while little waits.** Put off without a limit, every
+//! connection of a server streaming at full speed filled its whole
+//! allowance of unwritten answers (`server.max_unsent_bytes_per_connection`)
+//! before its task wrote, all at once, and the process passed the
+//! documented worst case memory. A write is put off only while fewer
+//! than [`HOLD_UNDER`] bytes of answers wait on the connection: the
+//! answers of unary calls, not a stream's backlog.
+
+use std::task::Context;
+
+/// Answer bytes waiting on a connection (handed to HTTP/2, not yet
+/// written) under which its next write may be put off: about fifty
+/// unary answers of 300 bytes.
+pub const HOLD_UNDER: usize = 16 << 10;
+
+/// One connection's write coalescing state.
+#[derive(Debug, Clone, Copy)]
+pub struct Coalesce {
+    on: bool,
+    /// A write was put off since the last flush.
+    held: bool,
+}
+
+impl Coalesce {
+    /// Coalescing when `on` (HTTP/2), else writes go straight through.
+    pub fn new(on: bool) -> Self {
+        Self { on, held: false }
+    }
+
+    /// Whether to put this write off, `unsent` answer bytes waiting on
+    /// the connection: true at most once per flush, and only under
+    /// [`HOLD_UNDER`], having woken the task so it is polled again after
+    /// the tasks queued before it.
+    #[inline]
+    pub fn hold(&mut self, cx: &Context<'_>, unsent: usize) -> bool {
+        if !self.on || self.held || unsent >= HOLD_UNDER {
+            return false;
+        }
+        self.held = true;
+        cx.waker().wake_by_ref();
+        true
+    }
+
+    /// The writer flushed: its next write may be put off again.
+    #[inline]
+    pub fn flushed(&mut self) {
+        self.held = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_write_is_put_off_once_per_flush_and_wakes_its_task() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(true);
+        assert!(c.hold(&cx, 300), "the first write waits");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "and its task is woken");
+        assert!(!c.hold(&cx, 300), "the next goes out");
+        assert!(!c.hold(&cx, 0), "and so does the rest of the flush");
+        c.flushed();
+        assert!(c.hold(&cx, 0), "after a flush, the first write waits again");
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_backlog_is_written_at_once() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(true);
+        assert!(!c.hold(&cx, HOLD_UNDER), "a stream's backlog is not held");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "nor its task woken");
+        assert!(c.hold(&cx, HOLD_UNDER - 1), "under the mark it is");
+    }
+
+    #[test]
+    fn off_lets_every_write_through() {
+        let waker = futures_util::task::noop_waker();
+        let cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(false);
+        assert!(!c.hold(&cx, 0));
+    }
+}
