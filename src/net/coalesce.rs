@@ -82,10 +82,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_write_is_put_off_once_per_flush_and_wakes_its_task() {
+    /// A waker that counts its wakes.
+    fn counting() -> (Arc<Count>, Waker) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
+        (count, waker)
+    }
+
+    #[test]
+    fn a_write_is_put_off_once_per_flush_and_wakes_its_task() {
+        let (count, waker) = counting();
         let cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(true);
         assert!(c.hold(&cx, 300), "the first write waits");
@@ -99,8 +105,7 @@ mod tests {
 
     #[test]
     fn a_backlog_is_written_at_once() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&count));
+        let (count, waker) = counting();
         let cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(true);
         assert!(!c.hold(&cx, HOLD_UNDER), "a stream's backlog is not held");
