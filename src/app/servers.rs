@@ -235,7 +235,6 @@ fn gate_rules(c: &ConnLimits) -> GateRules {
         max_buffered_bytes_per_connection: c.max_buffered_bytes_per_connection,
         max_unsent_bytes_per_connection: c.max_unsent_bytes_per_connection,
         reads_are_activity: false,
-        copy_small_frames: true,
         coalesce_writes: true,
     }
 }

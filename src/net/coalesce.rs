@@ -1,15 +1,23 @@
-//! Putting an HTTP/2 connection's write off once, while little waits to
-//! be written, so that one socket write carries the answers of every
-//! call queued on the connection's thread.
+//! Batching an HTTP/2 connection's socket writes: an answer's frames
+//! leave in one write, and the answers of every call queued on the
+//! connection's thread share one.
 //!
-//! h2 writes a connection's frames from the connection's task, which
+//! **Frames copied, not chained** ([`Coalesce::vectored`]). A coalescing
+//! connection reports that its socket cannot write vectored. h2 then
+//! copies a DATA frame of less than 1 KiB into its write buffer instead
+//! of chaining it from 256 B, and a chained frame is written before
+//! anything can follow it: quotad's answers are 200–300 B, so one just
+//! over 256 B went out as two writes (its HEADERS and DATA, then its
+//! trailers with the next answer).
+//!
+//! **A write put off once** ([`Coalesce::hold`]). h2 writes a connection's frames from the connection's task, which
 //! every answering call wakes. Tokio runs a task woken by the running
 //! one next (its LIFO slot), so without help the connection task runs
 //! after each call and writes that call's answer alone: one `sendto`, one
 //! loopback delivery and one wake-up of the peer per answer
 //! (BENCHMARKS.md, "Performance (issue 24)").
 //!
-//! [`Coalesce::hold`] puts the first write after each flush off once:
+//! So the first write after each flush is put off once:
 //! the connection task wakes itself and returns `Pending`, which sends it
 //! to the back of its worker's run queue. The calls queued there answer
 //! first, and the next poll writes all their frames at once. An idle
@@ -45,13 +53,13 @@ impl Coalesce {
         Self { on, held: false }
     }
 
-    /// Whether to put this write off, `unsent` answer bytes waiting on
-    /// the connection: true at most once per flush, and only under
-    /// [`HOLD_UNDER`], having woken the task so it is polled again after
-    /// the tasks queued before it.
+    /// Whether to put this write off, `unsent` telling the answer bytes
+    /// waiting on the connection (read only when it matters): true at
+    /// most once per flush, and only under [`HOLD_UNDER`], having woken
+    /// the task so it is polled again after the tasks queued before it.
     #[inline]
-    pub fn hold(&mut self, cx: &Context<'_>, unsent: usize) -> bool {
-        if !self.on || self.held || unsent >= HOLD_UNDER {
+    pub fn hold(&mut self, cx: &Context<'_>, unsent: impl FnOnce() -> usize) -> bool {
+        if !self.on || self.held || unsent() >= HOLD_UNDER {
             return false;
         }
         self.held = true;
@@ -63,6 +71,12 @@ impl Coalesce {
     #[inline]
     pub fn flushed(&mut self) {
         self.held = false;
+    }
+
+    /// Whether the connection offers vectored writes, its socket
+    /// offering them or not: never while coalescing.
+    pub fn vectored(&self, socket: bool) -> bool {
+        socket && !self.on
     }
 }
 
@@ -94,12 +108,15 @@ mod tests {
         let (count, waker) = counting();
         let cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(true);
-        assert!(c.hold(&cx, 300), "the first write waits");
+        assert!(c.hold(&cx, || 300), "the first write waits");
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "and its task is woken");
-        assert!(!c.hold(&cx, 300), "the next goes out");
-        assert!(!c.hold(&cx, 0), "and so does the rest of the flush");
+        assert!(!c.hold(&cx, || 300), "the next goes out");
+        assert!(!c.hold(&cx, || 0), "and so does the rest of the flush");
         c.flushed();
-        assert!(c.hold(&cx, 0), "after a flush, the first write waits again");
+        assert!(
+            c.hold(&cx, || 0),
+            "after a flush, the first write waits again"
+        );
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
@@ -108,9 +125,12 @@ mod tests {
         let (count, waker) = counting();
         let cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(true);
-        assert!(!c.hold(&cx, HOLD_UNDER), "a stream's backlog is not held");
+        assert!(
+            !c.hold(&cx, || HOLD_UNDER),
+            "a stream's backlog is not held"
+        );
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "nor its task woken");
-        assert!(c.hold(&cx, HOLD_UNDER - 1), "under the mark it is");
+        assert!(c.hold(&cx, || HOLD_UNDER - 1), "under the mark it is");
     }
 
     #[test]
@@ -118,6 +138,8 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let cx = Context::from_waker(&waker);
         let mut c = Coalesce::new(false);
-        assert!(!c.hold(&cx, 0));
+        assert!(!c.hold(&cx, || 0));
+        assert!(c.vectored(true), "vectored writes stay when off");
+        assert!(!Coalesce::new(true).vectored(true), "and go when on");
     }
 }

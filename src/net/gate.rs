@@ -15,11 +15,9 @@
 //!   open takes doing something with it.
 //! - Every byte a [`Conn`] writes is reported to its [`Activity`], which
 //!   lets answers held back for a slow reader go on.
-//! - On gRPC listeners a [`Conn`] offers no vectored writes, so that h2
-//!   copies answers into its write buffer and writes an answer's frames
-//!   together (see [`GateRules::copy_small_frames`]), and puts a write off
-//!   once while little waits, so that one write carries the answers of
-//!   every call queued on the thread ([`super::coalesce`]).
+//! - On gRPC listeners a [`Conn`] batches h2's writes
+//!   ([`super::coalesce`]): an answer's frames leave together, and the
+//!   answers of the calls queued on the thread share a write.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,16 +55,7 @@ pub struct GateRules {
     /// Whether bytes read count as activity (HTTP/1, where calls are not
     /// tracked); otherwise pings would.
     pub reads_are_activity: bool,
-    /// Whether to hide the socket's vectored writes (HTTP/2). h2 then
-    /// copies a DATA frame of less than 1 KiB into its write buffer
-    /// instead of chaining it from 256 B, and a chained frame is written
-    /// before anything can follow it: quotad's answers are 200–300 B, so
-    /// one just over 256 B went out as two writes (its HEADERS and DATA,
-    /// then its trailers with the next answer). BENCHMARKS.md,
-    /// "Performance (issue 24)".
-    pub copy_small_frames: bool,
-    /// Whether a write waits once for the calls queued on the thread to
-    /// answer (HTTP/2; see [`super::coalesce`]).
+    /// Whether to batch h2's writes (HTTP/2; see [`super::coalesce`]).
     pub coalesce_writes: bool,
 }
 
@@ -130,7 +119,6 @@ impl Gate {
             idle,
             closed: false,
             armed: false,
-            vectored: !self.rules.copy_small_frames,
             coalesce: Coalesce::new(self.rules.coalesce_writes),
             gate: Arc::clone(self),
             _permit: permit,
@@ -236,8 +224,6 @@ pub struct Conn<IO> {
     /// The timer holds this task's waker and has not fired yet: a wait
     /// for the peer need not poll it again.
     armed: bool,
-    /// Whether writes may be vectored, when the socket can.
-    vectored: bool,
     coalesce: Coalesce,
     gate: Arc<Gate>,
     _permit: OwnedSemaphorePermit,
@@ -314,7 +300,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.coalesce.hold(cx, this.info.activity.unsent()) {
+        if this.coalesce.hold(cx, || this.info.activity.unsent()) {
             return Poll::Pending;
         }
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
@@ -340,7 +326,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.coalesce.hold(cx, this.info.activity.unsent()) {
+        if this.coalesce.hold(cx, || this.info.activity.unsent()) {
             return Poll::Pending;
         }
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
@@ -351,7 +337,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.vectored && self.io.is_write_vectored()
+        self.coalesce.vectored(self.io.is_write_vectored())
     }
 }
 
@@ -367,15 +353,14 @@ impl<IO> Connected for Conn<IO> {
 mod tests {
     use super::*;
 
-    fn rules(copy_small_frames: bool) -> GateRules {
+    fn rules(coalesce_writes: bool) -> GateRules {
         GateRules {
             max_connections: 4,
             idle_timeout: Duration::from_secs(60),
             max_buffered_bytes_per_connection: 1 << 20,
             max_unsent_bytes_per_connection: 1 << 20,
             reads_are_activity: false,
-            copy_small_frames,
-            coalesce_writes: copy_small_frames,
+            coalesce_writes,
         }
     }
 
@@ -384,16 +369,16 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Metrics::new();
-        for (copy, vectored) in [(true, false), (false, true)] {
+        for (coalesce, vectored) in [(true, false), (false, true)] {
             let _client = TcpStream::connect(addr).await.unwrap();
             let (socket, _) = listener.accept().await.unwrap();
             assert!(socket.is_write_vectored(), "a TCP socket writes vectored");
-            let gate = Gate::new("check", rules(copy), &metrics);
+            let gate = Gate::new("check", rules(coalesce), &metrics);
             let conn = gate.admit(socket).expect("under the cap");
             assert_eq!(
                 conn.is_write_vectored(),
                 vectored,
-                "copy_small_frames {copy}"
+                "coalesce_writes {coalesce}"
             );
         }
     }

@@ -145,7 +145,6 @@ pub async fn serve(
             max_buffered_bytes_per_connection: 0,
             max_unsent_bytes_per_connection: usize::MAX,
             reads_are_activity: true,
-            copy_small_frames: false,
             coalesce_writes: false,
         },
         metrics,

@@ -11,7 +11,7 @@
 //! | [`calls`] | the tower layer every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
 //! | [`body`] | a request body under budget: each gRPC message's declared size is reserved from the connection's and the process's budgets until it has arrived, and must arrive within `server.request_body_timeout` |
 //! | [`budget`] | a shared byte budget |
-//! | [`coalesce`] | putting an HTTP/2 connection's write off once while little waits, so one write carries the answers of every call queued on its thread |
+//! | [`coalesce`] | batching an HTTP/2 connection's socket writes: an answer's frames in one write (copied, not chained), and a write put off once while little waits, so the answers of the calls queued on its thread share it |
 //! | [`handshake`] | TLS handshakes in progress: a timeout, a cap per peer address and in all, the oldest dropped first |
 //! | [`http`] | the HTTP listener (health, `/metrics`): HTTP/1.1 with a header deadline and a connection cap that drops the oldest unfinished request first |
 //!
