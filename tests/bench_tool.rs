@@ -13,8 +13,14 @@ const BENCH: &str = env!("CARGO_BIN_EXE_quotad-bench");
 /// Runs quotad-bench against `d` (as a child process, while the daemon
 /// keeps serving on this test's runtime) and parses its JSON report.
 async fn run(d: &TestDaemon, extra: &[&str]) -> Value {
+    run_at(d.grpc_addr, extra).await
+}
+
+/// Runs quotad-bench against `addr` with the defaults of [`run`], which
+/// `extra` overrides (a repeated flag takes its last value).
+async fn run_at(addr: std::net::SocketAddr, extra: &[&str]) -> Value {
     let out = tokio::process::Command::new(BENCH)
-        .arg(format!("--addr={}", d.grpc_addr))
+        .arg(format!("--addr={addr}"))
         .args(["--duration=300ms", "--warmup=0s", "--json", "--keys=50"])
         .args(["--concurrency=4", "--connections=2", "--domain=edge"])
         .args(extra)
@@ -188,23 +194,7 @@ async fn report_and_http_auth_modes_drive_a_daemon() {
     assert!(n(&r, "denied") > 0, "{r}");
     // /v1/auth over HTTP/1.1: 200 allowed, 429 denied, no errors.
     let door = d.http_check_addr.expect("the door is on");
-    let out = tokio::process::Command::new(BENCH)
-        .arg(format!("--addr={door}"))
-        .args([
-            "--mode=http-auth",
-            "--duration=300ms",
-            "--warmup=0s",
-            "--json",
-        ])
-        .args(["--keys=5", "--concurrency=4"])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
-        .await
-        .expect("quotad-bench stops by itself")
-        .expect("quotad-bench runs");
-    assert!(out.status.success(), "{out:?}");
-    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    let r = run_at(door, &["--mode=http-auth", "--keys=5"]).await;
     assert!(n(&r, "requests") > 0 && n(&r, "errors") == 0, "{r}");
     assert_eq!(n(&r, "allowed") + n(&r, "denied"), n(&r, "requests"), "{r}");
     assert!(n(&r, "denied") > 0, "5 keys of 20 + 10/s: {r}");
