@@ -183,8 +183,7 @@ impl Bench {
         if let Some(ticks) = cpu
             && checks > 0.0
         {
-            run.0["server_cpu_us_per_check"] =
-                (ticks as f64 * 1e6 / TICKS_PER_SECOND / checks).into();
+            run.0[CPU] = (ticks as f64 * 1e6 / TICKS_PER_SECOND / checks).into();
         }
         Ok(run)
     }
@@ -266,18 +265,11 @@ impl Pair {
 /// The rows of a pair against the floor (`a`): CPU per call and
 /// closed-loop p99 (issue 24's targets beside the throughput row).
 fn floor_rows(case: &str, pair: &Pair) -> [Row; 2] {
-    let cpu = pair.ratio_of("server_cpu_us_per_check");
-    let med = |runs: &[Run]| {
-        median(
-            runs.iter()
-                .map(|r| r.n("server_cpu_us_per_check"))
-                .collect(),
-        )
-    };
+    let cpu = pair.ratio_of(CPU);
     let measured = format!(
         "{:.2} vs {:.2} µs: **{:.2}×**",
-        med(&pair.b),
-        med(&pair.a),
+        field(&pair.b, CPU),
+        field(&pair.a, CPU),
         cpu
     );
     println!("{case}, CPU per call: {measured}");
@@ -313,6 +305,9 @@ fn flushed_at_least(server: &Server, want: f64) -> anyhow::Result<f64> {
     }
 }
 
+/// The field a run's server CPU per check (µs) is added under.
+const CPU: &str = "server_cpu_us_per_check";
+
 /// Clock ticks a second in `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -335,9 +330,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The median of one numeric field over runs.
+fn field(runs: &[Run], k: &str) -> f64 {
+    median(runs.iter().map(|r| r.n(k)).collect())
+}
+
 /// The median checks/s of runs.
 fn cps(runs: &[Run]) -> f64 {
-    median(runs.iter().map(|r| r.n("checks_per_second")).collect())
+    field(runs, "checks_per_second")
 }
 
 /// The median of one latency percentile over runs, µs.
