@@ -572,7 +572,8 @@ async fn open_loop(
     let start = measure_from - args.warmup;
     let mut keys = Keys::new(&args, u64::MAX)?;
     let (done, mut answers) =
-        tokio::sync::mpsc::unbounded_channel::<(Instant, Duration, Answered)>();
+        tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Duration, Answered)>();
+    let log_to = args.latency_log.clone();
     let schedule = tokio::spawn(async move {
         for n in 0u64.. {
             let due = start + interval.mul_f64(n as f64);
@@ -593,20 +594,56 @@ async fn open_loop(
             let a = Arc::clone(&args);
             let done = done.clone();
             tokio::spawn(async move {
+                let sent = Instant::now();
                 let answered = call(&mut c, &a, &mut keys).await;
                 let took = due.elapsed();
                 drop(permit);
-                let _ = done.send((due, took, answered));
+                let _ = done.send((due, sent, took, answered));
             });
         }
     });
     let mut out = Outcome::new();
     // Ends when the schedule and every request it spawned are done.
-    while let Some((due, took, answered)) = answers.recv().await {
+    let mut log = Vec::new();
+    while let Some((due, sent, took, answered)) = answers.recv().await {
         if due >= measure_from {
             out.record_took(took, answered);
+            if log_to.is_some() {
+                log.push((
+                    due - measure_from,
+                    sent.saturating_duration_since(due),
+                    took,
+                ));
+            }
         }
     }
     schedule.await.context("the schedule task")?;
+    if let Some(path) = log_to {
+        write_latency_log(&path, &mut log)?;
+    }
     Ok(out)
+}
+
+/// Writes `--latency-log`: one line per request, in the order they were
+/// due, `due_us lag_us took_us`.
+fn write_latency_log(
+    path: &std::path::Path,
+    log: &mut [(Duration, Duration, Duration)],
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    log.sort_unstable_by_key(|l| l.0);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("--latency-log {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for (due, lag, took) in log.iter() {
+        writeln!(
+            w,
+            "{} {} {}",
+            due.as_micros(),
+            lag.as_micros(),
+            took.as_micros()
+        )?;
+    }
+    w.flush()
+        .with_context(|| format!("--latency-log {}", path.display()))
 }

@@ -151,6 +151,13 @@ pub struct Args {
     /// Open loop: requests per second, due at fixed intervals.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: write every measured request to this file, one line
+    /// each: `due_us lag_us took_us` (when it was due, from the start of
+    /// measuring; how late the generator sent it; its latency from when
+    /// it was due). Tells a stall of the generator (the lag) from one of
+    /// the server or the network (latency without lag).
+    #[arg(long)]
+    pub latency_log: Option<std::path::PathBuf>,
     /// Checks per `CheckBatch`.
     #[arg(long, default_value_t = 10)]
     pub batch: usize,
@@ -200,6 +207,9 @@ impl Args {
         }
         if self.batch == 0 || self.window == 0 || self.requests == Some(0) {
             return Err("--batch, --window and --requests must be at least 1".into());
+        }
+        if self.latency_log.is_some() && self.rate.is_none() {
+            return Err("--latency-log: only with --rate (an open loop)".into());
         }
         if self.rate.is_some() && self.mode == Mode::HttpAuth {
             return Err("--rate: http-auth runs a closed loop (one connection per caller)".into());
