@@ -61,6 +61,9 @@
 //! of it (a round drains the whole journal into a vector: 48 B per
 //! entry): 64 + 112 + 48 = 224, rounded to 256 B per cell unless
 //! `--bytes-per-cell` says otherwise.
+//! `quotad_redis_pending_deltas` at the end must be at most 9/4 of the
+//! cap: the journal (9/8 of it with its side lists) and the round in
+//! flight to Redis (one drain of it).
 //!
 //! `cargo bench --bench flood` floods 10 000 000 keys over a cap of
 //! 1 000 000 cells (a minute or two here); without `--bench` (test mode,
@@ -535,8 +538,17 @@ async fn run(full: bool) -> anyhow::Result<Outcome> {
                     .trim_start_matches(':')
             ),
         ));
-        if pending > opts.cap as f64 {
-            faults.push(format!("{pending} deltas pending, over the cap"));
+        // The gauge counts the journal (one entry per dirty cell, so at
+        // most the cap, plus displaced cells still listed and undos of
+        // cells gone, a sixteenth of the cap each) and the cells of the
+        // round in flight to Redis (one drain of the journal): at most
+        // twice 9/8 of the cap. How much of that is taken at the end
+        // depends on where the flush round is, so that is the bound.
+        let bound = opts.cap as f64 * 9.0 / 4.0;
+        if pending > bound {
+            faults.push(format!(
+                "{pending} deltas pending, over 9/4 of the cap ({bound})"
+            ));
         }
     }
     Ok(Outcome { rows, faults })
