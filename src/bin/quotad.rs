@@ -20,6 +20,16 @@ use quotad::telemetry::logging::{self, LogFormat};
 
 use quotad::cli::EX_USAGE;
 
+/// jemalloc instead of glibc's malloc: every call allocates its request,
+/// its answer and its headers, and glibc's allocator was 8–9 % of the
+/// server's time. Measured in `BENCHMARKS.md` ("Lever 1"), with the
+/// memory bounds of `conns`, `flood` and `soak` checked against it. The
+/// benches' floor server keeps the system allocator (it is the fixed
+/// reference).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "quotad",
