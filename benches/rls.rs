@@ -35,6 +35,7 @@ use quotad::api::headers::{self, HeaderStyle, Standing};
 use quotad::config::{Config, EnvoySettings, RequestCaps};
 use quotad::core::{KeyHasher, SystemClock};
 use quotad::engine::Engine;
+use quotad::limits::header_text::HeaderText;
 use quotad::limits::rls::Algorithm;
 use quotad::store::StoreLimits;
 
@@ -206,6 +207,11 @@ fn components(c: &mut Criterion) {
             )
         })
     });
+    // Each limit's constant text rendered once, as the limits table does.
+    let texts = [
+        HeaderText::new("remote_address", 10, 1),
+        HeaderText::new("per-key-hourly", 1000, 3600),
+    ];
     let standings = [
         Standing {
             name: "remote_address",
@@ -215,6 +221,7 @@ fn components(c: &mut Criterion) {
             window: 1,
             over: false,
             retry_after: Some(0),
+            text: Some(&texts[0]),
         },
         Standing {
             name: "per-key-hourly",
@@ -224,6 +231,7 @@ fn components(c: &mut Criterion) {
             window: 3600,
             over: true,
             retry_after: Some(1_800_000_000_000),
+            text: Some(&texts[1]),
         },
     ];
     for style in [

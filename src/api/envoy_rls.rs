@@ -376,6 +376,7 @@ fn limited<'a>(
             window: rl.limit.window_seconds(),
             over: !d.allowed && !shadow && !quota,
             retry_after: d.retry_after,
+            text: Some(&rl.limit.text),
         }),
     }
 }

@@ -20,6 +20,7 @@ pub use crate::config::HeaderStyle;
 use crate::core::clock::NANOS_PER_SEC;
 use crate::core::{Decision, DenyReason, Nanos};
 use crate::limits::Limit;
+use crate::limits::header_text::{HeaderText, push_param, push_sf_string};
 
 /// Where a caller stands against one limit that applied to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct Standing<'a> {
     /// For a limit that is over: when the request would fit; `None` if
     /// never.
     pub retry_after: Option<Nanos>,
+    /// The limit's text rendered once (its quoted name, its policy item at
+    /// its own capacity); `None` renders `name` on the spot.
+    pub text: Option<&'a HeaderText>,
 }
 
 impl<'a> Standing<'a> {
@@ -54,6 +58,9 @@ impl<'a> Standing<'a> {
             window: limit.window_seconds(),
             over: !d.allowed,
             retry_after: d.retry_after,
+            // The text is rendered under the policy name, which an
+            // envoyproxy/ratelimit file's limit has not.
+            text: (!limit.policy.is_empty()).then_some(&limit.text),
         }
     }
 }
@@ -104,10 +111,15 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
                 policy.push_str(", ");
                 state.push_str(", ");
             }
-            push_sf_string(&mut policy, s.name);
-            push_param(&mut policy, ";q=", s.limit);
-            push_param(&mut policy, ";w=", s.window);
-            push_sf_string(&mut state, s.name);
+            match s.text.and_then(|t| t.policy_for(s.limit, s.window)) {
+                Some(item) => policy.push_str(item),
+                None => {
+                    quoted(&mut policy, s);
+                    push_param(&mut policy, ";q=", s.limit);
+                    push_param(&mut policy, ";w=", s.window);
+                }
+            }
+            quoted(&mut state, s);
             push_param(&mut state, ";r=", s.remaining);
             push_param(&mut state, ";t=", seconds(s.reset));
         }
@@ -124,12 +136,6 @@ pub fn render(style: HeaderStyle, standings: &[Standing<'_>], over_limit: bool) 
 /// per answer; `to_string` goes through the formatting machinery).
 fn number(n: u64) -> String {
     itoa::Buffer::new().format(n).to_owned()
-}
-
-/// Appends `name` (`;q=`) and `n` in decimal.
-fn push_param(out: &mut String, name: &str, n: u64) {
-    out.push_str(name);
-    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// The headers for one plan decision: [`render`]'s, or for a blocked key
@@ -219,22 +225,12 @@ fn seconds(ns: Nanos) -> u64 {
     ns.div_ceil(NANOS_PER_SEC)
 }
 
-/// Appends `s` as an RFC 8941 sf-string: printable ASCII, `"` and `\` escaped; anything
-/// else becomes `?` so a name can never break the field.
-fn push_sf_string(out: &mut String, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
+/// Appends `s`'s name as an sf-string: rendered once, or now.
+fn quoted(out: &mut String, s: &Standing<'_>) {
+    match s.text {
+        Some(t) => out.push_str(&t.name),
+        None => push_sf_string(out, s.name),
     }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -252,6 +248,41 @@ mod tests {
             window: 60,
             over,
             retry_after: over.then_some(reset),
+            text: None,
+        }
+    }
+
+    #[test]
+    fn text_rendered_once_reads_as_text_rendered_now() {
+        let texts = [
+            HeaderText::new("gold/per-minute", 100, 60),
+            HeaderText::new("odd \"name\"", 7, 60),
+        ];
+        for t in &texts {
+            let shown = if t.capacity == 100 {
+                "gold/per-minute"
+            } else {
+                "odd \"name\""
+            };
+            // At the limit's own capacity, and at an override's (the
+            // policy item is then rendered on the spot).
+            for limit in [t.capacity, 5_000] {
+                let now = st(shown, limit, 3, 2 * S, true);
+                let once = Standing {
+                    text: Some(t),
+                    ..now
+                };
+                for style in [
+                    HeaderStyle::Draft03,
+                    HeaderStyle::Draft11,
+                    HeaderStyle::Both,
+                ] {
+                    let two = [once, st("b", 10, 9, S, false)];
+                    let two_now = [now, st("b", 10, 9, S, false)];
+                    assert_eq!(render(style, &[once], true), render(style, &[now], true));
+                    assert_eq!(render(style, &two, true), render(style, &two_now, true));
+                }
+            }
         }
     }
 

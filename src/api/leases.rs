@@ -161,6 +161,7 @@ fn answer_headers(a: &Acquisition, style: HeaderStyle) -> Vec<headers::Header> {
             window: if a.ttl > 0 { a.ttl } else { c.lease_ttl }.div_ceil(NANOS_PER_SEC),
             over: by_slots,
             retry_after: wait,
+            text: None,
         });
     }
     if let Some((d, Some(limit))) = &a.rate {

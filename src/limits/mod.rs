@@ -8,6 +8,7 @@
 //! arithmetic is known to fit in 64 bits.
 
 pub mod file;
+pub mod header_text;
 pub mod overrides;
 pub mod rlqs;
 pub mod rls;
@@ -53,6 +54,10 @@ pub struct Limit {
     /// [`crate::sync::strict`]); a plan with a strict limit is decided
     /// there as a whole.
     pub strict: bool,
+    /// Its header text, rendered once (see [`header_text`]): under
+    /// `policy`, or `name` when `policy` is empty (an envoyproxy/ratelimit
+    /// file's limit).
+    pub text: header_text::HeaderText,
 }
 
 impl Limit {
@@ -64,7 +69,20 @@ impl Limit {
             uid: name_id(&[plan, name]),
             kind,
             strict: false,
+            text: header_text::HeaderText::default(),
         }
+        .rendered()
+    }
+
+    /// This limit with its header text rendered (see [`Limit::text`]).
+    pub fn rendered(mut self) -> Self {
+        let shown = if self.policy.is_empty() {
+            &self.name
+        } else {
+            &self.policy
+        };
+        self.text = header_text::HeaderText::new(shown, self.capacity(), self.window_seconds());
+        self
     }
 
     /// Capacity: the burst of a bucket, the quota of a window.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
 use crate::core::hash::name_id;
 use crate::core::source::Source;
+use crate::limits::header_text::HeaderText;
 use crate::limits::{FixedWindow, Limit, LimitKind, Rate, RateError};
 
 /// The longest domain name accepted, in bytes.
@@ -253,7 +254,9 @@ impl RlsLimit {
                 uid,
                 kind,
                 strict: false,
-            },
+                text: HeaderText::default(),
+            }
+            .rendered(),
         })
     }
 }
