@@ -71,6 +71,35 @@ async fn the_open_loop_keeps_its_rate() {
 }
 
 #[tokio::test]
+async fn the_latency_log_has_every_measured_request_in_order() {
+    let d = TestDaemon::start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = dir.path().join("latency.txt");
+    let flag = format!("--latency-log={}", log.display());
+    let r = run(&d, &["--rate=400", &flag]).await;
+    let text = std::fs::read_to_string(&log).expect("the log is written");
+    let rows: Vec<Vec<u64>> = text
+        .lines()
+        .map(|l| l.split(' ').map(|n| n.parse().expect("a number")).collect())
+        .collect();
+    assert_eq!(rows.len() as u64, r["requests"].as_u64().unwrap(), "{r}");
+    for w in rows.windows(2) {
+        assert!(w[0][0] <= w[1][0], "in the order they were due: {w:?}");
+    }
+    for row in &rows {
+        assert_eq!(row.len(), 3, "due, lag, took: {row:?}");
+        assert!(row[0] < 300_000 && row[1] <= row[2], "{row:?}");
+    }
+    // Only an open loop has due times.
+    let out = std::process::Command::new(BENCH)
+        .args([format!("--addr={}", d.grpc_addr), flag])
+        .output()
+        .expect("quotad-bench runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--latency-log: only with --rate"));
+}
+
+#[tokio::test]
 async fn requests_stops_the_run_after_that_many() {
     let d = TestDaemon::start().await;
     // Closed loop (4 callers), stream and open loop: exactly 37 calls,
