@@ -9,10 +9,15 @@
 //!    attack): how many the budgets hold, and RSS against the documented
 //!    bound `max_buffered_bytes + N × (receive window + unsent answers +
 //!    CONN_OVERHEAD)`.
-//! 3. **Slow readers**: on each, a `CheckStream` fed 20 000 requests whose
-//!    answers are never read: how many requests the server took (it stops
-//!    reading once `max_unsent_bytes_per_connection` of answers wait), and
-//!    RSS against the same bound.
+//! 3. **Full-speed streams**: on each, a `CheckStream` fed 20 000 requests,
+//!    whose answers the client's HTTP/2 layer reads (large windows) but
+//!    nobody consumes: RSS against the same bound while all of them run.
+//! 4. **Slow readers**: N fresh connections, each a `CheckStream` fed
+//!    20 000 requests whose answers are never read (the client's HTTP/2 windows, 64 KiB, fill
+//!    and stay full): how many requests the server took (it stops reading
+//!    once `max_unsent_bytes_per_connection` of answers wait), and RSS
+//!    against N × the per-connection bound over the RSS once the first
+//!    connections closed.
 //!
 //! `cargo bench --bench conns` uses 1 000 connections (under the default
 //! cap of 1 024); without `--bench` (test mode) 40, and asserts the bound.
@@ -30,6 +35,14 @@ use quotad::config::ConnLimits;
 
 const MIB: f64 = 1_048_576.0;
 
+/// The HTTP/2 windows of the first connections: large, so that the
+/// client's HTTP/2 layer reads every answer into its own memory (a fast
+/// reader, to the server) whether or not the caller consumes it.
+const FAST_READER_WINDOW: u32 = 1 << 30;
+
+/// Streamed requests per connection in phases 3 and 4.
+const STREAMED: usize = 20_000;
+
 /// An HTTP/2 connection to quotad, driven by hand.
 struct Raw {
     send: h2::client::SendRequest<Bytes>,
@@ -39,15 +52,17 @@ struct Raw {
 }
 
 impl Raw {
-    async fn connect(port: u16) -> anyhow::Result<Raw> {
+    /// A connection whose HTTP/2 windows are `window` bytes, or the
+    /// protocol's 64 KiB.
+    async fn connect(port: u16, window: Option<u32>) -> anyhow::Result<Raw> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let (send, conn) = h2::client::Builder::new()
-            // The client's own window: large, so what waits is on the
-            // server's side.
-            .initial_window_size(1 << 30)
-            .initial_connection_window_size(1 << 30)
-            .handshake(tcp)
-            .await?;
+        let mut builder = h2::client::Builder::new();
+        if let Some(w) = window {
+            builder
+                .initial_window_size(w)
+                .initial_connection_window_size(w);
+        }
+        let (send, conn) = builder.handshake(tcp).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -120,7 +135,8 @@ async fn run(full: bool) -> anyhow::Result<(Vec<(String, String)>, Vec<String>)>
     // 1. Idle connections, each after one answered call.
     let mut conns = Vec::new();
     for i in 0..n {
-        let c = Raw::connect(q.grpc).await?;
+        // Large windows: what waits is on the server's side.
+        let c = Raw::connect(q.grpc, Some(FAST_READER_WINDOW)).await?;
         let mut body = check_message(&format!("k{i}"));
         let answer = {
             let mut send = c.send.clone().ready().await?;
@@ -200,35 +216,58 @@ async fn run(full: bool) -> anyhow::Result<(Vec<(String, String)>, Vec<String>)>
         ));
     }
 
-    // 3. A stream per connection whose answers are never read.
-    let requests: Vec<u8> = (0..20_000)
+    // 3. A stream per connection, read at full speed by the client's
+    // HTTP/2 layer: the server's memory while every connection streams
+    // (how many requests it takes meanwhile depends on its speed).
+    let requests: Vec<u8> = (0..STREAMED)
         .flat_map(|i| check_message(&format!("s{i}")))
         .collect();
     let requests = Bytes::from(requests);
-    for c in &mut conns {
-        let answer = c
-            .start("/quotad.v1.RateLimiter/CheckStream", requests.clone())
-            .await?;
-        c.unread.push(answer);
+    let taken_fast = stream_all(&q, &mut conns, &requests).await?;
+    let fast_rss = q.rss()? as f64;
+    rows.push((
+        format!("+ {n} streams of {STREAMED} requests, read at full speed"),
+        format!(
+            "{taken_fast:.0} requests taken; RSS {:.1} MiB (bound {:.1} MiB)",
+            fast_rss / MIB,
+            bound / MIB
+        ),
+    ));
+    if fast_rss > bound {
+        faults.push(format!(
+            "RSS {:.1} MiB over the bound {:.1} MiB with full-speed streams",
+            fast_rss / MIB,
+            bound / MIB
+        ));
     }
-    settle().await;
-    let text = q.metrics()?;
-    let taken: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("quotad_checks_total{")
-                && l.contains("api=\"stream\"")
-                && l.contains("result=\"allowed\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+
+    // 4. The same on fresh connections with HTTP/2's 64 KiB windows,
+    // whose answers are never read: the windows fill and stay full, and
+    // the server stops taking requests once
+    // `max_unsent_bytes_per_connection` of answers wait, however long
+    // it is given.
+    drop(conns);
+    closed(&q).await?;
+    // What the allocator keeps of the closed connections stays in the
+    // RSS (and is reused): the bound is on what the fresh ones add.
+    let reopened = q.rss()? as f64;
+    let bound = reopened + n as f64 * per_conn_bound + 32.0 * MIB;
+    let mut slow = Vec::with_capacity(n);
+    for _ in 0..n {
+        slow.push(Raw::connect(q.grpc, None).await?);
+    }
+    // Counted from here: the full-speed streams went on until their
+    // connections closed.
+    let base = stream_checks(&q)?;
+    let taken = stream_all(&q, &mut slow, &requests).await? - base;
     let slow_rss = q.rss()? as f64;
     rows.push((
-        format!("+ {n} streams of 20 000 requests, answers never read"),
+        format!("+ {n} fresh streams of {STREAMED} requests, answers never read"),
         format!(
-            "{:.0} requests taken ({:.0} per stream of 20 000); RSS {:.1} MiB (bound {:.1} MiB)",
+            "{:.0} requests taken ({:.0} per stream of {STREAMED}); RSS {:.1} → {:.1} MiB (bound {:.1} MiB)",
             taken,
             taken / n as f64,
+            reopened / MIB,
             slow_rss / MIB,
             bound / MIB
         ),
@@ -240,11 +279,56 @@ async fn run(full: bool) -> anyhow::Result<(Vec<(String, String)>, Vec<String>)>
             bound / MIB
         ));
     }
-    if taken >= 20_000.0 * n as f64 {
+    if taken >= (STREAMED * n) as f64 {
         faults.push("every streamed request was taken: answers were not held back".into());
     }
-    drop(conns);
+    drop(slow);
     Ok((rows, faults))
+}
+
+/// Starts one `CheckStream` of `requests` on each connection, leaves its
+/// answers unread, and returns how many stream checks the server has
+/// allowed in all once it settled.
+async fn stream_all(q: &Quotad, conns: &mut [Raw], requests: &Bytes) -> anyhow::Result<f64> {
+    for c in conns.iter_mut() {
+        let answer = c
+            .start("/quotad.v1.RateLimiter/CheckStream", requests.clone())
+            .await?;
+        c.unread.push(answer);
+    }
+    settle().await;
+    stream_checks(q)
+}
+
+/// Stream checks the server has allowed so far.
+fn stream_checks(q: &Quotad) -> anyhow::Result<f64> {
+    Ok(q.metrics()?
+        .lines()
+        .filter(|l| {
+            l.starts_with("quotad_checks_total{")
+                && l.contains("api=\"stream\"")
+                && l.contains("result=\"allowed\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits (up to 30 s) until the server has closed the connections the
+/// client dropped, so fresh ones stay under its cap.
+async fn closed(q: &Quotad) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        let open: f64 = q
+            .metrics()?
+            .lines()
+            .filter(|l| l.starts_with("quotad_connections_open{listener=\"grpc\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if open < 1.0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the server did not close the dropped connections in 30 s")
 }
 
 fn main() -> ExitCode {
