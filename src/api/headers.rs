@@ -59,8 +59,9 @@ impl<'a> Standing<'a> {
             over: !d.allowed,
             retry_after: d.retry_after,
             // The text is rendered under the policy name, which an
-            // envoyproxy/ratelimit file's limit has not.
-            text: (!limit.policy.is_empty()).then_some(&limit.text),
+            // envoyproxy/ratelimit file's limit has not (and a limit built
+            // without `Limit::rendered` has no text).
+            text: (!limit.policy.is_empty() && !limit.text.name.is_empty()).then_some(&limit.text),
         }
     }
 }
