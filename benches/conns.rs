@@ -317,13 +317,9 @@ fn stream_checks(q: &Quotad) -> anyhow::Result<f64> {
 /// client dropped, so fresh ones stay under its cap.
 async fn closed(q: &Quotad) -> anyhow::Result<()> {
     for _ in 0..300 {
-        let open: f64 = q
-            .metrics()?
-            .lines()
-            .filter(|l| l.starts_with("quotad_connections_open{listener=\"grpc\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if open < 1.0 {
+        let text = q.metrics()?;
+        let open = common::sample(&text, "quotad_connections_open{listener=\"grpc\"}");
+        if open.is_some_and(|n| n < 1.0) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
