@@ -89,18 +89,27 @@ fn hash<V>((k, _): &(u64, V)) -> u64 {
 /// fuller than the average.
 fn room_for_one<V>(table: &mut HashTable<(u64, V)>) {
     let (len, buckets) = (table.len(), table.num_buckets());
-    if len < table.capacity() || buckets < MIN_BUCKETS {
+    if len < table.capacity() || buckets < MIN_BUCKETS || len >= rebuilt_under(buckets) {
         return;
     }
-    let full = buckets / 8 * 7;
-    if len + 1 > full - full / 64 {
-        return;
-    }
-    let mut fresh = HashTable::with_capacity(full);
+    let mut fresh = HashTable::with_capacity(full_capacity(buckets));
     for cell in table.drain() {
         fresh.insert_unique(cell.0, cell, hash);
     }
     *table = fresh;
+}
+
+/// How many cells a table of `buckets` holds at most (hashbrown's seven
+/// eighths).
+fn full_capacity(buckets: usize) -> usize {
+    buckets / 8 * 7
+}
+
+/// Cells under which a full table of `buckets` is rebuilt at its size by
+/// [`room_for_one`] rather than doubled: all but a 64th of its room.
+fn rebuilt_under(buckets: usize) -> usize {
+    let full = full_capacity(buckets);
+    full - full / 64
 }
 
 /// What [`Shards::insert_with`] found or made.
@@ -299,8 +308,7 @@ mod tests {
         let (mut kept, mut fuller) = (0, 0);
         for ((len, before), (len_now, now)) in at_cap.iter().zip(tables(&m)) {
             assert_eq!(*len, len_now, "a shard keeps its count");
-            let full = before / 8 * 7;
-            if *len < full - full / 64 {
+            if *len < rebuilt_under(*before) {
                 assert_eq!(*before, now, "a table with room left is not doubled");
                 kept += 1;
             } else {
