@@ -7,7 +7,7 @@
 VARIANT is NAME=floor (the e2e bench's constant-OK tonic server), or
 NAME=quotad or NAME=bin:/path/to/quotad, optionally followed by
 :VAR=VALUE,... to set environment variables; CFG=FILE there picks the
-config (default: an in-memory one with headers `both`, written here).
+config (default: scripts/perf-quotad.yaml, on ports 39081 and 39082).
 The first variant is the baseline.
 
 Each server runs on CPU 1 with one runtime thread; `quotad-bench --mode
@@ -21,17 +21,7 @@ directory (default target/release, after `cargo build --release` and
 import glob, json, os, statistics, subprocess, sys, tempfile, time, urllib.request
 
 B = os.environ.get("B", "target/release")
-CONFIG = """default_plan: default
-plans:
-  default:
-    limits:
-      - { name: per-second, rate: 1000, per: second, burst: 100000000 }
-envoy: { domains: [quotad], key_entry: api_key }
-response_headers: both
-reload: { watch: false }
-store: { max_tracked_keys: 2000000, sweep_interval: 1h }
-server: { grpc_addr: "127.0.0.1:39081", http_addr: "127.0.0.1:39082" }
-"""
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "perf-quotad.yaml")
 
 
 def floor_bin():
@@ -79,7 +69,7 @@ def main():
     extra = os.environ.get("BENCH_ARGS", "").split()
     hz = os.sysconf("SC_CLK_TCK")
     cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    cfg.write(CONFIG)
+    cfg.write(open(CONFIG).read().replace("GRPC_PORT", "39081").replace("HTTP_PORT", "39082"))
     cfg.close()
     results = {}
     for r in range(rounds):

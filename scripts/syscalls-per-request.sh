@@ -23,18 +23,7 @@ work=$(mktemp -d)
 grpc=$((30000 + RANDOM % 10000))
 http=$((grpc + 1))
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat >"$work/quotad.yaml" <<YAML
-default_plan: default
-plans:
-  default:
-    limits:
-      - { name: per-second, rate: 1000, per: second, burst: 100000000 }
-envoy: { domains: [quotad], key_entry: api_key }
-response_headers: both
-reload: { watch: false }
-store: { max_tracked_keys: 2000000, sweep_interval: 1h }
-server: { grpc_addr: "127.0.0.1:$grpc", http_addr: "127.0.0.1:$http" }
-YAML
+sed "s/GRPC_PORT/$grpc/; s/HTTP_PORT/$http/" scripts/perf-quotad.yaml >"$work/quotad.yaml"
 TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/quotad serve --config "$work/quotad.yaml" --log warn &
 pid=$!
 for _ in $(seq 100); do
