@@ -13,11 +13,11 @@
 //!    whose answers the client's HTTP/2 layer reads (large windows) but
 //!    nobody consumes: RSS against the same bound while all of them run.
 //! 4. **Slow readers**: N fresh connections, each a `CheckStream` fed
-//!    20 000 requests whose answers are never read (the client's HTTP/2 windows, 64 KiB, fill
-//!    and stay full): how many requests the server took (it stops reading
-//!    once `max_unsent_bytes_per_connection` of answers wait), and RSS
-//!    against N × the per-connection bound over the RSS once the first
-//!    connections closed.
+//!    20 000 requests whose answers are never read (the client's HTTP/2
+//!    windows, 64 KiB, fill and stay full): how many requests the server
+//!    took (it stops reading once `max_unsent_bytes_per_connection` of
+//!    answers wait), and RSS against N × the per-connection bound over the
+//!    RSS once the first connections closed.
 //!
 //! `cargo bench --bench conns` uses 1 000 connections (under the default
 //! cap of 1 024); without `--bench` (test mode) 40, and asserts the bound.

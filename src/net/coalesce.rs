@@ -10,19 +10,20 @@
 //! over 256 B went out as two writes (its HEADERS and DATA, then its
 //! trailers with the next answer).
 //!
-//! **A write put off once** ([`Coalesce::hold`]). h2 writes a connection's frames from the connection's task, which
-//! every answering call wakes. Tokio runs a task woken by the running
-//! one next (its LIFO slot), so without help the connection task runs
-//! after each call and writes that call's answer alone: one `sendto`, one
-//! loopback delivery and one wake-up of the peer per answer
-//! (BENCHMARKS.md, "Performance (issue 24)").
+//! **A write put off once** ([`Coalesce::hold`]). h2 writes a
+//! connection's frames from the connection's task, which every answering
+//! call wakes. Tokio runs a task woken by the running one next (its LIFO
+//! slot), so without help the connection task runs after each call and
+//! writes that call's answer alone: one `sendto`, one loopback delivery
+//! and one wake-up of the peer per answer (BENCHMARKS.md, "Performance
+//! (issue 24)").
 //!
-//! So the first write after each flush is put off once:
-//! the connection task wakes itself and returns `Pending`, which sends it
-//! to the back of its worker's run queue. The calls queued there answer
-//! first, and the next poll writes all their frames at once. An idle
-//! server answers a lone call after one extra pass through an empty run
-//! queue; a busy one waits only for the work already queued.
+//! So the first write after each flush is put off once: the connection
+//! task wakes itself and returns `Pending`, which sends it to the back of
+//! its worker's run queue. The calls queued there answer first, and the
+//! next poll writes all their frames at once. An idle server answers a
+//! lone call after one extra pass through an empty run queue; a busy one
+//! waits only for the work already queued.
 //!
 //! **Only while little waits.** Put off without a limit, every
 //! connection of a server streaming at full speed filled its whole
