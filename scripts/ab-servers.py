@@ -13,12 +13,13 @@ The first variant is the baseline.
 Each server runs on CPU 1 with one runtime thread; `quotad-bench --mode
 MODE --keys KEYS` on CPU 0 keeps 32 calls in flight on 2 connections for
 SECS seconds after 1 s of warm-up. Prints each run's calls/s, server CPU
-per call (from /proc/PID/stat over warm-up and run), p50/p99/p99.9, and
-the medians. BENCH_ARGS adds quotad-bench flags; B names the build
-directory (default target/release, after `cargo build --release` and
-`cargo bench --bench e2e --no-run` for the floor).
+per call (from /proc/PID/stat over warm-up and run), the generator's CPU
+per call (its rusage), p50/p99/p99.9, and the medians. BENCH_ARGS adds
+quotad-bench flags; GEN names another quotad-bench binary; B names the
+build directory (default target/release, after `cargo build --release`
+and `cargo bench --bench e2e --no-run` for the floor).
 """
-import glob, json, os, statistics, subprocess, sys, tempfile, time, urllib.request
+import glob, json, os, resource, statistics, subprocess, sys, tempfile, time, urllib.request
 
 B = os.environ.get("B", "target/release")
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "perf-quotad.yaml")
@@ -76,25 +77,30 @@ def main():
         for v in variants if r % 2 == 0 else variants[::-1]:
             name, p, port = start(v, cfg.name)
             c0 = cpu_ticks(p.pid)
+            g0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             out = subprocess.run(
-                ["taskset", "-c", "0", B + "/quotad-bench", "--addr", f"127.0.0.1:{port}",
+                ["taskset", "-c", "0", os.environ.get("GEN", B + "/quotad-bench"), "--addr", f"127.0.0.1:{port}",
                  "--mode", mode, "--domain", "quotad", "--keys", keys, "--threads", "1",
                  "--connections", "2", "--concurrency", "32", "--duration", f"{secs}s",
                  "--warmup", "1s", "--json"] + extra,
                 capture_output=True, text=True, check=True)
             c1 = cpu_ticks(p.pid)
+            g1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             p.terminate()
             p.wait()
             j = json.loads(out.stdout)
             rps, lat = j["requests_per_second"], j["latency_us"]
             cpu = (c1 - c0) / hz / (rps * (secs + 1)) * 1e6
-            results.setdefault(name, []).append((rps, cpu, lat["p99"]))
+            gen = ((g1.ru_utime + g1.ru_stime) - (g0.ru_utime + g0.ru_stime)) / (rps * (secs + 1)) * 1e6
+            results.setdefault(name, []).append((rps, cpu, lat["p99"], gen))
             print(f"{name:10s} round {r + 1}: {rps:9.0f}/s  CPU per call {cpu:6.2f} µs  "
+                  f"generator {gen:6.2f} µs  "
                   f"p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} µs", flush=True)
     os.unlink(cfg.name)
     for name, xs in results.items():
         print(f"{name:10s} median {statistics.median(x[0] for x in xs):9.0f}/s  "
               f"CPU per call {statistics.median(x[1] for x in xs):6.2f} µs  "
+              f"generator {statistics.median(x[3] for x in xs):6.2f} µs  "
               f"p99 {statistics.median(x[2] for x in xs)} µs")
 
 

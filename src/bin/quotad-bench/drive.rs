@@ -9,7 +9,6 @@ use anyhow::Context;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use hdrhistogram::Histogram;
 use quotad::api::pb::rate_limiter_client::RateLimiterClient;
 use quotad::api::pb::{
@@ -20,6 +19,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::lean::Lean;
 use crate::{Args, Dist, Mode};
 
 /// What a run came to.
@@ -185,10 +185,12 @@ impl Budget {
     }
 }
 
-/// The client for one mode.
+/// The client for one mode: `Check` and `ShouldRateLimit` through
+/// [`Lean`] (the answer's one counted field decoded), the other calls
+/// through the generated client.
 enum Client {
-    Native(RateLimiterClient<Channel>),
-    Rls(RateLimitServiceClient<Channel>),
+    Native(RateLimiterClient<Channel>, Lean),
+    Rls(Lean),
     Http(crate::http::Conn),
 }
 
@@ -203,7 +205,7 @@ fn checks(allowed: bool) -> Answered {
 /// Makes one call of the mode (not streams) and says what came back.
 async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
     match (client, args.mode) {
-        (Client::Native(c), Mode::Batch) => {
+        (Client::Native(c, _), Mode::Batch) => {
             let req = CheckBatchRequest {
                 checks: (0..args.batch)
                     .map(|i| CheckRequest {
@@ -226,7 +228,7 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 Err(_) => Answered::Failed,
             }
         }
-        (Client::Native(c), Mode::Lease) => {
+        (Client::Native(c, _), Mode::Lease) => {
             let req = AcquireRequest {
                 key: keys.next(),
                 cost: args.cost,
@@ -246,12 +248,12 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 Err(_) => Answered::Failed,
             }
         }
-        (Client::Native(c), Mode::Report) => report(c, args, keys).await,
+        (Client::Native(c, _), Mode::Report) => report(c, args, keys).await,
         (Client::Http(c), _) => match c.auth(&keys.next(), args.cost).await {
             Some(allowed) => checks(allowed),
             None => Answered::Failed,
         },
-        (Client::Native(c), _) => {
+        (Client::Native(_, c), _) => {
             let req = CheckRequest {
                 key: keys.next(),
                 cost: args.cost,
@@ -259,7 +261,7 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 ..CheckRequest::default()
             };
             match c.check(req).await {
-                Ok(r) => checks(r.into_inner().allowed),
+                Ok(allowed) => checks(allowed),
                 Err(_) => Answered::Failed,
             }
         }
@@ -276,8 +278,7 @@ async fn call(client: &mut Client, args: &Args, keys: &mut Keys) -> Answered {
                 hits_addend: u32::try_from(args.cost).unwrap_or(u32::MAX),
             };
             match c.should_rate_limit(req).await {
-                // 1: OK, 2: OVER_LIMIT.
-                Ok(r) => checks(r.into_inner().overall_code == 1),
+                Ok(ok) => checks(ok),
                 Err(_) => Answered::Failed,
             }
         }
@@ -318,8 +319,8 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
 
 fn client(args: &Args, ch: Channel) -> Client {
     match args.mode {
-        Mode::Rls => Client::Rls(RateLimitServiceClient::new(ch)),
-        _ => Client::Native(RateLimiterClient::new(ch)),
+        Mode::Rls => Client::Rls(Lean::new(ch)),
+        _ => Client::Native(RateLimiterClient::new(ch.clone()), Lean::new(ch)),
     }
 }
 

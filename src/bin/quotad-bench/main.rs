@@ -23,6 +23,7 @@
 
 mod drive;
 mod http;
+mod lean;
 mod report;
 mod rlqs;
 
@@ -33,6 +34,14 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use quotad::cli::EX_USAGE;
+
+/// The generator runs on one core beside the server it measures, and a
+/// closed loop runs at the slower one's pace: jemalloc, as the daemon
+/// has, takes a fifth of its allocation cost off each call
+/// (`BENCHMARKS.md`, issue 24, "The load generator").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The longest run allowed.
 const MAX_DURATION: Duration = Duration::from_secs(600);
