@@ -28,10 +28,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use futures_util::FutureExt;
+use prost::Message;
 use quotad::api::envoy_rls::EnvoyRlsService;
 use quotad::api::headers::{self, HeaderStyle, Standing};
+use quotad::api::rls_reply::RlsReply;
 use quotad::config::{Config, EnvoySettings, RequestCaps};
 use quotad::core::{KeyHasher, SystemClock};
 use quotad::engine::Engine;
@@ -106,11 +107,12 @@ fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequ
     }
 }
 
-/// One call; the handler never awaits, so it completes on first poll.
-fn call(svc: &EnvoyRlsService, req: &RateLimitRequest) -> usize {
+/// One call (not its encoding: see `answer-encoding`); the handler never
+/// awaits, so it completes on first poll.
+fn call(svc: &EnvoyRlsService, req: &RateLimitRequest) -> RlsReply {
     let fut = svc.should_rate_limit(tonic::Request::new(req.clone()));
     match fut.now_or_never() {
-        Some(Ok(r)) => r.into_inner().statuses.len(),
+        Some(Ok(r)) => r.into_inner(),
         _ => panic!("the handler answered with an error or did not complete"),
     }
 }
@@ -197,6 +199,33 @@ fn components(c: &mut Criterion) {
                 .root
                 .lookup([("method", "POST"), (black_box("api_key"), "k-1")]);
             black_box(found.is_some())
+        })
+    });
+    // One answer with the five `both` headers, encoded as the gRPC route
+    // did (headers into Envoy's `HeaderValue`s, then prost) and does
+    // (`RlsReply::encode`). Each takes a clone of the answer and drops it,
+    // as a call does: compare the two, and `clone-answer` alone.
+    let svc = service(Algorithm::FixedWindow, HeaderStyle::Both);
+    let answer = call(
+        &svc,
+        &request("edge", vec![descriptor(&[("remote_address", "10.0.0.1")])]),
+    );
+    assert_eq!(answer.headers.len(), 5, "{answer:?}");
+    let mut buf = Vec::with_capacity(512);
+    g.bench_function("clone-answer", |b| b.iter(|| black_box(answer.clone())));
+    g.bench_function("encode-answer-header-values-prost", |b| {
+        b.iter(|| {
+            buf.clear();
+            let a = black_box(&answer).clone();
+            a.into_response().encode(&mut buf).expect("room");
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("encode-answer-rls-reply", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&answer).clone().encode(&mut buf).expect("room");
+            black_box(buf.len())
         })
     });
     let hasher = KeyHasher::random();

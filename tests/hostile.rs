@@ -221,6 +221,36 @@ async fn deep_nesting_and_invalid_utf8_get_invalid_argument_on_both_apis() {
     assert!(d.check("k", 1).await.allowed);
 }
 
+#[tokio::test]
+async fn a_method_the_rls_service_has_not_is_unimplemented() {
+    let d = TestDaemon::start().await;
+    let s = send_bytes(
+        &d,
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldNotRateLimit",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
+    // The method it has answers on the same connection.
+    let request =
+        prost::Message::encode_to_vec(&request("edge", vec![descriptor(&[("api_key", "k")])], 1));
+    let mut grpc = tonic::client::Grpc::new(d.channel().await);
+    grpc.ready().await.expect("ready");
+    let answer = grpc
+        .unary(
+            tonic::Request::new(request),
+            PathAndQuery::from_static(
+                "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            ),
+            RawCodec,
+        )
+        .await
+        .expect("answered")
+        .into_inner();
+    // overall_code: OK (field 1, varint 1).
+    assert_eq!(answer.get(..2), Some(&[0x08, 0x01][..]), "{answer:?}");
+}
+
 /// Sends and decodes raw bytes.
 #[derive(Debug, Clone, Copy)]
 struct RawCodec;

@@ -5,11 +5,17 @@
 //! each way. quotad's messages are a few hundred bytes (a buffer grows
 //! for a larger one), and a long-lived call keeps its buffers: 16 KiB per
 //! open `Hold` or `CheckStream` was most of what one costs.
+//!
+//! [`RlsCodec`] is the same for Envoy's `ShouldRateLimit`, whose answer is
+//! an [`RlsReply`] written by its own encoder.
 
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use super::rls_reply::RlsReply;
 
 /// Named by the generated code through `codec_path` in `build.rs`.
 #[derive(Debug, Clone)]
@@ -77,6 +83,44 @@ impl<T: Message> Encoder for SmallEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         self.0.encode(item, buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
+    }
+}
+
+/// The codec of Envoy RLS `ShouldRateLimit`: requests as the native API's
+/// (malformed ones are `INVALID_ARGUMENT`), answers by [`RlsReply::encode`].
+#[derive(Debug, Clone, Default)]
+pub struct RlsCodec;
+
+impl tonic::codec::Codec for RlsCodec {
+    type Encode = RlsReply;
+    type Decode = RateLimitRequest;
+    type Encoder = RlsEncoder;
+    type Decoder = StrictDecoder<RateLimitRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RlsEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        StrictDecoder(ProstDecoder::new(settings()))
+    }
+}
+
+/// Writes an [`RlsReply`] into the call's buffer.
+#[derive(Debug)]
+pub struct RlsEncoder;
+
+impl Encoder for RlsEncoder {
+    type Item = RlsReply;
+    type Error = Status;
+
+    fn encode(&mut self, item: RlsReply, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -47,20 +47,19 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as PbUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
 };
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration;
 use tonic::{Request, Response, Status};
 
 use super::error::RequestError;
 use super::headers::{self, HeaderStyle, Standing};
+use super::rls_reply::RlsReply;
 use super::{duration_parts, envoy_metadata, request_id, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core::clock::NANOS_PER_SEC;
@@ -463,16 +462,19 @@ fn unlimited_status() -> DescriptorStatus {
     }
 }
 
-fn unknown_domain(req: &RateLimitRequest) -> RateLimitResponse {
-    RateLimitResponse {
-        overall_code: Code::Ok as i32,
-        statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
-        ..Default::default()
+fn unknown_domain(req: &RateLimitRequest) -> RlsReply {
+    RlsReply {
+        response: RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses: req.descriptors.iter().map(|_| ok_status()).collect(),
+            ..Default::default()
+        },
+        headers: Vec::new(),
     }
 }
 
 /// The engine's answer as Envoy's response.
-fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitResponse {
+fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RlsReply {
     if r.unknown {
         return unknown_domain(req);
     }
@@ -496,14 +498,6 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
     {
         headers::add_block(r.style, &mut headers, wait);
     }
-    let response_headers_to_add = headers
-        .into_iter()
-        .map(|h| HeaderValue {
-            key: h.name.to_owned(),
-            value: h.value,
-            ..Default::default()
-        })
-        .collect();
     let dynamic_metadata = r.metadata.then(|| {
         let passed: Vec<bool> = statuses
             .iter()
@@ -511,12 +505,14 @@ fn render(req: &RateLimitRequest, answer: &Answer<'_>, r: Render) -> RateLimitRe
             .collect();
         envoy_metadata::build(req, answer, &passed)
     });
-    RateLimitResponse {
-        overall_code: overall as i32,
-        statuses: statuses.into_iter().map(|s| s.status).collect(),
-        response_headers_to_add,
-        dynamic_metadata,
-        ..Default::default()
+    RlsReply {
+        response: RateLimitResponse {
+            overall_code: overall as i32,
+            statuses: statuses.into_iter().map(|s| s.status).collect(),
+            dynamic_metadata,
+            ..Default::default()
+        },
+        headers,
     }
 }
 
@@ -527,7 +523,7 @@ pub(crate) async fn decide(
     engine: &Engine,
     door: Api,
     req: &RateLimitRequest,
-) -> Result<RateLimitResponse, RequestError> {
+) -> Result<RlsReply, RequestError> {
     let call = Call {
         door,
         domain: Some(&req.domain),
@@ -541,12 +537,13 @@ pub(crate) async fn decide(
         .await
 }
 
-#[tonic::async_trait]
-impl RateLimitService for EnvoyRlsService {
-    async fn should_rate_limit(
+impl EnvoyRlsService {
+    /// `ShouldRateLimit` (served by [`super::rls_server`]): the answer, or
+    /// the refusal as a status with the request's id.
+    pub async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
+    ) -> Result<Response<RlsReply>, Status> {
         let (meta, _, req) = request.into_parts();
         match decide(&self.engine, Api::Rls, &req).await {
             Ok(r) => Ok(Response::new(r)),

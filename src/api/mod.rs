@@ -4,12 +4,13 @@
 //!
 //! - `native`: `quotad.v1.RateLimiter` (Check, CheckBatch, CheckStream),
 //!   with `report` (Report, ReportStream) and `leases`;
-//! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`;
+//! - `envoy_rls`: `envoy.service.ratelimit.v3.RateLimitService`, served
+//!   by `rls_server`, its answers encoded by `rls_reply`;
 //! - `rlqs`: `envoy.service.rate_limit_quota.v3.RateLimitQuotaService`
 //!   (fair shares of global rates, streamed to Envoys);
 //! - `validate` and `error`: caller input checks and the one mapping from
 //!   request errors to `INVALID_ARGUMENT`; `codec` maps undecodable
-//!   messages to `INVALID_ARGUMENT` too.
+//!   messages to `INVALID_ARGUMENT` too (both gRPC APIs).
 
 pub mod answers;
 pub mod codec;
@@ -20,11 +21,12 @@ pub mod error;
 pub mod headers;
 pub mod http;
 pub mod leases;
-pub mod malformed;
 pub mod native;
 pub mod report;
 pub mod request_id;
 pub mod rlqs;
+pub mod rls_reply;
+pub mod rls_server;
 pub mod validate;
 
 use crate::core::Nanos;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_server::RateLimitQuotaServiceServer;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -23,12 +22,12 @@ use super::AppError;
 use crate::admin::AdminService;
 use crate::api::envoy_descriptors;
 use crate::api::envoy_rls::EnvoyRlsService;
-use crate::api::malformed::Malformed;
 use crate::api::native::NativeService;
 use crate::api::pb;
 use crate::api::pb::quota_admin_server::QuotaAdminServer;
 use crate::api::pb::rate_limiter_server::RateLimiterServer;
 use crate::api::rlqs::RlqsService;
+use crate::api::rls_server::RlsServer;
 use crate::config::{Config, ConnLimits, TlsFiles};
 use crate::metrics::Metrics;
 use crate::net::body::BodyRules;
@@ -77,9 +76,7 @@ pub(super) fn grpc(
             .add_service(reflection().build_v1()?.max_decoding_message_size(max))
             .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
             .add_service(RateLimiterServer::new(front.native).max_decoding_message_size(max))
-            .add_service(Malformed(
-                RateLimitServiceServer::new(front.rls).max_decoding_message_size(max),
-            ))
+            .add_service(RlsServer::new(front.rls, max))
             .add_service(
                 RateLimitQuotaServiceServer::new(front.rlqs).max_decoding_message_size(max),
             ),

@@ -145,6 +145,7 @@ impl HttpDoor {
         };
         match envoy_rls::decide(&self.engine, Api::HttpRls, &request).await {
             Ok(r) => {
+                let r = r.into_response();
                 let status = match Code::try_from(r.overall_code) {
                     Ok(Code::Ok) => StatusCode::OK,
                     Ok(Code::OverLimit) => StatusCode::TOO_MANY_REQUESTS,
