@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .codec_path("crate::api::codec::Codec")
+        // Its name borrowed, not copied, for the headers quotad sends.
+        .extern_path(".quotad.v1.Header", "crate::api::wire_header::Header")
         .file_descriptor_set_path(out_dir.join("quotad_descriptor.bin"))
         .compile_with_config(
             prost_config,

@@ -1039,7 +1039,7 @@ async fn native_check_returns_the_same_headers_for_a_plan_key() {
     let native_headers = |r: &quotad::api::pb::CheckResponse| -> Vec<(String, String)> {
         r.headers
             .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
+            .map(|h| (h.name.to_string(), h.value.clone()))
             .collect()
     };
     // free: 2 per minute, one token every 30 s.

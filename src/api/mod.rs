@@ -28,6 +28,7 @@ pub mod rlqs;
 pub mod rls_reply;
 pub mod rls_server;
 pub mod validate;
+pub mod wire_header;
 
 use crate::core::Nanos;
 use crate::core::clock::NANOS_PER_SEC;
@@ -36,6 +37,7 @@ use crate::core::clock::NANOS_PER_SEC;
 pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::too_many_lines)]
     tonic::include_proto!("quotad.v1");
+    pub use super::wire_header::Header;
 
     /// Encoded descriptor set of `quotad.v1`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quotad_descriptor");
@@ -69,7 +71,7 @@ pub(crate) fn deny_reason(r: Option<crate::core::DenyReason>) -> pb::DenyReason 
 impl From<headers::Header> for pb::Header {
     fn from(h: headers::Header) -> Self {
         Self {
-            name: h.name.to_owned(),
+            name: std::borrow::Cow::Borrowed(h.name),
             value: h.value,
         }
     }
