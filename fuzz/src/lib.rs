@@ -31,15 +31,12 @@ use bytes::{Buf, Bytes};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use quotad::api::envoy_rls::EnvoyRlsService;
-use quotad::api::malformed::Malformed;
 use quotad::api::native::NativeService;
+use quotad::api::rls_server::RlsServer;
 use quotad::api::pb::rate_limiter_server::RateLimiterServer;
 use quotad::api::pb::{
     CheckBatchRequest, CheckBatchResponse, CheckRequest, CheckResponse, DenyReason,
@@ -305,12 +302,11 @@ fn lookups_match_the_file(text: &str, domains: RlsDomains) {
             }],
             hits_addend: 1,
         };
-        let answer = fx.runtime.block_on(RateLimitService::should_rate_limit(
-            &service,
-            tonic::Request::new(request),
-        ));
+        let answer = fx
+            .runtime
+            .block_on(service.should_rate_limit(tonic::Request::new(request)));
         let answer = match answer {
-            Ok(a) => a.into_inner(),
+            Ok(a) => a.into_inner().into_response(),
             Err(status) => panic!("{entries:?} refused: {status:?}"),
         };
         let [status] = &answer.statuses[..] else {
@@ -849,8 +845,9 @@ pub fn envoy_rls(data: &[u8]) {
     let fx = fixture();
     let config = &fx.envoy;
     let service = EnvoyRlsService::new(engine(config, &fx.metrics));
-    // Mounted as `quotad serve` mounts it (src/app/servers.rs).
-    let server = Malformed(RateLimitServiceServer::new(service));
+    // Mounted as `quotad serve` mounts it (src/app/servers.rs), with
+    // tonic's default cap on a message (4 MiB), as the native target's.
+    let server = RlsServer::new(service, 4 * 1024 * 1024);
     let path = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
     let reply = fx.runtime.block_on(call(server, path, frame(data)));
     check_code(&reply.status);
