@@ -13,9 +13,10 @@
 use bytes::BufMut;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use prost::{EncodeError, Message, encode_length_delimiter, length_delimiter_len};
+use prost::{Message, encode_length_delimiter, length_delimiter_len};
 
 use super::headers::Header;
+use super::wire_header;
 
 /// An RLS answer: the response, and the headers to add after any it holds
 /// in `response_headers_to_add`.
@@ -38,10 +39,8 @@ pub struct NoRoom {
 }
 
 /// The key of `RateLimitResponse.response_headers_to_add` (field 3,
-/// length-delimited), and of `HeaderValue`'s `key` (1) and `value` (2).
+/// length-delimited).
 const HEADERS_TO_ADD: u8 = 3 << 3 | 2;
-const HEADER_KEY: u8 = 1 << 3 | 2;
-const HEADER_VALUE: u8 = 2 << 3 | 2;
 
 impl RlsReply {
     /// The answer as Envoy's message, the headers moved into
@@ -95,41 +94,17 @@ impl RlsReply {
         head.encode(buf).map_err(no_room)?;
         for h in &self.headers {
             buf.put_u8(HEADERS_TO_ADD);
-            encode_length_delimiter(header_len(h), buf).map_err(no_room)?;
-            put_string(buf, HEADER_KEY, h.name).map_err(no_room)?;
-            put_string(buf, HEADER_VALUE, &h.value).map_err(no_room)?;
+            encode_length_delimiter(wire_header::fields_len(h.name, &h.value), buf)
+                .map_err(no_room)?;
+            wire_header::encode_fields(h.name, &h.value, buf);
         }
         tail.encode(buf).map_err(no_room)
     }
 }
 
-/// One string field, left out when empty (proto3).
-fn put_string(buf: &mut impl BufMut, key: u8, s: &str) -> Result<(), EncodeError> {
-    if !s.is_empty() {
-        buf.put_u8(key);
-        encode_length_delimiter(s.len(), buf)?;
-        buf.put_slice(s.as_bytes());
-    }
-    Ok(())
-}
-
-/// A string field's length on the wire.
-fn string_len(s: &str) -> usize {
-    if s.is_empty() {
-        0
-    } else {
-        1 + length_delimiter_len(s.len()) + s.len()
-    }
-}
-
-/// A header's `HeaderValue` body on the wire.
-fn header_len(h: &Header) -> usize {
-    string_len(h.name) + string_len(&h.value)
-}
-
 /// A header's `response_headers_to_add` field on the wire.
 fn field_len(h: &Header) -> usize {
-    let body = header_len(h);
+    let body = wire_header::fields_len(h.name, &h.value);
     1 + length_delimiter_len(body) + body
 }
 

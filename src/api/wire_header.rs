@@ -48,10 +48,22 @@ fn len(tag: u32, s: &str) -> usize {
     }
 }
 
+/// Writes a header's fields, `name` and `value`. They are also Envoy's
+/// `HeaderValue` `key` (1) and `value` (2), which the RLS route writes
+/// with this ([`super::rls_reply`]).
+pub(crate) fn encode_fields(name: &str, value: &str, buf: &mut impl BufMut) {
+    put(NAME, name, buf);
+    put(VALUE, value, buf);
+}
+
+/// What [`encode_fields`] writes, in bytes.
+pub(crate) fn fields_len(name: &str, value: &str) -> usize {
+    len(NAME, name) + len(VALUE, value)
+}
+
 impl prost::Message for Header {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        put(NAME, &self.name, buf);
-        put(VALUE, &self.value, buf);
+        encode_fields(&self.name, &self.value, buf);
     }
 
     fn merge_field(
@@ -85,7 +97,7 @@ impl prost::Message for Header {
     }
 
     fn encoded_len(&self) -> usize {
-        len(NAME, &self.name) + len(VALUE, &self.value)
+        fields_len(&self.name, &self.value)
     }
 
     fn clear(&mut self) {
