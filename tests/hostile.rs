@@ -185,18 +185,28 @@ fn nested_groups(depth: usize) -> Vec<u8> {
     out
 }
 
-/// Sends `body` as one raw gRPC message to `path`; the status it got.
-async fn send_bytes(d: &TestDaemon, path: &'static str, body: Vec<u8>) -> tonic::Status {
+/// Sends `body` as one raw gRPC message to `path`; the answer's bytes or
+/// the status.
+async fn call_bytes(
+    d: &TestDaemon,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(d.channel().await);
     grpc.ready().await.expect("ready");
-    let codec = RawCodec;
-    grpc.unary(
-        tonic::Request::new(body),
-        PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .expect_err("refused")
+    let answer = grpc
+        .unary(
+            tonic::Request::new(body),
+            PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await?;
+    Ok(answer.into_inner())
+}
+
+/// Sends `body` as one raw gRPC message to `path`; the status it got.
+async fn send_bytes(d: &TestDaemon, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    call_bytes(d, path, body).await.expect_err("refused")
 }
 
 #[tokio::test]
@@ -231,22 +241,16 @@ async fn a_method_the_rls_service_has_not_is_unimplemented() {
     )
     .await;
     assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
-    // The method it has answers on the same connection.
+    // The method the service has answers, from the same daemon.
     let request =
         prost::Message::encode_to_vec(&request("edge", vec![descriptor(&[("api_key", "k")])], 1));
-    let mut grpc = tonic::client::Grpc::new(d.channel().await);
-    grpc.ready().await.expect("ready");
-    let answer = grpc
-        .unary(
-            tonic::Request::new(request),
-            PathAndQuery::from_static(
-                "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-            ),
-            RawCodec,
-        )
-        .await
-        .expect("answered")
-        .into_inner();
+    let answer = call_bytes(
+        &d,
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        request,
+    )
+    .await
+    .expect("answered");
     // overall_code: OK (field 1, varint 1).
     assert_eq!(answer.get(..2), Some(&[0x08, 0x01][..]), "{answer:?}");
 }
