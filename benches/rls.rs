@@ -107,7 +107,7 @@ fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequ
     }
 }
 
-/// One call (not its encoding: see `answer-encoding`); the handler never
+/// One call (not its encoding: see `components/encode-answer-*`); the handler never
 /// awaits, so it completes on first poll.
 fn call(svc: &EnvoyRlsService, req: &RateLimitRequest) -> RlsReply {
     let fut = svc.should_rate_limit(tonic::Request::new(req.clone()));
