@@ -107,8 +107,8 @@ fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequ
     }
 }
 
-/// One call (not its encoding: see `components/encode-answer-*`); the handler never
-/// awaits, so it completes on first poll.
+/// One call (not its encoding: see `components/encode-answer-*`); the
+/// handler never awaits, so it completes on first poll.
 fn call(svc: &EnvoyRlsService, req: &RateLimitRequest) -> RlsReply {
     let fut = svc.should_rate_limit(tonic::Request::new(req.clone()));
     match fut.now_or_never() {
