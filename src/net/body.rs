@@ -16,9 +16,9 @@
 //! first byte; a call that is not a stream must send its (first) message
 //! within that time of starting. (The clock starts when the body first
 //! has to wait for more, a few microseconds after either.) Otherwise the
-//! call fails with `DEADLINE_EXCEEDED` and what it held is given back. Streams may wait
-//! as long as they like between messages (the connection's idle timer
-//! applies to them).
+//! call fails with `DEADLINE_EXCEEDED` and what it held is given back.
+//! Streams may wait as long as they like between messages (the
+//! connection's idle timer applies to them).
 
 use std::future::Future;
 use std::pin::Pin;
