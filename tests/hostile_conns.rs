@@ -414,3 +414,37 @@ async fn trickled_http_headers_cannot_keep_probes_and_scrapes_out() {
     let n = probe.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_age_is_told_to_go_away_and_its_stream_finishes() {
+    let d = TestDaemon::with_config(&with_server("  max_connection_age: 1s\n")).await;
+    let open = "quotad_connections_open{listener=\"grpc\"}";
+    let mut c = RateLimiterClient::new(d.channel().await);
+    let (tx, rx) = tokio::sync::mpsc::channel::<CheckRequest>(4);
+    let mut answers = c
+        .check_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let check = |id| CheckRequest {
+        key: "aged".into(),
+        cost: 1,
+        id,
+        ..Default::default()
+    };
+    tx.send(check(0)).await.expect("stream open");
+    let first = answers.message().await.expect("answer").expect("not ended");
+    assert_eq!(first.id, 0);
+    assert_eq!(crate::support::metric(d.http_addr, open).await, 1.0);
+    // Past the age the connection has been told to go away (GOAWAY); the
+    // stream it carries goes on.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tx.send(check(1)).await.expect("stream open");
+    let second = answers.message().await.expect("answer").expect("not ended");
+    assert_eq!(second.id, 1);
+    // Its last call over, the connection closes: well before the age plus
+    // the 30 s grace, when one still running would be cut off.
+    drop(tx);
+    assert!(answers.message().await.expect("ends cleanly").is_none());
+    crate::support::metric_reaches(d.http_addr, open, 0.0).await;
+}

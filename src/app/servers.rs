@@ -9,14 +9,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use envoy_types::pb::envoy::service::rate_limit_quota::v3::rate_limit_quota_service_server::RateLimitQuotaServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::Router;
 use tonic_health::pb::health_server::HealthServer;
-use tower_layer::{Identity, Stack};
 
 use super::AppError;
 use crate::admin::AdminService;
@@ -33,8 +29,9 @@ use crate::metrics::Metrics;
 use crate::net::body::BodyRules;
 use crate::net::budget::Budget;
 use crate::net::gate::GateRules;
+use crate::net::serve::{Routes, Server, Settings};
 use crate::net::tls::Acceptor;
-use crate::net::{CallLayer, Gate, MAX_HEADER_LIST, listen};
+use crate::net::{Calls, Gate, listen};
 use crate::shutdown::Shutdown;
 use crate::telemetry::HealthService;
 
@@ -70,26 +67,23 @@ pub(super) fn grpc(
 ) -> Result<impl Future<Output = Result<(), AppError>> + Send + 'static, AppError> {
     let conns = shared.conns;
     let max = conns.max_message_bytes;
+    let routes = Routes::new()
+        .with(HealthServer::new(front.health).max_decoding_message_size(max))
+        .with(reflection().build_v1()?.max_decoding_message_size(max))
+        .with(reflection().build_v1alpha()?.max_decoding_message_size(max))
+        .with(RateLimiterServer::new(front.native).max_decoding_message_size(max))
+        .with(RlsServer::new(front.rls, max))
+        .with(RateLimitQuotaServiceServer::new(front.rlqs).max_decoding_message_size(max));
     let serve = listener.serve(
-        server(conns, shared.process)
-            .add_service(HealthServer::new(front.health).max_decoding_message_size(max))
-            .add_service(reflection().build_v1()?.max_decoding_message_size(max))
-            .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max))
-            .add_service(RateLimiterServer::new(front.native).max_decoding_message_size(max))
-            .add_service(RlsServer::new(front.rls, max))
-            .add_service(
-                RateLimitQuotaServiceServer::new(front.rlqs).max_decoding_message_size(max),
-            ),
+        server(routes, conns, shared.process),
         "grpc",
         Gate::new("grpc", gate_rules(conns), shared.metrics),
         conns,
         stop,
     );
     Ok(async move {
-        serve.await.map_err(|e| AppError::Serve {
-            what: "gRPC",
-            source: Box::new(e),
-        })
+        serve.await;
+        Ok(())
     })
 }
 
@@ -104,11 +98,12 @@ pub(super) fn admin(
 ) -> Result<impl Future<Output = Result<(), AppError>> + Send + 'static, AppError> {
     let conns = shared.conns;
     let max = conns.max_message_bytes;
+    let routes = Routes::new()
+        .with(QuotaAdminServer::new(service).max_decoding_message_size(max))
+        .with(reflection().build_v1()?.max_decoding_message_size(max))
+        .with(reflection().build_v1alpha()?.max_decoding_message_size(max));
     let serve = listener.serve(
-        server(conns, shared.process)
-            .add_service(QuotaAdminServer::new(service).max_decoding_message_size(max))
-            .add_service(reflection().build_v1()?.max_decoding_message_size(max))
-            .add_service(reflection().build_v1alpha()?.max_decoding_message_size(max)),
+        server(routes, conns, shared.process),
         "admin",
         Gate::new(
             "admin",
@@ -122,10 +117,8 @@ pub(super) fn admin(
         stop,
     );
     Ok(async move {
-        serve.await.map_err(|e| AppError::Serve {
-            what: "admin",
-            source: Box::new(e),
-        })
+        serve.await;
+        Ok(())
     })
 }
 
@@ -162,11 +155,12 @@ impl Listener {
         }
     }
 
-    /// Serves `router` on this listener until `stop` fires, admitting
-    /// connections through `gate` (TLS handshakes bounded by `limits`).
+    /// Serves with `server` on this listener until `stop` fires,
+    /// admitting connections through `gate` (TLS handshakes bounded by
+    /// `limits`).
     fn serve(
         self,
-        router: Routes,
+        server: Server,
         what: &'static str,
         gate: Arc<Gate>,
         limits: &ConnLimits,
@@ -175,43 +169,34 @@ impl Listener {
         match self.tls {
             None => {
                 let conns = listen::plain(self.tcp, gate);
-                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+                Box::pin(server.serve(conns, wait(stop)))
             }
             Some(tls) => {
                 let conns = listen::tls(self.tcp, what, tls, limits.handshakes(), gate);
-                Box::pin(router.serve_with_incoming_shutdown(conns, wait(stop)))
+                Box::pin(server.serve(conns, wait(stop)))
             }
         }
     }
 }
 
-type BoxedServe = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+type BoxedServe = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The gRPC servers' routes, with each call counted on its connection.
-type Routes = Router<Stack<CallLayer, Identity>>;
-
-/// A gRPC server builder with the connection limits of `c`, its request
-/// bodies drawn from the process's budget `process`.
-fn server(c: &ConnLimits, process: &Arc<Budget>) -> Server<Stack<CallLayer, Identity>> {
-    let builder = Server::builder()
-        .max_concurrent_streams(c.max_concurrent_streams)
-        .http2_keepalive_interval(Some(c.keepalive_interval))
-        .http2_keepalive_timeout(Some(c.keepalive_timeout))
-        .http2_max_header_list_size(MAX_HEADER_LIST)
-        .initial_connection_window_size(c.receive_window_bytes)
-        .initial_stream_window_size(c.receive_window_bytes);
-    let builder = match c.max_connection_age {
-        Some(age) => builder
-            .max_connection_age(age)
-            .max_connection_age_grace(MAX_AGE_GRACE),
-        None => builder,
-    };
+/// A gRPC server of `routes` with the connection limits of `c`, its
+/// request bodies drawn from the process's budget `process`.
+fn server(routes: Routes, c: &ConnLimits, process: &Arc<Budget>) -> Server {
     let rules = BodyRules {
         process: Arc::clone(process),
         timeout: c.request_body_timeout,
         max_message: c.max_message_bytes,
     };
-    builder.layer(CallLayer::new(rules, STREAMS))
+    let settings = Settings {
+        max_concurrent_streams: c.max_concurrent_streams,
+        keepalive_interval: c.keepalive_interval,
+        keepalive_timeout: c.keepalive_timeout,
+        receive_window_bytes: c.receive_window_bytes,
+        max_connection_age: c.max_connection_age,
+    };
+    Server::new(routes, Calls::new(rules, STREAMS), &settings)
 }
 
 /// The methods whose callers stream requests: they may open a call and
@@ -259,10 +244,6 @@ pub(super) fn warn_if_short_of_files(config: &Config) {
         );
     }
 }
-
-/// How long a connection past `server.max_connection_age` may finish its
-/// calls before it is closed.
-const MAX_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// The services gRPC health reports on (besides the server as a whole):
 /// ours, and `ratelimit`, the name envoyproxy/ratelimit reports its

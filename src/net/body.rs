@@ -287,7 +287,8 @@ impl<B> Drop for Budgeted<B> {
 
 impl<B> http_body::Body for Budgeted<B>
 where
-    B: http_body::Body<Data = Bytes, Error = Status> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
 {
     type Data = Bytes;
     type Error = Status;
@@ -320,7 +321,8 @@ where
             Poll::Ready(other) => {
                 this.release();
                 this.ended = true;
-                Poll::Ready(other)
+                // As tonic maps a body's errors.
+                Poll::Ready(other.map(|r| r.map_err(|e| Status::from_error(e.into()))))
             }
             Poll::Pending => {
                 if !this.expired(cx) {

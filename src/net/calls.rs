@@ -1,4 +1,4 @@
-//! The tower layer every gRPC call passes through, before any service (and
+//! What every gRPC call passes through, before any service (and
 //! so, on the admin listener, before any token is looked at):
 //!
 //! - the call is activity on its connection, and is *being worked on*
@@ -21,48 +21,17 @@ use http_body::Frame;
 
 use super::activity::{Activity, Busy};
 use super::body::{BodyRules, Budgeted};
-use super::gate::ConnInfo;
 
 /// What HPACK counts per header beyond its name and value.
 const HEADER_OVERHEAD: usize = 32;
 
 /// Counts, budgets and holds back each call (see the module docs).
 #[derive(Debug, Clone)]
-pub struct CallLayer {
+pub struct Calls {
     rules: BodyRules,
     /// Paths of the methods whose callers stream requests: they may wait
     /// before their first message.
     streams: Arc<[&'static str]>,
-}
-
-impl CallLayer {
-    /// A layer budgeting request bodies by `rules`; calls to `streams`
-    /// (paths like `/quotad.v1.RateLimiter/CheckStream`) are client
-    /// streams.
-    pub fn new(rules: BodyRules, streams: &[&'static str]) -> Self {
-        Self {
-            rules,
-            streams: streams.into(),
-        }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for CallLayer {
-    type Service = Calls<S>;
-
-    fn layer(&self, inner: S) -> Calls<S> {
-        Calls {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service [`CallLayer`] makes.
-#[derive(Debug, Clone)]
-pub struct Calls<S> {
-    inner: S,
-    layer: CallLayer,
 }
 
 /// The bytes a request's headers take, as HTTP/2 counts them.
@@ -73,41 +42,42 @@ fn header_bytes(headers: &http::HeaderMap) -> usize {
         .sum()
 }
 
-impl<S, RB> tower_service::Service<http::Request<tonic::body::Body>> for Calls<S>
-where
-    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>,
-{
-    type Response = http::Response<Held<RB>>;
-    type Error = S::Error;
-    type Future = CallFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl Calls {
+    /// Calls whose request bodies are budgeted by `rules`; calls to
+    /// `streams` (paths like `/quotad.v1.RateLimiter/CheckStream`) are
+    /// client streams.
+    pub fn new(rules: BodyRules, streams: &[&'static str]) -> Self {
+        Self {
+            rules,
+            streams: streams.into(),
+        }
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let Some(conn) = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|i| Arc::clone(i.activity()))
-        else {
-            return CallFuture {
-                inner: self.inner.call(request),
-                busy: None,
-                conn: None,
-            };
-        };
-        let stream = self.layer.streams.contains(&request.uri().path());
+    /// Starts `request`, a call on the connection `conn`: its body
+    /// budgeted, it is worked on until `answer` (given the request) is
+    /// ready, and its answer is held back while the peer reads none.
+    pub fn call<B, F, RB, E>(
+        &self,
+        request: http::Request<B>,
+        conn: &Arc<Activity>,
+        answer: impl FnOnce(http::Request<tonic::body::Body>) -> F,
+    ) -> CallFuture<F>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+        F: Future<Output = Result<http::Response<RB>, E>>,
+    {
+        let stream = self.streams.contains(&request.uri().path());
         let headers = header_bytes(request.headers());
-        let rules = self.layer.rules.clone();
-        let body_conn = Arc::clone(&conn);
+        let rules = self.rules.clone();
+        let body_conn = Arc::clone(conn);
         let request = request.map(|body| {
             tonic::body::Body::new(Budgeted::new(body, body_conn, rules, headers, stream))
         });
         CallFuture {
             busy: Some(conn.begin()),
-            inner: self.inner.call(request),
-            conn: Some(conn),
+            inner: answer(request),
+            conn: Some(Arc::clone(conn)),
         }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`listen`] | the one accept loop of every listener (a failed accept pauses it), and a gRPC listener's path from accept to tonic: TCP tuning, the TLS step, the gate |
+//! | [`listen`] | the one accept loop of every listener (a failed accept pauses it), and a gRPC listener's path from accept to [`serve`]: TCP tuning, the TLS step, the gate |
 //! | [`tls`] | rustls server configs from PEM files (mTLS too), swapped on reload; the TLS handshake step after accept; peers' certificate subjects |
 //! | [`gate`] | the cap on open connections per listener, each [`Conn`]'s idle timer, what a call knows of its connection ([`ConnInfo`]) |
 //! | [`activity`] | a connection's state shared by its calls: when it last did something, calls being worked on, request bytes it buffers, answers not yet written |
-//! | [`calls`] | the tower layer every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
+//! | [`serve`] | serving a gRPC listener's connections: hyper's HTTP/2 server on each, calls routed to services by name, `grpc-timeout`, connection age, drain on shutdown |
+//! | [`timer`] | hyper's clock for the gRPC servers: tokio's timers, `now` from the coarse clock |
+//! | [`calls`] | what every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
 //! | [`body`] | a request body under budget: each gRPC message's declared size is reserved from the connection's and the process's budgets until it has arrived, and must arrive within `server.request_body_timeout` |
 //! | [`budget`] | a shared byte budget |
 //! | [`coalesce`] | batching an HTTP/2 connection's socket writes: an answer's frames in one write (copied, not chained), and a write put off once while little waits, so the answers of the calls queued on its thread share it |
@@ -41,10 +43,12 @@ pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod listen;
+pub mod serve;
+pub mod timer;
 pub mod tls;
 
 pub use activity::Activity;
-pub use calls::CallLayer;
+pub use calls::Calls;
 pub use gate::{Conn, ConnInfo, Gate, Peer, open_files_limit};
 
 /// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
