@@ -185,7 +185,7 @@ impl Peer for TlsStream<TcpStream> {
 }
 
 /// What a call knows about its connection: in each request's extensions
-/// (tonic puts a connection's [`Connected::connect_info`] there).
+/// ([`super::serve`] puts a connection's [`Connected::connect_info`] there).
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     remote_addr: Option<SocketAddr>,
