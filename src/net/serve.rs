@@ -50,10 +50,13 @@ use super::timer::CoarseTimer;
 pub type Reply = http::Response<Body>;
 
 /// A service's answer on its way.
-type Answer = BoxFuture<Reply, Infallible>;
+pub type Answer = BoxFuture<Reply, Infallible>;
 
-/// A service calls are routed to, by its gRPC name.
-trait Route: Send + Sync {
+/// A service calls are routed to, by its gRPC name: any `tower` service
+/// of [`Body`] that is always ready and answers with tonic's `BoxFuture`,
+/// as generated servers are.
+pub trait Route: Send + Sync {
+    /// `request`'s answer.
     fn call(&self, request: http::Request<Body>) -> Answer;
 }
 
@@ -88,19 +91,7 @@ impl Routes {
     }
 
     /// Serves `service`'s calls (paths `/<its name>/<method>`).
-    pub fn with<S>(mut self, service: S) -> Self
-    where
-        S: tower_service::Service<
-                http::Request<Body>,
-                Response = Reply,
-                Error = Infallible,
-                Future = Answer,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-    {
+    pub fn with<S: Route + NamedService + 'static>(mut self, service: S) -> Self {
         self.routes.push((S::NAME, Box::new(service)));
         self
     }
