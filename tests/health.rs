@@ -80,12 +80,12 @@ async fn livez_and_readyz_answer_over_http() {
 /// Lists services through reflection; v1 and v1alpha have the same shape
 /// but distinct generated types.
 macro_rules! list_services {
-    ($version:ident, $d:expr) => {{
+    ($version:ident, channel $channel:expr) => {{
         use tonic_reflection::pb::$version::ServerReflectionRequest;
         use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
-        let mut c = ServerReflectionClient::new($d.channel().await);
+        let mut c = ServerReflectionClient::new($channel);
         let req = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -105,6 +105,9 @@ macro_rules! list_services {
             other => panic!("unexpected reflection answer {other:?}"),
         }
     }};
+    ($version:ident, $d:expr) => {{
+        list_services!($version, channel $d.channel().await)
+    }};
 }
 
 async fn list_services_v1(d: &TestDaemon) -> Vec<String> {
@@ -112,21 +115,67 @@ async fn list_services_v1(d: &TestDaemon) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn reflection_lists_our_services_in_v1_and_v1alpha() {
-    let d = TestDaemon::start().await;
-    for services in [list_services_v1(&d).await, list_services!(v1alpha, d)] {
-        for want in [
-            "quotad.v1.RateLimiter",
-            "grpc.health.v1.Health",
-            "envoy.service.ratelimit.v3.RateLimitService",
-            "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
-        ] {
-            assert!(
-                services.iter().any(|s| s == want),
-                "{want} missing from {services:?}"
-            );
-        }
+async fn each_listener_lists_exactly_the_services_it_serves() {
+    let config = format!(
+        "{}{}",
+        crate::support::CONFIG,
+        crate::support::admin_section("")
+    );
+    let d = TestDaemon::with_config(&config).await;
+    let reflection = [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let mut check: Vec<&str> = vec![
+        "envoy.service.rate_limit_quota.v3.RateLimitQuotaService",
+        "envoy.service.ratelimit.v3.RateLimitService",
+        "grpc.health.v1.Health",
+        "quotad.v1.RateLimiter",
+    ];
+    check.extend(reflection);
+    check.sort_unstable();
+    let mut admin = vec!["quotad.v1.QuotaAdmin"];
+    admin.extend(reflection);
+    admin.sort_unstable();
+    let admin_channel = || async {
+        let addr = d.admin_addr.expect("an admin listener");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the admin listener")
+    };
+    for mut listed in [list_services_v1(&d).await, list_services!(v1alpha, d)] {
+        listed.sort_unstable();
+        assert_eq!(listed, check, "the check listener");
     }
+    for mut listed in [
+        list_services!(v1, channel admin_channel().await),
+        list_services!(v1alpha, channel admin_channel().await),
+    ] {
+        listed.sort_unstable();
+        assert_eq!(listed, admin, "the admin listener");
+    }
+}
+
+#[tokio::test]
+async fn a_service_of_another_listener_is_unimplemented_and_named() {
+    let config = format!("{}{}", crate::support::CONFIG, crate::support::admin_section(""));
+    let d = TestDaemon::with_config(&config).await;
+    let mut admin_on_check =
+        quotad::api::pb::quota_admin_client::QuotaAdminClient::new(d.channel().await);
+    let err = admin_on_check
+        .list_plans(quotad::api::pb::ListPlansRequest::default())
+        .await
+        .expect_err("the check listener does not serve the admin API");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(
+        err.message()
+            .starts_with("quotad.v1.QuotaAdmin is not served on this listener; it serves "),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("quotad.v1.RateLimiter"), "{}", err.message());
 }
 
 #[tokio::test]

@@ -69,11 +69,10 @@ pub(super) fn grpc(
     let max = conns.max_message_bytes;
     let routes = Routes::new()
         .with(HealthServer::new(front.health).max_decoding_message_size(max))
-        .with(reflection().build_v1()?.max_decoding_message_size(max))
-        .with(reflection().build_v1alpha()?.max_decoding_message_size(max))
         .with(RateLimiterServer::new(front.native).max_decoding_message_size(max))
         .with(RlsServer::new(front.rls, max))
         .with(RateLimitQuotaServiceServer::new(front.rlqs).max_decoding_message_size(max));
+    let routes = with_reflection(routes, max)?;
     let serve = listener.serve(
         server(routes, conns, shared.process),
         "grpc",
@@ -98,10 +97,8 @@ pub(super) fn admin(
 ) -> Result<impl Future<Output = Result<(), AppError>> + Send + 'static, AppError> {
     let conns = shared.conns;
     let max = conns.max_message_bytes;
-    let routes = Routes::new()
-        .with(QuotaAdminServer::new(service).max_decoding_message_size(max))
-        .with(reflection().build_v1()?.max_decoding_message_size(max))
-        .with(reflection().build_v1alpha()?.max_decoding_message_size(max));
+    let routes = Routes::new().with(QuotaAdminServer::new(service).max_decoding_message_size(max));
+    let routes = with_reflection(routes, max)?;
     let serve = listener.serve(
         server(routes, conns, shared.process),
         "admin",
@@ -257,12 +254,32 @@ pub(super) const SERVICES: &[&str] = &[
 
 /// Server reflection over our API, gRPC health and Envoy's RLS v3 and
 /// RLQS v3.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_file_descriptor_set(envoy_descriptors::file_descriptor_set())
+/// `routes` and server reflection (v1 and v1alpha) listing exactly what
+/// they serve, reflection included: a listener describes only its own
+/// services (the check listener not the admin API, and the other way
+/// round).
+fn with_reflection(routes: Routes, max: usize) -> Result<Routes, AppError> {
+    let mut names: Vec<&'static str> = routes.names().collect();
+    names.extend(REFLECTION);
+    let reflection = || {
+        names.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_file_descriptor_set(envoy_descriptors::file_descriptor_set()),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    Ok(routes
+        .with(reflection().build_v1()?.max_decoding_message_size(max))
+        .with(reflection().build_v1alpha()?.max_decoding_message_size(max)))
 }
+
+/// The reflection services' own names.
+const REFLECTION: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 async fn wait(mut shutdown: Shutdown) {
     shutdown.wait().await;

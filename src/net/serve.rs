@@ -112,14 +112,34 @@ impl Routes {
         let route = service.and_then(|s| self.routes.iter().find(|(name, _)| *name == s));
         match route {
             Some((_, route)) => route.call(request),
-            None => Box::pin(std::future::ready(Ok(unimplemented()))),
+            None => Box::pin(std::future::ready(Ok(self.unimplemented(service)))),
         }
+    }
+
+    /// The answer to a call of a service not served here (`service`, or
+    /// `None`: the path is not `/service/method`), naming what is.
+    fn unimplemented(&self, service: Option<&str>) -> Reply {
+        let served = self.names().collect::<Vec<_>>().join(", ");
+        let message = match service {
+            Some(s) => format!(
+                "{} is not served on this listener; it serves {served}",
+                head(s, 128)
+            ),
+            None => {
+                format!("not a gRPC method path (/service/method); this listener serves {served}")
+            }
+        };
+        tonic::Status::unimplemented(message).into_http()
     }
 }
 
-/// The answer to a call of a service or method not served here.
-fn unimplemented() -> Reply {
-    tonic::Status::unimplemented("").into_http()
+/// At most the first `max` bytes of `s`, cut at a character boundary.
+fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A gRPC listener's HTTP/2 settings (`server.*`).
@@ -431,8 +451,9 @@ mod tests {
                 .body(Body::empty())
                 .expect("request");
             let reply = routes.call(request).await.expect("infallible");
-            let status = reply.headers().get("grpc-status").map(|v| v.as_bytes());
-            assert_eq!(status, Some(&b"12"[..]), "{path}");
+            let status = tonic::Status::from_header_map(reply.headers()).expect("a status");
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+            assert!(status.message().contains("this listener serves"), "{path}");
         }
     }
 }
