@@ -511,7 +511,14 @@ impl OverrideSync {
                 .collect();
             self.store.apply(&resets);
         }
-        if (snap.version, &snap.digest) != (self.version, &self.digest) {
+        if snap.version < self.version {
+            tracing::warn!(
+                overrides = count,
+                was = self.version,
+                version = snap.version,
+                "overrides: Redis's overrides version went back, so changes made before it may be lost; now in force: what Redis holds. Check that Redis persists (appendonly yes) and that replicas are in sync, then check the overrides with `quotactl override ls`"
+            );
+        } else if (snap.version, &snap.digest) != (self.version, &self.digest) {
             tracing::info!(
                 overrides = count,
                 version = snap.version,
