@@ -507,3 +507,64 @@ fn domains_with_a_line_break_are_refused_from_the_config_and_from_limits_files()
         assert!(!shown.contains("\nredis: off (forged)"), "{shown}");
     }
 }
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().expect("soft").to_owned();
+    let hard = fields.next().expect("hard").to_owned();
+    (soft, hard)
+}
+
+#[tokio::test]
+async fn a_low_open_files_limit_is_raised_to_the_hard_one_at_start() {
+    use tokio::io::AsyncBufReadExt;
+    // A shell's usual soft limit of 1 024, below what the default caps
+    // need (1 024 gRPC connections, 512 HTTP, 64 more).
+    let mut child = tokio::process::Command::new("prlimit")
+        .args(["--nofile=1024:", BIN, "serve", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("QUOTAD_LOG", "info")
+        .env_remove("QUOTAD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit (util-linux) runs quotad");
+    let pid = child.id().expect("a pid");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut startup = String::new();
+    let ready = async {
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            startup.push_str(&line);
+            startup.push('\n');
+            if line.contains("quotad ready") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("the daemon started");
+    let (soft, hard) = open_files(pid);
+    let hard_n: u64 = hard.parse().unwrap_or(1 << 20);
+    assert_eq!(
+        soft,
+        hard_n.min(1 << 20).to_string(),
+        "raised to the hard limit"
+    );
+    // With room for the caps, nothing to warn about.
+    if hard_n >= 1_600 {
+        assert!(
+            !startup.contains("open-files limit"),
+            "no warning with a soft limit of {soft}:\n{startup}"
+        );
+    }
+    let _ = child.kill().await;
+}

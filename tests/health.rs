@@ -160,7 +160,11 @@ async fn each_listener_lists_exactly_the_services_it_serves() {
 
 #[tokio::test]
 async fn a_service_of_another_listener_is_unimplemented_and_named() {
-    let config = format!("{}{}", crate::support::CONFIG, crate::support::admin_section(""));
+    let config = format!(
+        "{}{}",
+        crate::support::CONFIG,
+        crate::support::admin_section("")
+    );
     let d = TestDaemon::with_config(&config).await;
     let mut admin_on_check =
         quotad::api::pb::quota_admin_client::QuotaAdminClient::new(d.channel().await);
@@ -175,7 +179,11 @@ async fn a_service_of_another_listener_is_unimplemented_and_named() {
         "{}",
         err.message()
     );
-    assert!(err.message().contains("quotad.v1.RateLimiter"), "{}", err.message());
+    assert!(
+        err.message().contains("quotad.v1.RateLimiter"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,7 @@ use crate::sync::overrides::RedisOverrides;
 use crate::sync::{OverrideStore, RedisSync, SyncHandle};
 use crate::telemetry::HealthService;
 use reloads::Hangups;
-use servers::{Listener, bind, local_addr, warn_if_short_of_files};
+use servers::{Listener, bind, ensure_open_files, local_addr};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ impl App {
             ),
             _ => tracing::info!("admin API off (no admin section in the config)"),
         }
-        warn_if_short_of_files(&config);
+        ensure_open_files(&config);
         for skipped in &config.live.skipped {
             tracing::warn!("limits directory entry skipped: {skipped}");
         }

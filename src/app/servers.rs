@@ -28,6 +28,7 @@ use crate::config::{Config, ConnLimits, TlsFiles};
 use crate::metrics::Metrics;
 use crate::net::body::BodyRules;
 use crate::net::budget::Budget;
+use crate::net::files::{Needs, open_files_limit, raise_open_files_limit};
 use crate::net::gate::GateRules;
 use crate::net::serve::{Routes, Server, Settings};
 use crate::net::tls::Acceptor;
@@ -218,26 +219,40 @@ fn gate_rules(c: &ConnLimits) -> GateRules {
     }
 }
 
-/// Warns when the connection caps exceed what the open-files limit
-/// allows: accepts would fail (and be retried every 50 ms) before the cap
-/// is reached.
-pub(super) fn warn_if_short_of_files(config: &Config) {
-    let per_listener = config.boot.server.conns.max_connections as u64;
-    let admin = config
-        .boot
-        .admin
-        .as_ref()
-        .map_or(0, |a| a.max_connections as u64);
-    // Listeners, the HTTP listener's connections, Redis, config files,
-    // logs.
-    let needed = per_listener + admin + crate::net::http::HTTP_MAX_CONNECTIONS as u64 + 64;
-    if let Some(limit) = crate::net::open_files_limit()
-        && limit < needed
+/// Raises the open-files soft limit to the hard one, and warns when it
+/// is still below what the connection caps add up to: accepts would fail
+/// (and be retried every 50 ms) before the caps are reached.
+pub(super) fn ensure_open_files(config: &Config) {
+    let boot = &config.boot;
+    let needs = Needs {
+        grpc: boot.server.conns.max_connections as u64,
+        admin: boot.admin.as_ref().map_or(0, |a| a.max_connections as u64),
+        http: 2 * crate::net::http::HTTP_MAX_CONNECTIONS as u64,
+        http_check: match boot.server.http_check.addr {
+            Some(_) => boot.server.http_check.max_connections as u64,
+            None => 0,
+        },
+    };
+    match raise_open_files_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::debug!(
+                before,
+                after,
+                "raised the open-files soft limit to the hard limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not raise the open-files soft limit"),
+    }
+    if let Some((soft, hard)) = open_files_limit()
+        && soft < needs.total()
     {
         tracing::warn!(
-            open_files_limit = limit,
-            max_connections = per_listener,
-            "server.max_connections exceeds the open-files limit (ulimit -n): raise the limit or lower max_connections, or accepts fail before the cap"
+            open_files_limit = soft,
+            hard_limit = hard,
+            needed = needs.total(),
+            "the open-files limit (ulimit -n, already raised to the hard limit) is below what the connection caps need: {}; raise the hard limit (systemd LimitNOFILE=, Kubernetes: the runtime's default) or lower server.max_connections, or accepts fail before the caps are reached",
+            needs.sum()
         );
     }
 }

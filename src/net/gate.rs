@@ -137,22 +137,6 @@ impl Gate {
     }
 }
 
-/// The soft limit on open files of this process (Linux: from
-/// `/proc/self/limits`); `None` when unknown or unlimited.
-pub fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files(&limits)
-}
-
-fn parse_open_files(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// What a gated connection tells about its peer.
 pub trait Peer: AsyncRead + AsyncWrite + Unpin {
     /// The peer's address.
@@ -381,17 +365,5 @@ mod tests {
                 "coalesce_writes {coalesce}"
             );
         }
-    }
-
-    #[test]
-    fn the_open_files_limit_is_read_from_proc_limits() {
-        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                    Max cpu time              unlimited            unlimited            seconds   \n\
-                    Max open files            1024                 524288               files     \n";
-        assert_eq!(parse_open_files(text), Some(1024));
-        let unlimited =
-            "Max open files            unlimited            unlimited            files\n";
-        assert_eq!(parse_open_files(unlimited), None);
-        assert_eq!(parse_open_files(""), None);
     }
 }

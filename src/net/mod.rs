@@ -13,6 +13,7 @@
 //! | [`calls`] | what every gRPC call passes through: counts it, budgets its request body, holds its answers back while the peer reads none |
 //! | [`body`] | a request body under budget: each gRPC message's declared size is reserved from the connection's and the process's budgets until it has arrived, and must arrive within `server.request_body_timeout` |
 //! | [`budget`] | a shared byte budget |
+//! | [`files`] | the open-files limit: raised to the hard limit at start, and what the connection caps need of it |
 //! | [`coalesce`] | batching an HTTP/2 connection's socket writes: an answer's frames in one write (copied, not chained), and a write put off once while little waits, so the answers of the calls queued on its thread share it |
 //! | [`handshake`] | TLS handshakes in progress: a timeout, a cap per peer address and in all, the oldest dropped first |
 //! | [`http`] | the HTTP listener (health, `/metrics`): HTTP/1.1 with a header deadline and a connection cap that drops the oldest unfinished request first |
@@ -39,6 +40,7 @@ pub mod body;
 pub mod budget;
 pub mod calls;
 pub mod coalesce;
+pub mod files;
 pub mod gate;
 pub mod handshake;
 pub mod http;
@@ -49,7 +51,7 @@ pub mod tls;
 
 pub use activity::Activity;
 pub use calls::Calls;
-pub use gate::{Conn, ConnInfo, Gate, Peer, open_files_limit};
+pub use gate::{Conn, ConnInfo, Gate, Peer};
 
 /// Largest request header block (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
 /// gRPC metadata is small; more is refused before a call starts.
