@@ -568,3 +568,30 @@ async fn a_low_open_files_limit_is_raised_to_the_hard_one_at_start() {
     }
     let _ = child.kill().await;
 }
+
+#[test]
+fn check_only_fails_when_a_listeners_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let check = |grpc: &str| {
+        Command::new(BIN)
+            .args(["serve", "--check-only", "--grpc-addr", grpc])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env_remove("QUOTAD_CONFIG")
+            .output()
+            .expect("quotad runs")
+    };
+    let out = check(&addr);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "the gRPC listener (server.grpc_addr) cannot bind {addr}: Address already in use"
+        )),
+        "{said}"
+    );
+    // A free address passes.
+    let out = check("127.0.0.1:0");
+    assert!(out.status.success(), "{out:?}");
+    drop(taken);
+}

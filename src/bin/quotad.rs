@@ -122,7 +122,9 @@ struct ServeArgs {
     log_format: LogFormat,
     /// Check the config and these flags as `serve` would read them (files,
     /// TLS certificates, listeners), print a summary and exit: 0 if
-    /// `serve` would start with them, 64 if not. Nothing binds.
+    /// `serve` would start with them, 64 if not. Each listener's address
+    /// is bound and released at once (a port another process holds fails
+    /// the check); nothing is served.
     #[arg(long)]
     check_only: bool,
 }
@@ -173,6 +175,10 @@ fn main() -> ExitCode {
                     .source
                     .as_ref()
                     .map_or_else(|| "embedded config".to_owned(), |p| p.display().to_string());
+                if let Err(e) = try_binds(&config) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
                 println!("{from}: ok");
                 println!("{}", config.summary());
                 return ExitCode::SUCCESS;
@@ -191,6 +197,38 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Binds and releases each listener's address, as `serve` would bind
+/// them: the first that fails, named with its address and why. (Two
+/// listeners on one address are refused with the config.)
+fn try_binds(config: &Config) -> Result<(), String> {
+    let boot = &config.boot;
+    let mut listeners = vec![
+        ("gRPC listener (server.grpc_addr)", boot.server.grpc_addr),
+        ("HTTP listener (server.http_addr)", boot.server.http_addr),
+    ];
+    if let Some(addr) = boot.server.http_check.addr {
+        listeners.push(("HTTP check door (server.http_check.addr)", addr));
+    }
+    if let Some(admin) = &boot.admin {
+        listeners.push(("admin listener (admin.addr)", admin.addr));
+    }
+    for (what, addr) in listeners {
+        try_bind(addr).map_err(|e| format!("the {what} cannot bind {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Binds `addr` and lets it go. `SO_REUSEPORT` lets checks of one config
+/// run side by side; a process holding the port as `serve` does (without
+/// it) still fails the bind.
+fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())
 }
 
 /// A header style by name (`off`, `draft03`, `draft11`, `both`).
