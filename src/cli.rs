@@ -1,7 +1,9 @@
 //! What the binaries (`quotad`, `quotactl`, `quotad-bench`) share on
-//! their command lines: arguments parsed with clap, and usage errors
-//! exiting 64 (EX_USAGE from sysexits.h).
+//! their command lines: arguments parsed with clap, usage errors exiting
+//! 64 (EX_USAGE from sysexits.h), and errors printed with each cause
+//! once.
 
+use std::error::Error;
 use std::process::ExitCode;
 
 /// EX_USAGE: the command or its config was wrong.
@@ -27,4 +29,66 @@ pub fn parse_with_matches<T: clap::Parser>() -> Result<(T, clap::ArgMatches), Ex
     let matches = T::command().try_get_matches().map_err(exit)?;
     let parsed = T::from_arg_matches(&matches).map_err(exit)?;
     Ok((parsed, matches))
+}
+
+/// `error` and its causes, `: `-separated, each once (see [`chain`]).
+pub fn error_text(error: &(dyn Error + 'static)) -> String {
+    chain(error.to_string(), error.source())
+}
+
+/// `text`, then each cause from `source` on after `: `, skipping a cause
+/// whose text is already there: many errors print their source in their
+/// own message and return it as their source too, which would read
+/// `Address already in use: Address already in use`.
+pub fn chain(mut text: String, mut source: Option<&(dyn Error + 'static)>) -> String {
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot bind 127.0.0.1:1: {source}")]
+    struct Bind {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the listener")]
+    struct Outer {
+        #[source]
+        source: Bind,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = Bind { source: io() };
+        assert_eq!(
+            error_text(&e),
+            "cannot bind 127.0.0.1:1: Address already in use"
+        );
+        let e = Outer {
+            source: Bind { source: io() },
+        };
+        assert_eq!(
+            error_text(&e),
+            "the listener: cannot bind 127.0.0.1:1: Address already in use"
+        );
+        let e = anyhow::Error::new(Bind { source: io() }).context("serve");
+        assert_eq!(
+            error_text(e.as_ref()),
+            "serve: cannot bind 127.0.0.1:1: Address already in use"
+        );
+    }
 }

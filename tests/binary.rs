@@ -595,3 +595,47 @@ fn check_only_fails_when_a_listeners_port_is_taken() {
     assert!(out.status.success(), "{out:?}");
     drop(taken);
 }
+
+#[test]
+fn a_bind_failure_is_said_once_with_its_cause_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--grpc-addr", &addr, "--http-addr", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env_remove("QUOTAD_CONFIG")
+        .output()
+        .expect("quotad runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.matches("Address already in use").count(), 1, "{said}");
+    assert!(
+        said.contains(&format!("cannot bind grpc listener on {addr}")),
+        "{said}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn a_bad_log_filter_is_said_once() {
+    let out = Command::new(BIN)
+        .args(["serve", "--log", "foo=["])
+        .env_remove("QUOTAD_CONFIG")
+        .output()
+        .expect("quotad runs");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("error: --log: invalid filter 'foo=['"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("error parsing level filter").count(),
+        1,
+        "{said}"
+    );
+}

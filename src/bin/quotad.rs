@@ -18,7 +18,7 @@ use quotad::app::App;
 use quotad::config::{Config, HeaderStyle, RedisSettings};
 use quotad::telemetry::logging::{self, LogFormat};
 
-use quotad::cli::EX_USAGE;
+use quotad::cli::{EX_USAGE, error_text};
 
 /// jemalloc instead of glibc's malloc: every call allocates its request,
 /// its answer and its headers, and glibc's allocator was 8–9 % of the
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
             let config = match load(&args) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(e.as_ref()));
                     return ExitCode::from(EX_USAGE);
                 }
             };
@@ -190,8 +190,8 @@ fn main() -> ExitCode {
             match serve(config, *args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
+                    // Logging is up: the error goes to the log, once.
+                    tracing::error!("{}", error_text(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -333,7 +333,7 @@ fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
         }
         // A reload reads the files again and replays the flags over them,
         // as at start.
-        let loader = Arc::new(move || load(&args).map_err(|e| format!("{e:#}")));
+        let loader = Arc::new(move || load(&args).map_err(|e| error_text(e.as_ref())));
         let app = App::bind(config)
             .await?
             .with_loader(loader)

@@ -93,17 +93,7 @@ impl Failure {
 }
 
 fn describe_unavailable(s: &tonic::Status) -> String {
-    chain(s.message().to_owned(), std::error::Error::source(s))
-}
-
-/// `text` and every cause after it, `: `-separated.
-fn chain(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    quotad::cli::chain(s.message().to_owned(), std::error::Error::source(s))
 }
 
 /// Where and how to connect.
@@ -260,9 +250,9 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
         if let Some(name) = &target.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Failure::usage(format!("TLS settings: {e}")))?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| {
+            Failure::usage(format!("TLS settings: {}", quotad::cli::error_text(&e)))
+        })?;
     } else if !server.starts_with("http://") {
         return Err(Failure::usage(format!(
             "--server {server}: expected http://host:port or https://host:port"
@@ -273,7 +263,7 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
         )));
     }
     let channel = endpoint.connect().await.map_err(|e| {
-        let text = chain(e.to_string(), std::error::Error::source(&e));
+        let text = quotad::cli::chain(e.to_string(), std::error::Error::source(&e));
         Failure::new(exit::UNAVAILABLE, format!("cannot reach {server}: {text}"))
     })?;
     Ok(QuotaAdminClient::with_interceptor(channel, Bearer(bearer)))

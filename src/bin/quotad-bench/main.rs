@@ -268,7 +268,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", quotad::cli::error_text(e.as_ref()));
             ExitCode::from(69)
         }
     }
