@@ -639,3 +639,45 @@ fn a_bad_log_filter_is_said_once() {
         "{said}"
     );
 }
+
+#[test]
+fn switches_take_the_usual_spellings_and_addresses_take_host_names() {
+    let check = |shadow: &str, grpc: &str| {
+        Command::new(BIN)
+            .args(["serve", "--check-only", "--grpc-addr", grpc])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env("QUOTAD_SHADOW", shadow)
+            .env_remove("QUOTAD_CONFIG")
+            .output()
+            .expect("quotad runs")
+    };
+    for (spelling, on) in [
+        ("1", true),
+        ("yes", true),
+        ("ON", true),
+        ("0", false),
+        ("no", false),
+    ] {
+        let out = check(spelling, "localhost:0");
+        assert!(out.status.success(), "{spelling}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let want = if on { "shadow on" } else { "shadow off" };
+        assert!(said.contains(want), "{spelling}: {said}");
+        assert!(
+            said.contains("grpc 127.0.0.1:0"),
+            "localhost resolved: {said}"
+        );
+    }
+    let out = check("maybe", "127.0.0.1:0");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected 1, true, yes or on"),
+        "{out:?}"
+    );
+    let out = check("0", "8081");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected IP:PORT or HOST:PORT"),
+        "{out:?}"
+    );
+}

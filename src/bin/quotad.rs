@@ -63,19 +63,19 @@ struct ServeArgs {
     #[arg(long, env = "QUOTAD_CONFIG")]
     config: Option<PathBuf>,
     /// gRPC listen address; overrides server.grpc_addr.
-    #[arg(long, env = "QUOTAD_GRPC_ADDR")]
+    #[arg(long, env = "QUOTAD_GRPC_ADDR", value_parser = parse_listen_addr)]
     grpc_addr: Option<SocketAddr>,
     /// HTTP (health) listen address; overrides server.http_addr.
-    #[arg(long, env = "QUOTAD_HTTP_ADDR")]
+    #[arg(long, env = "QUOTAD_HTTP_ADDR", value_parser = parse_listen_addr)]
     http_addr: Option<SocketAddr>,
     /// HTTP check door listen address (forward auth for NGINX, Traefik and
     /// Caddy at /v1/auth; /v1/check, /v1/report and envoyproxy/ratelimit's
     /// /json); sets server.http_check.addr. Off without it.
-    #[arg(long, env = "QUOTAD_HTTP_CHECK_ADDR")]
+    #[arg(long, env = "QUOTAD_HTTP_CHECK_ADDR", value_parser = parse_listen_addr)]
     http_check_addr: Option<SocketAddr>,
     /// Admin API listen address; overrides admin.addr (the config needs
     /// an admin section with tokens: the admin API is off without one).
-    #[arg(long, env = "QUOTAD_ADMIN_ADDR")]
+    #[arg(long, env = "QUOTAD_ADMIN_ADDR", value_parser = parse_listen_addr)]
     admin_addr: Option<SocketAddr>,
     /// An envoyproxy/ratelimit limits file (one domain) or a directory of
     /// them; repeatable; added to the config's rls_files.
@@ -94,7 +94,7 @@ struct ServeArgs {
     redis_password_file: Option<PathBuf>,
     /// Global shadow mode: count and report every limit, but answer every
     /// Envoy RLS request OK (sets envoy.shadow).
-    #[arg(long, env = "QUOTAD_SHADOW")]
+    #[arg(long, env = "QUOTAD_SHADOW", value_parser = parse_switch)]
     shadow: bool,
     /// Rate-limit headers in answers for domains from envoyproxy/ratelimit
     /// files: `off` (the default, as envoyproxy/ratelimit), `draft03`
@@ -229,6 +229,35 @@ fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())
+}
+
+/// An on/off switch as environment variables spell it (the flag alone
+/// means on).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" | "" => Ok(false),
+        _ => Err("expected 1, true, yes or on (or 0, false, no, off)".to_owned()),
+    }
+}
+
+/// A listen address: `IP:PORT`, or `HOST:PORT` resolved now (the first
+/// IPv4 address the name has, else its first).
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let expected =
+        "expected IP:PORT or HOST:PORT, such as 127.0.0.1:8081, [::1]:8081 or localhost:8081";
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("{expected} ('{s}': {e})"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{expected} ('{s}' resolves to no address)"))
 }
 
 /// A header style by name (`off`, `draft03`, `draft11`, `both`).
