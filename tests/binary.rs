@@ -271,9 +271,11 @@ fn redis_flag_needs_a_known_scheme_and_the_hash_secret() {
     };
     let out = serve("redis://127.0.0.1:6379");
     assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("--redis: Redis sync needs store.hash_secret"),
+        said.contains("--redis: Redis sync needs a hash secret every node shares")
+            && said.contains("QUOTAD_HASH_SECRET, --hash-secret-file FILE or store.hash_secret")
+            && said.contains("openssl rand -hex 16"),
         "{out:?}"
     );
     let out = serve("http://127.0.0.1:6379");
@@ -678,6 +680,84 @@ fn switches_take_the_usual_spellings_and_addresses_take_host_names() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("expected IP:PORT or HOST:PORT"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_hash_secret_can_come_from_the_environment_or_a_file() {
+    let secret = "00112233445566778899aabbccddeeff";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hash.secret");
+    std::fs::write(&file, format!("{secret}\n")).expect("write the secret");
+    // A config with a Redis URL and no store.hash_secret.
+    let config = dir.path().join("quotad.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}redis: {{ url: \"redis://127.0.0.1:6379\" }}\n",
+            crate::support::CONFIG
+        ),
+    )
+    .expect("write the config");
+    let check = |args: &[&str], env: Option<&str>| {
+        let mut cmd = crate::support::process::serve_command();
+        cmd.arg("--check-only")
+            .args(args)
+            .env_remove("QUOTAD_REDIS")
+            .env_remove("QUOTAD_HASH_SECRET")
+            .env_remove("QUOTAD_HASH_SECRET_FILE");
+        if let Some(v) = env {
+            cmd.env("QUOTAD_HASH_SECRET", v);
+        }
+        cmd.output().expect("quotad runs")
+    };
+    let file_arg = file.display().to_string();
+    let config_arg = config.display().to_string();
+    let redis = ["--redis", "redis://127.0.0.1:6379"];
+    for (args, env) in [
+        (vec![redis[0], redis[1]], Some(secret)),
+        (
+            vec![redis[0], redis[1], "--hash-secret-file", &file_arg],
+            None,
+        ),
+        (vec!["--config", &config_arg], Some(secret)),
+        (
+            vec!["--config", &config_arg, "--hash-secret-file", &file_arg],
+            None,
+        ),
+    ] {
+        let out = check(&args, env);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("hash secret set"), "{said}");
+        assert!(!said.contains(secret), "never shown: {said}");
+    }
+    // Without one, the config file's error says where one can come from.
+    let out = check(&["--config", &config_arg], None);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("openssl rand -hex 16"),
+        "{out:?}"
+    );
+    // A bad one is named by its source, never echoed; two sources are one
+    // too many.
+    let bad = "0011223344556677XYZ";
+    let out = check(&redis, Some(bad));
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("QUOTAD_HASH_SECRET: expected 32 hex digits"),
+        "{said}"
+    );
+    assert!(!said.contains(bad), "{said}");
+    let out = check(
+        &[redis[0], redis[1], "--hash-secret-file", &file_arg],
+        Some(secret),
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give one"),
         "{out:?}"
     );
 }

@@ -82,7 +82,8 @@ struct ServeArgs {
     #[arg(long = "limits", value_name = "FILE")]
     limits: Vec<PathBuf>,
     /// Redis URL (redis://host:port[/db] or unix:///path): keep limits in
-    /// sync with other nodes; sets redis.url (needs store.hash_secret).
+    /// sync with other nodes; sets redis.url (needs a hash secret: store.hash_secret,
+    /// QUOTAD_HASH_SECRET or --hash-secret-file).
     /// A password in it shows in process arguments: prefer QUOTAD_REDIS
     /// or --redis-password-file.
     #[arg(long, env = "QUOTAD_REDIS", value_name = "URL")]
@@ -92,6 +93,13 @@ struct ServeArgs {
     /// never printed. Needs Redis (--redis or redis.url).
     #[arg(long, env = "QUOTAD_REDIS_PASSWORD_FILE", value_name = "FILE")]
     redis_password_file: Option<PathBuf>,
+    /// A file holding the keyed-hash secret (32 hex digits, as `openssl
+    /// rand -hex 16` prints): overrides store.hash_secret; every node of
+    /// one Redis needs the same. The secret itself can come from the
+    /// QUOTAD_HASH_SECRET environment variable instead (never a flag:
+    /// arguments show in `ps`).
+    #[arg(long, env = "QUOTAD_HASH_SECRET_FILE", value_name = "FILE")]
+    hash_secret_file: Option<PathBuf>,
     /// Global shadow mode: count and report every limit, but answer every
     /// Envoy RLS request OK (sets envoy.shadow).
     #[arg(long, env = "QUOTAD_SHADOW", value_parser = parse_switch)]
@@ -231,6 +239,29 @@ fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     socket.bind(&addr.into())
 }
 
+/// The hash secret from `QUOTAD_HASH_SECRET` or `--hash-secret-file`
+/// (not both), when one is given.
+fn hash_secret(args: &ServeArgs) -> anyhow::Result<Option<[u8; 16]>> {
+    let from_env = std::env::var("QUOTAD_HASH_SECRET").ok();
+    match (from_env, &args.hash_secret_file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "QUOTAD_HASH_SECRET and --hash-secret-file both give the hash secret: give one"
+        ),
+        (Some(text), None) => quotad::config::parse_hash_secret(&text)
+            .map(Some)
+            .map_err(|why| anyhow::anyhow!("QUOTAD_HASH_SECRET: {why}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("--hash-secret-file: cannot read {}: {e}", path.display())
+            })?;
+            quotad::config::parse_hash_secret(&text)
+                .map(Some)
+                .map_err(|why| anyhow::anyhow!("--hash-secret-file {}: {why}", path.display()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// An on/off switch as environment variables spell it (the flag alone
 /// means on).
 fn parse_switch(s: &str) -> Result<bool, String> {
@@ -277,8 +308,9 @@ fn has_secret(url: &str) -> bool {
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let secret = hash_secret(args)?;
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::load_with_secret(path, secret)?,
         None => Config::embedded_default(),
     };
     if let Some(addr) = args.grpc_addr {
@@ -304,11 +336,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(style) = args.envoy_response_headers {
         config.live.envoy.response_headers = style;
     }
+    if let Some(secret) = secret {
+        config.boot.store.hash_secret = Some(secret);
+    }
     if let Some(url) = &args.redis {
         RedisSettings::check_url(url).map_err(|why| anyhow::anyhow!("--redis: {why}"))?;
         anyhow::ensure!(
             config.boot.store.hash_secret.is_some(),
-            "--redis: Redis sync needs store.hash_secret in the config: every node must name a key's Redis entries alike"
+            "--redis: Redis sync needs a hash secret every node shares, to name a key's Redis entries alike: set QUOTAD_HASH_SECRET, --hash-secret-file FILE or store.hash_secret to 32 hex digits (make one with `openssl rand -hex 16`)"
         );
         let mut settings = config
             .boot

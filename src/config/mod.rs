@@ -85,7 +85,7 @@ pub use rlqs::RlqsSettings;
 use server::ServerRaw;
 pub use server::{ConnLimits, ServerBoot, ServerLive};
 use store::StoreRaw;
-pub use store::StoreSettings;
+pub use store::{StoreSettings, parse_hash_secret};
 use values::NonEmpty;
 
 /// The config `quotad serve` uses without `--config`: a documented demo with
@@ -449,13 +449,23 @@ impl Config {
     /// Reads and validates the config file at `path` and the `rls_files`
     /// it names (relative to its directory); messages name the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_secret(path, None)
+    }
+
+    /// [`Config::load`], with `hash_secret` (from outside the file: an
+    /// environment variable, a secret file) in place of
+    /// `store.hash_secret` when given.
+    pub fn load_with_secret(
+        path: &Path,
+        hash_secret: Option<[u8; 16]>,
+    ) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         let text = read_text(path).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        let mut config = Self::from_text(&text, &origin, base)?;
+        let mut config = Self::from_text(&text, &origin, base, hash_secret)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -464,13 +474,18 @@ impl Config {
     /// `rls_files` are read relative to the working directory. The
     /// result's `source` is `None`.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Self::from_text(text, origin, Path::new(""))
+        Self::from_text(text, origin, Path::new(""), None)
     }
 
-    fn from_text(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+    fn from_text(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        hash_secret: Option<[u8; 16]>,
+    ) -> Result<Config, ConfigError> {
         let raw: ConfigRaw = parse(text, origin)?;
         let mut config = raw
-            .build(base)
+            .build(base, hash_secret)
             .map_err(|issue| locate(text, origin, issue))?;
         // A listed file or directory that cannot be read is this file's
         // mistake: say so at the entry that names it. (Errors inside a
@@ -588,7 +603,7 @@ struct ConfigRaw {
 impl ConfigRaw {
     /// Validates every section, then what relates them; each section's own
     /// mistakes come first, in file order of the sections' checks.
-    fn build(self, base: &Path) -> Result<Config, Issue> {
+    fn build(self, base: &Path, hash_secret: Option<[u8; 16]>) -> Result<Config, Issue> {
         let (server_boot, server_live) = self
             .server
             .map(|s| s.build(base))
@@ -599,11 +614,14 @@ impl ConfigRaw {
             .map(RequestsRaw::build)
             .transpose()?
             .unwrap_or_default();
-        let store = self
+        let mut store = self
             .store
             .map(StoreRaw::build)
             .transpose()?
             .unwrap_or_default();
+        if hash_secret.is_some() {
+            store.hash_secret = hash_secret;
+        }
         let redis = self
             .redis
             .map(|r| r.build(base, store.hash_secret.is_some()))

@@ -243,7 +243,7 @@ impl RedisRaw {
         if !have_secret {
             return Err(Issue::new(
                 at("url"),
-                "Redis sync needs store.hash_secret: every node must name a key's Redis entries alike",
+                "Redis sync needs a hash secret every node shares, to name a key's Redis entries alike: set store.hash_secret (or QUOTAD_HASH_SECRET, or --hash-secret-file) to 32 hex digits, as `openssl rand -hex 16` prints",
             ));
         }
         let mut settings = RedisSettings::new(url.0);
@@ -395,7 +395,7 @@ mod tests {
             ),
             (
                 format!("{base}redis: {{ url: \"redis://h:1\" }}\n"),
-                "t.yaml:3:15: redis.url: Redis sync needs store.hash_secret: every node must name a key's Redis entries alike".to_owned(),
+                "t.yaml:3:15: redis.url: Redis sync needs a hash secret every node shares, to name a key's Redis entries alike: set store.hash_secret (or QUOTAD_HASH_SECRET, or --hash-secret-file) to 32 hex digits, as `openssl rand -hex 16` prints".to_owned(),
             ),
         ]);
     }

@@ -106,7 +106,7 @@ impl StoreSettings {
             self.max_leases,
             format_duration(self.sweep_interval),
             if self.hash_secret.is_some() {
-                "from config"
+                "set"
             } else {
                 "random per process"
             }
@@ -120,25 +120,31 @@ struct Secret([u8; 16]);
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let s = s.trim();
-        let n = s.chars().count();
-        if n != 32 {
-            return Err(de::Error::custom(format!(
-                "expected 32 hex digits (a 128-bit secret), got {n} characters"
-            )));
-        }
-        let not_hex =
-            || de::Error::custom("expected 32 hex digits (0-9, a-f), found another character");
-        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(not_hex());
-        }
-        let mut out = [0u8; 16];
-        for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| not_hex())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| not_hex())?;
-        }
-        Ok(Secret(out))
+        parse_hash_secret(&s).map(Secret).map_err(de::Error::custom)
     }
+}
+
+/// A hash secret as written (`store.hash_secret`, `QUOTAD_HASH_SECRET`, a
+/// `--hash-secret-file`): exactly 32 hex digits, surrounding whitespace
+/// ignored. Errors never echo the value.
+pub fn parse_hash_secret(s: &str) -> Result<[u8; 16], String> {
+    let s = s.trim();
+    let n = s.chars().count();
+    if n != 32 {
+        return Err(format!(
+            "expected 32 hex digits (a 128-bit secret, such as `openssl rand -hex 16` prints), got {n} characters"
+        ));
+    }
+    let not_hex = || "expected 32 hex digits (0-9, a-f), found another character".to_owned();
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_hex());
+    }
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks(2)) {
+        let pair = std::str::from_utf8(pair).map_err(|_| not_hex())?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| not_hex())?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
