@@ -688,7 +688,7 @@ async fn usage_shows_what_a_key_spent_and_reset_forgets_it() {
     assert_eq!(lines[0], format!("key {h}: plan free (default)"));
     assert_eq!(
         cells(lines[1]),
-        ["LIMIT", "KIND", "USED", "LIMIT", "REMAINING", "FULL IN"]
+        ["LIMIT", "KIND", "USED", "LIMIT", "REMAINING", "RESETS IN"]
     );
     assert_eq!(
         cells(lines[2]),
@@ -751,11 +751,12 @@ async fn usage_shows_what_a_key_spent_and_reset_forgets_it() {
     let lines = reset.lines();
     assert_eq!(lines[0], format!("usage of key {h} reset"));
     assert_eq!(lines[1], format!("key {h}: plan free (default)"));
+    // Nothing used: nothing resets (not "full in 12h").
     assert_eq!(
-        cells(lines[3])[..5],
-        ["per-second", "rate", "0", "20", "20"]
+        cells(lines[3]),
+        ["per-second", "rate", "0", "20", "20", "-"]
     );
-    assert_eq!(cells(lines[4])[..5], ["daily", "quota", "0", "100", "100"]);
+    assert_eq!(cells(lines[4]), ["daily", "quota", "0", "100", "100", "-"]);
     let u = ctl
         .run(&["usage", "dave-key", "-o", "json"])
         .await

@@ -117,7 +117,7 @@ impl Refusals {
         }
         if let Some(suppressed) = self.log.admit(refused.reason, self.clock.nanos()) {
             tracing::warn!(
-                peer = ?refused.peer,
+                peer = %refused.peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 call,
                 reason,
                 token = refused.token.as_deref().unwrap_or("-"),

@@ -380,12 +380,17 @@ pub fn usage_text(u: &pb::GetUsageResponse) -> String {
                     l.used.to_string(),
                     l.limit.to_string(),
                     l.remaining.to_string(),
-                    span(l.reset_after.as_ref()),
+                    // Nothing used: nothing to refill or reset.
+                    if l.used == 0 {
+                        "-".to_owned()
+                    } else {
+                        span(l.reset_after.as_ref())
+                    },
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["LIMIT", "KIND", "USED", "LIMIT", "REMAINING", "FULL IN"],
+            &["LIMIT", "KIND", "USED", "LIMIT", "REMAINING", "RESETS IN"],
             &rows,
         ));
     } else if !u.blocked && u.concurrency.is_none() {
