@@ -31,6 +31,23 @@ pub fn parse_with_matches<T: clap::Parser>() -> Result<(T, clap::ArgMatches), Ex
     Ok((parsed, matches))
 }
 
+/// [`parse`], with a usage error said by `say` (its text as clap renders
+/// it, and the exit code 64) instead of printed; `--help` and
+/// `--version` still print and exit 0.
+pub fn parse_with<T: clap::Parser>(say: impl Fn(&str, u8)) -> Result<T, ExitCode> {
+    let exit = |e: clap::Error| {
+        if e.use_stderr() {
+            say(&e.render().to_string(), EX_USAGE);
+            ExitCode::from(EX_USAGE)
+        } else {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+    };
+    let matches = T::command().try_get_matches().map_err(exit)?;
+    T::from_arg_matches(&matches).map_err(exit)
+}
+
 /// `error` and its causes, `: `-separated, each once (see [`chain`]).
 pub fn error_text(error: &(dyn Error + 'static)) -> String {
     chain(error.to_string(), error.source())

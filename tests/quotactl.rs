@@ -334,9 +334,15 @@ async fn a_plan_override_is_set_shown_enforced_and_removed() {
     let none = format!("key {h} has no override");
     ctl.run(&["override", "get", key]).await.fails(1, &none);
     ctl.run(&["override", "rm", key]).await.fails(1, &none);
-    ctl.run(&["override", "get", key, "-o", "json"])
+    // With -o json, the error is a JSON object.
+    let out = ctl
+        .run(&["override", "get", key, "-o", "json"])
         .await
-        .fails(1, &none);
+        .expect(1);
+    assert_eq!(
+        out.stderr,
+        format!("{}\n", json!({ "error": { "code": 1, "message": none } }))
+    );
 }
 
 #[tokio::test]
@@ -1304,7 +1310,7 @@ async fn check_config_validates_files_here_without_a_server() {
     let bad = write_file(dir.path(), "bad.yaml", body);
     let bad = bad.to_str().unwrap();
     let out = ctl.run(&["check-config", bad]).await.fails_with(
-        65,
+        64,
         &[
             &format!("error: {bad}:6:"),
             "plans.free.limits[1].per",
@@ -1319,7 +1325,7 @@ async fn check_config_validates_files_here_without_a_server() {
     );
     let unknown = unknown.to_str().unwrap();
     ctl.run(&["check-config", unknown]).await.fails_with(
-        65,
+        64,
         &[&format!("error: {unknown}:6:"), "unknown plan 'platinum'"],
     );
 
@@ -1693,4 +1699,66 @@ async fn usage_shows_a_keys_envoy_rlqs_buckets_and_each_envoys_share() {
                 .expect("the share back");
         }
     }
+}
+
+#[tokio::test]
+async fn with_json_output_errors_are_json_on_stderr_too() {
+    let (dead, _held) = dead_server();
+    let out = Ctl::bare()
+        .server(&dead)
+        .token(OPS_TOKEN)
+        .run(&["plans", "-o", "json"])
+        .await
+        .expect(69);
+    assert_eq!(out.stdout, "", "{out:#?}");
+    let e: Value = serde_json::from_str(out.stderr.trim()).expect("stderr is one JSON object");
+    assert_eq!(e["error"]["code"], 69, "{e}");
+    let message = e["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.starts_with(&format!("cannot reach {dead}: ")),
+        "{message}"
+    );
+    // A usage error too, however -o json is spelled.
+    for json in [&["-o", "json"][..], &["--output=json"], &["-ojson"]] {
+        let mut args = vec!["usage", "--no-such-flag"];
+        args.extend_from_slice(json);
+        let out = Ctl::bare().run(&args).await.expect(64);
+        let e: Value = serde_json::from_str(out.stderr.trim())
+            .unwrap_or_else(|_| panic!("stderr is one JSON object: {out:#?}"));
+        assert_eq!(e["error"]["code"], 64, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--no-such-flag")),
+            "{e}"
+        );
+    }
+    // Without it, plain text as before.
+    Ctl::bare()
+        .server(&dead)
+        .token(OPS_TOKEN)
+        .run(&["plans"])
+        .await
+        .fails_with(69, &["error: cannot reach "]);
+}
+
+#[tokio::test]
+async fn a_commands_help_shows_its_own_options_before_the_global_ones() {
+    let out = Ctl::bare().run(&["override", "ls", "--help"]).await.ok();
+    let own = out.stdout.find("--page-token").expect("ls's own option");
+    let global = out
+        .stdout
+        .find("Global options:")
+        .expect("a heading for the rest");
+    let server = out.stdout.find("--server").expect("the global --server");
+    assert!(own < global && global < server, "{}", out.stdout);
+    // A server from QUOTACTL_SERVER is not shown as a required flag in a
+    // usage error.
+    let out = Ctl::bare()
+        .server("http://127.0.0.1:8082")
+        .run(&["usage"])
+        .await
+        .expect(64);
+    assert!(out.stderr.contains("Usage: quotactl usage <KEY>"), "{out:#?}");
+    assert!(!out.stderr.contains("--server"), "{out:#?}");
 }

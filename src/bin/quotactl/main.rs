@@ -45,45 +45,81 @@ use output::Format;
     version,
     about = "Operate a quotad: overrides, usage, plans, reloads",
     after_help = "The admin token comes from QUOTACTL_TOKEN or --token-file, never an argument.\n\
-Exit codes: 0 ok, 1 not found, 64 usage, 65 refused input, 66 unreadable file,\n\
-69 server unavailable, 70 server error, 77 not authenticated or not allowed."
+Exit codes: 0 ok, 1 not found, 64 usage or an invalid config file, 65 input the server\n\
+refused, 66 unreadable file, 69 server unavailable, 70 server error, 77 not authenticated\n\
+or not allowed. With -o json, an error is a JSON object on stderr."
 )]
 struct Cli {
-    /// The admin listener: http://host:port, or https://host:port for TLS.
+    /// The admin listener: http://host:port, or https://host:port for TLS
+    /// [env: QUOTACTL_SERVER] [default: http://127.0.0.1:8082].
     #[arg(
         long,
         global = true,
-        env = "QUOTACTL_SERVER",
-        default_value = "http://127.0.0.1:8082"
+        help_heading = "Global options",
+        value_name = "URL"
     )]
-    server: String,
-    /// A file whose first line is the admin token (else QUOTACTL_TOKEN).
-    #[arg(long, global = true, env = "QUOTACTL_TOKEN_FILE", value_name = "FILE")]
+    server: Option<String>,
+    /// A file whose first line is the admin token (else QUOTACTL_TOKEN)
+    /// [env: QUOTACTL_TOKEN_FILE].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     token_file: Option<PathBuf>,
     /// CA certificate(s) (PEM) to trust for an https:// server, instead of
-    /// the system's.
-    #[arg(long, global = true, env = "QUOTACTL_CA_FILE", value_name = "FILE")]
+    /// the system's [env: QUOTACTL_CA_FILE].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for a server requiring mTLS.
-    #[arg(long, global = true, env = "QUOTACTL_CERT_FILE", value_name = "FILE")]
+    /// Client certificate (PEM) for a server requiring mTLS [env:
+    /// QUOTACTL_CERT_FILE].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "QUOTACTL_KEY_FILE", value_name = "FILE")]
+    /// The client certificate's private key (PEM) [env: QUOTACTL_KEY_FILE].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     key_file: Option<PathBuf>,
     /// The name the server's certificate must carry, when it is not the
     /// host in --server.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     tls_server_name: Option<String>,
     /// Output: table (for people) or json (for scripts).
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value = "table"
+    )]
     output: Format,
     /// Send the admin token over http:// to a host that is not loopback
     /// (refused otherwise): only when the link is encrypted by other
     /// means, such as a VPN, a service mesh or an SSH tunnel.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     insecure: bool,
     /// How long to wait for the server.
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_timeout)]
+    #[arg(long, global = true, help_heading = "Global options", default_value = "10s", value_parser = parse_timeout)]
     timeout: Duration,
     #[command(subcommand)]
     command: Command,
@@ -103,7 +139,8 @@ enum Command {
     /// Make the server read its config and limits files again.
     Reload,
     /// Validate a config file (and envoyproxy/ratelimit limits files)
-    /// here, without a server; exit 65 if invalid.
+    /// here, without a server; exit 64 if invalid, as `quotad
+    /// check-config` does.
     CheckConfig {
         /// The YAML config file.
         file: PathBuf,
@@ -212,10 +249,21 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match quotad::cli::parse::<Cli>() {
+    let json_errors = wants_json(std::env::args());
+    let cli = match quotad::cli::parse_with::<Cli>(|message, code| {
+        if json_errors {
+            report(
+                &Failure::new(code, message.trim_start_matches("error: ").trim_end()),
+                true,
+            );
+        } else {
+            eprint!("{message}");
+        }
+    }) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    let json_errors = cli.output == Format::Json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -245,20 +293,75 @@ fn main() -> ExitCode {
             }
         }
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            report(&f, json_errors);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Where `--server` points when neither it nor `QUOTACTL_SERVER` is given.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8082";
+
+/// Environment variable `name`, when set and not empty.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Environment variable `name` as a path, when set and not empty.
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Whether the command line asks for JSON output (read before parsing,
+/// so a usage error can be JSON too).
+fn wants_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--output=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).map(String::as_str) == Some("json"))
+    })
+}
+
+/// Says `f` on stderr: `error: …`, or with `-o json` one JSON object,
+/// `{"error": {"code": 69, "message": "…"}}`.
+fn report(f: &Failure, json: bool) {
+    if json {
+        eprintln!(
+            "{}",
+            json!({ "error": { "code": f.code, "message": f.message } })
+        );
+    } else {
+        eprintln!("error: {}", f.message);
     }
 }
 
 /// Runs the command; returns what to print.
 async fn run(cli: Cli) -> Result<String, Failure> {
     let target = Target {
-        server: cli.server.clone(),
-        token_file: cli.token_file.clone(),
-        ca_file: cli.ca_file.clone(),
-        cert_file: cli.cert_file.clone(),
-        key_file: cli.key_file.clone(),
+        // From the environment here rather than through clap, which
+        // would show a set variable's flag in every usage line as if it
+        // were required.
+        server: cli
+            .server
+            .clone()
+            .or_else(|| env("QUOTACTL_SERVER"))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+        token_file: cli
+            .token_file
+            .clone()
+            .or_else(|| env_path("QUOTACTL_TOKEN_FILE")),
+        ca_file: cli.ca_file.clone().or_else(|| env_path("QUOTACTL_CA_FILE")),
+        cert_file: cli
+            .cert_file
+            .clone()
+            .or_else(|| env_path("QUOTACTL_CERT_FILE")),
+        key_file: cli
+            .key_file
+            .clone()
+            .or_else(|| env_path("QUOTACTL_KEY_FILE")),
         tls_server_name: cli.tls_server_name.clone(),
         timeout: cli.timeout,
         insecure: cli.insecure,
@@ -604,7 +707,8 @@ fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Resul
         }),
         // A file named here that cannot be read is not an invalid one.
         Err(e @ ConfigError::Read { .. }) => Err(Failure::new(exit::NO_INPUT, e.to_string())),
-        Err(e) => Err(Failure::new(exit::DATA, e.to_string())),
+        // As `quotad check-config`: 64, the config was wrong.
+        Err(e) => Err(Failure::usage(e.to_string())),
     }
 }
 
