@@ -3,7 +3,8 @@
 #
 # Installs what the tests need when it is missing (a C linker,
 # redis-server for the Redis sync tests, which start their own on free
-# loopback ports, promtool for the metrics and dashboard checks, NGINX
+# loopback ports, openssl for the certificate recipe, promtool for the
+# metrics and dashboard checks, NGINX
 # for the forward-auth test, helm and
 # kubernetes-validate for the chart; protoc is vendored by the build),
 # checks the Helm chart, the dependencies (cargo-deny), the Envoy example
@@ -30,7 +31,7 @@ apt_install() {
 
 # The linker driver for test binaries; a real Redis for the sync tests;
 # Python (with venv) for the chart checks' tools.
-apt_install cc:gcc redis-server:redis-server python3:python3
+apt_install cc:gcc redis-server:redis-server python3:python3 openssl:openssl prlimit:util-linux
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

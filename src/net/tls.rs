@@ -12,7 +12,10 @@
 //! dropped, so silent or slow clients cannot keep real ones out); a failed
 //! handshake (a client without a certificate under mTLS, an untrusted
 //! one, plain text on a TLS port) closes that connection and is logged at
-//! debug level.
+//! debug level; one whose client certificate was refused is logged at
+//! warn level, with rustls's reason (an X.509 v1 certificate, an unknown
+//! issuer, an expired one), at most once per [`CERT_LOG_EVERY`] per
+//! listener, so an operator whose `quotactl` was turned away can read why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,6 +202,7 @@ impl Acceptor {
         displaced: metrics::Counter,
     ) -> ReceiverStream<TlsStream<TcpStream>> {
         let (tx, rx) = mpsc::channel(64);
+        let cert_log = Arc::new(LogEvery::new(CERT_LOG_EVERY));
         tokio::spawn(async move {
             let handshakes = Handshakes::new(rules.per_peer, MAX_HANDSHAKES);
             let mut accepted = std::pin::pin!(accepted);
@@ -217,6 +221,7 @@ impl Acceptor {
                 }
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current.load_full());
                 let tx = tx.clone();
+                let cert_log = Arc::clone(&cert_log);
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(rules.timeout, acceptor.accept(tcp));
                     let done = tokio::select! {
@@ -227,6 +232,11 @@ impl Acceptor {
                     match done {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(stream).await;
+                        }
+                        Ok(Err(e)) if refused_client_cert(&e) => {
+                            if let Some(suppressed) = cert_log.admit() {
+                                tracing::warn!(listener = what, %peer, error = %e, suppressed, "TLS handshake refused the client's certificate: it must be an X.509 v3 certificate with extendedKeyUsage clientAuth, issued by the CA in client_ca_file");
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(listener = what, %peer, error = %e, "TLS handshake failed")
@@ -239,6 +249,59 @@ impl Acceptor {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// How often a listener logs a refused client certificate at most.
+pub const CERT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a failed handshake's error is rustls refusing the client's
+/// certificate.
+fn refused_client_cert(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
+}
+
+/// Lets one event through per interval; counts the rest.
+struct LogEvery {
+    every: u64,
+    next: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    fn new(every: Duration) -> Self {
+        Self {
+            every: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            next: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events suppressed since the last one let through)` when this
+    /// one may be logged.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = coarsetime::Clock::now_since_epoch().as_millis();
+        let next = self.next.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -262,6 +325,21 @@ pub fn peer_subject(certs: &[CertificateDer<'_>]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_logged_once_per_interval_and_the_rest_counted() {
+        let log = LogEvery::new(Duration::from_secs(3_600));
+        assert_eq!(log.admit(), Some(0));
+        assert_eq!(log.admit(), None);
+        assert_eq!(log.admit(), None);
+        assert_eq!(log.suppressed.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(refused_client_cert(&refused));
+        assert!(!refused_client_cert(&std::io::Error::other("reset")));
+    }
     use rcgen::{CertificateParams, KeyPair};
 
     fn self_signed(name: &str) -> (String, String) {

@@ -22,7 +22,8 @@ pub mod exit {
     /// (a reload of invalid files), RESOURCE_EXHAUSTED; an invalid file
     /// for check-config.
     pub const DATA: u8 = 65;
-    /// A file named on the command line cannot be read.
+    /// A file named on the command line cannot be read, or does not hold
+    /// what it should (a PEM certificate or key).
     pub const NO_INPUT: u8 = 66;
     /// The server cannot be reached, or is unavailable (Redis down for a
     /// change, shutting down), or did not answer in time.
@@ -112,13 +113,22 @@ pub struct Target {
 }
 
 impl Target {
-    /// What to say after an unavailable server's reason: over TLS without
-    /// a client certificate, that the server may want one.
+    /// What to say after an unavailable server's reason: over TLS, that a
+    /// server requiring client certificates closes the connection of a
+    /// client without one, or with one it does not accept (TLS 1.3 says
+    /// so only after the handshake, so quotactl sees a closed connection).
     pub fn hint(&self) -> &'static str {
-        if self.server.starts_with("https://") && self.cert_file.is_none() {
-            " (a server that requires client certificates closes the connection: give --cert-file and --key-file)"
-        } else {
-            ""
+        match (
+            self.server.starts_with("https://"),
+            self.cert_file.is_some(),
+        ) {
+            (true, false) => {
+                " (a server that requires client certificates closes the connection: give --cert-file and --key-file)"
+            }
+            (true, true) => {
+                " (a server that requires client certificates closes the connection of one it does not accept: the certificate must be X.509 v3 with extendedKeyUsage clientAuth, issued by the CA in the server's client_ca_file; the server's log says why; scripts/make-certs.sh makes one)"
+            }
+            _ => "",
         }
     }
 }
@@ -251,7 +261,16 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
             tls = tls.domain_name(name.clone());
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| {
-            Failure::usage(format!("TLS settings: {}", quotad::cli::error_text(&e)))
+            // The files were read: what they hold is not a usable
+            // certificate or key.
+            let why = quotad::cli::error_text(&e);
+            let message = match crate::tls_hint::settings_hint(&e) {
+                Some(hint) => format!("{hint} ({why})"),
+                None => format!(
+                    "--ca-file, --cert-file or --key-file: not a usable PEM certificate or key (certificates: X.509 v3 PEM; keys: PKCS#8, PKCS#1 or SEC1 PEM): {why}"
+                ),
+            };
+            Failure::new(exit::NO_INPUT, message)
         })?;
     } else if !server.starts_with("http://") {
         return Err(Failure::usage(format!(
@@ -264,7 +283,13 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
     }
     let channel = endpoint.connect().await.map_err(|e| {
         let text = quotad::cli::chain(e.to_string(), std::error::Error::source(&e));
-        Failure::new(exit::UNAVAILABLE, format!("cannot reach {server}: {text}"))
+        match crate::tls_hint::hint(&e, target.cert_file.is_some()) {
+            Some(hint) => Failure::new(
+                exit::UNAVAILABLE,
+                format!("cannot connect to {server}: {hint} ({text})"),
+            ),
+            None => Failure::new(exit::UNAVAILABLE, format!("cannot reach {server}: {text}")),
+        }
     })?;
     Ok(QuotaAdminClient::with_interceptor(channel, Bearer(bearer)))
 }

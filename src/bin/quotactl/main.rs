@@ -25,6 +25,7 @@
 
 mod client;
 mod output;
+mod tls_hint;
 
 use std::io::BufRead;
 use std::path::PathBuf;
