@@ -690,7 +690,7 @@ async fn usage_shows_what_a_key_spent_and_reset_forgets_it() {
     let digest = digest(&d).await;
     let usage = ctl.run(&["usage", "dave-key"]).await.ok();
     let lines = usage.lines();
-    assert_eq!(lines.len(), 5, "{usage:#?}");
+    assert_eq!(lines.len(), 6, "{usage:#?}");
     assert_eq!(lines[0], format!("key {h}: plan free (default)"));
     assert_eq!(
         cells(lines[1]),
@@ -704,7 +704,12 @@ async fn usage_shows_what_a_key_spent_and_reset_forgets_it() {
         cells(lines[3]),
         ["daily", "quota", "3", "100", "97", "12h0m"]
     );
-    assert_eq!(lines[4], format!("config version 1 (digest {digest})"));
+    // Without Redis, the usage is this node's, and says so.
+    assert!(
+        lines[4].starts_with("as of ") && lines[4].ends_with(": this node's (no Redis)"),
+        "{usage:#?}"
+    );
+    assert_eq!(lines[5], format!("config version 1 (digest {digest})"));
 
     let u = ctl
         .run(&["usage", "dave-key", "-o", "json"])

@@ -1189,3 +1189,47 @@ async fn a_round_of_many_dirty_cells_goes_out_in_several_round_trips() {
     assert_eq!(keys, "*40000", "one counter per key in Redis");
     assert_eq!(d.engine.store().journal().map(|j| j.dropped()), Some(0));
 }
+
+#[tokio::test]
+async fn usage_on_any_node_is_every_nodes_read_from_redis() {
+    use quotad::api::pb::KeyRef;
+    let redis = RedisServer::start().await;
+    let yaml = format!(
+        "{}{}",
+        config(&redis.url(), "5ms"),
+        crate::support::admin_section("")
+    );
+    let a = TestDaemon::with_config(&yaml).await;
+    let b = TestDaemon::with_config(&yaml).await;
+    // 30 of the key's daily 100 spent on a, flushed to Redis.
+    let mut ca = client(&a).await;
+    assert_eq!(check(&mut ca, "q-key", 30).await, (true, 70));
+    a.wait_synced().await;
+    // b never saw the key: its usage is still every node's.
+    let key = || KeyRef {
+        key: "q-key".into(),
+        ..Default::default()
+    };
+    let usage = b
+        .admin(Some(crate::support::OPS_TOKEN))
+        .await
+        .get_usage(key())
+        .await
+        .expect("usage answered")
+        .into_inner();
+    assert!(usage.global, "{usage:?}");
+    assert!(usage.as_of.is_some() && usage.note.is_empty(), "{usage:?}");
+    let daily = &usage.limits[0];
+    assert_eq!((daily.used, daily.remaining), (30, 70), "{usage:?}");
+    // Without Redis it says so: this node's view, with the reason.
+    drop(redis);
+    let usage = b
+        .admin(Some(crate::support::OPS_TOKEN))
+        .await
+        .get_usage(key())
+        .await
+        .expect("usage answered without Redis")
+        .into_inner();
+    assert!(!usage.global, "{usage:?}");
+    assert!(usage.note.contains("Redis did not answer"), "{usage:?}");
+}

@@ -353,6 +353,9 @@ pub fn usage_message(
         config: Some(config),
         concurrency: None,
         rlqs: Vec::new(),
+        global: false,
+        as_of: None,
+        note: String::new(),
     }
 }
 

@@ -123,6 +123,16 @@ impl AdminService {
     /// is configured: UNAVAILABLE if it does not answer).
     async fn usage(&self, key_hash: u64) -> Result<pb::GetUsageResponse, Status> {
         let engine = self.control.engine();
+        // With Redis, every node's spend (one round trip); without it, or
+        // when it does not answer, this node's view, said so.
+        let (global, note) = match engine.read_usage(key_hash).await {
+            Ok(read) => (read.is_some(), String::new()),
+            Err(e) => (
+                false,
+                format!("this node's view only: Redis did not answer ({e})"),
+            ),
+        };
+        let as_of = engine.now();
         let leases = engine
             .lease_usage(key_hash)
             .await
@@ -135,6 +145,9 @@ impl AdminService {
             .map(|o| self.override_message(&o));
         let mut out = convert::usage_message(key_hash, &usage, over, self.version());
         out.concurrency = leases.as_ref().map(convert::concurrency_usage);
+        out.global = global;
+        out.as_of = Some(crate::api::timestamp(as_of));
+        out.note = note;
         out.rlqs = engine
             .rlqs_usage(key_hash)
             .iter()

@@ -297,7 +297,7 @@ fn invalid_sections_name_line_path_and_reason() {
         ),
         (
             "store:\n  hash_secret: abc123\n",
-            "t.yaml:2:16: store.hash_secret: expected 32 hex digits (a 128-bit secret), got 6 characters",
+            "t.yaml:2:16: store.hash_secret: expected 32 hex digits (a 128-bit secret, such as 'openssl rand -hex 16' prints), got 6 characters",
         ),
         (
             "store:\n  hash_secret: 000102030405060708090a0b0c0d0e0g\n",

@@ -185,13 +185,53 @@ impl View<'_> {
         if !limits.iter().any(|l| l.strict) && !first {
             return None;
         }
-        let cells = limits
+        Some(StrictJob {
+            plan,
+            tag: cell_key,
+            cells: self.strict_cells(limits, cell_key, req.cost, now),
+            cost: req.cost,
+            act: Act::Commit,
+            now,
+        })
+    }
+
+    /// A peek in Redis at every limit of the plan of the key with keyed
+    /// hash `key_hash` (its own cells: no scope), charging nothing: what
+    /// every node spent, as of their last flushes. `None` while the key
+    /// is blocked.
+    pub fn peek_job(&self, key_hash: u64) -> Option<StrictJob> {
+        let now = self.engine.clock.now();
+        let Assigned::Plan(plan) = self.table().assign(key_hash, now).0 else {
+            return None;
+        };
+        let limits = &self.table().plan(plan).limits;
+        Some(StrictJob {
+            plan,
+            tag: key_hash,
+            cells: self.strict_cells(limits, key_hash, 0, now),
+            cost: 0,
+            act: Act::Dry,
+            now,
+        })
+    }
+
+    /// The cells of a check of `cost` against `limits` for the key whose
+    /// cells are filed under `cell_key`, at `now`, as the script needs
+    /// them.
+    fn strict_cells(
+        &self,
+        limits: &[Limit],
+        cell_key: u64,
+        cost: u64,
+        now: Nanos,
+    ) -> Vec<StrictCell> {
+        limits
             .iter()
             .map(|l| {
                 let id = self.cell_id(l, cell_key, now);
                 let kind = match &l.kind {
                     LimitKind::Rate(r) => StrictKind::Bucket {
-                        emission_us: r.emission(req.cost).div_ceil(1_000),
+                        emission_us: r.emission(cost).div_ceil(1_000),
                         tau_us: r.tau() / 1_000,
                     },
                     LimitKind::Quota(q) => {
@@ -219,15 +259,7 @@ impl View<'_> {
                     kind,
                 }
             })
-            .collect();
-        Some(StrictJob {
-            plan,
-            tag: cell_key,
-            cells,
-            cost: req.cost,
-            act: Act::Commit,
-            now,
-        })
+            .collect()
     }
 
     /// The decision for a job Redis answered: `ok` is whether it charged,

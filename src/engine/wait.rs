@@ -134,3 +134,24 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// Brings this node's view of the key with keyed hash `key_hash` up to
+    /// what every node spent, read from Redis in one round trip (a peek:
+    /// nothing charged), for an operator's usage query. `Ok(Some(at))`:
+    /// read at `at`; `Ok(None)`: no Redis (or the key is blocked), this
+    /// node's view is all there is.
+    pub async fn read_usage(&self, key_hash: u64) -> Result<Option<Nanos>, StrictFailure> {
+        let Some(strict) = self.strict.get() else {
+            return Ok(None);
+        };
+        let Some(job) = self.view().peek_job(key_hash) else {
+            return Ok(None);
+        };
+        let (ok, before) = strict.client.check(job.clone()).await?;
+        // Mirrored into this node's cells (a peek of an empty state makes
+        // none). A table changed meanwhile leaves them as they were.
+        let _ = self.view().strict_decision(&job, ok, &before);
+        Ok(Some(job.now))
+    }
+}

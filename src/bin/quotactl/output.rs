@@ -244,6 +244,9 @@ pub fn usage_json(u: &pb::GetUsageResponse) -> Value {
             "window_seconds": l.window_seconds,
             "strict": l.strict,
         })).collect::<Vec<_>>(),
+        "global": u.global,
+        "as_of": ts_json(u.as_of.as_ref()),
+        "note": (!u.note.is_empty()).then_some(&u.note),
         "override": u.r#override.as_ref().map(override_json),
         "concurrency": u.concurrency.as_ref().map(|c| json!({
             "name": c.name,
@@ -351,6 +354,18 @@ fn concurrency_text(c: &pb::ConcurrencyUsage) -> String {
     out
 }
 
+/// Whose spend the usage shows, and as of when.
+fn scope_line(u: &pb::GetUsageResponse) -> String {
+    let at = time(u.as_of.as_ref());
+    if u.global {
+        format!("as of {at}: every node's (read from Redis; others' as of their last flush)\n")
+    } else if !u.note.is_empty() {
+        format!("as of {at}: {}\n", u.note)
+    } else {
+        format!("as of {at}: this node's (no Redis)\n")
+    }
+}
+
 pub fn usage_text(u: &pb::GetUsageResponse) -> String {
     let mut out = if u.blocked {
         let until = match &u.blocked_until {
@@ -395,6 +410,9 @@ pub fn usage_text(u: &pb::GetUsageResponse) -> String {
         ));
     } else if !u.blocked && u.concurrency.is_none() {
         out.push_str("no limits: every check passes\n");
+    }
+    if !u.limits.is_empty() {
+        out.push_str(&scope_line(u));
     }
     if let Some(c) = &u.concurrency {
         out.push_str(&concurrency_text(c));
