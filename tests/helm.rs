@@ -402,3 +402,39 @@ fn the_chart_ships_the_dashboard_as_it_is() {
         "helm/quotad/dashboards/quotad.json differs from dashboards/quotad.json: copy it again"
     );
 }
+
+#[test]
+fn a_change_of_a_restart_only_setting_restarts_the_pods_and_a_live_one_does_not() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let restart = |set: &[&str]| {
+        let extra: Vec<String> = set
+            .iter()
+            .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+            .collect();
+        let r = render(&helm, &extra);
+        r.get("Deployment", "t-quotad")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/restart"]
+            .as_str()
+            .expect("a checksum/restart annotation")
+            .to_owned()
+    };
+    let base = restart(&[]);
+    // Each read only at start (helm/quotad/restart-only.yaml).
+    for set in [
+        "config.server.max_connection_age=10m",
+        "config.server.max_concurrent_streams=50",
+        "config.server.idle_timeout=2m",
+        "config.server.max_message_bytes=65536",
+        "config.server.keepalive_interval=30s",
+        "store.maxTrackedKeys=5000",
+    ] {
+        assert_ne!(restart(&[set]), base, "{set} must restart the pods");
+    }
+    // Applied by a reload: no restart.
+    for set in ["config.requests.max_cost=5", "config.response_headers=off"] {
+        assert_eq!(restart(&[set]), base, "{set} is applied without a restart");
+    }
+}

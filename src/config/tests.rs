@@ -751,3 +751,48 @@ fn the_rlqs_envoy_example_agrees_with_its_quotad_config() {
     );
     assert!(text.contains("header_name: x-tenant"));
 }
+
+/// The chart restarts pods on a change of exactly the settings in
+/// `helm/quotad/restart-only.yaml`; a reload reports those it cannot apply
+/// by the names in `Boot::differences`. Both lists name the same settings
+/// (the chart's splits a section quotad compares whole).
+#[test]
+fn the_charts_restart_only_list_is_quotads() {
+    let chart: Vec<String> =
+        serde_saphyr::from_str(include_str!("../../helm/quotad/restart-only.yaml"))
+            .expect("a YAML list");
+    let source = include_str!("mod.rs");
+    let start = source.find("pub fn differences").expect("differences");
+    let budget = source
+        .find("fn budget_differences")
+        .expect("budget_differences");
+    let end = budget + source[budget..].find("\n    }\n").expect("its end");
+    // Every string literal there (the odd pieces between quotes).
+    let mut ours: Vec<&str> = source[start..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| {
+            ["server.", "admin", "store", "redis"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        })
+        .collect();
+    ours.sort_unstable();
+    ours.dedup();
+    assert!(ours.len() > 20, "names found: {ours:?}");
+    let covers =
+        |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}."));
+    for name in &ours {
+        assert!(
+            chart.iter().any(|c| covers(name, c)),
+            "{name} needs a restart but the chart's list lacks it"
+        );
+    }
+    for entry in &chart {
+        assert!(
+            ours.iter().any(|name| covers(name, entry)),
+            "the chart restarts on {entry}, which quotad applies on reload"
+        );
+    }
+}

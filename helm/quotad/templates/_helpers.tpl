@@ -117,10 +117,29 @@ reload:
   watch: true
 {{- end -}}
 
-{{/* What quotad reads only at start: a change must restart the pods. */}}
+{{/* What quotad reads only at start, so a change must restart the pods:
+the config settings listed in restart-only.yaml (quotad's own list is
+checked against it), read from the config file the chart renders, and the
+chart's values that change the command line or the mounts. */}}
 {{- define "quotad.restartOnly" -}}
-{{- $m := include "quotad.managedConfig" . | fromYaml -}}
-{{ toYaml (dict "store" $m.store "redis" $m.redis "adminOn" .Values.admin.enabled "httpCheckOn" .Values.httpCheck.enabled "httpCheck" (default dict (default dict .Values.config.server).http_check) "ports" .Values.ports "tls" .Values.tls.enabled "adminTls" .Values.admin.tls.enabled "existing" .Values.existingConfigSecret) }}
+{{- $c := include "quotad.config" . | fromYaml -}}
+{{- $settings := dict -}}
+{{- range $path := .Files.Get "restart-only.yaml" | fromYamlArray -}}
+{{- $v := $c -}}
+{{- if eq $path "admin" -}}
+{{- $v = hasKey $c "admin" -}}
+{{- else -}}
+{{- range $k := splitList "." $path -}}
+{{- if kindIs "map" $v -}}
+{{- $v = get $v $k -}}
+{{- else -}}
+{{- $v = "" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $settings $path $v -}}
+{{- end -}}
+{{ toYaml (dict "settings" $settings "adminOn" .Values.admin.enabled "httpCheckOn" .Values.httpCheck.enabled "ports" .Values.ports "tls" .Values.tls.enabled "adminTls" .Values.admin.tls.enabled "existing" .Values.existingConfigSecret) }}
 {{- end -}}
 
 {{/* The whole config file. */}}
