@@ -438,3 +438,28 @@ fn a_change_of_a_restart_only_setting_restarts_the_pods_and_a_live_one_does_not(
         assert_eq!(restart(&[set]), base, "{set} is applied without a restart");
     }
 }
+
+#[test]
+fn a_long_release_name_still_makes_valid_service_names() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let long = "a".repeat(70);
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            format!("fullnameOverride={long}"),
+            "--set".into(),
+            "redis.deploy.enabled=true,store.hashSecret=00112233445566778899aabbccddeeff".into(),
+        ],
+    );
+    let services = r.of_kind("Service");
+    assert!(services.len() >= 3, "{services:?}");
+    for s in services {
+        let name = s["metadata"]["name"].as_str().expect("a name");
+        // A Service name is a DNS-1035 label: at most 63 characters.
+        assert!(name.len() <= 63, "{name} ({} characters)", name.len());
+    }
+}
