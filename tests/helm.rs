@@ -463,3 +463,39 @@ fn a_long_release_name_still_makes_valid_service_names() {
         assert!(name.len() <= 63, "{name} ({} characters)", name.len());
     }
 }
+
+#[test]
+fn replicas_without_redis_are_refused_unless_per_pod_limits_are_wanted() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let template = |set: &str| {
+        Command::new(&helm)
+            .args(["template", "t"])
+            .arg(chart())
+            .args(["--set", set])
+            .output()
+            .expect("helm runs")
+    };
+    for refused in ["replicaCount=2", "autoscaling.enabled=true"] {
+        let out = template(refused);
+        assert!(!out.status.success(), "{refused} rendered");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("more than one replica") && said.contains("allowUnsyncedReplicas"),
+            "{refused}: {said}"
+        );
+    }
+    for accepted in [
+        "replicaCount=2,allowUnsyncedReplicas=true",
+        "replicaCount=2,redis.url=redis://redis:6379,store.hashSecret=00112233445566778899aabbccddeeff",
+        "autoscaling.enabled=true,redis.deploy.enabled=true,store.hashSecret=00112233445566778899aabbccddeeff",
+    ] {
+        let out = template(accepted);
+        assert!(out.status.success(), "{accepted}: {out:?}");
+    }
+    // The default is one pod.
+    let r = render(&helm, &[]);
+    assert_eq!(r.get("Deployment", "t-quotad")["spec"]["replicas"], 1);
+}

@@ -144,6 +144,10 @@ chart's values that change the command line or the mounts. */}}
 
 {{/* The whole config file. */}}
 {{- define "quotad.config" -}}
+{{- $replicated := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}
+{{- if and $replicated (not (include "quotad.redisUrl" .)) (not .Values.allowUnsyncedReplicas) -}}
+{{- fail "more than one replica (replicaCount > 1, or autoscaling) without Redis: each pod would enforce every limit on its own, so callers get the limit once per pod, and with the HPA more as CPU grows. Set redis.url (or redis.deploy.enabled) to share the limits, replicaCount: 1, or allowUnsyncedReplicas: true to accept per-pod limits" -}}
+{{- end -}}
 {{- if and (include "quotad.redisUrl" .) (not .Values.store.hashSecret) -}}
 {{- fail "redis needs store.hashSecret (32 hex digits): every replica must name a key's cells alike" -}}
 {{- end -}}
