@@ -285,6 +285,12 @@ fn the_chart_starts_the_binary_with_flags_and_files_it_accepts() {
 /// see them (under `dir`), runs the image's entrypoint with the chart's
 /// arguments and `--check-only`, and returns what it printed.
 fn starts(r: &Rendered, dir: &Path) -> String {
+    starts_with(r, dir, &[])
+}
+
+/// [`starts`], with `secrets` (name, [(key, text)]) standing for Secrets
+/// of the user's that the chart mounts but does not render.
+fn starts_with(r: &Rendered, dir: &Path, secrets: &[(&str, &[(&str, &str)])]) -> String {
     let deploy = r.get("Deployment", "t-quotad");
     let pod = &deploy["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -306,6 +312,17 @@ fn starts(r: &Rendered, dir: &Path) -> String {
     let rewrite = |text: &str| text.replace(MOUNTS, &format!("{}{MOUNTS}", root.display()));
     for m in container["volumeMounts"].as_array().unwrap() {
         let volume = volumes[m["name"].as_str().unwrap()];
+        let at = PathBuf::from(rewrite(m["mountPath"].as_str().unwrap()));
+        let users = volume["secret"]["secretName"]
+            .as_str()
+            .and_then(|name| secrets.iter().find(|(n, _)| *n == name));
+        if let Some((_, files)) = users {
+            std::fs::create_dir_all(&at).unwrap();
+            for (key, text) in *files {
+                std::fs::write(at.join(key), text).unwrap();
+            }
+            continue;
+        }
         let (files, field) = if let Some(name) = volume["secret"]["secretName"].as_str() {
             (r.get("Secret", name), "stringData")
         } else {
@@ -314,7 +331,6 @@ fn starts(r: &Rendered, dir: &Path) -> String {
                 .expect("a Secret or a ConfigMap");
             (r.get("ConfigMap", name), "data")
         };
-        let at = PathBuf::from(rewrite(m["mountPath"].as_str().unwrap()));
         std::fs::create_dir_all(&at).unwrap();
         for (name, text) in files[field].as_object().unwrap() {
             std::fs::write(at.join(name), rewrite(text.as_str().unwrap())).unwrap();
@@ -498,4 +514,79 @@ fn replicas_without_redis_are_refused_unless_per_pod_limits_are_wanted() {
     // The default is one pod.
     let r = render(&helm, &[]);
     assert_eq!(r.get("Deployment", "t-quotad")["spec"]["replicas"], 1);
+}
+
+#[test]
+fn a_grace_period_shorter_than_the_drain_is_refused() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let out = Command::new(&helm)
+        .args(["template", "t"])
+        .arg(chart())
+        .args(["--set", "terminationGracePeriodSeconds=20"])
+        .output()
+        .expect("helm runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "terminationGracePeriodSeconds (20) must be at least shutdown.drainDelay (15s) + shutdown.shutdownGrace (10s) + 4 s (29)"
+        ),
+        "{out:?}"
+    );
+    // The defaults: a drain Envoy's DNS refresh fits in, a grace above
+    // it, connections aged out.
+    let r = render(&helm, &[]);
+    let spec = &r.get("Deployment", "t-quotad")["spec"]["template"]["spec"];
+    assert_eq!(spec["terminationGracePeriodSeconds"], 35);
+}
+
+#[test]
+fn production_redis_settings_and_secrets_pass_through_to_the_binary() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::TestCa::new("redis CA");
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            "redis.url=rediss://redis.prod:6380/0,redis.cluster=true,redis.keyPrefix=q:,redis.strictDeadline=50ms,redis.firstReadMinWindow=off,redis.existingSecret=redis-auth,redis.caSecret=redis-ca,store.existingSecret=quotad-hash".into(),
+        ],
+    );
+    let said = starts_with(
+        &r,
+        dir.path(),
+        &[
+            ("redis-auth", &[("password", "s3cret-redis-password")]),
+            ("redis-ca", &[("ca.crt", ca.cert_pem.as_str())]),
+            (
+                "quotad-hash",
+                &[("hash-secret", "00112233445566778899aabbccddeeff\n")],
+            ),
+        ],
+    );
+    // The binary took every setting and file: cluster mode, the prefix,
+    // the deadline, the password (never shown) and the hash secret.
+    assert!(said.contains("hash secret set"), "{said}");
+    assert!(!said.contains("s3cret-redis-password"), "{said}");
+    let config = &r.get("Secret", "t-quotad-config")["stringData"]["quotad.yaml"];
+    let config = config.as_str().expect("the config");
+    for want in [
+        "cluster: true",
+        "key_prefix: 'q:'",
+        "strict_deadline: 50ms",
+        "first_read_min_window: \"off\"",
+        "password_file: /etc/quotad/redis-password/password",
+        "tls_ca_file: /etc/quotad/redis-ca/ca.crt",
+    ] {
+        assert!(config.contains(want), "{want} missing: {config}");
+    }
+    assert!(
+        !config.contains("hash_secret"),
+        "from the Secret, not the config: {config}"
+    );
 }

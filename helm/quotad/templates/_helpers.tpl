@@ -65,12 +65,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* A duration value (`15s`, `500ms`, `2m`, `1h`) in whole seconds,
+rounded up. */}}
+{{- define "quotad.seconds" -}}
+{{- $d := toString . -}}
+{{- if hasSuffix "ms" $d -}}
+{{- div (add (atoi (trimSuffix "ms" $d)) 999) 1000 -}}
+{{- else if hasSuffix "s" $d -}}
+{{- atoi (trimSuffix "s" $d) -}}
+{{- else if hasSuffix "m" $d -}}
+{{- mul (atoi (trimSuffix "m" $d)) 60 -}}
+{{- else if hasSuffix "h" $d -}}
+{{- mul (atoi (trimSuffix "h" $d)) 3600 -}}
+{{- else -}}
+{{- fail (printf "%s: expected a duration such as 15s, 500ms, 2m or 1h" $d) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the pod mounts things. */}}
 {{- define "quotad.paths" -}}
 config: /etc/quotad/config/quotad.yaml
 limits: /etc/quotad/limits
 tls: /etc/quotad/tls
 adminTls: /etc/quotad/admin-tls
+redisPassword: /etc/quotad/redis-password
+redisCa: /etc/quotad/redis-ca
+hashSecret: /etc/quotad/hash-secret
 {{- end -}}
 
 {{/* The sections the chart manages, over the user's `config`. */}}
@@ -97,6 +117,29 @@ redis:
   url: {{ . | quote }}
   sync_interval: {{ $.Values.redis.syncInterval }}
   on_redis_error: {{ $.Values.redis.onRedisError }}
+  {{- with $.Values.redis }}
+  {{- if .cluster }}
+  cluster: true
+  {{- end }}
+  {{- with .sentinelMaster }}
+  sentinel_master: {{ . | quote }}
+  {{- end }}
+  {{- with .keyPrefix }}
+  key_prefix: {{ . | quote }}
+  {{- end }}
+  {{- with .strictDeadline }}
+  strict_deadline: {{ . | quote }}
+  {{- end }}
+  {{- with .firstReadMinWindow }}
+  first_read_min_window: {{ . | quote }}
+  {{- end }}
+  {{- if .existingSecret }}
+  password_file: {{ $p.redisPassword }}/{{ .passwordKey }}
+  {{- end }}
+  {{- if .caSecret }}
+  tls_ca_file: {{ $p.redisCa }}/{{ .caKey }}
+  {{- end }}
+  {{- end }}
 {{- end }}
 {{- if .Values.admin.enabled }}
 admin:
@@ -144,12 +187,20 @@ chart's values that change the command line or the mounts. */}}
 
 {{/* The whole config file. */}}
 {{- define "quotad.config" -}}
+{{- $drain := include "quotad.seconds" .Values.shutdown.drainDelay | int -}}
+{{- $grace := include "quotad.seconds" .Values.shutdown.shutdownGrace | int -}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (add $drain $grace 4 | int) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least shutdown.drainDelay (%ds) + shutdown.shutdownGrace (%ds) + 4 s (%d): the kubelet would kill pods mid-drain" (int .Values.terminationGracePeriodSeconds) $drain $grace (add $drain $grace 4 | int)) -}}
+{{- end -}}
 {{- $replicated := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled -}}
 {{- if and $replicated (not (include "quotad.redisUrl" .)) (not .Values.allowUnsyncedReplicas) -}}
 {{- fail "more than one replica (replicaCount > 1, or autoscaling) without Redis: each pod would enforce every limit on its own, so callers get the limit once per pod, and with the HPA more as CPU grows. Set redis.url (or redis.deploy.enabled) to share the limits, replicaCount: 1, or allowUnsyncedReplicas: true to accept per-pod limits" -}}
 {{- end -}}
-{{- if and (include "quotad.redisUrl" .) (not .Values.store.hashSecret) -}}
-{{- fail "redis needs store.hashSecret (32 hex digits): every replica must name a key's cells alike" -}}
+{{- if and (include "quotad.redisUrl" .) (not .Values.store.hashSecret) (not .Values.store.existingSecret) -}}
+{{- fail "redis needs store.hashSecret (32 hex digits, `openssl rand -hex 16`) or store.existingSecret: every replica must name a key's cells alike" -}}
+{{- end -}}
+{{- if and .Values.store.hashSecret .Values.store.existingSecret -}}
+{{- fail "store.hashSecret and store.existingSecret both give the hash secret: give one" -}}
 {{- end -}}
 {{- if and .Values.admin.enabled (not .Values.admin.tokens) -}}
 {{- fail "admin.enabled needs admin.tokens (make one with `quotactl token new`)" -}}
@@ -189,6 +240,9 @@ chart's values that change the command line or the mounts. */}}
 {{- end }}
 {{- if .Values.limits }}
 - --limits={{ $p.limits }}
+{{- end }}
+{{- if .Values.store.existingSecret }}
+- --hash-secret-file={{ $p.hashSecret }}/{{ .Values.store.hashSecretKey }}
 {{- end }}
 - --log={{ .Values.log.level }}
 - --log-format={{ .Values.log.format }}
