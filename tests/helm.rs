@@ -590,3 +590,81 @@ fn production_redis_settings_and_secrets_pass_through_to_the_binary() {
         "from the Secret, not the config: {config}"
     );
 }
+
+#[test]
+fn the_charts_smaller_promises_hold() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let secret = "store.hashSecret=00112233445566778899aabbccddeeff";
+    // The bundled Redis: one pod at a time, checked alive, maxmemory from
+    // its limit (80 % of 256 MiB).
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            format!("redis.deploy.enabled=true,{secret}"),
+        ],
+    );
+    let redis = &r.get("Deployment", "t-quotad-redis")["spec"];
+    assert_eq!(redis["strategy"]["type"], "Recreate");
+    let container = &redis["template"]["spec"]["containers"][0];
+    assert!(container["livenessProbe"].is_object(), "{container:?}");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args.iter().position(|a| *a == "--maxmemory").unwrap();
+    assert_eq!(args[at + 1], (256u64 * 1024 * 1024 * 4 / 5).to_string());
+    // An image by digest; a numeric tag refused (1.10 would be 1.1).
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let r = render(&helm, &["--set".into(), format!("image.digest={digest}")]);
+    let image =
+        &r.get("Deployment", "t-quotad")["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(
+        image.as_str(),
+        Some(format!("ghcr.io/quotad/quotad@{digest}").as_str())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let numeric = dir.path().join("numeric.yaml");
+    std::fs::write(&numeric, "image:\n  tag: 1.10\n").unwrap();
+    let out = Command::new(&helm)
+        .args(["template", "t"])
+        .arg(chart())
+        .arg("-f")
+        .arg(&numeric)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a numeric tag rendered");
+    // With TLS, no appProtocol a mesh would take for plain-text gRPC.
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            "tls.enabled=true,tls.existingSecret=t".into(),
+        ],
+    );
+    for s in r.of_kind("Service") {
+        for port in s["spec"]["ports"].as_array().unwrap() {
+            assert_ne!(port["appProtocol"], "grpc", "{s:?}");
+        }
+    }
+    // The PDB lets unready pods go; the HPA scales down slowly.
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            format!("autoscaling.enabled=true,redis.url=redis://r:6379,{secret}"),
+        ],
+    );
+    let pdb = r.of_kind("PodDisruptionBudget");
+    assert_eq!(pdb[0]["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    let hpa = r.of_kind("HorizontalPodAutoscaler");
+    assert_eq!(
+        hpa[0]["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        300
+    );
+}

@@ -82,6 +82,31 @@ rounded up. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* The bundled Redis's maxmemory in bytes: 80 % of its memory limit
+(`256Mi`, `1Gi`, `500M`, or bytes), 200 MiB without one. */}}
+{{- define "quotad.redisMaxmemory" -}}
+{{- $limit := toString (default "" (default dict .Values.redis.deploy.resources.limits).memory) -}}
+{{- $bytes := 0 -}}
+{{- if hasSuffix "Gi" $limit -}}{{- $bytes = mul (atoi (trimSuffix "Gi" $limit)) 1073741824 -}}
+{{- else if hasSuffix "Mi" $limit -}}{{- $bytes = mul (atoi (trimSuffix "Mi" $limit)) 1048576 -}}
+{{- else if hasSuffix "Ki" $limit -}}{{- $bytes = mul (atoi (trimSuffix "Ki" $limit)) 1024 -}}
+{{- else if hasSuffix "G" $limit -}}{{- $bytes = mul (atoi (trimSuffix "G" $limit)) 1000000000 -}}
+{{- else if hasSuffix "M" $limit -}}{{- $bytes = mul (atoi (trimSuffix "M" $limit)) 1000000 -}}
+{{- else if $limit -}}{{- $bytes = atoi $limit -}}
+{{- end -}}
+{{- if gt (int64 $bytes) 0 -}}{{- div (mul $bytes 4) 5 -}}{{- else -}}209715200{{- end -}}
+{{- end -}}
+
+{{/* The image reference: repository@digest when image.digest is set,
+else repository:tag (the chart's appVersion by default). */}}
+{{- define "quotad.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (toString (.Values.image.tag | default .Chart.AppVersion)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the pod mounts things. */}}
 {{- define "quotad.paths" -}}
 config: /etc/quotad/config/quotad.yaml
