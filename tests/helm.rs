@@ -668,3 +668,47 @@ fn the_charts_smaller_promises_hold() {
         300
     );
 }
+
+#[test]
+fn the_alerts_are_valid_rules_on_metrics_quotad_exports() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let r = render(
+        &helm,
+        &["--set".into(), "metrics.prometheusRule.enabled=true".into()],
+    );
+    let rule = r.get("PrometheusRule", "t-quotad");
+    let groups = &rule["spec"]["groups"];
+    let rules = groups[0]["rules"].as_array().expect("rules");
+    assert!(rules.len() >= 6, "{rules:?}");
+    // Every metric an alert reads is one quotad exports (the README's
+    // table lists them all, tests/metrics.rs checks that).
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    for rule in rules {
+        let expr = rule["expr"].as_str().expect("expr");
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("quotad_"))
+        {
+            assert!(readme.contains(&format!("`{name}`")), "{name} in {expr}");
+        }
+    }
+    // And Prometheus takes them.
+    let Some(promtool) = crate::support::tool("QUOTAD_PROMTOOL", "promtool") else {
+        eprintln!("note: no promtool; the alerts' PromQL is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yml");
+    let file = serde_json::json!({ "groups": groups });
+    std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs");
+    assert!(out.status.success(), "{out:?}");
+}
