@@ -1771,18 +1771,24 @@ async fn a_commands_help_shows_its_own_options_before_the_global_ones() {
     assert!(!out.stderr.contains("--server"), "{out:#?}");
 }
 
-#[tokio::test]
-async fn the_certificate_recipe_makes_mtls_work_and_each_mistake_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
+/// Runs `scripts/make-certs.sh` into `dir` (a CA, server and client
+/// certificates).
+fn make_certs(dir: &std::path::Path) {
     let made = std::process::Command::new(format!(
         "{}/scripts/make-certs.sh",
         env!("CARGO_MANIFEST_DIR")
     ))
-    .arg(&certs)
+    .arg(dir)
     .output()
     .expect("scripts/make-certs.sh runs (openssl)");
     assert!(made.status.success(), "{made:?}");
+}
+
+#[tokio::test]
+async fn the_certificate_recipe_makes_mtls_work_and_each_mistake_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
     let path = |name: &str| certs.join(name).display().to_string();
     let d = TestDaemon::with_config(&format!(
         "{CONFIG}{}",
@@ -1856,14 +1862,7 @@ async fn the_certificate_recipe_makes_mtls_work_and_each_mistake_is_named() {
     // A client certificate from another CA: refused by the server, which
     // says why in its log; quotactl says what to check.
     let other = dir.path().join("other");
-    let made = std::process::Command::new(format!(
-        "{}/scripts/make-certs.sh",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .arg(&other)
-    .output()
-    .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    make_certs(&other);
     let (ocert, okey) = (
         other.join("client.pem").display().to_string(),
         other.join("client.key").display().to_string(),
