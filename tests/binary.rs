@@ -761,3 +761,20 @@ fn the_hash_secret_can_come_from_the_environment_or_a_file() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn the_embedded_configs_digest_is_its_texts() {
+    use sha2::Digest;
+    let d = spawn_serve(&[]).await;
+    let addr: std::net::SocketAddr = d.http.parse().expect("the HTTP address");
+    let (status, body) = crate::support::http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let digest = quotad::core::hash::hex(&sha2::Sha256::digest(
+        quotad::config::EMBEDDED_DEFAULT.as_bytes(),
+    ));
+    // Not SHA-256 of nothing (e3b0c44298fc…): the text in force.
+    assert!(
+        body.contains(&format!("(digest {})", &digest[..12])),
+        "{body}"
+    );
+}

@@ -220,7 +220,8 @@ impl App {
             tracing::warn!("limits directory entry skipped: {skipped}");
         }
         let files = config.watched_files();
-        let digest = tokio::task::spawn_blocking(move || fingerprint(&files))
+        let seed = config.digest_seed();
+        let digest = tokio::task::spawn_blocking(move || fingerprint(seed, &files))
             .await
             .unwrap_or_default();
         let control = Control::new(Arc::clone(&engine), config, digest);

@@ -206,6 +206,9 @@ pub struct Config {
     /// The file it came from; `None` for [`EMBEDDED_DEFAULT`] or text given
     /// to [`Config::from_yaml`].
     pub source: Option<PathBuf>,
+    /// Whether it is [`EMBEDDED_DEFAULT`]: no file, so its digest is that
+    /// of the text ([`Config::digest_seed`]).
+    pub embedded: bool,
     /// What only a restart applies (a reload keeps the running one).
     pub boot: Boot,
     /// What a reload applies.
@@ -542,8 +545,17 @@ impl Config {
         // nor file-controlled, and the unit test
         // `embedded_default_parses_with_its_plans_and_keys` parses it.
         #[allow(clippy::expect_used)]
-        Self::from_yaml(EMBEDDED_DEFAULT, "<embedded default>")
-            .expect("the embedded default config is valid")
+        let mut config = Self::from_yaml(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default config is valid");
+        config.embedded = true;
+        config
+    }
+
+    /// What the config's digest starts from before its files: the
+    /// embedded text for [`EMBEDDED_DEFAULT`] (which has no file), else
+    /// nothing (the file is among [`Config::watched_files`]).
+    pub fn digest_seed(&self) -> &'static str {
+        if self.embedded { EMBEDDED_DEFAULT } else { "" }
     }
 
     /// A multi-line summary for `quotad check-config`: source, plans and
@@ -674,6 +686,7 @@ impl ConfigRaw {
 
         Ok(Config {
             source: None,
+            embedded: false,
             boot,
             live: Live {
                 server: server_live,

@@ -149,7 +149,17 @@ fn embedded_default_parses_with_its_plans_and_keys() {
         Ok(c) => c,
         Err(e) => panic!("embedded default is invalid: {e}"),
     };
-    assert_eq!(Config::embedded_default(), parsed);
+    // The same config, marked as the embedded one (its digest is the
+    // text's).
+    let embedded = Config::embedded_default();
+    assert!(embedded.embedded && !parsed.embedded);
+    assert_eq!(
+        embedded,
+        Config {
+            embedded: true,
+            ..parsed.clone()
+        }
+    );
     // What the demo promises: plans free (the default) and gold, each a
     // rate and a calendar quota, one static key on gold, every section
     // at its default.

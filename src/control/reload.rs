@@ -148,6 +148,7 @@ impl Reloader {
         let _one = self.one_at_a_time.lock().await;
         let was_failing = self.control.stats().last_failed;
         let before = self.control.config().watched_files();
+        let seed = self.control.config().digest_seed();
         let loader = Arc::clone(&self.loader);
         // Reading files is blocking I/O: off the request threads.
         let loaded = self
@@ -156,13 +157,13 @@ impl Reloader {
                 // Fingerprinted before reading: should a file change while
                 // it is read, the next poll sees a difference and reloads
                 // again.
-                let digest = fingerprint(&before);
+                let digest = fingerprint(seed, &before);
                 loader().map(|config| {
                     let after = config.watched_files();
-                    let digest = if after == before {
+                    let digest = if after == before && config.digest_seed() == seed {
                         digest
                     } else {
-                        fingerprint(&after)
+                        fingerprint(config.digest_seed(), &after)
                     };
                     (config, digest)
                 })
@@ -306,7 +307,8 @@ impl Reloader {
     /// `stop` fired.
     async fn poll(&self, stop: &mut Shutdown, unreadable: &mut bool) -> Option<String> {
         let files = self.control.config().watched_files();
-        match until(stop, self.reads.run(move || fingerprint(&files))).await? {
+        let seed = self.control.config().digest_seed();
+        match until(stop, self.reads.run(move || fingerprint(seed, &files))).await? {
             Ok(digest) => {
                 if std::mem::take(unreadable) {
                     tracing::info!("watcher: the watched files can be read again");
@@ -392,7 +394,9 @@ impl Reads {
     }
 }
 
-/// SHA-256 (hex) over the paths and contents of `files`: a directory
+/// SHA-256 (hex) over `seed` (the embedded config's text, which has no
+/// file: [`crate::config::Config::digest_seed`]), then the paths and
+/// contents of `files`: a directory
 /// counts with the names and contents of its `*.yaml` and `*.yml` entries
 /// (as limits directories are read), a file that cannot be read as its
 /// path and the error kind. Every file is read through the config
@@ -401,8 +405,9 @@ impl Reads {
 /// read), and one over [`MAX_FILE_BYTES`] by its size and modification
 /// time. So it reads at most the cap per file and waits on nothing but
 /// the file system itself.
-pub fn fingerprint(files: &[PathBuf]) -> String {
+pub fn fingerprint(seed: &str, files: &[PathBuf]) -> String {
     let mut h = Sha256::new();
+    h.update(seed.as_bytes());
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
         h.update([0]);
@@ -465,19 +470,19 @@ mod tests {
         std::fs::write(&a, "x: 1\n").unwrap();
         std::fs::write(limits.join("one.yaml"), "domain: d\n").unwrap();
         let files = vec![a.clone(), limits.clone()];
-        let first = fingerprint(&files);
+        let first = fingerprint("", &files);
         assert_eq!(first.len(), 64);
-        assert_eq!(fingerprint(&files), first, "stable");
+        assert_eq!(fingerprint("", &files), first, "stable");
         std::fs::write(&a, "x: 2\n").unwrap();
-        let second = fingerprint(&files);
+        let second = fingerprint("", &files);
         assert_ne!(second, first, "content");
         std::fs::write(limits.join(".hidden.yaml"), "ignored").unwrap();
         std::fs::write(limits.join("notes.txt"), "ignored").unwrap();
-        assert_eq!(fingerprint(&files), second, "only yaml files count");
+        assert_eq!(fingerprint("", &files), second, "only yaml files count");
         std::fs::write(limits.join("two.yml"), "domain: e\n").unwrap();
-        assert_ne!(fingerprint(&files), second, "a new limits file");
+        assert_ne!(fingerprint("", &files), second, "a new limits file");
         std::fs::remove_file(&a).unwrap();
-        let gone = fingerprint(&files);
+        let gone = fingerprint("", &files);
         assert_ne!(gone, second, "a missing file");
     }
 
@@ -488,7 +493,7 @@ mod tests {
         std::fs::create_dir(&limits).unwrap();
         std::fs::write(limits.join("one.yaml"), "domain: d\n").unwrap();
         let files = vec![limits.clone()];
-        let first = fingerprint(&files);
+        let first = fingerprint("", &files);
         // Entries a limits directory may hold that are no regular files:
         // a FIFO without a writer (a plain open waits for one forever)
         // and a symlink to an endless device.
@@ -500,14 +505,14 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", limits.join("zero.yaml")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let f = files.clone();
-        std::thread::spawn(move || tx.send(fingerprint(&f)));
+        std::thread::spawn(move || tx.send(fingerprint("", &f)));
         let second = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("fingerprinting returns");
         assert_ne!(second, first, "the new entries count, by type");
         // Named directly, too.
         let direct = [limits.join("pipe.yaml"), limits.join("zero.yaml")];
-        assert_eq!(fingerprint(&direct), fingerprint(&direct));
+        assert_eq!(fingerprint("", &direct), fingerprint("", &direct));
     }
 
     fn control(config: Config) -> Arc<Control> {
@@ -576,8 +581,8 @@ mod tests {
         let huge = dir.path().join("huge.yaml");
         let f = std::fs::File::create(&huge).unwrap();
         f.set_len(MAX_FILE_BYTES + 1).unwrap();
-        let one = fingerprint(std::slice::from_ref(&huge));
+        let one = fingerprint("", std::slice::from_ref(&huge));
         f.set_len(MAX_FILE_BYTES + 2).unwrap();
-        assert_ne!(fingerprint(std::slice::from_ref(&huge)), one);
+        assert_ne!(fingerprint("", std::slice::from_ref(&huge)), one);
     }
 }
