@@ -40,11 +40,7 @@ impl Caller {
         };
         let max = crate::limits::overrides::MAX_AUTHOR_BYTES;
         if who.len() > max {
-            let mut cut = max - 3;
-            while !who.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            who.truncate(cut);
+            who.truncate(crate::diag::head(&who, max - 3).len());
             who.push_str("...");
         }
         who

@@ -4,7 +4,7 @@
 //! A validation failure found after deserializing is an `Issue`: a
 //! reason and the field path (`Seg`s) it concerns, which the crate's YAML
 //! reader turns into `file:line:col: path: reason`. `quoted` puts user
-//! text into a one-line message, `one_of` reads a value from a
+//! text into a one-line message, [`head`] cuts text to a byte budget, `one_of` reads a value from a
 //! fixed set of names, and [`check_name`] checks plan, limit and token
 //! names, [`parse_duration`] reads `10s`-style durations. [`files`] is the one reader of every file quotad is pointed at.
 //!
@@ -74,6 +74,15 @@ impl Issue {
             first: Some(first),
         }
     }
+}
+
+/// At most the first `max` bytes of `s`, cut at a character boundary.
+pub fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Quotes user text for a message, shortened and with control characters

@@ -45,6 +45,7 @@ use super::MAX_HEADER_LIST;
 use super::calls::{CallFuture, Calls, Held};
 use super::gate::{Conn, ConnInfo};
 use super::timer::CoarseTimer;
+use crate::diag::head;
 
 /// A call's answer.
 pub type Reply = http::Response<Body>;
@@ -131,15 +132,6 @@ impl Routes {
         };
         tonic::Status::unimplemented(message).into_http()
     }
-}
-
-/// At most the first `max` bytes of `s`, cut at a character boundary.
-fn head(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// A gRPC listener's HTTP/2 settings (`server.*`).
@@ -263,34 +255,37 @@ impl Server {
 /// Where a connection stands against `server.max_connection_age`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Younger than the age (or no age set).
+    /// Younger than the age.
     Young,
     /// Past the age: told to go away, its calls may finish.
     Old,
-    /// Past the age and the grace: closed.
+    /// Past the age and the grace: closed (or no age set).
     Done,
 }
 
 /// A connection's age timer.
 struct Age {
     stage: Stage,
-    set: bool,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Age {
+    /// Without a `max_age`, already past every stage: it never ticks (its
+    /// sleep is never polled, so never registered).
     fn new(max_age: Option<Duration>) -> Self {
-        let first = max_age.unwrap_or(Duration::from_secs(86_400 * 365));
         Self {
-            stage: Stage::Young,
-            set: max_age.is_some(),
-            sleep: Box::pin(tokio::time::sleep(first)),
+            stage: if max_age.is_some() {
+                Stage::Young
+            } else {
+                Stage::Done
+            },
+            sleep: Box::pin(tokio::time::sleep(max_age.unwrap_or_default())),
         }
     }
 
     /// Whether a next stage is still to come.
     fn ticking(&self) -> bool {
-        self.set && self.stage != Stage::Done
+        self.stage != Stage::Done
     }
 
     /// Waits for the next stage and enters it.

@@ -38,11 +38,7 @@ impl Malformed {
     fn new(to: &'static str, expected: &'static str, got: &Value) -> Self {
         let mut shown = format!("{got:?}");
         if shown.len() > SHOWN {
-            let mut end = SHOWN;
-            while !shown.is_char_boundary(end) {
-                end -= 1;
-            }
-            shown.truncate(end);
+            shown.truncate(crate::diag::head(&shown, SHOWN).len());
             shown.push('…');
         }
         Self {
