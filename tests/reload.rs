@@ -139,11 +139,13 @@ async fn a_broken_file_keeps_the_running_config_and_is_counted() {
                 "{path}:17:23: keys.<key>.plan: unknown plan 'platinum' (defined plans: free, gold, tiny, open)"
             ),
         ),
+        // Two plans with the same mistake: each is reported, on its line.
         (
             config_text(20, NO_WATCH)
                 .replace("per: second, burst: 20", "per: fortnight, burst: 20"),
             format!(
-                "{path}:6:44: plans.free.limits[0].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)"
+                "{path}:6:44: plans.free.limits[0].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)\n\
+                 {path}:10:46: plans.gold.limits[0].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)"
             ),
         ),
     ];

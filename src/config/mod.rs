@@ -24,8 +24,11 @@
 //! running `Boot` and names what differed
 //! ([`crate::control::keep_restart_only`]).
 //!
-//! Every error message is one line naming the file, the line and column,
-//! the field path and the reason:
+//! Every mistake is one line naming the file, the line and column, the
+//! field path and the reason, and a file's every mistake is reported (up
+//! to [`crate::yaml::recover::MAX_REPORTED`]; mistakes of shape and type
+//! first, then, once the file reads, those of its values; see
+//! [`raw`]):
 //!
 //! ```text
 //! quotad.yaml:7:20: plans.free.limits[1].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)
@@ -43,6 +46,7 @@ mod headers;
 pub mod http_check;
 pub mod metrics;
 mod plans;
+mod raw;
 mod redis;
 pub mod redis_url;
 mod reload;
@@ -57,36 +61,23 @@ mod values;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::diag::files::read_text;
 use crate::diag::{Issue, Seg};
-use crate::limits::file::{self, KeysRaw, LimitsSpec, PlansRaw};
+use crate::limits::file::LimitsSpec;
 use crate::limits::rls::RlsDomains;
 use crate::limits::rls_file::{self, RlsOptions};
-use crate::yaml::{locate, parse};
-use admin::AdminRaw;
+use crate::yaml::{locate, locate_all, parse_all};
 pub use admin::{AdminBoot, AdminLive, AdminToken, Scope, TlsFiles};
-use envoy::EnvoyRaw;
 pub use envoy::EnvoySettings;
 pub use headers::HeaderStyle;
-use headers::StyleRaw;
 pub use http_check::{HttpCheckBoot, HttpCheckLive, KeyHeader};
-use metrics::MetricsRaw;
 pub use metrics::MetricsSettings;
-use redis::RedisRaw;
 pub use redis::{OnRedisError, RedisSettings, read_password_file};
-use reload::ReloadRaw;
 pub use reload::ReloadSettings;
 pub use requests::RequestCaps;
-use requests::RequestsRaw;
-use rlqs::RlqsRaw;
 pub use rlqs::RlqsSettings;
-use server::ServerRaw;
 pub use server::{ConnLimits, ServerBoot, ServerLive};
-use store::StoreRaw;
 pub use store::{StoreSettings, parse_hash_secret};
-use values::NonEmpty;
 
 /// The config `quotad serve` uses without `--config`: a documented demo with
 /// plans `free` and `gold`.
@@ -486,10 +477,10 @@ impl Config {
         base: &Path,
         hash_secret: Option<[u8; 16]>,
     ) -> Result<Config, ConfigError> {
-        let raw: ConfigRaw = parse(text, origin)?;
+        let raw: raw::ConfigRaw = parse_all(text, origin)?;
         let mut config = raw
             .build(base, hash_secret)
-            .map_err(|issue| locate(text, origin, issue))?;
+            .map_err(|issues| locate_all(text, origin, issues))?;
         // A listed file or directory that cannot be read is this file's
         // mistake: say so at the entry that names it. (Errors inside a
         // limits file name that file, its line and path.)
@@ -584,124 +575,5 @@ impl Config {
         lines.push(live.rlqs.summary_line());
         lines.extend(live.skipped.iter().map(|s| format!("skipped: {s}")));
         lines.join("\n")
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Raw (as written) structure.
-
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a config file (a mapping of sections)"
-)]
-struct ConfigRaw {
-    default_plan: Option<String>,
-    plans: Option<PlansRaw>,
-    keys: Option<KeysRaw>,
-    server: Option<ServerRaw>,
-    requests: Option<RequestsRaw>,
-    store: Option<StoreRaw>,
-    redis: Option<RedisRaw>,
-    envoy: Option<EnvoyRaw>,
-    rls_files: Option<Vec<NonEmpty>>,
-    response_headers: Option<StyleRaw>,
-    admin: Option<AdminRaw>,
-    reload: Option<ReloadRaw>,
-    metrics: Option<MetricsRaw>,
-    rlqs: Option<RlqsRaw>,
-}
-
-impl ConfigRaw {
-    /// Validates every section, then what relates them; each section's own
-    /// mistakes come first, in file order of the sections' checks.
-    fn build(self, base: &Path, hash_secret: Option<[u8; 16]>) -> Result<Config, Issue> {
-        let (server_boot, server_live) = self
-            .server
-            .map(|s| s.build(base))
-            .transpose()?
-            .unwrap_or_default();
-        let requests = self
-            .requests
-            .map(RequestsRaw::build)
-            .transpose()?
-            .unwrap_or_default();
-        let mut store = self
-            .store
-            .map(StoreRaw::build)
-            .transpose()?
-            .unwrap_or_default();
-        if hash_secret.is_some() {
-            store.hash_secret = hash_secret;
-        }
-        let redis = self
-            .redis
-            .map(|r| r.build(base, store.hash_secret.is_some()))
-            .transpose()?;
-        let envoy = self.envoy.map(EnvoyRaw::build).unwrap_or_default();
-        let rls_files = self
-            .rls_files
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| base.join(p.0))
-            .collect();
-        let response_headers = self
-            .response_headers
-            .map_or(HeaderStyle::default(), |s| s.0);
-        let (admin_boot, admin_live) = self.admin.map(|a| a.build(base)).transpose()?.unzip();
-        let reload = self.reload.map(ReloadRaw::build).unwrap_or_default();
-        let metrics = self
-            .metrics
-            .map(MetricsRaw::build)
-            .transpose()?
-            .unwrap_or_default();
-        metrics.check_secret(store.hash_secret.is_some())?;
-        let rlqs = self
-            .rlqs
-            .map(RlqsRaw::build)
-            .transpose()?
-            .unwrap_or_default();
-        let boot = Boot {
-            server: server_boot,
-            store,
-            redis,
-            admin: admin_boot,
-        };
-        // Two listeners on one address could never both bind.
-        if let Some((path, other, addr)) = boot.shared_listener() {
-            return Err(Issue::new(
-                path.iter().map(|p| Seg::key(*p)).collect(),
-                format!(
-                    "{addr} is also {}: each listener needs its own address",
-                    other.join(".")
-                ),
-            ));
-        }
-
-        // Limits last: a section's own mistake is reported before a missing
-        // plan, so each error points at what the author was editing.
-        let limits = file::build(self.default_plan, self.plans, self.keys)?;
-        plans::check_strict_has_redis(&limits, boot.redis.is_some())?;
-        plans::check_keys_fit(&limits, requests.max_key_bytes)?;
-
-        Ok(Config {
-            source: None,
-            embedded: false,
-            boot,
-            live: Live {
-                server: server_live,
-                requests,
-                envoy,
-                limits,
-                rls_files,
-                rls: RlsDomains::default(),
-                skipped: Vec::new(),
-                response_headers,
-                admin: admin_live,
-                reload,
-                metrics,
-                rlqs,
-            },
-        })
     }
 }

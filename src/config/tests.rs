@@ -21,14 +21,16 @@ pub(crate) fn error(yaml: &str) -> String {
     }
 }
 
-/// Checks a table of (yaml, exact message) cases, reporting every
-/// mismatch at once.
+/// Checks a table of (yaml, exact message of its first error) cases,
+/// reporting every mismatch at once. (Many cases are sections alone,
+/// which are also missing their plans: a second error.)
 pub(crate) fn assert_errors<Y: AsRef<str>, W: AsRef<str>>(cases: &[(Y, W)]) {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|(yaml, want)| {
             let (yaml, want) = (yaml.as_ref(), want.as_ref());
-            let got = error(yaml);
+            let all = error(yaml);
+            let got = all.lines().next().unwrap_or_default();
             (got != want).then(|| format!("for {yaml:?}\n  got:  {got}\n  want: {want}"))
         })
         .collect();
@@ -405,11 +407,22 @@ fn syntax_errors_are_their_own_variant() {
     }
 }
 
+/// A config, or errors of one located line each (at most the cap, and
+/// the line saying reading stopped there).
 fn check_one_line(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
     if let Err(e) = Config::from_yaml(text, "f.yaml") {
         let msg = e.to_string();
-        proptest::prop_assert!(!msg.contains('\n'), "{msg}");
-        proptest::prop_assert!(msg.starts_with("f.yaml"), "{msg}");
+        let lines: Vec<&str> = msg.lines().collect();
+        proptest::prop_assert!(
+            lines.len() <= crate::yaml::recover::MAX_REPORTED + 1,
+            "{msg}"
+        );
+        for line in lines {
+            proptest::prop_assert!(
+                line.starts_with("f.yaml") || line.starts_with("(stopped after"),
+                "{msg}"
+            );
+        }
     }
     Ok(())
 }
@@ -446,9 +459,18 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
+    // Reading on past it, `x` is no section, and reading `x`'s value
+    // (to skip it) meets the parser's depth budget: the last error.
+    let all = error(&deep);
+    let lines: Vec<&str> = all.lines().collect();
     assert_eq!(
-        error(&deep),
-        "t.yaml:4:20: plans.free.limits[0]: missing field 'name'"
+        lines.first().copied(),
+        Some("t.yaml:4:20: plans.free.limits[0]: missing field 'name'"),
+        "{all}"
+    );
+    assert!(
+        lines.len() == 3 && lines[2].contains("recursion limit"),
+        "{all}"
     );
     assert!(error(&format!("x: {}", "[".repeat(100_000))).starts_with("t.yaml:1:"));
 }
@@ -805,4 +827,101 @@ fn the_charts_restart_only_list_is_quotads() {
             "the chart restarts on {entry}, which quotad applies on reload"
         );
     }
+}
+
+#[test]
+fn every_mistake_in_a_file_is_reported_each_on_its_line() {
+    // Type mistakes in three plans' limits, a misspelt section, a bad
+    // value in a section, and a key naming a plan that does not exist:
+    // reading goes past each, in the order of the file.
+    let text = "\
+default_plan: free
+plans:
+  free:
+    limits:
+      - { name: a, rate: 10, per: fortnight }
+      - { name: b, rate: 10, per: second, brust: 5 }
+  gold:
+    limits:
+      - { name: c, rate: -1, per: second }
+servers:
+  grpc_addr: 127.0.0.1:1
+requests:
+  max_batch: lots
+";
+    let all = error(text);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "t.yaml:5:35: plans.free.limits[0].per: unknown unit 'fortnight' (expected second, minute, hour, day, week or month)",
+            "t.yaml:6:43: plans.free.limits[1]: unknown field 'brust' (did you mean 'burst'?)",
+            "t.yaml:9:26: plans.gold.limits[0].rate: must be at least 1 (got -1)",
+            "t.yaml:10:1: unknown field 'servers' (did you mean 'server'?)",
+            "t.yaml:13:14: requests.max_batch: expected a positive integer (got 'lots')",
+        ],
+        "{all}"
+    );
+
+    // Validation: each section's issue, and each key's.
+    let text = "\
+default_plan: free
+plans:
+  free: { limits: [ { name: a, rate: 10, quota: 5, per: second } ] }
+  free: {}
+server:
+  max_message_bytes: 100
+keys:
+  k1: { plan: silver }
+  k2: { plan: bronze }
+";
+    let all = error(text);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 5, "{all}");
+    assert!(
+        lines[0].starts_with("t.yaml:6:22: server.max_message_bytes:"),
+        "{all}"
+    );
+    assert!(lines[1].starts_with("t.yaml:3:"), "rate and quota: {all}");
+    assert!(
+        lines[2].starts_with("t.yaml:4:3: plans.free: plan 'free' is defined twice"),
+        "{all}"
+    );
+    assert!(
+        lines[3].starts_with("t.yaml:8:15: keys.<key>.plan: unknown plan 'silver'"),
+        "{all}"
+    );
+    assert!(
+        lines[4].starts_with("t.yaml:9:15: keys.<key>.plan: unknown plan 'bronze'"),
+        "{all}"
+    );
+}
+
+#[test]
+fn reading_stops_at_the_cap_and_says_so() {
+    use crate::yaml::recover::MAX_REPORTED;
+    let mut text = String::from("default_plan: free\nplans:\n  free:\n    limits:\n");
+    for i in 0..MAX_REPORTED + 5 {
+        text.push_str(&format!(
+            "      - {{ name: l{i}, rate: 1, per: fortnight }}\n"
+        ));
+    }
+    let all = error(&text);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), MAX_REPORTED + 1, "{all}");
+    assert_eq!(
+        lines[MAX_REPORTED],
+        format!("(stopped after {MAX_REPORTED} errors; fix these and check again)")
+    );
+    assert!(
+        lines[..MAX_REPORTED]
+            .iter()
+            .all(|l| l.contains("unknown unit")),
+        "{all}"
+    );
+    // Each is its own limit, in order.
+    assert!(
+        lines[MAX_REPORTED - 1].contains(&format!("limits[{}]", MAX_REPORTED - 1)),
+        "{all}"
+    );
 }

@@ -36,6 +36,7 @@ use crate::core::window::Window;
 /// Plan and limit names are checked as the rest of the crate checks names.
 pub use crate::diag::check_name;
 use crate::diag::{Issue, Seg, one_of, quoted};
+use crate::yaml::recover::{self, Items};
 
 /// The plan name of an override with limits of its own; its limits report
 /// as `override/<limit>`. No plan of a file may take it.
@@ -337,6 +338,8 @@ impl<'de> Deserialize<'de> for Per {
 
 /// A mapping read into a `Vec` in file order. Duplicate keys are kept (the
 /// parser passes them through) so validation can report them with a line.
+/// An entry found wrong is reported and the rest read
+/// ([`crate::yaml::recover`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entries<K, V>(pub Vec<(K, V)>);
 
@@ -352,9 +355,15 @@ impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Entries
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // Entries take part in reading past mistakes: one found
+                // wrong is reported and left out.
                 let mut out = Vec::new();
-                while let Some(k) = map.next_key()? {
-                    out.push((k, map.next_value()?));
+                for i in 0.. {
+                    match recover::next_entry(&mut map, i)? {
+                        None => break,
+                        Some(Some(entry)) => out.push(entry),
+                        Some(None) => {}
+                    }
                 }
                 Ok(Entries(out))
             }
@@ -382,7 +391,7 @@ pub(crate) type KeysRaw = Entries<ApiKey, KeyRaw>;
 )]
 pub(crate) struct PlanRaw {
     #[serde(default)]
-    limits: Vec<LimitRaw>,
+    limits: Items<LimitRaw>,
 }
 
 /// One limit as written.
@@ -470,7 +479,13 @@ impl LimitRaw {
 /// Validates limits given as [`LimitRaw`]s into plan `plan`, as a plan
 /// of a file would be; an error's path starts at `limits`.
 pub(crate) fn plan_of(plan: &str, limits: Vec<LimitRaw>) -> Result<Plan, Issue> {
-    build_plan(plan, &PlanRaw { limits }).map_err(|mut issue| {
+    build_plan(
+        plan,
+        &PlanRaw {
+            limits: Items(limits),
+        },
+    )
+    .map_err(|mut issue| {
         // `plans.<plan>.limits[i]...` → `limits[i]...`
         issue.path.drain(..2.min(issue.path.len()));
         issue
@@ -505,77 +520,61 @@ pub(crate) struct KeyRaw {
 // ---------------------------------------------------------------------------
 // Validation.
 
-/// Validates the three limits keys of a config file into a [`LimitsSpec`].
+/// Validates the three limits keys of a config file into a [`LimitsSpec`],
+/// or every issue found (each plan's first, each key's).
 ///
 /// A file must define at least one plan and name the default one.
 pub(crate) fn build(
     default_plan: Option<String>,
     plans: Option<PlansRaw>,
     keys: Option<KeysRaw>,
-) -> Result<LimitsSpec, Issue> {
+) -> Result<LimitsSpec, Vec<Issue>> {
     let plans_raw = plans.map(|p| p.0).unwrap_or_default();
     let keys_raw = keys.map(|k| k.0).unwrap_or_default();
+    let mut issues = Vec::new();
 
-    let mut plans = Vec::with_capacity(plans_raw.len());
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (name, raw) in &plans_raw {
-        let nth = seen.entry(name.0.as_str()).or_insert(0);
-        if *nth > 0 {
-            return Err(Issue::duplicate(
-                vec![
-                    Seg::key("plans"),
-                    Seg::Key {
-                        name: name.0.clone(),
-                        nth: *nth,
-                    },
-                ],
-                vec![Seg::key("plans"), Seg::key(name.0.clone())],
-                format!("plan {} is defined twice", quoted(&name.0)),
-            ));
+    let (plans, seen) = build_plans(&plans_raw, &mut issues);
+    let written = |name: &str| seen.contains_key(name);
+    let mut names: Vec<&str> = Vec::with_capacity(plans_raw.len());
+    for (n, _) in &plans_raw {
+        if !names.contains(&n.0.as_str()) {
+            names.push(&n.0);
         }
-        *nth += 1;
-        if name.0 == OVERRIDE_PLAN {
-            return Err(Issue::new(
-                vec![Seg::key("plans"), Seg::key(name.0.clone())],
-                format!(
-                    "the plan name '{}' is reserved for operators' overrides with limits of their own",
-                    name.0
-                ),
-            ));
-        }
-        plans.push(build_plan(&name.0, raw)?);
     }
 
-    let default_plan = match (default_plan, plans.is_empty()) {
+    let default_plan = match (default_plan, names.is_empty()) {
         (None, true) => {
             // An empty or plan-less file is a mistake far more often than a
             // wish to allow everything; a rate limiter must not fail open
             // silently. Allowing everything is one explicit line away.
-            return Err(Issue::new(
+            issues.push(Issue::new(
                 vec![Seg::key("plans")],
                 "no plans defined: a config needs at least one plan (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)",
             ));
+            None
         }
         (None, false) => {
-            return Err(Issue::new(
+            issues.push(Issue::new(
                 vec![Seg::key("default_plan")],
                 "missing field 'default_plan' (required when plans are defined)",
             ));
+            None
         }
         (Some(name), true) => {
-            return Err(Issue::new(
+            issues.push(Issue::new(
                 vec![Seg::key("default_plan")],
                 format!("unknown plan {} (the file defines no plans)", quoted(&name)),
             ));
+            None
         }
         (Some(name), false) => {
-            if !plans.iter().any(|p| p.name == name) {
-                return Err(Issue::new(
+            if !written(&name) {
+                issues.push(Issue::new(
                     vec![Seg::key("default_plan")],
-                    unknown_plan(&name, &plans),
+                    unknown_plan(&name, &names),
                 ));
             }
-            name
+            Some(name)
         }
     };
 
@@ -589,26 +588,75 @@ pub(crate) fn build(
                 name: key.0.clone(),
                 nth: 1,
             };
-            return Err(Issue::duplicate(second, entry, "key is assigned twice"));
+            issues.push(Issue::duplicate(second, entry, "key is assigned twice"));
+            continue;
         }
-        // (A file without plans was refused above, with its default plan.)
-        if !plans.iter().any(|p| p.name == raw.plan) {
+        if !names.is_empty() && !written(&raw.plan) {
             let mut path = entry;
             path.push(Seg::key("plan"));
-            return Err(Issue::new(path, unknown_plan(&raw.plan, &plans)));
+            issues.push(Issue::new(path, unknown_plan(&raw.plan, &names)));
+            continue;
         }
         keys.push((key.0.clone(), raw.plan.clone()));
     }
 
-    Ok(LimitsSpec {
-        default_plan,
-        plans,
-        keys,
-    })
+    match default_plan {
+        Some(default_plan) if issues.is_empty() => Ok(LimitsSpec {
+            default_plan,
+            plans,
+            keys,
+        }),
+        _ => Err(issues),
+    }
 }
 
-fn unknown_plan(name: &str, plans: &[Plan]) -> String {
-    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+/// Validates each plan; the plans valid, every name written (how often),
+/// and each plan's issue in `issues`.
+fn build_plans<'a>(
+    plans_raw: &'a [(Name, PlanRaw)],
+    issues: &mut Vec<Issue>,
+) -> (Vec<Plan>, HashMap<&'a str, usize>) {
+    let mut plans = Vec::with_capacity(plans_raw.len());
+    // Every plan written, valid or not: a reference to a plan with a
+    // mistake of its own is not a second mistake.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (name, raw) in plans_raw {
+        let nth = seen.entry(name.0.as_str()).or_insert(0);
+        if *nth > 0 {
+            issues.push(Issue::duplicate(
+                vec![
+                    Seg::key("plans"),
+                    Seg::Key {
+                        name: name.0.clone(),
+                        nth: *nth,
+                    },
+                ],
+                vec![Seg::key("plans"), Seg::key(name.0.clone())],
+                format!("plan {} is defined twice", quoted(&name.0)),
+            ));
+            *nth += 1;
+            continue;
+        }
+        *nth += 1;
+        if name.0 == OVERRIDE_PLAN {
+            issues.push(Issue::new(
+                vec![Seg::key("plans"), Seg::key(name.0.clone())],
+                format!(
+                    "the plan name '{}' is reserved for operators' overrides with limits of their own",
+                    name.0
+                ),
+            ));
+            continue;
+        }
+        match build_plan(&name.0, raw) {
+            Ok(plan) => plans.push(plan),
+            Err(issue) => issues.push(issue),
+        }
+    }
+    (plans, seen)
+}
+
+fn unknown_plan(name: &str, names: &[&str]) -> String {
     format!(
         "unknown plan {} (defined plans: {})",
         quoted(name),
@@ -618,18 +666,18 @@ fn unknown_plan(name: &str, plans: &[Plan]) -> String {
 
 fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
     let base = vec![Seg::key("plans"), Seg::key(plan), Seg::key("limits")];
-    if raw.limits.len() > MAX_LIMITS_PER_PLAN {
+    if raw.limits.0.len() > MAX_LIMITS_PER_PLAN {
         return Err(Issue::new(
             base,
             format!(
                 "too many limits: {} (at most {MAX_LIMITS_PER_PLAN} per plan)",
-                raw.limits.len()
+                raw.limits.0.len()
             ),
         ));
     }
-    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.0.len());
     let mut concurrency: Option<std::sync::Arc<Concurrency>> = None;
-    for (i, l) in raw.limits.iter().enumerate() {
+    for (i, l) in raw.limits.0.iter().enumerate() {
         let at = |field: Option<&str>| {
             let mut p = base.clone();
             p.push(Seg::Index(i));
@@ -638,7 +686,7 @@ fn build_plan(plan: &str, raw: &PlanRaw) -> Result<Plan, Issue> {
             }
             p
         };
-        if let Some(j) = raw.limits[..i].iter().position(|x| x.name.0 == l.name.0) {
+        if let Some(j) = raw.limits.0[..i].iter().position(|x| x.name.0 == l.name.0) {
             let mut first = base.clone();
             first.extend([Seg::Index(j), Seg::key("name")]);
             return Err(Issue {

@@ -28,7 +28,8 @@ use super::rls::{
 use crate::core::source::Source;
 use crate::diag::files::{self, NotRegularFile, read_text};
 use crate::diag::{Issue, Seg, one_of, quoted};
-use crate::yaml::{ConfigError, Diagnostic, locate, parse};
+use crate::yaml::recover::Items;
+use crate::yaml::{ConfigError, Diagnostic, locate, parse_all};
 
 /// Options that apply to every file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,7 +150,8 @@ pub fn add(
     opts: RlsOptions,
     taken: &[String],
 ) -> Result<(), ConfigError> {
-    let raw: FileRaw = parse(text, origin)?;
+    // Every mistake of the file's shape and values, each on its line.
+    let raw: FileRaw = parse_all(text, origin)?;
     add_raw(domains, raw, origin, opts, taken).map_err(|issue| locate(text, origin, issue))
 }
 
@@ -176,7 +178,7 @@ fn add_raw(
         ));
     }
     let algorithm = raw.algorithm.map_or(opts.algorithm, |a| a.0);
-    let descriptors = raw.descriptors.unwrap_or_default();
+    let descriptors = raw.descriptors.unwrap_or_default().0;
     match domains.get_mut(&name) {
         Some(existing) if !opts.merge_domains => Err(Issue::new(
             at_domain(),
@@ -281,7 +283,7 @@ impl Builder<'_> {
                 children: Level::default(),
             };
             if let Some(children) = &raw.descriptors {
-                self.level(&mut node.children, children, path, &above)?;
+                self.level(&mut node.children, &children.0, path, &above)?;
             }
             if !level.insert(matcher.clone(), node) {
                 return Err(self.duplicate(raws, i, &matcher, path));
@@ -505,7 +507,7 @@ fn with(path: &[Seg], field: &str) -> Vec<Seg> {
 )]
 struct FileRaw {
     domain: Option<Text>,
-    descriptors: Option<Vec<DescriptorRaw>>,
+    descriptors: Option<Items<DescriptorRaw>>,
     algorithm: Option<AlgorithmRaw>,
 }
 
@@ -515,7 +517,7 @@ struct DescriptorRaw {
     key: Option<Text>,
     value: Option<Text>,
     rate_limit: Option<RateLimitRaw>,
-    descriptors: Option<Vec<DescriptorRaw>>,
+    descriptors: Option<Items<DescriptorRaw>>,
     shadow_mode: Option<bool>,
     detailed_metric: Option<bool>,
     value_to_metric: Option<bool>,

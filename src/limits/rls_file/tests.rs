@@ -612,3 +612,41 @@ descriptors:
     assert!(!plain.quota_mode);
     assert!(plain.metadata.is_none(), "an empty mapping is no metadata");
 }
+
+#[test]
+fn every_mistake_in_a_limits_file_is_reported_each_on_its_line() {
+    // Mistakes of shape and type, each in its own descriptor (a
+    // descriptor with a mistake is left out, its children with it).
+    let text = "\
+domain: shop
+descriptors:
+  - key: a
+    rate_limit: { unit: second, requests_per_unit: many }
+  - key: b
+    rate_limit: { unit: second, request_per_unit: 1 }
+  - key: c
+    descriptors:
+      - key: d
+        rate_limit: { unit: second, requests_per_unit: 1, burst: x }
+";
+    let mut domains = RlsDomains::default();
+    let err = add(&mut domains, text, "l.yaml", RlsOptions::default(), &[])
+        .expect_err("three mistakes")
+        .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("l.yaml:4:")
+            && lines[0].contains("descriptors[0].rate_limit.requests_per_unit"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("l.yaml:6:") && lines[1].contains("did you mean 'requests_per_unit'"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("l.yaml:10:")
+            && lines[2].contains("descriptors[2].descriptors[0].rate_limit.burst"),
+        "{err}"
+    );
+}

@@ -3,7 +3,9 @@
 //! second pass that finds the line of a validation [`Issue`] by its field
 //! path, and the error types ([`ConfigError`], [`Diagnostic`]). Both file
 //! formats (the daemon config and envoyproxy/ratelimit limits files) read
-//! through here.
+//! through here. A file's every mistake is reported, each on its line, up
+//! to [`recover::MAX_REPORTED`]: [`parse_all`] reads past each ([`recover`]),
+//! [`locate_all`] locates each validation issue.
 //!
 //! **Messages never quote what a file holds** unless it is a field the
 //! file's format knows: `--config` pointed at a token or key file must
@@ -24,6 +26,8 @@ use serde_saphyr::{Location, MessageFormatter, Spanned};
 
 use crate::diag::{Issue, Seg, quoted};
 
+pub(crate) mod recover;
+
 /// Why a config could not be loaded. `Display` is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,14 +45,71 @@ pub enum ConfigError {
     /// Well-formed YAML that is not a valid config.
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
+    /// Several mistakes in one file, each located, one per line, in the
+    /// order found.
+    #[error("{}", several(.errors, *.stopped))]
+    Several {
+        /// The mistakes (at least two), at most [`recover::MAX_REPORTED`].
+        errors: Vec<Diagnostic>,
+        /// Whether reading stopped at [`recover::MAX_REPORTED`] with more
+        /// to read.
+        stopped: bool,
+    },
+}
+
+/// `Several`'s text: a line per mistake, and a last line when reading
+/// stopped at the cap.
+fn several(errors: &[Diagnostic], stopped: bool) -> String {
+    let mut lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    if stopped {
+        lines.push(format!(
+            "(stopped after {} errors; fix these and check again)",
+            errors.len()
+        ));
+    }
+    lines.join("\n")
 }
 
 impl ConfigError {
-    /// Where and why, for syntax and validation errors.
+    /// Where and why, for syntax and validation errors (the first, of
+    /// several).
     pub fn diagnostic(&self) -> Option<&Diagnostic> {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Syntax(d) | ConfigError::Invalid(d) => Some(d),
+            ConfigError::Several { errors, .. } => errors.first(),
+        }
+    }
+
+    /// Every located mistake: one for syntax and validation errors, each
+    /// of several, none for a file that could not be read.
+    pub fn diagnostics(&self) -> Vec<&Diagnostic> {
+        match self {
+            ConfigError::Several { errors, .. } => errors.iter().collect(),
+            other => other.diagnostic().into_iter().collect(),
+        }
+    }
+
+    /// One error of `errors` (at least one), or [`ConfigError::Several`].
+    fn gather(mut errors: Vec<ConfigError>, stopped: bool) -> ConfigError {
+        if errors.len() == 1
+            && !stopped
+            && let Some(e) = errors.pop()
+        {
+            return e;
+        }
+        let mut diagnostics = Vec::with_capacity(errors.len());
+        for e in errors {
+            match e {
+                ConfigError::Syntax(d) | ConfigError::Invalid(d) => diagnostics.push(*d),
+                ConfigError::Several { errors, .. } => diagnostics.extend(errors),
+                // Reading the file happens before parsing: never gathered.
+                read @ ConfigError::Read { .. } => return read,
+            }
+        }
+        ConfigError::Several {
+            errors: diagnostics,
+            stopped,
         }
     }
 }
@@ -109,6 +170,23 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
         })
     })
     .map_err(|e| saphyr_error(&e, path.as_ref(), text, origin))
+}
+
+/// [`parse`], reading past each mistake ([`recover`]): every mistake in
+/// `text`, up to [`recover::MAX_REPORTED`], each located.
+pub(crate) fn parse_all<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    // Past a syntax error nothing can be read: it is the last reported.
+    let out = recover::read_all(
+        || parse(text, origin),
+        |e| matches!(e, ConfigError::Syntax(_)),
+    );
+    match out.value {
+        Some(value) if out.errors.is_empty() => Ok(value),
+        _ => Err(ConfigError::gather(out.errors, out.stopped)),
+    }
 }
 
 /// Turns a serde-saphyr error into a one-line [`ConfigError`].
@@ -363,6 +441,18 @@ pub(crate) fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
         path: render_path(&issue.path),
         reason,
     }))
+}
+
+/// Locates each of `issues` (at least one) in `text`; at most
+/// [`recover::MAX_REPORTED`] are rendered.
+pub(crate) fn locate_all(text: &str, origin: &str, issues: Vec<Issue>) -> ConfigError {
+    let stopped = issues.len() > recover::MAX_REPORTED;
+    let errors = issues
+        .into_iter()
+        .take(recover::MAX_REPORTED)
+        .map(|issue| locate(text, origin, issue))
+        .collect();
+    ConfigError::gather(errors, stopped)
 }
 
 /// Reads `text` again as a tree of positions; `None` if it does not parse.
