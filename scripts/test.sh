@@ -6,10 +6,12 @@
 # loopback ports, openssl for the certificate recipe, promtool for the
 # metrics and dashboard checks, NGINX
 # for the forward-auth test, helm and
-# kubernetes-validate for the chart; protoc is vendored by the build),
+# kubernetes-validate for the chart, mdBook for the book; protoc is
+# vendored by the build),
 # checks the Helm chart, the dependencies (cargo-deny), the Envoy example
-# configs (scripts/check-envoy-examples.py) and the module structure
-# (scripts/module-graph.py), then runs doc, unit,
+# configs (scripts/check-envoy-examples.py), the module structure
+# (scripts/module-graph.py) and the book in docs/ (scripts/docs.sh: it
+# builds and its links resolve), then runs doc, unit,
 # integration and bench-smoke tests, and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,7 +123,7 @@ fi
 "$tools/venv/bin/python" scripts/check-envoy-examples.py examples/envoy/envoy.yaml examples/envoy/rlqs/envoy.yaml \
     examples/envoy/llm/envoy.yaml
 
-# The shape of src/ (README, "Layout"): no import circle between files, no
+# The shape of src/: no import circle between files, no
 # two top-level modules importing each other, every import pointing down
 # the layers (bottom first), and no file over 1,000 lines. Functions over
 # 100 lines are clippy's (.clippy.toml), run by CI with -D warnings.
@@ -138,6 +140,9 @@ if [ -n "$oversized" ]; then
     echo "$oversized" >&2
     exit 1
 fi
+
+# The book (docs/, mdBook) builds and every link in it and README.md's into it resolves.
+scripts/docs.sh
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

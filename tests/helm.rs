@@ -683,17 +683,18 @@ fn the_alerts_are_valid_rules_on_metrics_quotad_exports() {
     let groups = &rule["spec"]["groups"];
     let rules = groups[0]["rules"].as_array().expect("rules");
     assert!(rules.len() >= 6, "{rules:?}");
-    // Every metric an alert reads is one quotad exports (the README's
-    // table lists them all, tests/metrics.rs checks that).
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README");
+    // Every metric an alert reads is one quotad exports (the metrics table
+    // of docs/src/observability.md lists them all, tests/metrics.rs checks
+    // that).
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/observability.md");
+    let doc = std::fs::read_to_string(docs).expect("docs/src/observability.md");
     for rule in rules {
         let expr = rule["expr"].as_str().expect("expr");
         for name in expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("quotad_"))
         {
-            assert!(readme.contains(&format!("`{name}`")), "{name} in {expr}");
+            assert!(doc.contains(&format!("`{name}`")), "{name} in {expr}");
         }
     }
     // And Prometheus takes them.

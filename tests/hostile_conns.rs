@@ -230,7 +230,7 @@ async fn partial_bodies_on_one_connection_and_on_a_hundred_stay_within_the_budge
     })
     .await;
     assert_eq!(answered, 3);
-    // The documented bound (README, "Hostile callers"): the process's
+    // The documented bound (docs/src/configuration.md, "Hostile callers"): the process's
     // budget plus, per connection, its receive window, unsent answers and
     // its own buffers; 32 MiB more for the allocator's slack.
     let bound = 64 * MIB + 101 * (128 + 128 + 64) * 1024 + 32 * MIB;

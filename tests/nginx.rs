@@ -1,6 +1,6 @@
 //! A real NGINX in front of a tiny upstream, asking quotad's `/v1/auth`
-//! before each request (`auth_request`), configured as the README's
-//! snippet (examples/nginx/quotad.conf): the 6th request of a 5-a-minute
+//! before each request (`auth_request`), configured as the book's
+//! snippet (docs/src/reports.md) (examples/nginx/quotad.conf): the 6th request of a 5-a-minute
 //! key gets 429 from NGINX with `Retry-After`, another key passes, the
 //! RateLimit headers reach the client, a request without a key gets 401,
 //! a client's own `x-quotad-mode`/`x-quotad-cost` change nothing, and

@@ -558,7 +558,7 @@ async fn hold(
 /// every latency, so the schedule sleeps on it only until 1 ms before a
 /// request is due and yields in a loop from there: precise to a few
 /// microseconds, at the price of keeping the generator's thread busy
-/// (pin it to a core of its own, see the README).
+/// (pin it to a core of its own, see docs/src/development.md).
 async fn open_loop(
     args: Args,
     channels: Vec<Channel>,
