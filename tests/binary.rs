@@ -778,3 +778,78 @@ async fn the_embedded_configs_digest_is_its_texts() {
         "{body}"
     );
 }
+
+/// `check-config` and `serve --check-only` of a config without plans take
+/// its Envoy domains from `--limits`; without them it serves nothing and
+/// is refused. Every mistake of a file is listed, each on its line.
+#[test]
+fn a_config_without_plans_needs_limits_files_and_every_mistake_is_listed() {
+    let (dir, config) = fixture(
+        "quotad.yaml",
+        "server: { grpc_addr: 127.0.0.1:0, http_addr: 127.0.0.1:0 }\n",
+    );
+    let limits = dir.path().join("shop.yaml");
+    std::fs::write(
+        &limits,
+        "domain: shop\ndescriptors:\n  - key: path\n    rate_limit: { unit: second, requests_per_unit: 5 }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no plans defined, and no limits files"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .arg("--limits")
+        .arg(&limits)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("plans: none"), "{stdout}");
+    let out = crate::support::process::serve_command()
+        .arg("--config")
+        .arg(&config)
+        .arg("--limits")
+        .arg(&limits)
+        .arg("--check-only")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Three mistakes: three located lines, exit 64.
+    std::fs::write(
+        &config,
+        "default_plan: free\nplans:\n  free: { limits: [ { name: a, rate: 1, per: fortnight } ] }\nserver: { max_connections: lots }\nreqests: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = config.display().to_string();
+    let located: Vec<&str> = stderr.lines().filter(|l| l.contains(&path)).collect();
+    assert_eq!(located.len(), 3, "{stderr}");
+    assert!(
+        located[0].contains(":3:") && located[0].contains("fortnight"),
+        "{stderr}"
+    );
+    assert!(
+        located[1].contains(":4:") && located[1].contains("server.max_connections"),
+        "{stderr}"
+    );
+    assert!(
+        located[2].contains(":5:") && located[2].contains("did you mean 'requests'"),
+        "{stderr}"
+    );
+}

@@ -250,3 +250,76 @@ async fn an_operators_block_wins_over_a_limit_the_request_brings() {
     assert_eq!(answer.overall_code, Code::Ok as i32);
     assert_eq!(answer.statuses[0].limit_remaining, 999);
 }
+
+/// A config with no plans, only an envoyproxy/ratelimit limits file:
+/// Envoy's domains are served; calls about API keys (native gRPC, the
+/// HTTP door, leases) get FAILED_PRECONDITION saying why, never an
+/// answer from a plan that does not exist.
+#[tokio::test]
+async fn a_config_without_plans_serves_its_limits_files_and_refuses_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_file(
+        dir.path(),
+        "shop.yaml",
+        "domain: shop\ndescriptors:\n  - key: path\n    rate_limit: { unit: minute, requests_per_unit: 2 }\n",
+    );
+    let config = crate::support::write_file(
+        dir.path(),
+        "quotad.yaml",
+        "rls_files: [shop.yaml]\nserver:\n  http_check: { addr: 127.0.0.1:0 }\n",
+    );
+    let d = TestDaemon::from_file(&config).await;
+
+    let mut c = RateLimitServiceClient::new(d.channel().await);
+    let shop = || request("shop", vec![descriptor(&[("path", "/cart")])], 0);
+    for remaining in [1u32, 0] {
+        let r = ask(&mut c, shop()).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, remaining);
+    }
+    assert_eq!(
+        ask(&mut c, shop()).await.overall_code,
+        Code::OverLimit as i32
+    );
+    // No plan domain: `quotad` (the default one) is a domain like any
+    // other quotad does not limit.
+    let r = ask(
+        &mut c,
+        request("quotad", vec![descriptor(&[("api_key", "k")])], 0),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+
+    let e = d
+        .try_check("k", 1)
+        .await
+        .expect_err("no plans to check a key against");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("defines no plans"), "{e:?}");
+    let mut native =
+        quotad::api::pb::rate_limiter_client::RateLimiterClient::new(d.channel().await);
+    let e = native
+        .acquire(quotad::api::pb::AcquireRequest {
+            key: "k".into(),
+            cost: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no plans to lease from");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+    let door = d.http_check_addr.expect("the door is on");
+    let a = crate::support::http_request(
+        door,
+        "POST",
+        "/v1/check",
+        &[("content-type", "application/json")],
+        Some(br#"{"key":"k","cost":"1"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.json()["code"], "FAILED_PRECONDITION");
+    let a =
+        crate::support::http_request(door, "GET", "/v1/auth", &[("x-api-key", "k")], None).await;
+    assert_eq!(a.status, 503, "{a:?}");
+}

@@ -186,7 +186,7 @@ fn descriptor<'a>(
                     o.unit
                 ),
             })?;
-            Ok((o.requests_per_unit, unit))
+            Ok::<_, RequestError>((o.requests_per_unit, unit))
         })
         .transpose()?;
     Ok(Desc {

@@ -3,6 +3,8 @@
 
 use tonic::Status;
 
+use crate::engine::NoPlans;
+
 /// A request the API refuses. Every variant names the offending field (as
 /// a path like `checks[3].key`) and says why, so the caller can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,10 +61,17 @@ pub enum RequestError {
         /// Why.
         why: String,
     },
+    /// A call about API keys while the config defines no plans: not the
+    /// request's fault (`FAILED_PRECONDITION`).
+    #[error(transparent)]
+    NoPlans(#[from] NoPlans),
 }
 
 impl From<RequestError> for Status {
     fn from(e: RequestError) -> Self {
-        Status::invalid_argument(e.to_string())
+        match e {
+            RequestError::NoPlans(_) => Status::failed_precondition(e.to_string()),
+            e => Status::invalid_argument(e.to_string()),
+        }
     }
 }

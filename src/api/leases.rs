@@ -26,8 +26,8 @@ use super::{duration, timestamp, validate};
 use crate::config::{Live, RequestCaps};
 use crate::core;
 use crate::core::clock::{NANOS_PER_SEC, Nanos};
-use crate::engine::Engine;
 use crate::engine::leases::{Acquisition, LeaseAsk, LeaseGuard, RenewError};
+use crate::engine::{Engine, NoPlans};
 use crate::limits::{MAX_LEASE_TTL, MIN_LEASE_TTL};
 use crate::shutdown::Shutdown;
 use crate::store::leases::Token;
@@ -78,16 +78,20 @@ fn ask<'k>(
 }
 
 /// The settings in effect: the caps acquires are validated against and
-/// the header style they are answered with.
-fn live(engine: &Engine) -> (RequestCaps, HeaderStyle) {
+/// the header style they are answered with; refused while the config
+/// defines no plans (no key has a plan to lease from).
+fn live(engine: &Engine) -> Result<(RequestCaps, HeaderStyle), RequestError> {
     let view = engine.view();
+    if view.table().is_planless() {
+        return Err(NoPlans.into());
+    }
     let live: &Live = view.live();
-    (live.requests.clone(), live.response_headers)
+    Ok((live.requests.clone(), live.response_headers))
 }
 
 /// Decides an `Acquire`.
 pub async fn acquire(engine: &Engine, req: &AcquireRequest) -> Result<AcquireResponse, Status> {
-    let (caps, style) = live(engine);
+    let (caps, style) = live(engine)?;
     let ttl = ttl("ttl", req.ttl.as_ref())?;
     let ask = ask(&req.key, req.cost, ttl, &caps)?;
     let a = engine.acquire(ask).await;
@@ -223,7 +227,7 @@ pub async fn hold(
         }
         Ok(Ok(Some(first))) => first,
     };
-    let (caps, style) = live(engine);
+    let (caps, style) = live(engine)?;
     let ask = ask(&first.key, first.cost, None, &caps)?;
     let a = engine.acquire(ask).await;
     let answer = HoldResponse {

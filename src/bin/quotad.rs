@@ -151,12 +151,7 @@ fn main() -> ExitCode {
         .is_some_and(|m| m.value_source("redis") == Some(clap::parser::ValueSource::CommandLine))
         && matches!(&cli.command, Command::Serve(a) if a.redis.as_deref().is_some_and(has_secret));
     match cli.command {
-        Command::CheckConfig { file, limits } => match Config::load(&file).and_then(|mut c| {
-            if !limits.is_empty() {
-                c.add_rls_files(&limits)?;
-            }
-            Ok(c)
-        }) {
+        Command::CheckConfig { file, limits } => match Config::load_with(&file, None, &limits) {
             Ok(config) => {
                 println!("{}: ok", file.display());
                 println!("{}", config.summary());
@@ -309,9 +304,15 @@ fn has_secret(url: &str) -> bool {
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let secret = hash_secret(args)?;
+    // The --limits files load with the config file: one without plans
+    // may have its Envoy domains from them alone.
     let mut config = match &args.config {
-        Some(path) => Config::load_with_secret(path, secret)?,
-        None => Config::embedded_default(),
+        Some(path) => Config::load_with(path, secret, &args.limits)?,
+        None => {
+            let mut embedded = Config::embedded_default();
+            embedded.add_rls_files(&args.limits)?;
+            embedded
+        }
     };
     if let Some(addr) = args.grpc_addr {
         config.boot.server.grpc_addr = addr;
@@ -362,9 +363,6 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         let password = quotad::config::read_password_file(path)
             .map_err(|why| anyhow::anyhow!("--redis-password-file: {why}"))?;
         settings.password = Some(password);
-    }
-    if !args.limits.is_empty() {
-        config.add_rls_files(&args.limits)?;
     }
     config.check_listeners().map_err(anyhow::Error::msg)?;
     tracing_subscriber::EnvFilter::try_new(&args.log)

@@ -75,6 +75,11 @@ pub(super) struct EnvoyRaw {
 }
 
 impl EnvoyRaw {
+    /// Whether the section names the plan domains (`domains`, not empty).
+    pub(super) fn names_domains(&self) -> bool {
+        self.domains.as_ref().is_some_and(|d| !d.0.is_empty())
+    }
+
     /// The section's settings; every value was checked as it was read.
     pub(super) fn build(self) -> EnvoySettings {
         let mut envoy = EnvoySettings::default();

@@ -79,6 +79,11 @@ pub use rlqs::RlqsSettings;
 pub use server::{ConnLimits, ServerBoot, ServerLive};
 pub use store::{StoreSettings, parse_hash_secret};
 
+/// Why a config with neither plans nor limits files is refused: an empty
+/// or plan-less file is a mistake far more often than a wish to allow
+/// everything, and a rate limiter must not fail open silently.
+const NOTHING_SERVED: &str = "no plans defined, and no limits files: a config needs at least one plan, or rls_files (or --limits) with the Envoy domains it serves (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)";
+
 /// The config `quotad serve` uses without `--config`: a documented demo with
 /// plans `free` and `gold`.
 pub const EMBEDDED_DEFAULT: &str = r#"# quotad configuration (the embedded demo; `quotad serve` uses it when no
@@ -453,13 +458,24 @@ impl Config {
         path: &Path,
         hash_secret: Option<[u8; 16]>,
     ) -> Result<Config, ConfigError> {
+        Self::load_with(path, hash_secret, &[])
+    }
+
+    /// [`Config::load_with_secret`], with the envoyproxy/ratelimit files
+    /// `limits` (`--limits`) added to `rls_files`: a config without plans
+    /// may take its Envoy domains from them alone.
+    pub fn load_with(
+        path: &Path,
+        hash_secret: Option<[u8; 16]>,
+        limits: &[PathBuf],
+    ) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
         let text = read_text(path).map_err(|error| ConfigError::Read {
             path: origin.clone(),
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        let mut config = Self::from_text(&text, &origin, base, hash_secret)?;
+        let mut config = Self::from_text(&text, &origin, base, (hash_secret, limits))?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -468,19 +484,22 @@ impl Config {
     /// `rls_files` are read relative to the working directory. The
     /// result's `source` is `None`.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Self::from_text(text, origin, Path::new(""), None)
+        Self::from_text(text, origin, Path::new(""), (None, &[]))
     }
 
     fn from_text(
         text: &str,
         origin: &str,
         base: &Path,
-        hash_secret: Option<[u8; 16]>,
+        (hash_secret, limits): (Option<[u8; 16]>, &[PathBuf]),
     ) -> Result<Config, ConfigError> {
         let raw: raw::ConfigRaw = parse_all(text, origin)?;
         let mut config = raw
             .build(base, hash_secret)
             .map_err(|issues| locate_all(text, origin, issues))?;
+        // The file's own entries; the --limits files come after them.
+        let written = config.live.rls_files.len();
+        config.live.rls_files.extend_from_slice(limits);
         // A listed file or directory that cannot be read is this file's
         // mistake: say so at the entry that names it. (Errors inside a
         // limits file name that file, its line and path.)
@@ -494,9 +513,7 @@ impl Config {
                 }
                 _ => return e,
             };
-            match config
-                .live
-                .rls_files
+            match config.live.rls_files[..written]
                 .iter()
                 .position(|f| f.display().to_string() == path)
             {
@@ -508,6 +525,13 @@ impl Config {
                 None => e,
             }
         })?;
+        if config.serves_nothing() {
+            return Err(locate(
+                text,
+                origin,
+                Issue::new(vec![Seg::key("plans")], NOTHING_SERVED),
+            ));
+        }
         Ok(config)
     }
 
@@ -516,6 +540,12 @@ impl Config {
     pub fn add_rls_files(&mut self, paths: &[PathBuf]) -> Result<(), ConfigError> {
         self.live.rls_files.extend_from_slice(paths);
         self.load_rls()
+    }
+
+    /// Whether the config has neither plans nor Envoy domains from limits
+    /// files: it would limit nothing.
+    fn serves_nothing(&self) -> bool {
+        self.live.limits.is_planless() && self.live.rls.is_empty()
     }
 
     /// Reads `rls_files` into `rls`. A domain the plans already answer

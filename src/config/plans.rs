@@ -49,6 +49,13 @@ pub(super) fn check_keys_fit(limits: &LimitsSpec, max_key_bytes: usize) -> Resul
 /// The summary's `plans:` line, one line per plan, and the `static keys:`
 /// count.
 pub(super) fn summary(l: &LimitsSpec, lines: &mut Vec<String>) {
+    if l.is_planless() {
+        lines.push(
+            "plans: none (only the Envoy domains of the limits files are served; calls about API keys get FAILED_PRECONDITION)"
+                .to_owned(),
+        );
+        return;
+    }
     lines.push(format!(
         "plans: {} (default: {})",
         l.plans.len(),

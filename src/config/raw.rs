@@ -171,7 +171,8 @@ impl ConfigRaw {
             self.redis
                 .map(|r| r.build(base, store.hash_secret.is_some()).map(Some)),
         );
-        let envoy = self.envoy.map(EnvoyRaw::build).unwrap_or_default();
+        let names_domains = self.envoy.as_ref().is_some_and(EnvoyRaw::names_domains);
+        let mut envoy = self.envoy.map(EnvoyRaw::build).unwrap_or_default();
         let rls_files = self
             .rls_files
             .unwrap_or_default()
@@ -217,6 +218,19 @@ impl ConfigRaw {
                 None
             }
         };
+        if let Some(l) = &limits
+            && l.is_planless()
+        {
+            // Plan domains answer from plans: without any, there are none
+            // (the default `quotad` is dropped; one written is a mistake).
+            if names_domains {
+                issues.push(Issue::new(
+                    vec![Seg::key("envoy"), Seg::key("domains")],
+                    "plan domains answer from plans, and this file defines none: add plans, or remove envoy.domains (the limits files' domains are served without it)",
+                ));
+            }
+            envoy.domains.clear();
+        }
         let (Some(limits), true) = (limits, issues.is_empty()) else {
             return Err(issues);
         };

@@ -925,3 +925,72 @@ fn reading_stops_at_the_cap_and_says_so() {
         "{all}"
     );
 }
+
+#[test]
+fn a_config_without_plans_serves_the_envoy_domains_of_its_limits_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = dir.path().join("shop.yaml");
+    std::fs::write(
+        &limits,
+        "domain: shop\ndescriptors:\n  - key: path\n    rate_limit: { unit: second, requests_per_unit: 5 }\n",
+    )
+    .expect("limits file");
+
+    // From rls_files: no plans, no plan domains, keys blocked.
+    let config = dir.path().join("quotad.yaml");
+    std::fs::write(&config, "rls_files: [shop.yaml]\n").expect("config");
+    let c = Config::load(&config).expect("a config without plans, with a limits file");
+    assert!(c.live.limits.is_planless());
+    assert!(
+        c.live.envoy.domains.is_empty(),
+        "the default plan domain is dropped"
+    );
+    assert!(c.live.rls.get("shop").is_some());
+    assert!(c.summary().contains("plans: none"), "{}", c.summary());
+    let table = c
+        .live
+        .limits
+        .table(&crate::core::hash::KeyHasher::with_secret([7; 16]))
+        .expect("a planless table");
+    assert!(table.is_planless() && table.plans().is_empty());
+    assert!(matches!(
+        table.configured(42).0,
+        crate::limits::Assigned::Blocked { until: None }
+    ));
+    assert_eq!(table.plan_id(crate::limits::NO_PLANS), None);
+
+    // From --limits alone (the file names none).
+    std::fs::write(&config, "server: { grpc_addr: 127.0.0.1:0 }\n").expect("config");
+    let e = Config::load(&config).expect_err("nothing to serve");
+    assert!(
+        e.to_string()
+            .contains("no plans defined, and no limits files"),
+        "{e}"
+    );
+    let c = Config::load_with(&config, None, std::slice::from_ref(&limits))
+        .expect("limits from --limits");
+    assert!(c.live.limits.is_planless() && c.live.rls.get("shop").is_some());
+    // A --limits file that cannot be read is named as itself.
+    let missing = dir.path().join("missing.yaml");
+    let e = Config::load_with(&config, None, std::slice::from_ref(&missing))
+        .expect_err("missing --limits file")
+        .to_string();
+    assert!(
+        e.contains("missing.yaml") && !e.contains("rls_files["),
+        "{e}"
+    );
+
+    // Plan domains need plans.
+    std::fs::write(
+        &config,
+        "rls_files: [shop.yaml]\nenvoy: { domains: [edge] }\n",
+    )
+    .expect("config");
+    let e = Config::load(&config)
+        .expect_err("plan domains without plans")
+        .to_string();
+    assert!(
+        e.ends_with("envoy.domains: plan domains answer from plans, and this file defines none: add plans, or remove envoy.domains (the limits files' domains are served without it)"),
+        "{e}"
+    );
+}

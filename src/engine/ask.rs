@@ -29,6 +29,15 @@ impl Call<'_> {
     }
 }
 
+/// A call about API keys (`Call::keys`) while the config defines no
+/// plans: it serves only the Envoy domains of its limits files. Refused
+/// before anything is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the config defines no plans, so API keys have none to be checked against: this quotad serves only the Envoy domains of its limits files (rls_files, --limits); add plans to its config to use the native API"
+)]
+pub struct NoPlans;
+
 /// How an item's domain is limited, as the engine found it before the
 /// door validates the message.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,7 @@
 use smallvec::SmallVec;
 
 use super::Engine;
-use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, Outcome, Pairs};
+use super::ask::{Admitted, Answer, Basis, Call, Item, Kind, Mode, NoPlans, Outcome, Pairs};
 use super::view::View;
 use crate::config::Live;
 use crate::core::clock::Stopwatch;
@@ -27,7 +27,8 @@ impl Engine {
     /// how the call's domain is limited, validates the door's message
     /// against them (a refusal is counted and returned as is, nothing
     /// charged) and returns its items and whatever the door needs later; `render` turns the [`Answer`]
-    /// into the door's wire message. Both see the same settings (the
+    /// into the door's wire message. A call about API keys while the
+    /// config defines no plans is refused ([`NoPlans`]). Both see the same settings (the
     /// metrics are counted by them too), and the decisions are made on
     /// the table that came with them, except after a strict plan's wait
     /// for Redis: the view is not held across it, so the call's decisions
@@ -43,11 +44,16 @@ impl Engine {
     ) -> Result<R, E>
     where
         P: Pairs + ?Sized + 'm,
+        E: From<NoPlans>,
     {
         let started = Stopwatch::start();
         let view = self.view();
         let kind = kind_of(&view, call);
         let configured = !matches!(kind, Kind::Unknown);
+        if call.domain.is_none() && view.table().is_planless() {
+            self.count_refused(call, false);
+            return Err(NoPlans.into());
+        }
         let counted = (call, configured, started);
         let (items, extra) = match admit(view.live(), kind) {
             Ok(admitted) => admitted,
@@ -495,7 +501,7 @@ mod tests {
         let call = Call::keys(Api::Native);
         e.decide(
             call,
-            |_, _| Ok::<_, ()>((items.into(), ())),
+            |_, _| Ok::<_, NoPlans>((items.into(), ())),
             |a, ()| a.outcomes.iter().map(|o| o.decision).collect(),
         )
         .now_or_never()
@@ -520,6 +526,16 @@ mod tests {
         assert_eq!(d[0].retry_after, Some(NANOS_PER_SEC));
     }
 
+    /// A door's refusal.
+    #[derive(Debug, PartialEq)]
+    struct Bad;
+
+    impl From<NoPlans> for Bad {
+        fn from(_: NoPlans) -> Self {
+            Bad
+        }
+    }
+
     #[test]
     fn a_refused_call_is_not_rendered_and_charges_nothing() {
         let e = engine();
@@ -527,12 +543,12 @@ mod tests {
         let out = e
             .decide(
                 Call::keys(Api::Batch),
-                |_, _| Err::<Admitted<'_, (), ()>, _>("bad"),
+                |_, _| Err::<Admitted<'_, (), ()>, _>(Bad),
                 |_, ()| rendered.set(true),
             )
             .now_or_never()
             .expect("no wait");
-        assert_eq!(out, Err("bad"));
+        assert_eq!(out, Err(Bad));
         assert!(!rendered.get());
         assert_eq!(e.store().tracked(), 0);
         let text = e.metrics().render();
@@ -575,7 +591,7 @@ mod tests {
                 call,
                 |_, kind| {
                     assert!(matches!(kind, Kind::Rules(_)));
-                    Ok::<_, ()>((items.into(), ()))
+                    Ok::<_, NoPlans>((items.into(), ()))
                 },
                 |a, ()| {
                     a.outcomes

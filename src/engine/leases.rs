@@ -423,7 +423,7 @@ impl Engine {
             .decide(
                 Call::keys(Api::Lease),
                 |live, _| {
-                    Ok::<_, std::convert::Infallible>((
+                    Ok::<_, super::NoPlans>((
                         smallvec::smallvec![Item::key(key, 1)],
                         live.response_headers,
                     ))

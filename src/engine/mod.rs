@@ -37,7 +37,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
-pub use ask::{Admitted, Answer, Basis, Call, Item, Items, Kind, Mode, Outcome, Pairs};
+pub use ask::{Admitted, Answer, Basis, Call, Item, Items, Kind, Mode, NoPlans, Outcome, Pairs};
 pub use view::{Usage, View};
 pub use wait::Strict;
 

@@ -84,6 +84,12 @@ impl LimitsSpec {
         )
     }
 
+    /// Whether the file defines no plans: keys have none to be on, and
+    /// the config serves only the Envoy domains of its limits files.
+    pub fn is_planless(&self) -> bool {
+        self.plans.is_empty()
+    }
+
     /// A plan by name.
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.name == name)
@@ -523,7 +529,10 @@ pub(crate) struct KeyRaw {
 /// Validates the three limits keys of a config file into a [`LimitsSpec`],
 /// or every issue found (each plan's first, each key's).
 ///
-/// A file must define at least one plan and name the default one.
+/// A file with plans must name the default one. A file without plans (nor
+/// keys, nor a default plan) is [`LimitsSpec::is_planless`]: it serves
+/// only the Envoy domains of its limits files, which the config checks it
+/// has.
 pub(crate) fn build(
     default_plan: Option<String>,
     plans: Option<PlansRaw>,
@@ -543,16 +552,9 @@ pub(crate) fn build(
     }
 
     let default_plan = match (default_plan, names.is_empty()) {
-        (None, true) => {
-            // An empty or plan-less file is a mistake far more often than a
-            // wish to allow everything; a rate limiter must not fail open
-            // silently. Allowing everything is one explicit line away.
-            issues.push(Issue::new(
-                vec![Seg::key("plans")],
-                "no plans defined: a config needs at least one plan (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)",
-            ));
-            None
-        }
+        // No plans: the config serves only the Envoy domains of its
+        // limits files (the config checks it has some) and refuses keys.
+        (None, true) => Some(String::new()),
         (None, false) => {
             issues.push(Issue::new(
                 vec![Seg::key("default_plan")],
@@ -591,7 +593,14 @@ pub(crate) fn build(
             issues.push(Issue::duplicate(second, entry, "key is assigned twice"));
             continue;
         }
-        if !names.is_empty() && !written(&raw.plan) {
+        if names.is_empty() {
+            issues.push(Issue::new(
+                vec![Seg::key("keys")],
+                "keys are assigned to plans, and this file defines none",
+            ));
+            break;
+        }
+        if !written(&raw.plan) {
             let mut path = entry;
             path.push(Seg::key("plan"));
             issues.push(Issue::new(path, unknown_plan(&raw.plan, &names)));

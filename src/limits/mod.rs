@@ -178,6 +178,11 @@ pub struct Table {
     routes: HashMap<u64, Route, BuildNoHashHasher<u64>>,
     /// Whether a plan has a strict limit.
     strict: bool,
+    /// The config defines no plans (it serves Envoy domains of limits
+    /// files only): `plans[0]` is [`NO_PLANS`], a placeholder no key is
+    /// on, and a key without an override is blocked (fail closed; the
+    /// front doors refuse such calls before they get here).
+    planless: bool,
     /// What checks of plans do not read.
     cold: Arc<Cold>,
 }
@@ -222,6 +227,10 @@ pub enum TableError {
     TooManyLimits(String),
 }
 
+/// The placeholder plan of a config that defines none: no name a file or
+/// an operator can write.
+pub const NO_PLANS: &str = "(no plans)";
+
 impl Table {
     /// Builds a table. `keys` are (raw API key, plan name) pairs; the raw
     /// keys are hashed with `hasher` and dropped. The table has no Envoy
@@ -235,6 +244,9 @@ impl Table {
     ) -> Result<Self, TableError> {
         if u32::try_from(plans.len()).is_err() {
             return Err(TableError::TooManyPlans);
+        }
+        if plans.is_empty() && default_plan.is_empty() {
+            return Self::planless(keys);
         }
         let mut by_name: HashMap<&str, PlanId> = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
@@ -265,11 +277,42 @@ impl Table {
             keys: Arc::new(map),
             routes: HashMap::with_hasher(BuildNoHashHasher::default()),
             strict,
+            planless: false,
             cold: Arc::new(Cold {
                 static_keys,
                 rls: rls::RlsDomains::default(),
             }),
         })
+    }
+
+    /// The table of a config without plans (and so without static keys):
+    /// only the [`NO_PLANS`] placeholder.
+    fn planless<'a>(
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, TableError> {
+        if let Some((_, plan)) = keys.into_iter().next() {
+            return Err(TableError::UnknownPlan(plan.to_owned()));
+        }
+        Ok(Self {
+            plans: vec![Plan {
+                name: NO_PLANS.to_owned(),
+                limits: Vec::new(),
+                concurrency: None,
+            }],
+            config_plans: 1,
+            default_plan: PlanId(0),
+            keys: Arc::new(HashMap::with_hasher(BuildNoHashHasher::default())),
+            routes: HashMap::with_hasher(BuildNoHashHasher::default()),
+            strict: false,
+            planless: true,
+            cold: Arc::new(Cold::default()),
+        })
+    }
+
+    /// Whether the config defines no plans (see [`NO_PLANS`]).
+    #[inline]
+    pub fn is_planless(&self) -> bool {
+        self.planless
     }
 
     /// The plan a key is on at `now`, given its keyed hash, and where
@@ -292,6 +335,7 @@ impl Table {
     pub fn configured(&self, key_hash: u64) -> (Assigned, Source) {
         match self.keys.get(&key_hash) {
             Some(&id) => (Assigned::Plan(id), Source::Static),
+            None if self.planless => (Assigned::Blocked { until: None }, Source::Default),
             None => (Assigned::Plan(self.default_plan), Source::Default),
         }
     }
@@ -328,9 +372,10 @@ impl Table {
             .get(r.limit as usize)
     }
 
-    /// The config's plans, in config order (not those of overrides).
+    /// The config's plans, in config order (not those of overrides, nor
+    /// the [`NO_PLANS`] placeholder).
     pub fn plans(&self) -> &[Plan] {
-        &self.plans[..self.config_plans]
+        &self.plans[usize::from(self.planless)..self.config_plans]
     }
 
     /// The default plan.
@@ -343,7 +388,7 @@ impl Table {
         self.plans()
             .iter()
             .position(|p| p.name == name)
-            .map(|i| PlanId(i as u32))
+            .map(|i| PlanId((i + usize::from(self.planless)) as u32))
     }
 
     /// The table with these Envoy RLS domains.
@@ -374,7 +419,7 @@ impl Table {
         let (routes, unresolved) =
             Routes::build(records, self.config_plans, |n| self.plan_id(n), now);
         let mut plans = Vec::with_capacity(self.config_plans + routes.plans.len());
-        plans.extend_from_slice(self.plans());
+        plans.extend_from_slice(&self.plans[..self.config_plans]);
         plans.extend(routes.plans);
         let table = Table {
             plans,
@@ -387,6 +432,7 @@ impl Table {
                 .iter()
                 .any(|p| p.limits.iter().any(|l| l.strict))
                 || routes.strict,
+            planless: self.planless,
             cold: Arc::clone(&self.cold),
         };
         (table, unresolved)

@@ -24,7 +24,7 @@ use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::json;
 
-use super::{Answer, invalid, text, with_json};
+use super::{Answer, invalid, refusal, text, with_json};
 use crate::api::native::check_one;
 use crate::api::pb::{CheckMode, CheckRequest, CheckResponse, DenyReason};
 use crate::config::KeyHeader;
@@ -63,7 +63,7 @@ pub async fn answer(engine: &Engine, query: Option<&str>, headers: &HeaderMap) -
     };
     match check_one(engine, Api::HttpAuth, &req).await {
         Ok(r) => decided(&r),
-        Err(e) => invalid(&e.to_string()),
+        Err(e) => refusal(&e),
     }
 }
 

@@ -31,6 +31,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
+use super::error::RequestError;
 use super::{envoy_rls, native, report};
 use crate::engine::Engine;
 use crate::metrics::Api;
@@ -115,7 +116,7 @@ impl HttpDoor {
         // A refusal is counted by the engine.
         match native::check_one(&self.engine, Api::HttpCheck, &req).await {
             Ok(a) => with_json(StatusCode::OK, &json::check_response(&a)),
-            Err(e) => invalid(&e.to_string()),
+            Err(e) => refusal(&e),
         }
     }
 
@@ -130,7 +131,7 @@ impl HttpDoor {
         };
         match report::report_one(&self.engine, Api::HttpReport, &req).await {
             Ok(a) => with_json(StatusCode::OK, &json::report_response(&a)),
-            Err(e) => invalid(&e.to_string()),
+            Err(e) => refusal(&e),
         }
     }
 
@@ -211,6 +212,19 @@ pub(crate) fn with_json(status: StatusCode, v: &serde_json::Value) -> Answer {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// The engine's refusal, with the gRPC status a gRPC door would have
+/// given, as JSON: 400 for a wrong request; 503 while the config defines
+/// no plans (the request is fine, this quotad cannot answer it).
+pub(crate) fn refusal(e: &RequestError) -> Answer {
+    match e {
+        RequestError::NoPlans(_) => with_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "code": "FAILED_PRECONDITION", "message": e.to_string() }),
+        ),
+        e => invalid(&e.to_string()),
+    }
 }
 
 /// 400 with the gRPC status a gRPC door would have given, as JSON.

@@ -692,12 +692,7 @@ async fn list(
 }
 
 fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Result<String, Failure> {
-    let loaded = Config::load(file).and_then(|mut c| {
-        if !limits.is_empty() {
-            c.add_rls_files(limits)?;
-        }
-        Ok(c)
-    });
+    let loaded = Config::load_with(file, None, limits);
     match loaded {
         Ok(c) => Ok(if json {
             doc(
