@@ -116,7 +116,16 @@ async fn overall_code_is_over_limit_if_any_descriptor_is() {
         codes,
         vec![Code::Ok as i32, Code::OverLimit as i32, Code::Ok as i32]
     );
-    assert_eq!(r.statuses[0].limit_remaining, 1999);
+    // gold: 1000/s, burst 2000, 1999 left: Envoy's `limit_remaining` is
+    // at most its `current_limit` (1000 a second).
+    assert_eq!(r.statuses[0].limit_remaining, 1000);
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .map(|l| l.requests_per_unit),
+        Some(1000)
+    );
     // A descriptor without the key entry has no limit.
     assert!(r.statuses[2].current_limit.is_none());
 }

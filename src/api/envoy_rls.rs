@@ -363,7 +363,7 @@ fn limited<'a>(
                 requests_per_unit: rl.requests_per_unit,
                 unit: rl.unit as i32,
             }),
-            limit_remaining: clamp_u32(d.remaining),
+            limit_remaining: within(d.remaining, u64::from(rl.requests_per_unit)),
             duration_until_reset: Some(reset),
             quota: None,
         },
@@ -383,12 +383,17 @@ fn limited<'a>(
 /// The answer for a plan's decision.
 fn planned<'a>(d: &Decision, limit: Option<&'a Limit>) -> Rendered<'a> {
     let blocked = (d.reason == Some(DenyReason::Blocked)).then_some(d.retry_after);
+    let current = limit.map(current_limit);
+    let remaining = match &current {
+        Some(c) => within(d.remaining, u64::from(c.requests_per_unit)),
+        None => clamp_u32(d.remaining),
+    };
     Rendered {
         blocked,
         status: DescriptorStatus {
             code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
-            current_limit: limit.map(current_limit),
-            limit_remaining: clamp_u32(d.remaining),
+            current_limit: current,
+            limit_remaining: remaining,
             duration_until_reset: limit.map(|_| envoy_duration(d.reset_after)),
             quota: None,
         },
@@ -413,6 +418,17 @@ fn status<'a>(o: &Outcome<'a>, quota: bool) -> Rendered<'a> {
             limited(&o.decision, limit, name, (shadow, o.quota(quota)))
         }
     }
+}
+
+/// `remaining` as Envoy's `limit_remaining`: at most the limit's
+/// `requests_per_unit`. Envoy's `RateLimit` is requests per unit, with no
+/// place for a token bucket's burst above its rate (`rate: 100, per:
+/// second, burst: 200`): a full bucket answers `100` of `100/s`, not `199`
+/// (Envoy's `X-RateLimit-Remaining` would exceed its `X-RateLimit-Limit`).
+/// The burst still passes; the RateLimit headers quotad adds show it
+/// (`200` over the `2` s it takes to refill).
+fn within(remaining: u64, per_unit: u64) -> u32 {
+    clamp_u32(remaining.min(per_unit))
 }
 
 /// A plan limit as Envoy's `RateLimit`: requests per unit.
