@@ -10,7 +10,17 @@
 # passes its own (see helm/quotad, and tests/helm.rs, which starts the
 # binary with them).
 
-FROM rust:1.95-bookworm AS build
+# The base images, by tag. Pin them by digest for reproducible builds:
+#   docker build \
+#     --build-arg BUILD_IMAGE=rust:1.95-bookworm@sha256:<digest> \
+#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:<digest> .
+# (`docker buildx imagetools inspect IMAGE` prints a tag's digest.) The
+# defaults stay tags: this file is written where no registry can be asked
+# for a digest, and a digest copied unchecked would be a guess.
+ARG BUILD_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # BuildKit cache mounts keep the registry and the dependencies' build
@@ -21,11 +31,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --profile dist --locked --bin quotad --bin quotactl \
  && mkdir -p /out && cp target/dist/quotad target/dist/quotactl /out/
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/quotad /usr/local/bin/quotad
 COPY --from=build /out/quotactl /usr/local/bin/quotactl
 USER 65532:65532
 # gRPC (both APIs), HTTP (health, metrics), admin.
 EXPOSE 8081 9090 8082
+# Ready and answering (`quotad probe`: /readyz, gRPC health, one RLS call
+# that charges nothing) on the default ports; the image has no shell or
+# curl.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=5s CMD ["/usr/local/bin/quotad", "probe", "--timeout=5s"]
 ENTRYPOINT ["/usr/local/bin/quotad", "serve"]
 CMD ["--grpc-addr=0.0.0.0:8081", "--http-addr=0.0.0.0:9090"]

@@ -853,3 +853,63 @@ fn a_config_without_plans_needs_limits_files_and_every_mistake_is_listed() {
         "{stderr}"
     );
 }
+
+/// `quotad probe` against a running quotad: `/readyz`, gRPC health and
+/// an RLS call pass (exit 0, a line each); a listener nobody serves
+/// fails with 69 naming the step; a wrong URL is a usage error (64).
+#[tokio::test]
+async fn probe_passes_against_a_ready_quotad_and_fails_naming_the_step() {
+    let d = spawn_serve(&[]).await;
+    let http = format!("--http=http://{}", d.http);
+    let grpc = format!("--grpc=http://{}", d.grpc);
+    let out = tokio::process::Command::new(BIN)
+        .args(["probe", &http, &grpc])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("ok: GET http://") && lines[0].contains("/readyz: 200"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("ok: gRPC health") && lines[1].ends_with("SERVING"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("ok: Envoy RLS call") && lines[2].ends_with("OK"),
+        "{stdout}"
+    );
+
+    // Nothing listens on a port just released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "probe",
+            &http,
+            &format!("--grpc=http://{closed}"),
+            "--timeout=2s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        stdout.contains("ok: GET") && stdout.contains(&format!("failed: connect http://{closed}")),
+        "{stdout}"
+    );
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["probe", "--grpc=ftp://x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}

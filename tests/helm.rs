@@ -713,3 +713,121 @@ fn the_alerts_are_valid_rules_on_metrics_quotad_exports() {
         .expect("promtool runs");
     assert!(out.status.success(), "{out:?}");
 }
+
+/// `helm test`'s pod runs `quotad probe` through the Service with
+/// arguments the binary accepts: pointed at a running quotad (the Service
+/// names swapped for its loopback addresses), every step passes. With TLS
+/// on, the gRPC steps are skipped (`--grpc=`); a NetworkPolicy with
+/// `from` lists lets the probe pod in.
+#[tokio::test]
+async fn the_helm_test_pod_probes_a_running_quotad() {
+    let Some(helm) = helm() else {
+        eprintln!("note: no helm (scripts/test.sh fetches it); the chart is not checked");
+        return;
+    };
+    let r = render(&helm, &[]);
+    let pod = r.get("Pod", "t-quotad-probe");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "/usr/local/bin/quotad");
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_owned())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "probe",
+            "--http=http://t-quotad.default.svc:9090",
+            "--grpc=http://t-quotad.default.svc:8081",
+            "--timeout=10s"
+        ]
+    );
+
+    let d = crate::support::process::spawn_serve(&[]).await;
+    let local: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.replace("t-quotad.default.svc:9090", &d.http)
+                .replace("t-quotad.default.svc:8081", &d.grpc)
+        })
+        .collect();
+    let out = tokio::process::Command::new(BIN)
+        .args(&local)
+        .output()
+        .await
+        .expect("quotad probe runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
+        3,
+        "{stdout}"
+    );
+
+    // TLS on: /readyz only.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certs(dir.path());
+    let r = render(
+        &helm,
+        &[
+            "--set".into(),
+            "tls.enabled=true".into(),
+            "--set-file".into(),
+            format!("tls.cert={cert},tls.key={key}"),
+            "--set".into(),
+            "networkPolicy.enabled=true".into(),
+            "--set".into(),
+            "networkPolicy.grpcFrom[0].podSelector.matchLabels.app=envoy".into(),
+        ],
+    );
+    let args = &r.get("Pod", "t-quotad-probe")["spec"]["containers"][0]["args"];
+    assert_eq!(args[2], "--grpc=", "{args:?}");
+    let from = &r.get("NetworkPolicy", "t-quotad")["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "test",
+        "{from:?}"
+    );
+    // And off with tests.enabled=false.
+    let r = render(&helm, &["--set".into(), "tests.enabled=false".into()]);
+    assert!(r.of_kind("Pod").is_empty());
+}
+
+/// The image's `HEALTHCHECK` is `quotad probe` with arguments the binary
+/// accepts, on the ports of the image's default command (here pointed
+/// at a running quotad's, which the test cannot bind to 8081 and 9090).
+#[tokio::test]
+async fn the_image_health_check_probes_a_running_quotad() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
+    let text = std::fs::read_to_string(path).expect("Dockerfile");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("HEALTHCHECK "))
+        .expect("a HEALTHCHECK");
+    let exec = &line[line.find("CMD [").expect("exec form") + 4..];
+    let words: Vec<String> = serde_json::from_str(exec).expect("exec form");
+    assert!(
+        words[0].ends_with("/quotad") && words[1] == "probe",
+        "{words:?}"
+    );
+    let cmd = dockerfile("CMD");
+    assert!(
+        cmd.contains(&"--grpc-addr=0.0.0.0:8081".to_owned()),
+        "the probe's default port"
+    );
+    assert!(
+        cmd.contains(&"--http-addr=0.0.0.0:9090".to_owned()),
+        "the probe's default port"
+    );
+    let d = crate::support::process::spawn_serve(&[]).await;
+    let out = tokio::process::Command::new(BIN)
+        .args(&words[1..])
+        .arg(format!("--http=http://{}", d.http))
+        .arg(format!("--grpc=http://{}", d.grpc))
+        .output()
+        .await
+        .expect("quotad probe runs");
+    assert!(out.status.success(), "{out:?}");
+}

@@ -272,3 +272,14 @@ chart's values that change the command line or the mounts. */}}
 - --log={{ .Values.log.level }}
 - --log-format={{ .Values.log.format }}
 {{- end -}}
+
+{{/*
+The `helm test` probe pod, as a NetworkPolicy peer: let in wherever a
+`from` list would otherwise keep it out.
+*/}}
+{{- define "quotad.probePeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "quotad.baseSelector" . | nindent 6 }}
+      app.kubernetes.io/component: test
+{{- end }}

@@ -1,4 +1,5 @@
-//! The `quotad` daemon: `quotad serve` and `quotad check-config FILE`.
+//! The `quotad` daemon: `quotad serve`, `quotad check-config FILE` and
+//! `quotad probe` (is a running one ready and answering: [`probe`]).
 //!
 //! Start-up order: parse arguments, load and validate the config (exit 64,
 //! EX_USAGE, on any error, before anything binds), start logging, bind,
@@ -19,6 +20,8 @@ use quotad::config::{Config, HeaderStyle, RedisSettings};
 use quotad::telemetry::logging::{self, LogFormat};
 
 use quotad::cli::{EX_USAGE, error_text};
+
+mod probe;
 
 /// jemalloc instead of glibc's malloc: every call allocates its request,
 /// its answer and its headers, and glibc's allocator was 8–9 % of the
@@ -55,6 +58,11 @@ enum Command {
         #[arg(long = "limits", value_name = "FILE")]
         limits: Vec<PathBuf>,
     },
+    /// Check that a running quotad is ready and answers: GET /readyz on
+    /// its HTTP listener, gRPC health and one Envoy RLS call (charging
+    /// nothing) on its gRPC listener; exit 0, or 69 if a step fails. For
+    /// container health checks and `helm test`.
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -151,6 +159,7 @@ fn main() -> ExitCode {
         .is_some_and(|m| m.value_source("redis") == Some(clap::parser::ValueSource::CommandLine))
         && matches!(&cli.command, Command::Serve(a) if a.redis.as_deref().is_some_and(has_secret));
     match cli.command {
+        Command::Probe(args) => probe::run(&args),
         Command::CheckConfig { file, limits } => match Config::load_with(&file, None, &limits) {
             Ok(config) => {
                 println!("{}: ok", file.display());
