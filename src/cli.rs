@@ -69,6 +69,15 @@ pub fn chain(mut text: String, mut source: Option<&(dyn Error + 'static)>) -> St
     text
 }
 
+/// Writes `line` and a line break to standard output. A reader that has
+/// gone (`quotad check-config … | head -1`) is not an error: the rest is
+/// not wanted. (`println!` would panic on the closed pipe.)
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -913,3 +913,52 @@ async fn probe_passes_against_a_ready_quotad_and_fails_naming_the_step() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+/// `check-config` (quotad's and quotactl's) takes the hash secret from
+/// outside the file as `serve` does: a config with Redis and no
+/// `store.hash_secret` checks as it would serve.
+#[test]
+fn check_config_takes_the_hash_secret_from_outside_the_file_as_serve_does() {
+    let (dir, config) = fixture(
+        "redis.yaml",
+        "default_plan: free\nplans: { free: {} }\nredis: { url: \"redis://127.0.0.1:1/0\" }\n",
+    );
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff\n").unwrap();
+    let quotactl = env!("CARGO_BIN_EXE_quotactl");
+    for bin in [BIN, quotactl] {
+        let check = || {
+            let mut c = Command::new(bin);
+            c.arg("check-config")
+                .arg(&config)
+                .env_remove("QUOTAD_HASH_SECRET")
+                .env_remove("QUOTAD_HASH_SECRET_FILE");
+            c
+        };
+        let out = check().output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bin}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("hash secret"),
+            "{out:?}"
+        );
+        let out = check()
+            .env("QUOTAD_HASH_SECRET", "00112233445566778899aabbccddeeff")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin}: {out:?}");
+        let out = check()
+            .env("QUOTAD_HASH_SECRET_FILE", &secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin}: {out:?}");
+        let out = check()
+            .env("QUOTAD_HASH_SECRET", "not-hex")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bin}: {out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("not-hex"),
+            "never echoed: {out:?}"
+        );
+    }
+}

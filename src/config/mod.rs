@@ -77,7 +77,7 @@ pub use reload::ReloadSettings;
 pub use requests::RequestCaps;
 pub use rlqs::RlqsSettings;
 pub use server::{ConnLimits, ServerBoot, ServerLive};
-pub use store::{StoreSettings, parse_hash_secret};
+pub use store::{StoreSettings, outside_hash_secret, parse_hash_secret};
 
 /// Why a config with neither plans nor limits files is refused: an empty
 /// or plan-less file is a mistake far more often than a wish to allow

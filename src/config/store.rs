@@ -124,6 +124,33 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// The hash secret from outside the config file: `env` (the value of
+/// `QUOTAD_HASH_SECRET`) or `file` (`--hash-secret-file`), not both;
+/// `None` without either. Errors name where the secret came from, never
+/// its value.
+pub fn outside_hash_secret(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<[u8; 16]>, String> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(
+            "QUOTAD_HASH_SECRET and --hash-secret-file both give the hash secret: give one"
+                .to_owned(),
+        ),
+        (Some(text), None) => parse_hash_secret(text)
+            .map(Some)
+            .map_err(|why| format!("QUOTAD_HASH_SECRET: {why}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--hash-secret-file: cannot read {}: {e}", path.display()))?;
+            parse_hash_secret(&text)
+                .map(Some)
+                .map_err(|why| format!("--hash-secret-file {}: {why}", path.display()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// A hash secret as written (`store.hash_secret`, `QUOTAD_HASH_SECRET`, a
 /// `--hash-secret-file`): exactly 32 hex digits, surrounding whitespace
 /// ignored. Errors never echo the value.

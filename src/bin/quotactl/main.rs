@@ -692,7 +692,13 @@ async fn list(
 }
 
 fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Result<String, Failure> {
-    let loaded = Config::load_with(file, None, limits);
+    // As `quotad check-config`: the hash secret may come from outside the
+    // file (a config with Redis needs one).
+    let env = std::env::var("QUOTAD_HASH_SECRET").ok();
+    let file_secret = std::env::var_os("QUOTAD_HASH_SECRET_FILE").map(PathBuf::from);
+    let secret = quotad::config::outside_hash_secret(env.as_deref(), file_secret.as_deref())
+        .map_err(Failure::usage)?;
+    let loaded = Config::load_with(file, secret, limits);
     match loaded {
         Ok(c) => Ok(if json {
             doc(

@@ -57,6 +57,11 @@ enum Command {
         /// An envoyproxy/ratelimit limits file or directory; repeatable.
         #[arg(long = "limits", value_name = "FILE")]
         limits: Vec<PathBuf>,
+        /// A file holding the keyed-hash secret, as for `serve` (or the
+        /// QUOTAD_HASH_SECRET environment variable): a config with Redis
+        /// and no store.hash_secret checks as it would serve.
+        #[arg(long, env = "QUOTAD_HASH_SECRET_FILE", value_name = "FILE")]
+        hash_secret_file: Option<PathBuf>,
     },
     /// Check that a running quotad is ready and answers: GET /readyz on
     /// its HTTP listener, gRPC health and one Envoy RLS call (charging
@@ -160,14 +165,20 @@ fn main() -> ExitCode {
         && matches!(&cli.command, Command::Serve(a) if a.redis.as_deref().is_some_and(has_secret));
     match cli.command {
         Command::Probe(args) => probe::run(&args),
-        Command::CheckConfig { file, limits } => match Config::load_with(&file, None, &limits) {
+        Command::CheckConfig {
+            file,
+            limits,
+            hash_secret_file,
+        } => match hash_secret(hash_secret_file.as_deref())
+            .and_then(|secret| Ok(Config::load_with(&file, secret, &limits)?))
+        {
             Ok(config) => {
-                println!("{}: ok", file.display());
-                println!("{}", config.summary());
+                quotad::cli::out(&format!("{}: ok", file.display()));
+                quotad::cli::out(&config.summary());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", error_text(e.as_ref()));
                 ExitCode::from(EX_USAGE)
             }
         },
@@ -191,8 +202,8 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
-                println!("{from}: ok");
-                println!("{}", config.summary());
+                quotad::cli::out(&format!("{from}: ok"));
+                quotad::cli::out(&config.summary());
                 return ExitCode::SUCCESS;
             }
             logging::init(&args.log, args.log_format);
@@ -245,25 +256,11 @@ fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
 
 /// The hash secret from `QUOTAD_HASH_SECRET` or `--hash-secret-file`
 /// (not both), when one is given.
-fn hash_secret(args: &ServeArgs) -> anyhow::Result<Option<[u8; 16]>> {
-    let from_env = std::env::var("QUOTAD_HASH_SECRET").ok();
-    match (from_env, &args.hash_secret_file) {
-        (Some(_), Some(_)) => anyhow::bail!(
-            "QUOTAD_HASH_SECRET and --hash-secret-file both give the hash secret: give one"
-        ),
-        (Some(text), None) => quotad::config::parse_hash_secret(&text)
-            .map(Some)
-            .map_err(|why| anyhow::anyhow!("QUOTAD_HASH_SECRET: {why}")),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                anyhow::anyhow!("--hash-secret-file: cannot read {}: {e}", path.display())
-            })?;
-            quotad::config::parse_hash_secret(&text)
-                .map(Some)
-                .map_err(|why| anyhow::anyhow!("--hash-secret-file {}: {why}", path.display()))
-        }
-        (None, None) => Ok(None),
-    }
+/// The hash secret from QUOTAD_HASH_SECRET or `file`
+/// (`--hash-secret-file`), not both; `None` without either.
+fn hash_secret(file: Option<&std::path::Path>) -> anyhow::Result<Option<[u8; 16]>> {
+    let env = std::env::var("QUOTAD_HASH_SECRET").ok();
+    quotad::config::outside_hash_secret(env.as_deref(), file).map_err(anyhow::Error::msg)
 }
 
 /// An on/off switch as environment variables spell it (the flag alone
@@ -312,7 +309,7 @@ fn has_secret(url: &str) -> bool {
 }
 
 fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-    let secret = hash_secret(args)?;
+    let secret = hash_secret(args.hash_secret_file.as_deref())?;
     // The --limits files load with the config file: one without plans
     // may have its Envoy domains from them alone.
     let mut config = match &args.config {

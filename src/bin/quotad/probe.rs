@@ -88,10 +88,10 @@ pub(crate) fn run(args: &ProbeArgs) -> ExitCode {
     let mut failed = false;
     for (what, step) in &steps {
         match step {
-            Ok(seen) => println!("ok: {what}: {seen}"),
+            Ok(seen) => quotad::cli::out(&format!("ok: {what}: {seen}")),
             Err(why) => {
                 failed = true;
-                println!("failed: {what}: {why}");
+                quotad::cli::out(&format!("failed: {what}: {why}"));
             }
         }
     }
