@@ -275,7 +275,10 @@ async fn a_config_without_plans_serves_its_limits_files_and_refuses_keys() {
     let config = crate::support::write_file(
         dir.path(),
         "quotad.yaml",
-        "rls_files: [shop.yaml]\nserver:\n  http_check: { addr: 127.0.0.1:0 }\n",
+        &format!(
+            "rls_files: [shop.yaml]\nserver:\n  http_check: {{ addr: 127.0.0.1:0 }}\n{}",
+            crate::support::admin_section("")
+        ),
     );
     let d = TestDaemon::from_file(&config).await;
 
@@ -331,4 +334,15 @@ async fn a_config_without_plans_serves_its_limits_files_and_refuses_keys() {
     let a =
         crate::support::http_request(door, "GET", "/v1/auth", &[("x-api-key", "k")], None).await;
     assert_eq!(a.status, 503, "{a:?}");
+
+    // The admin API: a key's usage has no plan to be read against.
+    let mut admin = d.admin(Some(crate::support::OPS_TOKEN)).await;
+    let e = admin
+        .get_usage(quotad::api::pb::KeyRef {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no plans");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
 }

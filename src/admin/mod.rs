@@ -99,6 +99,18 @@ impl AdminService {
         Ok((caller, self.key(&req.key, &req.key_hash)?))
     }
 
+    /// Refuses a call about a key's plan and usage while the config
+    /// defines no plans (keys have none; see [`crate::engine::NoPlans`]).
+    /// Listing and deleting overrides stay open, to clean up.
+    fn planned(&self) -> Result<(), Status> {
+        if self.control.config().live.limits.is_planless() {
+            return Err(Status::failed_precondition(
+                crate::engine::NoPlans.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The key hash a `KeyRef`-like request names.
     fn key(&self, key: &str, hash: &str) -> Result<u64, Status> {
         let config = self.control.config();
@@ -283,6 +295,7 @@ impl QuotaAdmin for AdminService {
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
         let (_, key_hash) = self.keyed(request, Scope::Read, "GetUsage")?;
+        self.planned()?;
         Ok(Response::new(self.usage(key_hash).await?))
     }
 
@@ -351,6 +364,7 @@ impl AdminService {
         let caller = self.authorize(&request, Scope::Write, "SetOverride")?;
         let req = request.into_inner();
         let key_hash = self.key(&req.key, &req.key_hash)?;
+        self.planned()?;
         let target = convert::target(req.target)?;
         let now = self.now();
         let expires_at = convert::expiry(req.expires_at, req.ttl, now)?;
@@ -442,6 +456,7 @@ impl AdminService {
         request: Request<pb::KeyRef>,
     ) -> Result<Response<pb::ResetUsageResponse>, Status> {
         let (caller, key_hash) = self.keyed(request, Scope::Write, "ResetUsage")?;
+        self.planned()?;
         let now = self.now();
         let before = {
             let engine = self.control.engine();
