@@ -1323,6 +1323,30 @@ async fn check_config_validates_files_here_without_a_server() {
         ],
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    // Several mistakes: each on its line, and with -o json each located
+    // in `errors`.
+    let two = write_file(
+        dir.path(),
+        "two.yaml",
+        "default_plan: free\nplans:\n  free: { limits: [ { name: a, rate: 1, per: fortnight } ] }\nreqests: {}\n",
+    );
+    let two = two.to_str().unwrap();
+    let out = ctl
+        .run(&["check-config", two])
+        .await
+        .fails_with(64, &["fortnight", "reqests"]);
+    assert_eq!(out.stderr.lines().count(), 2, "{out:#?}");
+    let out = ctl
+        .run(&["check-config", two, "-o", "json"])
+        .await
+        .fails_with(64, &["\"errors\""]);
+    let v: serde_json::Value = serde_json::from_str(out.stderr.trim()).expect("one JSON object");
+    let errors = v["error"]["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 2, "{v}");
+    assert_eq!(errors[0]["line"], 3);
+    assert_eq!(errors[0]["path"], "plans.free.limits[0].per");
+    assert_eq!(errors[1]["line"], 4);
+    assert_eq!(errors[1]["file"], two);
     let unknown = write_file(
         dir.path(),
         "unknown.yaml",

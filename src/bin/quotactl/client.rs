@@ -39,6 +39,9 @@ pub mod exit {
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// More for `-o json` (an invalid config file's mistakes, located),
+    /// beside `code` and `message`.
+    pub details: Option<(&'static str, serde_json::Value)>,
 }
 
 impl Failure {
@@ -46,7 +49,14 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// This failure with `value` under `name` in its JSON form.
+    pub fn with_detail(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.details = Some((name, value));
+        self
     }
 
     pub fn usage(message: impl Into<String>) -> Self {

@@ -327,13 +327,15 @@ fn wants_json(args: impl Iterator<Item = String>) -> bool {
 }
 
 /// Says `f` on stderr: `error: …`, or with `-o json` one JSON object,
-/// `{"error": {"code": 69, "message": "…"}}`.
+/// `{"error": {"code": 69, "message": "…"}}` (and its details: an invalid
+/// config's `"errors": [{"file", "line", "column", "path", "reason"}]`).
 fn report(f: &Failure, json: bool) {
     if json {
-        eprintln!(
-            "{}",
-            json!({ "error": { "code": f.code, "message": f.message } })
-        );
+        let mut error = json!({ "code": f.code, "message": f.message });
+        if let (Some((name, value)), Some(fields)) = (&f.details, error.as_object_mut()) {
+            fields.insert((*name).to_owned(), value.clone());
+        }
+        eprintln!("{}", json!({ "error": error }));
     } else {
         eprintln!("error: {}", f.message);
     }
@@ -709,8 +711,24 @@ fn check_config(file: &std::path::Path, limits: &[PathBuf], json: bool) -> Resul
         }),
         // A file named here that cannot be read is not an invalid one.
         Err(e @ ConfigError::Read { .. }) => Err(Failure::new(exit::NO_INPUT, e.to_string())),
-        // As `quotad check-config`: 64, the config was wrong.
-        Err(e) => Err(Failure::usage(e.to_string())),
+        // As `quotad check-config`: 64, the config was wrong; each
+        // mistake located, for scripts.
+        Err(e) => {
+            let errors: Vec<serde_json::Value> = e
+                .diagnostics()
+                .into_iter()
+                .map(|d| {
+                    json!({
+                        "file": d.origin,
+                        "line": d.line,
+                        "column": d.column,
+                        "path": d.path,
+                        "reason": d.reason,
+                    })
+                })
+                .collect();
+            Err(Failure::usage(e.to_string()).with_detail("errors", json!(errors)))
+        }
     }
 }
 
