@@ -83,32 +83,23 @@ HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 
 def markdown_ids(path):
     """The heading ids of a Markdown file (duplicates get -1, -2, ...)."""
-    ids, fence = set(), None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            m = FENCE.match(line)
-            if fence:
-                if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
-                    fence = None
-                continue
-            if m:
-                fence = m.group(1)
-                continue
-            h = HEADING.match(line)
-            if h:
-                base = heading_id(h.group(2))
-                new, n = base, 0
-                while new in ids:
-                    n += 1
-                    new = f"{base}-{n}"
-                ids.add(new)
+    ids = set()
+    for _, line in outside_code(path):
+        h = HEADING.match(line)
+        if h:
+            base = heading_id(h.group(2))
+            new, n = base, 0
+            while new in ids:
+                n += 1
+                new = f"{base}-{n}"
+            ids.add(new)
     return ids
 
 
-def markdown_links(path):
-    """(line number, target) of each inline link and reference definition
-    of a Markdown file, outside code."""
-    out, fence = [], None
+def outside_code(path):
+    """(line number, line) of each line of a Markdown file outside fenced
+    code blocks."""
+    fence = None
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             m = FENCE.match(line)
@@ -119,12 +110,20 @@ def markdown_links(path):
             if m:
                 fence = m.group(1)
                 continue
-            text = re.sub(r"`+[^`]*`+", "", line)
-            for target in re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text):
-                out.append((number, target))
-            ref = re.match(r"^ {0,3}\[[^\]]+\]:\s*(\S+)", text)
-            if ref:
-                out.append((number, ref.group(1)))
+            yield number, line
+
+
+def markdown_links(path):
+    """(line number, target) of each inline link and reference definition
+    of a Markdown file, outside code."""
+    out = []
+    for number, line in outside_code(path):
+        text = re.sub(r"`+[^`]*`+", "", line)
+        for target in re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text):
+            out.append((number, target))
+        ref = re.match(r"^ {0,3}\[[^\]]+\]:\s*(\S+)", text)
+        if ref:
+            out.append((number, ref.group(1)))
     return out
 
 
