@@ -994,3 +994,17 @@ fn a_config_without_plans_serves_the_envoy_domains_of_its_limits_files() {
         "{e}"
     );
 }
+
+#[test]
+fn a_file_beyond_the_node_budget_is_one_error_not_one_per_pass() {
+    // More nodes than the budget, in a list of valid values: a reading
+    // limit ends the reading (a pass per item would repeat it 20 times).
+    // About 6 s in a debug build on an idle core: the budget is what it
+    // is in production.
+    let mut text = String::from("envoy:\n  domains: [");
+    text.push_str(&"a,".repeat(crate::yaml::MAX_NODES));
+    text.push_str("a]\n");
+    let all = error(&text);
+    assert_eq!(all.lines().count(), 1, "{}", &all[..all.len().min(2000)]);
+    assert!(all.contains("the file is too big to read"), "{all}");
+}

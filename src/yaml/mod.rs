@@ -147,8 +147,20 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The most YAML nodes (mappings, lists and scalars) one file may hold:
+/// about 500,000 static keys (four nodes each). serde-saphyr's default
+/// (250,000) stopped a config at about 62,000 keys. Locating a mistake
+/// reads the file again into a tree of positions, under 100 bytes a
+/// node: at most about 200 MB, and only to report a mistake.
+pub const MAX_NODES: usize = 2_000_000;
+
 fn options() -> serde_saphyr::Options {
     let mut o = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_NODES;
+    // Events: a node's start and end (mappings, lists) or one (scalars).
+    budget.max_events = budget.max_events.max(2 * MAX_NODES + 16);
+    o.budget = Some(budget);
     // Messages are rendered here, one line each; no source snippets.
     o.with_snippet = false;
     // Repeated keys reach the visitors, which report them with both lines
@@ -256,6 +268,22 @@ fn saphyr_error(
             variant, expected, ..
         } => unknown("value", variant, expected),
         E::NonFiniteFloat { .. } => "expected a finite number".to_owned(),
+        // A reading limit: nothing after it can be read (like a syntax
+        // error, it ends the reading, and has no field path).
+        E::Budget { breach, .. } => {
+            syntax = true;
+            match breach {
+                serde_saphyr::budget::BudgetBreach::Nodes { .. }
+                | serde_saphyr::budget::BudgetBreach::Events { .. } => format!(
+                    "the file is too big to read: more than {MAX_NODES} yaml nodes (mappings, lists and values; about {} static keys)",
+                    MAX_NODES / 4
+                ),
+                other => format!(
+                    "the file is beyond a reading limit: {}",
+                    clean(&format!("{other:?}"))
+                ),
+            }
+        }
         other => clean(&without_quoted(
             &serde_saphyr::DefaultMessageFormatter.format_message(other),
         )),
@@ -427,8 +455,12 @@ pub(crate) fn render_path(segs: &[Seg]) -> String {
 
 /// Locates a validation [`Issue`] in `text` and renders it.
 pub(crate) fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
-    let tree = position_tree(text);
-    let find = |path: &[Seg], at_key: bool| tree.as_ref().and_then(|t| find(t, path, at_key));
+    locate_in(position_tree(text).as_ref(), origin, issue)
+}
+
+/// [`locate`] in a tree of positions already read (`None`: unknown).
+fn locate_in(tree: Option<&Spanned<Node>>, origin: &str, issue: Issue) -> ConfigError {
+    let find = |path: &[Seg], at_key: bool| tree.and_then(|t| find(t, path, at_key));
     let location = find(&issue.path, issue.at_key);
     let mut reason = issue.reason;
     if let Some(first) = issue.first.as_deref().and_then(|p| find(p, issue.at_key)) {
@@ -447,10 +479,12 @@ pub(crate) fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
 /// [`recover::MAX_REPORTED`] are rendered.
 pub(crate) fn locate_all(text: &str, origin: &str, issues: Vec<Issue>) -> ConfigError {
     let stopped = issues.len() > recover::MAX_REPORTED;
+    // One reading of the positions for every issue.
+    let tree = position_tree(text);
     let errors = issues
         .into_iter()
         .take(recover::MAX_REPORTED)
-        .map(|issue| locate(text, origin, issue))
+        .map(|issue| locate_in(tree.as_ref(), origin, issue))
         .collect();
     ConfigError::gather(errors, stopped)
 }
