@@ -42,6 +42,18 @@ thread_local! {
     static PASS: RefCell<Option<Pass>> = const { RefCell::new(None) };
 }
 
+/// Ends the pass in progress should a reading unwind, so no later
+/// reading on this thread skips or marks anything.
+struct Unwind;
+
+impl Drop for Unwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            PASS.with(|p| p.borrow_mut().take());
+        }
+    }
+}
+
 /// An item's visit: the position is entered on creation and left on drop.
 pub(crate) struct Reading {
     active: bool,
@@ -118,7 +130,9 @@ pub(crate) fn read_all<T, E>(
                 failed: None,
             });
         });
+        let unwinding = Unwind;
         let result = read();
+        drop(unwinding);
         let pass = PASS.with(|p| p.borrow_mut().take()).unwrap_or_default();
         skip = pass.skip;
         match result {
@@ -294,6 +308,18 @@ mod tests {
         let out = read("{a: 1}");
         assert_eq!(out.errors.len(), 1);
         assert!(out.value.is_none() && !out.stopped);
+    }
+
+    #[test]
+    fn a_reading_that_unwinds_ends_its_pass() {
+        let unwound = std::panic::catch_unwind(|| {
+            read_all(
+                || -> Result<(), ()> { panic!("a bug in a visitor") },
+                |_| false,
+            )
+        });
+        assert!(unwound.is_err());
+        PASS.with(|p| assert!(p.borrow().is_none()));
     }
 
     #[test]
