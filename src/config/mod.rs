@@ -56,6 +56,8 @@ mod server;
 mod store;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_files;
 mod values;
 
 use std::net::SocketAddr;
