@@ -17,6 +17,7 @@ use crate::diag::{Issue, Seg};
 use crate::limits::file::{Entries, Per, Positive};
 use crate::limits::rlqs::{RlqsRules, Rule, RuleAction};
 use crate::limits::rls::check_domain;
+use crate::yaml::recover::Items;
 
 /// The shortest assignment time to live: Envoy expires an unset or
 /// sub-second one at once, and reports every 5 s.
@@ -121,7 +122,9 @@ pub(super) struct RlqsRaw {
     max_tracked: Option<Positive>,
     max_bucket_entries: Option<Positive>,
     max_entry_bytes: Option<Positive>,
-    domains: Option<Entries<String, Vec<RuleRaw>>>,
+    // A list that takes part in reading past mistakes: each rule's
+    // `match` entries are items of their own rule, not of the domain.
+    domains: Option<Entries<String, Items<RuleRaw>>>,
 }
 
 /// One rule as written.
@@ -237,7 +240,7 @@ impl RlqsRaw {
 
 /// Every domain's rules, checked.
 fn build_domains(
-    domains: Entries<String, Vec<RuleRaw>>,
+    domains: Entries<String, Items<RuleRaw>>,
     max_entry_bytes: usize,
 ) -> Result<RlqsRules, Issue> {
     let mut out = BTreeMap::new();
@@ -269,8 +272,8 @@ fn build_domains(
             Seg::key(name.clone()),
         ];
         check_domain(&name).map_err(|why| Issue::new(path.clone(), why))?;
-        let mut built = Vec::with_capacity(rules.len());
-        for (i, r) in rules.into_iter().enumerate() {
+        let mut built = Vec::with_capacity(rules.0.len());
+        for (i, r) in rules.0.into_iter().enumerate() {
             let mut p = path.clone();
             p.push(Seg::Index(i));
             built.push(r.build(&p, max_entry_bytes)?);

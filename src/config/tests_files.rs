@@ -184,3 +184,20 @@ fn a_file_beyond_the_node_budget_is_one_error_not_one_per_pass() {
     assert_eq!(all.lines().count(), 1, "{}", &all[..all.len().min(2000)]);
     assert!(all.contains("the file is too big to read"), "{all}");
 }
+
+#[test]
+fn aliases_beyond_their_limits_are_one_error() {
+    // Eight anchors, each ten of the one before: 10^7 events if replayed,
+    // past the reader's limits. Read as a limit's rate, inside a plan
+    // inside `plans`: one error, not one per level skipped.
+    let mut text = String::from("defs:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..8 {
+        let prev = format!("*a{}", i - 1);
+        text.push_str(&format!("  - &a{i} [{}]\n", [prev.as_str(); 10].join(", ")));
+    }
+    text.push_str("default_plan: free\nplans:\n  free:\n    limits:\n      - { name: a, rate: *a7, per: second }\n");
+    let all = error(&text);
+    let limits = all.lines().filter(|l| l.contains("reading limit")).count();
+    assert_eq!(limits, 1, "{all}");
+    assert!(all.lines().count() <= 2, "`defs` is no section: {all}");
+}

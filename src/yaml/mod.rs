@@ -191,9 +191,15 @@ pub(crate) fn parse_all<T: for<'de> Deserialize<'de>>(
     origin: &str,
 ) -> Result<T, ConfigError> {
     // Past a syntax error nothing can be read: it is the last reported.
+    // An error where the last one was is that one again (met anew while
+    // skipping): reading ends without it.
     let out = recover::read_all(
         || parse(text, origin),
         |e| matches!(e, ConfigError::Syntax(_)),
+        |e, last| {
+            let at = |e: &ConfigError| e.diagnostic().map(|d| (d.line, d.column, d.reason.clone()));
+            at(e).is_some() && at(e) == at(last)
+        },
     );
     match out.value {
         Some(value) if out.errors.is_empty() => Ok(value),
@@ -268,21 +274,16 @@ fn saphyr_error(
             variant, expected, ..
         } => unknown("value", variant, expected),
         E::NonFiniteFloat { .. } => "expected a finite number".to_owned(),
-        // A reading limit: nothing after it can be read (like a syntax
-        // error, it ends the reading, and has no field path).
-        E::Budget { breach, .. } => {
+        // Past a reading limit nothing more can be read: it ends the
+        // reading, like a syntax error, and has no field path.
+        E::Budget { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::RecursiveReferencesRequireWeakTypes { .. } => {
             syntax = true;
-            match breach {
-                serde_saphyr::budget::BudgetBreach::Nodes { .. }
-                | serde_saphyr::budget::BudgetBreach::Events { .. } => format!(
-                    "the file is too big to read: more than {MAX_NODES} yaml nodes (mappings, lists and values; about {} static keys)",
-                    MAX_NODES / 4
-                ),
-                other => format!(
-                    "the file is beyond a reading limit: {}",
-                    clean(&format!("{other:?}"))
-                ),
-            }
+            beyond_limit(inner)
         }
         other => clean(&without_quoted(
             &serde_saphyr::DefaultMessageFormatter.format_message(other),
@@ -303,6 +304,33 @@ fn saphyr_error(
         ConfigError::Syntax(diagnostic)
     } else {
         ConfigError::Invalid(diagnostic)
+    }
+}
+
+/// Why reading stopped at one of the reader's limits: the budget's
+/// nodes (the one a large file meets), or another budget or alias limit
+/// (met again while an item is skipped, so each ends the reading).
+fn beyond_limit(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach;
+    match e {
+        E::Budget {
+            breach: BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. },
+            ..
+        } => format!(
+            "the file is too big to read: more than {MAX_NODES} yaml nodes (mappings, lists and values; about {} static keys)",
+            MAX_NODES / 4
+        ),
+        E::Budget { breach, .. } => format!(
+            "the file is beyond a reading limit: {}",
+            clean(&format!("{breach:?}"))
+        ),
+        other => format!(
+            "the file's aliases are beyond a reading limit: {}",
+            clean(&without_quoted(
+                &serde_saphyr::DefaultMessageFormatter.format_message(other)
+            ))
+        ),
     }
 }
 

@@ -115,10 +115,12 @@ pub(crate) type Skipped = IgnoredAny;
 /// the order found (at most [`MAX_REPORTED`], and whether reading stopped
 /// there), or only the errors when the last pass failed too. A `fatal`
 /// error (the text is not well-formed: nothing after it can be read)
-/// ends the reading.
+/// ends the reading; so does an error that `repeats` the last one (met
+/// again while skipping), which is not reported twice.
 pub(crate) fn read_all<T, E>(
     mut read: impl FnMut() -> Result<T, E>,
     fatal: impl Fn(&E) -> bool,
+    repeats: impl Fn(&E, &E) -> bool,
 ) -> Outcome<T, E> {
     let mut skip = HashSet::new();
     let mut errors = Vec::new();
@@ -144,6 +146,13 @@ pub(crate) fn read_all<T, E>(
                 };
             }
             Err(e) => {
+                if errors.last().is_some_and(|last| repeats(&e, last)) {
+                    return Outcome {
+                        value: None,
+                        errors,
+                        stopped: false,
+                    };
+                }
                 let end = fatal(&e);
                 errors.push(e);
                 if end {
@@ -276,6 +285,7 @@ mod tests {
         read_all(
             || serde_saphyr::from_str::<Numbers>(text).map_err(|e| e.to_string()),
             |e| e.contains("unclosed"),
+            |e, last| e == last,
         )
     }
 
@@ -311,11 +321,28 @@ mod tests {
     }
 
     #[test]
+    fn an_error_met_again_while_skipping_is_not_reported_twice() {
+        let out = read_all(
+            || -> Result<(), &str> {
+                match Reading::item(0) {
+                    Some(r) => r.mark(Err("limit")),
+                    None => Err("limit"),
+                }
+            },
+            |_| false,
+            |e, last| e == last,
+        );
+        assert_eq!(out.errors, ["limit"]);
+        assert!(!out.stopped);
+    }
+
+    #[test]
     fn a_reading_that_unwinds_ends_its_pass() {
         let unwound = std::panic::catch_unwind(|| {
             read_all(
                 || -> Result<(), ()> { panic!("a bug in a visitor") },
                 |_| false,
+                |_, _| false,
             )
         });
         assert!(unwound.is_err());
