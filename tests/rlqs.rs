@@ -805,3 +805,23 @@ async fn with_many_buckets_every_shared_one_is_exchanged_within_the_refresh() {
     assert!(worst <= 12, "a bucket waited {worst} rounds");
     assert!(last.values().all(|r| 59 - r <= 12));
 }
+
+/// A config without plans may serve RLQS alone, and its buckets keyed by
+/// an API key follow the rules: no plan is no operator's block.
+#[tokio::test]
+async fn a_config_without_plans_serves_rlqs_and_does_not_deny_keyed_buckets() {
+    let config =
+        format!("server: {{ shutdown_grace: 5s }}\nreload: {{ watch: false }}\nrlqs:\n{DOMAINS}");
+    let d = TestDaemon::with_config(&config).await;
+    let mut e = Envoy::connect(d.channel().await).await.unwrap();
+    let keyed = id(&[("api_key", "k1"), ("zone", "eu")]);
+    let tenant = id(&[("api_key", "k2"), ("tenant", "acme")]);
+    e.send("shop", &[(&keyed, 1, 0, 0), (&tenant, 1, 0, 0)])
+        .await;
+    e.next(Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("answered");
+    assert_eq!(e.held[&keyed], Held::Allow);
+    assert!(e.held[&tenant].rate() > 0.0, "{:?}", e.held[&tenant]);
+}

@@ -83,6 +83,7 @@ fn ask<'k>(
 fn live(engine: &Engine) -> Result<(RequestCaps, HeaderStyle), RequestError> {
     let view = engine.view();
     if view.table().is_planless() {
+        engine.metrics().refused(crate::metrics::Api::Lease, None);
         return Err(NoPlans.into());
     }
     let live: &Live = view.live();

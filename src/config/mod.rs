@@ -84,7 +84,7 @@ pub use store::{StoreSettings, outside_hash_secret, parse_hash_secret};
 /// Why a config with neither plans nor limits files is refused: an empty
 /// or plan-less file is a mistake far more often than a wish to allow
 /// everything, and a rate limiter must not fail open silently.
-const NOTHING_SERVED: &str = "no plans defined, and no limits files: a config needs at least one plan, or rls_files (or --limits) with the Envoy domains it serves (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)";
+const NOTHING_SERVED: &str = "no plans defined, and no limits files: a config needs at least one plan, or rls_files (or --limits) with the Envoy domains it serves, or rlqs rules (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)";
 
 /// The config `quotad serve` uses without `--config`: a documented demo with
 /// plans `free` and `gold`.
@@ -544,10 +544,13 @@ impl Config {
         self.load_rls()
     }
 
-    /// Whether the config has neither plans nor Envoy domains from limits
-    /// files: it would limit nothing.
+    /// Whether the config has neither plans, nor Envoy domains from limits
+    /// files, nor RLQS rules: it would limit nothing.
     fn serves_nothing(&self) -> bool {
-        self.live.limits.is_planless() && self.live.rls.is_empty()
+        let live = &self.live;
+        live.limits.is_planless()
+            && live.rls.is_empty()
+            && live.rlqs.rules.domains().next().is_none()
     }
 
     /// Reads `rls_files` into `rls`. A domain the plans already answer

@@ -35,7 +35,7 @@ use crate::core::clock::Nanos;
 use crate::core::hash::{mix, name_id};
 use crate::core::share::{self, Demand, rate_of};
 use crate::limits::rlqs::BucketEntries;
-use crate::limits::{Assigned, Table};
+use crate::limits::{Assigned, Source, Table};
 
 type ById<V> = HashMap<u64, V, BuildNoHashHasher<u64>>;
 
@@ -154,12 +154,15 @@ impl Ctx<'_> {
         u32::try_from(self.settings.assignment_ttl.as_secs()).unwrap_or(u32::MAX)
     }
 
-    /// When a block of `key_hash` ends (`u64::MAX`: when lifted), if it is
-    /// blocked now.
+    /// When an operator's block of `key_hash` ends (`u64::MAX`: when
+    /// lifted), if it is blocked now. Only an override blocks here: a
+    /// config without plans blocks every key from plan checks
+    /// ([`crate::limits::NO_PLANS`]), which is no reason to deny RLQS
+    /// buckets, whose rules are not plans.
     fn blocked(&self, key_hash: Option<u64>) -> Option<Nanos> {
-        match self.table.assign(key_hash?, self.now).0 {
-            Assigned::Blocked { until } => Some(until.unwrap_or(u64::MAX)),
-            Assigned::Plan(_) => None,
+        match self.table.assign(key_hash?, self.now) {
+            (Assigned::Blocked { until }, Source::Override) => Some(until.unwrap_or(u64::MAX)),
+            _ => None,
         }
     }
 }

@@ -106,7 +106,7 @@ fn debug_does_not_print_keys() {
 fn a_file_without_plans_nor_limits_files_is_an_error_not_an_open_door() {
     assert_eq!(
         error("server: {}\n"),
-        "t.yaml:1:1: plans: no plans defined, and no limits files: a config needs at least one plan, or rls_files (or --limits) with the Envoy domains it serves (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)"
+        "t.yaml:1:1: plans: no plans defined, and no limits files: a config needs at least one plan, or rls_files (or --limits) with the Envoy domains it serves, or rlqs rules (an allow-everything plan is `open: { limits: [] }` with `default_plan: open`)"
     );
     // Keys need plans to be on.
     let e = error("keys:\n  k1: { plan: gold }\n");
