@@ -40,6 +40,6 @@ EXPOSE 8081 9090 8082
 # Ready and answering (`quotad probe`: /readyz, gRPC health, one RLS call
 # that charges nothing) on the default ports; the image has no shell or
 # curl.
-HEALTHCHECK --interval=10s --timeout=6s --start-period=5s CMD ["/usr/local/bin/quotad", "probe", "--timeout=5s"]
+HEALTHCHECK --interval=10s --timeout=10s --start-period=5s CMD ["/usr/local/bin/quotad", "probe", "--timeout=2s"]
 ENTRYPOINT ["/usr/local/bin/quotad", "serve"]
 CMD ["--grpc-addr=0.0.0.0:8081", "--http-addr=0.0.0.0:9090"]

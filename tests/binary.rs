@@ -906,12 +906,14 @@ async fn probe_passes_against_a_ready_quotad_and_fails_naming_the_step() {
         "{stdout}"
     );
 
-    let out = tokio::process::Command::new(BIN)
-        .args(["probe", "--grpc=ftp://x"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    for wrong in ["--grpc=ftp://x", "--http=ftp://x", "--http=not a url"] {
+        let out = tokio::process::Command::new(BIN)
+            .args(["probe", wrong])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{wrong}: {out:?}");
+    }
 }
 
 /// `check-config` (quotad's and quotactl's) takes the hash secret from

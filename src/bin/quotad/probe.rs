@@ -148,6 +148,15 @@ async fn bounded<T>(
 /// The gRPC endpoint `args` describe (`None`: skipped); a mistake in
 /// them is the command line's.
 fn endpoint(args: &ProbeArgs) -> Result<Option<Endpoint>, String> {
+    if !args.http.is_empty() {
+        let uri: http::Uri = args
+            .http
+            .parse()
+            .map_err(|e| format!("--http {}: not a URL: {e}", args.http))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(format!("--http {}: expected http://host:port", args.http));
+        }
+    }
     if args.grpc.is_empty() {
         return Ok(None);
     }
@@ -207,7 +216,9 @@ async fn ready(base: &str) -> Step {
         .host()
         .ok_or_else(|| format!("--http {base}: no host"))?;
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host, port))
+    // An IPv6 literal comes bracketed (`[::1]`); the socket wants it bare.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((bare, port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -270,6 +281,8 @@ async fn rls_call(channel: Channel) -> Step {
                 key: "probe".to_owned(),
                 value: "1".to_owned(),
             }],
+            // Checks without spending, should anyone limit the domain.
+            hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
             ..Default::default()
         }],
         hits_addend: 0,
