@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quotad::api::pb::quota_admin_client::QuotaAdminClient;
+use quotad::cli::endpoint::{ClientTls, EndpointError, grpc_endpoint};
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// Exit codes besides 0 (sysexits.h where one fits).
 pub mod exit {
@@ -239,58 +240,26 @@ pub async fn connect(target: &Target) -> Result<Client, Failure> {
     let bearer = MetadataValue::try_from(format!("Bearer {token}"))
         .map_err(|_| Failure::usage("the admin token must be printable ASCII"))?;
     let server = &target.server;
-    let mut endpoint = Endpoint::from_shared(server.clone())
-        .map_err(|e| Failure::usage(format!("--server {server}: not a URL: {e}")))?
-        .connect_timeout(target.timeout)
-        .timeout(target.timeout);
-    let tls_flags = target.ca_file.is_some()
-        || target.cert_file.is_some()
-        || target.key_file.is_some()
-        || target.tls_server_name.is_some();
-    if server.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        match &target.ca_file {
-            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-file", ca)?)),
-            None => tls = tls.with_native_roots(),
-        }
-        match (&target.cert_file, &target.key_file) {
-            (Some(c), Some(k)) => {
-                tls = tls.identity(Identity::from_pem(
-                    read("--cert-file", c)?,
-                    read("--key-file", k)?,
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Failure::usage(
-                    "--cert-file and --key-file go together (a client certificate for mTLS)",
-                ));
-            }
-        }
-        if let Some(name) = &target.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| {
+    let tls = ClientTls {
+        ca_file: target.ca_file.as_deref(),
+        cert_file: target.cert_file.as_deref(),
+        key_file: target.key_file.as_deref(),
+        server_name: target.tls_server_name.as_deref(),
+    };
+    let endpoint =
+        grpc_endpoint("--server", server, &tls, target.timeout).map_err(|e| match e {
+            EndpointError::Usage(message) => Failure::usage(message),
+            EndpointError::Unreadable(message) => Failure::new(exit::NO_INPUT, message),
             // The files were read: what they hold is not a usable
             // certificate or key.
-            let why = quotad::cli::error_text(&e);
-            let message = match crate::tls_hint::settings_hint(&e) {
-                Some(hint) => format!("{hint} ({why})"),
-                None => format!(
-                    "--ca-file, --cert-file or --key-file: not a usable PEM certificate or key (certificates: X.509 v3 PEM; keys: PKCS#8, PKCS#1 or SEC1 PEM): {why}"
-                ),
-            };
-            Failure::new(exit::NO_INPUT, message)
+            EndpointError::Unusable(ref cause) => {
+                let message = match crate::tls_hint::settings_hint(cause) {
+                    Some(hint) => format!("{hint} ({})", quotad::cli::error_text(cause)),
+                    None => e.to_string(),
+                };
+                Failure::new(exit::NO_INPUT, message)
+            }
         })?;
-    } else if !server.starts_with("http://") {
-        return Err(Failure::usage(format!(
-            "--server {server}: expected http://host:port or https://host:port"
-        )));
-    } else if tls_flags {
-        return Err(Failure::usage(format!(
-            "--ca-file, --cert-file, --key-file and --tls-server-name need an https:// server (got {server})"
-        )));
-    }
     let channel = endpoint.connect().await.map_err(|e| {
         let text = quotad::cli::chain(e.to_string(), std::error::Error::source(&e));
         match crate::tls_hint::hint(&e, target.cert_file.is_some()) {

@@ -20,8 +20,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use quotad::cli::endpoint::{ClientTls, grpc_endpoint};
 use quotad::cli::{EX_USAGE, error_text};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -67,8 +68,8 @@ type Step = Result<String, String>;
 
 /// Runs the probe; its exit code.
 pub(crate) fn run(args: &ProbeArgs) -> ExitCode {
-    let channel = match endpoint(args) {
-        Ok(e) => e,
+    let targets = match targets(args) {
+        Ok(t) => t,
         Err(why) => {
             eprintln!("error: {why}");
             return ExitCode::from(EX_USAGE);
@@ -84,7 +85,7 @@ pub(crate) fn run(args: &ProbeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let steps = runtime.block_on(steps(args, channel));
+    let steps = runtime.block_on(steps(args, targets));
     let mut failed = false;
     for (what, step) in &steps {
         match step {
@@ -104,13 +105,13 @@ pub(crate) fn run(args: &ProbeArgs) -> ExitCode {
 
 /// Every step, in order; the gRPC steps stop at the first failure (a
 /// server that does not connect fails once, not three times).
-async fn steps(args: &ProbeArgs, grpc: Option<Endpoint>) -> Vec<(String, Step)> {
+async fn steps(args: &ProbeArgs, targets: Targets) -> Vec<(String, Step)> {
     let mut out = Vec::new();
-    if !args.http.is_empty() {
-        let what = format!("GET {}/readyz", args.http.trim_end_matches('/'));
-        out.push((what, bounded(args.timeout, ready(&args.http)).await));
+    if let Some(readyz) = &targets.readyz {
+        let what = format!("GET {}", readyz.uri);
+        out.push((what, bounded(args.timeout, ready(readyz)).await));
     }
-    let Some(endpoint) = grpc else {
+    let Some(endpoint) = targets.grpc else {
         return out;
     };
     let channel = match bounded(args.timeout, connect(endpoint)).await {
@@ -145,59 +146,57 @@ async fn bounded<T>(
         })
 }
 
-/// The gRPC endpoint `args` describe (`None`: skipped); a mistake in
-/// them is the command line's.
-fn endpoint(args: &ProbeArgs) -> Result<Option<Endpoint>, String> {
-    if !args.http.is_empty() {
-        let uri: http::Uri = args
-            .http
-            .parse()
-            .map_err(|e| format!("--http {}: not a URL: {e}", args.http))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(format!("--http {}: expected http://host:port", args.http));
+/// What the probe asks: `/readyz` on the HTTP listener and the gRPC
+/// listener, each `None` when skipped.
+struct Targets {
+    readyz: Option<Readyz>,
+    grpc: Option<Endpoint>,
+}
+
+/// `--http`'s `/readyz`, and the address to connect to.
+struct Readyz {
+    uri: http::Uri,
+    /// The host as a socket takes it (an IPv6 literal without brackets).
+    host: String,
+    port: u16,
+}
+
+/// The targets `args` describe; a mistake in them is the command line's.
+fn targets(args: &ProbeArgs) -> Result<Targets, String> {
+    let readyz = match args.http.as_str() {
+        "" => None,
+        base => {
+            let uri: http::Uri = format!("{}/readyz", base.trim_end_matches('/'))
+                .parse()
+                .map_err(|e| format!("--http {base}: not a URL: {e}"))?;
+            let host = match (uri.scheme_str(), uri.host()) {
+                (Some("http"), Some(host)) => host,
+                _ => return Err(format!("--http {base}: expected http://host:port")),
+            };
+            Some(Readyz {
+                // An IPv6 literal comes bracketed (`[::1]`).
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port: uri.port_u16().unwrap_or(80),
+                uri,
+            })
         }
-    }
-    if args.grpc.is_empty() {
-        return Ok(None);
-    }
-    let url = &args.grpc;
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("--grpc {url}: not a URL: {e}"))?
-        .connect_timeout(args.timeout)
-        .timeout(args.timeout);
-    if url.starts_with("https://") {
-        let read = |flag: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
-        };
-        let mut tls = match &args.ca_file {
-            Some(ca) => {
-                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-file", ca)?))
-            }
-            None => ClientTlsConfig::new().with_native_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
-            tls = tls.identity(Identity::from_pem(
-                read("--cert-file", cert)?,
-                read("--key-file", key)?,
-            ));
+    };
+    let grpc = match args.grpc.as_str() {
+        "" => None,
+        url => {
+            let tls = ClientTls {
+                ca_file: args.ca_file.as_deref(),
+                cert_file: args.cert_file.as_deref(),
+                key_file: args.key_file.as_deref(),
+                server_name: args.tls_server_name.as_deref(),
+            };
+            Some(grpc_endpoint("--grpc", url, &tls, args.timeout).map_err(|e| e.to_string())?)
         }
-        if let Some(name) = &args.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| {
-            format!(
-                "--ca-file, --cert-file or --key-file: not a usable PEM certificate or key: {}",
-                error_text(&e)
-            )
-        })?;
-    } else if !url.starts_with("http://") {
-        return Err(format!(
-            "--grpc {url}: expected http://host:port or https://host:port"
-        ));
-    } else if args.ca_file.is_some() || args.cert_file.is_some() || args.tls_server_name.is_some() {
-        return Err(format!("--grpc {url}: TLS flags need an https:// URL"));
-    }
-    Ok(Some(endpoint))
+    };
+    Ok(Targets { readyz, grpc })
 }
 
 async fn connect(endpoint: Endpoint) -> Result<Channel, String> {
@@ -205,27 +204,16 @@ async fn connect(endpoint: Endpoint) -> Result<Channel, String> {
 }
 
 /// `GET /readyz` over HTTP/1.1: 200, or what came instead.
-async fn ready(base: &str) -> Step {
-    let uri: http::Uri = format!("{}/readyz", base.trim_end_matches('/'))
-        .parse()
-        .map_err(|e| format!("--http {base}: not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("--http {base}: expected http://host:port"));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("--http {base}: no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    // An IPv6 literal comes bracketed (`[::1]`); the socket wants it bare.
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let stream = tokio::net::TcpStream::connect((bare, port))
+async fn ready(target: &Readyz) -> Step {
+    let Readyz { uri, host, port } = target;
+    let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| error_text(&e))?;
     tokio::spawn(conn);
-    let authority = uri.authority().map_or(host.to_owned(), ToString::to_string);
+    let authority = uri.authority().map_or(host.clone(), ToString::to_string);
     let request = http::Request::get(uri.path())
         .header(http::header::HOST, authority)
         .body(Empty::<bytes::Bytes>::new())

@@ -1,7 +1,9 @@
 //! What the binaries (`quotad`, `quotactl`, `quotad-bench`) share on
 //! their command lines: arguments parsed with clap, usage errors exiting
-//! 64 (EX_USAGE from sysexits.h), and errors printed with each cause
-//! once.
+//! 64 (EX_USAGE from sysexits.h), errors printed with each cause once,
+//! and a gRPC client's endpoint from its flags ([`endpoint`]).
+
+pub mod endpoint;
 
 use std::error::Error;
 use std::process::ExitCode;
