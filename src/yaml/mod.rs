@@ -169,23 +169,25 @@ fn options() -> serde_saphyr::Options {
     o
 }
 
-/// Deserializes `text`, tracking the field path of any error.
-pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
-    text: &str,
+/// Deserializes `positions`' text, tracking the field path of any error;
+/// the tree of positions (read only to place a missing field) is shared
+/// by every reading of that text.
+fn parse_in<T: for<'de> Deserialize<'de>>(
+    positions: &Positions<'_>,
     origin: &str,
 ) -> Result<T, ConfigError> {
     let mut path = None;
-    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+    serde_saphyr::with_deserializer_from_str_with_options(positions.text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = Some(e.path().clone());
             e.into_inner()
         })
     })
-    .map_err(|e| saphyr_error(&e, path.as_ref(), text, origin))
+    .map_err(|e| saphyr_error(&e, path.as_ref(), positions, origin))
 }
 
-/// [`parse`], reading past each mistake ([`recover`]): every mistake in
-/// `text`, up to [`recover::MAX_REPORTED`], each located.
+/// Deserializes `text`, reading past each mistake ([`recover`]): every
+/// mistake in it, up to [`recover::MAX_REPORTED`], each located.
 pub(crate) fn parse_all<T: for<'de> Deserialize<'de>>(
     text: &str,
     origin: &str,
@@ -193,8 +195,10 @@ pub(crate) fn parse_all<T: for<'de> Deserialize<'de>>(
     // Past a syntax error nothing can be read: it is the last reported.
     // An error where the last one was is that one again (met anew while
     // skipping): reading ends without it.
+    // One tree of positions for every pass.
+    let positions = Positions::of(text);
     let out = recover::read_all(
-        || parse(text, origin),
+        || parse_in(&positions, origin),
         |e| matches!(e, ConfigError::Syntax(_)),
         |e, last| {
             let at = |e: &ConfigError| e.diagnostic().map(|d| (d.line, d.column, d.reason.clone()));
@@ -211,7 +215,7 @@ pub(crate) fn parse_all<T: for<'de> Deserialize<'de>>(
 fn saphyr_error(
     err: &serde_saphyr::Error,
     path: Option<&serde_path_to_error::Path>,
-    text: &str,
+    positions: &Positions<'_>,
     origin: &str,
 ) -> ConfigError {
     use serde_saphyr::Error as E;
@@ -248,7 +252,7 @@ fn saphyr_error(
         E::SerdeMissingField { field, .. } => {
             // The parser points at the last key it read; the mapping that
             // lacks the field is a better place.
-            if let Some(l) = position_tree(text).and_then(|t| find(&t, &segs, false)) {
+            if let Some(l) = positions.tree().and_then(|t| find(t, &segs, false)) {
                 location = Some(l);
             }
             format!("missing field '{field}'")
@@ -483,7 +487,7 @@ pub(crate) fn render_path(segs: &[Seg]) -> String {
 
 /// Locates a validation [`Issue`] in `text` and renders it.
 pub(crate) fn locate(text: &str, origin: &str, issue: Issue) -> ConfigError {
-    locate_in(position_tree(text).as_ref(), origin, issue)
+    locate_in(Positions::of(text).tree(), origin, issue)
 }
 
 /// [`locate`] in a tree of positions already read (`None`: unknown).
@@ -508,21 +512,41 @@ fn locate_in(tree: Option<&Spanned<Node>>, origin: &str, issue: Issue) -> Config
 pub(crate) fn locate_all(text: &str, origin: &str, issues: Vec<Issue>) -> ConfigError {
     let stopped = issues.len() > recover::MAX_REPORTED;
     // One reading of the positions for every issue.
-    let tree = position_tree(text);
+    let positions = Positions::of(text);
     let errors = issues
         .into_iter()
         .take(recover::MAX_REPORTED)
-        .map(|issue| locate_in(tree.as_ref(), origin, issue))
+        .map(|issue| locate_in(positions.tree(), origin, issue))
         .collect();
     ConfigError::gather(errors, stopped)
 }
 
-/// Reads `text` again as a tree of positions; `None` if it does not parse.
-fn position_tree(text: &str) -> Option<Spanned<Node>> {
-    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
-        Spanned::<Node>::deserialize(de)
-    })
-    .ok()
+/// A text and its tree of positions, read at most once, when first
+/// needed (a missing field or a validation issue to place).
+struct Positions<'t> {
+    text: &'t str,
+    tree: std::cell::OnceCell<Option<Spanned<Node>>>,
+}
+
+impl<'t> Positions<'t> {
+    fn of(text: &'t str) -> Self {
+        Self {
+            text,
+            tree: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The tree; `None` if the text does not parse.
+    fn tree(&self) -> Option<&Spanned<Node>> {
+        self.tree
+            .get_or_init(|| {
+                serde_saphyr::with_deserializer_from_str_with_options(self.text, options(), |de| {
+                    Spanned::<Node>::deserialize(de)
+                })
+                .ok()
+            })
+            .as_ref()
+    }
 }
 
 /// The document's shape with the position of every key and value, read
